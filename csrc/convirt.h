@@ -1,0 +1,140 @@
+/* convirt.h - the public C API of the convirt core.
+ *
+ * The core is plain C99 + OpenMP on top of BLIS. It never prints, never exits and
+ * never aborts: every fallible function returns a cv_status and leaves a message
+ * that cv_last_error() returns (per thread). Python is a client like any other.
+ *
+ * Conventions
+ *   - float32 everywhere; activations NHWC (images) or (tokens, hidden) (text).
+ *   - Layer functions take outputs first, then saved state, then inputs and weights,
+ *     then sizes. Backward functions ADD into gradients.
+ *   - Strides are in elements, not bytes.
+ */
+#ifndef CONVIRT_H
+#define CONVIRT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    CV_OK = 0,
+    CV_ERR_VALUE = 1,     /* an argument is out of range or inconsistent */
+    CV_ERR_MEMORY = 2,    /* an allocation failed */
+    CV_ERR_NONFINITE = 3, /* NaN or Inf met in inputs or produced by the math */
+    CV_ERR_STATE = 4,     /* the object is not in a state that allows the call */
+    CV_ERR_INTERNAL = 5
+} cv_status;
+
+/* The message of the last failure on this thread ("" when none). */
+const char *cv_last_error(void);
+/* Record a message and return status (for use inside the core). */
+cv_status cv_fail(cv_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ---- set-up, threads and configuration (gemm.c) ---------------------------- */
+
+/* Choose BLIS's sub-configuration (unless BLIS_ARCH_TYPE is set) and initialise
+ * BLIS. Must run before any other BLIS use; idempotent. */
+cv_status cv_init(void);
+void cv_set_num_threads(int n);
+int cv_get_num_threads(void);
+
+typedef struct {
+    const char *blis_version;
+    const char *blis_arch;        /* sub-configuration in use, e.g. "skx" */
+    int blis_arch_id;             /* its BLIS_ARCH_TYPE number */
+    const char *blis_arch_reason; /* why it is in use */
+    const char *blis_configs;     /* sub-configurations this BLIS build contains */
+    const char *cpu_features;     /* what the kernel choice looked at */
+    const char *blis_library;     /* the libblis file loaded */
+    const char *openmp_library;   /* the OpenMP runtime loaded (shared with BLIS) */
+    int blis_openmp;              /* BLIS built with OpenMP threading */
+    int num_threads;
+    int num_cores;                /* usable cores (affinity mask) */
+    int openmp_version;           /* _OPENMP of the compiler */
+} cv_config;
+
+void cv_get_config(cv_config *config);
+
+/* ---- GEMM (gemm.c) ----------------------------------------------------------
+ * C (m x n) = alpha * A (m x k) @ B (k x n) + beta * C, every matrix given by a
+ * pointer and a row and a column stride (a transpose is a swap of strides).
+ * Runs on all threads from serial code and on one thread inside a parallel
+ * region: never nested. */
+void cv_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+             ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+             float beta, float *C, ptrdiff_t rsc, ptrdiff_t csc);
+
+/* Row-major shorthands: lda etc. are row lengths of the stored matrices.
+ * nn: C = A B, nt: C = A B^T, tn: C = A^T B. */
+void cv_gemm_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+                ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta, float *C,
+                ptrdiff_t ldc);
+void cv_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+                ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta, float *C,
+                ptrdiff_t ldc);
+void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+                ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta, float *C,
+                ptrdiff_t ldc);
+
+/* The slow, obviously correct GEMM the tests compare with (same contract). */
+void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                       const float *A, ptrdiff_t rsa, ptrdiff_t csa, const float *B,
+                       ptrdiff_t rsb, ptrdiff_t csb, float beta, float *C,
+                       ptrdiff_t rsc, ptrdiff_t csc);
+
+/* ---- machine peak (peak.c) ------------------------------------------------- */
+
+/* FP32 FMA throughput of an FMA loop at the widest vector width this CPU runs,
+ * on `threads` threads for about `seconds`; GFLOP/s (an FMA counts 2). */
+double cv_fma_peak(int threads, double seconds, int *vector_bits);
+
+/* ---- contrastive loss (loss.c) ---------------------------------------------- */
+
+typedef struct {
+    double loss;          /* row_weight * loss_rows + col_weight * loss_cols */
+    double loss_rows;     /* mean over rows of -log softmax_row(S)[i, i + offset] */
+    double loss_cols;     /* mean over columns of -log softmax_col(S)[j - offset, j] */
+    double accuracy_rows; /* share of rows whose largest logit is the positive */
+    double accuracy_cols;
+    double grad_logit_scale; /* dL / d log(scale), where S = scale * cosine */
+} cv_loss_result;
+
+/* Workspace reused across calls (grown on demand). */
+typedef struct {
+    float *logits;   /* n_rows x n_cols */
+    float *row_stat; /* per row: inverse norm, log-sum-exp */
+    float *col_stat; /* per column: inverse norm, max, log-sum-exp, sum */
+    size_t logits_cap, row_cap, col_cap;
+} cv_loss_workspace;
+
+void cv_loss_workspace_free(cv_loss_workspace *ws);
+
+/* Contrastive (InfoNCE) loss of a block of rows a (n_rows x d) against columns b
+ * (n_cols x d) with cosine similarity times `scale` (= 1 / temperature) as logits.
+ * Row i's positive is column i + offset. The row direction (a -> b) is weighted by
+ * row_weight; the column direction (b -> a) by col_weight, which needs the whole
+ * square (n_rows == n_cols, offset == 0) or col_weight == 0.
+ * ConVIRT: a = v, b = u, row_weight = lambda, col_weight = 1 - lambda.
+ * grad_a / grad_b (either may be NULL) are OVERWRITTEN with dL/da, dL/db, the
+ * gradient through the L2 normalisation to the raw inputs. Inputs are read with
+ * their strides and never written. */
+cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdiff_t rsga,
+                                   ptrdiff_t csga, float *grad_b, ptrdiff_t rsgb,
+                                   ptrdiff_t csgb, cv_loss_workspace *ws, const float *a,
+                                   ptrdiff_t rsa, ptrdiff_t csa, const float *b,
+                                   ptrdiff_t rsb, ptrdiff_t csb, ptrdiff_t n_rows,
+                                   ptrdiff_t n_cols, ptrdiff_t d, ptrdiff_t offset,
+                                   double scale, double row_weight, double col_weight);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,336 @@
+/* gemm.c - the one file that includes blis.h.
+ *
+ * It decides three things for the whole core:
+ *   1. which BLIS sub-configuration (kernel set) runs, before BLIS initialises;
+ *   2. how many threads a GEMM gets (all of them from serial code, one inside the
+ *      core's own parallel loops: never nested);
+ *   3. the strided sgemm every layer calls.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <blis.h>
+#include <omp.h>
+
+#include "convirt.h"
+
+#ifndef CV_BLIS_CONFIGS
+#define CV_BLIS_CONFIGS "" /* unknown: the build could not read BLIS's config.mk */
+#endif
+
+/* ---- kernel choice --------------------------------------------------------- */
+
+typedef struct {
+    const char *name;
+    arch_t id;
+} arch_name;
+
+/* Every x86-64 sub-configuration of BLIS 0.9 with the enum value of this blis.h. */
+static const arch_name x86_archs[] = {
+    {"skx", BLIS_ARCH_SKX},
+    {"knl", BLIS_ARCH_KNL},
+    {"haswell", BLIS_ARCH_HASWELL},
+    {"sandybridge", BLIS_ARCH_SANDYBRIDGE},
+    {"penryn", BLIS_ARCH_PENRYN},
+    {"zen3", BLIS_ARCH_ZEN3},
+    {"zen2", BLIS_ARCH_ZEN2},
+    {"zen", BLIS_ARCH_ZEN},
+    {"excavator", BLIS_ARCH_EXCAVATOR},
+    {"steamroller", BLIS_ARCH_STEAMROLLER},
+    {"piledriver", BLIS_ARCH_PILEDRIVER},
+    {"bulldozer", BLIS_ARCH_BULLDOZER},
+    {"generic", BLIS_ARCH_GENERIC},
+};
+#define N_ARCHS ((int)(sizeof x86_archs / sizeof x86_archs[0]))
+
+static struct {
+    int initialised;
+    int threads;
+    int cores;
+    arch_t arch;
+    char reason[512];
+    char features[256];
+} state;
+
+static int cpu_has_avx512(void)
+{
+    /* BLIS's skx kernels use AVX-512 F, DQ, BW and VL. libgcc's checks include the
+     * OS having enabled the zmm state (XCR0). */
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+
+static int cpu_has_avx2_fma(void)
+{
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* Can this CPU execute the kernels of sub-configuration `name`? */
+static int cpu_runs(const char *name)
+{
+    if (!strcmp(name, "skx"))
+        return cpu_has_avx512();
+    if (!strcmp(name, "knl"))
+        return cpu_has_avx512() && __builtin_cpu_supports("avx512er");
+    if (!strcmp(name, "haswell") || !strncmp(name, "zen", 3))
+        return cpu_has_avx2_fma();
+    if (!strcmp(name, "sandybridge"))
+        return __builtin_cpu_supports("avx");
+    if (!strcmp(name, "penryn"))
+        return __builtin_cpu_supports("ssse3");
+    if (!strcmp(name, "bulldozer"))
+        return __builtin_cpu_supports("avx") && __builtin_cpu_supports("fma4");
+    if (!strcmp(name, "piledriver") || !strcmp(name, "steamroller") ||
+        !strcmp(name, "excavator"))
+        return __builtin_cpu_supports("fma") && __builtin_cpu_supports("fma4");
+    return !strcmp(name, "generic");
+}
+
+static int build_has(const char *name)
+{
+    const char *list = CV_BLIS_CONFIGS;
+    size_t len = strlen(name);
+    for (const char *p = strstr(list, name); p; p = strstr(p + 1, name)) {
+        int starts = p == list || p[-1] == ' ';
+        int ends = p[len] == '\0' || p[len] == ' ';
+        if (starts && ends)
+            return 1;
+    }
+    return 0;
+}
+
+static const arch_name *arch_by_name(const char *name)
+{
+    for (int i = 0; i < N_ARCHS; i++)
+        if (!strcmp(x86_archs[i].name, name))
+            return &x86_archs[i];
+    return NULL;
+}
+
+static const arch_name *arch_by_id(long id)
+{
+    for (int i = 0; i < N_ARCHS; i++)
+        if ((long)x86_archs[i].id == id)
+            return &x86_archs[i];
+    return NULL;
+}
+
+/* Fastest first. On AMD the zen blocksizes suit the cache sizes better. */
+static const char *const rank_amd[] = {"skx", "zen3", "zen2", "zen", "haswell",
+                                       "sandybridge", "penryn", "generic"};
+static const char *const rank_other[] = {"skx", "haswell", "zen3", "zen2", "zen",
+                                         "sandybridge", "penryn", "generic"};
+
+static const arch_name *choose_arch(void)
+{
+    int amd = __builtin_cpu_is("amd");
+    const char *const *rank = amd ? rank_amd : rank_other;
+    for (int i = 0; i < 8; i++)
+        if (build_has(rank[i]) && cpu_runs(rank[i]))
+            return arch_by_name(rank[i]);
+    return NULL;
+}
+
+/* Interpret the user's BLIS_ARCH_TYPE (a number, or a name as a convenience).
+ * Returns the arch, or NULL with *why filled when BLIS would abort or crash on it. */
+static const arch_name *user_arch(const char *value, char *why, size_t why_len)
+{
+    char *end;
+    long id = strtol(value, &end, 10);
+    const arch_name *arch =
+        (*value && *end == '\0') ? arch_by_id(id) : arch_by_name(value);
+    if (!arch) {
+        snprintf(why, why_len, "BLIS_ARCH_TYPE=%s names no x86-64 sub-configuration",
+                 value);
+        return NULL;
+    }
+    if (*CV_BLIS_CONFIGS && !build_has(arch->name)) {
+        snprintf(why, why_len, "BLIS_ARCH_TYPE=%s (%s) is not in this BLIS build (%s)",
+                 value, arch->name, CV_BLIS_CONFIGS);
+        return NULL;
+    }
+    if (!cpu_runs(arch->name)) {
+        snprintf(why, why_len,
+                 "BLIS_ARCH_TYPE=%s (%s) needs instructions this CPU lacks", value,
+                 arch->name);
+        return NULL;
+    }
+    return arch;
+}
+
+static int usable_cores(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        return CPU_COUNT(&set);
+    return omp_get_num_procs();
+}
+
+static void describe_cpu(void)
+{
+    snprintf(state.features, sizeof state.features,
+             "vendor=%s avx512(f,dq,bw,vl)=%s avx2=%s fma=%s avx=%s",
+             __builtin_cpu_is("amd") ? "AMD" : __builtin_cpu_is("intel") ? "Intel" : "other",
+             cpu_has_avx512() ? "yes" : "no", __builtin_cpu_supports("avx2") ? "yes" : "no",
+             __builtin_cpu_supports("fma") ? "yes" : "no",
+             __builtin_cpu_supports("avx") ? "yes" : "no");
+}
+
+cv_status cv_init(void)
+{
+    if (state.initialised)
+        return CV_OK;
+    __builtin_cpu_init();
+    describe_cpu();
+
+    const char *env = getenv("BLIS_ARCH_TYPE");
+    const arch_name *chosen = NULL;
+    char why[256] = "";
+    if (env && *env) {
+        chosen = user_arch(env, why, sizeof why);
+        if (chosen) {
+            snprintf(state.reason, sizeof state.reason, "set by the user: BLIS_ARCH_TYPE=%s",
+                     env);
+        }
+    }
+    if (!chosen) {
+        if (!*CV_BLIS_CONFIGS) {
+            /* Without the build's list a choice could name a missing sub-configuration,
+             * which makes BLIS abort: leave it to BLIS's own detection. */
+            unsetenv("BLIS_ARCH_TYPE");
+            snprintf(state.reason, sizeof state.reason,
+                     "%s%sBLIS's own CPU detection (convirt could not read which "
+                     "sub-configurations this BLIS build contains)",
+                     why, *why ? "; ignored it and used " : "");
+        } else {
+            chosen = choose_arch();
+            snprintf(state.reason, sizeof state.reason,
+                     "%s%schosen by convirt: the fastest sub-configuration in this BLIS "
+                     "build that this CPU runs (%s)",
+                     why, *why ? "; ignored it, " : "", state.features);
+        }
+    }
+    if (chosen) {
+        char number[16];
+        snprintf(number, sizeof number, "%d", (int)chosen->id);
+        setenv("BLIS_ARCH_TYPE", number, 1);
+    }
+    bli_init();
+    state.arch = bli_arch_query_id();
+    if (chosen && state.arch != chosen->id) {
+        /* Someone initialised BLIS in this process before us. */
+        size_t used = strlen(state.reason);
+        snprintf(state.reason + used, sizeof state.reason - used,
+                 "; but BLIS was already initialised in this process with %s",
+                 bli_arch_string(state.arch));
+    }
+    state.cores = usable_cores();
+    state.threads = omp_get_max_threads();
+    state.initialised = 1;
+    return CV_OK;
+}
+
+/* ---- threads ----------------------------------------------------------------- */
+
+void cv_set_num_threads(int n)
+{
+    if (n < 1)
+        n = 1;
+    state.threads = n;
+    omp_set_num_threads(n);
+    bli_thread_set_num_threads(n);
+}
+
+/* The thread count for work started from the calling thread: the package setting,
+ * lowered by an OpenMP or BLIS limit set from outside (OMP_NUM_THREADS,
+ * threadpoolctl). */
+int cv_get_num_threads(void)
+{
+    int n = state.threads > 0 ? state.threads : 1;
+    int omp = omp_get_max_threads();
+    if (omp < n)
+        n = omp;
+    int blis = (int)bli_thread_get_num_threads();
+    if (blis > 0 && blis < n)
+        n = blis;
+    return n;
+}
+
+static const char *library_of(void *symbol)
+{
+    Dl_info info;
+    if (dladdr(symbol, &info) && info.dli_fname)
+        return info.dli_fname;
+    return "unknown";
+}
+
+void cv_get_config(cv_config *config)
+{
+    config->blis_library = library_of((void *)bli_init);
+    config->openmp_library = library_of((void *)omp_get_max_threads);
+    config->blis_version = bli_info_get_version_str();
+    config->blis_arch = bli_arch_string(state.arch);
+    config->blis_arch_id = (int)state.arch;
+    config->blis_arch_reason = state.reason;
+    config->blis_configs = *CV_BLIS_CONFIGS ? CV_BLIS_CONFIGS : "unknown";
+    config->cpu_features = state.features;
+    config->blis_openmp = (int)bli_info_get_enable_openmp();
+    config->num_threads = cv_get_num_threads();
+    config->num_cores = state.cores;
+    config->openmp_version = _OPENMP;
+}
+
+/* ---- GEMM -------------------------------------------------------------------- */
+
+void cv_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+             ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+             float beta, float *C, ptrdiff_t rsc, ptrdiff_t csc)
+{
+    if (m <= 0 || n <= 0)
+        return;
+    rntm_t rntm = BLIS_RNTM_INITIALIZER;
+    bli_rntm_set_num_threads(omp_in_parallel() ? 1 : cv_get_num_threads(), &rntm);
+    /* BLIS's typed API takes non-const pointers but does not write A or B. */
+    bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &alpha, (float *)A, rsa,
+                 csa, (float *)B, rsb, csb, &beta, C, rsc, csc, NULL, &rntm);
+}
+
+void cv_gemm_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+                ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta, float *C,
+                ptrdiff_t ldc)
+{
+    cv_gemm(m, n, k, alpha, A, lda, 1, B, ldb, 1, beta, C, ldc, 1);
+}
+
+void cv_gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+                ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta, float *C,
+                ptrdiff_t ldc)
+{
+    cv_gemm(m, n, k, alpha, A, lda, 1, B, 1, ldb, beta, C, ldc, 1);
+}
+
+void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+                ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta, float *C,
+                ptrdiff_t ldc)
+{
+    cv_gemm(m, n, k, alpha, A, 1, lda, B, ldb, 1, beta, C, ldc, 1);
+}
+
+void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                       const float *A, ptrdiff_t rsa, ptrdiff_t csa, const float *B,
+                       ptrdiff_t rsb, ptrdiff_t csb, float beta, float *C,
+                       ptrdiff_t rsc, ptrdiff_t csc)
+{
+    for (ptrdiff_t i = 0; i < m; i++)
+        for (ptrdiff_t j = 0; j < n; j++) {
+            double sum = 0.0;
+            for (ptrdiff_t p = 0; p < k; p++)
+                sum += (double)A[i * rsa + p * csa] * B[p * rsb + j * csb];
+            float *c = &C[i * rsc + j * csc];
+            *c = (float)(alpha * sum + (beta == 0.0f ? 0.0 : (double)beta * *c));
+        }
+}

@@ -1,0 +1,263 @@
+/* loss.c - the contrastive (InfoNCE) loss of ConVIRT, forward and backward fused.
+ *
+ * For rows a (n x d) and columns b (m x d), with a^_i = a_i / |a_i|:
+ *   S_ij = scale * <a^_i, b^_j>                       (one GEMM, then a scaling pass)
+ *   loss_rows = mean_i [ lse_j S_ij - S_i,i+off ]     (image -> text in ConVIRT)
+ *   loss_cols = mean_j [ lse_i S_ij - S_jj ]          (text -> image, square case)
+ *   L = row_weight * loss_rows + col_weight * loss_cols
+ * Backward: G = dL/dS = row_weight/n (softmax_rows(S) - Y) + col_weight/n
+ * (softmax_cols(S) - Y). With H_ij = G_ij / (|a_i| |b_j|) both input gradients come
+ * from one matrix and two GEMMs, g = H b and g' = H^T a, and the L2 normalisation's
+ * Jacobian reduces to   dL/da_i = scale (g_i - a_i <a_i, g_i> / |a_i|^2).
+ */
+#include <float.h>
+#include <omp.h>
+
+#include "core.h"
+
+/* row *= s * colscale; returns the row's maximum. */
+CV_VECTORIZE static float scale_row(float *row, const float *colscale, float s,
+                                    ptrdiff_t m)
+{
+    float best = -FLT_MAX;
+    for (ptrdiff_t j = 0; j < m; j++) {
+        row[j] *= s * colscale[j];
+        best = row[j] > best ? row[j] : best;
+    }
+    return best;
+}
+
+CV_VECTORIZE static float sum_exp(const float *row, float shift, ptrdiff_t m)
+{
+    float sum = 0.0f;
+    for (ptrdiff_t j = 0; j < m; j++)
+        sum += cv_expf(row[j] - shift);
+    return sum;
+}
+
+CV_VECTORIZE static void max_into(float *best, const float *row, ptrdiff_t m)
+{
+    for (ptrdiff_t j = 0; j < m; j++)
+        best[j] = row[j] > best[j] ? row[j] : best[j];
+}
+
+CV_VECTORIZE static void sum_exp_into(float *sum, const float *row, const float *shift,
+                                      ptrdiff_t m)
+{
+    for (ptrdiff_t j = 0; j < m; j++)
+        sum[j] += cv_expf(row[j] - shift[j]);
+}
+
+/* Overwrites row (the logits S_i.) with H_i. (the positive's -1 is added by the
+ * caller); returns sum_j G_ij S_ij for the logit-scale gradient. */
+CV_VECTORIZE static float softmax_grad_row(float *row, const float *col_lse,
+                                           const float *inv_b, float row_lse,
+                                           float inv_a, float row_coef, float col_coef,
+                                           ptrdiff_t m)
+{
+    float dot = 0.0f;
+    if (col_coef != 0.0f) {
+        for (ptrdiff_t j = 0; j < m; j++) {
+            float s = row[j];
+            float g = row_coef * cv_expf(s - row_lse) + col_coef * cv_expf(s - col_lse[j]);
+            dot += g * s;
+            row[j] = g * inv_a * inv_b[j];
+        }
+    } else {
+        for (ptrdiff_t j = 0; j < m; j++) {
+            float s = row[j];
+            float g = row_coef * cv_expf(s - row_lse);
+            dot += g * s;
+            row[j] = g * inv_a * inv_b[j];
+        }
+    }
+    return dot;
+}
+
+/* Inverse L2 norms of the rows of x; returns the first bad row or -1. */
+static ptrdiff_t inverse_norms(float *inv, const float *x, ptrdiff_t rs, ptrdiff_t cs,
+                               ptrdiff_t n, ptrdiff_t d, int threads)
+{
+    ptrdiff_t bad = -1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double ss = 0.0;
+        for (ptrdiff_t k = 0; k < d; k++) {
+            double v = x[i * rs + k * cs];
+            ss += v * v;
+        }
+        double r = 1.0 / sqrt(ss);
+        inv[i] = (float)r;
+        if (!(ss > 0.0) || !isfinite(ss) || !(inv[i] > 0.0f) || !isfinite(inv[i])) {
+#pragma omp critical(cv_loss_bad_row)
+            if (bad < 0 || i < bad)
+                bad = i;
+        }
+    }
+    return bad;
+}
+
+/* dx_i = scale (g_i - x_i <x_i, g_i> inv_i^2), in place in g. */
+static void project_out_norm(float *g, ptrdiff_t rsg, ptrdiff_t csg, const float *x,
+                             ptrdiff_t rs, ptrdiff_t cs, const float *inv, ptrdiff_t n,
+                             ptrdiff_t d, float scale, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float *gi = g + i * rsg;
+        const float *xi = x + i * rs;
+        double dot = 0.0;
+        for (ptrdiff_t k = 0; k < d; k++)
+            dot += (double)xi[k * cs] * gi[k * csg];
+        float c = (float)(dot * inv[i] * inv[i]);
+        for (ptrdiff_t k = 0; k < d; k++)
+            gi[k * csg] = scale * (gi[k * csg] - c * xi[k * cs]);
+    }
+}
+
+void cv_loss_workspace_free(cv_loss_workspace *ws)
+{
+    free(ws->logits);
+    free(ws->row_stat);
+    free(ws->col_stat);
+    memset(ws, 0, sizeof *ws);
+}
+
+#define COL_TILE 256
+
+cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdiff_t rsga,
+                                   ptrdiff_t csga, float *grad_b, ptrdiff_t rsgb,
+                                   ptrdiff_t csgb, cv_loss_workspace *ws, const float *a,
+                                   ptrdiff_t rsa, ptrdiff_t csa, const float *b,
+                                   ptrdiff_t rsb, ptrdiff_t csb, ptrdiff_t n_rows,
+                                   ptrdiff_t n_cols, ptrdiff_t d, ptrdiff_t offset,
+                                   double scale, double row_weight, double col_weight)
+{
+    const ptrdiff_t n = n_rows, m = n_cols;
+    if (n < 1 || m < 1 || d < 1)
+        return cv_fail(CV_ERR_VALUE, "empty input: %td rows, %td columns, dimension %td",
+                       n, m, d);
+    if (offset < 0 || offset + n > m)
+        return cv_fail(CV_ERR_VALUE,
+                       "the positives of rows 0..%td at offset %td fall outside the %td "
+                       "columns",
+                       n - 1, offset, m);
+    if (!(scale > 0.0) || !isfinite(scale))
+        return cv_fail(CV_ERR_VALUE, "the logit scale must be positive and finite, got %g",
+                       scale);
+    if (!(row_weight >= 0.0) || !(col_weight >= 0.0))
+        return cv_fail(CV_ERR_VALUE, "direction weights must be >= 0, got %g and %g",
+                       row_weight, col_weight);
+    if (col_weight > 0.0 && (n != m || offset != 0))
+        return cv_fail(CV_ERR_VALUE,
+                       "the column direction needs the whole square (rows == columns, "
+                       "offset 0); got %td x %td at offset %td",
+                       n, m, offset);
+
+    if (cv_reserve((void **)&ws->logits, &ws->logits_cap, (size_t)n * m, sizeof(float)) ||
+        cv_reserve((void **)&ws->row_stat, &ws->row_cap, 2 * (size_t)n, sizeof(float)) ||
+        cv_reserve((void **)&ws->col_stat, &ws->col_cap, 4 * (size_t)m, sizeof(float)))
+        return cv_fail(CV_ERR_MEMORY, "out of memory for a %td x %td similarity matrix", n,
+                       m);
+    const int threads = cv_get_num_threads();
+    float *S = ws->logits;
+    float *inv_a = (float *)ws->row_stat, *row_lse = inv_a + n;
+    float *inv_b = (float *)ws->col_stat, *col_max = inv_b + m, *col_lse = col_max + m,
+          *col_sum = col_lse + m;
+
+    ptrdiff_t bad = inverse_norms(inv_a, a, rsa, csa, n, d, threads);
+    if (bad >= 0)
+        return cv_fail(CV_ERR_VALUE,
+                       "row %td of the first input has a zero, NaN, Inf or out-of-range "
+                       "norm",
+                       bad);
+    bad = inverse_norms(inv_b, b, rsb, csb, m, d, threads);
+    if (bad >= 0)
+        return cv_fail(CV_ERR_VALUE,
+                       "row %td of the second input has a zero, NaN, Inf or out-of-range "
+                       "norm",
+                       bad);
+
+    /* S = a b^T, then the scaling to cosine * scale and the row statistics. */
+    cv_gemm(n, m, d, 1.0f, a, rsa, csa, b, csb, rsb, 0.0f, S, m, 1);
+
+    double loss_rows = 0.0, hits_rows = 0.0;
+    int nonfinite = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) \
+    reduction(+ : loss_rows, hits_rows) reduction(| : nonfinite)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float *row = S + i * m;
+        float best = scale_row(row, inv_b, (float)scale * inv_a[i], m);
+        if (!isfinite(best)) {
+            nonfinite = 1;
+            continue;
+        }
+        row_lse[i] = best + logf(sum_exp(row, best, m));
+        float positive = row[i + offset];
+        loss_rows += row_lse[i] - positive;
+        hits_rows += positive >= best;
+    }
+    if (nonfinite)
+        return cv_fail(CV_ERR_NONFINITE,
+                       "the similarities overflowed float32: the inputs are too large");
+
+    /* The column statistics are reported whenever the square is whole, even when
+     * the column direction carries no weight. */
+    const int square = n == m && offset == 0;
+    double loss_cols = 0.0, hits_cols = 0.0;
+    if (square) {
+#pragma omp parallel for num_threads(threads) schedule(static) \
+    reduction(+ : loss_cols, hits_cols)
+        for (ptrdiff_t j0 = 0; j0 < m; j0 += COL_TILE) {
+            ptrdiff_t w = m - j0 < COL_TILE ? m - j0 : COL_TILE;
+            for (ptrdiff_t j = j0; j < j0 + w; j++) {
+                col_max[j] = -FLT_MAX;
+                col_sum[j] = 0.0f;
+            }
+            for (ptrdiff_t i = 0; i < n; i++)
+                max_into(col_max + j0, S + i * m + j0, w);
+            for (ptrdiff_t i = 0; i < n; i++)
+                sum_exp_into(col_sum + j0, S + i * m + j0, col_max + j0, w);
+            for (ptrdiff_t j = j0; j < j0 + w; j++) {
+                col_lse[j] = col_max[j] + logf(col_sum[j]);
+                float positive = S[j * m + j];
+                loss_cols += col_lse[j] - positive;
+                hits_cols += positive >= col_max[j];
+            }
+        }
+    }
+
+    /* G, the logit-scale gradient, and H = G / (|a_i| |b_j|) in place of S. */
+    const float row_coef = (float)(row_weight / n);
+    const float col_coef = square ? (float)(col_weight / n) : 0.0f;
+    double grad_scale = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : grad_scale)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float *row = S + i * m;
+        float positive = row[i + offset];
+        grad_scale += softmax_grad_row(row, col_lse, inv_b, row_lse[i], inv_a[i], row_coef,
+                                       col_coef, m);
+        float g_positive = -(row_coef + col_coef);
+        grad_scale += g_positive * positive;
+        row[i + offset] += g_positive * inv_a[i] * inv_b[i + offset];
+    }
+
+    if (grad_a) {
+        cv_gemm(n, d, m, 1.0f, S, m, 1, b, rsb, csb, 0.0f, grad_a, rsga, csga);
+        project_out_norm(grad_a, rsga, csga, a, rsa, csa, inv_a, n, d, (float)scale,
+                         threads);
+    }
+    if (grad_b) {
+        cv_gemm(m, d, n, 1.0f, S, 1, m, a, rsa, csa, 0.0f, grad_b, rsgb, csgb);
+        project_out_norm(grad_b, rsgb, csgb, b, rsb, csb, inv_b, m, d, (float)scale,
+                         threads);
+    }
+
+    result->loss_rows = loss_rows / n;
+    result->loss_cols = square ? loss_cols / m : NAN;
+    result->accuracy_rows = hits_rows / n;
+    result->accuracy_cols = square ? hits_cols / m : NAN;
+    result->loss = row_weight * result->loss_rows + (col_weight > 0.0 ? col_weight * result->loss_cols : 0.0);
+    result->grad_logit_scale = grad_scale;
+    return CV_OK;
+}

@@ -1,0 +1,197 @@
+/* arrays.c - validation of NumPy arrays handed to the core (see arrays.h). */
+#include "arrays.h"
+
+static const char *dtype_name(int typenum)
+{
+    switch (typenum) {
+    case NPY_FLOAT32:
+        return "float32";
+    case NPY_UINT8:
+        return "uint8";
+    case NPY_INT32:
+        return "int32";
+    case NPY_INT64:
+        return "int64";
+    case -1:
+        return "float32 or uint8";
+    default:
+        return "?";
+    }
+}
+
+static int shape_matches(PyArrayObject *arr, const cv_array_spec *spec)
+{
+    int nd = PyArray_NDIM(arr);
+    for (int i = 0; i < nd && i < 4; i++)
+        if (spec->shape[i] >= 0 && PyArray_DIM(arr, i) != spec->shape[i])
+            return 0;
+    return 1;
+}
+
+static void format_shape(char *buf, size_t len, int nd, const npy_intp *dims, int spec)
+{
+    size_t used = 0;
+    used += snprintf(buf + used, len - used, "(");
+    for (int i = 0; i < nd && used < len; i++) {
+        if (spec && dims[i] < 0)
+            used += snprintf(buf + used, len - used, "%s*", i ? ", " : "");
+        else
+            used += snprintf(buf + used, len - used, "%s%ld", i ? ", " : "", (long)dims[i]);
+    }
+    if (used < len)
+        snprintf(buf + used, len - used, nd == 1 ? ",)" : ")");
+}
+
+int cv_check_array(PyObject *obj, const cv_array_spec *spec, PyArrayObject **out)
+{
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a NumPy array of %s, got %s", spec->name,
+                     dtype_name(spec->dtype), Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    int typenum = PyArray_TYPE(arr);
+    int dtype_ok = spec->dtype == -1 ? (typenum == NPY_FLOAT32 || typenum == NPY_UINT8)
+                                     : typenum == spec->dtype;
+    if (!dtype_ok || !PyArray_ISNOTSWAPPED(arr)) {
+        PyObject *descr = PyObject_Str((PyObject *)PyArray_DESCR(arr));
+        PyErr_Format(PyExc_TypeError,
+                     "%s must have dtype %s (native byte order), got %S; convert it "
+                     "with .astype(np.%s)",
+                     spec->name, dtype_name(spec->dtype), descr ? descr : Py_None,
+                     spec->dtype == -1 ? "float32" : dtype_name(spec->dtype));
+        Py_XDECREF(descr);
+        return -1;
+    }
+    int nd = PyArray_NDIM(arr);
+    if (nd < spec->ndim_min || nd > spec->ndim_max) {
+        if (spec->ndim_min == spec->ndim_max)
+            PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, got %d", spec->name,
+                         spec->ndim_min, nd);
+        else
+            PyErr_Format(PyExc_ValueError, "%s must have %d to %d dimensions, got %d",
+                         spec->name, spec->ndim_min, spec->ndim_max, nd);
+        return -1;
+    }
+    if (!shape_matches(arr, spec)) {
+        char want[96], got[96];
+        format_shape(want, sizeof want, nd, spec->shape, 1);
+        format_shape(got, sizeof got, nd, PyArray_DIMS(arr), 0);
+        PyErr_Format(PyExc_ValueError, "%s must have shape %s, got %s", spec->name, want,
+                     got);
+        return -1;
+    }
+    if (!PyArray_ISALIGNED(arr)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s is not aligned to its item size; pass a copy (np.ascontiguousarray)",
+                     spec->name);
+        return -1;
+    }
+    if (spec->writeable && !PyArray_ISWRITEABLE(arr)) {
+        PyErr_Format(PyExc_ValueError, "%s is read-only; the result is written into it",
+                     spec->name);
+        return -1;
+    }
+    if (spec->contiguous && !PyArray_IS_C_CONTIGUOUS(arr)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be C-contiguous; pass np.ascontiguousarray(%s)", spec->name,
+                     spec->name);
+        return -1;
+    }
+    *out = arr;
+    return 0;
+}
+
+int cv_element_strides(PyArrayObject *arr, const char *name, ptrdiff_t *strides)
+{
+    npy_intp item = PyArray_ITEMSIZE(arr);
+    for (int i = 0; i < PyArray_NDIM(arr); i++) {
+        npy_intp s = PyArray_STRIDE(arr, i);
+        if (s % item != 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s has a stride of %ld bytes on axis %d, not a multiple of its "
+                         "item size %ld",
+                         name, (long)s, i, (long)item);
+            return -1;
+        }
+        if (s == 0 && PyArray_DIM(arr, i) > 1) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s has a zero stride on axis %d (a broadcast view); pass a "
+                         "real array",
+                         name, i);
+            return -1;
+        }
+        strides[i] = (ptrdiff_t)(s / item);
+    }
+    return 0;
+}
+
+/* The byte range [*low, *high) that arr's elements occupy. */
+static void byte_bounds(PyArrayObject *arr, char **low, char **high)
+{
+    char *lo = PyArray_BYTES(arr), *hi = lo;
+    for (int i = 0; i < PyArray_NDIM(arr); i++) {
+        npy_intp extent = (PyArray_DIM(arr, i) - 1) * PyArray_STRIDE(arr, i);
+        if (PyArray_DIM(arr, i) == 0)
+            extent = 0;
+        if (extent < 0)
+            lo += extent;
+        else
+            hi += extent;
+    }
+    *low = lo;
+    *high = hi + PyArray_ITEMSIZE(arr);
+}
+
+int cv_check_no_overlap(PyArrayObject *out, const char *out_name, PyArrayObject *in,
+                        const char *in_name)
+{
+    char *out_lo, *out_hi, *in_lo, *in_hi;
+    byte_bounds(out, &out_lo, &out_hi);
+    byte_bounds(in, &in_lo, &in_hi);
+    if (PyArray_SIZE(out) > 0 && PyArray_SIZE(in) > 0 && out_lo < in_hi && in_lo < out_hi) {
+        PyErr_Format(PyExc_ValueError, "%s overlaps %s in memory; pass a separate buffer",
+                     out_name, in_name);
+        return -1;
+    }
+    return 0;
+}
+
+PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape)
+{
+    return (PyArrayObject *)PyArray_SimpleNew(ndim, (npy_intp *)shape, NPY_FLOAT32);
+}
+
+int cv_raise(cv_status status)
+{
+    PyObject *type;
+    switch (status) {
+    case CV_ERR_VALUE:
+    case CV_ERR_NONFINITE:
+        type = PyExc_ValueError;
+        break;
+    case CV_ERR_MEMORY:
+        PyErr_NoMemory();
+        return -1;
+    case CV_ERR_STATE:
+        type = PyExc_RuntimeError;
+        break;
+    default:
+        type = PyExc_RuntimeError;
+        break;
+    }
+    PyErr_SetString(type, cv_last_error());
+    return -1;
+}
+
+int cv_claim(int *busy, const char *type_name)
+{
+    if (*busy) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "this %s is in use by another thread; use one object per thread",
+                     type_name);
+        return -1;
+    }
+    *busy = 1;
+    return 0;
+}

@@ -1,0 +1,52 @@
+/* arrays.h - validation of NumPy arrays handed to the core.
+ *
+ * Arrays are never converted: a wrong dtype, rank, shape, stride or flag is a
+ * TypeError or ValueError that names what was expected and what was given. */
+#ifndef CONVIRT_PY_ARRAYS_H
+#define CONVIRT_PY_ARRAYS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL convirt_ARRAY_API
+#ifndef CONVIRT_MODULE_MAIN
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "../convirt.h"
+
+/* What an argument must be. shape[i] < 0 means any size; ndim_min..ndim_max. */
+typedef struct {
+    const char *name; /* the argument's name in messages */
+    int dtype;        /* NPY_FLOAT32, NPY_UINT8, NPY_INT32 ...; -1: float32 or uint8 */
+    int ndim_min, ndim_max;
+    npy_intp shape[4];
+    int writeable;  /* an output the core writes */
+    int contiguous; /* must be C-contiguous (else any positive or negative stride) */
+} cv_array_spec;
+
+/* Check obj against spec; on success *out is a borrowed reference to the array.
+ * Returns 0 or -1 with an exception set. */
+int cv_check_array(PyObject *obj, const cv_array_spec *spec, PyArrayObject **out);
+
+/* Strides of arr in elements; errors on strides that are not a multiple of the item
+ * size or that are zero on an axis longer than 1 (a broadcast view). */
+int cv_element_strides(PyArrayObject *arr, const char *name, ptrdiff_t *strides);
+
+/* ValueError when two arrays may share memory (an output over an input). */
+int cv_check_no_overlap(PyArrayObject *out, const char *out_name, PyArrayObject *in,
+                        const char *in_name);
+
+/* A new C-contiguous float32 array of the given shape, or NULL with an exception. */
+PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape);
+
+/* Turn the core's status and message into a Python exception; returns -1. */
+int cv_raise(cv_status status);
+
+/* Claim an object for a call that mutates it: refuses a concurrent second caller. */
+int cv_claim(int *busy, const char *type_name);
+#define CV_RELEASE(busy) (*(busy) = 0)
+
+#endif

@@ -1,0 +1,349 @@
+/* contrastive_loss.c - the Python type convirt.ContrastiveLoss. */
+#include "arrays.h"
+#include "module.h"
+
+typedef struct {
+    PyObject_HEAD
+    double image_to_text_weight; /* the paper's lambda */
+    double logit_scale;          /* log(1 / temperature) */
+    double max_logit_scale;      /* clamp of exp(logit_scale) when learnable */
+    int learnable;
+    int busy;
+    cv_loss_workspace ws;
+} LossObject;
+
+static PyTypeObject LossResultType;
+
+static PyStructSequence_Field result_fields[] = {
+    {"loss", "lambda * image_to_text + (1 - lambda) * text_to_image"},
+    {"image_to_text", "mean over images of -log softmax over the texts (v -> u)"},
+    {"text_to_image", "mean over texts of -log softmax over the images (u -> v)"},
+    {"accuracy_image_to_text", "share of images whose most similar text is their own"},
+    {"accuracy_text_to_image", "share of texts whose most similar image is their own"},
+    {"grad_v", "dL/dv, float32 (N, d), or None"},
+    {"grad_u", "dL/du, float32 (N, d), or None"},
+    {"grad_logit_scale", "dL/d logit_scale when the temperature is learnable, else None"},
+    {NULL, NULL}};
+
+static PyStructSequence_Desc result_desc = {
+    "convirt.LossResult", "What ContrastiveLoss returns: the losses, accuracies and gradients.",
+    result_fields, 8};
+
+static double effective_scale(const LossObject *self)
+{
+    double scale = exp(self->logit_scale);
+    if (self->learnable && scale > self->max_logit_scale)
+        scale = self->max_logit_scale;
+    return scale;
+}
+
+static int check_temperature(double temperature)
+{
+    if (!(temperature > 0.0) || !isfinite(temperature)) {
+        PyErr_Format(PyExc_ValueError, "temperature must be a positive finite number, got %g",
+                     temperature);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_weight(double weight)
+{
+    if (!(weight >= 0.0 && weight <= 1.0)) {
+        PyErr_Format(PyExc_ValueError, "image_to_text_weight (lambda) must be in [0, 1], got %g",
+                     weight);
+        return -1;
+    }
+    return 0;
+}
+
+static int Loss_init(LossObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"temperature", "image_to_text_weight", "learnable_temperature",
+                             "max_logit_scale", NULL};
+    double temperature = 0.1, weight = 0.75, max_logit_scale = 100.0;
+    int learnable = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|d$dpd:ContrastiveLoss", kwlist,
+                                     &temperature, &weight, &learnable, &max_logit_scale))
+        return -1;
+    if (check_temperature(temperature) || check_weight(weight))
+        return -1;
+    if (!(max_logit_scale > 0.0) || !isfinite(max_logit_scale)) {
+        PyErr_Format(PyExc_ValueError, "max_logit_scale must be positive and finite, got %g",
+                     max_logit_scale);
+        return -1;
+    }
+    self->image_to_text_weight = weight;
+    self->logit_scale = log(1.0 / temperature);
+    self->max_logit_scale = max_logit_scale;
+    self->learnable = learnable;
+    return 0;
+}
+
+static void Loss_dealloc(LossObject *self)
+{
+    cv_loss_workspace_free(&self->ws);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Validates one (N, d) input; fills strides. */
+static int input_matrix(PyObject *obj, const char *name, npy_intp rows, npy_intp cols,
+                        PyArrayObject **arr, ptrdiff_t *strides)
+{
+    cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {rows, cols, -1, -1}, 0, 0};
+    if (cv_check_array(obj, &spec, arr) || cv_element_strides(*arr, name, strides))
+        return -1;
+    return 0;
+}
+
+/* An output gradient: the caller's array (validated) or a new one. New reference. */
+static PyArrayObject *grad_output(PyObject *given, const char *name, npy_intp rows,
+                                  npy_intp cols, ptrdiff_t *strides, PyArrayObject *v,
+                                  PyArrayObject *u)
+{
+    PyArrayObject *arr;
+    if (given == NULL || given == Py_None) {
+        npy_intp shape[2] = {rows, cols};
+        arr = cv_new_float_array(2, shape);
+        if (!arr)
+            return NULL;
+        strides[0] = cols;
+        strides[1] = 1;
+        return arr;
+    }
+    cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {rows, cols, -1, -1}, 1, 0};
+    if (cv_check_array(given, &spec, &arr) || cv_element_strides(arr, name, strides) ||
+        cv_check_no_overlap(arr, name, v, "v") || cv_check_no_overlap(arr, name, u, "u"))
+        return NULL;
+    Py_INCREF(arr);
+    return arr;
+}
+
+static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"v", "u", "grad_v", "grad_u", "compute_grad", NULL};
+    PyObject *v_obj, *u_obj, *gv_obj = NULL, *gu_obj = NULL;
+    int compute_grad = 1;
+    PyArrayObject *v, *u, *gv = NULL, *gu = NULL;
+    ptrdiff_t sv[2], su[2], sgv[2] = {0, 0}, sgu[2] = {0, 0};
+    PyObject *result = NULL;
+    cv_loss_result out;
+    cv_status status;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$OOp:ContrastiveLoss.__call__", kwlist,
+                                     &v_obj, &u_obj, &gv_obj, &gu_obj, &compute_grad))
+        return NULL;
+    if (input_matrix(v_obj, "v", -1, -1, &v, sv))
+        return NULL;
+    npy_intp n = PyArray_DIM(v, 0), d = PyArray_DIM(v, 1);
+    if (n == 0 || d == 0) {
+        PyErr_Format(PyExc_ValueError, "v must have at least one row and one column, got (%ld, %ld)",
+                     (long)n, (long)d);
+        return NULL;
+    }
+    if (input_matrix(u_obj, "u (it must match v's shape)", n, d, &u, su))
+        return NULL;
+    if (compute_grad) {
+        if (!(gv = grad_output(gv_obj, "grad_v", n, d, sgv, v, u)) ||
+            !(gu = grad_output(gu_obj, "grad_u", n, d, sgu, v, u)))
+            goto error;
+        if (gv_obj && gu_obj && gv_obj != Py_None && gu_obj != Py_None &&
+            cv_check_no_overlap(gv, "grad_v", gu, "grad_u"))
+            goto error;
+    } else if ((gv_obj && gv_obj != Py_None) || (gu_obj && gu_obj != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "grad_v / grad_u given with compute_grad=False");
+        goto error;
+    }
+    if (cv_claim(&self->busy, "ContrastiveLoss"))
+        goto error;
+    double scale = effective_scale(self), lambda = self->image_to_text_weight;
+    Py_BEGIN_ALLOW_THREADS;
+    status = cv_loss_forward_backward(
+        &out, gv ? (float *)PyArray_DATA(gv) : NULL, sgv[0], sgv[1],
+        gu ? (float *)PyArray_DATA(gu) : NULL, sgu[0], sgu[1], &self->ws,
+        (const float *)PyArray_DATA(v), sv[0], sv[1], (const float *)PyArray_DATA(u), su[0],
+        su[1], n, n, d, 0, scale, lambda, 1.0 - lambda);
+    Py_END_ALLOW_THREADS;
+    CV_RELEASE(&self->busy);
+    if (status != CV_OK) {
+        cv_raise(status);
+        goto error;
+    }
+
+    result = PyStructSequence_New(&LossResultType);
+    if (!result)
+        goto error;
+    PyStructSequence_SET_ITEM(result, 0, PyFloat_FromDouble(out.loss));
+    PyStructSequence_SET_ITEM(result, 1, PyFloat_FromDouble(out.loss_rows));
+    PyStructSequence_SET_ITEM(result, 2, PyFloat_FromDouble(out.loss_cols));
+    PyStructSequence_SET_ITEM(result, 3, PyFloat_FromDouble(out.accuracy_rows));
+    PyStructSequence_SET_ITEM(result, 4, PyFloat_FromDouble(out.accuracy_cols));
+    PyStructSequence_SET_ITEM(result, 5, gv ? (PyObject *)gv : Py_NewRef(Py_None));
+    PyStructSequence_SET_ITEM(result, 6, gu ? (PyObject *)gu : Py_NewRef(Py_None));
+    if (self->learnable) {
+        /* Past the clamp the scale no longer moves with logit_scale. */
+        double g = exp(self->logit_scale) > self->max_logit_scale ? 0.0 : out.grad_logit_scale;
+        PyStructSequence_SET_ITEM(result, 7, PyFloat_FromDouble(g));
+    } else {
+        PyStructSequence_SET_ITEM(result, 7, Py_NewRef(Py_None));
+    }
+    for (int i = 0; i < 8; i++)
+        if (!PyStructSequence_GET_ITEM(result, i)) {
+            Py_DECREF(result); /* releases gv / gu too */
+            return NULL;
+        }
+    return result;
+
+error:
+    Py_XDECREF(gv);
+    Py_XDECREF(gu);
+    return NULL;
+}
+
+static PyObject *Loss_repr(LossObject *self)
+{
+    char buf[256];
+    if (self->learnable)
+        snprintf(buf, sizeof buf,
+                 "ContrastiveLoss(temperature=%g, image_to_text_weight=%g, "
+                 "learnable_temperature=True, max_logit_scale=%g)",
+                 1.0 / effective_scale(self), self->image_to_text_weight,
+                 self->max_logit_scale);
+    else
+        snprintf(buf, sizeof buf, "ContrastiveLoss(temperature=%g, image_to_text_weight=%g)",
+                 1.0 / effective_scale(self), self->image_to_text_weight);
+    return PyUnicode_FromString(buf);
+}
+
+static PyObject *get_temperature(LossObject *self, void *closure)
+{
+    (void)closure;
+    return PyFloat_FromDouble(1.0 / effective_scale(self));
+}
+
+static int set_temperature(LossObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    double t = value ? PyFloat_AsDouble(value) : -1.0;
+    if (!value || (t == -1.0 && PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "temperature cannot be deleted");
+        return -1;
+    }
+    if (check_temperature(t))
+        return -1;
+    self->logit_scale = log(1.0 / t);
+    return 0;
+}
+
+static PyObject *get_weight(LossObject *self, void *closure)
+{
+    (void)closure;
+    return PyFloat_FromDouble(self->image_to_text_weight);
+}
+
+static int set_weight(LossObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    double w = value ? PyFloat_AsDouble(value) : -1.0;
+    if (!value || (w == -1.0 && PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "image_to_text_weight cannot be deleted");
+        return -1;
+    }
+    if (check_weight(w))
+        return -1;
+    self->image_to_text_weight = w;
+    return 0;
+}
+
+static PyObject *get_logit_scale(LossObject *self, void *closure)
+{
+    (void)closure;
+    return PyFloat_FromDouble(self->logit_scale);
+}
+
+static int set_logit_scale(LossObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    double s = value ? PyFloat_AsDouble(value) : NAN;
+    if (!value || (s == -1.0 && PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "logit_scale cannot be deleted");
+        return -1;
+    }
+    if (!isfinite(s)) {
+        PyErr_Format(PyExc_ValueError, "logit_scale must be finite, got %g", s);
+        return -1;
+    }
+    self->logit_scale = s;
+    return 0;
+}
+
+static PyObject *get_learnable(LossObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->learnable);
+}
+
+static PyObject *get_max_logit_scale(LossObject *self, void *closure)
+{
+    (void)closure;
+    return PyFloat_FromDouble(self->max_logit_scale);
+}
+
+static PyGetSetDef Loss_getset[] = {
+    {"temperature", (getter)get_temperature, (setter)set_temperature,
+     "tau: logits are cosine similarities divided by it (paper: 0.1)", NULL},
+    {"image_to_text_weight", (getter)get_weight, (setter)set_weight,
+     "lambda: the weight of the image -> text direction (paper: 0.75)", NULL},
+    {"logit_scale", (getter)get_logit_scale, (setter)set_logit_scale,
+     "log(1 / temperature): the learnable parameter when learnable_temperature", NULL},
+    {"learnable_temperature", (getter)get_learnable, NULL,
+     "whether the call returns grad_logit_scale for training the temperature", NULL},
+    {"max_logit_scale", (getter)get_max_logit_scale, NULL,
+     "the clamp on exp(logit_scale) when the temperature is learnable", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+PyDoc_STRVAR(Loss_doc,
+"ContrastiveLoss(temperature=0.1, *, image_to_text_weight=0.75,\n"
+"                learnable_temperature=False, max_logit_scale=100.0)\n"
+"\n"
+"ConVIRT's bidirectional contrastive loss (Zhang et al. 2020), fused in C:\n"
+"\n"
+"    L = lambda * mean_i l_i(v->u) + (1 - lambda) * mean_i l_i(u->v)\n"
+"\n"
+"with cosine similarities divided by the temperature as logits.\n"
+"\n"
+"Call it as ``loss(v, u, *, grad_v=None, grad_u=None, compute_grad=True)``:\n"
+"v and u are float32 arrays of shape (N, d), read in place with their strides\n"
+"(transposed or sliced views are not copied). The result is a LossResult with\n"
+"the loss, both directional losses, both top-1 accuracies and the gradients\n"
+"dL/dv and dL/du (written into grad_v / grad_u when given). With\n"
+"learnable_temperature=True the temperature is 1 / min(exp(logit_scale),\n"
+"max_logit_scale) and grad_logit_scale is returned for the optimiser.");
+
+static PyTypeObject LossType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.ContrastiveLoss",
+    .tp_basicsize = sizeof(LossObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = Loss_doc,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Loss_init,
+    .tp_dealloc = (destructor)Loss_dealloc,
+    .tp_call = (ternaryfunc)Loss_call,
+    .tp_repr = (reprfunc)Loss_repr,
+    .tp_getset = Loss_getset,
+};
+
+int cv_register_contrastive_loss(PyObject *module)
+{
+    if (PyStructSequence_InitType2(&LossResultType, &result_desc) < 0)
+        return -1;
+    if (PyType_Ready(&LossType) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(module, "ContrastiveLoss", (PyObject *)&LossType) < 0 ||
+        PyModule_AddObjectRef(module, "LossResult", (PyObject *)&LossResultType) < 0)
+        return -1;
+    return 0;
+}

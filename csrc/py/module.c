@@ -1,0 +1,159 @@
+/* module.c - convirt._core: module init, configuration, threads and the GEMM and
+ * peak entry points the tests and benchmarks use. Each Python type lives in its own
+ * file and registers itself from here. */
+#define CONVIRT_MODULE_MAIN
+#include "arrays.h"
+#include "module.h"
+
+#ifndef CV_BUILD_CFLAGS
+#define CV_BUILD_CFLAGS "unknown"
+#endif
+
+static PyObject *py_config(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    cv_config c;
+    cv_get_config(&c);
+    return Py_BuildValue(
+        "{s:s,s:s,s:i,s:s,s:s,s:s,s:s,s:s,s:O,s:i,s:i,s:s,s:i,s:s,s:s}", "blis_version",
+        c.blis_version, "blis_arch", c.blis_arch, "blis_arch_id", c.blis_arch_id,
+        "blis_arch_reason", c.blis_arch_reason, "blis_configs", c.blis_configs,
+        "cpu_features", c.cpu_features, "blis_library", c.blis_library, "openmp_library",
+        c.openmp_library, "blis_openmp", c.blis_openmp ? Py_True : Py_False,
+        "num_threads", c.num_threads, "num_cores", c.num_cores, "openmp_runtime",
+#if defined(__GNUC__) && !defined(__clang__)
+        "libgomp (GCC)",
+#else
+        "unknown",
+#endif
+        "openmp_version", c.openmp_version, "compiler",
+#ifdef __VERSION__
+        __VERSION__,
+#else
+        "unknown",
+#endif
+        "cflags", CV_BUILD_CFLAGS);
+}
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 1 || n > 4096) {
+        PyErr_Format(PyExc_ValueError, "the number of threads must be 1..4096, got %ld", n);
+        return NULL;
+    }
+    cv_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(cv_get_num_threads());
+}
+
+static PyObject *py_fma_peak(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    (void)self;
+    static char *kwlist[] = {"threads", "seconds", NULL};
+    int threads = 0;
+    double seconds = 0.5, gflops;
+    int bits;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|id:fma_peak", kwlist, &threads, &seconds))
+        return NULL;
+    if (threads <= 0)
+        threads = cv_get_num_threads();
+    if (!(seconds > 0.0 && seconds < 600.0)) {
+        PyErr_Format(PyExc_ValueError, "seconds must be in (0, 600), got %g", seconds);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    gflops = cv_fma_peak(threads, seconds, &bits);
+    Py_END_ALLOW_THREADS;
+    return Py_BuildValue("(di)", gflops, bits);
+}
+
+/* gemm(A, B, C, alpha=1.0, beta=0.0, reference=False): C = alpha A @ B + beta C. */
+static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    (void)self;
+    static char *kwlist[] = {"A", "B", "C", "alpha", "beta", "reference", NULL};
+    PyObject *a_obj, *b_obj, *c_obj;
+    double alpha = 1.0, beta = 0.0;
+    int reference = 0;
+    PyArrayObject *A, *B, *C;
+    ptrdiff_t sa[2], sb[2], sc[2];
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|ddp:gemm", kwlist, &a_obj, &b_obj,
+                                     &c_obj, &alpha, &beta, &reference))
+        return NULL;
+    cv_array_spec spec_a = {"A", NPY_FLOAT32, 2, 2, {-1, -1, -1, -1}, 0, 0};
+    if (cv_check_array(a_obj, &spec_a, &A) || cv_element_strides(A, "A", sa))
+        return NULL;
+    npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1);
+    cv_array_spec spec_b = {"B", NPY_FLOAT32, 2, 2, {k, -1, -1, -1}, 0, 0};
+    if (cv_check_array(b_obj, &spec_b, &B) || cv_element_strides(B, "B", sb))
+        return NULL;
+    npy_intp n = PyArray_DIM(B, 1);
+    cv_array_spec spec_c = {"C", NPY_FLOAT32, 2, 2, {m, n, -1, -1}, 1, 0};
+    if (cv_check_array(c_obj, &spec_c, &C) || cv_element_strides(C, "C", sc) ||
+        cv_check_no_overlap(C, "C", A, "A") || cv_check_no_overlap(C, "C", B, "B"))
+        return NULL;
+    const float *pa = PyArray_DATA(A), *pb = PyArray_DATA(B);
+    float *pc = PyArray_DATA(C);
+    Py_BEGIN_ALLOW_THREADS;
+    if (reference)
+        cv_gemm_reference(m, n, k, (float)alpha, pa, sa[0], sa[1], pb, sb[0], sb[1],
+                          (float)beta, pc, sc[0], sc[1]);
+    else
+        cv_gemm(m, n, k, (float)alpha, pa, sa[0], sa[1], pb, sb[0], sb[1], (float)beta, pc,
+                sc[0], sc[1]);
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"config", py_config, METH_NOARGS,
+     "config() -> dict: BLIS version and sub-configuration (and why), threads, OpenMP "
+     "runtime, compiler and flags."},
+    {"set_num_threads", py_set_num_threads, METH_O,
+     "set_num_threads(n): threads for the core's loops and for BLIS."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS,
+     "get_num_threads() -> int: threads the next call will use."},
+    {"fma_peak", (PyCFunction)(void (*)(void))py_fma_peak, METH_VARARGS | METH_KEYWORDS,
+     "fma_peak(threads=0, seconds=0.5) -> (GFLOP/s, vector bits): FP32 FMA throughput of "
+     "a register-only loop, the machine's limit for GEMM."},
+    {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_VARARGS | METH_KEYWORDS,
+     "gemm(A, B, C, alpha=1.0, beta=0.0, reference=False): C = alpha A @ B + beta C on "
+     "float32 arrays with any strides, through the core's BLIS wrapper (or its naive "
+     "reference)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "convirt._core",
+    .m_doc = "The C core of convirt.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    import_array();
+    if (cv_init() != CV_OK) {
+        PyErr_SetString(PyExc_ImportError, cv_last_error());
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&module_def);
+    if (!module)
+        return NULL;
+    if (cv_register_contrastive_loss(module) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,9 @@
+/* module.h - what each type file registers into convirt._core. */
+#ifndef CONVIRT_PY_MODULE_H
+#define CONVIRT_PY_MODULE_H
+
+#include <Python.h>
+
+int cv_register_contrastive_loss(PyObject *module);
+
+#endif
