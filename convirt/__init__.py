@@ -3,6 +3,7 @@ reports (Zhang et al., 2020), on a C core built on BLIS and OpenMP.
 
 The objects people use first:
 
+- :class:`Encoder` - an image (ResNet) or text (BERT) tower with its projection head.
 - :class:`ContrastiveLoss` - the paper's bidirectional contrastive loss, fused in C.
 
 Configuration: :func:`show_config`, :func:`config`, :func:`set_num_threads`,
@@ -13,11 +14,13 @@ import warnings
 
 from . import _core
 from ._core import ContrastiveLoss, LossResult, get_num_threads, set_num_threads
+from .encoder import Encoder
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ContrastiveLoss",
+    "Encoder",
     "LossResult",
     "config",
     "get_num_threads",

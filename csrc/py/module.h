@@ -5,5 +5,6 @@
 #include <Python.h>
 
 int cv_register_contrastive_loss(PyObject *module);
+int cv_register_encoder(PyObject *module);
 
 #endif

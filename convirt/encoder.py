@@ -1,0 +1,376 @@
+"""convirt.Encoder: an image (ResNet) or text (BERT) tower with its projection head.
+
+The math runs in the C type ``convirt._core.Encoder``; this subclass adds the
+constructors, batching with progress bars, named parameter views and checkpoints.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from . import _core
+from ._io import atomic_write, read_safetensors
+
+__all__ = ["Encoder"]
+
+# Keys that PyTorch checkpoints carry and an encoder does not have.
+_IGNORED_SUFFIXES = ("num_batches_tracked", "embeddings.position_ids")
+_IGNORED_PREFIXES = ("fc.", "pooler.", "cls.", "classifier.", "head.fc.")
+_STRIPPED_PREFIXES = ("module.", "bert.", "model.")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The grey level of the ImageNet statistics, for one-channel radiographs.
+GRAY_MEAN = (0.449,)
+GRAY_STD = (0.226,)
+
+_POOLING = {"max": 0, "mean": 1, "cls": 2}
+
+
+def _stored_shape(shape, layout):
+    """Shape of a tensor in the order the core stores it."""
+    if layout == "KRSC":
+        k, c, r, s = shape
+        return (k, r, s, c)
+    return tuple(shape)
+
+
+def _to_stored(array, layout):
+    if layout == "KRSC":
+        return np.transpose(array, (0, 2, 3, 1))
+    return array
+
+
+def _to_torch(array, layout):
+    if layout == "KRSC":
+        return np.ascontiguousarray(np.transpose(array, (0, 3, 1, 2)))
+    return np.array(array, copy=True)
+
+
+class Encoder(_core.Encoder):
+    """An encoder tower: a backbone f (ResNet or BERT) and a projection head g.
+
+    Build one with :meth:`resnet18`, :meth:`resnet34`, :meth:`resnet50`,
+    :meth:`bert` or :meth:`from_pretrained` (a Hugging Face BERT directory), or
+    :meth:`from_checkpoint` (a file written by :meth:`save`).
+
+    - ``encode(x)`` -> backbone features h, float32 (N, feature_dim), eval mode.
+    - ``embed(x)`` -> projected embeddings g(h), float32 (N, proj_dim), eval mode.
+    - ``forward`` / ``backward`` / ``zero_grad`` / ``train()`` / ``eval()`` for training.
+    - ``parameters()`` / ``gradients()`` -> dicts of NumPy views into the flat buffers.
+
+    Images are (N, H, W) or (N, H, W, C) uint8 or float32 arrays (memmaps too), read in
+    place; uint8 is scaled by 1/255, then ``(x - mean) / std`` per channel
+    (``normalization``). Text is a list of strings (with a tokenizer) or int32
+    ``input_ids`` with an ``attention_mask``.
+    """
+
+    def __init__(self, kind, config, *, proj_dim=512, proj_hidden=512, seed=0):
+        super().__init__(kind, dict(config), proj_dim=proj_dim, proj_hidden=proj_hidden,
+                         seed=seed)
+        self._spec = {"kind": kind, "config": dict(config), "proj_dim": proj_dim,
+                      "proj_hidden": proj_hidden, "seed": seed}
+        self.tokenizer = None
+        self.max_length = 128
+
+    # ---- constructors -------------------------------------------------------------
+
+    @classmethod
+    def _resnet(cls, depth, in_channels, proj_dim, proj_hidden, seed, normalization):
+        encoder = cls("resnet", {"depth": depth, "in_channels": in_channels},
+                      proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed)
+        if normalization is None:
+            normalization = ((GRAY_MEAN, GRAY_STD) if in_channels == 1
+                             else (IMAGENET_MEAN[:in_channels], IMAGENET_STD[:in_channels]))
+        encoder.normalization = (tuple(normalization[0]), tuple(normalization[1]))
+        return encoder
+
+    @classmethod
+    def resnet18(cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0,
+                 normalization=None):
+        """ResNet-18 image encoder (features: 512)."""
+        return cls._resnet(18, in_channels, proj_dim, proj_hidden, seed, normalization)
+
+    @classmethod
+    def resnet34(cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0,
+                 normalization=None):
+        """ResNet-34 image encoder (features: 512)."""
+        return cls._resnet(34, in_channels, proj_dim, proj_hidden, seed, normalization)
+
+    @classmethod
+    def resnet50(cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0,
+                 normalization=None):
+        """ResNet-50 image encoder, ConVIRT's f_v (features: 2048)."""
+        return cls._resnet(50, in_channels, proj_dim, proj_hidden, seed, normalization)
+
+    @classmethod
+    def bert(cls, *, vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+             num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512,
+             type_vocab_size=2, layer_norm_eps=1e-12, pooling="max", freeze_layers=0,
+             proj_dim=512, proj_hidden=512, seed=0, tokenizer=None, max_length=128):
+        """A BERT text encoder (Hugging Face BertModel, post-LayerNorm) pooled over the
+        valid tokens of its last layer: ``pooling`` is 'max' (ConVIRT), 'mean' or 'cls'.
+        ``freeze_layers=k`` freezes the embeddings and the first k layers (ConVIRT:
+        6 of 12)."""
+        if pooling not in _POOLING:
+            raise ValueError(f"pooling must be one of {sorted(_POOLING)}, got {pooling!r}")
+        config = {"vocab_size": vocab_size, "hidden_size": hidden_size,
+                  "num_hidden_layers": num_hidden_layers,
+                  "num_attention_heads": num_attention_heads,
+                  "intermediate_size": intermediate_size,
+                  "max_position_embeddings": max_position_embeddings,
+                  "type_vocab_size": type_vocab_size, "layer_norm_eps": layer_norm_eps,
+                  "pooling": _POOLING[pooling], "freeze_layers": freeze_layers}
+        encoder = cls("bert", config, proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed)
+        encoder.tokenizer = tokenizer
+        encoder.max_length = max_length
+        return encoder
+
+    @classmethod
+    def from_pretrained(cls, path, *, pooling="max", freeze_layers=None, proj_dim=512,
+                        proj_hidden=512, seed=0, max_length=128):
+        """A text encoder from a Hugging Face BERT directory (config.json,
+        model.safetensors, tokenizer.json or vocab.txt). ``freeze_layers`` defaults to
+        half of the layers, as in ConVIRT."""
+        from .text import load_pretrained_bert
+
+        return load_pretrained_bert(cls, path, pooling=pooling, freeze_layers=freeze_layers,
+                                    proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed,
+                                    max_length=max_length)
+
+    @classmethod
+    def from_checkpoint(cls, path):
+        """An encoder rebuilt from a file written by :meth:`save`."""
+        tensors, metadata = read_safetensors(path)
+        if "convirt_encoder" not in metadata:
+            raise ValueError(f"{path} is not a convirt encoder checkpoint (no "
+                             "'convirt_encoder' metadata); use load() on an encoder built "
+                             "with the right architecture")
+        spec = json.loads(metadata["convirt_encoder"])
+        encoder = cls(spec["kind"], spec["config"], proj_dim=spec["proj_dim"],
+                      proj_hidden=spec["proj_hidden"], seed=spec["seed"])
+        if "normalization" in spec and spec["normalization"] is not None:
+            encoder.normalization = tuple(tuple(x) for x in spec["normalization"])
+        if spec.get("tokenizer"):
+            from .text import tokenizer_from_json
+
+            encoder.tokenizer = tokenizer_from_json(spec["tokenizer"])
+        encoder.max_length = spec.get("max_length", 128)
+        encoder.load_state_dict(tensors)
+        return encoder
+
+    # ---- modes ------------------------------------------------------------------------
+
+    def train(self, mode=True):
+        """Training mode: forward keeps what backward needs and batch norm uses (and
+        updates) batch statistics. Returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode (running statistics, nothing kept for backward). Returns self."""
+        self.training = False
+        return self
+
+    # ---- named views ------------------------------------------------------------------
+
+    def _views(self, flat, want_buffers):
+        views = {}
+        params, buffers = self.flat_parameters if flat is None else flat, self.flat_buffers
+        for name, shape, offset, size, is_buffer, frozen, layout in self.tensor_table:
+            if is_buffer and not want_buffers:
+                continue
+            source = buffers if is_buffer else params
+            views[name] = source[offset:offset + size].reshape(_stored_shape(shape, layout))
+        return views
+
+    def parameters(self):
+        """name -> float32 view into the parameter buffer (and the running statistics),
+        with PyTorch state_dict names. Convolution weights are stored GEMM-ready as
+        (K, R, S, C); :meth:`state_dict` gives PyTorch's (K, C, R, S)."""
+        return self._views(None, True)
+
+    def gradients(self):
+        """name -> float32 view into the gradient buffer (trainable tensors only)."""
+        grads = self.flat_gradients
+        return {name: view for name, view in self._views(grads, False).items()
+                if not self._is_frozen(name)}
+
+    def _is_frozen(self, name):
+        return any(row[0] == name and row[5] for row in self.tensor_table)
+
+    def num_parameters(self, trainable_only=False):
+        """Number of parameters (excluding running statistics)."""
+        if trainable_only:
+            return sum(row[3] for row in self.tensor_table
+                       if not row[4] and not row[5]
+                       and (not self.freeze_backbone or row[0].startswith("projection.")))
+        return sum(row[3] for row in self.tensor_table if not row[4])
+
+    def state_dict(self):
+        """name -> a copy of each tensor in PyTorch's layout."""
+        out = {}
+        views = self.parameters()
+        for name, shape, offset, size, is_buffer, frozen, layout in self.tensor_table:
+            out[name] = _to_torch(views[name], layout)
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy tensors in by name. Accepts this encoder's own names and those of
+        torchvision / timm ResNets and Hugging Face BERTs (prefixes such as 'module.' or
+        'bert.' are stripped; fc, pooler and num_batches_tracked are ignored).
+        Convolution weights may be in PyTorch's (K, C, R, S) layout. Missing, unexpected
+        or wrongly-shaped tensors raise a ValueError that lists them, and nothing is
+        changed."""
+        table = {row[0]: row for row in self.tensor_table}
+        given = {}
+        for key, value in state_dict.items():
+            name = key
+            for prefix in _STRIPPED_PREFIXES:
+                if name.startswith(prefix) and name[len(prefix):] in table:
+                    name = name[len(prefix):]
+            if name not in table and (name.endswith(_IGNORED_SUFFIXES)
+                                      or name.startswith(_IGNORED_PREFIXES)
+                                      or any(name.startswith(p + q) for p in _STRIPPED_PREFIXES
+                                             for q in _IGNORED_PREFIXES)):
+                continue
+            given[name] = (key, np.asarray(value))
+        missing = sorted(set(table) - set(given))
+        unexpected = sorted(given[name][0] for name in set(given) - set(table))
+        wrong = []
+        for name in set(given) & set(table):
+            shape, layout = tuple(table[name][1]), table[name][6]
+            array = given[name][1]
+            if array.shape != shape and array.shape != _stored_shape(shape, layout):
+                wrong.append(f"{name}: expected {shape}, got {array.shape}")
+            elif not np.all(np.isfinite(array)):
+                wrong.append(f"{name}: contains NaN or Inf")
+        problems = []
+        if strict and missing:
+            problems.append(f"missing {len(missing)}: {', '.join(missing[:20])}"
+                            + (" ..." if len(missing) > 20 else ""))
+        if strict and unexpected:
+            problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:20])}"
+                            + (" ..." if len(unexpected) > 20 else ""))
+        if wrong:
+            problems.append(f"wrong shape or values {len(wrong)}: {'; '.join(sorted(wrong)[:20])}")
+        if problems:
+            raise ValueError("cannot load the state dict into this "
+                             f"{self._describe()}: " + " | ".join(problems))
+        views = self.parameters()
+        for name in given.keys() & table.keys():
+            shape, layout = tuple(table[name][1]), table[name][6]
+            array = given[name][1]
+            if array.shape == shape:
+                array = _to_stored(array, layout)
+            views[name][...] = array
+
+    # ---- files --------------------------------------------------------------------------
+
+    def _metadata(self):
+        spec = dict(self._spec)
+        spec["normalization"] = self.normalization
+        spec["max_length"] = self.max_length
+        if self.tokenizer is not None:
+            spec["tokenizer"] = self.tokenizer.to_str()
+        return {"convirt_encoder": json.dumps(spec), "format": "convirt-encoder-1"}
+
+    def save(self, path):
+        """Write every tensor (PyTorch layout and names) to a safetensors file, with the
+        architecture in its metadata so :meth:`from_checkpoint` can rebuild it. The
+        write is atomic: a crash leaves the previous file intact."""
+        from safetensors.numpy import save
+
+        data = save(self.state_dict(), metadata=self._metadata())
+        atomic_write(path, data)
+
+    def load(self, path, strict=True):
+        """Load a safetensors file by name into this encoder (see load_state_dict)."""
+        tensors, _ = read_safetensors(path)
+        self.load_state_dict(tensors, strict=strict)
+        return self
+
+    # ---- inference ----------------------------------------------------------------------
+
+    def _inputs(self, x, attention_mask):
+        if self.kind == "text" and isinstance(x, (list, tuple)) and (
+                len(x) == 0 or isinstance(x[0], str)):
+            if self.tokenizer is None:
+                raise ValueError("this text encoder has no tokenizer: pass input_ids and "
+                                 "attention_mask, or build it with from_pretrained()")
+            from .text import tokenize
+
+            return tokenize(self.tokenizer, list(x), max_length=self.max_length)
+        return x, attention_mask
+
+    def _batched(self, x, attention_mask, out, dim, which, batch_size, progress):
+        x, attention_mask = self._inputs(x, attention_mask)
+        n = len(x)
+        if n == 0:
+            raise ValueError("empty input: nothing to encode")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if out is None:
+            out = np.empty((n, dim), dtype=np.float32)
+        elif (not isinstance(out, np.ndarray) or out.dtype != np.float32
+              or out.shape != (n, dim) or not out.flags.c_contiguous
+              or not out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous float32 array of shape "
+                             f"({n}, {dim})")
+        starts = range(0, n, batch_size)
+        if progress is None:
+            progress = len(starts) > 10
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"{which} ({self.kind})", unit="batch")
+        was_training = self.training
+        self.training = False
+        try:
+            for start in starts:
+                stop = min(start + batch_size, n)
+                mask = None if attention_mask is None else attention_mask[start:stop]
+                if which == "encode":
+                    self.forward(x[start:stop], mask, embeddings=False,
+                                 features_out=out[start:stop])
+                else:
+                    self.forward(x[start:stop], mask, features=False,
+                                 embeddings_out=out[start:stop])
+        finally:
+            self.training = was_training
+        return out
+
+    def encode(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
+        """Backbone features h (float32, (N, feature_dim)) in eval mode, in batches.
+        ``progress``: a tqdm bar (default: when there are more than 10 batches)."""
+        return self._batched(x, attention_mask, out, self.feature_dim, "encode", batch_size,
+                             progress)
+
+    def embed(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
+        """Projected embeddings g(h) (float32, (N, proj_dim)) in eval mode, in batches."""
+        return self._batched(x, attention_mask, out, self.proj_dim, "embed", batch_size,
+                             progress)
+
+    # ---- description ------------------------------------------------------------------------
+
+    def _describe(self):
+        spec = self._spec
+        if spec["kind"] == "resnet":
+            return f"ResNet-{spec['config']['depth']} encoder"
+        return f"BERT encoder ({spec['config']['num_hidden_layers']} layers)"
+
+    def __repr__(self):
+        spec = self._spec
+        if spec["kind"] == "resnet":
+            args = (f"depth={spec['config']['depth']}, "
+                    f"in_channels={spec['config']['in_channels']}")
+        else:
+            c = spec["config"]
+            pooling = {v: k for k, v in _POOLING.items()}[c.get("pooling", 0)]
+            args = (f"layers={c['num_hidden_layers']}, hidden={c['hidden_size']}, "
+                    f"heads={c['num_attention_heads']}, pooling='{pooling}', "
+                    f"freeze_layers={c.get('freeze_layers', 0)}")
+        return (f"Encoder({spec['kind']}: {args}, feature_dim={self.feature_dim}, "
+                f"proj_dim={self.proj_dim}, training={self.training}, "
+                f"parameters={self.num_parameters():,})")

@@ -1,0 +1,782 @@
+/* encoder.c - the Python type convirt._core.Encoder (subclassed by convirt.Encoder).
+ *
+ * An image (ResNet) or text (BERT) tower with its projection head. It owns the flat
+ * parameter, gradient and state buffers and shows them to Python as NumPy views whose
+ * base is the encoder; inputs are read in place, outputs go to supplied arrays. */
+#include "../bert.h"
+#include "../resnet.h"
+#include "arrays.h"
+#include "module.h"
+
+typedef struct {
+    PyObject_HEAD
+    cv_encoder enc;
+    int built;
+    int is_image;
+    int training;
+    int busy;
+    int in_channels;
+    float mean[4], std[4]; /* image normalisation per channel */
+    int vocab_size, max_positions, type_vocab_size;
+    npy_intp last_h, last_w; /* the last training input, for the input gradient's shape */
+    int last_ndim;
+} EncoderObject;
+
+/* ---- construction ------------------------------------------------------------- */
+
+/* Reads an int from a config dict; returns 0, or -1 with an exception. */
+static int config_int(PyObject *config, const char *key, int fallback, int *out)
+{
+    PyObject *value = PyDict_GetItemString(config, key); /* borrowed */
+    if (!value) {
+        if (fallback == INT32_MIN) {
+            PyErr_Format(PyExc_KeyError, "the encoder config needs '%s'", key);
+            return -1;
+        }
+        *out = fallback;
+        return 0;
+    }
+    long v = PyLong_AsLong(value);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < INT32_MIN + 1 || v > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "config '%s' = %ld is out of range", key, v);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int config_double(PyObject *config, const char *key, double fallback, double *out)
+{
+    PyObject *value = PyDict_GetItemString(config, key);
+    if (!value) {
+        *out = fallback;
+        return 0;
+    }
+    *out = PyFloat_AsDouble(value);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int build_resnet(EncoderObject *self, PyObject *config)
+{
+    cv_resnet_config rc;
+    if (config_int(config, "depth", 50, &rc.depth) ||
+        config_int(config, "in_channels", 1, &rc.in_channels))
+        return -1;
+    if (rc.depth != 18 && rc.depth != 34 && rc.depth != 50) {
+        PyErr_Format(PyExc_ValueError, "ResNet depth must be 18, 34 or 50, got %d", rc.depth);
+        return -1;
+    }
+    if (rc.in_channels < 1 || rc.in_channels > 4) {
+        PyErr_Format(PyExc_ValueError, "in_channels must be 1..4, got %d", rc.in_channels);
+        return -1;
+    }
+    self->is_image = 1;
+    self->in_channels = rc.in_channels;
+    for (int c = 0; c < 4; c++) {
+        self->mean[c] = 0.5f;
+        self->std[c] = 0.25f;
+    }
+    cv_status status = resnet_create(&self->enc.backbone, &self->enc.table, &rc);
+    return status == CV_OK ? 0 : cv_raise(status);
+}
+
+static int build_bert(EncoderObject *self, PyObject *config, int *frozen)
+{
+    cv_bert_config bc;
+    if (config_int(config, "vocab_size", INT32_MIN, &bc.vocab_size) ||
+        config_int(config, "hidden_size", INT32_MIN, &bc.hidden_size) ||
+        config_int(config, "num_hidden_layers", INT32_MIN, &bc.num_layers) ||
+        config_int(config, "num_attention_heads", INT32_MIN, &bc.num_heads) ||
+        config_int(config, "intermediate_size", INT32_MIN, &bc.intermediate_size) ||
+        config_int(config, "max_position_embeddings", 512, &bc.max_position_embeddings) ||
+        config_int(config, "type_vocab_size", 2, &bc.type_vocab_size) ||
+        config_double(config, "layer_norm_eps", 1e-12, &bc.layer_norm_eps) ||
+        config_int(config, "pooling", CV_POOL_MAX, &bc.pooling) ||
+        config_int(config, "freeze_layers", 0, &bc.freeze_layers))
+        return -1;
+    if (bc.vocab_size < 1 || bc.hidden_size < 1 || bc.num_layers < 1 || bc.num_heads < 1 ||
+        bc.intermediate_size < 1 || bc.max_position_embeddings < 1 || bc.type_vocab_size < 1) {
+        PyErr_SetString(PyExc_ValueError, "BERT sizes must all be >= 1");
+        return -1;
+    }
+    if (bc.hidden_size % bc.num_heads != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "hidden_size %d is not a multiple of num_attention_heads %d",
+                     bc.hidden_size, bc.num_heads);
+        return -1;
+    }
+    if (bc.pooling < CV_POOL_MAX || bc.pooling > CV_POOL_CLS) {
+        PyErr_Format(PyExc_ValueError, "pooling code must be 0 (max), 1 (mean) or 2 (cls)");
+        return -1;
+    }
+    if (bc.freeze_layers < 0 || bc.freeze_layers > bc.num_layers) {
+        PyErr_Format(PyExc_ValueError, "freeze_layers must be 0..%d, got %d", bc.num_layers,
+                     bc.freeze_layers);
+        return -1;
+    }
+    if (!(bc.layer_norm_eps > 0.0)) {
+        PyErr_Format(PyExc_ValueError, "layer_norm_eps must be > 0, got %g", bc.layer_norm_eps);
+        return -1;
+    }
+    self->is_image = 0;
+    self->vocab_size = bc.vocab_size;
+    self->max_positions = bc.max_position_embeddings;
+    self->type_vocab_size = bc.type_vocab_size;
+    cv_status status = bert_create(&self->enc.backbone, &self->enc.table, &bc, frozen);
+    return status == CV_OK ? 0 : cv_raise(status);
+}
+
+static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"kind", "config", "proj_dim", "proj_hidden", "seed", NULL};
+    const char *kind;
+    PyObject *config;
+    Py_ssize_t proj_dim = 512, proj_hidden = 512;
+    unsigned long long seed = 0;
+    int frozen = 0;
+    if (self->built) {
+        PyErr_SetString(PyExc_RuntimeError, "an Encoder cannot be initialised twice");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sO!|$nnK:Encoder", kwlist, &kind,
+                                     &PyDict_Type, &config, &proj_dim, &proj_hidden, &seed))
+        return -1;
+    if (proj_dim < 1 || proj_hidden < 1) {
+        PyErr_Format(PyExc_ValueError, "proj_dim and proj_hidden must be >= 1, got %zd, %zd",
+                     proj_dim, proj_hidden);
+        return -1;
+    }
+    int rc;
+    if (!strcmp(kind, "resnet"))
+        rc = build_resnet(self, config);
+    else if (!strcmp(kind, "bert"))
+        rc = build_bert(self, config, &frozen);
+    else {
+        PyErr_Format(PyExc_ValueError, "kind must be 'resnet' or 'bert', got '%s'", kind);
+        return -1;
+    }
+    if (rc < 0) {
+        cv_encoder_free(&self->enc);
+        return -1;
+    }
+    cv_status status;
+    Py_BEGIN_ALLOW_THREADS;
+    status = cv_encoder_finish(&self->enc, proj_hidden, proj_dim, frozen, seed);
+    Py_END_ALLOW_THREADS;
+    if (status != CV_OK) {
+        cv_encoder_free(&self->enc);
+        return cv_raise(status);
+    }
+    self->built = 1;
+    return 0;
+}
+
+static void Encoder_dealloc(EncoderObject *self)
+{
+    cv_encoder_free(&self->enc);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int check_built(EncoderObject *self)
+{
+    if (!self->built) {
+        PyErr_SetString(PyExc_RuntimeError, "the Encoder was not initialised");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- inputs -------------------------------------------------------------------- */
+
+static int image_batch(EncoderObject *self, PyObject *obj, cv_batch *batch,
+                       PyArrayObject **arr)
+{
+    cv_array_spec spec = {"images", -1, 3, 4, {-1, -1, -1, -1}, 0, 0};
+    if (cv_check_array(obj, &spec, arr))
+        return -1;
+    ptrdiff_t strides[4];
+    if (cv_element_strides(*arr, "images", strides))
+        return -1;
+    int nd = PyArray_NDIM(*arr);
+    npy_intp c = nd == 4 ? PyArray_DIM(*arr, 3) : 1;
+    if (c != self->in_channels) {
+        PyErr_Format(PyExc_ValueError,
+                     "images have %ld channel(s) but the encoder was built for in_channels=%d "
+                     "(pass (N, H, W) for 1 channel, (N, H, W, C) otherwise)",
+                     (long)c, self->in_channels);
+        return -1;
+    }
+    npy_intp n = PyArray_DIM(*arr, 0), h = PyArray_DIM(*arr, 1), w = PyArray_DIM(*arr, 2);
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "images is an empty batch (N = 0)");
+        return -1;
+    }
+    if (h < 32 || w < 32) {
+        PyErr_Format(PyExc_ValueError, "images must be at least 32 x 32 pixels, got %ld x %ld",
+                     (long)h, (long)w);
+        return -1;
+    }
+    memset(batch, 0, sizeof *batch);
+    batch->kind = CV_INPUT_IMAGES;
+    batch->n = n;
+    batch->pixels = PyArray_DATA(*arr);
+    batch->is_uint8 = PyArray_TYPE(*arr) == NPY_UINT8;
+    batch->h = h;
+    batch->w = w;
+    batch->c = c;
+    for (int i = 0; i < 3; i++)
+        batch->stride[i] = strides[i];
+    batch->stride[3] = nd == 4 ? strides[3] : 1;
+    batch->mean = self->mean;
+    batch->std = self->std;
+    if (!batch->is_uint8) {
+        const float *p = batch->pixels;
+        int finite = 1;
+        Py_BEGIN_ALLOW_THREADS;
+        for (npy_intp i = 0; i < n && finite; i++)
+            for (npy_intp y = 0; y < h && finite; y++)
+                for (npy_intp x = 0; x < w; x++)
+                    for (npy_intp k = 0; k < c; k++)
+                        finite &= isfinite(p[i * strides[0] + y * strides[1] + x * strides[2] +
+                                             k * batch->stride[3]]) != 0;
+        Py_END_ALLOW_THREADS;
+        if (!finite) {
+            PyErr_SetString(PyExc_ValueError, "images contain NaN or Inf");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int token_array(PyObject *obj, const char *name, npy_intp n, npy_intp t,
+                       PyArrayObject **arr, ptrdiff_t *strides)
+{
+    cv_array_spec spec = {name, NPY_INT32, 2, 2, {n, t, -1, -1}, 0, 0};
+    return cv_check_array(obj, &spec, arr) || cv_element_strides(*arr, name, strides) ? -1 : 0;
+}
+
+static int token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_obj,
+                       PyObject *types_obj, cv_batch *batch)
+{
+    PyArrayObject *ids, *mask, *types;
+    memset(batch, 0, sizeof *batch);
+    if (token_array(ids_obj, "input_ids", -1, -1, &ids, batch->ids_stride))
+        return -1;
+    npy_intp n = PyArray_DIM(ids, 0), t = PyArray_DIM(ids, 1);
+    if (n < 1 || t < 1) {
+        PyErr_Format(PyExc_ValueError, "input_ids is empty: shape (%ld, %ld)", (long)n, (long)t);
+        return -1;
+    }
+    if (t > self->max_positions) {
+        PyErr_Format(PyExc_ValueError,
+                     "sequences of %ld tokens are longer than the position table (%d)",
+                     (long)t, self->max_positions);
+        return -1;
+    }
+    if (!mask_obj || mask_obj == Py_None) {
+        PyErr_SetString(PyExc_ValueError,
+                        "text input needs attention_mask (int32, same shape as input_ids)");
+        return -1;
+    }
+    if (token_array(mask_obj, "attention_mask (same shape as input_ids)", n, t, &mask,
+                    batch->mask_stride))
+        return -1;
+    batch->token_types = NULL;
+    if (types_obj && types_obj != Py_None) {
+        if (token_array(types_obj, "token_type_ids (same shape as input_ids)", n, t, &types,
+                        batch->types_stride))
+            return -1;
+        batch->token_types = PyArray_DATA(types);
+    }
+    batch->kind = CV_INPUT_TOKENS;
+    batch->n = n;
+    batch->t = t;
+    batch->ids = PyArray_DATA(ids);
+    batch->mask = PyArray_DATA(mask);
+    /* Values: ids in the vocabulary, mask 0/1 with a token in every row, types in range. */
+    for (npy_intp i = 0; i < n; i++) {
+        int valid = 0;
+        for (npy_intp j = 0; j < t; j++) {
+            int32_t id = batch->ids[i * batch->ids_stride[0] + j * batch->ids_stride[1]];
+            int32_t m = batch->mask[i * batch->mask_stride[0] + j * batch->mask_stride[1]];
+            if (m != 0 && m != 1) {
+                PyErr_Format(PyExc_ValueError,
+                             "attention_mask[%ld, %ld] = %d; it must be 0 or 1", (long)i,
+                             (long)j, m);
+                return -1;
+            }
+            if (id < 0 || id >= self->vocab_size) {
+                PyErr_Format(PyExc_ValueError,
+                             "input_ids[%ld, %ld] = %d is outside the vocabulary [0, %d)",
+                             (long)i, (long)j, id, self->vocab_size);
+                return -1;
+            }
+            if (batch->token_types) {
+                int32_t ty =
+                    batch->token_types[i * batch->types_stride[0] + j * batch->types_stride[1]];
+                if (ty < 0 || ty >= self->type_vocab_size) {
+                    PyErr_Format(PyExc_ValueError,
+                                 "token_type_ids[%ld, %ld] = %d is outside [0, %d)", (long)i,
+                                 (long)j, ty, self->type_vocab_size);
+                    return -1;
+                }
+            }
+            valid += m;
+        }
+        if (!valid) {
+            PyErr_Format(PyExc_ValueError, "sequence %ld has no valid token in attention_mask",
+                         (long)i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* An (n, dim) float32 output: the caller's C-contiguous writeable array or a new one. */
+static PyArrayObject *output_matrix(PyObject *given, const char *name, npy_intp n,
+                                    npy_intp dim, PyArrayObject *input)
+{
+    PyArrayObject *arr;
+    npy_intp shape[2] = {n, dim};
+    if (!given || given == Py_None)
+        return cv_new_float_array(2, shape);
+    cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {n, dim, -1, -1}, 1, 1};
+    if (cv_check_array(given, &spec, &arr))
+        return NULL;
+    if (input && cv_check_no_overlap(arr, name, input, "the input"))
+        return NULL;
+    Py_INCREF(arr);
+    return arr;
+}
+
+/* ---- forward / backward ----------------------------------------------------------- */
+
+static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"x",        "attention_mask", "token_type_ids", "features",
+                             "embeddings", "features_out", "embeddings_out", NULL};
+    PyObject *x, *mask = NULL, *types = NULL, *feat_out = NULL, *emb_out = NULL;
+    int want_features = 1, want_embeddings = 1;
+    PyArrayObject *image_arr = NULL, *feats = NULL, *embs = NULL;
+    cv_batch batch;
+    cv_status status;
+    if (check_built(self))
+        return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$ppOO:forward", kwlist, &x, &mask, &types,
+                                     &want_features, &want_embeddings, &feat_out, &emb_out))
+        return NULL;
+    if (self->is_image) {
+        if ((mask && mask != Py_None) || (types && types != Py_None)) {
+            PyErr_SetString(PyExc_TypeError, "an image encoder takes no attention_mask");
+            return NULL;
+        }
+        if (image_batch(self, x, &batch, &image_arr))
+            return NULL;
+    } else if (token_batch(self, x, mask, types, &batch)) {
+        return NULL;
+    }
+    if (!want_features && !want_embeddings) {
+        PyErr_SetString(PyExc_ValueError, "nothing to compute: features and embeddings are both False");
+        return NULL;
+    }
+    if (want_features &&
+        !(feats = output_matrix(feat_out, "features_out", batch.n, self->enc.feature_dim,
+                                image_arr)))
+        goto error;
+    if (want_embeddings &&
+        !(embs = output_matrix(emb_out, "embeddings_out", batch.n, self->enc.proj_dim,
+                               image_arr)))
+        goto error;
+    if (cv_claim(&self->busy, "Encoder"))
+        goto error;
+    Py_BEGIN_ALLOW_THREADS;
+    status = cv_encoder_forward(&self->enc, feats ? PyArray_DATA(feats) : NULL,
+                                embs ? PyArray_DATA(embs) : NULL, &batch, self->training);
+    Py_END_ALLOW_THREADS;
+    CV_RELEASE(&self->busy);
+    if (status != CV_OK) {
+        cv_raise(status);
+        goto error;
+    }
+    if (self->is_image && self->training) {
+        self->last_h = batch.h;
+        self->last_w = batch.w;
+        self->last_ndim = PyArray_NDIM(image_arr);
+    }
+    return Py_BuildValue("(NN)", feats ? (PyObject *)feats : Py_NewRef(Py_None),
+                         embs ? (PyObject *)embs : Py_NewRef(Py_None));
+error:
+    Py_XDECREF(feats);
+    Py_XDECREF(embs);
+    return NULL;
+}
+
+static int gradient_input(PyObject *obj, const char *name, npy_intp n, npy_intp dim,
+                          PyArrayObject **arr)
+{
+    cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {n, dim, -1, -1}, 0, 1};
+    if (cv_check_array(obj, &spec, arr))
+        return -1;
+    const float *p = PyArray_DATA(*arr);
+    for (npy_intp i = 0; i < n * dim; i++)
+        if (!isfinite(p[i])) {
+            PyErr_Format(PyExc_ValueError, "%s contains NaN or Inf", name);
+            return -1;
+        }
+    return 0;
+}
+
+static PyObject *Encoder_backward(EncoderObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"d_embeddings", "d_features", "input_grad", NULL};
+    PyObject *de_obj = Py_None, *df_obj = Py_None;
+    int want_input = 0;
+    PyArrayObject *de = NULL, *df = NULL, *d_input = NULL;
+    cv_status status;
+    if (check_built(self))
+        return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$p:backward", kwlist, &de_obj, &df_obj,
+                                     &want_input))
+        return NULL;
+    if (!self->enc.has_forward) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "backward needs a forward in training mode first (call train())");
+        return NULL;
+    }
+    npy_intp n = self->enc.n;
+    if (de_obj == Py_None && df_obj == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "give d_embeddings and/or d_features");
+        return NULL;
+    }
+    if (de_obj != Py_None &&
+        gradient_input(de_obj, "d_embeddings", n, self->enc.proj_dim, &de))
+        return NULL;
+    if (df_obj != Py_None &&
+        gradient_input(df_obj, "d_features", n, self->enc.feature_dim, &df))
+        return NULL;
+    if (want_input && !self->is_image) {
+        PyErr_SetString(PyExc_ValueError, "input_grad is only defined for images");
+        return NULL;
+    }
+    if (cv_claim(&self->busy, "Encoder"))
+        return NULL;
+    /* The input gradient has the shape of the last training input. */
+    float *d_input_ptr = NULL;
+    if (want_input) {
+        npy_intp shape[4] = {n, self->last_h, self->last_w, self->in_channels};
+        d_input = cv_new_float_array(self->last_ndim, shape);
+        if (!d_input) {
+            CV_RELEASE(&self->busy);
+            return NULL;
+        }
+        d_input_ptr = PyArray_DATA(d_input);
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    status = cv_encoder_backward(&self->enc, d_input_ptr, de ? PyArray_DATA(de) : NULL,
+                                 df ? PyArray_DATA(df) : NULL);
+    Py_END_ALLOW_THREADS;
+    CV_RELEASE(&self->busy);
+    if (status != CV_OK) {
+        Py_XDECREF(d_input);
+        cv_raise(status);
+        return NULL;
+    }
+    if (d_input)
+        return (PyObject *)d_input;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Encoder_zero_grad(EncoderObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (check_built(self) || cv_claim(&self->busy, "Encoder"))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    cv_encoder_zero_grad(&self->enc);
+    Py_END_ALLOW_THREADS;
+    CV_RELEASE(&self->busy);
+    Py_RETURN_NONE;
+}
+
+/* ---- buffers as NumPy views ---------------------------------------------------------- */
+
+/* A 1-D float32 view of count floats at data whose base is the encoder. */
+static PyObject *flat_view(EncoderObject *self, float *data, size_t count, int writeable)
+{
+    npy_intp dims[1] = {(npy_intp)count};
+    PyObject *arr = PyArray_New(&PyArray_Type, 1, dims, NPY_FLOAT32, NULL, data, 0,
+                                writeable ? NPY_ARRAY_CARRAY : NPY_ARRAY_CARRAY_RO, NULL);
+    if (!arr)
+        return NULL;
+    Py_INCREF(self);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0) {
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+static PyObject *get_flat_parameters(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    if (check_built(self))
+        return NULL;
+    return flat_view(self, self->enc.params, self->enc.table.n_params, 1);
+}
+
+static PyObject *get_flat_gradients(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    if (check_built(self))
+        return NULL;
+    return flat_view(self, self->enc.grads, self->enc.table.n_params, 1);
+}
+
+static PyObject *get_flat_buffers(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    if (check_built(self))
+        return NULL;
+    return flat_view(self, self->enc.buffers, self->enc.table.n_buffers, 1);
+}
+
+/* [(name, shape, offset, size, is_buffer, frozen, layout)] in declaration order. */
+static PyObject *get_tensor_table(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    if (check_built(self))
+        return NULL;
+    const cv_tensor_table *t = &self->enc.table;
+    PyObject *list = PyList_New(t->count);
+    if (!list)
+        return NULL;
+    for (int i = 0; i < t->count; i++) {
+        const cv_tensor *x = &t->tensors[i];
+        PyObject *shape = PyTuple_New(x->ndim);
+        if (!shape) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        for (int d = 0; d < x->ndim; d++)
+            PyTuple_SET_ITEM(shape, d, PyLong_FromLongLong(x->shape[d]));
+        PyObject *row = Py_BuildValue("(sNnnOOs)", x->name, shape, (Py_ssize_t)x->offset,
+                                      (Py_ssize_t)x->size, x->is_buffer ? Py_True : Py_False,
+                                      x->frozen ? Py_True : Py_False,
+                                      x->layout == CV_LAYOUT_KRSC ? "KRSC" : "torch");
+        if (!row) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, row);
+    }
+    return list;
+}
+
+static PyObject *get_training(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->training);
+}
+
+static int set_bool(PyObject *value, int *field, const char *name)
+{
+    if (!value) {
+        PyErr_Format(PyExc_AttributeError, "%s cannot be deleted", name);
+        return -1;
+    }
+    int v = PyObject_IsTrue(value);
+    if (v < 0)
+        return -1;
+    *field = v;
+    return 0;
+}
+
+static int set_training(EncoderObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the Encoder is in use by another thread");
+        return -1;
+    }
+    return set_bool(value, &self->training, "training");
+}
+
+static PyObject *get_freeze_backbone(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->enc.freeze_backbone);
+}
+
+static int set_freeze_backbone(EncoderObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the Encoder is in use by another thread");
+        return -1;
+    }
+    return set_bool(value, &self->enc.freeze_backbone, "freeze_backbone");
+}
+
+static PyObject *get_trainable_offset(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    size_t offset = self->enc.freeze_backbone ? self->enc.head.w1_offset
+                                               : self->enc.trainable_offset;
+    return PyLong_FromSize_t(offset);
+}
+
+static PyObject *get_kind(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    return PyUnicode_FromString(self->is_image ? "image" : "text");
+}
+
+static PyObject *get_feature_dim(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(self->enc.feature_dim);
+}
+
+static PyObject *get_proj_dim(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(self->enc.proj_dim);
+}
+
+static PyObject *get_in_channels(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    if (!self->is_image)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(self->in_channels);
+}
+
+/* normalization: (mean, std) tuples of in_channels floats, for images */
+static PyObject *get_normalization(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    if (!self->is_image)
+        Py_RETURN_NONE;
+    PyObject *mean = PyTuple_New(self->in_channels), *std = PyTuple_New(self->in_channels);
+    if (!mean || !std) {
+        Py_XDECREF(mean);
+        Py_XDECREF(std);
+        return NULL;
+    }
+    for (int c = 0; c < self->in_channels; c++) {
+        PyTuple_SET_ITEM(mean, c, PyFloat_FromDouble(self->mean[c]));
+        PyTuple_SET_ITEM(std, c, PyFloat_FromDouble(self->std[c]));
+    }
+    return Py_BuildValue("(NN)", mean, std);
+}
+
+static int read_channels(PyObject *seq, const char *name, int channels, float *out, int positive)
+{
+    PyObject *fast = PySequence_Fast(seq, "normalization must be (mean, std) sequences");
+    if (!fast)
+        return -1;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
+    if (len != channels && len != 1) {
+        PyErr_Format(PyExc_ValueError, "%s needs 1 or %d values, got %zd", name, channels, len);
+        Py_DECREF(fast);
+        return -1;
+    }
+    for (int c = 0; c < channels; c++) {
+        double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, len == 1 ? 0 : c));
+        if (v == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        if (!isfinite(v) || (positive && !(v > 0.0))) {
+            PyErr_Format(PyExc_ValueError, "%s values must be finite%s, got %g", name,
+                         positive ? " and > 0" : "", v);
+            Py_DECREF(fast);
+            return -1;
+        }
+        out[c] = (float)v;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static int set_normalization(EncoderObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    float mean[4], std[4];
+    if (!self->is_image) {
+        PyErr_SetString(PyExc_AttributeError, "a text encoder has no image normalization");
+        return -1;
+    }
+    if (!value || !PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 2) {
+        PyErr_SetString(PyExc_TypeError, "normalization must be a (mean, std) tuple");
+        return -1;
+    }
+    if (read_channels(PyTuple_GET_ITEM(value, 0), "mean", self->in_channels, mean, 0) ||
+        read_channels(PyTuple_GET_ITEM(value, 1), "std", self->in_channels, std, 1))
+        return -1;
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the Encoder is in use by another thread");
+        return -1;
+    }
+    memcpy(self->mean, mean, sizeof mean);
+    memcpy(self->std, std, sizeof std);
+    return 0;
+}
+
+static PyGetSetDef Encoder_getset[] = {
+    {"flat_parameters", (getter)get_flat_parameters, NULL,
+     "all parameters as one float32 view (base: the encoder)", NULL},
+    {"flat_gradients", (getter)get_flat_gradients, NULL,
+     "all gradients, same layout as flat_parameters", NULL},
+    {"flat_buffers", (getter)get_flat_buffers, NULL,
+     "state that is saved but not trained (batch-norm running statistics)", NULL},
+    {"tensor_table", (getter)get_tensor_table, NULL,
+     "[(name, shape, offset, size, is_buffer, frozen, layout)] of every tensor", NULL},
+    {"training", (getter)get_training, (setter)set_training,
+     "training mode: forward keeps what backward needs; batch norm uses batch statistics",
+     NULL},
+    {"freeze_backbone", (getter)get_freeze_backbone, (setter)set_freeze_backbone,
+     "when True, backward stops at the projection head", NULL},
+    {"trainable_offset", (getter)get_trainable_offset, NULL,
+     "flat_parameters[trainable_offset:] are the trained parameters", NULL},
+    {"kind", (getter)get_kind, NULL, "'image' or 'text'", NULL},
+    {"feature_dim", (getter)get_feature_dim, NULL, "width of the backbone features h", NULL},
+    {"proj_dim", (getter)get_proj_dim, NULL, "width of the projected embeddings", NULL},
+    {"in_channels", (getter)get_in_channels, NULL, "image channels (None for text)", NULL},
+    {"normalization", (getter)get_normalization, (setter)set_normalization,
+     "(mean, std) per channel: the network sees (x / 255 - mean) / std for uint8, "
+     "(x - mean) / std for float32",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyMethodDef Encoder_methods[] = {
+    {"forward", (PyCFunction)(void (*)(void))Encoder_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward(x, attention_mask=None, token_type_ids=None, *, features=True, "
+     "embeddings=True, features_out=None, embeddings_out=None) -> (features, embeddings)"},
+    {"backward", (PyCFunction)(void (*)(void))Encoder_backward, METH_VARARGS | METH_KEYWORDS,
+     "backward(d_embeddings=None, d_features=None, *, input_grad=False) -> input gradient "
+     "or None; adds into the gradients"},
+    {"zero_grad", (PyCFunction)Encoder_zero_grad, METH_NOARGS, "set all gradients to zero"},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject EncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt._core.Encoder",
+    .tp_basicsize = sizeof(EncoderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The C encoder: a ResNet or BERT backbone with its projection head. Use "
+              "convirt.Encoder.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Encoder_init,
+    .tp_dealloc = (destructor)Encoder_dealloc,
+    .tp_methods = Encoder_methods,
+    .tp_getset = Encoder_getset,
+};
+
+int cv_register_encoder(PyObject *module)
+{
+    if (PyType_Ready(&EncoderType) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "Encoder", (PyObject *)&EncoderType);
+}
