@@ -15,16 +15,17 @@
 
 #include "core.h"
 
-/* row *= s * colscale; returns the row's maximum. */
+/* row *= s * colscale; returns the row's maximum, or NaN if any entry is not finite. */
 CV_VECTORIZE static float scale_row(float *row, const float *colscale, float s,
                                     ptrdiff_t m)
 {
-    float best = -FLT_MAX;
+    float best = -FLT_MAX, poison = 0.0f;
     for (ptrdiff_t j = 0; j < m; j++) {
         row[j] *= s * colscale[j];
         best = row[j] > best ? row[j] : best;
+        poison += row[j] * 0.0f; /* NaN once any entry is NaN or Inf */
     }
-    return best;
+    return best + poison;
 }
 
 CV_VECTORIZE static float sum_exp(const float *row, float shift, ptrdiff_t m)
@@ -97,21 +98,24 @@ static ptrdiff_t inverse_norms(float *inv, const float *x, ptrdiff_t rs, ptrdiff
     return bad;
 }
 
-/* dx_i = scale (g_i - x_i <x_i, g_i> inv_i^2), in place in g. */
+/* dx_i = scale (g_i - x_i <x_i, g_i> / |x_i|^2), in place in g. In double: g and
+ * the projection nearly cancel when d is small. */
 static void project_out_norm(float *g, ptrdiff_t rsg, ptrdiff_t csg, const float *x,
-                             ptrdiff_t rs, ptrdiff_t cs, const float *inv, ptrdiff_t n,
-                             ptrdiff_t d, float scale, int threads)
+                             ptrdiff_t rs, ptrdiff_t cs, ptrdiff_t n, ptrdiff_t d,
+                             double scale, int threads)
 {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (ptrdiff_t i = 0; i < n; i++) {
         float *gi = g + i * rsg;
         const float *xi = x + i * rs;
-        double dot = 0.0;
-        for (ptrdiff_t k = 0; k < d; k++)
+        double dot = 0.0, ss = 0.0;
+        for (ptrdiff_t k = 0; k < d; k++) {
             dot += (double)xi[k * cs] * gi[k * csg];
-        float c = (float)(dot * inv[i] * inv[i]);
+            ss += (double)xi[k * cs] * xi[k * cs];
+        }
+        double c = dot / ss;
         for (ptrdiff_t k = 0; k < d; k++)
-            gi[k * csg] = scale * (gi[k * csg] - c * xi[k * cs]);
+            gi[k * csg] = (float)(scale * (gi[k * csg] - c * xi[k * cs]));
     }
 }
 
@@ -244,12 +248,12 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
 
     if (grad_a) {
         cv_gemm(n, d, m, 1.0f, S, m, 1, b, rsb, csb, 0.0f, grad_a, rsga, csga);
-        project_out_norm(grad_a, rsga, csga, a, rsa, csa, inv_a, n, d, (float)scale,
+        project_out_norm(grad_a, rsga, csga, a, rsa, csa, n, d, scale,
                          threads);
     }
     if (grad_b) {
         cv_gemm(m, d, n, 1.0f, S, 1, m, a, rsa, csa, 0.0f, grad_b, rsgb, csgb);
-        project_out_norm(grad_b, rsgb, csgb, b, rsb, csb, inv_b, m, d, (float)scale,
+        project_out_norm(grad_b, rsgb, csgb, b, rsb, csb, m, d, scale,
                          threads);
     }
 

@@ -114,7 +114,7 @@ int cv_element_strides(PyArrayObject *arr, const char *name, ptrdiff_t *strides)
                          name, (long)s, i, (long)item);
             return -1;
         }
-        if (s == 0 && PyArray_DIM(arr, i) > 1) {
+        if (s == 0 && PyArray_DIM(arr, i) > 1 && PyArray_SIZE(arr) > 0) {
             PyErr_Format(PyExc_ValueError,
                          "%s has a zero stride on axis %d (a broadcast view); pass a "
                          "real array",

@@ -1,0 +1,87 @@
+"""ContrastiveLoss forward + backward beside the PyTorch formulation on the same threads.
+
+    python benchmarks/bench_loss.py [--sizes 32 256 1024 4096] [--dim 512]
+
+PyTorch: F.normalize, matmul, F.cross_entropy both ways (lambda 0.75), backward. Each side
+runs in its own process; the FMA peak is measured in the same run."""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import header, measure_peak, print_table, run_isolated  # noqa: E402
+
+
+def run(framework, sizes, dim, threads, repeat):
+    import numpy as np
+
+    from benchmarks.common import timeit
+
+    results = {}
+    for n in sizes:
+        rng = np.random.default_rng(n)
+        v = rng.standard_normal((n, dim), dtype=np.float32)
+        u = rng.standard_normal((n, dim), dtype=np.float32)
+        reps = max(repeat, int(min(200, 2e9 / (n * n * dim + 1))))
+        if framework == "torch":
+            import torch
+            import torch.nn.functional as F
+
+            torch.set_num_threads(threads)
+            tv = torch.from_numpy(v).requires_grad_()
+            tu = torch.from_numpy(u).requires_grad_()
+            target = torch.arange(n)
+
+            def fn():
+                tv.grad = tu.grad = None
+                logits = F.normalize(tv, dim=1) @ F.normalize(tu, dim=1).T / 0.1
+                loss = 0.75 * F.cross_entropy(logits, target) + 0.25 * F.cross_entropy(
+                    logits.T, target)
+                loss.backward()
+        else:
+            import convirt
+
+            convirt.set_num_threads(threads)
+            loss = convirt.ContrastiveLoss()
+            gv, gu = np.empty_like(v), np.empty_like(u)
+
+            def fn():
+                loss(v, u, grad_v=gv, grad_u=gu)
+        results[str(n)] = timeit(fn, repeat=reps, warmup=2)
+    return {"seconds": results}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 256, 1024, 4096])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    import convirt
+
+    threads = args.threads or convirt.get_num_threads()
+    header("bench_loss: ConVIRT loss forward + backward")
+    peak, bits = measure_peak(threads)
+    print(f"measured FP32 FMA peak: {peak:.1f} GFLOP/s on {threads} threads")
+    kwargs = {"sizes": args.sizes, "dim": args.dim, "threads": threads, "repeat": args.repeat}
+    ours = run_isolated("bench_loss", "run", dict(kwargs, framework="convirt"))
+    theirs = run_isolated("bench_loss", "run", dict(kwargs, framework="torch"))
+    rows = []
+    for n in args.sizes:
+        a, b = ours["seconds"][str(n)], theirs["seconds"][str(n)]
+        flops = 3 * 2.0 * n * n * args.dim  # the three GEMMs
+        rows.append([n, args.dim, f"{a * 1e3:.3f}", f"{b * 1e3:.3f}", f"{b / a:.2f}x",
+                     f"{flops / a / 1e9:.1f}", f"{100 * flops / a / 1e9 / peak:.0f}%"])
+    print_table(["N", "d", "convirt ms", "PyTorch ms", "speed-up", "convirt GFLOP/s (GEMMs)",
+                 "of peak"], rows,
+                title=f"forward + backward, {threads} threads, peak {peak:.0f} GFLOP/s")
+    print(f"peak memory: convirt {ours['max_rss_mb']:.0f} MiB, PyTorch {theirs['max_rss_mb']:.0f} "
+          "MiB (whole process, including the interpreter and imports)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Shared pieces of the benchmarks: timing, the machine's peak, tables, memory.
+
+Benchmarks are not tests: they print what they measured and decide nothing."""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import convirt
+from convirt import _core
+
+
+def measure_peak(threads=None, seconds=1.0):
+    """FP32 FMA peak in GFLOP/s on `threads` threads (default: convirt's)."""
+    threads = threads or convirt.get_num_threads()
+    gflops, bits = _core.fma_peak(threads=threads, seconds=seconds)
+    return gflops, bits
+
+
+def timeit(fn, repeat=5, warmup=1, min_time=0.0):
+    """Median wall time of fn() over `repeat` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def print_table(headers, rows, title=None):
+    """A Markdown table (pastes into README and issue notes as it is)."""
+    if title:
+        print(f"\n### {title}\n")
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |")
+    sys.stdout.flush()
+
+
+def max_rss_mb():
+    """Peak resident memory of this process so far, MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_isolated(module, function, kwargs, env=None):
+    """Run benchmarks.<module>.<function>(**kwargs) in a fresh Python process and return
+    its JSON result (with 'max_rss_mb' added): peak memory per framework, and a clean
+    BLIS initialisation when env sets BLIS_ARCH_TYPE."""
+    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
+            f"from benchmarks.{module} import {function} as f; from benchmarks.common import max_rss_mb;"
+            f"r = f(**json.loads(sys.argv[1])); r['max_rss_mb'] = max_rss_mb(); print(json.dumps(r))")
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], env=full_env,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{module}.{function} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def header(title):
+    info = convirt.config()
+    print(f"# {title}")
+    print(f"convirt {info['convirt_version']}, BLIS {info['blis_version']} ({info['blis_arch']}), "
+          f"{info['num_threads']} threads, {info['cpu_features']}")

@@ -1,0 +1,174 @@
+"""The foundation: configuration, kernel choice, threads, threadpoolctl, the GEMM wrapper."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import convirt
+from convirt import _core
+
+
+def cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+AVX512 = {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= cpu_flags()
+AVX2 = {"avx2", "fma"} <= cpu_flags()
+
+
+def config_in_subprocess(env_changes, code="import convirt, json; print(json.dumps(convirt.config()))"):
+    env = {k: v for k, v in os.environ.items() if k not in ("BLIS_ARCH_TYPE", "OMP_NUM_THREADS")}
+    env.update(env_changes)
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_config_has_what_a_bug_report_needs():
+    info = convirt.config()
+    for key in ("blis_version", "blis_arch", "blis_arch_reason", "blis_configs",
+                "num_threads", "num_cores", "openmp_runtime", "compiler", "cflags",
+                "blis_library", "openmp_library", "convirt_version"):
+        assert key in info, key
+    assert info["blis_openmp"] is True
+    assert "-fopenmp" in info["cflags"] and "-Wall" in info["cflags"]
+    assert "libgomp" in info["openmp_library"]
+    assert "blis" in info["blis_library"]
+
+
+def test_show_config_prints(capsys):
+    convirt.show_config()
+    printed = capsys.readouterr().out
+    assert "blis_arch:" in printed and "num_threads:" in printed
+
+
+@pytest.mark.skipif(not (AVX512 or AVX2), reason="needs an AVX2 or AVX-512 CPU")
+def test_kernel_choice_without_user_setting():
+    info = json.loads(config_in_subprocess({}).stdout)
+    assert info["blis_arch_reason"].startswith("chosen by convirt")
+    if AVX512:
+        assert info["blis_arch"] == "skx"  # AVX-512 kernels on an AVX-512 CPU
+    else:
+        assert info["blis_arch"] in ("zen3", "zen2", "zen", "haswell")
+    assert info["blis_arch"] != "generic"
+
+
+def test_user_setting_is_respected():
+    info = json.loads(config_in_subprocess({"BLIS_ARCH_TYPE": "generic"}).stdout)
+    assert info["blis_arch"] == "generic"
+    assert "set by the user" in info["blis_arch_reason"]
+    numeric = json.loads(config_in_subprocess({"BLIS_ARCH_TYPE": str(info["blis_arch_id"])}).stdout)
+    assert numeric["blis_arch"] == "generic"
+
+
+@pytest.mark.skipif(AVX512, reason="needs a CPU without AVX-512")
+def test_user_setting_the_cpu_cannot_run_is_ignored_not_a_crash():
+    out = config_in_subprocess({"BLIS_ARCH_TYPE": "0"})  # skx
+    info = json.loads(out.stdout)
+    assert info["blis_arch"] != "skx"
+    assert "needs instructions this CPU lacks" in info["blis_arch_reason"]
+    assert "RuntimeWarning" in out.stderr
+
+
+def test_invalid_user_setting_is_ignored_not_a_crash():
+    out = config_in_subprocess({"BLIS_ARCH_TYPE": "99"})
+    info = json.loads(out.stdout)
+    assert "names no x86-64 sub-configuration" in info["blis_arch_reason"]
+    assert "RuntimeWarning" in out.stderr
+
+
+def test_threads_default_to_usable_cores_and_honour_omp_num_threads():
+    info = json.loads(config_in_subprocess({}).stdout)
+    assert info["num_threads"] == len(os.sched_getaffinity(0))
+    info = json.loads(config_in_subprocess({"OMP_NUM_THREADS": "1"}).stdout)
+    assert info["num_threads"] == 1
+
+
+def test_set_num_threads():
+    before = convirt.get_num_threads()
+    try:
+        convirt.set_num_threads(1)
+        assert convirt.get_num_threads() == 1
+        convirt.set_num_threads(before)
+        assert convirt.get_num_threads() == before
+    finally:
+        convirt.set_num_threads(before)
+    with pytest.raises(ValueError, match="number of threads must be"):
+        convirt.set_num_threads(0)
+    with pytest.raises(TypeError):
+        convirt.set_num_threads("2")
+
+
+def test_threadpoolctl_sees_blis_and_openmp():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    info = threadpoolctl.threadpool_info()
+    apis = {entry["internal_api"]: entry for entry in info}
+    assert "blis" in apis and "openmp" in apis
+    config = convirt.config()
+    blis_paths = [e["filepath"] for e in info if e["internal_api"] == "blis"]
+    assert any(os.path.realpath(p) == os.path.realpath(config["blis_library"])
+               for p in blis_paths)
+    with threadpoolctl.threadpool_limits(1):
+        assert convirt.get_num_threads() == 1
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        assert convirt.get_num_threads() == 1
+
+
+# ---- GEMM wrapper ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize("layout", ["nn", "tn", "nt", "strided"])
+def test_gemm_matches_numpy(layout, reference):
+    rng = np.random.default_rng(0)
+    m, n, k = 37, 29, 41
+    if layout == "nn":
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+    elif layout == "tn":
+        a = rng.standard_normal((k, m)).astype(np.float32).T
+        b = rng.standard_normal((k, n)).astype(np.float32)
+    elif layout == "nt":
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k)).astype(np.float32).T
+    else:
+        a = rng.standard_normal((2 * m, 3 * k)).astype(np.float32)[::2, ::3]
+        b = rng.standard_normal((k, 2 * n)).astype(np.float32)[:, 1::2]
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    c = c0.copy()
+    _core.gemm(a, b, c, alpha=0.5, beta=2.0, reference=reference)
+    expected = 0.5 * a.astype(np.float64) @ b.astype(np.float64) + 2.0 * c0
+    np.testing.assert_allclose(c, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_gemm_strided_output_and_beta_zero_ignores_nan():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((8, 5)).astype(np.float32)
+    b = rng.standard_normal((5, 6)).astype(np.float32)
+    base = np.full((6, 8), np.nan, np.float32)
+    c = base.T
+    _core.gemm(a, b, c)
+    np.testing.assert_allclose(c, a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_bad_input():
+    a = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"B must have shape \(4, \*\)"):
+        _core.gemm(a, np.zeros((5, 2), np.float32), np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="C overlaps A"):
+        _core.gemm(a, np.zeros((4, 4), np.float32), a[:, :4])
+
+
+def test_fma_peak_is_measured():
+    gflops, bits = _core.fma_peak(threads=1, seconds=0.05)
+    assert bits in (32, 256, 512)
+    assert gflops > 1.0
