@@ -101,7 +101,8 @@ double cv_fma_peak(int threads, double seconds, int *vector_bits);
 typedef struct {
     double loss;          /* row_weight * loss_rows + col_weight * loss_cols */
     double loss_rows;     /* mean over rows of -log softmax_row(S)[i, i + offset] */
-    double loss_cols;     /* mean over columns of -log softmax_col(S)[j - offset, j] */
+    double loss_cols;     /* mean over columns of -log softmax_col(S)[j - offset, j];
+                             NaN unless the square is whole */
     double accuracy_rows; /* share of rows whose largest logit is the positive */
     double accuracy_cols;
     double grad_logit_scale; /* dL / d log(scale), where S = scale * cosine */
@@ -133,6 +134,14 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
                                    ptrdiff_t rsb, ptrdiff_t csb, ptrdiff_t n_rows,
                                    ptrdiff_t n_cols, ptrdiff_t d, ptrdiff_t offset,
                                    double scale, double row_weight, double col_weight);
+
+/* SimCLR's NT-Xent loss (the image-only baseline) on the same machinery: z holds two
+ * views of n2 / 2 samples, rows i and i + n2/2 are positives, every other row is a
+ * negative and a row is never its own candidate. grad_z (may be NULL) is overwritten. */
+cv_status cv_ntxent_forward_backward(cv_loss_result *result, float *grad_z, ptrdiff_t rsg,
+                                     ptrdiff_t csg, cv_loss_workspace *ws, const float *z,
+                                     ptrdiff_t rs, ptrdiff_t cs, ptrdiff_t n2, ptrdiff_t d,
+                                     double scale);
 
 #ifdef __cplusplus
 }

@@ -42,9 +42,10 @@ static inline int cv_reserve(void **buf, size_t *cap, size_t n, size_t size)
 }
 
 /* exp(x) for float, branch-free so that loops calling it vectorise. Relative error
- * below 2e-7 on [-87.3, 88]; inputs outside are clamped to it (exp(-87.3) ~ 1.2e-38). */
+ * below 2e-7 on [-87.3, 88]; 0 below (where exp(x) < 1.2e-38), exp(88) above. */
 static inline float cv_expf(float x)
 {
+    const float underflow = x < -87.3f ? 0.0f : 1.0f;
     x = x < -87.3f ? -87.3f : x;
     x = x > 88.0f ? 88.0f : x;
     /* x = n ln2 + r, |r| <= ln2 / 2; round to nearest with the 1.5 * 2^23 trick. */
@@ -65,7 +66,7 @@ static inline float cv_expf(float x)
         float f;
     } scale;
     scale.i = ((int32_t)n + 127) << 23;
-    return p * scale.f;
+    return p * scale.f * underflow;
 }
 
 #endif

@@ -265,3 +265,83 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
     result->grad_logit_scale = grad_scale;
     return CV_OK;
 }
+
+cv_status cv_ntxent_forward_backward(cv_loss_result *result, float *grad_z, ptrdiff_t rsg,
+                                     ptrdiff_t csg, cv_loss_workspace *ws, const float *z,
+                                     ptrdiff_t rs, ptrdiff_t cs, ptrdiff_t n2, ptrdiff_t d,
+                                     double scale)
+{
+    if (n2 < 2 || n2 % 2 != 0 || d < 1)
+        return cv_fail(CV_ERR_VALUE,
+                       "NT-Xent needs an even number (>= 2) of rows, two views of each "
+                       "sample; got %td rows of dimension %td",
+                       n2, d);
+    if (!(scale > 0.0) || !isfinite(scale))
+        return cv_fail(CV_ERR_VALUE, "the logit scale must be positive and finite, got %g",
+                       scale);
+    if (cv_reserve((void **)&ws->logits, &ws->logits_cap, (size_t)(n2 * n2), sizeof(float)) ||
+        cv_reserve((void **)&ws->row_stat, &ws->row_cap, 2 * (size_t)n2, sizeof(float)))
+        return cv_fail(CV_ERR_MEMORY, "out of memory for a %td x %td similarity matrix", n2,
+                       n2);
+    const ptrdiff_t half = n2 / 2;
+    const int threads = cv_get_num_threads();
+    float *S = ws->logits, *inv = ws->row_stat, *row_lse = inv + n2;
+    ptrdiff_t bad = inverse_norms(inv, z, rs, cs, n2, d, threads);
+    if (bad >= 0)
+        return cv_fail(CV_ERR_VALUE, "row %td of the input has a zero, NaN, Inf or out-of-range norm",
+                       bad);
+    cv_gemm(n2, n2, d, 1.0f, z, rs, cs, z, cs, rs, 0.0f, S, n2, 1);
+
+    /* Row i's positive is the other view, (i + half) mod n2; itself is no candidate. */
+    double loss = 0.0, hits = 0.0;
+    int nonfinite = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : loss, hits) \
+    reduction(| : nonfinite)
+    for (ptrdiff_t i = 0; i < n2; i++) {
+        float *row = S + i * n2;
+        if (!isfinite(scale_row(row, inv, (float)scale * inv[i], n2))) {
+            nonfinite = 1;
+            continue;
+        }
+        row[i] = -FLT_MAX;
+        float best = -FLT_MAX;
+        for (ptrdiff_t j = 0; j < n2; j++)
+            best = row[j] > best ? row[j] : best;
+        row_lse[i] = best + logf(sum_exp(row, best, n2));
+        float positive = row[(i + half) % n2];
+        loss += row_lse[i] - positive;
+        hits += positive >= best;
+    }
+    if (nonfinite)
+        return cv_fail(CV_ERR_NONFINITE,
+                       "the similarities overflowed float32: the inputs are too large");
+
+    const float coef = (float)(1.0 / n2);
+    double grad_scale = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : grad_scale)
+    for (ptrdiff_t i = 0; i < n2; i++) {
+        float *row = S + i * n2;
+        ptrdiff_t p = (i + half) % n2;
+        float positive = row[p];
+        /* S_ii = -FLT_MAX: its softmax weight is exactly 0, so H_ii = 0. */
+        grad_scale += softmax_grad_row(row, NULL, inv, row_lse[i], inv[i], coef, 0.0f, n2);
+        grad_scale += -coef * positive;
+        row[p] += -coef * inv[i] * inv[p];
+    }
+    if (grad_z) {
+        /* z is both the rows and the columns: dL/dz = (H + H^T) z, one GEMM. */
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
+        for (ptrdiff_t i = 0; i < n2; i++)
+            for (ptrdiff_t j = i + 1; j < n2; j++) {
+                float sum = S[i * n2 + j] + S[j * n2 + i];
+                S[i * n2 + j] = S[j * n2 + i] = sum;
+            }
+        cv_gemm(n2, d, n2, 1.0f, S, n2, 1, z, rs, cs, 0.0f, grad_z, rsg, csg);
+        project_out_norm(grad_z, rsg, csg, z, rs, cs, n2, d, scale, threads);
+    }
+    result->loss = result->loss_rows = loss / n2;
+    result->accuracy_rows = hits / n2;
+    result->loss_cols = result->accuracy_cols = NAN;
+    result->grad_logit_scale = grad_scale;
+    return CV_OK;
+}

@@ -502,3 +502,53 @@ def test_concurrent_use_of_one_object_is_refused():
             refused += 1
     thread.join()
     assert refused > 0
+
+
+# ---- NT-Xent (SimCLR, the image-only baseline) ----------------------------------------------
+
+
+def torch_nt_xent(z, temperature):
+    tz = torch.tensor(np.ascontiguousarray(z), dtype=torch.float64, requires_grad=True)
+    zn = F.normalize(tz, dim=1)
+    logits = (zn @ zn.T / temperature).masked_fill(torch.eye(len(z), dtype=bool),
+                                                   float("-inf"))
+    target = (torch.arange(len(z)) + len(z) // 2) % len(z)
+    loss = F.cross_entropy(logits, target)
+    loss.backward()
+    accuracy = (logits.argmax(1) == target).double().mean().item()
+    return loss.item(), tz.grad.numpy(), accuracy
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("temperature", [0.05, 0.5])
+@pytest.mark.parametrize("n,d", [(1, 8), (16, 32), (129, 64)])
+def test_nt_xent_matches_torch(n, d, temperature, layout):
+    z, _ = make_inputs(2 * n, d, layout, seed=n)
+    result = convirt.ContrastiveLoss(temperature=temperature).nt_xent(z)
+    ref, grad, accuracy = torch_nt_xent(z, temperature)
+    np.testing.assert_allclose(result.loss, ref, rtol=1e-5, atol=1e-5)
+    assert_grad_close(result.grad_v, grad)
+    assert result.accuracy_image_to_text == pytest.approx(accuracy)
+    assert result.grad_u is None and np.isnan(result.text_to_image)
+
+
+def test_nt_xent_two_identical_views_are_easy():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    result = convirt.ContrastiveLoss().nt_xent(np.concatenate([x, x]))
+    assert result.accuracy_image_to_text == 1.0
+
+
+def test_nt_xent_bad_input():
+    loss = convirt.ContrastiveLoss()
+    with pytest.raises(ValueError, match="even number"):
+        loss.nt_xent(np.ones((5, 4), np.float32))
+    with pytest.raises(TypeError, match="z must have dtype float32"):
+        loss.nt_xent(np.ones((4, 4)))
+    z = np.ones((4, 4), np.float32)
+    z[1] = 0
+    with pytest.raises(ValueError, match="row 1 of the input has a zero"):
+        loss.nt_xent(z)
+    with pytest.raises(ValueError, match="grad overlaps z"):
+        z = np.random.rand(4, 4).astype(np.float32)
+        loss.nt_xent(z, grad=z)

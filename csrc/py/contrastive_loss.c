@@ -119,6 +119,39 @@ static PyArrayObject *grad_output(PyObject *given, const char *name, npy_intp ro
     return arr;
 }
 
+/* Fills a LossResult from a core result; steals grad_a / grad_b (either may be NULL). */
+static PyObject *make_result(LossObject *self, const cv_loss_result *out,
+                             PyArrayObject *grad_a, PyArrayObject *grad_b)
+{
+    PyObject *result = PyStructSequence_New(&LossResultType);
+    if (!result) {
+        Py_XDECREF(grad_a);
+        Py_XDECREF(grad_b);
+        return NULL;
+    }
+    PyStructSequence_SET_ITEM(result, 0, PyFloat_FromDouble(out->loss));
+    PyStructSequence_SET_ITEM(result, 1, PyFloat_FromDouble(out->loss_rows));
+    PyStructSequence_SET_ITEM(result, 2, PyFloat_FromDouble(out->loss_cols));
+    PyStructSequence_SET_ITEM(result, 3, PyFloat_FromDouble(out->accuracy_rows));
+    PyStructSequence_SET_ITEM(result, 4, PyFloat_FromDouble(out->accuracy_cols));
+    PyStructSequence_SET_ITEM(result, 5, grad_a ? (PyObject *)grad_a : Py_NewRef(Py_None));
+    PyStructSequence_SET_ITEM(result, 6, grad_b ? (PyObject *)grad_b : Py_NewRef(Py_None));
+    if (self->learnable) {
+        /* Past the clamp the scale no longer moves with logit_scale. */
+        double g =
+            exp(self->logit_scale) > self->max_logit_scale ? 0.0 : out->grad_logit_scale;
+        PyStructSequence_SET_ITEM(result, 7, PyFloat_FromDouble(g));
+    } else {
+        PyStructSequence_SET_ITEM(result, 7, Py_NewRef(Py_None));
+    }
+    for (int i = 0; i < 8; i++)
+        if (!PyStructSequence_GET_ITEM(result, i)) {
+            Py_DECREF(result);
+            return NULL;
+        }
+    return result;
+}
+
 static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"v", "u", "grad_v", "grad_u", "compute_grad", NULL};
@@ -126,7 +159,6 @@ static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
     int compute_grad = 1;
     PyArrayObject *v, *u, *gv = NULL, *gu = NULL;
     ptrdiff_t sv[2], su[2], sgv[2] = {0, 0}, sgu[2] = {0, 0};
-    PyObject *result = NULL;
     cv_loss_result out;
     cv_status status;
 
@@ -170,35 +202,70 @@ static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
         goto error;
     }
 
-    result = PyStructSequence_New(&LossResultType);
-    if (!result)
-        goto error;
-    PyStructSequence_SET_ITEM(result, 0, PyFloat_FromDouble(out.loss));
-    PyStructSequence_SET_ITEM(result, 1, PyFloat_FromDouble(out.loss_rows));
-    PyStructSequence_SET_ITEM(result, 2, PyFloat_FromDouble(out.loss_cols));
-    PyStructSequence_SET_ITEM(result, 3, PyFloat_FromDouble(out.accuracy_rows));
-    PyStructSequence_SET_ITEM(result, 4, PyFloat_FromDouble(out.accuracy_cols));
-    PyStructSequence_SET_ITEM(result, 5, gv ? (PyObject *)gv : Py_NewRef(Py_None));
-    PyStructSequence_SET_ITEM(result, 6, gu ? (PyObject *)gu : Py_NewRef(Py_None));
-    if (self->learnable) {
-        /* Past the clamp the scale no longer moves with logit_scale. */
-        double g = exp(self->logit_scale) > self->max_logit_scale ? 0.0 : out.grad_logit_scale;
-        PyStructSequence_SET_ITEM(result, 7, PyFloat_FromDouble(g));
-    } else {
-        PyStructSequence_SET_ITEM(result, 7, Py_NewRef(Py_None));
-    }
-    for (int i = 0; i < 8; i++)
-        if (!PyStructSequence_GET_ITEM(result, i)) {
-            Py_DECREF(result); /* releases gv / gu too */
-            return NULL;
-        }
-    return result;
+    return make_result(self, &out, gv, gu);
 
 error:
     Py_XDECREF(gv);
     Py_XDECREF(gu);
     return NULL;
 }
+
+static PyObject *Loss_nt_xent(LossObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"z", "grad", "compute_grad", NULL};
+    PyObject *z_obj, *g_obj = NULL;
+    int compute_grad = 1;
+    PyArrayObject *z, *g = NULL;
+    ptrdiff_t sz[2], sg[2] = {0, 0};
+    cv_loss_result out;
+    cv_status status;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$Op:nt_xent", kwlist, &z_obj, &g_obj,
+                                     &compute_grad))
+        return NULL;
+    if (input_matrix(z_obj, "z", -1, -1, &z, sz))
+        return NULL;
+    npy_intp n2 = PyArray_DIM(z, 0), d = PyArray_DIM(z, 1);
+    if (n2 < 2 || n2 % 2 || d == 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "z must hold two views of each sample: an even number (>= 2) of rows "
+                     "and at least one column, got (%ld, %ld)",
+                     (long)n2, (long)d);
+        return NULL;
+    }
+    if (compute_grad) {
+        if (!(g = grad_output(g_obj, "grad", n2, d, sg, z, z)))
+            return NULL;
+    } else if (g_obj && g_obj != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "grad given with compute_grad=False");
+        return NULL;
+    }
+    if (cv_claim(&self->busy, "ContrastiveLoss")) {
+        Py_XDECREF(g);
+        return NULL;
+    }
+    double scale = effective_scale(self);
+    Py_BEGIN_ALLOW_THREADS;
+    status = cv_ntxent_forward_backward(&out, g ? (float *)PyArray_DATA(g) : NULL, sg[0],
+                                        sg[1], &self->ws, (const float *)PyArray_DATA(z),
+                                        sz[0], sz[1], n2, d, scale);
+    Py_END_ALLOW_THREADS;
+    CV_RELEASE(&self->busy);
+    if (status != CV_OK) {
+        Py_XDECREF(g);
+        cv_raise(status);
+        return NULL;
+    }
+    return make_result(self, &out, g, NULL);
+}
+
+static PyMethodDef Loss_methods[] = {
+    {"nt_xent", (PyCFunction)(void (*)(void))Loss_nt_xent, METH_VARARGS | METH_KEYWORDS,
+     "nt_xent(z, *, grad=None, compute_grad=True) -> LossResult\n\n"
+     "SimCLR's NT-Xent loss at this temperature, the paper's image-only baseline: z is\n"
+     "float32 (2N, d) holding two views of N images, rows i and i + N positives, every\n"
+     "other row a negative. The result's loss (= image_to_text), accuracy_image_to_text\n"
+     "and grad_v (dL/dz) are set; the text fields are NaN / None."},
+    {NULL, NULL, 0, NULL}};
 
 static PyObject *Loss_repr(LossObject *self)
 {
@@ -334,6 +401,7 @@ static PyTypeObject LossType = {
     .tp_call = (ternaryfunc)Loss_call,
     .tp_repr = (reprfunc)Loss_repr,
     .tp_getset = Loss_getset,
+    .tp_methods = Loss_methods,
 };
 
 int cv_register_contrastive_loss(PyObject *module)
