@@ -99,7 +99,7 @@ static int input_matrix(PyObject *obj, const char *name, npy_intp rows, npy_intp
 /* An output gradient: the caller's array (validated) or a new one. New reference. */
 static PyArrayObject *grad_output(PyObject *given, const char *name, npy_intp rows,
                                   npy_intp cols, ptrdiff_t *strides, PyArrayObject *v,
-                                  PyArrayObject *u)
+                                  const char *v_name, PyArrayObject *u, const char *u_name)
 {
     PyArrayObject *arr;
     if (given == NULL || given == Py_None) {
@@ -113,7 +113,7 @@ static PyArrayObject *grad_output(PyObject *given, const char *name, npy_intp ro
     }
     cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {rows, cols, -1, -1}, 1, 0};
     if (cv_check_array(given, &spec, &arr) || cv_element_strides(arr, name, strides) ||
-        cv_check_no_overlap(arr, name, v, "v") || cv_check_no_overlap(arr, name, u, "u"))
+        cv_check_no_overlap(arr, name, v, v_name) || cv_check_no_overlap(arr, name, u, u_name))
         return NULL;
     Py_INCREF(arr);
     return arr;
@@ -176,8 +176,8 @@ static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
     if (input_matrix(u_obj, "u (it must match v's shape)", n, d, &u, su))
         return NULL;
     if (compute_grad) {
-        if (!(gv = grad_output(gv_obj, "grad_v", n, d, sgv, v, u)) ||
-            !(gu = grad_output(gu_obj, "grad_u", n, d, sgu, v, u)))
+        if (!(gv = grad_output(gv_obj, "grad_v", n, d, sgv, v, "v", u, "u")) ||
+            !(gu = grad_output(gu_obj, "grad_u", n, d, sgu, v, "v", u, "u")))
             goto error;
         if (gv_obj && gu_obj && gv_obj != Py_None && gu_obj != Py_None &&
             cv_check_no_overlap(gv, "grad_v", gu, "grad_u"))
@@ -233,7 +233,7 @@ static PyObject *Loss_nt_xent(LossObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     if (compute_grad) {
-        if (!(g = grad_output(g_obj, "grad", n2, d, sg, z, z)))
+        if (!(g = grad_output(g_obj, "grad", n2, d, sg, z, "z", z, "z")))
             return NULL;
     } else if (g_obj && g_obj != Py_None) {
         PyErr_SetString(PyExc_ValueError, "grad given with compute_grad=False");
