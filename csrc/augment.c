@@ -246,7 +246,7 @@ static double resample(float *out, const cv_image *img, ptrdiff_t C, ptrdiff_t S
                 for (ptrdiff_t c = 0; c < C; c++) {
                     float top = (float)p00[c * chs] + fx * (float)(p01[c * chs] - p00[c * chs]);
                     float bot = (float)p10[c * chs] + fx * (float)(p11[c * chs] - p10[c * chs]);
-                    float s = (top + fy * (bot - top)) * (1.0f / 255.0f);
+                    float s = (top + fy * (bot - top)) / 255.0f;
                     v[c] = m * s + mf;
                 }
             }
