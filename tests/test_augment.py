@@ -14,8 +14,8 @@ from scipy import ndimage, stats
 import convirt
 from convirt import ImageAugment
 
-ALL_OFF = dict(crop_scale=None, flip=None, degrees=None, translate=None, scale=None,
-               brightness=None, contrast=None, blur_sigma=None)
+ALL_OFF = {"crop_scale": None, "flip": None, "degrees": None, "translate": None, "scale": None,
+               "brightness": None, "contrast": None, "blur_sigma": None}
 GREY_WEIGHTS = np.array([0.2989, 0.587, 0.114])  # torchvision's rgb_to_grayscale
 
 
@@ -541,39 +541,39 @@ def test_bad_out(aug):
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
-    (dict(crop_scale=(0.9, 0.6)), ValueError, "crop_scale"),
-    (dict(crop_scale=(0.0, 1.0)), ValueError, "crop_scale"),
-    (dict(crop_scale=(0.5, 1.2)), ValueError, "crop_scale"),
-    (dict(crop_scale=0.5), TypeError, "crop_scale must be a \\(low, high\\) pair"),
-    (dict(crop_scale="ab"), TypeError, "crop_scale"),
-    (dict(crop_ratio=(-1.0, 2.0)), ValueError, "crop_ratio"),
-    (dict(crop_ratio=(2.0, 1.0)), ValueError, "crop_ratio"),
-    (dict(flip=1.5), ValueError, "flip must be a probability"),
-    (dict(flip=(0.2, 0.4)), TypeError, "flip"),
-    (dict(degrees=-5), ValueError, "degrees must be >= 0"),
-    (dict(degrees=(30, 10)), ValueError, "degrees"),
-    (dict(degrees=(-200, 0)), ValueError, "degrees"),
-    (dict(degrees=(1, 2, 3)), TypeError, "degrees"),
-    (dict(translate=1.5), ValueError, "translate"),
-    (dict(translate=-0.1), ValueError, "translate"),
-    (dict(scale=(0.0, 1.0)), ValueError, "scale"),
-    (dict(scale=(1.1, 0.9)), ValueError, "scale"),
-    (dict(brightness=(1.4, 0.6)), ValueError, "brightness"),
-    (dict(brightness=(-0.1, 1.0)), ValueError, "brightness"),
-    (dict(contrast=(1.4, 0.6)), ValueError, "contrast"),
-    (dict(contrast=(float("nan"), 1.0)), ValueError, "contrast"),
-    (dict(blur_sigma=(0.0, 1.0)), ValueError, "blur_sigma"),
-    (dict(blur_sigma=(1.0, 100.0)), ValueError, "blur_sigma"),
-    (dict(size=1), ValueError, "size must be in"),
-    (dict(size=0), ValueError, "size must be in"),
-    (dict(fill=2.0), ValueError, "fill"),
-    (dict(fill=-0.1), ValueError, "fill"),
-    (dict(normalization=(0.5,)), TypeError, "normalization"),
-    (dict(normalization=((0.5, 0.5), 0.2)), ValueError, "normalization"),
-    (dict(normalization=(0.5, 0.0)), ValueError, "positive"),
-    (dict(normalization=((1, 2, 3), (1, 2))), ValueError, "normalization"),
-    (dict(seed=-1), ValueError, "seed"),
-    (dict(seed=1.5), TypeError, "seed"),
+    ({"crop_scale": (0.9, 0.6)}, ValueError, "crop_scale"),
+    ({"crop_scale": (0.0, 1.0)}, ValueError, "crop_scale"),
+    ({"crop_scale": (0.5, 1.2)}, ValueError, "crop_scale"),
+    ({"crop_scale": 0.5}, TypeError, "crop_scale must be a \\(low, high\\) pair"),
+    ({"crop_scale": "ab"}, TypeError, "crop_scale"),
+    ({"crop_ratio": (-1.0, 2.0)}, ValueError, "crop_ratio"),
+    ({"crop_ratio": (2.0, 1.0)}, ValueError, "crop_ratio"),
+    ({"flip": 1.5}, ValueError, "flip must be a probability"),
+    ({"flip": (0.2, 0.4)}, TypeError, "flip"),
+    ({"degrees": -5}, ValueError, "degrees must be >= 0"),
+    ({"degrees": (30, 10)}, ValueError, "degrees"),
+    ({"degrees": (-200, 0)}, ValueError, "degrees"),
+    ({"degrees": (1, 2, 3)}, TypeError, "degrees"),
+    ({"translate": 1.5}, ValueError, "translate"),
+    ({"translate": -0.1}, ValueError, "translate"),
+    ({"scale": (0.0, 1.0)}, ValueError, "scale"),
+    ({"scale": (1.1, 0.9)}, ValueError, "scale"),
+    ({"brightness": (1.4, 0.6)}, ValueError, "brightness"),
+    ({"brightness": (-0.1, 1.0)}, ValueError, "brightness"),
+    ({"contrast": (1.4, 0.6)}, ValueError, "contrast"),
+    ({"contrast": (float("nan"), 1.0)}, ValueError, "contrast"),
+    ({"blur_sigma": (0.0, 1.0)}, ValueError, "blur_sigma"),
+    ({"blur_sigma": (1.0, 100.0)}, ValueError, "blur_sigma"),
+    ({"size": 1}, ValueError, "size must be in"),
+    ({"size": 0}, ValueError, "size must be in"),
+    ({"fill": 2.0}, ValueError, "fill"),
+    ({"fill": -0.1}, ValueError, "fill"),
+    ({"normalization": (0.5,)}, TypeError, "normalization"),
+    ({"normalization": ((0.5, 0.5), 0.2)}, ValueError, "normalization"),
+    ({"normalization": (0.5, 0.0)}, ValueError, "positive"),
+    ({"normalization": ((1, 2, 3), (1, 2))}, ValueError, "normalization"),
+    ({"seed": -1}, ValueError, "seed"),
+    ({"seed": 1.5}, TypeError, "seed"),
 ])
 def test_bad_settings(kwargs, error, match):
     with pytest.raises(error, match=match):
