@@ -85,8 +85,11 @@ nomem:
 }
 
 /* The element-wise update of one buffer; step_size = lr / (1 - beta1^t), bias2 =
- * sqrt(1 - beta2^t). The order of operations follows torch's single-tensor Adam. */
-CV_VECTORIZE static void adam_update(float *param, float *exp_avg, float *exp_avg_sq,
+ * sqrt(1 - beta2^t). The operations, their order and their fused multiply-adds are
+ * those of torch's single-tensor Adam on the CPU (ATen's add with alpha, lerp,
+ * addcmul and addcdiv), and no others are contracted, so the rounding matches it
+ * too; what remains is torch's sqrt, which is not correctly rounded (1 ulp). */
+CV_VECTORIZE __attribute__((optimize("fp-contract=off"))) static void adam_update(float *param, float *exp_avg, float *exp_avg_sq,
                                      const float *grad, size_t count,
                                      const cv_adam_config *config, double step_size,
                                      double bias2_sqrt, float clip)
@@ -98,13 +101,13 @@ CV_VECTORIZE static void adam_update(float *param, float *exp_avg, float *exp_av
     const float shrink = config->decoupled ? (float)(1.0 - config->lr * config->weight_decay)
                                            : 1.0f;
     for (size_t i = 0; i < count; i++) {
-        float g = grad[i] * clip + l2 * param[i];
-        float p = param[i] * shrink;
-        float m = exp_avg[i] + b1 * (g - exp_avg[i]);
-        float v = exp_avg_sq[i] * beta2 + b2 * g * g;
+        float g = fmaf(l2, param[i], grad[i] * clip);          /* grad.add(p, alpha=wd) */
+        float p = param[i] * shrink;                            /* p.mul_(1 - lr wd) */
+        float m = fmaf(b1, g - exp_avg[i], exp_avg[i]);        /* m.lerp_(g, 1 - beta1) */
+        float v = fmaf(b2 * g, g, exp_avg_sq[i] * beta2);      /* v.mul_(beta2).addcmul_ */
         exp_avg[i] = m;
         exp_avg_sq[i] = v;
-        param[i] = p + lr_step * (m / (sqrtf(v) / bias2 + eps));
+        param[i] = p + (lr_step * m) / (sqrtf(v) / bias2 + eps); /* p.addcdiv_ */
     }
 }
 

@@ -14,8 +14,8 @@ from scipy import ndimage, stats
 import convirt
 from convirt import ImageAugment
 
-ALL_OFF = {"crop_scale": None, "flip": None, "degrees": None, "translate": None, "scale": None,
-               "brightness": None, "contrast": None, "blur_sigma": None}
+ALL_OFF = {"crop_scale": None, "flip": None, "degrees": None, "translate": None,
+           "scale": None, "brightness": None, "contrast": None, "blur_sigma": None}
 GREY_WEIGHTS = np.array([0.2989, 0.587, 0.114])  # torchvision's rgb_to_grayscale
 
 
