@@ -78,7 +78,8 @@ class ReduceLROnPlateau:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+            raise ValueError(
+                f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
         factor = _finite(factor, "factor", low=0.0, low_open=True)
         if factor >= 1.0:
             raise ValueError(f"factor must be < 1 (it multiplies the lr), got {factor}")

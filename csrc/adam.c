@@ -89,17 +89,17 @@ nomem:
  * those of torch's single-tensor Adam on the CPU (ATen's add with alpha, lerp,
  * addcmul and addcdiv), and no others are contracted, so the rounding matches it
  * too; what remains is torch's sqrt, which is not correctly rounded (1 ulp). */
-CV_VECTORIZE __attribute__((optimize("fp-contract=off"))) static void adam_update(float *param, float *exp_avg, float *exp_avg_sq,
-                                     const float *grad, size_t count,
-                                     const cv_adam_config *config, double step_size,
-                                     double bias2_sqrt, float clip)
+CV_VECTORIZE __attribute__((optimize("fp-contract=off"))) static void
+adam_update(float *param, float *exp_avg, float *exp_avg_sq, const float *grad,
+            size_t count, const cv_adam_config *config, double step_size, double bias2_sqrt,
+            float clip)
 {
     const float b1 = (float)(1.0 - config->beta1), beta2 = (float)config->beta2,
                 b2 = (float)(1.0 - config->beta2), eps = (float)config->eps,
                 bias2 = (float)bias2_sqrt, lr_step = (float)-step_size;
     const float l2 = config->decoupled ? 0.0f : (float)config->weight_decay;
-    const float shrink = config->decoupled ? (float)(1.0 - config->lr * config->weight_decay)
-                                           : 1.0f;
+    const float shrink =
+        config->decoupled ? (float)(1.0 - config->lr * config->weight_decay) : 1.0f;
     for (size_t i = 0; i < count; i++) {
         float g = fmaf(l2, param[i], grad[i] * clip);          /* grad.add(p, alpha=wd) */
         float p = param[i] * shrink;                            /* p.mul_(1 - lr wd) */
@@ -120,7 +120,8 @@ CV_VECTORIZE static double sum_squares(const float *x, size_t count)
             acc[k] += (double)x[i + k] * (double)x[i + k];
     for (; i < count; i++)
         acc[0] += (double)x[i] * (double)x[i];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    double low = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    return low + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 static double global_norm(cv_adam *adam, int threads)
@@ -128,7 +129,8 @@ static double global_norm(cv_adam *adam, int threads)
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (ptrdiff_t c = 0; c < adam->n_chunks; c++) {
         const cv_adam_chunk *ch = &adam->chunks[c];
-        adam->partial[c] = sum_squares(adam->segments[ch->segment].grad + ch->begin, ch->count);
+        const float *grad = adam->segments[ch->segment].grad + ch->begin;
+        adam->partial[c] = sum_squares(grad, ch->count);
     }
     double total = 0.0;
     for (ptrdiff_t c = 0; c < adam->n_chunks; c++)

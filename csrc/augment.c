@@ -159,8 +159,9 @@ cv_status cv_augment_check_params(const cv_augment_params *params, ptrdiff_t n)
         if (!(c[0] >= 0.0 && c[1] >= 0.0 && c[2] > 0.0 && c[3] > 0.0 &&
               c[0] + c[2] <= 1.0 + slack && c[1] + c[3] <= 1.0 + slack))
             return cv_fail(CV_ERR_VALUE,
-                           "crop of image %td must be (x, y, w, h) fractions with x, y >= 0, "
-                           "w, h > 0, x + w <= 1 and y + h <= 1, got (%g, %g, %g, %g)",
+                           "crop of image %td must be (x, y, w, h) fractions with x, "
+                           "y >= 0, w, h > 0, x + w <= 1 and y + h <= 1, got (%g, %g, %g, "
+                           "%g)",
                            i, c[0], c[1], c[2], c[3]);
         if (!(p->scale > 0.0))
             return cv_fail(CV_ERR_VALUE, "scale of image %td must be > 0, got %g", i,
@@ -224,7 +225,8 @@ static double resample(float *out, const cv_image *img, ptrdiff_t C, ptrdiff_t S
         for (ptrdiff_t j = 0; j < S; j++) {
             double ux = ux0 + mxj * (double)j + mxi * (double)i;
             double uy = uy0 + myj * (double)j + myi * (double)i;
-            double mask = inside_weight(ux - 0.5, (double)S) * inside_weight(uy - 0.5, (double)S);
+            double mask =
+                inside_weight(ux - 0.5, (double)S) * inside_weight(uy - 0.5, (double)S);
             float v[CV_AUGMENT_MAX_CHANNELS];
             if (mask == 0.0) {
                 for (ptrdiff_t c = 0; c < C; c++)
@@ -244,8 +246,9 @@ static double resample(float *out, const cv_image *img, ptrdiff_t C, ptrdiff_t S
                 const uint8_t *p11 = img->pixels + y1 * rs + x1 * csd;
                 const float m = (float)mask, mf = (float)(1.0 - mask) * fill;
                 for (ptrdiff_t c = 0; c < C; c++) {
-                    float top = (float)p00[c * chs] + fx * (float)(p01[c * chs] - p00[c * chs]);
-                    float bot = (float)p10[c * chs] + fx * (float)(p11[c * chs] - p10[c * chs]);
+                    float a = p00[c * chs], b = p01[c * chs], d = p10[c * chs],
+                          e = p11[c * chs];
+                    float top = a + fx * (b - a), bot = d + fx * (e - d);
                     float s = (top + fy * (bot - top)) / 255.0f;
                     v[c] = m * s + mf;
                 }
@@ -265,7 +268,8 @@ static double resample(float *out, const cv_image *img, ptrdiff_t C, ptrdiff_t S
     return grey_sum;
 }
 
-CV_VECTORIZE static void contrast_inplace(float *x, size_t count, float factor, float offset)
+CV_VECTORIZE static void contrast_inplace(float *x, size_t count, float factor,
+                                          float offset)
 {
     for (size_t i = 0; i < count; i++) {
         float v = factor * x[i] + offset;
@@ -412,8 +416,9 @@ cv_status cv_augment_apply(float *out, cv_augment_workspace *ws, const cv_image 
     if (mean)
         for (ptrdiff_t c = 0; c < C; c++) {
             if (!isfinite(mean[c]) || !(std[c] > 0.0f) || !isfinite(std[c]))
-                return cv_fail(CV_ERR_VALUE, "normalization needs finite means and positive "
-                               "finite stds, got mean %g, std %g for channel %td",
+                return cv_fail(CV_ERR_VALUE,
+                               "normalization needs finite means and positive finite "
+                               "stds, got mean %g, std %g for channel %td",
                                (double)mean[c], (double)std[c], c);
             inv_std[c] = 1.0f / std[c];
         }

@@ -109,8 +109,9 @@ cv_status cv_augment_check_ranges(const cv_augment_ranges *ranges);
  * h = sqrt(s / r) <= 1, at a uniform position; else the whole image (the ratio
  * clamped into the range when 1 is outside it), centred. Translations are uniform
  * in [-max, max] (continuous, not rounded to pixels). */
-void cv_augment_sample(cv_augment_params *params, ptrdiff_t n, const cv_augment_ranges *ranges,
-                       uint64_t seed, uint64_t step, uint64_t first_index);
+void cv_augment_sample(cv_augment_params *params, ptrdiff_t n,
+                       const cv_augment_ranges *ranges, uint64_t seed, uint64_t step,
+                       uint64_t first_index);
 
 /* Checks params[0..n) (finite, crop box inside the image with a positive size,
  * scale > 0, factors >= 0, 0 <= sigma <= CV_AUGMENT_MAX_SIGMA). */

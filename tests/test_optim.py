@@ -334,7 +334,8 @@ class Holder:
 
 
 METRICS = ([1.0, 0.9, 0.8, 0.8, 0.79995, 0.81, 0.85, 0.8, 0.8, 0.82, 0.7, 0.7, 0.7]
-           + [0.7] * 14 + [0.6, float("nan")] + [0.65] * 10 + [0.5 - 0.01 * k for k in range(5)])
+           + [0.7] * 14 + [0.6, float("nan")] + [0.65] * 10
+           + [0.5 - 0.01 * k for k in range(5)])
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -72,8 +72,9 @@ static int read_range(PyObject *obj, const char *name, const double deflt[2], in
         range[0] = symmetric ? -x : x;
         range[1] = x;
         if (symmetric && !(x >= 0.0)) {
-            PyErr_Format(PyExc_ValueError, "%s must be >= 0 (the range is (-%s, %s)), got %g",
-                         name, name, name, x);
+            PyErr_Format(PyExc_ValueError,
+                         "%s must be >= 0 (the range is (-%s, %s)), got %g", name, name,
+                         name, x);
             return -1;
         }
         return 0;
@@ -82,8 +83,9 @@ static int read_range(PyObject *obj, const char *name, const double deflt[2], in
     if (!seq || PyTuple_GET_SIZE(seq) != 2) {
         Py_XDECREF(seq);
         PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s must be a (low, high) pair%s, None or False, got %R",
-                     name, symmetric || both ? " or a number" : "", obj);
+        PyErr_Format(PyExc_TypeError,
+                     "%s must be a (low, high) pair%s, None or False, got %R", name,
+                     symmetric || both ? " or a number" : "", obj);
         return -1;
     }
     int status = read_number(PyTuple_GET_ITEM(seq, 0), name, &range[0]) ||
@@ -109,8 +111,9 @@ static int read_channels(PyObject *obj, const char *name, float *values, int *co
         Py_XDECREF(seq);
         PyErr_Clear();
         PyErr_Format(PyExc_ValueError,
-                     "normalization %s must be a number or 1 or 3 numbers (one per channel), "
-                     "got %R", name, obj);
+                     "normalization %s must be a number or 1 or 3 numbers (one per "
+                     "channel), got %R",
+                     name, obj);
         return -1;
     }
     for (Py_ssize_t c = 0; c < n; c++)
@@ -134,7 +137,8 @@ static int read_normalization(AugmentObject *self, PyObject *obj)
     if (!pair || PyTuple_GET_SIZE(pair) != 2) {
         Py_XDECREF(pair);
         PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "normalization must be None or (mean, std), got %R", obj);
+        PyErr_Format(PyExc_TypeError, "normalization must be None or (mean, std), got %R",
+                     obj);
         return -1;
     }
     int n_mean, n_std;
@@ -188,10 +192,10 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
              *translate = NULL, *scale = NULL, *brightness = NULL, *contrast = NULL,
              *sigma = NULL, *normalization = NULL, *seed = NULL;
     double fill = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$OOOOOOOOOdOO:ImageAugment", kwlist, &size,
-                                     &crop_scale, &crop_ratio, &flip, &degrees, &translate,
-                                     &scale, &brightness, &contrast, &sigma, &fill,
-                                     &normalization, &seed))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$OOOOOOOOOdOO:ImageAugment", kwlist,
+                                     &size, &crop_scale, &crop_ratio, &flip, &degrees,
+                                     &translate, &scale, &brightness, &contrast, &sigma,
+                                     &fill, &normalization, &seed))
         return -1;
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "the ImageAugment is in use by another thread");
@@ -203,12 +207,14 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
     double tr_default[2] = {DEFAULT_TRANSLATE, DEFAULT_TRANSLATE};
     double flip_default[2] = {DEFAULT_FLIP, DEFAULT_FLIP}, flip_range[2];
     int ratio_on, flip_on;
-    if (read_range(crop_scale, "crop_scale", DEFAULT_CROP_SCALE, 0, 0, &r.crop, r.crop_scale) ||
+    if (read_range(crop_scale, "crop_scale", DEFAULT_CROP_SCALE, 0, 0, &r.crop,
+                   r.crop_scale) ||
         read_range(crop_ratio, "crop_ratio", DEFAULT_CROP_RATIO, 0, 0, &ratio_on,
                    r.crop_ratio) ||
         read_range(flip, "flip", flip_default, 0, 1, &flip_on, flip_range) ||
         read_range(degrees, "degrees", deg_default, 1, 0, &r.rotate, r.degrees) ||
-        read_range(translate, "translate", tr_default, 0, 1, &r.translate, r.translate_max) ||
+        read_range(translate, "translate", tr_default, 0, 1, &r.translate,
+                   r.translate_max) ||
         read_range(scale, "scale", DEFAULT_SCALE, 0, 0, &r.scale, r.scale_range) ||
         read_range(brightness, "brightness", DEFAULT_BRIGHTNESS, 0, 0, &r.brightness,
                    r.brightness_range) ||
@@ -221,21 +227,22 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
         r.crop_ratio[0] = r.crop_ratio[1] = 1.0;
     }
     if (flip_on && flip_range[0] != flip_range[1]) {
-        PyErr_Format(PyExc_TypeError, "flip must be a probability, True, False or None, got %R",
-                     flip);
+        PyErr_Format(PyExc_TypeError,
+                     "flip must be a probability, True, False or None, got %R", flip);
         return -1;
     }
     r.flip_p = flip_on ? flip_range[0] : 0.0;
     if (cv_augment_check_ranges(&r) != CV_OK)
         return cv_raise(CV_ERR_VALUE);
     if (size < CV_AUGMENT_MIN_SIZE || size > CV_AUGMENT_MAX_SIZE) {
-        PyErr_Format(PyExc_ValueError, "size must be in [%d, %d], got %zd", CV_AUGMENT_MIN_SIZE,
-                     CV_AUGMENT_MAX_SIZE, size);
+        PyErr_Format(PyExc_ValueError, "size must be in [%d, %d], got %zd",
+                     CV_AUGMENT_MIN_SIZE, CV_AUGMENT_MAX_SIZE, size);
         return -1;
     }
     if (!(fill >= 0.0 && fill <= 1.0)) {
         PyErr_Format(PyExc_ValueError,
-                     "fill must be in [0, 1] (pixel units: 0 black, 1 white), got %g", fill);
+                     "fill must be in [0, 1] (pixel units: 0 black, 1 white), got %g",
+                     fill);
         return -1;
     }
     uint64_t seed_value = 0;
@@ -263,14 +270,15 @@ static void Augment_dealloc(AugmentObject *self)
 static PyArrayObject *new_params(npy_intp n)
 {
     Py_INCREF(param_descr);
-    return (PyArrayObject *)PyArray_NewFromDescr(&PyArray_Type, param_descr, 1, &n, NULL, NULL,
-                                                 0, NULL);
+    return (PyArrayObject *)PyArray_NewFromDescr(&PyArray_Type, param_descr, 1, &n, NULL,
+                                                 NULL, 0, NULL);
 }
 
 static int read_step(PyObject *obj, const char *name, uint64_t *out)
 {
     if (!PyLong_Check(obj) && !PyIndex_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name, Py_TYPE(obj)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name,
+                     Py_TYPE(obj)->tp_name);
         return -1;
     }
     PyObject *index = PyNumber_Index(obj);
@@ -287,7 +295,8 @@ static int read_step(PyObject *obj, const char *name, uint64_t *out)
     return 0;
 }
 
-static PyObject *Augment_sample_parameters(AugmentObject *self, PyObject *args, PyObject *kwds)
+static PyObject *Augment_sample_parameters(AugmentObject *self, PyObject *args,
+                                           PyObject *kwds)
 {
     static char *kwlist[] = {"n", "step", "first_index", NULL};
     Py_ssize_t n;
@@ -306,8 +315,8 @@ static PyObject *Augment_sample_parameters(AugmentObject *self, PyObject *args, 
     PyArrayObject *params = new_params(n);
     if (!params)
         return NULL;
-    cv_augment_sample((cv_augment_params *)PyArray_DATA(params), n, &self->ranges, self->seed,
-                      step, first);
+    cv_augment_sample((cv_augment_params *)PyArray_DATA(params), n, &self->ranges,
+                      self->seed, step, first);
     return (PyObject *)params;
 }
 
@@ -373,8 +382,9 @@ static int one_image(cv_image *img, PyArrayObject *arr, int nd, npy_intp *channe
     img->stride[2] = nd == 3 ? strides[2] : 0;
     *channels = nd == 3 ? PyArray_DIM(arr, 2) : 1;
     if (img->h < CV_AUGMENT_MIN_INPUT || img->w < CV_AUGMENT_MIN_INPUT) {
-        PyErr_Format(PyExc_ValueError, "%s is %ld x %ld; images must be at least %d x %d", name,
-                     (long)img->h, (long)img->w, CV_AUGMENT_MIN_INPUT, CV_AUGMENT_MIN_INPUT);
+        PyErr_Format(PyExc_ValueError, "%s is %ld x %ld; images must be at least %d x %d",
+                     name, (long)img->h, (long)img->w, CV_AUGMENT_MIN_INPUT,
+                     CV_AUGMENT_MIN_INPUT);
         return -1;
     }
     if (*channels != 1 && *channels != 3) {
@@ -421,8 +431,10 @@ static int read_images(PyObject *obj, image_batch *b)
             img->stride[1] = strides[2];
             img->stride[2] = nd == 4 ? strides[3] : 0;
         }
-        if (b->images[0].h < CV_AUGMENT_MIN_INPUT || b->images[0].w < CV_AUGMENT_MIN_INPUT) {
-            PyErr_Format(PyExc_ValueError, "images are %ld x %ld; they must be at least %d x %d",
+        const cv_image *first = &b->images[0];
+        if (first->h < CV_AUGMENT_MIN_INPUT || first->w < CV_AUGMENT_MIN_INPUT) {
+            PyErr_Format(PyExc_ValueError,
+                         "images are %ld x %ld; they must be at least %d x %d",
                          (long)b->images[0].h, (long)b->images[0].w, CV_AUGMENT_MIN_INPUT,
                          CV_AUGMENT_MIN_INPUT);
             goto error;
@@ -439,8 +451,9 @@ static int read_images(PyObject *obj, image_batch *b)
     }
     if (!PyList_Check(obj) && !PyTuple_Check(obj)) {
         PyErr_Format(PyExc_TypeError,
-                     "images must be a uint8 NumPy array (N, H, W) or (N, H, W, C), or a list "
-                     "of uint8 arrays (H, W) or (H, W, C); got %s", Py_TYPE(obj)->tp_name);
+                     "images must be a uint8 NumPy array (N, H, W) or (N, H, W, C), or a "
+                     "list of uint8 arrays (H, W) or (H, W, C); got %s",
+                     Py_TYPE(obj)->tp_name);
         return -1;
     }
     b->keep = PySequence_Tuple(obj); /* holds the arrays while the GIL is released */
@@ -471,8 +484,8 @@ static int read_images(PyObject *obj, image_batch *b)
             b->channels = channels;
         } else if (nd != b->ndim || channels != b->channels) {
             PyErr_Format(PyExc_ValueError,
-                         "images[%ld] has %d dimensions and %ld channels but images[0] has %d "
-                         "and %ld; the images of a batch must agree",
+                         "images[%ld] has %d dimensions and %ld channels but images[0] "
+                         "has %d and %ld; the images of a batch must agree",
                          (long)i, nd - 1, (long)channels, b->ndim - 1, (long)b->channels);
             goto error;
         }
@@ -517,7 +530,9 @@ static PyArrayObject *get_output(AugmentObject *self, PyObject *given, image_bat
             return arr;
         }
     }
-    int slot = !self->pool[0] ? 0 : (!self->pool[1] ? 1 : (Py_REFCNT(self->pool[0]) == 1 ? 0 : 1));
+    int slot = 1;
+    if (!self->pool[0] || (self->pool[1] && Py_REFCNT(self->pool[0]) == 1))
+        slot = 0;
     PyArrayObject *arr = cv_new_float_array(b->ndim, shape);
     if (!arr)
         return NULL;
@@ -576,9 +591,9 @@ static PyObject *run(AugmentObject *self, PyObject *images_obj, PyObject *params
         p = owned;
     }
     Py_BEGIN_ALLOW_THREADS;
-    status = cv_augment_apply((float *)PyArray_DATA(out), &self->ws, b.images, b.n, b.channels,
-                              p, self->size, self->fill, self->norm_len ? mean : NULL,
-                              self->norm_len ? std : NULL);
+    status = cv_augment_apply((float *)PyArray_DATA(out), &self->ws, b.images, b.n,
+                              b.channels, p, self->size, self->fill,
+                              self->norm_len ? mean : NULL, self->norm_len ? std : NULL);
     Py_END_ALLOW_THREADS;
     CV_RELEASE(&self->busy);
     if (status != CV_OK) {
@@ -601,8 +616,8 @@ static PyObject *Augment_call(AugmentObject *self, PyObject *args, PyObject *kwd
     static char *kwlist[] = {"images", "step", "out", NULL};
     PyObject *images, *step_obj = NULL, *out = NULL;
     uint64_t step = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O$O:ImageAugment.__call__", kwlist, &images,
-                                     &step_obj, &out))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O$O:ImageAugment.__call__", kwlist,
+                                     &images, &step_obj, &out))
         return NULL;
     if (step_obj && read_step(step_obj, "step", &step))
         return NULL;
@@ -613,8 +628,8 @@ static PyObject *Augment_apply(AugmentObject *self, PyObject *args, PyObject *kw
 {
     static char *kwlist[] = {"images", "parameters", "out", NULL};
     PyObject *images, *params, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$O:ImageAugment.apply", kwlist, &images,
-                                     &params, &out))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$O:ImageAugment.apply", kwlist,
+                                     &images, &params, &out))
         return NULL;
     return run(self, images, params, 0, out);
 }
@@ -672,11 +687,11 @@ static PyObject *config_item(AugmentObject *self, const char *key)
     return value;
 }
 
-#define CONFIG_GETTER(field)                                                                  \
-    static PyObject *get_##field(AugmentObject *self, void *closure)                          \
-    {                                                                                         \
-        (void)closure;                                                                        \
-        return config_item(self, #field);                                                     \
+#define CONFIG_GETTER(field)                                                           \
+    static PyObject *get_##field(AugmentObject *self, void *closure)                   \
+    {                                                                                  \
+        (void)closure;                                                                 \
+        return config_item(self, #field);                                              \
     }
 CONFIG_GETTER(size)
 CONFIG_GETTER(crop_scale)
@@ -734,8 +749,10 @@ static PyGetSetDef Augment_getset[] = {
     {"scale", (getter)get_scale, NULL, "affine scale range, or None", NULL},
     {"brightness", (getter)get_brightness, NULL, "brightness factor range, or None", NULL},
     {"contrast", (getter)get_contrast, NULL, "contrast factor range, or None", NULL},
-    {"blur_sigma", (getter)get_blur_sigma, NULL, "Gaussian blur sigma range, or None", NULL},
-    {"fill", (getter)get_fill, NULL, "value of pixels from outside the image, in [0, 1]", NULL},
+    {"blur_sigma", (getter)get_blur_sigma, NULL, "Gaussian blur sigma range, or None",
+     NULL},
+    {"fill", (getter)get_fill, NULL, "value of pixels from outside the image, in [0, 1]",
+     NULL},
     {"normalization", (getter)get_normalization, NULL,
      "(mean, std) applied last as (x - mean) / std, or None (output in [0, 1])", NULL},
     {"seed", (getter)get_seed, NULL, "the seed of the random parameters", NULL},
@@ -835,12 +852,14 @@ static PyArray_Descr *make_param_descr(void)
     int ok = PyDataType_ELSIZE(descr) == (npy_intp)sizeof(cv_augment_params);
     for (int k = 0; k < n && ok; k++) {
         PyObject *field = PyDict_GetItemString(PyDataType_FIELDS(descr), fields[k].name);
-        ok = field && PyLong_AsSsize_t(PyTuple_GET_ITEM(field, 1)) == (Py_ssize_t)fields[k].offset;
+        ok = field && PyLong_AsSsize_t(PyTuple_GET_ITEM(field, 1)) ==
+                          (Py_ssize_t)fields[k].offset;
     }
     if (!ok) {
         Py_DECREF(descr);
         PyErr_SetString(PyExc_ImportError,
-                        "convirt: the ImageAugment parameter dtype does not match the C struct");
+                        "convirt: the ImageAugment parameter dtype does not match the C "
+                        "struct");
         return NULL;
     }
     return descr;
@@ -852,8 +871,8 @@ int cv_register_image_augment(PyObject *module)
         return -1;
     if (PyType_Ready(&AugmentType) < 0)
         return -1;
-    if (PyDict_SetItemString(AugmentType.tp_dict, "parameter_dtype", (PyObject *)param_descr) <
-        0)
+    PyObject *dict = AugmentType.tp_dict;
+    if (PyDict_SetItemString(dict, "parameter_dtype", (PyObject *)param_descr) < 0)
         return -1;
     PyType_Modified(&AugmentType);
     return PyModule_AddObjectRef(module, "ImageAugment", (PyObject *)&AugmentType);

@@ -48,8 +48,8 @@ static int Adam_init(AdamObject *self, PyObject *args, PyObject *kwds)
     cv_adam_segment *segments = NULL;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "an Adam object cannot be re-initialised (its state arrays may be in "
-                        "use); make a new one");
+                        "an Adam object cannot be re-initialised (its state arrays may "
+                        "be in use); make a new one");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$d(dd)ddpO:Adam", kwlist, &params_obj,
@@ -78,13 +78,15 @@ static int Adam_init(AdamObject *self, PyObject *args, PyObject *kwds)
         goto error;
     Py_ssize_t n = PyTuple_GET_SIZE(params);
     if (n == 0) {
-        PyErr_SetString(PyExc_ValueError, "parameters is empty; Adam needs at least one array");
+        PyErr_SetString(PyExc_ValueError,
+                        "parameters is empty; Adam needs at least one array");
         goto error;
     }
     if (PyTuple_GET_SIZE(grads) != n) {
         PyErr_Format(PyExc_ValueError,
-                     "parameters and gradients must be lists of the same length, got %zd and "
-                     "%zd", n, PyTuple_GET_SIZE(grads));
+                     "parameters and gradients must be lists of the same length, got "
+                     "%zd and %zd",
+                     n, PyTuple_GET_SIZE(grads));
         goto error;
     }
     segments = PyMem_Malloc(sizeof(cv_adam_segment) * (size_t)n);
@@ -117,7 +119,8 @@ static int Adam_init(AdamObject *self, PyObject *args, PyObject *kwds)
                 goto error;
             if (l > k) {
                 snprintf(b, sizeof b, "parameters[%zd]", l);
-                if (cv_check_no_overlap(p, a, (PyArrayObject *)PyTuple_GET_ITEM(params, l), b))
+                PyArrayObject *other = (PyArrayObject *)PyTuple_GET_ITEM(params, l);
+                if (cv_check_no_overlap(p, a, other, b))
                     goto error;
             }
         }
@@ -199,7 +202,8 @@ static PyObject *Adam_zero_grad(AdamObject *self, PyObject *unused)
     Py_ssize_t n = PyTuple_GET_SIZE(self->gradients);
     for (Py_ssize_t k = 0; k < n; k++)
         if (!PyArray_ISWRITEABLE((PyArrayObject *)PyTuple_GET_ITEM(self->gradients, k))) {
-            PyErr_Format(PyExc_ValueError, "gradients[%zd] is read-only; cannot zero it", k);
+            PyErr_Format(PyExc_ValueError, "gradients[%zd] is read-only; cannot zero it",
+                         k);
             return NULL;
         }
     for (Py_ssize_t k = 0; k < n; k++) {
@@ -216,8 +220,8 @@ static PyObject *state_view(AdamObject *self, float *data)
 {
     npy_intp dims[1] = {(npy_intp)self->adam.total};
     static float empty;
-    PyObject *arr = PyArray_New(&PyArray_Type, 1, dims, NPY_FLOAT32, NULL, data ? data : &empty,
-                                0, NPY_ARRAY_CARRAY, NULL);
+    PyObject *arr = PyArray_New(&PyArray_Type, 1, dims, NPY_FLOAT32, NULL,
+                                data ? data : &empty, 0, NPY_ARRAY_CARRAY, NULL);
     if (!arr)
         return NULL;
     Py_INCREF(self);
@@ -257,23 +261,26 @@ static PyObject *Adam_state_dict(AdamObject *self, PyObject *unused)
     if (check_idle(self))
         return NULL;
     PyObject *m_view = NULL, *v_view = NULL, *m = NULL, *v = NULL, *result = NULL;
+    PyObject *max_norm = NULL, *sizes = NULL;
     if (!(m_view = state_view(self, self->adam.exp_avg)) ||
         !(v_view = state_view(self, self->adam.exp_avg_sq)) ||
         !(m = PyArray_NewCopy((PyArrayObject *)m_view, NPY_CORDER)) ||
-        !(v = PyArray_NewCopy((PyArrayObject *)v_view, NPY_CORDER)))
+        !(v = PyArray_NewCopy((PyArrayObject *)v_view, NPY_CORDER)) ||
+        !(max_norm = max_norm_object(self)) || !(sizes = segment_sizes(self)))
         goto done;
     const cv_adam_config *c = &self->adam.config;
-    result = Py_BuildValue("{s:L,s:O,s:O,s:d,s:(dd),s:d,s:d,s:O,s:N,s:N}", "step",
-                           (long long)self->adam.step, "exp_avg", m, "exp_avg_sq", v, "lr",
-                           c->lr, "betas", c->beta1, c->beta2, "eps", c->eps, "weight_decay",
-                           c->weight_decay, "decoupled_weight_decay",
-                           c->decoupled ? Py_True : Py_False, "max_grad_norm",
-                           max_norm_object(self), "sizes", segment_sizes(self));
+    result = Py_BuildValue(
+        "{s:L,s:O,s:O,s:d,s:(dd),s:d,s:d,s:O,s:O,s:O}", "step", (long long)self->adam.step,
+        "exp_avg", m, "exp_avg_sq", v, "lr", c->lr, "betas", c->beta1, c->beta2, "eps",
+        c->eps, "weight_decay", c->weight_decay, "decoupled_weight_decay",
+        c->decoupled ? Py_True : Py_False, "max_grad_norm", max_norm, "sizes", sizes);
 done:
     Py_XDECREF(m_view);
     Py_XDECREF(v_view);
     Py_XDECREF(m);
     Py_XDECREF(v);
+    Py_XDECREF(max_norm);
+    Py_XDECREF(sizes);
     return result;
 }
 
@@ -288,8 +295,8 @@ static PyArrayObject *state_array(AdamObject *self, PyObject *dict, const char *
     char name[64];
     snprintf(name, sizeof name, "state_dict['%s']", key);
     PyArrayObject *arr;
-    cv_array_spec spec = {name, NPY_FLOAT32, 1, 1, {(npy_intp)self->adam.total, -1, -1, -1}, 0,
-                          0};
+    npy_intp total = (npy_intp)self->adam.total;
+    cv_array_spec spec = {name, NPY_FLOAT32, 1, 1, {total, -1, -1, -1}, 0, 0};
     if (cv_check_array(obj, &spec, &arr))
         return NULL;
     return arr;
@@ -320,12 +327,14 @@ static PyObject *Adam_load_state_dict(AdamObject *self, PyObject *dict)
     if (check_idle(self))
         return NULL;
     if (!PyDict_Check(dict)) {
-        PyErr_Format(PyExc_TypeError, "load_state_dict takes a dict (from state_dict()), got %s",
+        PyErr_Format(PyExc_TypeError,
+                     "load_state_dict takes a dict (from state_dict()), got %s",
                      Py_TYPE(dict)->tp_name);
         return NULL;
     }
     PyArrayObject *m, *v;
-    if (!(m = state_array(self, dict, "exp_avg")) || !(v = state_array(self, dict, "exp_avg_sq")))
+    if (!(m = state_array(self, dict, "exp_avg")) ||
+        !(v = state_array(self, dict, "exp_avg_sq")))
         return NULL;
     PyObject *step_obj = PyDict_GetItemString(dict, "step");
     if (!step_obj) {
@@ -353,8 +362,9 @@ static PyObject *Adam_load_state_dict(AdamObject *self, PyObject *dict)
         if (same != 1) {
             if (same == 0 || !PyErr_Occurred())
                 PyErr_Format(PyExc_ValueError,
-                             "the state dict is for parameter arrays of sizes %R, this Adam "
-                             "has %R", sizes, ours);
+                             "the state dict is for parameter arrays of sizes %R, this "
+                             "Adam has %R",
+                             sizes, ours);
             Py_DECREF(ours);
             Py_XDECREF(theirs);
             return NULL;
@@ -366,7 +376,8 @@ static PyObject *Adam_load_state_dict(AdamObject *self, PyObject *dict)
         float x = *(const float *)(PyArray_BYTES(v) + (npy_intp)i * PyArray_STRIDE(v, 0));
         if (!(x >= 0.0f) || !isfinite(x)) {
             PyErr_Format(PyExc_ValueError,
-                         "state_dict['exp_avg_sq'] must be finite and >= 0; element %zu is %g",
+                         "state_dict['exp_avg_sq'] must be finite and >= 0; element %zu "
+                         "is %g",
                          i, (double)x);
             return NULL;
         }
@@ -376,7 +387,8 @@ static PyObject *Adam_load_state_dict(AdamObject *self, PyObject *dict)
     if (betas && !PyArg_ParseTuple(betas, "dd;state_dict['betas'] must be a pair",
                                    &config.beta1, &config.beta2))
         return NULL;
-    if (optional_double(dict, "lr", &config.lr) || optional_double(dict, "eps", &config.eps) ||
+    if (optional_double(dict, "lr", &config.lr) ||
+        optional_double(dict, "eps", &config.eps) ||
         optional_double(dict, "weight_decay", &config.weight_decay))
         return NULL;
     PyObject *decoupled = PyDict_GetItemString(dict, "decoupled_weight_decay");
@@ -511,9 +523,11 @@ static PyObject *Adam_repr(AdamObject *self)
 static PyGetSetDef Adam_getset[] = {
     {"lr", (getter)get_lr, (setter)set_lr,
      "learning rate (settable: schedules change it; >= 0)", NULL},
-    {"betas", (getter)get_betas, NULL, "(beta1, beta2): decay of the moment estimates", NULL},
+    {"betas", (getter)get_betas, NULL, "(beta1, beta2): decay of the moment estimates",
+     NULL},
     {"eps", (getter)get_eps, NULL, "added to the denominator", NULL},
-    {"weight_decay", (getter)get_weight_decay, NULL, "L2 (or decoupled) weight decay", NULL},
+    {"weight_decay", (getter)get_weight_decay, NULL, "L2 (or decoupled) weight decay",
+     NULL},
     {"decoupled_weight_decay", (getter)get_decoupled, NULL,
      "True: AdamW's decay p *= 1 - lr wd; False: L2, g += wd p", NULL},
     {"max_grad_norm", (getter)get_max_grad_norm, NULL,
@@ -523,7 +537,8 @@ static PyGetSetDef Adam_getset[] = {
      "first moment, float32 (size,): a view of the state (base: this object)", NULL},
     {"exp_avg_sq", (getter)get_exp_avg_sq, NULL,
      "second moment, float32 (size,): a view of the state (base: this object)", NULL},
-    {"parameters", (getter)get_parameters, NULL, "the parameter arrays updated in place", NULL},
+    {"parameters", (getter)get_parameters, NULL, "the parameter arrays updated in place",
+     NULL},
     {"gradients", (getter)get_gradients, NULL, "the gradient arrays read by step()", NULL},
     {"size", (getter)get_size, NULL, "total number of parameters", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
