@@ -195,9 +195,10 @@ static inline double inside_weight(double a, double n)
 
 /* Crop + flip + affine + resize in one bilinear pass, then brightness; out is
  * (S, S, C) contiguous. Returns the sum over pixels of the grey value (for the
- * contrast's mean). */
-static double resample(float *out, const cv_image *img, ptrdiff_t C, ptrdiff_t S,
-                       const cv_augment_params *p, float fill)
+ * contrast's mean). Inlined for each channel count, so that C is a constant. */
+static inline __attribute__((always_inline)) double
+resample_channels(float *out, const cv_image *img, const ptrdiff_t C, ptrdiff_t S,
+                  const cv_augment_params *p, float fill)
 {
     const double half = 0.5 * (double)S;
     const double theta = p->angle * (3.14159265358979323846 / 180.0);
@@ -266,6 +267,13 @@ static double resample(float *out, const cv_image *img, ptrdiff_t C, ptrdiff_t S
         grey_sum += row_grey;
     }
     return grey_sum;
+}
+
+CV_VECTORIZE static double resample(float *out, const cv_image *img, ptrdiff_t C,
+                                    ptrdiff_t S, const cv_augment_params *p, float fill)
+{
+    return C == 1 ? resample_channels(out, img, 1, S, p, fill)
+                  : resample_channels(out, img, 3, S, p, fill);
 }
 
 CV_VECTORIZE static void contrast_inplace(float *x, size_t count, float factor,
