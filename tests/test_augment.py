@@ -476,6 +476,16 @@ def test_defaults_repr_and_config_round_trip():
                                   again.sample_parameters(8, 1))
 
 
+def test_pickle_round_trip():
+    import pickle
+
+    aug = ImageAugment(64, degrees=5, blur_sigma=None, normalization=(0.5, 0.25), seed=11)
+    again = pickle.loads(pickle.dumps(aug))
+    assert again.config == aug.config
+    x = images(2, 70, 70, seed=19)
+    np.testing.assert_array_equal(again(x, step=3), aug(x, step=3))
+
+
 # ---- bad input -------------------------------------------------------------------------
 
 

@@ -758,7 +758,35 @@ static PyGetSetDef Augment_getset[] = {
     {"seed", (getter)get_seed, NULL, "the seed of the random parameters", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
+/* Pickling (e.g. into DataLoader workers): the settings travel, not the buffers. */
+static PyObject *Augment_reduce(AugmentObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *config = get_config(self, NULL);
+    if (!config)
+        return NULL;
+    return Py_BuildValue("(O()N)", (PyObject *)Py_TYPE(self), config);
+}
+
+static PyObject *Augment_setstate(AugmentObject *self, PyObject *state)
+{
+    if (!PyDict_Check(state)) {
+        PyErr_SetString(PyExc_TypeError, "ImageAugment state must be a dict of settings");
+        return NULL;
+    }
+    PyObject *args = PyTuple_New(0);
+    if (!args)
+        return NULL;
+    int status = Augment_init(self, args, state);
+    Py_DECREF(args);
+    if (status < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Augment_methods[] = {
+    {"__reduce__", (PyCFunction)Augment_reduce, METH_NOARGS, "pickle support"},
+    {"__setstate__", (PyCFunction)Augment_setstate, METH_O, "pickle support"},
     {"sample_parameters", (PyCFunction)(void (*)(void))Augment_sample_parameters,
      METH_VARARGS | METH_KEYWORDS,
      "sample_parameters(n, step=0, *, first_index=0) -> structured array (n,)\n\n"
