@@ -125,9 +125,11 @@ def main():
     print(f"convirt.ImageAugment: batch {args.batch}, {args.input} x {args.input} uint8 -> "
           f"{args.size} x {args.size} float32; best of {repeat}")
     print(f"ResNet-50 training step for the batch: {step_seconds:.2f} s at "
-          f"{STEP_GFLOPS:.0f} GFLOP/s, {peak_seconds:.2f} s at the {PEAK_GFLOPS:.0f} GFLOP/s peak\n")
+          f"{STEP_GFLOPS:.0f} GFLOP/s, {peak_seconds:.2f} s at the {PEAK_GFLOPS:.0f} "
+          "GFLOP/s peak\n")
     header = (f"{'image':<5} {'thr':>3}  {'transforms':<26} {'ms/batch':>9} "
-              f"{'images/s':>9} {'% step':>7} {'% peak step':>11} {'torch ms':>9} {'torch/ours':>10}")
+              f"{'images/s':>9} {'% step':>7} {'% peak step':>11} {'torch ms':>9} "
+              f"{'torch/ours':>10}")
     print(header)
     print("-" * len(header))
     for channels in (None, 3):
