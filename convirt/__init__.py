@@ -5,6 +5,9 @@ The objects people use first:
 
 - :class:`Encoder` - an image (ResNet) or text (BERT) tower with its projection head.
 - :class:`ContrastiveLoss` - the paper's bidirectional contrastive loss, fused in C.
+- :class:`ImageAugment` - the paper's random image transforms, in C.
+- :class:`Adam` - Adam / AdamW over flat buffers, with :class:`ReduceLROnPlateau` and
+  :class:`WarmupCosine` schedules.
 
 Configuration: :func:`show_config`, :func:`config`, :func:`set_num_threads`,
 :func:`get_num_threads`.
@@ -13,15 +16,27 @@ Configuration: :func:`show_config`, :func:`config`, :func:`set_num_threads`,
 import warnings
 
 from . import _core
-from ._core import ContrastiveLoss, LossResult, get_num_threads, set_num_threads
+from ._core import (
+    Adam,
+    ContrastiveLoss,
+    ImageAugment,
+    LossResult,
+    get_num_threads,
+    set_num_threads,
+)
 from .encoder import Encoder
+from .schedules import ReduceLROnPlateau, WarmupCosine
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adam",
     "ContrastiveLoss",
     "Encoder",
+    "ImageAugment",
     "LossResult",
+    "ReduceLROnPlateau",
+    "WarmupCosine",
     "config",
     "get_num_threads",
     "set_num_threads",

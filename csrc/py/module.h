@@ -6,5 +6,7 @@
 
 int cv_register_contrastive_loss(PyObject *module);
 int cv_register_encoder(PyObject *module);
+int cv_register_image_augment(PyObject *module);
+int cv_register_optimizer(PyObject *module);
 
 #endif

@@ -1,0 +1,173 @@
+/* adam.c - Adam and AdamW over flat float32 buffers (see adam.h). */
+#include <omp.h>
+
+#include "adam.h"
+#include "core.h"
+
+/* Work is split into chunks of this many floats, fixed at set-up, so the gradient
+ * norm is summed in the same order whatever the number of threads. */
+#define CHUNK ((size_t)1 << 15)
+
+cv_status cv_adam_check_config(const cv_adam_config *c)
+{
+    if (!(c->lr >= 0.0) || !isfinite(c->lr))
+        return cv_fail(CV_ERR_VALUE, "lr must be a finite number >= 0, got %g", c->lr);
+    if (!(c->beta1 >= 0.0 && c->beta1 < 1.0) || !(c->beta2 >= 0.0 && c->beta2 < 1.0))
+        return cv_fail(CV_ERR_VALUE, "betas must be in [0, 1), got (%g, %g)", c->beta1,
+                       c->beta2);
+    if (!(c->eps > 0.0) || !isfinite(c->eps))
+        return cv_fail(CV_ERR_VALUE, "eps must be a finite number > 0, got %g", c->eps);
+    if (!(c->weight_decay >= 0.0) || !isfinite(c->weight_decay))
+        return cv_fail(CV_ERR_VALUE, "weight_decay must be a finite number >= 0, got %g",
+                       c->weight_decay);
+    if (!(c->max_grad_norm >= 0.0) || !isfinite(c->max_grad_norm))
+        return cv_fail(CV_ERR_VALUE, "max_grad_norm must be a finite number > 0, got %g",
+                       c->max_grad_norm);
+    return CV_OK;
+}
+
+void cv_adam_free(cv_adam *adam)
+{
+    free(adam->segments);
+    free(adam->offsets);
+    free(adam->exp_avg);
+    free(adam->exp_avg_sq);
+    free(adam->chunks);
+    free(adam->partial);
+    memset(adam, 0, sizeof *adam);
+}
+
+cv_status cv_adam_init(cv_adam *adam, const cv_adam_segment *segments, ptrdiff_t n_segments,
+                       const cv_adam_config *config)
+{
+    memset(adam, 0, sizeof *adam);
+    size_t total = 0;
+    cv_status status = cv_adam_check_config(config);
+    if (status != CV_OK)
+        return status;
+    if (n_segments <= 0)
+        return cv_fail(CV_ERR_VALUE, "Adam needs at least one parameter buffer");
+    adam->config = *config;
+    adam->n_segments = n_segments;
+    adam->segments = malloc(sizeof *segments * (size_t)n_segments);
+    adam->offsets = malloc(sizeof(size_t) * (size_t)n_segments);
+    if (!adam->segments || !adam->offsets)
+        goto nomem;
+    memcpy(adam->segments, segments, sizeof *segments * (size_t)n_segments);
+    ptrdiff_t n_chunks = 0;
+    for (ptrdiff_t k = 0; k < n_segments; k++) {
+        adam->offsets[k] = total;
+        total += segments[k].count;
+        n_chunks += (ptrdiff_t)((segments[k].count + CHUNK - 1) / CHUNK);
+    }
+    adam->total = total;
+    adam->n_chunks = n_chunks;
+    if (total > 0) {
+        adam->exp_avg = cv_alloc_floats(total);
+        adam->exp_avg_sq = cv_alloc_floats(total);
+        adam->chunks = malloc(sizeof(cv_adam_chunk) * (size_t)n_chunks);
+        adam->partial = malloc(sizeof(double) * (size_t)n_chunks);
+        if (!adam->exp_avg || !adam->exp_avg_sq || !adam->chunks || !adam->partial)
+            goto nomem;
+        memset(adam->exp_avg, 0, total * sizeof(float));
+        memset(adam->exp_avg_sq, 0, total * sizeof(float));
+    }
+    ptrdiff_t c = 0;
+    for (ptrdiff_t k = 0; k < n_segments; k++)
+        for (size_t begin = 0; begin < segments[k].count; begin += CHUNK) {
+            size_t left = segments[k].count - begin;
+            adam->chunks[c++] = (cv_adam_chunk){k, begin, left < CHUNK ? left : CHUNK};
+        }
+    return CV_OK;
+nomem:
+    cv_adam_free(adam);
+    return cv_fail(CV_ERR_MEMORY, "cannot allocate Adam's state for %zu parameters", total);
+}
+
+/* The element-wise update of one buffer; step_size = lr / (1 - beta1^t), bias2 =
+ * sqrt(1 - beta2^t). The operations, their order and their fused multiply-adds are
+ * those of torch's single-tensor Adam on the CPU (ATen's add with alpha, lerp,
+ * addcmul and addcdiv), and no others are contracted, so the rounding matches it
+ * too; what remains is torch's sqrt, which is not correctly rounded (1 ulp). */
+CV_VECTORIZE __attribute__((optimize("fp-contract=off"))) static void
+adam_update(float *param, float *exp_avg, float *exp_avg_sq, const float *grad,
+            size_t count, const cv_adam_config *config, double step_size, double bias2_sqrt,
+            float clip)
+{
+    const float b1 = (float)(1.0 - config->beta1), beta2 = (float)config->beta2,
+                b2 = (float)(1.0 - config->beta2), eps = (float)config->eps,
+                bias2 = (float)bias2_sqrt, lr_step = (float)-step_size;
+    const float l2 = config->decoupled ? 0.0f : (float)config->weight_decay;
+    const float shrink =
+        config->decoupled ? (float)(1.0 - config->lr * config->weight_decay) : 1.0f;
+    for (size_t i = 0; i < count; i++) {
+        float g = fmaf(l2, param[i], grad[i] * clip);          /* grad.add(p, alpha=wd) */
+        float p = param[i] * shrink;                            /* p.mul_(1 - lr wd) */
+        float m = fmaf(b1, g - exp_avg[i], exp_avg[i]);        /* m.lerp_(g, 1 - beta1) */
+        float v = fmaf(b2 * g, g, exp_avg_sq[i] * beta2);      /* v.mul_(beta2).addcmul_ */
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        param[i] = p + (lr_step * m) / (sqrtf(v) / bias2 + eps); /* p.addcdiv_ */
+    }
+}
+
+CV_VECTORIZE static double sum_squares(const float *x, size_t count)
+{
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8)
+        for (int k = 0; k < 8; k++)
+            acc[k] += (double)x[i + k] * (double)x[i + k];
+    for (; i < count; i++)
+        acc[0] += (double)x[i] * (double)x[i];
+    double low = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    return low + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+static double global_norm(cv_adam *adam, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (ptrdiff_t c = 0; c < adam->n_chunks; c++) {
+        const cv_adam_chunk *ch = &adam->chunks[c];
+        const float *grad = adam->segments[ch->segment].grad + ch->begin;
+        adam->partial[c] = sum_squares(grad, ch->count);
+    }
+    double total = 0.0;
+    for (ptrdiff_t c = 0; c < adam->n_chunks; c++)
+        total += adam->partial[c];
+    return sqrt(total);
+}
+
+cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm)
+{
+    const cv_adam_config *config = &adam->config;
+    cv_status status = cv_adam_check_config(config);
+    if (status != CV_OK)
+        return status;
+    const int threads = cv_get_num_threads();
+    float clip = 1.0f;
+    double norm = NAN;
+    if (config->max_grad_norm > 0.0 || want_norm)
+        norm = global_norm(adam, threads);
+    if (config->max_grad_norm > 0.0) {
+        /* as clip_grad_norm_: the factor in float32 from the float32 norm */
+        float coef = (float)config->max_grad_norm / ((float)norm + 1e-6f);
+        clip = coef < 1.0f ? coef : 1.0f;
+    }
+    if (grad_norm)
+        *grad_norm = norm;
+
+    adam->step++;
+    const double t = (double)adam->step;
+    const double step_size = config->lr / (1.0 - pow(config->beta1, t));
+    const double bias2_sqrt = sqrt(1.0 - pow(config->beta2, t));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (ptrdiff_t c = 0; c < adam->n_chunks; c++) {
+        const cv_adam_chunk *ch = &adam->chunks[c];
+        const cv_adam_segment *seg = &adam->segments[ch->segment];
+        size_t at = adam->offsets[ch->segment] + ch->begin;
+        adam_update(seg->param + ch->begin, adam->exp_avg + at, adam->exp_avg_sq + at,
+                    seg->grad + ch->begin, ch->count, config, step_size, bias2_sqrt, clip);
+    }
+    return CV_OK;
+}
