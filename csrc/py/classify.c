@@ -43,15 +43,16 @@ static PyObject *loss_and_grad(double loss, PyArrayObject *grad)
 static int check_logits(PyObject *obj, PyArrayObject **logits, ptrdiff_t *strides)
 {
     cv_array_spec spec = {"logits", NPY_FLOAT32, 2, 2, {-1, -1, -1, -1}, 0, 0};
-    if (cv_check_array(obj, &spec, logits) || cv_element_strides(*logits, "logits", strides))
+    if (cv_check_array(obj, &spec, logits))
         return -1;
+    /* Before the strides: NumPy gives empty arrays zero strides. */
     if (PyArray_DIM(*logits, 0) == 0 || PyArray_DIM(*logits, 1) == 0) {
         PyErr_Format(PyExc_ValueError,
                      "logits must have at least one row and one class, got (%ld, %ld)",
                      (long)PyArray_DIM(*logits, 0), (long)PyArray_DIM(*logits, 1));
         return -1;
     }
-    return 0;
+    return cv_element_strides(*logits, "logits", strides);
 }
 
 static PyObject *py_softmax_cross_entropy(PyObject *self, PyObject *args, PyObject *kwds)
