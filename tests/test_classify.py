@@ -443,7 +443,7 @@ def test_targets_wrong_dtype():
 def test_targets_out_of_range(value):
     t = make_targets(4, 3)
     t[1, 2] = value
-    with pytest.raises(ValueError, match=r"targets\[1, 2\] is .*; targets must be in \[0, "):
+    with pytest.raises(ValueError, match=r"targets\[1, 2\] is .*; targets must be in "):
         binary_ce(make_logits(4, 3), t)
 
 
