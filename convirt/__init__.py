@@ -5,15 +5,27 @@ The objects people use first:
 
 - :class:`Encoder` - an image (ResNet) or text (BERT) tower with its projection head.
 - :class:`ContrastiveLoss` - the paper's bidirectional contrastive loss, fused in C.
+- :func:`softmax_cross_entropy`, :func:`binary_cross_entropy` - the fine-tuning losses
+  (forward and backward fused in C).
 
 Configuration: :func:`show_config`, :func:`config`, :func:`set_num_threads`,
 :func:`get_num_threads`.
+
+Evaluation: ``convirt.eval`` (linear probes, retrieval, t-SNE) and ``convirt.sklearn``
+(ImageEmbedder, TextEmbedder), loaded on first use since they import scikit-learn.
 """
 
 import warnings
 
 from . import _core
-from ._core import ContrastiveLoss, LossResult, get_num_threads, set_num_threads
+from ._core import (
+    ContrastiveLoss,
+    LossResult,
+    binary_cross_entropy,
+    get_num_threads,
+    set_num_threads,
+    softmax_cross_entropy,
+)
 from .encoder import Encoder
 
 __version__ = "0.1.0"
@@ -22,11 +34,23 @@ __all__ = [
     "ContrastiveLoss",
     "Encoder",
     "LossResult",
+    "binary_cross_entropy",
     "config",
     "get_num_threads",
     "set_num_threads",
     "show_config",
+    "softmax_cross_entropy",
 ]
+
+
+def __getattr__(name):
+    # convirt.eval and convirt.sklearn import scikit-learn (seconds): load them on first
+    # use. They stay out of __all__: `from convirt import *` must not shadow eval().
+    if name in ("eval", "sklearn"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def config():
