@@ -199,8 +199,8 @@ def sample_fraction(labels, fraction, seed=0, *, min_per_class=1):
         classes, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
         short = counts < min_per_class
         if short.any():
-            listed = ", ".join(f"{c!r} ({k})"
-                               for c, k in zip(classes[short], counts[short]))
+            listed = ", ".join(f"{c!r} ({k})" for c, k in zip(classes[short].tolist(),
+                                                              counts[short].tolist()))
             raise ValueError(f"too few samples to keep {min_per_class} of every class: "
                              f"{listed}")
         alloc = _allocate(counts, size, min_per_class)
