@@ -171,7 +171,8 @@ def sample_fraction(labels, fraction, seed=0, *, min_per_class=1):
     Returns
     -------
     Sorted int64 indices. Their number is ``round(fraction * N)`` (at least 1) unless
-    keeping every class needs more, in which case it is the smallest size that does.
+    keeping every class needs more: then it is what the classes need (single-label:
+    ``min_per_class`` per class; multi-label: what the greedy pass below took).
     Single-label subsets are stratified: each class gets its share of the size
     (largest remainders get the rounding), never less than ``min_per_class``.
     Multi-label subsets first take, from the rarest column on, random positives and

@@ -55,13 +55,20 @@ static double softmax_row(float *g, ptrdiff_t csg, const float *z, ptrdiff_t cs,
     for (ptrdiff_t j = 0; j < k; j++)
         zmax = z[j * cs] > zmax ? z[j * cs] : zmax;
     double sum = 0.0;
-    for (ptrdiff_t j = 0; j < k; j++)
-        sum += expf(z[j * cs] - zmax);
     if (g) {
+        /* The exponentials go into the gradient row, then are scaled to softmax / n. */
+        for (ptrdiff_t j = 0; j < k; j++) {
+            float e = expf(z[j * cs] - zmax);
+            g[j * csg] = e;
+            sum += e;
+        }
         float scale = (float)(inv_n / sum);
         for (ptrdiff_t j = 0; j < k; j++)
-            g[j * csg] = expf(z[j * cs] - zmax) * scale;
+            g[j * csg] *= scale;
         g[y * csg] -= inv_n;
+    } else {
+        for (ptrdiff_t j = 0; j < k; j++)
+            sum += expf(z[j * cs] - zmax);
     }
     /* sum >= 1 (the maximum contributes exp(0)), so the log is safe. */
     return (double)zmax + log(sum) - (double)z[y * cs];
