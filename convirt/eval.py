@@ -1039,7 +1039,8 @@ def _finding_names(labels, label_names, priority):
 
 
 def tsne(features, labels, label_names=None, *, perplexity=30, seed=0, ax=None, title=None,
-         priority=None, pca_components=50, point_size=12, return_coordinates=False):
+         priority=None, pca_components=50, point_size=12, threads=None,
+         return_coordinates=False):
     """A t-SNE map of image features, one colour per finding. Returns the figure.
 
     Parameters
@@ -1058,12 +1059,16 @@ def tsne(features, labels, label_names=None, *, perplexity=30, seed=0, ax=None, 
     title : the axes title (one feature set).
     pca_components : features wider than this are reduced by PCA first (the usual
         t-SNE preprocessing; None to skip).
+    threads : limit the OpenMP and BLAS threads of PCA and t-SNE to this many (None:
+        the libraries' defaults). On a few hundred points, 1 is as fast, and far faster
+        on a busy machine, where OpenMP threads wait for each other.
     return_coordinates : also return the 2-D coordinates (an (N, 2) array, or a dict of
         them for several feature sets).
     """
     import matplotlib.pyplot as plt
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     sets = features if isinstance(features, dict) else {title: features}
     if not sets:
@@ -1100,13 +1105,16 @@ def tsne(features, labels, label_names=None, *, perplexity=30, seed=0, ax=None, 
     colours["No finding"] = (0.6, 0.6, 0.6, 1.0)
 
     coordinates = {}
-    for axis, (key, x) in zip(axes, arrays.items()):
+    for key, x in arrays.items():
         x = x.astype(np.float64)
-        if pca_components is not None and x.shape[1] > pca_components:
-            x = PCA(n_components=min(pca_components, n), random_state=seed).fit_transform(x)
-        xy = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca",
-                  learning_rate="auto").fit_transform(x)
-        coordinates[key] = xy
+        with threadpool_limits(threads):
+            if pca_components is not None and x.shape[1] > pca_components:
+                x = PCA(n_components=min(pca_components, n),
+                        random_state=seed).fit_transform(x)
+            coordinates[key] = TSNE(n_components=2, perplexity=perplexity,
+                                    random_state=seed, init="pca",
+                                    learning_rate="auto").fit_transform(x)
+    for axis, (key, xy) in zip(axes, coordinates.items()):
         for value in ordered:
             mask = names == value
             axis.scatter(xy[mask, 0], xy[mask, 1], s=point_size, color=colours[value],

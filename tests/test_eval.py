@@ -703,14 +703,14 @@ def legend_texts(fig):
 
 def test_tsne_multilabel_colours_by_first_positive():
     x, y = tsne_data()
-    fig, xy = ev.tsne(x, y, ["Edema", "Fracture", "Pneumonia"], perplexity=10,
+    fig, xy = ev.tsne(x, y, ["Edema", "Fracture", "Pneumonia"], perplexity=10, threads=1,
                       title="ConVIRT", return_coordinates=True)
     assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 1
     assert fig.axes[0].get_title() == "ConVIRT"
     assert xy.shape == (45, 2) and np.all(np.isfinite(xy))
     # 15 Edema (7 also Fracture), 15 Fracture only, 15 with no finding.
     assert sorted(legend_texts(fig)) == ["Edema (15)", "Fracture (15)", "No finding (15)"]
-    fig = ev.tsne(x, y, ["Edema", "Fracture", "Pneumonia"], perplexity=10,
+    fig = ev.tsne(x, y, ["Edema", "Fracture", "Pneumonia"], perplexity=10, threads=1,
                   priority=["Fracture"])
     assert sorted(legend_texts(fig)) == ["Edema (8)", "Fracture (22)", "No finding (15)"]
 
@@ -718,9 +718,10 @@ def test_tsne_multilabel_colours_by_first_positive():
 def test_tsne_class_labels_and_determinism():
     x, y = tsne_data()
     classes = y.argmax(axis=1)
-    _, a = ev.tsne(x, classes, ["normal", "edema", "other"], perplexity=10, seed=3,
+    names = ["normal", "edema", "other"]
+    _, a = ev.tsne(x, classes, names, perplexity=10, threads=1, seed=3,
                    return_coordinates=True)
-    _, b = ev.tsne(x, classes, ["normal", "edema", "other"], perplexity=10, seed=3,
+    _, b = ev.tsne(x, classes, names, perplexity=10, threads=1, seed=3,
                    return_coordinates=True)
     np.testing.assert_array_equal(a, b)
 
@@ -729,12 +730,12 @@ def test_tsne_two_feature_sets_side_by_side():
     x, y = tsne_data()
     rng = np.random.default_rng(1)
     sets = {"random init": rng.standard_normal(x.shape), "ConVIRT": x}
-    fig, coordinates = ev.tsne(sets, y, ["A", "B", "C"], perplexity=10,
+    fig, coordinates = ev.tsne(sets, y, ["A", "B", "C"], perplexity=10, threads=1,
                                return_coordinates=True)
     assert [ax.get_title() for ax in fig.axes] == ["random init", "ConVIRT"]
     assert set(coordinates) == {"random init", "ConVIRT"}
     fig, axes = plt.subplots(1, 2)
-    assert ev.tsne(sets, y, ["A", "B", "C"], perplexity=10, ax=axes) is fig
+    assert ev.tsne(sets, y, ["A", "B", "C"], perplexity=10, threads=1, ax=axes) is fig
 
 
 def test_tsne_bad_input():
@@ -742,15 +743,15 @@ def test_tsne_bad_input():
     bad = x.copy()
     bad[3, 3] = np.nan
     with pytest.raises(ValueError, match=r"features contains NaN or Inf"):
-        ev.tsne(bad, y, perplexity=10)
+        ev.tsne(bad, y, perplexity=10, threads=1)
     with pytest.raises(ValueError, match=r"features has 45 rows, expected 44"):
-        ev.tsne(x, y[:44], perplexity=10)
+        ev.tsne(x, y[:44], perplexity=10, threads=1)
     with pytest.raises(ValueError, match=r"perplexity must be in \(0, 45\)"):
         ev.tsne(x, y, perplexity=45)
     with pytest.raises(ValueError, match=r"priority names \['Edema'\] are not in "
                                          r"label_names"):
-        ev.tsne(x, y, ["A", "B", "C"], perplexity=10, priority=["Edema"])
+        ev.tsne(x, y, ["A", "B", "C"], perplexity=10, threads=1, priority=["Edema"])
     with pytest.raises(ValueError, match=r"label_names has 2 names for 3 label columns"):
-        ev.tsne(x, y, ["A", "B"], perplexity=10)
+        ev.tsne(x, y, ["A", "B"], perplexity=10, threads=1)
     with pytest.raises(ValueError, match=r"2 feature sets need 2 axes, got 1"):
-        ev.tsne({"a": x, "b": x}, y, perplexity=10, ax=plt.subplots()[1])
+        ev.tsne({"a": x, "b": x}, y, perplexity=10, threads=1, ax=plt.subplots()[1])

@@ -449,7 +449,7 @@ def test_real_resnet18_in_a_pipeline():
     embedder = ImageEmbedder(encoder, batch_size=5)
     features = embedder.fit_transform(images)
     assert features.shape == (16, encoder.feature_dim) and features.dtype == np.float32
-    np.testing.assert_allclose(features, encoder.encode(images), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features, encoder.encode(images), rtol=1e-4, atol=1e-5)
     embeddings = ImageEmbedder(encoder, kind="embeddings").transform(images)
     assert embeddings.shape == (16, 8)
     pipe = make_pipeline(embedder, StandardScaler(), LogisticRegression())
