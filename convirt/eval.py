@@ -235,7 +235,7 @@ def sample_fraction(labels, fraction, seed=0, *, min_per_class=1):
 # ---- linear probe ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class ProbeResult:
     """What :func:`linear_probe` returns: the test metric for every label fraction and
     seed, as a table that prints, converts to a DataFrame and plots.
@@ -684,7 +684,7 @@ def top_k(query_embeddings, candidate_embeddings, k=5, *, chunk_size=1024):
     return indices, sims
 
 
-@dataclass
+@dataclass(eq=False)
 class RetrievalResult:
     """What :func:`retrieval` returns: Precision@k per query category and their mean."""
 
@@ -837,7 +837,7 @@ def _category_codes(query_categories, names, n_categories):
 # ---- the CheXpert 8x200 protocol ---------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class RetrievalSet:
     """A retrieval protocol read from disk: queries (image paths or report texts) with
     their categories, candidate image paths and the candidates' labels for those
