@@ -8,9 +8,14 @@ The objects people use first:
 - :class:`ImageAugment` - the paper's random image transforms, in C.
 - :class:`Adam` - Adam / AdamW over flat buffers, with :class:`ReduceLROnPlateau` and
   :class:`WarmupCosine` schedules.
+- :func:`softmax_cross_entropy`, :func:`binary_cross_entropy` - the fine-tuning losses
+  (forward and backward fused in C).
 
 Configuration: :func:`show_config`, :func:`config`, :func:`set_num_threads`,
 :func:`get_num_threads`.
+
+Evaluation: ``convirt.eval`` (linear probes, retrieval, t-SNE) and ``convirt.sklearn``
+(ImageEmbedder, TextEmbedder), loaded on first use since they import scikit-learn.
 """
 
 import warnings
@@ -21,8 +26,10 @@ from ._core import (
     ContrastiveLoss,
     ImageAugment,
     LossResult,
+    binary_cross_entropy,
     get_num_threads,
     set_num_threads,
+    softmax_cross_entropy,
 )
 from .encoder import Encoder
 from .schedules import ReduceLROnPlateau, WarmupCosine
@@ -37,11 +44,23 @@ __all__ = [
     "LossResult",
     "ReduceLROnPlateau",
     "WarmupCosine",
+    "binary_cross_entropy",
     "config",
     "get_num_threads",
     "set_num_threads",
     "show_config",
+    "softmax_cross_entropy",
 ]
+
+
+def __getattr__(name):
+    # convirt.eval and convirt.sklearn import scikit-learn (seconds): load them on first
+    # use. They stay out of __all__: `from convirt import *` must not shadow eval().
+    if name in ("eval", "sklearn"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def config():

@@ -4,6 +4,7 @@
 
 #include <Python.h>
 
+int cv_register_classify(PyObject *module);
 int cv_register_contrastive_loss(PyObject *module);
 int cv_register_encoder(PyObject *module);
 int cv_register_image_augment(PyObject *module);

@@ -1,0 +1,1133 @@
+"""convirt.eval: judge a pretrained image encoder the way the ConVIRT paper does.
+
+- :func:`linear_probe` - frozen features, standardised, into scikit-learn's
+  LogisticRegression (one binary classifier per column for multi-label), with the
+  regularisation chosen on a validation split, at 1%, 10% and 100% of the training
+  labels (:func:`sample_fraction`), repeated over seeds: a :class:`ProbeResult`.
+- :func:`retrieval` - zero-shot image->image or text->image retrieval by cosine
+  similarity, Precision@k per category: a :class:`RetrievalResult`.
+  :func:`read_chexpert_8x200` reads the paper's CheXpert 8x200 protocol files.
+- :func:`tsne` - scikit-learn's t-SNE of image features, coloured by finding.
+
+Features are the encoder's outputs (``encoder.encode(images)``, float32 (N, D)); this
+module needs nothing from the C core. scikit-learn, matplotlib and pandas are imported
+when a function needs them.
+"""
+
+import csv
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "CHEXPERT_LABELS",
+    "ProbeResult",
+    "RetrievalResult",
+    "RetrievalSet",
+    "linear_probe",
+    "read_chexpert_8x200",
+    "retrieval",
+    "sample_fraction",
+    "top_k",
+    "tsne",
+]
+
+# The 14 observations of the CheXpert labeler, in the column order of CheXpert's CSVs.
+CHEXPERT_LABELS = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+
+# Regularisation strengths tried by the probe: C = 1 / lambda, 1e-4 ... 1e2.
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))
+
+_METRICS = {"auc": "AUC", "accuracy": "accuracy"}
+
+
+# ---- input checks ------------------------------------------------------------------------
+
+
+def _as_features(x, name, n_rows=None, n_cols=None):
+    """A finite real 2-D array (not copied when it already is one)."""
+    x = np.asarray(x)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.floating)
+                                 or np.issubdtype(x.dtype, np.integer)):
+        raise TypeError(f"{name} must be a real-valued array, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_samples, n_features), "
+                         f"got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {x.shape}")
+    if n_rows is not None and x.shape[0] != n_rows:
+        raise ValueError(f"{name} has {x.shape[0]} rows, expected {n_rows}")
+    if n_cols is not None and x.shape[1] != n_cols:
+        raise ValueError(f"{name} has {x.shape[1]} features, but the training features "
+                         f"have {n_cols}")
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise ValueError(f"{name} contains NaN or Inf in {len(rows)} of {len(x)} rows "
+                         f"(first: row {rows[0]}); check the encoder's inputs")
+    return x
+
+
+def _check_length(labels, n, name, features_name):
+    if len(labels) != n:
+        raise ValueError(f"{name} has {len(labels)} rows but {features_name} has {n}: "
+                         "one label (row) per sample is needed")
+
+
+def _binary_matrix(y, name):
+    """A (N, K) 0/1 label matrix as int8, or a clear error."""
+    y = np.asarray(y)
+    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        raise TypeError(f"multi-label {name} must be numeric 0/1, got dtype {y.dtype}")
+    bad = ~np.isin(y, (0, 1))
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"multi-label {name} must be 0 or 1, got {y[i, j]} at [{i}, {j}]; "
+                         "map uncertain (-1) and missing (NaN) labels to 0 or 1 first")
+    return y.astype(np.int8)
+
+
+def _is_multilabel(y, multilabel, name):
+    y = np.asarray(y)
+    if y.ndim not in (1, 2):
+        raise ValueError(f"{name} must be 1-D (one class per sample) or 2-D (multi-label "
+                         f"0/1 columns), got shape {y.shape}")
+    if multilabel is None:
+        return y.ndim == 2 and y.shape[1] > 1
+    if multilabel and y.ndim != 2:
+        raise ValueError(f"multilabel=True needs 2-D {name} (n_samples, n_labels), got "
+                         f"shape {y.shape}")
+    if not multilabel and y.ndim == 2 and y.shape[1] != 1:
+        raise ValueError(f"multilabel=False needs 1-D {name} (one class per sample), got "
+                         f"shape {y.shape}")
+    return bool(multilabel)
+
+
+# ---- label fractions ---------------------------------------------------------------------
+
+
+def _check_fraction(fraction):
+    if isinstance(fraction, (bool, np.bool_)) or not isinstance(
+            fraction, (int, float, np.integer, np.floating)):
+        raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    if not (0 < fraction <= 1):
+        raise ValueError(f"fraction must be in (0, 1] (the share of training labels kept), "
+                         f"got {fraction}")
+    return float(fraction)
+
+
+def _allocate(counts, size, floor):
+    """Per-class sample sizes proportional to counts, each >= floor and <= its count,
+    summing to max(size, floor * n_classes) (largest remainders get the rounding)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    quota = size * counts / counts.sum()
+    alloc = np.clip(np.floor(quota).astype(np.int64), floor, counts)
+    target = max(size, floor * len(counts))
+    remainder = quota - alloc
+    while alloc.sum() < target:
+        room = alloc < counts
+        best = np.flatnonzero(room)[np.argmax(remainder[room])]
+        alloc[best] += 1
+        remainder[best] -= 1
+    while alloc.sum() > target:
+        spare = alloc > floor
+        if not spare.any():
+            break
+        worst = np.flatnonzero(spare)[np.argmin(remainder[spare])]
+        alloc[worst] -= 1
+        remainder[worst] += 1
+    return alloc
+
+
+def sample_fraction(labels, fraction, seed=0, *, min_per_class=1):
+    """Indices of a random subset holding ``fraction`` of the samples, in which every
+    class keeps at least ``min_per_class`` positives (and, for multi-label, negatives).
+
+    Parameters
+    ----------
+    labels : array (N,) of class labels (any values), or (N, K) 0/1 multi-label matrix.
+    fraction : float in (0, 1]; 1 returns every index.
+    seed : int; the same (labels, fraction, seed) always gives the same subset.
+    min_per_class : int >= 1.
+
+    Returns
+    -------
+    Sorted int64 indices. Their number is ``round(fraction * N)`` (at least 1) unless
+    keeping every class needs more: then it is what the classes need (single-label:
+    ``min_per_class`` per class; multi-label: what the greedy pass below took).
+    Single-label subsets are stratified: each class gets its share of the size
+    (largest remainders get the rounding), never less than ``min_per_class``.
+    Multi-label subsets first take, from the rarest column on, random positives and
+    negatives that the subset still lacks, then fill up uniformly at random.
+
+    Raises ValueError when a class (column) has fewer than ``min_per_class`` positives
+    (or negatives) in ``labels``, for a fraction outside (0, 1], and for bad labels.
+    """
+    fraction = _check_fraction(fraction)
+    if int(min_per_class) != min_per_class or min_per_class < 1:
+        raise ValueError(f"min_per_class must be an integer >= 1, got {min_per_class}")
+    min_per_class = int(min_per_class)
+    labels = np.asarray(labels)
+    if labels.ndim not in (1, 2) or len(labels) == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array of classes or a 2-D 0/1 "
+                         f"matrix, got shape {labels.shape}")
+    n = len(labels)
+    if fraction == 1.0:
+        return np.arange(n, dtype=np.int64)
+    size = max(1, int(round(fraction * n)))
+    rng = np.random.default_rng(seed)
+
+    if labels.ndim == 1 or labels.shape[1] == 1:
+        labels = labels.reshape(n)
+        classes, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        short = counts < min_per_class
+        if short.any():
+            listed = ", ".join(f"{c!r} ({k})" for c, k in zip(classes[short].tolist(),
+                                                              counts[short].tolist()))
+            raise ValueError(f"too few samples to keep {min_per_class} of every class: "
+                             f"{listed}")
+        alloc = _allocate(counts, size, min_per_class)
+        chosen = [rng.choice(np.flatnonzero(codes == c), alloc[c], replace=False)
+                  for c in range(len(classes))]
+        return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+    y = _binary_matrix(labels, "labels")
+    positives = y.sum(axis=0)
+    negatives = n - positives
+    short = (positives < min_per_class) | (negatives < min_per_class)
+    if short.any():
+        listed = ", ".join(f"column {j} ({positives[j]} positives, {negatives[j]} "
+                           "negatives)" for j in np.flatnonzero(short))
+        raise ValueError(f"too few positives or negatives to keep {min_per_class} of each "
+                         f"in every column: {listed}")
+    selected = np.zeros(n, dtype=bool)
+    for j in np.argsort(np.minimum(positives, negatives), kind="stable"):
+        for value in (1, 0):
+            members = y[:, j] == value
+            lacking = min_per_class - np.count_nonzero(selected & members)
+            if lacking > 0:
+                pool = np.flatnonzero(members & ~selected)
+                selected[rng.choice(pool, lacking, replace=False)] = True
+    missing = size - np.count_nonzero(selected)
+    if missing > 0:
+        selected[rng.choice(np.flatnonzero(~selected), missing, replace=False)] = True
+    return np.flatnonzero(selected).astype(np.int64)
+
+
+# ---- linear probe ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ProbeResult:
+    """What :func:`linear_probe` returns: the test metric for every label fraction and
+    seed, as a table that prints, converts to a DataFrame and plots.
+
+    Arrays are indexed [fraction, seed] (and [..., class] for ``per_class``).
+    """
+
+    metric: str  # 'auc' or 'accuracy'
+    task: str  # 'binary', 'multiclass' or 'multilabel'
+    fractions: tuple
+    seeds: tuple
+    scores: np.ndarray  # (F, S) test metric
+    val_scores: np.ndarray  # (F, S) validation metric at the chosen C
+    C: np.ndarray  # (F, S) chosen inverse regularisation strength
+    n_train: np.ndarray  # (F, S) training samples used
+    class_names: list
+    per_class: np.ndarray = None  # (F, S, K) test metric per class/column, NaN: undefined
+    name: str = None
+    n_not_converged: int = 0  # fits that stopped at max_iter
+    Cs: tuple = field(default=DEFAULT_CS)
+
+    @property
+    def mean(self):
+        """(F,) mean of the test metric over seeds."""
+        return self.scores.mean(axis=1)
+
+    @property
+    def std(self):
+        """(F,) sample standard deviation over seeds (0 with one seed)."""
+        if self.scores.shape[1] < 2:
+            return np.zeros(len(self.fractions))
+        return self.scores.std(axis=1, ddof=1)
+
+    @property
+    def metric_name(self):
+        return _METRICS[self.metric]
+
+    def _describe(self):
+        what = {"binary": "binary", "multiclass": f"{len(self.class_names)} classes",
+                "multilabel": f"multi-label, mean over {len(self.class_names)} columns"}
+        name = f"{self.name}: " if self.name else ""
+        seeds = ", ".join(str(s) for s in self.seeds)
+        return (f"{name}linear probe {self.metric_name} ({what[self.task]}), mean ± std "
+                f"over seeds {seeds}")
+
+    def _rows(self):
+        rows = []
+        for f, fraction in enumerate(self.fractions):
+            n = self.n_train[f]
+            n_text = str(n[0]) if (n == n[0]).all() else f"{n.min()}-{n.max()}"
+            c_text = ", ".join(f"{c:g}" for c in self.C[f])
+            rows.append((_percent(fraction), n_text,
+                         f"{self.mean[f]:.4f} ± {self.std[f]:.4f}", c_text))
+        return rows
+
+    def __repr__(self):
+        header = ("fraction", "n_train", self.metric_name, "C (per seed)")
+        rows = [header] + self._rows()
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = [f"ProbeResult({self._describe()})"]
+        for r in rows:
+            cells = [v.rjust(w) if i < 2 else v.ljust(w)
+                     for i, (v, w) in enumerate(zip(r, widths))]
+            lines.append(("  " + "  ".join(cells)).rstrip())
+        if self.n_not_converged:
+            lines.append(f"  note: {self.n_not_converged} fits stopped at max_iter before "
+                         "converging")
+        return "\n".join(lines)
+
+    def _repr_html_(self):
+        header = ("fraction", "n_train", self.metric_name, "C (per seed)")
+        body = "".join("<tr>" + "".join(f"<td>{_escape(v)}</td>" for v in row) + "</tr>"
+                       for row in self._rows())
+        note = (f"<p><small>{self.n_not_converged} fits stopped at max_iter</small></p>"
+                if self.n_not_converged else "")
+        return (f"<p><b>ProbeResult</b>: {_escape(self._describe())}</p><table><thead><tr>"
+                + "".join(f"<th>{h}</th>" for h in header)
+                + f"</tr></thead><tbody>{body}</tbody></table>{note}")
+
+    def to_frame(self, per_seed=False, per_class=False):
+        """A pandas DataFrame.
+
+        - default: one row per fraction: n_train (mean over seeds), mean, std.
+        - ``per_class=True``: also the mean over seeds of each class's (column's)
+          metric, one column per class name.
+        - ``per_seed=True``: one row per (fraction, seed) with n_train, C, the
+          validation score and the test score (and per-class scores with per_class).
+        """
+        import pandas as pd
+
+        if per_seed:
+            records = []
+            for f, fraction in enumerate(self.fractions):
+                for s, seed in enumerate(self.seeds):
+                    record = {"fraction": fraction, "seed": seed,
+                              "n_train": int(self.n_train[f, s]), "C": self.C[f, s],
+                              "val_" + self.metric: self.val_scores[f, s],
+                              self.metric: self.scores[f, s]}
+                    if per_class and self.per_class is not None:
+                        record.update(zip(self.class_names, self.per_class[f, s]))
+                    records.append(record)
+            return pd.DataFrame.from_records(records).set_index(["fraction", "seed"])
+        frame = pd.DataFrame({"n_train": self.n_train.mean(axis=1), "mean": self.mean,
+                              "std": self.std},
+                             index=pd.Index(self.fractions, name="fraction"))
+        if per_class and self.per_class is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+                means = np.nanmean(self.per_class, axis=1)
+            for k, class_name in enumerate(self.class_names):
+                frame[class_name] = means[:, k]
+        return frame
+
+    def plot(self, ax=None, label=None, **kwargs):
+        """The metric against the label fraction (log scale), mean ± std over seeds, on
+        ``ax`` (a new figure when None). Call it again with the same ``ax`` to compare
+        encoders. Returns the figure."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+        else:
+            fig = ax.figure
+        fractions = np.asarray(self.fractions, dtype=float)
+        ax.errorbar(fractions, self.mean, yerr=self.std, marker="o", capsize=3,
+                    label=label if label is not None else self.name, **kwargs)
+        ax.set_xscale("log")
+        # Ticks at every fraction drawn on these axes (several results may share them).
+        ticks = sorted(set().union(*(np.asarray(line.get_xdata(), dtype=float).tolist()
+                                     for line in ax.lines)))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([_percent(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled training data")
+        ax.set_ylabel(f"test {self.metric_name}")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend()
+        return fig
+
+
+def _percent(fraction):
+    return f"{100 * float(fraction):g}%"
+
+
+def _escape(text):
+    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+
+
+def _binary_auc(y, score):
+    """ROC AUC of 0/1 y against scores; NaN when y has one class only."""
+    from sklearn.metrics import roc_auc_score
+
+    if y.min() == y.max():
+        return np.nan
+    return float(roc_auc_score(y, score))
+
+
+class _Task:
+    """The labels of a probe encoded once: classes or columns, and how to score."""
+
+    def __init__(self, train_labels, multilabel, class_names):
+        self.multilabel = multilabel
+        if multilabel:
+            y = np.asarray(train_labels)
+            self.n_outputs = y.shape[1]
+            self.kind = "multilabel"
+            self.classes = None
+            names = [f"column {j}" for j in range(self.n_outputs)]
+        else:
+            y = np.asarray(train_labels).reshape(len(train_labels))
+            if y.dtype == object or not (np.issubdtype(y.dtype, np.number)
+                                         or y.dtype == bool or y.dtype.kind in "US"):
+                raise TypeError(f"train_labels must be numbers or strings, got dtype "
+                                f"{y.dtype}")
+            if y.dtype.kind == "f" and not np.isfinite(y).all():
+                raise ValueError("train_labels contain NaN or Inf")
+            self.classes = np.unique(y)
+            if len(self.classes) < 2:
+                raise ValueError(f"train_labels need at least two classes, got only "
+                                 f"{self.classes.tolist()}")
+            self.n_outputs = len(self.classes)
+            self.kind = "binary" if self.n_outputs == 2 else "multiclass"
+            names = [str(c) for c in self.classes]
+        if class_names is not None:
+            class_names = [str(c) for c in class_names]
+            if len(class_names) != self.n_outputs:
+                what = "columns" if multilabel else "classes"
+                raise ValueError(f"class_names has {len(class_names)} names for "
+                                 f"{self.n_outputs} {what}")
+            names = class_names
+        self.class_names = names
+
+    def encode(self, labels, name):
+        """Labels as class codes (N,) or a 0/1 matrix (N, K)."""
+        labels = np.asarray(labels)
+        if self.multilabel:
+            if labels.ndim != 2 or labels.shape[1] != self.n_outputs:
+                raise ValueError(f"{name} must have shape (n, {self.n_outputs}) like the "
+                                 f"training labels, got {labels.shape}")
+            return _binary_matrix(labels, name)
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1:
+            raise ValueError(f"{name} must be 1-D like the training labels, got shape "
+                             f"{labels.shape}")
+        codes = np.searchsorted(self.classes, labels)
+        codes = np.minimum(codes, len(self.classes) - 1)
+        unknown = self.classes[codes] != labels
+        if unknown.any():
+            raise ValueError(f"{name} has classes the training labels lack: "
+                             f"{np.unique(labels[unknown]).tolist()[:10]}")
+        return codes.astype(np.int64)
+
+    def score(self, y, outputs, metric):
+        """(mean, per-class array or None) of metric for codes/matrix y and the model's
+        outputs: decision values (N,) for binary, probabilities (N, K) for multiclass,
+        decision values (N, K) for multi-label."""
+        if self.kind == "binary":
+            if metric == "auc":
+                return _binary_auc(y, outputs), None
+            return float(np.mean((outputs > 0) == (y == 1))), None
+        if self.kind == "multiclass":
+            if metric == "auc":  # one-vs-rest, macro over the classes present
+                per_class = np.array([_binary_auc((y == c).astype(np.int8), outputs[:, c])
+                                      for c in range(self.n_outputs)])
+                return _nanmean(per_class), per_class
+            right = outputs.argmax(axis=1) == y
+            # Per class: the accuracy on that class's samples (its recall).
+            per_class = np.array([right[y == c].mean() if (y == c).any() else np.nan
+                                  for c in range(self.n_outputs)])
+            return float(right.mean()), per_class
+        if metric == "auc":
+            per_class = np.array([_binary_auc(y[:, j], outputs[:, j])
+                                  for j in range(self.n_outputs)])
+        else:
+            per_class = np.mean((outputs > 0) == (y == 1), axis=0).astype(float)
+        return _nanmean(per_class), per_class
+
+
+def _nanmean(values):
+    values = np.asarray(values, dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
+
+
+def _fit_path(X, y, X_val, X_test, Cs, max_iter, multilabel):
+    """Fit LogisticRegression at each C (ascending, warm-started) and return, per C, the
+    outputs on the validation and test features, and the count of unconverged fits."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    def outputs(model, Z):
+        if multilabel or len(model.classes_) == 2:
+            return model.decision_function(Z)
+        return model.predict_proba(Z)
+
+    val_out, test_out, not_converged = [], [], 0
+    columns = range(y.shape[1]) if multilabel else [None]
+    models = {j: LogisticRegression(max_iter=max_iter, warm_start=True) for j in columns}
+    for C in Cs:
+        val_cols, test_cols = [], []
+        for j in columns:
+            model = models[j]
+            model.set_params(C=C)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                model.fit(X, y if j is None else y[:, j])
+            not_converged += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+            val_cols.append(outputs(model, X_val))
+            test_cols.append(outputs(model, X_test))
+        if multilabel:
+            val_out.append(np.stack(val_cols, axis=1))
+            test_out.append(np.stack(test_cols, axis=1))
+        else:
+            val_out.append(val_cols[0])
+            test_out.append(test_cols[0])
+    return val_out, test_out, not_converged
+
+
+def linear_probe(train_features, train_labels, test_features, test_labels, *,
+                 val_features=None, val_labels=None, fractions=(0.01, 0.1, 1.0),
+                 seeds=(0, 1, 2), Cs=DEFAULT_CS, multilabel=None, metric="auc",
+                 val_size=0.2, max_iter=1000, class_names=None, name=None):
+    """Linear evaluation of frozen features, as in ConVIRT: for each label fraction and
+    seed, sample that share of the training set (every class keeps positives), fit
+    StandardScaler + LogisticRegression at each C in ``Cs``, keep the C with the best
+    validation metric, and report the test metric.
+
+    Parameters
+    ----------
+    train_features, test_features : real arrays (N, D), e.g. ``encoder.encode(images)``.
+    train_labels, test_labels : (N,) classes (numbers or strings; binary or multiclass)
+        or (N, K) 0/1 multi-label matrix (one binary classifier per column).
+    val_features, val_labels : the validation split that chooses C. When not given, a
+        stratified ``val_size`` share of the training set is carved out once (with
+        ``seeds[0]``; every class or column keeps positives and negatives on both sides)
+        and the fractions are then taken of what remains.
+    fractions : shares of the training labels to use, each in (0, 1].
+    seeds : one repetition (a different label sample) per seed. With fraction 1 every
+        seed sees the same data and the deterministic solver gives the same result.
+    Cs : inverse regularisation strengths tried (ties go to the smaller C).
+    multilabel : None (2-D labels with several columns are multi-label), True or False.
+    metric : 'auc' (binary ROC AUC; multiclass one-vs-rest macro AUC; multi-label mean
+        over the columns that have both classes in the evaluated split) or 'accuracy'
+        (multi-label: mean over columns of the per-column accuracy).
+    class_names : names of the classes (sorted order) or columns, for the tables.
+    name : a label for the result (e.g. 'ConVIRT'), shown in its table and plot.
+
+    Returns
+    -------
+    ProbeResult. Fits that stop at ``max_iter`` are counted in ``n_not_converged``
+    (their ConvergenceWarnings are not shown).
+    """
+    from sklearn.preprocessing import StandardScaler
+
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+    X = _as_features(train_features, "train_features")
+    n, d = X.shape
+    _check_length(np.asarray(train_labels), n, "train_labels", "train_features")
+    X_test = _as_features(test_features, "test_features", n_cols=d)
+    _check_length(np.asarray(test_labels), len(X_test), "test_labels", "test_features")
+    if (val_features is None) != (val_labels is None):
+        raise ValueError("pass both val_features and val_labels, or neither (a validation "
+                         "split is then carved from the training set)")
+    multilabel = _is_multilabel(train_labels, multilabel, "train_labels")
+    task = _Task(train_labels, multilabel, class_names)
+    y = task.encode(train_labels, "train_labels")
+    y_test = task.encode(test_labels, "test_labels")
+    fractions = tuple(_check_fraction(f) for f in np.atleast_1d(fractions).tolist())
+    seeds = tuple(int(s) for s in np.atleast_1d(seeds).tolist())
+    if not fractions or not seeds:
+        raise ValueError("fractions and seeds must not be empty")
+    Cs = tuple(sorted(float(c) for c in np.atleast_1d(Cs).tolist()))
+    if not Cs or not all(np.isfinite(c) and c > 0 for c in Cs):
+        raise ValueError(f"Cs must be positive finite numbers, got {Cs}")
+
+    if val_features is None:
+        if not (isinstance(val_size, (float, np.floating)) and 0 < val_size < 1):
+            raise ValueError(f"val_size must be a share in (0, 1) of the training set, got "
+                             f"{val_size!r}")
+        val_idx = sample_fraction(y, val_size, seeds[0])
+        keep = np.ones(n, dtype=bool)
+        keep[val_idx] = False
+        X_val, y_val, X, y = X[val_idx], y[val_idx], X[keep], y[keep]
+        _check_carved(y, multilabel, task)
+    else:
+        X_val = _as_features(val_features, "val_features", n_cols=d)
+        _check_length(np.asarray(val_labels), len(X_val), "val_labels", "val_features")
+        y_val = task.encode(val_labels, "val_labels")
+
+    F, S, K = len(fractions), len(seeds), task.n_outputs
+    scores = np.full((F, S), np.nan)
+    val_scores = np.full((F, S), np.nan)
+    chosen_C = np.full((F, S), np.nan)
+    n_train = np.zeros((F, S), dtype=np.int64)
+    per_class = None if task.kind == "binary" else np.full((F, S, K), np.nan)
+    not_converged = 0
+    done = {}  # identical training subsets (fraction 1) are fitted once
+    for f, fraction in enumerate(fractions):
+        for s, seed in enumerate(seeds):
+            idx = sample_fraction(y, fraction, seed)
+            key = idx.tobytes()
+            if key not in done:
+                scaler = StandardScaler().fit(X[idx])
+                val_out, test_out, missed = _fit_path(
+                    scaler.transform(X[idx]), y[idx], scaler.transform(X_val),
+                    scaler.transform(X_test), Cs, max_iter, multilabel)
+                not_converged += missed
+                val_metric = [task.score(y_val, out, metric)[0] for out in val_out]
+                if not np.isfinite(val_metric).any():
+                    raise ValueError("the validation split has no class (column) with both "
+                                     "positives and negatives: the metric is undefined")
+                best = int(np.nanargmax(val_metric))
+                test_metric, test_per_class = task.score(y_test, test_out[best], metric)
+                if not np.isfinite(test_metric):
+                    raise ValueError("the test split has no class (column) with both "
+                                     "positives and negatives: the metric is undefined")
+                done[key] = (test_metric, val_metric[best], Cs[best], test_per_class)
+            test_metric, val_metric, C, test_per_class = done[key]
+            scores[f, s], val_scores[f, s], chosen_C[f, s] = test_metric, val_metric, C
+            n_train[f, s] = len(idx)
+            if per_class is not None:
+                per_class[f, s] = test_per_class
+    return ProbeResult(metric=metric, task=task.kind, fractions=fractions, seeds=seeds,
+                       scores=scores, val_scores=val_scores, C=chosen_C, n_train=n_train,
+                       class_names=task.class_names, per_class=per_class, name=name,
+                       n_not_converged=not_converged, Cs=Cs)
+
+
+def _check_carved(y, multilabel, task):
+    """After carving a validation split, the rest must still hold every class."""
+    if multilabel:
+        positives = y.sum(axis=0)
+        short = (positives < 1) | (positives > len(y) - 1)
+        if short.any():
+            names = [task.class_names[j] for j in np.flatnonzero(short)]
+            raise ValueError(f"too few positives or negatives to carve a validation split "
+                             f"and still train on {names}; pass val_features/val_labels")
+    else:
+        present = np.unique(y)
+        if len(present) < task.n_outputs:
+            lost = sorted(set(range(task.n_outputs)) - set(present.tolist()))
+            lost = [task.class_names[c] for c in lost]
+            raise ValueError(f"too few samples of classes {lost} "
+                             "to carve a validation split and still train; pass "
+                             "val_features/val_labels")
+
+
+# ---- retrieval ---------------------------------------------------------------------------
+
+
+def _unit_rows(x, name):
+    x = _as_features(x, name).astype(np.float64)
+    norms = np.linalg.norm(x, axis=1)
+    if (norms == 0).any():
+        first = np.flatnonzero(norms == 0)[0]
+        raise ValueError(f"{name} has all-zero rows (first: {first}); cosine similarity is "
+                         "undefined for them")
+    return x / norms[:, None]
+
+
+def top_k(query_embeddings, candidate_embeddings, k=5, *, chunk_size=1024):
+    """The k candidates most similar (cosine) to each query.
+
+    query_embeddings (Q, d), candidate_embeddings (M, d): real arrays.
+    Returns (indices int64 (Q, k), similarities float64 (Q, k)), best first; ties are
+    broken by candidate index (stable). Queries are processed ``chunk_size`` at a time,
+    so memory stays O(chunk_size * M).
+    """
+    q = _unit_rows(query_embeddings, "query_embeddings")
+    c = _unit_rows(candidate_embeddings, "candidate_embeddings")
+    if q.shape[1] != c.shape[1]:
+        raise ValueError(f"query_embeddings have dimension {q.shape[1]} but "
+                         f"candidate_embeddings have {c.shape[1]}")
+    k = int(k)
+    if not 1 <= k <= len(c):
+        raise ValueError(f"k must be in [1, {len(c)}] (the number of candidates), got {k}")
+    indices = np.empty((len(q), k), dtype=np.int64)
+    sims = np.empty((len(q), k))
+    for start in range(0, len(q), chunk_size):
+        s = q[start:start + chunk_size] @ c.T
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        indices[start:start + chunk_size] = order
+        sims[start:start + chunk_size] = np.take_along_axis(s, order, axis=1)
+    return indices, sims
+
+
+@dataclass(eq=False)
+class RetrievalResult:
+    """What :func:`retrieval` returns: Precision@k per query category and their mean."""
+
+    ks: tuple
+    category_names: list  # categories that have queries, in the order of the table
+    precision: np.ndarray  # (C, len(ks)) mean over each category's queries
+    n_queries: np.ndarray  # (C,)
+    per_query: np.ndarray  # (Q, len(ks)) Precision@k of every query
+    top_indices: np.ndarray  # (Q, max(ks)) candidates retrieved, best first
+    query_categories: np.ndarray  # (Q,) index into category_names
+
+    @property
+    def mean(self):
+        """(len(ks),) mean over categories (each category weighs the same)."""
+        return self.precision.mean(axis=0)
+
+    @property
+    def mean_over_queries(self):
+        """(len(ks),) mean over all queries (equal to ``mean`` when every category has
+        the same number of queries, as in CheXpert 8x200)."""
+        return self.per_query.mean(axis=0)
+
+    def _table(self):
+        header = ["category", "queries"] + [f"P@{k}" for k in self.ks]
+        rows = [[name, str(int(q))] + [f"{p:.3f}" for p in prec]
+                for name, q, prec in zip(self.category_names, self.n_queries,
+                                         self.precision)]
+        rows.append(["mean", str(int(self.n_queries.sum()))]
+                    + [f"{p:.3f}" for p in self.mean])
+        return header, rows
+
+    def __repr__(self):
+        header, rows = self._table()
+        table = [header] + rows
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        lines = ["RetrievalResult(Precision@k, cosine similarity)"]
+        for r in table:
+            lines.append("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                                          for i, (v, w) in enumerate(zip(r, widths))))
+        return "\n".join(lines)
+
+    def _repr_html_(self):
+        header, rows = self._table()
+        body = "".join("<tr>" + "".join(f"<td>{_escape(v)}</td>" for v in r) + "</tr>"
+                       for r in rows)
+        return ("<p><b>RetrievalResult</b>: Precision@k, cosine similarity</p>"
+                "<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header)
+                + f"</tr></thead><tbody>{body}</tbody></table>")
+
+    def to_frame(self):
+        """A pandas DataFrame: one row per category and a 'mean' row; columns
+        'queries' and 'P@k' for each k."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.precision, columns=[f"P@{k}" for k in self.ks],
+                             index=pd.Index(self.category_names, name="category"))
+        frame.insert(0, "queries", self.n_queries)
+        frame.loc["mean"] = [int(self.n_queries.sum())] + list(self.mean)
+        frame["queries"] = frame["queries"].astype(int)
+        return frame
+
+
+def retrieval(query_embeddings, query_categories, candidate_embeddings, candidate_labels, *,
+              ks=(5, 10, 50), category_names=None):
+    """Zero-shot retrieval: rank the candidates by cosine similarity to each query and
+    report Precision@k, the share of the top k whose label for the query's category is
+    positive.
+
+    Image->image and text->image retrieval are this same function: pass image
+    embeddings or text embeddings (from the text encoder's ``embed``) as queries.
+
+    Parameters
+    ----------
+    query_embeddings : (Q, d) real array.
+    query_categories : (Q,) the category of each query: a column index into
+        ``candidate_labels``, or a name from ``category_names``.
+    candidate_embeddings : (M, d) real array.
+    candidate_labels : (M, C) labels; a candidate is a hit for category c when
+        ``candidate_labels[:, c] == 1``. Anything else (0, -1 uncertain, NaN blank) is not
+        a hit; map labels first for another policy (:func:`read_chexpert_8x200` does).
+    ks : the k of Precision@k, each in [1, M].
+    category_names : C names of the columns of ``candidate_labels``.
+
+    Returns
+    -------
+    RetrievalResult, with the categories that have queries, in column order, and their
+    mean (each category weighs the same).
+    """
+    labels = np.asarray(candidate_labels)
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    if labels.ndim != 2 or labels.dtype == object or not (
+            np.issubdtype(labels.dtype, np.number) or labels.dtype == bool):
+        raise ValueError(f"candidate_labels must be a numeric (M, C) array, got dtype "
+                         f"{labels.dtype} and shape {labels.shape}")
+    n_candidates = len(np.asarray(candidate_embeddings))
+    _check_length(labels, n_candidates, "candidate_labels", "candidate_embeddings")
+    n_categories = labels.shape[1]
+    if category_names is not None:
+        category_names = [str(c) for c in category_names]
+        if len(category_names) != n_categories:
+            raise ValueError(f"category_names has {len(category_names)} names for "
+                             f"{n_categories} columns of candidate_labels")
+    else:
+        category_names = [str(c) for c in range(n_categories)]
+    categories = _category_codes(query_categories, category_names, n_categories)
+    _check_length(categories, len(np.asarray(query_embeddings)), "query_categories",
+                  "query_embeddings")
+    ks = tuple(sorted(set(int(k) for k in np.atleast_1d(ks).tolist())))
+    if not ks or ks[0] < 1 or ks[-1] > n_candidates:
+        raise ValueError(f"every k must be in [1, {n_candidates}] (the number of "
+                         f"candidates), got {ks}")
+
+    top, _ = top_k(query_embeddings, candidate_embeddings, ks[-1])
+    positive = labels == 1
+    hits = positive[top, categories[:, None]]  # (Q, max k)
+    per_query = np.stack([hits[:, :k].mean(axis=1) for k in ks], axis=1)
+    used = np.unique(categories)
+    precision = np.stack([per_query[categories == c].mean(axis=0) for c in used])
+    n_queries = np.array([np.count_nonzero(categories == c) for c in used])
+    remap = np.full(n_categories, -1)
+    remap[used] = np.arange(len(used))
+    return RetrievalResult(ks=ks, category_names=[category_names[c] for c in used],
+                           precision=precision, n_queries=n_queries, per_query=per_query,
+                           top_indices=top, query_categories=remap[categories])
+
+
+def _category_codes(query_categories, names, n_categories):
+    cats = np.asarray(query_categories)
+    if cats.ndim != 1:
+        raise ValueError(f"query_categories must be 1-D (one per query), got shape "
+                         f"{cats.shape}")
+    if cats.dtype.kind in "US" or cats.dtype == object:
+        lookup = {name: i for i, name in enumerate(names)}
+        unknown = sorted({str(c) for c in cats if str(c) not in lookup})
+        if unknown:
+            raise ValueError(f"query categories {unknown} are not among the category names "
+                             f"{names}")
+        return np.array([lookup[str(c)] for c in cats], dtype=np.int64)
+    if not np.issubdtype(cats.dtype, np.integer):
+        raise TypeError(f"query_categories must be column indices (integers) or names, got "
+                        f"dtype {cats.dtype}")
+    bad = (cats < 0) | (cats >= n_categories)
+    if bad.any():
+        raise ValueError(f"query_categories must be in [0, {n_categories}) (columns of "
+                         f"candidate_labels), got {cats[bad][0]}")
+    return cats.astype(np.int64)
+
+
+# ---- the CheXpert 8x200 protocol ---------------------------------------------------------
+
+
+@dataclass(eq=False)
+class RetrievalSet:
+    """A retrieval protocol read from disk: queries (image paths or report texts) with
+    their categories, candidate image paths and the candidates' labels for those
+    categories. Encode ``queries`` and ``candidate_paths``, then call :meth:`evaluate`.
+    """
+
+    root: str
+    query_kind: str  # 'image' or 'text'
+    queries: list  # image paths (absolute) or texts
+    query_categories: np.ndarray  # (Q,) index into category_names
+    category_names: list
+    candidate_paths: list  # absolute paths
+    candidate_labels: np.ndarray  # (M, len(category_names)) int8, 1 = positive
+
+    def evaluate(self, query_embeddings, candidate_embeddings, *, ks=(5, 10, 50)):
+        """:func:`retrieval` on this set's categories and labels."""
+        return retrieval(query_embeddings, self.query_categories, candidate_embeddings,
+                         self.candidate_labels, ks=ks, category_names=self.category_names)
+
+    def __repr__(self):
+        return (f"RetrievalSet({self.query_kind} queries: {len(self.queries)} in "
+                f"{len(self.category_names)} categories {self.category_names}; candidates: "
+                f"{len(self.candidate_paths)} images under {self.root})")
+
+
+def _resolve_csv(path, root):
+    path = Path(path)
+    tried = [path] if path.is_absolute() else [root / path, path]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"CSV file not found; tried {', '.join(str(t) for t in tried)}")
+
+
+def _read_csv(path, required, one_of=None):
+    """Rows (dicts) of a CSV, with a clear error when columns are missing."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        missing = [c for c in required if c not in header]
+        if missing or (one_of and not any(c in header for c in one_of)):
+            want = list(required) + ([" or ".join(one_of)] if one_of else [])
+            raise ValueError(f"{path} must have the columns {want}; its header is {header}")
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"{path} has a header but no rows")
+    return header, rows
+
+
+def _resolve_image(path, root):
+    """root/path, or root's parent/path when the CSV's paths start with root's own name
+    (CheXpert's 'CheXpert-v1.0/train/...' under a root that is CheXpert-v1.0)."""
+    relative = Path(path)
+    if relative.is_absolute():
+        return relative
+    direct = root / relative
+    if not direct.exists() and relative.parts and relative.parts[0] == root.name:
+        parent = root.parent / relative
+        if parent.exists():
+            return parent
+    return direct
+
+
+def _check_files_exist(paths, csv_path, root):
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} image files listed in "
+                                f"{csv_path} are missing (root {root}): {shown}{more}")
+
+
+def _parse_label(value, uncertain, where):
+    text = (value or "").strip()
+    if text == "":
+        return 0  # blank: the report does not mention the finding
+    try:
+        number = float(text)
+    except ValueError:
+        number = np.nan
+    if number == 1:
+        return 1
+    if number == 0:
+        return 0
+    if number == -1:
+        return 1 if uncertain == "positive" else 0
+    raise ValueError(f"{where}: label {value!r} is not 1, 0, -1 or blank")
+
+
+def read_chexpert_8x200(root, query_csv, candidate_csv, *, uncertain="negative",
+                        check_files=True):
+    """Read a CheXpert retrieval protocol (the paper's 8x200 set) from CSV files.
+
+    Parameters
+    ----------
+    root : the CheXpert folder the image paths are relative to. A path that starts with
+        the root's own name (``CheXpert-v1.0/train/...`` under ``.../CheXpert-v1.0``) is
+        also found.
+    query_csv : CSV with columns ``Variable,Path`` (image queries) or ``Variable,Text``
+        (text queries); Variable is the query's category, a CheXpert label name.
+        Relative names are looked up under ``root`` first.
+    candidate_csv : CSV with a ``Path`` column and a column per query category, named
+        as in CheXpert (:data:`CHEXPERT_LABELS`); other columns are ignored.
+    uncertain : how a -1 (uncertain) label counts: 'negative' (default; only certain
+        positives are hits) or 'positive' (the U-Ones policy). Blank cells (finding not
+        mentioned) are negative. 1.0 / 0.0 / -1.0 are accepted as well.
+    check_files : check that every image file exists (FileNotFoundError listing the
+        missing ones).
+
+    Returns
+    -------
+    RetrievalSet (categories in order of first appearance in the query CSV).
+    """
+    if uncertain not in ("negative", "positive"):
+        raise ValueError(f"uncertain must be 'negative' or 'positive', got {uncertain!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"CheXpert root folder {root} does not exist")
+    query_path = _resolve_csv(query_csv, root)
+    header, rows = _read_csv(query_path, ["Variable"], one_of=("Path", "Text"))
+    if "Path" in header and "Text" in header:
+        raise ValueError(f"{query_path} has both a Path and a Text column: image queries "
+                         "have Variable,Path and text queries Variable,Text")
+    kind, column = ("image", "Path") if "Path" in header else ("text", "Text")
+    names, codes, queries = [], [], []
+    for line, row in enumerate(rows, start=2):
+        variable = (row.get("Variable") or "").strip()
+        value = (row.get(column) or "").strip()
+        if not variable or not value:
+            raise ValueError(f"{query_path}, line {line}: empty Variable or {column}")
+        if variable not in names:
+            names.append(variable)
+        codes.append(names.index(variable))
+        queries.append(value)
+    if kind == "image":
+        queries = [str(_resolve_image(q, root)) for q in queries]
+        if check_files:
+            _check_files_exist(queries, query_path, root)
+
+    candidate_path = _resolve_csv(candidate_csv, root)
+    _, rows = _read_csv(candidate_path, ["Path"] + names)
+    labels = np.zeros((len(rows), len(names)), dtype=np.int8)
+    paths = []
+    for i, row in enumerate(rows):
+        value = (row.get("Path") or "").strip()
+        if not value:
+            raise ValueError(f"{candidate_path}, line {i + 2}: empty Path")
+        paths.append(str(_resolve_image(value, root)))
+        for j, name in enumerate(names):
+            labels[i, j] = _parse_label(row.get(name), uncertain,
+                                        f"{candidate_path}, line {i + 2}, column {name!r}")
+    if check_files:
+        _check_files_exist(paths, candidate_path, root)
+    return RetrievalSet(root=str(root), query_kind=kind, queries=queries,
+                        query_categories=np.array(codes, dtype=np.int64),
+                        category_names=names, candidate_paths=paths,
+                        candidate_labels=labels)
+
+
+# ---- t-SNE -------------------------------------------------------------------------------
+
+
+def _finding_names(labels, label_names, priority):
+    """One name per sample: its class, or for multi-label rows the first positive label
+    in ``priority`` order ('No finding' when none is positive)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        if label_names is None:
+            return np.array([str(v) for v in labels], dtype=object)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError("with label_names, 1-D labels must be integer indices into "
+                            "them")
+        if labels.min() < 0 or labels.max() >= len(label_names):
+            raise ValueError(f"labels must index label_names (0..{len(label_names) - 1}), "
+                             f"got values {labels.min()}..{labels.max()}")
+        return np.array([str(label_names[v]) for v in labels], dtype=object)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 1-D classes or a 2-D 0/1 matrix, got shape "
+                         f"{labels.shape}")
+    y = _binary_matrix(labels, "labels")
+    if label_names is None:
+        label_names = [f"label {j}" for j in range(y.shape[1])]
+    if len(label_names) != y.shape[1]:
+        raise ValueError(f"label_names has {len(label_names)} names for {y.shape[1]} label "
+                         "columns")
+    label_names = [str(n) for n in label_names]
+    order = list(range(len(label_names)))
+    if priority is not None:
+        unknown = [p for p in priority if p not in label_names]
+        if unknown:
+            raise ValueError(f"priority names {unknown} are not in label_names")
+        order = [label_names.index(p) for p in priority]
+        order += [j for j in range(len(label_names)) if j not in order]
+    out = np.full(len(y), "No finding", dtype=object)
+    for j in reversed(order):  # the first in priority order wins
+        out[y[:, j] == 1] = label_names[j]
+    return out
+
+
+def tsne(features, labels, label_names=None, *, perplexity=30, seed=0, ax=None, title=None,
+         priority=None, pca_components=50, point_size=12, threads=None,
+         return_coordinates=False):
+    """A t-SNE map of image features, one colour per finding. Returns the figure.
+
+    Parameters
+    ----------
+    features : real array (N, D), or a dict {title: (N, D) array} to draw several
+        feature sets of the same samples side by side (e.g. ``{'random init': ...,
+        'ConVIRT': ...}``), with shared colours.
+    labels : (N,) class indices into ``label_names`` (or any class values when
+        ``label_names`` is None), or an (N, K) 0/1 multi-label matrix: each sample is
+        coloured by its first positive label in ``priority`` order (default: the column
+        order), 'No finding' when it has none.
+    label_names : names of the classes or columns.
+    perplexity : t-SNE perplexity; must be below the number of samples.
+    seed : random_state of TSNE (and of the PCA).
+    ax : a matplotlib Axes (or a sequence, one per feature set); a new figure if None.
+    title : the axes title (one feature set).
+    pca_components : features wider than this are reduced by PCA first (the usual
+        t-SNE preprocessing; None to skip).
+    threads : limit the OpenMP and BLAS threads of PCA and t-SNE to this many (None:
+        the libraries' defaults). On a few hundred points, 1 is as fast, and far faster
+        on a busy machine, where OpenMP threads wait for each other.
+    return_coordinates : also return the 2-D coordinates (an (N, 2) array, or a dict of
+        them for several feature sets).
+    """
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    sets = features if isinstance(features, dict) else {title: features}
+    if not sets:
+        raise ValueError("features is an empty dict")
+    names = _finding_names(labels, label_names, priority)
+    arrays = {}
+    for key, x in sets.items():
+        what = "features" if key is None else f"features[{key!r}]"
+        arrays[key] = _as_features(x, what, n_rows=len(names))
+    n = len(names)
+    if not 0 < perplexity < n:
+        raise ValueError(f"perplexity must be in (0, {n}) (below the number of samples), "
+                         f"got {perplexity}")
+
+    if ax is None:
+        fig, axes = plt.subplots(1, len(arrays), figsize=(5.5 * len(arrays), 5),
+                                 squeeze=False)
+        axes = list(axes[0])
+    else:
+        axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
+        if len(axes) != len(arrays):
+            raise ValueError(f"{len(arrays)} feature sets need {len(arrays)} axes, got "
+                             f"{len(axes)}")
+        fig = axes[0].figure
+
+    # Colours in order of frequency; 'No finding' last, in grey.
+    values, counts = np.unique(names, return_counts=True)
+    ordered = [v for _, v in sorted(zip(-counts, values)) if v != "No finding"]
+    if "No finding" in values:
+        ordered.append("No finding")
+    cmap = plt.get_cmap("tab10" if len(ordered) <= 10 else "tab20")
+    colours = {v: cmap(i % cmap.N) for i, v in enumerate(o for o in ordered
+                                                        if o != "No finding")}
+    colours["No finding"] = (0.6, 0.6, 0.6, 1.0)
+
+    coordinates = {}
+    for key, x in arrays.items():
+        x = x.astype(np.float64)
+        with threadpool_limits(threads):
+            if pca_components is not None and x.shape[1] > pca_components:
+                x = PCA(n_components=min(pca_components, n),
+                        random_state=seed).fit_transform(x)
+            coordinates[key] = TSNE(n_components=2, perplexity=perplexity,
+                                    random_state=seed, init="pca",
+                                    learning_rate="auto").fit_transform(x)
+    for axis, (key, xy) in zip(axes, coordinates.items()):
+        for value in ordered:
+            mask = names == value
+            axis.scatter(xy[mask, 0], xy[mask, 1], s=point_size, color=colours[value],
+                         label=f"{value} ({np.count_nonzero(mask)})", alpha=0.8,
+                         edgecolors="none")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if key is not None:
+            axis.set_title(str(key))
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small",
+                    frameon=False, markerscale=1.5)
+    fig.tight_layout()
+    if return_coordinates:
+        single = not isinstance(features, dict)
+        return fig, (coordinates[title] if single else coordinates)
+    return fig
