@@ -212,12 +212,12 @@ class Trainer:
         channels = first.shape[2:] if first.ndim == 3 else ()
         return (n, self.image_size, self.image_size) + tuple(channels)
 
-    def _prepare_text(self, reports, step, sample):
+    def _prepare_text(self, reports, step, sample, indices=None):
         from .text import sample_sentences, tokenize
 
         texts = list(reports)
         if sample:
-            texts = sample_sentences(texts, seed=self.seed, step=step)
+            texts = sample_sentences(texts, seed=self.seed, step=step, indices=indices)
         return tokenize(self.text_encoder.tokenizer, texts,
                         max_length=self.text_encoder.max_length)
 
@@ -347,7 +347,8 @@ class Trainer:
                     from .text import sample_sentences, tokenize
 
                     texts = sample_sentences([reports[i] for i in range(start, stop)],
-                                             seed=self.seed + 1, step=start)
+                                             seed=self.seed + 1, step=0,
+                                             indices=range(start, stop))
                     ids, mask = tokenize(self.text_encoder.tokenizer, texts,
                                          max_length=self.text_encoder.max_length)
                     _, v = self.image_encoder.forward(views, features=False)
@@ -381,7 +382,8 @@ class Trainer:
             text = None
             if self.method == "convirt":
                 step = self.step_count + (b - start_batch)
-                text = self._prepare_text([reports[i] for i in idx], step, True)
+                text = self._prepare_text([reports[i] for i in idx], step, True,
+                                          indices=[int(i) for i in idx])
             return idx, batch_images, text
 
         if not self.prefetch:

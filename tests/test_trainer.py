@@ -1,0 +1,349 @@
+"""Trainer: parity with a PyTorch training loop, exact resume, crash safety, divergence,
+schedules, SimCLR, bad arguments."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import convirt
+from convirt.checkpoint import CheckpointDir, CheckpointError
+from convirt.trainer import Trainer, TrainingDiverged
+
+sys.path.insert(0, os.path.dirname(__file__))
+import tiny  # noqa: E402
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def identity_augment(size):
+    return convirt.ImageAugment(size, crop_scale=None, flip=None, degrees=None,
+                                translate=None, scale=None, brightness=None, contrast=None,
+                                blur_sigma=None)
+
+
+def make_trainer(tmp_path, *, seed=0, augment=None, **kwargs):
+    image, text = tiny.towers(str(tmp_path / "vocab"), seed=seed)
+    kwargs.setdefault("progress", False)
+    return Trainer(image, text, image_size=32, augment=augment, seed=seed, **kwargs)
+
+
+# ---- parity with PyTorch ------------------------------------------------------------------
+
+
+def torch_towers(image, text):
+    """The same two towers in PyTorch, on copies of convirt's weights."""
+    import torch_resnet
+    from transformers import BertConfig, BertModel
+
+    image_params = {k: torch.tensor(v, requires_grad=not k.endswith(("running_mean",
+                                                                     "running_var")))
+                    for k, v in image.state_dict().items()}
+    cfg = text._spec["config"]
+    model = BertModel(BertConfig(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+                                 num_hidden_layers=cfg["num_hidden_layers"],
+                                 num_attention_heads=cfg["num_attention_heads"],
+                                 intermediate_size=cfg["intermediate_size"],
+                                 max_position_embeddings=cfg["max_position_embeddings"],
+                                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                 hidden_act="gelu"), add_pooling_layer=False)
+    text_state = text.state_dict()
+    bert_state = {k: torch.tensor(v) for k, v in text_state.items()
+                  if not k.startswith("projection.")}
+    missing, unexpected = model.load_state_dict(bert_state, strict=False)
+    assert not [m for m in missing if "position_ids" not in m] and not unexpected
+    model.train()
+    text_head = {k: torch.tensor(v, requires_grad=True) for k, v in text_state.items()
+                 if k.startswith("projection.")}
+    for row in text.tensor_table:
+        name, is_frozen = row[0], row[5]
+        if name.startswith("projection."):
+            continue
+        param = dict(model.named_parameters())[name]
+        param.requires_grad_(not is_frozen)
+    return torch_resnet, image_params, model, text_head
+
+
+def head(x, p):
+    return F.linear(F.relu(F.linear(x, p["projection.0.weight"], p["projection.0.bias"])),
+                    p["projection.2.weight"], p["projection.2.bias"])
+
+
+def test_ten_steps_match_a_pytorch_training_loop(tmp_path):
+    trainer = make_trainer(tmp_path, augment=identity_augment(32), lr=1e-3,
+                           weight_decay=1e-4, schedule=None)
+    image, text = trainer.image_encoder, trainer.text_encoder
+    torch_resnet, image_params, bert, text_head = torch_towers(image, text)
+    trainable = ([p for p in image_params.values() if p.requires_grad]
+                 + [p for p in bert.parameters() if p.requires_grad]
+                 + list(text_head.values()))
+    optimizer = torch.optim.Adam(trainable, lr=1e-3, weight_decay=1e-4)
+    mean, std = image.normalization
+    images, reports = tiny.pairs(8, 32, seed=1)
+    sentences = [r.split(".")[0] + "." for r in reports]
+    for step in range(10):
+        idx = np.arange(step % 2 * 4, step % 2 * 4 + 4)
+        batch = images[idx]
+        texts = [sentences[i] for i in idx]
+        metrics = trainer.step(batch, texts, sample_sentence=False)
+
+        x = torch.tensor((batch.astype(np.float32) / 255 - mean[0]) / std[0])[:, None]
+        features = torch_resnet.forward(image_params, x, 18, training=True)
+        v = head(features, image_params)
+        ids, mask = convirt.text.tokenize(text.tokenizer, texts, max_length=32)
+        hidden = bert(input_ids=torch.tensor(ids, dtype=torch.long),
+                      attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state
+        pooled = hidden.masked_fill(torch.tensor(mask)[..., None] == 0, -torch.inf).amax(1)
+        u = head(pooled, text_head)
+        logits = F.normalize(v, dim=1) @ F.normalize(u, dim=1).T / 0.1
+        target = torch.arange(4)
+        loss = 0.75 * F.cross_entropy(logits, target) + 0.25 * F.cross_entropy(logits.T, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert metrics["loss"] == pytest.approx(loss.item(), rel=1e-4), f"step {step}"
+
+    ours = image.state_dict()
+    for name, value in image_params.items():
+        np.testing.assert_allclose(ours[name], value.detach().numpy(), rtol=2e-3, atol=2e-4,
+                                   err_msg=name)
+    ours = text.state_dict()
+    theirs = {k: v.detach().numpy() for k, v in bert.state_dict().items()}
+    theirs.update({k: v.detach().numpy() for k, v in text_head.items()})
+    for name in ours:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=2e-3, atol=2e-4,
+                                   err_msg=name)
+
+
+# ---- resume, checkpoints, crashes ---------------------------------------------------------
+
+
+def test_resume_is_exact(tmp_path):
+    images, reports = tiny.pairs(16, 32, seed=2)
+    straight = make_trainer(tmp_path / "a", checkpoint_dir=tmp_path / "a" / "ckpt")
+    straight.fit((images, reports), epochs=2, batch_size=4, max_steps=6)
+
+    first = make_trainer(tmp_path / "b", checkpoint_dir=tmp_path / "b" / "ckpt",
+                         checkpoint_every=1)
+    first.fit((images, reports), epochs=2, batch_size=4, max_steps=3)
+    del first
+    resumed = Trainer.resume(tmp_path / "b" / "ckpt", progress=False)
+    assert resumed.step_count == 3 and resumed.position == 3
+    resumed.fit((images, reports), epochs=2, batch_size=4, max_steps=6)
+    assert resumed.step_count == 6
+    for a, b in ((straight.image_encoder, resumed.image_encoder),
+                 (straight.text_encoder, resumed.text_encoder)):
+        np.testing.assert_array_equal(a.flat_parameters, b.flat_parameters)
+        np.testing.assert_array_equal(a.flat_buffers, b.flat_buffers)
+    assert [s["loss"] for s in straight.steps] == [s["loss"] for s in resumed.steps]
+
+
+def test_checkpoint_keeps_last_and_best(tmp_path):
+    images, reports = tiny.pairs(12, 32, seed=3)
+    trainer = make_trainer(tmp_path, checkpoint_dir=tmp_path / "ckpt")
+    trainer.fit((images, reports), val=(images[:8], reports[:8]), epochs=3, batch_size=4)
+    ckpt = CheckpointDir(tmp_path / "ckpt")
+    last, best = ckpt.pointer("LAST"), ckpt.pointer("BEST")
+    assert last.endswith(f"step-{trainer.step_count:08d}")
+    assert best is not None
+    kept = sorted(e for e in os.listdir(tmp_path / "ckpt") if e.startswith("step-"))
+    assert len(kept) == len({last, best})
+    state = json.load(open(os.path.join(last, "trainer.json")))
+    assert state["epoch"] == 3 and len(state["history"]) == 3
+    assert {"train_loss", "val_loss", "lr"} <= set(state["history"][0])
+
+
+def test_failed_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    images, reports = tiny.pairs(8, 32, seed=4)
+    trainer = make_trainer(tmp_path, checkpoint_dir=tmp_path / "ckpt")
+    trainer.fit((images, reports), epochs=1, batch_size=4)
+    before = CheckpointDir(tmp_path / "ckpt").pointer("LAST")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer.image_encoder.__class__, "save", full_disk)
+    trainer.step(images[:4], reports[:4])
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_checkpoint()
+    assert CheckpointDir(tmp_path / "ckpt").pointer("LAST") == before
+    assert not [e for e in os.listdir(tmp_path / "ckpt") if e.startswith(".staging")]
+    monkeypatch.undo()
+    restored = Trainer.resume(tmp_path / "ckpt", progress=False)
+    assert restored.step_count == 2
+
+
+def test_unwritable_checkpoint_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the directory should be")
+    images, reports = tiny.pairs(8, 32)
+    trainer = make_trainer(tmp_path, checkpoint_dir=blocker)
+    with pytest.raises(OSError):
+        trainer.fit((images, reports), epochs=1, batch_size=4)
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint directory"):
+        Trainer.resume(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no LAST checkpoint"):
+        Trainer.resume(tmp_path / "empty")
+    images, reports = tiny.pairs(8, 32)
+    trainer = make_trainer(tmp_path, checkpoint_dir=tmp_path / "ckpt")
+    trainer.fit((images, reports), epochs=1, batch_size=4)
+    last = CheckpointDir(tmp_path / "ckpt").pointer("LAST")
+    with open(os.path.join(last, "image_encoder.safetensors"), "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(CheckpointError, match="incomplete or corrupt"):
+        Trainer.resume(tmp_path / "ckpt")
+
+
+CHILD = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    import tiny
+    from convirt.trainer import Trainer
+    ckpt = {ckpt!r}
+    images, reports = tiny.pairs(16, 32, seed=5)
+    if os.path.exists(os.path.join(ckpt, "LAST")):
+        trainer = Trainer.resume(ckpt, progress=False)
+    else:
+        image, text = tiny.towers({vocab!r})
+        trainer = Trainer(image, text, image_size=32, checkpoint_dir=ckpt,
+                          checkpoint_every=1, progress=False)
+    print("ready", flush=True)
+    trainer.fit((images, reports), epochs=1000, batch_size=4)
+""")
+
+
+def test_killed_at_random_moments_the_checkpoint_survives(tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    code = CHILD.format(tests=os.path.dirname(__file__), ckpt=ckpt,
+                        vocab=str(tmp_path / "vocab"))
+    rng = random.Random(0)
+    steps_seen = []
+    for kill in range(20):
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        time.sleep(rng.uniform(0.0, 1.5))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        directory, state = CheckpointDir(ckpt).load_state()
+        steps_seen.append(state["step"])
+        trainer = Trainer.resume(ckpt, progress=False)  # every file loads
+        assert trainer.step_count == state["step"]
+    assert steps_seen[-1] > steps_seen[0], "training made no progress across the kills"
+    trainer.step(*tiny.pairs(4, 32, seed=9))  # and it trains on
+
+
+# ---- divergence, schedules, early stopping, SimCLR ------------------------------------------
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    images, reports = tiny.pairs(8, 32)
+    trainer = make_trainer(tmp_path, checkpoint_dir=tmp_path / "ckpt")
+    trainer.fit((images, reports), epochs=1, batch_size=4)
+    last = CheckpointDir(tmp_path / "ckpt").pointer("LAST")
+    trainer.image_encoder.parameters()["projection.2.bias"][0] = np.nan
+    with pytest.raises(TrainingDiverged, match="last good checkpoint is .*step-00000002"):
+        trainer.fit((images, reports), epochs=2, batch_size=4)
+    assert CheckpointDir(tmp_path / "ckpt").pointer("LAST") == last
+    assert Trainer.resume(tmp_path / "ckpt", progress=False).step_count == 2
+
+
+def test_plateau_schedule_halves_the_learning_rate(tmp_path, monkeypatch):
+    images, reports = tiny.pairs(8, 32)
+    trainer = make_trainer(tmp_path, plateau_patience=1)
+    losses = iter([1.0, 0.9, 0.95, 0.96, 0.97, 0.5])
+    monkeypatch.setattr(trainer, "validate", lambda data, batch_size: {"val_loss": next(losses)})
+    trainer.fit((images, reports), val=(images, reports), epochs=6, batch_size=4)
+    lrs = [r["lr_after"] for r in trainer.history]
+    assert lrs == pytest.approx([1e-4, 1e-4, 1e-4, 5e-5, 5e-5, 5e-5])
+
+
+def test_early_stopping(tmp_path, monkeypatch):
+    images, reports = tiny.pairs(8, 32)
+    trainer = make_trainer(tmp_path, early_stopping_patience=2, schedule=None)
+    losses = iter([1.0, 1.1, 1.2, 0.1, 0.1])
+    monkeypatch.setattr(trainer, "validate", lambda data, batch_size: {"val_loss": next(losses)})
+    trainer.fit((images, reports), val=(images, reports), epochs=5, batch_size=4)
+    assert len(trainer.history) == 3 and trainer.history[-1]["early_stop"]
+
+
+def test_cosine_schedule_warms_up_then_decays(tmp_path):
+    images, reports = tiny.pairs(8, 32)
+    trainer = make_trainer(tmp_path, schedule="cosine", warmup_steps=2, lr=1e-3)
+    trainer.fit((images, reports), epochs=4, batch_size=4)
+    lrs = [s["lr"] for s in trainer.steps]
+    assert lrs[0] < lrs[1] and max(lrs) == pytest.approx(1e-3, rel=1e-6)
+    assert lrs[-1] < lrs[2]
+
+
+def test_simclr_baseline_trains_the_image_encoder_alone(tmp_path):
+    image, _ = tiny.towers(str(tmp_path / "vocab"))
+    images, _ = tiny.pairs(8, 32)
+    before = image.flat_parameters.copy()
+    trainer = Trainer(image, method="simclr", image_size=32, progress=False)
+    history = trainer.fit((images, None), epochs=2, batch_size=4)
+    assert len(history) == 2 and np.isfinite(history[-1]["train_loss"])
+    assert not np.array_equal(before, image.flat_parameters)
+
+
+def test_frozen_text_tower_is_not_updated(tmp_path):
+    images, reports = tiny.pairs(8, 32)
+    trainer = make_trainer(tmp_path, freeze_text=True)
+    text_before = trainer.text_encoder.flat_parameters.copy()
+    image_before = trainer.image_encoder.flat_parameters.copy()
+    trainer.fit((images, reports), epochs=1, batch_size=4)
+    np.testing.assert_array_equal(text_before, trainer.text_encoder.flat_parameters)
+    assert not np.array_equal(image_before, trainer.image_encoder.flat_parameters)
+
+
+def test_history_callbacks_and_plot(tmp_path):
+    images, reports = tiny.pairs(8, 32)
+    seen = []
+    trainer = make_trainer(tmp_path, callbacks=[lambda t, m: seen.append(m["step"])])
+    trainer.fit((images, reports), val=(images, reports), epochs=2, batch_size=4)
+    assert seen == [1, 2, 3, 4]
+    assert {"loss", "lr", "pairs_per_s", "accuracy_image_to_text"} <= set(trainer.steps[0])
+    fig = trainer.plot()
+    assert fig.axes[0].get_xlabel() == "step"
+    assert "Trainer(method='convirt'" in repr(trainer)
+
+
+# ---- bad arguments --------------------------------------------------------------------------
+
+
+def test_bad_arguments(tmp_path):
+    image, text = tiny.towers(str(tmp_path / "vocab"))
+    with pytest.raises(ValueError, match="method must be"):
+        Trainer(image, text, method="clip")
+    with pytest.raises(TypeError, match="needs a text convirt.Encoder"):
+        Trainer(image, None)
+    with pytest.raises(TypeError, match="image_encoder must be an image"):
+        Trainer(text, text)
+    with pytest.raises(ValueError, match="nothing would be trained"):
+        Trainer(image, text, freeze_image=True, freeze_text=True)
+    with pytest.raises(ValueError, match="schedule must be"):
+        Trainer(image, text, schedule="step")
+    with pytest.raises(ValueError, match="image_size must be >= 32"):
+        Trainer(image, text, image_size=16)
+    trainer = Trainer(image, text, image_size=32, progress=False)
+    images, reports = tiny.pairs(8, 32)
+    with pytest.raises(ValueError, match="batch_size must be in"):
+        trainer.fit((images, reports), batch_size=9)
+    with pytest.raises(ValueError, match="8 images but 7 reports"):
+        trainer.fit((images, reports[:7]), batch_size=4)
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        trainer.step(images[:1], reports[:1])
+    with pytest.raises(TypeError, match="must be \\(images, reports\\)"):
+        trainer.fit([images, reports], batch_size=4)
