@@ -40,7 +40,7 @@ def atomic_write(path, data):
 def read_safetensors(path):
     """(tensors as NumPy arrays, metadata dict) of a safetensors file. A missing file is
     FileNotFoundError; a truncated or corrupt one is ValueError naming the file."""
-    from safetensors import SafetensorsError, safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -51,7 +51,7 @@ def read_safetensors(path):
             metadata = dict(f.metadata() or {})
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
-    except (SafetensorsError, OSError, ValueError, RuntimeError) as error:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         if isinstance(error, FileNotFoundError):
             raise
         raise ValueError(f"{path} is not a readable safetensors file (truncated or "

@@ -1,6 +1,7 @@
 """Checkpoint directories that survive a crash.
 
-A checkpoint directory holds one sub-directory per saved step (``step-00000123``) with
+A checkpoint directory holds one sub-directory per save (``step-00000123``, or
+``step-00000123.1`` when a step is saved twice, e.g. mid-epoch and at its end) with
 
 - ``image_encoder.safetensors`` (and ``text_encoder.safetensors``): every tensor;
 - ``optimizer.safetensors``: the optimisers' moment buffers;
@@ -62,6 +63,10 @@ class CheckpointDir:
         checkpoint as it was."""
         os.makedirs(self.path, exist_ok=True)
         name = f"step-{step:08d}"
+        serial = 0
+        while os.path.exists(os.path.join(self.path, name)):  # the same step saved again
+            serial += 1
+            name = f"step-{step:08d}.{serial}"
         final = os.path.join(self.path, name)
         staging = os.path.join(self.path, f".staging-{name}-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
@@ -72,20 +77,10 @@ class CheckpointDir:
                 with open(os.path.join(staging, entry), "rb") as f:
                     os.fsync(f.fileno())
             _fsync_dir(staging)
-            if os.path.exists(final):
-                # The same step saved again (e.g. after a resume): replace it only if no
-                # pointer names it, else keep the old, equally valid copy.
-                if final in (self.pointer("LAST"), self.pointer("BEST")):
-                    shutil.rmtree(staging)
-                    staging = None
-                else:
-                    shutil.rmtree(final)
-            if staging is not None:
-                os.rename(staging, final)
-                _fsync_dir(self.path)
+            os.rename(staging, final)
+            _fsync_dir(self.path)
         except BaseException:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
             raise
         atomic_write(os.path.join(self.path, "LAST"), name.encode())
         if best:

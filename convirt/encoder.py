@@ -43,9 +43,11 @@ def _to_stored(array, layout):
 
 
 def _to_torch(array, layout):
+    """A copy in PyTorch's layout (never a view: for 1x1 kernels the transpose alone
+    would already be contiguous)."""
     if layout == "KRSC":
-        return np.ascontiguousarray(np.transpose(array, (0, 3, 1, 2)))
-    return np.array(array, copy=True)
+        array = np.transpose(array, (0, 3, 1, 2))
+    return np.array(array, order="C", copy=True)
 
 
 class Encoder(_core.Encoder):

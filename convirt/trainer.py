@@ -375,13 +375,14 @@ class Trainer:
         """(indices, image views, text arrays) per batch, prepared one batch ahead in a
         thread while the C core runs the current step (it releases the GIL)."""
         n_batches = len(order) // batch_size
+        first_step = self.step_count  # read here: the worker runs while steps advance
 
         def prepare(b):
             idx = order[b * batch_size:(b + 1) * batch_size]
             batch_images = [images[i] for i in idx]  # views into the array or memmap
             text = None
             if self.method == "convirt":
-                step = self.step_count + (b - start_batch)
+                step = first_step + (b - start_batch)
                 text = self._prepare_text([reports[i] for i in idx], step, True,
                                           indices=[int(i) for i in idx])
             return idx, batch_images, text
@@ -532,8 +533,6 @@ class Trainer:
         """A trainer restored from checkpoint_dir's LAST (or BEST) checkpoint: encoders,
         optimiser moments, schedule, temperature, history and the position in the data;
         fit() then continues exactly where the run stopped."""
-        from safetensors import SafetensorsError
-
         from ._io import read_safetensors
 
         directory, state = CheckpointDir(checkpoint_dir).load_state(which)
@@ -544,7 +543,7 @@ class Trainer:
             text = Encoder.from_checkpoint(text_path) if os.path.exists(text_path) else None
             optimizer_tensors, optimizer_meta = read_safetensors(
                 os.path.join(directory, "optimizer.safetensors"))
-        except (FileNotFoundError, ValueError, SafetensorsError) as error:
+        except (FileNotFoundError, ValueError) as error:
             raise CheckpointError(f"checkpoint {directory} is incomplete or corrupt: "
                                   f"{error}") from error
         loss = _core.ContrastiveLoss(temperature=config["temperature"],

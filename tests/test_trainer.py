@@ -33,7 +33,8 @@ def identity_augment(size):
 def make_trainer(tmp_path, *, seed=0, augment=None, **kwargs):
     image, text = tiny.towers(str(tmp_path / "vocab"), seed=seed)
     kwargs.setdefault("progress", False)
-    return Trainer(image, text, image_size=32, augment=augment, seed=seed, **kwargs)
+    kwargs.setdefault("image_size", 32)
+    return Trainer(image, text, augment=augment, seed=seed, **kwargs)
 
 
 # ---- parity with PyTorch ------------------------------------------------------------------
@@ -77,50 +78,81 @@ def head(x, p):
                     p["projection.2.weight"], p["projection.2.bias"])
 
 
-def test_ten_steps_match_a_pytorch_training_loop(tmp_path):
-    trainer = make_trainer(tmp_path, augment=identity_augment(32), lr=1e-3,
-                           weight_decay=1e-4, schedule=None)
-    image, text = trainer.image_encoder, trainer.text_encoder
+def torch_loop(image, text, batches, lr, eps, channels_last):
+    """Ten Adam steps of the same model in PyTorch; returns the losses and the final
+    tensors (named as convirt's, prefixed image. / text.). channels_last stores the
+    convolution weights in another memory layout: the same math, other rounding."""
     torch_resnet, image_params, bert, text_head = torch_towers(image, text)
+    if channels_last:
+        for name, p in image_params.items():
+            if p.ndim == 4:
+                with torch.no_grad():
+                    image_params[name] = p.contiguous(
+                        memory_format=torch.channels_last).requires_grad_()
     trainable = ([p for p in image_params.values() if p.requires_grad]
                  + [p for p in bert.parameters() if p.requires_grad]
                  + list(text_head.values()))
-    optimizer = torch.optim.Adam(trainable, lr=1e-3, weight_decay=1e-4)
+    optimizer = torch.optim.Adam(trainable, lr=lr, eps=eps, weight_decay=1e-4)
     mean, std = image.normalization
-    images, reports = tiny.pairs(8, 32, seed=1)
-    sentences = [r.split(".")[0] + "." for r in reports]
-    for step in range(10):
-        idx = np.arange(step % 2 * 4, step % 2 * 4 + 4)
-        batch = images[idx]
-        texts = [sentences[i] for i in idx]
-        metrics = trainer.step(batch, texts, sample_sentence=False)
-
+    losses = []
+    for batch, texts in batches:
         x = torch.tensor((batch.astype(np.float32) / 255 - mean[0]) / std[0])[:, None]
-        features = torch_resnet.forward(image_params, x, 18, training=True)
-        v = head(features, image_params)
+        v = head(torch_resnet.forward(image_params, x, 18, training=True), image_params)
         ids, mask = convirt.text.tokenize(text.tokenizer, texts, max_length=32)
         hidden = bert(input_ids=torch.tensor(ids, dtype=torch.long),
                       attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state
         pooled = hidden.masked_fill(torch.tensor(mask)[..., None] == 0, -torch.inf).amax(1)
         u = head(pooled, text_head)
         logits = F.normalize(v, dim=1) @ F.normalize(u, dim=1).T / 0.1
-        target = torch.arange(4)
-        loss = 0.75 * F.cross_entropy(logits, target) + 0.25 * F.cross_entropy(logits.T, target)
+        target = torch.arange(len(texts))
+        loss = 0.75 * F.cross_entropy(logits, target) + 0.25 * F.cross_entropy(logits.T,
+                                                                              target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        assert metrics["loss"] == pytest.approx(loss.item(), rel=1e-4), f"step {step}"
+        losses.append(loss.item())
+    tensors = {f"image.{k}": v.detach().numpy() for k, v in image_params.items()}
+    tensors.update({f"text.{k}": v.detach().numpy() for k, v in bert.state_dict().items()})
+    tensors.update({f"text.{k}": v.detach().numpy() for k, v in text_head.items()})
+    return np.array(losses), tensors
 
-    ours = image.state_dict()
-    for name, value in image_params.items():
-        np.testing.assert_allclose(ours[name], value.detach().numpy(), rtol=2e-3, atol=2e-4,
-                                   err_msg=name)
-    ours = text.state_dict()
-    theirs = {k: v.detach().numpy() for k, v in bert.state_dict().items()}
-    theirs.update({k: v.detach().numpy() for k, v in text_head.items()})
-    for name in ours:
-        np.testing.assert_allclose(ours[name], theirs[name], rtol=2e-3, atol=2e-4,
-                                   err_msg=name)
+
+def test_ten_steps_match_a_pytorch_training_loop(tmp_path):
+    # Two correct float32 implementations drift apart over training: rounding noise in
+    # near-zero gradients is amplified by Adam's per-element normalisation and by batch
+    # norm. PyTorch shows it against itself: the same loop with its convolution weights
+    # in another memory layout. The test asks convirt to stay as close to PyTorch as
+    # PyTorch stays to itself (3x that spread, plus 2e-5 relative), step by step and
+    # tensor by tensor.
+    size, lr, eps = 96, 1e-4, 1e-6
+    trainer = make_trainer(tmp_path, augment=identity_augment(size), lr=lr, eps=eps,
+                           weight_decay=1e-4, schedule=None, image_size=size)
+    image, text = trainer.image_encoder, trainer.text_encoder
+    images, reports = tiny.pairs(16, size, seed=1)
+    sentences = [r.split(".")[0] + "." for r in reports]
+    batches = [(images[s % 2 * 8:s % 2 * 8 + 8], sentences[s % 2 * 8:s % 2 * 8 + 8])
+               for s in range(10)]
+    reference, tensors = torch_loop(image, text, batches, lr, eps, channels_last=False)
+    other, other_tensors = torch_loop(image, text, batches, lr, eps, channels_last=True)
+    ours = np.array([trainer.step(b, t, sample_sentence=False)["loss"] for b, t in batches])
+
+    spread = np.maximum.accumulate(np.abs(other - reference))
+    assert np.abs(ours[0] - reference[0]) <= 1e-5 * reference[0]
+    np.testing.assert_array_less(np.abs(ours - reference), 3 * spread + 2e-5 * reference)
+    assert np.all(np.abs(ours - reference) < 1e-2 * reference)  # and no gross drift
+
+    mine = {f"image.{k}": v for k, v in image.state_dict().items()}
+    mine.update({f"text.{k}": v for k, v in text.state_dict().items()})
+    assert set(mine) == set(tensors)
+    for name, ref in tensors.items():
+        ours_diff = np.abs(mine[name] - ref)
+        torch_diff = np.abs(other_tensors[name] - ref)
+        if not name.endswith(("running_mean", "running_var")):
+            # Adam moves an element at most ~lr a step: a hard bound for each element.
+            assert ours_diff.max() <= 2 * lr * 10 + 1e-6 * np.abs(ref).max(), name
+        for q in (0.5, 0.99):
+            assert np.quantile(ours_diff, q) <= 3 * np.quantile(torch_diff, q) + 1e-7 + \
+                1e-6 * np.abs(ref).max(), f"{name}: quantile {q}"
 
 
 # ---- resume, checkpoints, crashes ---------------------------------------------------------
@@ -152,7 +184,7 @@ def test_checkpoint_keeps_last_and_best(tmp_path):
     trainer.fit((images, reports), val=(images[:8], reports[:8]), epochs=3, batch_size=4)
     ckpt = CheckpointDir(tmp_path / "ckpt")
     last, best = ckpt.pointer("LAST"), ckpt.pointer("BEST")
-    assert last.endswith(f"step-{trainer.step_count:08d}")
+    assert os.path.basename(last).startswith(f"step-{trainer.step_count:08d}")
     assert best is not None
     kept = sorted(e for e in os.listdir(tmp_path / "ckpt") if e.startswith("step-"))
     assert len(kept) == len({last, best})
@@ -225,23 +257,46 @@ CHILD = textwrap.dedent("""
 
 
 def test_killed_at_random_moments_the_checkpoint_survives(tmp_path):
+    """20 times: a child trains with a checkpoint every step (resuming from the last one)
+    and is killed with SIGKILL at a random moment of its step-and-save cycle; every time
+    the surviving checkpoint loads and resumes."""
     ckpt = str(tmp_path / "ckpt")
+    last = os.path.join(ckpt, "LAST")
     code = CHILD.format(tests=os.path.dirname(__file__), ckpt=ckpt,
                         vocab=str(tmp_path / "vocab"))
     rng = random.Random(0)
+
+    def read_last():
+        try:
+            with open(last) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def wait_for_change(child, before, deadline=180):
+        end = time.time() + deadline
+        while read_last() == before:
+            assert time.time() < end and child.poll() is None, child.stderr.read()
+            time.sleep(0.01)
+        return time.time()
+
+    period = None
     steps_seen = []
     for kill in range(20):
         child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "ready", child.stderr.read()
-        time.sleep(rng.uniform(0.0, 1.5))
+        first = wait_for_change(child, read_last())  # progress since the last kill
+        if period is None:  # one step-and-save cycle, measured
+            period = wait_for_change(child, read_last()) - first
+        time.sleep(rng.uniform(0.0, 1.5 * period))
         child.send_signal(signal.SIGKILL)
         child.wait()
         directory, state = CheckpointDir(ckpt).load_state()
         steps_seen.append(state["step"])
         trainer = Trainer.resume(ckpt, progress=False)  # every file loads
         assert trainer.step_count == state["step"]
-    assert steps_seen[-1] > steps_seen[0], "training made no progress across the kills"
+    assert steps_seen == sorted(steps_seen) and steps_seen[-1] >= 20
     trainer.step(*tiny.pairs(4, 32, seed=9))  # and it trains on
 
 
