@@ -12,7 +12,7 @@ Configuration: :func:`show_config`, :func:`config`, :func:`set_num_threads`,
 
 import warnings
 
-from . import _core
+from . import _core, data, datasets
 from ._core import ContrastiveLoss, LossResult, get_num_threads, set_num_threads
 from .encoder import Encoder
 
@@ -23,6 +23,8 @@ __all__ = [
     "Encoder",
     "LossResult",
     "config",
+    "data",
+    "datasets",
     "get_num_threads",
     "set_num_threads",
     "show_config",
