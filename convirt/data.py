@@ -389,7 +389,7 @@ _KNOWN_HEADINGS = _FINDINGS_NAMES | _IMPRESSION_NAMES | _BOTH_NAMES | _OTHER_NAM
 # A heading starts a line: "FINDINGS:", "Impression -", "FINDINGS AND IMPRESSION:".
 # Known names are matched in any case; any other ALL-CAPS "WORDS:" ends a section too.
 _HEADING = re.compile(
-    r"^[ \t]*(?P<name>[A-Za-z][A-Za-z /&]{0,40}?)[ \t]*(?::|[ \t]-[ \t]|-[ \t]*$)",
+    r"^[ \t]*(?P<name>[A-Za-z][A-Za-z /&()]{0,40}?)[ \t]*(?::|[ \t]-[ \t]|-[ \t]*$)",
     re.MULTILINE)
 
 
@@ -414,7 +414,7 @@ def extract_sections(text):
     headings = []
     for match in _HEADING.finditer(text):
         raw = match.group("name").strip()
-        name = re.sub(r"\s+", " ", raw.lower())
+        name = re.sub(r"\s+", " ", raw.lower()).replace("(s)", "s")
         if name in _KNOWN_HEADINGS or (raw.isupper() and len(raw) >= 3):
             headings.append((match.start(), match.end(), name))
     sections = {"findings": [], "impression": []}
