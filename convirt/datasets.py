@@ -215,7 +215,7 @@ def _sample_anatomy(findings, seed, difficulty):
         "heel": uniform(0.0, 0.08, d),
         "heel_angle": rng.uniform(0, 2 * np.pi, n).astype(np.float32),
         "scatter": uniform(0.0, 0.05, d),
-        "mottle": uniform(0.01, 0.04, d),
+        "mottle": uniform(0.005, 0.025, d),
         "blur": uniform(0.35, 1.0),  # pixels at 128 px
         "aortic_knob": uniform(0.03, 0.07),
         "heart_tilt": uniform(0.4, 0.75),  # radians of the long axis
@@ -369,20 +369,29 @@ def _render_chunk(f, a, size, rng, difficulty):
     # ---- heart: a tilted ellipse sitting on the left dome, width set by the CTR -------
     ctr = (f["ctr"] + a["heart_measure"]) * a["heart_magnification"]
     heart_width = ctr * 2 * a["thorax"]
-    tilt, ry = a["heart_tilt"], a["heart_height"]
+    tilt = a["heart_tilt"]
+    ry = a["heart_height"] * (1 + 0.6 * (ctr - 0.45))
     # A tilted ellipse's half width is sqrt(rx^2 cos^2 + ry^2 sin^2): solve for rx.
     rx = np.sqrt(np.clip(((heart_width / 2) ** 2 - (ry * np.sin(tilt)) ** 2) /
                          np.cos(tilt) ** 2, 1e-3, None))
-    # The widest point of the silhouette (the left ventricle's border) sits just above
-    # the left dome, so that the drawn width is the one the CTR asks for.
-    widest = np.arctan2(-ry * np.sin(tilt), rx * np.cos(tilt))
-    drop = rx * np.cos(widest) * np.sin(tilt) + ry * np.sin(widest) * np.cos(tilt)
+    # The heart sits on the diaphragm: its lowest point a little below the left dome,
+    # so it grows up and out as it enlarges, and its widest point (the left ventricle's
+    # border, which the CTR measures) stays above the dome.
+    reach_down = np.sqrt((rx * np.sin(tilt)) ** 2 + (ry * np.cos(tilt)) ** 2)
     cx = per(shift + 0.14 * heart_width + a["heart_offset"])
-    cy = per(dome_left - 0.06 - drop)
+    cy = per(dome_left + 0.1 - reach_down)
     ct, st = per(np.cos(tilt)), per(np.sin(tilt))
     along = (ct * (x - cx) + st * (y - cy)) / per(rx)
     across = (-st * (x - cx) + ct * (y - cy)) / per(ry)
     rho2 = along * along + across * across
+    # The right atrium: the lower right heart border, a rounder bulge sitting on the
+    # right dome whose outer edge is the silhouette's right extent.
+    atrium_r = 0.17 * heart_width
+    atrium_x = per(shift + a["heart_offset"] - 0.36 * heart_width + atrium_r)
+    atrium_y = per(dome_right + 0.02 - 0.9 * atrium_r)
+    atrium2 = ((x - atrium_x) / per(atrium_r)) ** 2 + \
+        ((y - atrium_y) / per(1.5 * atrium_r)) ** 2
+    rho2 = np.minimum(rho2, atrium2)
     heart = _ramp((1 - rho2) * per(np.minimum(rx, ry)) / (2 * e) + 0.5)
     heart_depth = np.sqrt(np.clip(1 - rho2, 0, 1))
 
@@ -586,9 +595,9 @@ def _render_chunk(f, a, size, rng, difficulty):
     image += per(a["noise"]) * rng.standard_normal(image.shape, dtype=np.float32)
     # A position marker (a bright tab with a dark letter) in one corner.
     for k in np.flatnonzero(a["marker"]):
-        row = int(size * (0.05 if a["marker_corner"][k] < 2 else 0.88))
-        col = int(size * (0.07 if a["marker_corner"][k] % 2 == 0 else 0.86))
         side = max(size // 20, 3)
+        row = min(int(size * (0.05 if a["marker_corner"][k] < 2 else 0.88)), size - side - 2)
+        col = min(int(size * (0.07 if a["marker_corner"][k] % 2 == 0 else 0.86)), size - side)
         image[k, row:row + side + 2, col:col + side] = 0.97
         image[k, row + 1:row + side + 1, col + side // 3] = 0.35
         image[k, row + side, col + side // 3:col + side - 1] = 0.35

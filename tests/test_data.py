@@ -205,7 +205,11 @@ pydicom = pytest.importorskip("pydicom")
 def write_dicom(path, pixels, photometric="MONOCHROME2", **attributes):
     """A minimal secondary-capture DICOM file holding ``pixels`` (uint16/int16/uint8)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -778,7 +782,7 @@ def test_prepare_and_read_in_place(tmp_path):
         np.testing.assert_array_equal(cache.images[k], resize_center_crop(dataset.images[k],
                                                                           20))
         image, report = cache[k]
-        assert report == dataset.reports[k]
+        assert report == dataset.reports[k] and np.shares_memory(image, cache.images)
     np.testing.assert_array_equal(cache.labels, dataset.labels)
     assert cache.label_names == ["a", "b", "c"]
     assert cache.sources == dataset.sources
@@ -967,7 +971,8 @@ def test_loader_order_is_a_function_of_seed_and_epoch():
     epoch1 = [b.indices.tolist() for b in loader]
     assert loader.epoch == 2
     assert epoch0 != epoch1
-    assert sorted(sum(epoch0, [])) == list(range(23)) == sorted(sum(epoch1, []))
+    assert sorted(k for b in epoch0 for k in b) == list(range(23))
+    assert sorted(k for b in epoch1 for k in b) == list(range(23))
     assert [len(b) for b in epoch0] == [5, 5, 5, 5, 3] and len(loader) == 5
     again = BatchLoader(dataset, batch_size=5, seed=3, drop_last=False, prefetch=False)
     assert [b.indices.tolist() for b in again] == epoch0
