@@ -446,17 +446,16 @@ def _render_chunk(f, a, size, rng, difficulty):
     # ---- ribs, clavicles, scapulae ----------------------------------------------------
     cage = _smoothstep((wall + 0.05 - lat) / e) * _smoothstep((lat - 0.06) / e) * \
         (1 - 0.6 * below)
-    ribs = np.empty_like(x)
-    healthy = np.flatnonzero(~present["fracture"])
+    ribs = _posterior_ribs(lat, y, left, per, None, a, f, px, amp, fractured=False)
     broken = np.flatnonzero(present["fracture"])
-    for idx, fractured in ((healthy, False), (broken, True)):
-        if idx.size:
-            ribs[idx] = _posterior_ribs(lat[idx], y[idx], left[idx], per, idx, a, f, px,
-                                        amp, fractured)
+    if broken.size:
+        ribs[broken] = _posterior_ribs(lat[broken], y[broken], left[broken], per, broken, a,
+                                       f, px, amp, fractured=True)
     attenuation += 0.17 * per(a["bone"]) * ribs * cage
     # Anterior ribs: fainter, running down and inwards from the chest wall.
     front = y + 0.45 * (lat - thorax)
-    fraction = ((front - per(a["rib_start"])) / (per(a["rib_spacing"]) * 1.35)) % 1.0
+    fraction = (front - per(a["rib_start"])) / (per(a["rib_spacing"]) * 1.35)
+    fraction -= np.floor(fraction)
     anterior = np.clip(np.minimum(fraction, 0.3 - fraction) * per(a["rib_spacing"]) * 1.35
                        / px + 0.5, 0, 1)
     attenuation += 0.035 * per(a["bone"]) * anterior * cage * \
@@ -605,9 +604,9 @@ def _render_chunk(f, a, size, rng, difficulty):
 
 
 def _posterior_ribs(lat, y, left, per, idx, a, f, px, amp, fractured):
-    """Posterior ribs (count, size, size) in [0, 1] for the images idx: arches that rise
-    a little from the spine and fall towards the chest wall, with brighter cortical
-    margins. Rib k's arch passes the spine at start + spacing * (k + 0.05 k^2); the
+    """Posterior ribs (count, size, size) in [0, 1] for the images idx (None: the whole
+    chunk): arches that rise a little from the spine and fall towards the chest wall,
+    with brighter cortical margins. Rib k's arch passes the spine at start + spacing * (k + 0.05 k^2); the
     rib index of a pixel is that relation inverted in closed form. A fracture
     (fractured=True) displaces the rib lateral to the break and interrupts its cortex;
     a healing one has callus."""
