@@ -606,10 +606,10 @@ def _render_chunk(f, a, size, rng, difficulty):
 def _posterior_ribs(lat, y, left, per, idx, a, f, px, amp, fractured):
     """Posterior ribs (count, size, size) in [0, 1] for the images idx (None: the whole
     chunk): arches that rise a little from the spine and fall towards the chest wall,
-    with brighter cortical margins. Rib k's arch passes the spine at start + spacing * (k + 0.05 k^2); the
-    rib index of a pixel is that relation inverted in closed form. A fracture
-    (fractured=True) displaces the rib lateral to the break and interrupts its cortex;
-    a healing one has callus."""
+    with brighter cortical margins. Rib k's arch passes the spine at
+    start + spacing * (k + 0.05 k^2); the rib index of a pixel is that relation
+    inverted in closed form. A fracture (fractured=True) displaces the rib lateral to
+    the break and interrupts its cortex; a healing one has callus."""
     spacing, start = per(a["rib_spacing"], idx), per(a["rib_start"], idx)
     bow = lat - 0.3
     level = y - per(a["rib_tilt"], idx) * np.where(bow > 0, 1.3, 0.6) * bow * bow
