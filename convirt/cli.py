@@ -117,7 +117,11 @@ def run_prepare(args):
 
     from . import data
 
-    dataset = _dataset_from_args(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = _dataset_from_args(args)
+    for warning in caught:
+        print(f"convirt prepare: warning: {warning.message}", file=sys.stderr)
     print(f"convirt prepare: {len(dataset)} image-report pairs from {dataset!r}",
           file=sys.stderr)
     with warnings.catch_warnings():
