@@ -298,6 +298,9 @@ def _render_chunk(f, a, size, rng, difficulty):
     film-like tone curve. Structures present in only some images (findings, leads,
     breast shadows) are computed for those images only."""
     count = len(f["labels"])
+    # Finding textures draw from their own generator, so that adding a finding to an
+    # image leaves its noise unchanged.
+    finding_rng = np.random.default_rng(rng.integers(2 ** 63))
     px = 2.0 / size  # patient units per pixel
     e = max(px, 0.012)  # width of soft-tissue edges
     amp = 1.0 / max(float(difficulty), 0.25)  # conspicuity of the findings
@@ -338,9 +341,9 @@ def _render_chunk(f, a, size, rng, difficulty):
     du, dv = u - per(a["shift_x"]), v - per(a["shift_y"])
     x = (cos * du + sin * dv) / scale
     y = (-sin * du + cos * dv) / scale
-    mid = per(shift)
-    left = x > mid  # the patient's left is the image's right
-    lat = np.abs(x - mid)  # distance from the midline
+    left = x > 0  # the patient's left is the image's right
+    lat = np.abs(x)  # distance from the midline (the spine)
+    mid = per(shift)  # the mediastinum's shift: moves heart, trachea and medial borders
 
     def sided(right_values, left_values, idx=None):
         where = left if idx is None else left[idx]
@@ -352,9 +355,12 @@ def _render_chunk(f, a, size, rng, difficulty):
     hilum = sided(np.full(count, -0.03), np.full(count, -0.09))
 
     # ---- body, shoulders, arms --------------------------------------------------------
-    body_half = np.minimum(thorax + 0.1 + 0.22 * np.exp(-(((y + 0.8) / 0.18) ** 2)) +
-                           0.06 * np.clip(y, 0, None), 0.3 + 5.0 * (y + 1.0))
-    body = _ramp((body_half - lat) / (3 * e))
+    body_half = thorax + 0.1 + 0.22 * np.exp(-(((y + 0.8) / 0.18) ** 2)) + \
+        0.06 * np.clip(y, 0, None)
+    # Neck and sloping shoulders: above the shoulder line there is air.
+    shoulder_line = -1.02 + 0.32 * np.clip(lat - 0.16, 0, None)
+    body = _ramp((body_half - lat) / (3 * e)) * \
+        np.maximum(_ramp((y - shoulder_line) / (3 * e)), _ramp((0.17 - lat) / (3 * e)))
     across = np.sqrt(np.clip(1 - (lat / (body_half + 0.05)) ** 2, 0, 1))
     attenuation = body * (0.55 + 0.45 * across) * per(a["soft_tissue"])
     # Arms beside the chest, separated from it by a strip of air.
@@ -399,7 +405,7 @@ def _render_chunk(f, a, size, rng, difficulty):
     t = np.clip((y - apex) / (dome + 0.1 - apex), 0, 1)  # 0 at the apex, 1 at the base
     wall = thorax * (0.1 + 0.9 * np.sqrt(t * (2 - t)))
     knob = sided(np.zeros(count), a["aortic_knob"]) * np.exp(-(((y + 0.22) / 0.07) ** 2))
-    medial = 0.05 + 0.05 * _smoothstep((hilum - y) / 0.1) + knob
+    medial = 0.05 + 0.05 * _smoothstep((hilum - y) / 0.1) + knob + np.where(left, mid, -mid)
     apex_curve = apex + 0.6 * (lat - 0.36) ** 2
     diaphragm = dome + 0.55 * np.clip(lat - 0.3, 0, None) ** 2 + \
         0.9 * np.clip(0.3 - lat, 0, None) ** 2
@@ -423,11 +429,15 @@ def _render_chunk(f, a, size, rng, difficulty):
     bend = _smooth_noise(rng, count, size, 9)
     edema = np.where(present["edema"], f["edema_severity"], 0).astype(np.float32)
     width = per(1 + 0.5 * edema) * (0.008 + 0.02 * np.exp(-radius / 0.12))
+    # A second field switches ridges on and off along their length, so that they read
+    # as separate, branching vessels rather than rays.
+    gate = _smooth_noise(rng, count, size, 12)
     vessels = np.zeros_like(x)
     for k, rays in enumerate((7, 11, 17)):
         phase = 0.5 * rays * angle + (0.8 + 0.3 * k) * bend + per(a["vessel_phase"][:, k])
         off = phase - np.pi * np.rint(phase / np.pi)  # distance to the nearest ridge
-        vessels += np.exp(-0.5 * (off * radius * (2.0 / rays) / width) ** 2)
+        vessels += np.exp(-0.5 * (off * radius * (2.0 / rays) / width) ** 2) * \
+            _ramp(0.7 + (1.5 - 1.5 * k) * gate)
     vessels *= np.exp(-radius / 0.4) * lung * per(a["vessels"])
     hilar = np.exp(-((hx / 0.07) ** 2 + (hy / 0.12) ** 2)) * lung
     attenuation += 0.14 * vessels + 0.14 * hilar
@@ -528,12 +538,12 @@ def _render_chunk(f, a, size, rng, difficulty):
         lobe = f["pneumonia_lobe"][i]
         severity = f["pneumonia_severity"][i].astype(np.float32)
         extent = a["consolidation_extent"][i] * (0.8 + 0.35 * severity)
-        cxp = (_LOBE_CENTRES[lobe, 0] + a["focal_x"][i]) * a["thorax"][i] / 0.78 + shift[i]
+        cxp = (_LOBE_CENTRES[lobe, 0] + a["focal_x"][i]) * a["thorax"][i] / 0.78
         cyp = _LOBE_CENTRES[lobe, 1] + a["focal_y"][i]
         cyp = cyp + (a["dome"][i] - 0.4) * (cyp > 0)
         blob = ((x[i] - per(cxp)) / per(extent * 1.2)) ** 2 + \
             ((y[i] - per(cyp)) / per(extent)) ** 2
-        patches = _smooth_noise(rng, len(i), size, 16)
+        patches = _smooth_noise(finding_rng, len(i), size, 16)
         consolidation = _smoothstep((1.0 - blob + 0.6 * patches) / 0.7) * lung[i]
         fissure = per(np.full(len(i), -0.05))  # the minor fissure, right lung only
         upper = per(np.isin(lobe, (0,)))
