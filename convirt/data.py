@@ -1009,6 +1009,10 @@ def prepare(dataset, out_dir, size=256, *, workers=None, progress=True, overwrit
     reports = list(dataset.reports)
     labels = getattr(dataset, "labels", None)
     label_names = getattr(dataset, "label_names", None)
+    if labels is not None:
+        labels = np.asarray(labels, np.float32).reshape(n, -1)
+        if label_names is None:
+            label_names = [f"label_{k}" for k in range(labels.shape[1])]
     # Entries are matched by (source, occurrence) on resume: one image may be listed
     # more than once (with different reports).
     seen = {}
