@@ -659,12 +659,6 @@ _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", 
 _ORDINAL_NUMBERS = ("1st", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th", "9th", "10th")
 
 
-def _side_words(side, plural_form=False):
-    if side == 2:
-        return "bilateral"
-    return SIDES[side]
-
-
 def write_report(findings, index, rng):
     """The report of image ``index`` of ``findings`` (from :func:`sample_findings`),
     phrased with choices drawn from the NumPy Generator ``rng``.
