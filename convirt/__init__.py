@@ -20,7 +20,7 @@ Evaluation: ``convirt.eval`` (linear probes, retrieval, t-SNE) and ``convirt.skl
 
 import warnings
 
-from . import _core
+from . import _core, data, datasets
 from ._core import (
     Adam,
     ContrastiveLoss,
@@ -46,6 +46,8 @@ __all__ = [
     "WarmupCosine",
     "binary_cross_entropy",
     "config",
+    "data",
+    "datasets",
     "get_num_threads",
     "set_num_threads",
     "show_config",
