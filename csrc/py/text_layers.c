@@ -193,8 +193,8 @@ static Py_ssize_t attention_args(PyObject *qkv_obj, PyObject *lengths, Py_ssize_
     if (n < 0)
         return -1;
     if ((*seq_start)[n] != PyArray_DIM(*qkv, 0)) {
-        PyErr_Format(PyExc_ValueError, "lengths sum to %td but qkv has %ld rows",
-                     (*seq_start)[n], (long)PyArray_DIM(*qkv, 0));
+        PyErr_Format(PyExc_ValueError, "lengths sum to %zd but qkv has %ld rows",
+                     (Py_ssize_t)(*seq_start)[n], (long)PyArray_DIM(*qkv, 0));
         return -1;
     }
     return n;
