@@ -51,7 +51,14 @@ def tokenizer_from_json(text):
 def _wordpiece_tokenizer(vocab_path, lowercase):
     """BERT's WordPiece tokenizer from a vocab.txt, as transformers' BertTokenizerFast
     builds it: BERT normalizer and pre-tokenizer, [CLS] $A [SEP] template."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     vocab = models.WordPiece.read_file(vocab_path)
     missing = [token for token in ("[UNK]", "[CLS]", "[SEP]") if token not in vocab]
@@ -177,8 +184,9 @@ def read_bert_config(path):
             config = json.load(f)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    if not isinstance(config, dict):  # a malformed file, not a wrong argument
+        raise ValueError(f"{path} must hold a JSON object, not a "  # noqa: TRY004
+                         f"{type(config).__name__}")
     missing = [key for key in _REQUIRED_CONFIG if key not in config]
     if missing:
         raise ValueError(f"{path} lacks the BERT config key(s): {', '.join(missing)}")
@@ -222,7 +230,7 @@ def _read_weights(path):
         safetensors, "SafetensorsError", RuntimeError)
     try:
         with safe_open(path, framework="numpy") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}
+            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
     except (error_type, OSError, ValueError, RuntimeError, TypeError) as error:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or "
                          f"corrupt?): {error}") from error
@@ -281,7 +289,7 @@ _SAMPLED_SECTIONS = ("FINDING", "IMPRESSION")
 def split_sentences(text):
     """The sentences of a piece of report text: white space collapsed, split after
     '.', '!' or '?' followed by white space, except after common abbreviations (Dr.,
-    e.g., vs., ...) and list numbers ('1.'); list markers are stripped and pieces
+    e.g., vs., ...) and bare list numbers ('1.'); list markers are stripped and pieces
     without a letter or digit dropped. Decimals ('1.5 cm') are not split."""
     text = " ".join(text.split())
     pieces = _BOUNDARY.split(text) if text else []
@@ -291,7 +299,8 @@ def split_sentences(text):
         piece = carry + piece
         carry = ""
         last_word = piece.rsplit(" ", 1)[-1].rstrip(".").lower()
-        if piece.endswith(".") and (last_word in _ABBREVIATIONS or last_word.isdigit()):
+        if piece.endswith(".") and (last_word in _ABBREVIATIONS
+                                    or _LIST_MARKER.fullmatch(piece)):
             carry = piece + " "
             continue
         sentences.append(piece)

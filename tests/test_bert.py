@@ -14,8 +14,9 @@ import torch.nn.functional as F
 import convirt
 from convirt import Encoder
 
-SMALL = dict(vocab_size=60, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-             intermediate_size=48, max_position_embeddings=24, type_vocab_size=2)
+SMALL = {"vocab_size": 60, "hidden_size": 32, "num_hidden_layers": 4,
+         "num_attention_heads": 4, "intermediate_size": 48, "max_position_embeddings": 24,
+         "type_vocab_size": 2}
 
 
 def small_encoder(pooling="max", freeze_layers=0, seed=3, perturb=True, **sizes):
@@ -55,10 +56,10 @@ def torch_bert(params, ids, mask, types, layers, heads, eps, pooling):
     d = hidden // heads
     additive = (1.0 - m[:, None, None, :]) * -1e9
     for layer in range(layers):
-        def q(name):
+        def q(name, layer=layer):
             return p[f"encoder.layer.{layer}.{name}"]
 
-        def heads_of(name):
+        def heads_of(name, x=x, q=q):
             y = F.linear(x, q(f"attention.self.{name}.weight"), q(f"attention.self.{name}.bias"))
             return y.view(n, t, heads, d).transpose(1, 2)
 
@@ -247,7 +248,7 @@ def test_finite_differences_through_the_model():
     encoder = small_encoder(pooling="max", freeze_layers=0, seed=9).train()
     ids, mask, types = batch(seed=9)
     r = np.random.default_rng(10).standard_normal((5, 32))
-    features, _ = encoder.forward(ids, mask, types, embeddings=False)
+    encoder.forward(ids, mask, types, embeddings=False)
     encoder.zero_grad()
     encoder.backward(d_features=r.astype(np.float32))
     start = encoder.trainable_offset
@@ -323,7 +324,7 @@ def test_results_do_not_depend_on_thread_count(threads):
 
 def test_strided_inputs_are_read_in_place():
     encoder = small_encoder(perturb=False)
-    ids, mask, types = batch()
+    ids, mask, _ = batch()
     wide = np.zeros((5, 22), np.int32)
     wide[:, ::2] = ids
     wide_mask = np.zeros((5, 22), np.int32)
@@ -439,10 +440,10 @@ def test_last_hidden_state_needs_a_forward():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(pooling="sum"), "pooling must be one of"),
-    (dict(freeze_layers=5), "freeze_layers must be 0..4"),
-    (dict(num_attention_heads=5), "not a multiple of num_attention_heads"),
-    (dict(hidden_size=0), "must all be >= 1"),
+    ({"pooling": "sum"}, "pooling must be one of"),
+    ({"freeze_layers": 5}, "freeze_layers must be 0..4"),
+    ({"num_attention_heads": 5}, "not a multiple of num_attention_heads"),
+    ({"hidden_size": 0}, "must all be >= 1"),
 ])
 def test_bad_configurations(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -530,11 +531,11 @@ def test_from_pretrained_missing_config(tmp_path):
 
 
 @pytest.mark.parametrize("change,match", [
-    (dict(intermediate_size=None, num_attention_heads=None),
+    ({"intermediate_size": None, "num_attention_heads": None},
      "lacks the BERT config key.*num_attention_heads, intermediate_size"),
-    (dict(model_type="roberta"), "only BERT checkpoints"),
-    (dict(hidden_act="gelu_new"), "only the exact"),
-    (dict(hidden_size="24"), "hidden_size must be an integer"),
+    ({"model_type": "roberta"}, "only BERT checkpoints"),
+    ({"hidden_act": "gelu_new"}, "only the exact"),
+    ({"hidden_size": "24"}, "hidden_size must be an integer"),
 ])
 def test_from_pretrained_bad_config(tmp_path, change, match):
     write_checkpoint(tmp_path, **change)
@@ -558,8 +559,8 @@ def test_from_pretrained_mismatched_tensors(tmp_path):
     tensors["bert.encoder.layer.1.output.dense.weight"] = np.zeros((3, 3), np.float32)
     del tensors["bert.encoder.layer.0.attention.self.key.bias"]
     save_file(tensors, path)
-    with pytest.raises(ValueError, match="missing 1: encoder.layer.0.attention.self.key.bias"
-                                         ".*wrong shape.*encoder.layer.1.output.dense.weight"):
+    with pytest.raises(ValueError, match=("missing 1: encoder.layer.0.attention.self.key.bias"
+                                          ".*wrong shape.*encoder.layer.1.output.dense.weight")):
         Encoder.from_pretrained(tmp_path)
 
 
@@ -572,8 +573,8 @@ FINDINGS = ["the lungs are clear", "there is no pleural effusion or pneumothorax
             "the osseous structures are intact", "degenerative changes of the thoracic spine",
             "a right-sided central venous catheter terminates in the superior vena cava",
             "interval removal of the endotracheal tube",
-            "patchy opacity in the right lower lobe may represent pneumonia in the "
-            "appropriate clinical setting", "hyperinflated lungs consistent with emphysema"]
+            ("patchy opacity in the right lower lobe may represent pneumonia in the "
+             "appropriate clinical setting"), "hyperinflated lungs consistent with emphysema"]
 QUALIFIERS = ["", "Compared to the prior study from 2009,", "As before,",
               "On the frontal and lateral views of the chest,", "Again seen,", "Unchanged,"]
 ENDINGS = [".", ", unchanged from prior.", ", which is new since the previous radiograph.",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from convirt._core import _text_layers as tl
 
 import convirt
-from convirt._core import _text_layers as tl
 
 rng = np.random.default_rng(1234)
 
@@ -188,7 +188,7 @@ def test_attention_probabilities_are_softmax_rows():
 def test_attention_backward_finite_differences():
     lengths, heads = [3, 5], 2
     qkv, r = f32(8, 3 * 8), f32(8, 8)
-    ctx, probs = tl.attention_forward(qkv, lengths, heads)
+    _, probs = tl.attention_forward(qkv, lengths, heads)
     grad = tl.attention_backward(r, probs, qkv, lengths, heads)
 
     def loss(v):
