@@ -233,6 +233,55 @@ static void bert_free(void *model)
     free(b);
 }
 
+/* ---- GEMMs split into tiles over the threads ---------------------------------------------
+ * BLIS threads a GEMM from inside, with a busy-wait barrier at every packing step; when
+ * the cores are also busy with other work, a descheduled thread stalls its partner at
+ * each of them (measured here: 10 to 1000 times slower steps). Instead C is cut into
+ * tiles, one single-threaded BLIS call each, dealt dynamically to the threads: one
+ * barrier per GEMM, and a running thread takes the tiles of a stalled one. The larger of
+ * C's dimensions is cut, so the operand that every tile packs again is the smaller. */
+static void tiled_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+                       ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t rsb,
+                       ptrdiff_t csb, float beta, float *C, ptrdiff_t rsc, ptrdiff_t csc)
+{
+    const int threads = cv_get_num_threads();
+    const int by_rows = m >= n;
+    const ptrdiff_t extent = by_rows ? m : n;
+    /* two tiles per thread, of at least 128 rows or columns, in multiples of 16 */
+    ptrdiff_t tile = (extent + 2 * threads - 1) / (2 * threads);
+    tile = tile < 128 ? 128 : (tile + 15) / 16 * 16;
+    const ptrdiff_t tiles = (extent + tile - 1) / tile;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (ptrdiff_t t = 0; t < tiles; t++) {
+        const ptrdiff_t s = t * tile, len = extent - s < tile ? extent - s : tile;
+        if (by_rows)
+            cv_gemm(len, n, k, alpha, A + s * rsa, rsa, csa, B, rsb, csb, beta, C + s * rsc,
+                    rsc, csc);
+        else
+            cv_gemm(m, len, k, alpha, A, rsa, csa, B + s * csb, rsb, csb, beta, C + s * csc,
+                    rsc, csc);
+    }
+}
+
+/* Row-major shorthands, as cv_gemm_nn/nt/tn: nn C = A B, nt C = A B^T, tn C = A^T B. */
+static void gemm_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                    const float *B, ptrdiff_t ldb, float beta, float *C, ptrdiff_t ldc)
+{
+    tiled_gemm(m, n, k, 1.0f, A, lda, 1, B, ldb, 1, beta, C, ldc, 1);
+}
+
+static void gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                    const float *B, ptrdiff_t ldb, float beta, float *C, ptrdiff_t ldc)
+{
+    tiled_gemm(m, n, k, 1.0f, A, lda, 1, B, 1, ldb, beta, C, ldc, 1);
+}
+
+static void gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
+                    const float *B, ptrdiff_t ldb, float beta, float *C, ptrdiff_t ldc)
+{
+    tiled_gemm(m, n, k, 1.0f, A, 1, lda, B, ldb, 1, beta, C, ldc, 1);
+}
+
 /* ---- small fused pieces ---------------------------------------------------------------- */
 
 CV_VECTORIZE static void bias_residual_row(float *out, const float *bias, const float *residual,
@@ -257,7 +306,7 @@ static void dense_forward(float *out, const float *inp, const float *w, const fl
     for (ptrdiff_t i = 0; i < m; i++)
         bias_residual_row(out + i * out_dim, bias, residual ? residual + i * out_dim : NULL,
                           out_dim);
-    cv_gemm_nt(m, out_dim, in_dim, 1.0f, inp, in_dim, w, in_dim, 1.0f, out, out_dim);
+    gemm_nt(m, out_dim, in_dim, inp, in_dim, w, in_dim, 1.0f, out, out_dim);
 }
 
 CV_VECTORIZE static void column_sums_block(float *db, const float *x, ptrdiff_t rows,
@@ -301,10 +350,10 @@ static void qkv_forward(const bert_model *b, const bert_layer *w, float *qkv, co
         for (int part = 0; part < 3; part++)
             bias_residual_row(qkv + i * 3 * H + part * H, bias[part], NULL, H);
     if (qkv_fused(b, w))
-        cv_gemm_nt(m, 3 * H, H, 1.0f, x, H, w->query_w, H, 1.0f, qkv, 3 * H);
+        gemm_nt(m, 3 * H, H, x, H, w->query_w, H, 1.0f, qkv, 3 * H);
     else
         for (int part = 0; part < 3; part++)
-            cv_gemm_nt(m, H, H, 1.0f, x, H, weight[part], H, 1.0f, qkv + part * H, 3 * H);
+            gemm_nt(m, H, H, x, H, weight[part], H, 1.0f, qkv + part * H, 3 * H);
 }
 
 /* Gradients of the q, k, v projections from dqkv (m x 3H); dx (m x H) += dqkv Wqkv
@@ -319,14 +368,14 @@ static void qkv_backward(const bert_model *b, const bert_layer *w, bert_layer *g
     for (int part = 0; part < 3; part++)
         bias_grad(dbias[part], dqkv + part * H, m, H, 3 * H);
     if (qkv_fused(b, w)) {
-        cv_gemm_tn(3 * H, H, m, 1.0f, dqkv, 3 * H, x, H, 1.0f, g->query_w, H);
+        gemm_tn(3 * H, H, m, dqkv, 3 * H, x, H, 1.0f, g->query_w, H);
         if (dx)
-            cv_gemm_nn(m, H, 3 * H, 1.0f, dqkv, 3 * H, w->query_w, H, 1.0f, dx, H);
+            gemm_nn(m, H, 3 * H, dqkv, 3 * H, w->query_w, H, 1.0f, dx, H);
     } else {
         for (int part = 0; part < 3; part++) {
-            cv_gemm_tn(H, H, m, 1.0f, dqkv + part * H, 3 * H, x, H, 1.0f, dweight[part], H);
+            gemm_tn(H, H, m, dqkv + part * H, 3 * H, x, H, 1.0f, dweight[part], H);
             if (dx)
-                cv_gemm_nn(m, H, H, 1.0f, dqkv + part * H, 3 * H, weight[part], H, 1.0f, dx,
+                gemm_nn(m, H, H, dqkv + part * H, 3 * H, weight[part], H, 1.0f, dx,
                            H);
         }
     }
@@ -571,20 +620,20 @@ static void layer_backward(bert_model *b, const bert_layer *w, bert_layer *g, fl
     layernorm_backward(d, g->out_ln_gamma, g->out_ln_beta, d, s->xhat2, s->rstd2,
                        w->out_ln_gamma, m, H);
     gelu_forward(inter, s->u, (size_t)(m * I)); /* the output dense's input, recomputed */
-    cv_gemm_tn(H, I, m, 1.0f, d, H, inter, I, 1.0f, g->out_w, I);
+    gemm_tn(H, I, m, d, H, inter, I, 1.0f, g->out_w, I);
     bias_grad(g->out_b, d, m, H, H);
-    cv_gemm_nn(m, I, H, 1.0f, d, H, w->out_w, I, 0.0f, inter, I); /* d GELU(u) */
+    gemm_nn(m, I, H, d, H, w->out_w, I, 0.0f, inter, I); /* d GELU(u) */
     gelu_backward(inter, inter, s->u, (size_t)(m * I));            /* d u */
     /* u = h1 Wi^T + bi; d h1 = d sum2 (residual) + du Wi */
-    cv_gemm_tn(I, H, m, 1.0f, inter, I, s->h1, H, 1.0f, g->inter_w, H);
+    gemm_tn(I, H, m, inter, I, s->h1, H, 1.0f, g->inter_w, H);
     bias_grad(g->inter_b, inter, m, I, I);
-    cv_gemm_nn(m, H, I, 1.0f, inter, I, w->inter_w, H, 1.0f, d, H);
+    gemm_nn(m, H, I, inter, I, w->inter_w, H, 1.0f, d, H);
     /* h1 = LN(sum1), sum1 = x + ctx Wo^T + bo */
     layernorm_backward(d, g->attn_ln_gamma, g->attn_ln_beta, d, s->xhat1, s->rstd1,
                        w->attn_ln_gamma, m, H);
-    cv_gemm_tn(H, H, m, 1.0f, d, H, s->ctx, H, 1.0f, g->attn_out_w, H);
+    gemm_tn(H, H, m, d, H, s->ctx, H, 1.0f, g->attn_out_w, H);
     bias_grad(g->attn_out_b, d, m, H, H);
-    cv_gemm_nn(m, H, H, 1.0f, d, H, w->attn_out_w, H, 0.0f, b->ctx_s, H); /* d ctx */
+    gemm_nn(m, H, H, d, H, w->attn_out_w, H, 0.0f, b->ctx_s, H); /* d ctx */
     attention_backward(b->qkv_s, s->probs, b->ctx_s, s->qkv, b->seq_start, b->probs_start,
                        b->n, b->heads, b->head_dim, b->work, threads);
     /* d x = d sum1 (residual) + dqkv Wqkv */
