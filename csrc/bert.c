@@ -263,17 +263,11 @@ static void tiled_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const
     }
 }
 
-/* Row-major shorthands, as cv_gemm_nn/nt/tn: nn C = A B, nt C = A B^T, tn C = A^T B. */
+/* Row-major shorthands, as cv_gemm_nn/tn: nn C = A B, tn C = A^T B. */
 static void gemm_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
                     const float *B, ptrdiff_t ldb, float beta, float *C, ptrdiff_t ldc)
 {
     tiled_gemm(m, n, k, 1.0f, A, lda, 1, B, ldb, 1, beta, C, ldc, 1);
-}
-
-static void gemm_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
-                    const float *B, ptrdiff_t ldb, float beta, float *C, ptrdiff_t ldc)
-{
-    tiled_gemm(m, n, k, 1.0f, A, lda, 1, B, 1, ldb, beta, C, ldc, 1);
 }
 
 static void gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t lda,
@@ -295,18 +289,51 @@ CV_VECTORIZE static void bias_residual_row(float *out, const float *bias, const 
             out[j] = bias[j];
 }
 
-/* out (m x out_dim) = [residual +] bias + inp (m x in_dim) @ w^T, w (out_dim x in_dim).
- * out starts as residual + bias, then the GEMM adds into it (beta = 1). */
-static void dense_forward(float *out, const float *inp, const float *w, const float *bias,
-                          const float *residual, ptrdiff_t m, ptrdiff_t in_dim,
-                          ptrdiff_t out_dim)
+/* Rows per tile of a fused row loop: two tiles per thread (dealt dynamically), at least
+ * 64 rows, in multiples of 16. */
+static ptrdiff_t row_tile(ptrdiff_t m, int threads)
 {
-    int threads = cv_get_num_threads();
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (ptrdiff_t i = 0; i < m; i++)
-        bias_residual_row(out + i * out_dim, bias, residual ? residual + i * out_dim : NULL,
-                          out_dim);
-    gemm_nt(m, out_dim, in_dim, inp, in_dim, w, in_dim, 1.0f, out, out_dim);
+    ptrdiff_t tile = (m + 2 * threads - 1) / (2 * threads);
+    return tile < 64 ? 64 : (tile + 15) / 16 * 16;
+}
+
+/* What a fused dense layer does to its rows after the GEMM, while they are in cache. */
+enum { AFTER_NOTHING, AFTER_GELU, AFTER_LAYERNORM };
+typedef struct {
+    int kind;
+    float *act;               /* GELU(y) goes here (may be y) */
+    float *out, *xhat, *rstd; /* LayerNorm(y) -> out; xhat, rstd kept unless NULL */
+    const float *gamma, *beta;
+    float eps;
+} dense_after;
+
+/* y (m x out_dim) = [residual +] bias + x (m x in_dim) @ w^T, w (out_dim x in_dim), then
+ * `after` on the same rows. One parallel loop over tiles of rows: each tile starts as
+ * residual + bias, a single-threaded GEMM adds into it (beta = 1), and the epilogue
+ * runs on it while it is in cache. */
+static void dense_forward(float *y, const float *x, const float *w, const float *bias,
+                          const float *residual, ptrdiff_t m, ptrdiff_t in_dim,
+                          ptrdiff_t out_dim, const dense_after *after)
+{
+    const int threads = cv_get_num_threads();
+    const ptrdiff_t tile = row_tile(m, threads), tiles = (m + tile - 1) / tile;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (ptrdiff_t t = 0; t < tiles; t++) {
+        const ptrdiff_t r0 = t * tile, rows = m - r0 < tile ? m - r0 : tile;
+        float *yt = y + r0 * out_dim;
+        for (ptrdiff_t i = 0; i < rows; i++)
+            bias_residual_row(yt + i * out_dim, bias,
+                              residual ? residual + (r0 + i) * out_dim : NULL, out_dim);
+        cv_gemm(rows, out_dim, in_dim, 1.0f, x + r0 * in_dim, in_dim, 1, w, 1, in_dim, 1.0f, yt,
+                out_dim, 1);
+        if (after && after->kind == AFTER_GELU)
+            gelu_forward(after->act + r0 * out_dim, yt, (size_t)(rows * out_dim));
+        else if (after && after->kind == AFTER_LAYERNORM)
+            layernorm_forward(after->out + r0 * out_dim,
+                              after->xhat ? after->xhat + r0 * out_dim : NULL,
+                              after->rstd ? after->rstd + r0 : NULL, yt, after->gamma,
+                              after->beta, rows, out_dim, after->eps);
+    }
 }
 
 CV_VECTORIZE static void column_sums_block(float *db, const float *x, ptrdiff_t rows,
@@ -333,27 +360,48 @@ static void bias_grad(float *db, const float *x, ptrdiff_t rows, ptrdiff_t cols,
     }
 }
 
+/* The three biases of q, k, v from dqkv (m x 3H), in one parallel loop. */
+static void bias_grad3(float *const dbias[3], const float *dqkv, ptrdiff_t m, ptrdiff_t H)
+{
+    const ptrdiff_t blocks = (H + 63) / 64;
+    int threads = cv_get_num_threads();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (ptrdiff_t b = 0; b < 3 * blocks; b++) {
+        const ptrdiff_t part = b / blocks, j0 = (b % blocks) * 64;
+        const ptrdiff_t width = H - j0 < 64 ? H - j0 : 64;
+        column_sums_block(dbias[part] + j0, dqkv + part * H + j0, m, 3 * H, width);
+    }
+}
+
 static int qkv_fused(const bert_model *b, const bert_layer *w)
 {
     return w->key_w == w->query_w + b->H * b->H && w->value_w == w->key_w + b->H * b->H;
 }
 
-/* qkv (m x 3H) = [x Wq^T + bq | x Wk^T + bk | x Wv^T + bv] */
+/* qkv (m x 3H) = [x Wq^T + bq | x Wk^T + bk | x Wv^T + bv], in tiles of rows as
+ * dense_forward. */
 static void qkv_forward(const bert_model *b, const bert_layer *w, float *qkv, const float *x)
 {
     const ptrdiff_t m = b->m, H = b->H;
     const float *bias[3] = {w->query_b, w->key_b, w->value_b};
     const float *weight[3] = {w->query_w, w->key_w, w->value_w};
-    int threads = cv_get_num_threads();
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (ptrdiff_t i = 0; i < m; i++)
-        for (int part = 0; part < 3; part++)
-            bias_residual_row(qkv + i * 3 * H + part * H, bias[part], NULL, H);
-    if (qkv_fused(b, w))
-        gemm_nt(m, 3 * H, H, x, H, w->query_w, H, 1.0f, qkv, 3 * H);
-    else
-        for (int part = 0; part < 3; part++)
-            gemm_nt(m, H, H, x, H, weight[part], H, 1.0f, qkv + part * H, 3 * H);
+    const int fused = qkv_fused(b, w), threads = cv_get_num_threads();
+    const ptrdiff_t tile = row_tile(m, threads), tiles = (m + tile - 1) / tile;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (ptrdiff_t t = 0; t < tiles; t++) {
+        const ptrdiff_t r0 = t * tile, rows = m - r0 < tile ? m - r0 : tile;
+        float *out = qkv + r0 * 3 * H;
+        for (ptrdiff_t i = 0; i < rows; i++)
+            for (int part = 0; part < 3; part++)
+                bias_residual_row(out + i * 3 * H + part * H, bias[part], NULL, H);
+        if (fused) /* one (3H x H) weight */
+            cv_gemm(rows, 3 * H, H, 1.0f, x + r0 * H, H, 1, w->query_w, 1, H, 1.0f, out, 3 * H,
+                    1);
+        else
+            for (int part = 0; part < 3; part++)
+                cv_gemm(rows, H, H, 1.0f, x + r0 * H, H, 1, weight[part], 1, H, 1.0f,
+                        out + part * H, 3 * H, 1);
+    }
 }
 
 /* Gradients of the q, k, v projections from dqkv (m x 3H); dx (m x H) += dqkv Wqkv
@@ -365,8 +413,7 @@ static void qkv_backward(const bert_model *b, const bert_layer *w, bert_layer *g
     const float *weight[3] = {w->query_w, w->key_w, w->value_w};
     float *dweight[3] = {g->query_w, g->key_w, g->value_w};
     float *dbias[3] = {g->query_b, g->key_b, g->value_b};
-    for (int part = 0; part < 3; part++)
-        bias_grad(dbias[part], dqkv + part * H, m, H, 3 * H);
+    bias_grad3(dbias, dqkv, m, H);
     if (qkv_fused(b, w)) {
         gemm_tn(3 * H, H, m, dqkv, 3 * H, x, H, 1.0f, g->query_w, H);
         if (dx)
@@ -580,6 +627,21 @@ static cv_status reserve_arena(bert_model *b, ptrdiff_t first)
     return CV_OK;
 }
 
+/* du (m x I) = (dy (m x H) @ w (H x I)) * GELU'(u): the output dense's input gradient
+ * and the GELU's, fused per tile of rows. */
+static void gelu_input_grad(float *du, const float *dy, const float *w, const float *u,
+                            ptrdiff_t m, ptrdiff_t H, ptrdiff_t I)
+{
+    const int threads = cv_get_num_threads();
+    const ptrdiff_t tile = row_tile(m, threads), tiles = (m + tile - 1) / tile;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (ptrdiff_t t = 0; t < tiles; t++) {
+        const ptrdiff_t r0 = t * tile, rows = m - r0 < tile ? m - r0 : tile;
+        cv_gemm(rows, I, H, 1.0f, dy + r0 * H, H, 1, w, I, 1, 0.0f, du + r0 * I, I, 1);
+        gelu_backward(du + r0 * I, du + r0 * I, u + r0 * I, (size_t)(rows * I));
+    }
+}
+
 /* ---- one layer ---------------------------------------------------------------------------- */
 
 /* out (m x H) = layer(x). With s, keeps what backward needs there; without, runs in
@@ -593,19 +655,18 @@ static void layer_forward(bert_model *b, const bert_layer *w, float *out, const 
     attention_forward(ctx, s ? s->probs : NULL, qkv, b->seq_start, b->probs_start, b->n,
                       b->heads, b->head_dim, b->work, threads);
     /* h1 = LayerNorm(x + ctx Wo^T + bo): the sum goes where its normalised form is kept
-     * (xhat1) in training, or straight into h1 in inference. */
-    float *sum1 = s ? s->xhat1 : b->h1_s, *h1 = s ? s->h1 : b->h1_s;
-    dense_forward(sum1, ctx, w->attn_out_w, w->attn_out_b, x, m, H, H);
-    layernorm_forward(h1, s ? s->xhat1 : NULL, s ? s->rstd1 : NULL, sum1, w->attn_ln_gamma,
-                      w->attn_ln_beta, m, H, b->eps);
-    /* u = h1 Wi^T + bi; GELU(u) into scratch (u itself is kept in training) */
-    float *u = s ? s->u : b->inter_s;
-    dense_forward(u, h1, w->inter_w, w->inter_b, NULL, m, H, I);
-    gelu_forward(b->inter_s, u, (size_t)(m * I));
-    float *sum2 = s ? s->xhat2 : out;
-    dense_forward(sum2, b->inter_s, w->out_w, w->out_b, h1, m, I, H);
-    layernorm_forward(out, s ? s->xhat2 : NULL, s ? s->rstd2 : NULL, sum2, w->out_ln_gamma,
-                      w->out_ln_beta, m, H, b->eps);
+     * (xhat1) in training, or straight into h1 in inference (normalised in place). */
+    float *h1 = s ? s->h1 : b->h1_s;
+    dense_after ln1 = {AFTER_LAYERNORM, NULL, h1, s ? s->xhat1 : NULL, s ? s->rstd1 : NULL,
+                       w->attn_ln_gamma, w->attn_ln_beta, b->eps};
+    dense_forward(s ? s->xhat1 : h1, ctx, w->attn_out_w, w->attn_out_b, x, m, H, H, &ln1);
+    /* u = h1 Wi^T + bi, kept in training; GELU(u) into scratch (in place in inference) */
+    dense_after gelu = {AFTER_GELU, b->inter_s, NULL, NULL, NULL, NULL, NULL, 0.0f};
+    dense_forward(s ? s->u : b->inter_s, h1, w->inter_w, w->inter_b, NULL, m, H, I, &gelu);
+    /* out = LayerNorm(h1 + GELU(u) Wo2^T + bo2) */
+    dense_after ln2 = {AFTER_LAYERNORM, NULL, out, s ? s->xhat2 : NULL, s ? s->rstd2 : NULL,
+                       w->out_ln_gamma, w->out_ln_beta, b->eps};
+    dense_forward(s ? s->xhat2 : out, b->inter_s, w->out_w, w->out_b, h1, m, I, H, &ln2);
 }
 
 /* d (m x H): in, the gradient of the layer's output; out, that of its input x when
@@ -622,8 +683,7 @@ static void layer_backward(bert_model *b, const bert_layer *w, bert_layer *g, fl
     gelu_forward(inter, s->u, (size_t)(m * I)); /* the output dense's input, recomputed */
     gemm_tn(H, I, m, d, H, inter, I, 1.0f, g->out_w, I);
     bias_grad(g->out_b, d, m, H, H);
-    gemm_nn(m, I, H, d, H, w->out_w, I, 0.0f, inter, I); /* d GELU(u) */
-    gelu_backward(inter, inter, s->u, (size_t)(m * I));            /* d u */
+    gelu_input_grad(inter, d, w->out_w, s->u, m, H, I); /* d u */
     /* u = h1 Wi^T + bi; d h1 = d sum2 (residual) + du Wi */
     gemm_tn(I, H, m, inter, I, s->h1, H, 1.0f, g->inter_w, H);
     bias_grad(g->inter_b, inter, m, I, I);

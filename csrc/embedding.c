@@ -16,8 +16,8 @@ void embedding_forward(float *out, const int32_t *ids, const int32_t *positions,
                        const int32_t *types, const float *word, const float *pos,
                        const float *type, ptrdiff_t m, ptrdiff_t dim)
 {
-    int threads = cv_get_num_threads();
-#pragma omp parallel for num_threads(threads) schedule(static)
+    int threads = layer_threads();
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (ptrdiff_t i = 0; i < m; i++) {
         const int32_t ty = types ? types[i] : 0;
         sum3(out + i * dim, word + (ptrdiff_t)ids[i] * dim, type + (ptrdiff_t)ty * dim,
@@ -39,8 +39,8 @@ void embedding_backward(float *dword, float *dpos, float *dtype, const float *do
                         ptrdiff_t m, ptrdiff_t dim)
 {
     const ptrdiff_t block = 64, blocks = (dim + block - 1) / block;
-    int threads = cv_get_num_threads();
-#pragma omp parallel for num_threads(threads) schedule(static)
+    int threads = layer_threads();
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (ptrdiff_t b = 0; b < blocks; b++) {
         const ptrdiff_t j0 = b * block, width = dim - j0 < block ? dim - j0 : block;
         for (ptrdiff_t i = 0; i < m; i++) {

@@ -62,8 +62,8 @@ CV_VECTORIZE static void gelu_backward_block(float *dinp, const float *dout,
 void gelu_forward(float *out, const float *inp, size_t count)
 {
     const ptrdiff_t blocks = (ptrdiff_t)((count + GELU_BLOCK - 1) / GELU_BLOCK);
-    int threads = cv_get_num_threads();
-#pragma omp parallel for num_threads(threads) schedule(static)
+    int threads = layer_threads();
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (ptrdiff_t b = 0; b < blocks; b++) {
         size_t start = (size_t)b * GELU_BLOCK;
         size_t len = count - start < GELU_BLOCK ? count - start : GELU_BLOCK;
@@ -74,8 +74,8 @@ void gelu_forward(float *out, const float *inp, size_t count)
 void gelu_backward(float *dinp, const float *dout, const float *inp, size_t count)
 {
     const ptrdiff_t blocks = (ptrdiff_t)((count + GELU_BLOCK - 1) / GELU_BLOCK);
-    int threads = cv_get_num_threads();
-#pragma omp parallel for num_threads(threads) schedule(static)
+    int threads = layer_threads();
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (ptrdiff_t b = 0; b < blocks; b++) {
         size_t start = (size_t)b * GELU_BLOCK;
         size_t len = count - start < GELU_BLOCK ? count - start : GELU_BLOCK;

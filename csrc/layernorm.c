@@ -39,8 +39,8 @@ void layernorm_forward(float *out, float *xhat, float *rstd, const float *inp,
                        const float *gamma, const float *beta, ptrdiff_t rows, ptrdiff_t dim,
                        float eps)
 {
-    int threads = cv_get_num_threads();
-#pragma omp parallel for num_threads(threads) schedule(static)
+    int threads = layer_threads();
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (ptrdiff_t i = 0; i < rows; i++)
         norm_row(out + i * dim, xhat ? xhat + i * dim : NULL, rstd ? rstd + i : NULL,
                  inp + i * dim, gamma, beta, dim, eps);
@@ -85,18 +85,18 @@ void layernorm_backward(float *dinp, float *dgamma, float *dbeta, const float *d
                         const float *xhat, const float *rstd, const float *gamma,
                         ptrdiff_t rows, ptrdiff_t dim)
 {
-    int threads = cv_get_num_threads();
+    int threads = layer_threads();
     /* Parameter gradients first: dinp may overwrite dout. Threads own blocks of 64
      * columns so that the sums do not depend on the thread count. */
     if (dgamma || dbeta) {
         const ptrdiff_t blocks = (dim + 63) / 64;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
         for (ptrdiff_t b = 0; b < blocks; b++) {
             ptrdiff_t j0 = b * 64, width = dim - j0 < 64 ? dim - j0 : 64;
             param_grads_block(dgamma, dbeta, dout, xhat, rows, dim, j0, width);
         }
     }
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (ptrdiff_t i = 0; i < rows; i++)
         backward_row(dinp + i * dim, dout + i * dim, xhat + i * dim, rstd[i], gamma, dim);
 }

@@ -4,8 +4,11 @@
 #ifndef CONVIRT_LAYERS_H
 #define CONVIRT_LAYERS_H
 
+#include <omp.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "convirt.h"
 
 /* out (n x out_dim) = inp (n x in_dim) @ weight^T + bias;
  * weight (out_dim x in_dim) as PyTorch's Linear; bias may be NULL. */
@@ -29,6 +32,13 @@ void relu_backward(float *dinp, const float *dout, const float *out, size_t coun
  * Parameter gradients are ADDED, as above. Unlike linear_backward, the input gradient
  * of these layers is WRITTEN (where said it may alias dout), which saves the passes
  * that zeroing and accumulating would cost in the BERT backward. */
+
+/* The threads of a layer's own loop: all of them from serial code, one inside a
+ * parallel region (a layer applied per tile of a fused loop), as cv_gemm does. */
+static inline int layer_threads(void)
+{
+    return omp_in_parallel() ? 1 : cv_get_num_threads();
+}
 
 /* out (m x dim) = (word[ids[i]] + type[types[i]]) + pos[positions[i]], Hugging Face's
  * order of the sums; types may be NULL (type 0 everywhere). */
