@@ -3,24 +3,52 @@
  * on one thread; OpenMP spreads the pairs over the threads. Packing means there is
  * no padding mask to apply: a sequence's queries only ever see its own keys, which is
  * what Hugging Face's additive mask of the padded keys amounts to for valid tokens. */
+/* Without this, GCC 12 does not vectorise the loops that call cv_expf: its clamps
+ * followed by a float -> int conversion need if-conversion, which -ftrapping-math (the
+ * default) forbids ("control flow in loop"). The core never relies on FP traps. */
+#pragma GCC optimize("no-trapping-math")
+
 #include <omp.h>
 
 #include "core.h"
 #include "layers.h"
 
+/* Reductions run in 16 independent lanes, so that GCC vectorises them without
+ * reassociating float sums (no -ffast-math), and give the same result on every
+ * instruction set the loops are compiled for. */
+#define LANES 16
+
 /* Row-wise softmax of a (rows x cols) block, in place: max, exp, sum, scale. */
 CV_VECTORIZE static void softmax_rows(float *p, ptrdiff_t rows, ptrdiff_t cols)
 {
+    const ptrdiff_t body = cols / LANES * LANES;
     for (ptrdiff_t i = 0; i < rows; i++) {
         float *row = p + i * cols;
-        float max = row[0];
-        for (ptrdiff_t j = 1; j < cols; j++)
+        float lane_max[LANES], lane_sum[LANES];
+        for (int l = 0; l < LANES; l++) {
+            lane_max[l] = -INFINITY;
+            lane_sum[l] = 0.0f;
+        }
+        for (ptrdiff_t j = 0; j < body; j += LANES)
+            for (int l = 0; l < LANES; l++)
+                lane_max[l] = row[j + l] > lane_max[l] ? row[j + l] : lane_max[l];
+        float max = -INFINITY;
+        for (int l = 0; l < LANES; l++)
+            max = lane_max[l] > max ? lane_max[l] : max;
+        for (ptrdiff_t j = body; j < cols; j++)
             max = row[j] > max ? row[j] : max;
+        for (ptrdiff_t j = 0; j < body; j += LANES)
+            for (int l = 0; l < LANES; l++) {
+                float e = cv_expf(row[j + l] - max);
+                row[j + l] = e;
+                lane_sum[l] += e;
+            }
         float sum = 0.0f;
-        for (ptrdiff_t j = 0; j < cols; j++) {
-            float e = cv_expf(row[j] - max);
-            row[j] = e;
-            sum += e;
+        for (int l = 0; l < LANES; l++)
+            sum += lane_sum[l];
+        for (ptrdiff_t j = body; j < cols; j++) {
+            row[j] = cv_expf(row[j] - max);
+            sum += row[j];
         }
         const float inv = 1.0f / sum;
         for (ptrdiff_t j = 0; j < cols; j++)
@@ -32,11 +60,18 @@ CV_VECTORIZE static void softmax_rows(float *p, ptrdiff_t rows, ptrdiff_t cols)
 CV_VECTORIZE static void softmax_backward_rows(float *dp, const float *p, ptrdiff_t rows,
                                                ptrdiff_t cols)
 {
+    const ptrdiff_t body = cols / LANES * LANES;
     for (ptrdiff_t i = 0; i < rows; i++) {
         const float *pr = p + i * cols;
         float *dr = dp + i * cols;
+        float lane_dot[LANES] = {0};
+        for (ptrdiff_t j = 0; j < body; j += LANES)
+            for (int l = 0; l < LANES; l++)
+                lane_dot[l] += pr[j + l] * dr[j + l];
         float dot = 0.0f;
-        for (ptrdiff_t j = 0; j < cols; j++)
+        for (int l = 0; l < LANES; l++)
+            dot += lane_dot[l];
+        for (ptrdiff_t j = body; j < cols; j++)
             dot += pr[j] * dr[j];
         for (ptrdiff_t j = 0; j < cols; j++)
             dr[j] = pr[j] * (dr[j] - dot);

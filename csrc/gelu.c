@@ -1,5 +1,10 @@
 /* gelu.c - the exact GELU, x * Phi(x) = x / 2 * (1 + erf(x / sqrt 2)), as BERT's
  * hidden_act "gelu" (not the tanh approximation). */
+/* Without this, GCC 12 does not vectorise the loops that call cv_expf: its clamps
+ * followed by a float -> int conversion need if-conversion, which -ftrapping-math (the
+ * default) forbids ("control flow in loop"). The core never relies on FP traps. */
+#pragma GCC optimize("no-trapping-math")
+
 #include <omp.h>
 
 #include "core.h"

@@ -5,21 +5,44 @@
 #include "core.h"
 #include "layers.h"
 
+/* Sums run in 16 independent lanes, so that GCC vectorises them without reassociating
+ * float sums (no -ffast-math), and give the same result on every instruction set the
+ * loops are compiled for. */
+#define LANES 16
+
+static inline float lanes_total(const float *lane)
+{
+    float total = 0.0f;
+    for (int l = 0; l < LANES; l++)
+        total += lane[l];
+    return total;
+}
+
 /* One row. Two passes (mean, then the centred sum of squares) keep the variance
  * accurate when |mean| >> std. */
 CV_VECTORIZE static void norm_row(float *out, float *xhat, float *rstd_out, const float *x,
                                   const float *gamma, const float *beta, ptrdiff_t dim,
                                   float eps)
 {
-    float sum = 0.0f;
-    for (ptrdiff_t j = 0; j < dim; j++)
+    const ptrdiff_t body = dim / LANES * LANES;
+    float lane[LANES] = {0};
+    for (ptrdiff_t j = 0; j < body; j += LANES)
+        for (int l = 0; l < LANES; l++)
+            lane[l] += x[j + l];
+    float sum = lanes_total(lane);
+    for (ptrdiff_t j = body; j < dim; j++)
         sum += x[j];
     const float mean = sum / (float)dim;
-    float sq = 0.0f;
-    for (ptrdiff_t j = 0; j < dim; j++) {
-        float c = x[j] - mean;
-        sq += c * c;
-    }
+    for (int l = 0; l < LANES; l++)
+        lane[l] = 0.0f;
+    for (ptrdiff_t j = 0; j < body; j += LANES)
+        for (int l = 0; l < LANES; l++) {
+            float c = x[j + l] - mean;
+            lane[l] += c * c;
+        }
+    float sq = lanes_total(lane);
+    for (ptrdiff_t j = body; j < dim; j++)
+        sq += (x[j] - mean) * (x[j] - mean);
     const float rstd = 1.0f / sqrtf(sq / (float)dim + eps);
     if (rstd_out)
         *rstd_out = rstd;
@@ -49,8 +72,16 @@ void layernorm_forward(float *out, float *xhat, float *rstd, const float *inp,
 CV_VECTORIZE static void backward_row(float *dx, const float *dy, const float *xhat,
                                       float rstd, const float *gamma, ptrdiff_t dim)
 {
-    float sum_g = 0.0f, sum_gx = 0.0f;
-    for (ptrdiff_t j = 0; j < dim; j++) {
+    const ptrdiff_t body = dim / LANES * LANES;
+    float lane_g[LANES] = {0}, lane_gx[LANES] = {0};
+    for (ptrdiff_t j = 0; j < body; j += LANES)
+        for (int l = 0; l < LANES; l++) {
+            float g = dy[j + l] * gamma[j + l];
+            lane_g[l] += g;
+            lane_gx[l] += g * xhat[j + l];
+        }
+    float sum_g = lanes_total(lane_g), sum_gx = lanes_total(lane_gx);
+    for (ptrdiff_t j = body; j < dim; j++) {
         float g = dy[j] * gamma[j];
         sum_g += g;
         sum_gx += g * xhat[j];
