@@ -181,6 +181,8 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="default: all cores")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (best counts)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating runs of each side (best step over all counts)")
     parser.add_argument("--varied", action="store_true",
                         help="sequence lengths uniform in [8, tokens] (padded batch)")
     parser.add_argument("--worker", choices=["convirt", "torch"], help=argparse.SUPPRESS)
@@ -203,7 +205,8 @@ def main():
           f"measured now")
     print(f"batch {args.batch} x {args.tokens} tokens"
           f"{' (varied lengths, padded)' if args.varied else ''}, lower half frozen for "
-          f"train, best of {args.repeats} after {args.warmup} warm-up step(s)\n")
+          f"train, best of {args.rounds} x {args.repeats} after {args.warmup} warm-up step(s), "
+          "sides alternating\n")
     header = (f"{'model':7} {'mode':5} {'side':8} {'seq/s':>8} {'ms/step':>9} "
               f"{'GFLOP/s':>8} {'%peak':>6} {'maxRSS MiB':>10} {'(model+act)':>11} "
               f"{'speed-up':>8}")
@@ -211,9 +214,15 @@ def main():
     print("-" * len(header))
     for model in args.models.split(","):
         for mode in args.modes.split(","):
-            rows = {}
-            for side in ("convirt", "torch"):
-                rows[side] = run_worker(side, model, mode, args)
+            rows = {"convirt": None, "torch": None}
+            for round_ in range(args.rounds):  # alternate, so that both meet the same load
+                for side in (("convirt", "torch") if round_ % 2 == 0 else ("torch", "convirt")):
+                    result = run_worker(side, model, mode, args)
+                    if rows[side] is None:
+                        rows[side] = result
+                    else:
+                        rows[side]["times"] += result["times"]
+                        rows[side]["max_rss"] = max(rows[side]["max_rss"], result["max_rss"])
             work = flops(model, mode, args.tokens, args.batch)
             for side in ("convirt", "torch"):
                 r = rows[side]

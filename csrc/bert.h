@@ -34,7 +34,8 @@ cv_status bert_last_hidden(const cv_backbone *backbone, float *out, ptrdiff_t n,
 
 /* Pooling of packed token rows (layers.h) per sequence: out (n x dim) is the max
  * (argmax (n x dim), when non-NULL, records the row each maximum came from; the first
- * wins ties), the mean, or the first token ([CLS]). */
+ * wins ties), the mean, or the first valid token ([CLS]: Hugging Face's position 0
+ * whenever, as usual, position 0 is not padding). */
 void bert_pool_forward(float *out, int32_t *argmax, const float *hidden,
                        const ptrdiff_t *seq_start, ptrdiff_t n, ptrdiff_t dim, int pooling);
 /* dhidden (the packed rows, m x dim) is WRITTEN: dout routed back to the rows. */
