@@ -15,8 +15,10 @@ draws lengths uniformly in [8, tokens] (padding in the batch; convirt skips it).
 
 Achieved GFLOP/s counts the GEMMs and attention products (2 per multiply-add); a
 training step counts the forward of every layer plus twice the forward of the trainable
-layers. The peak is convirt._core.fma_peak() measured in this run. The machine may be
-shared: compare the two sides of a row, not numbers from different runs.
+layers. The peak is convirt._core.fma_peak() measured in this run, just before each pair
+of rows. The machine may be shared: compare the two sides of a pair, not numbers from
+different runs (and a %peak above 100 means the load changed between the peak and the
+timing).
 
     python benchmarks/bench_bert.py                      # the full table
     python benchmarks/bench_bert.py --models minilm --batch 8 --repeats 2   # quick
@@ -201,19 +203,21 @@ def main():
         args.threads = convirt.get_num_threads()
     peak, bits = convirt._core.fma_peak(args.threads, 1.0)
     print(f"convirt {convirt.__version__}, BLIS {convirt.config()['blis_arch']}, "
-          f"{args.threads} thread(s); FP32 FMA peak {peak:.0f} GFLOP/s ({bits}-bit), "
-          f"measured now")
+          f"{args.threads} thread(s); FP32 FMA peak {peak:.0f} GFLOP/s ({bits}-bit) now, "
+          "and again before each pair of rows ('peak')")
     print(f"batch {args.batch} x {args.tokens} tokens"
           f"{' (varied lengths, padded)' if args.varied else ''}, lower half frozen for "
           f"train, best of {args.rounds} x {args.repeats} after {args.warmup} warm-up step(s), "
           "sides alternating\n")
     header = (f"{'model':7} {'mode':5} {'side':8} {'seq/s':>8} {'ms/step':>9} "
-              f"{'GFLOP/s':>8} {'%peak':>6} {'maxRSS MiB':>10} {'(model+act)':>11} "
-              f"{'speed-up':>8}")
+              f"{'GFLOP/s':>8} {'peak':>5} {'%peak':>6} {'maxRSS MiB':>10} "
+              f"{'(model+act)':>11} {'speed-up':>8}")
     print(header)
     print("-" * len(header))
     for model in args.models.split(","):
         for mode in args.modes.split(","):
+            # The peak again for each pair of rows: on a shared machine it moves.
+            peak = max(convirt._core.fma_peak(args.threads, 0.5)[0], 1e-9)
             rows = {"convirt": None, "torch": None}
             for round_ in range(args.rounds):  # alternate, so that both meet the same load
                 for side in (("convirt", "torch") if round_ % 2 == 0 else ("torch", "convirt")):
@@ -230,7 +234,7 @@ def main():
                 rate = work / best / 1e9
                 speedup = min(rows["torch"]["times"]) / best if side == "convirt" else 1.0
                 print(f"{model:7} {mode:5} {side:8} {args.batch / best:8.2f} "
-                      f"{best * 1e3:9.1f} {rate:8.1f} {100 * rate / peak:5.0f}% "
+                      f"{best * 1e3:9.1f} {rate:8.1f} {peak:5.0f} {100 * rate / peak:5.0f}% "
                       f"{r['max_rss']:10.0f} {r['max_rss'] - r['base_rss']:11.0f} "
                       f"{speedup:7.2f}x")
             sys.stdout.flush()

@@ -422,8 +422,7 @@ static void qkv_backward(const bert_model *b, const bert_layer *w, bert_layer *g
         for (int part = 0; part < 3; part++) {
             gemm_tn(H, H, m, dqkv + part * H, 3 * H, x, H, 1.0f, dweight[part], H);
             if (dx)
-                gemm_nn(m, H, H, dqkv + part * H, 3 * H, weight[part], H, 1.0f, dx,
-                           H);
+                gemm_nn(m, H, H, dqkv + part * H, 3 * H, weight[part], H, 1.0f, dx, H);
         }
     }
 }

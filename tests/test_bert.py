@@ -199,6 +199,30 @@ def test_forward_backward_match_autograd(pooling, freeze):
             np.testing.assert_array_equal(grads[name], 0.0)
 
 
+def test_odd_sizes_and_separate_qkv_weights():
+    """hidden 30: q, k, v weights are not back to back in the flat buffer (30 * 30 is not
+    a multiple of 16 floats), so the projections take the three-GEMM path; sizes below
+    and between the 16-lane blocks of the reductions."""
+    encoder = small_encoder(pooling="mean", freeze_layers=0, hidden_size=30,
+                            num_attention_heads=3, intermediate_size=37).train()
+    offsets = {row[0]: row[2] for row in encoder.tensor_table}
+    assert offsets["encoder.layer.0.attention.self.key.weight"] != (
+        offsets["encoder.layer.0.attention.self.query.weight"] + 900)
+    ids, mask, types = batch()
+    features, _ = encoder.forward(ids, mask, types, embeddings=False)
+    encoder.zero_grad()
+    encoder.backward(d_features=np.ones_like(features))
+    params = torch_params(encoder)
+    pooled, _ = torch_bert(params, ids, mask, types, 4, 3, 1e-12, "mean")
+    pooled.sum().backward()
+    np.testing.assert_allclose(features, pooled.detach().numpy(), atol=2e-5, rtol=1e-5)
+    for name, grad in encoder.gradients().items():
+        if not name.startswith("projection."):
+            ref = params[name].grad.numpy()
+            np.testing.assert_allclose(grad, ref, atol=2e-5 * np.abs(ref).max() + 1e-7,
+                                       rtol=1e-4, err_msg=name)
+
+
 def test_gradients_through_the_projection_head():
     encoder = small_encoder(pooling="max", freeze_layers=2).train()
     ids, mask, types = batch(seed=4)
