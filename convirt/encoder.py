@@ -114,7 +114,15 @@ class Encoder(_core.Encoder):
         """A BERT text encoder (Hugging Face BertModel, post-LayerNorm) pooled over the
         valid tokens of its last layer: ``pooling`` is 'max' (ConVIRT), 'mean' or 'cls'.
         ``freeze_layers=k`` freezes the embeddings and the first k layers (ConVIRT:
-        6 of 12)."""
+        6 of 12): they run forward only, keep nothing, and get no gradient.
+
+        Input: int32 ``input_ids`` and ``attention_mask`` (N, T) (and optionally
+        ``token_type_ids``), read in place, or strings with ``tokenizer``. Position ids
+        are the index in the padded row, as in Hugging Face. Padded tokens never enter
+        the computation, so results do not depend on the padding length.
+        There is no dropout: a training forward computes the eval-mode function (as
+        Hugging Face's ``model.eval()``), with gradients. ``last_hidden_state()`` gives
+        the last layer's token outputs of the latest forward, (N, T, hidden_size)."""
         if pooling not in _POOLING:
             raise ValueError(f"pooling must be one of {sorted(_POOLING)}, got {pooling!r}")
         config = {"vocab_size": vocab_size, "hidden_size": hidden_size,

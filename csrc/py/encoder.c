@@ -488,6 +488,44 @@ static PyObject *Encoder_backward(EncoderObject *self, PyObject *args, PyObject 
     Py_RETURN_NONE;
 }
 
+/* The last layer's token outputs of the last forward (text only), (N, T, hidden). */
+static PyObject *Encoder_last_hidden_state(EncoderObject *self, PyObject *unused)
+{
+    (void)unused;
+    ptrdiff_t n, t, hidden;
+    cv_status status;
+    if (check_built(self))
+        return NULL;
+    if (self->is_image) {
+        PyErr_SetString(PyExc_ValueError, "last_hidden_state exists only for a text encoder");
+        return NULL;
+    }
+    if (cv_claim(&self->busy, "Encoder"))
+        return NULL;
+    status = bert_last_shape(&self->enc.backbone, &n, &t, &hidden);
+    if (status != CV_OK) {
+        CV_RELEASE(&self->busy);
+        cv_raise(status);
+        return NULL;
+    }
+    npy_intp shape[3] = {n, t, hidden};
+    PyArrayObject *out = cv_new_float_array(3, shape);
+    if (!out) {
+        CV_RELEASE(&self->busy);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    status = bert_last_hidden(&self->enc.backbone, PyArray_DATA(out), n, t);
+    Py_END_ALLOW_THREADS;
+    CV_RELEASE(&self->busy);
+    if (status != CV_OK) {
+        Py_DECREF(out);
+        cv_raise(status);
+        return NULL;
+    }
+    return (PyObject *)out;
+}
+
 static PyObject *Encoder_zero_grad(EncoderObject *self, PyObject *unused)
 {
     (void)unused;
@@ -759,6 +797,9 @@ static PyMethodDef Encoder_methods[] = {
      "backward(d_embeddings=None, d_features=None, *, input_grad=False) -> input gradient "
      "or None; adds into the gradients"},
     {"zero_grad", (PyCFunction)Encoder_zero_grad, METH_NOARGS, "set all gradients to zero"},
+    {"last_hidden_state", (PyCFunction)Encoder_last_hidden_state, METH_NOARGS,
+     "last_hidden_state() -> float32 (N, T, hidden): the last BERT layer's token outputs "
+     "of the last forward (text only), zeros at padded positions"},
     {NULL, NULL, 0, NULL}};
 
 static PyTypeObject EncoderType = {

@@ -1,0 +1,410 @@
+"""Text for the text tower: tokenization with Hugging Face ``tokenizers``, Hugging Face
+BERT directories, and ConVIRT's text transform (one sentence sampled per report).
+
+- :func:`tokenize` turns strings into int32 ``input_ids`` and ``attention_mask`` arrays
+  (padded to the longest in the batch, truncated at ``max_length``) that the C core
+  reads in place.
+- :func:`load_pretrained_bert` (used by ``Encoder.from_pretrained``) reads config.json,
+  model.safetensors and tokenizer.json or vocab.txt.
+- :func:`split_sentences`, :func:`report_sections`, :func:`sample_sentence` and
+  :func:`sample_sentences` implement the paper's transform: a report is split into
+  sentences and one is drawn uniformly, from the FINDINGS and IMPRESSION sections
+  when the report has them. The draw is a pure function of (seed, step, index), so it
+  does not depend on batch order, workers or threads.
+"""
+
+import json
+import math
+import os
+import re
+
+import numpy as np
+
+__all__ = [
+    "load_pretrained_bert",
+    "load_tokenizer",
+    "read_bert_config",
+    "report_sections",
+    "sample_sentence",
+    "sample_sentences",
+    "split_sentences",
+    "tokenize",
+    "tokenizer_from_json",
+]
+
+# ---- tokenization -------------------------------------------------------------------
+
+_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_last_configured = None  # (the caller's tokenizer, max_length, the configured copy)
+
+
+def tokenizer_from_json(text):
+    """A ``tokenizers.Tokenizer`` from its JSON serialisation (``Tokenizer.to_str()``)."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as error:  # tokenizers raises a bare Exception on bad JSON
+        raise ValueError(f"not a valid tokenizers JSON document: {error}") from error
+
+
+def _wordpiece_tokenizer(vocab_path, lowercase):
+    """BERT's WordPiece tokenizer from a vocab.txt, as transformers' BertTokenizerFast
+    builds it: BERT normalizer and pre-tokenizer, [CLS] $A [SEP] template."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+
+    vocab = models.WordPiece.read_file(vocab_path)
+    missing = [token for token in ("[UNK]", "[CLS]", "[SEP]") if token not in vocab]
+    if missing:
+        raise ValueError(f"{vocab_path} lacks the special token(s) {', '.join(missing)}; "
+                         "it is not a BERT WordPiece vocabulary")
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.add_special_tokens([token for token in _SPECIAL_TOKENS if token in vocab])
+    return tokenizer
+
+
+def load_tokenizer(path, max_length=128):
+    """The tokenizer of a Hugging Face model directory: tokenizer.json, or else a
+    WordPiece tokenizer built from vocab.txt (lower-casing as tokenizer_config.json's
+    ``do_lower_case``, default True). Returns None when the directory has neither.
+    The tokenizer is set to truncate at ``max_length`` and not to pad."""
+    from tokenizers import Tokenizer
+
+    path = os.fspath(path)
+    tokenizer_json = os.path.join(path, "tokenizer.json")
+    vocab_txt = os.path.join(path, "vocab.txt")
+    if os.path.isfile(tokenizer_json):
+        try:
+            tokenizer = Tokenizer.from_file(tokenizer_json)
+        except Exception as error:
+            raise ValueError(f"{tokenizer_json} is not a valid tokenizer file: {error}") \
+                from error
+    elif os.path.isfile(vocab_txt):
+        lowercase = True
+        config_path = os.path.join(path, "tokenizer_config.json")
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                try:
+                    lowercase = bool(json.load(f).get("do_lower_case", True))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{config_path} is not valid JSON: {error}") from error
+        tokenizer = _wordpiece_tokenizer(vocab_txt, lowercase)
+    else:
+        return None
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    return tokenizer
+
+
+def _configured(tokenizer, max_length):
+    """tokenizer itself when it truncates at max_length and does not pad, else a
+    configured copy (the last one is cached; the caller's tokenizer is not changed)."""
+    global _last_configured
+    truncation = tokenizer.truncation
+    if (tokenizer.padding is None and truncation is not None
+            and truncation["max_length"] == max_length and truncation["direction"] == "right"):
+        return tokenizer
+    cached = _last_configured
+    if cached is not None and cached[0] is tokenizer and cached[1] == max_length:
+        return cached[2]
+    copy = tokenizer_from_json(tokenizer.to_str())
+    copy.no_padding()
+    copy.enable_truncation(max_length)
+    _last_configured = (tokenizer, max_length, copy)
+    return copy
+
+
+def tokenize(tokenizer, texts, max_length=128):
+    """Token ids and attention mask of a list of strings.
+
+    Each text is tokenized with its special tokens ([CLS] ... [SEP]) and truncated to at
+    most ``max_length`` tokens; the batch is padded to its longest sequence.
+    Returns ``(input_ids, attention_mask)``: int32 arrays of shape (N, T), T <= max_length,
+    mask 1 on tokens and 0 on padding.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, got a single str (wrap it in a "
+                        "list)")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts is empty: nothing to tokenize")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    if tokenizer is None:
+        raise ValueError("no tokenizer: load one with load_tokenizer() or pass token ids")
+    if int(max_length) < 2:
+        raise ValueError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got "
+                         f"{max_length}")
+    configured = _configured(tokenizer, int(max_length))
+    encodings = configured.encode_batch(texts)
+    longest = max(len(encoding.ids) for encoding in encodings)
+    pad_id = configured.token_to_id("[PAD]")
+    input_ids = np.full((len(texts), longest), 0 if pad_id is None else pad_id, np.int32)
+    attention_mask = np.zeros((len(texts), longest), np.int32)
+    for i, encoding in enumerate(encodings):
+        count = len(encoding.ids)
+        input_ids[i, :count] = encoding.ids
+        attention_mask[i, :count] = encoding.attention_mask
+    return input_ids, attention_mask
+
+
+# ---- Hugging Face BERT directories -----------------------------------------------------
+
+_REQUIRED_CONFIG = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size")
+_OPTIONAL_CONFIG = {"max_position_embeddings": 512, "type_vocab_size": 2,
+                    "layer_norm_eps": 1e-12}
+
+
+def read_bert_config(path):
+    """The sizes of a Hugging Face BERT config.json as keyword arguments of
+    ``Encoder.bert``. Refuses what the C core does not compute: a model_type other than
+    'bert', a hidden_act other than the exact 'gelu', relative position embeddings."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config.json at {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):  # a malformed file, not a wrong argument
+        raise ValueError(f"{path} must hold a JSON object, not a "  # noqa: TRY004
+                         f"{type(config).__name__}")
+    missing = [key for key in _REQUIRED_CONFIG if key not in config]
+    if missing:
+        raise ValueError(f"{path} lacks the BERT config key(s): {', '.join(missing)}")
+    model_type = config.get("model_type", "bert")
+    if model_type != "bert":
+        raise ValueError(f"{path} describes a '{model_type}' model; only BERT checkpoints "
+                         "(model_type 'bert') are supported")
+    activation = config.get("hidden_act", "gelu")
+    if activation != "gelu":
+        raise ValueError(f"{path} has hidden_act '{activation}'; only the exact (erf) "
+                         "'gelu' of BERT is implemented")
+    position_type = config.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise ValueError(f"{path} has position_embedding_type '{position_type}'; only "
+                         "'absolute' is implemented")
+    sizes = {}
+    for key in _REQUIRED_CONFIG + tuple(_OPTIONAL_CONFIG):
+        value = config.get(key, _OPTIONAL_CONFIG.get(key))
+        if key == "layer_norm_eps":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{path}: layer_norm_eps must be a number > 0, got {value!r}")
+            sizes[key] = float(value)
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{path}: {key} must be an integer >= 1, got {value!r}")
+        else:
+            sizes[key] = value
+    if sizes["hidden_size"] % sizes["num_attention_heads"]:
+        raise ValueError(f"{path}: hidden_size {sizes['hidden_size']} is not a multiple of "
+                         f"num_attention_heads {sizes['num_attention_heads']}")
+    return sizes
+
+
+def _read_weights(path):
+    """name -> NumPy array of a safetensors file; a truncated or corrupt file is a
+    ValueError naming it. (Kept here rather than in _io.read_safetensors, which imports
+    an exception name that safetensors 0.8 does not export.)"""
+    import safetensors
+    from safetensors import safe_open
+
+    error_type = getattr(safetensors, "SafetensorError", None) or getattr(
+        safetensors, "SafetensorsError", RuntimeError)
+    try:
+        with safe_open(path, framework="numpy") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    except (error_type, OSError, ValueError, RuntimeError, TypeError) as error:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or "
+                         f"corrupt?): {error}") from error
+
+
+def load_pretrained_bert(cls, path, *, pooling="max", freeze_layers=None, proj_dim=512,
+                         proj_hidden=512, seed=0, max_length=128):
+    """A text Encoder (class ``cls``) from a Hugging Face BERT directory: sizes from
+    config.json, weights from model.safetensors (names with or without the 'bert.'
+    prefix; pooler and pre-training heads are ignored), tokenizer from tokenizer.json or
+    vocab.txt (None when there is neither). ``freeze_layers`` defaults to half of the
+    layers (ConVIRT: 6 of 12). The projection head is new, initialised from ``seed``.
+    ``max_length`` is capped at the position table."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path} is not a directory; expected a Hugging Face BERT "
+                                "directory with config.json and model.safetensors")
+    sizes = read_bert_config(os.path.join(path, "config.json"))
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(weights):
+        if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+            raise FileNotFoundError(
+                f"{path} has pytorch_model.bin but no model.safetensors; only safetensors "
+                "is read. Convert once with transformers: BertModel.from_pretrained(path)"
+                ".save_pretrained(path, safe_serialization=True)")
+        raise FileNotFoundError(f"no model.safetensors in {path}")
+    if freeze_layers is None:
+        freeze_layers = sizes["num_hidden_layers"] // 2
+    max_length = min(int(max_length), sizes["max_position_embeddings"])
+    tensors = _read_weights(weights)
+    encoder = cls.bert(**sizes, pooling=pooling, freeze_layers=freeze_layers,
+                       proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed,
+                       tokenizer=load_tokenizer(path, max_length), max_length=max_length)
+    # The checkpoint has no projection head: keep the fresh one, check everything else.
+    state = dict(tensors)
+    for name, value in encoder.state_dict().items():
+        if name.startswith("projection."):
+            state.setdefault(name, value)
+    encoder.load_state_dict(state)
+    return encoder
+
+
+# ---- the text transform: one sentence per report ----------------------------------------
+
+# A section header: an upper-case label followed by a colon ("FINDINGS:", "IMPRESSION:",
+# "CLINICAL HISTORY:") at the start of the text or after white space.
+_HEADER = re.compile(r"(?:(?<=\s)|^)([A-Z][A-Z /&()-]{2,}[A-Z)])\s*:")
+# Candidate sentence ends: . ! or ? followed by white space.
+_BOUNDARY = re.compile(r"(?<=[.!?])\s+")
+_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "vs", "e.g", "i.e", "approx", "etc", "cf", "fig",
+                  "no", "st", "jr", "sr", "mt", "pt", "ca"}
+_LIST_MARKER = re.compile(r"^\(?\d{1,2}[.)]\s*")
+_SAMPLED_SECTIONS = ("FINDING", "IMPRESSION")
+
+
+def split_sentences(text):
+    """The sentences of a piece of report text: white space collapsed, split after
+    '.', '!' or '?' followed by white space, except after common abbreviations (Dr.,
+    e.g., vs., ...) and bare list numbers ('1.'); list markers are stripped and pieces
+    without a letter or digit dropped. Decimals ('1.5 cm') are not split."""
+    text = " ".join(text.split())
+    pieces = _BOUNDARY.split(text) if text else []
+    sentences = []
+    carry = ""
+    for piece in pieces:
+        piece = carry + piece
+        carry = ""
+        last_word = piece.rsplit(" ", 1)[-1].rstrip(".").lower()
+        if piece.endswith(".") and (last_word in _ABBREVIATIONS
+                                    or _LIST_MARKER.fullmatch(piece)):
+            carry = piece + " "
+            continue
+        sentences.append(piece)
+    if carry.strip():
+        sentences.append(carry.strip())
+    out = []
+    for sentence in sentences:
+        sentence = _LIST_MARKER.sub("", sentence).strip()
+        if any(ch.isalnum() for ch in sentence):
+            out.append(sentence)
+    return out
+
+
+def report_sections(report):
+    """[(header or None, text)] in order: the text before the first header, then each
+    upper-case header ('FINDINGS', 'IMPRESSION', ...) with the text up to the next."""
+    sections = []
+    position, header = 0, None
+    for match in _HEADER.finditer(report):
+        sections.append((header, report[position:match.start()].strip()))
+        header, position = match.group(1).strip(), match.end()
+    sections.append((header, report[position:].strip()))
+    return [(h, body) for h, body in sections if h is not None or body]
+
+
+def _candidate_sentences(report):
+    sections = report_sections(report)
+    chosen = [body for header, body in sections
+              if header is not None and header.upper().startswith(_SAMPLED_SECTIONS)]
+    sentences = [s for body in chosen for s in split_sentences(body)]
+    if sentences:
+        return sentences
+    return [s for _, body in sections for s in split_sentences(body)]
+
+
+# The counter-based generator of csrc/random.h, in Python: the same (seed, stream, index)
+# gives the same number in C and here.
+_MASK64 = (1 << 64) - 1
+_SENTENCE_STREAM = 0x53454E54454E4345  # "SENTENCE": keeps these draws apart from others
+
+
+def _mix64(x):
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _random_uniform(seed, stream, index):
+    x = _mix64((seed + 0x9E3779B97F4A7C15) & _MASK64)
+    x = _mix64(x ^ ((stream + 0x632BE59BD9B4E019) & _MASK64))
+    x = _mix64(x ^ ((index * 0x9E3779B97F4A7C15 + 0x85EBCA6B0BD5D4C1) & _MASK64))
+    return (x >> 11) * 2.0 ** -53
+
+
+def _is_missing(report):
+    return report is None or (isinstance(report, float) and math.isnan(report))
+
+
+def sample_sentence(report, seed, step, index, on_empty="raise"):
+    """One sentence of ``report``, drawn uniformly.
+
+    Sentences come from the FINDINGS and IMPRESSION sections when the report has them
+    (with text), else from the whole report. The draw depends only on
+    (seed, step, index), with ``index`` the report's identity in the data set (not its
+    place in a batch), so it is the same whatever the batch order or worker.
+    A report with no sentence (empty, None/NaN, only headers) raises ValueError when
+    ``on_empty='raise'`` (default), or gives ``''`` when ``on_empty='blank'`` (which
+    tokenizes to [CLS] [SEP]).
+    """
+    if on_empty not in ("raise", "blank"):
+        raise ValueError(f"on_empty must be 'raise' or 'blank', got {on_empty!r}")
+    for name, value in (("seed", seed), ("step", step), ("index", index)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if _is_missing(report):
+        sentences = []
+    elif not isinstance(report, str):
+        raise TypeError(f"report {index} must be a str, got {type(report).__name__}")
+    else:
+        sentences = _candidate_sentences(report)
+    if not sentences:
+        if on_empty == "blank":
+            return ""
+        raise ValueError(f"report {index} has no sentence to sample (empty, missing or only "
+                         "section headers); clean the data or pass on_empty='blank'")
+    stream = _mix64((int(step) ^ _SENTENCE_STREAM) & _MASK64)
+    u = _random_uniform(int(seed) & _MASK64, stream, int(index) & _MASK64)
+    return sentences[min(int(u * len(sentences)), len(sentences) - 1)]
+
+
+def sample_sentences(reports, seed, step, indices=None, on_empty="raise"):
+    """ConVIRT's text transform over a batch: one sentence per report (see
+    :func:`sample_sentence`). ``indices`` are the reports' data-set indices (default
+    0..N-1); give them so that a report's draw does not depend on its batch position.
+    Returns a list of N strings, ready for :func:`tokenize`."""
+    if isinstance(reports, str):
+        raise TypeError("reports must be a list of strings, got a single str")
+    reports = list(reports)
+    if indices is None:
+        indices = range(len(reports))
+    indices = list(indices)
+    if len(indices) != len(reports):
+        raise ValueError(f"{len(reports)} reports but {len(indices)} indices")
+    return [sample_sentence(report, seed, step, index, on_empty=on_empty)
+            for report, index in zip(reports, indices)]
