@@ -13,6 +13,7 @@ install: setup               ## the package (editable) and its runtime dependenc
 
 install-test: setup          ## plus the test-only dependencies (torch==2.13.0 etc.)
 	$(PIP) install -q -e ".[test,demo]"
+	$(PIP) install -q --no-deps torchxrayvision   # only for its real Indiana reports
 
 build:                       ## rebuild the C extension in place after editing csrc/
 	$(PYTHON) setup.py build_ext --inplace -q
