@@ -151,7 +151,8 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *module = PyModule_Create(&module_def);
     if (!module)
         return NULL;
-    if (cv_register_contrastive_loss(module) < 0 || cv_register_encoder(module) < 0) {
+    if (cv_register_contrastive_loss(module) < 0 || cv_register_encoder(module) < 0 ||
+        cv_register_image_layers(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

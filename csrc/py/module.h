@@ -6,5 +6,6 @@
 
 int cv_register_contrastive_loss(PyObject *module);
 int cv_register_encoder(PyObject *module);
+int cv_register_image_layers(PyObject *module);
 
 #endif
