@@ -148,18 +148,18 @@ CV_VECTORIZE void bn_apply_rows(float *out, const float *y, const float *scale,
             const float *ry = res_y + i * c;
             for (ptrdiff_t j = 0; j < c; j++) {
                 float v = yr[j] * scale[j] + shift[j] + (ry[j] * res_scale[j] + res_shift[j]);
-                o[j] = relu ? (v > 0.0f ? v : 0.0f) : v;
+                o[j] = relu ? (v < 0.0f ? 0.0f : v) : v; /* NaN passes, as in PyTorch */
             }
         } else if (residual) {
             const float *rr = residual + i * c;
             for (ptrdiff_t j = 0; j < c; j++) {
                 float v = yr[j] * scale[j] + shift[j] + rr[j];
-                o[j] = relu ? (v > 0.0f ? v : 0.0f) : v;
+                o[j] = relu ? (v < 0.0f ? 0.0f : v) : v; /* NaN passes, as in PyTorch */
             }
         } else {
             for (ptrdiff_t j = 0; j < c; j++) {
                 float v = yr[j] * scale[j] + shift[j];
-                o[j] = relu ? (v > 0.0f ? v : 0.0f) : v;
+                o[j] = relu ? (v < 0.0f ? 0.0f : v) : v; /* NaN passes, as in PyTorch */
             }
         }
     }
@@ -259,11 +259,13 @@ void bn_backward_reduce(double *sum_dz, double *sum_dzx, const float *dout,
     free(acc);
 }
 
-/* dy = k1 * dz + k2 * y + k0 per channel (the backward of the normalisation). */
+/* dy = k1 * dz + k2 * (y - mean) + k0 per channel (the backward of the
+ * normalisation). y - mean is formed first: folding mean into k0 would cancel when the
+ * mean is large against the spread. */
 CV_VECTORIZE static void backward_rows(float *dy, const float *dout, const float *out,
-                                       const float *y, const float *restrict k0,
-                                       const float *restrict k1, const float *restrict k2,
-                                       ptrdiff_t rows, ptrdiff_t c)
+                                       const float *y, const float *restrict mean,
+                                       const float *restrict k0, const float *restrict k1,
+                                       const float *restrict k2, ptrdiff_t rows, ptrdiff_t c)
 {
     for (ptrdiff_t i = 0; i < rows; i++) {
         const float *d = dout + i * c, *yr = y + i * c;
@@ -272,11 +274,11 @@ CV_VECTORIZE static void backward_rows(float *dy, const float *dout, const float
             const float *a = out + i * c;
             for (ptrdiff_t j = 0; j < c; j++) {
                 float dz = a[j] > 0.0f ? d[j] : 0.0f;
-                o[j] = k1[j] * dz + k2[j] * yr[j] + k0[j];
+                o[j] = k1[j] * dz + k2[j] * (yr[j] - mean[j]) + k0[j];
             }
         } else {
             for (ptrdiff_t j = 0; j < c; j++)
-                o[j] = k1[j] * d[j] + k2[j] * yr[j] + k0[j];
+                o[j] = k1[j] * d[j] + k2[j] * (yr[j] - mean[j]) + k0[j];
         }
     }
 }
@@ -303,14 +305,14 @@ void bn_backward_apply(float *dy, float *dgamma, float *dbeta, const float *dout
             double b = sum_dz[j] / (double)m, g = a * sum_dzx[j] / (double)m * invstd[j];
             k1[j] = (float)a;
             k2[j] = (float)-g;
-            k0[j] = (float)(-a * b + g * mean[j]);
+            k0[j] = (float)(-a * b);
         }
         const ptrdiff_t rows = 64;
 #pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static)
         for (ptrdiff_t i = 0; i < m; i += rows) {
             ptrdiff_t len = m - i < rows ? m - i : rows;
-            backward_rows(dy + i * c, dout + i * c, out ? out + i * c : NULL, y + i * c, k0, k1,
-                          k2, len, c);
+            backward_rows(dy + i * c, dout + i * c, out ? out + i * c : NULL, y + i * c, mean, k0,
+                          k1, k2, len, c);
         }
         free(k);
     }

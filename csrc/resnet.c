@@ -93,7 +93,8 @@ static struct {
 
 void resnet_profile_enable(int on)
 {
-    memset(&profile, 0, sizeof profile);
+    if (on)
+        memset(&profile, 0, sizeof profile);
     profile.on = on;
 }
 
@@ -285,6 +286,7 @@ static void resnet_init(void *model, uint64_t seed)
         ptrdiff_t count = u->out_c * u->kernel * u->kernel * u->in_c;
         double std = sqrt(2.0 / (double)(u->out_c * u->kernel * u->kernel));
         uint64_t stream = 0x5245534e4554ULL + (uint64_t)i; /* "RESNET" + unit */
+#pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static)
         for (ptrdiff_t j = 0; j < count; j++)
             u->weight[j] = (float)(std * cv_random_normal(seed, stream, (uint64_t)j));
         for (ptrdiff_t j = 0; j < u->out_c; j++) {

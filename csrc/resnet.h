@@ -22,7 +22,7 @@ cv_status resnet_create(cv_backbone *backbone, cv_tensor_table *table,
 /* ---- per-layer profile --------------------------------------------------------------
  * Off by default. While on, every ResNet forward and backward adds the wall time of
  * each layer (convolution and batch norm apart) into one table for the process;
- * turning it on clears the table. */
+ * turning it on clears the table, turning it off keeps it for reading. */
 typedef struct {
     char name[48];         /* "conv1", "layer1.0.conv2", "maxpool", "avgpool" */
     double conv_forward;   /* seconds */

@@ -59,9 +59,13 @@ def bn_name(conv_name):
     return conv_name.replace(".conv", ".bn")
 
 
-def init_params(depth, in_channels, seed=0, dtype=torch.float32, random_bn=True):
+def init_params(depth, in_channels, seed=0, dtype=torch.float32, random_bn=True,
+                bias_scale=None):
     """Random parameters with torchvision's names. random_bn: non-trivial BN weights,
-    biases and running statistics (so tests see every term)."""
+    biases and running statistics (so tests see every term). bias_scale: BN biases of
+    +-bias_scale instead, so that few values sit near a ReLU's kink: in training mode a
+    ResNet-50's gradients otherwise change by about 1% in float32 (PyTorch's too) when
+    rounding moves a value across zero."""
     g = torch.Generator().manual_seed(seed)
     params = {}
     for name, k, c, r, _, _ in architecture(depth, in_channels):
@@ -71,6 +75,9 @@ def init_params(depth, in_channels, seed=0, dtype=torch.float32, random_bn=True)
         if random_bn:
             params[bn + ".weight"] = (1 + 0.2 * torch.randn(k, generator=g)).to(dtype)
             params[bn + ".bias"] = (0.1 * torch.randn(k, generator=g)).to(dtype)
+            if bias_scale is not None:
+                sign = torch.sign(torch.randn(k, generator=g))
+                params[bn + ".bias"] = (bias_scale * sign).to(dtype)
             params[bn + ".running_mean"] = (0.1 * torch.randn(k, generator=g)).to(dtype)
             params[bn + ".running_var"] = (1 + 0.5 * torch.rand(k, generator=g)).to(dtype)
         else:
