@@ -8,9 +8,9 @@ import functools
 import numpy as np
 import pytest
 import torch
+import torch_resnet as tr
 
 import convirt
-import torch_resnet as tr
 from convirt import Encoder
 
 N, SIZE = 3, 64
@@ -21,7 +21,7 @@ def rel(a, b):
     return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_params(depth, channels, bias_scale=None):
     """float64 parameters with torchvision's names and non-trivial batch norms."""
     return tr.init_params(depth, channels, seed=depth + channels, dtype=torch.float64,
