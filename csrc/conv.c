@@ -19,11 +19,19 @@
 #include "core.h"
 #include "layers.h"
 
-/* Floats of im2col per tile that keep it in L2 (512 KiB), and the bounds on rows:
- * fewer than ~256 rows make BLIS repack the weights too often for the work done. */
+/* Tile sizes. BLIS 0.9 runs a GEMM through its packed ("native") kernels only when
+ * m >= 512, n >= 200 and k >= 240 (its zen3/haswell thresholds), and otherwise through
+ * the unpacked "sup" kernels, which read A and B in place. So:
+ *  - layers with k >= 200 outputs and r*s*c >= 240 get tiles of at least 512 rows, so
+ *    that their GEMMs take the packed path (large weights are packed once per tile);
+ *  - narrower layers stay on the sup path whatever m is: there the im2col tile is sized
+ *    to stay in L2 (512 KiB), between 128 and 1024 rows. */
 #define TILE_FLOATS (128 * 1024)
-#define TILE_ROWS_MIN 256
+#define TILE_ROWS_MIN 128
 #define TILE_ROWS_MAX 1024
+#define PACKED_ROWS_MIN 512
+#define PACKED_MIN_N 200
+#define PACKED_MIN_K 240
 #define DIRECT_TILE_ROWS 512
 
 cv_status conv_shape_init(conv_shape *shape, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
@@ -117,9 +125,12 @@ static int is_direct(const conv_input *in, const conv_shape *sh)
 
 static ptrdiff_t target_rows(const conv_shape *sh, int direct)
 {
+    const ptrdiff_t rsc = sh->r * sh->s * sh->c;
+    if (sh->k >= PACKED_MIN_N && rsc >= PACKED_MIN_K)
+        return direct ? 2 * PACKED_ROWS_MIN : PACKED_ROWS_MIN;
     if (direct)
         return DIRECT_TILE_ROWS;
-    ptrdiff_t t = TILE_FLOATS / (sh->r * sh->s * sh->c);
+    ptrdiff_t t = TILE_FLOATS / rsc;
     return t < TILE_ROWS_MIN ? TILE_ROWS_MIN : t > TILE_ROWS_MAX ? TILE_ROWS_MAX : t;
 }
 

@@ -168,12 +168,14 @@ void relu_mask_inplace(float *dout, const float *out, size_t count);
 /* ---- pooling (pool.c) ---------------------------------------------------------------- */
 
 /* Max pool (n, h, w, c) -> (n, p, q, c), window k x k, stride, padding that never
- * wins. Parallel over output rows, vectorised over channels. */
-void maxpool_forward(float *out, const float *inp, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
-                     ptrdiff_t c, ptrdiff_t k, ptrdiff_t stride, ptrdiff_t pad);
-/* dinp += dout routed to each window's maximum, found again from inp and out (the
- * forward's): PyTorch's rule, the first maximum in row-major window order. */
-void maxpool_backward(float *dinp, const float *dout, const float *out, const float *inp,
+ * wins. argmax (may be NULL; k*k <= 256): the window position (row-major) each maximum
+ * came from, PyTorch's rule: the first maximum. Parallel over output rows, vectorised
+ * over channels. */
+void maxpool_forward(float *out, unsigned char *argmax, const float *inp, ptrdiff_t n,
+                     ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k, ptrdiff_t stride,
+                     ptrdiff_t pad);
+/* dinp += dout routed to each window's maximum (argmax from the forward). */
+void maxpool_backward(float *dinp, const float *dout, const unsigned char *argmax,
                       ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k,
                       ptrdiff_t stride, ptrdiff_t pad);
 void maxpool_forward_reference(float *out, const float *inp, ptrdiff_t n, ptrdiff_t h,

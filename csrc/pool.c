@@ -13,8 +13,18 @@ CV_VECTORIZE static void max_into(float *restrict o, const float *restrict v, pt
         o[j] = v[j] > o[j] ? v[j] : o[j];
 }
 
-void maxpool_forward(float *out, const float *inp, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
-                     ptrdiff_t c, ptrdiff_t k, ptrdiff_t stride, ptrdiff_t pad)
+/* Where each maximum came from: for the window positions in reverse order, the last
+ * write is the first position that holds the maximum (PyTorch's tie rule). */
+CV_VECTORIZE static void argmax_at(unsigned char *restrict arg, const float *restrict v,
+                                   const float *restrict o, unsigned char pos, ptrdiff_t c)
+{
+    for (ptrdiff_t j = 0; j < c; j++)
+        arg[j] = v[j] == o[j] ? pos : arg[j];
+}
+
+void maxpool_forward(float *out, unsigned char *argmax, const float *inp, ptrdiff_t n,
+                     ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k, ptrdiff_t stride,
+                     ptrdiff_t pad)
 {
     const ptrdiff_t P = window_out(h, k, stride, pad), Q = window_out(w, k, stride, pad);
 #pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static)
@@ -34,56 +44,38 @@ void maxpool_forward(float *out, const float *inp, ptrdiff_t n, ptrdiff_t h, ptr
                         max_into(o, inp + ((b * h + y) * w + x) * c, c);
                 }
             }
+            if (!argmax)
+                continue;
+            unsigned char *arg = argmax + (np * Q + q) * c;
+            for (ptrdiff_t pos = k * k - 1; pos >= 0; pos--) {
+                ptrdiff_t y = p * stride - pad + pos / k, x = q * stride - pad + pos % k;
+                if (y >= 0 && y < h && x >= 0 && x < w)
+                    argmax_at(arg, inp + ((b * h + y) * w + x) * c, o, (unsigned char)pos, c);
+            }
         }
     }
 }
 
-/* For one window position: d += g where v == o and no earlier position matched
- * (taken: 1 where the gradient is already routed). */
-CV_VECTORIZE static void route_first(float *restrict d, float *restrict taken,
-                                     const float *restrict v, const float *restrict o,
-                                     const float *restrict g, ptrdiff_t c)
-{
-    for (ptrdiff_t j = 0; j < c; j++) {
-        int hit = taken[j] == 0.0f && v[j] == o[j];
-        d[j] += hit ? g[j] : 0.0f;
-        taken[j] = hit ? 1.0f : taken[j];
-    }
-}
-
-void maxpool_backward(float *dinp, const float *dout, const float *out, const float *inp,
+void maxpool_backward(float *dinp, const float *dout, const unsigned char *argmax,
                       ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k,
                       ptrdiff_t stride, ptrdiff_t pad)
 {
     const ptrdiff_t P = window_out(h, k, stride, pad), Q = window_out(w, k, stride, pad);
-    float *taken_all = malloc((size_t)(c * cv_get_num_threads()) * sizeof(float));
-    if (!taken_all) { /* out of memory: the reference does the same work serially */
-        maxpool_backward_reference(dinp, dout, inp, n, h, w, c, k, stride, pad);
-        return;
-    }
     /* Windows overlap across neighbouring rows, so threads own whole images. */
 #pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static)
-    for (ptrdiff_t b = 0; b < n; b++) {
-        float *taken = taken_all + c * omp_get_thread_num();
+    for (ptrdiff_t b = 0; b < n; b++)
         for (ptrdiff_t p = 0; p < P; p++)
             for (ptrdiff_t q = 0; q < Q; q++) {
                 ptrdiff_t at = ((b * P + p) * Q + q) * c;
-                memset(taken, 0, (size_t)c * sizeof(float));
-                for (ptrdiff_t r = 0; r < k; r++) {
-                    ptrdiff_t y = p * stride - pad + r;
-                    if (y < 0 || y >= h)
-                        continue;
-                    for (ptrdiff_t s = 0; s < k; s++) {
-                        ptrdiff_t x = q * stride - pad + s;
-                        if (x < 0 || x >= w)
-                            continue;
-                        ptrdiff_t in_at = ((b * h + y) * w + x) * c;
-                        route_first(dinp + in_at, taken, inp + in_at, out + at, dout + at, c);
-                    }
+                const unsigned char *arg = argmax + at;
+                const float *g = dout + at;
+                /* the window's top-left corner, possibly in the padding */
+                ptrdiff_t y0 = p * stride - pad, x0 = q * stride - pad;
+                for (ptrdiff_t j = 0; j < c; j++) {
+                    ptrdiff_t y = y0 + arg[j] / k, x = x0 + arg[j] % k;
+                    dinp[((b * h + y) * w + x) * c + j] += g[j];
                 }
             }
-    }
-    free(taken_all);
 }
 
 void maxpool_forward_reference(float *out, const float *inp, ptrdiff_t n, ptrdiff_t h,

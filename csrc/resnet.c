@@ -20,6 +20,7 @@
  */
 #include <omp.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "core.h"
 #include "layers.h"
@@ -30,9 +31,10 @@
 #define MAX_BLOCKS 16
 #define BN_MOMENTUM 0.1
 #define BN_EPS 1e-5
-/* Convolutions with r*s*c up to this get a transposed copy of their weights for the
- * forward GEMM: BLIS is faster with a row-major B when the inner dimension is short. */
-#define TRANSPOSE_MAX_RSC 512
+/* Every convolution gets a transposed copy (r*s*c, k) of its weights, made at each
+ * forward (the weights may have changed): with the weights as a row-major B, BLIS's
+ * unpacked kernels use their fast row-times-panel form instead of dot products. */
+#define TRANSPOSE_MAX_RSC PTRDIFF_MAX
 
 typedef struct {
     char name[48];
@@ -69,6 +71,7 @@ typedef struct {
     int planned, plan_training;
     ptrdiff_t pool_h, pool_w; /* maxpool output */
     float *pool;              /* maxpool output = layer1's input */
+    unsigned char *pool_argmax; /* training: where each maximum came from */
     float *arena;
     size_t arena_cap;
     size_t max_act;          /* floats of the largest activation */
@@ -87,6 +90,7 @@ typedef struct {
 
 static struct {
     int on;
+    int cpu_time; /* process CPU time instead of wall time */
     int count;
     resnet_profile_entry entries[MAX_UNITS + 4];
 } profile;
@@ -95,7 +99,9 @@ void resnet_profile_enable(int on)
 {
     if (on)
         memset(&profile, 0, sizeof profile);
-    profile.on = on;
+    profile.on = on != 0;
+    if (on)
+        profile.cpu_time = on == RESNET_PROFILE_CPU_TIME;
 }
 
 int resnet_profile_enabled(void)
@@ -122,9 +128,18 @@ static resnet_profile_entry *profile_entry(int index, const char *name)
     return e;
 }
 
+static double clock_seconds(void)
+{
+    if (!profile.cpu_time)
+        return omp_get_wtime();
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static double now(void)
 {
-    return profile.on ? omp_get_wtime() : 0.0;
+    return profile.on ? clock_seconds() : 0.0;
 }
 
 enum { P_CONV_FWD, P_BN_FWD, P_CONV_BWD, P_BN_BWD };
@@ -134,7 +149,7 @@ static void profile_add(int index, const char *name, int what, double since, dou
     resnet_profile_entry *e = profile_entry(index, name);
     if (!e)
         return;
-    double dt = omp_get_wtime() - since;
+    double dt = clock_seconds() - since;
     switch (what) {
     case P_CONV_FWD:
         e->conv_forward += dt;
@@ -375,7 +390,8 @@ static cv_status plan(resnet_model *m, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, in
     /* Arena layout. */
     size_t total;
     if (training) {
-        total = 2 * aligned(act_size(&stem->shape)) + aligned(pool_size) + 4 * aligned(max_act);
+        total = 2 * aligned(act_size(&stem->shape)) + aligned(pool_size) +
+                aligned((pool_size + 3) / 4) + 4 * aligned(max_act);
         for (int b = 0; b < m->n_blocks; b++) {
             const block *blk = &m->blocks[b];
             for (int i = 0; i < blk->n_main; i++)
@@ -410,6 +426,7 @@ static cv_status plan(resnet_model *m, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, in
         stem->y = TAKE(act_size(&stem->shape));
         stem->a = TAKE(act_size(&stem->shape));
         m->pool = TAKE(pool_size);
+        m->pool_argmax = (unsigned char *)TAKE((pool_size + 3) / 4);
         float *in = m->pool;
         for (int b = 0; b < m->n_blocks; b++) {
             block *blk = &m->blocks[b];
@@ -435,6 +452,7 @@ static cv_status plan(resnet_model *m, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, in
         float *buf[4] = {next, next + each, next + 2 * each, next + 3 * each};
         stem->y = stem->a = buf[0];
         m->pool = buf[1];
+        m->pool_argmax = NULL;
         int x = 1; /* the buffer holding the block input */
         for (int b = 0; b < m->n_blocks; b++) {
             block *blk = &m->blocks[b];
@@ -499,12 +517,19 @@ static void affine_epilogue(void *ctx, float *out, ptrdiff_t row0, ptrdiff_t row
                   NULL, NULL, NULL, c->relu, rows, c->k);
 }
 
-CV_VECTORIZE static void transpose(float *restrict dst, const float *restrict src,
-                                   ptrdiff_t rows, ptrdiff_t cols)
+/* dst (cols, rows) = src (rows, cols)^T, in 32 x 32 blocks, OpenMP over row blocks. */
+static void transpose(float *restrict dst, const float *restrict src, ptrdiff_t rows,
+                      ptrdiff_t cols)
 {
-    for (ptrdiff_t i = 0; i < rows; i++)
-        for (ptrdiff_t j = 0; j < cols; j++)
-            dst[j * rows + i] = src[i * cols + j];
+    const ptrdiff_t b = 32;
+#pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static) if (rows * cols > 65536)
+    for (ptrdiff_t i0 = 0; i0 < rows; i0 += b)
+        for (ptrdiff_t j0 = 0; j0 < cols; j0 += b) {
+            ptrdiff_t i1 = i0 + b < rows ? i0 + b : rows, j1 = j0 + b < cols ? j0 + b : cols;
+            for (ptrdiff_t i = i0; i < i1; i++)
+                for (ptrdiff_t j = j0; j < j1; j++)
+                    dst[j * rows + i] = src[i * cols + j];
+        }
 }
 
 /* y = conv(input); training: batch statistics into u->mean/invstd/scale/shift and the
@@ -623,7 +648,8 @@ static cv_status resnet_forward(void *model, float *features, const cv_batch *ba
             profile_add(0, stem->name, P_BN_FWD, t0, 0.0);
         t0 = now();
     }
-    maxpool_forward(m->pool, stem->a, s->n, s->p, s->q, 64, 3, 2, 1);
+    maxpool_forward(m->pool, training ? m->pool_argmax : NULL, stem->a, s->n, s->p, s->q, 64, 3,
+                    2, 1);
     if (profile.on)
         profile_add(m->n_units, "maxpool", P_BN_FWD, t0, 0.0);
 
@@ -747,7 +773,7 @@ static cv_status resnet_backward(void *model, float *d_input, const float *d_fea
     float *da = m->grad[(gin + 1) % 4];
     t0 = now();
     memset(da, 0, act_size(s) * sizeof(float));
-    maxpool_backward(da, m->grad[gin], m->pool, stem->a, s->n, s->p, s->q, 64, 3, 2, 1);
+    maxpool_backward(da, m->grad[gin], m->pool_argmax, s->n, s->p, s->q, 64, 3, 2, 1);
     if (profile.on)
         profile_add(m->n_units, "maxpool", P_BN_BWD, t0, 0.0);
     unit_bn_backward(m, 0, da, da, stem->a);

@@ -34,6 +34,9 @@ typedef struct {
     long forward_calls, backward_calls;
 } resnet_profile_entry;
 
+/* on: 0 off, 1 wall time, RESNET_PROFILE_CPU_TIME the process's CPU time (what a
+ * layer costs on a busy machine, when run on one thread). */
+#define RESNET_PROFILE_CPU_TIME 2
 void resnet_profile_enable(int on);
 int resnet_profile_enabled(void);
 /* The table (count entries, in network order); valid until the next enable. */

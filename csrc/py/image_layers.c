@@ -13,8 +13,9 @@
  *   _batchnorm_backward(dout, y, mean, invstd, gamma, *, out=None) -> (dy, dgamma, dbeta)
  *   _maxpool_forward(x, k=3, stride=2, pad=1, *, reference=False) -> out
  *   _maxpool_backward(dout, x, out, k=3, stride=2, pad=1, *, reference=False) -> dx
+ *     (the fast one runs the forward again for its argmax; out is checked for shape)
  *   _avgpool_forward(x) -> (n, c);  _avgpool_backward(dout, h, w) -> (n, h, w, c)
- *   _resnet_profile(enable=None) -> [(name, conv_fwd, bn_fwd, conv_bwd, bn_bwd,
+ *   _resnet_profile(enable=None, *, cpu_time=False) -> [(name, conv_fwd, bn_fwd, conv_bwd, bn_bwd,
  *                                     flops_fwd, flops_bwd, calls_fwd, calls_bwd)]
  *
  * Activations are float32 C-contiguous (n, h, w, c); convolution weights (k, r, s, c).
@@ -461,7 +462,7 @@ static PyObject *py_maxpool_forward(PyObject *self, PyObject *args, PyObject *kw
     if (reference)
         maxpool_forward_reference(PyArray_DATA(out), PyArray_DATA(x), n, h, w, c, k, stride, pad);
     else
-        maxpool_forward(PyArray_DATA(out), PyArray_DATA(x), n, h, w, c, k, stride, pad);
+        maxpool_forward(PyArray_DATA(out), NULL, PyArray_DATA(x), n, h, w, c, k, stride, pad);
     Py_END_ALLOW_THREADS;
     return (PyObject *)out;
 }
@@ -486,14 +487,26 @@ static PyObject *py_maxpool_backward(PyObject *self, PyObject *args, PyObject *k
     if (tensor_arg(o_obj, "out", 4, n, p, q, c, 0, &out) ||
         tensor_arg(d_obj, "dout", 4, n, p, q, c, 0, &dout) || !(dx = new_zeros(4, n, h, w, c)))
         return NULL;
+    /* The forward again, for its argmax (the fast backward's saved state). */
+    unsigned char *argmax = reference ? NULL : malloc((size_t)(n * p * q * c));
+    float *again = reference ? NULL : malloc((size_t)(n * p * q * c) * sizeof(float));
+    if (!reference && (!argmax || !again)) {
+        free(argmax);
+        free(again);
+        Py_DECREF(dx);
+        return PyErr_NoMemory();
+    }
     Py_BEGIN_ALLOW_THREADS;
-    if (reference)
+    if (reference) {
         maxpool_backward_reference(PyArray_DATA(dx), PyArray_DATA(dout), PyArray_DATA(x), n, h, w,
                                    c, k, stride, pad);
-    else
-        maxpool_backward(PyArray_DATA(dx), PyArray_DATA(dout), PyArray_DATA(out), PyArray_DATA(x),
-                         n, h, w, c, k, stride, pad);
+    } else {
+        maxpool_forward(again, argmax, PyArray_DATA(x), n, h, w, c, k, stride, pad);
+        maxpool_backward(PyArray_DATA(dx), PyArray_DATA(dout), argmax, n, h, w, c, k, stride, pad);
+    }
     Py_END_ALLOW_THREADS;
+    free(argmax);
+    free(again);
     return (PyObject *)dx;
 }
 
@@ -540,15 +553,17 @@ static PyObject *py_avgpool_backward(PyObject *self, PyObject *args)
 static PyObject *py_resnet_profile(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"enable", NULL};
+    static char *kwlist[] = {"enable", "cpu_time", NULL};
     PyObject *enable = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:_resnet_profile", kwlist, &enable))
+    int cpu_time = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$p:_resnet_profile", kwlist, &enable,
+                                     &cpu_time))
         return NULL;
     if (enable != Py_None) {
         int on = PyObject_IsTrue(enable);
         if (on < 0)
             return NULL;
-        resnet_profile_enable(on);
+        resnet_profile_enable(on ? (cpu_time ? RESNET_PROFILE_CPU_TIME : 1) : 0);
     }
     int count;
     const resnet_profile_entry *e = resnet_profile(&count);
