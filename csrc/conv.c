@@ -123,38 +123,48 @@ static int is_direct(const conv_input *in, const conv_shape *sh)
     return in->data && sh->r == 1 && sh->s == 1 && sh->stride == 1 && sh->pad == 0;
 }
 
+static int packed(const conv_shape *sh);
+
 static ptrdiff_t target_rows(const conv_shape *sh, int direct)
 {
     const ptrdiff_t rsc = sh->r * sh->s * sh->c;
-    if (sh->k >= PACKED_MIN_N && rsc >= PACKED_MIN_K)
-        return direct ? 2 * PACKED_ROWS_MIN : PACKED_ROWS_MIN;
+    if (packed(sh))
+        return PACKED_ROWS_MIN;
     if (direct)
         return DIRECT_TILE_ROWS;
     ptrdiff_t t = TILE_FLOATS / rsc;
     return t < TILE_ROWS_MIN ? TILE_ROWS_MIN : t > TILE_ROWS_MAX ? TILE_ROWS_MAX : t;
 }
 
-/* round_to: make the number of groups a multiple of it (backward: threads), so that
- * a static split of groups over threads is even. */
+static int packed(const conv_shape *sh)
+{
+    return sh->k >= PACKED_MIN_N && sh->r * sh->s * sh->c >= PACKED_MIN_K;
+}
+
+/* Tiles of about `target` rows: at most target for the unpacked path (cache), at least
+ * target for the packed one (BLIS's threshold), when the batch has that many rows.
+ * round_to: make the number of groups a multiple of it (backward: threads), so that a
+ * static split of groups over threads is even. */
 static tile_plan plan_tiles(const conv_shape *sh, int direct, ptrdiff_t round_to)
 {
     tile_plan t;
     t.n = sh->n;
     t.pq = sh->p * sh->q;
-    ptrdiff_t target = target_rows(sh, direct);
+    const ptrdiff_t target = target_rows(sh, direct);
+    const int at_least = packed(sh);
     if (t.pq >= target) {
-        t.parts = (t.pq + target - 1) / target;
+        t.parts = at_least ? t.pq / target : (t.pq + target - 1) / target;
         t.groups = sh->n;
         t.count = sh->n * t.parts;
         t.rows_max = (t.pq + t.parts - 1) / t.parts;
     } else {
-        ptrdiff_t g = (sh->n * t.pq + target - 1) / target;
-        if (round_to > 1)
-            g = (g + round_to - 1) / round_to * round_to;
-        if (g > sh->n)
-            g = sh->n;
-        if (g < 1)
-            g = 1;
+        ptrdiff_t rows = sh->n * t.pq;
+        ptrdiff_t g = at_least ? rows / target : (rows + target - 1) / target;
+        if (round_to > 1 && g >= round_to)
+            g = at_least ? g / round_to * round_to : (g + round_to - 1) / round_to * round_to;
+        else if (round_to > 1)
+            g = round_to; /* fewer rows than round_to x target: round_to groups */
+        g = g > sh->n ? sh->n : g < 1 ? 1 : g;
         t.parts = 0;
         t.groups = g;
         t.count = g;
@@ -195,9 +205,13 @@ static void group_range(const tile_plan *t, ptrdiff_t g, ptrdiff_t *first, ptrdi
     }
 }
 
+/* The forward's tiles come in an even number where there are few (2 threads share
+ * them evenly); a fixed rule, so that results do not depend on the thread count. */
+#define FORWARD_ROUND 2
+
 ptrdiff_t conv2d_tile_count(const conv_input *inp, const conv_shape *shape)
 {
-    return plan_tiles(shape, is_direct(inp, shape), 1).count;
+    return plan_tiles(shape, is_direct(inp, shape), FORWARD_ROUND).count;
 }
 
 /* ---- im2col / col2im ------------------------------------------------------------------ */
@@ -382,7 +396,7 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
     const conv_shape *sh = shape;
     const ptrdiff_t K = sh->k, RSC = sh->r * sh->s * sh->c;
     const int direct = is_direct(inp, sh);
-    const tile_plan plan = plan_tiles(sh, direct, 1);
+    const tile_plan plan = plan_tiles(sh, direct, FORWARD_ROUND);
     const int threads = cv_get_num_threads();
     const size_t col_floats = direct ? 0 : round16((size_t)(plan.rows_max * RSC));
     const size_t per_thread = col_floats + band_floats(inp, sh);
@@ -417,6 +431,42 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
 
 /* ---- backward ------------------------------------------------------------------------------ */
 
+/* Is the input gradient a forward convolution of dout (stride 1, a float tensor)?
+ * dX = conv(dY, W') with W'[c, r, s, k] = W[k, R-1-r, S-1-s, c] and padding R-1-pad:
+ * a GEMM of the forward's shape (k = r*s*k) writing dX rows in place, instead of a
+ * short GEMM and a col2im scatter. */
+static int transposed_conv(const conv_input *in, const conv_shape *sh)
+{
+    return in->data && sh->stride == 1 && !is_direct(in, sh) && sh->pad <= sh->r - 1 &&
+           sh->pad <= sh->s - 1;
+}
+
+/* The shape of that convolution: input dY (n, p, q, k), output dX (n, h, w, c). */
+static conv_shape transposed_shape(const conv_shape *sh)
+{
+    conv_shape t = *sh;
+    t.h = sh->p;
+    t.w = sh->q;
+    t.c = sh->k;
+    t.k = sh->c;
+    t.pad = sh->r - 1 - sh->pad; /* r == s in practice; the rows' padding */
+    t.p = sh->h;
+    t.q = sh->w;
+    return t;
+}
+
+/* w_flip (r*s*k, c) row-major: the B operand of the transposed convolution. */
+static void flip_weights(float *w_flip, const float *weight, const conv_shape *sh)
+{
+    const ptrdiff_t R = sh->r, S = sh->s, C = sh->c, K = sh->k;
+#pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static) if (K * R * S * C > 65536)
+    for (ptrdiff_t k = 0; k < K; k++)
+        for (ptrdiff_t r = 0; r < R; r++)
+            for (ptrdiff_t s = 0; s < S; s++)
+                memcpy(w_flip + (((R - 1 - r) * S + (S - 1 - s)) * K + k) * C,
+                       weight + ((k * R + r) * S + s) * C, (size_t)C * sizeof(float));
+}
+
 cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                           const conv_input *inp, const float *weight,
                           const conv_shape *shape, int add_dinp, conv_workspace *ws)
@@ -428,17 +478,30 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
         return CV_OK;
     const int direct = is_direct(inp, sh);
     const int threads = cv_get_num_threads();
+    const int transposed = dinp && transposed_conv(inp, sh) && sh->r == sh->s;
+    const conv_shape tsh = transposed_shape(sh);
     const tile_plan plan = plan_tiles(sh, direct, threads);
+    const tile_plan tplan = plan_tiles(&tsh, 0, FORWARD_ROUND);
+    /* Input gradient in the group loop (direct GEMM or col2im) unless transposed. */
+    const int dx_in_groups = dinp && !transposed;
     const int need_cols = dweight && !direct;
-    const int need_dcols = dinp && !direct;
+    const int need_dcols = dx_in_groups && !direct;
     const size_t tile_floats = round16((size_t)(plan.rows_max * RSC));
+    const size_t ttile_floats =
+        transposed ? round16((size_t)(tplan.rows_max * tsh.r * tsh.s * tsh.c)) : 0;
     const size_t acc_floats = dweight ? round16((size_t)(K * RSC)) : 0;
-    const size_t per_thread = (need_cols ? tile_floats : 0) + (need_dcols ? tile_floats : 0) +
-                              (need_cols ? band_floats(inp, sh) : 0) + acc_floats;
-    float *scratch = workspace(ws, per_thread * (size_t)threads);
+    const size_t band = need_cols ? band_floats(inp, sh) : 0;
+    /* per thread: [cols][dcols][band][private weight gradient] */
+    const size_t acc_at = (need_cols ? tile_floats : 0) + (need_dcols ? tile_floats : 0) + band;
+    size_t per_thread = acc_at + acc_floats;
+    if (ttile_floats > per_thread)
+        per_thread = ttile_floats; /* the transposed pass reuses the same scratch */
+    const size_t flip_floats = transposed ? round16((size_t)(K * RSC)) : 0;
+    float *scratch = workspace(ws, per_thread * (size_t)threads + flip_floats);
     if (!scratch)
         return cv_fail(CV_ERR_MEMORY, "out of memory for the convolution's backward (%d x "
                        "%zu floats)", threads, per_thread);
+    float *w_flip = scratch + per_thread * (size_t)threads;
     /* d value / d pixel, repeated over the window's columns (s*c). */
     float scale_row[64 * CONV_MAX_PIXEL_CHANNELS];
     const float *scale = NULL;
@@ -451,42 +514,45 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     }
     int used = 1;
 
+    if (dweight || dx_in_groups) {
 #pragma omp parallel num_threads(threads)
-    {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        float *base = scratch + per_thread * (size_t)t;
-        float *col = base;
-        float *dcol = col + (need_cols ? tile_floats : 0);
-        float *band = dcol + (need_dcols ? tile_floats : 0);
-        float *acc = band + (need_cols ? band_floats(inp, sh) : 0);
-        /* Thread 0 adds straight into dweight; the others into private sums. */
-        float *dw = t == 0 ? dweight : acc;
-        if (t == 0)
-            used = nt;
-        if (dweight && t > 0)
-            memset(dw, 0, (size_t)(K * RSC) * sizeof(float));
-        ptrdiff_t g0 = t * plan.groups / nt, g1 = (t + 1) * plan.groups / nt;
-        for (ptrdiff_t g = g0; g < g1; g++) {
-            ptrdiff_t first, last, img0, img1;
-            group_range(&plan, g, &first, &last, &img0, &img1);
-            if (dinp && !direct && !add_dinp)
-                memset(dinp + img0 * image, 0, (size_t)((img1 - img0) * image) * sizeof(float));
-            for (ptrdiff_t i = first; i < last; i++) {
-                ptrdiff_t row0, rows;
-                tile_rows(&plan, i, &row0, &rows);
-                const float *dy = dout + row0 * K;
-                if (dweight) {
-                    const float *a = direct ? inp->data + row0 * RSC : col;
-                    if (!direct)
-                        im2col_tile(col, band, inp, sh, row0, rows);
-                    cv_gemm(K, RSC, rows, 1.0f, dy, 1, K, a, RSC, 1, 1.0f, dw, RSC, 1);
-                }
-                if (dinp && direct) {
-                    cv_gemm(rows, C, K, 1.0f, dy, K, 1, weight, RSC, 1, add_dinp ? 1.0f : 0.0f,
-                            dinp + row0 * C, C, 1);
-                } else if (dinp) {
-                    cv_gemm(rows, RSC, K, 1.0f, dy, K, 1, weight, RSC, 1, 0.0f, dcol, RSC, 1);
-                    col2im_tile(dinp, dcol, scale, sh, row0, rows);
+        {
+            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            float *col = scratch + per_thread * (size_t)t;
+            float *dcol = col + (need_cols ? tile_floats : 0);
+            float *bnd = dcol + (need_dcols ? tile_floats : 0);
+            float *acc = col + acc_at;
+            /* Thread 0 adds straight into dweight; the others into private sums. */
+            float *dw = t == 0 ? dweight : acc;
+            if (t == 0)
+                used = nt;
+            if (dweight && t > 0)
+                memset(dw, 0, (size_t)(K * RSC) * sizeof(float));
+            ptrdiff_t g0 = t * plan.groups / nt, g1 = (t + 1) * plan.groups / nt;
+            for (ptrdiff_t g = g0; g < g1; g++) {
+                ptrdiff_t first, last, img0, img1;
+                group_range(&plan, g, &first, &last, &img0, &img1);
+                if (dx_in_groups && !direct && !add_dinp)
+                    memset(dinp + img0 * image, 0,
+                           (size_t)((img1 - img0) * image) * sizeof(float));
+                for (ptrdiff_t i = first; i < last; i++) {
+                    ptrdiff_t row0, rows;
+                    tile_rows(&plan, i, &row0, &rows);
+                    const float *dy = dout + row0 * K;
+                    if (dweight) {
+                        const float *a = direct ? inp->data + row0 * RSC : col;
+                        if (!direct)
+                            im2col_tile(col, bnd, inp, sh, row0, rows);
+                        cv_gemm(K, RSC, rows, 1.0f, dy, 1, K, a, RSC, 1, 1.0f, dw, RSC, 1);
+                    }
+                    if (dx_in_groups && direct) {
+                        cv_gemm(rows, C, K, 1.0f, dy, K, 1, weight, RSC, 1,
+                                add_dinp ? 1.0f : 0.0f, dinp + row0 * C, C, 1);
+                    } else if (dx_in_groups) {
+                        cv_gemm(rows, RSC, K, 1.0f, dy, K, 1, weight, RSC, 1, 0.0f, dcol, RSC,
+                                1);
+                        col2im_tile(dinp, dcol, scale, sh, row0, rows);
+                    }
                 }
             }
         }
@@ -497,8 +563,24 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
         for (ptrdiff_t i0 = 0; i0 < count; i0 += 4096) {
             ptrdiff_t len = count - i0 < 4096 ? count - i0 : 4096;
             for (int t = 1; t < used; t++) {
-                const float *acc = scratch + per_thread * (size_t)t + per_thread - acc_floats;
+                const float *acc = scratch + per_thread * (size_t)t + acc_at;
                 add_into(dweight + i0, acc + i0, len);
+            }
+        }
+    }
+    if (transposed) {
+        const ptrdiff_t RSK = tsh.r * tsh.s * tsh.c;
+        flip_weights(w_flip, weight, sh);
+#pragma omp parallel num_threads(threads)
+        {
+            float *col = scratch + per_thread * (size_t)omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+            for (ptrdiff_t i = 0; i < tplan.count; i++) {
+                ptrdiff_t row0, rows;
+                tile_rows(&tplan, i, &row0, &rows);
+                im2col_tile(col, NULL, &(conv_input){.data = dout}, &tsh, row0, rows);
+                cv_gemm(rows, C, RSK, 1.0f, col, RSK, 1, w_flip, C, 1, add_dinp ? 1.0f : 0.0f,
+                        dinp + row0 * C, C, 1);
             }
         }
     }
