@@ -404,8 +404,10 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
     if (!scratch)
         return cv_fail(CV_ERR_MEMORY, "out of memory for %d im2col tiles of %td x %td",
                        threads, plan.rows_max, RSC);
+    /* Fewer tiles than threads (one small image): one loop thread, and BLIS gets them. */
+    const int loop_threads = plan.count >= threads ? threads : 1;
 
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(loop_threads)
     {
         float *col = scratch + per_thread * (size_t)omp_get_thread_num();
         float *band = col + col_floats;
@@ -515,7 +517,7 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     int used = 1;
 
     if (dweight || dx_in_groups) {
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(plan.groups >= threads ? threads : 1)
         {
             const int t = omp_get_thread_num(), nt = omp_get_num_threads();
             float *col = scratch + per_thread * (size_t)t;
@@ -571,7 +573,7 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     if (transposed) {
         const ptrdiff_t RSK = tsh.r * tsh.s * tsh.c;
         flip_weights(w_flip, weight, sh);
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(tplan.count >= threads ? threads : 1)
         {
             float *col = scratch + per_thread * (size_t)omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)

@@ -163,12 +163,15 @@ def test_eval_encode_is_deterministic_and_thread_independent():
     images = make_images(1, "uint8", n=4, size=48)
     first = encoder.encode(images)
     np.testing.assert_array_equal(encoder.encode(images), first)
+    single = encoder.encode(images[:1])  # one image: BLIS gets the threads
     convirt.set_num_threads(1)
     try:
         one_thread = encoder.encode(images)
+        single_one_thread = encoder.encode(images[:1])
     finally:
         convirt.set_num_threads(2)
     np.testing.assert_array_equal(one_thread, first)
+    np.testing.assert_array_equal(single_one_thread, single)
 
 
 @pytest.mark.parametrize("depth", [18, 50])
