@@ -324,6 +324,94 @@ void bn_backward_apply(float *dy, float *dgamma, float *dbeta, const float *dout
     }
 }
 
+/* Float sums over a short run of rows of dz = dout * (out > 0), written back into
+ * dout, for two batch norms that both feed the masked sum (a block's last unit and its
+ * downsample, y_b may be NULL). */
+CV_VECTORIZE static void masked_sums2(float *restrict s_dz, float *restrict s_dya,
+                                      float *restrict s_dyb, float *dout, const float *out,
+                                      const float *ya, const float *restrict mean_a,
+                                      const float *yb, const float *restrict mean_b,
+                                      ptrdiff_t rows, ptrdiff_t ld, ptrdiff_t cn)
+{
+    for (ptrdiff_t j = 0; j < cn; j++)
+        s_dz[j] = s_dya[j] = s_dyb[j] = 0.0f;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        float *d = dout + i * ld;
+        const float *o = out + i * ld, *a = ya + i * ld;
+        if (yb) {
+            const float *b = yb + i * ld;
+            for (ptrdiff_t j = 0; j < cn; j++) {
+                float dz = o[j] > 0.0f ? d[j] : 0.0f;
+                d[j] = dz;
+                s_dz[j] += dz;
+                s_dya[j] += dz * (a[j] - mean_a[j]);
+                s_dyb[j] += dz * (b[j] - mean_b[j]);
+            }
+        } else {
+            for (ptrdiff_t j = 0; j < cn; j++) {
+                float dz = o[j] > 0.0f ? d[j] : 0.0f;
+                d[j] = dz;
+                s_dz[j] += dz;
+                s_dya[j] += dz * (a[j] - mean_a[j]);
+            }
+        }
+    }
+}
+
+void bn_backward_mask_reduce2(double *sum_dz, double *sum_dzx_a, double *sum_dzx_b,
+                              float *dout, const float *out, const float *y_a,
+                              const float *mean_a, const float *invstd_a, const float *y_b,
+                              const float *mean_b, const float *invstd_b, ptrdiff_t m,
+                              ptrdiff_t c)
+{
+    const int threads = cv_get_num_threads();
+    double *acc = calloc((size_t)(3 * c * threads), sizeof(double));
+    int used = 1;
+    if (!acc) { /* out of memory: the separate passes need no buffer of this size */
+        relu_mask_inplace(dout, out, (size_t)(m * c));
+        bn_backward_reduce(sum_dz, sum_dzx_a, dout, NULL, y_a, mean_a, invstd_a, m, c);
+        if (y_b)
+            bn_backward_reduce(sum_dz, sum_dzx_b, dout, NULL, y_b, mean_b, invstd_b, m, c);
+        return;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        if (t == 0)
+            used = nt;
+        double *a_dz = acc + 3 * c * t, *a_a = a_dz + c, *a_b = a_a + c;
+        ptrdiff_t r0 = t * m / nt, r1 = (t + 1) * m / nt;
+        for (ptrdiff_t c0 = 0; c0 < c; c0 += CHUNK) {
+            ptrdiff_t cn = c - c0 < CHUNK ? c - c0 : CHUNK;
+            float s_dz[CHUNK], s_a[CHUNK], s_b[CHUNK];
+            for (ptrdiff_t i = r0; i < r1; i += RUN) {
+                ptrdiff_t run = r1 - i < RUN ? r1 - i : RUN;
+                masked_sums2(s_dz, s_a, s_b, dout + i * c + c0, out + i * c + c0,
+                             y_a + i * c + c0, mean_a + c0, y_b ? y_b + i * c + c0 : NULL,
+                             y_b ? mean_b + c0 : NULL, run, c, cn);
+                for (ptrdiff_t j = 0; j < cn; j++) {
+                    a_dz[c0 + j] += s_dz[j];
+                    a_a[c0 + j] += s_a[j];
+                    a_b[c0 + j] += s_b[j];
+                }
+            }
+        }
+    }
+    for (ptrdiff_t j = 0; j < c; j++) {
+        double s = 0.0, sa = 0.0, sb = 0.0;
+        for (int t = 0; t < used; t++) {
+            s += acc[3 * c * t + j];
+            sa += acc[3 * c * t + c + j];
+            sb += acc[3 * c * t + 2 * c + j];
+        }
+        sum_dz[j] = s;
+        sum_dzx_a[j] = sa * invstd_a[j];
+        if (y_b)
+            sum_dzx_b[j] = sb * invstd_b[j];
+    }
+    free(acc);
+}
+
 CV_VECTORIZE static void mask_rows(float *d, const float *out, ptrdiff_t count)
 {
     for (ptrdiff_t i = 0; i < count; i++)

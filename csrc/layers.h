@@ -162,6 +162,14 @@ void bn_backward_apply(float *dy, float *dgamma, float *dbeta, const float *dout
                        const float *out, const float *y, const float *mean,
                        const float *invstd, const float *gamma, const double *sum_dz,
                        const double *sum_dzx, ptrdiff_t m, ptrdiff_t c);
+/* The end of a residual block, one pass: dout *= (out > 0) in place (the ReLU after
+ * the add), and the reduce of both batch norms that feed the add, a (the last unit)
+ * and b (the downsample; y_b NULL for an identity shortcut): sum_dz is shared. */
+void bn_backward_mask_reduce2(double *sum_dz, double *sum_dzx_a, double *sum_dzx_b,
+                              float *dout, const float *out, const float *y_a,
+                              const float *mean_a, const float *invstd_a, const float *y_b,
+                              const float *mean_b, const float *invstd_b, ptrdiff_t m,
+                              ptrdiff_t c);
 /* dout *= (out > 0), in place (the ReLU after a residual add). */
 void relu_mask_inplace(float *dout, const float *out, size_t count);
 

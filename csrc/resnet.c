@@ -63,7 +63,7 @@ typedef struct {
     ptrdiff_t feature_dim;
     float *channel_data; /* mean, invstd, scale, shift of every unit */
     float *weight_t_data;
-    double *stat_mean, *stat_var; /* max channels each */
+    double *stat_mean, *stat_var, *stat_extra; /* max channels each */
     ptrdiff_t max_channels;
 
     /* the plan for the current batch shape */
@@ -256,7 +256,9 @@ static cv_status build(resnet_model *m, cv_tensor_table *table)
     m->weight_t_data = cv_alloc_floats(transposed ? transposed : 1);
     m->stat_mean = malloc((size_t)m->max_channels * sizeof(double));
     m->stat_var = malloc((size_t)m->max_channels * sizeof(double));
-    if (!m->channel_data || !m->weight_t_data || !m->stat_mean || !m->stat_var)
+    m->stat_extra = malloc((size_t)m->max_channels * sizeof(double));
+    if (!m->channel_data || !m->weight_t_data || !m->stat_mean || !m->stat_var ||
+        !m->stat_extra)
         return cv_fail(CV_ERR_MEMORY, "out of memory building the ResNet");
     memset(m->channel_data, 0, channels * sizeof(float));
     float *c = m->channel_data, *t = m->weight_t_data;
@@ -322,6 +324,7 @@ static void resnet_free(void *model)
     free(m->weight_t_data);
     free(m->stat_mean);
     free(m->stat_var);
+    free(m->stat_extra);
     free(m->arena);
     free(m->partials);
     free(m->counts);
@@ -687,6 +690,19 @@ static void unit_bn_backward(resnet_model *m, int index, float *dst, const float
         profile_add(index, u->name, P_BN_BWD, t0, 0.0);
 }
 
+/* The same with the sums already made (sum_dz, sum_dzx), dout already masked. */
+static void unit_bn_backward_apply(resnet_model *m, int index, float *dst, const float *dout,
+                                   const double *sum_dz, const double *sum_dzx)
+{
+    unit *u = &m->units[index];
+    const ptrdiff_t rows = u->shape.n * u->shape.p * u->shape.q;
+    double t0 = now();
+    bn_backward_apply(dst, u->dgamma, u->dbeta, dout, NULL, u->y, u->mean, u->invstd, u->gamma,
+                      sum_dz, sum_dzx, rows, u->out_c);
+    if (profile.on)
+        profile_add(index, u->name, P_BN_BWD, t0, 0.0);
+}
+
 static cv_status unit_conv_backward(resnet_model *m, int index, float *dinp, const float *dy,
                                     const conv_input *in, int add)
 {
@@ -713,16 +729,21 @@ static cv_status block_backward(resnet_model *m, const block *blk, int gin, int 
             other[no++] = j;
     const int final = blk->main[blk->n_main - 1];
     const unit *uf = &m->units[final];
+    const unit *ud = blk->down >= 0 ? &m->units[blk->down] : NULL;
     const ptrdiff_t rows = uf->shape.n * uf->shape.p * uf->shape.q;
+    /* dS = dOut * (out > 0) in place, and both batch norms' sums, in one pass. */
+    double *sum_dz = m->stat_mean, *sum_f = m->stat_var, *sum_d = m->stat_extra;
     double t0 = now();
-    relu_mask_inplace(g[gin], blk->out, (size_t)(rows * uf->out_c));
+    bn_backward_mask_reduce2(sum_dz, sum_f, sum_d, g[gin], blk->out, uf->y, uf->mean, uf->invstd,
+                             ud ? ud->y : NULL, ud ? ud->mean : NULL, ud ? ud->invstd : NULL,
+                             rows, uf->out_c);
     if (profile.on)
         profile_add(final, uf->name, P_BN_BWD, t0, 0.0);
     conv_input in;
     int cur = other[1], spare = other[2];
-    if (blk->down >= 0) {
+    if (ud) {
         *gx = other[0];
-        unit_bn_backward(m, blk->down, g[cur], g[gin], NULL);
+        unit_bn_backward_apply(m, blk->down, g[cur], g[gin], sum_dz, sum_d);
         conv_input_tensor(&in, blk->in);
         if ((st = unit_conv_backward(m, blk->down, g[*gx], g[cur], &in, 0)))
             return st;
@@ -730,7 +751,7 @@ static cv_status block_backward(resnet_model *m, const block *blk, int gin, int 
         *gx = gin; /* the shortcut's gradient is dS itself; the first unit adds onto it */
         spare = other[0];
     }
-    unit_bn_backward(m, final, g[cur], g[gin], NULL);
+    unit_bn_backward_apply(m, final, g[cur], g[gin], sum_dz, sum_f);
     for (int i = blk->n_main - 1; i >= 0; i--) {
         const unit *u = &m->units[blk->main[i]];
         const float *x = i == 0 ? blk->in : m->units[blk->main[i - 1]].a;

@@ -292,6 +292,30 @@ def test_batchnorm_backward_matches_finite_differences():
         assert fd == pytest.approx(float(np.sum(grad * v)), rel=2e-2, abs=1e-3)
 
 
+@pytest.mark.parametrize("m,c", [(12, 2048), (48, 1024), (1000, 300)])
+@pytest.mark.parametrize("downsample", [True, False])
+def test_block_end_mask_and_reduce(m, c, downsample):
+    """The fused pass at a residual block's end: the ReLU mask of the block output in
+    place, and the sums of both batch norms that feed the add."""
+    dout, out = randn(m, c), randn(m, c)
+    ya, yb = randn(m, c), randn(m, c)
+    ma, mb = randn(c), randn(c)
+    ia, ib = (RNG.random(c) + 0.5).astype(np.float32), (RNG.random(c) + 0.5).astype(np.float32)
+    args = (yb, mb, ib) if downsample else ()
+    dz, sum_dz, sum_a, sum_b = _core._bn_block_end(dout, out, ya, ma, ia, *args)
+    expected = np.where(out > 0, dout, 0).astype(np.float64)
+    np.testing.assert_array_equal(dz, expected.astype(np.float32))
+    np.testing.assert_allclose(sum_dz, expected.sum(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sum_a, (expected * (ya - ma)).sum(0) * ia, rtol=1e-5, atol=1e-4)
+    if downsample:
+        np.testing.assert_allclose(sum_b, (expected * (yb - mb)).sum(0) * ib, rtol=1e-5,
+                                   atol=1e-4)
+    # the same as the separate backward of each batch norm, masked by the block output
+    gamma = randn(c)
+    dy, _, dbeta = _core._batchnorm_backward(dout, ya, ma, ia, gamma, out=out)
+    np.testing.assert_allclose(dbeta, sum_dz, rtol=1e-5, atol=1e-4)
+
+
 # ---- pooling ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("k,stride,pad", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2)])

@@ -11,6 +11,8 @@
  *   _bn_apply(y, scale, shift, *, residual=None, res_y=None, res_scale=None,
  *             res_shift=None, relu=True) -> out
  *   _batchnorm_backward(dout, y, mean, invstd, gamma, *, out=None) -> (dy, dgamma, dbeta)
+ *   _bn_block_end(dout, out, y_a, mean_a, invstd_a, y_b=None, mean_b=None, invstd_b=None)
+ *       -> (dz, sum_dz, sum_dzx_a, sum_dzx_b)
  *   _maxpool_forward(x, k=3, stride=2, pad=1, *, reference=False) -> out
  *   _maxpool_backward(dout, x, out, k=3, stride=2, pad=1, *, reference=False) -> dx
  *     (the fast one runs the forward again for its argmax; out is checked for shape)
@@ -425,6 +427,48 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
     return Py_BuildValue("(NNN)", dy, dg, db);
 }
 
+/* _bn_block_end(dout, out, y_a, mean_a, invstd_a, y_b=None, mean_b=None, invstd_b=None)
+ * -> (dz, sum_dz, sum_dzx_a, sum_dzx_b): the fused mask-and-reduce at a block's end. */
+static PyObject *py_bn_block_end(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    (void)self;
+    static char *kwlist[] = {"dout", "out", "y_a", "mean_a", "invstd_a", "y_b", "mean_b",
+                             "invstd_b", NULL};
+    PyObject *d_obj, *o_obj, *ya_obj, *ma_obj, *ia_obj, *yb_obj = Py_None, *mb_obj = Py_None,
+                                                        *ib_obj = Py_None;
+    PyArrayObject *dout, *out, *ya, *ma, *ia, *yb = NULL, *mb = NULL, *ib = NULL, *dz;
+    npy_intp m, c;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|OOO:_bn_block_end", kwlist, &d_obj,
+                                     &o_obj, &ya_obj, &ma_obj, &ia_obj, &yb_obj, &mb_obj, &ib_obj))
+        return NULL;
+    if (matrix_arg(ya_obj, "y_a", &m, &c, &ya) || same_shape(d_obj, "dout", ya, &dout) ||
+        same_shape(o_obj, "out", ya, &out) || channel_arg(ma_obj, "mean_a", c, 0, &ma) ||
+        channel_arg(ia_obj, "invstd_a", c, 0, &ia))
+        return NULL;
+    if (yb_obj != Py_None &&
+        (same_shape(yb_obj, "y_b", ya, &yb) || channel_arg(mb_obj, "mean_b", c, 0, &mb) ||
+         channel_arg(ib_obj, "invstd_b", c, 0, &ib)))
+        return NULL;
+    npy_intp cs[1] = {c};
+    PyArrayObject *sums[3];
+    dz = (PyArrayObject *)PyArray_NewCopy(dout, NPY_CORDER);
+    for (int i = 0; i < 3; i++)
+        sums[i] = (PyArrayObject *)PyArray_ZEROS(1, cs, NPY_FLOAT64, 0);
+    if (!dz || !sums[0] || !sums[1] || !sums[2]) {
+        Py_XDECREF(dz);
+        for (int i = 0; i < 3; i++)
+            Py_XDECREF(sums[i]);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    bn_backward_mask_reduce2(PyArray_DATA(sums[0]), PyArray_DATA(sums[1]), PyArray_DATA(sums[2]),
+                             PyArray_DATA(dz), PyArray_DATA(out), PyArray_DATA(ya),
+                             PyArray_DATA(ma), PyArray_DATA(ia), yb ? PyArray_DATA(yb) : NULL,
+                             mb ? PyArray_DATA(mb) : NULL, ib ? PyArray_DATA(ib) : NULL, m, c);
+    Py_END_ALLOW_THREADS;
+    return Py_BuildValue("(NNNN)", dz, sums[0], sums[1], sums[2]);
+}
+
 /* ---- pooling ----------------------------------------------------------------------------- */
 
 static int pool_geometry(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad, npy_intp h,
@@ -599,6 +643,8 @@ static PyMethodDef methods[] = {
      "affine + residual + ReLU (test entry point)"},
     {"_batchnorm_backward", (PyCFunction)(void (*)(void))py_batchnorm_backward,
      METH_VARARGS | METH_KEYWORDS, "batch norm backward (test entry point)"},
+    {"_bn_block_end", (PyCFunction)(void (*)(void))py_bn_block_end,
+     METH_VARARGS | METH_KEYWORDS, "fused ReLU mask and two batch-norm reduces (test)"},
     {"_maxpool_forward", (PyCFunction)(void (*)(void))py_maxpool_forward,
      METH_VARARGS | METH_KEYWORDS, "max pool forward (test entry point)"},
     {"_maxpool_backward", (PyCFunction)(void (*)(void))py_maxpool_backward,
