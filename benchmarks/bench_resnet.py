@@ -201,7 +201,7 @@ def isolated(framework, **kwargs):
             f"r = b.run_{framework}(**json.loads(sys.argv[1])); r['max_rss_mib'] = b.max_rss_mib(); "
             "print(json.dumps(r))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True,
-                         text=True)
+                         text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{framework} {kwargs} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -278,8 +278,9 @@ def main():
     for spec in args.models.split(","):
         depth, channels = (int(v) for v in spec.split(":"))
         for mode in args.modes.split(","):
-            kwargs = dict(depth=depth, channels=channels, batch=args.batch, size=args.size,
-                          mode=mode, steps=args.steps, warmup=args.warmup, threads=threads)
+            kwargs = {"depth": depth, "channels": channels, "batch": args.batch,
+                      "size": args.size, "mode": mode, "steps": args.steps,
+                      "warmup": args.warmup, "threads": threads}
             ours = isolated("convirt", profile=args.profile, **kwargs)
             theirs = None if args.no_torch else isolated("torch", profile=False, **kwargs)
             peaks.append(_core.fma_peak(threads=threads, seconds=0.5)[0])

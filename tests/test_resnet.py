@@ -34,7 +34,7 @@ def reference_params(depth, channels, bias_scale=None):
         last = "bn3" if tr.is_bottleneck(depth) else "bn2"
         for stage in range(1, 5):
             names = [k for k in params if k.startswith(f"layer{stage}.") and
-                     (k.endswith(f"{last}.bias") or k.endswith("downsample.1.bias"))]
+                     k.endswith((f"{last}.bias", "downsample.1.bias"))]
             width = params[names[0]].shape[0]
             sign = torch.sign(torch.randn(width, generator=g, dtype=torch.float64))
             for name in names:
