@@ -433,6 +433,26 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
 
 /* ---- backward ------------------------------------------------------------------------------ */
 
+/* Does BLIS take its packed path for an m x n x k GEMM? */
+static int packed_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k)
+{
+    return m >= PACKED_ROWS_MIN && n >= PACKED_MIN_N && k >= PACKED_MIN_K;
+}
+
+/* dweight (k, rsc) += acc (rsc, k)^T, 32 x 32 blocks, OpenMP over column blocks. */
+static void add_transposed(float *dweight, const float *acc, ptrdiff_t k, ptrdiff_t rsc)
+{
+    const ptrdiff_t b = 32;
+#pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static)
+    for (ptrdiff_t j0 = 0; j0 < rsc; j0 += b)
+        for (ptrdiff_t i0 = 0; i0 < k; i0 += b) {
+            ptrdiff_t j1 = j0 + b < rsc ? j0 + b : rsc, i1 = i0 + b < k ? i0 + b : k;
+            for (ptrdiff_t j = j0; j < j1; j++)
+                for (ptrdiff_t i = i0; i < i1; i++)
+                    dweight[i * rsc + j] += acc[j * k + i];
+        }
+}
+
 /* Is the input gradient a forward convolution of dout (stride 1, a float tensor)?
  * dX = conv(dY, W') with W'[c, r, s, k] = W[k, R-1-r, S-1-s, c] and padding R-1-pad:
  * a GEMM of the forward's shape (k = r*s*k) writing dX rows in place, instead of a
@@ -492,6 +512,13 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     const size_t ttile_floats =
         transposed ? round16((size_t)(tplan.rows_max * tsh.r * tsh.s * tsh.c)) : 0;
     const size_t acc_floats = dweight ? round16((size_t)(K * RSC)) : 0;
+    /* The weight gradient as dW^T = cols^T dY (m = r*s*c, n = k) when that shape reaches
+     * BLIS's packed kernels and dW = dY^T cols (m = k) does not: every thread then sums
+     * into a private (r*s*c, k) buffer, added transposed at the end. */
+    const ptrdiff_t tile_rows_min = plan.parts ? plan.pq / plan.parts
+                                               : (sh->n / plan.groups) * plan.pq;
+    const int dw_t = dweight && !packed_gemm(K, RSC, tile_rows_min) &&
+                     packed_gemm(RSC, K, tile_rows_min);
     const size_t band = need_cols ? band_floats(inp, sh) : 0;
     /* per thread: [cols][dcols][band][private weight gradient] */
     const size_t acc_at = (need_cols ? tile_floats : 0) + (need_dcols ? tile_floats : 0) + band;
@@ -525,10 +552,10 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
             float *bnd = dcol + (need_dcols ? tile_floats : 0);
             float *acc = col + acc_at;
             /* Thread 0 adds straight into dweight; the others into private sums. */
-            float *dw = t == 0 ? dweight : acc;
+            float *dw = t == 0 && !dw_t ? dweight : acc;
             if (t == 0)
                 used = nt;
-            if (dweight && t > 0)
+            if (dweight && dw != dweight)
                 memset(dw, 0, (size_t)(K * RSC) * sizeof(float));
             ptrdiff_t g0 = t * plan.groups / nt, g1 = (t + 1) * plan.groups / nt;
             for (ptrdiff_t g = g0; g < g1; g++) {
@@ -545,7 +572,10 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                         const float *a = direct ? inp->data + row0 * RSC : col;
                         if (!direct)
                             im2col_tile(col, bnd, inp, sh, row0, rows);
-                        cv_gemm(K, RSC, rows, 1.0f, dy, 1, K, a, RSC, 1, 1.0f, dw, RSC, 1);
+                        if (dw_t)
+                            cv_gemm(RSC, K, rows, 1.0f, a, 1, RSC, dy, K, 1, 1.0f, dw, K, 1);
+                        else
+                            cv_gemm(K, RSC, rows, 1.0f, dy, 1, K, a, RSC, 1, 1.0f, dw, RSC, 1);
                     }
                     if (dx_in_groups && direct) {
                         cv_gemm(rows, C, K, 1.0f, dy, K, 1, weight, RSC, 1,
@@ -559,7 +589,10 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
             }
         }
     }
-    if (dweight && used > 1) {
+    if (dw_t) {
+        for (int t = 0; t < used; t++)
+            add_transposed(dweight, scratch + per_thread * (size_t)t + acc_at, K, RSC);
+    } else if (dweight && used > 1) {
         const ptrdiff_t count = K * RSC;
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (ptrdiff_t i0 = 0; i0 < count; i0 += 4096) {
