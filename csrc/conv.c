@@ -214,6 +214,20 @@ ptrdiff_t conv2d_tile_count(const conv_input *inp, const conv_shape *shape)
     return plan_tiles(shape, is_direct(inp, shape), FORWARD_ROUND).count;
 }
 
+/* Rows of the smallest tile of a plan. */
+static ptrdiff_t min_tile_rows(const tile_plan *t)
+{
+    return t->parts ? t->pq / t->parts : (t->n / t->groups) * t->pq;
+}
+
+static int packed_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k);
+
+int conv2d_wants_weight_t(const conv_input *inp, const conv_shape *shape)
+{
+    tile_plan t = plan_tiles(shape, is_direct(inp, shape), FORWARD_ROUND);
+    return !packed_gemm(min_tile_rows(&t), shape->k, shape->r * shape->s * shape->c);
+}
+
 /* ---- im2col / col2im ------------------------------------------------------------------ */
 
 static size_t round16(size_t n)
@@ -515,8 +529,7 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     /* The weight gradient as dW^T = cols^T dY (m = r*s*c, n = k) when that shape reaches
      * BLIS's packed kernels and dW = dY^T cols (m = k) does not: every thread then sums
      * into a private (r*s*c, k) buffer, added transposed at the end. */
-    const ptrdiff_t tile_rows_min = plan.parts ? plan.pq / plan.parts
-                                               : (sh->n / plan.groups) * plan.pq;
+    const ptrdiff_t tile_rows_min = min_tile_rows(&plan);
     const int dw_t = dweight && !packed_gemm(K, RSC, tile_rows_min) &&
                      packed_gemm(RSC, K, tile_rows_min);
     const size_t band = need_cols ? band_floats(inp, sh) : 0;

@@ -83,6 +83,10 @@ void conv_workspace_free(conv_workspace *ws);
  * of input and the batch size, not by the thread count). */
 ptrdiff_t conv2d_tile_count(const conv_input *inp, const conv_shape *shape);
 
+/* Whether conv2d_forward gains from weight_t for this shape: only where BLIS runs the
+ * GEMMs unpacked (small tiles or narrow layers); packed, it reads any layout. */
+int conv2d_wants_weight_t(const conv_input *inp, const conv_shape *shape);
+
 /* out (n, p, q, k) = conv(inp, weight), then epilogue (may be NULL) on each tile.
  * weight: (k, r, s, c); weight_t: the same transposed to (r*s*c, k), or NULL
  * (faster GEMMs when r*s*c is small). One GEMM per tile of output rows: a 1x1

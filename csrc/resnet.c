@@ -31,9 +31,9 @@
 #define MAX_BLOCKS 16
 #define BN_MOMENTUM 0.1
 #define BN_EPS 1e-5
-/* Every convolution gets a transposed copy (r*s*c, k) of its weights, made at each
- * forward (the weights may have changed): with the weights as a row-major B, BLIS's
- * unpacked kernels use their fast row-times-panel form instead of dot products. */
+/* Convolutions get a transposed copy (r*s*c, k) of their weights, made at each forward
+ * (the weights may have changed) where BLIS runs the GEMMs unpacked: with a row-major
+ * B its unpacked kernels use their fast row-times-panel form instead of dot products. */
 #define TRANSPOSE_MAX_RSC PTRDIFF_MAX
 
 typedef struct {
@@ -545,13 +545,16 @@ static cv_status unit_forward(resnet_model *m, int index, const conv_input *in,
     const conv_shape *s = &u->shape;
     const ptrdiff_t k = u->out_c, rsc = s->r * s->s * s->c;
     double t0 = now();
-    if (u->weight_t)
+    const float *weight_t = NULL;
+    if (u->weight_t && conv2d_wants_weight_t(in, s)) {
         transpose(u->weight_t, u->weight, k, rsc);
+        weight_t = u->weight_t;
+    }
     cv_status st;
     if (training) {
         stats_ctx ctx = {m->partials, m->counts, k};
         conv_epilogue epi = {stats_epilogue, &ctx};
-        if ((st = conv2d_forward(u->y, in, u->weight, u->weight_t, s, &epi, &m->ws)))
+        if ((st = conv2d_forward(u->y, in, u->weight, weight_t, s, &epi, &m->ws)))
             return st;
         if (profile.on)
             profile_add(index, u->name, P_CONV_FWD, t0, 2.0 * act_size(s) * rsc);
@@ -568,7 +571,7 @@ static cv_status unit_forward(resnet_model *m, int index, const conv_input *in,
                        BN_EPS);
         affine_ctx ctx = {u->scale, u->shift, residual, relu, k};
         conv_epilogue epi = {affine_epilogue, &ctx};
-        if ((st = conv2d_forward(u->y, in, u->weight, u->weight_t, s, &epi, &m->ws)))
+        if ((st = conv2d_forward(u->y, in, u->weight, weight_t, s, &epi, &m->ws)))
             return st;
         if (profile.on)
             profile_add(index, u->name, P_CONV_FWD, t0, 2.0 * act_size(s) * rsc);
