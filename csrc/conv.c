@@ -1,18 +1,24 @@
 /* conv.c - 2-D convolution over NHWC activations, on BLIS GEMMs.
  *
- * Output rows (one per output pixel, n*p*q of them) are cut into tiles; each tile is
- * one GEMM  out[rows x k] = cols[rows x r*s*c] @ weight^T  where cols is the input
- * itself for a 1x1 stride-1 convolution (NHWC makes it a matrix already) and a
+ * Forward. Output rows (one per output pixel, n*p*q of them) are cut into tiles; each
+ * tile is one GEMM  out[rows x k] = cols[rows x r*s*c] @ weight^T  where cols is the
+ * input itself for a 1x1 stride-1 convolution (NHWC makes it a matrix already) and a
  * per-thread im2col buffer otherwise, sized to stay in cache. Tiles run in an OpenMP
  * loop with one BLIS thread each: the GEMMs of a convolution layer are too small for
  * BLIS to split well on its own, and the im2col of one tile overlaps the GEMM of
- * another.
+ * another. An epilogue runs on each tile while it is in cache (batch norm, ReLU,
+ * residual add, or batch statistics).
  *
  * Tiles: an image with at least T output rows (T from the layer's shape) is split
  * into equal parts; smaller images are grouped whole, a few per tile, so that late
- * layers (7 x 7 outputs) still get GEMMs with a few hundred rows. Backward runs over
- * groups of tiles that own whole images, so the col2im scatter of one thread never
- * touches another's rows.
+ * layers (7 x 7 outputs) still get GEMMs with a few hundred rows.
+ *
+ * Backward. The weight gradient sums a GEMM per tile (dW = dY^T cols, or its
+ * transpose when that shape suits BLIS better) into per-thread buffers, over groups
+ * of tiles that own whole images, so that the col2im scatter of one thread never
+ * touches another's rows. The input gradient of a stride-1 convolution is itself a
+ * convolution of dY with the flipped weights (a GEMM of the forward's shape, written
+ * in place); other strides scatter dY W through col2im.
  */
 #include <omp.h>
 
@@ -20,8 +26,9 @@
 #include "layers.h"
 
 /* Tile sizes. BLIS 0.9 runs a GEMM through its packed ("native") kernels only when
- * m >= 512, n >= 200 and k >= 240 (its zen3/haswell thresholds), and otherwise through
- * the unpacked "sup" kernels, which read A and B in place. So:
+ * m >= 512, n >= 200 and k >= 240 (its zen3 thresholds for sgemm; other sub-
+ * configurations differ a little, which costs speed, never correctness), and otherwise
+ * through the unpacked "sup" kernels, which read A and B in place. So:
  *  - layers with k >= 200 outputs and r*s*c >= 240 get tiles of at least 512 rows, so
  *    that their GEMMs take the packed path (large weights are packed once per tile);
  *  - narrower layers stay on the sup path whatever m is: there the im2col tile is sized
