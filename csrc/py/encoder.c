@@ -20,6 +20,9 @@ typedef struct {
     int vocab_size, max_positions, type_vocab_size;
     npy_intp last_h, last_w; /* the last training input, for the input gradient's shape */
     int last_ndim;
+    /* The images of the last training forward: the ResNet's backward reads them again
+     * (the first convolution's weight gradient), so they are kept alive until then. */
+    PyObject *last_input;
 } EncoderObject;
 
 /* ---- construction ------------------------------------------------------------- */
@@ -175,6 +178,7 @@ static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds)
 
 static void Encoder_dealloc(EncoderObject *self)
 {
+    Py_CLEAR(self->last_input);
     cv_encoder_free(&self->enc);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -400,10 +404,12 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
         cv_raise(status);
         goto error;
     }
+    Py_CLEAR(self->last_input);
     if (self->is_image && self->training) {
         self->last_h = batch.h;
         self->last_w = batch.w;
         self->last_ndim = PyArray_NDIM(image_arr);
+        self->last_input = Py_NewRef((PyObject *)image_arr);
     }
     return Py_BuildValue("(NN)", feats ? (PyObject *)feats : Py_NewRef(Py_None),
                          embs ? (PyObject *)embs : Py_NewRef(Py_None));

@@ -153,7 +153,8 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     if (cv_register_contrastive_loss(module) < 0 || cv_register_encoder(module) < 0 ||
         cv_register_image_augment(module) < 0 || cv_register_optimizer(module) < 0 ||
-        cv_register_classify(module) < 0 || cv_register_text_layers(module) < 0) {
+        cv_register_classify(module) < 0 || cv_register_text_layers(module) < 0 ||
+        cv_register_image_layers(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,0 +1,392 @@
+"""The image layers of the C core one at a time (convolution, batch norm, pooling and
+their fused forms), through the private entry points in convirt._core: each forward
+and backward against the naive C reference, against PyTorch (torch.nn.functional, in
+float64) and against finite differences."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convirt
+from convirt import _core
+
+RNG = np.random.default_rng(1234)
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def randn(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def nchw(x):
+    """NHWC NumPy -> NCHW float64 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).permute(0, 3, 1, 2)
+
+
+def krsc_to_torch(w):
+    return torch.from_numpy(w.astype(np.float64)).permute(0, 3, 1, 2)
+
+
+def torch_conv(x, w, stride, pad):
+    y = F.conv2d(nchw(x), krsc_to_torch(w), stride=stride, padding=pad)
+    return y.permute(0, 2, 3, 1).numpy()
+
+
+# (n, h, w, c, k, kernel, stride, pad): every path of conv.c. 1x1 stride 1 reads the
+# input in place; the others go through im2col; sizes that make tiles split images
+# (h * w >= the tile) and tiles that group whole images.
+CONV_CASES = [
+    (2, 9, 7, 5, 6, 1, 1, 0),
+    (3, 24, 24, 16, 8, 1, 1, 0),   # direct, 576 rows per image: images split
+    (5, 6, 6, 8, 4, 1, 1, 0),      # direct, tiny images grouped
+    (2, 9, 8, 6, 4, 1, 2, 0),      # downsample
+    (2, 8, 8, 4, 5, 3, 1, 1),
+    (3, 11, 9, 5, 7, 3, 2, 1),
+    (2, 20, 18, 3, 8, 7, 2, 3),    # a stem
+    (2, 7, 10, 3, 4, 5, 3, 0),
+    (1, 5, 5, 2, 3, 3, 1, 2),      # padding wider than the stride
+    (2, 40, 40, 4, 4, 3, 1, 1),    # 1600 rows per image: split into tiles
+]
+
+
+@pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", CONV_CASES)
+def test_conv_forward_matches_reference_and_torch(n, h, w, c, k, r, stride, pad):
+    x, weight = randn(n, h, w, c), randn(k, r, r, c)
+    fast = _core._conv2d_forward(x, weight, stride, pad)
+    naive = _core._conv2d_forward(x, weight, stride, pad, reference=True)
+    expected = torch_conv(x, weight, stride, pad)
+    assert fast.shape == expected.shape
+    assert rel(naive, expected) < 1e-6
+    assert rel(fast, expected) < 1e-5
+
+
+@pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", CONV_CASES)
+@pytest.mark.parametrize("add", [True, False])
+def test_conv_backward_matches_reference_and_torch(n, h, w, c, k, r, stride, pad, add):
+    x, weight = randn(n, h, w, c), randn(k, r, r, c)
+    dout = randn(*torch_conv(x, weight, stride, pad).shape)
+    before_dx, before_dw = randn(*x.shape), randn(*weight.shape)
+    dx, dw = before_dx.copy(), before_dw.copy()
+    _core._conv2d_backward(dout, x, weight, stride, pad, dx=dx, dw=dw, add=add)
+    ref_dx, ref_dw = np.zeros_like(x), np.zeros_like(weight)
+    _core._conv2d_backward(dout, x, weight, stride, pad, dx=ref_dx, dw=ref_dw, reference=True)
+
+    xt = nchw(x).requires_grad_(True)
+    wt = krsc_to_torch(weight).requires_grad_(True)
+    F.conv2d(xt, wt, stride=stride, padding=pad).backward(nchw(dout))
+    torch_dx = xt.grad.permute(0, 2, 3, 1).numpy()
+    torch_dw = wt.grad.permute(0, 2, 3, 1).numpy()
+    assert rel(ref_dx, torch_dx) < 1e-6 and rel(ref_dw, torch_dw) < 1e-6
+    # the weight gradient always adds; the input gradient adds or overwrites
+    assert rel(dw - before_dw, torch_dw) < 1e-5
+    assert rel(dx - (before_dx if add else 0), torch_dx) < 1e-5
+
+
+@pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", CONV_CASES[::3])
+def test_conv_backward_matches_finite_differences(n, h, w, c, k, r, stride, pad):
+    """The convolution is linear, so a central difference along a random direction is
+    exact up to rounding: it checks the backward against the fast forward itself."""
+    x, weight = randn(n, h, w, c), randn(k, r, r, c)
+    g = randn(*torch_conv(x, weight, stride, pad).shape).astype(np.float64)
+    dx, dw = _core._conv2d_backward(g.astype(np.float32), x, weight, stride, pad)
+
+    def loss(x_, w_):
+        return float(np.sum(_core._conv2d_forward(x_, w_, stride, pad) * g))
+
+    eps = 0.5
+    vx, vw = randn(*x.shape), randn(*weight.shape)
+    fd_x = (loss(x + eps * vx, weight) - loss(x - eps * vx, weight)) / (2 * eps)
+    fd_w = (loss(x, weight + eps * vw) - loss(x, weight - eps * vw)) / (2 * eps)
+    assert fd_x == pytest.approx(float(np.sum(dx * vx)), rel=1e-4)
+    assert fd_w == pytest.approx(float(np.sum(dw * vw)), rel=1e-4)
+
+
+# ---- the first convolution reads the caller's images ----------------------------------
+
+def normalised(images, mean, std):
+    x = images.astype(np.float64)
+    if x.ndim == 3:
+        x = x[..., None]
+    if images.dtype == np.uint8:
+        x = x / 255.0
+    return ((x - np.array(mean)) / np.array(std)).astype(np.float32)
+
+
+def image_cases():
+    u8 = RNG.integers(0, 256, size=(3, 17, 15, 3), dtype=np.uint8)
+    f32 = randn(2, 16, 19, 2)
+    gray = RNG.integers(0, 256, size=(2, 14, 13), dtype=np.uint8)
+    big = randn(2, 13, 4, 12)  # a transposed view: no axis is contiguous
+    return [
+        ("uint8 rgb", u8, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ("float32", f32, (0.1, -0.3), (2.0, 0.5)),
+        ("uint8 gray (n, h, w)", gray, (0.449,), (0.226,)),
+        ("float32 strided", big.transpose(0, 3, 1, 2)[:, ::2, ::3, 1:4], (0.0,) * 3, (1.5,) * 3),
+        ("uint8 sliced", u8[:, 1::2, ::-1, ::-1], (0.5,) * 3, (0.25,) * 3),
+    ]
+
+
+@pytest.mark.parametrize("name,images,mean,std", image_cases(), ids=lambda v: v
+                         if isinstance(v, str) else "")
+@pytest.mark.parametrize("r,stride,pad", [(7, 2, 3), (3, 1, 1), (1, 1, 0)])
+def test_conv_on_images_normalises_in_place(name, images, mean, std, r, stride, pad):
+    before = images.copy()
+    x = normalised(images, mean, std)
+    c = x.shape[3]
+    weight = randn(5, r, r, c)
+    out = _core._conv2d_forward(images, weight, stride, pad, mean=mean, std=std)
+    naive = _core._conv2d_forward(images, weight, stride, pad, mean=mean, std=std,
+                                  reference=True)
+    expected = torch_conv(x, weight, stride, pad)
+    assert rel(out, expected) < 1e-5 and rel(naive, expected) < 1e-5
+
+    # the input gradient is with respect to the pixel values as given
+    dout = randn(*out.shape)
+    dx, dw = _core._conv2d_backward(dout, images, weight, stride, pad, mean=mean, std=std,
+                                    add=False)
+    ref_dx, ref_dw = _core._conv2d_backward(dout, images, weight, stride, pad, mean=mean,
+                                            std=std, reference=True)
+    xt = nchw(x).requires_grad_(True)
+    wt = krsc_to_torch(weight).requires_grad_(True)
+    F.conv2d(xt, wt, stride=stride, padding=pad).backward(nchw(dout))
+    scale = (1 / 255.0 if images.dtype == np.uint8 else 1.0) / np.array(std)
+    torch_dx = xt.grad.permute(0, 2, 3, 1).numpy() * scale
+    torch_dw = wt.grad.permute(0, 2, 3, 1).numpy()
+    assert dx.shape == x.shape
+    assert rel(dx, torch_dx) < 1e-5 and rel(ref_dx, torch_dx) < 1e-5
+    assert rel(dw, torch_dw) < 1e-5 and rel(ref_dw, torch_dw) < 1e-5
+    np.testing.assert_array_equal(images, before)
+
+
+def test_conv_bad_arguments():
+    x, weight = randn(1, 8, 8, 3), randn(4, 3, 3, 3)
+    with pytest.raises(ValueError, match="input channels"):
+        _core._conv2d_forward(x, randn(4, 3, 3, 2))
+    with pytest.raises(ValueError, match="does not fit"):
+        _core._conv2d_forward(x, randn(4, 11, 11, 3))
+    with pytest.raises(ValueError, match="stride"):
+        _core._conv2d_forward(x, weight, 0, 1)
+    with pytest.raises(TypeError, match="float32"):
+        _core._conv2d_forward(x.astype(np.float64), weight)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core._conv2d_forward(x[:, ::2], weight)
+    with pytest.raises(ValueError, match="mean needs 3 values"):
+        _core._conv2d_forward(x, weight, mean=(0.5,), std=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="std must be > 0"):
+        _core._conv2d_forward(x, weight, mean=(0.5,) * 3, std=(1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="dout must have shape"):
+        _core._conv2d_backward(randn(1, 7, 7, 4), x, weight, 1, 1)
+
+
+# ---- batch norm ----------------------------------------------------------------------------
+
+def torch_bn(y, gamma, beta, rm, rv, training):
+    rm_t, rv_t = torch.from_numpy(rm.astype(np.float64)), torch.from_numpy(rv.astype(np.float64))
+    shape = y.shape
+    out = F.batch_norm(torch.from_numpy(y.reshape(-1, shape[-1]).astype(np.float64)), rm_t, rv_t,
+                       torch.from_numpy(gamma.astype(np.float64)),
+                       torch.from_numpy(beta.astype(np.float64)), training=training,
+                       momentum=0.1, eps=1e-5)
+    return out.numpy().reshape(shape), rm_t.numpy(), rv_t.numpy()
+
+
+@pytest.mark.parametrize("m,c", [(2, 3), (37, 5), (1000, 64), (4099, 300)])
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_batch_statistics(m, c, offset):
+    """Mean and biased variance, also when the mean dwarfs the spread (no
+    cancellation) and when rows cross the 512-row tiles."""
+    y = (offset + RNG.standard_normal((m, c)) * RNG.uniform(0.01, 3.0, c)).astype(np.float32)
+    mean, var = _core._bn_statistics(y)
+    y64 = y.astype(np.float64)
+    # float sums over short runs of rows: errors relative to the spread, not the mean
+    np.testing.assert_allclose(mean, y64.mean(0), rtol=0, atol=1e-6 * y64.std(0).max())
+    np.testing.assert_allclose(var, y64.var(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("relu", [True, False])
+def test_batchnorm_forward_matches_torch(training, relu):
+    y = (randn(3, 5, 4, 7) * 2 + 1).astype(np.float32)
+    gamma, beta = randn(7) + 1, randn(7)
+    rm, rv = randn(7), (RNG.random(7) + 0.5).astype(np.float32)
+    rm0, rv0 = rm.copy(), rv.copy()
+    out, mean, invstd = _core._batchnorm_forward(y, gamma, beta, rm, rv, training=training,
+                                                 relu=relu)
+    expected, rm_t, rv_t = torch_bn(y, gamma, beta, rm0, rv0, training)
+    if relu:
+        expected = np.maximum(expected, 0)
+    assert rel(out, expected) < 1e-6
+    assert rel(rm, rm_t) < 1e-6 and rel(rv, rv_t) < 1e-6  # unchanged in eval mode
+    if training:
+        y64 = y.reshape(-1, 7).astype(np.float64)
+        np.testing.assert_allclose(mean, y64.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(invstd, 1 / np.sqrt(y64.var(0) + 1e-5), rtol=1e-6)
+
+
+def test_batchnorm_with_residual_and_fused_downsample():
+    y, res, res_y = randn(2, 3, 3, 6), randn(2, 3, 3, 6), randn(2, 3, 3, 6)
+    scale, shift, rs, rt = randn(6), randn(6), randn(6), randn(6)
+    out = _core._bn_apply(y, scale, shift, residual=res)
+    np.testing.assert_allclose(out, np.maximum(y * scale + shift + res, 0), rtol=1e-5, atol=1e-6)
+    out = _core._bn_apply(y, scale, shift, res_y=res_y, res_scale=rs, res_shift=rt)
+    np.testing.assert_allclose(out, np.maximum(y * scale + shift + res_y * rs + rt, 0),
+                               rtol=1e-5, atol=1e-6)
+    out = _core._bn_apply(y, scale, shift, residual=res, relu=False)
+    np.testing.assert_allclose(out, y * scale + shift + res, rtol=1e-5, atol=1e-6)
+    gamma, beta = randn(6), randn(6)
+    rm, rv = np.zeros(6, np.float32), np.ones(6, np.float32)
+    out, _, _ = _core._batchnorm_forward(y, gamma, beta, rm, rv, training=True, relu=True,
+                                         residual=res)
+    expected, _, _ = torch_bn(y, gamma, beta, np.zeros(6), np.ones(6), True)
+    assert rel(out, np.maximum(expected + res, 0)) < 1e-6
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("m,c", [(12, 3), (700, 17), (3000, 260)])
+def test_batchnorm_backward_matches_torch(relu, m, c):
+    y = (randn(m, c) * 1.5 + 0.3).astype(np.float32)
+    gamma, beta = randn(c) + 1, randn(c)
+    out, mean, invstd = _core._batchnorm_forward(y, gamma, beta, np.zeros(c, np.float32),
+                                                 np.ones(c, np.float32), relu=relu)
+    dout = randn(m, c)
+    dy, dgamma, dbeta = _core._batchnorm_backward(dout, y, mean, invstd, gamma,
+                                                  out=out if relu else None)
+    yt = torch.from_numpy(y.astype(np.float64)).requires_grad_(True)
+    gt = torch.from_numpy(gamma.astype(np.float64)).requires_grad_(True)
+    bt = torch.from_numpy(beta.astype(np.float64)).requires_grad_(True)
+    o = F.batch_norm(yt, None, None, gt, bt, training=True, eps=1e-5)
+    (F.relu(o) if relu else o).backward(torch.from_numpy(dout.astype(np.float64)))
+    assert rel(dy, yt.grad.numpy()) < 1e-5
+    assert rel(dgamma, gt.grad.numpy()) < 1e-5
+    assert rel(dbeta, bt.grad.numpy()) < 1e-5
+
+
+def test_batchnorm_backward_matches_finite_differences():
+    m, c = 40, 6
+    y = (randn(m, c) * 2 + 1).astype(np.float32)
+    gamma, beta = randn(c) + 1, randn(c)
+    g = randn(m, c).astype(np.float64)
+
+    def loss(y_, gamma_, beta_):
+        out, _, _ = _core._batchnorm_forward(y_, gamma_, beta_, np.zeros(c, np.float32),
+                                             np.ones(c, np.float32), relu=True)
+        return float(np.sum(out * g))
+
+    out, mean, invstd = _core._batchnorm_forward(y, gamma, beta, np.zeros(c, np.float32),
+                                                 np.ones(c, np.float32), relu=True)
+    dy, dgamma, dbeta = _core._batchnorm_backward(g.astype(np.float32), y, mean, invstd, gamma,
+                                                  out=out)
+    eps = 1e-2
+    for grad, which in [(dy, 0), (dgamma, 1), (dbeta, 2)]:
+        args = [y, gamma, beta]
+        v = randn(*args[which].shape)
+        plus, minus = list(args), list(args)
+        plus[which] = (args[which] + eps * v).astype(np.float32)
+        minus[which] = (args[which] - eps * v).astype(np.float32)
+        fd = (loss(*plus) - loss(*minus)) / (2 * eps)
+        assert fd == pytest.approx(float(np.sum(grad * v)), rel=2e-2, abs=1e-3)
+
+
+@pytest.mark.parametrize("m,c", [(12, 2048), (48, 1024), (1000, 300)])
+@pytest.mark.parametrize("downsample", [True, False])
+def test_block_end_mask_and_reduce(m, c, downsample):
+    """The fused pass at a residual block's end: the ReLU mask of the block output in
+    place, and the sums of both batch norms that feed the add."""
+    dout, out = randn(m, c), randn(m, c)
+    ya, yb = randn(m, c), randn(m, c)
+    ma, mb = randn(c), randn(c)
+    ia, ib = (RNG.random(c) + 0.5).astype(np.float32), (RNG.random(c) + 0.5).astype(np.float32)
+    args = (yb, mb, ib) if downsample else ()
+    dz, sum_dz, sum_a, sum_b = _core._bn_block_end(dout, out, ya, ma, ia, *args)
+    expected = np.where(out > 0, dout, 0).astype(np.float64)
+    np.testing.assert_array_equal(dz, expected.astype(np.float32))
+    np.testing.assert_allclose(sum_dz, expected.sum(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sum_a, (expected * (ya - ma)).sum(0) * ia, rtol=1e-5, atol=1e-4)
+    if downsample:
+        np.testing.assert_allclose(sum_b, (expected * (yb - mb)).sum(0) * ib, rtol=1e-5,
+                                   atol=1e-4)
+    # the same as the separate backward of each batch norm, masked by the block output
+    gamma = randn(c)
+    _, _, dbeta = _core._batchnorm_backward(dout, ya, ma, ia, gamma, out=out)
+    np.testing.assert_allclose(dbeta, sum_dz, rtol=1e-5, atol=1e-4)
+
+
+# ---- pooling ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,stride,pad", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2)])
+def test_maxpool_matches_reference_and_torch(k, stride, pad):
+    x = randn(2, 11, 9, 7)
+    out = _core._maxpool_forward(x, k, stride, pad)
+    naive = _core._maxpool_forward(x, k, stride, pad, reference=True)
+    xt = nchw(x).requires_grad_(True)
+    expected = F.max_pool2d(xt, k, stride=stride, padding=pad)
+    np.testing.assert_array_equal(out, naive)
+    np.testing.assert_array_equal(out, expected.detach().permute(0, 2, 3, 1).numpy()
+                                  .astype(np.float32))
+    dout = randn(*out.shape)
+    dx = _core._maxpool_backward(dout, x, out, k, stride, pad)
+    ref = _core._maxpool_backward(dout, x, out, k, stride, pad, reference=True)
+    expected.backward(nchw(dout))
+    np.testing.assert_allclose(dx, ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_maxpool_ties_follow_torch():
+    """After a ReLU many window entries are equal (zeros): the gradient goes to the
+    first maximum in row-major order, as PyTorch's kernel does."""
+    x = np.maximum(randn(2, 8, 8, 5), 0).astype(np.float32)
+    x[0, :3, :3, 0] = 0.0
+    x[1, 2:4, 2:5, 1] = 0.75
+    out = _core._maxpool_forward(x, 3, 2, 1)
+    dout = randn(*out.shape)
+    dx = _core._maxpool_backward(dout, x, out, 3, 2, 1)
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(True)
+    F.max_pool2d(xt, 3, stride=2, padding=1).backward(torch.from_numpy(dout).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_maxpool_backward_matches_finite_differences():
+    x = randn(2, 9, 9, 4)  # distinct values: the max pool is linear near x
+    out = _core._maxpool_forward(x, 3, 2, 1)
+    g = randn(*out.shape).astype(np.float64)
+    dx = _core._maxpool_backward(g.astype(np.float32), x, out, 3, 2, 1)
+    v, eps = randn(*x.shape), 1e-4
+    fd = (np.sum(_core._maxpool_forward(x + eps * v, 3, 2, 1) * g)
+          - np.sum(_core._maxpool_forward(x - eps * v, 3, 2, 1) * g)) / (2 * eps)
+    assert fd == pytest.approx(float(np.sum(dx * v)), rel=1e-2)
+
+
+def test_avgpool_forward_backward():
+    x = randn(3, 5, 7, 11)
+    out = _core._avgpool_forward(x)
+    np.testing.assert_allclose(out, x.astype(np.float64).mean(axis=(1, 2)), rtol=1e-6,
+                               atol=1e-7)
+    g = randn(3, 11)
+    dx = _core._avgpool_backward(g, 5, 7)
+    np.testing.assert_allclose(dx, np.broadcast_to(g[:, None, None, :] / 35, x.shape),
+                               rtol=1e-6)
+    v, eps = randn(*x.shape), 0.5
+    fd = (np.sum(_core._avgpool_forward(x + eps * v) * g)
+          - np.sum(_core._avgpool_forward(x - eps * v) * g)) / (2 * eps)
+    assert fd == pytest.approx(float(np.sum(dx * v)), rel=1e-4)
+
+
+def test_layers_do_not_depend_on_the_thread_count():
+    x, weight = randn(3, 20, 20, 8), randn(16, 3, 3, 8)
+    dout = randn(3, 20, 20, 16)
+    results = []
+    for threads in (1, 2):
+        convirt.set_num_threads(threads)
+        try:
+            y = _core._conv2d_forward(x, weight, 1, 1)
+            dx, _ = _core._conv2d_backward(dout, x, weight, 1, 1)
+            results.append((y, dx))
+        finally:
+            convirt.set_num_threads(2)
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
