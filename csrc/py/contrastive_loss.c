@@ -1,18 +1,10 @@
 /* contrastive_loss.c - the Python type convirt.ContrastiveLoss. */
 #include "arrays.h"
 #include "module.h"
+#include "objects.h"
 
-typedef struct {
-    PyObject_HEAD
-    double image_to_text_weight; /* the paper's lambda */
-    double logit_scale;          /* log(1 / temperature) */
-    double max_logit_scale;      /* clamp of exp(logit_scale) when learnable */
-    int learnable;
-    int busy;
-    cv_loss_workspace ws;
-} LossObject;
 
-static PyTypeObject LossResultType;
+PyTypeObject cv_LossResultType;
 
 static PyStructSequence_Field result_fields[] = {
     {"loss", "lambda * image_to_text + (1 - lambda) * text_to_image"},
@@ -29,7 +21,7 @@ static PyStructSequence_Desc result_desc = {
     "convirt.LossResult", "What ContrastiveLoss returns: the losses, accuracies and gradients.",
     result_fields, 8};
 
-static double effective_scale(const LossObject *self)
+double cv_loss_scale(const LossObject *self)
 {
     double scale = exp(self->logit_scale);
     if (self->learnable && scale > self->max_logit_scale)
@@ -120,10 +112,10 @@ static PyArrayObject *grad_output(PyObject *given, const char *name, npy_intp ro
 }
 
 /* Fills a LossResult from a core result; steals grad_a / grad_b (either may be NULL). */
-static PyObject *make_result(LossObject *self, const cv_loss_result *out,
+PyObject *cv_make_loss_result(LossObject *self, const cv_loss_result *out,
                              PyArrayObject *grad_a, PyArrayObject *grad_b)
 {
-    PyObject *result = PyStructSequence_New(&LossResultType);
+    PyObject *result = PyStructSequence_New(&cv_LossResultType);
     if (!result) {
         Py_XDECREF(grad_a);
         Py_XDECREF(grad_b);
@@ -188,7 +180,7 @@ static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
     }
     if (cv_claim(&self->busy, "ContrastiveLoss"))
         goto error;
-    double scale = effective_scale(self), lambda = self->image_to_text_weight;
+    double scale = cv_loss_scale(self), lambda = self->image_to_text_weight;
     Py_BEGIN_ALLOW_THREADS;
     status = cv_loss_forward_backward(
         &out, gv ? (float *)PyArray_DATA(gv) : NULL, sgv[0], sgv[1],
@@ -202,7 +194,7 @@ static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
         goto error;
     }
 
-    return make_result(self, &out, gv, gu);
+    return cv_make_loss_result(self, &out, gv, gu);
 
 error:
     Py_XDECREF(gv);
@@ -243,7 +235,7 @@ static PyObject *Loss_nt_xent(LossObject *self, PyObject *args, PyObject *kwds)
         Py_XDECREF(g);
         return NULL;
     }
-    double scale = effective_scale(self);
+    double scale = cv_loss_scale(self);
     Py_BEGIN_ALLOW_THREADS;
     status = cv_ntxent_forward_backward(&out, g ? (float *)PyArray_DATA(g) : NULL, sg[0],
                                         sg[1], &self->ws, (const float *)PyArray_DATA(z),
@@ -255,7 +247,7 @@ static PyObject *Loss_nt_xent(LossObject *self, PyObject *args, PyObject *kwds)
         cv_raise(status);
         return NULL;
     }
-    return make_result(self, &out, g, NULL);
+    return cv_make_loss_result(self, &out, g, NULL);
 }
 
 static PyMethodDef Loss_methods[] = {
@@ -274,18 +266,18 @@ static PyObject *Loss_repr(LossObject *self)
         snprintf(buf, sizeof buf,
                  "ContrastiveLoss(temperature=%g, image_to_text_weight=%g, "
                  "learnable_temperature=True, max_logit_scale=%g)",
-                 1.0 / effective_scale(self), self->image_to_text_weight,
+                 1.0 / cv_loss_scale(self), self->image_to_text_weight,
                  self->max_logit_scale);
     else
         snprintf(buf, sizeof buf, "ContrastiveLoss(temperature=%g, image_to_text_weight=%g)",
-                 1.0 / effective_scale(self), self->image_to_text_weight);
+                 1.0 / cv_loss_scale(self), self->image_to_text_weight);
     return PyUnicode_FromString(buf);
 }
 
 static PyObject *get_temperature(LossObject *self, void *closure)
 {
     (void)closure;
-    return PyFloat_FromDouble(1.0 / effective_scale(self));
+    return PyFloat_FromDouble(1.0 / cv_loss_scale(self));
 }
 
 static int set_temperature(LossObject *self, PyObject *value, void *closure)
@@ -390,7 +382,7 @@ PyDoc_STRVAR(Loss_doc,
 "learnable_temperature=True the temperature is 1 / min(exp(logit_scale),\n"
 "max_logit_scale) and grad_logit_scale is returned for the optimiser.");
 
-static PyTypeObject LossType = {
+PyTypeObject cv_LossType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.ContrastiveLoss",
     .tp_basicsize = sizeof(LossObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
@@ -406,12 +398,12 @@ static PyTypeObject LossType = {
 
 int cv_register_contrastive_loss(PyObject *module)
 {
-    if (PyStructSequence_InitType2(&LossResultType, &result_desc) < 0)
+    if (PyStructSequence_InitType2(&cv_LossResultType, &result_desc) < 0)
         return -1;
-    if (PyType_Ready(&LossType) < 0)
+    if (PyType_Ready(&cv_LossType) < 0)
         return -1;
-    if (PyModule_AddObjectRef(module, "ContrastiveLoss", (PyObject *)&LossType) < 0 ||
-        PyModule_AddObjectRef(module, "LossResult", (PyObject *)&LossResultType) < 0)
+    if (PyModule_AddObjectRef(module, "ContrastiveLoss", (PyObject *)&cv_LossType) < 0 ||
+        PyModule_AddObjectRef(module, "LossResult", (PyObject *)&cv_LossResultType) < 0)
         return -1;
     return 0;
 }

@@ -7,23 +7,8 @@
 #include "../resnet.h"
 #include "arrays.h"
 #include "module.h"
+#include "objects.h"
 
-typedef struct {
-    PyObject_HEAD
-    cv_encoder enc;
-    int built;
-    int is_image;
-    int training;
-    int busy;
-    int in_channels;
-    float mean[4], std[4]; /* image normalisation per channel */
-    int vocab_size, max_positions, type_vocab_size;
-    npy_intp last_h, last_w; /* the last training input, for the input gradient's shape */
-    int last_ndim;
-    /* The images of the last training forward: the ResNet's backward reads them again
-     * (the first convolution's weight gradient), so they are kept alive until then. */
-    PyObject *last_input;
-} EncoderObject;
 
 /* ---- construction ------------------------------------------------------------- */
 
@@ -194,7 +179,7 @@ static int check_built(EncoderObject *self)
 
 /* ---- inputs -------------------------------------------------------------------- */
 
-static int image_batch(EncoderObject *self, PyObject *obj, cv_batch *batch,
+static int encoder_images(EncoderObject *self, PyObject *obj, cv_batch *batch,
                        PyArrayObject **arr)
 {
     cv_array_spec spec = {"images", -1, 3, 4, {-1, -1, -1, -1}, 0, 0};
@@ -261,7 +246,7 @@ static int token_array(PyObject *obj, const char *name, npy_intp n, npy_intp t,
     return cv_check_array(obj, &spec, arr) || cv_element_strides(*arr, name, strides) ? -1 : 0;
 }
 
-static int token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_obj,
+int cv_token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_obj,
                        PyObject *types_obj, cv_batch *batch)
 {
     PyArrayObject *ids, *mask, *types;
@@ -376,9 +361,9 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
             PyErr_SetString(PyExc_TypeError, "an image encoder takes no attention_mask");
             return NULL;
         }
-        if (image_batch(self, x, &batch, &image_arr))
+        if (encoder_images(self, x, &batch, &image_arr))
             return NULL;
-    } else if (token_batch(self, x, mask, types, &batch)) {
+    } else if (cv_token_batch(self, x, mask, types, &batch)) {
         return NULL;
     }
     if (!want_features && !want_embeddings) {
@@ -808,7 +793,7 @@ static PyMethodDef Encoder_methods[] = {
      "of the last forward (text only), zeros at padded positions"},
     {NULL, NULL, 0, NULL}};
 
-static PyTypeObject EncoderType = {
+PyTypeObject cv_EncoderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt._core.Encoder",
     .tp_basicsize = sizeof(EncoderObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
@@ -823,7 +808,7 @@ static PyTypeObject EncoderType = {
 
 int cv_register_encoder(PyObject *module)
 {
-    if (PyType_Ready(&EncoderType) < 0)
+    if (PyType_Ready(&cv_EncoderType) < 0)
         return -1;
-    return PyModule_AddObjectRef(module, "Encoder", (PyObject *)&EncoderType);
+    return PyModule_AddObjectRef(module, "Encoder", (PyObject *)&cv_EncoderType);
 }

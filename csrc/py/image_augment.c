@@ -3,6 +3,7 @@
 #include "../augment.h"
 #include "arrays.h"
 #include "module.h"
+#include "objects.h"
 
 /* The paper's defaults (ConVIRT, appendix): the ranges below, output 224. */
 static const double DEFAULT_CROP_SCALE[2] = {0.6, 1.0};
@@ -18,18 +19,6 @@ static const double DEFAULT_SIGMA[2] = {0.1, 3.0};
 /* The NumPy dtype of a parameter record: the C struct cv_augment_params. */
 static PyArray_Descr *param_descr;
 
-typedef struct {
-    PyObject_HEAD
-    cv_augment_ranges ranges;
-    ptrdiff_t size;
-    float fill;
-    int norm_len; /* 0: no normalisation, else 1 or 3 values */
-    float mean[3], std[3];
-    uint64_t seed;
-    int busy;
-    cv_augment_workspace ws;
-    PyObject *pool[2]; /* outputs reused once nobody else holds them */
-} AugmentObject;
 
 /* ---- settings ------------------------------------------------------------------ */
 
@@ -354,14 +343,8 @@ static int check_params(PyObject *obj, npy_intp n, PyArrayObject **out)
 
 /* ---- images and output ---------------------------------------------------------- */
 
-typedef struct {
-    PyObject *keep; /* the array or a tuple of arrays, held during the call */
-    cv_image *images;
-    npy_intp n, channels;
-    int ndim; /* of the output: 3 (N, S, S) or 4 (N, S, S, C) */
-} image_batch;
 
-static void batch_release(image_batch *b)
+void cv_image_batch_release(image_batch *b)
 {
     Py_CLEAR(b->keep);
     PyMem_Free(b->images);
@@ -397,7 +380,7 @@ static int one_image(cv_image *img, PyArrayObject *arr, int nd, npy_intp *channe
 }
 
 /* images: a uint8 array (N, H, W[, C]) or a sequence of uint8 arrays (H, W[, C]). */
-static int read_images(PyObject *obj, image_batch *b)
+int cv_read_images(PyObject *obj, image_batch *b)
 {
     memset(b, 0, sizeof *b);
     if (PyArray_Check(obj)) {
@@ -492,7 +475,7 @@ static int read_images(PyObject *obj, image_batch *b)
     }
     return 0;
 error:
-    batch_release(b);
+    cv_image_batch_release(b);
     return -1;
 }
 
@@ -553,7 +536,7 @@ static PyObject *run(AugmentObject *self, PyObject *images_obj, PyObject *params
     float mean[3] = {0, 0, 0}, std[3] = {1, 1, 1};
     cv_status status;
 
-    if (read_images(images_obj, &b))
+    if (cv_read_images(images_obj, &b))
         return NULL;
     if (params_obj) {
         if (check_params(params_obj, b.n, &params))
@@ -601,13 +584,13 @@ static PyObject *run(AugmentObject *self, PyObject *images_obj, PyObject *params
         goto error;
     }
     PyMem_Free(owned);
-    batch_release(&b);
+    cv_image_batch_release(&b);
     return (PyObject *)out;
 
 error:
     PyMem_Free(owned);
     Py_XDECREF(out);
-    batch_release(&b);
+    cv_image_batch_release(&b);
     return NULL;
 }
 
@@ -830,7 +813,7 @@ PyDoc_STRVAR(Augment_doc,
 "Images should be near the output size (the paper resizes to 256 first): the\n"
 "bilinear pass does not antialias when it shrinks.");
 
-static PyTypeObject AugmentType = {
+PyTypeObject cv_AugmentType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.ImageAugment",
     .tp_basicsize = sizeof(AugmentObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
@@ -897,11 +880,11 @@ int cv_register_image_augment(PyObject *module)
 {
     if (!param_descr && !(param_descr = make_param_descr()))
         return -1;
-    if (PyType_Ready(&AugmentType) < 0)
+    if (PyType_Ready(&cv_AugmentType) < 0)
         return -1;
-    PyObject *dict = AugmentType.tp_dict;
+    PyObject *dict = cv_AugmentType.tp_dict;
     if (PyDict_SetItemString(dict, "parameter_dtype", (PyObject *)param_descr) < 0)
         return -1;
-    PyType_Modified(&AugmentType);
-    return PyModule_AddObjectRef(module, "ImageAugment", (PyObject *)&AugmentType);
+    PyType_Modified(&cv_AugmentType);
+    return PyModule_AddObjectRef(module, "ImageAugment", (PyObject *)&cv_AugmentType);
 }

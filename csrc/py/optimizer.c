@@ -2,15 +2,8 @@
 #include "../adam.h"
 #include "arrays.h"
 #include "module.h"
+#include "objects.h"
 
-typedef struct {
-    PyObject_HEAD
-    cv_adam adam;
-    int initialized;
-    int busy;
-    PyObject *parameters; /* tuple of the arrays updated in place */
-    PyObject *gradients;  /* tuple of the arrays read */
-} AdamObject;
 
 static int check_lr(double lr, int allow_zero)
 {
@@ -575,7 +568,7 @@ PyDoc_STRVAR(Adam_doc,
 "load_state_dict() save and restore it. step() releases the GIL and uses OpenMP over\n"
 "fixed chunks, so results do not depend on the number of threads.");
 
-static PyTypeObject AdamType = {
+PyTypeObject cv_AdamType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.Adam",
     .tp_basicsize = sizeof(AdamObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
@@ -590,7 +583,7 @@ static PyTypeObject AdamType = {
 
 int cv_register_optimizer(PyObject *module)
 {
-    if (PyType_Ready(&AdamType) < 0)
+    if (PyType_Ready(&cv_AdamType) < 0)
         return -1;
-    return PyModule_AddObjectRef(module, "Adam", (PyObject *)&AdamType);
+    return PyModule_AddObjectRef(module, "Adam", (PyObject *)&cv_AdamType);
 }
