@@ -129,7 +129,7 @@ void maxpool_backward_reference(float *dinp, const float *dout, const float *inp
                 }
 }
 
-/* ---- global average pool ---------------------------------------------------------------- */
+/* ---- global average pool ------------------------------------------------------------- */
 
 CV_VECTORIZE static void sum_rows(double *restrict acc, const float *restrict x,
                                   ptrdiff_t rows, ptrdiff_t c)

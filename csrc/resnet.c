@@ -85,7 +85,7 @@ typedef struct {
     int has_training_forward;
 } resnet_model;
 
-/* ---- profile ---------------------------------------------------------------------------- */
+/* ---- profile ------------------------------------------------------------------------- */
 
 static struct {
     int on;
@@ -168,7 +168,7 @@ static void profile_add(int index, const char *name, int what, double since, dou
     }
 }
 
-/* ---- building ------------------------------------------------------------------------------- */
+/* ---- building ------------------------------------------------------------------------ */
 
 static cv_status add_unit(resnet_model *m, cv_tensor_table *table, const char *conv_name,
                           const char *bn_name, ptrdiff_t in_c, ptrdiff_t out_c,
@@ -328,7 +328,7 @@ static void resnet_free(void *model)
     free(m);
 }
 
-/* ---- the plan for a batch shape ---------------------------------------------------------------- */
+/* ---- the plan for a batch shape ------------------------------------------------------ */
 
 static size_t act_size(const conv_shape *s)
 {
@@ -486,7 +486,7 @@ static cv_status plan(resnet_model *m, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, in
     return CV_OK;
 }
 
-/* ---- forward --------------------------------------------------------------------------------- */
+/* ---- forward ------------------------------------------------------------------------- */
 
 typedef struct {
     double *partials;
@@ -670,7 +670,7 @@ static cv_status resnet_forward(void *model, float *features, const cv_batch *ba
     return CV_OK;
 }
 
-/* ---- backward -------------------------------------------------------------------------------- */
+/* ---- backward ------------------------------------------------------------------------ */
 
 /* dy (into dst, may be dout) of the batch norm of unit u, masked by out when given. */
 static void unit_bn_backward(resnet_model *m, int index, float *dst, const float *dout,
@@ -796,7 +796,7 @@ static cv_status resnet_backward(void *model, float *d_input, const float *d_fea
     return unit_conv_backward(m, 0, d_input, da, &m->input, 0);
 }
 
-/* ---- create ---------------------------------------------------------------------------------- */
+/* ---- create -------------------------------------------------------------------------- */
 
 cv_status resnet_create(cv_backbone *backbone, cv_tensor_table *table,
                         const cv_resnet_config *config)
