@@ -15,8 +15,8 @@ gradient, on both sides. GFLOP/s counts the convolutions' multiply-adds (2 flops
 training: forward, weight gradient and input gradient, less the first layer's input
 gradient).
 
---profile adds convirt's per-layer times (convolution and batch norm apart), summed by
-stage and kind, for the last model benchmarked in each mode.
+--profile adds convirt's per-layer wall times (convolution and batch norm apart) for one
+extra step of each model and mode, summed by stage and kind.
 """
 
 import argparse
@@ -285,8 +285,8 @@ def main():
             theirs = None if args.no_torch else isolated("torch", profile=False, **kwargs)
             peaks.append(_core.fma_peak(threads=threads, seconds=0.5)[0])
             if args.profile:
-                profiles[mode] = (f"ResNet-{depth}, {channels} channel(s), {mode}",
-                                  ours["profile"])
+                profiles[(depth, channels, mode)] = (
+                    f"ResNet-{depth}, {channels} channel(s), {mode}", ours["profile"])
             gflop = flops(depth, channels, args.size, mode == "training") * args.batch / 1e9
             rate = args.batch / ours["seconds"]
             achieved = gflop / ours["seconds"]

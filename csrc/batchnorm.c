@@ -133,7 +133,7 @@ void bn_eval_affine(float *scale, float *shift, const float *running_mean,
     }
 }
 
-/* ---- the affine map with ReLU and residual ---------------------------------------------- */
+/* ---- the affine map with ReLU and residual ------------------------------------------- */
 
 /* The branches on res_y, residual and relu are loop-invariant: GCC unswitches them. */
 CV_VECTORIZE void bn_apply_rows(float *out, const float *y, const float *scale,
@@ -178,7 +178,7 @@ void bn_apply_forward(float *out, const float *y, const float *scale, const floa
     }
 }
 
-/* ---- backward ---------------------------------------------------------------------------- */
+/* ---- backward ------------------------------------------------------------------------ */
 
 /* Float sums over a short run of rows: s_dz = sum dz, s_dzy = sum dz * (y - mean). */
 CV_VECTORIZE static void backward_sums(float *restrict s_dz, float *restrict s_dzy,

@@ -114,7 +114,7 @@ static inline float pixel_value(const conv_input *in, ptrdiff_t n, ptrdiff_t h, 
     return ((const float *)in->pixels)[at] * in->mul[ch] + in->add[ch];
 }
 
-/* ---- tiles ---------------------------------------------------------------------------- */
+/* ---- tiles --------------------------------------------------------------------------- */
 
 typedef struct {
     ptrdiff_t pq;       /* output rows per image */
@@ -235,7 +235,7 @@ int conv2d_wants_weight_t(const conv_input *inp, const conv_shape *shape)
     return !packed_gemm(min_tile_rows(&t), shape->k, shape->r * shape->s * shape->c);
 }
 
-/* ---- im2col / col2im ------------------------------------------------------------------ */
+/* ---- im2col / col2im ----------------------------------------------------------------- */
 
 static size_t round16(size_t n)
 {
@@ -392,7 +392,7 @@ static void col2im_tile(float *dx, const float *dcol, const float *scale,
     }
 }
 
-/* ---- workspace ------------------------------------------------------------------------ */
+/* ---- workspace ----------------------------------------------------------------------- */
 
 void conv_workspace_free(conv_workspace *ws)
 {
@@ -408,7 +408,7 @@ static float *workspace(conv_workspace *ws, size_t floats)
     return ws->data;
 }
 
-/* ---- forward ------------------------------------------------------------------------------ */
+/* ---- forward ------------------------------------------------------------------------- */
 
 cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
                          const float *weight_t, const conv_shape *shape,
@@ -452,7 +452,7 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
     return CV_OK;
 }
 
-/* ---- backward ------------------------------------------------------------------------------ */
+/* ---- backward ------------------------------------------------------------------------ */
 
 /* Does BLIS take its packed path for an m x n x k GEMM? */
 static int packed_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k)
@@ -642,7 +642,7 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     return CV_OK;
 }
 
-/* ---- the naive reference ---------------------------------------------------------------------- */
+/* ---- the naive reference ------------------------------------------------------------- */
 
 static float input_value(const conv_input *in, const conv_shape *sh, ptrdiff_t n, ptrdiff_t h,
                          ptrdiff_t w, ptrdiff_t ch)

@@ -46,7 +46,12 @@ void maxpool_forward(float *out, unsigned char *argmax, const float *inp, ptrdif
             }
             if (!argmax)
                 continue;
+            /* Start from the first position inside the image, so that every entry is a
+             * valid position even where no value equals the maximum (a NaN). */
             unsigned char *arg = argmax + (np * Q + q) * c;
+            ptrdiff_t y0 = p * stride - pad, x0 = q * stride - pad;
+            ptrdiff_t first = (y0 < 0 ? -y0 : 0) * k + (x0 < 0 ? -x0 : 0);
+            memset(arg, (int)first, (size_t)c);
             for (ptrdiff_t pos = k * k - 1; pos >= 0; pos--) {
                 ptrdiff_t y = p * stride - pad + pos / k, x = q * stride - pad + pos % k;
                 if (y >= 0 && y < h && x >= 0 && x < w)
@@ -124,7 +129,7 @@ void maxpool_backward_reference(float *dinp, const float *dout, const float *inp
                 }
 }
 
-/* ---- global average pool ---------------------------------------------------------------- */
+/* ---- global average pool ------------------------------------------------------------- */
 
 CV_VECTORIZE static void sum_rows(double *restrict acc, const float *restrict x,
                                   ptrdiff_t rows, ptrdiff_t c)

@@ -31,10 +31,6 @@
 #define MAX_BLOCKS 16
 #define BN_MOMENTUM 0.1
 #define BN_EPS 1e-5
-/* Convolutions get a transposed copy (r*s*c, k) of their weights, made at each forward
- * (the weights may have changed) where BLIS runs the GEMMs unpacked: with a row-major
- * B its unpacked kernels use their fast row-times-panel form instead of dot products. */
-#define TRANSPOSE_MAX_RSC PTRDIFF_MAX
 
 typedef struct {
     char name[48];
@@ -44,7 +40,10 @@ typedef struct {
     /* per output channel: batch statistics of the last training forward, and the
      * affine map (scale, shift) the last forward applied */
     float *mean, *invstd, *scale, *shift;
-    float *weight_t; /* (r*s*c, k) copy for the forward GEMM, or NULL */
+    /* A transposed copy (r*s*c, k) of the weights, made at each forward (they may have
+     * changed) for layers whose GEMMs BLIS runs unpacked: with a row-major B its
+     * unpacked kernels use their fast row-times-panel form instead of dot products. */
+    float *weight_t;
     conv_shape shape;
     float *y, *a; /* convolution output; batch norm (+ReLU) output */
 } unit;
@@ -86,7 +85,7 @@ typedef struct {
     int has_training_forward;
 } resnet_model;
 
-/* ---- profile ---------------------------------------------------------------------------- */
+/* ---- profile ------------------------------------------------------------------------- */
 
 static struct {
     int on;
@@ -169,7 +168,7 @@ static void profile_add(int index, const char *name, int what, double since, dou
     }
 }
 
-/* ---- building ------------------------------------------------------------------------------- */
+/* ---- building ------------------------------------------------------------------------ */
 
 static cv_status add_unit(resnet_model *m, cv_tensor_table *table, const char *conv_name,
                           const char *bn_name, ptrdiff_t in_c, ptrdiff_t out_c,
@@ -249,8 +248,7 @@ static cv_status build(resnet_model *m, cv_tensor_table *table)
     for (int i = 0; i < m->n_units; i++) {
         const unit *u = &m->units[i];
         channels += 4 * (size_t)u->out_c;
-        if (u->kernel * u->kernel * u->in_c <= TRANSPOSE_MAX_RSC)
-            transposed += (size_t)(u->out_c * u->kernel * u->kernel * u->in_c);
+        transposed += (size_t)(u->out_c * u->kernel * u->kernel * u->in_c);
     }
     m->channel_data = cv_alloc_floats(channels);
     m->weight_t_data = cv_alloc_floats(transposed ? transposed : 1);
@@ -269,10 +267,8 @@ static cv_status build(resnet_model *m, cv_tensor_table *table)
         u->scale = c + 2 * u->out_c;
         u->shift = c + 3 * u->out_c;
         c += 4 * u->out_c;
-        if (u->kernel * u->kernel * u->in_c <= TRANSPOSE_MAX_RSC) {
-            u->weight_t = t;
-            t += u->out_c * u->kernel * u->kernel * u->in_c;
-        }
+        u->weight_t = t;
+        t += u->out_c * u->kernel * u->kernel * u->in_c;
     }
     return CV_OK;
 }
@@ -332,7 +328,7 @@ static void resnet_free(void *model)
     free(m);
 }
 
-/* ---- the plan for a batch shape ---------------------------------------------------------------- */
+/* ---- the plan for a batch shape ------------------------------------------------------ */
 
 static size_t act_size(const conv_shape *s)
 {
@@ -490,7 +486,7 @@ static cv_status plan(resnet_model *m, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, in
     return CV_OK;
 }
 
-/* ---- forward --------------------------------------------------------------------------------- */
+/* ---- forward ------------------------------------------------------------------------- */
 
 typedef struct {
     double *partials;
@@ -583,7 +579,6 @@ static cv_status block_forward(resnet_model *m, block *blk, int training)
 {
     cv_status st;
     conv_input in;
-    const int last = blk->main[blk->n_main - 1];
     if (blk->down >= 0) {
         conv_input_tensor(&in, blk->in);
         if ((st = unit_forward(m, blk->down, &in, NULL, 0, training)))
@@ -609,7 +604,6 @@ static cv_status block_forward(resnet_model *m, block *blk, int training)
         }
         x = u->a;
     }
-    (void)last;
     return CV_OK;
 }
 
@@ -676,7 +670,7 @@ static cv_status resnet_forward(void *model, float *features, const cv_batch *ba
     return CV_OK;
 }
 
-/* ---- backward -------------------------------------------------------------------------------- */
+/* ---- backward ------------------------------------------------------------------------ */
 
 /* dy (into dst, may be dout) of the batch norm of unit u, masked by out when given. */
 static void unit_bn_backward(resnet_model *m, int index, float *dst, const float *dout,
@@ -756,13 +750,11 @@ static cv_status block_backward(resnet_model *m, const block *blk, int gin, int 
     }
     unit_bn_backward_apply(m, final, g[cur], g[gin], sum_dz, sum_f);
     for (int i = blk->n_main - 1; i >= 0; i--) {
-        const unit *u = &m->units[blk->main[i]];
         const float *x = i == 0 ? blk->in : m->units[blk->main[i - 1]].a;
         conv_input_tensor(&in, x);
         float *dinp = i == 0 ? g[*gx] : g[spare];
         if ((st = unit_conv_backward(m, blk->main[i], dinp, g[cur], &in, i == 0)))
             return st;
-        (void)u;
         if (i > 0) {
             unit_bn_backward(m, blk->main[i - 1], g[spare], g[spare], x);
             int t = cur;
@@ -804,7 +796,7 @@ static cv_status resnet_backward(void *model, float *d_input, const float *d_fea
     return unit_conv_backward(m, 0, d_input, da, &m->input, 0);
 }
 
-/* ---- create ---------------------------------------------------------------------------------- */
+/* ---- create -------------------------------------------------------------------------- */
 
 cv_status resnet_create(cv_backbone *backbone, cv_tensor_table *table,
                         const cv_resnet_config *config)

@@ -87,6 +87,26 @@ def test_conv_backward_matches_reference_and_torch(n, h, w, c, k, r, stride, pad
     assert rel(dx - (before_dx if add else 0), torch_dx) < 1e-5
 
 
+# Layers wide enough for BLIS's packed kernels (n >= 200 outputs, r*s*c >= 240, tiles of
+# >= 512 rows), where the weight gradient is summed as dW^T.
+WIDE_CASES = [
+    (2, 16, 16, 64, 256, 3, 1, 1),
+    (8, 12, 12, 512, 256, 1, 1, 0),
+    (4, 14, 14, 256, 512, 1, 2, 0),
+]
+
+
+@pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", WIDE_CASES)
+def test_wide_conv_matches_reference(n, h, w, c, k, r, stride, pad):
+    x, weight = randn(n, h, w, c), randn(k, r, r, c)
+    out = _core._conv2d_forward(x, weight, stride, pad)
+    assert rel(out, _core._conv2d_forward(x, weight, stride, pad, reference=True)) < 1e-5
+    dout = randn(*out.shape)
+    dx, dw = _core._conv2d_backward(dout, x, weight, stride, pad, add=False)
+    ref_dx, ref_dw = _core._conv2d_backward(dout, x, weight, stride, pad, reference=True)
+    assert rel(dx, ref_dx) < 1e-5 and rel(dw, ref_dw) < 1e-5
+
+
 @pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", CONV_CASES[::3])
 def test_conv_backward_matches_finite_differences(n, h, w, c, k, r, stride, pad):
     """The convolution is linear, so a central difference along a random direction is

@@ -189,6 +189,31 @@ def test_eval_encode_is_deterministic_and_thread_independent():
     np.testing.assert_array_equal(single_one_thread, single)
 
 
+def test_training_step_is_deterministic():
+    """The same training step twice (same thread count) gives bitwise the same
+    gradients, features and running statistics: the sums run in a fixed order."""
+    images = make_images(3, "uint8", n=3, size=40, seed=12)
+    grad = np.random.default_rng(13).standard_normal((3, 512)).astype(np.float32)
+    results = []
+    for _ in range(2):
+        encoder = encoder_with(18, 3).train()
+        features, _ = encoder.forward(images, embeddings=False)
+        d_input = encoder.backward(d_features=grad, input_grad=True)
+        results.append((features, d_input, encoder.flat_gradients.copy(),
+                        encoder.flat_buffers.copy()))
+    for first, second in zip(*results):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_non_square_images():
+    depth, channels = 50, 3
+    encoder = encoder_with(depth, channels)
+    images = make_images(channels, "uint8", n=2, size=64)[:, :40, :, :]  # 40 x 64
+    expected = torch_features(reference_params(depth, channels), images,
+                              encoder.normalization, depth)
+    assert rel(encoder.encode(images), expected) < 1e-4
+
+
 @pytest.mark.parametrize("depth", [18, 50])
 def test_eval_encode_does_not_depend_on_the_batch(depth):
     """Each image's features are the same alone, in a batch, or in another batch: equal

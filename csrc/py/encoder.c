@@ -786,7 +786,9 @@ static PyMethodDef Encoder_methods[] = {
      "embeddings=True, features_out=None, embeddings_out=None) -> (features, embeddings)"},
     {"backward", (PyCFunction)(void (*)(void))Encoder_backward, METH_VARARGS | METH_KEYWORDS,
      "backward(d_embeddings=None, d_features=None, *, input_grad=False) -> input gradient "
-     "or None; adds into the gradients"},
+     "or None; adds into the gradients. Images: the input gradient is float32 with the "
+     "input's shape, with respect to the pixel values as given (through the "
+     "normalisation, so a uint8 input's gradient is per unit of pixel value)"},
     {"zero_grad", (PyCFunction)Encoder_zero_grad, METH_NOARGS, "set all gradients to zero"},
     {"last_hidden_state", (PyCFunction)Encoder_last_hidden_state, METH_NOARGS,
      "last_hidden_state() -> float32 (N, T, hidden): the last BERT layer's token outputs "

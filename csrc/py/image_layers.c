@@ -220,7 +220,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     return Py_BuildValue("(NN)", dx, dw);
 }
 
-/* ---- batch norm ----------------------------------------------------------------------- */
+/* ---- batch norm ---------------------------------------------------------------------- */
 
 static int channel_arg(PyObject *obj, const char *name, npy_intp c, int writeable,
                        PyArrayObject **out)
@@ -469,7 +469,7 @@ static PyObject *py_bn_block_end(PyObject *self, PyObject *args, PyObject *kwds)
     return Py_BuildValue("(NNNN)", dz, sums[0], sums[1], sums[2]);
 }
 
-/* ---- pooling ----------------------------------------------------------------------------- */
+/* ---- pooling ------------------------------------------------------------------------- */
 
 static int pool_geometry(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad, npy_intp h,
                          npy_intp w)
@@ -592,7 +592,7 @@ static PyObject *py_avgpool_backward(PyObject *self, PyObject *args)
     return (PyObject *)dx;
 }
 
-/* ---- profile ------------------------------------------------------------------------------- */
+/* ---- profile ------------------------------------------------------------------------- */
 
 static PyObject *py_resnet_profile(PyObject *self, PyObject *args, PyObject *kwds)
 {
