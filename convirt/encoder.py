@@ -157,17 +157,23 @@ class Encoder(_core.Encoder):
             raise ValueError(f"{path} is not a convirt encoder checkpoint (no "
                              "'convirt_encoder' metadata); use load() on an encoder built "
                              "with the right architecture")
+        encoder = cls._from_metadata(metadata)
+        encoder.load_state_dict(tensors)
+        return encoder
+
+    @classmethod
+    def _from_metadata(cls, metadata):
+        """A freshly initialized encoder with the architecture written by _metadata()."""
         spec = json.loads(metadata["convirt_encoder"])
         encoder = cls(spec["kind"], spec["config"], proj_dim=spec["proj_dim"],
                       proj_hidden=spec["proj_hidden"], seed=spec["seed"])
-        if "normalization" in spec and spec["normalization"] is not None:
+        if spec.get("normalization") is not None:
             encoder.normalization = tuple(tuple(x) for x in spec["normalization"])
         if spec.get("tokenizer"):
             from .text import tokenizer_from_json
 
             encoder.tokenizer = tokenizer_from_json(spec["tokenizer"])
         encoder.max_length = spec.get("max_length", 128)
-        encoder.load_state_dict(tensors)
         return encoder
 
     # ---- modes ------------------------------------------------------------------------
@@ -362,6 +368,17 @@ class Encoder(_core.Encoder):
         return self._batched(x, attention_mask, out, self.proj_dim, "embed", batch_size,
                              progress)
 
+    # ---- pickling -------------------------------------------------------------------------
+
+    def __reduce__(self):
+        """Pickle (and copy.deepcopy, joblib, sklearn.clone of estimators holding one) by
+        value: the architecture, the normalization, the tokenizer, the mode and a copy of
+        every tensor. The copy owns new buffers; it shares nothing with this encoder."""
+        state = {"metadata": self._metadata(), "training": self.training,
+                 "freeze_backbone": self.freeze_backbone,
+                 "tensors": {name: view.copy() for name, view in self.parameters().items()}}
+        return (_unpickle_encoder, (type(self), state))
+
     # ---- description ------------------------------------------------------------------------
 
     def _describe(self):
@@ -384,3 +401,14 @@ class Encoder(_core.Encoder):
         return (f"Encoder({spec['kind']}: {args}, feature_dim={self.feature_dim}, "
                 f"proj_dim={self.proj_dim}, training={self.training}, "
                 f"parameters={self.num_parameters():,})")
+
+
+
+def _unpickle_encoder(cls, state):
+    encoder = cls._from_metadata(state["metadata"])
+    views = encoder.parameters()
+    for name, array in state["tensors"].items():
+        views[name][...] = array
+    encoder.training = state["training"]
+    encoder.freeze_backbone = state["freeze_backbone"]
+    return encoder

@@ -468,3 +468,20 @@ def test_missing_extra_and_misshaped_tensors_on_load():
     with pytest.raises(ValueError, match=r"layer1.0.conv2.weight: expected \(64, 64, 3, 3\)"):
         encoder.load_state_dict(wrong)
     np.testing.assert_array_equal(encoder.flat_parameters, before)  # nothing changed
+
+
+def test_pickle_and_deepcopy_copy_the_encoder_by_value():
+    import copy
+    import pickle
+
+    encoder = Encoder.resnet18(proj_dim=8, seed=3)
+    encoder.train()
+    images = np.random.default_rng(0).random((2, 32, 32), dtype=np.float32)
+    for clone in (pickle.loads(pickle.dumps(encoder)), copy.deepcopy(encoder)):
+        assert type(clone) is Encoder and clone.training and clone is not encoder
+        assert clone.normalization == encoder.normalization
+        for name, view in encoder.parameters().items():
+            np.testing.assert_array_equal(clone.parameters()[name], view)
+        assert not np.shares_memory(clone.flat_parameters, encoder.flat_parameters)
+        np.testing.assert_array_equal(clone.eval().embed(images), encoder.eval().embed(images))
+        encoder.train()
