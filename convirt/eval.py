@@ -902,6 +902,8 @@ def _train_step(model, head, x, classifier, rows):
     model.train()
     h, _ = model.forward(x, embeddings=False)
     logits = head.forward(h)
+    if not np.isfinite(logits).all():
+        raise FloatingPointError("the logits became NaN or Inf")
     grad = np.empty_like(logits)
     loss = classifier(logits, rows, grad)
     model.zero_grad()
@@ -1085,10 +1087,10 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
                             x = run_augment(x, step=(epoch - 1) * len(batches) + b)
                         try:
                             losses.append(_train_step(model, head, x, train_loss, rows))
-                        except ValueError as error:
+                        except FloatingPointError as error:
                             raise FloatingPointError(
                                 f"fine-tuning diverged (fraction {fraction:g}, seed {seed}, "
-                                f"epoch {epoch}): {error}; try a lower lr") from error
+                                f"epoch {epoch}): {error}; try a lower lr") from None
                         optimizer.step()
                     _encode_into(model, val_images, eval_augment, eval_batch_size,
                                  val_features)

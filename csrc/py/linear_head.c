@@ -172,9 +172,9 @@ static PyObject *Head_backward(HeadObject *self, PyObject *args, PyObject *kwds)
     const float *dp = PyArray_DATA(dout);
     for (npy_intp i = 0; i < n * self->out_dim; i++)
         if (!isfinite(dp[i])) {
-            PyErr_Format(PyExc_ValueError, "d_logits[%zd, %zd] is %g; it must be finite",
+            PyErr_Format(PyExc_ValueError, "d_logits[%zd, %zd] is %s; it must be finite",
                          (Py_ssize_t)(i / self->out_dim), (Py_ssize_t)(i % self->out_dim),
-                         (double)dp[i]);
+                         isnan(dp[i]) ? "nan" : dp[i] > 0 ? "inf" : "-inf");
             Py_XDECREF(dx);
             return NULL;
         }
