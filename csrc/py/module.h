@@ -11,5 +11,6 @@ int cv_register_image_augment(PyObject *module);
 int cv_register_optimizer(PyObject *module);
 int cv_register_text_layers(PyObject *module);
 int cv_register_image_layers(PyObject *module);
+int cv_register_linear_head(PyObject *module);
 
 #endif
