@@ -8,18 +8,17 @@ convirt first on the kernel's PYTHONPATH, matplotlib's Agg backend, and the note
 working directory in tmp_path (the files a notebook writes land there).
 """
 
-import json
+import importlib.util
 import os
-import sys
 import time
 
 import pytest
 
+import convirt
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
-
-import convirt  # noqa: E402
 
 NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "notebooks")
@@ -84,44 +83,49 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     print(f"{name}: {seconds:.0f} s at CONVIRT_NOTEBOOK_SIZE=small")
 
 
+def load_strip_outputs():
+    spec = importlib.util.spec_from_file_location(
+        "strip_outputs", os.path.join(NOTEBOOK_DIR, "strip_outputs.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_strip_outputs_clears_outputs_and_run_metadata(tmp_path):
-    sys.path.insert(0, NOTEBOOK_DIR)
-    try:
-        import strip_outputs
-    finally:
-        sys.path.remove(NOTEBOOK_DIR)
-    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "other", "display_name": "Other"},
-                                                  "widgets": {"state": {}}})
+    strip_outputs = load_strip_outputs()
+    notebook = nbformat.v4.new_notebook(metadata={
+        "kernelspec": {"name": "other", "display_name": "Other"}, "widgets": {}})
     cell = nbformat.v4.new_code_cell("print(1)", execution_count=3,
                                      metadata={"execution": {"iopub.status.idle": "x"},
                                                "tags": ["keep"]})
     cell.outputs = [nbformat.v4.new_output("stream", text="1\n")]
     notebook.cells = [nbformat.v4.new_markdown_cell("# title"), cell]
-    path = tmp_path / "dirty.ipynb"
-    nbformat.write(notebook, str(path))
-    assert not strip_outputs.is_clean(str(path))
-    assert strip_outputs.main(["--check", str(path)]) == 1
-    assert strip_outputs.strip_file(str(path))
-    clean = nbformat.read(str(path), as_version=4)
+    path = str(tmp_path / "dirty.ipynb")
+    nbformat.write(notebook, path)
+    assert not strip_outputs.is_clean(path)
+    assert strip_outputs.main(["--check", path]) == 1
+    assert strip_outputs.strip_file(path)
+    clean = nbformat.read(path, as_version=4)
     assert clean.cells[1].outputs == [] and clean.cells[1].execution_count is None
     assert clean.cells[1].metadata == {"tags": ["keep"]}
+    assert clean.cells[1].source == "print(1)"
     assert clean.cells[0].source == "# title"
     assert clean.metadata.kernelspec.name == "python3"
     assert "widgets" not in clean.metadata
-    assert strip_outputs.is_clean(str(path))
-    assert not strip_outputs.strip_file(str(path))  # idempotent
+    assert strip_outputs.is_clean(path)
+    assert strip_outputs.main(["--check", path]) == 0
+    assert not strip_outputs.strip_file(path)  # nothing left to change
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_is_stored_without_outputs(name):
     path = os.path.join(NOTEBOOK_DIR, name)
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
-    assert raw["metadata"]["kernelspec"]["name"] == "python3"
-    for cell in raw["cells"]:
-        if cell["cell_type"] == "code":
-            assert cell["outputs"] == [], f"{name}: stored with outputs; run " \
-                "python notebooks/strip_outputs.py"
-            assert cell["execution_count"] is None
-    notebook = nbformat.reads(json.dumps(raw), as_version=4)
+    notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
+    assert notebook.metadata.kernelspec.name == "python3"
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"{name} is stored with outputs; run python notebooks/strip_outputs.py")
+    assert load_strip_outputs().is_clean(path), (
+        f"{name} has run metadata; run python notebooks/strip_outputs.py")
