@@ -43,7 +43,7 @@ from ._core import (  # noqa: E402
 )
 from .encoder import Encoder  # noqa: E402
 from .schedules import ReduceLROnPlateau, WarmupCosine  # noqa: E402
-from .trainer import Callback, Trainer, TrainingDiverged  # noqa: E402
+from .trainer import Callback, Trainer, TrainingDiverged, paper_augment  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -55,6 +55,7 @@ __all__ = [
     "LossResult",
     "ReduceLROnPlateau",
     "Trainer",
+    "paper_augment",
     "TrainingDiverged",
     "Callback",
     "WarmupCosine",

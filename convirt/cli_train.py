@@ -113,6 +113,8 @@ def add_pretrain_command(subparsers):
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--image-to-text-weight", type=float, help="the paper's lambda")
     parser.add_argument("--proj-dim", type=_positive_int)
+    parser.add_argument("--max-length", type=_positive_int,
+                        help="longest tokenized sentence (default 128)")
     parser.add_argument("--schedule", choices=["plateau", "cosine", "none"])
     parser.add_argument("--patience", type=_positive_int, help="plateau patience (epochs)")
     parser.add_argument("--early-stopping", type=_positive_int,
@@ -267,7 +269,7 @@ def add_embed_command(subparsers):
     parser.add_argument("images", metavar="CACHE_OR_FOLDER",
                         help="a prepared cache, or a folder of images")
     parser.add_argument("output", metavar="OUT.npy")
-    parser.add_argument("--run", metavar="RUN_DIR",
+    parser.add_argument("--run", metavar="RUN_DIR", dest="run_dir",
                         help="use the best checkpoint of a pretrain run instead of ENCODER")
     parser.add_argument("--projected", action="store_true",
                         help="projected embeddings g(h) instead of features h")
@@ -289,11 +291,11 @@ def run_embed(args):
     if args.threads:
         convirt.set_num_threads(args.threads)
     path = args.checkpoint
-    if args.run:
-        ckpt = CheckpointDir(os.path.join(args.run, "checkpoint"))
+    if args.run_dir:
+        ckpt = CheckpointDir(os.path.join(args.run_dir, "checkpoint"))
         directory = ckpt.pointer("BEST") or ckpt.pointer("LAST")
         if directory is None:
-            raise FileNotFoundError(f"{args.run} has no checkpoint")
+            raise FileNotFoundError(f"{args.run_dir} has no checkpoint")
         path = os.path.join(directory, "image_encoder.safetensors")
     if path is None:
         raise ValueError("give ENCODER or --run RUN_DIR")

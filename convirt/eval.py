@@ -1793,7 +1793,7 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
     """
     from . import _core
     from .encoder import Encoder
-    from .trainer import Trainer
+    from .trainer import Trainer, paper_augment
 
     unknown = [r for r in rows if r not in PAPER_ROWS]
     if unknown or not rows:
@@ -1832,8 +1832,7 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
         return getattr(Encoder, f"resnet{depth}")(channels, seed=seed)
 
     def augment():
-        return _core.ImageAugment(image_size, blur_sigma=(0.1, 3.0 * image_size / 224),
-                                  seed=seed)
+        return paper_augment(image_size, seed=seed)
 
     encoders, seconds, notes = {}, {}, []
     for row in rows:

@@ -73,6 +73,14 @@ def _epoch_order(seed, epoch, n, shuffle):
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
 
 
+
+def paper_augment(image_size, seed=0):
+    """ConVIRT's image transforms for views of image_size pixels: the paper's ranges,
+    with the Gaussian blur's sigma range (0.1, 3.0) given at 224 px scaled to the view
+    size, so that a small view is blurred as much as the paper's, not more (at 64 px an
+    unscaled sigma of 3 erases findings a few pixels wide)."""
+    return ImageAugment(image_size, blur_sigma=(0.1, 3.0 * image_size / 224), seed=seed)
+
 class Trainer:
     """Pretrains an image encoder with ConVIRT (image-report pairs) or SimCLR (images).
 
@@ -81,7 +89,8 @@ class Trainer:
         text_encoder: convirt.Encoder (BERT) with a tokenizer; None for method='simclr'.
         loss: convirt.ContrastiveLoss (default temperature 0.1, lambda 0.75).
         method: 'convirt' or 'simclr' (two augmented views per image, NT-Xent).
-        augment: convirt.ImageAugment (default: the paper's transforms at image_size).
+        augment: convirt.ImageAugment (default: paper_augment(image_size), the paper's
+            transforms with the blur scaled to the view size).
         image_size: side of the augmented views fed to the image encoder (224).
         lr, weight_decay, betas, eps: Adam (1e-4, 1e-6 as L2 decay, as torch.optim.Adam);
             decoupled_weight_decay=True gives AdamW; max_grad_norm clips by global norm.
@@ -132,7 +141,7 @@ class Trainer:
         self.loss = loss if loss is not None else _core.ContrastiveLoss()
         self.method = method
         self.image_size = int(image_size)
-        self.augment = augment if augment is not None else ImageAugment(
+        self.augment = augment if augment is not None else paper_augment(
             self.image_size, seed=seed)
         if self.augment.size != self.image_size:
             raise ValueError(f"augment.size ({self.augment.size}) must equal image_size "

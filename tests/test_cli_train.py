@@ -1,0 +1,135 @@
+"""`convirt pretrain` and `convirt embed` on a small prepared cache: flags and a config
+file, the settings written, resume, checkpoints, features that match the encoder, and
+one-line errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import convirt
+from convirt import cli
+from convirt.data import PreparedDataset
+
+SMALL = ["--image-model", "resnet18", "--image-size", "32", "--batch-size", "8",
+         "--proj-dim", "16", "--max-length", "24", "--no-progress", "--threads", "2"]
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    assert cli.main(["synthetic", str(root / "s"), "--n", "40", "--size", "48",
+                     "--seed", "5"]) == 0
+    assert cli.main(["prepare", "--csv", str(root / "s" / "reports.csv"), "--image-column",
+                     "image", "--report-column", "report", "--size", "48",
+                     str(root / "cache"), "--no-progress"]) == 0
+    return str(root / "cache")
+
+
+def test_pretrain_writes_settings_checkpoints_and_curve_then_resumes(cache, tmp_path,
+                                                                     capsys):
+    out = str(tmp_path / "run")
+    code, text, _ = run(["pretrain", cache, out, "--epochs", "1", "--val-fraction", "0.2",
+                         *SMALL], capsys)
+    assert code == 0, text
+    assert "32 training and 8 validation pairs" in text
+    with open(os.path.join(out, "settings.json")) as f:
+        settings = json.load(f)
+    assert settings["image_model"] == "resnet18" and settings["image_size"] == 32
+    assert settings["temperature"] == 0.1 and settings["image_to_text_weight"] == 0.75
+    assert os.path.getsize(os.path.join(out, "loss_curve.png")) > 1000
+    checkpoint = os.path.join(out, "checkpoint")
+    assert os.path.exists(os.path.join(checkpoint, "LAST"))
+
+    # resume: one more epoch continues the step count from the checkpoint
+    with open(os.path.join(out, "settings.json")) as f:
+        settings = json.load(f)
+    settings["epochs"] = 2
+    with open(os.path.join(out, "settings.json"), "w") as f:
+        json.dump(settings, f)
+    code, text, _ = run(["pretrain", "--resume", out, "--no-progress"], capsys)
+    assert code == 0, text
+    assert "resuming at step 4, epoch 1" in text
+    assert "done: 8 steps" in text
+
+
+def test_pretrain_config_file_and_unknown_settings(cache, tmp_path, capsys):
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"epochs": 1, "lr": 3e-4, "method": "simclr"}))
+    out = str(tmp_path / "run")
+    code, text, _ = run(["pretrain", cache, out, "--config", str(config), *SMALL], capsys)
+    assert code == 0, text
+    with open(os.path.join(out, "settings.json")) as f:
+        settings = json.load(f)
+    assert settings["lr"] == 3e-4 and settings["method"] == "simclr"
+
+    config.write_text(json.dumps({"learning_rate": 1e-3}))
+    code, _, err = run(["pretrain", cache, str(tmp_path / "x"), "--config", str(config)],
+                       capsys)
+    assert code == 1 and "unknown settings ['learning_rate']" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["pretrain"], "give CACHE and OUT_DIR"),
+    (["pretrain", "/nonexistent/cache", "out"], "/nonexistent/cache"),
+    (["pretrain", "--resume", "/nonexistent/run"], "not a pretrain run folder"),
+    (["embed", "/nonexistent/enc.safetensors", "/nonexistent", "f.npy"], "/nonexistent"),
+])
+def test_errors_are_one_line(argv, match, capsys):
+    code, _, err = run(argv, capsys)
+    assert code == 1 and match in err and len(err.strip().splitlines()) == 1
+
+
+def test_embed_a_cache_and_a_folder_match_the_encoder(cache, tmp_path, capsys):
+    encoder = convirt.Encoder.resnet18(proj_dim=16, seed=4)
+    path = str(tmp_path / "image.safetensors")
+    encoder.save(path)
+    images = PreparedDataset(cache).images
+
+    out = str(tmp_path / "features.npy")
+    code, text, _ = run(["embed", path, cache, out, "--no-progress"], capsys)
+    assert code == 0 and "wrote 40 x 512 float32 features" in text
+    np.testing.assert_allclose(np.load(out), encoder.encode(images[:]), rtol=1e-4,
+                               atol=1e-5)
+
+    out = str(tmp_path / "embeddings.npy")
+    code, text, _ = run(["embed", path, cache, out, "--projected", "--no-progress"], capsys)
+    assert code == 0 and "wrote 40 x 16" in text
+    np.testing.assert_allclose(np.load(out), encoder.embed(images[:]), rtol=1e-4,
+                               atol=1e-5)
+
+    folder = os.path.join(os.path.dirname(cache), "s", "images")
+    out = str(tmp_path / "folder.npy")
+    code, text, _ = run(["embed", path, folder, out, "--no-progress"], capsys)
+    assert code == 0 and "wrote 40 x 512" in text
+    files = open(str(tmp_path / "folder.files.txt")).read().split()
+    assert len(files) == 40 and files[0].endswith("000000.png")
+
+
+def test_embed_refuses_a_text_encoder(cache, tmp_path, capsys):
+    import tiny
+
+    _, text = tiny.towers(str(tmp_path))
+    path = str(tmp_path / "text.safetensors")
+    text.save(path)
+    code, _, err = run(["embed", path, cache, str(tmp_path / "f.npy")], capsys)
+    assert code == 1 and "needs an image one" in err
+
+
+def test_embed_with_the_best_checkpoint_of_a_run(cache, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run(["pretrain", cache, out, "--epochs", "1", *SMALL], capsys)[0] == 0
+    code, text, _ = run(["embed", "--run", out, cache, str(tmp_path / "f.npy"),
+                         "--no-progress"], capsys)
+    assert code == 0 and "wrote 40 x 512" in text
+    code, _, err = run(["embed", "--run", str(tmp_path), cache, str(tmp_path / "g.npy")],
+                       capsys)
+    assert code == 1 and "has no checkpoint" in err
