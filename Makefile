@@ -18,9 +18,8 @@ install-test: setup          ## plus the test-only dependencies (torch==2.13.0 e
 build:                       ## rebuild the C extension in place after editing csrc/
 	$(PYTHON) setup.py build_ext --inplace -q
 
-demo: install                ## the main job on the built-in data
-	$(PYTHON) benchmarks/bench_gemm.py --quick --no-torch
-	$(PYTHON) benchmarks/bench_loss.py --sizes 32 256 1024
+demo: install                ## the main job on the built-in data (writes convirt-demo/)
+	$(PYTHON) -m convirt.cli demo convirt-demo
 
 test: install-test           ## the whole test suite
 	$(PYTHON) -m pytest -q

@@ -42,6 +42,13 @@ def add_demo_command(subparsers):
     parser.add_argument("--epochs", type=_positive_int, help="pretraining epochs")
     parser.add_argument("--batch-size", type=_positive_int, help="pairs per step")
     parser.add_argument("--lr", type=float, help="Adam learning rate")
+    parser.add_argument("--text", choices=["impression", "report"],
+                        help="pair each image with its IMPRESSION section (default) or the "
+                        "whole report (the paper; slower to learn)")
+    parser.add_argument("--augment", choices=["mild", "paper"],
+                        help="image transforms (default: mild)")
+    parser.add_argument("--freeze-layers", type=int, help="frozen MiniLM layers (of 6)")
+    parser.add_argument("--difficulty", type=float, help="synthetic findings' subtlety")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=_positive_int, help="threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -56,7 +63,9 @@ def run_demo_command(args):
         convirt.set_num_threads(args.threads)
     run_demo(args.out_dir, "quick" if args.quick else "default", progress=not args.no_progress,
              train=args.train, val=args.val, test=args.test, image_size=args.image_size,
-             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+             text=args.text, augment=args.augment, freeze_layers=args.freeze_layers,
+             difficulty=args.difficulty)
     return 0
 
 

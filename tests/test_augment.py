@@ -629,3 +629,10 @@ def test_bad_parameters(aug):
         p[field][1] = value
         with pytest.raises(ValueError, match=match):
             aug.apply(x, p)
+
+
+def test_paper_augment_scales_the_blur_to_the_view_size():
+    assert convirt.paper_augment(224).blur_sigma == pytest.approx((0.1, 3.0))
+    assert convirt.paper_augment(64).blur_sigma == pytest.approx((0.1, 3.0 * 64 / 224))
+    small = convirt.paper_augment(64)
+    assert small.crop_scale == pytest.approx((0.6, 1.0)) and small.flip == 0.5

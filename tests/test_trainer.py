@@ -402,3 +402,11 @@ def test_bad_arguments(tmp_path):
         trainer.step(images[:1], reports[:1])
     with pytest.raises(TypeError, match="must be \\(images, reports\\)"):
         trainer.fit([images, reports], batch_size=4)
+
+
+def test_default_augment_is_the_papers_with_the_blur_scaled_to_the_view(tmp_path):
+    image, text = tiny.towers(str(tmp_path / "vocab"))
+    trainer = convirt.Trainer(image, text, image_size=64, progress=False)
+    assert trainer.augment.size == 64
+    assert trainer.augment.blur_sigma == pytest.approx((0.1, 3.0 * 64 / 224))
+    assert trainer.augment.degrees == pytest.approx((-20.0, 20.0))
