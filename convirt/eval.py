@@ -265,6 +265,29 @@ class _ScoresByFraction:
     def metric_name(self):
         return _METRICS[self.metric]
 
+    def _frame(self, per_seed, per_class):
+        import pandas as pd
+
+        if per_seed:
+            records = []
+            for f, fraction in enumerate(self.fractions):
+                for s, seed in enumerate(self.seeds):
+                    record = {"fraction": fraction, "seed": seed, **self._seed_record(f, s)}
+                    if per_class and self.per_class is not None:
+                        record.update(zip(self.class_names, self.per_class[f, s]))
+                    records.append(record)
+            return pd.DataFrame.from_records(records).set_index(["fraction", "seed"])
+        frame = pd.DataFrame({"n_train": self.n_train.mean(axis=1), "mean": self.mean,
+                              "std": self.std},
+                             index=pd.Index(self.fractions, name="fraction"))
+        if per_class and self.per_class is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+                means = np.nanmean(self.per_class, axis=1)
+            for k, class_name in enumerate(self.class_names):
+                frame[class_name] = means[:, k]
+        return frame
+
     def plot(self, ax=None, label=None, **kwargs):
         """The metric against the label fraction (log scale), mean ± std over seeds, on
         ``ax`` (a new figure when None). Call it again with the same ``ax`` to compare
@@ -366,30 +389,12 @@ class ProbeResult(_ScoresByFraction):
         - ``per_seed=True``: one row per (fraction, seed) with n_train, C, the
           validation score and the test score (and per-class scores with per_class).
         """
-        import pandas as pd
+        return self._frame(per_seed, per_class)
 
-        if per_seed:
-            records = []
-            for f, fraction in enumerate(self.fractions):
-                for s, seed in enumerate(self.seeds):
-                    record = {"fraction": fraction, "seed": seed,
-                              "n_train": int(self.n_train[f, s]), "C": self.C[f, s],
-                              "val_" + self.metric: self.val_scores[f, s],
-                              self.metric: self.scores[f, s]}
-                    if per_class and self.per_class is not None:
-                        record.update(zip(self.class_names, self.per_class[f, s]))
-                    records.append(record)
-            return pd.DataFrame.from_records(records).set_index(["fraction", "seed"])
-        frame = pd.DataFrame({"n_train": self.n_train.mean(axis=1), "mean": self.mean,
-                              "std": self.std},
-                             index=pd.Index(self.fractions, name="fraction"))
-        if per_class and self.per_class is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-                means = np.nanmean(self.per_class, axis=1)
-            for k, class_name in enumerate(self.class_names):
-                frame[class_name] = means[:, k]
-        return frame
+    def _seed_record(self, f, s):
+        return {"n_train": int(self.n_train[f, s]), "C": self.C[f, s],
+                "val_" + self.metric: self.val_scores[f, s],
+                self.metric: self.scores[f, s]}
 
 
 def _percent(fraction):
@@ -745,33 +750,15 @@ class FinetuneResult(_ScoresByFraction):
         ``per_seed=True`` one row per (fraction, seed) with n_train, the kept epoch, the
         epochs run, the validation metric and loss and the test metric; ``per_class``
         adds a column per class (mean over seeds, or per seed)."""
-        import pandas as pd
+        return self._frame(per_seed, per_class)
 
-        if per_seed:
-            records = []
-            for f, fraction in enumerate(self.fractions):
-                for s, seed in enumerate(self.seeds):
-                    record = {"fraction": fraction, "seed": seed,
-                              "n_train": int(self.n_train[f, s]),
-                              "best_epoch": int(self.best_epoch[f, s]),
-                              "epochs_run": int(self.epochs_run[f, s]),
-                              "val_" + self.metric: self.val_scores[f, s],
-                              "val_loss": self.val_losses[f, s],
-                              self.metric: self.scores[f, s]}
-                    if per_class and self.per_class is not None:
-                        record.update(zip(self.class_names, self.per_class[f, s]))
-                    records.append(record)
-            return pd.DataFrame.from_records(records).set_index(["fraction", "seed"])
-        frame = pd.DataFrame({"n_train": self.n_train.mean(axis=1), "mean": self.mean,
-                              "std": self.std},
-                             index=pd.Index(self.fractions, name="fraction"))
-        if per_class and self.per_class is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-                means = np.nanmean(self.per_class, axis=1)
-            for k, class_name in enumerate(self.class_names):
-                frame[class_name] = means[:, k]
-        return frame
+    def _seed_record(self, f, s):
+        return {"n_train": int(self.n_train[f, s]),
+                "best_epoch": int(self.best_epoch[f, s]),
+                "epochs_run": int(self.epochs_run[f, s]),
+                "val_" + self.metric: self.val_scores[f, s],
+                "val_loss": self.val_losses[f, s],
+                self.metric: self.scores[f, s]}
 
 
 def _text_table(title, header, rows):

@@ -1,0 +1,102 @@
+"""The main job at the size of the quick preset: `convirt demo --quick` must show
+pretraining working, on held-out synthetic radiographs, and write what it promises."""
+
+import json
+import os
+
+import pytest
+
+from convirt import cli
+from convirt.demo import DemoConfig, retrieval_split, run_demo
+
+# Pretrained minus random-init linear-probe AUC at 10% of the labels (mean of 3 label
+# samples, 7 findings). Measured at the quick preset: see the closing note of the
+# change that set it; the margin is well under what was seen.
+PROBE_MARGIN = 0.03
+# text->image Precision@5 over the share of hits among the candidates (chance).
+RETRIEVAL_MARGIN = 0.10
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("demo") / "out")
+    lines = []
+    summary = run_demo(out, "quick", progress=False, log=lines.append)
+    return out, summary, lines
+
+
+def test_pretraining_beats_random_init_at_10_percent_labels(quick):
+    _, summary, _ = quick
+    results = summary["results"]
+    pretrained = results["ConVIRT"]["probe_auc"]["0.1"]
+    random_init = results["Random init"]["probe_auc"]["0.1"]
+    assert pretrained >= random_init + PROBE_MARGIN, (pretrained, random_init)
+
+
+def test_text_to_image_precision_is_well_above_chance(quick):
+    _, summary, _ = quick
+    chance = summary["retrieval_chance"]
+    precision = summary["results"]["ConVIRT"]["text_to_image"]["P@5"]
+    assert 0 < chance < 0.5
+    assert precision >= chance + RETRIEVAL_MARGIN, (precision, chance)
+
+
+def test_loss_went_down(quick):
+    _, summary, _ = quick
+    steps = summary["trainer"].steps
+    first = sum(s["loss"] for s in steps[:20]) / 20
+    last = sum(s["loss"] for s in steps[-20:]) / 20
+    assert last < first, (first, last)
+
+
+def test_outputs_are_written(quick):
+    out, summary, lines = quick
+    for name in ("results.md", "results.json", "loss_curve.png", "probe_curve.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 100, name
+    assert os.path.exists(os.path.join(out, "checkpoint", "LAST"))
+    with open(os.path.join(out, "results.json")) as f:
+        stored = json.load(f)
+    assert stored["results"] == json.loads(json.dumps(summary["results"]))
+    table = open(os.path.join(out, "results.md")).read()
+    assert "| Random init |" in table and "| ConVIRT |" in table and "| Chance |" in table
+    assert lines[0].startswith("[1/4]") and any(line.startswith("[4/4]") for line in lines)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="preset must be one of"):
+        DemoConfig("huge")
+    with pytest.raises(ValueError, match="unknown demo settings"):
+        DemoConfig("quick", epochz=3)
+    with pytest.raises(ValueError, match="text must be one of"):
+        DemoConfig("quick", text="findings")
+    assert DemoConfig("quick", lr=None)["lr"] == DemoConfig("quick")["lr"]
+
+
+def test_retrieval_split_takes_single_finding_images():
+    import numpy as np
+
+    names = ["A", "B", "No Finding"]
+    labels = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1],
+                       [0, 0, 1], [1, 0, 0]])
+    queries, categories, candidates = retrieval_split(labels, names, 1, seed=0)
+    assert 4 not in queries and 4 not in candidates  # two findings: neither
+    assert sorted(categories.tolist()) == [0, 1, 2]
+    assert not set(queries) & set(candidates)
+    for q, c in zip(queries, categories):
+        assert (labels[q, :2].sum() == 0) if c == 2 else labels[q, c] == 1
+
+
+def test_format_table_has_the_papers_columns(quick):
+    _, summary, _ = quick
+    header = summary["table"].splitlines()[0]
+    for column in ("Probe AUC 1%", "Probe AUC 10%", "Probe AUC 100%", "img->img P@5",
+                   "text->img P@10"):
+        assert column in header
+
+
+def test_demo_help_lists_the_settings(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--quick", "--epochs", "--text", "--augment", "--threads"):
+        assert flag in out
