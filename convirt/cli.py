@@ -337,6 +337,11 @@ def add_evaluate_command(subparsers):
                        help="pretraining Adam learning rate (default: 1e-4, the paper's)")
     model.add_argument("--temperature", type=float, default=0.1,
                        help="contrastive temperature (default: 0.1, the paper's)")
+    model.add_argument("--text", choices=["report", "impression"], default="report",
+                       help="ConVIRT's sentences: from the whole report (default, the "
+                       "paper's) or its IMPRESSION section")
+    model.add_argument("--augment", choices=["paper", "mild"], default="paper",
+                       help="pretraining transforms (default: the paper's)")
     model.add_argument("--seed", type=int, default=0,
                        help="seed of the initialisation and pretraining (default: 0)")
     model.add_argument("--save-encoders", metavar="DIR",
@@ -455,7 +460,7 @@ def run_evaluate(args):
         image_size=args.image_size, imagenet=args.imagenet, text_model=args.text_model,
         pretrain_epochs=args.pretrain_epochs, pretrain_batch_size=args.pretrain_batch_size,
         pretrain_lr=args.pretrain_lr, temperature=args.temperature, seed=args.seed,
-        fractions=args.fractions, probe_seeds=args.probe_seeds,
+        text=args.text, augment=args.augment, fractions=args.fractions, probe_seeds=args.probe_seeds,
         finetune_seeds=args.finetune_seeds,
         finetune_options={"epochs": epochs, "batch_size": args.finetune_batch_size,
                           "lr": args.finetune_lr, "patience": args.patience},

@@ -433,6 +433,12 @@ def extract_sections(text):
     return result
 
 
+
+def impressions(reports):
+    """Each report's IMPRESSION section (the whole report when it has none): the text to
+    pair with an image when only the radiologist's conclusions should be sampled."""
+    return [extract_sections(r)["impression"] or r for r in reports]
+
 def _collapse(text):
     return re.sub(r"\s+", " ", text).strip()
 

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from .trainer import AUGMENTS
+
 __all__ = ["DemoConfig", "run_demo", "TEXT_QUERIES", "retrieval_split"]
 
 
@@ -35,7 +37,7 @@ __all__ = ["DemoConfig", "run_demo", "TEXT_QUERIES", "retrieval_split"]
 #   at 1e-4 (whole reports) the probe had not moved after 200 steps; at 1e-3 the
 #   training collapsed (loss stuck at log N) unless the whole text tower was frozen.
 PRESETS = {
-    "default": dict(train=4000, val=400, test=1200, image_size=64, epochs=7, batch_size=32,
+    "default": dict(train=4000, val=400, test=1200, image_size=64, epochs=5, batch_size=32,
                     lr=3e-4, temperature=0.1, difficulty=1.0, proj_dim=128,
                     text="impression", augment="mild", freeze_layers=3),
     "quick": dict(train=2000, val=200, test=600, image_size=64, epochs=5, batch_size=32,
@@ -44,7 +46,7 @@ PRESETS = {
 }
 
 _TEXTS = ("impression", "report")
-_AUGMENTS = ("mild", "paper")
+_AUGMENTS = tuple(AUGMENTS)
 
 
 # Text queries of the 8x200-style text->image retrieval: sentences a radiologist would
@@ -86,25 +88,11 @@ class DemoConfig(dict):
             raise ValueError(f"augment must be one of {_AUGMENTS}, got {self['augment']!r}")
 
 
-def demo_augment(kind, size, seed=0):
-    """The demo's image transforms: 'paper' (paper_augment) or 'mild'."""
-    from ._core import ImageAugment
-    from .trainer import paper_augment
-
-    if kind == "paper":
-        return paper_augment(size, seed=seed)
-    return ImageAugment(size, crop_scale=(0.8, 1.0), degrees=5.0, translate=0.05,
-                        brightness=(0.8, 1.2), contrast=(0.8, 1.2), blur_sigma=None,
-                        seed=seed)
-
-
 def training_texts(reports, which):
     """What each image is paired with: its IMPRESSION section or the whole report."""
-    if which == "report":
-        return list(reports)
-    from .data import extract_sections
+    from .data import impressions
 
-    return [extract_sections(r)["impression"] or r for r in reports]
+    return list(reports) if which == "report" else impressions(reports)
 
 
 def retrieval_split(labels, label_names, queries_per_category=10, seed=0):
@@ -210,8 +198,8 @@ def run_demo(out_dir="convirt-demo", preset="default", *, progress=True, log=pri
     loss = convirt.ContrastiveLoss(temperature=config["temperature"])
     trainer = convirt.Trainer(image, text, loss, image_size=config["image_size"],
                               lr=config["lr"], seed=seed, progress=progress,
-                              augment=demo_augment(config["augment"], config["image_size"],
-                                                   seed),
+                              augment=AUGMENTS[config["augment"]](config["image_size"],
+                                                                  seed),
                               checkpoint_dir=os.path.join(out_dir, "checkpoint"))
     t0 = time.time()
     trainer.fit((train.images, training_texts(train.reports, config["text"])),
@@ -279,19 +267,14 @@ def format_table(results, fractions):
 
 
 def _probe_figure(results, fractions):
-    import matplotlib
+    """Probe AUC against the share of labels, mean ± std over label samples. A bare
+    Figure (no pyplot): saving it never changes the backend of a Jupyter session."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4), layout="constrained")
+    ax = fig.subplots()
     for name, r in results.items():
-        means = r["probe"].mean
-        ax.plot([100 * f for f in fractions], means, "o-", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("labels used (%)")
+        r["probe"].plot(ax=ax, label=name)
     ax.set_ylabel("linear probe AUC (mean of 7 findings)")
     ax.set_title("Linear probe on held-out synthetic radiographs")
-    ax.grid(alpha=0.3)
-    ax.legend()
     return fig

