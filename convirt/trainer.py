@@ -82,13 +82,14 @@ def paper_augment(image_size, seed=0):
     return ImageAugment(image_size, blur_sigma=(0.1, 3.0 * image_size / 224), seed=seed)
 
 
-def mild_augment(image_size, seed=0):
+def mild_augment(image_size, seed=0, flip=0.5):
     """Milder transforms than the paper's for short runs on small views: crop 80-100%
-    of the area, flip, rotation up to 5 degrees, translation 5%, brightness and contrast
-    factors in [0.8, 1.2], no blur."""
-    return ImageAugment(image_size, crop_scale=(0.8, 1.0), degrees=5.0, translate=0.05,
-                        brightness=(0.8, 1.2), contrast=(0.8, 1.2), blur_sigma=None,
-                        seed=seed)
+    of the area, horizontal flip with probability ``flip`` (None: never; reports name
+    the side of a finding), rotation up to 5 degrees, translation 5%, brightness and
+    contrast factors in [0.8, 1.2], no blur."""
+    return ImageAugment(image_size, crop_scale=(0.8, 1.0), flip=flip, degrees=5.0,
+                        translate=0.05, brightness=(0.8, 1.2), contrast=(0.8, 1.2),
+                        blur_sigma=None, seed=seed)
 
 
 AUGMENTS = {"paper": paper_augment, "mild": mild_augment}

@@ -26,6 +26,7 @@ from convirt.data import (
     PreparedDataset,
     decode_image,
     extract_sections,
+    impressions,
     prepare,
     resize_center_crop,
     split_sentences,
@@ -1092,3 +1093,10 @@ def test_loader_rejects_bad_arguments():
         BatchLoader(dataset, transform=3)
     assert list(BatchLoader(dataset, batch_size=8)) == []  # drop_last: no full batch
     assert "BatchLoader(ArrayDataset(n=4)" in repr(BatchLoader(dataset, batch_size=2))
+
+
+def test_impressions_take_the_impression_or_the_whole_report():
+    reports = ["FINDINGS: Heart size is normal.\nIMPRESSION: No acute process.",
+               "Heart size is normal. Lungs are clear.", ""]
+    assert impressions(reports) == ["No acute process.",
+                                    "Heart size is normal. Lungs are clear.", ""]

@@ -308,6 +308,8 @@ def test_paper_table_rows_start_from_the_same_init(tmp_path):
     ({"rows": ()}, ValueError, "rows must be among"),
     ({"rows": ("imagenet",)}, ValueError, "needs imagenet="),
     ({"depth": 101}, ValueError, "depth must be 18, 34 or 50"),
+    ({"text": "findings"}, ValueError, "text must be 'report' or 'impression'"),
+    ({"augment": "strong"}, ValueError, "augment must be one of"),
     ({"image_size": 16}, ValueError, "image_size must be >= 32"),
     ({"ks": (100,)}, ValueError, r"every k .* must be in \[1, 16\]"),
     ({"rows": ("imagenet",), "imagenet": "/no/such/file.safetensors"}, FileNotFoundError,
