@@ -7,23 +7,27 @@ the same parameters), and beside a ResNet-50 training step on this machine.
 
 ResNet-50 training costs about 24.5 GFLOP per 224 x 224 image (forward + backward);
 the step for a batch of 32 takes 32 * 24.5 / R seconds at R GFLOP/s: 7.8 s at the
-100 GFLOP/s a training step reaches on these 2 cores, 1.8 s at the 440 GFLOP/s FMA
-peak. The share columns put the transforms against those. Timings are the best of
+100 GFLOP/s a training step reaches on these 2 cores, and at the FMA peak measured
+in the same run. The share columns put the transforms against those. Timings are the best of
 --repeat runs (wall clock), taken on a machine that may be shared: compare the
 columns of one run, not runs of different days."""
 
 import argparse
 import math
+import os
+import sys
 import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import convirt
+from benchmarks.common import measure_peak
 from convirt import ImageAugment
 
 RESNET50_TRAIN_GFLOP = 24.5
 STEP_GFLOPS = 100.0  # what a training step reaches on this machine (2 cores)
-PEAK_GFLOPS = 440.0  # FP32 FMA peak of the 2 cores
 
 
 def best_time(fn, repeat):
@@ -120,12 +124,13 @@ def main():
         ("all (paper's defaults)", {}),
     ]
     step_seconds = args.batch * RESNET50_TRAIN_GFLOP / STEP_GFLOPS
-    peak_seconds = args.batch * RESNET50_TRAIN_GFLOP / PEAK_GFLOPS
+    peak_gflops, _ = measure_peak()  # FP32 FMA peak on convirt's threads, this run
+    peak_seconds = args.batch * RESNET50_TRAIN_GFLOP / peak_gflops
     saved_threads = convirt.get_num_threads()
     print(f"convirt.ImageAugment: batch {args.batch}, {args.input} x {args.input} uint8 -> "
           f"{args.size} x {args.size} float32; best of {repeat}")
     print(f"ResNet-50 training step for the batch: {step_seconds:.2f} s at "
-          f"{STEP_GFLOPS:.0f} GFLOP/s, {peak_seconds:.2f} s at the {PEAK_GFLOPS:.0f} "
+          f"{STEP_GFLOPS:.0f} GFLOP/s, {peak_seconds:.2f} s at the measured {peak_gflops:.0f} "
           "GFLOP/s peak\n")
     header = (f"{'image':<5} {'thr':>3}  {'transforms':<26} {'ms/batch':>9} "
               f"{'images/s':>9} {'% step':>7} {'% peak step':>11} {'torch ms':>9} "

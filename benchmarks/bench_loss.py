@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import header, measure_peak, print_table, run_isolated  # noqa: E402
+from benchmarks.common import header, measure_peak, print_table, run_isolated
 
 
 def run(framework, sizes, dim, threads, repeat):

@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from benchmarks.common import header, measure_peak, print_table  # noqa: E402
+from benchmarks.common import header, measure_peak, print_table
 
 CONFIGS = {
     "paper": dict(depth=50, image_size=224, stored=256, text="bert-base", freeze=6,
@@ -106,10 +106,9 @@ def run_torch(config, steps, threads):
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from transformers import BertConfig, BertModel
-
     from bench_augment import torch_augment
     from bench_resnet import torch_resnet
+    from transformers import BertConfig, BertModel
 
     import convirt
     from convirt.text import minilm_path
@@ -147,8 +146,8 @@ def run_torch(config, steps, threads):
 
     def step(record):
         marks = [time.perf_counter()]
-        views = torch_augment(torch, images, aug_params, cfg["image_size"])  # (N, 1, S, S)
-        x = ((views - mean) / std).contiguous(memory_format=torch.channels_last)
+        views = torch_augment(torch, images, aug_params, cfg["image_size"])  # (N, S, S)
+        x = ((views[:, None] - mean) / std).contiguous(memory_format=torch.channels_last)
         marks.append(time.perf_counter())
         v = image_head(image(x))
         marks.append(time.perf_counter())

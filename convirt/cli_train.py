@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 
-__all__ = ["add_demo_command", "add_pretrain_command", "add_embed_command"]
+__all__ = ["add_demo_command", "add_embed_command", "add_pretrain_command"]
 
 
 def _positive_int(text):
@@ -57,6 +57,7 @@ def add_demo_command(subparsers):
 
 def run_demo_command(args):
     import convirt
+
     from .demo import run_demo
 
     if args.threads:
@@ -187,6 +188,7 @@ class _IndexedImages:
 
 def run_pretrain(args):
     import convirt
+
     from .data import PreparedDataset
 
     if args.threads:
@@ -232,6 +234,7 @@ def run_pretrain(args):
 
 def _new_trainer(settings, out_dir, progress):
     import convirt
+
     from .text import minilm_path
 
     build = getattr(convirt.Encoder, settings["image_model"])
@@ -294,6 +297,7 @@ def run_embed(args):
     import numpy as np
 
     import convirt
+
     from .checkpoint import CheckpointDir
     from .data import IMAGE_EXTENSIONS, PreparedDataset, decode_image
 

@@ -20,9 +20,9 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
-    "indiana_reports",
     "LABEL_NAMES",
     "SyntheticCXR",
+    "indiana_reports",
     "sample_findings",
     "synthetic_cxr",
     "write_report",

@@ -20,7 +20,7 @@ import numpy as np
 
 from .trainer import AUGMENTS
 
-__all__ = ["DemoConfig", "run_demo", "TEXT_QUERIES", "retrieval_split"]
+__all__ = ["TEXT_QUERIES", "DemoConfig", "retrieval_split", "run_demo"]
 
 
 # Settings of the default demo (about 10 minutes on 2 cores) and of the quick one the
@@ -171,6 +171,7 @@ def run_demo(out_dir="convirt-demo", preset="default", *, progress=True, log=pri
              **overrides):
     """Run the demo; returns a dict of results (also written to out_dir/results.json)."""
     import convirt
+
     from . import datasets
     from .text import minilm_path
 
@@ -181,7 +182,7 @@ def run_demo(out_dir="convirt-demo", preset="default", *, progress=True, log=pri
 
     log(f"[1/4] synthetic chest X-rays: {config['train']} train, {config['val']} "
         f"validation, {config['test']} test at {config['image_size']} px")
-    make = lambda n, s: datasets.synthetic_cxr(n, size=config["image_size"], seed=s,  # noqa: E731
+    make = lambda n, s: datasets.synthetic_cxr(n, size=config["image_size"], seed=s,
                                                difficulty=config["difficulty"])
     train, val, test = make(config["train"], seed + 1), make(config["val"], seed + 2), \
         make(config["test"], seed + 3)

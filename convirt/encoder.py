@@ -5,7 +5,6 @@ constructors, batching with progress bars, named parameter views and checkpoints
 """
 
 import json
-import os
 
 import numpy as np
 

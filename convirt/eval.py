@@ -1782,8 +1782,8 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
     time each row took.
     """
     from . import _core
-    from .encoder import Encoder
     from .data import impressions
+    from .encoder import Encoder
     from .trainer import AUGMENTS, Trainer
 
     if text not in ("report", "impression"):

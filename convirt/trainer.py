@@ -16,7 +16,7 @@ from .checkpoint import FORMAT, CheckpointDir, CheckpointError
 from .encoder import Encoder
 from .schedules import ReduceLROnPlateau, WarmupCosine
 
-__all__ = ["Trainer", "TrainingDiverged", "Callback"]
+__all__ = ["Callback", "Trainer", "TrainingDiverged"]
 
 
 class TrainingDiverged(RuntimeError):

@@ -18,7 +18,7 @@ from convirt.checkpoint import CheckpointDir, CheckpointError
 from convirt.trainer import Trainer, TrainingDiverged
 
 sys.path.insert(0, os.path.dirname(__file__))
-import tiny  # noqa: E402
+import tiny
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -7,10 +7,7 @@ import numpy as np
 
 import convirt
 
-WORDS = ("the a no is are of in and with lung lungs heart size normal clear effusion "
-         "pleural pneumothorax edema cardiomegaly mild small large left right base "
-         "opacity consolidation pneumonia fracture rib atelectasis there seen stable "
-         "unchanged possible likely bilateral silhouette enlarged").split()
+WORDS = ["the", "a", "no", "is", "are", "of", "in", "and", "with", "lung", "lungs", "heart", "size", "normal", "clear", "effusion", "pleural", "pneumothorax", "edema", "cardiomegaly", "mild", "small", "large", "left", "right", "base", "opacity", "consolidation", "pneumonia", "fracture", "rib", "atelectasis", "there", "seen", "stable", "unchanged", "possible", "likely", "bilateral", "silhouette", "enlarged"]
 
 
 def write_vocab(directory):
