@@ -1871,6 +1871,8 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
                 text.save(os.path.join(save_dir, f"{row}_text.safetensors"))
         encoders[_ROW_NAMES[row]] = image if text is None else (image, text)
 
+    if text == "impression" and val_reports is not None:
+        val_reports = impressions(val_reports)  # queries phrased as the training text
     table = compare(encoders, (train_x, train_y, train_reports), (val_x, val_y, val_reports),
                     (test_x, test_y), fractions=fractions, probe_seeds=probe_seeds,
                     finetune_seeds=finetune_seeds, finetune_options=finetune_options, ks=ks,
@@ -1880,8 +1882,12 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
     settings = (f"ResNet-{depth} at {image_size}x{image_size}, {channels} channel(s); "
                 f"pretraining {_plural(pretrain_epochs, 'epoch')}, batch "
                 f"{pretrain_batch_size}, Adam lr "
-                f"{pretrain_lr:g}, temperature {temperature:g}, the paper's transforms "
-                f"(blur sigma up to {3.0 * image_size / 224:.2f})")
+                f"{pretrain_lr:g}, temperature {temperature:g}, "
+                + (f"the paper's transforms (blur sigma up to {3.0 * image_size / 224:.2f})"
+                   if augment == "paper" else f"{augment} transforms")
+                + ("; ConVIRT pairs each image with its IMPRESSION sentences, and the "
+                   "text->image queries are the query images' impressions"
+                   if text == "impression" else ""))
     finetuning = ("fine-tuning: " + ", ".join(f"{k} {v}" for k, v in options.items()
                                               if k != "augment")
                   + " (others: finetune's defaults)")
