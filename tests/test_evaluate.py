@@ -301,6 +301,20 @@ def test_paper_table_rows_start_from_the_same_init(tmp_path):
     notes = "\n".join(table.notes)
     assert "SimCLR pretraining: 2 steps" in notes and "ConVIRT pretraining: 2 steps" in notes
     assert "1 of 2 layers frozen" in notes and "seconds per row" in notes
+    assert "the paper's transforms" in notes and "IMPRESSION" not in notes
+
+
+def test_paper_table_impression_text_and_mild_transforms(tmp_path):
+    (train, val, test), names = synthetic_splits(n=48, columns=COMMON)
+    table = ev.paper_table(train, val, test, rows=("random", "convirt"),
+                           text_model=tiny_bert_dir(tmp_path / "bert"), text="impression",
+                           augment="mild", pretrain_epochs=1, pretrain_batch_size=8,
+                           fractions=(1.0,), probe_seeds=(0,), finetune_options=FAST_FT,
+                           ks=(3,), label_names=names, progress=False)
+    notes = "\n".join(table.notes)
+    assert "mild transforms" in notes and "paper's transforms" not in notes
+    assert "IMPRESSION sentences" in notes
+    assert np.isfinite(table.values[-1]).all()
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
