@@ -13,8 +13,10 @@ from convirt.demo import DemoConfig, retrieval_split, run_demo
 # samples, 7 findings). Measured at the quick preset: 0.629 against 0.517.
 PROBE_MARGIN = 0.03
 # text->image Precision@5 against the share of hits among the candidates (chance): at
-# least this many times chance. Measured at the quick preset: 0.200 against 0.125.
-RETRIEVAL_RATIO = 1.4
+# least this many times chance. Measured at the quick preset: 0.200 (24 hits in 120)
+# against 0.125 (15); random init: 0.133. The bound leaves room for another BLIS kernel
+# set rounding differently along the 310 steps.
+RETRIEVAL_RATIO = 1.3
 
 
 @pytest.fixture(scope="module")
