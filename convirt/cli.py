@@ -246,20 +246,18 @@ def _wrap(text, width):
 # ------------------------------------------------------------------------------------
 
 
-def _float_list(text):
-    try:
-        return [float(item) for item in _comma_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got "
-                                         f"{text!r}") from None
+def _number_list(cast, what):
+    def parse(text):
+        try:
+            return [cast(item) for item in _comma_list(text)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} separated by commas, got "
+                                             f"{text!r}") from None
+    return parse
 
 
-def _int_list(text):
-    try:
-        return [int(item) for item in _comma_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got "
-                                         f"{text!r}") from None
+_float_list = _number_list(float, "numbers")
+_int_list = _number_list(int, "integers")
 
 
 def _share(text):

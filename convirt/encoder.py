@@ -375,7 +375,7 @@ class Encoder(_core.Encoder):
         every tensor. The copy owns new buffers; it shares nothing with this encoder."""
         state = {"metadata": self._metadata(), "training": self.training,
                  "freeze_backbone": self.freeze_backbone,
-                 "tensors": {name: view.copy() for name, view in self.parameters().items()}}
+                 "tensors": self.parameters()}  # views: pickle and deepcopy copy them
         return (_unpickle_encoder, (type(self), state))
 
     # ---- description ------------------------------------------------------------------------

@@ -265,6 +265,19 @@ class _ScoresByFraction:
     def metric_name(self):
         return _METRICS[self.metric]
 
+    def _describe(self):
+        what = {"binary": "binary", "multiclass": f"{len(self.class_names)} classes",
+                "multilabel": f"multi-label, mean over {len(self.class_names)} columns"}
+        name = f"{self.name}: " if self.name else ""
+        seeds = ", ".join(str(s) for s in self.seeds)
+        return (f"{name}{self._WHAT} {self.metric_name} ({what[self.task]}), mean ± std "
+                f"over seeds {seeds}")
+
+    def _n_train_text(self, f):
+        """Training-set size at fraction f: one number, or the range over seeds."""
+        n = self.n_train[f]
+        return str(n[0]) if (n == n[0]).all() else f"{n.min()}-{n.max()}"
+
     def _frame(self, per_seed, per_class):
         import pandas as pd
 
@@ -338,19 +351,12 @@ class ProbeResult(_ScoresByFraction):
     n_not_converged: int = 0  # fits that stopped at max_iter
     Cs: tuple = field(default=DEFAULT_CS)
 
-    def _describe(self):
-        what = {"binary": "binary", "multiclass": f"{len(self.class_names)} classes",
-                "multilabel": f"multi-label, mean over {len(self.class_names)} columns"}
-        name = f"{self.name}: " if self.name else ""
-        seeds = ", ".join(str(s) for s in self.seeds)
-        return (f"{name}linear probe {self.metric_name} ({what[self.task]}), mean ± std "
-                f"over seeds {seeds}")
+    _WHAT = "linear probe"
 
     def _rows(self):
         rows = []
         for f, fraction in enumerate(self.fractions):
-            n = self.n_train[f]
-            n_text = str(n[0]) if (n == n[0]).all() else f"{n.min()}-{n.max()}"
+            n_text = self._n_train_text(f)
             c_text = ", ".join(f"{c:g}" for c in self.C[f])
             rows.append((_percent(fraction), n_text,
                          f"{self.mean[f]:.4f} ± {self.std[f]:.4f}", c_text))
@@ -715,19 +721,12 @@ class FinetuneResult(_ScoresByFraction):
     seconds: float = 0.0
     models: list = None  # models[f][s] = (Encoder, LinearHead) with keep_models=True
 
-    def _describe(self):
-        what = {"binary": "binary", "multiclass": f"{len(self.class_names)} classes",
-                "multilabel": f"multi-label, mean over {len(self.class_names)} columns"}
-        name = f"{self.name}: " if self.name else ""
-        seeds = ", ".join(str(s) for s in self.seeds)
-        return (f"{name}fine-tuning {self.metric_name} ({what[self.task]}), mean ± std "
-                f"over seeds {seeds}")
+    _WHAT = "fine-tuning"
 
     def _rows(self):
         rows = []
         for f, fraction in enumerate(self.fractions):
-            n = self.n_train[f]
-            n_text = str(n[0]) if (n == n[0]).all() else f"{n.min()}-{n.max()}"
+            n_text = self._n_train_text(f)
             epochs = ", ".join(f"{b}/{r}" for b, r in zip(self.best_epoch[f],
                                                           self.epochs_run[f]))
             rows.append((_percent(fraction), n_text,
