@@ -85,9 +85,11 @@ def test_eval_features_match_torch(depth, channels, dtype):
     np.testing.assert_array_equal(images, before)
 
 
-def torch_training_step(params, images, normalization, depth, grad, dtype):
+def torch_training_step(params, images, normalization, depth, grad, dtype, record=None,
+                        flips=None):
     """Features, gradients (PyTorch layout), pixel gradient and updated running
-    statistics of one training step of the reference in `dtype`."""
+    statistics of one training step of the reference in `dtype` (record and flips:
+    see tr.forward)."""
     p = {k: v.clone().to(dtype) for k, v in params.items()}
     for k, v in p.items():
         if "running" not in k:
@@ -97,24 +99,90 @@ def torch_training_step(params, images, normalization, depth, grad, dtype):
     scale = 1 / 255 if images.dtype == np.uint8 else 1.0
     mean, std = (torch.tensor(v, dtype=dtype) for v in normalization)
     x = ((x * scale - mean) / std).permute(0, 3, 1, 2)
-    features = tr.forward(p, x, depth, training=True)
+    features = tr.forward(p, x, depth, training=True, record=record, flips=flips)
     (features * torch.from_numpy(grad).to(dtype)).sum().backward()
     out = {k: (v.detach() if "running" in k else v.grad).double().numpy() for k, v in p.items()}
     return features.detach().double().numpy(), out, pixels.grad.double().numpy()
+
+
+def kink_resolved_errors(ours, reference_step):
+    """Relative errors of `ours` (name -> array in the stored layout, plus "features" and
+    "input gradient") against the float64 reference, with the reference's kinks
+    resolved the way ours were.
+
+    In training mode a value that float32 rounding can put on either side of a ReLU's
+    kink (or a max-pool window whose two largest values are that close) is a genuine
+    ambiguity: a correct float32 implementation may take it either way, and the
+    gradients of the batch norms around it then move by up to a few percent (on an
+    AVX-512 machine, one element of layer1.0's output at 9e-7, against a float32
+    spread of 9e-6 there, moved layer1.0.bn2.bias by 1.8e-2). Which elements can flip
+    is decided by the references alone (tr.ambiguous_elements: float64 against PyTorch's
+    own float32). Each flip's effect on every tensor is measured in float64; the flips
+    that bring the reference closest to ours are chosen, and the errors returned are
+    those of one exact float64 step with exactly those flips. So everything else is held
+    to float64: a bug cannot hide behind a flip, because a flip moves only what that one
+    element feeds, and the result must then agree everywhere."""
+    record64, record32 = {}, {}
+    base = reference_step(torch.float64, record=record64)
+    reference_step(torch.float32, record=record32)
+    ambiguous = tr.ambiguous_elements(record64, record32)
+
+    def errors_of(step):
+        f, g, x = step
+        return {name: rel(value, f if name == "features" else x if name == "input gradient"
+                          else to_stored(name, g[name])) for name, value in ours.items()}
+
+    errors = errors_of(base)
+    if max(errors.values()) < 1e-4 or not ambiguous:
+        return errors, {}
+    candidates = [(site, tuple(i)) for site, mask in ambiguous.items()
+                  for i in mask.nonzero().tolist()]
+    assert len(candidates) <= 12, f"the test's inputs put too many values on kinks: {candidates}"
+
+    def flat(step):
+        f, g, x = step
+        return {name: f if name == "features" else x if name == "input gradient"
+                else to_stored(name, g[name]) for name in ours}
+
+    def one_flip(site, index):
+        mask = torch.zeros_like(ambiguous[site])
+        mask[index] = True
+        return {site: mask}
+
+    reference = flat(base)
+    scale = {name: max(np.linalg.norm(r), 1e-30) for name, r in reference.items()}
+    effects = {c: {name: value - reference[name]
+                   for name, value in flat(reference_step(torch.float64,
+                                                          flips=one_flip(*c))).items()}
+               for c in candidates}
+
+    def misfit(chosen):  # flips act additively to first order (exact within one site)
+        return sum((np.linalg.norm(ours[name] - reference[name] -
+                                   sum(effects[c][name] for c in chosen)) / scale[name]) ** 2
+                   for name in ours)
+
+    chosen = set()
+    for _ in range(2):  # coordinate descent; the flips barely interact
+        for c in candidates:
+            if misfit(chosen ^ {c}) < misfit(chosen):
+                chosen ^= {c}
+    if not chosen:
+        return errors, {}
+    flips = {}
+    for site, index in chosen:
+        flips.setdefault(site, torch.zeros_like(ambiguous[site]))[index] = True
+    return errors_of(reference_step(torch.float64, flips=flips)), sorted(chosen)
 
 
 @pytest.mark.parametrize("depth,channels,dtype", CASES)
 def test_training_step_matches_torch(depth, channels, dtype):
     """One training forward and backward: features with batch statistics, every
     parameter gradient, the pixel gradient and the updated running statistics, each
-    within 1e-4 (relative norm) of PyTorch's float64 or float32 result.
+    within 1e-4 (relative norm) of PyTorch's float64 result, on any BLIS kernel set.
 
-    Why two references: in training mode a value that sits on a ReLU's kink (or ties in
-    the max pool) goes one way or the other with the rounding, and a ResNet-50's
-    gradients then move by up to ~1% between float32 and float64, PyTorch's own float32
-    included. Batch-norm biases of +-2.5 (one sign per channel along each stage's
-    residual stream) keep most values away from the kinks; the rest is covered by
-    accepting either precision of the reference, tensor by tensor."""
+    Batch-norm biases of +-2.5 (one sign per channel along each stage's residual
+    stream) keep most values away from the ReLU's kink; the few that float32 rounding
+    can still put on either side are resolved as ours were (kink_resolved_errors)."""
     params = reference_params(depth, channels, bias_scale=2.5)
     encoder = encoder_with(depth, channels, params).train()
     images = make_images(channels, dtype, seed=1)
@@ -128,19 +196,46 @@ def test_training_step_matches_torch(depth, channels, dtype):
     ours = {name: views[name] if "running" in name else grads[name] for name in params}
     ours["features"], ours["input gradient"] = features, d_input
 
-    def errors_against(dtype):
-        f, g, x = torch_training_step(params, images, encoder.normalization, depth, grad, dtype)
-        return {name: rel(value, f if name == "features" else x if name == "input gradient"
-                          else to_stored(name, g[name])) for name, value in ours.items()}
-
-    errors = errors_against(torch.float64)
-    if max(errors.values()) >= 1e-4:  # the float32 reference only when needed
-        errors32 = errors_against(torch.float32)
-        errors = {name: min(e, errors32[name]) for name, e in errors.items()}
+    errors, flips = kink_resolved_errors(
+        ours, functools.partial(torch_training_step, params, images, encoder.normalization,
+                                depth, grad))
     assert len(errors) == len(params) + 2
     worst = sorted(errors.items(), key=lambda item: -item[1])[:5]
-    assert worst[0][1] < 1e-4, worst
+    assert worst[0][1] < 1e-4, (worst, "kinks resolved:", flips)
     np.testing.assert_array_equal(images, before)
+
+
+def test_kink_resolution_accepts_a_flip_and_still_catches_a_bug():
+    """The case that failed on an AVX-512 machine (BLIS's skx kernels): ResNet-18, 3
+    channels, uint8. There, element (0, 48, 0, 5) of layer1.0's output sits at 9.2e-7 in
+    float64, under the float32 spread of that layer (8.7e-6), and came out on the other
+    side of the ReLU: layer1.0.bn2.bias moved by 1.8e-2, layer1.0.bn1.bias and bn1.bias by
+    1.4e-2, layer1.0.conv2.weight by 1.2e-2, and nothing from layer1.1 on. Here the float64
+    reference with exactly that flip stands in for such a result: it must be accepted,
+    and the same result with one real error added (one bias gradient off by 0.5%) must
+    not be."""
+    depth, channels, dtype = 18, 3, "uint8"
+    params = reference_params(depth, channels, bias_scale=2.5)
+    images = make_images(channels, dtype, seed=1)
+    grad = np.random.default_rng(2).standard_normal((N, tr.feature_dim(depth)))
+    normalization = Encoder.resnet18(in_channels=channels).normalization
+    step = functools.partial(torch_training_step, params, images, normalization, depth, grad)
+    site, index = "layer1.0.out", (0, 48, 0, 5)
+    record = {}
+    step(torch.float64, record=record)
+    assert abs(record[site][index]) < 1e-6
+    mask = torch.zeros_like(record[site], dtype=torch.bool)
+    mask[index] = True
+    f, g, x = step(torch.float64, flips={site: mask})
+    flipped = {name: to_stored(name, g[name]).astype(np.float32) for name in params}
+    flipped["features"], flipped["input gradient"] = f.astype(np.float32), x.astype(np.float32)
+    errors, chosen = kink_resolved_errors(flipped, step)
+    assert chosen == [(site, index)] and max(errors.values()) < 1e-6
+    bug = dict(flipped)
+    bug["layer2.0.bn1.bias"] = bug["layer2.0.bn1.bias"] * np.float32(1.005)
+    errors, _ = kink_resolved_errors(bug, step)
+    assert max(errors, key=errors.get) == "layer2.0.bn1.bias"
+    assert 1e-3 < errors["layer2.0.bn1.bias"] < 1e-2
 
 
 def test_embeddings_backward_through_the_head():
