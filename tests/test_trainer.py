@@ -78,17 +78,28 @@ def head(x, p):
                     p["projection.2.weight"], p["projection.2.bias"])
 
 
-def torch_loop(image, text, batches, lr, eps, channels_last):
+def torch_loop(image, text, batches, lr, eps, dtype=torch.float32, channels_last=False,
+               perturb=None):
     """Ten Adam steps of the same model in PyTorch; returns the losses and the final
-    tensors (named as convirt's, prefixed image. / text.). channels_last stores the
-    convolution weights in another memory layout: the same math, other rounding."""
+    tensors (named as convirt's, prefixed image. / text.). The variants compute the same
+    math with other rounding: dtype float64 (the center the others are measured from);
+    channels_last stores the convolution weights in another memory layout; perturb (a
+    seed) moves every initial weight of both towers by one float32 ulp up or down."""
     torch_resnet, image_params, bert, text_head = torch_towers(image, text)
-    if channels_last:
-        for name, p in image_params.items():
-            if p.ndim == 4:
-                with torch.no_grad():
-                    image_params[name] = p.contiguous(
-                        memory_format=torch.channels_last).requires_grad_()
+    generator = torch.Generator().manual_seed(perturb or 0)
+    with torch.no_grad():
+        for group in (image_params, text_head, dict(bert.named_parameters())):
+            for name, p in group.items():
+                if perturb is not None:
+                    up = torch.rand(p.shape, generator=generator) < 0.5
+                    p.copy_(torch.nextafter(p, torch.where(up, torch.inf, -torch.inf)))
+                if channels_last and p.ndim == 4:
+                    group[name] = p.contiguous(memory_format=torch.channels_last)
+        image_params = {k: v.to(dtype).requires_grad_(not k.endswith(("running_mean",
+                                                                      "running_var")))
+                        for k, v in image_params.items()}
+        text_head = {k: v.to(dtype).requires_grad_() for k, v in text_head.items()}
+    bert.to(dtype)
     trainable = ([p for p in image_params.values() if p.requires_grad]
                  + [p for p in bert.parameters() if p.requires_grad]
                  + list(text_head.values()))
@@ -97,7 +108,8 @@ def torch_loop(image, text, batches, lr, eps, channels_last):
     losses = []
     for batch, texts in batches:
         x = torch.tensor((batch.astype(np.float32) / 255 - mean[0]) / std[0])[:, None]
-        v = head(torch_resnet.forward(image_params, x, 18, training=True), image_params)
+        v = head(torch_resnet.forward(image_params, x.to(dtype), 18, training=True),
+                 image_params)
         ids, mask = convirt.text.tokenize(text.tokenizer, texts, max_length=32)
         hidden = bert(input_ids=torch.tensor(ids, dtype=torch.long),
                       attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state
@@ -111,19 +123,25 @@ def torch_loop(image, text, batches, lr, eps, channels_last):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    tensors = {f"image.{k}": v.detach().numpy() for k, v in image_params.items()}
-    tensors.update({f"text.{k}": v.detach().numpy() for k, v in bert.state_dict().items()})
-    tensors.update({f"text.{k}": v.detach().numpy() for k, v in text_head.items()})
+    tensors = {f"image.{k}": v.detach().double().numpy() for k, v in image_params.items()}
+    tensors.update({f"text.{k}": v.detach().double().numpy()
+                    for k, v in bert.state_dict().items()})
+    tensors.update({f"text.{k}": v.detach().double().numpy() for k, v in text_head.items()})
     return np.array(losses), tensors
 
 
 def test_ten_steps_match_a_pytorch_training_loop(tmp_path):
     # Two correct float32 implementations drift apart over training: rounding noise in
-    # near-zero gradients is amplified by Adam's per-element normalisation and by batch
-    # norm. PyTorch shows it against itself: the same loop with its convolution weights
-    # in another memory layout. The test asks convirt to stay as close to PyTorch as
-    # PyTorch stays to itself (3x that spread, plus 2e-5 relative), step by step and
-    # tensor by tensor.
+    # near-zero gradients is amplified by Adam's per-element normalisation, and a value
+    # that rounding puts on the other side of a ReLU's kink moves the batch-norm
+    # gradients around it by percents. So the bound is the reference's own float32
+    # spread: PyTorch in float64 is the center, and four float32 PyTorch runs that differ
+    # only in rounding (contiguous and channels_last convolution weights, every initial
+    # weight moved by one float32 ulp with two seeds) show how far float32 may wander
+    # from it. convirt must stay within 3x the farthest of them, step by step and tensor
+    # by tensor. (One channels_last run alone measured only the convolutions' rounding,
+    # not the text tower's: on an AVX-512 machine convirt's loss at step 5 was 2.7e-4
+    # from it, against a band of 8.9e-5.)
     size, lr, eps = 96, 1e-4, 1e-6
     trainer = make_trainer(tmp_path, augment=identity_augment(size), lr=lr, eps=eps,
                            weight_decay=1e-4, schedule=None, image_size=size)
@@ -132,26 +150,29 @@ def test_ten_steps_match_a_pytorch_training_loop(tmp_path):
     sentences = [r.split(".")[0] + "." for r in reports]
     batches = [(images[s % 2 * 8:s % 2 * 8 + 8], sentences[s % 2 * 8:s % 2 * 8 + 8])
                for s in range(10)]
-    reference, tensors = torch_loop(image, text, batches, lr, eps, channels_last=False)
-    other, other_tensors = torch_loop(image, text, batches, lr, eps, channels_last=True)
+    center, center_tensors = torch_loop(image, text, batches, lr, eps, dtype=torch.float64)
+    variants = [torch_loop(image, text, batches, lr, eps, **kw)
+                for kw in ({}, {"channels_last": True}, {"perturb": 1}, {"perturb": 2})]
     ours = np.array([trainer.step(b, t, sample_sentence=False)["loss"] for b, t in batches])
 
-    spread = np.maximum.accumulate(np.abs(other - reference))
-    assert np.abs(ours[0] - reference[0]) <= 1e-5 * reference[0]
-    np.testing.assert_array_less(np.abs(ours - reference), 3 * spread + 2e-5 * reference)
-    assert np.all(np.abs(ours - reference) < 1e-2 * reference)  # and no gross drift
+    spread = np.maximum.accumulate(np.max([np.abs(losses - center)
+                                           for losses, _ in variants], axis=0))
+    assert np.abs(ours[0] - center[0]) <= 1e-5 * center[0]
+    np.testing.assert_array_less(np.abs(ours - center), 3 * spread + 2e-5 * center)
+    assert np.all(np.abs(ours - center) < 1e-2 * center)  # and no gross drift
 
     mine = {f"image.{k}": v for k, v in image.state_dict().items()}
     mine.update({f"text.{k}": v for k, v in text.state_dict().items()})
-    assert set(mine) == set(tensors)
-    for name, ref in tensors.items():
+    assert set(mine) == set(center_tensors)
+    for name, ref in center_tensors.items():
         ours_diff = np.abs(mine[name] - ref)
-        torch_diff = np.abs(other_tensors[name] - ref)
+        torch_diffs = [np.abs(tensors[name] - ref) for _, tensors in variants]
         if not name.endswith(("running_mean", "running_var")):
             # Adam moves an element at most ~lr a step: a hard bound for each element.
             assert ours_diff.max() <= 2 * lr * 10 + 1e-6 * np.abs(ref).max(), name
         for q in (0.5, 0.99):
-            assert np.quantile(ours_diff, q) <= 3 * np.quantile(torch_diff, q) + 1e-7 + \
+            torch_q = max(np.quantile(d, q) for d in torch_diffs)
+            assert np.quantile(ours_diff, q) <= 3 * torch_q + 1e-7 + \
                 1e-6 * np.abs(ref).max(), f"{name}: quantile {q}"
 
 
