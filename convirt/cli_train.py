@@ -148,9 +148,9 @@ def _read_json(path, expected):
         value = json.loads(raw.decode("utf-8"))
     except ValueError as error:  # also UnicodeDecodeError
         raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} holds a JSON {type(value).__name__}; expected {expected}"
-                         " with an object at the top")
+    if not isinstance(value, dict):  # a malformed file, not a wrong argument
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}; "  # noqa: TRY004
+                         f"expected {expected} with an object at the top")
     return value
 
 

@@ -15,6 +15,10 @@ Every dataset has ``len(dataset)``, ``dataset[i] -> (image, report)``, ``.report
 ``.sources`` (where entry i came from), ``.labels`` ((N, L) float32 or None),
 ``.label_names`` and ``load_image(i, size=None)``.
 
+Files are checked before they are used: a file that is not a regular file (a FIFO, a
+device) is refused rather than read, and a malformed table, index or reports file raises
+:class:`DataFileError` (a ValueError) naming the file and the line or field.
+
 Images are grayscale uint8. :func:`decode_image` reads PNG, JPEG, TIFF, BMP (Pillow)
 and DICOM (pydicom, the optional ``convirt[dicom]`` extra) and documents how images
 deeper than 8 bits are brought to uint8. :class:`BatchLoader` yields batches in a
@@ -751,11 +755,12 @@ class CSVDataset(_FileDataset):
         Numeric columns read into ``.labels`` (float32; blank -> NaN).
     delimiter : str, optional
 
-    A wrong column name raises ValueError listing the columns found; a file that is not
-    UTF-8, a stray quote, or a row with more fields than the header raises
-    :class:`DataFileError` with the line (see :func:`_read_table`); a short row gets
-    empty fields. Missing image files are not checked here: :func:`prepare` reports and
-    skips them.
+    A wrong column name raises ValueError listing the columns found. A file that is not
+    UTF-8, a truncated .gz, a stray quote (which would merge every later row into one
+    report) or a row with more non-empty fields than the header has columns (an
+    unquoted comma in a report) raises :class:`DataFileError` with the line; a short
+    row gets empty fields. Fields may be of any length. Missing image files are not
+    checked here: :func:`prepare` reports and skips them.
     """
 
     def __init__(self, path, image_column="image", report_column="report", root=None,

@@ -68,7 +68,7 @@ def _wordpiece_tokenizer(vocab_path, lowercase):
         vocab = models.WordPiece.read_file(vocab_path)
     except Exception as error:  # tokenizers raises a bare Exception (e.g. not UTF-8)
         raise ValueError(f"{vocab_path} is not a WordPiece vocabulary (UTF-8 text, one "
-                         f"token per line): {error}") from None
+                         f"token per line): {error}") from error
     missing = [token for token in ("[UNK]", "[CLS]", "[SEP]") if token not in vocab]
     if missing:
         raise ValueError(f"{vocab_path} lacks the special token(s) {', '.join(missing)}; "

@@ -701,7 +701,6 @@ class Trainer:
         directory, state = CheckpointDir(checkpoint_dir).load_state(which)
         state_path = os.path.join(directory, "trainer.json")
         _check_state(state, state_path)
-        config = state["config"]
         optimizer_path = os.path.join(directory, "optimizer.safetensors")
         try:
             image = Encoder.from_checkpoint(os.path.join(directory, "image_encoder.safetensors"))

@@ -29,10 +29,8 @@ from convirt.checkpoint import CheckpointDir, CheckpointError
 from convirt.data import (
     CSVDataset,
     DataFileError,
-    ImageDecodeError,
     MIMICCXRDataset,
     PreparedDataset,
-    decode_image,
     prepare,
 )
 from convirt.trainer import Trainer, TrainingDiverged
@@ -60,7 +58,7 @@ def run_python(code, timeout=30):
     try:
         child = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
                                capture_output=True, text=True, timeout=timeout,
-                               preexec_fn=limit_memory)
+                               preexec_fn=limit_memory, check=False)
     except subprocess.TimeoutExpired:
         pytest.fail(f"the child blocked for {timeout} s (a hang)")
     return child.returncode, child.stdout, child.stderr
@@ -164,7 +162,7 @@ def test_prepared_index_that_is_a_fifo_is_refused(tmp_path):
 def test_pretrain_config_that_is_a_fifo_is_one_line(tmp_path):
     # convirt pretrain cache out --config fifo.json hung reading the settings.
     os.mkfifo(tmp_path / "settings.json")
-    code, out, err = run_python(f"""
+    code, _, err = run_python(f"""
         import sys
         from convirt import cli
         sys.exit(cli.main(["pretrain", "cache", {str(tmp_path / "run")!r}, "--config",
@@ -333,7 +331,7 @@ def test_int32_tensors_in_an_encoder_checkpoint_are_refused(tmp_path, image_file
 
 def test_load_refuses_integer_tensors(tmp_path, image_file):
     # encoder.load(file with int32 tensors) copied the integers in as floats.
-    tensors, metadata = image_file
+    tensors, _ = image_file
     path = tmp_path / "int.safetensors"
     path.write_bytes(save({k: v.view(np.int32) for k, v in tensors.items()}))
     encoder = convirt.Encoder.resnet18(proj_dim=8, proj_hidden=16)
@@ -375,7 +373,7 @@ IMAGE_METADATA_CASES = [
 
 
 @pytest.mark.parametrize("changes, field", IMAGE_METADATA_CASES,
-                         ids=[f"{f}={list(c.values())[0]!r}"[:40]
+                         ids=[f"{f}={next(iter(c.values()))!r}"[:40]
                               for c, f in IMAGE_METADATA_CASES])
 def test_image_metadata_field_is_checked(tmp_path, image_file, changes, field):
     path = rewrite(tmp_path / "bad.safetensors", *image_file, **changes)
@@ -401,7 +399,7 @@ TEXT_METADATA_CASES = [
 
 
 @pytest.mark.parametrize("changes, field", TEXT_METADATA_CASES,
-                         ids=[f"{f}={list(c.values())[0]!r}"[:40]
+                         ids=[f"{f}={next(iter(c.values()))!r}"[:40]
                               for c, f in TEXT_METADATA_CASES])
 def test_text_metadata_field_is_checked(tmp_path, text_file, changes, field):
     path = rewrite(tmp_path / "bad.safetensors", *text_file, **changes)
@@ -428,7 +426,7 @@ def test_huge_image_metadata_sizes_are_refused_before_building(tmp_path, image_f
     # from_checkpoint (and so Trainer.resume and `convirt embed`) built the encoder from
     # the metadata's sizes before checking them.
     path = rewrite(tmp_path / "huge.safetensors", *image_file, **changes)
-    field = list(changes)[0].replace("config_", "")
+    field = next(iter(changes)).replace("config_", "")
     code, out, err = run_python(f"""
         import convirt
         from convirt.checkpoint import CheckpointError
@@ -451,7 +449,7 @@ def test_huge_image_metadata_sizes_are_refused_before_building(tmp_path, image_f
 def test_huge_text_metadata_sizes_are_refused_before_building(tmp_path, text_file,
                                                               changes):
     path = rewrite(tmp_path / "huge.safetensors", *text_file, **changes)
-    field = list(changes)[0].replace("config_", "")
+    field = next(iter(changes)).replace("config_", "")
     code, out, err = run_python(f"""
         import convirt
         from convirt.checkpoint import CheckpointError
@@ -462,6 +460,44 @@ def test_huge_text_metadata_sizes_are_refused_before_building(tmp_path, text_fil
     """)
     assert code == 0, err[-2000:]
     assert "refused:" in out and "huge.safetensors" in out and field in out
+
+
+def test_embed_with_huge_metadata_is_one_line(tmp_path, image_file):
+    # convirt embed image.safetensors cache/ out.npy, the file's metadata saying
+    # proj_hidden=2**62: a segmentation fault.
+    path = rewrite(tmp_path / "huge.safetensors", *image_file, proj_hidden=2 ** 62)
+    (tmp_path / "images").mkdir()
+    write_png(tmp_path / "images" / "a.png")
+    code, _, err = run_python(f"""
+        import sys
+        from convirt import cli
+        sys.exit(cli.main(["embed", {path!r}, {str(tmp_path / "images")!r},
+                           {str(tmp_path / "out.npy")!r}, "--no-progress"]))
+    """)
+    assert code == 1, err[-2000:]
+    assert "huge.safetensors" in err and "proj_hidden" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_resume_with_huge_encoder_metadata_is_refused(tmp_path):
+    # Trainer.resume of a checkpoint whose image_encoder.safetensors metadata says
+    # proj_hidden=2**62: a segmentation fault.
+    saved_checkpoint_dir(tmp_path)
+    path = os.path.join(CheckpointDir(tmp_path / "ckpt").pointer("LAST"),
+                        "image_encoder.safetensors")
+    tensors, metadata = load_file(path), _metadata(path)
+    rewrite(path, tensors, metadata, proj_hidden=2 ** 62)
+    code, out, err = run_python(f"""
+        from convirt.checkpoint import CheckpointError
+        from convirt.trainer import Trainer
+        try:
+            Trainer.resume({str(tmp_path / "ckpt")!r}, progress=False)
+        except CheckpointError as error:
+            print("refused:", error)
+    """)
+    assert code == 0, err[-2000:]
+    assert "refused:" in out and "image_encoder.safetensors" in out
+    assert "proj_hidden" in out
 
 
 def test_bert_config_with_an_infinite_layer_norm_eps_is_refused(tmp_path):
