@@ -91,26 +91,19 @@ class CheckpointDir:
             raw = read_regular_file(path, CheckpointError, f"a {which} pointer file")
         except FileNotFoundError:
             return None
-        try:
-            name = raw.decode("ascii").strip()
-        except UnicodeDecodeError:
-            name = None
+        name = raw.decode("ascii", errors="replace").strip()
         if not name:
-            return None if name == "" else self._bad_pointer(path, raw)
+            return None
         if not _CHECKPOINT_NAME.fullmatch(name):
-            self._bad_pointer(path, raw)
+            raise CheckpointError(f"{path} holds {raw[:80]!r}; expected the name of a "
+                                  "checkpoint folder inside it, step-NNNNNNNN (a path "
+                                  "elsewhere is not followed)")
         full = os.path.join(self.path, name)
         if os.path.dirname(os.path.realpath(full)) != os.path.realpath(self.path):
             raise CheckpointError(f"{path} names {name}, a symbolic link that leads "
                                   f"outside {self.path} (to {os.path.realpath(full)}); "
                                   "a checkpoint must be a folder inside it")
         return full
-
-    @staticmethod
-    def _bad_pointer(path, raw):
-        raise CheckpointError(f"{path} holds {raw[:80]!r}; expected the name of a "
-                              "checkpoint folder inside it, step-NNNNNNNN (a path "
-                              "elsewhere is not followed)")
 
     def save(self, step, write_files, *, best=False):
         """Save a checkpoint for `step`: write_files(directory) writes every file into a

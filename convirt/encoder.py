@@ -96,14 +96,14 @@ def _check_spec(spec, where):
         fail("config", "a JSON object", config)
     defaults = _CONFIG_DEFAULTS[kind]
     unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise CheckpointError(f"{where}: metadata field 'config' has {unknown}, which a "
+                              f"kind={kind!r} encoder does not take (its keys: "
+                              f"{sorted(defaults)})")
     lacking = sorted(k for k, v in defaults.items() if v is None and k not in config)
-    if unknown or lacking:
-        raise CheckpointError(
-            f"{where}: metadata field 'config' " + (f"has {unknown}" if unknown else "")
-            + (" and " if unknown and lacking else "") + (f"lacks {lacking}" if lacking
-                                                          else "")
-            + f", which a kind={kind!r} encoder does not take or needs; its keys are "
-            f"{sorted(defaults)}")
+    if lacking:
+        raise CheckpointError(f"{where}: metadata field 'config' lacks {lacking}, which a "
+                              f"kind={kind!r} encoder needs")
     full = {**defaults, **config}
     if kind == "resnet":
         if not _is_int(full["depth"]) or full["depth"] not in _RESNET_LAYOUT:

@@ -162,6 +162,10 @@ _NESTED_FIELDS = {
 }
 
 
+# Fields that older checkpoints may lack.
+_OPTIONAL_FIELDS = {"augment"}
+
+
 def _check_state(state, path):
     """Refuse a trainer.json whose fields resume() uses are missing or of the wrong type
     or range, naming the field (CheckpointError): nothing is built from it before."""
@@ -169,6 +173,8 @@ def _check_state(state, path):
     def check(mapping, fields, where):
         for field, rule in fields.items():
             if field not in mapping:
+                if field in _OPTIONAL_FIELDS:
+                    continue
                 raise CheckpointError(f"{path}: {where} lacks the field {field!r}")
             expected = rule(mapping[field])
             if expected is not None:

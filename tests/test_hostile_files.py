@@ -511,6 +511,14 @@ def test_bert_config_with_an_infinite_layer_norm_eps_is_refused(tmp_path):
         convirt.text.read_bert_config(tmp_path / "config.json")
 
 
+def test_bert_constructor_refuses_an_infinite_layer_norm_eps():
+    # Encoder.bert(..., layer_norm_eps=float("inf")) was accepted (the core checks > 0).
+    with pytest.raises(ValueError, match="layer_norm_eps.*finite"):
+        convirt.Encoder.bert(vocab_size=10, hidden_size=8, num_hidden_layers=1,
+                             num_attention_heads=2, intermediate_size=16,
+                             layer_norm_eps=math.inf)
+
+
 @pytest.mark.parametrize("target", ["../elsewhere/step-00000001", "ABSOLUTE",
                                     "step-00000001/../../elsewhere/step-00000001"])
 def test_last_pointer_outside_the_checkpoint_folder_is_not_followed(tmp_path, target):
