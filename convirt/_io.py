@@ -1,9 +1,11 @@
-"""Files: atomic writes and safetensors reads with clear errors."""
+"""Files: atomic writes, reads that refuse what is not a regular file, and safetensors
+reads with clear errors."""
 
 import os
+import stat
 import tempfile
 
-__all__ = ["atomic_write", "read_safetensors"]
+__all__ = ["atomic_write", "check_regular_file", "read_regular_file", "read_safetensors"]
 
 
 def atomic_write(path, data):
@@ -37,23 +39,90 @@ def atomic_write(path, data):
         os.close(dir_fd)
 
 
+def _not_regular(mode):
+    """What a file of this st_mode is when it is not a regular file, else None."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def check_regular_file(path, error_type, expected):
+    """Refuse a path that is not a regular file (after symbolic links): reading a FIFO
+    blocks until some other process writes, a device may never end. Raises error_type
+    ("PATH is not a regular file (a FIFO); expected EXPECTED"); a missing path raises
+    FileNotFoundError. For libraries that open the path themselves; read_regular_file
+    is the race-free form."""
+    kind = _not_regular(os.stat(path).st_mode)
+    if kind is not None:
+        raise error_type(f"{path} is not a regular file ({kind}); expected {expected}")
+
+
+def read_regular_file(path, error_type, expected):
+    """The bytes of a regular file. It is opened without waiting (O_NONBLOCK: opening a
+    FIFO would otherwise block until a writer appears) and checked on the open
+    descriptor; anything but a regular file raises error_type as check_regular_file
+    does. A missing file raises FileNotFoundError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        kind = _not_regular(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise error_type(f"{path} is not a regular file ({kind}); expected {expected}")
+        os.set_blocking(fd, True)
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+# safetensors dtypes that NumPy holds; others (BF16, the F8 types) cannot be read here.
+_NUMPY_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "F16", "U32", "I32", "F32", "U64",
+                 "I64", "F64"}
+
+
 def read_safetensors(path):
     """(tensors as NumPy arrays, metadata dict) of a safetensors file. A missing file is
-    FileNotFoundError; a truncated or corrupt one is ValueError naming the file."""
-    from safetensors import SafetensorError, safe_open
+    FileNotFoundError; anything else that cannot be read - not a regular file,
+    truncated or corrupt, a tensor of a type NumPy has no form for (BF16) - is a
+    convirt.checkpoint.CheckpointError (a ValueError) naming the file."""
+    import safetensors
+    from safetensors import safe_open
 
+    from .checkpoint import CheckpointError
+
+    # safetensors 0.8 exports SafetensorError; other versions named it differently.
+    library_error = getattr(safetensors, "SafetensorError", None) or getattr(
+        safetensors, "SafetensorsError", RuntimeError)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such checkpoint file: {path}")
+    check_regular_file(path, CheckpointError, "a safetensors file")
     try:
         tensors = {}
         with safe_open(path, framework="numpy") as f:
             metadata = dict(f.metadata() or {})
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (not a dict)
+                dtype = f.get_slice(key).get_dtype()
+                if dtype not in _NUMPY_DTYPES:
+                    raise CheckpointError(
+                        f"{path}: tensor {key!r} has dtype {dtype}, which NumPy cannot "
+                        f"hold; expected F32 (F16 and F64 are converted). Convert the "
+                        f"file first, e.g. with PyTorch: save_file({{k: v.float() for k, "
+                        f"v in state.items()}}, path)")
                 tensors[key] = f.get_tensor(key)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+    except CheckpointError:
+        raise
+    except (library_error, OSError, ValueError, RuntimeError, TypeError) as error:
         if isinstance(error, FileNotFoundError):
             raise
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or "
-                         f"corrupt?): {error}") from error
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or "
+                              f"corrupt?): {error}") from error
     return tensors, metadata

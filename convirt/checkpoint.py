@@ -10,24 +10,52 @@ A checkpoint directory holds one sub-directory per save (``step-00000123``, or
 
 and two pointer files, ``LAST`` and ``BEST``, naming the sub-directories of the newest
 and the best (lowest validation loss) checkpoints. A save writes and fsyncs a complete new
-sub-directory first and only then replaces the pointer atomically (rename), so killing the
-process at any moment leaves the previous checkpoint readable. Sub-directories no
-pointer names are removed after the pointers move.
+sub-directory first (``.staging-step-00000123-<pid>``) and only then replaces the pointer
+atomically (rename), so killing the process at any moment leaves the previous checkpoint
+readable.
+
+After the pointers move, checkpoints no pointer names are removed - only entries whose
+names are exactly what a save writes (``step-`` and 8 digits, optionally ``.N``) and that
+this object saved or that hold a ``trainer.json``, and staging folders of this process or
+of a process that no longer runs (killed mid-save). Anything else in the folder (a
+``step-by-step-notes/``, another live process's save in progress) is left alone.
+
+A pointer must hold such a name and nothing else: a pointer naming a path outside the
+folder (``../x``, an absolute path, a symbolic link out) is refused, not followed.
 """
 
 import json
 import os
+import re
 import shutil
 
-from ._io import atomic_write
+from ._io import atomic_write, read_regular_file
 
 __all__ = ["CheckpointDir", "CheckpointError"]
 
 FORMAT = "convirt-checkpoint-1"
 
 
+# The names save() writes: a checkpoint, and its staging folder before the rename.
+_CHECKPOINT_NAME = re.compile(r"step-[0-9]{8}(\.[0-9]+)?")
+_STAGING_NAME = re.compile(r"\.staging-step-[0-9]{8}(?:\.[0-9]+)?-([0-9]+)")
+
+
 class CheckpointError(ValueError):
-    """A checkpoint directory is missing, incomplete or not a convirt checkpoint."""
+    """A checkpoint directory or file is missing, incomplete, corrupt or not a convirt
+    checkpoint; the message names the file and, where one is at fault, the field."""
+
+
+def _process_exists(pid):
+    if pid <= 0:
+        return True  # not a process id: keep what it names
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _fsync_dir(path):
@@ -43,18 +71,39 @@ class CheckpointDir:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self._saved = set()  # names of the checkpoints this object wrote
 
     def __repr__(self):
-        return f"CheckpointDir({self.path!r}, last={self.pointer('LAST')}, best={self.pointer('BEST')})"
+        def show(which):
+            try:
+                return self.pointer(which)
+            except CheckpointError:
+                return "<unreadable>"
+
+        return f"CheckpointDir({self.path!r}, last={show('LAST')}, best={show('BEST')})"
 
     def pointer(self, which):
-        """The sub-directory named by LAST or BEST, or None."""
+        """The sub-directory named by LAST or BEST, or None when there is no such
+        pointer. A pointer that is not a regular file, holds anything but a checkpoint
+        name (``step-00000123``) or leads outside the folder raises CheckpointError."""
+        path = os.path.join(self.path, which)
         try:
-            with open(os.path.join(self.path, which)) as f:
-                name = f.read().strip()
+            raw = read_regular_file(path, CheckpointError, f"a {which} pointer file")
         except FileNotFoundError:
             return None
-        return os.path.join(self.path, name) if name else None
+        name = raw.decode("ascii", errors="replace").strip()
+        if not name:
+            return None
+        if not _CHECKPOINT_NAME.fullmatch(name):
+            raise CheckpointError(f"{path} holds {raw[:80]!r}; expected the name of a "
+                                  "checkpoint folder inside it, step-NNNNNNNN (a path "
+                                  "elsewhere is not followed)")
+        full = os.path.join(self.path, name)
+        if os.path.dirname(os.path.realpath(full)) != os.path.realpath(self.path):
+            raise CheckpointError(f"{path} names {name}, a symbolic link that leads "
+                                  f"outside {self.path} (to {os.path.realpath(full)}); "
+                                  "a checkpoint must be a folder inside it")
+        return full
 
     def save(self, step, write_files, *, best=False):
         """Save a checkpoint for `step`: write_files(directory) writes every file into a
@@ -82,6 +131,7 @@ class CheckpointDir:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        self._saved.add(name)
         atomic_write(os.path.join(self.path, "LAST"), name.encode())
         if best:
             atomic_write(os.path.join(self.path, "BEST"), name.encode())
@@ -89,12 +139,24 @@ class CheckpointDir:
         return final
 
     def _prune(self):
-        keep = {self.pointer("LAST"), self.pointer("BEST")}
+        """Remove checkpoints no pointer names and staging folders no process owns:
+        only entries named exactly as save() names them (see the module docstring)."""
+        try:
+            keep = {self.pointer("LAST"), self.pointer("BEST")}
+        except CheckpointError:
+            return  # a damaged pointer: remove nothing rather than guess
         for entry in os.listdir(self.path):
             full = os.path.join(self.path, entry)
-            if entry.startswith("step-") and full not in keep:
-                shutil.rmtree(full, ignore_errors=True)
-            elif entry.startswith(".staging-") and not entry.endswith(f"-{os.getpid()}"):
+            if os.path.islink(full) or not os.path.isdir(full):
+                continue
+            if _CHECKPOINT_NAME.fullmatch(entry):
+                ours = entry in self._saved or os.path.isfile(
+                    os.path.join(full, "trainer.json"))
+                if ours and full not in keep:
+                    shutil.rmtree(full, ignore_errors=True)
+                continue
+            staging = _STAGING_NAME.fullmatch(entry)
+            if staging and not _process_exists(int(staging.group(1))):
                 shutil.rmtree(full, ignore_errors=True)  # left by a killed process
 
     def load_state(self, which="LAST"):
@@ -106,12 +168,16 @@ class CheckpointDir:
             raise CheckpointError(f"{self.path} has no {which} checkpoint (no {which} file)")
         state_path = os.path.join(directory, "trainer.json")
         try:
-            with open(state_path) as f:
-                state = json.load(f)
+            raw = read_regular_file(state_path, CheckpointError, "a trainer.json file")
         except FileNotFoundError:
             raise CheckpointError(f"{which} names {directory}, which has no trainer.json") from None
-        except json.JSONDecodeError as error:
+        try:
+            state = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CheckpointError(f"{state_path} is corrupt: {error}") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{state_path} holds a JSON {type(state).__name__}; "
+                                  "expected an object")
         if state.get("format") != FORMAT:
             raise CheckpointError(f"{state_path} is not a {FORMAT} file "
                                   f"(format: {state.get('format')!r})")

@@ -8,8 +8,8 @@ import heavy modules inside ``run_NAME`` so that ``convirt --help`` stays fast) 
 the ``add_`` function in COMMANDS below.
 
 Errors the user can fix (a missing file, a wrong column name, a missing optional
-package) are printed as one line, ``convirt NAME: error: ...``, with exit code 1;
-``--traceback`` shows the full traceback instead.
+package, a run whose loss diverged) are printed as one line, ``convirt NAME: error:
+...``, with exit code 1; ``--traceback`` shows the full traceback instead.
 """
 
 import argparse
@@ -541,6 +541,16 @@ def main(argv=None):
         if args.traceback:
             raise
         print(f"convirt {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:
+        # Only a diverged run: the trainer module is loaded by then (imported here, it
+        # would slow `convirt --help` down).
+        trainer = sys.modules.get("convirt.trainer")
+        if args.traceback or trainer is None or not isinstance(error,
+                                                               trainer.TrainingDiverged):
+            raise
+        print(f"convirt {args.command}: error: {error} Hint: run it again with a lower "
+              "--lr (e.g. 10 times lower).", file=sys.stderr)
         return 1
 
 

@@ -138,11 +138,26 @@ def add_pretrain_command(subparsers):
     parser.set_defaults(run=run_pretrain)
 
 
+def _read_json(path, expected):
+    """The JSON object in a regular file (a FIFO would block the read forever);
+    ValueError naming the file otherwise."""
+    from ._io import read_regular_file
+
+    raw = read_regular_file(path, ValueError, expected)
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except ValueError as error:  # also UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):  # a malformed file, not a wrong argument
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}; "  # noqa: TRY004
+                         f"expected {expected} with an object at the top")
+    return value
+
+
 def _settings(args):
     settings = dict(PRETRAIN_DEFAULTS)
     if args.config:
-        with open(args.config) as f:
-            given = json.load(f)
+        given = _read_json(args.config, "a settings file (JSON)")
         unknown = set(given) - set(PRETRAIN_DEFAULTS)
         if unknown:
             raise ValueError(f"{args.config}: unknown settings {sorted(unknown)}; known: "
@@ -199,8 +214,7 @@ def run_pretrain(args):
         if not os.path.exists(settings_path):
             raise FileNotFoundError(f"{args.resume} is not a pretrain run folder (no "
                                     "settings.json)")
-        with open(settings_path) as f:
-            settings = json.load(f)
+        settings = _read_json(settings_path, "the run's settings.json")
         trainer = convirt.Trainer.resume(os.path.join(args.resume, "checkpoint"),
                                          progress=progress)
         cache, out_dir = args.cache or settings["cache"], args.resume

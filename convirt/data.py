@@ -15,6 +15,10 @@ Every dataset has ``len(dataset)``, ``dataset[i] -> (image, report)``, ``.report
 ``.sources`` (where entry i came from), ``.labels`` ((N, L) float32 or None),
 ``.label_names`` and ``load_image(i, size=None)``.
 
+Files are checked before they are used: a file that is not a regular file (a FIFO, a
+device) is refused rather than read, and a malformed table, index or reports file raises
+:class:`DataFileError` (a ValueError) naming the file and the line or field.
+
 Images are grayscale uint8. :func:`decode_image` reads PNG, JPEG, TIFF, BMP (Pillow)
 and DICOM (pydicom, the optional ``convirt[dicom]`` extra) and documents how images
 deeper than 8 bits are brought to uint8. :class:`BatchLoader` yields batches in a
@@ -33,17 +37,19 @@ import stat
 import sys
 import time
 import warnings
+import zlib
 from typing import NamedTuple
 
 import numpy as np
 
-from ._io import atomic_write
+from ._io import atomic_write, check_regular_file, read_regular_file
 
 __all__ = [
     "ArrayDataset",
     "Batch",
     "BatchLoader",
     "CSVDataset",
+    "DataFileError",
     "FolderDataset",
     "ImageDecodeError",
     "MIMICCXRDataset",
@@ -64,7 +70,15 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 
 
 class ImageDecodeError(ValueError):
-    """An image file exists but cannot be decoded (truncated, corrupt, not an image)."""
+    """An image file exists but cannot be decoded (truncated, corrupt, not an image, not
+    a regular file)."""
+
+
+class DataFileError(ValueError):
+    """A data file - a CSV/TSV table, a prepared cache's index or reports - cannot be
+    read as what it should be (not UTF-8, malformed, truncated, a field of the wrong
+    type or range). The message names the file, the line or field, and what was
+    expected."""
 
 
 # --------------------------------------------------------------------------------------
@@ -105,7 +119,8 @@ def decode_image(path, size=None):
     FileNotFoundError
         The file does not exist.
     ImageDecodeError
-        The file exists but is not a decodable image (truncated, corrupt, empty).
+        The file exists but is not a decodable image (truncated, corrupt, empty), or is
+        not a regular file (a FIFO or a device would block or never end).
     ImportError
         A DICOM file needs pydicom (or a JPEG 2000 / JPEG-LS decoder) that is not
         installed; ``pip install 'convirt[dicom]'``.
@@ -117,6 +132,7 @@ def decode_image(path, size=None):
         raise FileNotFoundError(f"image not found: {path}")
     if os.path.isdir(path):
         raise ImageDecodeError(f"cannot decode {path}: it is a directory, not an image")
+    check_regular_file(path, ImageDecodeError, "an image file")
     if _is_dicom(path):
         return _decode_dicom(path, size)
     return _decode_pillow(path, size)
@@ -632,12 +648,26 @@ class _FileDataset(PairedDataset):
         return decode_image(self.sources[index], size=size)
 
 
-def _open_text(path):
-    """A text file handle for a CSV, gzip-compressed when the name ends in .gz;
-    a UTF-8 byte-order mark is dropped."""
+def _read_text(path):
+    """The text of a CSV/TSV file, gunzipped when the name ends in .gz; a UTF-8
+    byte-order mark is dropped. DataFileError for anything that is not UTF-8 text in a
+    regular file (with the line of the first bad byte) or a truncated gzip stream."""
+    raw = read_regular_file(path, DataFileError, "a CSV or TSV file")
     if str(path).endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+        try:
+            raw = gzip.decompress(raw)
+        except EOFError:
+            raise DataFileError(f"{path} is truncated: the gzip stream ends before its "
+                                "end marker (an interrupted download or copy?)") from None
+        except (gzip.BadGzipFile, zlib.error) as error:
+            raise DataFileError(f"{path} is not a readable gzip file: {error}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise DataFileError(f"{path}, line {line}: byte 0x{raw[error.start]:02x} is not "
+                            "UTF-8 text; expected UTF-8 (re-save the file as UTF-8, e.g. "
+                            "iconv -f latin1 -t utf-8)") from None
 
 
 def _detect_delimiter(header_line):
@@ -646,17 +676,59 @@ def _detect_delimiter(header_line):
 
 
 def _read_table(path, delimiter=None):
-    """(column names, rows as lists) of a CSV/TSV (optionally .gz) file."""
-    with _open_text(path) as f:
-        header_line = f.readline()
-        if not header_line.strip():
-            raise ValueError(f"{path} is empty: expected a header line with column names")
-        if delimiter is None:
-            delimiter = _detect_delimiter(header_line)
-        columns = next(csv.reader([header_line], delimiter=delimiter))
-        columns = [c.strip() for c in columns]
-        rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
-    return columns, rows
+    """(column names, rows as lists, the line each row starts on) of a CSV/TSV
+    (optionally .gz) file. Quoted fields may hold delimiters and line breaks, and a
+    field may be of any length. The table is parsed strictly, because a stray quote
+    otherwise merges every later row into one field: a quoted field that does not end
+    with a quote followed by the delimiter or the end of the line, and a row with more
+    non-empty fields than the header has columns (an unquoted delimiter in a report),
+    raise DataFileError with the line."""
+    text = _read_text(path)
+    f = io.StringIO(text, newline="")
+    header_line = f.readline()
+    if not header_line.strip():
+        raise DataFileError(f"{path} is empty: expected a header line with column names")
+    if delimiter is None:
+        delimiter = _detect_delimiter(header_line)
+    columns = next(csv.reader([header_line], delimiter=delimiter))
+    columns = [c.strip() for c in columns]
+    reader = csv.reader(f, delimiter=delimiter, strict=True)
+    rows, lines = [], []
+    # The limit is process-wide: raised for this read (no field can be longer than the
+    # text), then put back.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))
+    try:
+        while True:
+            line = reader.line_num + 2  # the header was line 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                raise DataFileError(
+                    f"{path}, line {line}: the row starting here is not well-formed "
+                    f"({error}): a field that starts with a quote must end with a quote "
+                    f"followed by {delimiter!r} or the end of the line; a stray quote "
+                    "would merge the rows after it") from None
+            if not row:
+                continue
+            if len(row) > len(columns) and any(v.strip() for v in row[len(columns):]):
+                raise DataFileError(
+                    f"{path}, line {line}: {len(row)} fields, but the header has "
+                    f"{len(columns)} columns; quote fields that contain {delimiter!r}")
+            rows.append(row)
+            lines.append(line)
+    finally:
+        csv.field_size_limit(limit)
+    return columns, rows, lines
+
+
+def _check_row(row, needed, path, line, columns):
+    """Refuse a row too short to hold the columns at the indices `needed`."""
+    if len(row) <= max(needed):
+        raise DataFileError(f"{path}, line {line}: {len(row)} fields, but the header has "
+                            f"{len(columns)} columns")
 
 
 def _column_index(columns, name, path, role):
@@ -683,16 +755,20 @@ class CSVDataset(_FileDataset):
         Numeric columns read into ``.labels`` (float32; blank -> NaN).
     delimiter : str, optional
 
-    A wrong column name raises ValueError listing the columns found. Missing image
-    files are not checked here: :func:`prepare` reports and skips them.
+    A wrong column name raises ValueError listing the columns found. A file that is not
+    UTF-8, a truncated .gz, a stray quote (which would merge every later row into one
+    report) or a row with more non-empty fields than the header has columns (an
+    unquoted comma in a report) raises :class:`DataFileError` with the line; a short
+    row gets empty fields. Fields may be of any length. Missing image files are not
+    checked here: :func:`prepare` reports and skips them.
     """
 
     def __init__(self, path, image_column="image", report_column="report", root=None,
                  label_columns=None, delimiter=None):
         path = os.fspath(path)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(f"CSV file not found: {path}")
-        columns, rows = _read_table(path, delimiter)
+        columns, rows, lines = _read_table(path, delimiter)
         image_at = _column_index(columns, image_column, path, "image")
         report_at = _column_index(columns, report_column, path, "report")
         label_at = [_column_index(columns, name, path, "label")
@@ -703,7 +779,7 @@ class CSVDataset(_FileDataset):
         self.sources, self.reports = [], []
         self._empty_paths = set()
         labels = []
-        for line, row in enumerate(rows, start=2):
+        for line, row in zip(lines, rows):
             row = row + [""] * (len(columns) - len(row))
             image_path = row[image_at].strip()
             if not image_path:
@@ -795,6 +871,12 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "validate": "validate",
                   "test": "test"}
 
 
+# MIMIC-CXR ids: subjects and studies are numbers, DICOM ids hexadecimal groups joined by
+# '-' (letters, digits, '.', '_' and '-' are accepted; never a path separator).
+_MIMIC_NUMBER = re.compile(r"[0-9]{1,20}")
+_MIMIC_DICOM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 class MIMICCXRDataset(_FileDataset):
     """MIMIC-CXR-JPG: one pair per image, the report of the image's study.
 
@@ -842,23 +924,27 @@ class MIMICCXRDataset(_FileDataset):
         splits = self._table("split") if split is not None else None
         chexpert = self._table("chexpert", required=False)
 
-        columns, rows = _read_table(metadata)
+        columns, rows, lines = _read_table(metadata)
         at = {name: _column_index(columns, name, metadata, "metadata")
               for name in ("dicom_id", "subject_id", "study_id", "ViewPosition")}
         wanted = None
         if splits is not None:
-            split_columns, split_rows = _read_table(splits)
+            split_columns, split_rows, split_lines = _read_table(splits)
             dicom_at = _column_index(split_columns, "dicom_id", splits, "split")
             split_at = _column_index(split_columns, "split", splits, "split")
-            wanted = {r[dicom_at] for r in split_rows if r[split_at].strip() == split}
+            for line, row in zip(split_lines, split_rows):
+                _check_row(row, (dicom_at, split_at), splits, line, split_columns)
+            wanted = {r[dicom_at].strip() for r in split_rows
+                      if r[split_at].strip() == split}
 
         study_labels, self.label_names = {}, None
         if chexpert is not None:
-            label_columns, label_rows = _read_table(chexpert)
+            label_columns, label_rows, label_lines = _read_table(chexpert)
             study_at = _column_index(label_columns, "study_id", chexpert, "chexpert")
             names = [c for c in label_columns if c not in ("subject_id", "study_id")]
             name_at = [label_columns.index(c) for c in names]
-            for line, row in enumerate(label_rows, start=2):
+            for line, row in zip(label_lines, label_rows):
+                _check_row(row, (study_at,), chexpert, line, label_columns)
                 study_labels[row[study_at].strip()] = [
                     _parse_label(row[k] if k < len(row) else "", chexpert, line,
                                  label_columns[k]) for k in name_at]
@@ -870,7 +956,8 @@ class MIMICCXRDataset(_FileDataset):
         self.missing_reports = 0
         labels = []
         report_cache = {}
-        for row in rows:
+        for line, row in zip(lines, rows):
+            _check_row(row, at.values(), metadata, line, columns)
             dicom_id = row[at["dicom_id"]].strip()
             view = row[at["ViewPosition"]].strip().upper()
             if self.views is not None and view not in self.views:
@@ -879,6 +966,15 @@ class MIMICCXRDataset(_FileDataset):
                 continue
             subject = row[at["subject_id"]].strip()
             study = row[at["study_id"]].strip()
+            # The ids become path components: they must not lead out of the root.
+            for field, value, pattern in (("dicom_id", dicom_id, _MIMIC_DICOM_ID),
+                                          ("subject_id", subject, _MIMIC_NUMBER),
+                                          ("study_id", study, _MIMIC_NUMBER)):
+                if not pattern.fullmatch(value) or ".." in value:
+                    raise DataFileError(
+                        f"{metadata}, line {line}: {field} {value[:80]!r} is not a "
+                        f"MIMIC-CXR id (expected {pattern.pattern}); as a path it could "
+                        f"lead outside {root}")
             folder = os.path.join("files", f"p{subject[:2]}", f"p{subject}")
             self.sources.append(os.path.join(root, folder, f"s{study}", dicom_id + ".jpg"))
             if study not in report_cache:
@@ -929,6 +1025,7 @@ PREPARED_VERSION = 1
 _IMAGES_FILE = "images.u8"
 _REPORTS_FILE = "reports.jsonl"
 _INDEX_FILE = "index.json"
+_MAX_PREPARED_SIZE = 1 << 16
 
 
 class PrepareSummary(NamedTuple):
@@ -1191,33 +1288,89 @@ def _check_prepared_image(image, size, source):
 
 
 def _read_index(path, missing_ok=False):
+    """The index of a prepared cache, every field prepare() and PreparedDataset use
+    checked for type and range (DataFileError naming the field otherwise)."""
     if not os.path.exists(path):
         if missing_ok:
             return None
         raise FileNotFoundError(f"no prepared dataset here: {path} does not exist (run "
                                 f"convirt prepare first)")
+    raw = read_regular_file(path, DataFileError, "a prepared-dataset index (JSON)")
     try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path} is not a readable index ({error})") from error
+        index = json.loads(raw.decode("utf-8"))
+    except ValueError as error:  # also UnicodeDecodeError
+        raise DataFileError(f"{path} is not a readable index ({error})") from error
     if not isinstance(index, dict) or index.get("format") != PREPARED_FORMAT:
-        raise ValueError(f"{path} is not a convirt prepared-dataset index")
+        raise DataFileError(f"{path} is not a convirt prepared-dataset index")
     if index.get("version") != PREPARED_VERSION:
-        raise ValueError(f"{path} has format version {index.get('version')}; this convirt "
-                         f"reads version {PREPARED_VERSION}")
+        raise DataFileError(f"{path} has format version {index.get('version')}; this "
+                            f"convirt reads version {PREPARED_VERSION}")
+
+    def fail(field, expected):
+        value = repr(index.get(field))
+        raise DataFileError(f"{path}: field {field!r} must be {expected}, got "
+                            f"{value[:60]}")
+
+    def integer(value, low, high=None):
+        return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+                and (high is None or value <= high))
+
+    if not integer(index.get("size"), 1, _MAX_PREPARED_SIZE):
+        fail("size", f"an integer in [1, {_MAX_PREPARED_SIZE}]")
+    for field in ("rows", "reports_bytes"):
+        if not integer(index.get(field), 0):
+            fail(field, "an integer >= 0")
+    if not isinstance(index.get("complete"), bool):
+        fail("complete", "true or false")
+    names = index.get("label_names")
+    if names is not None and not (isinstance(names, list) and
+                                  all(isinstance(name, str) for name in names)):
+        fail("label_names", "null or a list of strings")
+    entries = index.get("entries")
+    if not isinstance(entries, list):
+        fail("entries", "a list")
+    for k, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and isinstance(entry.get("source"), str)
+                and isinstance(entry.get("status"), str)
+                and integer(entry.get("occurrence", 0), 0)
+                and (entry["status"] != "ok"
+                     or integer(entry.get("row"), 0, index["rows"] - 1))):
+            raise DataFileError(f"{path}: entries[{k}] is {repr(entry)[:80]}; expected "
+                                "an object with a source, a status and, when the status "
+                                f"is ok, a row in [0, {index['rows']})")
     return index
 
 
-def _read_reports(path, rows, nbytes):
-    with open(path, "rb") as f:
-        data = f.read(nbytes)
+def _read_reports(path, rows, nbytes, label_names=None):
+    """The first `rows` records of reports.jsonl (the `nbytes` the index committed),
+    each checked: {"source": str, "report": str[, "labels": L numbers or nulls]}."""
+    data = read_regular_file(path, DataFileError, "a reports.jsonl file")[:nbytes]
     if len(data) < nbytes:
-        raise ValueError(f"{path} is truncated: {len(data)} bytes, the index records "
-                         f"{nbytes}")
-    records = [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+        raise DataFileError(f"{path} is truncated: {len(data)} bytes, the index records "
+                            f"{nbytes}")
+    records = []
+    for line, text in enumerate(data.split(b"\n"), start=1):
+        if not text:
+            continue
+        try:
+            record = json.loads(text.decode("utf-8"))
+        except ValueError as error:
+            raise DataFileError(f"{path}, line {line}: not a JSON record ({error})") \
+                from None
+        labels = record.get("labels") if isinstance(record, dict) else None
+        if not (isinstance(record, dict) and isinstance(record.get("report"), str)
+                and isinstance(record.get("source"), str)
+                and (label_names is None or (
+                    isinstance(labels, list) and len(labels) == len(label_names)
+                    and all(v is None or (isinstance(v, (int, float))
+                                          and not isinstance(v, bool)) for v in labels)))):
+            expected = '{"source": str, "report": str' + (
+                "" if label_names is None else
+                f', "labels": {len(label_names)} numbers or nulls') + "}"
+            raise DataFileError(f"{path}, line {line}: expected {expected}")
+        records.append(record)
     if len(records) != rows:
-        raise ValueError(f"{path} has {len(records)} reports, the index records {rows}")
+        raise DataFileError(f"{path} has {len(records)} reports, the index records {rows}")
     return records
 
 
@@ -1250,8 +1403,8 @@ class PreparedDataset(PairedDataset):
                              f"prepare again to resume, or pass allow_incomplete=True")
         self.out_dir = out_dir
         self.index = index
-        self.size = size = int(index["size"])
-        rows = int(index["rows"])
+        self.size = size = index["size"]
+        rows = index["rows"]
         images_path = os.path.join(out_dir, _IMAGES_FILE)
         needed = rows * size * size
         actual = os.path.getsize(images_path) if os.path.exists(images_path) else -1
@@ -1264,7 +1417,7 @@ class PreparedDataset(PairedDataset):
         else:
             self.images = np.zeros((0, size, size), np.uint8)
         records = _read_reports(os.path.join(out_dir, _REPORTS_FILE), rows,
-                                int(index["reports_bytes"]))
+                                index["reports_bytes"], index["label_names"])
         self.reports = [r["report"] for r in records]
         self.sources = [r["source"] for r in records]
         self.label_names = index.get("label_names")

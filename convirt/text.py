@@ -20,6 +20,8 @@ import re
 
 import numpy as np
 
+from ._io import check_regular_file, read_regular_file, read_safetensors
+
 __all__ = [
     "load_pretrained_bert",
     "load_tokenizer",
@@ -61,7 +63,12 @@ def _wordpiece_tokenizer(vocab_path, lowercase):
         processors,
     )
 
-    vocab = models.WordPiece.read_file(vocab_path)
+    check_regular_file(vocab_path, ValueError, "a vocab.txt file")
+    try:
+        vocab = models.WordPiece.read_file(vocab_path)
+    except Exception as error:  # tokenizers raises a bare Exception (e.g. not UTF-8)
+        raise ValueError(f"{vocab_path} is not a WordPiece vocabulary (UTF-8 text, one "
+                         f"token per line): {error}") from error
     missing = [token for token in ("[UNK]", "[CLS]", "[SEP]") if token not in vocab]
     if missing:
         raise ValueError(f"{vocab_path} lacks the special token(s) {', '.join(missing)}; "
@@ -178,13 +185,13 @@ def read_bert_config(path):
     ``Encoder.bert``. Refuses what the C core does not compute: a model_type other than
     'bert', a hidden_act other than the exact 'gelu', relative position embeddings."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"no config.json at {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from error
+    raw = read_regular_file(path, ValueError, "a config.json file")
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except ValueError as error:  # also UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(config, dict):  # a malformed file, not a wrong argument
         raise ValueError(f"{path} must hold a JSON object, not a "  # noqa: TRY004
                          f"{type(config).__name__}")
@@ -207,8 +214,10 @@ def read_bert_config(path):
     for key in _REQUIRED_CONFIG + tuple(_OPTIONAL_CONFIG):
         value = config.get(key, _OPTIONAL_CONFIG.get(key))
         if key == "layer_norm_eps":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{path}: layer_norm_eps must be a number > 0, got {value!r}")
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or not value > 0):
+                raise ValueError(f"{path}: layer_norm_eps must be a finite number > 0, got "
+                                 f"{value!r}")
             sizes[key] = float(value)
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{path}: {key} must be an integer >= 1, got {value!r}")
@@ -218,23 +227,6 @@ def read_bert_config(path):
         raise ValueError(f"{path}: hidden_size {sizes['hidden_size']} is not a multiple of "
                          f"num_attention_heads {sizes['num_attention_heads']}")
     return sizes
-
-
-def _read_weights(path):
-    """name -> NumPy array of a safetensors file; a truncated or corrupt file is a
-    ValueError naming it. (Kept here rather than in _io.read_safetensors, which imports
-    an exception name that safetensors 0.8 does not export.)"""
-    import safetensors
-    from safetensors import safe_open
-
-    error_type = getattr(safetensors, "SafetensorError", None) or getattr(
-        safetensors, "SafetensorsError", RuntimeError)
-    try:
-        with safe_open(path, framework="numpy") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
-    except (error_type, OSError, ValueError, RuntimeError, TypeError) as error:
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or "
-                         f"corrupt?): {error}") from error
 
 
 def load_pretrained_bert(cls, path, *, pooling="max", freeze_layers=None, proj_dim=512,
@@ -261,7 +253,7 @@ def load_pretrained_bert(cls, path, *, pooling="max", freeze_layers=None, proj_d
     if freeze_layers is None:
         freeze_layers = sizes["num_hidden_layers"] // 2
     max_length = min(int(max_length), sizes["max_position_embeddings"])
-    tensors = _read_weights(weights)
+    tensors, _ = read_safetensors(weights)
     encoder = cls.bert(**sizes, pooling=pooling, freeze_layers=freeze_layers,
                        proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed,
                        tokenizer=load_tokenizer(path, max_length), max_length=max_length)

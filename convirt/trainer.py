@@ -94,6 +94,139 @@ def mild_augment(image_size, seed=0, flip=0.5):
 
 AUGMENTS = {"paper": paper_augment, "mild": mild_augment}
 
+# ---- what a checkpoint's trainer.json and optimizer.safetensors must hold -----------------
+
+def _integer(low=0):
+    def check(value):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        return None if ok else f"an integer >= {low}"
+    return check
+
+
+def _number(low=None, allow_inf=False):
+    def check(value):
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and not math.isnan(value) and (allow_inf or not math.isinf(value))
+              and (low is None or value >= low))
+        return None if ok else ("a number" if allow_inf else "a finite number") + (
+            f" >= {low}" if low is not None else "")
+    return check
+
+
+def _optional(check):
+    def optional(value):
+        return None if value is None else check(value)
+    return optional
+
+
+def _one_of(*values):
+    return lambda value: None if value in values else f"one of {list(values)}"
+
+
+def _of_type(kind, name):
+    return lambda value: None if isinstance(value, kind) else name
+
+
+def _pair(value):
+    ok = (isinstance(value, list) and len(value) == 2
+          and all(_number()(x) is None for x in value))
+    return None if ok else "a list of 2 finite numbers"
+
+
+_BOOL = _of_type(bool, "true or false")
+_STATE_FIELDS = {
+    "step": _integer(), "epoch": _integer(), "position": _integer(),
+    "config": _of_type(dict, "an object"), "history": _of_type(list, "a list"),
+    "steps": _of_type(list, "a list"), "best_val_loss": _number(allow_inf=True),
+    "epochs_without_improvement": _integer(), "logit_scale": _number(),
+    "scale_state": _of_type(dict, "an object"),
+    "scheduler": _optional(_of_type(dict, "an object")),
+    "optimizer": _of_type(dict, "an object"),
+}
+_CONFIG_FIELDS = {
+    "method": _one_of("convirt", "simclr"), "image_size": _integer(32),
+    "lr": _number(0), "weight_decay": _number(0), "betas": _pair, "eps": _number(0),
+    "decoupled_weight_decay": _BOOL, "max_grad_norm": _optional(_number(0)),
+    "schedule": _one_of("plateau", "cosine", None), "plateau_factor": _number(),
+    "plateau_patience": _integer(), "warmup_steps": _integer(),
+    "early_stopping_patience": _optional(_integer()), "freeze_image": _BOOL,
+    "freeze_text": _BOOL, "seed": _integer(-(1 << 63)),
+    "checkpoint_every": _optional(_integer(1)), "temperature": _number(),
+    "image_to_text_weight": _number(), "learnable_temperature": _BOOL,
+    "max_logit_scale": _number(allow_inf=True),
+    "augment": _optional(_of_type(dict, "an object")),
+}
+_NESTED_FIELDS = {
+    "optimizer": {"lr": _number(0), "step": _integer()},
+    "scale_state": {"m": _number(), "v": _number(0)},
+}
+
+
+# Fields that older checkpoints may lack.
+_OPTIONAL_FIELDS = {"augment"}
+
+
+def _check_state(state, path):
+    """Refuse a trainer.json whose fields resume() uses are missing or of the wrong type
+    or range, naming the field (CheckpointError): nothing is built from it before."""
+
+    def check(mapping, fields, where):
+        for field, rule in fields.items():
+            if field not in mapping:
+                if field in _OPTIONAL_FIELDS:
+                    continue
+                raise CheckpointError(f"{path}: {where} lacks the field {field!r}")
+            expected = rule(mapping[field])
+            if expected is not None:
+                raise CheckpointError(f"{path}: field {field!r} of {where} must be "
+                                      f"{expected}, got {repr(mapping[field])[:60]}")
+
+    check(state, _STATE_FIELDS, "the state")
+    check(state["config"], _CONFIG_FIELDS, "'config'")
+    for name, fields in _NESTED_FIELDS.items():
+        check(state[name], fields, repr(name))
+
+
+def _check_optimizer_file(tensors, metadata, path):
+    """The Adam state dict of optimizer.safetensors: the moment buffers (float32, finite,
+    second moments >= 0) and the per-buffer sizes from the metadata; CheckpointError
+    naming the file and the tensor or field otherwise."""
+    state = {}
+    for name in ("exp_avg", "exp_avg_sq"):
+        array = tensors.get(name)
+        if array is None:
+            raise CheckpointError(f"{path} lacks the tensor {name!r}")
+        if array.dtype != np.float32 or array.ndim != 1:
+            raise CheckpointError(f"{path}: tensor {name!r} must be float32 of one "
+                                  f"dimension, got {array.dtype} {array.shape}")
+        bad = ~np.isfinite(array)
+        if name == "exp_avg_sq":
+            bad |= array < 0
+        if bad.any():
+            where = int(np.flatnonzero(bad)[0])
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds {array[where]} at element {where} "
+                f"({int(bad.sum())} such); expected finite values"
+                + (" >= 0" if name == "exp_avg_sq" else "")
+                + " (did the run diverge before this save?)")
+        state[name] = array
+    try:
+        sizes = json.loads(metadata["sizes"])
+    except KeyError:
+        raise CheckpointError(f"{path}: the metadata lacks the field 'sizes' (the length "
+                              "of each optimised buffer)") from None
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: metadata field 'sizes' is not valid JSON "
+                              f"({error})") from None
+    if not (isinstance(sizes, list) and all(_integer()(n) is None for n in sizes)
+            and sum(sizes) == len(state["exp_avg"]) == len(state["exp_avg_sq"])):
+        raise CheckpointError(f"{path}: metadata field 'sizes' must list the buffer "
+                              f"lengths, summing to the {len(state['exp_avg'])} moments; "
+                              f"got {repr(sizes)[:60]}")
+    state["sizes"] = sizes
+    return state
+
+
 class Trainer:
     """Pretrains an image encoder with ConVIRT (image-report pairs) or SimCLR (images).
 
@@ -258,17 +391,28 @@ class Trainer:
                 raise ValueError("step needs one report per image")
             ids, mask = _text if _text is not None else self._prepare_text(
                 reports, step, sample_sentence)
-            views = self._buffer("views", self._view_shape(images, n))
-            self.augment(images, step=step, out=views)
-            result = self._convirt_forward_backward(views, ids, mask)
-        else:
-            views = self._buffer("views", self._view_shape(images, 2 * n))
-            self.augment(images, step=2 * step, out=views[:n])
-            self.augment(images, step=2 * step + 1, out=views[n:])
-            result = self._simclr_forward_backward(views)
-        if not math.isfinite(result.loss):
-            raise TrainingDiverged(self._diverged_message(result.loss))
-        grad_norm = self.optimizer.step(return_norm=True)
+        # A training forward updates the batch-norm running statistics; a step that fails
+        # (a non-finite loss, an error in the core) puts them back, so that it changes
+        # no parameter and no buffer. The copy is small (ResNet-50: 53k floats).
+        towers = [e for e in (self.image_encoder, self.text_encoder) if e is not None]
+        buffers = [e.flat_buffers.copy() for e in towers]
+        try:
+            if self.method == "convirt":
+                views = self._buffer("views", self._view_shape(images, n))
+                self.augment(images, step=step, out=views)
+                result = self._convirt_forward_backward(views, ids, mask)
+            else:
+                views = self._buffer("views", self._view_shape(images, 2 * n))
+                self.augment(images, step=2 * step, out=views[:n])
+                self.augment(images, step=2 * step + 1, out=views[n:])
+                result = self._simclr_forward_backward(views)
+            if not math.isfinite(result.loss):
+                raise TrainingDiverged(self._diverged_message(result.loss))
+            grad_norm = self.optimizer.step(return_norm=True)
+        except BaseException:
+            for encoder, saved in zip(towers, buffers):
+                encoder.flat_buffers[...] = saved
+            raise
         self._step_temperature(result)
         if self.schedule_name == "cosine" and self.scheduler is not None:
             self.scheduler.step()
@@ -285,7 +429,10 @@ class Trainer:
         return metrics
 
     def _diverged_message(self, value):
-        where = self.checkpoints.pointer("LAST") if self.checkpoints else None
+        try:
+            where = self.checkpoints.pointer("LAST") if self.checkpoints else None
+        except CheckpointError:
+            where = None
         keep = (f"the last good checkpoint is {where}" if where
                 else "no checkpoint was written (set checkpoint_dir to keep one)")
         return (f"the loss became {value} at step {self.step_count}; training stopped "
@@ -558,16 +705,33 @@ class Trainer:
         from ._io import read_safetensors
 
         directory, state = CheckpointDir(checkpoint_dir).load_state(which)
-        config = state["config"]
+        state_path = os.path.join(directory, "trainer.json")
+        _check_state(state, state_path)
+        optimizer_path = os.path.join(directory, "optimizer.safetensors")
         try:
             image = Encoder.from_checkpoint(os.path.join(directory, "image_encoder.safetensors"))
             text_path = os.path.join(directory, "text_encoder.safetensors")
             text = Encoder.from_checkpoint(text_path) if os.path.exists(text_path) else None
-            optimizer_tensors, optimizer_meta = read_safetensors(
-                os.path.join(directory, "optimizer.safetensors"))
+            optimizer_tensors, optimizer_meta = read_safetensors(optimizer_path)
         except (FileNotFoundError, ValueError) as error:
             raise CheckpointError(f"checkpoint {directory} is incomplete or corrupt: "
                                   f"{error}") from error
+        optimizer_state = _check_optimizer_file(optimizer_tensors, optimizer_meta,
+                                                optimizer_path)
+        try:
+            return cls._restore(image, text, state, optimizer_state, checkpoint_dir,
+                                callbacks, progress, augment)
+        except (ValueError, TypeError, KeyError, OverflowError) as error:
+            if isinstance(error, CheckpointError):
+                raise
+            raise CheckpointError(f"{state_path} (with {optimizer_path}): the saved state "
+                                  f"is refused: {error}") from error
+
+    @classmethod
+    def _restore(cls, image, text, state, optimizer_state, checkpoint_dir, callbacks,
+                 progress, augment):
+        """The trainer of resume(), from checked parts."""
+        config = state["config"]
         loss = _core.ContrastiveLoss(temperature=config["temperature"],
                                      image_to_text_weight=config["image_to_text_weight"],
                                      learnable_temperature=config["learnable_temperature"],
@@ -588,9 +752,7 @@ class Trainer:
                       seed=config["seed"], checkpoint_dir=checkpoint_dir,
                       checkpoint_every=config["checkpoint_every"], callbacks=callbacks,
                       progress=progress)
-        optimizer_state = dict(optimizer_tensors)
         optimizer_state["step"] = state["optimizer"]["step"]
-        optimizer_state["sizes"] = json.loads(optimizer_meta["sizes"])
         trainer.optimizer.load_state_dict(optimizer_state)
         trainer.optimizer.lr = state["optimizer"]["lr"]
         trainer.loss.logit_scale = state["logit_scale"]
