@@ -59,6 +59,16 @@ static int Head_init(HeadObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     size_t count = (size_t)(in_dim * out_dim + out_dim);
+    /* Both buffers are written at once: refuse what this machine could never hold
+     * rather than let the kernel kill a process. */
+    const size_t memory = cv_physical_memory();
+    if (memory && cv_mul_sat(count, 2 * sizeof(float)) > memory) {
+        PyErr_Format(PyExc_MemoryError,
+                     "a LinearHead(%zd, %zd) needs %zu bytes for its parameters and "
+                     "gradients; this machine has %zu",
+                     in_dim, out_dim, cv_mul_sat(count, 2 * sizeof(float)), memory);
+        return -1;
+    }
     self->params = cv_alloc_floats(count);
     self->grads = cv_alloc_floats(count);
     if (!self->params || !self->grads) {
