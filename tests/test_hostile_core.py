@@ -115,6 +115,19 @@ def test_bert_config_from_metadata_any_int_is_a_value_error(config):
         convirt.Encoder("bert", full, proj_dim=4, proj_hidden=4)
 
 
+@pytest.mark.parametrize("call", [
+    # Size arguments beyond Py_ssize_t raised OverflowError from the "n" conversion.
+    lambda: convirt.Encoder.resnet18(proj_dim=2**64),
+    lambda: convirt.Encoder.resnet18(proj_hidden=-(2**63) - 1),
+    lambda: _core.LinearHead(2**64, 2),
+    lambda: _core.LinearHead(3, -(2**70)),
+    lambda: convirt.ImageAugment(2**64),
+])
+def test_size_arguments_beyond_ssize_t_are_value_errors(call):
+    with pytest.raises(ValueError):
+        call()
+
+
 def test_resnet_config_from_metadata_any_int_is_a_value_error():
     for config in ({"depth": 2**64}, {"depth": 18, "in_channels": 2**63},
                    {"depth": 18, "in_channels": 0}, {"depth": 101}):

@@ -228,6 +228,29 @@ const char *cv_double_text(double value, char buf[CV_DOUBLE_TEXT])
     return buf;
 }
 
+int cv_read_size(PyObject *obj, const char *name, Py_ssize_t *out)
+{
+    if (!obj)
+        return 0;
+    if (!PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyObject *index = PyNumber_Index(obj);
+    if (!index)
+        return -1;
+    Py_ssize_t v = PyLong_AsSsize_t(index);
+    Py_DECREF(index);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s = %R is out of range", name, obj);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 int cv_read_seed(PyObject *obj, const char *name, uint64_t *seed)
 {
     if (PyBool_Check(obj) || !PyIndex_Check(obj)) {

@@ -64,6 +64,11 @@ void cv_interrupt_init(void);
 #define CV_DOUBLE_TEXT 40
 const char *cv_double_text(double value, char buf[CV_DOUBLE_TEXT]);
 
+/* A size argument: any int (NumPy's too) that fits Py_ssize_t, else a ValueError
+ * naming it, where the "n" conversion raises OverflowError; the range is the caller's
+ * to check. NULL leaves *out as it is (the default). Returns 0 or -1. */
+int cv_read_size(PyObject *obj, const char *name, Py_ssize_t *out);
+
 /* A seed: an int in [0, 2**64) (not a bool); ValueError otherwise, where the C
  * conversion would silently wrap -1 or 2**64. Returns 0 or -1. */
 int cv_read_seed(PyObject *obj, const char *name, uint64_t *seed);

@@ -128,7 +128,7 @@ static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"kind", "config", "proj_dim", "proj_hidden", "seed", NULL};
     const char *kind;
-    PyObject *config, *seed_obj = NULL;
+    PyObject *config, *seed_obj = NULL, *dim_obj = NULL, *hidden_obj = NULL;
     Py_ssize_t proj_dim = 512, proj_hidden = 512;
     uint64_t seed = 0;
     int frozen = 0;
@@ -136,9 +136,11 @@ static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "an Encoder cannot be initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sO!|$nnO:Encoder", kwlist, &kind,
-                                     &PyDict_Type, &config, &proj_dim, &proj_hidden,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sO!|$OOO:Encoder", kwlist, &kind,
+                                     &PyDict_Type, &config, &dim_obj, &hidden_obj,
                                      &seed_obj) ||
+        cv_read_size(dim_obj, "proj_dim", &proj_dim) ||
+        cv_read_size(hidden_obj, "proj_hidden", &proj_hidden) ||
         (seed_obj && cv_read_seed(seed_obj, "seed", &seed)))
         return -1;
     if (proj_dim < 1 || proj_hidden < 1) {
@@ -335,6 +337,13 @@ int cv_token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_obj,
                      (long)t, self->max_positions);
         return -1;
     }
+    /* before the pass over the tokens below (overlapping views can claim many rows) */
+    batch->kind = CV_INPUT_TOKENS;
+    batch->n = n;
+    batch->t = t;
+    cv_status status = cv_encoder_check_batch(&self->enc, batch);
+    if (status != CV_OK)
+        return cv_raise(status);
     if (!mask_obj || mask_obj == Py_None) {
         PyErr_SetString(PyExc_ValueError,
                         "text input needs attention_mask (int32, same shape as input_ids)");
@@ -885,12 +894,21 @@ static PyGetSetDef Encoder_getset[] = {
 static PyMethodDef Encoder_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Encoder_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(x, attention_mask=None, token_type_ids=None, *, features=True, "
-     "embeddings=True, features_out=None, embeddings_out=None) -> (features, embeddings)"},
+     "embeddings=True, features_out=None, embeddings_out=None) -> (features, embeddings)\n\n"
+     "features_out / embeddings_out: C-contiguous float32 arrays written in place; they "
+     "may not overlap each other, the inputs or the encoder's own buffers (ValueError). "
+     "In training mode the images must stay unchanged until backward(), which reads "
+     "them again: it raises RuntimeError if they changed. Ctrl-C interrupts a long call "
+     "(KeyboardInterrupt; a stopped training forward may have updated some batch-norm "
+     "running statistics)."},
     {"backward", (PyCFunction)(void (*)(void))Encoder_backward, METH_VARARGS | METH_KEYWORDS,
      "backward(d_embeddings=None, d_features=None, *, input_grad=False) -> input gradient "
      "or None; adds into the gradients. Images: the input gradient is float32 with the "
      "input's shape, with respect to the pixel values as given (through the "
-     "normalisation, so a uint8 input's gradient is per unit of pixel value)"},
+     "normalisation, so a uint8 input's gradient is per unit of pixel value). "
+     "RuntimeError when the forward's images changed since (the gradient would be "
+     "wrong). A Ctrl-C that stops it leaves partial gradients: zero_grad() before the "
+     "next step."},
     {"zero_grad", (PyCFunction)Encoder_zero_grad, METH_NOARGS, "set all gradients to zero"},
     {"last_hidden_state", (PyCFunction)Encoder_last_hidden_state, METH_NOARGS,
      "last_hidden_state() -> float32 (N, T, hidden): the last BERT layer's token outputs "

@@ -180,14 +180,15 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
                              "contrast",   "blur_sigma", "fill",          "normalization",
                              "seed",       NULL};
     Py_ssize_t size = 224;
-    PyObject *crop_scale = NULL, *crop_ratio = NULL, *flip = NULL, *degrees = NULL,
+    PyObject *size_obj = NULL, *crop_scale = NULL, *crop_ratio = NULL, *flip = NULL, *degrees = NULL,
              *translate = NULL, *scale = NULL, *brightness = NULL, *contrast = NULL,
              *sigma = NULL, *normalization = NULL, *seed = NULL;
     double fill = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$OOOOOOOOOdOO:ImageAugment", kwlist,
-                                     &size, &crop_scale, &crop_ratio, &flip, &degrees,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOOOOOOOdOO:ImageAugment", kwlist,
+                                     &size_obj, &crop_scale, &crop_ratio, &flip, &degrees,
                                      &translate, &scale, &brightness, &contrast, &sigma,
-                                     &fill, &normalization, &seed))
+                                     &fill, &normalization, &seed) ||
+        cv_read_size(size_obj, "size", &size))
         return -1;
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "the ImageAugment is in use by another thread");

@@ -39,8 +39,8 @@ static void head_reset(HeadObject *self)
 static int Head_init(HeadObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"in_dim", "out_dim", "seed", NULL};
-    Py_ssize_t in_dim, out_dim;
-    PyObject *seed_obj = NULL;
+    Py_ssize_t in_dim = 0, out_dim = 0;
+    PyObject *seed_obj = NULL, *in_obj, *out_obj;
     uint64_t seed = 0;
     if (self->params) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -48,8 +48,9 @@ static int Head_init(HeadObject *self, PyObject *args, PyObject *kwds)
                         "in use); make a new one");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nn|$O:LinearHead", kwlist, &in_dim, &out_dim,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$O:LinearHead", kwlist, &in_obj, &out_obj,
                                      &seed_obj) ||
+        cv_read_size(in_obj, "in_dim", &in_dim) || cv_read_size(out_obj, "out_dim", &out_dim) ||
         (seed_obj && cv_read_seed(seed_obj, "seed", &seed)))
         return -1;
     if (in_dim < 1 || out_dim < 1 || in_dim > (1 << 24) || out_dim > (1 << 24)) {
