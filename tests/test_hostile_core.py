@@ -188,6 +188,42 @@ def test_omp_num_threads_beyond_the_limit_is_clamped_not_fatal():
     assert int(threads) <= LIMIT and np.isfinite(float(loss))
 
 
+_BERT = {"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+         "num_attention_heads": 2, "intermediate_size": 8}
+
+
+@pytest.mark.parametrize("change", [
+    # A checkpoint's metadata is read back into the C constructors: the sizes of a
+    # hostile or corrupt file must be refused like any argument. Before, proj_hidden
+    # 2**62 crashed the interpreter on from_checkpoint().
+    {"proj_hidden": 2**62},
+    {"proj_dim": 2**64},
+    {"seed": -1},
+    {"config": {"depth": 18, "in_channels": 2**40}},
+    {"kind": "bert", "config": dict(_BERT, vocab_size=2**31 - 1, hidden_size=2**31 - 1,
+                                    num_attention_heads=1)},
+    {"kind": "bert", "config": dict(_BERT, num_hidden_layers=2**63)},
+    {"kind": "bert", "config": dict(_BERT, layer_norm_eps=1e309)},  # JSON's Infinity
+], ids=["proj_hidden", "proj_dim", "seed", "in_channels", "bert_sizes", "bert_layers",
+        "bert_eps"])
+def test_checkpoint_metadata_with_hostile_sizes_is_refused(tmp_path, change):
+    from safetensors.numpy import save_file
+
+    encoder = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4)
+    path = tmp_path / "ok.safetensors"
+    encoder.save(path)
+    from convirt._io import read_safetensors
+
+    tensors, metadata = read_safetensors(path)
+    spec = json.loads(metadata["convirt_encoder"])
+    spec.update(change)
+    metadata["convirt_encoder"] = json.dumps(spec)
+    hostile = tmp_path / "hostile.safetensors"
+    save_file(tensors, str(hostile), metadata=metadata)
+    kind, message = refused_in_subprocess(f"convirt.Encoder.from_checkpoint({str(hostile)!r})")
+    assert kind in ("ValueError", "MemoryError"), (kind, message)
+
+
 # ---- 2. a forked child after the OpenMP pool ran ----------------------------------------
 
 
