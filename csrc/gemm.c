@@ -276,15 +276,15 @@ cv_status cv_set_num_threads(int n)
     if (n < 1 || n > cv_max_threads()) {
         if (state.forked)
             return cv_fail(CV_ERR_VALUE,
-                           "this process was forked from one that had started OpenMP "
-                           "threads, and libgomp cannot run threads in a forked child: "
-                           "the core runs on 1 thread here, got %d (start workers with "
-                           "the 'spawn' or 'forkserver' method to use more)",
+                           "this is a forked child process, where the core runs on 1 "
+                           "thread (libgomp cannot start threads in the child of a "
+                           "process whose OpenMP threads ran), got %d; start workers "
+                           "with the 'spawn' or 'forkserver' method to use more",
                            n);
         return cv_fail(CV_ERR_VALUE,
                        "the number of threads must be 1..%d (%d per usable core, %d "
                        "cores), got %d",
-                       cv_max_threads(), CV_THREADS_PER_CORE, cv_max_threads() / CV_THREADS_PER_CORE, n);
+                       cv_max_threads(), CV_THREADS_PER_CORE, state.cores, n);
     }
     state.threads = n;
     omp_set_num_threads(n);
