@@ -33,7 +33,7 @@ def run_python(code, timeout=120, env=None):
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
+                          text=True, timeout=timeout, env=full_env, check=False)
 
 
 def refused_in_subprocess(expr, timeout=120, env=None):
@@ -56,8 +56,9 @@ def refused_in_subprocess(expr, timeout=120, env=None):
 
 
 def tiny_bert(**changes):
-    config = dict(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=16, max_position_embeddings=16, proj_dim=4, proj_hidden=8)
+    config = {"vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 16,
+              "proj_dim": 4, "proj_hidden": 8}
     config.update(changes)
     return convirt.Encoder.bert(**config)
 
@@ -74,17 +75,17 @@ def tiny_bert(**changes):
     "convirt.Encoder.resnet18(proj_hidden=4, proj_dim=2**62)",
     "convirt.Encoder.resnet18(proj_hidden=2**63 - 1)",
     # BERT: vocab x hidden = (2**31 - 1)**2 floats, then x 4 bytes, wrapped
-    "convirt.Encoder.bert(vocab_size=2**31 - 1, hidden_size=2**31 - 1, num_attention_heads=1,"
-    " intermediate_size=1, num_hidden_layers=1)",
-    "convirt.Encoder.bert(vocab_size=8, hidden_size=2**31 - 1, num_attention_heads=1,"
-    " intermediate_size=2**31 - 1, num_hidden_layers=1, max_position_embeddings=8)",
-    "convirt.Encoder.bert(vocab_size=8, hidden_size=2**16, num_attention_heads=1,"
-    " intermediate_size=2**31 - 1, num_hidden_layers=1, max_position_embeddings=8)",
-    "convirt.Encoder.bert(vocab_size=8, hidden_size=8, num_attention_heads=2,"
-    " intermediate_size=8, num_hidden_layers=2**31 - 1, max_position_embeddings=8)",
-    "convirt.Encoder.bert(vocab_size=8, hidden_size=8, num_attention_heads=2,"
+    ("convirt.Encoder.bert(vocab_size=2**31 - 1, hidden_size=2**31 - 1, num_attention_heads=1,"
+    " intermediate_size=1, num_hidden_layers=1)"),
+    ("convirt.Encoder.bert(vocab_size=8, hidden_size=2**31 - 1, num_attention_heads=1,"
+    " intermediate_size=2**31 - 1, num_hidden_layers=1, max_position_embeddings=8)"),
+    ("convirt.Encoder.bert(vocab_size=8, hidden_size=2**16, num_attention_heads=1,"
+    " intermediate_size=2**31 - 1, num_hidden_layers=1, max_position_embeddings=8)"),
+    ("convirt.Encoder.bert(vocab_size=8, hidden_size=8, num_attention_heads=2,"
+    " intermediate_size=8, num_hidden_layers=2**31 - 1, max_position_embeddings=8)"),
+    ("convirt.Encoder.bert(vocab_size=8, hidden_size=8, num_attention_heads=2,"
     " intermediate_size=8, num_hidden_layers=1, max_position_embeddings=2**31 - 1,"
-    " type_vocab_size=2**31 - 1)",
+    " type_vocab_size=2**31 - 1)"),
     # more floats than any machine has: refused (MemoryError), not attempted
     "convirt.Encoder.resnet18(proj_hidden=2**33)",
     # LinearHead: 2**24 x 2**24 floats (held up before: MemoryError)
@@ -612,8 +613,8 @@ def test_image_augment_on_2x2_images_is_correct():
     # pixels back, resizing matches a bilinear reference, and every transform (crop,
     # flip, rotation, blur with mirror padding on a 2-pixel image) stays finite in [0, 1].
     image = np.array([[0, 255], [64, 128]], np.uint8)
-    off = dict(crop_scale=None, flip=None, degrees=None, translate=None, scale=None,
-               brightness=None, contrast=None, blur_sigma=None)
+    off = {name: None for name in ("crop_scale", "flip", "degrees", "translate", "scale",
+                                   "brightness", "contrast", "blur_sigma")}
     np.testing.assert_allclose(convirt.ImageAugment(2, **off)(image[None])[0], image / 255.0,
                                atol=1e-6)
     for size in (3, 5):
