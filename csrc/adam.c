@@ -61,7 +61,8 @@ cv_status cv_adam_init(cv_adam *adam, const cv_adam_segment *segments, ptrdiff_t
             cv_adam_free(adam);
             return cv_fail(CV_ERR_VALUE, "the parameter buffers' sizes overflow");
         }
-        n_chunks += (ptrdiff_t)(segments[k].count / CHUNK + (segments[k].count % CHUNK != 0));
+        n_chunks +=
+            (ptrdiff_t)(segments[k].count / CHUNK + (segments[k].count % CHUNK != 0));
     }
     adam->total = total;
     adam->n_chunks = n_chunks;
@@ -150,10 +151,11 @@ static cv_status nonfinite_gradient(const cv_adam *adam)
     for (ptrdiff_t k = 0; k < adam->n_segments; k++)
         for (size_t i = 0; i < adam->segments[k].count; i++)
             if (!isfinite(adam->segments[k].grad[i]))
-                return cv_fail(CV_ERR_NONFINITE,
-                               "non-finite gradient: gradients[%td][%zu] is %s; no parameter "
-                               "was updated",
-                               k, i, isnan(adam->segments[k].grad[i]) ? "NaN" : "Inf");
+                return cv_fail(
+                    CV_ERR_NONFINITE,
+                    "non-finite gradient: gradients[%td][%zu] is %s; no parameter "
+                    "was updated",
+                    k, i, isnan(adam->segments[k].grad[i]) ? "NaN" : "Inf");
     return cv_fail(CV_ERR_NONFINITE, "non-finite gradient; no parameter was updated");
 }
 

@@ -513,7 +513,8 @@ static cv_status pack_batch(bert_model *b, const cv_batch *batch)
         reserve(&b->ids, &b->ids_cap, cv_mul_sat((size_t)n, (size_t)t), sizeof(int32_t)) ||
         reserve(&b->positions, &b->positions_cap, cv_mul_sat((size_t)n, (size_t)t),
                 sizeof(int32_t)) ||
-        reserve(&b->types, &b->types_cap, cv_mul_sat((size_t)n, (size_t)t), sizeof(int32_t)))
+        reserve(&b->types, &b->types_cap, cv_mul_sat((size_t)n, (size_t)t),
+                sizeof(int32_t)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for a batch of %td x %td tokens", n, t);
     ptrdiff_t m = 0, max_len = 0;
     b->probs_start[0] = 0;
@@ -546,8 +547,9 @@ static cv_status pack_batch(bert_model *b, const cv_batch *batch)
         if (len == 0)
             return cv_fail(CV_ERR_VALUE, "sequence %td has no valid token in attention_mask", s);
         max_len = len > max_len ? len : max_len;
-        b->probs_start[s + 1] = cv_add_sat(
-            b->probs_start[s], cv_mul_sat(cv_mul_sat((size_t)b->heads, (size_t)len), (size_t)len));
+        b->probs_start[s + 1] =
+            cv_add_sat(b->probs_start[s],
+                       cv_mul_sat(cv_mul_sat((size_t)b->heads, (size_t)len), (size_t)len));
     }
     b->seq_start[n] = m;
     b->n = n;
@@ -596,14 +598,16 @@ static cv_status reserve_arena(bert_model *b, ptrdiff_t first)
     const size_t m = (size_t)b->m, H = (size_t)b->H, I = (size_t)b->I;
     const size_t probs = b->probs_start[b->n];
     const size_t mH = lines(MUL(m, H));
-    const size_t per_layer = ADD(ADD(ADD(lines(MUL(3, MUL(m, H))), lines(probs)), MUL(4, mH)),
-                                 ADD(lines(MUL(m, I)), MUL(2, lines(m))));
-    size_t total = ADD(MUL((size_t)(b->L - first + 1), mH),
-                       MUL((size_t)(b->L - first), per_layer));
+    const size_t per_layer =
+        ADD(ADD(ADD(lines(MUL(3, MUL(m, H))), lines(probs)), MUL(4, mH)),
+            ADD(lines(MUL(m, I)), MUL(2, lines(m))));
+    size_t total =
+        ADD(MUL((size_t)(b->L - first + 1), mH), MUL((size_t)(b->L - first), per_layer));
     if (first == 0)
         total = ADD(total, ADD(mH, lines(m)));
     if (reserve(&b->arena, &b->arena_cap, total, sizeof(float)) ||
-        reserve(&b->argmax, &b->argmax_cap, MUL((size_t)b->n, (size_t)b->H), sizeof(int32_t)))
+        reserve(&b->argmax, &b->argmax_cap, MUL((size_t)b->n, (size_t)b->H),
+                sizeof(int32_t)))
         return cv_fail(CV_ERR_MEMORY,
                        "out of memory keeping the activations of %td trainable layers for "
                        "%zu tokens",

@@ -12,8 +12,9 @@ cv_status cv_table_add(cv_tensor_table *table, const char *name, int ndim,
     size_t size = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 1)
-            return cv_fail(CV_ERR_VALUE, "tensor %s: dimension %d is %lld; sizes must be >= 1",
-                           name, i, (long long)shape[i]);
+            return cv_fail(CV_ERR_VALUE,
+                           "tensor %s: dimension %d is %lld; sizes must be >= 1", name, i,
+                           (long long)shape[i]);
         if ((uint64_t)shape[i] > SIZE_MAX || cv_mul_size(size, (size_t)shape[i], &size))
             return cv_fail(CV_ERR_VALUE,
                            "tensor %s is too large: the product of its dimensions does "
@@ -117,15 +118,14 @@ cv_status cv_encoder_check_batch(const cv_encoder *enc, const cv_batch *batch)
     if (batch->kind == CV_INPUT_IMAGES) {
         if (batch->h < 1 || batch->w < 1)
             return cv_fail(CV_ERR_VALUE, "empty images (%td x %td)", batch->h, batch->w);
-        bytes = cv_mul_sat(cv_mul_sat(cv_mul_sat((size_t)n, (size_t)batch->h),
-                                      (size_t)batch->w),
-                           64);
+        bytes = cv_mul_sat(
+            cv_mul_sat(cv_mul_sat((size_t)n, (size_t)batch->h), (size_t)batch->w), 64);
     } else {
         if (batch->t < 1)
             return cv_fail(CV_ERR_VALUE, "empty token batch (%td x %td)", n, batch->t);
-        bytes = cv_mul_sat(cv_mul_sat(cv_mul_sat((size_t)n, (size_t)batch->t),
-                                      (size_t)enc->feature_dim),
-                           6 * sizeof(float));
+        bytes = cv_mul_sat(
+            cv_mul_sat(cv_mul_sat((size_t)n, (size_t)batch->t), (size_t)enc->feature_dim),
+            6 * sizeof(float));
     }
     const size_t memory = cv_physical_memory();
     if (bytes == SIZE_MAX || (memory && bytes > memory))

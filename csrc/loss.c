@@ -140,9 +140,10 @@ void cv_loss_workspace_free(cv_loss_workspace *ws)
  * in the same order whatever the split, and the blocks are balanced and never smaller
  * than GEMM_BLOCK_ROWS (fewer than two blocks' worth is one call, as before), so BLIS
  * takes the same path for every block as for the whole: the result is unchanged. */
-static cv_status gemm_by_rows(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t inner, const float *A,
-                              ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t rsb,
-                              ptrdiff_t csb, float *C, ptrdiff_t rsc, ptrdiff_t csc)
+static cv_status gemm_by_rows(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t inner,
+                              const float *A, ptrdiff_t rsa, ptrdiff_t csa, const float *B,
+                              ptrdiff_t rsb, ptrdiff_t csb, float *C, ptrdiff_t rsc,
+                              ptrdiff_t csc)
 {
     const ptrdiff_t blocks = rows >= 2 * GEMM_BLOCK_ROWS ? rows / GEMM_BLOCK_ROWS : 1;
     const ptrdiff_t base = rows / blocks, extra = rows % blocks;
@@ -328,8 +329,8 @@ cv_status cv_ntxent_forward_backward(cv_loss_result *result, float *grad_z, ptrd
     if (!(scale > 0.0) || !isfinite(scale))
         return cv_fail(CV_ERR_VALUE, "the logit scale must be positive and finite, got %g",
                        scale);
-    if (cv_reserve((void **)&ws->logits, &ws->logits_cap, cv_mul_sat((size_t)n2, (size_t)n2),
-                   sizeof(float)) ||
+    if (cv_reserve((void **)&ws->logits, &ws->logits_cap,
+                   cv_mul_sat((size_t)n2, (size_t)n2), sizeof(float)) ||
         cv_reserve((void **)&ws->row_stat, &ws->row_cap, cv_mul_sat(2, (size_t)n2),
                    sizeof(float)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for a %td x %td similarity matrix", n2,

@@ -200,9 +200,9 @@ static cv_status add_unit(resnet_model *m, cv_tensor_table *table, const char *c
     };
     for (int i = 0; i < 5; i++) {
         snprintf(name, sizeof name, "%s.%s", tensors[i].layer, tensors[i].what);
-        cv_status st = cv_table_add(table, name, tensors[i].ndim, i == 0 ? wshape : cshape,
-                                    tensors[i].is_buffer, tensors[i].layout,
-                                    tensors[i].offset);
+        cv_status st =
+            cv_table_add(table, name, tensors[i].ndim, i == 0 ? wshape : cshape,
+                         tensors[i].is_buffer, tensors[i].layout, tensors[i].offset);
         if (st != CV_OK)
             return st;
     }
@@ -364,9 +364,8 @@ static cv_status plan(resnet_model *m, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, in
     m->pool_h = window_out(stem->shape.p, 3, 2, 1);
     m->pool_w = window_out(stem->shape.q, 3, 2, 1);
     size_t max_act = act_size(&stem->shape),
-           pool_size = cv_mul_sat(cv_mul_sat(cv_mul_sat((size_t)n, (size_t)m->pool_h),
-                                             (size_t)m->pool_w),
-                                  64);
+           pool_size = cv_mul_sat(
+               cv_mul_sat(cv_mul_sat((size_t)n, (size_t)m->pool_h), (size_t)m->pool_w), 64);
     ptrdiff_t bh = m->pool_h, bw = m->pool_w;
     for (int b = 0; b < m->n_blocks; b++) {
         block *blk = &m->blocks[b];
@@ -402,15 +401,15 @@ static cv_status plan(resnet_model *m, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, in
     /* Arena layout. */
     size_t total;
     if (training) {
-        total = cv_add_sat(cv_add_sat(cv_mul_sat(2, aligned(act_size(&stem->shape))),
-                                      aligned(pool_size)),
-                           cv_add_sat(aligned(pool_size / 4 + (pool_size % 4 != 0)),
-                                      cv_mul_sat(4, aligned(max_act))));
+        total = cv_add_sat(
+            cv_add_sat(cv_mul_sat(2, aligned(act_size(&stem->shape))), aligned(pool_size)),
+            cv_add_sat(aligned(pool_size / 4 + (pool_size % 4 != 0)),
+                       cv_mul_sat(4, aligned(max_act))));
         for (int b = 0; b < m->n_blocks; b++) {
             const block *blk = &m->blocks[b];
             for (int i = 0; i < blk->n_main; i++)
-                total = cv_add_sat(total,
-                                   cv_mul_sat(2, aligned(act_size(&m->units[blk->main[i]].shape))));
+                total = cv_add_sat(
+                    total, cv_mul_sat(2, aligned(act_size(&m->units[blk->main[i]].shape))));
             if (blk->down >= 0)
                 total = cv_add_sat(total, aligned(act_size(&m->units[blk->down].shape)));
         }
@@ -799,7 +798,8 @@ static cv_status resnet_backward(void *model, float *d_input, const float *d_fea
     if (profile.on)
         profile_add(m->n_units + 1, "avgpool", P_BN_BWD, t0, 0.0);
     for (int b = m->n_blocks - 1; b >= 0; b--) {
-        if ((st = cv_check_interrupt()) || (st = block_backward(m, &m->blocks[b], gin, &gx)))
+        if ((st = cv_check_interrupt()) ||
+            (st = block_backward(m, &m->blocks[b], gin, &gx)))
             return st;
         gin = gx;
     }

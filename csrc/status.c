@@ -27,7 +27,10 @@ static cv_interrupt_hook interrupt_hook;
  * is asked at most every CV_INTERRUPT_INTERVAL seconds whatever the number of calls. */
 static _Thread_local double next_poll;
 
-void cv_set_interrupt_hook(cv_interrupt_hook hook) { interrupt_hook = hook; }
+void cv_set_interrupt_hook(cv_interrupt_hook hook)
+{
+    interrupt_hook = hook;
+}
 
 cv_status cv_check_interrupt(void)
 {

@@ -164,8 +164,8 @@ int cv_check_not_in_buffer(PyArrayObject *arr, const char *name, const void *sta
     byte_bounds(arr, &lo, &hi);
     const char *b_lo = start, *b_hi = b_lo + bytes;
     if (start && bytes && PyArray_SIZE(arr) > 0 && lo < b_hi && b_lo < hi) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s overlaps %s in memory; pass a separate buffer", name, what);
+        PyErr_Format(PyExc_ValueError, "%s overlaps %s in memory; pass a separate buffer",
+                     name, what);
         return -1;
     }
     return 0;
@@ -265,7 +265,8 @@ int cv_read_seed(PyObject *obj, const char *name, uint64_t *seed)
     Py_DECREF(index);
     if (v == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "%s must be an int in [0, 2**64), got %R", name, obj);
+        PyErr_Format(PyExc_ValueError, "%s must be an int in [0, 2**64), got %R", name,
+                     obj);
         return -1;
     }
     *seed = (uint64_t)v;

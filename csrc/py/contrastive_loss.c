@@ -33,7 +33,8 @@ static int check_temperature(double temperature)
 {
     char text[CV_DOUBLE_TEXT];
     if (!(temperature > 0.0) || !isfinite(temperature)) {
-        PyErr_Format(PyExc_ValueError, "temperature must be a positive finite number, got %s",
+        PyErr_Format(PyExc_ValueError,
+                     "temperature must be a positive finite number, got %s",
                      cv_double_text(temperature, text));
         return -1;
     }
@@ -44,7 +45,8 @@ static int check_weight(double weight)
 {
     char text[CV_DOUBLE_TEXT];
     if (!(weight >= 0.0 && weight <= 1.0)) {
-        PyErr_Format(PyExc_ValueError, "image_to_text_weight (lambda) must be in [0, 1], got %s",
+        PyErr_Format(PyExc_ValueError,
+                     "image_to_text_weight (lambda) must be in [0, 1], got %s",
                      cv_double_text(weight, text));
         return -1;
     }
@@ -64,7 +66,8 @@ static int Loss_init(LossObject *self, PyObject *args, PyObject *kwds)
         return -1;
     if (!(max_logit_scale > 0.0) || !isfinite(max_logit_scale)) {
         char text[CV_DOUBLE_TEXT];
-        PyErr_Format(PyExc_ValueError, "max_logit_scale must be positive and finite, got %s",
+        PyErr_Format(PyExc_ValueError,
+                     "max_logit_scale must be positive and finite, got %s",
                      cv_double_text(max_logit_scale, text));
         return -1;
     }

@@ -197,7 +197,8 @@ static int check_not_own(EncoderObject *self, PyArrayObject *arr, const char *na
 {
     const cv_encoder *e = &self->enc;
     const size_t params = e->table.n_params * sizeof(float);
-    return cv_check_not_in_buffer(arr, name, e->params, params, "the encoder's parameters") ||
+    return cv_check_not_in_buffer(arr, name, e->params, params,
+                                  "the encoder's parameters") ||
                    cv_check_not_in_buffer(arr, name, e->grads, params,
                                           "the encoder's gradients") ||
                    cv_check_not_in_buffer(arr, name, e->buffers,
@@ -447,7 +448,8 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
             PyErr_SetString(PyExc_TypeError, "an image encoder takes no attention_mask");
             return NULL;
         }
-        if (encoder_images(self, x, &batch, &image_arr, self->training ? &fingerprint : NULL))
+        if (encoder_images(self, x, &batch, &image_arr,
+                           self->training ? &fingerprint : NULL))
             return NULL;
     } else if (cv_token_batch(self, x, mask, types, &batch)) {
         return NULL;
@@ -456,14 +458,13 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
         PyErr_SetString(PyExc_ValueError, "nothing to compute: features and embeddings are both False");
         return NULL;
     }
-    PyObject *const inputs[3] = {x, self->is_image ? NULL : mask, self->is_image ? NULL : types};
-    if (want_features &&
-        !(feats = output_matrix(self, feat_out, "features_out", batch.n,
-                                self->enc.feature_dim, inputs)))
+    PyObject *const inputs[3] = {x, self->is_image ? NULL : mask,
+                                 self->is_image ? NULL : types};
+    if (want_features && !(feats = output_matrix(self, feat_out, "features_out", batch.n,
+                                                 self->enc.feature_dim, inputs)))
         goto error;
-    if (want_embeddings &&
-        !(embs = output_matrix(self, emb_out, "embeddings_out", batch.n, self->enc.proj_dim,
-                               inputs)))
+    if (want_embeddings && !(embs = output_matrix(self, emb_out, "embeddings_out", batch.n,
+                                                  self->enc.proj_dim, inputs)))
         goto error;
     /* Both outputs are written during the call: one over the other would be garbage. */
     if (feats && embs && cv_check_no_overlap(embs, "embeddings_out", feats, "features_out"))
@@ -894,14 +895,16 @@ static PyGetSetDef Encoder_getset[] = {
 static PyMethodDef Encoder_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Encoder_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(x, attention_mask=None, token_type_ids=None, *, features=True, "
-     "embeddings=True, features_out=None, embeddings_out=None) -> (features, embeddings)\n\n"
+     "embeddings=True, features_out=None, embeddings_out=None) -> (features, "
+     "embeddings)\n\n"
      "features_out / embeddings_out: C-contiguous float32 arrays written in place; they "
      "may not overlap each other, the inputs or the encoder's own buffers (ValueError). "
      "In training mode the images must stay unchanged until backward(), which reads "
      "them again: it raises RuntimeError if they changed. Ctrl-C interrupts a long call "
      "(KeyboardInterrupt; a stopped training forward may have updated some batch-norm "
      "running statistics)."},
-    {"backward", (PyCFunction)(void (*)(void))Encoder_backward, METH_VARARGS | METH_KEYWORDS,
+    {"backward", (PyCFunction)(void (*)(void))Encoder_backward,
+     METH_VARARGS | METH_KEYWORDS,
      "backward(d_embeddings=None, d_features=None, *, input_grad=False) -> input gradient "
      "or None; adds into the gradients. Images: the input gradient is float32 with the "
      "input's shape, with respect to the pixel values as given (through the "

@@ -149,7 +149,8 @@ static int read_normalization(AugmentObject *self, PyObject *obj)
             char mean[CV_DOUBLE_TEXT], std[CV_DOUBLE_TEXT];
             PyErr_Format(PyExc_ValueError,
                          "normalization needs finite means and positive finite stds, got "
-                         "mean %s, std %s", cv_double_text(self->mean[c], mean),
+                         "mean %s, std %s",
+                         cv_double_text(self->mean[c], mean),
                          cv_double_text(self->std[c], std));
             return -1;
         }
@@ -180,9 +181,9 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
                              "contrast",   "blur_sigma", "fill",          "normalization",
                              "seed",       NULL};
     Py_ssize_t size = 224;
-    PyObject *size_obj = NULL, *crop_scale = NULL, *crop_ratio = NULL, *flip = NULL, *degrees = NULL,
-             *translate = NULL, *scale = NULL, *brightness = NULL, *contrast = NULL,
-             *sigma = NULL, *normalization = NULL, *seed = NULL;
+    PyObject *size_obj = NULL, *crop_scale = NULL, *crop_ratio = NULL, *flip = NULL,
+             *degrees = NULL, *translate = NULL, *scale = NULL, *brightness = NULL,
+             *contrast = NULL, *sigma = NULL, *normalization = NULL, *seed = NULL;
     double fill = 0.0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOOOOOOOdOO:ImageAugment", kwlist,
                                      &size_obj, &crop_scale, &crop_ratio, &flip, &degrees,

@@ -48,9 +48,10 @@ static int Head_init(HeadObject *self, PyObject *args, PyObject *kwds)
                         "in use); make a new one");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$O:LinearHead", kwlist, &in_obj, &out_obj,
-                                     &seed_obj) ||
-        cv_read_size(in_obj, "in_dim", &in_dim) || cv_read_size(out_obj, "out_dim", &out_dim) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$O:LinearHead", kwlist, &in_obj,
+                                     &out_obj, &seed_obj) ||
+        cv_read_size(in_obj, "in_dim", &in_dim) ||
+        cv_read_size(out_obj, "out_dim", &out_dim) ||
         (seed_obj && cv_read_seed(seed_obj, "seed", &seed)))
         return -1;
     if (in_dim < 1 || out_dim < 1 || in_dim > (1 << 24) || out_dim > (1 << 24)) {
@@ -120,8 +121,10 @@ static int check_features(HeadObject *self, PyObject *obj, const char *name, npy
  * reads the one and writes the other. */
 static int check_not_own(HeadObject *self, PyArrayObject *arr, const char *name)
 {
-    const size_t bytes = (size_t)(self->out_dim * self->in_dim + self->out_dim) * sizeof(float);
-    return cv_check_not_in_buffer(arr, name, self->params, bytes, "the head's parameters") ||
+    const size_t bytes =
+        (size_t)(self->out_dim * self->in_dim + self->out_dim) * sizeof(float);
+    return cv_check_not_in_buffer(arr, name, self->params, bytes,
+                                  "the head's parameters") ||
                    cv_check_not_in_buffer(arr, name, self->grads, bytes,
                                           "the head's gradients")
                ? -1
@@ -130,8 +133,8 @@ static int check_not_own(HeadObject *self, PyArrayObject *arr, const char *name)
 
 /* The caller's output (validated, not over any input nor the head's own buffers) or a
  * new (n, dim) array. New reference or NULL. */
-static PyArrayObject *output(HeadObject *self, PyObject *given, const char *name, npy_intp n,
-                             npy_intp dim, PyArrayObject *a, const char *a_name,
+static PyArrayObject *output(HeadObject *self, PyObject *given, const char *name,
+                             npy_intp n, npy_intp dim, PyArrayObject *a, const char *a_name,
                              PyArrayObject *b, const char *b_name)
 {
     PyArrayObject *arr;
@@ -157,7 +160,8 @@ static PyObject *Head_forward(HeadObject *self, PyObject *args, PyObject *kwds)
         check_features(self, x_obj, "x (features)", -1, &x))
         return NULL;
     npy_intp n = PyArray_DIM(x, 0);
-    if (!(out = output(self, out_obj, "out (logits)", n, self->out_dim, x, "x", NULL, NULL)))
+    if (!(out =
+              output(self, out_obj, "out (logits)", n, self->out_dim, x, "x", NULL, NULL)))
         return NULL;
     if (cv_claim(&self->busy, "LinearHead")) {
         Py_DECREF(out);

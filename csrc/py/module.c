@@ -48,7 +48,9 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
         PyErr_Clear();
         n = LONG_MAX; /* refused below with the limit in the message */
     }
-    cv_status status = cv_set_num_threads(n < INT_MIN ? INT_MIN : n > INT_MAX ? INT_MAX : (int)n);
+    cv_status status = cv_set_num_threads(n < INT_MIN   ? INT_MIN
+                                          : n > INT_MAX ? INT_MAX
+                                                        : (int)n);
     if (status != CV_OK)
         return cv_raise(status), NULL;
     Py_RETURN_NONE;
