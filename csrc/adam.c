@@ -57,8 +57,12 @@ cv_status cv_adam_init(cv_adam *adam, const cv_adam_segment *segments, ptrdiff_t
     ptrdiff_t n_chunks = 0;
     for (ptrdiff_t k = 0; k < n_segments; k++) {
         adam->offsets[k] = total;
-        total += segments[k].count;
-        n_chunks += (ptrdiff_t)((segments[k].count + CHUNK - 1) / CHUNK);
+        if (cv_add_size(total, segments[k].count, &total)) {
+            cv_adam_free(adam);
+            return cv_fail(CV_ERR_VALUE, "the parameter buffers' sizes overflow");
+        }
+        n_chunks +=
+            (ptrdiff_t)(segments[k].count / CHUNK + (segments[k].count % CHUNK != 0));
     }
     adam->total = total;
     adam->n_chunks = n_chunks;
@@ -124,6 +128,9 @@ CV_VECTORIZE static double sum_squares(const float *x, size_t count)
     return low + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+/* The global L2 norm of the gradients. The sum of squares is in double, where even
+ * float32's largest values squared and summed cannot overflow: the norm is finite
+ * exactly when every gradient is. */
 static double global_norm(cv_adam *adam, int threads)
 {
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -138,6 +145,20 @@ static double global_norm(cv_adam *adam, int threads)
     return sqrt(total);
 }
 
+/* The first non-finite gradient, for the message (only called when there is one). */
+static cv_status nonfinite_gradient(const cv_adam *adam)
+{
+    for (ptrdiff_t k = 0; k < adam->n_segments; k++)
+        for (size_t i = 0; i < adam->segments[k].count; i++)
+            if (!isfinite(adam->segments[k].grad[i]))
+                return cv_fail(
+                    CV_ERR_NONFINITE,
+                    "non-finite gradient: gradients[%td][%zu] is %s; no parameter "
+                    "was updated",
+                    k, i, isnan(adam->segments[k].grad[i]) ? "NaN" : "Inf");
+    return cv_fail(CV_ERR_NONFINITE, "non-finite gradient; no parameter was updated");
+}
+
 cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm)
 {
     const cv_adam_config *config = &adam->config;
@@ -146,9 +167,14 @@ cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm)
         return status;
     const int threads = cv_get_num_threads();
     float clip = 1.0f;
-    double norm = NAN;
-    if (config->max_grad_norm > 0.0 || want_norm)
-        norm = global_norm(adam, threads);
+    /* Every step reads the gradients once first: a NaN or Inf would spread into the
+     * moments and parameters for good, so the step is refused before anything moves
+     * (clip_grad_norm_ with error_if_nonfinite, for every step). */
+    double norm = global_norm(adam, threads);
+    if (!isfinite(norm))
+        return nonfinite_gradient(adam);
+    if (!(config->max_grad_norm > 0.0 || want_norm))
+        norm = NAN;
     if (config->max_grad_norm > 0.0) {
         /* as clip_grad_norm_: the factor in float32 from the float32 norm */
         float coef = (float)config->max_grad_norm / ((float)norm + 1e-6f);

@@ -57,7 +57,8 @@ void cv_adam_free(cv_adam *adam);
 
 /* One update of every segment. *grad_norm (may be NULL) receives the global L2 norm
  * of the gradients when clipping is on or want_norm is set, else NaN. OpenMP over
- * fixed chunks of the buffers. */
+ * fixed chunks of the buffers. CV_ERR_NONFINITE, with nothing updated (not the step
+ * count either), when any gradient is NaN or Inf. */
 cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm);
 
 #endif

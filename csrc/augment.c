@@ -445,11 +445,14 @@ cv_status cv_augment_apply(float *out, cv_augment_workspace *ws, const cv_image 
                        per_thread * (size_t)threads);
 
     const size_t image_floats = (size_t)(S * S * C);
+    int stop = 0;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (ptrdiff_t i = 0; i < n; i++) {
+        if (cv_stopping(&stop, 0)) /* dynamic schedule: thread 0 checks at every image */
+            continue;
         float *scratch = ws->scratch + per_thread * (size_t)omp_get_thread_num();
         augment_one(out + image_floats * (size_t)i, scratch, &images[i], C, S, &params[i],
                     fill, mean ? mean : NULL, inv_std);
     }
-    return CV_OK;
+    return stop ? CV_ERR_INTERRUPTED : CV_OK;
 }

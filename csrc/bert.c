@@ -17,6 +17,7 @@
  * rather than kept. Frozen layers (and every layer in inference) run through reused
  * scratch buffers and keep nothing; backward stops at the first trainable layer.
  * No dropout anywhere: training is the eval-mode function with gradients. */
+#include <float.h>
 #include <omp.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -509,9 +510,11 @@ static cv_status pack_batch(bert_model *b, const cv_batch *batch)
                        b->cfg.max_position_embeddings);
     if (reserve(&b->seq_start, &b->seq_cap, (size_t)n + 1, sizeof(ptrdiff_t)) ||
         reserve(&b->probs_start, &b->probs_start_cap, (size_t)n + 1, sizeof(size_t)) ||
-        reserve(&b->ids, &b->ids_cap, (size_t)(n * t), sizeof(int32_t)) ||
-        reserve(&b->positions, &b->positions_cap, (size_t)(n * t), sizeof(int32_t)) ||
-        reserve(&b->types, &b->types_cap, (size_t)(n * t), sizeof(int32_t)))
+        reserve(&b->ids, &b->ids_cap, cv_mul_sat((size_t)n, (size_t)t), sizeof(int32_t)) ||
+        reserve(&b->positions, &b->positions_cap, cv_mul_sat((size_t)n, (size_t)t),
+                sizeof(int32_t)) ||
+        reserve(&b->types, &b->types_cap, cv_mul_sat((size_t)n, (size_t)t),
+                sizeof(int32_t)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for a batch of %td x %td tokens", n, t);
     ptrdiff_t m = 0, max_len = 0;
     b->probs_start[0] = 0;
@@ -544,7 +547,9 @@ static cv_status pack_batch(bert_model *b, const cv_batch *batch)
         if (len == 0)
             return cv_fail(CV_ERR_VALUE, "sequence %td has no valid token in attention_mask", s);
         max_len = len > max_len ? len : max_len;
-        b->probs_start[s + 1] = b->probs_start[s] + (size_t)(b->heads * len * len);
+        b->probs_start[s + 1] =
+            cv_add_sat(b->probs_start[s],
+                       cv_mul_sat(cv_mul_sat((size_t)b->heads, (size_t)len), (size_t)len));
     }
     b->seq_start[n] = m;
     b->n = n;
@@ -554,21 +559,27 @@ static cv_status pack_batch(bert_model *b, const cv_batch *batch)
     return CV_OK;
 }
 
-/* Floats rounded up to whole 64-byte lines, so every carved buffer stays aligned. */
+/* Floats rounded up to whole 64-byte lines, so every carved buffer stays aligned
+ * (saturating: a size that overflows can only fail to allocate). */
 static size_t lines(size_t floats)
 {
-    return (floats + 15) / 16 * 16;
+    return floats > SIZE_MAX - 15 ? SIZE_MAX : (floats + 15) / 16 * 16;
 }
+
+/* a * b, saturating (the sizes below only feed allocations). */
+#define MUL cv_mul_sat
+#define ADD cv_add_sat
 
 static cv_status reserve_scratch(bert_model *b, int threads)
 {
     const size_t m = (size_t)b->m, H = (size_t)b->H, I = (size_t)b->I;
-    size_t sizes[6] = {m * H, m * H, 3 * m * H, m * H, m * H, m * I};
+    const size_t mH = MUL(m, H);
+    size_t sizes[6] = {mH, mH, MUL(3, mH), mH, mH, MUL(m, I)};
     float **ptrs[6] = {&b->x_a, &b->x_b, &b->qkv_s, &b->ctx_s, &b->h1_s, &b->inter_s};
     size_t total = 0;
     for (int i = 0; i < 6; i++)
-        total += lines(sizes[i]);
-    size_t work = (size_t)threads * (size_t)(b->max_len * b->max_len);
+        total = ADD(total, lines(sizes[i]));
+    size_t work = MUL((size_t)threads, MUL((size_t)b->max_len, (size_t)b->max_len));
     if (reserve(&b->scratch, &b->scratch_cap, total, sizeof(float)) ||
         reserve(&b->work, &b->work_cap, work, sizeof(float)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for the activations of %zu tokens", m);
@@ -586,14 +597,17 @@ static cv_status reserve_arena(bert_model *b, ptrdiff_t first)
 {
     const size_t m = (size_t)b->m, H = (size_t)b->H, I = (size_t)b->I;
     const size_t probs = b->probs_start[b->n];
-    const size_t per_layer = lines(3 * m * H) + lines(probs) + 4 * lines(m * H) +
-                             lines(m * I) + 2 * lines(m);
-    size_t total = (size_t)(b->L - first + 1) * lines(m * H) +
-                   (size_t)(b->L - first) * per_layer;
+    const size_t mH = lines(MUL(m, H));
+    const size_t per_layer =
+        ADD(ADD(ADD(lines(MUL(3, MUL(m, H))), lines(probs)), MUL(4, mH)),
+            ADD(lines(MUL(m, I)), MUL(2, lines(m))));
+    size_t total =
+        ADD(MUL((size_t)(b->L - first + 1), mH), MUL((size_t)(b->L - first), per_layer));
     if (first == 0)
-        total += lines(m * H) + lines(m);
+        total = ADD(total, ADD(mH, lines(m)));
     if (reserve(&b->arena, &b->arena_cap, total, sizeof(float)) ||
-        reserve(&b->argmax, &b->argmax_cap, (size_t)(b->n * b->H), sizeof(int32_t)))
+        reserve(&b->argmax, &b->argmax_cap, MUL((size_t)b->n, (size_t)b->H),
+                sizeof(int32_t)))
         return cv_fail(CV_ERR_MEMORY,
                        "out of memory keeping the activations of %td trainable layers for "
                        "%zu tokens",
@@ -727,6 +741,8 @@ static cv_status bert_forward(void *model, float *features, const cv_batch *batc
                       b->emb.ln_gamma, b->emb.ln_beta, m, H, b->eps);
 
     for (ptrdiff_t l = 0; l < L; l++) {
+        if ((status = cv_check_interrupt()) != CV_OK)
+            return status;
         const int trains = keep && l >= first;
         float *out;
         if (keep && l + 1 >= first)
@@ -758,9 +774,12 @@ static cv_status bert_backward(void *model, float *d_input, const float *d_featu
         return status;
     float *d = b->x_a; /* the gradient flowing down, updated in place layer by layer */
     bert_pool_backward(d, d_features, b->argmax, b->seq_start, b->n, H, b->cfg.pooling);
-    for (ptrdiff_t l = L - 1; l >= first; l--)
+    for (ptrdiff_t l = L - 1; l >= first; l--) {
+        if ((status = cv_check_interrupt()) != CV_OK)
+            return status;
         layer_backward(b, &b->layers[l], &b->d_layers[l], d, b->hidden[l], &b->saved[l],
                        l > first || first == 0, threads);
+    }
     if (first == 0) {
         layernorm_backward(d, b->d_emb.ln_gamma, b->d_emb.ln_beta, d, b->emb_xhat,
                            b->emb_rstd, b->emb.ln_gamma, m, H);
@@ -778,9 +797,8 @@ static cv_status declare(cv_tensor_table *table, const bert_model *b, const char
     char name[CV_NAME_LEN];
     snprintf(name, sizeof name, "%s%s", prefix, s->name);
     int64_t shape[2] = {spec_dim(b, s->rows), spec_dim(b, s->cols)};
-    *offset = cv_table_add(table, name, s->cols == DIM_NONE ? 1 : 2, shape, 0, CV_LAYOUT_TORCH);
-    return *offset == (size_t)-1 ? cv_fail(CV_ERR_MEMORY, "out of memory declaring %s", name)
-                                 : CV_OK;
+    return cv_table_add(table, name, s->cols == DIM_NONE ? 1 : 2, shape, 0, CV_LAYOUT_TORCH,
+                        offset);
 }
 
 cv_status bert_create(cv_backbone *backbone, cv_tensor_table *table,
@@ -798,8 +816,14 @@ cv_status bert_create(cv_backbone *backbone, cv_tensor_table *table,
     if (c->freeze_layers < 0 || c->freeze_layers > c->num_layers)
         return cv_fail(CV_ERR_VALUE, "freeze_layers must be 0..%d, got %d", c->num_layers,
                        c->freeze_layers);
-    if (!(c->layer_norm_eps > 0.0))
-        return cv_fail(CV_ERR_VALUE, "layer_norm_eps must be > 0, got %g", c->layer_norm_eps);
+    if (c->num_layers > CV_BERT_MAX_LAYERS)
+        return cv_fail(CV_ERR_VALUE, "num_hidden_layers must be 1..%d, got %d",
+                       CV_BERT_MAX_LAYERS, c->num_layers);
+    /* eps is added to a float32 variance: infinity (or more than float32 holds) would
+     * make every normalised value 0 */
+    if (!(c->layer_norm_eps > 0.0) || !(c->layer_norm_eps <= FLT_MAX))
+        return cv_fail(CV_ERR_VALUE, "layer_norm_eps must be a finite number > 0, got %g",
+                       c->layer_norm_eps);
     bert_model *b = calloc(1, sizeof *b);
     if (!b)
         return cv_fail(CV_ERR_MEMORY, "out of memory creating a BERT model");

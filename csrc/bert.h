@@ -12,6 +12,10 @@
 
 enum { CV_POOL_MAX = 0, CV_POOL_MEAN = 1, CV_POOL_CLS = 2 };
 
+/* The most layers a config may ask for (BERT-large has 24): each layer is 16 table
+ * entries and per-layer state, so a hostile config must not size those freely. */
+#define CV_BERT_MAX_LAYERS 1024
+
 typedef struct {
     int vocab_size, hidden_size, num_layers, num_heads, intermediate_size;
     int max_position_embeddings, type_vocab_size;

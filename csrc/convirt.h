@@ -26,7 +26,8 @@ typedef enum {
     CV_ERR_MEMORY = 2,    /* an allocation failed */
     CV_ERR_NONFINITE = 3, /* NaN or Inf met in inputs or produced by the math */
     CV_ERR_STATE = 4,     /* the object is not in a state that allows the call */
-    CV_ERR_INTERNAL = 5
+    CV_ERR_INTERNAL = 5,
+    CV_ERR_INTERRUPTED = 6 /* the interrupt hook asked a long call to stop */
 } cv_status;
 
 /* The message of the last failure on this thread ("" when none). */
@@ -38,13 +39,41 @@ cv_status cv_fail(cv_status status, const char *fmt, ...)
 #endif
     ;
 
+/* ---- interruption (status.c) -------------------------------------------------
+ * Long calls (the contrastive losses, encoder forward and backward, the image
+ * transforms) call cv_check_interrupt() between pieces of work of a few tens of
+ * milliseconds. It asks the hook, at most every CV_INTERRUPT_INTERVAL seconds and only
+ * from the thread that made the call (thread 0 inside a parallel region); when the
+ * hook returns non-zero the call stops with CV_ERR_INTERRUPTED and its outputs are
+ * unspecified (partly written; a stopped training forward may have updated some batch
+ * norm running statistics, a stopped backward added some gradients, as a PyTorch
+ * step stopped between layers would). No hook (the default) never stops a call. The
+ * Python binding's hook runs Python's signal handlers, so Ctrl-C lands promptly. */
+#define CV_INTERRUPT_INTERVAL 0.1
+typedef int (*cv_interrupt_hook)(void);
+void cv_set_interrupt_hook(cv_interrupt_hook hook);
+cv_status cv_check_interrupt(void);
+
 /* ---- set-up, threads and configuration (gemm.c) ---------------------------- */
 
 /* Choose BLIS's sub-configuration (unless BLIS_ARCH_TYPE is set) and initialise
- * BLIS. Must run before any other BLIS use; idempotent. */
+ * BLIS. Must run before any other BLIS use; idempotent. It also registers a fork
+ * handler: libgomp cannot start threads in a child forked from a process whose
+ * OpenMP threads ran (GCC bug 60035: the child's next parallel region waits forever
+ * for threads that do not exist there), so a forked child runs the core on one thread
+ * and cv_set_num_threads refuses more. */
 cv_status cv_init(void);
-void cv_set_num_threads(int n);
+/* The most threads the core accepts: CV_THREADS_PER_CORE per usable core. More cannot
+ * help, and libgomp ends the process when it cannot create them. */
+#define CV_THREADS_PER_CORE 8
+int cv_max_threads(void);
+/* CV_ERR_VALUE (nothing changed) unless 1 <= n <= cv_max_threads() (1 in a forked
+ * child). */
+cv_status cv_set_num_threads(int n);
 int cv_get_num_threads(void);
+/* This machine's physical memory in bytes (0 when unknown): constructors refuse
+ * models whose buffers could never fit. */
+size_t cv_physical_memory(void);
 
 typedef struct {
     const char *blis_version;
@@ -93,7 +122,8 @@ void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
 /* ---- machine peak (peak.c) ------------------------------------------------- */
 
 /* FP32 FMA throughput of an FMA loop at the widest vector width this CPU runs,
- * on `threads` threads for about `seconds`; GFLOP/s (an FMA counts 2). */
+ * on `threads` threads (clamped to 1..cv_max_threads()) for about `seconds`; GFLOP/s
+ * (an FMA counts 2). */
 double cv_fma_peak(int threads, double seconds, int *vector_bits);
 
 /* ---- contrastive loss (loss.c) ---------------------------------------------- */

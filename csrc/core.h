@@ -3,6 +3,7 @@
 #define CONVIRT_CORE_H
 
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,26 +20,78 @@
 
 #define CV_ALIGN 64
 
-/* 64-byte aligned allocation of n floats (NULL on failure or n == 0). */
+/* Overflow-checked size arithmetic: every size that reaches an allocation is computed
+ * with these, because sizes come from callers and from checkpoint files and are never
+ * trusted. cv_mul_size / cv_add_size return 1 (and leave *out unspecified) when the
+ * result does not fit in size_t. The _sat forms saturate at SIZE_MAX instead, for size
+ * expressions that only feed an allocation: SIZE_MAX can never be allocated, so an
+ * overflow becomes an out-of-memory error, never a short buffer. */
+static inline int cv_mul_size(size_t a, size_t b, size_t *out)
+{
+    return __builtin_mul_overflow(a, b, out);
+}
+
+static inline int cv_add_size(size_t a, size_t b, size_t *out)
+{
+    return __builtin_add_overflow(a, b, out);
+}
+
+static inline size_t cv_mul_sat(size_t a, size_t b)
+{
+    size_t r;
+    return __builtin_mul_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+
+static inline size_t cv_add_sat(size_t a, size_t b)
+{
+    size_t r;
+    return __builtin_add_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+
+/* n elements of `size` bytes rounded up to whole 64-byte lines; 0 on overflow. */
+static inline size_t cv_aligned_bytes(size_t n, size_t size)
+{
+    size_t bytes;
+    if (cv_mul_size(n, size, &bytes) || cv_add_size(bytes, CV_ALIGN - 1, &bytes))
+        return 0;
+    return bytes / CV_ALIGN * CV_ALIGN;
+}
+
+/* 64-byte aligned allocation of n floats (NULL on failure, overflow or n == 0). */
 static inline float *cv_alloc_floats(size_t n)
 {
-    if (n == 0)
-        return NULL;
-    size_t bytes = (n * sizeof(float) + CV_ALIGN - 1) / CV_ALIGN * CV_ALIGN;
-    return (float *)aligned_alloc(CV_ALIGN, bytes);
+    size_t bytes = cv_aligned_bytes(n, sizeof(float));
+    return bytes ? (float *)aligned_alloc(CV_ALIGN, bytes) : NULL;
 }
 
 /* Grow *buf to hold at least n elements of `size` bytes; contents are not kept.
- * Returns 0 on success, -1 on allocation failure (the old buffer is freed). */
+ * Returns 0 on success, -1 on allocation failure or overflow (the old buffer is
+ * freed). */
 static inline int cv_reserve(void **buf, size_t *cap, size_t n, size_t size)
 {
     if (n <= *cap && *buf)
         return 0;
     free(*buf);
-    size_t bytes = (n * size + CV_ALIGN - 1) / CV_ALIGN * CV_ALIGN;
+    size_t bytes = cv_aligned_bytes(n, size);
     *buf = bytes ? aligned_alloc(CV_ALIGN, bytes) : NULL;
     *cap = *buf ? n : 0;
     return *buf ? 0 : -1;
+}
+
+/* Inside a parallel loop, for long calls that must stop on an interrupt:
+ *     int stop = 0;
+ *     #pragma omp parallel for ...
+ *     for (i ...) { if (cv_stopping(&stop, i)) continue; ... }
+ *     if (stop) return CV_ERR_INTERRUPTED;
+ * Thread 0 (the caller's own thread) checks every 16th of its iterations (pass i = 0
+ * to check every one, e.g. under a dynamic schedule); once one check says stop, every
+ * thread skips what it has left. The loop's partition over the threads is unchanged,
+ * so are its results when nothing stops it. */
+static inline int cv_stopping(int *stop, ptrdiff_t i)
+{
+    if ((i & 15) == 0 && omp_get_thread_num() == 0 && cv_check_interrupt() != CV_OK)
+        __atomic_store_n(stop, 1, __ATOMIC_RELAXED);
+    return __atomic_load_n(stop, __ATOMIC_RELAXED);
 }
 
 /* exp(x) for float, branch-free so that loops calling it vectorise. Relative error

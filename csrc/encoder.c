@@ -4,14 +4,38 @@
 #include "core.h"
 #include "encoder.h"
 
-size_t cv_table_add(cv_tensor_table *table, const char *name, int ndim,
-                    const int64_t *shape, int is_buffer, int layout)
+cv_status cv_table_add(cv_tensor_table *table, const char *name, int ndim,
+                       const int64_t *shape, int is_buffer, int layout, size_t *offset)
 {
+    if (ndim < 1 || ndim > 4)
+        return cv_fail(CV_ERR_INTERNAL, "tensor %s has %d dimensions", name, ndim);
+    size_t size = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 1)
+            return cv_fail(CV_ERR_VALUE,
+                           "tensor %s: dimension %d is %lld; sizes must be >= 1", name, i,
+                           (long long)shape[i]);
+        if ((uint64_t)shape[i] > SIZE_MAX || cv_mul_size(size, (size_t)shape[i], &size))
+            return cv_fail(CV_ERR_VALUE,
+                           "tensor %s is too large: the product of its dimensions does "
+                           "not fit in memory addresses",
+                           name);
+    }
+    size_t *total = is_buffer ? &table->n_buffers : &table->n_params;
+    /* 16-float (64-byte) alignment for every tensor */
+    size_t start, end;
+    if (cv_add_size(*total, 15, &start) || cv_add_size(start / 16 * 16, size, &end))
+        return cv_fail(CV_ERR_VALUE,
+                       "the model is too large: its %s do not fit in memory addresses "
+                       "(at tensor %s)",
+                       is_buffer ? "buffers" : "parameters", name);
     if (table->count == table->cap) {
+        if (table->cap > INT32_MAX / 2)
+            return cv_fail(CV_ERR_MEMORY, "too many tensors (at %s)", name);
         int cap = table->cap ? 2 * table->cap : 64;
         cv_tensor *grown = realloc(table->tensors, (size_t)cap * sizeof *grown);
         if (!grown)
-            return (size_t)-1;
+            return cv_fail(CV_ERR_MEMORY, "out of memory declaring %s", name);
         table->tensors = grown;
         table->cap = cap;
     }
@@ -19,18 +43,15 @@ size_t cv_table_add(cv_tensor_table *table, const char *name, int ndim,
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ndim = ndim;
-    t->size = 1;
-    for (int i = 0; i < ndim; i++) {
+    for (int i = 0; i < ndim; i++)
         t->shape[i] = shape[i];
-        t->size *= (size_t)shape[i];
-    }
+    t->size = size;
     t->is_buffer = is_buffer;
     t->layout = layout;
-    size_t *total = is_buffer ? &table->n_buffers : &table->n_params;
-    /* 16-float (64-byte) alignment for every tensor */
-    t->offset = (*total + 15) / 16 * 16;
-    *total = t->offset + t->size;
-    return t->offset;
+    t->offset = start / 16 * 16;
+    *total = end;
+    *offset = t->offset;
+    return CV_OK;
 }
 
 void cv_table_free(cv_tensor_table *table)
@@ -60,6 +81,14 @@ cv_status cv_encoder_finish(cv_encoder *enc, ptrdiff_t proj_hidden, ptrdiff_t pr
         }
     }
     size_t np = enc->table.n_params, nb = enc->table.n_buffers;
+    /* parameters and gradients (np floats each) and the buffers, in bytes */
+    const size_t bytes = cv_mul_sat(cv_add_sat(cv_mul_sat(np, 2), nb), sizeof(float));
+    const size_t memory = cv_physical_memory();
+    if (bytes == SIZE_MAX || (memory && bytes > memory))
+        return cv_fail(CV_ERR_MEMORY,
+                       "an encoder of %zu parameters needs %.3g GiB for its parameters, "
+                       "gradients and buffers; this machine has %.3g GiB",
+                       np, (double)bytes / 1073741824.0, (double)memory / 1073741824.0);
     enc->params = cv_alloc_floats(np);
     enc->grads = cv_alloc_floats(np);
     enc->buffers = nb ? cv_alloc_floats(nb) : NULL;
@@ -77,29 +106,63 @@ cv_status cv_encoder_finish(cv_encoder *enc, ptrdiff_t proj_hidden, ptrdiff_t pr
     return CV_OK;
 }
 
-cv_status cv_encoder_forward(cv_encoder *enc, float *features, float *embeddings,
-                             const cv_batch *batch, int training)
+cv_status cv_encoder_check_batch(const cv_encoder *enc, const cv_batch *batch)
 {
     const ptrdiff_t n = batch->n;
     if (n < 1)
         return cv_fail(CV_ERR_VALUE, "empty batch");
+    /* A lower bound of the activations: the first convolution's 64 channels at a
+     * quarter of the pixels, float32 (64 bytes per input pixel); for text, one float
+     * per token and hidden unit in each of the six buffers of a layer. */
+    size_t bytes;
+    if (batch->kind == CV_INPUT_IMAGES) {
+        if (batch->h < 1 || batch->w < 1)
+            return cv_fail(CV_ERR_VALUE, "empty images (%td x %td)", batch->h, batch->w);
+        bytes = cv_mul_sat(
+            cv_mul_sat(cv_mul_sat((size_t)n, (size_t)batch->h), (size_t)batch->w), 64);
+    } else {
+        if (batch->t < 1)
+            return cv_fail(CV_ERR_VALUE, "empty token batch (%td x %td)", n, batch->t);
+        bytes = cv_mul_sat(
+            cv_mul_sat(cv_mul_sat((size_t)n, (size_t)batch->t), (size_t)enc->feature_dim),
+            6 * sizeof(float));
+    }
+    const size_t memory = cv_physical_memory();
+    if (bytes == SIZE_MAX || (memory && bytes > memory))
+        return cv_fail(CV_ERR_MEMORY,
+                       "a batch of %td %s of %td x %td needs more than %.3g GiB of "
+                       "activations; this machine has %.3g GiB",
+                       n, batch->kind == CV_INPUT_IMAGES ? "images" : "sequences",
+                       batch->kind == CV_INPUT_IMAGES ? batch->h : 1,
+                       batch->kind == CV_INPUT_IMAGES ? batch->w : batch->t,
+                       (double)bytes / 1073741824.0, (double)memory / 1073741824.0);
+    return CV_OK;
+}
+
+cv_status cv_encoder_forward(cv_encoder *enc, float *features, float *embeddings,
+                             const cv_batch *batch, int training)
+{
+    const ptrdiff_t n = batch->n;
+    cv_status status = cv_encoder_check_batch(enc, batch);
+    if (status != CV_OK)
+        return status;
     /* The head needs the features; keep them in the encoder when the caller does not
      * want them, or when training (the caller's buffer may change before backward). */
     float *feats = features;
     if (!feats || (training && embeddings)) {
         if (cv_reserve((void **)&enc->features, &enc->features_cap,
-                       (size_t)(n * enc->feature_dim), sizeof(float)))
+                       cv_mul_sat((size_t)n, (size_t)enc->feature_dim), sizeof(float)))
             return cv_fail(CV_ERR_MEMORY, "out of memory for %td x %td features", n,
                            enc->feature_dim);
         feats = enc->features;
     }
     enc->has_forward = 0;
-    cv_status status = enc->backbone.forward(enc->backbone.model, feats, batch, training);
+    status = enc->backbone.forward(enc->backbone.model, feats, batch, training);
     if (status != CV_OK)
         return status;
     if (embeddings) {
-        status = head_forward(&enc->head, embeddings, feats, n);
-        if (status != CV_OK)
+        if ((status = cv_check_interrupt()) != CV_OK ||
+            (status = head_forward(&enc->head, embeddings, feats, n)) != CV_OK)
             return status;
     }
     if (features && feats != features)

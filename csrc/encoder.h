@@ -41,11 +41,13 @@ typedef struct {
     size_t n_params, n_buffers;
 } cv_tensor_table;
 
-/* Declare a tensor; returns its offset in floats, or (size_t)-1 when out of memory.
- * shape has ndim entries (ndim <= 4). Frozen-ness is set afterwards with
- * cv_table_freeze, before the buffers are allocated. */
-size_t cv_table_add(cv_tensor_table *table, const char *name, int ndim,
-                    const int64_t *shape, int is_buffer, int layout);
+/* Declare a tensor; *offset receives its offset in floats. shape has ndim entries
+ * (1 <= ndim <= 4), each >= 1. CV_ERR_VALUE when a size is below 1 or the size or the
+ * buffer's total does not fit in size_t (checked, never wrapped: sizes may come from a
+ * checkpoint file), CV_ERR_MEMORY when the table cannot grow. Frozen-ness is set
+ * afterwards, before the buffers are allocated. */
+cv_status cv_table_add(cv_tensor_table *table, const char *name, int ndim,
+                       const int64_t *shape, int is_buffer, int layout, size_t *offset);
 void cv_table_free(cv_tensor_table *table);
 
 /* ---- inputs ---------------------------------------------------------------------- */
@@ -142,9 +144,17 @@ typedef struct {
 /* Completes an encoder whose backbone was created into enc->backbone and
  * enc->table: declares the head, allocates the flat buffers, binds and initialises
  * (seed) everything. freeze_prefix: the number of leading tensors in the table that
- * are frozen (they must be the first declared). */
+ * are frozen (they must be the first declared). CV_ERR_MEMORY, before allocating
+ * anything, when the parameters, gradients and buffers together exceed this machine's
+ * physical memory (they are zeroed at once, so the kernel would otherwise kill some
+ * process rather than refuse). */
 cv_status cv_encoder_finish(cv_encoder *enc, ptrdiff_t proj_hidden, ptrdiff_t proj_dim,
                             int freeze_prefix, uint64_t seed);
+
+/* CV_ERR_MEMORY when the activations of this batch could never fit in this machine's
+ * memory (checked arithmetic, before anything is sized or scanned from the batch's
+ * shape); cv_encoder_forward checks it too. */
+cv_status cv_encoder_check_batch(const cv_encoder *enc, const cv_batch *batch);
 
 /* features (n x feature_dim) and/or embeddings (n x proj_dim), either may be NULL,
  * both written contiguously. */

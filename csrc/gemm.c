@@ -8,10 +8,12 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <blis.h>
 #include <omp.h>
@@ -51,6 +53,7 @@ static struct {
     int initialised;
     int threads;
     int cores;
+    int forked; /* this process is a child forked after cv_init: one thread only */
     arch_t arch;
     char reason[512];
     char features[256];
@@ -170,6 +173,14 @@ static int usable_cores(void)
     return omp_get_num_procs();
 }
 
+size_t cv_physical_memory(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
+}
+
+static void forked_child(void);
+
 static void describe_cpu(void)
 {
     snprintf(state.features, sizeof state.features,
@@ -229,20 +240,56 @@ cv_status cv_init(void)
                  bli_arch_string(state.arch));
     }
     state.cores = usable_cores();
+    /* OMP_NUM_THREADS may ask for more than the machine can run: keep to the limit. */
     state.threads = omp_get_max_threads();
+    if (state.threads > cv_max_threads())
+        state.threads = cv_max_threads();
+    pthread_atfork(NULL, NULL, forked_child);
     state.initialised = 1;
     return CV_OK;
 }
 
 /* ---- threads ----------------------------------------------------------------- */
 
-void cv_set_num_threads(int n)
+/* In the child of a fork (only the forking thread exists there). libgomp keeps the
+ * parent's thread pool in its thread-local state, and a parallel region of more than
+ * one thread would wait forever for pool threads that were not copied; a region of one
+ * thread never touches the pool. Every parallel region of the core and every GEMM takes
+ * its thread count from cv_get_num_threads(), so one store makes the child safe. Only
+ * plain stores here: the child of a multi-threaded process may call little else. */
+static void forked_child(void)
 {
-    if (n < 1)
-        n = 1;
+    state.forked = 1;
+    state.threads = 1;
+}
+
+int cv_max_threads(void)
+{
+    if (state.forked)
+        return 1;
+    int cores = state.cores > 0 ? state.cores : usable_cores();
+    return (cores > 0 ? cores : 1) * CV_THREADS_PER_CORE;
+}
+
+cv_status cv_set_num_threads(int n)
+{
+    if (n < 1 || n > cv_max_threads()) {
+        if (state.forked)
+            return cv_fail(CV_ERR_VALUE,
+                           "this is a forked child process, where the core runs on 1 "
+                           "thread (libgomp cannot start threads in the child of a "
+                           "process whose OpenMP threads ran), got %d; start workers "
+                           "with the 'spawn' or 'forkserver' method to use more",
+                           n);
+        return cv_fail(CV_ERR_VALUE,
+                       "the number of threads must be 1..%d (%d per usable core, %d "
+                       "cores), got %d",
+                       cv_max_threads(), CV_THREADS_PER_CORE, state.cores, n);
+    }
     state.threads = n;
     omp_set_num_threads(n);
     bli_thread_set_num_threads(n);
+    return CV_OK;
 }
 
 /* The thread count for work started from the calling thread: the package setting,

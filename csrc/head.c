@@ -18,13 +18,16 @@ cv_status head_create(cv_head *head, cv_tensor_table *table, ptrdiff_t in_dim,
     head->out_dim = out_dim;
     int64_t w1[2] = {hidden_dim, in_dim}, b1[1] = {hidden_dim};
     int64_t w2[2] = {out_dim, hidden_dim}, b2[1] = {out_dim};
-    head->w1_offset = cv_table_add(table, "projection.0.weight", 2, w1, 0, CV_LAYOUT_TORCH);
-    head->b1_offset = cv_table_add(table, "projection.0.bias", 1, b1, 0, CV_LAYOUT_TORCH);
-    head->w2_offset = cv_table_add(table, "projection.2.weight", 2, w2, 0, CV_LAYOUT_TORCH);
-    head->b2_offset = cv_table_add(table, "projection.2.bias", 1, b2, 0, CV_LAYOUT_TORCH);
-    if (head->w1_offset == (size_t)-1 || head->b1_offset == (size_t)-1 ||
-        head->w2_offset == (size_t)-1 || head->b2_offset == (size_t)-1)
-        return cv_fail(CV_ERR_MEMORY, "out of memory declaring the projection head");
+    cv_status status;
+    if ((status = cv_table_add(table, "projection.0.weight", 2, w1, 0, CV_LAYOUT_TORCH,
+                               &head->w1_offset)) != CV_OK ||
+        (status = cv_table_add(table, "projection.0.bias", 1, b1, 0, CV_LAYOUT_TORCH,
+                               &head->b1_offset)) != CV_OK ||
+        (status = cv_table_add(table, "projection.2.weight", 2, w2, 0, CV_LAYOUT_TORCH,
+                               &head->w2_offset)) != CV_OK ||
+        (status = cv_table_add(table, "projection.2.bias", 1, b2, 0, CV_LAYOUT_TORCH,
+                               &head->b2_offset)) != CV_OK)
+        return status;
     return CV_OK;
 }
 
@@ -59,8 +62,8 @@ void head_init(cv_head *head, uint64_t seed)
 
 cv_status head_forward(cv_head *head, float *out, const float *in, ptrdiff_t n)
 {
-    if (cv_reserve((void **)&head->hidden, &head->hidden_cap, (size_t)(n * head->hidden_dim),
-                   sizeof(float)))
+    if (cv_reserve((void **)&head->hidden, &head->hidden_cap,
+                   cv_mul_sat((size_t)n, (size_t)head->hidden_dim), sizeof(float)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for the projection head");
     linear_forward(head->hidden, in, head->w1, head->b1, n, head->in_dim, head->hidden_dim);
     relu_forward(head->hidden, head->hidden, (size_t)(n * head->hidden_dim));

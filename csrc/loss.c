@@ -129,6 +129,37 @@ void cv_loss_workspace_free(cv_loss_workspace *ws)
 
 #define COL_TILE 256
 
+/* Rows per block of the big GEMMs, at least: an interrupt is checked between blocks.
+ * A block of 1024 rows of a 20000 x 20000 x 512 similarity GEMM is about 0.1 s on two
+ * cores. Every block packs the other operand again, which costs about 4% at 1024
+ * rows: below that the blocks would cost more than the interrupt latency they buy. */
+#define GEMM_BLOCK_ROWS 1024
+
+/* C (rows x cols) = A (rows x inner) @ B (inner x cols), in blocks of rows with an
+ * interrupt check before each. Each element of C is the same dot product over `inner`
+ * in the same order whatever the split, and the blocks are balanced and never smaller
+ * than GEMM_BLOCK_ROWS (fewer than two blocks' worth is one call, as before), so BLIS
+ * takes the same path for every block as for the whole: the result is unchanged. */
+static cv_status gemm_by_rows(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t inner,
+                              const float *A, ptrdiff_t rsa, ptrdiff_t csa, const float *B,
+                              ptrdiff_t rsb, ptrdiff_t csb, float *C, ptrdiff_t rsc,
+                              ptrdiff_t csc)
+{
+    const ptrdiff_t blocks = rows >= 2 * GEMM_BLOCK_ROWS ? rows / GEMM_BLOCK_ROWS : 1;
+    const ptrdiff_t base = rows / blocks, extra = rows % blocks;
+    ptrdiff_t r0 = 0;
+    for (ptrdiff_t b = 0; b < blocks; b++) {
+        const ptrdiff_t len = base + (b < extra);
+        cv_status status = cv_check_interrupt();
+        if (status != CV_OK)
+            return status;
+        cv_gemm(len, cols, inner, 1.0f, A + r0 * rsa, rsa, csa, B, rsb, csb, 0.0f,
+                C + r0 * rsc, rsc, csc);
+        r0 += len;
+    }
+    return CV_OK;
+}
+
 cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdiff_t rsga,
                                    ptrdiff_t csga, float *grad_b, ptrdiff_t rsgb,
                                    ptrdiff_t csgb, cv_loss_workspace *ws, const float *a,
@@ -158,9 +189,12 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
                        "offset 0); got %td x %td at offset %td",
                        n, m, offset);
 
-    if (cv_reserve((void **)&ws->logits, &ws->logits_cap, (size_t)n * m, sizeof(float)) ||
-        cv_reserve((void **)&ws->row_stat, &ws->row_cap, 2 * (size_t)n, sizeof(float)) ||
-        cv_reserve((void **)&ws->col_stat, &ws->col_cap, 4 * (size_t)m, sizeof(float)))
+    if (cv_reserve((void **)&ws->logits, &ws->logits_cap, cv_mul_sat((size_t)n, (size_t)m),
+                   sizeof(float)) ||
+        cv_reserve((void **)&ws->row_stat, &ws->row_cap, cv_mul_sat(2, (size_t)n),
+                   sizeof(float)) ||
+        cv_reserve((void **)&ws->col_stat, &ws->col_cap, cv_mul_sat(4, (size_t)m),
+                   sizeof(float)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for a %td x %td similarity matrix", n,
                        m);
     const int threads = cv_get_num_threads();
@@ -183,13 +217,17 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
                        bad);
 
     /* S = a b^T, then the scaling to cosine * scale and the row statistics. */
-    cv_gemm(n, m, d, 1.0f, a, rsa, csa, b, csb, rsb, 0.0f, S, m, 1);
+    cv_status status = gemm_by_rows(n, m, d, a, rsa, csa, b, csb, rsb, S, m, 1);
+    if (status != CV_OK)
+        return status;
 
     double loss_rows = 0.0, hits_rows = 0.0;
-    int nonfinite = 0;
+    int nonfinite = 0, stop = 0;
 #pragma omp parallel for num_threads(threads) schedule(static) \
     reduction(+ : loss_rows, hits_rows) reduction(| : nonfinite)
     for (ptrdiff_t i = 0; i < n; i++) {
+        if (cv_stopping(&stop, i))
+            continue;
         float *row = S + i * m;
         float best = scale_row(row, inv_b, (float)scale * inv_a[i], m);
         if (!isfinite(best)) {
@@ -201,6 +239,8 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
         loss_rows += row_lse[i] - positive;
         hits_rows += positive >= best;
     }
+    if (stop)
+        return CV_ERR_INTERRUPTED;
     if (nonfinite)
         return cv_fail(CV_ERR_NONFINITE,
                        "the similarities overflowed float32: the inputs are too large");
@@ -213,6 +253,8 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
 #pragma omp parallel for num_threads(threads) schedule(static) \
     reduction(+ : loss_cols, hits_cols)
         for (ptrdiff_t j0 = 0; j0 < m; j0 += COL_TILE) {
+            if (cv_stopping(&stop, j0)) /* j0 is a multiple of 16: checks every tile */
+                continue;
             ptrdiff_t w = m - j0 < COL_TILE ? m - j0 : COL_TILE;
             for (ptrdiff_t j = j0; j < j0 + w; j++) {
                 col_max[j] = -FLT_MAX;
@@ -229,6 +271,8 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
                 hits_cols += positive >= col_max[j];
             }
         }
+        if (stop)
+            return CV_ERR_INTERRUPTED;
     }
 
     /* G, the logit-scale gradient, and H = G / (|a_i| |b_j|) in place of S. */
@@ -237,6 +281,8 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
     double grad_scale = 0.0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : grad_scale)
     for (ptrdiff_t i = 0; i < n; i++) {
+        if (cv_stopping(&stop, i))
+            continue;
         float *row = S + i * m;
         float positive = row[i + offset];
         grad_scale += softmax_grad_row(row, col_lse, inv_b, row_lse[i], inv_a[i], row_coef,
@@ -245,14 +291,18 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
         grad_scale += g_positive * positive;
         row[i + offset] += g_positive * inv_a[i] * inv_b[i + offset];
     }
+    if (stop)
+        return CV_ERR_INTERRUPTED;
 
     if (grad_a) {
-        cv_gemm(n, d, m, 1.0f, S, m, 1, b, rsb, csb, 0.0f, grad_a, rsga, csga);
+        if ((status = gemm_by_rows(n, d, m, S, m, 1, b, rsb, csb, grad_a, rsga, csga)))
+            return status;
         project_out_norm(grad_a, rsga, csga, a, rsa, csa, n, d, scale,
                          threads);
     }
     if (grad_b) {
-        cv_gemm(m, d, n, 1.0f, S, 1, m, a, rsa, csa, 0.0f, grad_b, rsgb, csgb);
+        if ((status = gemm_by_rows(m, d, n, S, 1, m, a, rsa, csa, grad_b, rsgb, csgb)))
+            return status;
         project_out_norm(grad_b, rsgb, csgb, b, rsb, csb, m, d, scale,
                          threads);
     }
@@ -279,8 +329,10 @@ cv_status cv_ntxent_forward_backward(cv_loss_result *result, float *grad_z, ptrd
     if (!(scale > 0.0) || !isfinite(scale))
         return cv_fail(CV_ERR_VALUE, "the logit scale must be positive and finite, got %g",
                        scale);
-    if (cv_reserve((void **)&ws->logits, &ws->logits_cap, (size_t)(n2 * n2), sizeof(float)) ||
-        cv_reserve((void **)&ws->row_stat, &ws->row_cap, 2 * (size_t)n2, sizeof(float)))
+    if (cv_reserve((void **)&ws->logits, &ws->logits_cap,
+                   cv_mul_sat((size_t)n2, (size_t)n2), sizeof(float)) ||
+        cv_reserve((void **)&ws->row_stat, &ws->row_cap, cv_mul_sat(2, (size_t)n2),
+                   sizeof(float)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for a %td x %td similarity matrix", n2,
                        n2);
     const ptrdiff_t half = n2 / 2;
@@ -290,14 +342,18 @@ cv_status cv_ntxent_forward_backward(cv_loss_result *result, float *grad_z, ptrd
     if (bad >= 0)
         return cv_fail(CV_ERR_VALUE, "row %td of the input has a zero, NaN, Inf or out-of-range norm",
                        bad);
-    cv_gemm(n2, n2, d, 1.0f, z, rs, cs, z, cs, rs, 0.0f, S, n2, 1);
+    cv_status status = gemm_by_rows(n2, n2, d, z, rs, cs, z, cs, rs, S, n2, 1);
+    if (status != CV_OK)
+        return status;
 
     /* Row i's positive is the other view, (i + half) mod n2; itself is no candidate. */
     double loss = 0.0, hits = 0.0;
-    int nonfinite = 0;
+    int nonfinite = 0, stop = 0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : loss, hits) \
     reduction(| : nonfinite)
     for (ptrdiff_t i = 0; i < n2; i++) {
+        if (cv_stopping(&stop, i))
+            continue;
         float *row = S + i * n2;
         if (!isfinite(scale_row(row, inv, (float)scale * inv[i], n2))) {
             nonfinite = 1;
@@ -312,6 +368,8 @@ cv_status cv_ntxent_forward_backward(cv_loss_result *result, float *grad_z, ptrd
         loss += row_lse[i] - positive;
         hits += positive >= best;
     }
+    if (stop)
+        return CV_ERR_INTERRUPTED;
     if (nonfinite)
         return cv_fail(CV_ERR_NONFINITE,
                        "the similarities overflowed float32: the inputs are too large");
@@ -320,6 +378,8 @@ cv_status cv_ntxent_forward_backward(cv_loss_result *result, float *grad_z, ptrd
     double grad_scale = 0.0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : grad_scale)
     for (ptrdiff_t i = 0; i < n2; i++) {
+        if (cv_stopping(&stop, i))
+            continue;
         float *row = S + i * n2;
         ptrdiff_t p = (i + half) % n2;
         float positive = row[p];
@@ -328,15 +388,23 @@ cv_status cv_ntxent_forward_backward(cv_loss_result *result, float *grad_z, ptrd
         grad_scale += -coef * positive;
         row[p] += -coef * inv[i] * inv[p];
     }
+    if (stop)
+        return CV_ERR_INTERRUPTED;
     if (grad_z) {
         /* z is both the rows and the columns: dL/dz = (H + H^T) z, one GEMM. */
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
-        for (ptrdiff_t i = 0; i < n2; i++)
+        for (ptrdiff_t i = 0; i < n2; i++) {
+            if (cv_stopping(&stop, 0))
+                continue;
             for (ptrdiff_t j = i + 1; j < n2; j++) {
                 float sum = S[i * n2 + j] + S[j * n2 + i];
                 S[i * n2 + j] = S[j * n2 + i] = sum;
             }
-        cv_gemm(n2, d, n2, 1.0f, S, n2, 1, z, rs, cs, 0.0f, grad_z, rsg, csg);
+        }
+        if (stop)
+            return CV_ERR_INTERRUPTED;
+        if ((status = gemm_by_rows(n2, d, n2, S, n2, 1, z, rs, cs, grad_z, rsg, csg)))
+            return status;
         project_out_norm(grad_z, rsg, csg, z, rs, cs, n2, d, scale, threads);
     }
     result->loss = result->loss_rows = loss / n2;

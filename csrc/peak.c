@@ -63,8 +63,12 @@ double cv_fma_peak(int threads, double seconds, int *vector_bits)
                                                                                    : 32;
     if (vector_bits)
         *vector_bits = bits;
+    /* libgomp needs stack for every thread it starts (and ends the process when it
+     * cannot have them): never more than the machine can run. */
     if (threads < 1)
         threads = 1;
+    if (threads > cv_max_threads())
+        threads = cv_max_threads();
     float (*loop)(long) =
         bits == 512 ? fma_loop_512 : bits == 256 ? fma_loop_256 : fma_loop_scalar;
 

@@ -186,19 +186,26 @@ static cv_status add_unit(resnet_model *m, cv_tensor_table *table, const char *c
     u->pad = pad;
     char name[CV_NAME_LEN];
     int64_t wshape[4] = {out_c, in_c, kernel, kernel}, cshape[1] = {out_c};
-    snprintf(name, sizeof name, "%s.weight", conv_name);
-    u->w_off = cv_table_add(table, name, 4, wshape, 0, CV_LAYOUT_KRSC);
-    snprintf(name, sizeof name, "%s.weight", bn_name);
-    u->g_off = cv_table_add(table, name, 1, cshape, 0, CV_LAYOUT_TORCH);
-    snprintf(name, sizeof name, "%s.bias", bn_name);
-    u->b_off = cv_table_add(table, name, 1, cshape, 0, CV_LAYOUT_TORCH);
-    snprintf(name, sizeof name, "%s.running_mean", bn_name);
-    u->rm_off = cv_table_add(table, name, 1, cshape, 1, CV_LAYOUT_TORCH);
-    snprintf(name, sizeof name, "%s.running_var", bn_name);
-    u->rv_off = cv_table_add(table, name, 1, cshape, 1, CV_LAYOUT_TORCH);
-    if (u->w_off == (size_t)-1 || u->g_off == (size_t)-1 || u->b_off == (size_t)-1 ||
-        u->rm_off == (size_t)-1 || u->rv_off == (size_t)-1)
-        return cv_fail(CV_ERR_MEMORY, "out of memory declaring %s", conv_name);
+    /* names and offsets of conv.weight, bn.weight, bn.bias, bn.running_mean/var */
+    const struct {
+        const char *layer, *what;
+        size_t *offset;
+        int ndim, is_buffer, layout;
+    } tensors[5] = {
+        {conv_name, "weight", &u->w_off, 4, 0, CV_LAYOUT_KRSC},
+        {bn_name, "weight", &u->g_off, 1, 0, CV_LAYOUT_TORCH},
+        {bn_name, "bias", &u->b_off, 1, 0, CV_LAYOUT_TORCH},
+        {bn_name, "running_mean", &u->rm_off, 1, 1, CV_LAYOUT_TORCH},
+        {bn_name, "running_var", &u->rv_off, 1, 1, CV_LAYOUT_TORCH},
+    };
+    for (int i = 0; i < 5; i++) {
+        snprintf(name, sizeof name, "%s.%s", tensors[i].layer, tensors[i].what);
+        cv_status st =
+            cv_table_add(table, name, tensors[i].ndim, i == 0 ? wshape : cshape,
+                         tensors[i].is_buffer, tensors[i].layout, tensors[i].offset);
+        if (st != CV_OK)
+            return st;
+    }
     if (out_c > m->max_channels)
         m->max_channels = out_c;
     return CV_OK;
@@ -330,14 +337,17 @@ static void resnet_free(void *model)
 
 /* ---- the plan for a batch shape ------------------------------------------------------ */
 
+/* Sizes saturate at SIZE_MAX (an allocation that can only fail) rather than wrap:
+ * the batch shape comes from the caller. */
 static size_t act_size(const conv_shape *s)
 {
-    return (size_t)(s->n * s->p * s->q * s->k);
+    return cv_mul_sat(cv_mul_sat(cv_mul_sat((size_t)s->n, (size_t)s->p), (size_t)s->q),
+                      (size_t)s->k);
 }
 
 static size_t aligned(size_t n)
 {
-    return (n + 15) / 16 * 16;
+    return n > SIZE_MAX - 15 ? SIZE_MAX : (n + 15) / 16 * 16;
 }
 
 /* Shapes of every unit for images (n, h, w); then pointers into the arena: every
@@ -353,7 +363,9 @@ static cv_status plan(resnet_model *m, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, in
         return st;
     m->pool_h = window_out(stem->shape.p, 3, 2, 1);
     m->pool_w = window_out(stem->shape.q, 3, 2, 1);
-    size_t max_act = act_size(&stem->shape), pool_size = (size_t)(n * m->pool_h * m->pool_w * 64);
+    size_t max_act = act_size(&stem->shape),
+           pool_size = cv_mul_sat(
+               cv_mul_sat(cv_mul_sat((size_t)n, (size_t)m->pool_h), (size_t)m->pool_w), 64);
     ptrdiff_t bh = m->pool_h, bw = m->pool_w;
     for (int b = 0; b < m->n_blocks; b++) {
         block *blk = &m->blocks[b];
@@ -389,17 +401,20 @@ static cv_status plan(resnet_model *m, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, in
     /* Arena layout. */
     size_t total;
     if (training) {
-        total = 2 * aligned(act_size(&stem->shape)) + aligned(pool_size) +
-                aligned((pool_size + 3) / 4) + 4 * aligned(max_act);
+        total = cv_add_sat(
+            cv_add_sat(cv_mul_sat(2, aligned(act_size(&stem->shape))), aligned(pool_size)),
+            cv_add_sat(aligned(pool_size / 4 + (pool_size % 4 != 0)),
+                       cv_mul_sat(4, aligned(max_act))));
         for (int b = 0; b < m->n_blocks; b++) {
             const block *blk = &m->blocks[b];
             for (int i = 0; i < blk->n_main; i++)
-                total += 2 * aligned(act_size(&m->units[blk->main[i]].shape));
+                total = cv_add_sat(
+                    total, cv_mul_sat(2, aligned(act_size(&m->units[blk->main[i]].shape))));
             if (blk->down >= 0)
-                total += aligned(act_size(&m->units[blk->down].shape));
+                total = cv_add_sat(total, aligned(act_size(&m->units[blk->down].shape)));
         }
     } else {
-        total = 4 * aligned(max_act > pool_size ? max_act : pool_size);
+        total = cv_mul_sat(4, aligned(max_act > pool_size ? max_act : pool_size));
     }
     if (cv_reserve((void **)&m->arena, &m->arena_cap, total, sizeof(float)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for the activations (%.1f MiB)",
@@ -586,6 +601,8 @@ static cv_status block_forward(resnet_model *m, block *blk, int training)
     }
     const float *x = blk->in;
     for (int i = 0; i < blk->n_main; i++) {
+        if ((st = cv_check_interrupt()))
+            return st;
         unit *u = &m->units[blk->main[i]];
         conv_input_tensor(&in, x);
         const int final = i == blk->n_main - 1;
@@ -654,7 +671,7 @@ static cv_status resnet_forward(void *model, float *features, const cv_batch *ba
         profile_add(m->n_units, "maxpool", P_BN_FWD, t0, 0.0);
 
     for (int b = 0; b < m->n_blocks; b++)
-        if ((st = block_forward(m, &m->blocks[b], training)))
+        if ((st = cv_check_interrupt()) || (st = block_forward(m, &m->blocks[b], training)))
             return st;
 
     t0 = now();
@@ -750,6 +767,8 @@ static cv_status block_backward(resnet_model *m, const block *blk, int gin, int 
     }
     unit_bn_backward_apply(m, final, g[cur], g[gin], sum_dz, sum_f);
     for (int i = blk->n_main - 1; i >= 0; i--) {
+        if ((st = cv_check_interrupt()))
+            return st;
         const float *x = i == 0 ? blk->in : m->units[blk->main[i - 1]].a;
         conv_input_tensor(&in, x);
         float *dinp = i == 0 ? g[*gx] : g[spare];
@@ -779,11 +798,14 @@ static cv_status resnet_backward(void *model, float *d_input, const float *d_fea
     if (profile.on)
         profile_add(m->n_units + 1, "avgpool", P_BN_BWD, t0, 0.0);
     for (int b = m->n_blocks - 1; b >= 0; b--) {
-        if ((st = block_backward(m, &m->blocks[b], gin, &gx)))
+        if ((st = cv_check_interrupt()) ||
+            (st = block_backward(m, &m->blocks[b], gin, &gx)))
             return st;
         gin = gx;
     }
     /* stem */
+    if ((st = cv_check_interrupt()))
+        return st;
     unit *stem = &m->units[0];
     const conv_shape *s = &stem->shape;
     float *da = m->grad[(gin + 1) % 4];

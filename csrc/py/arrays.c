@@ -157,6 +157,20 @@ int cv_check_no_overlap(PyArrayObject *out, const char *out_name, PyArrayObject 
     return 0;
 }
 
+int cv_check_not_in_buffer(PyArrayObject *arr, const char *name, const void *start,
+                           size_t bytes, const char *what)
+{
+    char *lo, *hi;
+    byte_bounds(arr, &lo, &hi);
+    const char *b_lo = start, *b_hi = b_lo + bytes;
+    if (start && bytes && PyArray_SIZE(arr) > 0 && lo < b_hi && b_lo < hi) {
+        PyErr_Format(PyExc_ValueError, "%s overlaps %s in memory; pass a separate buffer",
+                     name, what);
+        return -1;
+    }
+    return 0;
+}
+
 PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape)
 {
     return (PyArrayObject *)PyArray_SimpleNew(ndim, (npy_intp *)shape, NPY_FLOAT32);
@@ -165,14 +179,19 @@ PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape)
 int cv_raise(cv_status status)
 {
     PyObject *type;
+    if (status == CV_ERR_INTERRUPTED) {
+        if (!PyErr_Occurred())
+            PyErr_SetNone(PyExc_KeyboardInterrupt);
+        return -1;
+    }
     switch (status) {
     case CV_ERR_VALUE:
     case CV_ERR_NONFINITE:
         type = PyExc_ValueError;
         break;
     case CV_ERR_MEMORY:
-        PyErr_NoMemory();
-        return -1;
+        type = PyExc_MemoryError; /* with the core's message: what could not be had */
+        break;
     case CV_ERR_STATE:
         type = PyExc_RuntimeError;
         break;
@@ -194,4 +213,100 @@ int cv_claim(int *busy, const char *type_name)
     }
     *busy = 1;
     return 0;
+}
+
+const char *cv_double_text(double value, char buf[CV_DOUBLE_TEXT])
+{
+    char *text = PyOS_double_to_string(value, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (text) {
+        snprintf(buf, CV_DOUBLE_TEXT, "%s", text);
+        PyMem_Free(text);
+    } else {
+        PyErr_Clear();
+        snprintf(buf, CV_DOUBLE_TEXT, "%g", value);
+    }
+    return buf;
+}
+
+int cv_read_size(PyObject *obj, const char *name, Py_ssize_t *out)
+{
+    if (!obj)
+        return 0;
+    if (!PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyObject *index = PyNumber_Index(obj);
+    if (!index)
+        return -1;
+    Py_ssize_t v = PyLong_AsSsize_t(index);
+    Py_DECREF(index);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s = %R is out of range", name, obj);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cv_read_seed(PyObject *obj, const char *name, uint64_t *seed)
+{
+    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyObject *index = PyNumber_Index(obj); /* NumPy integers too */
+    if (!index)
+        return -1;
+    unsigned long long v = PyLong_AsUnsignedLongLong(index);
+    Py_DECREF(index);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be an int in [0, 2**64), got %R", name,
+                     obj);
+        return -1;
+    }
+    *seed = (uint64_t)v;
+    return 0;
+}
+
+/* ---- interruption ------------------------------------------------------------------- */
+
+/* Python runs signal handlers in the main thread only; other threads never take the
+ * GIL for nothing. */
+static unsigned long main_thread_ident;
+
+void cv_interrupt_init(void)
+{
+    main_thread_ident = 0;
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *main = threading ? PyObject_CallMethod(threading, "main_thread", NULL) : NULL;
+    PyObject *ident = main ? PyObject_GetAttrString(main, "ident") : NULL;
+    if (ident)
+        main_thread_ident = PyLong_AsUnsignedLong(ident);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        main_thread_ident = PyThread_get_thread_ident();
+    }
+    Py_XDECREF(ident);
+    Py_XDECREF(main);
+    Py_XDECREF(threading);
+    cv_set_interrupt_hook(cv_interrupt_hook_python);
+}
+
+/* Called by the core (cv_check_interrupt) from the thread that made the call, which
+ * released the GIL around it: take the GIL back, let Python run its handlers
+ * (SIGINT's raises KeyboardInterrupt), and release it again. The exception stays set
+ * on this thread for the binding to return once the core has unwound. */
+int cv_interrupt_hook_python(void)
+{
+    if (PyThread_get_thread_ident() != main_thread_ident)
+        return 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int stop = PyErr_Occurred() != NULL || PyErr_CheckSignals() < 0;
+    PyGILState_Release(gil);
+    return stop;
 }

@@ -39,11 +39,39 @@ int cv_element_strides(PyArrayObject *arr, const char *name, ptrdiff_t *strides)
 int cv_check_no_overlap(PyArrayObject *out, const char *out_name, PyArrayObject *in,
                         const char *in_name);
 
+/* ValueError when arr may share memory with the object's own buffer [start, start +
+ * bytes) (a view of flat_parameters given as an output, say), named `what`. */
+int cv_check_not_in_buffer(PyArrayObject *arr, const char *name, const void *start,
+                           size_t bytes, const char *what);
+
 /* A new C-contiguous float32 array of the given shape, or NULL with an exception. */
 PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape);
 
-/* Turn the core's status and message into a Python exception; returns -1. */
+/* Turn the core's status and message into a Python exception; returns -1. An
+ * interrupted call (CV_ERR_INTERRUPTED) keeps the exception the interrupt hook left
+ * (KeyboardInterrupt, or whatever a signal handler raised). */
 int cv_raise(cv_status status);
+
+/* Run Python's signal handlers from inside a long core call (the core's interrupt
+ * hook, installed by the module): non-zero, with the handler's exception set on the
+ * calling thread, when the call should stop. */
+int cv_interrupt_hook_python(void);
+void cv_interrupt_init(void);
+
+/* A double as Python's repr writes it ("0.0", "nan", "1e-06"): PyErr_Format has no
+ * %g (Python 3.11 prints it literally, 3.12 raises SystemError), so numbers are
+ * formatted first and passed as %s. Returns buf. */
+#define CV_DOUBLE_TEXT 40
+const char *cv_double_text(double value, char buf[CV_DOUBLE_TEXT]);
+
+/* A size argument: any int (NumPy's too) that fits Py_ssize_t, else a ValueError
+ * naming it, where the "n" conversion raises OverflowError; the range is the caller's
+ * to check. NULL leaves *out as it is (the default). Returns 0 or -1. */
+int cv_read_size(PyObject *obj, const char *name, Py_ssize_t *out);
+
+/* A seed: an int in [0, 2**64) (not a bool); ValueError otherwise, where the C
+ * conversion would silently wrap -1 or 2**64. Returns 0 or -1. */
+int cv_read_seed(PyObject *obj, const char *name, uint64_t *seed);
 
 /* Claim an object for a call that mutates it: refuses a concurrent second caller. */
 int cv_claim(int *busy, const char *type_name);

@@ -31,9 +31,11 @@ double cv_loss_scale(const LossObject *self)
 
 static int check_temperature(double temperature)
 {
+    char text[CV_DOUBLE_TEXT];
     if (!(temperature > 0.0) || !isfinite(temperature)) {
-        PyErr_Format(PyExc_ValueError, "temperature must be a positive finite number, got %g",
-                     temperature);
+        PyErr_Format(PyExc_ValueError,
+                     "temperature must be a positive finite number, got %s",
+                     cv_double_text(temperature, text));
         return -1;
     }
     return 0;
@@ -41,9 +43,11 @@ static int check_temperature(double temperature)
 
 static int check_weight(double weight)
 {
+    char text[CV_DOUBLE_TEXT];
     if (!(weight >= 0.0 && weight <= 1.0)) {
-        PyErr_Format(PyExc_ValueError, "image_to_text_weight (lambda) must be in [0, 1], got %g",
-                     weight);
+        PyErr_Format(PyExc_ValueError,
+                     "image_to_text_weight (lambda) must be in [0, 1], got %s",
+                     cv_double_text(weight, text));
         return -1;
     }
     return 0;
@@ -61,8 +65,10 @@ static int Loss_init(LossObject *self, PyObject *args, PyObject *kwds)
     if (check_temperature(temperature) || check_weight(weight))
         return -1;
     if (!(max_logit_scale > 0.0) || !isfinite(max_logit_scale)) {
-        PyErr_Format(PyExc_ValueError, "max_logit_scale must be positive and finite, got %g",
-                     max_logit_scale);
+        char text[CV_DOUBLE_TEXT];
+        PyErr_Format(PyExc_ValueError,
+                     "max_logit_scale must be positive and finite, got %s",
+                     cv_double_text(max_logit_scale, text));
         return -1;
     }
     self->image_to_text_weight = weight;
@@ -332,7 +338,9 @@ static int set_logit_scale(LossObject *self, PyObject *value, void *closure)
         return -1;
     }
     if (!isfinite(s)) {
-        PyErr_Format(PyExc_ValueError, "logit_scale must be finite, got %g", s);
+        char text[CV_DOUBLE_TEXT];
+        PyErr_Format(PyExc_ValueError, "logit_scale must be finite, got %s",
+                     cv_double_text(s, text));
         return -1;
     }
     self->logit_scale = s;

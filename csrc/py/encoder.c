@@ -24,9 +24,15 @@ static int config_int(PyObject *config, const char *key, int fallback, int *out)
         *out = fallback;
         return 0;
     }
+    /* Configs come from checkpoint metadata too: any int, refused clearly. */
     long v = PyLong_AsLong(value);
-    if (v == -1 && PyErr_Occurred())
+    if (v == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "config '%s' = %R is out of range", key, value);
         return -1;
+    }
     if (v < INT32_MIN + 1 || v > INT32_MAX) {
         PyErr_Format(PyExc_ValueError, "config '%s' = %ld is out of range", key, v);
         return -1;
@@ -104,8 +110,10 @@ static int build_bert(EncoderObject *self, PyObject *config, int *frozen)
                      bc.freeze_layers);
         return -1;
     }
-    if (!(bc.layer_norm_eps > 0.0)) {
-        PyErr_Format(PyExc_ValueError, "layer_norm_eps must be > 0, got %g", bc.layer_norm_eps);
+    if (!(bc.layer_norm_eps > 0.0) || !isfinite(bc.layer_norm_eps)) {
+        char text[CV_DOUBLE_TEXT];
+        PyErr_Format(PyExc_ValueError, "layer_norm_eps must be a finite number > 0, got %s",
+                     cv_double_text(bc.layer_norm_eps, text));
         return -1;
     }
     self->is_image = 0;
@@ -120,16 +128,20 @@ static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"kind", "config", "proj_dim", "proj_hidden", "seed", NULL};
     const char *kind;
-    PyObject *config;
+    PyObject *config, *seed_obj = NULL, *dim_obj = NULL, *hidden_obj = NULL;
     Py_ssize_t proj_dim = 512, proj_hidden = 512;
-    unsigned long long seed = 0;
+    uint64_t seed = 0;
     int frozen = 0;
     if (self->built) {
         PyErr_SetString(PyExc_RuntimeError, "an Encoder cannot be initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sO!|$nnK:Encoder", kwlist, &kind,
-                                     &PyDict_Type, &config, &proj_dim, &proj_hidden, &seed))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sO!|$OOO:Encoder", kwlist, &kind,
+                                     &PyDict_Type, &config, &dim_obj, &hidden_obj,
+                                     &seed_obj) ||
+        cv_read_size(dim_obj, "proj_dim", &proj_dim) ||
+        cv_read_size(hidden_obj, "proj_hidden", &proj_hidden) ||
+        (seed_obj && cv_read_seed(seed_obj, "seed", &seed)))
         return -1;
     if (proj_dim < 1 || proj_hidden < 1) {
         PyErr_Format(PyExc_ValueError, "proj_dim and proj_hidden must be >= 1, got %zd, %zd",
@@ -179,14 +191,76 @@ static int check_built(EncoderObject *self)
 
 /* ---- inputs -------------------------------------------------------------------- */
 
+/* ValueError when arr shares memory with the encoder's own parameters, gradients or
+ * state buffers, which a call reads or writes while it reads or writes arr. */
+static int check_not_own(EncoderObject *self, PyArrayObject *arr, const char *name)
+{
+    const cv_encoder *e = &self->enc;
+    const size_t params = e->table.n_params * sizeof(float);
+    return cv_check_not_in_buffer(arr, name, e->params, params,
+                                  "the encoder's parameters") ||
+                   cv_check_not_in_buffer(arr, name, e->grads, params,
+                                          "the encoder's gradients") ||
+                   cv_check_not_in_buffer(arr, name, e->buffers,
+                                          e->table.n_buffers * sizeof(float),
+                                          "the encoder's buffers")
+               ? -1
+               : 0;
+}
+
+/* Element i, y, x, k of the images as raw bits (strides in elements, any sign). */
+static inline uint32_t pixel_bits(const cv_batch *b, npy_intp i, npy_intp y, npy_intp x,
+                                  npy_intp k)
+{
+    const ptrdiff_t at =
+        i * b->stride[0] + y * b->stride[1] + x * b->stride[2] + k * b->stride[3];
+    if (b->is_uint8)
+        return ((const uint8_t *)b->pixels)[at];
+    uint32_t bits;
+    memcpy(&bits, (const float *)b->pixels + at, sizeof bits);
+    return bits;
+}
+
+/* A fingerprint of the images' values: Fletcher-style running sums of every element in
+ * order, so a changed, added or moved value changes it. Taken at a training forward
+ * and checked at backward, which reads the images again; costs one pass over the
+ * input, next to a forward and backward that cost thousands of operations per pixel. */
+static uint64_t image_fingerprint(const cv_batch *b)
+{
+    uint64_t s1 = 0, s2 = 0;
+    for (npy_intp i = 0; i < b->n; i++)
+        for (npy_intp y = 0; y < b->h; y++)
+            for (npy_intp x = 0; x < b->w; x++)
+                for (npy_intp k = 0; k < b->c; k++) {
+                    s1 += pixel_bits(b, i, y, x, k);
+                    s2 += s1;
+                }
+    return s1 ^ (s2 * 0x9E3779B97F4A7C15ULL);
+}
+
+static int images_finite(const cv_batch *b)
+{
+    const float *p = b->pixels;
+    int finite = 1;
+    for (npy_intp i = 0; i < b->n && finite; i++)
+        for (npy_intp y = 0; y < b->h && finite; y++)
+            for (npy_intp x = 0; x < b->w; x++)
+                for (npy_intp k = 0; k < b->c; k++)
+                    finite &= isfinite(p[i * b->stride[0] + y * b->stride[1] +
+                                         x * b->stride[2] + k * b->stride[3]]) != 0;
+    return finite;
+}
+
+/* Validates images for the encoder and fills batch. With fingerprint, also takes the
+ * input's fingerprint (training). */
 static int encoder_images(EncoderObject *self, PyObject *obj, cv_batch *batch,
-                       PyArrayObject **arr)
+                          PyArrayObject **arr, uint64_t *fingerprint)
 {
     cv_array_spec spec = {"images", -1, 3, 4, {-1, -1, -1, -1}, 0, 0};
     if (cv_check_array(obj, &spec, arr))
         return -1;
     ptrdiff_t strides[4];
-    if (cv_element_strides(*arr, "images", strides))
+    if (cv_element_strides(*arr, "images", strides) || check_not_own(self, *arr, "images"))
         return -1;
     int nd = PyArray_NDIM(*arr);
     npy_intp c = nd == 4 ? PyArray_DIM(*arr, 3) : 1;
@@ -220,21 +294,21 @@ static int encoder_images(EncoderObject *self, PyObject *obj, cv_batch *batch,
     batch->stride[3] = nd == 4 ? strides[3] : 1;
     batch->mean = self->mean;
     batch->std = self->std;
-    if (!batch->is_uint8) {
-        const float *p = batch->pixels;
-        int finite = 1;
-        Py_BEGIN_ALLOW_THREADS;
-        for (npy_intp i = 0; i < n && finite; i++)
-            for (npy_intp y = 0; y < h && finite; y++)
-                for (npy_intp x = 0; x < w; x++)
-                    for (npy_intp k = 0; k < c; k++)
-                        finite &= isfinite(p[i * strides[0] + y * strides[1] + x * strides[2] +
-                                             k * batch->stride[3]]) != 0;
-        Py_END_ALLOW_THREADS;
-        if (!finite) {
-            PyErr_SetString(PyExc_ValueError, "images contain NaN or Inf");
-            return -1;
-        }
+    /* Before any pass over the pixels: a view with overlapping strides can claim more
+     * pixels than memory could ever hold activations for. */
+    cv_status status = cv_encoder_check_batch(&self->enc, batch);
+    if (status != CV_OK)
+        return cv_raise(status);
+    int finite = 1;
+    Py_BEGIN_ALLOW_THREADS;
+    if (!batch->is_uint8)
+        finite = images_finite(batch);
+    if (finite && fingerprint)
+        *fingerprint = image_fingerprint(batch);
+    Py_END_ALLOW_THREADS;
+    if (!finite) {
+        PyErr_SetString(PyExc_ValueError, "images contain NaN or Inf");
+        return -1;
     }
     return 0;
 }
@@ -264,6 +338,13 @@ int cv_token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_obj,
                      (long)t, self->max_positions);
         return -1;
     }
+    /* before the pass over the tokens below (overlapping views can claim many rows) */
+    batch->kind = CV_INPUT_TOKENS;
+    batch->n = n;
+    batch->t = t;
+    cv_status status = cv_encoder_check_batch(&self->enc, batch);
+    if (status != CV_OK)
+        return cv_raise(status);
     if (!mask_obj || mask_obj == Py_None) {
         PyErr_SetString(PyExc_ValueError,
                         "text input needs attention_mask (int32, same shape as input_ids)");
@@ -323,19 +404,24 @@ int cv_token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_obj,
     return 0;
 }
 
-/* An (n, dim) float32 output: the caller's C-contiguous writeable array or a new one. */
-static PyArrayObject *output_matrix(PyObject *given, const char *name, npy_intp n,
-                                    npy_intp dim, PyArrayObject *input)
+/* An (n, dim) float32 output: the caller's C-contiguous writeable array (over none of
+ * the inputs, nor the encoder's own buffers) or a new one. */
+static PyArrayObject *output_matrix(EncoderObject *self, PyObject *given, const char *name,
+                                    npy_intp n, npy_intp dim, PyObject *const inputs[3])
 {
+    static const char *const input_names[3] = {"the input", "attention_mask",
+                                               "token_type_ids"};
     PyArrayObject *arr;
     npy_intp shape[2] = {n, dim};
     if (!given || given == Py_None)
         return cv_new_float_array(2, shape);
     cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {n, dim, -1, -1}, 1, 1};
-    if (cv_check_array(given, &spec, &arr))
+    if (cv_check_array(given, &spec, &arr) || check_not_own(self, arr, name))
         return NULL;
-    if (input && cv_check_no_overlap(arr, name, input, "the input"))
-        return NULL;
+    for (int i = 0; i < 3; i++)
+        if (inputs[i] && PyArray_Check(inputs[i]) &&
+            cv_check_no_overlap(arr, name, (PyArrayObject *)inputs[i], input_names[i]))
+            return NULL;
     Py_INCREF(arr);
     return arr;
 }
@@ -349,6 +435,7 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
     PyObject *x, *mask = NULL, *types = NULL, *feat_out = NULL, *emb_out = NULL;
     int want_features = 1, want_embeddings = 1;
     PyArrayObject *image_arr = NULL, *feats = NULL, *embs = NULL;
+    uint64_t fingerprint = 0;
     cv_batch batch;
     cv_status status;
     if (check_built(self))
@@ -361,7 +448,8 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
             PyErr_SetString(PyExc_TypeError, "an image encoder takes no attention_mask");
             return NULL;
         }
-        if (encoder_images(self, x, &batch, &image_arr))
+        if (encoder_images(self, x, &batch, &image_arr,
+                           self->training ? &fingerprint : NULL))
             return NULL;
     } else if (cv_token_batch(self, x, mask, types, &batch)) {
         return NULL;
@@ -370,13 +458,16 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
         PyErr_SetString(PyExc_ValueError, "nothing to compute: features and embeddings are both False");
         return NULL;
     }
-    if (want_features &&
-        !(feats = output_matrix(feat_out, "features_out", batch.n, self->enc.feature_dim,
-                                image_arr)))
+    PyObject *const inputs[3] = {x, self->is_image ? NULL : mask,
+                                 self->is_image ? NULL : types};
+    if (want_features && !(feats = output_matrix(self, feat_out, "features_out", batch.n,
+                                                 self->enc.feature_dim, inputs)))
         goto error;
-    if (want_embeddings &&
-        !(embs = output_matrix(emb_out, "embeddings_out", batch.n, self->enc.proj_dim,
-                               image_arr)))
+    if (want_embeddings && !(embs = output_matrix(self, emb_out, "embeddings_out", batch.n,
+                                                  self->enc.proj_dim, inputs)))
+        goto error;
+    /* Both outputs are written during the call: one over the other would be garbage. */
+    if (feats && embs && cv_check_no_overlap(embs, "embeddings_out", feats, "features_out"))
         goto error;
     if (cv_claim(&self->busy, "Encoder"))
         goto error;
@@ -395,6 +486,8 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
         self->last_w = batch.w;
         self->last_ndim = PyArray_NDIM(image_arr);
         self->last_input = Py_NewRef((PyObject *)image_arr);
+        self->last_batch = batch;
+        self->last_fingerprint = fingerprint;
     }
     return Py_BuildValue("(NN)", feats ? (PyObject *)feats : Py_NewRef(Py_None),
                          embs ? (PyObject *)embs : Py_NewRef(Py_None));
@@ -404,11 +497,11 @@ error:
     return NULL;
 }
 
-static int gradient_input(PyObject *obj, const char *name, npy_intp n, npy_intp dim,
-                          PyArrayObject **arr)
+static int gradient_input(EncoderObject *self, PyObject *obj, const char *name, npy_intp n,
+                          npy_intp dim, PyArrayObject **arr)
 {
     cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {n, dim, -1, -1}, 0, 1};
-    if (cv_check_array(obj, &spec, arr))
+    if (cv_check_array(obj, &spec, arr) || check_not_own(self, *arr, name))
         return -1;
     const float *p = PyArray_DATA(*arr);
     for (npy_intp i = 0; i < n * dim; i++)
@@ -442,10 +535,10 @@ static PyObject *Encoder_backward(EncoderObject *self, PyObject *args, PyObject 
         return NULL;
     }
     if (de_obj != Py_None &&
-        gradient_input(de_obj, "d_embeddings", n, self->enc.proj_dim, &de))
+        gradient_input(self, de_obj, "d_embeddings", n, self->enc.proj_dim, &de))
         return NULL;
     if (df_obj != Py_None &&
-        gradient_input(df_obj, "d_features", n, self->enc.feature_dim, &df))
+        gradient_input(self, df_obj, "d_features", n, self->enc.feature_dim, &df))
         return NULL;
     if (want_input && !self->is_image) {
         PyErr_SetString(PyExc_ValueError, "input_grad is only defined for images");
@@ -453,30 +546,48 @@ static PyObject *Encoder_backward(EncoderObject *self, PyObject *args, PyObject 
     }
     if (cv_claim(&self->busy, "Encoder"))
         return NULL;
+    /* The ResNet's backward reads the forward's images again (the first convolution's
+     * weight gradient): refuse images that changed since, rather than return a gradient
+     * of data that was never forwarded. Without the backbone's backward (a frozen
+     * backbone and no input gradient) the images are not read. Checked while the
+     * encoder is claimed, so no other thread's forward replaces them meanwhile. */
+    if (self->is_image && self->last_input && !(self->enc.freeze_backbone && !want_input)) {
+        uint64_t now;
+        Py_BEGIN_ALLOW_THREADS;
+        now = image_fingerprint(&self->last_batch);
+        Py_END_ALLOW_THREADS;
+        if (now != self->last_fingerprint) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "the images given to forward() changed before backward(), "
+                            "which reads them again: the gradient would be wrong. Leave "
+                            "the input unchanged until backward, or run forward again");
+            goto error;
+        }
+    }
     /* The input gradient has the shape of the last training input. */
     float *d_input_ptr = NULL;
     if (want_input) {
         npy_intp shape[4] = {n, self->last_h, self->last_w, self->in_channels};
-        d_input = cv_new_float_array(self->last_ndim, shape);
-        if (!d_input) {
-            CV_RELEASE(&self->busy);
-            return NULL;
-        }
+        if (!(d_input = cv_new_float_array(self->last_ndim, shape)))
+            goto error;
         d_input_ptr = PyArray_DATA(d_input);
     }
     Py_BEGIN_ALLOW_THREADS;
     status = cv_encoder_backward(&self->enc, d_input_ptr, de ? PyArray_DATA(de) : NULL,
                                  df ? PyArray_DATA(df) : NULL);
     Py_END_ALLOW_THREADS;
-    CV_RELEASE(&self->busy);
     if (status != CV_OK) {
-        Py_XDECREF(d_input);
         cv_raise(status);
-        return NULL;
+        goto error;
     }
+    CV_RELEASE(&self->busy);
     if (d_input)
         return (PyObject *)d_input;
     Py_RETURN_NONE;
+error:
+    CV_RELEASE(&self->busy);
+    Py_XDECREF(d_input);
+    return NULL;
 }
 
 /* The last layer's token outputs of the last forward (text only), (N, T, hidden). */
@@ -719,8 +830,9 @@ static int read_channels(PyObject *seq, const char *name, int channels, float *o
             return -1;
         }
         if (!isfinite(v) || (positive && !(v > 0.0))) {
-            PyErr_Format(PyExc_ValueError, "%s values must be finite%s, got %g", name,
-                         positive ? " and > 0" : "", v);
+            char text[CV_DOUBLE_TEXT];
+            PyErr_Format(PyExc_ValueError, "%s values must be finite%s, got %s", name,
+                         positive ? " and > 0" : "", cv_double_text(v, text));
             Py_DECREF(fast);
             return -1;
         }
@@ -783,12 +895,23 @@ static PyGetSetDef Encoder_getset[] = {
 static PyMethodDef Encoder_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Encoder_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(x, attention_mask=None, token_type_ids=None, *, features=True, "
-     "embeddings=True, features_out=None, embeddings_out=None) -> (features, embeddings)"},
-    {"backward", (PyCFunction)(void (*)(void))Encoder_backward, METH_VARARGS | METH_KEYWORDS,
+     "embeddings=True, features_out=None, embeddings_out=None) -> (features, "
+     "embeddings)\n\n"
+     "features_out / embeddings_out: C-contiguous float32 arrays written in place; they "
+     "may not overlap each other, the inputs or the encoder's own buffers (ValueError). "
+     "In training mode the images must stay unchanged until backward(), which reads "
+     "them again: it raises RuntimeError if they changed. Ctrl-C interrupts a long call "
+     "(KeyboardInterrupt; a stopped training forward may have updated some batch-norm "
+     "running statistics)."},
+    {"backward", (PyCFunction)(void (*)(void))Encoder_backward,
+     METH_VARARGS | METH_KEYWORDS,
      "backward(d_embeddings=None, d_features=None, *, input_grad=False) -> input gradient "
      "or None; adds into the gradients. Images: the input gradient is float32 with the "
      "input's shape, with respect to the pixel values as given (through the "
-     "normalisation, so a uint8 input's gradient is per unit of pixel value)"},
+     "normalisation, so a uint8 input's gradient is per unit of pixel value). "
+     "RuntimeError when the forward's images changed since (the gradient would be "
+     "wrong). A Ctrl-C that stops it leaves partial gradients: zero_grad() before the "
+     "next step."},
     {"zero_grad", (PyCFunction)Encoder_zero_grad, METH_NOARGS, "set all gradients to zero"},
     {"last_hidden_state", (PyCFunction)Encoder_last_hidden_state, METH_NOARGS,
      "last_hidden_state() -> float32 (N, T, hidden): the last BERT layer's token outputs "

@@ -61,9 +61,10 @@ static int read_range(PyObject *obj, const char *name, const double deflt[2], in
         range[0] = symmetric ? -x : x;
         range[1] = x;
         if (symmetric && !(x >= 0.0)) {
+            char text[CV_DOUBLE_TEXT];
             PyErr_Format(PyExc_ValueError,
-                         "%s must be >= 0 (the range is (-%s, %s)), got %g", name, name,
-                         name, x);
+                         "%s must be >= 0 (the range is (-%s, %s)), got %s", name, name,
+                         name, cv_double_text(x, text));
             return -1;
         }
         return 0;
@@ -145,9 +146,12 @@ static int read_normalization(AugmentObject *self, PyObject *obj)
     }
     for (int c = 0; c < n_mean; c++)
         if (!isfinite(self->mean[c]) || !(self->std[c] > 0.0f) || !isfinite(self->std[c])) {
+            char mean[CV_DOUBLE_TEXT], std[CV_DOUBLE_TEXT];
             PyErr_Format(PyExc_ValueError,
                          "normalization needs finite means and positive finite stds, got "
-                         "mean %g, std %g", (double)self->mean[c], (double)self->std[c]);
+                         "mean %s, std %s",
+                         cv_double_text(self->mean[c], mean),
+                         cv_double_text(self->std[c], std));
             return -1;
         }
     self->norm_len = n_mean;
@@ -177,14 +181,15 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
                              "contrast",   "blur_sigma", "fill",          "normalization",
                              "seed",       NULL};
     Py_ssize_t size = 224;
-    PyObject *crop_scale = NULL, *crop_ratio = NULL, *flip = NULL, *degrees = NULL,
-             *translate = NULL, *scale = NULL, *brightness = NULL, *contrast = NULL,
-             *sigma = NULL, *normalization = NULL, *seed = NULL;
+    PyObject *size_obj = NULL, *crop_scale = NULL, *crop_ratio = NULL, *flip = NULL,
+             *degrees = NULL, *translate = NULL, *scale = NULL, *brightness = NULL,
+             *contrast = NULL, *sigma = NULL, *normalization = NULL, *seed = NULL;
     double fill = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$OOOOOOOOOdOO:ImageAugment", kwlist,
-                                     &size, &crop_scale, &crop_ratio, &flip, &degrees,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOOOOOOOdOO:ImageAugment", kwlist,
+                                     &size_obj, &crop_scale, &crop_ratio, &flip, &degrees,
                                      &translate, &scale, &brightness, &contrast, &sigma,
-                                     &fill, &normalization, &seed))
+                                     &fill, &normalization, &seed) ||
+        cv_read_size(size_obj, "size", &size))
         return -1;
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "the ImageAugment is in use by another thread");
@@ -229,9 +234,10 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (!(fill >= 0.0 && fill <= 1.0)) {
+        char text[CV_DOUBLE_TEXT];
         PyErr_Format(PyExc_ValueError,
-                     "fill must be in [0, 1] (pixel units: 0 black, 1 white), got %g",
-                     fill);
+                     "fill must be in [0, 1] (pixel units: 0 black, 1 white), got %s",
+                     cv_double_text(fill, text));
         return -1;
     }
     uint64_t seed_value = 0;

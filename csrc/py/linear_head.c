@@ -39,16 +39,20 @@ static void head_reset(HeadObject *self)
 static int Head_init(HeadObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"in_dim", "out_dim", "seed", NULL};
-    Py_ssize_t in_dim, out_dim;
-    unsigned long long seed = 0;
+    Py_ssize_t in_dim = 0, out_dim = 0;
+    PyObject *seed_obj = NULL, *in_obj, *out_obj;
+    uint64_t seed = 0;
     if (self->params) {
         PyErr_SetString(PyExc_RuntimeError,
                         "a LinearHead cannot be re-initialised (views of its buffers may be "
                         "in use); make a new one");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nn|$K:LinearHead", kwlist, &in_dim, &out_dim,
-                                     &seed))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$O:LinearHead", kwlist, &in_obj,
+                                     &out_obj, &seed_obj) ||
+        cv_read_size(in_obj, "in_dim", &in_dim) ||
+        cv_read_size(out_obj, "out_dim", &out_dim) ||
+        (seed_obj && cv_read_seed(seed_obj, "seed", &seed)))
         return -1;
     if (in_dim < 1 || out_dim < 1 || in_dim > (1 << 24) || out_dim > (1 << 24)) {
         PyErr_Format(PyExc_ValueError,
@@ -57,6 +61,16 @@ static int Head_init(HeadObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     size_t count = (size_t)(in_dim * out_dim + out_dim);
+    /* Both buffers are written at once: refuse what this machine could never hold
+     * rather than let the kernel kill a process. */
+    const size_t memory = cv_physical_memory();
+    if (memory && cv_mul_sat(count, 2 * sizeof(float)) > memory) {
+        PyErr_Format(PyExc_MemoryError,
+                     "a LinearHead(%zd, %zd) needs %zu bytes for its parameters and "
+                     "gradients; this machine has %zu",
+                     in_dim, out_dim, cv_mul_sat(count, 2 * sizeof(float)), memory);
+        return -1;
+    }
     self->params = cv_alloc_floats(count);
     self->grads = cv_alloc_floats(count);
     if (!self->params || !self->grads) {
@@ -103,11 +117,25 @@ static int check_features(HeadObject *self, PyObject *obj, const char *name, npy
     return 0;
 }
 
-/* The caller's output (validated, not over any input) or a new (n, dim) array. New
- * reference or NULL. */
-static PyArrayObject *output(PyObject *given, const char *name, npy_intp n, npy_intp dim,
-                             PyArrayObject *a, const char *a_name, PyArrayObject *b,
-                             const char *b_name)
+/* ValueError when arr shares memory with the head's parameters or gradients: a call
+ * reads the one and writes the other. */
+static int check_not_own(HeadObject *self, PyArrayObject *arr, const char *name)
+{
+    const size_t bytes =
+        (size_t)(self->out_dim * self->in_dim + self->out_dim) * sizeof(float);
+    return cv_check_not_in_buffer(arr, name, self->params, bytes,
+                                  "the head's parameters") ||
+                   cv_check_not_in_buffer(arr, name, self->grads, bytes,
+                                          "the head's gradients")
+               ? -1
+               : 0;
+}
+
+/* The caller's output (validated, not over any input nor the head's own buffers) or a
+ * new (n, dim) array. New reference or NULL. */
+static PyArrayObject *output(HeadObject *self, PyObject *given, const char *name,
+                             npy_intp n, npy_intp dim, PyArrayObject *a, const char *a_name,
+                             PyArrayObject *b, const char *b_name)
 {
     PyArrayObject *arr;
     if (!given || given == Py_None) {
@@ -116,7 +144,7 @@ static PyArrayObject *output(PyObject *given, const char *name, npy_intp n, npy_
     }
     cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {n, dim, -1, -1}, 1, 1};
     if (cv_check_array(given, &spec, &arr) || cv_check_no_overlap(arr, name, a, a_name) ||
-        (b && cv_check_no_overlap(arr, name, b, b_name)))
+        (b && cv_check_no_overlap(arr, name, b, b_name)) || check_not_own(self, arr, name))
         return NULL;
     Py_INCREF(arr);
     return arr;
@@ -132,7 +160,8 @@ static PyObject *Head_forward(HeadObject *self, PyObject *args, PyObject *kwds)
         check_features(self, x_obj, "x (features)", -1, &x))
         return NULL;
     npy_intp n = PyArray_DIM(x, 0);
-    if (!(out = output(out_obj, "out (logits)", n, self->out_dim, x, "x", NULL, NULL)))
+    if (!(out =
+              output(self, out_obj, "out (logits)", n, self->out_dim, x, "x", NULL, NULL)))
         return NULL;
     if (cv_claim(&self->busy, "LinearHead")) {
         Py_DECREF(out);
@@ -160,14 +189,23 @@ static PyObject *Head_backward(HeadObject *self, PyObject *args, PyObject *kwds)
     npy_intp n = PyArray_DIM(x, 0);
     cv_array_spec spec = {"d_logits (one row per row of x)", NPY_FLOAT32, 2, 2,
                           {n, self->out_dim, -1, -1}, 0, 1};
-    if (cv_check_array(dout_obj, &spec, &dout))
+    /* backward adds into the gradients while it reads d_logits and x */
+    if (cv_check_array(dout_obj, &spec, &dout) ||
+        cv_check_not_in_buffer(dout, "d_logits", self->grads,
+                               (size_t)(self->out_dim * self->in_dim + self->out_dim) *
+                                   sizeof(float),
+                               "the head's gradients") ||
+        cv_check_not_in_buffer(x, "x", self->grads,
+                               (size_t)(self->out_dim * self->in_dim + self->out_dim) *
+                                   sizeof(float),
+                               "the head's gradients"))
         return NULL;
     if (!want_dx && dx_obj && dx_obj != Py_None) {
         PyErr_SetString(PyExc_ValueError, "d_x given with input_grad=False");
         return NULL;
     }
     if (want_dx &&
-        !(dx = output(dx_obj, "d_x", n, self->in_dim, x, "x", dout, "d_logits")))
+        !(dx = output(self, dx_obj, "d_x", n, self->in_dim, x, "x", dout, "d_logits")))
         return NULL;
     const float *dp = PyArray_DATA(dout);
     for (npy_intp i = 0; i < n * self->out_dim; i++)

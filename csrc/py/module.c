@@ -2,6 +2,8 @@
  * peak entry points the tests and benchmarks use. Each Python type lives in its own
  * file and registers itself from here. */
 #define CONVIRT_MODULE_MAIN
+#include <limits.h>
+
 #include "arrays.h"
 #include "module.h"
 
@@ -40,13 +42,17 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
 {
     (void)self;
     long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    if (n < 1 || n > 4096) {
-        PyErr_Format(PyExc_ValueError, "the number of threads must be 1..4096, got %ld", n);
-        return NULL;
+    if (n == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return NULL;
+        PyErr_Clear();
+        n = LONG_MAX; /* refused below with the limit in the message */
     }
-    cv_set_num_threads((int)n);
+    cv_status status = cv_set_num_threads(n < INT_MIN   ? INT_MIN
+                                          : n > INT_MAX ? INT_MAX
+                                                        : (int)n);
+    if (status != CV_OK)
+        return cv_raise(status), NULL;
     Py_RETURN_NONE;
 }
 
@@ -64,12 +70,20 @@ static PyObject *py_fma_peak(PyObject *self, PyObject *args, PyObject *kwds)
     int threads = 0;
     double seconds = 0.5, gflops;
     int bits;
+    char text[CV_DOUBLE_TEXT];
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|id:fma_peak", kwlist, &threads, &seconds))
         return NULL;
     if (threads <= 0)
         threads = cv_get_num_threads();
+    if (threads > cv_max_threads()) {
+        PyErr_Format(PyExc_ValueError,
+                     "threads must be at most %d (%d per usable core), got %d",
+                     cv_max_threads(), CV_THREADS_PER_CORE, threads);
+        return NULL;
+    }
     if (!(seconds > 0.0 && seconds < 600.0)) {
-        PyErr_Format(PyExc_ValueError, "seconds must be in (0, 600), got %g", seconds);
+        PyErr_Format(PyExc_ValueError, "seconds must be in (0, 600), got %s",
+                     cv_double_text(seconds, text));
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS;
@@ -121,7 +135,11 @@ static PyMethodDef module_methods[] = {
      "config() -> dict: BLIS version and sub-configuration (and why), threads, OpenMP "
      "runtime, compiler and flags."},
     {"set_num_threads", py_set_num_threads, METH_O,
-     "set_num_threads(n): threads for the core's loops and for BLIS."},
+     "set_num_threads(n): threads for the core's loops and for BLIS, 1..8 per usable "
+     "core (ValueError beyond). In a child forked from a process whose threads ran, "
+     "the core runs on one thread (libgomp cannot start threads there) and n > 1 is "
+     "refused: use the 'spawn' or 'forkserver' start method for multi-threaded "
+     "workers."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
      "get_num_threads() -> int: threads the next call will use."},
     {"fma_peak", (PyCFunction)(void (*)(void))py_fma_peak, METH_VARARGS | METH_KEYWORDS,
@@ -151,6 +169,7 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *module = PyModule_Create(&module_def);
     if (!module)
         return NULL;
+    cv_interrupt_init(); /* long calls run Python's signal handlers: Ctrl-C lands */
     if (cv_register_contrastive_loss(module) < 0 || cv_register_encoder(module) < 0 ||
         cv_register_image_augment(module) < 0 || cv_register_optimizer(module) < 0 ||
         cv_register_classify(module) < 0 || cv_register_text_layers(module) < 0 ||

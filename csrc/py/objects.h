@@ -22,8 +22,12 @@ typedef struct {
     npy_intp last_h, last_w; /* the last training input, for the input gradient's shape */
     int last_ndim;
     /* The images of the last training forward: the ResNet's backward reads them again
-     * (the first convolution's weight gradient), so they are kept alive until then. */
+     * (the first convolution's weight gradient), so they are kept alive until then,
+     * with where they are and a fingerprint of their values: backward refuses images
+     * that changed in between (the gradient would silently be wrong). */
     PyObject *last_input;
+    cv_batch last_batch;
+    uint64_t last_fingerprint;
 } EncoderObject;
 
 typedef struct {

@@ -8,8 +8,9 @@
 static int check_lr(double lr, int allow_zero)
 {
     if (!isfinite(lr) || !(allow_zero ? lr >= 0.0 : lr > 0.0)) {
-        PyErr_Format(PyExc_ValueError, "lr must be a finite number %s 0, got %g",
-                     allow_zero ? ">=" : ">", lr);
+        char text[CV_DOUBLE_TEXT];
+        PyErr_Format(PyExc_ValueError, "lr must be a finite number %s 0, got %s",
+                     allow_zero ? ">=" : ">", cv_double_text(lr, text));
         return -1;
     }
     return 0;
@@ -57,9 +58,10 @@ static int Adam_init(AdamObject *self, PyObject *args, PyObject *kwds)
         if (config.max_grad_norm == -1.0 && PyErr_Occurred())
             return -1;
         if (!(config.max_grad_norm > 0.0) || !isfinite(config.max_grad_norm)) {
+            char text[CV_DOUBLE_TEXT];
             PyErr_Format(PyExc_ValueError,
-                         "max_grad_norm must be None or a finite number > 0, got %g",
-                         config.max_grad_norm);
+                         "max_grad_norm must be None or a finite number > 0, got %s",
+                         cv_double_text(config.max_grad_norm, text));
             return -1;
         }
     }
@@ -365,13 +367,23 @@ static PyObject *Adam_load_state_dict(AdamObject *self, PyObject *dict)
         Py_DECREF(ours);
         Py_DECREF(theirs);
     }
+    /* A NaN or Inf moment would poison every later step: refuse it here, as step()
+     * refuses non-finite gradients. */
     for (size_t i = 0; i < self->adam.total; i++) {
-        float x = *(const float *)(PyArray_BYTES(v) + (npy_intp)i * PyArray_STRIDE(v, 0));
-        if (!(x >= 0.0f) || !isfinite(x)) {
+        float mi = *(const float *)(PyArray_BYTES(m) + (npy_intp)i * PyArray_STRIDE(m, 0));
+        float vi = *(const float *)(PyArray_BYTES(v) + (npy_intp)i * PyArray_STRIDE(v, 0));
+        char text[CV_DOUBLE_TEXT];
+        if (!isfinite(mi)) {
+            PyErr_Format(PyExc_ValueError,
+                         "state_dict['exp_avg'] must be finite; element %zu is %s", i,
+                         cv_double_text(mi, text));
+            return NULL;
+        }
+        if (!(vi >= 0.0f) || !isfinite(vi)) {
             PyErr_Format(PyExc_ValueError,
                          "state_dict['exp_avg_sq'] must be finite and >= 0; element %zu "
-                         "is %g",
-                         i, (double)x);
+                         "is %s",
+                         i, cv_double_text(vi, text));
             return NULL;
         }
     }
