@@ -42,13 +42,28 @@ from ._core import (  # noqa: E402
     softmax_cross_entropy,
 )
 from .encoder import Encoder  # noqa: E402
+from .errors import (  # noqa: E402
+    CheckpointError,
+    ConvirtError,
+    DataFileError,
+    ImageDecodeError,
+    NonFiniteError,
+    StateError,
+    TrainingDiverged,
+)
 from .schedules import ReduceLROnPlateau, WarmupCosine  # noqa: E402
-from .trainer import Callback, Trainer, TrainingDiverged, paper_augment  # noqa: E402
+from .trainer import Callback, Trainer, paper_augment  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Adam",
+    "CheckpointError",
+    "ConvirtError",
+    "DataFileError",
+    "ImageDecodeError",
+    "NonFiniteError",
+    "StateError",
     "ContrastiveLoss",
     "Encoder",
     "ImageAugment",

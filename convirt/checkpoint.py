@@ -30,6 +30,7 @@ import re
 import shutil
 
 from ._io import atomic_write, read_regular_file
+from .errors import CheckpointError
 
 __all__ = ["CheckpointDir", "CheckpointError"]
 
@@ -39,11 +40,6 @@ FORMAT = "convirt-checkpoint-1"
 # The names save() writes: a checkpoint, and its staging folder before the rename.
 _CHECKPOINT_NAME = re.compile(r"step-[0-9]{8}(\.[0-9]+)?")
 _STAGING_NAME = re.compile(r"\.staging-step-[0-9]{8}(?:\.[0-9]+)?-([0-9]+)")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory or file is missing, incomplete, corrupt or not a convirt
-    checkpoint; the message names the file and, where one is at fault, the field."""
 
 
 def _process_exists(pid):

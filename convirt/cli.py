@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+from .errors import ConvirtError, TrainingDiverged
+
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 
@@ -537,20 +539,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"convirt {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, ImportError) as error:
+    except (ConvirtError, OSError, ValueError, ImportError) as error:
         if args.traceback:
             raise
-        print(f"convirt {args.command}: error: {error}", file=sys.stderr)
-        return 1
-    except RuntimeError as error:
-        # Only a diverged run: the trainer module is loaded by then (imported here, it
-        # would slow `convirt --help` down).
-        trainer = sys.modules.get("convirt.trainer")
-        if args.traceback or trainer is None or not isinstance(error,
-                                                               trainer.TrainingDiverged):
-            raise
-        print(f"convirt {args.command}: error: {error} Hint: run it again with a lower "
-              "--lr (e.g. 10 times lower).", file=sys.stderr)
+        hint = (" Hint: run it again with a lower --lr (e.g. 10 times lower)."
+                if isinstance(error, TrainingDiverged) else "")
+        print(f"convirt {args.command}: error: {error}{hint}", file=sys.stderr)
         return 1
 
 

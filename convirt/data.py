@@ -43,6 +43,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._io import atomic_write, check_regular_file, read_regular_file
+from .errors import DataFileError, ImageDecodeError
 
 __all__ = [
     "ArrayDataset",
@@ -67,18 +68,6 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
-
-
-class ImageDecodeError(ValueError):
-    """An image file exists but cannot be decoded (truncated, corrupt, not an image, not
-    a regular file)."""
-
-
-class DataFileError(ValueError):
-    """A data file - a CSV/TSV table, a prepared cache's index or reports - cannot be
-    read as what it should be (not UTF-8, malformed, truncated, a field of the wrong
-    type or range). The message names the file, the line or field, and what was
-    expected."""
 
 
 # --------------------------------------------------------------------------------------

@@ -471,6 +471,10 @@ class Encoder(_core.Encoder):
                              "(float32)")
             elif not np.all(np.isfinite(array)):
                 wrong.append(f"{name}: contains NaN or Inf")
+            elif array.dtype.itemsize > 4 and array.size and (
+                    np.abs(array).max() > np.finfo(np.float32).max):
+                wrong.append(f"{name}: values beyond float32's range "
+                             f"(largest {np.abs(array).max():.3g})")
         problems = []
         if strict and missing:
             problems.append(f"missing {len(missing)}: {', '.join(missing[:20])}"

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import NonFiniteError, TrainingDiverged
+
 __all__ = [
     "CHEXPERT_LABELS",
     "ComparisonTable",
@@ -913,7 +915,7 @@ def _train_step(model, head, x, classifier, rows):
     h, _ = model.forward(x, embeddings=False)
     logits = head.forward(h)
     if not np.isfinite(logits).all():
-        raise FloatingPointError("the logits became NaN or Inf")
+        raise TrainingDiverged("the logits became NaN or Inf")
     grad = np.empty_like(logits)
     loss = classifier(logits, rows, grad)
     model.zero_grad()
@@ -1097,8 +1099,8 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
                             x = run_augment(x, step=(epoch - 1) * len(batches) + b)
                         try:
                             losses.append(_train_step(model, head, x, train_loss, rows))
-                        except FloatingPointError as error:
-                            raise FloatingPointError(
+                        except NonFiniteError as error:
+                            raise TrainingDiverged(
                                 f"fine-tuning diverged (fraction {fraction:g}, seed {seed}, "
                                 f"epoch {epoch}): {error}; try a lower lr") from None
                         optimizer.step()

@@ -14,13 +14,10 @@ from . import _core
 from ._core import Adam, ImageAugment
 from .checkpoint import FORMAT, CheckpointDir, CheckpointError
 from .encoder import Encoder
+from .errors import NonFiniteError, TrainingDiverged
 from .schedules import ReduceLROnPlateau, WarmupCosine
 
 __all__ = ["Callback", "Trainer", "TrainingDiverged"]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; training stopped before applying the update."""
 
 
 class Callback:
@@ -408,7 +405,11 @@ class Trainer:
                 result = self._simclr_forward_backward(views)
             if not math.isfinite(result.loss):
                 raise TrainingDiverged(self._diverged_message(result.loss))
-            grad_norm = self.optimizer.step(return_norm=True)
+            try:
+                grad_norm = self.optimizer.step(return_norm=True)
+            except NonFiniteError as error:  # a finite loss, a NaN or Inf gradient
+                raise TrainingDiverged(self._diverged_message(f"finite but {error}")) \
+                    from error
         except BaseException:
             for encoder, saved in zip(towers, buffers):
                 encoder.flat_buffers[...] = saved
@@ -441,10 +442,8 @@ class Trainer:
     def _loss_call(self, fn):
         try:
             return fn()
-        except ValueError as error:  # NaN or Inf embeddings reach the loss as bad rows
-            if "NaN" in str(error) or "overflowed" in str(error):
-                raise TrainingDiverged(self._diverged_message(f"NaN ({error})")) from error
-            raise
+        except NonFiniteError as error:  # NaN or Inf embeddings, overflowed similarities
+            raise TrainingDiverged(self._diverged_message(f"NaN ({error})")) from error
 
     def _convirt_forward_backward(self, views, ids, mask):
         image, text = self.image_encoder, self.text_encoder

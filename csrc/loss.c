@@ -75,6 +75,17 @@ CV_VECTORIZE static float softmax_grad_row(float *row, const float *col_lse,
     return dot;
 }
 
+/* The failure for a row inverse_norms refused: NaN or Inf in it (CV_ERR_NONFINITE),
+ * or a norm of zero or beyond float32's range (CV_ERR_VALUE). */
+static cv_status bad_row(const char *which, const float *x, ptrdiff_t rs, ptrdiff_t cs,
+                         ptrdiff_t row, ptrdiff_t d)
+{
+    for (ptrdiff_t k = 0; k < d; k++)
+        if (!isfinite(x[row * rs + k * cs]))
+            return cv_fail(CV_ERR_NONFINITE, "row %td of %s contains NaN or Inf", row, which);
+    return cv_fail(CV_ERR_VALUE, "row %td of %s has a zero or out-of-range norm", row, which);
+}
+
 /* Inverse L2 norms of the rows of x; returns the first bad row or -1. */
 static ptrdiff_t inverse_norms(float *inv, const float *x, ptrdiff_t rs, ptrdiff_t cs,
                                ptrdiff_t n, ptrdiff_t d, int threads)
@@ -205,16 +216,10 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
 
     ptrdiff_t bad = inverse_norms(inv_a, a, rsa, csa, n, d, threads);
     if (bad >= 0)
-        return cv_fail(CV_ERR_VALUE,
-                       "row %td of the first input has a zero, NaN, Inf or out-of-range "
-                       "norm",
-                       bad);
+        return bad_row("the first input", a, rsa, csa, bad, d);
     bad = inverse_norms(inv_b, b, rsb, csb, m, d, threads);
     if (bad >= 0)
-        return cv_fail(CV_ERR_VALUE,
-                       "row %td of the second input has a zero, NaN, Inf or out-of-range "
-                       "norm",
-                       bad);
+        return bad_row("the second input", b, rsb, csb, bad, d);
 
     /* S = a b^T, then the scaling to cosine * scale and the row statistics. */
     cv_status status = gemm_by_rows(n, m, d, a, rsa, csa, b, csb, rsb, S, m, 1);
@@ -340,8 +345,7 @@ cv_status cv_ntxent_forward_backward(cv_loss_result *result, float *grad_z, ptrd
     float *S = ws->logits, *inv = ws->row_stat, *row_lse = inv + n2;
     ptrdiff_t bad = inverse_norms(inv, z, rs, cs, n2, d, threads);
     if (bad >= 0)
-        return cv_fail(CV_ERR_VALUE, "row %td of the input has a zero, NaN, Inf or out-of-range norm",
-                       bad);
+        return bad_row("the input", z, rs, cs, bad, d);
     cv_status status = gemm_by_rows(n2, n2, d, z, rs, cs, z, cs, rs, S, n2, 1);
     if (status != CV_OK)
         return status;

@@ -486,9 +486,6 @@ def test_changed_images_are_fine_when_backward_does_not_read_them():
     assert encoder.flat_gradients.any()
 
 
-@pytest.mark.xfail(reason="convirt/encoder.py load_state_dict casts float64 with numpy "
-                          "(the other engineer's file): reported, not fixed here",
-                   strict=False)
 def test_load_state_dict_refuses_float64_values_that_overflow_float32():
     # load_state_dict({name: float64 array with 1e39}) became inf silently.
     encoder = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4)

@@ -176,6 +176,46 @@ PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape)
     return (PyArrayObject *)PyArray_SimpleNew(ndim, (npy_intp *)shape, NPY_FLOAT32);
 }
 
+PyObject *cv_error_base, *cv_error_nonfinite, *cv_error_state;
+
+static PyObject *new_error(PyObject *module, const char *name, const char *doc,
+                           PyObject *bases)
+{
+    char qualified[64];
+    snprintf(qualified, sizeof qualified, "convirt.%s", name);
+    PyObject *type = PyErr_NewExceptionWithDoc(qualified, doc, bases, NULL);
+    if (type && PyModule_AddObjectRef(module, name, type) < 0)
+        Py_CLEAR(type);
+    return type;
+}
+
+int cv_create_errors(PyObject *module)
+{
+    PyObject *bases = NULL;
+    cv_error_base = new_error(module, "ConvirtError", "The base of every convirt error.",
+                              NULL);
+    if (!cv_error_base)
+        return -1;
+    bases = PyTuple_Pack(2, cv_error_base, PyExc_ValueError);
+    cv_error_nonfinite =
+        bases ? new_error(module, "NonFiniteError",
+                          "NaN or Inf in the inputs, the weights or the gradients, or "
+                          "produced by the math (an overflow). A ValueError.",
+                          bases)
+              : NULL;
+    Py_XDECREF(bases);
+    bases = cv_error_nonfinite ? PyTuple_Pack(2, cv_error_base, PyExc_RuntimeError) : NULL;
+    cv_error_state =
+        bases ? new_error(module, "StateError",
+                          "The object cannot take this call now: it is in use by another "
+                          "thread, the calls came in the wrong order, or it was not "
+                          "initialised. A RuntimeError.",
+                          bases)
+              : NULL;
+    Py_XDECREF(bases);
+    return cv_error_state ? 0 : -1;
+}
+
 int cv_raise(cv_status status)
 {
     PyObject *type;
@@ -186,14 +226,16 @@ int cv_raise(cv_status status)
     }
     switch (status) {
     case CV_ERR_VALUE:
-    case CV_ERR_NONFINITE:
         type = PyExc_ValueError;
+        break;
+    case CV_ERR_NONFINITE:
+        type = cv_error_nonfinite;
         break;
     case CV_ERR_MEMORY:
         type = PyExc_MemoryError; /* with the core's message: what could not be had */
         break;
     case CV_ERR_STATE:
-        type = PyExc_RuntimeError;
+        type = cv_error_state;
         break;
     default:
         type = PyExc_RuntimeError;
@@ -206,7 +248,7 @@ int cv_raise(cv_status status)
 int cv_claim(int *busy, const char *type_name)
 {
     if (*busy) {
-        PyErr_Format(PyExc_RuntimeError,
+        PyErr_Format(cv_error_state,
                      "this %s is in use by another thread; use one object per thread",
                      type_name);
         return -1;

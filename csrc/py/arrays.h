@@ -47,7 +47,20 @@ int cv_check_not_in_buffer(PyArrayObject *arr, const char *name, const void *sta
 /* A new C-contiguous float32 array of the given shape, or NULL with an exception. */
 PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape);
 
-/* Turn the core's status and message into a Python exception; returns -1. An
+/* The package's exception types, created once when the module loads
+ * (cv_create_errors) and raised from the core's status codes by cv_raise:
+ *   convirt.ConvirtError                      the base of every convirt error
+ *   convirt.NonFiniteError(ConvirtError, ValueError)   NaN or Inf in inputs, weights,
+ *                                             gradients or produced by the math
+ *   convirt.StateError(ConvirtError, RuntimeError)     the object cannot take the call
+ *                                             now: in use by another thread, wrong
+ *                                             call order, not initialised */
+extern PyObject *cv_error_base, *cv_error_nonfinite, *cv_error_state;
+int cv_create_errors(PyObject *module);
+
+/* Turn the core's status and message into a Python exception (CV_ERR_NONFINITE:
+ * NonFiniteError, CV_ERR_STATE: StateError, CV_ERR_VALUE: ValueError, CV_ERR_MEMORY:
+ * MemoryError); returns -1. An
  * interrupted call (CV_ERR_INTERRUPTED) keeps the exception the interrupt hook left
  * (KeyboardInterrupt, or whatever a signal handler raised). */
 int cv_raise(cv_status status);

@@ -133,7 +133,7 @@ static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds)
     uint64_t seed = 0;
     int frozen = 0;
     if (self->built) {
-        PyErr_SetString(PyExc_RuntimeError, "an Encoder cannot be initialised twice");
+        PyErr_SetString(cv_error_state, "an Encoder cannot be initialised twice");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "sO!|$OOO:Encoder", kwlist, &kind,
@@ -183,7 +183,7 @@ static void Encoder_dealloc(EncoderObject *self)
 static int check_built(EncoderObject *self)
 {
     if (!self->built) {
-        PyErr_SetString(PyExc_RuntimeError, "the Encoder was not initialised");
+        PyErr_SetString(cv_error_state, "the Encoder was not initialised");
         return -1;
     }
     return 0;
@@ -307,7 +307,7 @@ static int encoder_images(EncoderObject *self, PyObject *obj, cv_batch *batch,
         *fingerprint = image_fingerprint(batch);
     Py_END_ALLOW_THREADS;
     if (!finite) {
-        PyErr_SetString(PyExc_ValueError, "images contain NaN or Inf");
+        PyErr_SetString(cv_error_nonfinite, "images contain NaN or Inf");
         return -1;
     }
     return 0;
@@ -506,7 +506,7 @@ static int gradient_input(EncoderObject *self, PyObject *obj, const char *name, 
     const float *p = PyArray_DATA(*arr);
     for (npy_intp i = 0; i < n * dim; i++)
         if (!isfinite(p[i])) {
-            PyErr_Format(PyExc_ValueError, "%s contains NaN or Inf", name);
+            PyErr_Format(cv_error_nonfinite, "%s contains NaN or Inf", name);
             return -1;
         }
     return 0;
@@ -525,7 +525,7 @@ static PyObject *Encoder_backward(EncoderObject *self, PyObject *args, PyObject 
                                      &want_input))
         return NULL;
     if (!self->enc.has_forward) {
-        PyErr_SetString(PyExc_RuntimeError,
+        PyErr_SetString(cv_error_state,
                         "backward needs a forward in training mode first (call train())");
         return NULL;
     }
@@ -557,7 +557,7 @@ static PyObject *Encoder_backward(EncoderObject *self, PyObject *args, PyObject 
         now = image_fingerprint(&self->last_batch);
         Py_END_ALLOW_THREADS;
         if (now != self->last_fingerprint) {
-            PyErr_SetString(PyExc_RuntimeError,
+            PyErr_SetString(cv_error_state,
                             "the images given to forward() changed before backward(), "
                             "which reads them again: the gradient would be wrong. Leave "
                             "the input unchanged until backward, or run forward again");
@@ -737,7 +737,7 @@ static int set_training(EncoderObject *self, PyObject *value, void *closure)
 {
     (void)closure;
     if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "the Encoder is in use by another thread");
+        PyErr_SetString(cv_error_state, "the Encoder is in use by another thread");
         return -1;
     }
     return set_bool(value, &self->training, "training");
@@ -753,7 +753,7 @@ static int set_freeze_backbone(EncoderObject *self, PyObject *value, void *closu
 {
     (void)closure;
     if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "the Encoder is in use by another thread");
+        PyErr_SetString(cv_error_state, "the Encoder is in use by another thread");
         return -1;
     }
     return set_bool(value, &self->enc.freeze_backbone, "freeze_backbone");
@@ -858,7 +858,7 @@ static int set_normalization(EncoderObject *self, PyObject *value, void *closure
         read_channels(PyTuple_GET_ITEM(value, 1), "std", self->in_channels, std, 1))
         return -1;
     if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "the Encoder is in use by another thread");
+        PyErr_SetString(cv_error_state, "the Encoder is in use by another thread");
         return -1;
     }
     memcpy(self->mean, mean, sizeof mean);

@@ -192,7 +192,7 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
         cv_read_size(size_obj, "size", &size))
         return -1;
     if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "the ImageAugment is in use by another thread");
+        PyErr_SetString(cv_error_state, "the ImageAugment is in use by another thread");
         return -1;
     }
     cv_augment_ranges r;

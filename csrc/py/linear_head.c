@@ -43,7 +43,7 @@ static int Head_init(HeadObject *self, PyObject *args, PyObject *kwds)
     PyObject *seed_obj = NULL, *in_obj, *out_obj;
     uint64_t seed = 0;
     if (self->params) {
-        PyErr_SetString(PyExc_RuntimeError,
+        PyErr_SetString(cv_error_state,
                         "a LinearHead cannot be re-initialised (views of its buffers may be "
                         "in use); make a new one");
         return -1;
@@ -97,7 +97,7 @@ static void Head_dealloc(HeadObject *self)
 static int check_ready(HeadObject *self)
 {
     if (!self->params) {
-        PyErr_SetString(PyExc_RuntimeError, "the LinearHead was not initialised");
+        PyErr_SetString(cv_error_state, "the LinearHead was not initialised");
         return -1;
     }
     return 0;

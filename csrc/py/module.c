@@ -4,6 +4,7 @@
 #define CONVIRT_MODULE_MAIN
 #include <limits.h>
 
+#include "../random.h"
 #include "arrays.h"
 #include "module.h"
 
@@ -130,6 +131,22 @@ static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
     Py_RETURN_NONE;
 }
 
+/* random_uniform(seed, stream, index): the core's counter-based uniform draw, so that
+ * Python code that must draw the same numbers (the report sentence sampler) calls the
+ * one implementation instead of a port of it. */
+static PyObject *py_random_uniform(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *seed_obj, *stream_obj, *index_obj;
+    uint64_t seed, stream, index;
+    if (!PyArg_ParseTuple(args, "OOO:random_uniform", &seed_obj, &stream_obj, &index_obj))
+        return NULL;
+    if (cv_read_seed(seed_obj, "seed", &seed) || cv_read_seed(stream_obj, "stream", &stream) ||
+        cv_read_seed(index_obj, "index", &index))
+        return NULL;
+    return PyFloat_FromDouble(cv_random_uniform(seed, stream, index));
+}
+
 static PyMethodDef module_methods[] = {
     {"config", py_config, METH_NOARGS,
      "config() -> dict: BLIS version and sub-configuration (and why), threads, OpenMP "
@@ -149,6 +166,9 @@ static PyMethodDef module_methods[] = {
      "gemm(A, B, C, alpha=1.0, beta=0.0, reference=False): C = alpha A @ B + beta C on "
      "float32 arrays with any strides, through the core's BLIS wrapper (or its naive "
      "reference)."},
+    {"random_uniform", py_random_uniform, METH_VARARGS,
+     "random_uniform(seed, stream, index) -> float in [0, 1): the core's counter-based "
+     "draw for (seed, stream, index), each an integer in [0, 2**64)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {
@@ -170,7 +190,7 @@ PyMODINIT_FUNC PyInit__core(void)
     if (!module)
         return NULL;
     cv_interrupt_init(); /* long calls run Python's signal handlers: Ctrl-C lands */
-    if (cv_register_contrastive_loss(module) < 0 || cv_register_encoder(module) < 0 ||
+    if (cv_create_errors(module) < 0 || cv_register_contrastive_loss(module) < 0 || cv_register_encoder(module) < 0 ||
         cv_register_image_augment(module) < 0 || cv_register_optimizer(module) < 0 ||
         cv_register_classify(module) < 0 || cv_register_text_layers(module) < 0 ||
         cv_register_image_layers(module) < 0 || cv_register_linear_head(module) < 0) {

@@ -41,7 +41,7 @@ static int Adam_init(AdamObject *self, PyObject *args, PyObject *kwds)
     cv_adam_config config = {1e-4, 0.9, 0.999, 1e-8, 1e-6, 0, 0.0};
     cv_adam_segment *segments = NULL;
     if (self->initialized) {
-        PyErr_SetString(PyExc_RuntimeError,
+        PyErr_SetString(cv_error_state,
                         "an Adam object cannot be re-initialised (its state arrays may "
                         "be in use); make a new one");
         return -1;
@@ -149,7 +149,7 @@ static void Adam_dealloc(AdamObject *self)
 static int check_ready(AdamObject *self)
 {
     if (!self->initialized) {
-        PyErr_SetString(PyExc_RuntimeError, "the Adam object was not initialised");
+        PyErr_SetString(cv_error_state, "the Adam object was not initialised");
         return -1;
     }
     return 0;
@@ -160,7 +160,7 @@ static int check_idle(AdamObject *self)
     if (check_ready(self))
         return -1;
     if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "this Adam is in use by another thread");
+        PyErr_SetString(cv_error_state, "this Adam is in use by another thread");
         return -1;
     }
     return 0;
