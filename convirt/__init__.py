@@ -38,7 +38,7 @@ import warnings
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "10000"
 
-from . import _core, data, datasets, reports, text  # noqa: E402
+from . import _core, data, datasets, reports, text  # noqa: E402, F401
 from ._core import (  # noqa: E402
     Adam,
     ContrastiveLoss,

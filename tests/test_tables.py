@@ -86,7 +86,7 @@ def test_datasets_and_protocols_read_alike(tmp_path):
     from convirt.datasets import CSVDataset
 
     root = write_protocol(tmp_path / "chexpert", CANDIDATES)
-    columns, rows, lines = read_table(root / "candidates.csv")
+    columns, _, lines = read_table(root / "candidates.csv")
     assert columns == ["Path", "Edema", "Cardiomegaly"] and lines == [2, 3, 4]
     with open(root / "pairs.csv", "w") as f:
         f.write("image,report,Edema\na.jpg,Clear.,\nb.jpg,Edema.,1\n")
