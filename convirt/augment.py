@@ -15,7 +15,7 @@ place.
   ``GRAY_STD``: the normalisation a ResNet expects, by :func:`resnet_normalization`.
 """
 
-from . import _core
+from ._core import ImageAugment as _CImageAugment
 
 __all__ = ["AUGMENTS", "GRAY_MEAN", "GRAY_STD", "IMAGENET_MEAN", "IMAGENET_STD",
            "ImageAugment", "eval_augment", "mild_augment", "paper_augment",
@@ -45,8 +45,8 @@ def resnet_normalization(in_channels):
     return IMAGENET_MEAN[:in_channels], IMAGENET_STD[:in_channels]
 
 
-class ImageAugment(_core.ImageAugment):
-    __doc__ = _core.ImageAugment.__doc__
+class ImageAugment(_CImageAugment):
+    __doc__ = _CImageAugment.__doc__
 
     def __init__(self, size=PAPER_SIZE, *, crop_scale=PAPER_RANGES["crop_scale"],
                  crop_ratio=PAPER_RANGES["crop_ratio"], flip=PAPER_RANGES["flip"],

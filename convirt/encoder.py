@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from . import _core
+from ._core import Encoder as _CoreEncoder
 from ._io import atomic_write, read_safetensors
 from .augment import (  # noqa: F401 (the constants: convirt.encoder.IMAGENET_MEAN etc.)
     GRAY_MEAN,
@@ -218,7 +218,7 @@ def _to_torch(array, layout):
     return np.array(array, order="C", copy=True)
 
 
-class Encoder(_core.Encoder):
+class Encoder(_CoreEncoder):
     """An encoder tower: a backbone f (ResNet or BERT) and a projection head g.
 
     Build one with :meth:`resnet18`, :meth:`resnet34`, :meth:`resnet50`,

@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from . import _core
+from ._core import random_uniform
 
 __all__ = [
     "extract_sections",
@@ -383,7 +383,7 @@ def sample_sentence(report, seed, step, index, on_empty="raise"):
             return ""
         raise ValueError(f"report {index} has no sentence to sample (empty, missing or only "
                          "section headers); clean the data or pass on_empty='blank'")
-    u = _core.random_uniform((int(seed) ^ _SENTENCE_TAG) & _MASK64, int(step) & _MASK64,
+    u = random_uniform((int(seed) ^ _SENTENCE_TAG) & _MASK64, int(step) & _MASK64,
                              int(index) & _MASK64)
     return sentences[min(int(u * len(sentences)), len(sentences) - 1)]
 

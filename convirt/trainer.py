@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from . import _core
-from ._core import Adam
+from ._core import Adam, ContrastiveLoss
+from ._core import Encoder as _CoreEncoder
 from .augment import AUGMENTS, ImageAugment, eval_augment, mild_augment, paper_augment
 from .checkpoint import FORMAT, CheckpointDir
 from .encoder import Encoder
@@ -129,11 +129,11 @@ class Trainer:
             raise TypeError(f"Trainer() got unexpected keyword argument(s) {unknown}; its "
                             f"settings are {TrainerConfig.keywords()}")
         config = TrainerConfig(**settings)  # checks method, schedule and image_size
-        if not isinstance(image_encoder, _core.Encoder) or image_encoder.kind != "image":
+        if not isinstance(image_encoder, _CoreEncoder) or image_encoder.kind != "image":
             raise TypeError("image_encoder must be an image convirt.Encoder (e.g. "
                             "Encoder.resnet50())")
         if config.method == "convirt":
-            if not isinstance(text_encoder, _core.Encoder) or text_encoder.kind != "text":
+            if not isinstance(text_encoder, _CoreEncoder) or text_encoder.kind != "text":
                 raise TypeError("method='convirt' needs a text convirt.Encoder "
                                 "(e.g. Encoder.from_pretrained(path))")
             if text_encoder.tokenizer is None:
@@ -146,7 +146,7 @@ class Trainer:
             raise ValueError("nothing would be trained: every tower is frozen")
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
-        self.loss = loss if loss is not None else _core.ContrastiveLoss()
+        self.loss = loss if loss is not None else ContrastiveLoss()
         self.augment = augment if augment is not None else paper_augment(
             config.image_size, seed=config.seed)
         if self.augment.size != config.image_size:
@@ -590,7 +590,7 @@ class Trainer:
                  progress, augment):
         """The trainer of resume(), from checked parts."""
         config = TrainerConfig.from_json(state["config"])
-        loss = _core.ContrastiveLoss(**config.loss_settings())
+        loss = ContrastiveLoss(**config.loss_settings())
         if augment is None and config.augment:
             augment = ImageAugment(**config.augment)  # the same seed: the same views
         trainer = cls(image, text, loss, augment=augment, checkpoint_dir=checkpoint_dir,

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import _core
+from .._core import (
+    Adam,
+    ImageAugment,
+    LinearHead,
+    binary_cross_entropy,
+    softmax_cross_entropy,
+)
+from .._core import Encoder as _CoreEncoder
 from ..augment import eval_augment as _eval_augment
 from ..encoder import Encoder
 from ..errors import NonFiniteError, TrainingDiverged
@@ -92,10 +99,10 @@ class FinetuneResult(_ScoresByFraction):
 
 
 def _check_image_encoder(encoder):
-    if not isinstance(encoder, _core.Encoder) or encoder.kind != "image":
+    if not isinstance(encoder, _CoreEncoder) or encoder.kind != "image":
         raise TypeError(f"encoder must be an image convirt.Encoder (e.g. "
                         f"Encoder.resnet50()), got {type(encoder).__name__}"
-                        + (" (a text encoder)" if isinstance(encoder, _core.Encoder) else ""))
+                        + (" (a text encoder)" if isinstance(encoder, _CoreEncoder) else ""))
     if not hasattr(encoder, "_spec"):
         raise TypeError("encoder must be a convirt.Encoder (built by its constructors), "
                         "not the bare convirt._core.Encoder")
@@ -198,10 +205,10 @@ class _Classifier:
         self.multilabel = task.multilabel
         if self.multilabel:
             self.targets = np.ascontiguousarray(labels, dtype=np.float32)
-            self.fn = _core.binary_cross_entropy
+            self.fn = binary_cross_entropy
         else:
             self.targets = np.ascontiguousarray(labels, dtype=np.int32)
-            self.fn = _core.softmax_cross_entropy
+            self.fn = softmax_cross_entropy
 
     def __call__(self, logits, rows=None, grad=None, compute_grad=True):
         targets = self.targets if rows is None else self.targets[rows]
@@ -326,7 +333,7 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
         raise ValueError(f"patience must be None or an integer >= 1, got {patience!r}")
     eval_augment = None
     if augment is not None:
-        if not isinstance(augment, _core.ImageAugment):
+        if not isinstance(augment, ImageAugment):
             raise TypeError(f"augment must be a convirt.ImageAugment or None, got "
                             f"{type(augment).__name__}")
         if train_images.dtype != np.uint8:
@@ -370,8 +377,8 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
                 idx = sample_fraction(y, fraction, seed)
                 n_train[f, s] = len(idx)
                 _reset_copy(model, encoder)
-                head = _core.LinearHead(model.feature_dim, K, seed=seed)
-                optimizer = _core.Adam(
+                head = LinearHead(model.feature_dim, K, seed=seed)
+                optimizer = Adam(
                     [model.flat_parameters[model.trainable_offset:stop],
                      head.flat_parameters],
                     [model.flat_gradients[model.trainable_offset:stop],
@@ -381,7 +388,7 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
                     config = dict(augment.config)
                     config["seed"] = int(np.random.SeedSequence(
                         [config["seed"], seed]).generate_state(1)[0])
-                    run_augment = _core.ImageAugment(**config)
+                    run_augment = ImageAugment(**config)
                 records = []
                 best = {"metric": -np.inf, "loss": np.inf, "epoch": 0, "state": None}
                 for epoch in range(1, epochs[f] + 1):

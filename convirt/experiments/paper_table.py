@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from .. import _core
+from .._core import ContrastiveLoss
 from .._io import read_safetensors
 from ..augment import AUGMENTS
 from ..encoder import Encoder
@@ -182,7 +182,7 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
             image = random_init()
             trainer = Trainer(image, method="simclr", augment=augment_views(),
                               image_size=image_size, lr=pretrain_lr, schedule=None,
-                              loss=_core.ContrastiveLoss(temperature=temperature),
+                              loss=ContrastiveLoss(temperature=temperature),
                               seed=seed, progress=progress)
             trainer.fit((train_x, None), epochs=pretrain_epochs,
                         batch_size=min(pretrain_batch_size, len(train_x)))
@@ -193,7 +193,7 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
                                            seed=seed)
             trainer = Trainer(image, text, method="convirt", augment=augment_views(),
                               image_size=image_size, lr=pretrain_lr, schedule=None,
-                              loss=_core.ContrastiveLoss(temperature=temperature),
+                              loss=ContrastiveLoss(temperature=temperature),
                               seed=seed, progress=progress)
             trainer.fit((train_x, train_reports if text_source == "report"
                          else impressions(train_reports)), epochs=pretrain_epochs,
