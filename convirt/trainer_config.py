@@ -126,6 +126,12 @@ class TrainerConfig:
         object.__setattr__(self, "betas", tuple(self.betas))
         object.__setattr__(self, "seed", int(self.seed))
 
+    def __getitem__(self, name):
+        """config["lr"]: the dict-style read that Trainer.config (a dict before) had."""
+        if name not in self.__dataclass_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
+
     @classmethod
     def keywords(cls):
         """The names of the Trainer's keyword settings (the fields that are not the

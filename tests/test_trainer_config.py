@@ -51,6 +51,9 @@ def test_the_config_drives_the_constructor(tmp_path):
     assert trainer.optimizer.lr == 3e-4 and trainer.optimizer.betas == (0.8, 0.99)
     assert trainer.early_stopping_patience == 2 and trainer.image_size == 32
     assert trainer.config.augment == trainer.augment.config
+    assert trainer.config["lr"] == 3e-4  # as when config was a dict
+    with pytest.raises(KeyError):
+        trainer.config["batch_size"]
     assert trainer.config.temperature == pytest.approx(trainer.loss.temperature)
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['learning_rate'\]"):
         make(tmp_path, learning_rate=1e-3)
