@@ -51,7 +51,7 @@ sanitize:                    ## ASan + UBSan build in build/sanitize, C-facing t
 	CONVIRT_CFLAGS="$(SANITIZE_CFLAGS)" LDFLAGS="-fsanitize=address,undefined" \
 		$(PYTHON) setup.py -q build_ext --force \
 		--build-lib $(SANITIZE_DIR)/lib --build-temp $(SANITIZE_DIR)/temp
-	cp convirt/*.py $(SANITIZE_DIR)/lib/convirt/
+	cd convirt && find . -name '*.py' -exec cp --parents {} $(CURDIR)/$(SANITIZE_DIR)/lib/convirt/ \;
 	# from the build directory, so that this tree's convirt/ is not on the path
 	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider \
 		-W ignore::DeprecationWarning -k "$(SANITIZE_SELECT)" \

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # 3000 images of 64 x 64: 1800 train / 450 validation / 750 test; ResNet-18; the demo's
 # pretraining settings (impression sentences, lr 3e-4, mild transforms; see
-# convirt/demo.py for why), 8 epochs (450 steps) for SimCLR and ConVIRT.
+# convirt/experiments/demo.py for why), 8 epochs (450 steps) for SimCLR and ConVIRT.
 CONFIG = ["--synthetic", "3000", "--size", "64", "--depth", "18",
           "--pretrain-epochs", "8", "--pretrain-batch-size", "32", "--pretrain-lr", "3e-4",
           "--text", "impression", "--augment", "mild",

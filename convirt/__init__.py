@@ -7,7 +7,8 @@ The objects people use first:
 - :class:`ContrastiveLoss` - the paper's bidirectional contrastive loss, fused in C.
 - :class:`Trainer` - ConVIRT (or SimCLR) pretraining with checkpoints that survive a
   crash.
-- :class:`ImageAugment` - the paper's random image transforms, in C.
+- :class:`ImageAugment` - the paper's random image transforms, in C, with the paper's
+  ranges as defaults (:func:`paper_augment`, :func:`mild_augment`, :func:`eval_augment`).
 - :class:`Adam` - Adam / AdamW over flat buffers, with :class:`ReduceLROnPlateau` and
   :class:`WarmupCosine` schedules.
 - :func:`softmax_cross_entropy`, :func:`binary_cross_entropy` - the fine-tuning losses
@@ -16,8 +17,15 @@ The objects people use first:
 Configuration: :func:`show_config`, :func:`config`, :func:`set_num_threads`,
 :func:`get_num_threads`.
 
-Evaluation: ``convirt.eval`` (linear probes, retrieval, t-SNE) and ``convirt.sklearn``
-(ImageEmbedder, TextEmbedder), loaded on first use since they import scikit-learn.
+Data: ``convirt.datasets`` (where pairs come from), ``convirt.prepared`` (the memmap
+cache), ``convirt.loader`` (BatchLoader), ``convirt.images``, ``convirt.reports``
+(sections and sentences), ``convirt.text`` (tokenization).
+
+Evaluation: ``convirt.evaluation`` (linear probes, fine-tuning, retrieval, t-SNE) and
+``convirt.sklearn`` (ImageEmbedder, TextEmbedder), loaded on first use since they
+import scikit-learn; ``convirt.eval`` is the older name of the first. Above the
+library: ``convirt.experiments`` (the paper's comparison table, the demo) and
+``convirt.cli`` (the ``convirt`` command). docs/ARCHITECTURE.md draws the layers.
 """
 
 import os
@@ -30,17 +38,17 @@ import warnings
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "10000"
 
-from . import _core, data, datasets  # noqa: E402
+from . import _core, data, datasets, reports, text  # noqa: E402, F401
 from ._core import (  # noqa: E402
     Adam,
     ContrastiveLoss,
-    ImageAugment,
     LossResult,
     binary_cross_entropy,
     get_num_threads,
     set_num_threads,
     softmax_cross_entropy,
 )
+from .augment import ImageAugment, eval_augment, mild_augment, paper_augment  # noqa: E402
 from .encoder import Encoder  # noqa: E402
 from .errors import (  # noqa: E402
     CheckpointError,
@@ -52,43 +60,49 @@ from .errors import (  # noqa: E402
     TrainingDiverged,
 )
 from .schedules import ReduceLROnPlateau, WarmupCosine  # noqa: E402
-from .trainer import Callback, Trainer, paper_augment  # noqa: E402
+from .trainer import Callback, Trainer, TrainerConfig  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Adam",
+    "Callback",
     "CheckpointError",
+    "ContrastiveLoss",
     "ConvirtError",
     "DataFileError",
-    "ImageDecodeError",
-    "NonFiniteError",
-    "StateError",
-    "ContrastiveLoss",
     "Encoder",
     "ImageAugment",
+    "ImageDecodeError",
     "LossResult",
+    "NonFiniteError",
     "ReduceLROnPlateau",
+    "StateError",
     "Trainer",
-    "paper_augment",
+    "TrainerConfig",
     "TrainingDiverged",
-    "Callback",
     "WarmupCosine",
     "binary_cross_entropy",
     "config",
     "data",
     "datasets",
+    "eval_augment",
     "get_num_threads",
+    "mild_augment",
+    "paper_augment",
     "set_num_threads",
     "show_config",
     "softmax_cross_entropy",
 ]
 
+# Loaded on first use: evaluation, eval and sklearn import scikit-learn when used
+# (seconds), experiments import the Trainer's users, cli the command line.
+_LAZY = ("cli", "eval", "evaluation", "experiments", "sklearn")
+
 
 def __getattr__(name):
-    # convirt.eval and convirt.sklearn import scikit-learn (seconds): load them on first
-    # use. They stay out of __all__: `from convirt import *` must not shadow eval().
-    if name in ("eval", "sklearn"):
+    # They stay out of __all__: `from convirt import *` must not shadow eval().
+    if name in _LAZY:
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -5,6 +5,8 @@ import os
 import stat
 import tempfile
 
+from .errors import CheckpointError
+
 __all__ = ["atomic_write", "check_regular_file", "read_regular_file", "read_safetensors"]
 
 
@@ -92,11 +94,9 @@ def read_safetensors(path):
     """(tensors as NumPy arrays, metadata dict) of a safetensors file. A missing file is
     FileNotFoundError; anything else that cannot be read - not a regular file,
     truncated or corrupt, a tensor of a type NumPy has no form for (BF16) - is a
-    convirt.checkpoint.CheckpointError (a ValueError) naming the file."""
+    convirt.errors.CheckpointError (a ValueError) naming the file."""
     import safetensors
     from safetensors import safe_open
-
-    from .checkpoint import CheckpointError
 
     # safetensors 0.8 exports SafetensorError; other versions named it differently.
     library_error = getattr(safetensors, "SafetensorError", None) or getattr(

@@ -9,9 +9,16 @@ import math
 
 import numpy as np
 
-from . import _core
+from ._core import Encoder as _CoreEncoder
 from ._io import atomic_write, read_safetensors
-from .checkpoint import CheckpointError
+from .augment import (  # noqa: F401 (the constants: convirt.encoder.IMAGENET_MEAN etc.)
+    GRAY_MEAN,
+    GRAY_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    resnet_normalization,
+)
+from .errors import CheckpointError
 
 __all__ = ["Encoder"]
 
@@ -20,11 +27,8 @@ _IGNORED_SUFFIXES = ("num_batches_tracked", "embeddings.position_ids")
 _IGNORED_PREFIXES = ("fc.", "pooler.", "cls.", "classifier.", "head.fc.")
 _STRIPPED_PREFIXES = ("module.", "bert.", "model.")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# The grey level of the ImageNet statistics, for one-channel radiographs.
-GRAY_MEAN = (0.449,)
-GRAY_STD = (0.226,)
+# The default normalisation of a ResNet tower (ImageNet's, or its grey level for one
+# channel) is convirt.augment's resnet_normalization.
 
 _POOLING = {"max": 0, "mean": 1, "cls": 2}
 
@@ -214,7 +218,7 @@ def _to_torch(array, layout):
     return np.array(array, order="C", copy=True)
 
 
-class Encoder(_core.Encoder):
+class Encoder(_CoreEncoder):
     """An encoder tower: a backbone f (ResNet or BERT) and a projection head g.
 
     Build one with :meth:`resnet18`, :meth:`resnet34`, :meth:`resnet50`,
@@ -247,8 +251,7 @@ class Encoder(_core.Encoder):
         encoder = cls("resnet", {"depth": depth, "in_channels": in_channels},
                       proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed)
         if normalization is None:
-            normalization = ((GRAY_MEAN, GRAY_STD) if in_channels == 1
-                             else (IMAGENET_MEAN[:in_channels], IMAGENET_STD[:in_channels]))
+            normalization = resnet_normalization(in_channels)
         encoder.normalization = (tuple(normalization[0]), tuple(normalization[1]))
         return encoder
 

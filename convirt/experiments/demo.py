@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .trainer import AUGMENTS
+from ..augment import AUGMENTS, eval_augment
 
 __all__ = ["TEXT_QUERIES", "DemoConfig", "retrieval_split", "run_demo"]
 
@@ -90,7 +90,7 @@ class DemoConfig(dict):
 
 def training_texts(reports, which):
     """What each image is paired with: its IMPRESSION section or the whole report."""
-    from .data import impressions
+    from ..reports import impressions
 
     return list(reports) if which == "report" else impressions(reports)
 
@@ -118,20 +118,13 @@ def retrieval_split(labels, label_names, queries_per_category=10, seed=0):
     return np.array(queries, int), np.array(categories, int), np.array(sorted(candidates), int)
 
 
-def _views(images, size):
-    """Images resized to the training view size (no randomness), float32 in [0, 1]."""
-    from ._core import ImageAugment
-
-    resize = ImageAugment(size, crop_scale=None, flip=None, degrees=None, translate=None,
-                          scale=None, brightness=None, contrast=None, blur_sigma=None)
-    return resize(images, out=np.empty((len(images), size, size), np.float32))
-
-
 def _evaluate(image, text, test, label_names, image_size, fractions, seeds, log):
     """Probe AUCs and retrieval precisions of one image encoder."""
-    from . import eval as ev
+    from .. import evaluation as ev
 
-    views = _views(test.images, image_size)
+    # The test images at the training view size, nothing random, float32 in [0, 1].
+    views = eval_augment(image_size)(
+        test.images, out=np.empty((len(test.images), image_size, image_size), np.float32))
     features = image.encode(views, progress=False)
     embeddings = image.embed(views, progress=False)
     n = len(views)
@@ -172,8 +165,8 @@ def run_demo(out_dir="convirt-demo", preset="default", *, progress=True, log=pri
     """Run the demo; returns a dict of results (also written to out_dir/results.json)."""
     import convirt
 
-    from . import datasets
-    from .text import minilm_path
+    from .. import datasets
+    from ..text import minilm_path
 
     config = DemoConfig(preset, **overrides)
     os.makedirs(out_dir, exist_ok=True)
