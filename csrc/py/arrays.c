@@ -176,6 +176,46 @@ PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape)
     return (PyArrayObject *)PyArray_SimpleNew(ndim, (npy_intp *)shape, NPY_FLOAT32);
 }
 
+PyArrayObject *cv_output_array(PyObject *given, const cv_array_spec *spec, const char *name,
+                               const cv_named_array *inputs, int n_inputs,
+                               ptrdiff_t *strides)
+{
+    PyArrayObject *arr;
+    if (!given || given == Py_None) {
+        if (!(arr = cv_new_float_array(spec->ndim_min, spec->shape)))
+            return NULL;
+    } else {
+        if (cv_check_array(given, spec, &arr))
+            return NULL;
+        for (int i = 0; i < n_inputs; i++)
+            if (inputs[i].array && cv_check_no_overlap(arr, name, inputs[i].array,
+                                                       inputs[i].name))
+                return NULL;
+        Py_INCREF(arr);
+    }
+    if (strides && cv_element_strides(arr, name, strides)) {
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+PyObject *cv_owned_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,
+                        int writeable)
+{
+    static float empty; /* NumPy allocates for a NULL data pointer: an empty view has none */
+    PyObject *arr = PyArray_New(&PyArray_Type, ndim, (npy_intp *)shape, NPY_FLOAT32, NULL,
+                                data ? (void *)data : (void *)&empty, 0,
+                                writeable ? NPY_ARRAY_CARRAY : NPY_ARRAY_CARRAY_RO, NULL);
+    if (!arr)
+        return NULL;
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, Py_NewRef(owner)) < 0) {
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
 PyObject *cv_error_base, *cv_error_nonfinite, *cv_error_state;
 
 static PyObject *new_error(PyObject *module, const char *name, const char *doc,
@@ -245,14 +285,21 @@ int cv_raise(cv_status status)
     return -1;
 }
 
-int cv_claim(int *busy, const char *type_name)
+int cv_check_idle(int busy, const char *type_name)
 {
-    if (*busy) {
+    if (busy) {
         PyErr_Format(cv_error_state,
                      "this %s is in use by another thread; use one object per thread",
                      type_name);
         return -1;
     }
+    return 0;
+}
+
+int cv_claim(int *busy, const char *type_name)
+{
+    if (cv_check_idle(*busy, type_name))
+        return -1;
     *busy = 1;
     return 0;
 }
@@ -293,7 +340,7 @@ int cv_read_size(PyObject *obj, const char *name, Py_ssize_t *out)
     return 0;
 }
 
-int cv_read_seed(PyObject *obj, const char *name, uint64_t *seed)
+int cv_read_uint64(PyObject *obj, const char *name, uint64_t *out)
 {
     if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name,
@@ -311,7 +358,7 @@ int cv_read_seed(PyObject *obj, const char *name, uint64_t *seed)
                      obj);
         return -1;
     }
-    *seed = (uint64_t)v;
+    *out = (uint64_t)v;
     return 0;
 }
 

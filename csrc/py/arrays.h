@@ -47,6 +47,31 @@ int cv_check_not_in_buffer(PyArrayObject *arr, const char *name, const void *sta
 /* A new C-contiguous float32 array of the given shape, or NULL with an exception. */
 PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape);
 
+/* An input an output may not overlap, and its name in messages. array may be NULL (an
+ * optional input that was not given): it is skipped. */
+typedef struct {
+    PyArrayObject *array;
+    const char *name;
+} cv_named_array;
+
+/* An output argument: the caller's array, or a new one when `given` is NULL or None.
+ * A new array is C-contiguous float32 with spec's shape (spec->ndim_min dimensions,
+ * every size given). The caller's is checked against spec (say writeable there) and
+ * refused when it may share memory with any of the n_inputs inputs; messages about
+ * overlap and strides call it `name` (spec->name may carry a hint, e.g. "grad (it
+ * must match logits' shape)"). strides, when not NULL, receives its strides in
+ * elements. A new reference, or NULL with an exception. */
+PyArrayObject *cv_output_array(PyObject *given, const cv_array_spec *spec, const char *name,
+                               const cv_named_array *inputs, int n_inputs,
+                               ptrdiff_t *strides);
+
+/* A float32 array over memory that `owner` holds (its parameters, gradients, state):
+ * the array's base is owner, so the memory lives as long as any view of it does.
+ * data may be NULL only when the view is empty. A new reference, or NULL with an
+ * exception. */
+PyObject *cv_owned_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,
+                        int writeable);
+
 /* The package's exception types, created once when the module loads
  * (cv_create_errors) and raised from the core's status codes by cv_raise:
  *   convirt.ConvirtError                      the base of every convirt error
@@ -82,12 +107,18 @@ const char *cv_double_text(double value, char buf[CV_DOUBLE_TEXT]);
  * to check. NULL leaves *out as it is (the default). Returns 0 or -1. */
 int cv_read_size(PyObject *obj, const char *name, Py_ssize_t *out);
 
-/* A seed: an int in [0, 2**64) (not a bool); ValueError otherwise, where the C
- * conversion would silently wrap -1 or 2**64. Returns 0 or -1. */
-int cv_read_seed(PyObject *obj, const char *name, uint64_t *seed);
+/* A seed, step or counter: an int (NumPy's too, not a bool) in [0, 2**64);
+ * ValueError otherwise, where the C conversion would silently wrap -1 or 2**64.
+ * Returns 0 or -1. */
+int cv_read_uint64(PyObject *obj, const char *name, uint64_t *out);
 
-/* Claim an object for a call that mutates it: refuses a concurrent second caller. */
+/* Objects refuse a second concurrent call that would mutate them (the GIL is released
+ * during the work): a call claims the object's busy flag and releases it when done.
+ * cv_claim raises StateError when another thread holds it; cv_check_idle raises the
+ * same without claiming, for what changes an object outside such a call (setters,
+ * loading state). type_name names the object in the message. */
 int cv_claim(int *busy, const char *type_name);
+int cv_check_idle(int busy, const char *type_name);
 #define CV_RELEASE(busy) (*(busy) = 0)
 
 #endif

@@ -141,8 +141,9 @@ static PyObject *py_random_uniform(PyObject *self, PyObject *args)
     uint64_t seed, stream, index;
     if (!PyArg_ParseTuple(args, "OOO:random_uniform", &seed_obj, &stream_obj, &index_obj))
         return NULL;
-    if (cv_read_seed(seed_obj, "seed", &seed) || cv_read_seed(stream_obj, "stream", &stream) ||
-        cv_read_seed(index_obj, "index", &index))
+    if (cv_read_uint64(seed_obj, "seed", &seed) ||
+        cv_read_uint64(stream_obj, "stream", &stream) ||
+        cv_read_uint64(index_obj, "index", &index))
         return NULL;
     return PyFloat_FromDouble(cv_random_uniform(seed, stream, index));
 }
