@@ -1,4 +1,6 @@
-/* arrays.h - validation of NumPy arrays handed to the core.
+/* arrays.h - the binding's arguments: NumPy arrays handed to the core, the outputs it
+ * writes (the caller's or new), views of the memory an object owns, and the numbers
+ * (sizes, seeds) that arrive as Python ints.
  *
  * Arrays are never converted: a wrong dtype, rank, shape, stride or flag is a
  * TypeError or ValueError that names what was expected and what was given. */
@@ -72,30 +74,6 @@ PyArrayObject *cv_output_array(PyObject *given, const cv_array_spec *spec, const
 PyObject *cv_owned_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,
                         int writeable);
 
-/* The package's exception types, created once when the module loads
- * (cv_create_errors) and raised from the core's status codes by cv_raise:
- *   convirt.ConvirtError                      the base of every convirt error
- *   convirt.NonFiniteError(ConvirtError, ValueError)   NaN or Inf in inputs, weights,
- *                                             gradients or produced by the math
- *   convirt.StateError(ConvirtError, RuntimeError)     the object cannot take the call
- *                                             now: in use by another thread, wrong
- *                                             call order, not initialised */
-extern PyObject *cv_error_base, *cv_error_nonfinite, *cv_error_state;
-int cv_create_errors(PyObject *module);
-
-/* Turn the core's status and message into a Python exception (CV_ERR_NONFINITE:
- * NonFiniteError, CV_ERR_STATE: StateError, CV_ERR_VALUE: ValueError, CV_ERR_MEMORY:
- * MemoryError); returns -1. An
- * interrupted call (CV_ERR_INTERRUPTED) keeps the exception the interrupt hook left
- * (KeyboardInterrupt, or whatever a signal handler raised). */
-int cv_raise(cv_status status);
-
-/* Run Python's signal handlers from inside a long core call (the core's interrupt
- * hook, installed by the module): non-zero, with the handler's exception set on the
- * calling thread, when the call should stop. */
-int cv_interrupt_hook_python(void);
-void cv_interrupt_init(void);
-
 /* A double as Python's repr writes it ("0.0", "nan", "1e-06"): PyErr_Format has no
  * %g (Python 3.11 prints it literally, 3.12 raises SystemError), so numbers are
  * formatted first and passed as %s. Returns buf. */
@@ -111,14 +89,5 @@ int cv_read_size(PyObject *obj, const char *name, Py_ssize_t *out);
  * ValueError otherwise, where the C conversion would silently wrap -1 or 2**64.
  * Returns 0 or -1. */
 int cv_read_uint64(PyObject *obj, const char *name, uint64_t *out);
-
-/* Objects refuse a second concurrent call that would mutate them (the GIL is released
- * during the work): a call claims the object's busy flag and releases it when done.
- * cv_claim raises StateError when another thread holds it; cv_check_idle raises the
- * same without claiming, for what changes an object outside such a call (setters,
- * loading state). type_name names the object in the message. */
-int cv_claim(int *busy, const char *type_name);
-int cv_check_idle(int busy, const char *type_name);
-#define CV_RELEASE(busy) (*(busy) = 0)
 
 #endif

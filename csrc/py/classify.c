@@ -2,6 +2,7 @@
  * fine-tuning losses of csrc/classify.c as module-level functions. */
 #include "../classify.h"
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
 
 /* The gradient output, (n, k) like the logits: the caller's array (validated, over none

@@ -1,6 +1,7 @@
 /* contrastive_loss.c - the Python type convirt.ContrastiveLoss and the LossResult it
  * returns (csrc/loss.c). */
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
 
 typedef struct {

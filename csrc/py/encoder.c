@@ -6,6 +6,7 @@
 #include "../bert.h"
 #include "../resnet.h"
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
 
 typedef struct {

@@ -2,6 +2,7 @@
  * transforms, csrc/augment.c). */
 #include "../augment.h"
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
 
 typedef struct {

@@ -11,6 +11,7 @@
 #include "../layers.h"
 #include "../random.h"
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
 
 typedef struct {
@@ -327,7 +328,7 @@ PyDoc_STRVAR(Head_doc,
 "second call on the same head is refused.");
 
 static PyTypeObject HeadType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.LinearHead",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt._core.LinearHead",
     .tp_basicsize = sizeof(HeadObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = Head_doc,

@@ -1,6 +1,7 @@
 /* optimizer.c - the Python type convirt.Adam (csrc/adam.c). */
 #include "../adam.h"
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
 
 typedef struct {
