@@ -190,11 +190,13 @@ class BuildCoreAndExtensions(build_ext):
         path = self.core_path()
         if not (self.force or newer_group(CORE_SOURCES + CORE_HEADERS, path, "newer")):
             return
+        cflags = compile_flags()
         objects = self.compiler.compile(
             CORE_SOURCES, output_dir=self.build_temp, include_dirs=["csrc"],
-            macros=[("CV_BLIS_CONFIGS", f'"{configs}"')],
+            macros=[("CV_BLIS_CONFIGS", f'"{configs}"'),
+                    ("CV_BUILD_CFLAGS", '"' + " ".join(cflags) + '"')],
             # BLIS's header as a system header: its warnings are not ours.
-            extra_postargs=compile_flags() + ["-isystem", blis.include_dir],
+            extra_postargs=cflags + ["-isystem", blis.include_dir],
             depends=CORE_HEADERS, debug=self.debug)
         self.compiler.link_shared_object(
             objects, path, libraries=["blis", "m"], library_dirs=[blis.library_dir],
@@ -234,7 +236,6 @@ def binding(name, sources):
         include_dirs=["csrc"],
         libraries=[CORE_LIBRARY, "m"],
         runtime_library_dirs=[] if sys.platform == "darwin" else [ORIGIN],
-        define_macros=[("CV_BUILD_CFLAGS", '"' + " ".join(cflags) + '"')],
         # NumPy's header as a system header: its warnings are not ours.
         extra_compile_args=cflags + ["-isystem", numpy.get_include()],
         extra_link_args=["-fopenmp"] + EXT_LINK_ARGS,

@@ -90,6 +90,8 @@ typedef struct {
     int num_threads;
     int num_cores;                /* usable cores (affinity mask) */
     int openmp_version;           /* _OPENMP of the compiler */
+    const char *compiler;         /* the compiler that built the core, and its flags */
+    const char *cflags;
 } cv_config;
 
 void cv_get_config(cv_config *config);

@@ -11,10 +11,6 @@
 #include "errors.h"
 #include "module.h"
 
-#ifndef CV_BUILD_CFLAGS
-#define CV_BUILD_CFLAGS "unknown"
-#endif
-
 static PyObject *py_config(PyObject *self, PyObject *unused)
 {
     (void)self;
@@ -33,13 +29,7 @@ static PyObject *py_config(PyObject *self, PyObject *unused)
 #else
         "unknown",
 #endif
-        "openmp_version", c.openmp_version, "compiler",
-#ifdef __VERSION__
-        __VERSION__,
-#else
-        "unknown",
-#endif
-        "cflags", CV_BUILD_CFLAGS);
+        "openmp_version", c.openmp_version, "compiler", c.compiler, "cflags", c.cflags);
 }
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
