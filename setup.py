@@ -1,4 +1,18 @@
-"""Build of convirt's C core (csrc/) into the extension convirt._core.
+"""Build of convirt's C core (csrc/) and of its two Python bindings.
+
+  convirt/libconvirt.so  the C core, csrc/*.c: no Python inside, on BLIS and OpenMP
+  convirt._core          the package's extension, csrc/py/: the types and functions
+                         that convirt exports
+  convirt._testing       the tests' extension, csrc/testing/: the core's layers one at a
+                         time and its naive reference kernels
+
+The core is compiled once, into a shared library beside the two extensions, which link
+it with RPATH $ORIGIN. A process therefore holds one copy of the core's state whichever
+module calls it: the BLIS kernel set that cv_init chooses once, the thread count that
+convirt.set_num_threads sets, the last error message and the ResNet profile. (With the
+core compiled into each extension, convirt._testing would keep its own thread count,
+which convirt.set_num_threads could not reach.) The library exports the core's C API;
+-Bsymbolic binds the core's calls to itself, never to a namesake in another library.
 
 BLIS (the OpenMP build, so that the core and BLIS share one libgomp thread pool) is
 looked for, in order:
@@ -6,9 +20,13 @@ looked for, in order:
   2. pkg-config blis
   3. Debian/Ubuntu's libblis-openmp-dev: /usr/include/<triplet>/blis-openmp and
      /usr/lib/<triplet>/blis-openmp
-The library's directory is written into the extension's RPATH, so it loads without
+The library's directory is written into libconvirt's RPATH, so it loads without
 LD_LIBRARY_PATH. The BLIS build's list of sub-configurations (config.mk) is baked in,
 so that the kernel choice at run time never names one that the library lacks.
+
+Compiler warnings (-Wall -Wextra) are errors only when CONVIRT_WERROR=1, as CI sets it:
+a newer compiler's new warning must not break a user's pip install. CONVIRT_CFLAGS adds
+flags (the sanitizer build uses it).
 """
 
 import glob
@@ -20,6 +38,12 @@ import sysconfig
 
 import numpy
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+try:
+    from setuptools.modified import newer_group
+except ImportError:  # setuptools < 69
+    from distutils.dep_util import newer_group
 
 INSTALL_HELP = """
 convirt needs BLIS (with OpenMP threading) to build, and none was found.
@@ -123,35 +147,108 @@ def find_blis():
     sys.exit(INSTALL_HELP.format(looked=looked))
 
 
-def extension():
-    blis = find_blis()
-    configs = blis.configs()
+CORE_LIBRARY = "convirt"  # convirt/libconvirt.so
+CORE_FILE = f"lib{CORE_LIBRARY}.so"
+CORE_SOURCES = sorted(glob.glob("csrc/*.c"))
+CORE_HEADERS = sorted(glob.glob("csrc/*.h"))
+if sys.platform == "darwin":  # not tried: the core is built and tested on Linux
+    ORIGIN = "@loader_path"
+    CORE_LINK_ARGS = [f"-Wl,-install_name,@rpath/{CORE_FILE}"]
+    EXT_LINK_ARGS = [f"-Wl,-rpath,{ORIGIN}"]
+else:
+    ORIGIN = "$ORIGIN"
+    CORE_LINK_ARGS = [f"-Wl,-soname,{CORE_FILE}", "-Wl,-Bsymbolic"]
+    EXT_LINK_ARGS = []
+
+
+def compile_flags():
     # -fno-trapping-math lets GCC vectorise the branch-free exp (no FP traps are used).
-    cflags = ["-std=gnu11", "-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
-              "-fvisibility=hidden",
-              "-Wall", "-Wextra", "-Wno-unused-parameter"]
-    if os.environ.get("CONVIRT_ALLOW_WARNINGS") != "1":
-        cflags.append("-Werror")
-    extra = shlex.split(os.environ.get("CONVIRT_CFLAGS", ""))
-    cflags += extra
-    print(f"convirt: BLIS from {blis.how}: {blis.include_dir}, {blis.library_dir}; "
-          f"sub-configurations: {configs or 'unknown'}", file=sys.stderr)
-    sources = sorted(glob.glob("csrc/*.c")) + sorted(glob.glob("csrc/py/*.c"))
+    flags = ["-std=gnu11", "-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
+             "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    if os.environ.get("CONVIRT_WERROR") == "1":
+        flags.append("-Werror")
+    return flags + shlex.split(os.environ.get("CONVIRT_CFLAGS", ""))
+
+
+class BuildCoreAndExtensions(build_ext):
+    """build_ext that first builds the C core into libconvirt.so beside the extensions
+    (in the build tree, and copied into the source tree with --inplace), then the
+    extensions that link it."""
+
+    def core_path(self):
+        return os.path.join(self.build_lib, "convirt", CORE_FILE)
+
+    def core_inplace_path(self):
+        package_dir = self.get_finalized_command("build_py").get_package_dir("convirt")
+        return os.path.join(package_dir, CORE_FILE)
+
+    def build_core(self):
+        blis = find_blis()
+        configs = blis.configs()
+        print(f"convirt: BLIS from {blis.how}: {blis.include_dir}, {blis.library_dir}; "
+              f"sub-configurations: {configs or 'unknown'}", file=sys.stderr)
+        path = self.core_path()
+        if not (self.force or newer_group(CORE_SOURCES + CORE_HEADERS, path, "newer")):
+            return
+        cflags = compile_flags()
+        objects = self.compiler.compile(
+            CORE_SOURCES, output_dir=self.build_temp, include_dirs=["csrc"],
+            macros=[("CV_BLIS_CONFIGS", f'"{configs}"'),
+                    ("CV_BUILD_CFLAGS", '"' + " ".join(cflags) + '"')],
+            # BLIS's header as a system header: its warnings are not ours.
+            extra_postargs=cflags + ["-isystem", blis.include_dir],
+            depends=CORE_HEADERS, debug=self.debug)
+        self.compiler.link_shared_object(
+            objects, path, libraries=["blis", "m"], library_dirs=[blis.library_dir],
+            runtime_library_dirs=[blis.library_dir],
+            extra_postargs=["-fopenmp"] + CORE_LINK_ARGS, debug=self.debug,
+            target_lang="c")
+
+    def build_extensions(self):
+        self.build_core()
+        for ext in self.extensions:
+            ext.library_dirs.insert(0, os.path.dirname(self.core_path()))
+        super().build_extensions()
+
+    def copy_extensions_to_source(self):
+        super().copy_extensions_to_source()
+        self.copy_file(self.core_path(), self.core_inplace_path(), level=self.verbose)
+
+    def get_output_mapping(self):
+        mapping = super().get_output_mapping()
+        if self.inplace:
+            mapping[self.core_path()] = self.core_inplace_path()
+        return mapping
+
+    def get_outputs(self):
+        outputs = super().get_outputs()
+        return outputs if self.inplace else sorted(outputs + [self.core_path()])
+
+
+def binding(name, sources):
+    """An extension module on libconvirt, from the given C files."""
+    cflags = compile_flags() + ["-fvisibility=hidden"]
+    directories = sorted({os.path.dirname(path) for path in sources})
+    headers = [path for d in directories for path in sorted(glob.glob(f"{d}/*.h"))]
     return Extension(
-        "convirt._core",
+        name,
         sources=sources,
         include_dirs=["csrc"],
-        library_dirs=[blis.library_dir],
-        runtime_library_dirs=[blis.library_dir],
-        libraries=["blis", "m"],
-        define_macros=[("CV_BLIS_CONFIGS", f'"{configs}"'),
-                       ("CV_BUILD_CFLAGS", '"' + " ".join(cflags) + '"')],
-        # Third-party headers as system headers: their warnings are not ours.
-        extra_compile_args=cflags + ["-isystem", blis.include_dir,
-                                     "-isystem", numpy.get_include()],
-        extra_link_args=["-fopenmp"],
-        depends=sorted(glob.glob("csrc/*.h")) + sorted(glob.glob("csrc/py/*.h")),
+        libraries=[CORE_LIBRARY, "m"],
+        runtime_library_dirs=[] if sys.platform == "darwin" else [ORIGIN],
+        # NumPy's header as a system header: its warnings are not ours.
+        extra_compile_args=cflags + ["-isystem", numpy.get_include()],
+        extra_link_args=["-fopenmp"] + EXT_LINK_ARGS,
+        depends=CORE_HEADERS + headers,
     )
 
 
-setup(ext_modules=[extension()])
+setup(
+    ext_modules=[
+        binding("convirt._core", sorted(glob.glob("csrc/py/*.c"))),
+        # With csrc/py's argument checks and exception mapping (it raises _core's types).
+        binding("convirt._testing", sorted(glob.glob("csrc/testing/*.c"))
+                + ["csrc/py/arrays.c", "csrc/py/errors.c"]),
+    ],
+    cmdclass={"build_ext": BuildCoreAndExtensions},
+)

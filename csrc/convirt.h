@@ -1,8 +1,10 @@
 /* convirt.h - the public C API of the convirt core.
  *
- * The core is plain C99 + OpenMP on top of BLIS. It never prints, never exits and
- * never aborts: every fallible function returns a cv_status and leaves a message
- * that cv_last_error() returns (per thread). Python is a client like any other.
+ * The core is C11 with GNU extensions (built with -std=gnu11: _Thread_local, GCC's
+ * overflow and CPU builtins, target_clones) and OpenMP, on top of BLIS; it builds into
+ * libconvirt.so, with no Python inside. It never prints, never exits and never
+ * aborts: every fallible function returns a cv_status and leaves a message that
+ * cv_last_error() returns (per thread). Python is a client like any other.
  *
  * Conventions
  *   - float32 everywhere; activations NHWC (images) or (tokens, hidden) (text).
@@ -88,6 +90,8 @@ typedef struct {
     int num_threads;
     int num_cores;                /* usable cores (affinity mask) */
     int openmp_version;           /* _OPENMP of the compiler */
+    const char *compiler;         /* the compiler that built the core, and its flags */
+    const char *cflags;
 } cv_config;
 
 void cv_get_config(cv_config *config);

@@ -14,41 +14,8 @@
 #define CONVIRT_ENCODER_H
 
 #include "convirt.h"
-
-/* ---- tensor table -------------------------------------------------------------- */
-
-#define CV_NAME_LEN 96
-
-typedef struct {
-    char name[CV_NAME_LEN]; /* e.g. "layer1.0.conv1.weight" */
-    int ndim;
-    int64_t shape[4]; /* PyTorch's shape for the tensor (see the layout note) */
-    size_t offset;    /* in floats, into params (or buffers when is_buffer) */
-    size_t size;
-    int is_buffer; /* a running statistic, kept in `buffers`, not trained */
-    int frozen;    /* a parameter that gets no gradient */
-    int layout;    /* how the stored order differs from PyTorch's (CV_LAYOUT_*) */
-} cv_tensor;
-
-/* Stored order of a tensor's elements. Convolution weights are kept GEMM-ready:
- * PyTorch's (K, C, R, S) is stored as (K, R, S, C), Python's views show it in the
- * stored order with shape (K, R, S, C), and import/export convert. */
-enum { CV_LAYOUT_TORCH = 0, CV_LAYOUT_KRSC = 1 };
-
-typedef struct {
-    cv_tensor *tensors;
-    int count, cap;
-    size_t n_params, n_buffers;
-} cv_tensor_table;
-
-/* Declare a tensor; *offset receives its offset in floats. shape has ndim entries
- * (1 <= ndim <= 4), each >= 1. CV_ERR_VALUE when a size is below 1 or the size or the
- * buffer's total does not fit in size_t (checked, never wrapped: sizes may come from a
- * checkpoint file), CV_ERR_MEMORY when the table cannot grow. Frozen-ness is set
- * afterwards, before the buffers are allocated. */
-cv_status cv_table_add(cv_tensor_table *table, const char *name, int ndim,
-                       const int64_t *shape, int is_buffer, int layout, size_t *offset);
-void cv_table_free(cv_tensor_table *table);
+#include "head.h"
+#include "tensor_table.h"
 
 /* ---- inputs ---------------------------------------------------------------------- */
 
@@ -94,34 +61,6 @@ typedef struct {
     void (*free)(void *model);
 } cv_backbone;
 
-/* ---- projection head g(x) = W2 relu(W1 x + b1) + b2 (head.c) --------------------------- */
-
-typedef struct {
-    ptrdiff_t in_dim, hidden_dim, out_dim;
-    /* parameters and gradients (PyTorch Linear layout: weight is (out, in)) */
-    float *w1, *b1, *w2, *b2;
-    float *dw1, *db1, *dw2, *db2;
-    size_t w1_offset, b1_offset, w2_offset, b2_offset;
-    /* saved by forward for backward */
-    float *hidden; /* n x hidden_dim, after the ReLU */
-    size_t hidden_cap;
-    const float *input; /* the features of the last forward (owned by the encoder) */
-    ptrdiff_t n;
-    float *d_hidden;
-    size_t d_hidden_cap;
-} cv_head;
-
-/* Declares projection.0.weight/bias and projection.2.weight/bias. */
-cv_status head_create(cv_head *head, cv_tensor_table *table, ptrdiff_t in_dim,
-                      ptrdiff_t hidden_dim, ptrdiff_t out_dim);
-void head_bind(cv_head *head, float *params, float *grads);
-void head_init(cv_head *head, uint64_t seed);
-/* out (n x out_dim) = g(in); keeps in and the hidden layer for backward. */
-cv_status head_forward(cv_head *head, float *out, const float *in, ptrdiff_t n);
-/* Adds parameter gradients; d_in (n x in_dim) is OVERWRITTEN unless NULL. */
-cv_status head_backward(cv_head *head, float *d_in, const float *d_out);
-void head_free(cv_head *head);
-
 /* ---- the encoder (encoder.c) -------------------------------------------------------- */
 
 typedef struct {
@@ -138,7 +77,11 @@ typedef struct {
     float *d_features;
     size_t d_features_cap;
     ptrdiff_t n;
-    int has_forward; /* a training forward is available for backward */
+    /* What the last forward left for backward: 0 nothing (no forward yet, or the
+     * last was not in training mode or failed); 1 features and embeddings, so
+     * backward takes d_embeddings and/or d_features; 2 features only (embeddings
+     * were not asked for), so backward takes d_features alone. */
+    int has_forward;
 } cv_encoder;
 
 /* Completes an encoder whose backbone was created into enc->backbone and

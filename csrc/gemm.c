@@ -23,6 +23,9 @@
 #ifndef CV_BLIS_CONFIGS
 #define CV_BLIS_CONFIGS "" /* unknown: the build could not read BLIS's config.mk */
 #endif
+#ifndef CV_BUILD_CFLAGS
+#define CV_BUILD_CFLAGS "unknown"
+#endif
 
 /* ---- kernel choice --------------------------------------------------------- */
 
@@ -329,6 +332,12 @@ void cv_get_config(cv_config *config)
     config->num_threads = cv_get_num_threads();
     config->num_cores = state.cores;
     config->openmp_version = _OPENMP;
+#ifdef __VERSION__
+    config->compiler = __VERSION__;
+#else
+    config->compiler = "unknown";
+#endif
+    config->cflags = CV_BUILD_CFLAGS;
 }
 
 /* ---- GEMM -------------------------------------------------------------------- */

@@ -2,7 +2,7 @@
  * (ConVIRT's g_v and g_u), named like PyTorch's Sequential(Linear, ReLU, Linear):
  * projection.0.* and projection.2.*. */
 #include "core.h"
-#include "encoder.h"
+#include "head.h"
 #include "layers.h"
 #include "random.h"
 

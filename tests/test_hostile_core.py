@@ -385,7 +385,8 @@ def test_binding_format_strings_use_only_supported_conversions():
     # The static half of the %g bug: about 14 PyErr_Format calls (some spanning lines)
     # used %g. Every format string of the binding is checked here.
     bad, seen = [], 0
-    for path in sorted((ROOT / "csrc" / "py").glob("*.c")):
+    for path in sorted([*(ROOT / "csrc" / "py").glob("*.c"),
+                        *(ROOT / "csrc" / "testing").glob("*.c")]):
         for function, line, fmt in _format_strings(path.read_text()):
             seen += 1
             for conversion in _CONVERSION.findall(fmt):

@@ -1,5 +1,5 @@
 """The image layers of the C core one at a time (convolution, batch norm, pooling and
-their fused forms), through the private entry points in convirt._core: each forward
+their fused forms), through the test-only module convirt._testing: each forward
 and backward against the naive C reference, against PyTorch (torch.nn.functional, in
 float64) and against finite differences."""
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import convirt
-from convirt import _core
+from convirt import _testing
 
 RNG = np.random.default_rng(1234)
 
@@ -57,8 +57,8 @@ CONV_CASES = [
 @pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", CONV_CASES)
 def test_conv_forward_matches_reference_and_torch(n, h, w, c, k, r, stride, pad):
     x, weight = randn(n, h, w, c), randn(k, r, r, c)
-    fast = _core._conv2d_forward(x, weight, stride, pad)
-    naive = _core._conv2d_forward(x, weight, stride, pad, reference=True)
+    fast = _testing.conv2d_forward(x, weight, stride, pad)
+    naive = _testing.conv2d_forward(x, weight, stride, pad, reference=True)
     expected = torch_conv(x, weight, stride, pad)
     assert fast.shape == expected.shape
     assert rel(naive, expected) < 1e-6
@@ -72,9 +72,9 @@ def test_conv_backward_matches_reference_and_torch(n, h, w, c, k, r, stride, pad
     dout = randn(*torch_conv(x, weight, stride, pad).shape)
     before_dx, before_dw = randn(*x.shape), randn(*weight.shape)
     dx, dw = before_dx.copy(), before_dw.copy()
-    _core._conv2d_backward(dout, x, weight, stride, pad, dx=dx, dw=dw, add=add)
+    _testing.conv2d_backward(dout, x, weight, stride, pad, dx=dx, dw=dw, add=add)
     ref_dx, ref_dw = np.zeros_like(x), np.zeros_like(weight)
-    _core._conv2d_backward(dout, x, weight, stride, pad, dx=ref_dx, dw=ref_dw, reference=True)
+    _testing.conv2d_backward(dout, x, weight, stride, pad, dx=ref_dx, dw=ref_dw, reference=True)
 
     xt = nchw(x).requires_grad_(True)
     wt = krsc_to_torch(weight).requires_grad_(True)
@@ -99,11 +99,11 @@ WIDE_CASES = [
 @pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", WIDE_CASES)
 def test_wide_conv_matches_reference(n, h, w, c, k, r, stride, pad):
     x, weight = randn(n, h, w, c), randn(k, r, r, c)
-    out = _core._conv2d_forward(x, weight, stride, pad)
-    assert rel(out, _core._conv2d_forward(x, weight, stride, pad, reference=True)) < 1e-5
+    out = _testing.conv2d_forward(x, weight, stride, pad)
+    assert rel(out, _testing.conv2d_forward(x, weight, stride, pad, reference=True)) < 1e-5
     dout = randn(*out.shape)
-    dx, dw = _core._conv2d_backward(dout, x, weight, stride, pad, add=False)
-    ref_dx, ref_dw = _core._conv2d_backward(dout, x, weight, stride, pad, reference=True)
+    dx, dw = _testing.conv2d_backward(dout, x, weight, stride, pad, add=False)
+    ref_dx, ref_dw = _testing.conv2d_backward(dout, x, weight, stride, pad, reference=True)
     assert rel(dx, ref_dx) < 1e-5 and rel(dw, ref_dw) < 1e-5
 
 
@@ -113,10 +113,10 @@ def test_conv_backward_matches_finite_differences(n, h, w, c, k, r, stride, pad)
     exact up to rounding: it checks the backward against the fast forward itself."""
     x, weight = randn(n, h, w, c), randn(k, r, r, c)
     g = randn(*torch_conv(x, weight, stride, pad).shape).astype(np.float64)
-    dx, dw = _core._conv2d_backward(g.astype(np.float32), x, weight, stride, pad)
+    dx, dw = _testing.conv2d_backward(g.astype(np.float32), x, weight, stride, pad)
 
     def loss(x_, w_):
-        return float(np.sum(_core._conv2d_forward(x_, w_, stride, pad) * g))
+        return float(np.sum(_testing.conv2d_forward(x_, w_, stride, pad) * g))
 
     eps = 0.5
     vx, vw = randn(*x.shape), randn(*weight.shape)
@@ -159,17 +159,17 @@ def test_conv_on_images_normalises_in_place(name, images, mean, std, r, stride, 
     x = normalised(images, mean, std)
     c = x.shape[3]
     weight = randn(5, r, r, c)
-    out = _core._conv2d_forward(images, weight, stride, pad, mean=mean, std=std)
-    naive = _core._conv2d_forward(images, weight, stride, pad, mean=mean, std=std,
+    out = _testing.conv2d_forward(images, weight, stride, pad, mean=mean, std=std)
+    naive = _testing.conv2d_forward(images, weight, stride, pad, mean=mean, std=std,
                                   reference=True)
     expected = torch_conv(x, weight, stride, pad)
     assert rel(out, expected) < 1e-5 and rel(naive, expected) < 1e-5
 
     # the input gradient is with respect to the pixel values as given
     dout = randn(*out.shape)
-    dx, dw = _core._conv2d_backward(dout, images, weight, stride, pad, mean=mean, std=std,
+    dx, dw = _testing.conv2d_backward(dout, images, weight, stride, pad, mean=mean, std=std,
                                     add=False)
-    ref_dx, ref_dw = _core._conv2d_backward(dout, images, weight, stride, pad, mean=mean,
+    ref_dx, ref_dw = _testing.conv2d_backward(dout, images, weight, stride, pad, mean=mean,
                                             std=std, reference=True)
     xt = nchw(x).requires_grad_(True)
     wt = krsc_to_torch(weight).requires_grad_(True)
@@ -186,21 +186,21 @@ def test_conv_on_images_normalises_in_place(name, images, mean, std, r, stride, 
 def test_conv_bad_arguments():
     x, weight = randn(1, 8, 8, 3), randn(4, 3, 3, 3)
     with pytest.raises(ValueError, match="input channels"):
-        _core._conv2d_forward(x, randn(4, 3, 3, 2))
+        _testing.conv2d_forward(x, randn(4, 3, 3, 2))
     with pytest.raises(ValueError, match="does not fit"):
-        _core._conv2d_forward(x, randn(4, 11, 11, 3))
+        _testing.conv2d_forward(x, randn(4, 11, 11, 3))
     with pytest.raises(ValueError, match="stride"):
-        _core._conv2d_forward(x, weight, 0, 1)
+        _testing.conv2d_forward(x, weight, 0, 1)
     with pytest.raises(TypeError, match="float32"):
-        _core._conv2d_forward(x.astype(np.float64), weight)
+        _testing.conv2d_forward(x.astype(np.float64), weight)
     with pytest.raises(ValueError, match="C-contiguous"):
-        _core._conv2d_forward(x[:, ::2], weight)
+        _testing.conv2d_forward(x[:, ::2], weight)
     with pytest.raises(ValueError, match="mean needs 3 values"):
-        _core._conv2d_forward(x, weight, mean=(0.5,), std=(1.0, 1.0, 1.0))
+        _testing.conv2d_forward(x, weight, mean=(0.5,), std=(1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="std must be > 0"):
-        _core._conv2d_forward(x, weight, mean=(0.5,) * 3, std=(1.0, 0.0, 1.0))
+        _testing.conv2d_forward(x, weight, mean=(0.5,) * 3, std=(1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="dout must have shape"):
-        _core._conv2d_backward(randn(1, 7, 7, 4), x, weight, 1, 1)
+        _testing.conv2d_backward(randn(1, 7, 7, 4), x, weight, 1, 1)
 
 
 # ---- batch norm ----------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_batch_statistics(m, c, offset):
     """Mean and biased variance, also when the mean dwarfs the spread (no
     cancellation) and when rows cross the 512-row tiles."""
     y = (offset + RNG.standard_normal((m, c)) * RNG.uniform(0.01, 3.0, c)).astype(np.float32)
-    mean, var = _core._bn_statistics(y)
+    mean, var = _testing.bn_statistics(y)
     y64 = y.astype(np.float64)
     # float sums over short runs of rows: errors relative to the spread, not the mean
     np.testing.assert_allclose(mean, y64.mean(0), rtol=0, atol=1e-6 * y64.std(0).max())
@@ -235,7 +235,7 @@ def test_batchnorm_forward_matches_torch(training, relu):
     gamma, beta = randn(7) + 1, randn(7)
     rm, rv = randn(7), (RNG.random(7) + 0.5).astype(np.float32)
     rm0, rv0 = rm.copy(), rv.copy()
-    out, mean, invstd = _core._batchnorm_forward(y, gamma, beta, rm, rv, training=training,
+    out, mean, invstd = _testing.batchnorm_forward(y, gamma, beta, rm, rv, training=training,
                                                  relu=relu)
     expected, rm_t, rv_t = torch_bn(y, gamma, beta, rm0, rv0, training)
     if relu:
@@ -251,16 +251,16 @@ def test_batchnorm_forward_matches_torch(training, relu):
 def test_batchnorm_with_residual_and_fused_downsample():
     y, res, res_y = randn(2, 3, 3, 6), randn(2, 3, 3, 6), randn(2, 3, 3, 6)
     scale, shift, rs, rt = randn(6), randn(6), randn(6), randn(6)
-    out = _core._bn_apply(y, scale, shift, residual=res)
+    out = _testing.bn_apply(y, scale, shift, residual=res)
     np.testing.assert_allclose(out, np.maximum(y * scale + shift + res, 0), rtol=1e-5, atol=1e-6)
-    out = _core._bn_apply(y, scale, shift, res_y=res_y, res_scale=rs, res_shift=rt)
+    out = _testing.bn_apply(y, scale, shift, res_y=res_y, res_scale=rs, res_shift=rt)
     np.testing.assert_allclose(out, np.maximum(y * scale + shift + res_y * rs + rt, 0),
                                rtol=1e-5, atol=1e-6)
-    out = _core._bn_apply(y, scale, shift, residual=res, relu=False)
+    out = _testing.bn_apply(y, scale, shift, residual=res, relu=False)
     np.testing.assert_allclose(out, y * scale + shift + res, rtol=1e-5, atol=1e-6)
     gamma, beta = randn(6), randn(6)
     rm, rv = np.zeros(6, np.float32), np.ones(6, np.float32)
-    out, _, _ = _core._batchnorm_forward(y, gamma, beta, rm, rv, training=True, relu=True,
+    out, _, _ = _testing.batchnorm_forward(y, gamma, beta, rm, rv, training=True, relu=True,
                                          residual=res)
     expected, _, _ = torch_bn(y, gamma, beta, np.zeros(6), np.ones(6), True)
     assert rel(out, np.maximum(expected + res, 0)) < 1e-6
@@ -271,10 +271,10 @@ def test_batchnorm_with_residual_and_fused_downsample():
 def test_batchnorm_backward_matches_torch(relu, m, c):
     y = (randn(m, c) * 1.5 + 0.3).astype(np.float32)
     gamma, beta = randn(c) + 1, randn(c)
-    out, mean, invstd = _core._batchnorm_forward(y, gamma, beta, np.zeros(c, np.float32),
+    out, mean, invstd = _testing.batchnorm_forward(y, gamma, beta, np.zeros(c, np.float32),
                                                  np.ones(c, np.float32), relu=relu)
     dout = randn(m, c)
-    dy, dgamma, dbeta = _core._batchnorm_backward(dout, y, mean, invstd, gamma,
+    dy, dgamma, dbeta = _testing.batchnorm_backward(dout, y, mean, invstd, gamma,
                                                   out=out if relu else None)
     yt = torch.from_numpy(y.astype(np.float64)).requires_grad_(True)
     gt = torch.from_numpy(gamma.astype(np.float64)).requires_grad_(True)
@@ -293,13 +293,13 @@ def test_batchnorm_backward_matches_finite_differences():
     g = randn(m, c).astype(np.float64)
 
     def loss(y_, gamma_, beta_):
-        out, _, _ = _core._batchnorm_forward(y_, gamma_, beta_, np.zeros(c, np.float32),
+        out, _, _ = _testing.batchnorm_forward(y_, gamma_, beta_, np.zeros(c, np.float32),
                                              np.ones(c, np.float32), relu=True)
         return float(np.sum(out * g))
 
-    out, mean, invstd = _core._batchnorm_forward(y, gamma, beta, np.zeros(c, np.float32),
+    out, mean, invstd = _testing.batchnorm_forward(y, gamma, beta, np.zeros(c, np.float32),
                                                  np.ones(c, np.float32), relu=True)
-    dy, dgamma, dbeta = _core._batchnorm_backward(g.astype(np.float32), y, mean, invstd, gamma,
+    dy, dgamma, dbeta = _testing.batchnorm_backward(g.astype(np.float32), y, mean, invstd, gamma,
                                                   out=out)
     eps = 1e-2
     for grad, which in [(dy, 0), (dgamma, 1), (dbeta, 2)]:
@@ -322,7 +322,7 @@ def test_block_end_mask_and_reduce(m, c, downsample):
     ma, mb = randn(c), randn(c)
     ia, ib = (RNG.random(c) + 0.5).astype(np.float32), (RNG.random(c) + 0.5).astype(np.float32)
     args = (yb, mb, ib) if downsample else ()
-    dz, sum_dz, sum_a, sum_b = _core._bn_block_end(dout, out, ya, ma, ia, *args)
+    dz, sum_dz, sum_a, sum_b = _testing.bn_block_end(dout, out, ya, ma, ia, *args)
     expected = np.where(out > 0, dout, 0).astype(np.float64)
     np.testing.assert_array_equal(dz, expected.astype(np.float32))
     np.testing.assert_allclose(sum_dz, expected.sum(0), rtol=1e-5, atol=1e-5)
@@ -332,7 +332,7 @@ def test_block_end_mask_and_reduce(m, c, downsample):
                                    atol=1e-4)
     # the same as the separate backward of each batch norm, masked by the block output
     gamma = randn(c)
-    _, _, dbeta = _core._batchnorm_backward(dout, ya, ma, ia, gamma, out=out)
+    _, _, dbeta = _testing.batchnorm_backward(dout, ya, ma, ia, gamma, out=out)
     np.testing.assert_allclose(dbeta, sum_dz, rtol=1e-5, atol=1e-4)
 
 
@@ -341,16 +341,16 @@ def test_block_end_mask_and_reduce(m, c, downsample):
 @pytest.mark.parametrize("k,stride,pad", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2)])
 def test_maxpool_matches_reference_and_torch(k, stride, pad):
     x = randn(2, 11, 9, 7)
-    out = _core._maxpool_forward(x, k, stride, pad)
-    naive = _core._maxpool_forward(x, k, stride, pad, reference=True)
+    out = _testing.maxpool_forward(x, k, stride, pad)
+    naive = _testing.maxpool_forward(x, k, stride, pad, reference=True)
     xt = nchw(x).requires_grad_(True)
     expected = F.max_pool2d(xt, k, stride=stride, padding=pad)
     np.testing.assert_array_equal(out, naive)
     np.testing.assert_array_equal(out, expected.detach().permute(0, 2, 3, 1).numpy()
                                   .astype(np.float32))
     dout = randn(*out.shape)
-    dx = _core._maxpool_backward(dout, x, out, k, stride, pad)
-    ref = _core._maxpool_backward(dout, x, out, k, stride, pad, reference=True)
+    dx = _testing.maxpool_backward(dout, x, out, k, stride, pad)
+    ref = _testing.maxpool_backward(dout, x, out, k, stride, pad, reference=True)
     expected.backward(nchw(dout))
     np.testing.assert_allclose(dx, ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6)
@@ -362,9 +362,9 @@ def test_maxpool_ties_follow_torch():
     x = np.maximum(randn(2, 8, 8, 5), 0).astype(np.float32)
     x[0, :3, :3, 0] = 0.0
     x[1, 2:4, 2:5, 1] = 0.75
-    out = _core._maxpool_forward(x, 3, 2, 1)
+    out = _testing.maxpool_forward(x, 3, 2, 1)
     dout = randn(*out.shape)
-    dx = _core._maxpool_backward(dout, x, out, 3, 2, 1)
+    dx = _testing.maxpool_backward(dout, x, out, 3, 2, 1)
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(True)
     F.max_pool2d(xt, 3, stride=2, padding=1).backward(torch.from_numpy(dout).permute(0, 3, 1, 2))
     np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6)
@@ -372,27 +372,27 @@ def test_maxpool_ties_follow_torch():
 
 def test_maxpool_backward_matches_finite_differences():
     x = randn(2, 9, 9, 4)  # distinct values: the max pool is linear near x
-    out = _core._maxpool_forward(x, 3, 2, 1)
+    out = _testing.maxpool_forward(x, 3, 2, 1)
     g = randn(*out.shape).astype(np.float64)
-    dx = _core._maxpool_backward(g.astype(np.float32), x, out, 3, 2, 1)
+    dx = _testing.maxpool_backward(g.astype(np.float32), x, out, 3, 2, 1)
     v, eps = randn(*x.shape), 1e-4
-    fd = (np.sum(_core._maxpool_forward(x + eps * v, 3, 2, 1) * g)
-          - np.sum(_core._maxpool_forward(x - eps * v, 3, 2, 1) * g)) / (2 * eps)
+    fd = (np.sum(_testing.maxpool_forward(x + eps * v, 3, 2, 1) * g)
+          - np.sum(_testing.maxpool_forward(x - eps * v, 3, 2, 1) * g)) / (2 * eps)
     assert fd == pytest.approx(float(np.sum(dx * v)), rel=1e-2)
 
 
 def test_avgpool_forward_backward():
     x = randn(3, 5, 7, 11)
-    out = _core._avgpool_forward(x)
+    out = _testing.avgpool_forward(x)
     np.testing.assert_allclose(out, x.astype(np.float64).mean(axis=(1, 2)), rtol=1e-6,
                                atol=1e-7)
     g = randn(3, 11)
-    dx = _core._avgpool_backward(g, 5, 7)
+    dx = _testing.avgpool_backward(g, 5, 7)
     np.testing.assert_allclose(dx, np.broadcast_to(g[:, None, None, :] / 35, x.shape),
                                rtol=1e-6)
     v, eps = randn(*x.shape), 0.5
-    fd = (np.sum(_core._avgpool_forward(x + eps * v) * g)
-          - np.sum(_core._avgpool_forward(x - eps * v) * g)) / (2 * eps)
+    fd = (np.sum(_testing.avgpool_forward(x + eps * v) * g)
+          - np.sum(_testing.avgpool_forward(x - eps * v) * g)) / (2 * eps)
     assert fd == pytest.approx(float(np.sum(dx * v)), rel=1e-4)
 
 
@@ -403,8 +403,8 @@ def test_layers_do_not_depend_on_the_thread_count():
     for threads in (1, 2):
         convirt.set_num_threads(threads)
         try:
-            y = _core._conv2d_forward(x, weight, 1, 1)
-            dx, _ = _core._conv2d_backward(dout, x, weight, 1, 1)
+            y = _testing.conv2d_forward(x, weight, 1, 1)
+            dx, _ = _testing.conv2d_backward(dout, x, weight, 1, 1)
             results.append((y, dx))
         finally:
             convirt.set_num_threads(2)

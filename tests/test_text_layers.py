@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from convirt._core import _text_layers as tl
 
 import convirt
+from convirt import _testing as tl
 
 rng = np.random.default_rng(1234)
 
@@ -282,7 +282,7 @@ def test_embedding_rejects_out_of_table_ids():
 def test_pool_forward_backward(pooling):
     lengths = [4, 1, 6]
     hidden, dout = f32(11, 9), f32(3, 9)
-    out, argmax = tl.pool_forward(hidden, lengths, pooling)
+    out, argmax = tl.bert_pool_forward(hidden, lengths, pooling)
     t = torch.tensor(hidden, dtype=torch.float64, requires_grad=True)
     pieces, start = [], 0
     for n in lengths:
@@ -293,11 +293,11 @@ def test_pool_forward_backward(pooling):
     ref = torch.stack(pieces)
     ref.backward(torch.tensor(dout, dtype=torch.float64))
     np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-6, atol=1e-7)
-    dh = tl.pool_backward(dout, argmax, lengths, pooling)
+    dh = tl.bert_pool_backward(dout, argmax, lengths, pooling)
     np.testing.assert_allclose(dh, t.grad.numpy(), rtol=1e-6, atol=1e-7)
 
     def loss(v):
-        return float(np.sum(tl.pool_forward(v.astype(np.float32), lengths, pooling)[0]
+        return float(np.sum(tl.bert_pool_forward(v.astype(np.float32), lengths, pooling)[0]
                             .astype(np.float64) * dout))
 
     v = rng.standard_normal(hidden.shape)
@@ -307,6 +307,6 @@ def test_pool_forward_backward(pooling):
 
 def test_pool_bad_inputs():
     with pytest.raises(ValueError, match="pooling must be"):
-        tl.pool_forward(f32(3, 2), [3], "sum")
+        tl.bert_pool_forward(f32(3, 2), [3], "sum")
     with pytest.raises(ValueError, match="lengths do not sum"):
-        tl.pool_forward(f32(3, 2), [2], "max")
+        tl.bert_pool_forward(f32(3, 2), [2], "max")

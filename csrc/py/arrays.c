@@ -1,4 +1,5 @@
-/* arrays.c - validation of NumPy arrays handed to the core (see arrays.h). */
+/* arrays.c - the binding's arguments: arrays checked, outputs, owned views and ints
+ * (arrays.h). */
 #include "arrays.h"
 
 static const char *dtype_name(int typenum)
@@ -176,85 +177,44 @@ PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape)
     return (PyArrayObject *)PyArray_SimpleNew(ndim, (npy_intp *)shape, NPY_FLOAT32);
 }
 
-PyObject *cv_error_base, *cv_error_nonfinite, *cv_error_state;
-
-static PyObject *new_error(PyObject *module, const char *name, const char *doc,
-                           PyObject *bases)
+PyArrayObject *cv_output_array(PyObject *given, const cv_array_spec *spec, const char *name,
+                               const cv_named_array *inputs, int n_inputs,
+                               ptrdiff_t *strides)
 {
-    char qualified[64];
-    snprintf(qualified, sizeof qualified, "convirt.%s", name);
-    PyObject *type = PyErr_NewExceptionWithDoc(qualified, doc, bases, NULL);
-    if (type && PyModule_AddObjectRef(module, name, type) < 0)
-        Py_CLEAR(type);
-    return type;
+    PyArrayObject *arr;
+    if (!given || given == Py_None) {
+        if (!(arr = cv_new_float_array(spec->ndim_min, spec->shape)))
+            return NULL;
+    } else {
+        if (cv_check_array(given, spec, &arr))
+            return NULL;
+        for (int i = 0; i < n_inputs; i++)
+            if (inputs[i].array && cv_check_no_overlap(arr, name, inputs[i].array,
+                                                       inputs[i].name))
+                return NULL;
+        Py_INCREF(arr);
+    }
+    if (strides && cv_element_strides(arr, name, strides)) {
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
 }
 
-int cv_create_errors(PyObject *module)
+PyObject *cv_owned_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,
+                        int writeable)
 {
-    PyObject *bases = NULL;
-    cv_error_base = new_error(module, "ConvirtError", "The base of every convirt error.",
-                              NULL);
-    if (!cv_error_base)
-        return -1;
-    bases = PyTuple_Pack(2, cv_error_base, PyExc_ValueError);
-    cv_error_nonfinite =
-        bases ? new_error(module, "NonFiniteError",
-                          "NaN or Inf in the inputs, the weights or the gradients, or "
-                          "produced by the math (an overflow). A ValueError.",
-                          bases)
-              : NULL;
-    Py_XDECREF(bases);
-    bases = cv_error_nonfinite ? PyTuple_Pack(2, cv_error_base, PyExc_RuntimeError) : NULL;
-    cv_error_state =
-        bases ? new_error(module, "StateError",
-                          "The object cannot take this call now: it is in use by another "
-                          "thread, the calls came in the wrong order, or it was not "
-                          "initialised. A RuntimeError.",
-                          bases)
-              : NULL;
-    Py_XDECREF(bases);
-    return cv_error_state ? 0 : -1;
-}
-
-int cv_raise(cv_status status)
-{
-    PyObject *type;
-    if (status == CV_ERR_INTERRUPTED) {
-        if (!PyErr_Occurred())
-            PyErr_SetNone(PyExc_KeyboardInterrupt);
-        return -1;
+    static float empty; /* NumPy allocates for a NULL data pointer: an empty view has none */
+    PyObject *arr = PyArray_New(&PyArray_Type, ndim, (npy_intp *)shape, NPY_FLOAT32, NULL,
+                                data ? (void *)data : (void *)&empty, 0,
+                                writeable ? NPY_ARRAY_CARRAY : NPY_ARRAY_CARRAY_RO, NULL);
+    if (!arr)
+        return NULL;
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, Py_NewRef(owner)) < 0) {
+        Py_DECREF(arr);
+        return NULL;
     }
-    switch (status) {
-    case CV_ERR_VALUE:
-        type = PyExc_ValueError;
-        break;
-    case CV_ERR_NONFINITE:
-        type = cv_error_nonfinite;
-        break;
-    case CV_ERR_MEMORY:
-        type = PyExc_MemoryError; /* with the core's message: what could not be had */
-        break;
-    case CV_ERR_STATE:
-        type = cv_error_state;
-        break;
-    default:
-        type = PyExc_RuntimeError;
-        break;
-    }
-    PyErr_SetString(type, cv_last_error());
-    return -1;
-}
-
-int cv_claim(int *busy, const char *type_name)
-{
-    if (*busy) {
-        PyErr_Format(cv_error_state,
-                     "this %s is in use by another thread; use one object per thread",
-                     type_name);
-        return -1;
-    }
-    *busy = 1;
-    return 0;
+    return arr;
 }
 
 const char *cv_double_text(double value, char buf[CV_DOUBLE_TEXT])
@@ -293,7 +253,7 @@ int cv_read_size(PyObject *obj, const char *name, Py_ssize_t *out)
     return 0;
 }
 
-int cv_read_seed(PyObject *obj, const char *name, uint64_t *seed)
+int cv_read_uint64(PyObject *obj, const char *name, uint64_t *out)
 {
     if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name,
@@ -311,44 +271,6 @@ int cv_read_seed(PyObject *obj, const char *name, uint64_t *seed)
                      obj);
         return -1;
     }
-    *seed = (uint64_t)v;
+    *out = (uint64_t)v;
     return 0;
-}
-
-/* ---- interruption ------------------------------------------------------------------- */
-
-/* Python runs signal handlers in the main thread only; other threads never take the
- * GIL for nothing. */
-static unsigned long main_thread_ident;
-
-void cv_interrupt_init(void)
-{
-    main_thread_ident = 0;
-    PyObject *threading = PyImport_ImportModule("threading");
-    PyObject *main = threading ? PyObject_CallMethod(threading, "main_thread", NULL) : NULL;
-    PyObject *ident = main ? PyObject_GetAttrString(main, "ident") : NULL;
-    if (ident)
-        main_thread_ident = PyLong_AsUnsignedLong(ident);
-    if (PyErr_Occurred()) {
-        PyErr_Clear();
-        main_thread_ident = PyThread_get_thread_ident();
-    }
-    Py_XDECREF(ident);
-    Py_XDECREF(main);
-    Py_XDECREF(threading);
-    cv_set_interrupt_hook(cv_interrupt_hook_python);
-}
-
-/* Called by the core (cv_check_interrupt) from the thread that made the call, which
- * released the GIL around it: take the GIL back, let Python run its handlers
- * (SIGINT's raises KeyboardInterrupt), and release it again. The exception stays set
- * on this thread for the binding to return once the core has unwound. */
-int cv_interrupt_hook_python(void)
-{
-    if (PyThread_get_thread_ident() != main_thread_ident)
-        return 0;
-    PyGILState_STATE gil = PyGILState_Ensure();
-    int stop = PyErr_Occurred() != NULL || PyErr_CheckSignals() < 0;
-    PyGILState_Release(gil);
-    return stop;
 }

@@ -1,4 +1,6 @@
-/* arrays.h - validation of NumPy arrays handed to the core.
+/* arrays.h - the binding's arguments: NumPy arrays handed to the core, the outputs it
+ * writes (the caller's or new), views of the memory an object owns, and the numbers
+ * (sizes, seeds) that arrive as Python ints.
  *
  * Arrays are never converted: a wrong dtype, rank, shape, stride or flag is a
  * TypeError or ValueError that names what was expected and what was given. */
@@ -47,29 +49,30 @@ int cv_check_not_in_buffer(PyArrayObject *arr, const char *name, const void *sta
 /* A new C-contiguous float32 array of the given shape, or NULL with an exception. */
 PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape);
 
-/* The package's exception types, created once when the module loads
- * (cv_create_errors) and raised from the core's status codes by cv_raise:
- *   convirt.ConvirtError                      the base of every convirt error
- *   convirt.NonFiniteError(ConvirtError, ValueError)   NaN or Inf in inputs, weights,
- *                                             gradients or produced by the math
- *   convirt.StateError(ConvirtError, RuntimeError)     the object cannot take the call
- *                                             now: in use by another thread, wrong
- *                                             call order, not initialised */
-extern PyObject *cv_error_base, *cv_error_nonfinite, *cv_error_state;
-int cv_create_errors(PyObject *module);
+/* An input an output may not overlap, and its name in messages. array may be NULL (an
+ * optional input that was not given): it is skipped. */
+typedef struct {
+    PyArrayObject *array;
+    const char *name;
+} cv_named_array;
 
-/* Turn the core's status and message into a Python exception (CV_ERR_NONFINITE:
- * NonFiniteError, CV_ERR_STATE: StateError, CV_ERR_VALUE: ValueError, CV_ERR_MEMORY:
- * MemoryError); returns -1. An
- * interrupted call (CV_ERR_INTERRUPTED) keeps the exception the interrupt hook left
- * (KeyboardInterrupt, or whatever a signal handler raised). */
-int cv_raise(cv_status status);
+/* An output argument: the caller's array, or a new one when `given` is NULL or None.
+ * A new array is C-contiguous float32 with spec's shape (spec->ndim_min dimensions,
+ * every size given). The caller's is checked against spec (say writeable there) and
+ * refused when it may share memory with any of the n_inputs inputs; messages about
+ * overlap and strides call it `name` (spec->name may carry a hint, e.g. "grad (it
+ * must match logits' shape)"). strides, when not NULL, receives its strides in
+ * elements. A new reference, or NULL with an exception. */
+PyArrayObject *cv_output_array(PyObject *given, const cv_array_spec *spec, const char *name,
+                               const cv_named_array *inputs, int n_inputs,
+                               ptrdiff_t *strides);
 
-/* Run Python's signal handlers from inside a long core call (the core's interrupt
- * hook, installed by the module): non-zero, with the handler's exception set on the
- * calling thread, when the call should stop. */
-int cv_interrupt_hook_python(void);
-void cv_interrupt_init(void);
+/* A float32 array over memory that `owner` holds (its parameters, gradients, state):
+ * the array's base is owner, so the memory lives as long as any view of it does.
+ * data may be NULL only when the view is empty. A new reference, or NULL with an
+ * exception. */
+PyObject *cv_owned_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,
+                        int writeable);
 
 /* A double as Python's repr writes it ("0.0", "nan", "1e-06"): PyErr_Format has no
  * %g (Python 3.11 prints it literally, 3.12 raises SystemError), so numbers are
@@ -82,12 +85,9 @@ const char *cv_double_text(double value, char buf[CV_DOUBLE_TEXT]);
  * to check. NULL leaves *out as it is (the default). Returns 0 or -1. */
 int cv_read_size(PyObject *obj, const char *name, Py_ssize_t *out);
 
-/* A seed: an int in [0, 2**64) (not a bool); ValueError otherwise, where the C
- * conversion would silently wrap -1 or 2**64. Returns 0 or -1. */
-int cv_read_seed(PyObject *obj, const char *name, uint64_t *seed);
-
-/* Claim an object for a call that mutates it: refuses a concurrent second caller. */
-int cv_claim(int *busy, const char *type_name);
-#define CV_RELEASE(busy) (*(busy) = 0)
+/* A seed, step or counter: an int (NumPy's too, not a bool) in [0, 2**64);
+ * ValueError otherwise, where the C conversion would silently wrap -1 or 2**64.
+ * Returns 0 or -1. */
+int cv_read_uint64(PyObject *obj, const char *name, uint64_t *out);
 
 #endif

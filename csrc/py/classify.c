@@ -2,31 +2,17 @@
  * fine-tuning losses of csrc/classify.c as module-level functions. */
 #include "../classify.h"
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
 
-/* The gradient output: the caller's array (validated, no overlap with the inputs) or a
- * new one. New reference, or NULL with an exception. */
+/* The gradient output, (n, k) like the logits: the caller's array (validated, over none
+ * of the inputs) or a new one. New reference, or NULL with an exception. */
 static PyArrayObject *grad_output(PyObject *given, npy_intp n, npy_intp k, ptrdiff_t *strides,
-                                  PyArrayObject **inputs, const char **names, int n_inputs)
+                                  const cv_named_array *inputs, int n_inputs)
 {
-    PyArrayObject *arr;
-    if (given == NULL || given == Py_None) {
-        npy_intp shape[2] = {n, k};
-        if (!(arr = cv_new_float_array(2, shape)))
-            return NULL;
-        strides[0] = k;
-        strides[1] = 1;
-        return arr;
-    }
     cv_array_spec spec = {"grad (it must match logits' shape)", NPY_FLOAT32, 2, 2,
                           {n, k, -1, -1}, 1, 0};
-    if (cv_check_array(given, &spec, &arr) || cv_element_strides(arr, "grad", strides))
-        return NULL;
-    for (int i = 0; i < n_inputs; i++)
-        if (inputs[i] && cv_check_no_overlap(arr, "grad", inputs[i], names[i]))
-            return NULL;
-    Py_INCREF(arr);
-    return arr;
+    return cv_output_array(given, &spec, "grad", inputs, n_inputs, strides);
 }
 
 /* (loss, grad) with grad None when it was not computed; steals grad. */
@@ -78,9 +64,8 @@ static PyObject *py_softmax_cross_entropy(PyObject *self, PyObject *args, PyObje
         cv_element_strides(labels, "labels", sy))
         return NULL;
     if (compute_grad) {
-        PyArrayObject *inputs[2] = {logits, labels};
-        const char *names[2] = {"logits", "labels"};
-        if (!(grad = grad_output(grad_obj, n, k, sg, inputs, names, 2)))
+        const cv_named_array inputs[2] = {{logits, "logits"}, {labels, "labels"}};
+        if (!(grad = grad_output(grad_obj, n, k, sg, inputs, 2)))
             return NULL;
     } else if (grad_obj && grad_obj != Py_None) {
         PyErr_SetString(PyExc_ValueError, "grad given with compute_grad=False");
@@ -130,9 +115,9 @@ static PyObject *py_binary_cross_entropy(PyObject *self, PyObject *args, PyObjec
             return NULL;
     }
     if (compute_grad) {
-        PyArrayObject *inputs[3] = {logits, targets, weight};
-        const char *names[3] = {"logits", "targets", "pos_weight"};
-        if (!(grad = grad_output(grad_obj, n, k, sg, inputs, names, 3)))
+        const cv_named_array inputs[3] = {
+            {logits, "logits"}, {targets, "targets"}, {weight, "pos_weight"}};
+        if (!(grad = grad_output(grad_obj, n, k, sg, inputs, 3)))
             return NULL;
     } else if (grad_obj && grad_obj != Py_None) {
         PyErr_SetString(PyExc_ValueError, "grad given with compute_grad=False");

@@ -1,10 +1,20 @@
-/* contrastive_loss.c - the Python type convirt.ContrastiveLoss. */
+/* contrastive_loss.c - the Python type convirt.ContrastiveLoss and the LossResult it
+ * returns (csrc/loss.c). */
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
-#include "objects.h"
 
+typedef struct {
+    PyObject_HEAD
+    double image_to_text_weight; /* the paper's lambda */
+    double logit_scale;          /* log(1 / temperature) */
+    double max_logit_scale;      /* clamp of exp(logit_scale) when learnable */
+    int learnable;
+    int busy;
+    cv_loss_workspace ws;
+} LossObject;
 
-PyTypeObject cv_LossResultType;
+static PyTypeObject LossResultType;
 
 static PyStructSequence_Field result_fields[] = {
     {"loss", "lambda * image_to_text + (1 - lambda) * text_to_image"},
@@ -21,7 +31,8 @@ static PyStructSequence_Desc result_desc = {
     "convirt.LossResult", "What ContrastiveLoss returns: the losses, accuracies and gradients.",
     result_fields, 8};
 
-double cv_loss_scale(const LossObject *self)
+/* exp(logit_scale), clamped when the temperature is learnable. */
+static double loss_scale(const LossObject *self)
 {
     double scale = exp(self->logit_scale);
     if (self->learnable && scale > self->max_logit_scale)
@@ -94,34 +105,21 @@ static int input_matrix(PyObject *obj, const char *name, npy_intp rows, npy_intp
     return 0;
 }
 
-/* An output gradient: the caller's array (validated) or a new one. New reference. */
+/* An output gradient (rows, cols): the caller's array (validated, over none of the
+ * inputs) or a new one. New reference, or NULL with an exception. */
 static PyArrayObject *grad_output(PyObject *given, const char *name, npy_intp rows,
-                                  npy_intp cols, ptrdiff_t *strides, PyArrayObject *v,
-                                  const char *v_name, PyArrayObject *u, const char *u_name)
+                                  npy_intp cols, ptrdiff_t *strides,
+                                  const cv_named_array *inputs, int n_inputs)
 {
-    PyArrayObject *arr;
-    if (given == NULL || given == Py_None) {
-        npy_intp shape[2] = {rows, cols};
-        arr = cv_new_float_array(2, shape);
-        if (!arr)
-            return NULL;
-        strides[0] = cols;
-        strides[1] = 1;
-        return arr;
-    }
     cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {rows, cols, -1, -1}, 1, 0};
-    if (cv_check_array(given, &spec, &arr) || cv_element_strides(arr, name, strides) ||
-        cv_check_no_overlap(arr, name, v, v_name) || cv_check_no_overlap(arr, name, u, u_name))
-        return NULL;
-    Py_INCREF(arr);
-    return arr;
+    return cv_output_array(given, &spec, name, inputs, n_inputs, strides);
 }
 
 /* Fills a LossResult from a core result; steals grad_a / grad_b (either may be NULL). */
-PyObject *cv_make_loss_result(LossObject *self, const cv_loss_result *out,
-                             PyArrayObject *grad_a, PyArrayObject *grad_b)
+static PyObject *make_loss_result(LossObject *self, const cv_loss_result *out,
+                                  PyArrayObject *grad_a, PyArrayObject *grad_b)
 {
-    PyObject *result = PyStructSequence_New(&cv_LossResultType);
+    PyObject *result = PyStructSequence_New(&LossResultType);
     if (!result) {
         Py_XDECREF(grad_a);
         Py_XDECREF(grad_b);
@@ -174,8 +172,9 @@ static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
     if (input_matrix(u_obj, "u (it must match v's shape)", n, d, &u, su))
         return NULL;
     if (compute_grad) {
-        if (!(gv = grad_output(gv_obj, "grad_v", n, d, sgv, v, "v", u, "u")) ||
-            !(gu = grad_output(gu_obj, "grad_u", n, d, sgu, v, "v", u, "u")))
+        const cv_named_array inputs[2] = {{v, "v"}, {u, "u"}};
+        if (!(gv = grad_output(gv_obj, "grad_v", n, d, sgv, inputs, 2)) ||
+            !(gu = grad_output(gu_obj, "grad_u", n, d, sgu, inputs, 2)))
             goto error;
         if (gv_obj && gu_obj && gv_obj != Py_None && gu_obj != Py_None &&
             cv_check_no_overlap(gv, "grad_v", gu, "grad_u"))
@@ -186,7 +185,7 @@ static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
     }
     if (cv_claim(&self->busy, "ContrastiveLoss"))
         goto error;
-    double scale = cv_loss_scale(self), lambda = self->image_to_text_weight;
+    double scale = loss_scale(self), lambda = self->image_to_text_weight;
     Py_BEGIN_ALLOW_THREADS;
     status = cv_loss_forward_backward(
         &out, gv ? (float *)PyArray_DATA(gv) : NULL, sgv[0], sgv[1],
@@ -200,7 +199,7 @@ static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
         goto error;
     }
 
-    return cv_make_loss_result(self, &out, gv, gu);
+    return make_loss_result(self, &out, gv, gu);
 
 error:
     Py_XDECREF(gv);
@@ -231,7 +230,8 @@ static PyObject *Loss_nt_xent(LossObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     if (compute_grad) {
-        if (!(g = grad_output(g_obj, "grad", n2, d, sg, z, "z", z, "z")))
+        const cv_named_array inputs[1] = {{z, "z"}};
+        if (!(g = grad_output(g_obj, "grad", n2, d, sg, inputs, 1)))
             return NULL;
     } else if (g_obj && g_obj != Py_None) {
         PyErr_SetString(PyExc_ValueError, "grad given with compute_grad=False");
@@ -241,7 +241,7 @@ static PyObject *Loss_nt_xent(LossObject *self, PyObject *args, PyObject *kwds)
         Py_XDECREF(g);
         return NULL;
     }
-    double scale = cv_loss_scale(self);
+    double scale = loss_scale(self);
     Py_BEGIN_ALLOW_THREADS;
     status = cv_ntxent_forward_backward(&out, g ? (float *)PyArray_DATA(g) : NULL, sg[0],
                                         sg[1], &self->ws, (const float *)PyArray_DATA(z),
@@ -253,7 +253,7 @@ static PyObject *Loss_nt_xent(LossObject *self, PyObject *args, PyObject *kwds)
         cv_raise(status);
         return NULL;
     }
-    return cv_make_loss_result(self, &out, g, NULL);
+    return make_loss_result(self, &out, g, NULL);
 }
 
 static PyMethodDef Loss_methods[] = {
@@ -272,18 +272,18 @@ static PyObject *Loss_repr(LossObject *self)
         snprintf(buf, sizeof buf,
                  "ContrastiveLoss(temperature=%g, image_to_text_weight=%g, "
                  "learnable_temperature=True, max_logit_scale=%g)",
-                 1.0 / cv_loss_scale(self), self->image_to_text_weight,
+                 1.0 / loss_scale(self), self->image_to_text_weight,
                  self->max_logit_scale);
     else
         snprintf(buf, sizeof buf, "ContrastiveLoss(temperature=%g, image_to_text_weight=%g)",
-                 1.0 / cv_loss_scale(self), self->image_to_text_weight);
+                 1.0 / loss_scale(self), self->image_to_text_weight);
     return PyUnicode_FromString(buf);
 }
 
 static PyObject *get_temperature(LossObject *self, void *closure)
 {
     (void)closure;
-    return PyFloat_FromDouble(1.0 / cv_loss_scale(self));
+    return PyFloat_FromDouble(1.0 / loss_scale(self));
 }
 
 static int set_temperature(LossObject *self, PyObject *value, void *closure)
@@ -390,7 +390,7 @@ PyDoc_STRVAR(Loss_doc,
 "learnable_temperature=True the temperature is 1 / min(exp(logit_scale),\n"
 "max_logit_scale) and grad_logit_scale is returned for the optimiser.");
 
-PyTypeObject cv_LossType = {
+static PyTypeObject LossType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.ContrastiveLoss",
     .tp_basicsize = sizeof(LossObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
@@ -406,12 +406,12 @@ PyTypeObject cv_LossType = {
 
 int cv_register_contrastive_loss(PyObject *module)
 {
-    if (PyStructSequence_InitType2(&cv_LossResultType, &result_desc) < 0)
+    if (PyStructSequence_InitType2(&LossResultType, &result_desc) < 0)
         return -1;
-    if (PyType_Ready(&cv_LossType) < 0)
+    if (PyType_Ready(&LossType) < 0)
         return -1;
-    if (PyModule_AddObjectRef(module, "ContrastiveLoss", (PyObject *)&cv_LossType) < 0 ||
-        PyModule_AddObjectRef(module, "LossResult", (PyObject *)&cv_LossResultType) < 0)
+    if (PyModule_AddObjectRef(module, "ContrastiveLoss", (PyObject *)&LossType) < 0 ||
+        PyModule_AddObjectRef(module, "LossResult", (PyObject *)&LossResultType) < 0)
         return -1;
     return 0;
 }

@@ -6,9 +6,29 @@
 #include "../bert.h"
 #include "../resnet.h"
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
-#include "objects.h"
 
+typedef struct {
+    PyObject_HEAD
+    cv_encoder enc;
+    int built;
+    int is_image;
+    int training;
+    int busy;
+    int in_channels;
+    float mean[4], std[4]; /* image normalisation per channel */
+    int vocab_size, max_positions, type_vocab_size;
+    npy_intp last_h, last_w; /* the last training input, for the input gradient's shape */
+    int last_ndim;
+    /* The images of the last training forward: the ResNet's backward reads them again
+     * (the first convolution's weight gradient), so they are kept alive until then,
+     * with where they are and a fingerprint of their values: backward refuses images
+     * that changed in between (the gradient would silently be wrong). */
+    PyObject *last_input;
+    cv_batch last_batch;
+    uint64_t last_fingerprint;
+} EncoderObject;
 
 /* ---- construction ------------------------------------------------------------- */
 
@@ -141,7 +161,7 @@ static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds)
                                      &seed_obj) ||
         cv_read_size(dim_obj, "proj_dim", &proj_dim) ||
         cv_read_size(hidden_obj, "proj_hidden", &proj_hidden) ||
-        (seed_obj && cv_read_seed(seed_obj, "seed", &seed)))
+        (seed_obj && cv_read_uint64(seed_obj, "seed", &seed)))
         return -1;
     if (proj_dim < 1 || proj_hidden < 1) {
         PyErr_Format(PyExc_ValueError, "proj_dim and proj_hidden must be >= 1, got %zd, %zd",
@@ -320,7 +340,8 @@ static int token_array(PyObject *obj, const char *name, npy_intp n, npy_intp t,
     return cv_check_array(obj, &spec, arr) || cv_element_strides(*arr, name, strides) ? -1 : 0;
 }
 
-int cv_token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_obj,
+/* Token ids, attention mask and optional token types, validated for a text encoder. */
+static int token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_obj,
                        PyObject *types_obj, cv_batch *batch)
 {
     PyArrayObject *ids, *mask, *types;
@@ -407,22 +428,12 @@ int cv_token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_obj,
 /* An (n, dim) float32 output: the caller's C-contiguous writeable array (over none of
  * the inputs, nor the encoder's own buffers) or a new one. */
 static PyArrayObject *output_matrix(EncoderObject *self, PyObject *given, const char *name,
-                                    npy_intp n, npy_intp dim, PyObject *const inputs[3])
+                                    npy_intp n, npy_intp dim, const cv_named_array inputs[3])
 {
-    static const char *const input_names[3] = {"the input", "attention_mask",
-                                               "token_type_ids"};
-    PyArrayObject *arr;
-    npy_intp shape[2] = {n, dim};
-    if (!given || given == Py_None)
-        return cv_new_float_array(2, shape);
     cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {n, dim, -1, -1}, 1, 1};
-    if (cv_check_array(given, &spec, &arr) || check_not_own(self, arr, name))
-        return NULL;
-    for (int i = 0; i < 3; i++)
-        if (inputs[i] && PyArray_Check(inputs[i]) &&
-            cv_check_no_overlap(arr, name, (PyArrayObject *)inputs[i], input_names[i]))
-            return NULL;
-    Py_INCREF(arr);
+    PyArrayObject *arr = cv_output_array(given, &spec, name, inputs, 3, NULL);
+    if (arr && check_not_own(self, arr, name))
+        Py_CLEAR(arr);
     return arr;
 }
 
@@ -451,15 +462,20 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
         if (encoder_images(self, x, &batch, &image_arr,
                            self->training ? &fingerprint : NULL))
             return NULL;
-    } else if (cv_token_batch(self, x, mask, types, &batch)) {
+    } else if (token_batch(self, x, mask, types, &batch)) {
         return NULL;
     }
     if (!want_features && !want_embeddings) {
         PyErr_SetString(PyExc_ValueError, "nothing to compute: features and embeddings are both False");
         return NULL;
     }
-    PyObject *const inputs[3] = {x, self->is_image ? NULL : mask,
-                                 self->is_image ? NULL : types};
+    /* (PyArray_Check: a text encoder's optional inputs may be None) */
+    const cv_named_array inputs[3] = {
+        {PyArray_Check(x) ? (PyArrayObject *)x : NULL, "the input"},
+        {!self->is_image && mask && PyArray_Check(mask) ? (PyArrayObject *)mask : NULL,
+         "attention_mask"},
+        {!self->is_image && types && PyArray_Check(types) ? (PyArrayObject *)types : NULL,
+         "token_type_ids"}};
     if (want_features && !(feats = output_matrix(self, feat_out, "features_out", batch.n,
                                                  self->enc.feature_dim, inputs)))
         goto error;
@@ -642,20 +658,11 @@ static PyObject *Encoder_zero_grad(EncoderObject *self, PyObject *unused)
 
 /* ---- buffers as NumPy views ---------------------------------------------------------- */
 
-/* A 1-D float32 view of count floats at data whose base is the encoder. */
-static PyObject *flat_view(EncoderObject *self, float *data, size_t count, int writeable)
+/* A 1-D view of count floats of the encoder's buffers (base: the encoder). */
+static PyObject *flat_view(EncoderObject *self, float *data, size_t count)
 {
-    npy_intp dims[1] = {(npy_intp)count};
-    PyObject *arr = PyArray_New(&PyArray_Type, 1, dims, NPY_FLOAT32, NULL, data, 0,
-                                writeable ? NPY_ARRAY_CARRAY : NPY_ARRAY_CARRAY_RO, NULL);
-    if (!arr)
-        return NULL;
-    Py_INCREF(self);
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0) {
-        Py_DECREF(arr);
-        return NULL;
-    }
-    return arr;
+    npy_intp shape[1] = {(npy_intp)count};
+    return cv_owned_view((PyObject *)self, data, 1, shape, 1);
 }
 
 static PyObject *get_flat_parameters(EncoderObject *self, void *closure)
@@ -663,7 +670,7 @@ static PyObject *get_flat_parameters(EncoderObject *self, void *closure)
     (void)closure;
     if (check_built(self))
         return NULL;
-    return flat_view(self, self->enc.params, self->enc.table.n_params, 1);
+    return flat_view(self, self->enc.params, self->enc.table.n_params);
 }
 
 static PyObject *get_flat_gradients(EncoderObject *self, void *closure)
@@ -671,7 +678,7 @@ static PyObject *get_flat_gradients(EncoderObject *self, void *closure)
     (void)closure;
     if (check_built(self))
         return NULL;
-    return flat_view(self, self->enc.grads, self->enc.table.n_params, 1);
+    return flat_view(self, self->enc.grads, self->enc.table.n_params);
 }
 
 static PyObject *get_flat_buffers(EncoderObject *self, void *closure)
@@ -679,7 +686,7 @@ static PyObject *get_flat_buffers(EncoderObject *self, void *closure)
     (void)closure;
     if (check_built(self))
         return NULL;
-    return flat_view(self, self->enc.buffers, self->enc.table.n_buffers, 1);
+    return flat_view(self, self->enc.buffers, self->enc.table.n_buffers);
 }
 
 /* [(name, shape, offset, size, is_buffer, frozen, layout)] in declaration order. */
@@ -736,10 +743,8 @@ static int set_bool(PyObject *value, int *field, const char *name)
 static int set_training(EncoderObject *self, PyObject *value, void *closure)
 {
     (void)closure;
-    if (self->busy) {
-        PyErr_SetString(cv_error_state, "the Encoder is in use by another thread");
+    if (cv_check_idle(self->busy, "Encoder"))
         return -1;
-    }
     return set_bool(value, &self->training, "training");
 }
 
@@ -752,10 +757,8 @@ static PyObject *get_freeze_backbone(EncoderObject *self, void *closure)
 static int set_freeze_backbone(EncoderObject *self, PyObject *value, void *closure)
 {
     (void)closure;
-    if (self->busy) {
-        PyErr_SetString(cv_error_state, "the Encoder is in use by another thread");
+    if (cv_check_idle(self->busy, "Encoder"))
         return -1;
-    }
     return set_bool(value, &self->enc.freeze_backbone, "freeze_backbone");
 }
 
@@ -857,10 +860,8 @@ static int set_normalization(EncoderObject *self, PyObject *value, void *closure
     if (read_channels(PyTuple_GET_ITEM(value, 0), "mean", self->in_channels, mean, 0) ||
         read_channels(PyTuple_GET_ITEM(value, 1), "std", self->in_channels, std, 1))
         return -1;
-    if (self->busy) {
-        PyErr_SetString(cv_error_state, "the Encoder is in use by another thread");
+    if (cv_check_idle(self->busy, "Encoder"))
         return -1;
-    }
     memcpy(self->mean, mean, sizeof mean);
     memcpy(self->std, std, sizeof std);
     return 0;
@@ -918,7 +919,7 @@ static PyMethodDef Encoder_methods[] = {
      "of the last forward (text only), zeros at padded positions"},
     {NULL, NULL, 0, NULL}};
 
-PyTypeObject cv_EncoderType = {
+static PyTypeObject EncoderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt._core.Encoder",
     .tp_basicsize = sizeof(EncoderObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
@@ -933,7 +934,7 @@ PyTypeObject cv_EncoderType = {
 
 int cv_register_encoder(PyObject *module)
 {
-    if (PyType_Ready(&cv_EncoderType) < 0)
+    if (PyType_Ready(&EncoderType) < 0)
         return -1;
-    return PyModule_AddObjectRef(module, "Encoder", (PyObject *)&cv_EncoderType);
+    return PyModule_AddObjectRef(module, "Encoder", (PyObject *)&EncoderType);
 }

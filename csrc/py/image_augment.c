@@ -2,8 +2,31 @@
  * transforms, csrc/augment.c). */
 #include "../augment.h"
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
-#include "objects.h"
+
+typedef struct {
+    PyObject_HEAD
+    cv_augment_ranges ranges;
+    ptrdiff_t size;
+    float fill;
+    int norm_len; /* 0: no normalisation, else 1 or 3 values */
+    float mean[3], std[3];
+    uint64_t seed;
+    int busy;
+    cv_augment_workspace ws;
+    PyObject *pool[2]; /* outputs reused once nobody else holds them */
+} AugmentObject;
+
+/* Images as the transforms read them: a uint8 array (N, H, W[, C]) or a sequence of
+ * uint8 arrays (H, W[, C]), validated (read_images); release with
+ * image_batch_release. */
+typedef struct {
+    PyObject *keep; /* the array or a tuple of arrays, held during the call */
+    cv_image *images;
+    npy_intp n, channels;
+    int ndim; /* of the output: 3 (N, S, S) or 4 (N, S, S, C) */
+} image_batch;
 
 /* The paper's defaults (ConVIRT, appendix): the ranges below, output 224. */
 static const double DEFAULT_CROP_SCALE[2] = {0.6, 1.0};
@@ -18,7 +41,6 @@ static const double DEFAULT_SIGMA[2] = {0.1, 3.0};
 
 /* The NumPy dtype of a parameter record: the C struct cv_augment_params. */
 static PyArray_Descr *param_descr;
-
 
 /* ---- settings ------------------------------------------------------------------ */
 
@@ -158,22 +180,6 @@ static int read_normalization(AugmentObject *self, PyObject *obj)
     return 0;
 }
 
-static int read_seed(PyObject *obj, uint64_t *seed)
-{
-    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "seed must be an int, got %s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
-    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "seed must be in [0, 2**64), got %R", obj);
-        return -1;
-    }
-    *seed = (uint64_t)v;
-    return 0;
-}
-
 static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"size",       "crop_scale", "crop_ratio",    "flip",
@@ -191,10 +197,8 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
                                      &fill, &normalization, &seed) ||
         cv_read_size(size_obj, "size", &size))
         return -1;
-    if (self->busy) {
-        PyErr_SetString(cv_error_state, "the ImageAugment is in use by another thread");
+    if (cv_check_idle(self->busy, "ImageAugment"))
         return -1;
-    }
     cv_augment_ranges r;
     memset(&r, 0, sizeof r);
     double deg_default[2] = {-DEFAULT_DEGREES, DEFAULT_DEGREES};
@@ -241,7 +245,7 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     uint64_t seed_value = 0;
-    if (seed && seed != Py_None && read_seed(seed, &seed_value))
+    if (seed && seed != Py_None && cv_read_uint64(seed, "seed", &seed_value))
         return -1;
     if (read_normalization(self, normalization))
         return -1;
@@ -269,27 +273,6 @@ static PyArrayObject *new_params(npy_intp n)
                                                  NULL, 0, NULL);
 }
 
-static int read_step(PyObject *obj, const char *name, uint64_t *out)
-{
-    if (!PyLong_Check(obj) && !PyIndex_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name,
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    PyObject *index = PyNumber_Index(obj);
-    if (!index)
-        return -1;
-    unsigned long long v = PyLong_AsUnsignedLongLong(index);
-    Py_DECREF(index);
-    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "%s must be in [0, 2**64), got %R", name, obj);
-        return -1;
-    }
-    *out = (uint64_t)v;
-    return 0;
-}
-
 static PyObject *Augment_sample_parameters(AugmentObject *self, PyObject *args,
                                            PyObject *kwds)
 {
@@ -304,8 +287,8 @@ static PyObject *Augment_sample_parameters(AugmentObject *self, PyObject *args,
         PyErr_Format(PyExc_ValueError, "n must be >= 0, got %zd", n);
         return NULL;
     }
-    if ((step_obj && read_step(step_obj, "step", &step)) ||
-        (first_obj && read_step(first_obj, "first_index", &first)))
+    if ((step_obj && cv_read_uint64(step_obj, "step", &step)) ||
+        (first_obj && cv_read_uint64(first_obj, "first_index", &first)))
         return NULL;
     PyArrayObject *params = new_params(n);
     if (!params)
@@ -349,8 +332,7 @@ static int check_params(PyObject *obj, npy_intp n, PyArrayObject **out)
 
 /* ---- images and output ---------------------------------------------------------- */
 
-
-void cv_image_batch_release(image_batch *b)
+static void image_batch_release(image_batch *b)
 {
     Py_CLEAR(b->keep);
     PyMem_Free(b->images);
@@ -386,7 +368,7 @@ static int one_image(cv_image *img, PyArrayObject *arr, int nd, npy_intp *channe
 }
 
 /* images: a uint8 array (N, H, W[, C]) or a sequence of uint8 arrays (H, W[, C]). */
-int cv_read_images(PyObject *obj, image_batch *b)
+static int read_images(PyObject *obj, image_batch *b)
 {
     memset(b, 0, sizeof *b);
     if (PyArray_Check(obj)) {
@@ -481,7 +463,7 @@ int cv_read_images(PyObject *obj, image_batch *b)
     }
     return 0;
 error:
-    cv_image_batch_release(b);
+    image_batch_release(b);
     return -1;
 }
 
@@ -542,7 +524,7 @@ static PyObject *run(AugmentObject *self, PyObject *images_obj, PyObject *params
     float mean[3] = {0, 0, 0}, std[3] = {1, 1, 1};
     cv_status status;
 
-    if (cv_read_images(images_obj, &b))
+    if (read_images(images_obj, &b))
         return NULL;
     if (params_obj) {
         if (check_params(params_obj, b.n, &params))
@@ -590,13 +572,13 @@ static PyObject *run(AugmentObject *self, PyObject *images_obj, PyObject *params
         goto error;
     }
     PyMem_Free(owned);
-    cv_image_batch_release(&b);
+    image_batch_release(&b);
     return (PyObject *)out;
 
 error:
     PyMem_Free(owned);
     Py_XDECREF(out);
-    cv_image_batch_release(&b);
+    image_batch_release(&b);
     return NULL;
 }
 
@@ -608,7 +590,7 @@ static PyObject *Augment_call(AugmentObject *self, PyObject *args, PyObject *kwd
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O$O:ImageAugment.__call__", kwlist,
                                      &images, &step_obj, &out))
         return NULL;
-    if (step_obj && read_step(step_obj, "step", &step))
+    if (step_obj && cv_read_uint64(step_obj, "step", &step))
         return NULL;
     return run(self, images, NULL, step, out);
 }
@@ -819,7 +801,7 @@ PyDoc_STRVAR(Augment_doc,
 "Images should be near the output size (the paper resizes to 256 first): the\n"
 "bilinear pass does not antialias when it shrinks.");
 
-PyTypeObject cv_AugmentType = {
+static PyTypeObject AugmentType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.ImageAugment",
     .tp_basicsize = sizeof(AugmentObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
@@ -886,11 +868,11 @@ int cv_register_image_augment(PyObject *module)
 {
     if (!param_descr && !(param_descr = make_param_descr()))
         return -1;
-    if (PyType_Ready(&cv_AugmentType) < 0)
+    if (PyType_Ready(&AugmentType) < 0)
         return -1;
-    PyObject *dict = cv_AugmentType.tp_dict;
+    PyObject *dict = AugmentType.tp_dict;
     if (PyDict_SetItemString(dict, "parameter_dtype", (PyObject *)param_descr) < 0)
         return -1;
-    PyType_Modified(&cv_AugmentType);
-    return PyModule_AddObjectRef(module, "ImageAugment", (PyObject *)&cv_AugmentType);
+    PyType_Modified(&AugmentType);
+    return PyModule_AddObjectRef(module, "ImageAugment", (PyObject *)&AugmentType);
 }

@@ -11,6 +11,7 @@
 #include "../layers.h"
 #include "../random.h"
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
 
 typedef struct {
@@ -52,7 +53,7 @@ static int Head_init(HeadObject *self, PyObject *args, PyObject *kwds)
                                      &out_obj, &seed_obj) ||
         cv_read_size(in_obj, "in_dim", &in_dim) ||
         cv_read_size(out_obj, "out_dim", &out_dim) ||
-        (seed_obj && cv_read_seed(seed_obj, "seed", &seed)))
+        (seed_obj && cv_read_uint64(seed_obj, "seed", &seed)))
         return -1;
     if (in_dim < 1 || out_dim < 1 || in_dim > (1 << 24) || out_dim > (1 << 24)) {
         PyErr_Format(PyExc_ValueError,
@@ -117,12 +118,17 @@ static int check_features(HeadObject *self, PyObject *obj, const char *name, npy
     return 0;
 }
 
+/* The size of each of the head's buffers [W | b]. */
+static size_t buffer_bytes(const HeadObject *self)
+{
+    return (size_t)(self->out_dim * self->in_dim + self->out_dim) * sizeof(float);
+}
+
 /* ValueError when arr shares memory with the head's parameters or gradients: a call
  * reads the one and writes the other. */
 static int check_not_own(HeadObject *self, PyArrayObject *arr, const char *name)
 {
-    const size_t bytes =
-        (size_t)(self->out_dim * self->in_dim + self->out_dim) * sizeof(float);
+    const size_t bytes = buffer_bytes(self);
     return cv_check_not_in_buffer(arr, name, self->params, bytes,
                                   "the head's parameters") ||
                    cv_check_not_in_buffer(arr, name, self->grads, bytes,
@@ -134,19 +140,13 @@ static int check_not_own(HeadObject *self, PyArrayObject *arr, const char *name)
 /* The caller's output (validated, not over any input nor the head's own buffers) or a
  * new (n, dim) array. New reference or NULL. */
 static PyArrayObject *output(HeadObject *self, PyObject *given, const char *name,
-                             npy_intp n, npy_intp dim, PyArrayObject *a, const char *a_name,
-                             PyArrayObject *b, const char *b_name)
+                             npy_intp n, npy_intp dim, const cv_named_array *inputs,
+                             int n_inputs)
 {
-    PyArrayObject *arr;
-    if (!given || given == Py_None) {
-        npy_intp shape[2] = {n, dim};
-        return cv_new_float_array(2, shape);
-    }
     cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {n, dim, -1, -1}, 1, 1};
-    if (cv_check_array(given, &spec, &arr) || cv_check_no_overlap(arr, name, a, a_name) ||
-        (b && cv_check_no_overlap(arr, name, b, b_name)) || check_not_own(self, arr, name))
-        return NULL;
-    Py_INCREF(arr);
+    PyArrayObject *arr = cv_output_array(given, &spec, name, inputs, n_inputs, NULL);
+    if (arr && check_not_own(self, arr, name))
+        Py_CLEAR(arr);
     return arr;
 }
 
@@ -160,8 +160,8 @@ static PyObject *Head_forward(HeadObject *self, PyObject *args, PyObject *kwds)
         check_features(self, x_obj, "x (features)", -1, &x))
         return NULL;
     npy_intp n = PyArray_DIM(x, 0);
-    if (!(out =
-              output(self, out_obj, "out (logits)", n, self->out_dim, x, "x", NULL, NULL)))
+    const cv_named_array inputs[1] = {{x, "x"}};
+    if (!(out = output(self, out_obj, "out (logits)", n, self->out_dim, inputs, 1)))
         return NULL;
     if (cv_claim(&self->busy, "LinearHead")) {
         Py_DECREF(out);
@@ -191,21 +191,17 @@ static PyObject *Head_backward(HeadObject *self, PyObject *args, PyObject *kwds)
                           {n, self->out_dim, -1, -1}, 0, 1};
     /* backward adds into the gradients while it reads d_logits and x */
     if (cv_check_array(dout_obj, &spec, &dout) ||
-        cv_check_not_in_buffer(dout, "d_logits", self->grads,
-                               (size_t)(self->out_dim * self->in_dim + self->out_dim) *
-                                   sizeof(float),
+        cv_check_not_in_buffer(dout, "d_logits", self->grads, buffer_bytes(self),
                                "the head's gradients") ||
-        cv_check_not_in_buffer(x, "x", self->grads,
-                               (size_t)(self->out_dim * self->in_dim + self->out_dim) *
-                                   sizeof(float),
+        cv_check_not_in_buffer(x, "x", self->grads, buffer_bytes(self),
                                "the head's gradients"))
         return NULL;
     if (!want_dx && dx_obj && dx_obj != Py_None) {
         PyErr_SetString(PyExc_ValueError, "d_x given with input_grad=False");
         return NULL;
     }
-    if (want_dx &&
-        !(dx = output(self, dx_obj, "d_x", n, self->in_dim, x, "x", dout, "d_logits")))
+    const cv_named_array inputs[2] = {{x, "x"}, {dout, "d_logits"}};
+    if (want_dx && !(dx = output(self, dx_obj, "d_x", n, self->in_dim, inputs, 2)))
         return NULL;
     const float *dp = PyArray_DATA(dout);
     for (npy_intp i = 0; i < n * self->out_dim; i++)
@@ -240,28 +236,19 @@ static PyObject *Head_zero_grad(HeadObject *self, PyObject *unused)
     (void)unused;
     if (check_ready(self) || cv_claim(&self->busy, "LinearHead"))
         return NULL;
-    memset(self->grads, 0, (size_t)(self->out_dim * self->in_dim + self->out_dim) * sizeof(float));
+    memset(self->grads, 0, buffer_bytes(self));
     CV_RELEASE(&self->busy);
     Py_RETURN_NONE;
 }
 
 /* ---- buffers as NumPy views ------------------------------------------------------------ */
 
-/* A view of data with the given shape whose base is the head. */
+/* A view of the head's parameters or gradients (base: the head). */
 static PyObject *view(HeadObject *self, float *data, int ndim, npy_intp *shape)
 {
     if (check_ready(self))
         return NULL;
-    PyObject *arr = PyArray_New(&PyArray_Type, ndim, shape, NPY_FLOAT32, NULL, data, 0,
-                                NPY_ARRAY_CARRAY, NULL);
-    if (!arr)
-        return NULL;
-    Py_INCREF(self);
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0) {
-        Py_DECREF(arr);
-        return NULL;
-    }
-    return arr;
+    return cv_owned_view((PyObject *)self, data, ndim, shape, 1);
 }
 
 static PyObject *get_flat(HeadObject *self, void *closure)
@@ -341,7 +328,7 @@ PyDoc_STRVAR(Head_doc,
 "second call on the same head is refused.");
 
 static PyTypeObject HeadType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.LinearHead",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt._core.LinearHead",
     .tp_basicsize = sizeof(HeadObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = Head_doc,

@@ -1,16 +1,15 @@
-/* module.c - convirt._core: module init, configuration, threads and the GEMM and
- * peak entry points the tests and benchmarks use. Each Python type lives in its own
- * file and registers itself from here. */
+/* module.c - convirt._core: module init, configuration, threads, and the GEMM, peak
+ * and ResNet-profile entry points the benchmarks use. Each Python type lives in its
+ * own file and registers itself from here. (The tests' single-layer entry points are
+ * the separate module convirt._testing, csrc/testing/.) */
 #define CONVIRT_MODULE_MAIN
 #include <limits.h>
 
 #include "../random.h"
+#include "../resnet.h"
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
-
-#ifndef CV_BUILD_CFLAGS
-#define CV_BUILD_CFLAGS "unknown"
-#endif
 
 static PyObject *py_config(PyObject *self, PyObject *unused)
 {
@@ -30,13 +29,7 @@ static PyObject *py_config(PyObject *self, PyObject *unused)
 #else
         "unknown",
 #endif
-        "openmp_version", c.openmp_version, "compiler",
-#ifdef __VERSION__
-        __VERSION__,
-#else
-        "unknown",
-#endif
-        "cflags", CV_BUILD_CFLAGS);
+        "openmp_version", c.openmp_version, "compiler", c.compiler, "cflags", c.cflags);
 }
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
@@ -93,18 +86,17 @@ static PyObject *py_fma_peak(PyObject *self, PyObject *args, PyObject *kwds)
     return Py_BuildValue("(di)", gflops, bits);
 }
 
-/* gemm(A, B, C, alpha=1.0, beta=0.0, reference=False): C = alpha A @ B + beta C. */
+/* gemm(A, B, C, alpha=1.0, beta=0.0): C = alpha A @ B + beta C. */
 static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"A", "B", "C", "alpha", "beta", "reference", NULL};
+    static char *kwlist[] = {"A", "B", "C", "alpha", "beta", NULL};
     PyObject *a_obj, *b_obj, *c_obj;
     double alpha = 1.0, beta = 0.0;
-    int reference = 0;
     PyArrayObject *A, *B, *C;
     ptrdiff_t sa[2], sb[2], sc[2];
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|ddp:gemm", kwlist, &a_obj, &b_obj,
-                                     &c_obj, &alpha, &beta, &reference))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|dd:gemm", kwlist, &a_obj, &b_obj,
+                                     &c_obj, &alpha, &beta))
         return NULL;
     cv_array_spec spec_a = {"A", NPY_FLOAT32, 2, 2, {-1, -1, -1, -1}, 0, 0};
     if (cv_check_array(a_obj, &spec_a, &A) || cv_element_strides(A, "A", sa))
@@ -121,12 +113,8 @@ static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
     const float *pa = PyArray_DATA(A), *pb = PyArray_DATA(B);
     float *pc = PyArray_DATA(C);
     Py_BEGIN_ALLOW_THREADS;
-    if (reference)
-        cv_gemm_reference(m, n, k, (float)alpha, pa, sa[0], sa[1], pb, sb[0], sb[1],
-                          (float)beta, pc, sc[0], sc[1]);
-    else
-        cv_gemm(m, n, k, (float)alpha, pa, sa[0], sa[1], pb, sb[0], sb[1], (float)beta, pc,
-                sc[0], sc[1]);
+    cv_gemm(m, n, k, (float)alpha, pa, sa[0], sa[1], pb, sb[0], sb[1], (float)beta, pc, sc[0],
+            sc[1]);
     Py_END_ALLOW_THREADS;
     Py_RETURN_NONE;
 }
@@ -141,10 +129,51 @@ static PyObject *py_random_uniform(PyObject *self, PyObject *args)
     uint64_t seed, stream, index;
     if (!PyArg_ParseTuple(args, "OOO:random_uniform", &seed_obj, &stream_obj, &index_obj))
         return NULL;
-    if (cv_read_seed(seed_obj, "seed", &seed) || cv_read_seed(stream_obj, "stream", &stream) ||
-        cv_read_seed(index_obj, "index", &index))
+    if (cv_read_uint64(seed_obj, "seed", &seed) ||
+        cv_read_uint64(stream_obj, "stream", &stream) ||
+        cv_read_uint64(index_obj, "index", &index))
         return NULL;
     return PyFloat_FromDouble(cv_random_uniform(seed, stream, index));
+}
+
+/* _resnet_profile(enable=None, *, cpu_time=False) -> [(name, conv_fwd, bn_fwd, conv_bwd,
+ * bn_bwd, flops_fwd, flops_bwd, calls_fwd, calls_bwd)]: the per-layer times of the
+ * encoders' ResNet forward and backward (resnet.h), for benchmarks/bench_resnet.py. */
+static PyObject *py_resnet_profile(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    (void)self;
+    static char *kwlist[] = {"enable", "cpu_time", NULL};
+    PyObject *enable = Py_None;
+    int cpu_time = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$p:_resnet_profile", kwlist, &enable,
+                                     &cpu_time))
+        return NULL;
+    if (enable != Py_None) {
+        int on = PyObject_IsTrue(enable);
+        if (on < 0)
+            return NULL;
+        resnet_profile_enable(on ? (cpu_time ? RESNET_PROFILE_CPU_TIME : 1) : 0);
+    }
+    int count;
+    const resnet_profile_entry *e = resnet_profile(&count);
+    PyObject *list = PyList_New(0);
+    if (!list)
+        return NULL;
+    for (int i = 0; i < count; i++) {
+        if (!e[i].name[0])
+            continue;
+        PyObject *row = Py_BuildValue("(sddddddll)", e[i].name, e[i].conv_forward, e[i].bn_forward,
+                                      e[i].conv_backward, e[i].bn_backward, e[i].flops_forward,
+                                      e[i].flops_backward, e[i].forward_calls,
+                                      e[i].backward_calls);
+        if (!row || PyList_Append(list, row) < 0) {
+            Py_XDECREF(row);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(row);
+    }
+    return list;
 }
 
 static PyMethodDef module_methods[] = {
@@ -163,9 +192,13 @@ static PyMethodDef module_methods[] = {
      "fma_peak(threads=0, seconds=0.5) -> (GFLOP/s, vector bits): FP32 FMA throughput of "
      "a register-only loop, the machine's limit for GEMM."},
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_VARARGS | METH_KEYWORDS,
-     "gemm(A, B, C, alpha=1.0, beta=0.0, reference=False): C = alpha A @ B + beta C on "
-     "float32 arrays with any strides, through the core's BLIS wrapper (or its naive "
+     "gemm(A, B, C, alpha=1.0, beta=0.0): C = alpha A @ B + beta C on float32 arrays "
+     "with any strides, through the core's BLIS wrapper (convirt._testing has the naive "
      "reference)."},
+    {"_resnet_profile", (PyCFunction)(void (*)(void))py_resnet_profile,
+     METH_VARARGS | METH_KEYWORDS,
+     "_resnet_profile(enable=None, *, cpu_time=False) -> per-layer times of the ResNet "
+     "forward and backward; enable=True clears and starts, False stops"},
     {"random_uniform", py_random_uniform, METH_VARARGS,
      "random_uniform(seed, stream, index) -> float in [0, 1): the core's counter-based "
      "draw for (seed, stream, index), each an integer in [0, 2**64)."},
@@ -190,10 +223,10 @@ PyMODINIT_FUNC PyInit__core(void)
     if (!module)
         return NULL;
     cv_interrupt_init(); /* long calls run Python's signal handlers: Ctrl-C lands */
-    if (cv_create_errors(module) < 0 || cv_register_contrastive_loss(module) < 0 || cv_register_encoder(module) < 0 ||
-        cv_register_image_augment(module) < 0 || cv_register_optimizer(module) < 0 ||
-        cv_register_classify(module) < 0 || cv_register_text_layers(module) < 0 ||
-        cv_register_image_layers(module) < 0 || cv_register_linear_head(module) < 0) {
+    if (cv_create_errors(module) < 0 || cv_register_contrastive_loss(module) < 0 ||
+        cv_register_encoder(module) < 0 || cv_register_image_augment(module) < 0 ||
+        cv_register_optimizer(module) < 0 || cv_register_classify(module) < 0 ||
+        cv_register_linear_head(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

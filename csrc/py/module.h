@@ -9,8 +9,6 @@ int cv_register_contrastive_loss(PyObject *module);
 int cv_register_encoder(PyObject *module);
 int cv_register_image_augment(PyObject *module);
 int cv_register_optimizer(PyObject *module);
-int cv_register_text_layers(PyObject *module);
-int cv_register_image_layers(PyObject *module);
 int cv_register_linear_head(PyObject *module);
 
 #endif

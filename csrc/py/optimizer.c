@@ -1,9 +1,17 @@
 /* optimizer.c - the Python type convirt.Adam (csrc/adam.c). */
 #include "../adam.h"
 #include "arrays.h"
+#include "errors.h"
 #include "module.h"
-#include "objects.h"
 
+typedef struct {
+    PyObject_HEAD
+    cv_adam adam;
+    int initialized;
+    int busy;
+    PyObject *parameters; /* tuple of the arrays updated in place */
+    PyObject *gradients;  /* tuple of the arrays read */
+} AdamObject;
 
 static int check_lr(double lr, int allow_zero)
 {
@@ -157,13 +165,7 @@ static int check_ready(AdamObject *self)
 
 static int check_idle(AdamObject *self)
 {
-    if (check_ready(self))
-        return -1;
-    if (self->busy) {
-        PyErr_SetString(cv_error_state, "this Adam is in use by another thread");
-        return -1;
-    }
-    return 0;
+    return check_ready(self) || cv_check_idle(self->busy, "Adam") ? -1 : 0;
 }
 
 /* ---- step ----------------------------------------------------------------------- */
@@ -210,21 +212,11 @@ static PyObject *Adam_zero_grad(AdamObject *self, PyObject *unused)
 
 /* ---- state ---------------------------------------------------------------------- */
 
-/* A 1-D float32 view of count floats at data whose base is the Adam object. */
+/* A moment estimate, float32 (total,), as a view (base: the Adam object). */
 static PyObject *state_view(AdamObject *self, float *data)
 {
-    npy_intp dims[1] = {(npy_intp)self->adam.total};
-    static float empty;
-    PyObject *arr = PyArray_New(&PyArray_Type, 1, dims, NPY_FLOAT32, NULL,
-                                data ? data : &empty, 0, NPY_ARRAY_CARRAY, NULL);
-    if (!arr)
-        return NULL;
-    Py_INCREF(self);
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0) {
-        Py_DECREF(arr);
-        return NULL;
-    }
-    return arr;
+    npy_intp shape[1] = {(npy_intp)self->adam.total};
+    return cv_owned_view((PyObject *)self, data, 1, shape, 1);
 }
 
 static PyObject *segment_sizes(AdamObject *self)
@@ -580,7 +572,7 @@ PyDoc_STRVAR(Adam_doc,
 "load_state_dict() save and restore it. step() releases the GIL and uses OpenMP over\n"
 "fixed chunks, so results do not depend on the number of threads.");
 
-PyTypeObject cv_AdamType = {
+static PyTypeObject AdamType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.Adam",
     .tp_basicsize = sizeof(AdamObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
@@ -595,7 +587,7 @@ PyTypeObject cv_AdamType = {
 
 int cv_register_optimizer(PyObject *module)
 {
-    if (PyType_Ready(&cv_AdamType) < 0)
+    if (PyType_Ready(&AdamType) < 0)
         return -1;
-    return PyModule_AddObjectRef(module, "Adam", (PyObject *)&cv_AdamType);
+    return PyModule_AddObjectRef(module, "Adam", (PyObject *)&AdamType);
 }

@@ -1,11 +1,13 @@
-/* text_layers.c - convirt._core._text_layers: the text tower's single layers, fast and
- * naive, for the tests (private; not part of the API). Token rows are packed: a
- * `lengths` sequence gives each sequence's number of rows (layers.h). Inputs must be
- * C-contiguous; outputs are new arrays. */
+/* text_layers.c - the text tower's single layers of the core (embedding.c,
+ * layernorm.c, attention.c, gelu.c and the pooling in bert.c), fast and naive, for the
+ * tests (convirt._testing). Token rows are packed: a `lengths` sequence gives each
+ * sequence's number of rows (layers.h). Inputs must be C-contiguous; outputs are new
+ * arrays. */
 #include "../bert.h"
 #include "../layers.h"
-#include "arrays.h"
-#include "module.h"
+#include "../py/arrays.h"
+#include "../py/errors.h"
+#include "testing.h"
 
 /* A C-contiguous float32 array of ndim dimensions; shape entries < 0 are free. */
 static int floats(PyObject *obj, const char *name, int ndim, npy_intp d0, npy_intp d1,
@@ -392,7 +394,7 @@ static int pooling_code(const char *name)
     return -1;
 }
 
-static PyObject *py_pool_forward(PyObject *self, PyObject *args)
+static PyObject *py_bert_pool_forward(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *h_obj, *lengths, *result = NULL;
@@ -429,7 +431,7 @@ error:
     return result;
 }
 
-static PyObject *py_pool_backward(PyObject *self, PyObject *args)
+static PyObject *py_bert_pool_backward(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *d_obj, *a_obj, *lengths, *result = NULL;
@@ -494,26 +496,13 @@ static PyMethodDef text_layer_methods[] = {
     {"embedding_backward", py_embedding_backward, METH_VARARGS,
      "embedding_backward(dout, ids, positions, types, vocab, max_positions, type_vocab) -> "
      "(dword, dposition, dtoken_type)"},
-    {"pool_forward", py_pool_forward, METH_VARARGS,
-     "pool_forward(hidden, lengths, pooling) -> (out, argmax)"},
-    {"pool_backward", py_pool_backward, METH_VARARGS,
-     "pool_backward(dout, argmax, lengths, pooling) -> dhidden"},
+    {"bert_pool_forward", py_bert_pool_forward, METH_VARARGS,
+     "bert_pool_forward(hidden, lengths, pooling) -> (out, argmax)"},
+    {"bert_pool_backward", py_bert_pool_backward, METH_VARARGS,
+     "bert_pool_backward(dout, argmax, lengths, pooling) -> dhidden"},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef text_layers_def = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "convirt._core._text_layers",
-    .m_doc = "The text tower's single layers (fast and naive) for the tests. Private.",
-    .m_size = -1,
-    .m_methods = text_layer_methods,
-};
-
-int cv_register_text_layers(PyObject *module)
+int cv_testing_add_text_layers(PyObject *module)
 {
-    PyObject *sub = PyModule_Create(&text_layers_def);
-    if (!sub)
-        return -1;
-    int rc = PyModule_AddObjectRef(module, "_text_layers", sub);
-    Py_DECREF(sub);
-    return rc;
+    return PyModule_AddFunctions(module, text_layer_methods);
 }

@@ -1,32 +1,29 @@
-/* image_layers.c - private single-layer entry points of the image layers (conv.c,
- * batchnorm.c, pool.c) and the ResNet profile, for the tests and the benchmark.
- * Names start with an underscore: they are not the package's API.
+/* image_layers.c - the image layers of the core one at a time (conv.c, batchnorm.c,
+ * pool.c), fast and naive, for the tests (convirt._testing):
  *
- *   _conv2d_forward(x, weight, stride=1, pad=0, *, reference=False, mean=None, std=None)
- *   _conv2d_backward(dout, x, weight, stride=1, pad=0, *, dx=None, dw=None, add=True,
- *                    reference=False, mean=None, std=None) -> (dx, dw)
- *   _bn_statistics(y) -> (mean, var)
- *   _batchnorm_forward(y, gamma, beta, running_mean, running_var, *, training=True,
- *                      relu=False, residual=None) -> (out, mean, invstd)
- *   _bn_apply(y, scale, shift, *, residual=None, res_y=None, res_scale=None,
- *             res_shift=None, relu=True) -> out
- *   _batchnorm_backward(dout, y, mean, invstd, gamma, *, out=None) -> (dy, dgamma, dbeta)
- *   _bn_block_end(dout, out, y_a, mean_a, invstd_a, y_b=None, mean_b=None, invstd_b=None)
+ *   conv2d_forward(x, weight, stride=1, pad=0, *, reference=False, mean=None, std=None)
+ *   conv2d_backward(dout, x, weight, stride=1, pad=0, *, dx=None, dw=None, add=True,
+ *                   reference=False, mean=None, std=None) -> (dx, dw)
+ *   bn_statistics(y) -> (mean, var)
+ *   batchnorm_forward(y, gamma, beta, running_mean, running_var, *, training=True,
+ *                     relu=False, residual=None) -> (out, mean, invstd)
+ *   bn_apply(y, scale, shift, *, residual=None, res_y=None, res_scale=None,
+ *            res_shift=None, relu=True) -> out
+ *   batchnorm_backward(dout, y, mean, invstd, gamma, *, out=None) -> (dy, dgamma, dbeta)
+ *   bn_block_end(dout, out, y_a, mean_a, invstd_a, y_b=None, mean_b=None, invstd_b=None)
  *       -> (dz, sum_dz, sum_dzx_a, sum_dzx_b)
- *   _maxpool_forward(x, k=3, stride=2, pad=1, *, reference=False) -> out
- *   _maxpool_backward(dout, x, out, k=3, stride=2, pad=1, *, reference=False) -> dx
+ *   maxpool_forward(x, k=3, stride=2, pad=1, *, reference=False) -> out
+ *   maxpool_backward(dout, x, out, k=3, stride=2, pad=1, *, reference=False) -> dx
  *     (the fast one runs the forward again for its argmax; out is checked for shape)
- *   _avgpool_forward(x) -> (n, c);  _avgpool_backward(dout, h, w) -> (n, h, w, c)
- *   _resnet_profile(enable=None, *, cpu_time=False) -> [(name, conv_fwd, bn_fwd, conv_bwd, bn_bwd,
- *                                     flops_fwd, flops_bwd, calls_fwd, calls_bwd)]
+ *   avgpool_forward(x) -> (n, c);  avgpool_backward(dout, h, w) -> (n, h, w, c)
  *
  * Activations are float32 C-contiguous (n, h, w, c); convolution weights (k, r, s, c).
- * With mean and std, _conv2d_* read x as images (uint8 or float32, (n, h, w) or
+ * With mean and std, conv2d_* read x as images (uint8 or float32, (n, h, w) or
  * (n, h, w, c), any strides), normalised on the fly as the encoder does. */
 #include "../layers.h"
-#include "../resnet.h"
-#include "arrays.h"
-#include "module.h"
+#include "../py/arrays.h"
+#include "../py/errors.h"
+#include "testing.h"
 
 /* A float32 C-contiguous array argument of ndim dimensions (shape entries < 0: any). */
 static int tensor_arg(PyObject *obj, const char *name, int ndim, npy_intp d0, npy_intp d1,
@@ -135,7 +132,7 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kwd
     PyArrayObject *weight, *out;
     layer_input li;
     conv_shape sh;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|nn$pOO:_conv2d_forward", kwlist, &x_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|nn$pOO:conv2d_forward", kwlist, &x_obj,
                                      &w_obj, &stride, &pad, &reference, &mean, &std))
         return NULL;
     if (input_arg(x_obj, mean, std, &li) ||
@@ -173,7 +170,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     PyArrayObject *weight, *dout, *dx = NULL, *dw = NULL;
     layer_input li;
     conv_shape sh;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|nn$OOppOO:_conv2d_backward", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|nn$OOppOO:conv2d_backward", kwlist,
                                      &dout_obj, &x_obj, &w_obj, &stride, &pad, &dx_obj, &dw_obj,
                                      &add, &reference, &mean, &std))
         return NULL;
@@ -296,7 +293,7 @@ static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *
     int training = 1, relu = 0;
     PyArrayObject *y, *gamma, *beta, *rm, *rv, *res = NULL, *out, *mean, *invstd;
     npy_intp m, c;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$ppO:_batchnorm_forward", kwlist, &y_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$ppO:batchnorm_forward", kwlist, &y_obj,
                                      &g_obj, &b_obj, &rm_obj, &rv_obj, &training, &relu, &res_obj))
         return NULL;
     if (matrix_arg(y_obj, "y", &m, &c, &y) || channel_arg(g_obj, "gamma", c, 0, &gamma) ||
@@ -368,7 +365,7 @@ static PyObject *py_bn_apply(PyObject *self, PyObject *args, PyObject *kwds)
     int relu = 1;
     PyArrayObject *y, *scale, *shift, *res = NULL, *ry = NULL, *rs = NULL, *rt = NULL, *out;
     npy_intp m, c;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|$OOOOp:_bn_apply", kwlist, &y_obj, &s_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|$OOOOp:bn_apply", kwlist, &y_obj, &s_obj,
                                      &t_obj, &res_obj, &ry_obj, &rs_obj, &rt_obj, &relu))
         return NULL;
     if (matrix_arg(y_obj, "y", &m, &c, &y) || channel_arg(s_obj, "scale", c, 0, &scale) ||
@@ -396,7 +393,7 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
     PyObject *d_obj, *y_obj, *m_obj, *i_obj, *g_obj, *o_obj = Py_None;
     PyArrayObject *dout, *y, *mean, *invstd, *gamma, *out = NULL, *dy, *dg, *db;
     npy_intp m, c;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$O:_batchnorm_backward", kwlist, &d_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$O:batchnorm_backward", kwlist, &d_obj,
                                      &y_obj, &m_obj, &i_obj, &g_obj, &o_obj))
         return NULL;
     if (matrix_arg(y_obj, "y", &m, &c, &y) || same_shape(d_obj, "dout", y, &dout) ||
@@ -427,7 +424,7 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
     return Py_BuildValue("(NNN)", dy, dg, db);
 }
 
-/* _bn_block_end(dout, out, y_a, mean_a, invstd_a, y_b=None, mean_b=None, invstd_b=None)
+/* bn_block_end(dout, out, y_a, mean_a, invstd_a, y_b=None, mean_b=None, invstd_b=None)
  * -> (dz, sum_dz, sum_dzx_a, sum_dzx_b): the fused mask-and-reduce at a block's end. */
 static PyObject *py_bn_block_end(PyObject *self, PyObject *args, PyObject *kwds)
 {
@@ -438,7 +435,7 @@ static PyObject *py_bn_block_end(PyObject *self, PyObject *args, PyObject *kwds)
                                                         *ib_obj = Py_None;
     PyArrayObject *dout, *out, *ya, *ma, *ia, *yb = NULL, *mb = NULL, *ib = NULL, *dz;
     npy_intp m, c;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|OOO:_bn_block_end", kwlist, &d_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|OOO:bn_block_end", kwlist, &d_obj,
                                      &o_obj, &ya_obj, &ma_obj, &ia_obj, &yb_obj, &mb_obj, &ib_obj))
         return NULL;
     if (matrix_arg(ya_obj, "y_a", &m, &c, &ya) || same_shape(d_obj, "dout", ya, &dout) ||
@@ -492,7 +489,7 @@ static PyObject *py_maxpool_forward(PyObject *self, PyObject *args, PyObject *kw
     Py_ssize_t k = 3, stride = 2, pad = 1;
     int reference = 0;
     PyArrayObject *x, *out;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|nnn$p:_maxpool_forward", kwlist, &x_obj, &k,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|nnn$p:maxpool_forward", kwlist, &x_obj, &k,
                                      &stride, &pad, &reference) ||
         tensor_arg(x_obj, "x", 4, -1, -1, -1, -1, 0, &x))
         return NULL;
@@ -519,7 +516,7 @@ static PyObject *py_maxpool_backward(PyObject *self, PyObject *args, PyObject *k
     Py_ssize_t k = 3, stride = 2, pad = 1;
     int reference = 0;
     PyArrayObject *x, *out, *dout, *dx;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|nnn$p:_maxpool_backward", kwlist, &d_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|nnn$p:maxpool_backward", kwlist, &d_obj,
                                      &x_obj, &o_obj, &k, &stride, &pad, &reference) ||
         tensor_arg(x_obj, "x", 4, -1, -1, -1, -1, 0, &x))
         return NULL;
@@ -576,7 +573,7 @@ static PyObject *py_avgpool_backward(PyObject *self, PyObject *args)
     PyObject *d_obj;
     Py_ssize_t h, w;
     PyArrayObject *dout, *dx;
-    if (!PyArg_ParseTuple(args, "Onn:_avgpool_backward", &d_obj, &h, &w) ||
+    if (!PyArg_ParseTuple(args, "Onn:avgpool_backward", &d_obj, &h, &w) ||
         tensor_arg(d_obj, "dout", 2, -1, -1, -1, -1, 0, &dout))
         return NULL;
     if (h < 1 || w < 1) {
@@ -592,73 +589,30 @@ static PyObject *py_avgpool_backward(PyObject *self, PyObject *args)
     return (PyObject *)dx;
 }
 
-/* ---- profile ------------------------------------------------------------------------- */
-
-static PyObject *py_resnet_profile(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    (void)self;
-    static char *kwlist[] = {"enable", "cpu_time", NULL};
-    PyObject *enable = Py_None;
-    int cpu_time = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$p:_resnet_profile", kwlist, &enable,
-                                     &cpu_time))
-        return NULL;
-    if (enable != Py_None) {
-        int on = PyObject_IsTrue(enable);
-        if (on < 0)
-            return NULL;
-        resnet_profile_enable(on ? (cpu_time ? RESNET_PROFILE_CPU_TIME : 1) : 0);
-    }
-    int count;
-    const resnet_profile_entry *e = resnet_profile(&count);
-    PyObject *list = PyList_New(0);
-    if (!list)
-        return NULL;
-    for (int i = 0; i < count; i++) {
-        if (!e[i].name[0])
-            continue;
-        PyObject *row = Py_BuildValue("(sddddddll)", e[i].name, e[i].conv_forward, e[i].bn_forward,
-                                      e[i].conv_backward, e[i].bn_backward, e[i].flops_forward,
-                                      e[i].flops_backward, e[i].forward_calls,
-                                      e[i].backward_calls);
-        if (!row || PyList_Append(list, row) < 0) {
-            Py_XDECREF(row);
-            Py_DECREF(list);
-            return NULL;
-        }
-        Py_DECREF(row);
-    }
-    return list;
-}
-
-static PyMethodDef methods[] = {
-    {"_conv2d_forward", (PyCFunction)(void (*)(void))py_conv2d_forward,
+static PyMethodDef image_layer_methods[] = {
+    {"conv2d_forward", (PyCFunction)(void (*)(void))py_conv2d_forward,
      METH_VARARGS | METH_KEYWORDS, "convolution forward (test entry point)"},
-    {"_conv2d_backward", (PyCFunction)(void (*)(void))py_conv2d_backward,
+    {"conv2d_backward", (PyCFunction)(void (*)(void))py_conv2d_backward,
      METH_VARARGS | METH_KEYWORDS, "convolution backward (test entry point)"},
-    {"_bn_statistics", py_bn_statistics, METH_O, "batch mean and biased variance (test)"},
-    {"_batchnorm_forward", (PyCFunction)(void (*)(void))py_batchnorm_forward,
+    {"bn_statistics", py_bn_statistics, METH_O, "batch mean and biased variance (test)"},
+    {"batchnorm_forward", (PyCFunction)(void (*)(void))py_batchnorm_forward,
      METH_VARARGS | METH_KEYWORDS, "batch norm forward (test entry point)"},
-    {"_bn_apply", (PyCFunction)(void (*)(void))py_bn_apply, METH_VARARGS | METH_KEYWORDS,
+    {"bn_apply", (PyCFunction)(void (*)(void))py_bn_apply, METH_VARARGS | METH_KEYWORDS,
      "affine + residual + ReLU (test entry point)"},
-    {"_batchnorm_backward", (PyCFunction)(void (*)(void))py_batchnorm_backward,
+    {"batchnorm_backward", (PyCFunction)(void (*)(void))py_batchnorm_backward,
      METH_VARARGS | METH_KEYWORDS, "batch norm backward (test entry point)"},
-    {"_bn_block_end", (PyCFunction)(void (*)(void))py_bn_block_end,
+    {"bn_block_end", (PyCFunction)(void (*)(void))py_bn_block_end,
      METH_VARARGS | METH_KEYWORDS, "fused ReLU mask and two batch-norm reduces (test)"},
-    {"_maxpool_forward", (PyCFunction)(void (*)(void))py_maxpool_forward,
+    {"maxpool_forward", (PyCFunction)(void (*)(void))py_maxpool_forward,
      METH_VARARGS | METH_KEYWORDS, "max pool forward (test entry point)"},
-    {"_maxpool_backward", (PyCFunction)(void (*)(void))py_maxpool_backward,
+    {"maxpool_backward", (PyCFunction)(void (*)(void))py_maxpool_backward,
      METH_VARARGS | METH_KEYWORDS, "max pool backward (test entry point)"},
-    {"_avgpool_forward", py_avgpool_forward, METH_O, "global average pool (test entry point)"},
-    {"_avgpool_backward", py_avgpool_backward, METH_VARARGS,
+    {"avgpool_forward", py_avgpool_forward, METH_O, "global average pool (test entry point)"},
+    {"avgpool_backward", py_avgpool_backward, METH_VARARGS,
      "global average pool backward (test entry point)"},
-    {"_resnet_profile", (PyCFunction)(void (*)(void))py_resnet_profile,
-     METH_VARARGS | METH_KEYWORDS,
-     "_resnet_profile(enable=None) -> per-layer times of ResNet forward/backward; "
-     "enable=True clears and starts, False stops"},
     {NULL, NULL, 0, NULL}};
 
-int cv_register_image_layers(PyObject *module)
+int cv_testing_add_image_layers(PyObject *module)
 {
-    return PyModule_AddFunctions(module, methods);
+    return PyModule_AddFunctions(module, image_layer_methods);
 }

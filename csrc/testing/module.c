@@ -1,0 +1,94 @@
+/* module.c - convirt._testing: the core's layers one at a time and its naive reference
+ * kernels, which the tests compare with PyTorch, NumPy and finite differences. Not the
+ * package's API: convirt._core is the product, and nothing in convirt imports this.
+ *
+ * It links the same libconvirt as convirt._core and imports convirt._core first, so
+ * the core is initialised once (cv_init: the BLIS kernel set, the threads) and both
+ * modules share its state: the thread count convirt.set_num_threads sets, the error
+ * message of the last failure, and the exception types, which come from _core. */
+#define CONVIRT_MODULE_MAIN
+#include "../py/arrays.h"
+#include "../py/errors.h"
+#include "testing.h"
+
+/* gemm_reference(A, B, C, alpha=1.0, beta=0.0): C = alpha A @ B + beta C by the naive
+ * triple loop, with the argument rules of convirt._core.gemm. */
+static PyObject *py_gemm_reference(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    (void)self;
+    static char *kwlist[] = {"A", "B", "C", "alpha", "beta", NULL};
+    PyObject *a_obj, *b_obj, *c_obj;
+    double alpha = 1.0, beta = 0.0;
+    PyArrayObject *A, *B, *C;
+    ptrdiff_t sa[2], sb[2], sc[2];
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|dd:gemm_reference", kwlist, &a_obj,
+                                     &b_obj, &c_obj, &alpha, &beta))
+        return NULL;
+    cv_array_spec spec_a = {"A", NPY_FLOAT32, 2, 2, {-1, -1, -1, -1}, 0, 0};
+    if (cv_check_array(a_obj, &spec_a, &A) || cv_element_strides(A, "A", sa))
+        return NULL;
+    npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1);
+    cv_array_spec spec_b = {"B", NPY_FLOAT32, 2, 2, {k, -1, -1, -1}, 0, 0};
+    if (cv_check_array(b_obj, &spec_b, &B) || cv_element_strides(B, "B", sb))
+        return NULL;
+    npy_intp n = PyArray_DIM(B, 1);
+    cv_array_spec spec_c = {"C", NPY_FLOAT32, 2, 2, {m, n, -1, -1}, 1, 0};
+    if (cv_check_array(c_obj, &spec_c, &C) || cv_element_strides(C, "C", sc) ||
+        cv_check_no_overlap(C, "C", A, "A") || cv_check_no_overlap(C, "C", B, "B"))
+        return NULL;
+    const float *pa = PyArray_DATA(A), *pb = PyArray_DATA(B);
+    float *pc = PyArray_DATA(C);
+    Py_BEGIN_ALLOW_THREADS;
+    cv_gemm_reference(m, n, k, (float)alpha, pa, sa[0], sa[1], pb, sb[0], sb[1], (float)beta,
+                      pc, sc[0], sc[1]);
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_NONE;
+}
+
+/* The core's thread count as calls from this module get it: convirt.set_num_threads
+ * reaches it, the state being libconvirt's (tests check that it is one state). */
+static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(cv_get_num_threads());
+}
+
+static PyMethodDef module_methods[] = {
+    {"get_num_threads", py_get_num_threads, METH_NOARGS,
+     "get_num_threads() -> int: the threads the core gives this module's calls (the "
+     "number convirt.set_num_threads set: the modules share the core)."},
+    {"gemm_reference", (PyCFunction)(void (*)(void))py_gemm_reference,
+     METH_VARARGS | METH_KEYWORDS,
+     "gemm_reference(A, B, C, alpha=1.0, beta=0.0): C = alpha A @ B + beta C by the "
+     "core's naive reference, for comparison with convirt._core.gemm."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "convirt._testing",
+    .m_doc = "The C core's single layers and naive reference kernels, for convirt's "
+             "tests. Private: not part of the package's API.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__testing(void)
+{
+    import_array();
+    PyObject *core = PyImport_ImportModule("convirt._core");
+    if (!core)
+        return NULL;
+    int status = cv_import_errors(core);
+    Py_DECREF(core);
+    if (status < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (!module)
+        return NULL;
+    if (cv_testing_add_image_layers(module) < 0 || cv_testing_add_text_layers(module) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
