@@ -26,6 +26,18 @@ def tokenizer(directory):
     return load_tokenizer(directory)
 
 
+# The smallest BERT the core builds: 1 layer of 8 units, 2 heads, no tokenizer.
+BERT = {"vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 16, "max_position_embeddings": 16, "proj_dim": 4,
+        "proj_hidden": 8}
+
+
+def bert(**changes):
+    """A new tiny BERT text encoder (BERT with `changes`): features (N, 8), embeddings
+    (N, 4)."""
+    return convirt.Encoder.bert(**dict(BERT, **changes))
+
+
 def towers(directory, seed=0, image_depth=18, freeze_layers=1, proj_dim=16):
     """A ResNet image tower and a 2-layer BERT text tower, both small."""
     image = convirt.Encoder._resnet(image_depth, 1, proj_dim, 32, seed, None)
