@@ -33,14 +33,6 @@ def identity(n):
     return p
 
 
-@pytest.fixture
-def threads():
-    """Restores the thread count a test changes."""
-    saved = convirt.get_num_threads()
-    yield
-    convirt.set_num_threads(saved)
-
-
 # ---- the NumPy reference of the documented pipeline ---------------------------------
 
 

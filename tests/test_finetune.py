@@ -506,10 +506,8 @@ def test_nan_images(encoder, data):
         call(encoder, data, train_images=images)
 
 
-def test_encoder_must_be_an_image_encoder(data, tmp_path):
-    import tiny
-
-    _, text = tiny.towers(str(tmp_path))
+def test_encoder_must_be_an_image_encoder(data, tiny_towers):
+    _, text = tiny_towers
     with pytest.raises(TypeError, match="image convirt.Encoder.*a text encoder"):
         call(text, data)
     with pytest.raises(TypeError, match="image convirt.Encoder"):

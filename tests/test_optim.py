@@ -17,13 +17,6 @@ torch = pytest.importorskip("torch")
 SIZES = [1000, 37, 70000]  # the last spans three of the core's 32768-float chunks
 
 
-@pytest.fixture
-def threads():
-    saved = convirt.get_num_threads()
-    yield
-    convirt.set_num_threads(saved)
-
-
 def make_buffers(seed=0, sizes=SIZES):
     """Parameters as slices of one flat buffer (as an Encoder's), gradients likewise."""
     rng = np.random.default_rng(seed)
