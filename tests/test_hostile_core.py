@@ -436,19 +436,6 @@ def test_outputs_and_gradients_must_not_be_the_encoders_own_buffers(image_encode
     image_encoder.eval()
 
 
-def test_text_outputs_must_not_overlap_the_token_arrays():
-    encoder = tiny.bert(proj_dim=8)
-    base = np.zeros(64, np.int32)
-    ids, mask = base[:8].reshape(2, 4), base[8:16].reshape(2, 4)
-    ids[:] = 5
-    mask[:] = 1
-    out = base[16:32].view(np.float32).reshape(2, 8)
-    out2 = base[:16].view(np.float32).reshape(2, 8)
-    encoder.forward(ids, mask, embeddings=False, features_out=out)  # separate: fine
-    with pytest.raises(ValueError, match="overlaps"):
-        encoder.forward(ids, mask, embeddings=False, features_out=out2)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8])
 def test_backward_refuses_images_changed_since_forward(dtype):
     # encoder.forward(x) in training mode, then x[...] = other, then backward: the ResNet
