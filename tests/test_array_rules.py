@@ -18,8 +18,8 @@ position table ...) stay in that type's test file."""
 
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
