@@ -60,8 +60,11 @@ sanitize:                    ## ASan + UBSan build in build/sanitize, C-facing t
 
 # The formatters are pinned in pyproject.toml's dev extra (another version formats
 # differently): format and lint refuse to run others. `make install-dev` installs them.
+# Both are taken from $(PYTHON)'s environment (clang-format from the PyPI package's own
+# binary, else the one on PATH), as `make install-dev` puts them there.
 RUFF ?= $(PYTHON) -m ruff
-CLANG_FORMAT ?= clang-format
+CLANG_FORMAT ?= $(shell $(PYTHON) -c "from clang_format import get_executable as g; \
+	print(g('clang-format'))" 2>/dev/null || echo clang-format)
 RUFF_VERSION = $(shell sed -n 's/.*"ruff==\([^"]*\)".*/\1/p' pyproject.toml)
 CLANG_FORMAT_VERSION = $(shell sed -n 's/.*"clang-format==\([^"]*\)".*/\1/p' pyproject.toml)
 C_SOURCES = $(shell find csrc -name '*.[ch]' | sort)
