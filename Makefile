@@ -3,7 +3,8 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: setup install install-test build demo test test-fast bench format lint clean sanitize
+.PHONY: setup install install-test install-dev dev-tools build demo test test-fast bench \
+	format lint clean sanitize
 
 setup:                       ## system packages: BLIS (OpenMP build), pkg-config
 	./scripts/setup-system.sh
@@ -21,11 +22,11 @@ build:                       ## rebuild the C extension in place after editing c
 demo: install                ## the main job on the built-in data (writes convirt-demo/)
 	$(PYTHON) -m convirt.cli demo convirt-demo
 
-test: install-test           ## the whole test suite
+test: install-test           ## the whole test suite, slow tests included
 	$(PYTHON) -m pytest -q
 
-test-fast:                   ## tests without reinstalling
-	$(PYTHON) -m pytest -q -x
+test-fast:                   ## without reinstalling, and without the tests marked slow
+	$(PYTHON) -m pytest -q -x -m "not slow"
 
 bench: install-test          ## every benchmark table beside PyTorch and the FMA peak
 	for b in benchmarks/bench_*.py; do $(PYTHON) $$b || exit 1; done
@@ -57,13 +58,43 @@ sanitize:                    ## ASan + UBSan build in build/sanitize, C-facing t
 		-W ignore::DeprecationWarning -k "$(SANITIZE_SELECT)" \
 		$(addprefix $(CURDIR)/,$(SANITIZE_TESTS))
 
-format:                      ## clang-format for C, ruff for Python
-	clang-format -i csrc/*.c csrc/*.h csrc/py/*.c csrc/py/*.h
-	$(PYTHON) -m ruff format convirt tests benchmarks
-	$(PYTHON) -m ruff check --fix convirt tests benchmarks
+# The formatters are pinned in pyproject.toml's dev extra (another version formats
+# differently): format and lint refuse to run others. `make install-dev` installs them.
+# Both are taken from $(PYTHON)'s environment (clang-format from the PyPI package's own
+# binary, else the one on PATH), as `make install-dev` puts them there.
+RUFF ?= $(PYTHON) -m ruff
+CLANG_FORMAT ?= $(shell $(PYTHON) -c "from clang_format import get_executable as g; \
+	print(g('clang-format'))" 2>/dev/null || echo clang-format)
+RUFF_VERSION = $(shell sed -n 's/.*"ruff==\([^"]*\)".*/\1/p' pyproject.toml)
+CLANG_FORMAT_VERSION = $(shell sed -n 's/.*"clang-format==\([^"]*\)".*/\1/p' pyproject.toml)
+C_SOURCES = $(shell find csrc -name '*.[ch]' | sort)
 
-lint:
-	$(PYTHON) -m ruff check convirt tests benchmarks
+install-dev:                 ## the pinned ruff and clang-format (pyproject.toml's dev extra)
+	$(PIP) install -q "ruff==$(RUFF_VERSION)" "clang-format==$(CLANG_FORMAT_VERSION)"
+
+dev-tools:
+	@v=$$($(RUFF) --version 2>/dev/null); [ "$$v" = "ruff $(RUFF_VERSION)" ] || { echo \
+		"need ruff $(RUFF_VERSION), found: $${v:-none}; run make install-dev" >&2; exit 1; }
+	@v=$$($(CLANG_FORMAT) --version 2>/dev/null); case "$$v" in \
+		*"clang-format version $(CLANG_FORMAT_VERSION)"|*"version $(CLANG_FORMAT_VERSION) "*) ;; \
+		*) echo "need clang-format $(CLANG_FORMAT_VERSION), found: $${v:-none};" \
+			"run make install-dev" >&2; exit 1;; esac
+
+# ruff check --fix before ruff format (its import sorting may want formatting); what it
+# cannot fix is listed, and make lint keeps failing on it until fixed by hand.
+format: dev-tools            ## clang-format for C, ruff for Python, in place
+	$(CLANG_FORMAT) -i $(C_SOURCES)
+	$(RUFF) check --fix --exit-zero .
+	$(RUFF) format .
+
+# All three run, so that one CI log shows everything to fix; then it fails if any did.
+lint: dev-tools              ## what CI checks: ruff check, ruff format, clang-format (read only)
+	@status=0; \
+	echo "$(RUFF) check ."; $(RUFF) check . || status=1; \
+	echo "$(RUFF) format --check ."; $(RUFF) format --check . || status=1; \
+	echo "$(CLANG_FORMAT) --dry-run -Werror csrc/**/*.[ch]"; \
+	$(CLANG_FORMAT) --dry-run -Werror $(C_SOURCES) || status=1; \
+	exit $$status
 
 clean:
 	rm -rf build dist *.egg-info convirt/_core*.so

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from test_data import make_mimic_tree
 
 from convirt import cli
 from convirt.data import PreparedDataset, decode_image
@@ -98,8 +97,8 @@ def test_prepare_from_folder(tmp_path, capsys):
     assert "warning: 1 of 4 images" in err and "left out" in err
 
 
-def test_prepare_from_mimic(tmp_path, capsys):
-    root = make_mimic_tree(tmp_path / "mimic")
+def test_prepare_from_mimic(tmp_path, capsys, mimic_tree):
+    root = mimic_tree
     code, out, err = run(["prepare", "--mimic", root, "--size", "16", "--no-progress",
                           str(tmp_path / "train")], capsys)
     assert code == 0, err

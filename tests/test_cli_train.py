@@ -114,10 +114,8 @@ def test_embed_a_cache_and_a_folder_match_the_encoder(cache, tmp_path, capsys):
     assert len(files) == 40 and files[0].endswith("000000.png")
 
 
-def test_embed_refuses_a_text_encoder(cache, tmp_path, capsys):
-    import tiny
-
-    _, text = tiny.towers(str(tmp_path))
+def test_embed_refuses_a_text_encoder(cache, tmp_path, capsys, tiny_towers):
+    _, text = tiny_towers
     path = str(tmp_path / "text.safetensors")
     text.save(path)
     code, _, err = run(["embed", path, cache, str(tmp_path / "f.npy")], capsys)

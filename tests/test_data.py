@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import MIMIC_REPORT, gradient_image
 
 from convirt import data
 from convirt.data import (
@@ -31,14 +32,6 @@ from convirt.data import (
     resize_center_crop,
     split_sentences,
 )
-
-
-def gradient_image(height, width, seed=0):
-    """A uint8 image with structure (gradients plus noise), so resizing errors show."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    image = 100 + 80 * np.sin(xx / 7.0) * np.cos(yy / 11.0) + rng.normal(0, 10, (height, width))
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def reference_resize(image, size):
@@ -388,26 +381,6 @@ def test_dicom_without_pydicom_says_how_to_install(tmp_path, monkeypatch):
 # Report sections and sentences
 # --------------------------------------------------------------------------------------
 
-MIMIC_REPORT = """                                 FINAL REPORT
- EXAMINATION:  CHEST (PA AND LAT)
-
- INDICATION:  ___F with new onset ascites  // eval for infection
-
- TECHNIQUE:  Chest PA and lateral
-
- COMPARISON:  None.
-
- FINDINGS:
-
- There is no focal consolidation, pleural effusion or pneumothorax.  Bilateral
- nodular opacities that most likely represent nipple shadows. The
- cardiomediastinal silhouette is normal.
-
- IMPRESSION:
-
- No acute cardiopulmonary process.
-"""
-
 
 def test_extract_sections_mimic_report():
     sections = extract_sections(MIMIC_REPORT)
@@ -635,65 +608,8 @@ def test_folder_dataset_missing_reports(tmp_path):
         FolderDataset(tmp_path / "nope")
 
 
-def make_mimic_tree(root, gz=True):
-    """A small MIMIC-CXR-JPG layout: 3 patients, 4 studies, 7 images (PA, AP, LATERAL,
-    LL), the split, metadata and chexpert CSVs, and the reports tree. One study has no
-    report; one patient's reports live in mimic-cxr-reports/ instead of the root."""
-    root = str(root)
-    images = [  # dicom_id, subject, study, view, split
-        ("d1", "10000032", "50414267", "PA", "train"),
-        ("d2", "10000032", "50414267", "LATERAL", "train"),
-        ("d3", "10000032", "53189527", "AP", "train"),
-        ("d4", "11000011", "56699142", "PA", "validate"),
-        ("d5", "11000011", "56699142", "LL", "validate"),
-        ("d6", "12000029", "57375967", "PA", "test"),
-        ("d7", "12000029", "57375967", "AP", "train"),
-    ]
-    reports = {
-        "50414267": MIMIC_REPORT,
-        "53189527": "FINAL REPORT\nFINDINGS: Mild cardiomegaly.\nIMPRESSION: Cardiomegaly.",
-        "57375967": "FINDINGS AND IMPRESSION: Small left pleural effusion.",
-        # 56699142: no report file
-    }
-
-    def write_table(name, header, rows):
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-        path = os.path.join(root, name + (".gz" if gz else ""))
-        opener = gzip.open if gz else open
-        with opener(path, "wt", encoding="utf-8", newline="") as f:
-            f.write(text.getvalue())
-
-    os.makedirs(root, exist_ok=True)
-    write_table("mimic-cxr-2.0.0-metadata.csv",
-                ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription",
-                 "ViewPosition", "Rows", "Columns"],
-                [[d, s, st, "CHEST (PA AND LAT)", v, 40, 30] for d, s, st, v, _ in images])
-    write_table("mimic-cxr-2.0.0-split.csv", ["dicom_id", "study_id", "subject_id", "split"],
-                [[d, st, s, sp] for d, s, st, _, sp in images])
-    write_table("mimic-cxr-2.0.0-chexpert.csv",
-                ["subject_id", "study_id", "Cardiomegaly", "Pleural Effusion"],
-                [["10000032", "50414267", "", "0.0"], ["10000032", "53189527", "1.0", ""],
-                 ["12000029", "57375967", "-1.0", "1.0"]])
-    for k, (dicom, subject, study, _, _) in enumerate(images):
-        folder = os.path.join(root, "files", f"p{subject[:2]}", f"p{subject}", f"s{study}")
-        os.makedirs(folder, exist_ok=True)
-        Image.fromarray(gradient_image(40, 30, seed=k)).save(os.path.join(folder,
-                                                                          dicom + ".jpg"))
-    for study, text in reports.items():
-        subject = next(s for _, s, st, _, _ in images if st == study)
-        base = os.path.join(root, "mimic-cxr-reports") if subject == "12000029" else root
-        folder = os.path.join(base, "files", f"p{subject[:2]}", f"p{subject}")
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, f"s{study}.txt"), "w") as f:
-            f.write(text)
-    return root
-
-
-def test_mimic_frontal_train_split(tmp_path):
-    root = make_mimic_tree(tmp_path / "mimic")
+def test_mimic_frontal_train_split(mimic_tree):
+    root = mimic_tree
     dataset = MIMICCXRDataset(root)
     names = [os.path.basename(s) for s in dataset.sources]
     assert names == ["d1.jpg", "d3.jpg", "d7.jpg"]  # frontal views of the train split
@@ -713,8 +629,9 @@ def test_mimic_frontal_train_split(tmp_path):
     assert dataset[0][0].shape == (40, 30)
 
 
-def test_mimic_splits_views_and_missing_reports(tmp_path):
-    root = make_mimic_tree(tmp_path / "mimic", gz=False)
+@pytest.mark.parametrize("mimic_tree", [False], ids=["plain_csv"], indirect=True)
+def test_mimic_splits_views_and_missing_reports(mimic_tree):
+    root = mimic_tree
     val = MIMICCXRDataset(root, split="val")
     assert [os.path.basename(s) for s in val.sources] == ["d4.jpg"]
     assert val.reports == [""] and val.missing_reports == 1
@@ -728,21 +645,21 @@ def test_mimic_splits_views_and_missing_reports(tmp_path):
     assert impression_only.reports[0] == "IMPRESSION: No acute cardiopulmonary process."
 
 
-def test_mimic_errors(tmp_path):
+def test_mimic_errors(tmp_path, mimic_tree):
     with pytest.raises(FileNotFoundError, match="MIMIC-CXR-JPG folder not found"):
         MIMICCXRDataset(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="metadata"):
         MIMICCXRDataset(tmp_path / "empty")
-    root = make_mimic_tree(tmp_path / "mimic")
+    root = mimic_tree
     with pytest.raises(ValueError, match="split must be"):
         MIMICCXRDataset(root, split="dev")
     with pytest.raises(ValueError, match="sections"):
         MIMICCXRDataset(root, sections=("history",))
 
 
-def test_mimic_prepare_end_to_end(tmp_path):
-    root = make_mimic_tree(tmp_path / "mimic")
+def test_mimic_prepare_end_to_end(tmp_path, mimic_tree):
+    root = mimic_tree
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing should be skipped
         summary = prepare(MIMICCXRDataset(root), tmp_path / "cache", size=16, progress=False)

@@ -55,10 +55,10 @@ def test_call_order_errors_are_state_errors():
         encoder.backward(d_features=np.zeros((2, 512), np.float32))
 
 
-def test_trainer_catches_nonfinite_by_type_not_by_message(tmp_path):
+def test_trainer_catches_nonfinite_by_type_not_by_message(tiny_towers):
     """A NaN embedding (a NaN weight in the image head) and a NaN gradient behind a
     finite loss both stop training with TrainingDiverged, before any update."""
-    image, text = tiny.towers(str(tmp_path / "vocab"))
+    image, text = tiny_towers
     trainer = convirt.Trainer(image, text, image_size=32, progress=False)
     images, reports = tiny.pairs(4, 32)
     bias = image.parameters()["projection.2.bias"]

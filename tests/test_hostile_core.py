@@ -18,6 +18,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import tiny
 
 import convirt
 from convirt import _core
@@ -53,14 +54,6 @@ def refused_in_subprocess(expr, timeout=120, env=None):
     kind, message = json.loads(out.stdout.strip().splitlines()[-1])
     assert kind != "accepted", f"{expr} was accepted"
     return kind, message
-
-
-def tiny_bert(**changes):
-    config = {"vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 16,
-              "proj_dim": 4, "proj_hidden": 8}
-    config.update(changes)
-    return convirt.Encoder.bert(**config)
 
 
 # ---- 1. crashes: sizes that wrap, threads the machine cannot run -------------------------
@@ -313,8 +306,8 @@ def _message(call):
     (lambda: convirt.ContrastiveLoss(max_logit_scale=-2.0), "-2.0"),
     (lambda: setattr(convirt.ContrastiveLoss(), "logit_scale", float("nan")), "nan"),
     (lambda: setattr(convirt.ContrastiveLoss(), "temperature", -1e-3), "-0.001"),
-    (lambda: tiny_bert(layer_norm_eps=0.0), "0.0"),
-    (lambda: tiny_bert(layer_norm_eps=-1e-12), "-1e-12"),
+    (lambda: tiny.bert(layer_norm_eps=0.0), "0.0"),
+    (lambda: tiny.bert(layer_norm_eps=-1e-12), "-1e-12"),
     (lambda: setattr(convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4), "normalization",
                      ((float("nan"),), (1.0,))), "nan"),
     (lambda: setattr(convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4), "normalization",
@@ -446,19 +439,6 @@ def test_outputs_and_gradients_must_not_be_the_encoders_own_buffers(image_encode
     image_encoder.eval()
 
 
-def test_text_outputs_must_not_overlap_the_token_arrays():
-    encoder = tiny_bert(proj_dim=8)
-    base = np.zeros(64, np.int32)
-    ids, mask = base[:8].reshape(2, 4), base[8:16].reshape(2, 4)
-    ids[:] = 5
-    mask[:] = 1
-    out = base[16:32].view(np.float32).reshape(2, 8)
-    out2 = base[:16].view(np.float32).reshape(2, 8)
-    encoder.forward(ids, mask, embeddings=False, features_out=out)  # separate: fine
-    with pytest.raises(ValueError, match="overlaps"):
-        encoder.forward(ids, mask, embeddings=False, features_out=out2)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8])
 def test_backward_refuses_images_changed_since_forward(dtype):
     # encoder.forward(x) in training mode, then x[...] = other, then backward: the ResNet
@@ -555,12 +535,12 @@ def test_linear_head_outputs_must_not_be_its_own_buffers():
 def test_layer_norm_eps_must_be_finite(eps):
     # Encoder.bert(layer_norm_eps=inf) was accepted: every normalised value became 0.
     with pytest.raises(ValueError, match="layer_norm_eps"):
-        tiny_bert(layer_norm_eps=eps)
+        tiny.bert(layer_norm_eps=eps)
 
 
 @pytest.mark.parametrize("make", [
     lambda seed: convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4, seed=seed),
-    lambda seed: tiny_bert(seed=seed),
+    lambda seed: tiny.bert(seed=seed),
     lambda seed: _core.LinearHead(3, 2, seed=seed),
     lambda seed: convirt.ImageAugment(32, seed=seed),
 ], ids=["resnet", "bert", "linear_head", "image_augment"])

@@ -514,9 +514,7 @@ def test_bert_config_with_an_infinite_layer_norm_eps_is_refused(tmp_path):
 def test_bert_constructor_refuses_an_infinite_layer_norm_eps():
     # Encoder.bert(..., layer_norm_eps=float("inf")) was accepted (the core checks > 0).
     with pytest.raises(ValueError, match="layer_norm_eps.*finite"):
-        convirt.Encoder.bert(vocab_size=10, hidden_size=8, num_hidden_layers=1,
-                             num_attention_heads=2, intermediate_size=16,
-                             layer_norm_eps=math.inf)
+        tiny.bert(layer_norm_eps=math.inf)
 
 
 @pytest.mark.parametrize("target", ["../elsewhere/step-00000001", "ABSOLUTE",
@@ -743,9 +741,9 @@ def test_short_mimic_row_names_the_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("tower", ["image", "text"])
-def test_encode_of_a_dict_is_a_clear_type_error(tmp_path, tower):
+def test_encode_of_a_dict_is_a_clear_type_error(tiny_towers, tower):
     # encoder.encode({"a": 1}) raised TypeError "unhashable type: 'slice'".
-    image, text = tiny.towers(str(tmp_path / "vocab"))
+    image, text = tiny_towers
     encoder = image if tower == "image" else text
     with pytest.raises(TypeError, match=f"{tower} encoder.*expected.*got dict"):
         encoder.encode({"a": 1})
@@ -794,12 +792,12 @@ def test_resume_refuses_non_finite_optimizer_moments(tmp_path, tensor, value):
 
 
 @pytest.mark.parametrize("method", ["convirt", "simclr"])
-def test_a_failed_step_leaves_parameters_and_buffers_bit_identical(tmp_path, method):
+def test_a_failed_step_leaves_parameters_and_buffers_bit_identical(tiny_towers, method):
     # A NaN weight in the projection head: step() raised TrainingDiverged and left the
     # weights alone, but the forward had already moved the batch-norm running
     # statistics.
     images, reports = tiny.pairs(8, 32)
-    image, text = tiny.towers(str(tmp_path / "vocab"))
+    image, text = tiny_towers
     trainer = Trainer(image, text if method == "convirt" else None, method=method,
                       image_size=32, progress=False)
     trainer.step(images[:4], reports[:4] if method == "convirt" else None)

@@ -203,42 +203,13 @@ def test_thread_count_does_not_change_results():
     assert_grad_close(one.grad_v, two.grad_v, rtol=1e-5)
 
 
-# ---- bad input: one case each ------------------------------------------------------------
+# ---- bad input: one case each (the array rules shared by every entry point: dtype, rank,
+# shape, alignment, strides, read-only and overlapping outputs, are in test_array_rules.py)
 
 
 @pytest.fixture
 def vu():
     return make_inputs(4, 8, "contiguous")
-
-
-def test_wrong_dtype(vu):
-    v, u = vu
-    with pytest.raises(TypeError, match="v must have dtype float32"):
-        convirt.ContrastiveLoss()(v.astype(np.float64), u)
-    with pytest.raises(TypeError, match="dtype float32"):
-        convirt.ContrastiveLoss()(v, u.astype(np.float16))
-
-
-def test_not_an_array(vu):
-    v, u = vu
-    with pytest.raises(TypeError, match="must be a NumPy array"):
-        convirt.ContrastiveLoss()(v.tolist(), u)
-
-
-def test_wrong_ndim(vu):
-    v, u = vu
-    with pytest.raises(ValueError, match="v must have 2 dimensions, got 1"):
-        convirt.ContrastiveLoss()(v[0], u)
-    with pytest.raises(ValueError, match="2 dimensions, got 3"):
-        convirt.ContrastiveLoss()(v, u[None])
-
-
-def test_shape_mismatch(vu):
-    v, u = vu
-    with pytest.raises(ValueError, match=r"must have shape \(4, 8\), got \(3, 8\)"):
-        convirt.ContrastiveLoss()(v, u[:3])
-    with pytest.raises(ValueError, match=r"must have shape \(4, 8\), got \(4, 7\)"):
-        convirt.ContrastiveLoss()(v, u[:, :7])
 
 
 def test_empty_batch_and_empty_dimension():
@@ -270,53 +241,6 @@ def test_zero_vector(vu):
     v[3] = 0.0
     with pytest.raises(ValueError, match="row 3 of the first input has a zero"):
         convirt.ContrastiveLoss()(v, u)
-
-
-def test_misaligned_input(vu):
-    v, u = vu
-    raw = np.zeros(v.nbytes + 1, dtype=np.uint8)
-    misaligned = np.frombuffer(raw.data, dtype=np.float32, count=v.size, offset=1)
-    misaligned = misaligned.reshape(v.shape)
-    assert not misaligned.flags.aligned
-    with pytest.raises(ValueError, match="not aligned"):
-        convirt.ContrastiveLoss()(misaligned, u)
-
-
-def test_zero_stride(vu):
-    v, u = vu
-    broadcast = np.broadcast_to(v[:1], v.shape)
-    with pytest.raises(ValueError, match="zero stride on axis 0"):
-        convirt.ContrastiveLoss()(broadcast, u)
-
-
-def test_read_only_output(vu):
-    v, u = vu
-    out = np.zeros_like(v)
-    out.flags.writeable = False
-    with pytest.raises(ValueError, match="grad_v is read-only"):
-        convirt.ContrastiveLoss()(v, u, grad_v=out)
-
-
-def test_wrongly_shaped_output(vu):
-    v, u = vu
-    with pytest.raises(ValueError, match=r"grad_u must have shape \(4, 8\)"):
-        convirt.ContrastiveLoss()(v, u, grad_u=np.zeros((4, 9), np.float32))
-    with pytest.raises(TypeError, match="grad_u must have dtype float32"):
-        convirt.ContrastiveLoss()(v, u, grad_u=np.zeros((4, 8), np.float64))
-
-
-def test_output_overlapping_input(vu):
-    v, u = vu
-    v = v.copy()
-    with pytest.raises(ValueError, match="grad_v overlaps v"):
-        convirt.ContrastiveLoss()(v, u, grad_v=v)
-
-
-def test_outputs_overlapping_each_other(vu):
-    v, u = vu
-    out = np.zeros((4, 8), np.float32)
-    with pytest.raises(ValueError, match="grad_v overlaps grad_u"):
-        convirt.ContrastiveLoss()(v, u, grad_v=out, grad_u=out)
 
 
 def test_output_with_compute_grad_false(vu):
@@ -543,12 +467,7 @@ def test_nt_xent_bad_input():
     loss = convirt.ContrastiveLoss()
     with pytest.raises(ValueError, match="even number"):
         loss.nt_xent(np.ones((5, 4), np.float32))
-    with pytest.raises(TypeError, match="z must have dtype float32"):
-        loss.nt_xent(np.ones((4, 4)))
     z = np.ones((4, 4), np.float32)
     z[1] = 0
     with pytest.raises(ValueError, match="row 1 of the input has a zero"):
         loss.nt_xent(z)
-    with pytest.raises(ValueError, match="grad overlaps z"):
-        z = np.random.rand(4, 4).astype(np.float32)
-        loss.nt_xent(z, grad=z)

