@@ -19,6 +19,8 @@ PROBE_MARGIN = 0.03
 RETRIEVAL_RATIO = 1.3
 
 
+# The tests that take `quick` share one run of the quick preset (about 5 minutes on 2
+# cores): they are marked slow, so that `make test-fast` leaves them out.
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "out")
@@ -27,6 +29,7 @@ def quick(tmp_path_factory):
     return out, summary, lines
 
 
+@pytest.mark.slow
 def test_pretraining_beats_random_init_at_10_percent_labels(quick):
     _, summary, _ = quick
     results = summary["results"]
@@ -35,6 +38,7 @@ def test_pretraining_beats_random_init_at_10_percent_labels(quick):
     assert pretrained >= random_init + PROBE_MARGIN, (pretrained, random_init)
 
 
+@pytest.mark.slow
 def test_text_to_image_precision_is_well_above_chance(quick):
     _, summary, _ = quick
     chance = summary["retrieval_chance"]
@@ -43,6 +47,7 @@ def test_text_to_image_precision_is_well_above_chance(quick):
     assert precision >= RETRIEVAL_RATIO * chance, (precision, chance)
 
 
+@pytest.mark.slow
 def test_loss_went_down(quick):
     _, summary, _ = quick
     steps = summary["trainer"].steps
@@ -51,6 +56,7 @@ def test_loss_went_down(quick):
     assert last < first, (first, last)
 
 
+@pytest.mark.slow
 def test_outputs_are_written(quick):
     out, summary, lines = quick
     for name in ("results.md", "results.json", "loss_curve.png", "probe_curve.png"):
@@ -88,6 +94,7 @@ def test_retrieval_split_takes_single_finding_images():
         assert (labels[q, :2].sum() == 0) if c == 2 else labels[q, c] == 1
 
 
+@pytest.mark.slow
 def test_format_table_has_the_papers_columns(quick):
     _, summary, _ = quick
     header = summary["table"].splitlines()[0]

@@ -62,6 +62,7 @@ def error_outputs(notebook):
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     kernel_environment(monkeypatch)
