@@ -100,15 +100,27 @@ def _from_prefix(prefix, how):
     include = os.path.join(prefix, "include", "blis")
     if not os.path.isfile(os.path.join(include, "blis.h")):
         include = os.path.join(prefix, "include")
-    return Blis(include, os.path.join(prefix, "lib"),
-                os.path.join(prefix, "share", "blis", "config.mk"), how)
+    return Blis(
+        include,
+        os.path.join(prefix, "lib"),
+        os.path.join(prefix, "share", "blis", "config.mk"),
+        how,
+    )
 
 
 def _pkg_config():
     try:
         out = subprocess.check_output(
-            ["pkg-config", "--variable=prefix", "--variable=includedir",
-             "--variable=libdir", "blis"], text=True, stderr=subprocess.DEVNULL)
+            [
+                "pkg-config",
+                "--variable=prefix",
+                "--variable=includedir",
+                "--variable=libdir",
+                "blis",
+            ],
+            text=True,
+            stderr=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     words = out.split()
@@ -118,8 +130,12 @@ def _pkg_config():
     include = os.path.join(includedir, "blis")
     if not os.path.isfile(os.path.join(include, "blis.h")):
         include = includedir
-    return Blis(include, libdir, os.path.join(prefix, "share", "blis", "config.mk"),
-                "pkg-config blis")
+    return Blis(
+        include,
+        libdir,
+        os.path.join(prefix, "share", "blis", "config.mk"),
+        "pkg-config blis",
+    )
 
 
 def find_blis():
@@ -130,18 +146,25 @@ def find_blis():
     if found:
         candidates.append(found)
     triplet = _multiarch()
-    candidates.append(Blis(f"/usr/include/{triplet}/blis-openmp",
-                           f"/usr/lib/{triplet}/blis-openmp",
-                           f"/usr/share/blis-openmp-{triplet}/config.mk",
-                           "Debian's libblis-openmp-dev"))
+    candidates.append(
+        Blis(
+            f"/usr/include/{triplet}/blis-openmp",
+            f"/usr/lib/{triplet}/blis-openmp",
+            f"/usr/share/blis-openmp-{triplet}/config.mk",
+            "Debian's libblis-openmp-dev",
+        )
+    )
     valid = [c for c in candidates if c.valid()]
     # Prefer an OpenMP build; take any BLIS over none.
     for blis in valid:
         if blis.openmp():
             return blis
     if valid:
-        print(f"convirt: warning: {valid[0].how} is not an OpenMP build of BLIS; "
-              "BLIS and the core will not share a thread pool", file=sys.stderr)
+        print(
+            f"convirt: warning: {valid[0].how} is not an OpenMP build of BLIS; "
+            "BLIS and the core will not share a thread pool",
+            file=sys.stderr,
+        )
         return valid[0]
     looked = "; ".join(f"{c.how}: {c.include_dir}, {c.library_dir}" for c in candidates)
     sys.exit(INSTALL_HELP.format(looked=looked))
@@ -163,8 +186,16 @@ else:
 
 def compile_flags():
     # -fno-trapping-math lets GCC vectorise the branch-free exp (no FP traps are used).
-    flags = ["-std=gnu11", "-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
-             "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    flags = [
+        "-std=gnu11",
+        "-O3",
+        "-fopenmp",
+        "-fno-math-errno",
+        "-fno-trapping-math",
+        "-Wall",
+        "-Wextra",
+        "-Wno-unused-parameter",
+    ]
     if os.environ.get("CONVIRT_WERROR") == "1":
         flags.append("-Werror")
     return flags + shlex.split(os.environ.get("CONVIRT_CFLAGS", ""))
@@ -185,24 +216,38 @@ class BuildCoreAndExtensions(build_ext):
     def build_core(self):
         blis = find_blis()
         configs = blis.configs()
-        print(f"convirt: BLIS from {blis.how}: {blis.include_dir}, {blis.library_dir}; "
-              f"sub-configurations: {configs or 'unknown'}", file=sys.stderr)
+        print(
+            f"convirt: BLIS from {blis.how}: {blis.include_dir}, {blis.library_dir}; "
+            f"sub-configurations: {configs or 'unknown'}",
+            file=sys.stderr,
+        )
         path = self.core_path()
         if not (self.force or newer_group(CORE_SOURCES + CORE_HEADERS, path, "newer")):
             return
         cflags = compile_flags()
         objects = self.compiler.compile(
-            CORE_SOURCES, output_dir=self.build_temp, include_dirs=["csrc"],
-            macros=[("CV_BLIS_CONFIGS", f'"{configs}"'),
-                    ("CV_BUILD_CFLAGS", '"' + " ".join(cflags) + '"')],
+            CORE_SOURCES,
+            output_dir=self.build_temp,
+            include_dirs=["csrc"],
+            macros=[
+                ("CV_BLIS_CONFIGS", f'"{configs}"'),
+                ("CV_BUILD_CFLAGS", '"' + " ".join(cflags) + '"'),
+            ],
             # BLIS's header as a system header: its warnings are not ours.
             extra_postargs=cflags + ["-isystem", blis.include_dir],
-            depends=CORE_HEADERS, debug=self.debug)
+            depends=CORE_HEADERS,
+            debug=self.debug,
+        )
         self.compiler.link_shared_object(
-            objects, path, libraries=["blis", "m"], library_dirs=[blis.library_dir],
+            objects,
+            path,
+            libraries=["blis", "m"],
+            library_dirs=[blis.library_dir],
             runtime_library_dirs=[blis.library_dir],
-            extra_postargs=["-fopenmp"] + CORE_LINK_ARGS, debug=self.debug,
-            target_lang="c")
+            extra_postargs=["-fopenmp"] + CORE_LINK_ARGS,
+            debug=self.debug,
+            target_lang="c",
+        )
 
     def build_extensions(self):
         self.build_core()
@@ -247,8 +292,11 @@ setup(
     ext_modules=[
         binding("convirt._core", sorted(glob.glob("csrc/py/*.c"))),
         # With csrc/py's argument checks and exception mapping (it raises _core's types).
-        binding("convirt._testing", sorted(glob.glob("csrc/testing/*.c"))
-                + ["csrc/py/arrays.c", "csrc/py/errors.c"]),
+        binding(
+            "convirt._testing",
+            sorted(glob.glob("csrc/testing/*.c"))
+            + ["csrc/py/arrays.c", "csrc/py/errors.c"],
+        ),
     ],
     cmdclass={"build_ext": BuildCoreAndExtensions},
 )

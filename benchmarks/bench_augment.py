@@ -74,19 +74,27 @@ def torch_augment(torch, images, params, size, fill=0.0):
         to_pixel = np.array([[half, 0, half - 0.5], [0, half, half - 0.5], [0, 0, 1]])
         to_u = np.array([[flip * cs, -flip * sn, 0], [sn, cs, 0], [0, 0, 1]])
         to_u[:2, 2] = to_u[:2, :2] @ [0.5 - half - tx, 0.5 - half - ty] + [half, half]
-        to_input = np.array([[2 * p["crop"][2] * w / size / w, 0, 2 * p["crop"][0] - 1],
-                             [0, 2 * p["crop"][3] * h / size / h, 2 * p["crop"][1] - 1],
-                             [0, 0, 1]])
+        to_input = np.array(
+            [
+                [2 * p["crop"][2] * w / size / w, 0, 2 * p["crop"][0] - 1],
+                [0, 2 * p["crop"][3] * h / size / h, 2 * p["crop"][1] - 1],
+                [0, 0, 1],
+            ]
+        )
         u_map = to_u @ to_pixel
         thetas.append((to_input @ u_map)[:2])
         u_maps.append(u_map[:2])
     theta = torch.tensor(np.array(thetas), dtype=torch.float32)
     grid = F.affine_grid(theta, (n, c, size, size), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
-                        align_corners=False)
+    out = F.grid_sample(
+        x, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
     # the share of each bilinear footprint inside the crop image (fill outside)
-    u = F.affine_grid(torch.tensor(np.array(u_maps), dtype=torch.float32),
-                      (n, 1, size, size), align_corners=False)
+    u = F.affine_grid(
+        torch.tensor(np.array(u_maps), dtype=torch.float32),
+        (n, 1, size, size),
+        align_corners=False,
+    )
     inside = torch.clamp(torch.minimum(u + 0.5, size + 0.5 - u), 0, 1).prod(dim=-1)
     out = inside[:, None] * out + (1 - inside[:, None]) * fill
     b = torch.tensor(params["brightness"], dtype=torch.float32).view(n, 1, 1, 1)
@@ -131,8 +139,10 @@ def main():
 
     rng = np.random.default_rng(0)
     variants = [
-        ("crop+flip+affine+resize", {"brightness": None, "contrast": None,
-                                     "blur_sigma": None}),
+        (
+            "crop+flip+affine+resize",
+            {"brightness": None, "contrast": None, "blur_sigma": None},
+        ),
         ("+ brightness, contrast", {"blur_sigma": None}),
         ("all (paper's defaults)", {}),
     ]
@@ -140,15 +150,21 @@ def main():
     peak_gflops, _ = measure_peak()  # FP32 FMA peak on convirt's threads, this run
     peak_seconds = args.batch * RESNET50_TRAIN_GFLOP / peak_gflops
     saved_threads = convirt.get_num_threads()
-    print(f"convirt.ImageAugment: batch {args.batch}, {args.input} x {args.input} uint8 -> "
-          f"{args.size} x {args.size} float32; best of {repeat}")
+    print(
+        f"convirt.ImageAugment: batch {args.batch}, {args.input} x {args.input} uint8 -> "
+        f"{args.size} x {args.size} float32; best of {repeat}"
+    )
     step_gflops = args.batch * RESNET50_TRAIN_GFLOP / step_seconds
-    print(f"ResNet-50 training step for the batch: {step_seconds:.2f} s as measured now "
-          f"({step_gflops:.0f} GFLOP/s), {peak_seconds:.2f} s at the measured "
-          f"{peak_gflops:.0f} GFLOP/s peak\n")
-    header = (f"{'image':<5} {'thr':>3}  {'transforms':<26} {'ms/batch':>9} "
-              f"{'images/s':>9} {'% step':>7} {'% peak step':>11} {'torch ms':>9} "
-              f"{'torch/ours':>10}")
+    print(
+        f"ResNet-50 training step for the batch: {step_seconds:.2f} s as measured now "
+        f"({step_gflops:.0f} GFLOP/s), {peak_seconds:.2f} s at the measured "
+        f"{peak_gflops:.0f} GFLOP/s peak\n"
+    )
+    header = (
+        f"{'image':<5} {'thr':>3}  {'transforms':<26} {'ms/batch':>9} "
+        f"{'images/s':>9} {'% step':>7} {'% peak step':>11} {'torch ms':>9} "
+        f"{'torch/ours':>10}"
+    )
     print(header)
     print("-" * len(header))
     for channels in (None, 3):
@@ -163,11 +179,13 @@ def main():
             for name, kwargs in variants:
                 augment = ImageAugment(size=args.size, **kwargs)
                 seconds = best_time(
-                    lambda a=augment, x=images, o=out: a(x, step=1, out=o), repeat)
+                    lambda a=augment, x=images, o=out: a(x, step=1, out=o), repeat
+                )
                 torch_cell, ratio_cell = "", ""
                 if torch is not None and not kwargs:
                     params = augment.sample_parameters(args.batch, step=1)
                     with torch.no_grad():
+
                         def run_torch(p=params, x=images):
                             return torch_augment(torch, x, p, args.size)
 
@@ -178,11 +196,13 @@ def main():
                         raise SystemExit(f"the torch version differs by {difference:.2g}")
                     torch_cell = f"{theirs * 1e3:9.1f}"
                     ratio_cell = f"{theirs / seconds:10.2f}"
-                print(f"{'RGB' if channels else 'grey':<5} {threads:>3}  {name:<26} "
-                      f"{seconds * 1e3:9.1f} {args.batch / seconds:9.0f} "
-                      f"{100 * seconds / step_seconds:6.2f}% "
-                      f"{100 * seconds / peak_seconds:10.2f}% "
-                      f"{torch_cell:>9} {ratio_cell:>10}")
+                print(
+                    f"{'RGB' if channels else 'grey':<5} {threads:>3}  {name:<26} "
+                    f"{seconds * 1e3:9.1f} {args.batch / seconds:9.0f} "
+                    f"{100 * seconds / step_seconds:6.2f}% "
+                    f"{100 * seconds / peak_seconds:10.2f}% "
+                    f"{torch_cell:>9} {ratio_cell:>10}"
+                )
     convirt.set_num_threads(saved_threads)
 
 

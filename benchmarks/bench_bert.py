@@ -78,10 +78,16 @@ def worker_convirt(args):
     convirt.set_num_threads(args.threads)
     base_rss = rss_mib()
     layers, hidden, heads, inter = MODELS[args.model]
-    encoder = convirt.Encoder.bert(vocab_size=VOCAB, hidden_size=hidden,
-                                   num_hidden_layers=layers, num_attention_heads=heads,
-                                   intermediate_size=inter, freeze_layers=layers // 2,
-                                   proj_dim=PROJ, proj_hidden=PROJ)
+    encoder = convirt.Encoder.bert(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        freeze_layers=layers // 2,
+        proj_dim=PROJ,
+        proj_hidden=PROJ,
+    )
     ids, mask, _ = inputs(args)
     d_embeddings = np.full((args.batch, PROJ), 1.0 / args.batch, np.float32)
     if args.mode == "infer":
@@ -96,6 +102,7 @@ def worker_convirt(args):
             encoder.zero_grad()
             encoder.forward(ids, mask, features=False)
             encoder.backward(d_embeddings)
+
     return timed(step, args.warmup, args.repeats), base_rss
 
 
@@ -107,13 +114,19 @@ def worker_torch(args):
     transformers.logging.set_verbosity_error()
     base_rss = rss_mib()
     layers, hidden, heads, inter = MODELS[args.model]
-    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=hidden,
-                                     num_hidden_layers=layers, num_attention_heads=heads,
-                                     intermediate_size=inter, hidden_dropout_prob=0.0,
-                                     attention_probs_dropout_prob=0.0)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = transformers.BertModel(config, add_pooling_layer=False)
-    head = torch.nn.Sequential(torch.nn.Linear(hidden, PROJ), torch.nn.ReLU(),
-                               torch.nn.Linear(PROJ, PROJ))
+    head = torch.nn.Sequential(
+        torch.nn.Linear(hidden, PROJ), torch.nn.ReLU(), torch.nn.Linear(PROJ, PROJ)
+    )
     ids_np, mask_np, _ = inputs(args)
     ids, mask = torch.tensor(ids_np).long(), torch.tensor(mask_np).long()
     valid = mask[..., None].bool()
@@ -133,7 +146,7 @@ def worker_torch(args):
         model.train()
         for parameter in model.embeddings.parameters():
             parameter.requires_grad_(False)
-        for layer in model.encoder.layer[:layers // 2]:
+        for layer in model.encoder.layer[: layers // 2]:
             for parameter in layer.parameters():
                 parameter.requires_grad_(False)
         weight = torch.full((args.batch, PROJ), 1.0 / args.batch)
@@ -142,6 +155,7 @@ def worker_torch(args):
             model.zero_grad(set_to_none=True)
             head.zero_grad(set_to_none=True)
             (embed() * weight).sum().backward()
+
     return timed(step, args.warmup, args.repeats), base_rss
 
 
@@ -161,12 +175,29 @@ def flops(model, mode, tokens_per_seq, batch):
 
 
 def run_worker(side, model, mode, args):
-    command = [sys.executable, os.path.abspath(__file__), "--worker", side, "--model", model,
-               "--mode", mode, "--threads", str(args.threads), "--batch", str(args.batch),
-               "--tokens", str(args.tokens), "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup)] + (["--varied"] if args.varied else [])
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               MKL_NUM_THREADS=str(args.threads))
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        side,
+        "--model",
+        model,
+        "--mode",
+        mode,
+        "--threads",
+        str(args.threads),
+        "--batch",
+        str(args.batch),
+        "--tokens",
+        str(args.tokens),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+    ] + (["--varied"] if args.varied else [])
+    env = dict(
+        os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads)
+    )
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{side} {model} {mode} failed:\n{result.stderr[-3000:]}")
@@ -174,8 +205,9 @@ def run_worker(side, model, mode, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="minilm,base", help="minilm,base")
     parser.add_argument("--modes", default="infer,train", help="infer,train")
     parser.add_argument("--batch", type=int, default=32)
@@ -183,17 +215,26 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="default: all cores")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (best counts)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternating runs of each side (best step over all counts)")
-    parser.add_argument("--varied", action="store_true",
-                        help="sequence lengths uniform in [8, tokens] (padded batch)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternating runs of each side (best step over all counts)",
+    )
+    parser.add_argument(
+        "--varied",
+        action="store_true",
+        help="sequence lengths uniform in [8, tokens] (padded batch)",
+    )
     parser.add_argument("--worker", choices=["convirt", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        times, base_rss = (worker_convirt if args.worker == "convirt" else worker_torch)(args)
+        times, base_rss = (worker_convirt if args.worker == "convirt" else worker_torch)(
+            args
+        )
         print(json.dumps({"times": times, "max_rss": max_rss_mib(), "base_rss": base_rss}))
         return
 
@@ -202,16 +243,22 @@ def main():
     if args.threads <= 0:
         args.threads = convirt.get_num_threads()
     peak, bits = convirt._core.fma_peak(args.threads, 1.0)
-    print(f"convirt {convirt.__version__}, BLIS {convirt.config()['blis_arch']}, "
-          f"{args.threads} thread(s); FP32 FMA peak {peak:.0f} GFLOP/s ({bits}-bit) now, "
-          "and again before each pair of rows ('peak')")
-    print(f"batch {args.batch} x {args.tokens} tokens"
-          f"{' (varied lengths, padded)' if args.varied else ''}, lower half frozen for "
-          f"train, best of {args.rounds} x {args.repeats} after {args.warmup} warm-up step(s), "
-          "sides alternating\n")
-    header = (f"{'model':7} {'mode':5} {'side':8} {'seq/s':>8} {'ms/step':>9} "
-              f"{'GFLOP/s':>8} {'peak':>5} {'%peak':>6} {'maxRSS MiB':>10} "
-              f"{'(model+act)':>11} {'speed-up':>8}")
+    print(
+        f"convirt {convirt.__version__}, BLIS {convirt.config()['blis_arch']}, "
+        f"{args.threads} thread(s); FP32 FMA peak {peak:.0f} GFLOP/s ({bits}-bit) now, "
+        "and again before each pair of rows ('peak')"
+    )
+    print(
+        f"batch {args.batch} x {args.tokens} tokens"
+        f"{' (varied lengths, padded)' if args.varied else ''}, lower half frozen for "
+        f"train, best of {args.rounds} x {args.repeats} after {args.warmup} warm-up step(s), "
+        "sides alternating\n"
+    )
+    header = (
+        f"{'model':7} {'mode':5} {'side':8} {'seq/s':>8} {'ms/step':>9} "
+        f"{'GFLOP/s':>8} {'peak':>5} {'%peak':>6} {'maxRSS MiB':>10} "
+        f"{'(model+act)':>11} {'speed-up':>8}"
+    )
     print(header)
     print("-" * len(header))
     for model in args.models.split(","):
@@ -220,27 +267,35 @@ def main():
             peak = max(convirt._core.fma_peak(args.threads, 0.5)[0], 1e-9)
             rows = {"convirt": None, "torch": None}
             for round_ in range(args.rounds):  # alternate, so that both meet the same load
-                for side in (("convirt", "torch") if round_ % 2 == 0 else ("torch", "convirt")):
+                for side in (
+                    ("convirt", "torch") if round_ % 2 == 0 else ("torch", "convirt")
+                ):
                     result = run_worker(side, model, mode, args)
                     if rows[side] is None:
                         rows[side] = result
                     else:
                         rows[side]["times"] += result["times"]
-                        rows[side]["max_rss"] = max(rows[side]["max_rss"], result["max_rss"])
+                        rows[side]["max_rss"] = max(
+                            rows[side]["max_rss"], result["max_rss"]
+                        )
             work = flops(model, mode, args.tokens, args.batch)
             for side in ("convirt", "torch"):
                 r = rows[side]
                 best = min(r["times"])
                 rate = work / best / 1e9
                 speedup = min(rows["torch"]["times"]) / best if side == "convirt" else 1.0
-                print(f"{model:7} {mode:5} {side:8} {args.batch / best:8.2f} "
-                      f"{best * 1e3:9.1f} {rate:8.1f} {peak:5.0f} {100 * rate / peak:5.0f}% "
-                      f"{r['max_rss']:10.0f} {r['max_rss'] - r['base_rss']:11.0f} "
-                      f"{speedup:7.2f}x")
+                print(
+                    f"{model:7} {mode:5} {side:8} {args.batch / best:8.2f} "
+                    f"{best * 1e3:9.1f} {rate:8.1f} {peak:5.0f} {100 * rate / peak:5.0f}% "
+                    f"{r['max_rss']:10.0f} {r['max_rss'] - r['base_rss']:11.0f} "
+                    f"{speedup:7.2f}x"
+                )
             sys.stdout.flush()
     peak_after, _ = convirt._core.fma_peak(args.threads, 1.0)
-    print(f"\nFMA peak at the end of the run: {peak_after:.0f} GFLOP/s (a drop means other "
-          "work shared the cores)")
+    print(
+        f"\nFMA peak at the end of the run: {peak_after:.0f} GFLOP/s (a drop means other "
+        "work shared the cores)"
+    )
 
 
 if __name__ == "__main__":

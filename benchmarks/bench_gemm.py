@@ -41,8 +41,11 @@ def operands(m, n, k, layout, rng):
 
     a = make(m, k, layout == "A transposed")
     b = make(k, n, layout == "B transposed")
-    c = (np.zeros((n, m), np.float32).T if layout == "C strided"
-         else np.zeros((m, n), np.float32))
+    c = (
+        np.zeros((n, m), np.float32).T
+        if layout == "C strided"
+        else np.zeros((m, n), np.float32)
+    )
     return a, b, c
 
 
@@ -71,12 +74,16 @@ def run(framework, shapes, layouts, threads, repeat):
 
                 def fn():
                     torch.mm(ta, tb, out=tc)
+
                 if layout == "C strided":  # torch.mm cannot write a strided out in place
+
                     def fn():
                         tc.copy_(torch.mm(ta, tb))
             else:
+
                 def fn():
                     _core.gemm(a, b, c)
+
             flops = 2.0 * m * n * k
             reps = max(repeat, int(min(50, 2e10 / flops)))
             seconds = timeit(fn, repeat=reps, warmup=1)
@@ -99,28 +106,63 @@ def main():
     header("bench_gemm: sgemm GFLOP/s")
     peak, bits = measure_peak(threads)
     peak1, _ = measure_peak(1)
-    print(f"measured FP32 FMA peak ({bits}-bit FMA loop): {peak:.1f} GFLOP/s on {threads} "
-          f"threads, {peak1:.1f} on 1")
+    print(
+        f"measured FP32 FMA peak ({bits}-bit FMA loop): {peak:.1f} GFLOP/s on {threads} "
+        f"threads, {peak1:.1f} on 1"
+    )
     shapes = QUICK if args.quick else SHAPES
     layouts = LAYOUTS[:2] + LAYOUTS[3:] if args.quick else LAYOUTS
-    kwargs = {"shapes": shapes, "layouts": layouts, "threads": threads, "repeat": args.repeat}
+    kwargs = {
+        "shapes": shapes,
+        "layouts": layouts,
+        "threads": threads,
+        "repeat": args.repeat,
+    }
     ours = run_isolated("bench_gemm", "run", dict(kwargs, framework="convirt"))["gflops"]
-    generic = ({} if args.no_generic else run_isolated(
-        "bench_gemm", "run", dict(kwargs, framework="convirt"),
-        env={"BLIS_ARCH_TYPE": "generic"})["gflops"])
-    torch = {} if args.no_torch else run_isolated("bench_gemm", "run",
-                                                  dict(kwargs, framework="torch"))["gflops"]
+    generic = (
+        {}
+        if args.no_generic
+        else run_isolated(
+            "bench_gemm",
+            "run",
+            dict(kwargs, framework="convirt"),
+            env={"BLIS_ARCH_TYPE": "generic"},
+        )["gflops"]
+    )
+    torch = (
+        {}
+        if args.no_torch
+        else run_isolated("bench_gemm", "run", dict(kwargs, framework="torch"))["gflops"]
+    )
     rows = []
     for name, m, n, k in shapes:
         for layout in layouts:
             key = f"{name}|{layout}"
             g = ours[key]
-            rows.append([name, f"{m}x{n}x{k}", layout, f"{g:.1f}", f"{100 * g / peak:.0f}%",
-                         f"{generic[key]:.1f}" if key in generic else "-",
-                         f"{torch[key]:.1f}" if key in torch else "-"])
-    print_table(["shape", "m x n x k", "layout", "convirt GFLOP/s", "of peak",
-                 "BLIS generic", "torch.mm"], rows,
-                title=f"sgemm, {threads} threads, peak {peak:.0f} GFLOP/s")
+            rows.append(
+                [
+                    name,
+                    f"{m}x{n}x{k}",
+                    layout,
+                    f"{g:.1f}",
+                    f"{100 * g / peak:.0f}%",
+                    f"{generic[key]:.1f}" if key in generic else "-",
+                    f"{torch[key]:.1f}" if key in torch else "-",
+                ]
+            )
+    print_table(
+        [
+            "shape",
+            "m x n x k",
+            "layout",
+            "convirt GFLOP/s",
+            "of peak",
+            "BLIS generic",
+            "torch.mm",
+        ],
+        rows,
+        title=f"sgemm, {threads} threads, peak {peak:.0f} GFLOP/s",
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def run(framework, sizes, dim, threads, repeat):
                 tv.grad = tu.grad = None
                 logits = F.normalize(tv, dim=1) @ F.normalize(tu, dim=1).T / 0.1
                 loss = 0.75 * F.cross_entropy(logits, target) + 0.25 * F.cross_entropy(
-                    logits.T, target)
+                    logits.T, target
+                )
                 loss.backward()
         else:
             import convirt
@@ -49,6 +50,7 @@ def run(framework, sizes, dim, threads, repeat):
 
             def fn():
                 loss(v, u, grad_v=gv, grad_u=gu)
+
         results[str(n)] = timeit(fn, repeat=reps, warmup=2)
     return {"seconds": results}
 
@@ -67,20 +69,46 @@ def main():
     header("bench_loss: ConVIRT loss forward + backward")
     peak, bits = measure_peak(threads)
     print(f"measured FP32 FMA peak: {peak:.1f} GFLOP/s on {threads} threads")
-    kwargs = {"sizes": args.sizes, "dim": args.dim, "threads": threads, "repeat": args.repeat}
+    kwargs = {
+        "sizes": args.sizes,
+        "dim": args.dim,
+        "threads": threads,
+        "repeat": args.repeat,
+    }
     ours = run_isolated("bench_loss", "run", dict(kwargs, framework="convirt"))
     theirs = run_isolated("bench_loss", "run", dict(kwargs, framework="torch"))
     rows = []
     for n in args.sizes:
         a, b = ours["seconds"][str(n)], theirs["seconds"][str(n)]
         flops = 3 * 2.0 * n * n * args.dim  # the three GEMMs
-        rows.append([n, args.dim, f"{a * 1e3:.3f}", f"{b * 1e3:.3f}", f"{b / a:.2f}x",
-                     f"{flops / a / 1e9:.1f}", f"{100 * flops / a / 1e9 / peak:.0f}%"])
-    print_table(["N", "d", "convirt ms", "PyTorch ms", "speed-up", "convirt GFLOP/s (GEMMs)",
-                 "of peak"], rows,
-                title=f"forward + backward, {threads} threads, peak {peak:.0f} GFLOP/s")
-    print(f"peak memory: convirt {ours['max_rss_mb']:.0f} MiB, PyTorch {theirs['max_rss_mb']:.0f} "
-          "MiB (whole process, including the interpreter and imports)")
+        rows.append(
+            [
+                n,
+                args.dim,
+                f"{a * 1e3:.3f}",
+                f"{b * 1e3:.3f}",
+                f"{b / a:.2f}x",
+                f"{flops / a / 1e9:.1f}",
+                f"{100 * flops / a / 1e9 / peak:.0f}%",
+            ]
+        )
+    print_table(
+        [
+            "N",
+            "d",
+            "convirt ms",
+            "PyTorch ms",
+            "speed-up",
+            "convirt GFLOP/s (GEMMs)",
+            "of peak",
+        ],
+        rows,
+        title=f"forward + backward, {threads} threads, peak {peak:.0f} GFLOP/s",
+    )
+    print(
+        f"peak memory: convirt {ours['max_rss_mb']:.0f} MiB, PyTorch {theirs['max_rss_mb']:.0f} "
+        "MiB (whole process, including the interpreter and imports)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3]}
 
 def conv_layers(depth, channels, size):
     """[(name, macs per image, is_first)] of every convolution of the network."""
+
     def out(h, k, s, p):
         return (h + 2 * p - k) // s + 1
 
@@ -48,13 +49,17 @@ def conv_layers(depth, channels, size):
             h_out = out(h, 3, stride, 1)
             if bottleneck:
                 width, outp = planes, planes * 4
-                convs += [("1x1", h * h * width * in_planes),
-                          ("3x3", h_out * h_out * width * width * 9),
-                          ("1x1", h_out * h_out * outp * width)]
+                convs += [
+                    ("1x1", h * h * width * in_planes),
+                    ("3x3", h_out * h_out * width * width * 9),
+                    ("1x1", h_out * h_out * outp * width),
+                ]
             else:
                 outp = planes
-                convs += [("3x3", h_out * h_out * planes * in_planes * 9),
-                          ("3x3", h_out * h_out * planes * planes * 9)]
+                convs += [
+                    ("3x3", h_out * h_out * planes * in_planes * 9),
+                    ("3x3", h_out * h_out * planes * planes * 9),
+                ]
             if stride != 1 or in_planes != outp:
                 convs.append(("downsample", h_out * h_out * outp * in_planes))
             in_planes, h = outp, h_out
@@ -86,6 +91,7 @@ def timed(step, steps, warmup):
 
 # ---- the two sides (each runs in a fresh process) ------------------------------------------
 
+
 def run_convirt(depth, channels, batch, size, mode, steps, warmup, threads, profile):
     import numpy as np
 
@@ -100,6 +106,7 @@ def run_convirt(depth, channels, batch, size, mode, steps, warmup, threads, prof
     features = np.empty((batch, encoder.feature_dim), np.float32)
     grad = rng.standard_normal((batch, encoder.feature_dim)).astype(np.float32)
     if mode == "inference":
+
         def step():
             encoder.forward(images, embeddings=False, features_out=features)
     else:
@@ -109,6 +116,7 @@ def run_convirt(depth, channels, batch, size, mode, steps, warmup, threads, prof
             encoder.zero_grad()
             encoder.forward(images, embeddings=False)
             encoder.backward(d_features=grad)
+
     seconds = timed(step, steps, warmup)
     result = {"seconds": seconds}
     if profile:
@@ -127,17 +135,26 @@ def torch_resnet(depth, channels):
             super().__init__()
             out = planes * 4 if bottleneck else planes
             if bottleneck:
-                self.convs = nn.ModuleList([nn.Conv2d(in_planes, planes, 1, bias=False),
-                                            nn.Conv2d(planes, planes, 3, stride, 1, bias=False),
-                                            nn.Conv2d(planes, out, 1, bias=False)])
+                self.convs = nn.ModuleList(
+                    [
+                        nn.Conv2d(in_planes, planes, 1, bias=False),
+                        nn.Conv2d(planes, planes, 3, stride, 1, bias=False),
+                        nn.Conv2d(planes, out, 1, bias=False),
+                    ]
+                )
             else:
-                self.convs = nn.ModuleList([nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False),
-                                            nn.Conv2d(planes, planes, 3, 1, 1, bias=False)])
+                self.convs = nn.ModuleList(
+                    [
+                        nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False),
+                        nn.Conv2d(planes, planes, 3, 1, 1, bias=False),
+                    ]
+                )
             self.bns = nn.ModuleList([nn.BatchNorm2d(c.out_channels) for c in self.convs])
             self.downsample = None
             if stride != 1 or in_planes != out:
-                self.downsample = nn.Sequential(nn.Conv2d(in_planes, out, 1, stride, bias=False),
-                                                nn.BatchNorm2d(out))
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(in_planes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+                )
             self.out = out
 
         def forward(self, x):
@@ -157,8 +174,12 @@ def torch_resnet(depth, channels):
             blocks, in_planes = [], 64
             for stage, n in enumerate(LAYERS[depth]):
                 for b in range(n):
-                    block = Block(in_planes, 64 << stage, 2 if b == 0 and stage > 0 else 1,
-                                  depth == 50)
+                    block = Block(
+                        in_planes,
+                        64 << stage,
+                        2 if b == 0 and stage > 0 else 1,
+                        depth == 50,
+                    )
                     blocks.append(block)
                     in_planes = block.out
             self.blocks = nn.Sequential(*blocks)
@@ -177,7 +198,9 @@ def run_torch(depth, channels, batch, size, mode, steps, warmup, threads, profil
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = torch_resnet(depth, channels).to(memory_format=torch.channels_last)
-    x = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, size, size).contiguous(
+        memory_format=torch.channels_last
+    )
     if mode == "inference":
         model.eval()
 
@@ -191,23 +214,31 @@ def run_torch(depth, channels, batch, size, mode, steps, warmup, threads, profil
         def step():
             model.zero_grad(set_to_none=True)
             (model(x) * grad).sum().backward()
+
     return {"seconds": timed(step, steps, warmup)}
 
 
 def isolated(framework, **kwargs):
     """Run run_<framework>(**kwargs) in a fresh process; its result plus max RSS."""
     here = os.path.dirname(os.path.abspath(__file__))
-    code = (f"import json, sys; sys.path.insert(0, {here!r}); import bench_resnet as b; "
-            f"r = b.run_{framework}(**json.loads(sys.argv[1])); r['max_rss_mib'] = b.max_rss_mib(); "
-            "print(json.dumps(r))")
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True,
-                         text=True, check=False)
+    code = (
+        f"import json, sys; sys.path.insert(0, {here!r}); import bench_resnet as b; "
+        f"r = b.run_{framework}(**json.loads(sys.argv[1])); r['max_rss_mib'] = b.max_rss_mib(); "
+        "print(json.dumps(r))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(kwargs)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{framework} {kwargs} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # ---- output -------------------------------------------------------------------------------------
+
 
 def print_table(headers, rows):
     cells = [[str(c) for c in row] for row in rows]
@@ -236,18 +267,42 @@ def print_profile(title, profile, peak):
     print(f"\n### convirt per-layer profile: {title} (one step, {total:.2f} s in layers)\n")
     rows = []
     for name, (cf, bf, cb, bb, ff, fb) in groups.items():
+
         def rate(f, t):
             return f"{f / t / 1e9:.0f}" if t > 0 and f > 0 else "-"
-        rows.append([name, f"{cf * 1e3:.0f}", rate(ff, cf), f"{bf * 1e3:.0f}", f"{cb * 1e3:.0f}",
-                     rate(fb, cb), f"{bb * 1e3:.0f}",
-                     f"{100 * (cf + bf + cb + bb) / total:.1f}%"])
-    print_table(["layers", "conv fwd ms", "GFLOP/s", "bn/pool fwd ms", "conv bwd ms", "GFLOP/s",
-                 "bn/pool bwd ms", "share"], rows)
+
+        rows.append(
+            [
+                name,
+                f"{cf * 1e3:.0f}",
+                rate(ff, cf),
+                f"{bf * 1e3:.0f}",
+                f"{cb * 1e3:.0f}",
+                rate(fb, cb),
+                f"{bb * 1e3:.0f}",
+                f"{100 * (cf + bf + cb + bb) / total:.1f}%",
+            ]
+        )
+    print_table(
+        [
+            "layers",
+            "conv fwd ms",
+            "GFLOP/s",
+            "bn/pool fwd ms",
+            "conv bwd ms",
+            "GFLOP/s",
+            "bn/pool bwd ms",
+            "share",
+        ],
+        rows,
+    )
     conv = sum(g[0] + g[2] for g in groups.values())
     conv_flops = sum(g[4] + g[5] for g in groups.values())
-    print(f"\nconvolutions: {conv:.2f} s at {conv_flops / conv / 1e9:.0f} GFLOP/s "
-          f"({100 * conv_flops / conv / 1e9 / peak:.0f}% of peak); batch norm, ReLU, "
-          f"residual and pooling: {total - conv:.2f} s")
+    print(
+        f"\nconvolutions: {conv:.2f} s at {conv_flops / conv / 1e9:.0f} GFLOP/s "
+        f"({100 * conv_flops / conv / 1e9 / peak:.0f}% of peak); batch norm, ReLU, "
+        f"residual and pooling: {total - conv:.2f} s"
+    )
 
 
 def main():
@@ -257,8 +312,11 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="default: convirt's")
-    parser.add_argument("--models", default="50:1,50:3,18:3",
-                        help="depth:channels list (default: %(default)s)")
+    parser.add_argument(
+        "--models",
+        default="50:1,50:3,18:3",
+        help="depth:channels list (default: %(default)s)",
+    )
     parser.add_argument("--modes", default="inference,training")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--profile", action="store_true", help="convirt's per-layer times")
@@ -271,42 +329,75 @@ def main():
     threads = args.threads or convirt.get_num_threads()
     info = convirt.config()
     peaks = [_core.fma_peak(threads=threads, seconds=1.0)[0]]
-    print(f"# ResNet encoder: batch {args.batch}, {args.size} x {args.size}, {threads} threads")
-    print(f"convirt {info['convirt_version']}, BLIS {info['blis_version']} ({info['blis_arch']}), "
-          f"{info['cpu_features']}")
+    print(
+        f"# ResNet encoder: batch {args.batch}, {args.size} x {args.size}, {threads} threads"
+    )
+    print(
+        f"convirt {info['convirt_version']}, BLIS {info['blis_version']} ({info['blis_arch']}), "
+        f"{info['cpu_features']}"
+    )
     rows, profiles = [], {}
     for spec in args.models.split(","):
         depth, channels = (int(v) for v in spec.split(":"))
         for mode in args.modes.split(","):
-            kwargs = {"depth": depth, "channels": channels, "batch": args.batch,
-                      "size": args.size, "mode": mode, "steps": args.steps,
-                      "warmup": args.warmup, "threads": threads}
+            kwargs = {
+                "depth": depth,
+                "channels": channels,
+                "batch": args.batch,
+                "size": args.size,
+                "mode": mode,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "threads": threads,
+            }
             ours = isolated("convirt", profile=args.profile, **kwargs)
             theirs = None if args.no_torch else isolated("torch", profile=False, **kwargs)
             peaks.append(_core.fma_peak(threads=threads, seconds=0.5)[0])
             if args.profile:
                 profiles[(depth, channels, mode)] = (
-                    f"ResNet-{depth}, {channels} channel(s), {mode}", ours["profile"])
+                    f"ResNet-{depth}, {channels} channel(s), {mode}",
+                    ours["profile"],
+                )
             gflop = flops(depth, channels, args.size, mode == "training") * args.batch / 1e9
             rate = args.batch / ours["seconds"]
             achieved = gflop / ours["seconds"]
             peak = statistics.median(peaks)
             row = [f"ResNet-{depth}", channels, mode, f"{rate:.2f}"]
             if theirs:
-                row += [f"{args.batch / theirs['seconds']:.2f}",
-                        f"{theirs['seconds'] / ours['seconds']:.2f}x"]
+                row += [
+                    f"{args.batch / theirs['seconds']:.2f}",
+                    f"{theirs['seconds'] / ours['seconds']:.2f}x",
+                ]
             else:
                 row += ["-", "-"]
-            row += [f"{achieved:.0f}", f"{100 * achieved / peak:.0f}%",
-                    f"{ours['max_rss_mib']:.0f}",
-                    f"{theirs['max_rss_mib']:.0f}" if theirs else "-"]
+            row += [
+                f"{achieved:.0f}",
+                f"{100 * achieved / peak:.0f}%",
+                f"{ours['max_rss_mib']:.0f}",
+                f"{theirs['max_rss_mib']:.0f}" if theirs else "-",
+            ]
             rows.append(row)
             print(f"  measured ResNet-{depth} {channels}ch {mode}", file=sys.stderr)
     peak = statistics.median(peaks)
-    print(f"FP32 FMA peak measured in this run: {peak:.0f} GFLOP/s on {threads} threads "
-          f"(median of {len(peaks)}: {', '.join(f'{p:.0f}' for p in peaks)})\n")
-    print_table(["model", "ch", "mode", "convirt img/s", "torch img/s", "speed-up",
-                 "convirt GFLOP/s", "of peak", "convirt MiB", "torch MiB"], rows)
+    print(
+        f"FP32 FMA peak measured in this run: {peak:.0f} GFLOP/s on {threads} threads "
+        f"(median of {len(peaks)}: {', '.join(f'{p:.0f}' for p in peaks)})\n"
+    )
+    print_table(
+        [
+            "model",
+            "ch",
+            "mode",
+            "convirt img/s",
+            "torch img/s",
+            "speed-up",
+            "convirt GFLOP/s",
+            "of peak",
+            "convirt MiB",
+            "torch MiB",
+        ],
+        rows,
+    )
     for title, profile in profiles.values():
         print_profile(title, profile, peak)
 

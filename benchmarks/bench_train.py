@@ -26,14 +26,22 @@ sys.path.insert(0, HERE)
 from benchmarks.common import header, measure_peak, print_table
 
 CONFIGS = {
-    "paper": dict(depth=50, image_size=224, stored=256, text="bert-base", freeze=6,
-                  batch=32, proj=512),
-    "small": dict(depth=18, image_size=128, stored=144, text="minilm", freeze=3,
-                  batch=32, proj=512),
+    "paper": dict(
+        depth=50, image_size=224, stored=256, text="bert-base", freeze=6, batch=32, proj=512
+    ),
+    "small": dict(
+        depth=18, image_size=128, stored=144, text="minilm", freeze=3, batch=32, proj=512
+    ),
 }
-BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
-                 num_attention_heads=12, intermediate_size=3072,
-                 max_position_embeddings=512, type_vocab_size=2)
+BERT_BASE = dict(
+    vocab_size=30522,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+)
 STAGES = ["transforms", "image tower", "text tower", "loss", "backward", "optimiser"]
 
 
@@ -61,17 +69,21 @@ def run_convirt(config, steps, threads):
     images, ids, mask = batch_data(cfg)
     image = getattr(convirt.Encoder, f"resnet{cfg['depth']}")(1, proj_dim=cfg["proj"])
     if cfg["text"] == "minilm":
-        text = convirt.Encoder.from_pretrained(minilm_path(), freeze_layers=cfg["freeze"],
-                                               proj_dim=cfg["proj"])
+        text = convirt.Encoder.from_pretrained(
+            minilm_path(), freeze_layers=cfg["freeze"], proj_dim=cfg["proj"]
+        )
     else:
-        text = convirt.Encoder.bert(**BERT_BASE, freeze_layers=cfg["freeze"],
-                                    proj_dim=cfg["proj"])
+        text = convirt.Encoder.bert(
+            **BERT_BASE, freeze_layers=cfg["freeze"], proj_dim=cfg["proj"]
+        )
     image.train()
     text.train()
     augment = convirt.ImageAugment(cfg["image_size"])
     loss = convirt.ContrastiveLoss()
-    adam = convirt.Adam([image.flat_parameters, text.flat_parameters[text.trainable_offset:]],
-                        [image.flat_gradients, text.flat_gradients[text.trainable_offset:]])
+    adam = convirt.Adam(
+        [image.flat_parameters, text.flat_parameters[text.trainable_offset :]],
+        [image.flat_gradients, text.flat_gradients[text.trainable_offset :]],
+    )
     views = np.empty((cfg["batch"], cfg["image_size"], cfg["image_size"]), np.float32)
     totals = dict.fromkeys(STAGES, 0.0)
 
@@ -121,22 +133,33 @@ def run_torch(config, steps, threads):
     if cfg["text"] == "minilm":
         text = BertModel.from_pretrained(minilm_path(), add_pooling_layer=False)
     else:
-        text = BertModel(BertConfig(**BERT_BASE, hidden_dropout_prob=0.0,
-                                    attention_probs_dropout_prob=0.0),
-                         add_pooling_layer=False)
+        text = BertModel(
+            BertConfig(
+                **BERT_BASE, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+            ),
+            add_pooling_layer=False,
+        )
     text.train()
     for p in text.embeddings.parameters():
         p.requires_grad_(False)
-    for layer in text.encoder.layer[:cfg["freeze"]]:
+    for layer in text.encoder.layer[: cfg["freeze"]]:
         for p in layer.parameters():
             p.requires_grad_(False)
     width = 2048 if cfg["depth"] == 50 else 512
-    image_head = torch.nn.Sequential(torch.nn.Linear(width, 512), torch.nn.ReLU(),
-                                     torch.nn.Linear(512, cfg["proj"]))
-    text_head = torch.nn.Sequential(torch.nn.Linear(text.config.hidden_size, 512),
-                                    torch.nn.ReLU(), torch.nn.Linear(512, cfg["proj"]))
-    params = [p for m in (image, text, image_head, text_head) for p in m.parameters()
-              if p.requires_grad]
+    image_head = torch.nn.Sequential(
+        torch.nn.Linear(width, 512), torch.nn.ReLU(), torch.nn.Linear(512, cfg["proj"])
+    )
+    text_head = torch.nn.Sequential(
+        torch.nn.Linear(text.config.hidden_size, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, cfg["proj"]),
+    )
+    params = [
+        p
+        for m in (image, text, image_head, text_head)
+        for p in m.parameters()
+        if p.requires_grad
+    ]
     adam = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-6)
     aug_params = convirt.ImageAugment(cfg["image_size"]).sample_parameters(len(images))
     ids_t, mask_t = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
@@ -156,8 +179,9 @@ def run_torch(config, steps, threads):
         u = text_head(pooled)
         marks.append(time.perf_counter())
         logits = F.normalize(v, dim=1) @ F.normalize(u, dim=1).T / 0.1
-        loss = 0.75 * F.cross_entropy(logits, target) + 0.25 * F.cross_entropy(logits.T,
-                                                                              target)
+        loss = 0.75 * F.cross_entropy(logits, target) + 0.25 * F.cross_entropy(
+            logits.T, target
+        )
         marks.append(time.perf_counter())
         adam.zero_grad(set_to_none=True)
         loss.backward()
@@ -176,11 +200,13 @@ def run_torch(config, steps, threads):
 
 
 def isolated(side, config, steps, threads):
-    code = (f"import json, resource, sys; sys.path.insert(0, {HERE!r}); "
-            f"sys.path.insert(0, {os.path.dirname(HERE)!r}); import bench_train as b; "
-            f"r = b.run_{side}({config!r}, {steps}, {threads}); "
-            "r['max_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
-            "print(json.dumps(r))")
+    code = (
+        f"import json, resource, sys; sys.path.insert(0, {HERE!r}); "
+        f"sys.path.insert(0, {os.path.dirname(HERE)!r}); import bench_train as b; "
+        f"r = b.run_{side}({config!r}, {steps}, {threads}); "
+        "r['max_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
+        "print(json.dumps(r))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{side} {config} failed:\n{out.stderr[-3000:]}")
@@ -189,9 +215,12 @@ def isolated(side, config, steps, threads):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", nargs="+", default=["small", "paper"],
-                        choices=sorted(CONFIGS))
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (after 1 warm-up)")
+    parser.add_argument(
+        "--config", nargs="+", default=["small", "paper"], choices=sorted(CONFIGS)
+    )
+    parser.add_argument(
+        "--steps", type=int, default=3, help="timed steps (after 1 warm-up)"
+    )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
@@ -207,19 +236,43 @@ def main():
         ours = isolated("convirt", config, args.steps, threads)
         theirs = isolated("torch", config, args.steps, threads)
         a, b = sum(ours["stages"].values()), sum(theirs["stages"].values())
-        rows.append([config, f"ResNet-{cfg['depth']} {cfg['image_size']}px + {cfg['text']}",
-                     cfg["batch"], f"{cfg['batch'] / a:.2f}", f"{cfg['batch'] / b:.2f}",
-                     f"{b / a:.2f}x", f"{ours['max_rss_mib']:.0f}",
-                     f"{theirs['max_rss_mib']:.0f}"])
+        rows.append(
+            [
+                config,
+                f"ResNet-{cfg['depth']} {cfg['image_size']}px + {cfg['text']}",
+                cfg["batch"],
+                f"{cfg['batch'] / a:.2f}",
+                f"{cfg['batch'] / b:.2f}",
+                f"{b / a:.2f}x",
+                f"{ours['max_rss_mib']:.0f}",
+                f"{theirs['max_rss_mib']:.0f}",
+            ]
+        )
         for side, r, total in (("convirt", ours, a), ("PyTorch", theirs, b)):
-            shares.append([config, side, f"{total:.2f}"]
-                          + [f"{100 * r['stages'][s] / total:.1f}%" for s in STAGES])
-    print_table(["config", "model", "batch", "convirt pairs/s", "PyTorch pairs/s",
-                 "speed-up", "convirt peak MiB", "PyTorch peak MiB"], rows,
-                title=f"pretraining step, {threads} threads")
-    print_table(["config", "side", "s/step"] + STAGES, shares,
-                title="share of the step (PyTorch's backward covers both towers and the "
-                "loss; convirt's backward the towers)")
+            shares.append(
+                [config, side, f"{total:.2f}"]
+                + [f"{100 * r['stages'][s] / total:.1f}%" for s in STAGES]
+            )
+    print_table(
+        [
+            "config",
+            "model",
+            "batch",
+            "convirt pairs/s",
+            "PyTorch pairs/s",
+            "speed-up",
+            "convirt peak MiB",
+            "PyTorch peak MiB",
+        ],
+        rows,
+        title=f"pretraining step, {threads} threads",
+    )
+    print_table(
+        ["config", "side", "s/step"] + STAGES,
+        shares,
+        title="share of the step (PyTorch's backward covers both towers and the "
+        "loss; convirt's backward the towers)",
+    )
 
 
 if __name__ == "__main__":

@@ -56,13 +56,19 @@ def run_isolated(module, function, kwargs, env=None):
     """Run benchmarks.<module>.<function>(**kwargs) in a fresh Python process and return
     its JSON result (with 'max_rss_mb' added): peak memory per framework, and a clean
     BLIS initialisation when env sets BLIS_ARCH_TYPE."""
-    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
-            f"from benchmarks.{module} import {function} as f; from benchmarks.common import max_rss_mb;"
-            f"r = f(**json.loads(sys.argv[1])); r['max_rss_mb'] = max_rss_mb(); print(json.dumps(r))")
+    code = (
+        f"import json, sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
+        f"from benchmarks.{module} import {function} as f; from benchmarks.common import max_rss_mb;"
+        f"r = f(**json.loads(sys.argv[1])); r['max_rss_mb'] = max_rss_mb(); print(json.dumps(r))"
+    )
     full_env = dict(os.environ)
     full_env.update(env or {})
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], env=full_env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(kwargs)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{module}.{function} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -71,5 +77,7 @@ def run_isolated(module, function, kwargs, env=None):
 def header(title):
     info = convirt.config()
     print(f"# {title}")
-    print(f"convirt {info['convirt_version']}, BLIS {info['blis_version']} ({info['blis_arch']}), "
-          f"{info['num_threads']} threads, {info['cpu_features']}")
+    print(
+        f"convirt {info['convirt_version']}, BLIS {info['blis_version']} ({info['blis_arch']}), "
+        f"{info['num_threads']} threads, {info['cpu_features']}"
+    )

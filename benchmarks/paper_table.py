@@ -24,12 +24,40 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 3000 images of 64 x 64: 1800 train / 450 validation / 750 test; ResNet-18; the demo's
 # pretraining settings (impression sentences, lr 3e-4, mild transforms; see
 # convirt/experiments/demo.py for why), 8 epochs (450 steps) for SimCLR and ConVIRT.
-CONFIG = ["--synthetic", "3000", "--size", "64", "--depth", "18",
-          "--pretrain-epochs", "8", "--pretrain-batch-size", "32", "--pretrain-lr", "3e-4",
-          "--text", "impression", "--augment", "mild",
-          "--fractions", "0.01,0.1,1", "--probe-seeds", "0,1,2", "--finetune-seeds", "0",
-          "--finetune-epochs", "30,15,8", "--finetune-batch-size", "32",
-          "--finetune-lr", "1e-4", "--patience", "5", "--ks", "5,10,50"]
+CONFIG = [
+    "--synthetic",
+    "3000",
+    "--size",
+    "64",
+    "--depth",
+    "18",
+    "--pretrain-epochs",
+    "8",
+    "--pretrain-batch-size",
+    "32",
+    "--pretrain-lr",
+    "3e-4",
+    "--text",
+    "impression",
+    "--augment",
+    "mild",
+    "--fractions",
+    "0.01,0.1,1",
+    "--probe-seeds",
+    "0,1,2",
+    "--finetune-seeds",
+    "0",
+    "--finetune-epochs",
+    "30,15,8",
+    "--finetune-batch-size",
+    "32",
+    "--finetune-lr",
+    "1e-4",
+    "--patience",
+    "5",
+    "--ks",
+    "5,10,50",
+]
 
 
 def main(argv=None):
@@ -38,9 +66,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     start = time.perf_counter()
     code = cli.main(["evaluate", *CONFIG, *argv])
-    print(f"\nbenchmarks/paper_table.py: {(time.perf_counter() - start) / 60:.1f} min, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}",
-          file=sys.stderr)
+    print(
+        f"\nbenchmarks/paper_table.py: {(time.perf_counter() - start) / 60:.1f} min, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}",
+        file=sys.stderr,
+    )
     return code
 
 

@@ -38,8 +38,8 @@ import warnings
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "10000"
 
-from . import _core, data, datasets, reports, text  # noqa: E402, F401
-from ._core import (  # noqa: E402
+from . import _core, data, datasets, reports, text  # noqa: F401
+from ._core import (
     Adam,
     ContrastiveLoss,
     LossResult,
@@ -48,9 +48,9 @@ from ._core import (  # noqa: E402
     set_num_threads,
     softmax_cross_entropy,
 )
-from .augment import ImageAugment, eval_augment, mild_augment, paper_augment  # noqa: E402
-from .encoder import Encoder  # noqa: E402
-from .errors import (  # noqa: E402
+from .augment import ImageAugment, eval_augment, mild_augment, paper_augment
+from .encoder import Encoder
+from .errors import (
     CheckpointError,
     ConvirtError,
     DataFileError,
@@ -59,8 +59,8 @@ from .errors import (  # noqa: E402
     StateError,
     TrainingDiverged,
 )
-from .schedules import ReduceLROnPlateau, WarmupCosine  # noqa: E402
-from .trainer import Callback, Trainer, TrainerConfig  # noqa: E402
+from .schedules import ReduceLROnPlateau, WarmupCosine
+from .trainer import Callback, Trainer, TrainerConfig
 
 __version__ = "0.1.0"
 
@@ -114,9 +114,11 @@ def config():
     sub-configuration (kernel set) in use and why, the CPU features the choice looked
     at, thread counts, the OpenMP runtime, the compiler and its flags."""
     info = _core.config()
-    info["omp_wait"] = (f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
-                        if "OMP_WAIT_POLICY" in os.environ
-                        else f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
+    info["omp_wait"] = (
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+        if "OMP_WAIT_POLICY" in os.environ
+        else f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}"
+    )
     info["convirt_version"] = __version__
     return info
 

@@ -18,7 +18,9 @@ def atomic_write(path, data):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
+        raise FileNotFoundError(
+            f"cannot write {path}: directory {directory} does not exist"
+        )
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -32,7 +34,9 @@ def atomic_write(path, data):
         except OSError:
             pass
         if isinstance(error, OSError):
-            raise OSError(error.errno, f"could not write {path}: {error.strerror}") from error
+            raise OSError(
+                error.errno, f"could not write {path}: {error.strerror}"
+            ) from error
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
@@ -45,9 +49,13 @@ def _not_regular(mode):
     """What a file of this st_mode is when it is not a regular file, else None."""
     if stat.S_ISREG(mode):
         return None
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "a special file"
@@ -86,8 +94,20 @@ def read_regular_file(path, error_type, expected):
 
 
 # safetensors dtypes that NumPy holds; others (BF16, the F8 types) cannot be read here.
-_NUMPY_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "F16", "U32", "I32", "F32", "U64",
-                 "I64", "F64"}
+_NUMPY_DTYPES = {
+    "BOOL",
+    "U8",
+    "I8",
+    "U16",
+    "I16",
+    "F16",
+    "U32",
+    "I32",
+    "F32",
+    "U64",
+    "I64",
+    "F64",
+}
 
 
 def read_safetensors(path):
@@ -100,7 +120,8 @@ def read_safetensors(path):
 
     # safetensors 0.8 exports SafetensorError; other versions named it differently.
     library_error = getattr(safetensors, "SafetensorError", None) or getattr(
-        safetensors, "SafetensorsError", RuntimeError)
+        safetensors, "SafetensorsError", RuntimeError
+    )
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such checkpoint file: {path}")
@@ -116,13 +137,15 @@ def read_safetensors(path):
                         f"{path}: tensor {key!r} has dtype {dtype}, which NumPy cannot "
                         f"hold; expected F32 (F16 and F64 are converted). Convert the "
                         f"file first, e.g. with PyTorch: save_file({{k: v.float() for k, "
-                        f"v in state.items()}}, path)")
+                        f"v in state.items()}}, path)"
+                    )
                 tensors[key] = f.get_tensor(key)
     except CheckpointError:
         raise
     except (library_error, OSError, ValueError, RuntimeError, TypeError) as error:
         if isinstance(error, FileNotFoundError):
             raise
-        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or "
-                              f"corrupt?): {error}") from error
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {error}"
+        ) from error
     return tensors, metadata

@@ -17,9 +17,18 @@ place.
 
 from ._core import ImageAugment as _CImageAugment
 
-__all__ = ["AUGMENTS", "GRAY_MEAN", "GRAY_STD", "IMAGENET_MEAN", "IMAGENET_STD",
-           "ImageAugment", "eval_augment", "mild_augment", "paper_augment",
-           "resnet_normalization"]
+__all__ = [
+    "AUGMENTS",
+    "GRAY_MEAN",
+    "GRAY_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageAugment",
+    "eval_augment",
+    "mild_augment",
+    "paper_augment",
+    "resnet_normalization",
+]
 
 # The normalisation torchvision's ImageNet ResNets were trained with, and its grey level
 # for one-channel radiographs (a grey image seen as R = G = B).
@@ -30,9 +39,15 @@ GRAY_STD = (0.226,)
 
 # The paper's ranges (ConVIRT, appendix): True for a setting means these.
 PAPER_RANGES = {
-    "crop_scale": (0.6, 1.0), "crop_ratio": (3 / 4, 4 / 3), "flip": 0.5, "degrees": 20.0,
-    "translate": 0.1, "scale": (0.95, 1.05), "brightness": (0.6, 1.4),
-    "contrast": (0.6, 1.4), "blur_sigma": (0.1, 3.0),
+    "crop_scale": (0.6, 1.0),
+    "crop_ratio": (3 / 4, 4 / 3),
+    "flip": 0.5,
+    "degrees": 20.0,
+    "translate": 0.1,
+    "scale": (0.95, 1.05),
+    "brightness": (0.6, 1.4),
+    "contrast": (0.6, 1.4),
+    "blur_sigma": (0.1, 3.0),
 }
 PAPER_SIZE = 224
 
@@ -48,21 +63,40 @@ def resnet_normalization(in_channels):
 class ImageAugment(_CImageAugment):
     __doc__ = _CImageAugment.__doc__
 
-    def __init__(self, size=PAPER_SIZE, *, crop_scale=PAPER_RANGES["crop_scale"],
-                 crop_ratio=PAPER_RANGES["crop_ratio"], flip=PAPER_RANGES["flip"],
-                 degrees=PAPER_RANGES["degrees"], translate=PAPER_RANGES["translate"],
-                 scale=PAPER_RANGES["scale"], brightness=PAPER_RANGES["brightness"],
-                 contrast=PAPER_RANGES["contrast"], blur_sigma=PAPER_RANGES["blur_sigma"],
-                 fill=0.0, normalization=None, seed=0):
-        settings = {"crop_scale": crop_scale, "crop_ratio": crop_ratio, "flip": flip,
-                    "degrees": degrees, "translate": translate, "scale": scale,
-                    "brightness": brightness, "contrast": contrast,
-                    "blur_sigma": blur_sigma}
+    def __init__(
+        self,
+        size=PAPER_SIZE,
+        *,
+        crop_scale=PAPER_RANGES["crop_scale"],
+        crop_ratio=PAPER_RANGES["crop_ratio"],
+        flip=PAPER_RANGES["flip"],
+        degrees=PAPER_RANGES["degrees"],
+        translate=PAPER_RANGES["translate"],
+        scale=PAPER_RANGES["scale"],
+        brightness=PAPER_RANGES["brightness"],
+        contrast=PAPER_RANGES["contrast"],
+        blur_sigma=PAPER_RANGES["blur_sigma"],
+        fill=0.0,
+        normalization=None,
+        seed=0,
+    ):
+        settings = {
+            "crop_scale": crop_scale,
+            "crop_ratio": crop_ratio,
+            "flip": flip,
+            "degrees": degrees,
+            "translate": translate,
+            "scale": scale,
+            "brightness": brightness,
+            "contrast": contrast,
+            "blur_sigma": blur_sigma,
+        }
         for name, value in settings.items():
             if value is True:
                 settings[name] = PAPER_RANGES[name]
-        super().__init__(size, **settings, fill=fill, normalization=normalization,
-                         seed=seed)
+        super().__init__(
+            size, **settings, fill=fill, normalization=normalization, seed=seed
+        )
 
     def eval_view(self):
         """The evaluation view of these transforms: the same size and normalization,
@@ -74,9 +108,19 @@ def eval_augment(size, *, normalization=None):
     """The view images are evaluated on: resized to ``size`` x ``size`` (the
     augmentation's bilinear pass, no crop), with ``normalization`` when given, nothing
     random - what the Trainer validates on and the demo and ``convirt embed`` encode."""
-    return ImageAugment(size, crop_scale=None, crop_ratio=None, flip=None, degrees=None,
-                        translate=None, scale=None, brightness=None, contrast=None,
-                        blur_sigma=None, normalization=normalization)
+    return ImageAugment(
+        size,
+        crop_scale=None,
+        crop_ratio=None,
+        flip=None,
+        degrees=None,
+        translate=None,
+        scale=None,
+        brightness=None,
+        contrast=None,
+        blur_sigma=None,
+        normalization=normalization,
+    )
 
 
 def paper_augment(image_size, seed=0):
@@ -85,8 +129,9 @@ def paper_augment(image_size, seed=0):
     size, so that a small view is blurred as much as the paper's, not more (at 64 px an
     unscaled sigma of 3 erases findings a few pixels wide)."""
     low, high = PAPER_RANGES["blur_sigma"]
-    return ImageAugment(image_size, blur_sigma=(low, high * image_size / PAPER_SIZE),
-                        seed=seed)
+    return ImageAugment(
+        image_size, blur_sigma=(low, high * image_size / PAPER_SIZE), seed=seed
+    )
 
 
 def mild_augment(image_size, seed=0, flip=0.5):
@@ -94,9 +139,17 @@ def mild_augment(image_size, seed=0, flip=0.5):
     of the area, horizontal flip with probability ``flip`` (None: never; reports name
     the side of a finding), rotation up to 5 degrees, translation 5%, brightness and
     contrast factors in [0.8, 1.2], no blur."""
-    return ImageAugment(image_size, crop_scale=(0.8, 1.0), flip=flip, degrees=5.0,
-                        translate=0.05, brightness=(0.8, 1.2), contrast=(0.8, 1.2),
-                        blur_sigma=None, seed=seed)
+    return ImageAugment(
+        image_size,
+        crop_scale=(0.8, 1.0),
+        flip=flip,
+        degrees=5.0,
+        translate=0.05,
+        brightness=(0.8, 1.2),
+        contrast=(0.8, 1.2),
+        blur_sigma=None,
+        seed=seed,
+    )
 
 
 AUGMENTS = {"paper": paper_augment, "mild": mild_augment}

@@ -91,14 +91,18 @@ class CheckpointDir:
         if not name:
             return None
         if not _CHECKPOINT_NAME.fullmatch(name):
-            raise CheckpointError(f"{path} holds {raw[:80]!r}; expected the name of a "
-                                  "checkpoint folder inside it, step-NNNNNNNN (a path "
-                                  "elsewhere is not followed)")
+            raise CheckpointError(
+                f"{path} holds {raw[:80]!r}; expected the name of a "
+                "checkpoint folder inside it, step-NNNNNNNN (a path "
+                "elsewhere is not followed)"
+            )
         full = os.path.join(self.path, name)
         if os.path.dirname(os.path.realpath(full)) != os.path.realpath(self.path):
-            raise CheckpointError(f"{path} names {name}, a symbolic link that leads "
-                                  f"outside {self.path} (to {os.path.realpath(full)}); "
-                                  "a checkpoint must be a folder inside it")
+            raise CheckpointError(
+                f"{path} names {name}, a symbolic link that leads "
+                f"outside {self.path} (to {os.path.realpath(full)}); "
+                "a checkpoint must be a folder inside it"
+            )
         return full
 
     def save(self, step, write_files, *, best=False):
@@ -147,7 +151,8 @@ class CheckpointDir:
                 continue
             if _CHECKPOINT_NAME.fullmatch(entry):
                 ours = entry in self._saved or os.path.isfile(
-                    os.path.join(full, "trainer.json"))
+                    os.path.join(full, "trainer.json")
+                )
                 if ours and full not in keep:
                     shutil.rmtree(full, ignore_errors=True)
                 continue
@@ -161,20 +166,26 @@ class CheckpointDir:
             raise CheckpointError(f"no checkpoint directory at {self.path}")
         directory = self.pointer(which)
         if directory is None:
-            raise CheckpointError(f"{self.path} has no {which} checkpoint (no {which} file)")
+            raise CheckpointError(
+                f"{self.path} has no {which} checkpoint (no {which} file)"
+            )
         state_path = os.path.join(directory, "trainer.json")
         try:
             raw = read_regular_file(state_path, CheckpointError, "a trainer.json file")
         except FileNotFoundError:
-            raise CheckpointError(f"{which} names {directory}, which has no trainer.json") from None
+            raise CheckpointError(
+                f"{which} names {directory}, which has no trainer.json"
+            ) from None
         try:
             state = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CheckpointError(f"{state_path} is corrupt: {error}") from None
         if not isinstance(state, dict):
-            raise CheckpointError(f"{state_path} holds a JSON {type(state).__name__}; "
-                                  "expected an object")
+            raise CheckpointError(
+                f"{state_path} holds a JSON {type(state).__name__}; expected an object"
+            )
         if state.get("format") != FORMAT:
-            raise CheckpointError(f"{state_path} is not a {FORMAT} file "
-                                  f"(format: {state.get('format')!r})")
+            raise CheckpointError(
+                f"{state_path} is not a {FORMAT} file (format: {state.get('format')!r})"
+            )
         return directory, state

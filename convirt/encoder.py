@@ -37,20 +37,44 @@ ENCODER_FORMAT = "convirt-encoder-1"
 # uses when one is absent (None: required). Limits far above any real model (ResNet-50's
 # 2048 features, BERT-large's 1024 x 24 layers and 30522 words) and low enough that a
 # corrupt or hostile size is refused before anything is allocated.
-_SPEC_KEYS = {"kind", "config", "proj_dim", "proj_hidden", "seed", "normalization",
-              "max_length", "tokenizer"}
+_SPEC_KEYS = {
+    "kind",
+    "config",
+    "proj_dim",
+    "proj_hidden",
+    "seed",
+    "normalization",
+    "max_length",
+    "tokenizer",
+}
 _CONFIG_DEFAULTS = {
     "resnet": {"depth": 50, "in_channels": 1},
-    "bert": {"vocab_size": None, "hidden_size": None, "num_hidden_layers": None,
-             "num_attention_heads": None, "intermediate_size": None,
-             "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
-             "pooling": 0, "freeze_layers": 0},
+    "bert": {
+        "vocab_size": None,
+        "hidden_size": None,
+        "num_hidden_layers": None,
+        "num_attention_heads": None,
+        "intermediate_size": None,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "pooling": 0,
+        "freeze_layers": 0,
+    },
 }
-_SIZE_LIMITS = {"proj_dim": 1 << 16, "proj_hidden": 1 << 16, "in_channels": 4,
-                "vocab_size": 1 << 21, "hidden_size": 1 << 14, "num_hidden_layers": 256,
-                "num_attention_heads": 256, "intermediate_size": 1 << 16,
-                "max_position_embeddings": 1 << 16, "type_vocab_size": 1 << 10,
-                "max_length": 1 << 16}
+_SIZE_LIMITS = {
+    "proj_dim": 1 << 16,
+    "proj_hidden": 1 << 16,
+    "in_channels": 4,
+    "vocab_size": 1 << 21,
+    "hidden_size": 1 << 14,
+    "num_hidden_layers": 256,
+    "num_attention_heads": 256,
+    "intermediate_size": 1 << 16,
+    "max_position_embeddings": 1 << 16,
+    "type_vocab_size": 1 << 10,
+    "max_length": 1 << 16,
+}
 # ResNet depth -> (blocks in layer3, bottleneck blocks?): how the tensors show the depth.
 _RESNET_LAYOUT = {18: (2, False), 34: (6, False), 50: (6, True)}
 
@@ -74,8 +98,9 @@ def _check_spec(spec, where):
     CheckpointError naming `where` and the field, before anything is built."""
 
     def fail(field, expected, value):
-        raise CheckpointError(f"{where}: metadata field {field!r} must be {expected}, got "
-                              f"{_short(value)}")
+        raise CheckpointError(
+            f"{where}: metadata field {field!r} must be {expected}, got {_short(value)}"
+        )
 
     def size(field, value, low=1):
         high = _SIZE_LIMITS[field]
@@ -87,8 +112,10 @@ def _check_spec(spec, where):
         fail("convirt_encoder", "a JSON object", spec)
     unknown = sorted(set(spec) - _SPEC_KEYS)
     if unknown:
-        raise CheckpointError(f"{where}: unknown metadata field(s) {unknown} (known: "
-                              f"{sorted(_SPEC_KEYS)}); written by a newer convirt?")
+        raise CheckpointError(
+            f"{where}: unknown metadata field(s) {unknown} (known: "
+            f"{sorted(_SPEC_KEYS)}); written by a newer convirt?"
+        )
     missing = sorted({"kind", "config", "proj_dim", "proj_hidden"} - set(spec))
     if missing:
         raise CheckpointError(f"{where}: the metadata lacks the field(s) {missing}")
@@ -101,35 +128,52 @@ def _check_spec(spec, where):
     defaults = _CONFIG_DEFAULTS[kind]
     unknown = sorted(set(config) - set(defaults))
     if unknown:
-        raise CheckpointError(f"{where}: metadata field 'config' has {unknown}, which a "
-                              f"kind={kind!r} encoder does not take (its keys: "
-                              f"{sorted(defaults)})")
+        raise CheckpointError(
+            f"{where}: metadata field 'config' has {unknown}, which a "
+            f"kind={kind!r} encoder does not take (its keys: "
+            f"{sorted(defaults)})"
+        )
     lacking = sorted(k for k, v in defaults.items() if v is None and k not in config)
     if lacking:
-        raise CheckpointError(f"{where}: metadata field 'config' lacks {lacking}, which a "
-                              f"kind={kind!r} encoder needs")
+        raise CheckpointError(
+            f"{where}: metadata field 'config' lacks {lacking}, which a "
+            f"kind={kind!r} encoder needs"
+        )
     full = {**defaults, **config}
     if kind == "resnet":
         if not _is_int(full["depth"]) or full["depth"] not in _RESNET_LAYOUT:
             fail("depth", "18, 34 or 50", full["depth"])
         size("in_channels", full["in_channels"])
     else:
-        for field in ("vocab_size", "hidden_size", "num_hidden_layers",
-                      "num_attention_heads", "intermediate_size",
-                      "max_position_embeddings", "type_vocab_size"):
+        for field in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
             size(field, full[field])
         if full["hidden_size"] % full["num_attention_heads"]:
-            fail("num_attention_heads", f"a divisor of hidden_size {full['hidden_size']}",
-                 full["num_attention_heads"])
+            fail(
+                "num_attention_heads",
+                f"a divisor of hidden_size {full['hidden_size']}",
+                full["num_attention_heads"],
+            )
         eps = full["layer_norm_eps"]
         if not _is_number(eps) or not math.isfinite(eps) or not eps > 0:
             fail("layer_norm_eps", "a finite number > 0", eps)
         if not _is_int(full["pooling"]) or full["pooling"] not in _POOLING.values():
             fail("pooling", "0 (max), 1 (mean) or 2 (cls)", full["pooling"])
         if not _is_int(full["freeze_layers"]) or not (
-                0 <= full["freeze_layers"] <= full["num_hidden_layers"]):
-            fail("freeze_layers", f"an integer in [0, {full['num_hidden_layers']}]",
-                 full["freeze_layers"])
+            0 <= full["freeze_layers"] <= full["num_hidden_layers"]
+        ):
+            fail(
+                "freeze_layers",
+                f"an integer in [0, {full['num_hidden_layers']}]",
+                full["freeze_layers"],
+            )
     size("proj_dim", spec["proj_dim"])
     size("proj_hidden", spec["proj_hidden"])
     if not _is_int(spec.get("seed", 0)):
@@ -140,13 +184,22 @@ def _check_spec(spec, where):
         fail("normalization", "null for a kind='bert' encoder", normalization)
     if normalization is not None:
         channels = full["in_channels"]
-        if not (isinstance(normalization, (list, tuple)) and len(normalization) == 2
-                and all(isinstance(part, (list, tuple)) and len(part) in (1, channels)
-                        and all(_is_number(x) and math.isfinite(x) for x in part)
-                        for part in normalization)
-                and all(x > 0 for x in normalization[1])):
-            fail("normalization", f"[mean, std], each 1 or {channels} finite numbers, "
-                 "std > 0", normalization)
+        if not (
+            isinstance(normalization, (list, tuple))
+            and len(normalization) == 2
+            and all(
+                isinstance(part, (list, tuple))
+                and len(part) in (1, channels)
+                and all(_is_number(x) and math.isfinite(x) for x in part)
+                for part in normalization
+            )
+            and all(x > 0 for x in normalization[1])
+        ):
+            fail(
+                "normalization",
+                f"[mean, std], each 1 or {channels} finite numbers, std > 0",
+                normalization,
+            )
     tokenizer = spec.get("tokenizer")
     if tokenizer is not None and (kind != "bert" or not isinstance(tokenizer, str)):
         fail("tokenizer", "a tokenizers JSON string on a kind='bert' encoder", tokenizer)
@@ -160,38 +213,62 @@ def _check_shapes(spec, full, shapes, where):
     def expect(name, axis, field, value):
         shape = shapes.get(name)
         if shape is None:
-            raise CheckpointError(f"{where} has no tensor {name!r}, which every convirt "
-                                  f"{spec['kind']} encoder checkpoint holds")
+            raise CheckpointError(
+                f"{where} has no tensor {name!r}, which every convirt "
+                f"{spec['kind']} encoder checkpoint holds"
+            )
         if len(shape) <= axis or shape[axis] != value:
-            raise CheckpointError(f"{where}: metadata field {field!r} is {value}, but "
-                                  f"tensor {name!r} has shape {tuple(shape)}")
+            raise CheckpointError(
+                f"{where}: metadata field {field!r} is {value}, but "
+                f"tensor {name!r} has shape {tuple(shape)}"
+            )
 
     def count(prefix):
-        return len({name[len(prefix):].split(".")[0] for name in shapes
-                    if name.startswith(prefix)})
+        return len(
+            {
+                name[len(prefix) :].split(".")[0]
+                for name in shapes
+                if name.startswith(prefix)
+            }
+        )
 
     if spec["kind"] == "resnet":
         expect("conv1.weight", 1, "in_channels", full["in_channels"])
         blocks, bottleneck = _RESNET_LAYOUT[full["depth"]]
-        if (count("layer3.") != blocks
-                or ("layer1.0.conv3.weight" in shapes) != bottleneck):
-            raise CheckpointError(f"{where}: metadata field 'depth' is {full['depth']}, "
-                                  f"but the tensors are those of another ResNet "
-                                  f"({count('layer3.')} blocks in layer3)")
+        if count("layer3.") != blocks or ("layer1.0.conv3.weight" in shapes) != bottleneck:
+            raise CheckpointError(
+                f"{where}: metadata field 'depth' is {full['depth']}, "
+                f"but the tensors are those of another ResNet "
+                f"({count('layer3.')} blocks in layer3)"
+            )
     else:
         expect("embeddings.word_embeddings.weight", 0, "vocab_size", full["vocab_size"])
         expect("embeddings.word_embeddings.weight", 1, "hidden_size", full["hidden_size"])
-        expect("embeddings.position_embeddings.weight", 0, "max_position_embeddings",
-               full["max_position_embeddings"])
-        expect("embeddings.token_type_embeddings.weight", 0, "type_vocab_size",
-               full["type_vocab_size"])
-        expect("encoder.layer.0.intermediate.dense.weight", 0, "intermediate_size",
-               full["intermediate_size"])
+        expect(
+            "embeddings.position_embeddings.weight",
+            0,
+            "max_position_embeddings",
+            full["max_position_embeddings"],
+        )
+        expect(
+            "embeddings.token_type_embeddings.weight",
+            0,
+            "type_vocab_size",
+            full["type_vocab_size"],
+        )
+        expect(
+            "encoder.layer.0.intermediate.dense.weight",
+            0,
+            "intermediate_size",
+            full["intermediate_size"],
+        )
         layers = count("encoder.layer.")
         if layers != full["num_hidden_layers"]:
-            raise CheckpointError(f"{where}: metadata field 'num_hidden_layers' is "
-                                  f"{full['num_hidden_layers']}, but the tensors hold "
-                                  f"{layers} layers")
+            raise CheckpointError(
+                f"{where}: metadata field 'num_hidden_layers' is "
+                f"{full['num_hidden_layers']}, but the tensors hold "
+                f"{layers} layers"
+            )
     expect("projection.0.weight", 0, "proj_hidden", spec["proj_hidden"])
     expect("projection.2.weight", 0, "proj_dim", spec["proj_dim"])
 
@@ -237,10 +314,16 @@ class Encoder(_CoreEncoder):
     """
 
     def __init__(self, kind, config, *, proj_dim=512, proj_hidden=512, seed=0):
-        super().__init__(kind, dict(config), proj_dim=proj_dim, proj_hidden=proj_hidden,
-                         seed=seed)
-        self._spec = {"kind": kind, "config": dict(config), "proj_dim": proj_dim,
-                      "proj_hidden": proj_hidden, "seed": seed}
+        super().__init__(
+            kind, dict(config), proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed
+        )
+        self._spec = {
+            "kind": kind,
+            "config": dict(config),
+            "proj_dim": proj_dim,
+            "proj_hidden": proj_hidden,
+            "seed": seed,
+        }
         self.tokenizer = None
         self.max_length = 128
 
@@ -248,36 +331,59 @@ class Encoder(_CoreEncoder):
 
     @classmethod
     def _resnet(cls, depth, in_channels, proj_dim, proj_hidden, seed, normalization):
-        encoder = cls("resnet", {"depth": depth, "in_channels": in_channels},
-                      proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed)
+        encoder = cls(
+            "resnet",
+            {"depth": depth, "in_channels": in_channels},
+            proj_dim=proj_dim,
+            proj_hidden=proj_hidden,
+            seed=seed,
+        )
         if normalization is None:
             normalization = resnet_normalization(in_channels)
         encoder.normalization = (tuple(normalization[0]), tuple(normalization[1]))
         return encoder
 
     @classmethod
-    def resnet18(cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0,
-                 normalization=None):
+    def resnet18(
+        cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0, normalization=None
+    ):
         """ResNet-18 image encoder (features: 512)."""
         return cls._resnet(18, in_channels, proj_dim, proj_hidden, seed, normalization)
 
     @classmethod
-    def resnet34(cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0,
-                 normalization=None):
+    def resnet34(
+        cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0, normalization=None
+    ):
         """ResNet-34 image encoder (features: 512)."""
         return cls._resnet(34, in_channels, proj_dim, proj_hidden, seed, normalization)
 
     @classmethod
-    def resnet50(cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0,
-                 normalization=None):
+    def resnet50(
+        cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0, normalization=None
+    ):
         """ResNet-50 image encoder, ConVIRT's f_v (features: 2048)."""
         return cls._resnet(50, in_channels, proj_dim, proj_hidden, seed, normalization)
 
     @classmethod
-    def bert(cls, *, vocab_size=30522, hidden_size=768, num_hidden_layers=12,
-             num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512,
-             type_vocab_size=2, layer_norm_eps=1e-12, pooling="max", freeze_layers=0,
-             proj_dim=512, proj_hidden=512, seed=0, tokenizer=None, max_length=128):
+    def bert(
+        cls,
+        *,
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        pooling="max",
+        freeze_layers=0,
+        proj_dim=512,
+        proj_hidden=512,
+        seed=0,
+        tokenizer=None,
+        max_length=128,
+    ):
         """A BERT text encoder (Hugging Face BertModel, post-LayerNorm) pooled over the
         valid tokens of its last layer: ``pooling`` is 'max' (ConVIRT), 'mean' or 'cls'.
         ``freeze_layers=k`` freezes the embeddings and the first k layers (ConVIRT:
@@ -293,31 +399,53 @@ class Encoder(_CoreEncoder):
         if pooling not in _POOLING:
             raise ValueError(f"pooling must be one of {sorted(_POOLING)}, got {pooling!r}")
         if _is_number(layer_norm_eps) and not math.isfinite(layer_norm_eps):
-            raise ValueError(f"layer_norm_eps must be a finite number > 0, got "
-                             f"{layer_norm_eps!r}")
-        config = {"vocab_size": vocab_size, "hidden_size": hidden_size,
-                  "num_hidden_layers": num_hidden_layers,
-                  "num_attention_heads": num_attention_heads,
-                  "intermediate_size": intermediate_size,
-                  "max_position_embeddings": max_position_embeddings,
-                  "type_vocab_size": type_vocab_size, "layer_norm_eps": layer_norm_eps,
-                  "pooling": _POOLING[pooling], "freeze_layers": freeze_layers}
+            raise ValueError(
+                f"layer_norm_eps must be a finite number > 0, got {layer_norm_eps!r}"
+            )
+        config = {
+            "vocab_size": vocab_size,
+            "hidden_size": hidden_size,
+            "num_hidden_layers": num_hidden_layers,
+            "num_attention_heads": num_attention_heads,
+            "intermediate_size": intermediate_size,
+            "max_position_embeddings": max_position_embeddings,
+            "type_vocab_size": type_vocab_size,
+            "layer_norm_eps": layer_norm_eps,
+            "pooling": _POOLING[pooling],
+            "freeze_layers": freeze_layers,
+        }
         encoder = cls("bert", config, proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed)
         encoder.tokenizer = tokenizer
         encoder.max_length = max_length
         return encoder
 
     @classmethod
-    def from_pretrained(cls, path, *, pooling="max", freeze_layers=None, proj_dim=512,
-                        proj_hidden=512, seed=0, max_length=128):
+    def from_pretrained(
+        cls,
+        path,
+        *,
+        pooling="max",
+        freeze_layers=None,
+        proj_dim=512,
+        proj_hidden=512,
+        seed=0,
+        max_length=128,
+    ):
         """A text encoder from a Hugging Face BERT directory (config.json,
         model.safetensors, tokenizer.json or vocab.txt). ``freeze_layers`` defaults to
         half of the layers, as in ConVIRT."""
         from .text import load_pretrained_bert
 
-        return load_pretrained_bert(cls, path, pooling=pooling, freeze_layers=freeze_layers,
-                                    proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed,
-                                    max_length=max_length)
+        return load_pretrained_bert(
+            cls,
+            path,
+            pooling=pooling,
+            freeze_layers=freeze_layers,
+            proj_dim=proj_dim,
+            proj_hidden=proj_hidden,
+            seed=seed,
+            max_length=max_length,
+        )
 
     @classmethod
     def from_checkpoint(cls, path):
@@ -329,18 +457,21 @@ class Encoder(_CoreEncoder):
         naming the file and the field; a missing file raises FileNotFoundError."""
         tensors, metadata = read_safetensors(path)
         if "convirt_encoder" not in metadata:
-            raise CheckpointError(f"{path} is not a convirt encoder checkpoint (no "
-                                  "'convirt_encoder' metadata); use load() on an encoder "
-                                  "built with the right architecture")
-        wrong = sorted(name for name, array in tensors.items()
-                       if array.dtype != np.float32)
+            raise CheckpointError(
+                f"{path} is not a convirt encoder checkpoint (no "
+                "'convirt_encoder' metadata); use load() on an encoder "
+                "built with the right architecture"
+            )
+        wrong = sorted(name for name, array in tensors.items() if array.dtype != np.float32)
         if wrong:
             raise CheckpointError(
                 f"{path}: {len(wrong)} tensor(s) are not float32, e.g. {wrong[0]!r} is "
                 f"{tensors[wrong[0]].dtype}; a convirt encoder checkpoint holds float32 "
-                "tensors only")
-        encoder = cls._from_metadata(metadata, str(path),
-                                     {name: array.shape for name, array in tensors.items()})
+                "tensors only"
+            )
+        encoder = cls._from_metadata(
+            metadata, str(path), {name: array.shape for name, array in tensors.items()}
+        )
         try:
             encoder.load_state_dict(tensors)
         except ValueError as error:
@@ -353,14 +484,17 @@ class Encoder(_CoreEncoder):
         every field checked first (and the sizes against `shapes`, the file's tensor
         shapes, when given); CheckpointError naming `where` and the field otherwise."""
         if metadata.get("format", ENCODER_FORMAT) != ENCODER_FORMAT:
-            raise CheckpointError(f"{where}: metadata field 'format' is "
-                                  f"{_short(metadata['format'])}; expected "
-                                  f"{ENCODER_FORMAT!r}")
+            raise CheckpointError(
+                f"{where}: metadata field 'format' is "
+                f"{_short(metadata['format'])}; expected "
+                f"{ENCODER_FORMAT!r}"
+            )
         try:
             spec = json.loads(metadata["convirt_encoder"])
         except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{where}: metadata field 'convirt_encoder' is not valid "
-                                  f"JSON ({error})") from None
+            raise CheckpointError(
+                f"{where}: metadata field 'convirt_encoder' is not valid JSON ({error})"
+            ) from None
         full = _check_spec(spec, where)
         if shapes is not None:
             _check_shapes(spec, full, shapes, where)
@@ -371,16 +505,23 @@ class Encoder(_CoreEncoder):
             try:
                 tokenizer = tokenizer_from_json(spec["tokenizer"])
             except ValueError as error:
-                raise CheckpointError(f"{where}: metadata field 'tokenizer' is {error}") \
-                    from None
+                raise CheckpointError(
+                    f"{where}: metadata field 'tokenizer' is {error}"
+                ) from None
         try:
-            encoder = cls(spec["kind"], spec["config"], proj_dim=spec["proj_dim"],
-                          proj_hidden=spec["proj_hidden"], seed=spec.get("seed", 0))
+            encoder = cls(
+                spec["kind"],
+                spec["config"],
+                proj_dim=spec["proj_dim"],
+                proj_hidden=spec["proj_hidden"],
+                seed=spec.get("seed", 0),
+            )
             if spec.get("normalization") is not None:
                 encoder.normalization = tuple(tuple(x) for x in spec["normalization"])
         except (ValueError, TypeError, KeyError, OverflowError) as error:
-            raise CheckpointError(f"{where}: the metadata describes no encoder the core "
-                                  f"can build: {error}") from error
+            raise CheckpointError(
+                f"{where}: the metadata describes no encoder the core can build: {error}"
+            ) from error
         encoder.tokenizer = tokenizer
         encoder.max_length = spec.get("max_length", 128)
         return encoder
@@ -407,7 +548,9 @@ class Encoder(_CoreEncoder):
             if is_buffer and not want_buffers:
                 continue
             source = buffers if is_buffer else params
-            views[name] = source[offset:offset + size].reshape(_stored_shape(shape, layout))
+            views[name] = source[offset : offset + size].reshape(
+                _stored_shape(shape, layout)
+            )
         return views
 
     def parameters(self):
@@ -419,8 +562,11 @@ class Encoder(_CoreEncoder):
     def gradients(self):
         """name -> float32 view into the gradient buffer (trainable tensors only)."""
         grads = self.flat_gradients
-        return {name: view for name, view in self._views(grads, False).items()
-                if not self._is_frozen(name)}
+        return {
+            name: view
+            for name, view in self._views(grads, False).items()
+            if not self._is_frozen(name)
+        }
 
     def _is_frozen(self, name):
         return any(row[0] == name and row[5] for row in self.tensor_table)
@@ -428,9 +574,13 @@ class Encoder(_CoreEncoder):
     def num_parameters(self, trainable_only=False):
         """Number of parameters (excluding running statistics)."""
         if trainable_only:
-            return sum(row[3] for row in self.tensor_table
-                       if not row[4] and not row[5]
-                       and (not self.freeze_backbone or row[0].startswith("projection.")))
+            return sum(
+                row[3]
+                for row in self.tensor_table
+                if not row[4]
+                and not row[5]
+                and (not self.freeze_backbone or row[0].startswith("projection."))
+            )
         return sum(row[3] for row in self.tensor_table if not row[4])
 
     def state_dict(self):
@@ -453,12 +603,17 @@ class Encoder(_CoreEncoder):
         for key, value in state_dict.items():
             name = key
             for prefix in _STRIPPED_PREFIXES:
-                if name.startswith(prefix) and name[len(prefix):] in table:
-                    name = name[len(prefix):]
-            if name not in table and (name.endswith(_IGNORED_SUFFIXES)
-                                      or name.startswith(_IGNORED_PREFIXES)
-                                      or any(name.startswith(p + q) for p in _STRIPPED_PREFIXES
-                                             for q in _IGNORED_PREFIXES)):
+                if name.startswith(prefix) and name[len(prefix) :] in table:
+                    name = name[len(prefix) :]
+            if name not in table and (
+                name.endswith(_IGNORED_SUFFIXES)
+                or name.startswith(_IGNORED_PREFIXES)
+                or any(
+                    name.startswith(p + q)
+                    for p in _STRIPPED_PREFIXES
+                    for q in _IGNORED_PREFIXES
+                )
+            ):
                 continue
             given[name] = (key, np.asarray(value))
         missing = sorted(set(table) - set(given))
@@ -470,26 +625,40 @@ class Encoder(_CoreEncoder):
             if array.shape != shape and array.shape != _stored_shape(shape, layout):
                 wrong.append(f"{name}: expected {shape}, got {array.shape}")
             elif not np.issubdtype(array.dtype, np.floating):
-                wrong.append(f"{name}: dtype {array.dtype}, expected floating point "
-                             "(float32)")
+                wrong.append(
+                    f"{name}: dtype {array.dtype}, expected floating point (float32)"
+                )
             elif not np.all(np.isfinite(array)):
                 wrong.append(f"{name}: contains NaN or Inf")
-            elif array.dtype.itemsize > 4 and array.size and (
-                    np.abs(array).max() > np.finfo(np.float32).max):
-                wrong.append(f"{name}: values beyond float32's range "
-                             f"(largest {np.abs(array).max():.3g})")
+            elif (
+                array.dtype.itemsize > 4
+                and array.size
+                and (np.abs(array).max() > np.finfo(np.float32).max)
+            ):
+                wrong.append(
+                    f"{name}: values beyond float32's range "
+                    f"(largest {np.abs(array).max():.3g})"
+                )
         problems = []
         if strict and missing:
-            problems.append(f"missing {len(missing)}: {', '.join(missing[:20])}"
-                            + (" ..." if len(missing) > 20 else ""))
+            problems.append(
+                f"missing {len(missing)}: {', '.join(missing[:20])}"
+                + (" ..." if len(missing) > 20 else "")
+            )
         if strict and unexpected:
-            problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:20])}"
-                            + (" ..." if len(unexpected) > 20 else ""))
+            problems.append(
+                f"unexpected {len(unexpected)}: {', '.join(unexpected[:20])}"
+                + (" ..." if len(unexpected) > 20 else "")
+            )
         if wrong:
-            problems.append(f"wrong shape or values {len(wrong)}: {'; '.join(sorted(wrong)[:20])}")
+            problems.append(
+                f"wrong shape or values {len(wrong)}: {'; '.join(sorted(wrong)[:20])}"
+            )
         if problems:
-            raise ValueError("cannot load the state dict into this "
-                             f"{self._describe()}: " + " | ".join(problems))
+            raise ValueError(
+                "cannot load the state dict into this "
+                f"{self._describe()}: " + " | ".join(problems)
+            )
         views = self.parameters()
         for name in given.keys() & table.keys():
             shape, layout = tuple(table[name][1]), table[name][6]
@@ -533,17 +702,26 @@ class Encoder(_CoreEncoder):
 
     def _inputs(self, x, attention_mask):
         if self.kind == "image" and not isinstance(x, np.ndarray):
-            raise TypeError("image encoder input: expected a uint8 or float32 NumPy array "
-                            f"(N, H, W) or (N, H, W, C), got {type(x).__name__}")
+            raise TypeError(
+                "image encoder input: expected a uint8 or float32 NumPy array "
+                f"(N, H, W) or (N, H, W, C), got {type(x).__name__}"
+            )
         if self.kind == "text" and not isinstance(x, (list, tuple, np.ndarray)):
-            raise TypeError("text encoder input: expected a list of strings, or int32 "
-                            "input_ids (N, T) with an attention_mask, got "
-                            f"{type(x).__name__}")
-        if self.kind == "text" and isinstance(x, (list, tuple)) and (
-                len(x) == 0 or isinstance(x[0], str)):
+            raise TypeError(
+                "text encoder input: expected a list of strings, or int32 "
+                "input_ids (N, T) with an attention_mask, got "
+                f"{type(x).__name__}"
+            )
+        if (
+            self.kind == "text"
+            and isinstance(x, (list, tuple))
+            and (len(x) == 0 or isinstance(x[0], str))
+        ):
             if self.tokenizer is None:
-                raise ValueError("this text encoder has no tokenizer: pass input_ids and "
-                                 "attention_mask, or build it with from_pretrained()")
+                raise ValueError(
+                    "this text encoder has no tokenizer: pass input_ids and "
+                    "attention_mask, or build it with from_pretrained()"
+                )
             from .text import tokenize
 
             return tokenize(self.tokenizer, list(x), max_length=self.max_length)
@@ -558,11 +736,16 @@ class Encoder(_CoreEncoder):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if out is None:
             out = np.empty((n, dim), dtype=np.float32)
-        elif (not isinstance(out, np.ndarray) or out.dtype != np.float32
-              or out.shape != (n, dim) or not out.flags.c_contiguous
-              or not out.flags.writeable):
-            raise ValueError(f"out must be a writeable C-contiguous float32 array of shape "
-                             f"({n}, {dim})")
+        elif (
+            not isinstance(out, np.ndarray)
+            or out.dtype != np.float32
+            or out.shape != (n, dim)
+            or not out.flags.c_contiguous
+            or not out.flags.writeable
+        ):
+            raise ValueError(
+                f"out must be a writeable C-contiguous float32 array of shape ({n}, {dim})"
+            )
         starts = range(0, n, batch_size)
         if progress is None:
             progress = len(starts) > 10
@@ -577,11 +760,13 @@ class Encoder(_CoreEncoder):
                 stop = min(start + batch_size, n)
                 mask = None if attention_mask is None else attention_mask[start:stop]
                 if which == "encode":
-                    self.forward(x[start:stop], mask, embeddings=False,
-                                 features_out=out[start:stop])
+                    self.forward(
+                        x[start:stop], mask, embeddings=False, features_out=out[start:stop]
+                    )
                 else:
-                    self.forward(x[start:stop], mask, features=False,
-                                 embeddings_out=out[start:stop])
+                    self.forward(
+                        x[start:stop], mask, features=False, embeddings_out=out[start:stop]
+                    )
         finally:
             self.training = was_training
         return out
@@ -589,13 +774,15 @@ class Encoder(_CoreEncoder):
     def encode(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
         """Backbone features h (float32, (N, feature_dim)) in eval mode, in batches.
         ``progress``: a tqdm bar (default: when there are more than 10 batches)."""
-        return self._batched(x, attention_mask, out, self.feature_dim, "encode", batch_size,
-                             progress)
+        return self._batched(
+            x, attention_mask, out, self.feature_dim, "encode", batch_size, progress
+        )
 
     def embed(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
         """Projected embeddings g(h) (float32, (N, proj_dim)) in eval mode, in batches."""
-        return self._batched(x, attention_mask, out, self.proj_dim, "embed", batch_size,
-                             progress)
+        return self._batched(
+            x, attention_mask, out, self.proj_dim, "embed", batch_size, progress
+        )
 
     # ---- pickling -------------------------------------------------------------------------
 
@@ -603,9 +790,12 @@ class Encoder(_CoreEncoder):
         """Pickle (and copy.deepcopy, joblib, sklearn.clone of estimators holding one) by
         value: the architecture, the normalization, the tokenizer, the mode and a copy of
         every tensor. The copy owns new buffers; it shares nothing with this encoder."""
-        state = {"metadata": self._metadata(), "training": self.training,
-                 "freeze_backbone": self.freeze_backbone,
-                 "tensors": self.parameters()}  # views: pickle and deepcopy copy them
+        state = {
+            "metadata": self._metadata(),
+            "training": self.training,
+            "freeze_backbone": self.freeze_backbone,
+            "tensors": self.parameters(),
+        }  # views: pickle and deepcopy copy them
         return (_unpickle_encoder, (type(self), state))
 
     # ---- description ------------------------------------------------------------------------
@@ -619,18 +809,23 @@ class Encoder(_CoreEncoder):
     def __repr__(self):
         spec = self._spec
         if spec["kind"] == "resnet":
-            args = (f"depth={spec['config']['depth']}, "
-                    f"in_channels={spec['config']['in_channels']}")
+            args = (
+                f"depth={spec['config']['depth']}, "
+                f"in_channels={spec['config']['in_channels']}"
+            )
         else:
             c = spec["config"]
             pooling = {v: k for k, v in _POOLING.items()}[c.get("pooling", 0)]
-            args = (f"layers={c['num_hidden_layers']}, hidden={c['hidden_size']}, "
-                    f"heads={c['num_attention_heads']}, pooling='{pooling}', "
-                    f"freeze_layers={c.get('freeze_layers', 0)}")
-        return (f"Encoder({spec['kind']}: {args}, feature_dim={self.feature_dim}, "
-                f"proj_dim={self.proj_dim}, training={self.training}, "
-                f"parameters={self.num_parameters():,})")
-
+            args = (
+                f"layers={c['num_hidden_layers']}, hidden={c['hidden_size']}, "
+                f"heads={c['num_attention_heads']}, pooling='{pooling}', "
+                f"freeze_layers={c.get('freeze_layers', 0)}"
+            )
+        return (
+            f"Encoder({spec['kind']}: {args}, feature_dim={self.feature_dim}, "
+            f"proj_dim={self.proj_dim}, training={self.training}, "
+            f"parameters={self.num_parameters():,})"
+        )
 
 
 def _unpickle_encoder(cls, state):

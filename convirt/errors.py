@@ -9,8 +9,15 @@ TypeError / ValueError, and an allocation that cannot be had is MemoryError.
 
 from ._core import ConvirtError, NonFiniteError, StateError
 
-__all__ = ["CheckpointError", "ConvirtError", "DataFileError", "ImageDecodeError",
-           "NonFiniteError", "StateError", "TrainingDiverged"]
+__all__ = [
+    "CheckpointError",
+    "ConvirtError",
+    "DataFileError",
+    "ImageDecodeError",
+    "NonFiniteError",
+    "StateError",
+    "TrainingDiverged",
+]
 
 
 class CheckpointError(ConvirtError, ValueError):

@@ -16,16 +16,28 @@ from .evaluation import *
 from .evaluation import __all__ as _library
 
 # The library's names, then the experiments' (loaded by __getattr__ below).
-__all__ = [*_library, "ComparisonTable", "compare",  # noqa: PLE0604
-           "default_text_model", "imagenet_encoder", "paper_table"]
+__all__ = [
+    *_library,
+    "ComparisonTable",
+    "compare",  # noqa: PLE0604
+    "default_text_model",
+    "imagenet_encoder",
+    "paper_table",
+]
 
 # Where the names of the old module live now, library first; the experiments are
 # imported only when one of their names is asked for.
-_MODULES = ("convirt.evaluation.labels", "convirt.evaluation.results",
-            "convirt.evaluation.probe", "convirt.evaluation.finetune",
-            "convirt.evaluation.retrieval", "convirt.evaluation.chexpert",
-            "convirt.evaluation.tsne", "convirt.experiments.compare",
-            "convirt.experiments.paper_table")
+_MODULES = (
+    "convirt.evaluation.labels",
+    "convirt.evaluation.results",
+    "convirt.evaluation.probe",
+    "convirt.evaluation.finetune",
+    "convirt.evaluation.retrieval",
+    "convirt.evaluation.chexpert",
+    "convirt.evaluation.tsne",
+    "convirt.experiments.compare",
+    "convirt.experiments.paper_table",
+)
 
 
 def __getattr__(name):

@@ -96,8 +96,10 @@ def resize_center_crop(image, size):
     size = _check_size(size)
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 2:
-        raise TypeError(f"resize_center_crop expects a uint8 (H, W) image; got "
-                        f"{image.dtype} with shape {image.shape}")
+        raise TypeError(
+            f"resize_center_crop expects a uint8 (H, W) image; got "
+            f"{image.dtype} with shape {image.shape}"
+        )
     if image.shape == (size, size):
         return image.copy()
     return _pil_resize_center_crop(Image.fromarray(image), size)
@@ -155,8 +157,9 @@ def _decode_pillow(path, size):
             if size is not None and image.format == "JPEG":
                 width, height = image.size
                 side = min(width, height)
-                image.draft("L", (math.ceil(size * width / side),
-                                  math.ceil(size * height / side)))
+                image.draft(
+                    "L", (math.ceil(size * width / side), math.ceil(size * height / side))
+                )
             image.load()
             if image.mode == "L":
                 gray = image.copy()
@@ -164,8 +167,14 @@ def _decode_pillow(path, size):
                 gray = Image.fromarray(_minmax_to_uint8(np.asarray(image)))
             else:
                 gray = image.convert("L")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-            Image.DecompressionBombError) as error:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        Image.DecompressionBombError,
+    ) as error:
         raise ImageDecodeError(f"cannot decode {path}: {error}") from error
     if gray.size[0] == 0 or gray.size[1] == 0:
         raise ImageDecodeError(f"cannot decode {path}: the image has no pixels")
@@ -178,8 +187,10 @@ def _import_pydicom():
     try:
         import pydicom
     except ImportError as error:
-        raise ImportError("reading DICOM files needs pydicom, an optional extra: "
-                          "pip install 'convirt[dicom]'") from error
+        raise ImportError(
+            "reading DICOM files needs pydicom, an optional extra: "
+            "pip install 'convirt[dicom]'"
+        ) from error
     return pydicom
 
 
@@ -191,10 +202,19 @@ def _decode_dicom(path, size):
 
     try:
         dataset = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError,
-            AttributeError, IndexError) as error:
-        raise ImageDecodeError(f"cannot decode {path}: not a readable DICOM file "
-                               f"({error})") from error
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+    ) as error:
+        raise ImageDecodeError(
+            f"cannot decode {path}: not a readable DICOM file ({error})"
+        ) from error
     if "PixelData" not in dataset:
         raise ImageDecodeError(f"cannot decode {path}: the DICOM file has no pixel data")
     _check_dicom_decoder(dataset, path)
@@ -203,8 +223,9 @@ def _decode_dicom(path, size):
     except ImportError:
         raise
     except Exception as error:  # pydicom raises many types for damaged pixel data
-        raise ImageDecodeError(f"cannot decode {path}: {type(error).__name__}: "
-                               f"{error}") from error
+        raise ImageDecodeError(
+            f"cannot decode {path}: {type(error).__name__}: {error}"
+        ) from error
     if size is None:
         return image
     return _pil_resize_center_crop(Image.fromarray(image), size)
@@ -224,13 +245,16 @@ def _check_dicom_decoder(dataset, path):
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as error:
-        raise ImportError(f"{path}: pydicom cannot decode transfer syntax "
-                          f"{syntax.name}: {error}") from error
+        raise ImportError(
+            f"{path}: pydicom cannot decode transfer syntax {syntax.name}: {error}"
+        ) from error
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies)
-        raise ImportError(f"{path}: no installed decoder for transfer syntax "
-                          f"{syntax.name} ({missing}); pip install 'convirt[dicom]' "
-                          f"provides JPEG 2000 through pylibjpeg-openjpeg")
+        raise ImportError(
+            f"{path}: no installed decoder for transfer syntax "
+            f"{syntax.name} ({missing}); pip install 'convirt[dicom]' "
+            f"provides JPEG 2000 through pylibjpeg-openjpeg"
+        )
 
 
 def dicom_to_uint8(dataset):
@@ -262,8 +286,9 @@ def dicom_to_uint8(dataset):
             return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
         return _minmax_to_uint8(luma)
     if pixels.ndim != 2:
-        raise ValueError(f"expected a 2-D grayscale DICOM image; got pixel data of "
-                         f"shape {pixels.shape}")
+        raise ValueError(
+            f"expected a 2-D grayscale DICOM image; got pixel data of shape {pixels.shape}"
+        )
 
     if "ModalityLUTSequence" in dataset:
         values = _pydicom_pixels_function("apply_modality_lut")(pixels, dataset)

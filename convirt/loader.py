@@ -63,22 +63,43 @@ class BatchLoader:
     (what a resumed training run needs), without touching ``epoch``.
     """
 
-    def __init__(self, dataset, batch_size=32, shuffle=True, seed=0, drop_last=True,
-                 prefetch=True, size=None, transform=None):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
+    def __init__(
+        self,
+        dataset,
+        batch_size=32,
+        shuffle=True,
+        seed=0,
+        drop_last=True,
+        prefetch=True,
+        size=None,
+        transform=None,
+    ):
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1
+        ):
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         images = getattr(dataset, "images", None)
-        self._array = images if isinstance(images, np.ndarray) and images.ndim in (3, 4) \
-            else None
+        self._array = (
+            images if isinstance(images, np.ndarray) and images.ndim in (3, 4) else None
+        )
         # Another sequence of arrays (a list of images of different sizes, rows of a
         # memmap picked by an index): batches are lists of its items.
-        self._sequence = images if self._array is None and size is None and \
-            images is not None and hasattr(images, "__getitem__") else None
+        self._sequence = (
+            images
+            if self._array is None
+            and size is None
+            and images is not None
+            and hasattr(images, "__getitem__")
+            else None
+        )
         if self._array is None and self._sequence is None and size is None:
-            raise ValueError(f"{type(dataset).__name__} has no (N, H, W) images array; "
-                             f"give size= to decode and resize images as they load, or "
-                             f"prepare() the dataset first")
+            raise ValueError(
+                f"{type(dataset).__name__} has no (N, H, W) images array; "
+                f"give size= to decode and resize images as they load, or "
+                f"prepare() the dataset first"
+            )
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable; got {type(transform).__name__}")
         self.dataset = dataset
@@ -102,36 +123,51 @@ class BatchLoader:
     def batch_indices(self, epoch):
         """The list of index arrays (int64) of each batch of ``epoch``."""
         n = len(self.dataset)
-        order = (np.random.default_rng([self.seed, int(epoch)]).permutation(n)
-                 if self.shuffle else np.arange(n))
+        order = (
+            np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+            if self.shuffle
+            else np.arange(n)
+        )
         count = len(self)
-        batches = [order[b * self.batch_size:(b + 1) * self.batch_size]
-                   for b in range(count)]
-        return [np.sort(b).astype(np.int64) if self.shuffle else b.astype(np.int64)
-                for b in batches]
+        batches = [
+            order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(count)
+        ]
+        return [
+            np.sort(b).astype(np.int64) if self.shuffle else b.astype(np.int64)
+            for b in batches
+        ]
 
     def load_batch(self, indices, *, epoch=None, position=None):
         """The Batch of the given dataset indices (transform not applied)."""
         indices = np.asarray(indices, dtype=np.int64)
         if self._array is not None:
-            contiguous = len(indices) > 0 and \
-                np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices)))
+            contiguous = len(indices) > 0 and np.array_equal(
+                indices, np.arange(indices[0], indices[0] + len(indices))
+            )
             if contiguous:
-                images = self._array[indices[0]:indices[0] + len(indices)]
+                images = self._array[indices[0] : indices[0] + len(indices)]
             else:
                 images = np.take(self._array, indices, axis=0)
         elif self._sequence is not None:
             images = [self._sequence[int(k)] for k in indices]  # views, not copies
         else:
-            images = np.stack([self.dataset.load_image(int(k), size=self.size)
-                               for k in indices]) if len(indices) else \
-                np.zeros((0, self.size, self.size), np.uint8)
+            images = (
+                np.stack([self.dataset.load_image(int(k), size=self.size) for k in indices])
+                if len(indices)
+                else np.zeros((0, self.size, self.size), np.uint8)
+            )
         reports = getattr(self.dataset, "reports", None)
         if reports is not None:
             reports = [reports[k] for k in indices]
         labels = getattr(self.dataset, "labels", None)
-        return Batch(indices, images, reports, None if labels is None else labels[indices],
-                     epoch, position)
+        return Batch(
+            indices,
+            images,
+            reports,
+            None if labels is None else labels[indices],
+            epoch,
+            position,
+        )
 
     def _make(self, epoch, position, indices):
         batch = self.load_batch(indices, epoch=epoch, position=position)
@@ -149,8 +185,10 @@ class BatchLoader:
         epoch, start = int(epoch), int(start)
         batches = self.batch_indices(epoch)
         if not 0 <= start <= len(batches):
-            raise ValueError(f"start must be in [0, {len(batches)}] (the batches of an "
-                             f"epoch), got {start}")
+            raise ValueError(
+                f"start must be in [0, {len(batches)}] (the batches of an "
+                f"epoch), got {start}"
+            )
         return self._iterate(epoch, start, batches)
 
     def _iterate(self, epoch, start, batches):
@@ -159,20 +197,29 @@ class BatchLoader:
                 yield self._make(epoch, b, batches[b])
             return
         with concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="convirt-prefetch") as worker:
-            future = (worker.submit(self._make, epoch, start, batches[start])
-                      if start < len(batches) else None)
+            1, thread_name_prefix="convirt-prefetch"
+        ) as worker:
+            future = (
+                worker.submit(self._make, epoch, start, batches[start])
+                if start < len(batches)
+                else None
+            )
             try:
                 for b in range(start, len(batches)):
                     batch = future.result()
-                    future = (worker.submit(self._make, epoch, b + 1, batches[b + 1])
-                              if b + 1 < len(batches) else None)
+                    future = (
+                        worker.submit(self._make, epoch, b + 1, batches[b + 1])
+                        if b + 1 < len(batches)
+                        else None
+                    )
                     yield batch
             finally:
                 if future is not None:
                     future.cancel()
 
     def __repr__(self):
-        return (f"BatchLoader({type(self.dataset).__name__}(n={len(self.dataset)}), "
-                f"batch_size={self.batch_size}, shuffle={self.shuffle}, seed={self.seed}, "
-                f"drop_last={self.drop_last}, prefetch={self.prefetch})")
+        return (
+            f"BatchLoader({type(self.dataset).__name__}(n={len(self.dataset)}), "
+            f"batch_size={self.batch_size}, shuffle={self.shuffle}, seed={self.seed}, "
+            f"drop_last={self.drop_last}, prefetch={self.prefetch})"
+        )

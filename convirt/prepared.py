@@ -24,8 +24,13 @@ from .datasets.paired import PairedDataset, _describe
 from .errors import DataFileError, ImageDecodeError
 from .images import _check_size, resize_center_crop
 
-__all__ = ["PREPARED_FORMAT", "PREPARED_VERSION", "PrepareSummary", "PreparedDataset",
-           "prepare"]
+__all__ = [
+    "PREPARED_FORMAT",
+    "PREPARED_VERSION",
+    "PrepareSummary",
+    "PreparedDataset",
+    "prepare",
+]
 
 PREPARED_FORMAT = "convirt-prepared"
 PREPARED_VERSION = 1
@@ -54,16 +59,28 @@ class PrepareSummary(NamedTuple):
         return self.missing + self.corrupt + self.empty_report
 
     def __str__(self):
-        text = (f"{self.prepared} of {self.total} pairs prepared in {self.out_dir} "
-                f"({self.kept} kept from before, {self.new} new)")
+        text = (
+            f"{self.prepared} of {self.total} pairs prepared in {self.out_dir} "
+            f"({self.kept} kept from before, {self.new} new)"
+        )
         if self.skipped:
-            text += (f"; {self.skipped} skipped: {self.missing} missing, "
-                     f"{self.corrupt} corrupt, {self.empty_report} empty reports")
+            text += (
+                f"; {self.skipped} skipped: {self.missing} missing, "
+                f"{self.corrupt} corrupt, {self.empty_report} empty reports"
+            )
         return text
 
 
-def prepare(dataset, out_dir, size=256, *, workers=None, progress=True, overwrite=False,
-            checkpoint_seconds=30.0):
+def prepare(
+    dataset,
+    out_dir,
+    size=256,
+    *,
+    workers=None,
+    progress=True,
+    overwrite=False,
+    checkpoint_seconds=30.0,
+):
     """Decode and resize every image of ``dataset`` once into a uint8 memmap cache that
     :class:`PreparedDataset` reads in place.
 
@@ -137,21 +154,30 @@ def prepare(dataset, out_dir, size=256, *, workers=None, progress=True, overwrit
     old = None if overwrite else _read_index(index_path, missing_ok=True)
     if old is not None:
         if old["size"] != size:
-            raise ValueError(f"{out_dir} holds images prepared at size {old['size']}, not "
-                             f"{size}; use another out_dir or overwrite=True")
+            raise ValueError(
+                f"{out_dir} holds images prepared at size {old['size']}, not "
+                f"{size}; use another out_dir or overwrite=True"
+            )
         old_names = old.get("label_names")
-        if old["rows"] and old_names != (None if label_names is None else
-                                         list(label_names)):
-            raise ValueError(f"{out_dir} was prepared with label_names {old_names}, this "
-                             f"dataset has {label_names}; use overwrite=True")
+        if old["rows"] and old_names != (
+            None if label_names is None else list(label_names)
+        ):
+            raise ValueError(
+                f"{out_dir} was prepared with label_names {old_names}, this "
+                f"dataset has {label_names}; use overwrite=True"
+            )
     rows = old["rows"] if old else 0
     reports_bytes = old["reports_bytes"] if old else 0
-    for path, committed in ((images_path, rows * size * size),
-                            (reports_path, reports_bytes)):
+    for path, committed in (
+        (images_path, rows * size * size),
+        (reports_path, reports_bytes),
+    ):
         actual = os.path.getsize(path) if os.path.exists(path) else 0
         if actual < committed:
-            raise ValueError(f"{path} holds {actual} bytes but {index_path} records "
-                             f"{committed}: the cache is damaged; use overwrite=True")
+            raise ValueError(
+                f"{path} holds {actual} bytes but {index_path} records "
+                f"{committed}: the cache is damaged; use overwrite=True"
+            )
         # Cut off anything written after the last committed index (a crash mid-append).
         with open(path, "ab") as f:
             f.truncate(committed)
@@ -169,18 +195,25 @@ def prepare(dataset, out_dir, size=256, *, workers=None, progress=True, overwrit
             else:
                 done[k] = entry["row"]
         if stray:
-            raise ValueError(f"{out_dir} holds {len(stray)} prepared images whose sources "
-                             f"are not in this dataset (e.g. {stray[0]!r}); use a new "
-                             f"out_dir or overwrite=True")
+            raise ValueError(
+                f"{out_dir} holds {len(stray)} prepared images whose sources "
+                f"are not in this dataset (e.g. {stray[0]!r}); use a new "
+                f"out_dir or overwrite=True"
+            )
         old_reports = _read_reports(reports_path, rows, reports_bytes)
         for k, row in done.items():
             if old_reports[row]["report"] != reports[k]:
-                raise ValueError(f"the report of {sources[k]!r} differs from the one "
-                                 f"prepared in {out_dir}; use overwrite=True to redo it")
+                raise ValueError(
+                    f"the report of {sources[k]!r} differs from the one "
+                    f"prepared in {out_dir}; use overwrite=True to redo it"
+                )
 
-    entries = [{"source": source, "status": "pending"} if occurrence == 0 else
-               {"source": source, "occurrence": occurrence, "status": "pending"}
-               for source, occurrence in keys]
+    entries = [
+        {"source": source, "status": "pending"}
+        if occurrence == 0
+        else {"source": source, "occurrence": occurrence, "status": "pending"}
+        for source, occurrence in keys
+    ]
     for k, row in done.items():
         entries[k].update(status="ok", row=row)
     todo = [k for k in range(n) if k not in done]
@@ -194,14 +227,24 @@ def prepare(dataset, out_dir, size=256, *, workers=None, progress=True, overwrit
         counts = {}
         for entry in entries:
             counts[entry["status"]] = counts.get(entry["status"], 0) + 1
-        header = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION, "size": size,
-                  "dtype": "uint8", "rows": rows, "reports_bytes": reports_bytes,
-                  "complete": complete,
-                  "label_names": None if label_names is None else list(label_names),
-                  "counts": counts}
+        header = {
+            "format": PREPARED_FORMAT,
+            "version": PREPARED_VERSION,
+            "size": size,
+            "dtype": "uint8",
+            "rows": rows,
+            "reports_bytes": reports_bytes,
+            "complete": complete,
+            "label_names": None if label_names is None else list(label_names),
+            "counts": counts,
+        }
         # One entry per line: readable and greppable (grep '"corrupt"' index.json).
-        text = (json.dumps(header)[:-1] + ',\n"entries": [\n' +
-                ",\n".join(json.dumps(entry) for entry in entries) + "\n]}\n")
+        text = (
+            json.dumps(header)[:-1]
+            + ',\n"entries": [\n'
+            + ",\n".join(json.dumps(entry) for entry in entries)
+            + "\n]}\n"
+        )
         atomic_write(index_path, text.encode("utf-8"))
         # atomic_write's temporary file is private (0600); give the index the same
         # permissions as the data files so a shared cache stays readable.
@@ -222,11 +265,15 @@ def prepare(dataset, out_dir, size=256, *, workers=None, progress=True, overwrit
         except ImageDecodeError as error:
             return None, ("corrupt", str(error))
 
-    bar = tqdm(total=len(todo), desc="prepare", unit="img", disable=not progress,
-               file=sys.stderr)
+    bar = tqdm(
+        total=len(todo), desc="prepare", unit="img", disable=not progress, file=sys.stderr
+    )
     last_commit = time.monotonic()
-    with open(images_path, "ab") as images_file, open(reports_path, "ab") as reports_file, \
-            concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    with (
+        open(images_path, "ab") as images_file,
+        open(reports_path, "ab") as reports_file,
+        concurrent.futures.ThreadPoolExecutor(workers) as pool,
+    ):
         try:
             pending = []
             queue = iter(todo)
@@ -252,8 +299,10 @@ def prepare(dataset, out_dir, size=256, *, workers=None, progress=True, overwrit
                         _check_prepared_image(image, size, sources[k])
                         record = {"source": sources[k], "report": reports[k]}
                         if labels is not None:
-                            record["labels"] = [None if np.isnan(v) else float(v)
-                                                for v in np.asarray(labels[k], np.float64)]
+                            record["labels"] = [
+                                None if np.isnan(v) else float(v)
+                                for v in np.asarray(labels[k], np.float64)
+                            ]
                         line = (json.dumps(record) + "\n").encode("utf-8")
                         images_file.write(np.ascontiguousarray(image).tobytes())
                         reports_file.write(line)
@@ -276,22 +325,37 @@ def prepare(dataset, out_dir, size=256, *, workers=None, progress=True, overwrit
         commit(complete=True)
     bar.close()
 
-    result = PrepareSummary(out_dir=out_dir, total=n, prepared=rows, kept=len(done),
-                            new=summary["new"], missing=summary["missing"],
-                            corrupt=summary["corrupt"], empty_report=summary["empty_report"],
-                            failures=failures)
+    result = PrepareSummary(
+        out_dir=out_dir,
+        total=n,
+        prepared=rows,
+        kept=len(done),
+        new=summary["new"],
+        missing=summary["missing"],
+        corrupt=summary["corrupt"],
+        empty_report=summary["empty_report"],
+        failures=failures,
+    )
     if result.skipped:
-        warnings.warn(f"prepare skipped {result.skipped} of {n} pairs: {result.missing} "
-                      f"missing, {result.corrupt} corrupt, {result.empty_report} empty "
-                      f"reports (listed in {index_path})", stacklevel=2)
+        warnings.warn(
+            f"prepare skipped {result.skipped} of {n} pairs: {result.missing} "
+            f"missing, {result.corrupt} corrupt, {result.empty_report} empty "
+            f"reports (listed in {index_path})",
+            stacklevel=2,
+        )
     return result
 
 
 def _check_prepared_image(image, size, source):
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or \
-            image.shape != (size, size):
-        raise TypeError(f"load_image({source!r}, size={size}) returned "
-                        f"{_describe(image)}; expected uint8 ({size}, {size})")
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or image.shape != (size, size)
+    ):
+        raise TypeError(
+            f"load_image({source!r}, size={size}) returned "
+            f"{_describe(image)}; expected uint8 ({size}, {size})"
+        )
 
 
 def _read_index(path, missing_ok=False):
@@ -300,8 +364,9 @@ def _read_index(path, missing_ok=False):
     if not os.path.exists(path):
         if missing_ok:
             return None
-        raise FileNotFoundError(f"no prepared dataset here: {path} does not exist (run "
-                                f"convirt prepare first)")
+        raise FileNotFoundError(
+            f"no prepared dataset here: {path} does not exist (run convirt prepare first)"
+        )
     raw = read_regular_file(path, DataFileError, "a prepared-dataset index (JSON)")
     try:
         index = json.loads(raw.decode("utf-8"))
@@ -310,17 +375,22 @@ def _read_index(path, missing_ok=False):
     if not isinstance(index, dict) or index.get("format") != PREPARED_FORMAT:
         raise DataFileError(f"{path} is not a convirt prepared-dataset index")
     if index.get("version") != PREPARED_VERSION:
-        raise DataFileError(f"{path} has format version {index.get('version')}; this "
-                            f"convirt reads version {PREPARED_VERSION}")
+        raise DataFileError(
+            f"{path} has format version {index.get('version')}; this "
+            f"convirt reads version {PREPARED_VERSION}"
+        )
 
     def fail(field, expected):
         value = repr(index.get(field))
-        raise DataFileError(f"{path}: field {field!r} must be {expected}, got "
-                            f"{value[:60]}")
+        raise DataFileError(f"{path}: field {field!r} must be {expected}, got {value[:60]}")
 
     def integer(value, low, high=None):
-        return (isinstance(value, int) and not isinstance(value, bool) and value >= low
-                and (high is None or value <= high))
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value >= low
+            and (high is None or value <= high)
+        )
 
     if not integer(index.get("size"), 1, _MAX_PREPARED_SIZE):
         fail("size", f"an integer in [1, {_MAX_PREPARED_SIZE}]")
@@ -330,21 +400,26 @@ def _read_index(path, missing_ok=False):
     if not isinstance(index.get("complete"), bool):
         fail("complete", "true or false")
     names = index.get("label_names")
-    if names is not None and not (isinstance(names, list) and
-                                  all(isinstance(name, str) for name in names)):
+    if names is not None and not (
+        isinstance(names, list) and all(isinstance(name, str) for name in names)
+    ):
         fail("label_names", "null or a list of strings")
     entries = index.get("entries")
     if not isinstance(entries, list):
         fail("entries", "a list")
     for k, entry in enumerate(entries):
-        if not (isinstance(entry, dict) and isinstance(entry.get("source"), str)
-                and isinstance(entry.get("status"), str)
-                and integer(entry.get("occurrence", 0), 0)
-                and (entry["status"] != "ok"
-                     or integer(entry.get("row"), 0, index["rows"] - 1))):
-            raise DataFileError(f"{path}: entries[{k}] is {repr(entry)[:80]}; expected "
-                                "an object with a source, a status and, when the status "
-                                f"is ok, a row in [0, {index['rows']})")
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("source"), str)
+            and isinstance(entry.get("status"), str)
+            and integer(entry.get("occurrence", 0), 0)
+            and (entry["status"] != "ok" or integer(entry.get("row"), 0, index["rows"] - 1))
+        ):
+            raise DataFileError(
+                f"{path}: entries[{k}] is {repr(entry)[:80]}; expected "
+                "an object with a source, a status and, when the status "
+                f"is ok, a row in [0, {index['rows']})"
+            )
     return index
 
 
@@ -353,8 +428,9 @@ def _read_reports(path, rows, nbytes, label_names=None):
     each checked: {"source": str, "report": str[, "labels": L numbers or nulls]}."""
     data = read_regular_file(path, DataFileError, "a reports.jsonl file")[:nbytes]
     if len(data) < nbytes:
-        raise DataFileError(f"{path} is truncated: {len(data)} bytes, the index records "
-                            f"{nbytes}")
+        raise DataFileError(
+            f"{path} is truncated: {len(data)} bytes, the index records {nbytes}"
+        )
     records = []
     for line, text in enumerate(data.split(b"\n"), start=1):
         if not text:
@@ -362,18 +438,36 @@ def _read_reports(path, rows, nbytes, label_names=None):
         try:
             record = json.loads(text.decode("utf-8"))
         except ValueError as error:
-            raise DataFileError(f"{path}, line {line}: not a JSON record ({error})") \
-                from None
+            raise DataFileError(
+                f"{path}, line {line}: not a JSON record ({error})"
+            ) from None
         labels = record.get("labels") if isinstance(record, dict) else None
-        if not (isinstance(record, dict) and isinstance(record.get("report"), str)
-                and isinstance(record.get("source"), str)
-                and (label_names is None or (
-                    isinstance(labels, list) and len(labels) == len(label_names)
-                    and all(v is None or (isinstance(v, (int, float))
-                                          and not isinstance(v, bool)) for v in labels)))):
-            expected = '{"source": str, "report": str' + (
-                "" if label_names is None else
-                f', "labels": {len(label_names)} numbers or nulls') + "}"
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("report"), str)
+            and isinstance(record.get("source"), str)
+            and (
+                label_names is None
+                or (
+                    isinstance(labels, list)
+                    and len(labels) == len(label_names)
+                    and all(
+                        v is None
+                        or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                        for v in labels
+                    )
+                )
+            )
+        ):
+            expected = (
+                '{"source": str, "report": str'
+                + (
+                    ""
+                    if label_names is None
+                    else f', "labels": {len(label_names)} numbers or nulls'
+                )
+                + "}"
+            )
             raise DataFileError(f"{path}, line {line}: expected {expected}")
         records.append(record)
     if len(records) != rows:
@@ -406,8 +500,10 @@ class PreparedDataset(PairedDataset):
         out_dir = os.fspath(out_dir)
         index = _read_index(os.path.join(out_dir, _INDEX_FILE))
         if not index.get("complete") and not allow_incomplete:
-            raise ValueError(f"{out_dir} is incomplete (preparation was interrupted); run "
-                             f"prepare again to resume, or pass allow_incomplete=True")
+            raise ValueError(
+                f"{out_dir} is incomplete (preparation was interrupted); run "
+                f"prepare again to resume, or pass allow_incomplete=True"
+            )
         self.out_dir = out_dir
         self.index = index
         self.size = size = index["size"]
@@ -416,22 +512,30 @@ class PreparedDataset(PairedDataset):
         needed = rows * size * size
         actual = os.path.getsize(images_path) if os.path.exists(images_path) else -1
         if actual < needed:
-            raise ValueError(f"{images_path} holds {max(actual, 0)} bytes; the index "
-                             f"records {rows} images of {size}x{size} = {needed} bytes")
+            raise ValueError(
+                f"{images_path} holds {max(actual, 0)} bytes; the index "
+                f"records {rows} images of {size}x{size} = {needed} bytes"
+            )
         if rows:
-            self.images = np.memmap(images_path, dtype=np.uint8, mode="r",
-                                    shape=(rows, size, size))
+            self.images = np.memmap(
+                images_path, dtype=np.uint8, mode="r", shape=(rows, size, size)
+            )
         else:
             self.images = np.zeros((0, size, size), np.uint8)
-        records = _read_reports(os.path.join(out_dir, _REPORTS_FILE), rows,
-                                index["reports_bytes"], index["label_names"])
+        records = _read_reports(
+            os.path.join(out_dir, _REPORTS_FILE),
+            rows,
+            index["reports_bytes"],
+            index["label_names"],
+        )
         self.reports = [r["report"] for r in records]
         self.sources = [r["source"] for r in records]
         self.label_names = index.get("label_names")
         if self.label_names is not None:
             self.labels = np.array(
                 [[np.nan if v is None else v for v in r["labels"]] for r in records],
-                dtype=np.float32).reshape(rows, len(self.label_names))
+                dtype=np.float32,
+            ).reshape(rows, len(self.label_names))
 
     def _load(self, index, size):
         image = self.images[index]

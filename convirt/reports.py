@@ -45,24 +45,79 @@ __all__ = [
 
 # Heading names, lower case, as MIMIC-CXR's section script and Open-I's XML write them
 # (with the misspellings that occur in MIMIC-CXR more than once).
-_FINDINGS = {"finding", "findings", "findngs", "findnings", "finidngs", "findgings",
-             "findindgs", "findins"}
-_IMPRESSION = {"impression", "impressions", "conclusion", "conclusions", "summary",
-               "opinion", "impresson", "impession", "impresion", "imprssion", "imoression",
-               "imprression", "impressoin", "imperssion"}
-_BOTH = {"findings and impression", "findings and impressions", "impression and findings",
-         "findings/impression", "impression/findings", "findings & impression",
-         "findings impression"}
-_OTHER = {"examination", "exam", "type of examination", "indication", "indications",
-          "clinical indication", "reason for exam", "reason for examination", "history",
-          "clinical history", "patient history", "clinical information", "technique",
-          "comparison", "comparisons", "comparison exam", "comparison film",
-          "reference exam", "comparision", "comparsion", "recommendation",
-          "recommendations", "notification", "wet read", "wetread", "final report",
-          "addendum", "procedure", "comment", "comments"}
-_KINDS = {**{name: "other" for name in _OTHER}, **{name: "findings" for name in _FINDINGS},
-          **{name: "impression" for name in _IMPRESSION},
-          **{name: "both" for name in _BOTH}}
+_FINDINGS = {
+    "finding",
+    "findings",
+    "findngs",
+    "findnings",
+    "finidngs",
+    "findgings",
+    "findindgs",
+    "findins",
+}
+_IMPRESSION = {
+    "impression",
+    "impressions",
+    "conclusion",
+    "conclusions",
+    "summary",
+    "opinion",
+    "impresson",
+    "impession",
+    "impresion",
+    "imprssion",
+    "imoression",
+    "imprression",
+    "impressoin",
+    "imperssion",
+}
+_BOTH = {
+    "findings and impression",
+    "findings and impressions",
+    "impression and findings",
+    "findings/impression",
+    "impression/findings",
+    "findings & impression",
+    "findings impression",
+}
+_OTHER = {
+    "examination",
+    "exam",
+    "type of examination",
+    "indication",
+    "indications",
+    "clinical indication",
+    "reason for exam",
+    "reason for examination",
+    "history",
+    "clinical history",
+    "patient history",
+    "clinical information",
+    "technique",
+    "comparison",
+    "comparisons",
+    "comparison exam",
+    "comparison film",
+    "reference exam",
+    "comparision",
+    "comparsion",
+    "recommendation",
+    "recommendations",
+    "notification",
+    "wet read",
+    "wetread",
+    "final report",
+    "addendum",
+    "procedure",
+    "comment",
+    "comments",
+}
+_KINDS = {
+    **{name: "other" for name in _OTHER},
+    **{name: "findings" for name in _FINDINGS},
+    **{name: "impression" for name in _IMPRESSION},
+    **{name: "both" for name in _BOTH},
+}
 _SAMPLED_KINDS = ("findings", "impression", "both")
 
 
@@ -103,9 +158,11 @@ _HEADING = re.compile(
     r"(?:(?P<caps>[A-Z][A-Z /&()-]{2,}[A-Z)])[ \t]*:"
     r"|(?P<known>(?i:" + _trie_pattern(_KINDS) + r")(?:\([sS]\))?)"
     r"(?P<tail>[ \t]*:|[ \t]+-[ \t]+|[ \t]*-?[ \t]*(?=\n|$)|(?=\s)))",
-    re.MULTILINE)
-_SAMPLED_NAMES = sorted((n for n, kind in _KINDS.items() if kind != "other"), key=len,
-                        reverse=True)
+    re.MULTILINE,
+)
+_SAMPLED_NAMES = sorted(
+    (n for n, kind in _KINDS.items() if kind != "other"), key=len, reverse=True
+)
 
 
 def _normalise(name):
@@ -166,7 +223,7 @@ def _headings(text):
             else:  # no colon, inline: ALL CAPS at the start of a sentence, before
                 # text that is not (in a report that is not all capitals)
                 ok = name.isupper() and at_sentence_start
-                if ok and not any(c.islower() for c in text[end:end + 40]):
+                if ok and not any(c.islower() for c in text[end : end + 40]):
                     if shouting is None:
                         shouting = text.isupper()
                     ok = shouting
@@ -258,13 +315,18 @@ def impressions(reports):
         impression = ""
         if _as_text(report):
             impression = " ".join(
-                _collapse(body) for heading, body in report_sections(report)
-                if _kind(heading) == "impression" and body.strip())
+                _collapse(body)
+                for heading, body in report_sections(report)
+                if _kind(heading) == "impression" and body.strip()
+            )
         missing += not impression
         out.append(impression or report)
     if missing:
-        warnings.warn(f"{missing} of {len(reports)} reports have no IMPRESSION section; "
-                      "their whole text is used instead", stacklevel=2)
+        warnings.warn(
+            f"{missing} of {len(reports)} reports have no IMPRESSION section; "
+            "their whole text is used instead",
+            stacklevel=2,
+        )
     return out
 
 
@@ -283,8 +345,26 @@ def format_sections(sections):
 
 # Candidate sentence ends: . ! or ? followed by white space.
 _BOUNDARY = re.compile(r"(?<=[.!?])\s+")
-_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "vs", "e.g", "i.e", "approx", "etc", "cf", "fig",
-                  "no", "st", "jr", "sr", "mt", "pt", "ca"}
+_ABBREVIATIONS = {
+    "dr",
+    "mr",
+    "mrs",
+    "ms",
+    "vs",
+    "e.g",
+    "i.e",
+    "approx",
+    "etc",
+    "cf",
+    "fig",
+    "no",
+    "st",
+    "jr",
+    "sr",
+    "mt",
+    "pt",
+    "ca",
+}
 _LIST_MARKER = re.compile(r"^\(?\d{1,2}[.)]\s*")
 
 
@@ -301,8 +381,9 @@ def _sentences(text):
             piece = carry + piece
             carry = ""
             last_word = piece.rsplit(" ", 1)[-1].rstrip(".").lower()
-            if piece.endswith(".") and (last_word in _ABBREVIATIONS
-                                        or _LIST_MARKER.fullmatch(piece)):
+            if piece.endswith(".") and (
+                last_word in _ABBREVIATIONS or _LIST_MARKER.fullmatch(piece)
+            ):
                 carry = piece + " "
                 continue
             sentences.append(piece)
@@ -344,8 +425,12 @@ def candidate_sentences(report):
     IMPRESSION sections when the report has them (with text), else those of the whole
     report."""
     sections = report_sections(report)
-    sentences = [s for heading, body in sections if _kind(heading) in _SAMPLED_KINDS
-                 for s in _sentences(body)]
+    sentences = [
+        s
+        for heading, body in sections
+        if _kind(heading) in _SAMPLED_KINDS
+        for s in _sentences(body)
+    ]
     if sentences:
         return sentences
     return [s for _, body in sections for s in _sentences(body)]
@@ -381,10 +466,13 @@ def sample_sentence(report, seed, step, index, on_empty="raise"):
     if not sentences:
         if on_empty == "blank":
             return ""
-        raise ValueError(f"report {index} has no sentence to sample (empty, missing or only "
-                         "section headers); clean the data or pass on_empty='blank'")
-    u = random_uniform((int(seed) ^ _SENTENCE_TAG) & _MASK64, int(step) & _MASK64,
-                             int(index) & _MASK64)
+        raise ValueError(
+            f"report {index} has no sentence to sample (empty, missing or only "
+            "section headers); clean the data or pass on_empty='blank'"
+        )
+    u = random_uniform(
+        (int(seed) ^ _SENTENCE_TAG) & _MASK64, int(step) & _MASK64, int(index) & _MASK64
+    )
     return sentences[min(int(u * len(sentences)), len(sentences) - 1)]
 
 
@@ -401,5 +489,7 @@ def sample_sentences(reports, seed, step, indices=None, on_empty="raise"):
     indices = list(indices)
     if len(indices) != len(reports):
         raise ValueError(f"{len(reports)} reports but {len(indices)} indices")
-    return [sample_sentence(report, seed, step, index, on_empty=on_empty)
-            for report, index in zip(reports, indices)]
+    return [
+        sample_sentence(report, seed, step, index, on_empty=on_empty)
+        for report, index in zip(reports, indices)
+    ]

@@ -72,14 +72,26 @@ class ReduceLROnPlateau:
     eps : float >= 0
     """
 
-    def __init__(self, optimizer, *, mode="min", factor=0.5, patience=5, threshold=1e-4,
-                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+    def __init__(
+        self,
+        optimizer,
+        *,
+        mode="min",
+        factor=0.5,
+        patience=5,
+        threshold=1e-4,
+        threshold_mode="rel",
+        cooldown=0,
+        min_lr=0.0,
+        eps=1e-8,
+    ):
         _check_optimizer(optimizer)
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(
-                f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+                f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}"
+            )
         factor = _finite(factor, "factor", low=0.0, low_open=True)
         if factor >= 1.0:
             raise ValueError(f"factor must be < 1 (it multiplies the lr), got {factor}")
@@ -139,11 +151,18 @@ class ReduceLROnPlateau:
     def state_dict(self):
         """The schedule's counters and settings (floats and ints; best may be inf)."""
         return {
-            "mode": self.mode, "factor": self.factor, "patience": self.patience,
-            "threshold": self.threshold, "threshold_mode": self.threshold_mode,
-            "cooldown": self.cooldown, "min_lr": self.min_lr, "eps": self.eps,
-            "best": self.best, "num_bad_epochs": self.num_bad_epochs,
-            "cooldown_counter": self.cooldown_counter, "last_epoch": self.last_epoch,
+            "mode": self.mode,
+            "factor": self.factor,
+            "patience": self.patience,
+            "threshold": self.threshold,
+            "threshold_mode": self.threshold_mode,
+            "cooldown": self.cooldown,
+            "min_lr": self.min_lr,
+            "eps": self.eps,
+            "best": self.best,
+            "num_bad_epochs": self.num_bad_epochs,
+            "cooldown_counter": self.cooldown_counter,
+            "last_epoch": self.last_epoch,
         }
 
     def load_state_dict(self, state):
@@ -152,9 +171,20 @@ class ReduceLROnPlateau:
         missing = {"best", "num_bad_epochs", "cooldown_counter", "last_epoch"} - set(state)
         if missing:
             raise KeyError(f"the ReduceLROnPlateau state dict lacks {sorted(missing)}")
-        settings = {key: state[key] for key in (
-            "mode", "factor", "patience", "threshold", "threshold_mode", "cooldown",
-            "min_lr", "eps") if key in state}
+        settings = {
+            key: state[key]
+            for key in (
+                "mode",
+                "factor",
+                "patience",
+                "threshold",
+                "threshold_mode",
+                "cooldown",
+                "min_lr",
+                "eps",
+            )
+            if key in state
+        }
         check = ReduceLROnPlateau(self.optimizer, **settings)  # validates them
         self.__dict__.update({key: getattr(check, key) for key in settings})
         self.best = float(state["best"])
@@ -163,10 +193,12 @@ class ReduceLROnPlateau:
         self.last_epoch = _count(state["last_epoch"], "last_epoch")
 
     def __repr__(self):
-        return (f"ReduceLROnPlateau(mode={self.mode!r}, factor={self.factor}, "
-                f"patience={self.patience}, threshold={self.threshold}, "
-                f"threshold_mode={self.threshold_mode!r}, cooldown={self.cooldown}, "
-                f"min_lr={self.min_lr}, eps={self.eps})")
+        return (
+            f"ReduceLROnPlateau(mode={self.mode!r}, factor={self.factor}, "
+            f"patience={self.patience}, threshold={self.threshold}, "
+            f"threshold_mode={self.threshold_mode!r}, cooldown={self.cooldown}, "
+            f"min_lr={self.min_lr}, eps={self.eps})"
+        )
 
 
 class WarmupCosine:
@@ -197,20 +229,32 @@ class WarmupCosine:
     base_lr : float > 0 or None (the optimizer's lr)
     """
 
-    def __init__(self, optimizer, total_steps, *, warmup_steps=0, min_lr=0.0,
-                 warmup_start_factor=0.0, base_lr=None):
+    def __init__(
+        self,
+        optimizer,
+        total_steps,
+        *,
+        warmup_steps=0,
+        min_lr=0.0,
+        warmup_start_factor=0.0,
+        base_lr=None,
+    ):
         lr = _check_optimizer(optimizer)
         self.optimizer = optimizer
         self.total_steps = _count(total_steps, "total_steps", low=1)
         self.warmup_steps = _count(warmup_steps, "warmup_steps")
         if self.warmup_steps > self.total_steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= total_steps "
-                             f"({self.total_steps})")
-        self.base_lr = _finite(lr if base_lr is None else base_lr, "base_lr", low=0.0,
-                               low_open=True)
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be <= total_steps "
+                f"({self.total_steps})"
+            )
+        self.base_lr = _finite(
+            lr if base_lr is None else base_lr, "base_lr", low=0.0, low_open=True
+        )
         self.min_lr = _finite(min_lr, "min_lr", low=0.0, high=self.base_lr)
-        self.warmup_start_factor = _finite(warmup_start_factor, "warmup_start_factor",
-                                           low=0.0, high=1.0)
+        self.warmup_start_factor = _finite(
+            warmup_start_factor, "warmup_start_factor", low=0.0, high=1.0
+        )
         self.last_step = 0
         self.optimizer.lr = self.lr_at(0)
 
@@ -224,7 +268,8 @@ class WarmupCosine:
             return self.min_lr if self.total_steps > self.warmup_steps else self.base_lr
         progress = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
         return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (
-            1.0 + math.cos(math.pi * progress))
+            1.0 + math.cos(math.pi * progress)
+        )
 
     def step(self):
         """Advance one optimisation step and set the optimizer's lr; returns it."""
@@ -240,9 +285,12 @@ class WarmupCosine:
 
     def state_dict(self):
         return {
-            "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-            "min_lr": self.min_lr, "warmup_start_factor": self.warmup_start_factor,
-            "base_lr": self.base_lr, "last_step": self.last_step,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "min_lr": self.min_lr,
+            "warmup_start_factor": self.warmup_start_factor,
+            "base_lr": self.base_lr,
+            "last_step": self.last_step,
         }
 
     def load_state_dict(self, state):
@@ -254,23 +302,32 @@ class WarmupCosine:
         check = WarmupCosine.__new__(WarmupCosine)
         check.optimizer = self.optimizer
         check.total_steps = _count(state["total_steps"], "total_steps", low=1)
-        check.warmup_steps = _count(state.get("warmup_steps", self.warmup_steps),
-                                    "warmup_steps")
+        check.warmup_steps = _count(
+            state.get("warmup_steps", self.warmup_steps), "warmup_steps"
+        )
         if check.warmup_steps > check.total_steps:
-            raise ValueError(f"warmup_steps ({check.warmup_steps}) must be <= total_steps "
-                             f"({check.total_steps})")
+            raise ValueError(
+                f"warmup_steps ({check.warmup_steps}) must be <= total_steps "
+                f"({check.total_steps})"
+            )
         check.base_lr = _finite(state["base_lr"], "base_lr", low=0.0, low_open=True)
-        check.min_lr = _finite(state.get("min_lr", self.min_lr), "min_lr", low=0.0,
-                               high=check.base_lr)
+        check.min_lr = _finite(
+            state.get("min_lr", self.min_lr), "min_lr", low=0.0, high=check.base_lr
+        )
         check.warmup_start_factor = _finite(
             state.get("warmup_start_factor", self.warmup_start_factor),
-            "warmup_start_factor", low=0.0, high=1.0)
+            "warmup_start_factor",
+            low=0.0,
+            high=1.0,
+        )
         check.last_step = _count(state["last_step"], "last_step")
         self.__dict__.update(check.__dict__)
         self.optimizer.lr = self.lr_at(self.last_step)
 
     def __repr__(self):
-        return (f"WarmupCosine(total_steps={self.total_steps}, "
-                f"warmup_steps={self.warmup_steps}, min_lr={self.min_lr}, "
-                f"warmup_start_factor={self.warmup_start_factor}, "
-                f"base_lr={self.base_lr})")
+        return (
+            f"WarmupCosine(total_steps={self.total_steps}, "
+            f"warmup_steps={self.warmup_steps}, min_lr={self.min_lr}, "
+            f"warmup_start_factor={self.warmup_start_factor}, "
+            f"base_lr={self.base_lr})"
+        )

@@ -46,23 +46,29 @@ class _Embedder(TransformerMixin, BaseEstimator):
 
     def _check_params(self):
         if self.kind not in _KINDS:
-            raise ValueError(f"kind must be 'features' (backbone features, encoder.encode) "
-                             f"or 'embeddings' (projected, encoder.embed), got "
-                             f"{self.kind!r}")
+            raise ValueError(
+                f"kind must be 'features' (backbone features, encoder.encode) "
+                f"or 'embeddings' (projected, encoder.embed), got "
+                f"{self.kind!r}"
+            )
         size = self.batch_size
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if not all(callable(getattr(self.encoder, m, None)) for m in ("encode", "embed")):
-            raise TypeError(f"encoder must have encode() and embed() methods (a "
-                            f"convirt.Encoder), got {type(self.encoder).__name__}")
+            raise TypeError(
+                f"encoder must have encode() and embed() methods (a "
+                f"convirt.Encoder), got {type(self.encoder).__name__}"
+            )
         encoder_kind = getattr(self.encoder, "kind", self._modality)
         if encoder_kind != self._modality:
             other = "TextEmbedder" if self._modality == "image" else "ImageEmbedder"
             article = {"image": "an", "text": "a"}
-            raise ValueError(f"{type(self).__name__} needs {article[self._modality]} "
-                             f"{self._modality} encoder, got "
-                             f"{article.get(encoder_kind, 'a')} {encoder_kind} encoder; "
-                             f"use {other}")
+            raise ValueError(
+                f"{type(self).__name__} needs {article[self._modality]} "
+                f"{self._modality} encoder, got "
+                f"{article.get(encoder_kind, 'a')} {encoder_kind} encoder; "
+                f"use {other}"
+            )
 
     def fit(self, X, y=None):
         """Check the parameters and X; nothing is learned (the encoder is frozen).
@@ -134,20 +140,25 @@ class ImageEmbedder(_Embedder):
 
     _modality = "image"
 
-    def __init__(self, encoder, *, kind="features", image_shape=None, batch_size=32,
-                 progress=False):
+    def __init__(
+        self, encoder, *, kind="features", image_shape=None, batch_size=32, progress=False
+    ):
         super().__init__(encoder, kind=kind, batch_size=batch_size, progress=progress)
         self.image_shape = image_shape
 
     def _check_image_shape(self):
         shape = self.image_shape
-        ok = (isinstance(shape, (tuple, list)) and len(shape) in (2, 3)
-              and all(isinstance(v, numbers.Integral) and (v >= 1 or v == -1)
-                      for v in shape)
-              and sum(v == -1 for v in shape) <= 1)
+        ok = (
+            isinstance(shape, (tuple, list))
+            and len(shape) in (2, 3)
+            and all(isinstance(v, numbers.Integral) and (v >= 1 or v == -1) for v in shape)
+            and sum(v == -1 for v in shape) <= 1
+        )
         if not ok:
-            raise ValueError(f"image_shape must be (H, W) or (H, W, C) with positive sizes "
-                             f"(one may be -1), got {shape!r}")
+            raise ValueError(
+                f"image_shape must be (H, W) or (H, W, C) with positive sizes "
+                f"(one may be -1), got {shape!r}"
+            )
         return tuple(int(v) for v in shape)
 
     def _validate(self, X, reset=False):
@@ -162,22 +173,31 @@ class ImageEmbedder(_Embedder):
                 try:
                     X = X.reshape((len(X),) + shape)
                 except ValueError:
-                    raise ValueError(f"X has {X.shape[1]} columns, which do not reshape to "
-                                     f"image_shape {shape}") from None
+                    raise ValueError(
+                        f"X has {X.shape[1]} columns, which do not reshape to "
+                        f"image_shape {shape}"
+                    ) from None
         if not isinstance(X, np.ndarray):  # a list of images; memmaps pass as they are
             X = np.asarray(X)
         if X.ndim not in (3, 4):
-            hint = ("" if self.image_shape is not None else
-                    "; for images flattened into rows, set image_shape")
-            raise ValueError(f"ImageEmbedder takes images of shape (N, H, W) or "
-                             f"(N, H, W, C), got an array of shape {X.shape}{hint}")
+            hint = (
+                ""
+                if self.image_shape is not None
+                else "; for images flattened into rows, set image_shape"
+            )
+            raise ValueError(
+                f"ImageEmbedder takes images of shape (N, H, W) or "
+                f"(N, H, W, C), got an array of shape {X.shape}{hint}"
+            )
         if X.shape[0] == 0:
             raise ValueError(f"no images: X has shape {X.shape}")
         if X.dtype in (np.float16, np.float64):
             X = X.astype(np.float32)
         elif X.dtype not in (np.uint8, np.float32):
-            raise TypeError(f"images must be uint8 (0-255) or float (0-1), got dtype "
-                            f"{X.dtype}; scale them and convert with .astype(np.float32)")
+            raise TypeError(
+                f"images must be uint8 (0-255) or float (0-1), got dtype "
+                f"{X.dtype}; scale them and convert with .astype(np.float32)"
+            )
         if X.dtype == np.float32 and not np.isfinite(X).all():
             raise ValueError("images contain NaN or Inf")
         return X
@@ -206,19 +226,23 @@ class TextEmbedder(_Embedder):
             if X.ndim == 2 and X.shape[1] == 1:
                 X = X[:, 0]
             if X.ndim != 1:
-                raise ValueError(f"TextEmbedder takes a sequence of N strings (or an "
-                                 f"(N, 1) column), got an array of shape {X.shape}")
+                raise ValueError(
+                    f"TextEmbedder takes a sequence of N strings (or an "
+                    f"(N, 1) column), got an array of shape {X.shape}"
+                )
             X = X.tolist()
         elif isinstance(X, str) or not hasattr(X, "__len__"):
-            raise TypeError(f"TextEmbedder takes a sequence of strings, got "
-                            f"{type(X).__name__}")
+            raise TypeError(
+                f"TextEmbedder takes a sequence of strings, got {type(X).__name__}"
+            )
         X = list(X)
         if not X:
             raise ValueError("no texts: X is empty")
         for i, text in enumerate(X):
             if not isinstance(text, str):
-                raise TypeError(f"TextEmbedder takes strings, got {type(text).__name__} at "
-                                f"position {i}")
+                raise TypeError(
+                    f"TextEmbedder takes strings, got {type(text).__name__} at position {i}"
+                )
         return X
 
     def __sklearn_tags__(self):

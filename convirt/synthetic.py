@@ -27,18 +27,48 @@ __all__ = [
     "write_report",
 ]
 
-LABEL_NAMES = ("Atelectasis", "Cardiomegaly", "Edema", "Fracture", "Pleural Effusion",
-               "Pneumonia", "Pneumothorax", "No Finding")
+LABEL_NAMES = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Edema",
+    "Fracture",
+    "Pleural Effusion",
+    "Pneumonia",
+    "Pneumothorax",
+    "No Finding",
+)
 SIDES = ("right", "left", "bilateral")
-LOBES = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe",
-         "lingula", "left lower lobe")
+LOBES = (
+    "right upper lobe",
+    "right middle lobe",
+    "right lower lobe",
+    "left upper lobe",
+    "lingula",
+    "left lower lobe",
+)
 # Centre (x, y) of each lobe's opacity in patient coordinates: x from the image's left
 # (the patient's right) -1 to +1, y from the top -1 to +1.
-_LOBE_CENTRES = np.array([[-0.45, -0.38], [-0.30, 0.12], [-0.48, 0.28],
-                          [0.42, -0.38], [0.45, 0.08], [0.50, 0.30]], np.float32)
+_LOBE_CENTRES = np.array(
+    [
+        [-0.45, -0.38],
+        [-0.30, 0.12],
+        [-0.48, 0.28],
+        [0.42, -0.38],
+        [0.45, 0.08],
+        [0.50, 0.30],
+    ],
+    np.float32,
+)
 _CHUNK = 64  # images rendered together; fixed so results do not depend on n
-_FINDING_KEYS = ("atelectasis", "cardiomegaly", "edema", "fracture", "effusion",
-                 "pneumonia", "pneumothorax")
+_FINDING_KEYS = (
+    "atelectasis",
+    "cardiomegaly",
+    "edema",
+    "fracture",
+    "effusion",
+    "pneumonia",
+    "pneumothorax",
+)
 
 
 class SyntheticCXR(NamedTuple):
@@ -119,17 +149,26 @@ def sample_findings(n, seed=0):
     effusion_from_infection = pneumonia & chance(0.25)
     effusion_from_trauma = trauma & chance(0.15)
     effusion_other = chance(0.05)
-    effusion = effusion_from_failure | effusion_from_infection | effusion_from_trauma | \
-        effusion_other
+    effusion = (
+        effusion_from_failure
+        | effusion_from_infection
+        | effusion_from_trauma
+        | effusion_other
+    )
     effusion_side = choose([0, 1, 2], [0.35, 0.3, 0.35])
     effusion_side = np.where(effusion_from_trauma, fracture_side, effusion_side)
     effusion_side = np.where(effusion_from_infection, pneumonia_side, effusion_side)
-    effusion_side = np.where(effusion_from_failure, choose([0, 1, 2], [0.25, 0.12, 0.63]),
-                             effusion_side)
+    effusion_side = np.where(
+        effusion_from_failure, choose([0, 1, 2], [0.25, 0.12, 0.63]), effusion_side
+    )
     effusion_size = choose([1, 2, 3], [0.5, 0.35, 0.15])
 
-    atelectasis = chance(0.08) | (effusion & chance(0.35)) | (low_volumes & chance(0.25)) | \
-        (pneumonia & chance(0.1))
+    atelectasis = (
+        chance(0.08)
+        | (effusion & chance(0.35))
+        | (low_volumes & chance(0.25))
+        | (pneumonia & chance(0.1))
+    )
     atelectasis_side = choose([0, 1, 2], [0.3, 0.35, 0.35])
     atelectasis_side = np.where(effusion & chance(0.8), effusion_side, atelectasis_side)
     atelectasis_severity = choose([1, 2, 3], [0.3, 0.45, 0.25])
@@ -141,21 +180,30 @@ def sample_findings(n, seed=0):
     ctr = np.where(cardiomegaly_severity == 3, rng.uniform(0.6, 0.68, n), ctr)
     edema_severity = choose([1, 2, 3], [0.4, 0.4, 0.2])
 
-    positives = np.stack([atelectasis, cardiomegaly, edema, fracture, effusion, pneumonia,
-                          pneumothorax], axis=1)
+    positives = np.stack(
+        [atelectasis, cardiomegaly, edema, fracture, effusion, pneumonia, pneumothorax],
+        axis=1,
+    )
     labels = np.concatenate([positives, ~positives.any(axis=1, keepdims=True)], axis=1)
     return {
         "labels": labels.astype(np.float32),
         "low_volumes": low_volumes,
-        "atelectasis_side": atelectasis_side, "atelectasis_severity": atelectasis_severity,
-        "ctr": ctr.astype(np.float32), "cardiomegaly_severity": cardiomegaly_severity,
+        "atelectasis_side": atelectasis_side,
+        "atelectasis_severity": atelectasis_severity,
+        "ctr": ctr.astype(np.float32),
+        "cardiomegaly_severity": cardiomegaly_severity,
         "edema_severity": edema_severity,
-        "fracture_side": fracture_side, "fracture_rib": fracture_rib,
-        "fracture_healing": fracture_healing, "fracture_displaced": fracture_displaced,
+        "fracture_side": fracture_side,
+        "fracture_rib": fracture_rib,
+        "fracture_healing": fracture_healing,
+        "fracture_displaced": fracture_displaced,
         "fracture_position": fracture_position.astype(np.float32),
-        "effusion_side": effusion_side, "effusion_size": effusion_size,
-        "pneumonia_lobe": pneumonia_lobe, "pneumonia_severity": pneumonia_severity,
-        "pneumothorax_side": pneumothorax_side, "pneumothorax_size": pneumothorax_size,
+        "effusion_side": effusion_side,
+        "effusion_size": effusion_size,
+        "pneumonia_lobe": pneumonia_lobe,
+        "pneumonia_severity": pneumonia_severity,
+        "pneumothorax_side": pneumothorax_side,
+        "pneumothorax_size": pneumothorax_size,
     }
 
 
@@ -281,7 +329,9 @@ def _gaussian_blur(images, sigmas):
     size = images.shape[-1]
     offsets = np.arange(size, dtype=np.float32)
     diff = offsets[None, :, None] - offsets[None, None, :]
-    exponent = 0.5 * (diff / np.maximum(sigmas, 1e-3).astype(np.float32)[:, None, None]) ** 2
+    exponent = (
+        0.5 * (diff / np.maximum(sigmas, 1e-3).astype(np.float32)[:, None, None]) ** 2
+    )
     # Zero the far tails: tiny weights would be denormal floats, which make the matrix
     # products below some hundred times slower.
     kernels = np.where(exponent < 30, np.exp(-np.minimum(exponent, 30)), 0)
@@ -300,7 +350,7 @@ def _render_chunk(f, a, size, rng, difficulty):
     count = len(f["labels"])
     # Finding textures draw from their own generator, so that adding a finding to an
     # image leaves its noise unchanged.
-    finding_rng = np.random.default_rng(rng.integers(2 ** 63))
+    finding_rng = np.random.default_rng(rng.integers(2**63))
     px = 2.0 / size  # patient units per pixel
     e = max(px, 0.012)  # width of soft-tissue edges
     amp = 1.0 / max(float(difficulty), 0.25)  # conspicuity of the findings
@@ -308,24 +358,33 @@ def _render_chunk(f, a, size, rng, difficulty):
 
     # Mediastinal shift: towards a collapse (atelectasis), away from a large pneumothorax.
     shift = np.zeros(count, np.float32)
-    one_sided = present["atelectasis"] & (f["atelectasis_side"] < 2) & \
-        (f["atelectasis_severity"] >= 2)
+    one_sided = (
+        present["atelectasis"]
+        & (f["atelectasis_side"] < 2)
+        & (f["atelectasis_severity"] >= 2)
+    )
     shift += np.where(one_sided, np.where(f["atelectasis_side"] == 0, -0.02, 0.02), 0)
     tension = present["pneumothorax"] & (f["pneumothorax_size"] == 3)
     shift += np.where(tension, np.where(f["pneumothorax_side"] == 0, 0.035, -0.035), 0)
 
     # Per side (right, left): fluid height, pneumothorax depth, atelectasis strength.
     def by_side(finding, side_key, values):
-        on = present[finding][:, None] & ((f[side_key][:, None] == [0, 1]) |
-                                          (f[side_key][:, None] == 2))
+        on = present[finding][:, None] & (
+            (f[side_key][:, None] == [0, 1]) | (f[side_key][:, None] == 2)
+        )
         return np.where(on, np.asarray(values, np.float32)[:, None], 0).astype(np.float32)
 
-    fluid = by_side("effusion", "effusion_side",
-                    np.array([0.08, 0.2, 0.38])[f["effusion_size"] - 1])
-    ptx = by_side("pneumothorax", "pneumothorax_side",
-                  np.array([0.05, 0.12, 0.24])[f["pneumothorax_size"] - 1])
-    collapse = by_side("atelectasis", "atelectasis_side",
-                       0.25 + 0.25 * f["atelectasis_severity"])
+    fluid = by_side(
+        "effusion", "effusion_side", np.array([0.08, 0.2, 0.38])[f["effusion_size"] - 1]
+    )
+    ptx = by_side(
+        "pneumothorax",
+        "pneumothorax_side",
+        np.array([0.05, 0.12, 0.24])[f["pneumothorax_size"] - 1],
+    )
+    collapse = by_side(
+        "atelectasis", "atelectasis_side", 0.25 + 0.25 * f["atelectasis_severity"]
+    )
     dome_right = a["dome"] - 0.07 * collapse[:, 0]
     dome_left = a["dome"] + a["dome_left"] - 0.07 * collapse[:, 1]
 
@@ -337,7 +396,11 @@ def _render_chunk(f, a, size, rng, difficulty):
         values = np.asarray(values, np.float32)
         return (values if idx is None else values[idx])[:, None, None]
 
-    cos, sin, scale = per(np.cos(a["rotation"])), per(np.sin(a["rotation"])), per(a["scale"])
+    cos, sin, scale = (
+        per(np.cos(a["rotation"])),
+        per(np.sin(a["rotation"])),
+        per(a["scale"]),
+    )
     du, dv = u - per(a["shift_x"]), v - per(a["shift_y"])
     x = (cos * du + sin * dv) / scale
     y = (-sin * du + cos * dv) / scale
@@ -355,19 +418,28 @@ def _render_chunk(f, a, size, rng, difficulty):
     hilum = sided(np.full(count, -0.03), np.full(count, -0.09))
 
     # ---- body, shoulders, arms --------------------------------------------------------
-    body_half = thorax + 0.1 + 0.22 * np.exp(-(((y + 0.8) / 0.18) ** 2)) + \
-        0.06 * np.clip(y, 0, None)
+    body_half = (
+        thorax
+        + 0.1
+        + 0.22 * np.exp(-(((y + 0.8) / 0.18) ** 2))
+        + 0.06 * np.clip(y, 0, None)
+    )
     # Neck and sloping shoulders: above the shoulder line there is air.
     shoulder_line = -1.02 + 0.32 * np.clip(lat - 0.16, 0, None)
-    body = _ramp((body_half - lat) / (3 * e)) * \
-        np.maximum(_ramp((y - shoulder_line) / (3 * e)), _ramp((0.17 - lat) / (3 * e)))
+    body = _ramp((body_half - lat) / (3 * e)) * np.maximum(
+        _ramp((y - shoulder_line) / (3 * e)), _ramp((0.17 - lat) / (3 * e))
+    )
     across = np.sqrt(np.clip(1 - (lat / (body_half + 0.05)) ** 2, 0, 1))
     attenuation = body * (0.55 + 0.45 * across) * per(a["soft_tissue"])
     # Arms beside the chest, separated from it by a strip of air.
-    arm = _ramp((lat - body_half - per(a["arm_gap"])) / (3 * e)) * \
-        _smoothstep((y + 0.75) / 0.2)
-    attenuation += per(a["arm"]) * arm * (0.6 - 0.2 * _smoothstep(
-        (lat - body_half - per(a["arm_gap"])) / 0.3))
+    arm = _ramp((lat - body_half - per(a["arm_gap"])) / (3 * e)) * _smoothstep(
+        (y + 0.75) / 0.2
+    )
+    attenuation += (
+        per(a["arm"])
+        * arm
+        * (0.6 - 0.2 * _smoothstep((lat - body_half - per(a["arm_gap"])) / 0.3))
+    )
     top = slice(0, (size * 2) // 5)  # rows holding the shoulders and clavicles
     humerus = np.sqrt((lat[:, top] - thorax - 0.27) ** 2 + (y[:, top] + 0.78) ** 2)
     attenuation[:, top] += 0.35 * per(a["bone"]) * _ramp((0.14 - humerus) / e)
@@ -378,8 +450,13 @@ def _render_chunk(f, a, size, rng, difficulty):
     tilt = a["heart_tilt"]
     ry = a["heart_height"] * (1 + 0.6 * (ctr - 0.45))
     # A tilted ellipse's half width is sqrt(rx^2 cos^2 + ry^2 sin^2): solve for rx.
-    rx = np.sqrt(np.clip(((heart_width / 2) ** 2 - (ry * np.sin(tilt)) ** 2) /
-                         np.cos(tilt) ** 2, 1e-3, None))
+    rx = np.sqrt(
+        np.clip(
+            ((heart_width / 2) ** 2 - (ry * np.sin(tilt)) ** 2) / np.cos(tilt) ** 2,
+            1e-3,
+            None,
+        )
+    )
     # The heart sits on the diaphragm: its lowest point a little below the left dome,
     # so it grows up and out as it enlarges, and its widest point (the left ventricle's
     # border, which the CTR measures) stays above the dome.
@@ -395,8 +472,9 @@ def _render_chunk(f, a, size, rng, difficulty):
     atrium_r = 0.17 * heart_width
     atrium_x = per(shift + a["heart_offset"] - 0.36 * heart_width + atrium_r)
     atrium_y = per(dome_right + 0.02 - 0.9 * atrium_r)
-    atrium2 = ((x - atrium_x) / per(atrium_r)) ** 2 + \
-        ((y - atrium_y) / per(1.5 * atrium_r)) ** 2
+    atrium2 = ((x - atrium_x) / per(atrium_r)) ** 2 + (
+        (y - atrium_y) / per(1.5 * atrium_r)
+    ) ** 2
     rho2 = np.minimum(rho2, atrium2)
     heart = _ramp((1 - rho2) * per(np.minimum(rx, ry)) / (2 * e) + 0.5)
     heart_depth = np.sqrt(np.clip(1 - rho2, 0, 1))
@@ -407,10 +485,14 @@ def _render_chunk(f, a, size, rng, difficulty):
     knob = sided(np.zeros(count), a["aortic_knob"]) * np.exp(-(((y + 0.22) / 0.07) ** 2))
     medial = 0.05 + 0.05 * _smoothstep((hilum - y) / 0.1) + knob + np.where(left, mid, -mid)
     apex_curve = apex + 0.6 * (lat - 0.36) ** 2
-    diaphragm = dome + 0.55 * np.clip(lat - 0.3, 0, None) ** 2 + \
-        0.9 * np.clip(0.3 - lat, 0, None) ** 2
-    distance = np.minimum(np.minimum(wall - lat, lat - medial),
-                          np.minimum(y - apex_curve, diaphragm - y))
+    diaphragm = (
+        dome
+        + 0.55 * np.clip(lat - 0.3, 0, None) ** 2
+        + 0.9 * np.clip(0.3 - lat, 0, None) ** 2
+    )
+    distance = np.minimum(
+        np.minimum(wall - lat, lat - medial), np.minimum(y - apex_curve, diaphragm - y)
+    )
     lung = _ramp(distance / e + 0.5)
     lung_depth = np.sqrt(np.clip(distance / 0.2, 0, 1))
     # The heart displaces lung: only a thin layer of retrocardiac lung stays in front
@@ -436,47 +518,64 @@ def _render_chunk(f, a, size, rng, difficulty):
     for k, rays in enumerate((7, 11, 17)):
         phase = 0.5 * rays * angle + (0.8 + 0.3 * k) * bend + per(a["vessel_phase"][:, k])
         off = phase - np.pi * np.rint(phase / np.pi)  # distance to the nearest ridge
-        vessels += np.exp(-0.5 * (off * radius * (2.0 / rays) / width) ** 2) * \
-            _ramp(0.7 + (1.5 - 1.5 * k) * gate)
+        vessels += np.exp(-0.5 * (off * radius * (2.0 / rays) / width) ** 2) * _ramp(
+            0.7 + (1.5 - 1.5 * k) * gate
+        )
     vessels *= np.exp(-radius / 0.4) * lung * per(a["vessels"])
     hilar = np.exp(-((hx / 0.07) ** 2 + (hy / 0.12) ** 2)) * lung
     attenuation += 0.14 * vessels + 0.14 * hilar
 
     carina = hilum - 0.08
     upper = slice(0, (size * 3) // 5)  # rows above the carina
-    trachea = np.exp(-(((x[:, upper] - mid + 0.01) / 0.032) ** 2) ** 2) * \
-        _smoothstep((carina[:, upper] - y[:, upper]) / 0.04)
+    trachea = np.exp(-((((x[:, upper] - mid + 0.01) / 0.032) ** 2) ** 2)) * _smoothstep(
+        (carina[:, upper] - y[:, upper]) / 0.04
+    )
     attenuation[:, upper] -= 0.22 * trachea * body[:, upper]
     spine = _smoothstep((0.075 - lat) / e)
     vertebra = 0.5 + 0.5 * np.cos(2 * np.pi * (y - per(a["rib_start"])) / 0.095)
     pedicles = np.exp(-(((lat - 0.045) / 0.012) ** 2)) * vertebra * vertebra * vertebra
-    attenuation += per(a["bone"]) * (0.2 * spine * (0.75 + 0.25 * vertebra) +
-                                      0.08 * pedicles)
+    attenuation += per(a["bone"]) * (
+        0.2 * spine * (0.75 + 0.25 * vertebra) + 0.08 * pedicles
+    )
 
     # ---- ribs, clavicles, scapulae ----------------------------------------------------
-    cage = _smoothstep((wall + 0.05 - lat) / e) * _smoothstep((lat - 0.06) / e) * \
-        (1 - 0.6 * below)
+    cage = (
+        _smoothstep((wall + 0.05 - lat) / e)
+        * _smoothstep((lat - 0.06) / e)
+        * (1 - 0.6 * below)
+    )
     ribs = _posterior_ribs(lat, y, left, per, None, a, f, px, amp, fractured=False)
     broken = np.flatnonzero(present["fracture"])
     if broken.size:
-        ribs[broken] = _posterior_ribs(lat[broken], y[broken], left[broken], per, broken, a,
-                                       f, px, amp, fractured=True)
+        ribs[broken] = _posterior_ribs(
+            lat[broken], y[broken], left[broken], per, broken, a, f, px, amp, fractured=True
+        )
     attenuation += 0.17 * per(a["bone"]) * ribs * cage
     # Anterior ribs: fainter, running down and inwards from the chest wall.
     front = y + 0.45 * (lat - thorax)
     fraction = (front - per(a["rib_start"])) / (per(a["rib_spacing"]) * 1.35)
     fraction -= np.floor(fraction)
-    anterior = np.clip(np.minimum(fraction, 0.3 - fraction) * per(a["rib_spacing"]) * 1.35
-                       / px + 0.5, 0, 1)
-    attenuation += 0.035 * per(a["bone"]) * anterior * cage * \
-        _smoothstep((lat - 0.35) / 0.1) * (y < dome)
+    anterior = np.clip(
+        np.minimum(fraction, 0.3 - fraction) * per(a["rib_spacing"]) * 1.35 / px + 0.5, 0, 1
+    )
+    attenuation += (
+        0.035
+        * per(a["bone"])
+        * anterior
+        * cage
+        * _smoothstep((lat - 0.35) / 0.1)
+        * (y < dome)
+    )
 
     # Clavicles: from beside the spine out and up to the shoulders, over the apices.
     lat_top, y_top = lat[:, top], y[:, top]
     clavicle_y = apex + 0.1 - 0.2 * lat_top + 0.04 * np.sin(np.pi * lat_top / 0.8)
     off = np.abs(y_top - clavicle_y)
-    clavicle = _ramp((0.032 - off) / px + 0.5) * _ramp((lat_top - 0.07) / e) * \
-        _ramp((thorax + 0.12 - lat_top) / e)
+    clavicle = (
+        _ramp((0.032 - off) / px + 0.5)
+        * _ramp((lat_top - 0.07) / e)
+        * _ramp((thorax + 0.12 - lat_top) / e)
+    )
     attenuation[:, top] += 0.22 * per(a["bone"]) * clavicle * (0.75 + 0.25 * off / 0.032)
 
     def add(mask, draw):
@@ -486,23 +585,48 @@ def _render_chunk(f, a, size, rng, difficulty):
             attenuation[idx] += draw(idx)
 
     # Scapulae over the lateral upper lungs (AP views: arms not rotated forward).
-    add(a["ap_view"], lambda i: 0.08 * body[i] * _smoothstep(
-        (lat[i] - (wall[i] - 0.18 + 0.25 * (y[i] - apex[i]))) / 0.02) *
-        _smoothstep((0.05 - y[i]) / 0.1) * _smoothstep((y[i] - apex[i] + 0.05) / 0.05))
+    add(
+        a["ap_view"],
+        lambda i: (
+            0.08
+            * body[i]
+            * _smoothstep((lat[i] - (wall[i] - 0.18 + 0.25 * (y[i] - apex[i]))) / 0.02)
+            * _smoothstep((0.05 - y[i]) / 0.1)
+            * _smoothstep((y[i] - apex[i] + 0.05) / 0.05)
+        ),
+    )
     # Gastric bubble under the left dome.
     lower = slice((size * 2) // 5, size)  # rows below the hila
 
     def gastric_bubble(i):
         drawn = np.zeros((len(i), size, size), np.float32)
-        drawn[:, lower] = -0.18 * left[i, lower] * _smoothstep(
-            (1 - ((lat[i, lower] - 0.3) / 0.11) ** 2 -
-             ((y[i, lower] - per(dome_left, i) - 0.1) / 0.06) ** 2) / 0.2)
+        drawn[:, lower] = (
+            -0.18
+            * left[i, lower]
+            * _smoothstep(
+                (
+                    1
+                    - ((lat[i, lower] - 0.3) / 0.11) ** 2
+                    - ((y[i, lower] - per(dome_left, i) - 0.1) / 0.06) ** 2
+                )
+                / 0.2
+            )
+        )
         return drawn
 
     add(a["gastric_bubble"], gastric_bubble)
     # Breast shadows over the lower lateral lungs.
-    add(a["female"], lambda i: 0.13 * body[i] * _smoothstep(
-        (1 - ((lat[i] - 0.5) / 0.38) ** 2 - ((y[i] - dome[i] - 0.12) / 0.33) ** 2) / 0.15))
+    add(
+        a["female"],
+        lambda i: (
+            0.13
+            * body[i]
+            * _smoothstep(
+                (1 - ((lat[i] - 0.5) / 0.38) ** 2 - ((y[i] - dome[i] - 0.12) / 0.33) ** 2)
+                / 0.15
+            )
+        ),
+    )
 
     # ---- findings -----------------------------------------------------------------------
     def effusion(i):
@@ -521,15 +645,27 @@ def _render_chunk(f, a, size, rng, difficulty):
         depth = sided(ptx[:, 0], ptx[:, 1], i)
         inner = wall[i] - depth * (0.6 + 1.2 * (1 - t[i]))
         top = apex_curve[i] + 1.2 * depth
-        outside = np.maximum(_ramp((lat[i] - inner) / px + 0.5),
-                             _ramp((top - y[i]) / px + 0.5)) * lung[i] * (depth > 0)
-        to_line = np.minimum(np.abs(lat[i] - inner) + np.clip(top - y[i], 0, None),
-                             np.abs(y[i] - top) + np.clip(lat[i] - inner, 0, None))
-        line = np.exp(-((to_line / (0.7 * px)) ** 2)) * lung[i] * (depth > 0) * \
-            (1 - _smoothstep((y[i] - dome[i] + 0.05) / 0.1))
+        outside = (
+            np.maximum(_ramp((lat[i] - inner) / px + 0.5), _ramp((top - y[i]) / px + 0.5))
+            * lung[i]
+            * (depth > 0)
+        )
+        to_line = np.minimum(
+            np.abs(lat[i] - inner) + np.clip(top - y[i], 0, None),
+            np.abs(y[i] - top) + np.clip(lat[i] - inner, 0, None),
+        )
+        line = (
+            np.exp(-((to_line / (0.7 * px)) ** 2))
+            * lung[i]
+            * (depth > 0)
+            * (1 - _smoothstep((y[i] - dome[i] + 0.05) / 0.1))
+        )
         collapsed = (1 - outside) * lung[i] * _ramp(depth / 0.15)
-        return amp * (-0.16 * outside + 0.2 * per(a["pleural_line"], i) * line +
-                      0.05 * collapsed) - 0.14 * vessels[i] * outside
+        return (
+            amp
+            * (-0.16 * outside + 0.2 * per(a["pleural_line"], i) * line + 0.05 * collapsed)
+            - 0.14 * vessels[i] * outside
+        )
 
     def pneumonia(i):
         # Patchy consolidation of one lobe: irregular, with darker air bronchograms
@@ -541,8 +677,9 @@ def _render_chunk(f, a, size, rng, difficulty):
         cxp = (_LOBE_CENTRES[lobe, 0] + a["focal_x"][i]) * a["thorax"][i] / 0.78
         cyp = _LOBE_CENTRES[lobe, 1] + a["focal_y"][i]
         cyp = cyp + (a["dome"][i] - 0.4) * (cyp > 0)
-        blob = ((x[i] - per(cxp)) / per(extent * 1.2)) ** 2 + \
-            ((y[i] - per(cyp)) / per(extent)) ** 2
+        blob = ((x[i] - per(cxp)) / per(extent * 1.2)) ** 2 + (
+            (y[i] - per(cyp)) / per(extent)
+        ) ** 2
         patches = _smooth_noise(finding_rng, len(i), size, 16)
         consolidation = _smoothstep((1.0 - blob + 0.6 * patches) / 0.7) * lung[i]
         fissure = per(np.full(len(i), -0.05))  # the minor fissure, right lung only
@@ -557,8 +694,11 @@ def _render_chunk(f, a, size, rng, difficulty):
         # Perihilar haze (bat wing) and, from moderate on, Kerley B lines at the bases.
         level = per(edema, i)
         haze = np.exp(-((hx[i] / 0.3) ** 2 + (hy[i] / 0.35) ** 2)) * lung[i]
-        zone = lung[i] * _smoothstep((lat[i] - wall[i] + 0.1) / 0.03) * \
-            _smoothstep((y[i] - dome[i] + 0.3) / 0.05)
+        zone = (
+            lung[i]
+            * _smoothstep((lat[i] - wall[i] + 0.1) / 0.03)
+            * _smoothstep((y[i] - dome[i] + 0.3) / 0.05)
+        )
         kerley = np.exp(-0.5 * ((y[i] / 0.028 - np.rint(y[i] / 0.028)) / 0.12) ** 2)
         return amp * (0.025 * level * haze + 0.05 * (level >= 2) * kerley * zone)
 
@@ -566,10 +706,14 @@ def _render_chunk(f, a, size, rng, difficulty):
         # Plate-like linear opacity above the dome; the volume loss (raised dome,
         # shift) is in the geometry above.
         strength = sided(collapse[:, 0], collapse[:, 1], i)
-        plate_y = dome[i] - per(a["atelectasis_height"], i) + \
-            per(a["atelectasis_angle"], i) * (lat[i] - 0.45)
-        plate = np.exp(-(((y[i] - plate_y) / 0.018) ** 2)) * \
-            _smoothstep((0.2 - np.abs(lat[i] - 0.45)) / 0.08)
+        plate_y = (
+            dome[i]
+            - per(a["atelectasis_height"], i)
+            + per(a["atelectasis_angle"], i) * (lat[i] - 0.45)
+        )
+        plate = np.exp(-(((y[i] - plate_y) / 0.018) ** 2)) * _smoothstep(
+            (0.2 - np.abs(lat[i] - 0.45)) / 0.08
+        )
         base = _smoothstep((y[i] - dome[i] + 0.12) / 0.1)
         return amp * strength * lung[i] * (0.2 * plate + 0.05 * base)
 
@@ -580,8 +724,11 @@ def _render_chunk(f, a, size, rng, difficulty):
             ex, ey = per(a["electrodes"][i, k, 0]), per(a["electrodes"][i, k, 1])
             ring = np.sqrt((x[i] - ex) ** 2 + (y[i] - ey) ** 2)
             wire = np.abs(x[i] - ex - 0.15 * (y[i] - ey) ** 2)
-            drawn += on * (np.exp(-(((ring - 0.025) / 0.006) ** 2)) + 0.8 * (ring < 0.008) +
-                           0.5 * np.exp(-((wire / 0.004) ** 2)) * (y[i] > ey))
+            drawn += on * (
+                np.exp(-(((ring - 0.025) / 0.006) ** 2))
+                + 0.8 * (ring < 0.008)
+                + 0.5 * np.exp(-((wire / 0.004) ** 2)) * (y[i] > ey)
+            )
         return 0.35 * np.clip(drawn, 0, 1.2)
 
     add(present["effusion"], effusion)
@@ -597,19 +744,24 @@ def _render_chunk(f, a, size, rng, difficulty):
     image = np.clip((image - low) / (high - low), 0, 1) ** per(a["gamma"])
     image += per(a["mottle"]) * _smooth_noise(rng, count, size, 24) * body
     # Uneven exposure: the anode heel effect (a gradient) and scatter (a broad field).
-    image += per(a["heel"]) * (per(np.cos(a["heel_angle"])) * u +
-                               per(np.sin(a["heel_angle"])) * v)
+    image += per(a["heel"]) * (
+        per(np.cos(a["heel_angle"])) * u + per(np.sin(a["heel_angle"])) * v
+    )
     image += per(a["scatter"]) * _smooth_noise(rng, count, size, 4)
     image = _gaussian_blur(image, a["blur"] * size / 128)
     image += per(a["noise"]) * rng.standard_normal(image.shape, dtype=np.float32)
     # A position marker (a bright tab with a dark letter) in one corner.
     for k in np.flatnonzero(a["marker"]):
         side = max(size // 20, 3)
-        row = min(int(size * (0.05 if a["marker_corner"][k] < 2 else 0.88)), size - side - 2)
-        col = min(int(size * (0.07 if a["marker_corner"][k] % 2 == 0 else 0.86)), size - side)
-        image[k, row:row + side + 2, col:col + side] = 0.97
-        image[k, row + 1:row + side + 1, col + side // 3] = 0.35
-        image[k, row + side, col + side // 3:col + side - 1] = 0.35
+        row = min(
+            int(size * (0.05 if a["marker_corner"][k] < 2 else 0.88)), size - side - 2
+        )
+        col = min(
+            int(size * (0.07 if a["marker_corner"][k] % 2 == 0 else 0.86)), size - side
+        )
+        image[k, row : row + side + 2, col : col + side] = 0.97
+        image[k, row + 1 : row + side + 1, col + side // 3] = 0.35
+        image[k, row + side, col + side // 3 : col + side - 1] = 0.35
     return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
 
 
@@ -645,7 +797,9 @@ def _posterior_ribs(lat, y, left, per, idx, a, f, px, amp, fractured):
     if fractured:
         gap = np.exp(-(((lat - at) / (1.4 * px)) ** 2)) * near
         ribs *= 1 - 0.9 * min(amp, 1.0) * gap
-        callus = np.exp(-((lat - at) ** 2 + ((index - rib - 0.2) * spacing) ** 2) / 0.025 ** 2)
+        callus = np.exp(
+            -((lat - at) ** 2 + ((index - rib - 0.2) * spacing) ** 2) / 0.025**2
+        )
         ribs += 0.7 * amp * callus * on_side * per(f["fracture_healing"][idx])
     return ribs
 
@@ -654,8 +808,18 @@ def _posterior_ribs(lat, y, left, per, idx, a, f, px, amp, fractured):
 # Reports
 # --------------------------------------------------------------------------------------
 
-_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
-             "ninth", "tenth")
+_ORDINALS = (
+    "first",
+    "second",
+    "third",
+    "fourth",
+    "fifth",
+    "sixth",
+    "seventh",
+    "eighth",
+    "ninth",
+    "tenth",
+)
 _ORDINAL_NUMBERS = ("1st", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th", "9th", "10th")
 
 
@@ -671,8 +835,9 @@ def write_report(findings, index, rng):
     """
     f = {key: value[index] for key, value in findings.items()}
     labels = f["labels"]
-    atelectasis, cardiomegaly, edema, fracture, effusion, pneumonia, pneumothorax = \
-        (bool(v) for v in labels[:7])
+    atelectasis, cardiomegaly, edema, fracture, effusion, pneumonia, pneumothorax = (
+        bool(v) for v in labels[:7]
+    )
 
     def pick(*options):
         return options[rng.integers(len(options))]
@@ -684,100 +849,166 @@ def write_report(findings, index, rng):
     impression = []
 
     if chance(0.35):
-        findings_text.append(pick(
-            "Frontal and lateral views of the chest were obtained.",
-            "PA and lateral chest radiographs are provided.",
-            "Single frontal view of the chest.",
-            "Comparison is made to the prior study.",
-            "Portable upright view of the chest."))
+        findings_text.append(
+            pick(
+                "Frontal and lateral views of the chest were obtained.",
+                "PA and lateral chest radiographs are provided.",
+                "Single frontal view of the chest.",
+                "Comparison is made to the prior study.",
+                "Portable upright view of the chest.",
+            )
+        )
     if f.get("leads") and chance(0.7):
-        findings_text.append(pick("ECG leads overlie the chest.",
-                                  "Monitoring leads project over the thorax.",
-                                  "Cardiac monitoring leads are in place."))
+        findings_text.append(
+            pick(
+                "ECG leads overlie the chest.",
+                "Monitoring leads project over the thorax.",
+                "Cardiac monitoring leads are in place.",
+            )
+        )
     if f["low_volumes"] and chance(0.75):
-        findings_text.append(pick("Lung volumes are low.", "Low lung volumes.",
-                                  "The examination is limited by low lung volumes."))
+        findings_text.append(
+            pick(
+                "Lung volumes are low.",
+                "Low lung volumes.",
+                "The examination is limited by low lung volumes.",
+            )
+        )
     elif chance(0.2):
-        findings_text.append(pick("Lung volumes are normal.", "The lungs are well expanded."))
+        findings_text.append(
+            pick("Lung volumes are normal.", "The lungs are well expanded.")
+        )
 
     # Heart and mediastinum.
     severity = int(f["cardiomegaly_severity"])
     if cardiomegaly:
         degree = ("mildly", "moderately", "markedly")[severity - 1]
         noun = ("Mild", "Moderate", "Marked")[severity - 1]
-        findings_text.append(pick(
-            f"The heart is {degree} enlarged.",
-            f"{noun} cardiomegaly.",
-            f"The cardiac silhouette is {degree} enlarged.",
-            f"Heart size is {degree} enlarged." if severity > 1 else "Mild cardiomegaly.",
-            f"There is {noun.lower()} enlargement of the cardiac silhouette."))
-        impression.append(pick("Cardiomegaly.", f"{noun} cardiomegaly.",
-                               "Enlarged cardiac silhouette."))
+        findings_text.append(
+            pick(
+                f"The heart is {degree} enlarged.",
+                f"{noun} cardiomegaly.",
+                f"The cardiac silhouette is {degree} enlarged.",
+                f"Heart size is {degree} enlarged."
+                if severity > 1
+                else "Mild cardiomegaly.",
+                f"There is {noun.lower()} enlargement of the cardiac silhouette.",
+            )
+        )
+        impression.append(
+            pick("Cardiomegaly.", f"{noun} cardiomegaly.", "Enlarged cardiac silhouette.")
+        )
     elif chance(0.85):
-        findings_text.append(pick(
-            "Heart size is normal.", "The heart is normal in size.", "Normal heart size.",
-            "The cardiac silhouette is within normal limits.", "No cardiomegaly.",
-            "Heart size is within normal limits."))
+        findings_text.append(
+            pick(
+                "Heart size is normal.",
+                "The heart is normal in size.",
+                "Normal heart size.",
+                "The cardiac silhouette is within normal limits.",
+                "No cardiomegaly.",
+                "Heart size is within normal limits.",
+            )
+        )
     if chance(0.6):
-        findings_text.append(pick(
-            "The mediastinal and hilar contours are normal.",
-            "Mediastinal contours are unremarkable.", "The trachea is midline.",
-            "Hilar contours are unremarkable.", "The aortic arch is unremarkable.",
-            "Cardiomediastinal silhouette is stable."))
+        findings_text.append(
+            pick(
+                "The mediastinal and hilar contours are normal.",
+                "Mediastinal contours are unremarkable.",
+                "The trachea is midline.",
+                "Hilar contours are unremarkable.",
+                "The aortic arch is unremarkable.",
+                "Cardiomediastinal silhouette is stable.",
+            )
+        )
 
     # Lungs.
     lung_sentences = []
     if edema:
         level = int(f["edema_severity"])
         if level == 1:
-            lung_sentences.append(pick(
-                "Mild pulmonary vascular congestion.",
-                "There is mild interstitial edema.",
-                "Mild pulmonary edema.",
-                "Indistinct pulmonary vasculature may reflect mild edema."))
-            impression.append(pick("Mild pulmonary edema.", "Mild vascular congestion.",
-                                   "Findings likely represent mild interstitial edema."))
+            lung_sentences.append(
+                pick(
+                    "Mild pulmonary vascular congestion.",
+                    "There is mild interstitial edema.",
+                    "Mild pulmonary edema.",
+                    "Indistinct pulmonary vasculature may reflect mild edema.",
+                )
+            )
+            impression.append(
+                pick(
+                    "Mild pulmonary edema.",
+                    "Mild vascular congestion.",
+                    "Findings likely represent mild interstitial edema.",
+                )
+            )
         elif level == 2:
-            lung_sentences.append(pick(
-                "Moderate pulmonary edema with Kerley B lines.",
-                "Interstitial opacities and septal lines consistent with moderate pulmonary"
-                " edema.",
-                "There is moderate interstitial pulmonary edema."))
-            impression.append(pick("Moderate pulmonary edema.",
-                                   "Moderate interstitial edema."))
+            lung_sentences.append(
+                pick(
+                    "Moderate pulmonary edema with Kerley B lines.",
+                    "Interstitial opacities and septal lines consistent with moderate pulmonary"
+                    " edema.",
+                    "There is moderate interstitial pulmonary edema.",
+                )
+            )
+            impression.append(
+                pick("Moderate pulmonary edema.", "Moderate interstitial edema.")
+            )
         else:
-            lung_sentences.append(pick(
-                "Diffuse perihilar airspace opacities consistent with severe pulmonary "
-                "edema.",
-                "Severe pulmonary edema.",
-                "Extensive bilateral perihilar opacities compatible with alveolar edema."))
+            lung_sentences.append(
+                pick(
+                    "Diffuse perihilar airspace opacities consistent with severe pulmonary "
+                    "edema.",
+                    "Severe pulmonary edema.",
+                    "Extensive bilateral perihilar opacities compatible with alveolar edema.",
+                )
+            )
             impression.append(pick("Severe pulmonary edema.", "Worsening pulmonary edema."))
     if pneumonia:
         lobe = LOBES[int(f["pneumonia_lobe"])]
         level = int(f["pneumonia_severity"])
         if level == 1:
-            lung_sentences.append(pick(
-                f"Possible early pneumonia in the {lobe}.",
-                f"Subtle opacity in the {lobe} may represent early pneumonia.",
-                f"Patchy opacity in the {lobe}, possibly pneumonia.",
-                f"Ill-defined opacity in the {lobe} could reflect an early pneumonia."))
-            impression.append(pick(f"Possible early {lobe} pneumonia.",
-                                   "Findings may represent early pneumonia."))
+            lung_sentences.append(
+                pick(
+                    f"Possible early pneumonia in the {lobe}.",
+                    f"Subtle opacity in the {lobe} may represent early pneumonia.",
+                    f"Patchy opacity in the {lobe}, possibly pneumonia.",
+                    f"Ill-defined opacity in the {lobe} could reflect an early pneumonia.",
+                )
+            )
+            impression.append(
+                pick(
+                    f"Possible early {lobe} pneumonia.",
+                    "Findings may represent early pneumonia.",
+                )
+            )
         elif level == 2:
-            lung_sentences.append(pick(
-                f"Focal consolidation in the {lobe}, concerning for pneumonia.",
-                f"There is airspace consolidation in the {lobe} consistent with "
-                f"pneumonia.",
-                f"Opacity in the {lobe} compatible with pneumonia."))
-            impression.append(pick(f"{lobe[0].upper() + lobe[1:]} pneumonia.",
-                                   f"Pneumonia in the {lobe}."))
+            lung_sentences.append(
+                pick(
+                    f"Focal consolidation in the {lobe}, concerning for pneumonia.",
+                    f"There is airspace consolidation in the {lobe} consistent with "
+                    f"pneumonia.",
+                    f"Opacity in the {lobe} compatible with pneumonia.",
+                )
+            )
+            impression.append(
+                pick(
+                    f"{lobe[0].upper() + lobe[1:]} pneumonia.", f"Pneumonia in the {lobe}."
+                )
+            )
         else:
-            lung_sentences.append(pick(
-                f"Dense consolidation of the {lobe} with air bronchograms, compatible with "
-                f"pneumonia.",
-                f"Extensive consolidation in the {lobe} consistent with pneumonia."))
-            impression.append(pick(f"Extensive {lobe} pneumonia.",
-                                   f"Dense {lobe} consolidation, compatible with pneumonia."))
+            lung_sentences.append(
+                pick(
+                    f"Dense consolidation of the {lobe} with air bronchograms, compatible with "
+                    f"pneumonia.",
+                    f"Extensive consolidation in the {lobe} consistent with pneumonia.",
+                )
+            )
+            impression.append(
+                pick(
+                    f"Extensive {lobe} pneumonia.",
+                    f"Dense {lobe} consolidation, compatible with pneumonia.",
+                )
+            )
     if atelectasis:
         side = int(f["atelectasis_side"])
         level = int(f["atelectasis_severity"])
@@ -785,29 +1016,50 @@ def write_report(findings, index, rng):
         base = "both bases" if side == 2 else f"the {SIDES[side]} base"
         degree = ("Minimal", "Mild", "Moderate")[level - 1]
         if level == 1 and chance(0.6):
-            lung_sentences.append(pick(
-                f"Linear opacity at {base} likely reflects subsegmental atelectasis.",
-                f"Minimal {where} opacity, likely atelectasis."))
+            lung_sentences.append(
+                pick(
+                    f"Linear opacity at {base} likely reflects subsegmental atelectasis.",
+                    f"Minimal {where} opacity, likely atelectasis.",
+                )
+            )
         else:
-            lung_sentences.append(pick(
-                f"{degree} {where} atelectasis.",
-                f"Plate-like atelectasis at {base}.",
-                f"There is {degree.lower()} {where} atelectasis."))
+            lung_sentences.append(
+                pick(
+                    f"{degree} {where} atelectasis.",
+                    f"Plate-like atelectasis at {base}.",
+                    f"There is {degree.lower()} {where} atelectasis.",
+                )
+            )
         impression.append(pick(f"{degree} {where} atelectasis.", "Atelectasis."))
     if not (edema or pneumonia or atelectasis):
-        lung_sentences.append(pick(
-            "The lungs are clear.", "Lungs are clear bilaterally.",
-            "No focal consolidation.", "The lungs are clear without focal consolidation.",
-            "No focal consolidation to suggest pneumonia.",
-            "There is no focal airspace opacity."))
+        lung_sentences.append(
+            pick(
+                "The lungs are clear.",
+                "Lungs are clear bilaterally.",
+                "No focal consolidation.",
+                "The lungs are clear without focal consolidation.",
+                "No focal consolidation to suggest pneumonia.",
+                "There is no focal airspace opacity.",
+            )
+        )
         if chance(0.3):
-            lung_sentences.append(pick("No pulmonary edema.", "No atelectasis.",
-                                       "There is no pulmonary vascular congestion."))
+            lung_sentences.append(
+                pick(
+                    "No pulmonary edema.",
+                    "No atelectasis.",
+                    "There is no pulmonary vascular congestion.",
+                )
+            )
     else:
         negatives = []
         if not pneumonia:
-            negatives.append(pick("No focal consolidation.", "No pneumonia.",
-                                  "There is no focal consolidation to suggest pneumonia."))
+            negatives.append(
+                pick(
+                    "No focal consolidation.",
+                    "No pneumonia.",
+                    "There is no focal consolidation to suggest pneumonia.",
+                )
+            )
         if not edema:
             negatives.append(pick("No pulmonary edema.", "There is no pulmonary edema."))
         for sentence in negatives:
@@ -822,19 +1074,25 @@ def write_report(findings, index, rng):
         size = int(f["effusion_size"])
         amount = ("Small", "Moderate", "Large")[size - 1]
         if side == 2:
-            stated = pick(f"{amount} bilateral pleural effusions.",
-                          f"There are {amount.lower()} bilateral pleural effusions.")
+            stated = pick(
+                f"{amount} bilateral pleural effusions.",
+                f"There are {amount.lower()} bilateral pleural effusions.",
+            )
             summary = f"{amount} bilateral pleural effusions."
         else:
             sided = SIDES[side]
-            stated = pick(f"{amount} {sided} pleural effusion.",
-                          f"There is a {amount.lower()} {sided} pleural effusion.",
-                          f"{amount} {sided} effusion layering at the base.")
+            stated = pick(
+                f"{amount} {sided} pleural effusion.",
+                f"There is a {amount.lower()} {sided} pleural effusion.",
+                f"{amount} {sided} effusion layering at the base.",
+            )
             if size == 1:
-                stated = pick(stated,
-                              f"Blunting of the {sided} costophrenic angle suggests a small "
-                              f"effusion.",
-                              f"Possible trace {sided} pleural effusion.")
+                stated = pick(
+                    stated,
+                    f"Blunting of the {sided} costophrenic angle suggests a small "
+                    f"effusion.",
+                    f"Possible trace {sided} pleural effusion.",
+                )
             summary = f"{amount} {sided} pleural effusion."
         if not pneumothorax and chance(0.4):
             stated = stated[:-1] + " without pneumothorax."
@@ -846,27 +1104,41 @@ def write_report(findings, index, rng):
         sided = SIDES[int(f["pneumothorax_side"])]
         size = int(f["pneumothorax_size"])
         if size == 1:
-            stated = pick(f"Small {sided} apical pneumothorax.",
-                          f"A tiny {sided} apical pneumothorax is suspected.",
-                          f"There is a small {sided} pneumothorax at the apex.")
+            stated = pick(
+                f"Small {sided} apical pneumothorax.",
+                f"A tiny {sided} apical pneumothorax is suspected.",
+                f"There is a small {sided} pneumothorax at the apex.",
+            )
         elif size == 2:
-            stated = pick(f"Moderate {sided} pneumothorax.",
-                          f"There is a moderate {sided} pneumothorax.")
+            stated = pick(
+                f"Moderate {sided} pneumothorax.",
+                f"There is a moderate {sided} pneumothorax.",
+            )
         else:
-            stated = pick(f"Large {sided} pneumothorax with a visible visceral pleural line.",
-                          f"Large {sided} pneumothorax with mild mediastinal shift.")
+            stated = pick(
+                f"Large {sided} pneumothorax with a visible visceral pleural line.",
+                f"Large {sided} pneumothorax with mild mediastinal shift.",
+            )
         if not effusion and chance(0.4):
             stated += " " + pick("No pleural effusion.", "There is no pleural effusion.")
         findings_text.append(stated)
-        impression.append(pick(f"{stated.split('.')[0]}.",
-                               f"{('Small', 'Moderate', 'Large')[size - 1]} {sided} "
-                               f"pneumothorax."))
+        impression.append(
+            pick(
+                f"{stated.split('.')[0]}.",
+                f"{('Small', 'Moderate', 'Large')[size - 1]} {sided} pneumothorax.",
+            )
+        )
     if not effusion and not pneumothorax:
-        findings_text.append(pick(
-            "No pleural effusion or pneumothorax.", "There is no pleural effusion or "
-            "pneumothorax.", "No effusion or pneumothorax is seen.",
-            "The costophrenic angles are sharp.", "No pneumothorax.",
-            "There is no pleural effusion."))
+        findings_text.append(
+            pick(
+                "No pleural effusion or pneumothorax.",
+                "There is no pleural effusion or pneumothorax.",
+                "No effusion or pneumothorax is seen.",
+                "The costophrenic angles are sharp.",
+                "No pneumothorax.",
+                "There is no pleural effusion.",
+            )
+        )
 
     # Bones.
     if fracture:
@@ -875,39 +1147,58 @@ def write_report(findings, index, rng):
         ordinal = pick(_ORDINALS[rib], _ORDINAL_NUMBERS[rib])
         where = "lateral" if f["fracture_position"] > 0.65 else "posterolateral"
         if f["fracture_healing"]:
-            stated = pick(f"Healing fracture of the {sided} {ordinal} rib.",
-                          f"Callus formation at a healing {sided} {ordinal} rib fracture.",
-                          f"Subacute {sided} {ordinal} rib fracture with callus.")
+            stated = pick(
+                f"Healing fracture of the {sided} {ordinal} rib.",
+                f"Callus formation at a healing {sided} {ordinal} rib fracture.",
+                f"Subacute {sided} {ordinal} rib fracture with callus.",
+            )
             summary = f"Healing {sided} {ordinal} rib fracture."
         elif f["fracture_displaced"]:
-            stated = pick(f"Acute displaced fracture of the {sided} {ordinal} {where} rib.",
-                          f"There is a displaced fracture of the {sided} {ordinal} rib.")
+            stated = pick(
+                f"Acute displaced fracture of the {sided} {ordinal} {where} rib.",
+                f"There is a displaced fracture of the {sided} {ordinal} rib.",
+            )
             summary = f"Acute displaced {sided} {ordinal} rib fracture."
         else:
-            stated = pick(f"Nondisplaced fracture of the {sided} {ordinal} {where} rib.",
-                          f"Possible nondisplaced fracture of the {sided} {ordinal} rib.",
-                          f"Subtle cortical break of the {sided} {ordinal} rib, likely a "
-                          f"nondisplaced fracture.")
+            stated = pick(
+                f"Nondisplaced fracture of the {sided} {ordinal} {where} rib.",
+                f"Possible nondisplaced fracture of the {sided} {ordinal} rib.",
+                f"Subtle cortical break of the {sided} {ordinal} rib, likely a "
+                f"nondisplaced fracture.",
+            )
             summary = f"{sided.capitalize()} {ordinal} rib fracture."
         findings_text.append(stated)
         impression.append(summary)
     elif chance(0.7):
-        findings_text.append(pick(
-            "No acute osseous abnormality.", "No displaced rib fracture.",
-            "The visualized osseous structures are unremarkable.",
-            "Osseous structures are intact.", "No acute fracture is seen."))
+        findings_text.append(
+            pick(
+                "No acute osseous abnormality.",
+                "No displaced rib fracture.",
+                "The visualized osseous structures are unremarkable.",
+                "Osseous structures are intact.",
+                "No acute fracture is seen.",
+            )
+        )
     if chance(0.3):
-        findings_text.append(pick("The upper abdomen is unremarkable.",
-                                  "Soft tissues are unremarkable.",
-                                  "The imaged upper abdomen is within normal limits.",
-                                  "Degenerative changes of the thoracic spine."))
+        findings_text.append(
+            pick(
+                "The upper abdomen is unremarkable.",
+                "Soft tissues are unremarkable.",
+                "The imaged upper abdomen is within normal limits.",
+                "Degenerative changes of the thoracic spine.",
+            )
+        )
 
     if not impression:
-        impression = [pick("No acute cardiopulmonary process.",
-                           "No acute cardiopulmonary abnormality.",
-                           "Normal chest radiograph.",
-                           "No radiographic evidence of acute disease.",
-                           "No acute intrathoracic process.")]
+        impression = [
+            pick(
+                "No acute cardiopulmonary process.",
+                "No acute cardiopulmonary abnormality.",
+                "Normal chest radiograph.",
+                "No radiographic evidence of acute disease.",
+                "No acute intrathoracic process.",
+            )
+        ]
     else:
         keep = max(1, min(len(impression), 1 + rng.binomial(len(impression) - 1, 0.6)))
         impression = impression[:keep]
@@ -981,9 +1272,13 @@ def synthetic_cxr(n, size=128, seed=0, difficulty=1.0, workers=None):
     def render(chunk):
         part = slice(chunk * _CHUNK, min((chunk + 1) * _CHUNK, n))
         rng = np.random.default_rng([int(seed), 0xB3, chunk])
-        images[part] = _render_chunk({k: v[part] for k, v in findings.items()},
-                                     {k: v[part] for k, v in anatomy.items()},
-                                     size, rng, difficulty)
+        images[part] = _render_chunk(
+            {k: v[part] for k, v in findings.items()},
+            {k: v[part] for k, v in anatomy.items()},
+            size,
+            rng,
+            difficulty,
+        )
 
     # Chunks render in parallel threads (NumPy releases the GIL in its loops), each
     # with its own generator, so the result does not depend on the thread count. BLAS

@@ -17,8 +17,14 @@ import zlib
 from ._io import read_regular_file
 from .errors import DataFileError
 
-__all__ = ["check_row", "column_index", "detect_delimiter", "parse_label", "read_table",
-           "read_text"]
+__all__ = [
+    "check_row",
+    "column_index",
+    "detect_delimiter",
+    "parse_label",
+    "read_table",
+    "read_text",
+]
 
 
 def read_text(path):
@@ -30,17 +36,21 @@ def read_text(path):
         try:
             raw = gzip.decompress(raw)
         except EOFError:
-            raise DataFileError(f"{path} is truncated: the gzip stream ends before its "
-                                "end marker (an interrupted download or copy?)") from None
+            raise DataFileError(
+                f"{path} is truncated: the gzip stream ends before its "
+                "end marker (an interrupted download or copy?)"
+            ) from None
         except (gzip.BadGzipFile, zlib.error) as error:
             raise DataFileError(f"{path} is not a readable gzip file: {error}") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = raw[:error.start].count(b"\n") + 1
-        raise DataFileError(f"{path}, line {line}: byte 0x{raw[error.start]:02x} is not "
-                            "UTF-8 text; expected UTF-8 (re-save the file as UTF-8, e.g. "
-                            "iconv -f latin1 -t utf-8)") from None
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataFileError(
+            f"{path}, line {line}: byte 0x{raw[error.start]:02x} is not "
+            "UTF-8 text; expected UTF-8 (re-save the file as UTF-8, e.g. "
+            "iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def detect_delimiter(header_line):
@@ -83,13 +93,15 @@ def read_table(path, delimiter=None):
                     f"{path}, line {line}: the row starting here is not well-formed "
                     f"({error}): a field that starts with a quote must end with a quote "
                     f"followed by {delimiter!r} or the end of the line; a stray quote "
-                    "would merge the rows after it") from None
+                    "would merge the rows after it"
+                ) from None
             if not row:
                 continue
-            if len(row) > len(columns) and any(v.strip() for v in row[len(columns):]):
+            if len(row) > len(columns) and any(v.strip() for v in row[len(columns) :]):
                 raise DataFileError(
                     f"{path}, line {line}: {len(row)} fields, but the header has "
-                    f"{len(columns)} columns; quote fields that contain {delimiter!r}")
+                    f"{len(columns)} columns; quote fields that contain {delimiter!r}"
+                )
             rows.append(row)
             lines.append(line)
     finally:
@@ -100,8 +112,10 @@ def read_table(path, delimiter=None):
 def check_row(row, needed, path, line, columns):
     """Refuse a row too short to hold the columns at the indices `needed`."""
     if len(row) <= max(needed):
-        raise DataFileError(f"{path}, line {line}: {len(row)} fields, but the header has "
-                            f"{len(columns)} columns")
+        raise DataFileError(
+            f"{path}, line {line}: {len(row)} fields, but the header has "
+            f"{len(columns)} columns"
+        )
 
 
 def column_index(columns, name, path, role):
@@ -134,11 +148,14 @@ def parse_label(text, path, line, column, *, blank, values=None):
         number = None
     if values is None:
         if number is None:
-            raise DataFileError(f"{path}, line {line}: label column {column!r} holds "
-                                f"{text!r}, not a number")
+            raise DataFileError(
+                f"{path}, line {line}: label column {column!r} holds {text!r}, not a number"
+            )
         return number
     if number is None or math.isnan(number) or number not in values:
         allowed = ", ".join(f"{v:g}" for v in values)
-        raise DataFileError(f"{path}, line {line}, column {column!r}: label {text!r} is "
-                            f"not {allowed} or blank")
+        raise DataFileError(
+            f"{path}, line {line}, column {column!r}: label {text!r} is "
+            f"not {allowed} or blank"
+        )
     return number

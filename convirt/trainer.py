@@ -25,8 +25,15 @@ from .trainer_config import TrainerConfig, check_optimizer_file, check_state
 
 # paper_augment, mild_augment and AUGMENTS live in convirt.augment; they stay importable
 # from here, where they were first.
-__all__ = ["AUGMENTS", "Callback", "Trainer", "TrainerConfig", "TrainingDiverged",
-           "mild_augment", "paper_augment"]
+__all__ = [
+    "AUGMENTS",
+    "Callback",
+    "Trainer",
+    "TrainerConfig",
+    "TrainingDiverged",
+    "mild_augment",
+    "paper_augment",
+]
 
 
 class Callback:
@@ -73,8 +80,10 @@ def _as_pairs(data, name):
     elif hasattr(data, "images"):
         images, reports = data.images, getattr(data, "reports", None)
     else:
-        raise TypeError(f"{name} must be (images, reports) or a dataset with .images and "
-                        f".reports, got {type(data).__name__}")
+        raise TypeError(
+            f"{name} must be (images, reports) or a dataset with .images and "
+            f".reports, got {type(data).__name__}"
+        )
     if reports is not None and len(reports) != len(images):
         raise ValueError(f"{name}: {len(images)} images but {len(reports)} reports")
     if len(images) == 0:
@@ -83,8 +92,10 @@ def _as_pairs(data, name):
 
 
 def _setting(name):
-    return property(lambda self: getattr(self.config, name),
-                    doc=f"``config.{name}`` (see :class:`TrainerConfig`)")
+    return property(
+        lambda self: getattr(self.config, name),
+        doc=f"``config.{name}`` (see :class:`TrainerConfig`)",
+    )
 
 
 # The keys fit() adds to the configuration a checkpoint saves (not settings of the
@@ -121,82 +132,126 @@ class Trainer:
     the checkpoint saves it and :meth:`resume` rebuilds the trainer from it.
     """
 
-    def __init__(self, image_encoder, text_encoder=None, loss=None, *, augment=None,
-                 checkpoint_dir=None, callbacks=(), progress=True, prefetch=True,
-                 **settings):
+    def __init__(
+        self,
+        image_encoder,
+        text_encoder=None,
+        loss=None,
+        *,
+        augment=None,
+        checkpoint_dir=None,
+        callbacks=(),
+        progress=True,
+        prefetch=True,
+        **settings,
+    ):
         unknown = sorted(set(settings) - set(TrainerConfig.keywords()))
         if unknown:
-            raise TypeError(f"Trainer() got unexpected keyword argument(s) {unknown}; its "
-                            f"settings are {TrainerConfig.keywords()}")
+            raise TypeError(
+                f"Trainer() got unexpected keyword argument(s) {unknown}; its "
+                f"settings are {TrainerConfig.keywords()}"
+            )
         config = TrainerConfig(**settings)  # checks method, schedule and image_size
         if not isinstance(image_encoder, _CoreEncoder) or image_encoder.kind != "image":
-            raise TypeError("image_encoder must be an image convirt.Encoder (e.g. "
-                            "Encoder.resnet50())")
+            raise TypeError(
+                "image_encoder must be an image convirt.Encoder (e.g. Encoder.resnet50())"
+            )
         if config.method == "convirt":
             if not isinstance(text_encoder, _CoreEncoder) or text_encoder.kind != "text":
-                raise TypeError("method='convirt' needs a text convirt.Encoder "
-                                "(e.g. Encoder.from_pretrained(path))")
+                raise TypeError(
+                    "method='convirt' needs a text convirt.Encoder "
+                    "(e.g. Encoder.from_pretrained(path))"
+                )
             if text_encoder.tokenizer is None:
-                raise ValueError("the text encoder has no tokenizer; build it with "
-                                 "Encoder.from_pretrained() or pass tokenizer=")
+                raise ValueError(
+                    "the text encoder has no tokenizer; build it with "
+                    "Encoder.from_pretrained() or pass tokenizer="
+                )
         elif text_encoder is not None:
-            raise ValueError("method='simclr' trains the image encoder alone: pass "
-                             "text_encoder=None")
+            raise ValueError(
+                "method='simclr' trains the image encoder alone: pass text_encoder=None"
+            )
         if config.freeze_image and (config.method == "simclr" or config.freeze_text):
             raise ValueError("nothing would be trained: every tower is frozen")
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.loss = loss if loss is not None else ContrastiveLoss()
-        self.augment = augment if augment is not None else paper_augment(
-            config.image_size, seed=config.seed)
+        self.augment = (
+            augment
+            if augment is not None
+            else paper_augment(config.image_size, seed=config.seed)
+        )
         if self.augment.size != config.image_size:
-            raise ValueError(f"augment.size ({self.augment.size}) must equal image_size "
-                             f"({config.image_size})")
+            raise ValueError(
+                f"augment.size ({self.augment.size}) must equal image_size "
+                f"({config.image_size})"
+            )
         # The whole configuration, the loss's and the augmentation's settings included:
         # what a checkpoint saves and resume() rebuilds the trainer from.
         self.config = dataclasses.replace(
-            config, temperature=self.loss.temperature,
+            config,
+            temperature=self.loss.temperature,
             image_to_text_weight=self.loss.image_to_text_weight,
             learnable_temperature=self.loss.learnable_temperature,
-            max_logit_scale=self.loss.max_logit_scale, augment=self.augment.config)
+            max_logit_scale=self.loss.max_logit_scale,
+            augment=self.augment.config,
+        )
         self.fit_settings = {}  # what the last fit() was given (batch_size, epochs, ...)
         # Validation views: the same resize and normalisation, nothing random.
-        self.eval_augment = eval_augment(config.image_size,
-                                         normalization=self.augment.normalization)
+        self.eval_augment = eval_augment(
+            config.image_size, normalization=self.augment.normalization
+        )
         self.checkpoints = CheckpointDir(checkpoint_dir) if checkpoint_dir else None
-        self.callbacks = [c if isinstance(c, Callback) else _FunctionCallback(c)
-                          for c in callbacks]
+        self.callbacks = [
+            c if isinstance(c, Callback) else _FunctionCallback(c) for c in callbacks
+        ]
         self.progress = progress
         self.prefetch = prefetch
         params, grads = [], []
-        for encoder, frozen in ((image_encoder, config.freeze_image),
-                                (text_encoder, config.freeze_text)):
+        for encoder, frozen in (
+            (image_encoder, config.freeze_image),
+            (text_encoder, config.freeze_text),
+        ):
             if encoder is None or frozen:
                 continue
             start = encoder.trainable_offset
             params.append(encoder.flat_parameters[start:])
             grads.append(encoder.flat_gradients[start:])
-        self.optimizer = Adam(params, grads, lr=config.lr, betas=config.betas,
-                              eps=config.eps, weight_decay=config.weight_decay,
-                              decoupled_weight_decay=config.decoupled_weight_decay,
-                              max_grad_norm=config.max_grad_norm)
+        self.optimizer = Adam(
+            params,
+            grads,
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            decoupled_weight_decay=config.decoupled_weight_decay,
+            max_grad_norm=config.max_grad_norm,
+        )
         # The learnable temperature (the log of the logit scale) is one more parameter:
         # the same C Adam on a one-element buffer, at the main optimiser's learning rate,
         # without weight decay.
         self._logit_scale = np.array([self.loss.logit_scale], np.float32)
         self._logit_scale_grad = np.zeros(1, np.float32)
-        self._temperature_optimizer = Adam([self._logit_scale], [self._logit_scale_grad],
-                                           lr=config.lr, betas=config.betas,
-                                           eps=config.eps, weight_decay=0.0)
+        self._temperature_optimizer = Adam(
+            [self._logit_scale],
+            [self._logit_scale_grad],
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
+            weight_decay=0.0,
+        )
         self.scheduler = None
         if config.schedule == "plateau":
-            self.scheduler = ReduceLROnPlateau(self.optimizer, factor=config.plateau_factor,
-                                               patience=config.plateau_patience)
-        self.step_count = 0          # optimiser updates done
-        self.epoch = 0               # epochs completed
-        self.position = 0            # batches done in the current epoch
-        self.history = []            # one dict per epoch
-        self.steps = []              # one dict per step
+            self.scheduler = ReduceLROnPlateau(
+                self.optimizer,
+                factor=config.plateau_factor,
+                patience=config.plateau_patience,
+            )
+        self.step_count = 0  # optimiser updates done
+        self.epoch = 0  # epochs completed
+        self.position = 0  # batches done in the current epoch
+        self.history = []  # one dict per epoch
+        self.steps = []  # one dict per step
         self.best_val_loss = math.inf
         self.epochs_without_improvement = 0
         self._buffers = {}
@@ -211,10 +266,13 @@ class Trainer:
     checkpoint_every = _setting("checkpoint_every")
 
     def __repr__(self):
-        towers = (f"image={self.image_encoder._describe()}"
-                  + (f", text={self.text_encoder._describe()}" if self.text_encoder else ""))
-        return (f"Trainer(method={self.method!r}, {towers}, lr={self.optimizer.lr:g}, "
-                f"schedule={self.schedule_name!r}, step={self.step_count}, epoch={self.epoch})")
+        towers = f"image={self.image_encoder._describe()}" + (
+            f", text={self.text_encoder._describe()}" if self.text_encoder else ""
+        )
+        return (
+            f"Trainer(method={self.method!r}, {towers}, lr={self.optimizer.lr:g}, "
+            f"schedule={self.schedule_name!r}, step={self.step_count}, epoch={self.epoch})"
+        )
 
     # ---- one step -----------------------------------------------------------------------
 
@@ -237,8 +295,9 @@ class Trainer:
         texts = list(reports)
         if sample:
             texts = sample_sentences(texts, seed=self.seed, step=step, indices=indices)
-        return tokenize(self.text_encoder.tokenizer, texts,
-                        max_length=self.text_encoder.max_length)
+        return tokenize(
+            self.text_encoder.tokenizer, texts, max_length=self.text_encoder.max_length
+        )
 
     def step(self, images, reports=None, *, sample_sentence=True, _text=None):
         """One update on a batch: augment the images, encode both towers, the loss, the
@@ -253,8 +312,11 @@ class Trainer:
         if self.method == "convirt":
             if reports is None or len(reports) != n:
                 raise ValueError("step needs one report per image")
-            ids, mask = _text if _text is not None else self._prepare_text(
-                reports, step, sample_sentence)
+            ids, mask = (
+                _text
+                if _text is not None
+                else self._prepare_text(reports, step, sample_sentence)
+            )
         # A training forward updates the batch-norm running statistics; a step that fails
         # (a non-finite loss, an error in the core) puts them back, so that it changes
         # no parameter and no buffer. The copy is small (ResNet-50: 53k floats).
@@ -272,15 +334,20 @@ class Trainer:
                 result = self._simclr_forward_backward(views)
             if not math.isfinite(result.loss):
                 raise TrainingDiverged(self._diverged_message(result.loss))
-            if result.grad_logit_scale is not None and \
-                    not math.isfinite(result.grad_logit_scale):
-                raise TrainingDiverged(self._diverged_message(
-                    f"finite but its temperature gradient {result.grad_logit_scale}"))
+            if result.grad_logit_scale is not None and not math.isfinite(
+                result.grad_logit_scale
+            ):
+                raise TrainingDiverged(
+                    self._diverged_message(
+                        f"finite but its temperature gradient {result.grad_logit_scale}"
+                    )
+                )
             try:
                 grad_norm = self.optimizer.step(return_norm=True)
             except NonFiniteError as error:  # a finite loss, a NaN or Inf gradient
-                raise TrainingDiverged(self._diverged_message(f"finite but {error}")) \
-                    from error
+                raise TrainingDiverged(
+                    self._diverged_message(f"finite but {error}")
+                ) from error
         except BaseException:
             for encoder, saved in zip(towers, buffers):
                 encoder.flat_buffers[...] = saved
@@ -290,13 +357,20 @@ class Trainer:
             self.scheduler.step()
         self.step_count += 1
         seconds = time.perf_counter() - t0
-        metrics = {"step": self.step_count, "epoch": self.epoch, "loss": result.loss,
-                   "image_to_text": result.image_to_text,
-                   "text_to_image": result.text_to_image,
-                   "accuracy_image_to_text": result.accuracy_image_to_text,
-                   "accuracy_text_to_image": result.accuracy_text_to_image,
-                   "lr": self.optimizer.lr, "temperature": self.loss.temperature,
-                   "grad_norm": grad_norm, "seconds": seconds, "pairs_per_s": n / seconds}
+        metrics = {
+            "step": self.step_count,
+            "epoch": self.epoch,
+            "loss": result.loss,
+            "image_to_text": result.image_to_text,
+            "text_to_image": result.text_to_image,
+            "accuracy_image_to_text": result.accuracy_image_to_text,
+            "accuracy_text_to_image": result.accuracy_text_to_image,
+            "lr": self.optimizer.lr,
+            "temperature": self.loss.temperature,
+            "grad_norm": grad_norm,
+            "seconds": seconds,
+            "pairs_per_s": n / seconds,
+        }
         self.steps.append(metrics)
         return metrics
 
@@ -305,10 +379,15 @@ class Trainer:
             where = self.checkpoints.pointer("LAST") if self.checkpoints else None
         except CheckpointError:
             where = None
-        keep = (f"the last good checkpoint is {where}" if where
-                else "no checkpoint was written (set checkpoint_dir to keep one)")
-        return (f"the loss became {value} at step {self.step_count}; training stopped "
-                f"before the update, {keep}. Try a lower learning rate.")
+        keep = (
+            f"the last good checkpoint is {where}"
+            if where
+            else "no checkpoint was written (set checkpoint_dir to keep one)"
+        )
+        return (
+            f"the loss became {value} at step {self.step_count}; training stopped "
+            f"before the update, {keep}. Try a lower learning rate."
+        )
 
     def _loss_call(self, fn):
         try:
@@ -320,10 +399,17 @@ class Trainer:
         image, text = self.image_encoder, self.text_encoder
         image.train(not self.freeze_image)
         text.train(not self.freeze_text)
-        _, v = image.forward(views, features=False,
-                             embeddings_out=self._buffer("v", (len(views), image.proj_dim)))
-        _, u = text.forward(ids, mask, features=False,
-                            embeddings_out=self._buffer("u", (len(ids), text.proj_dim)))
+        _, v = image.forward(
+            views,
+            features=False,
+            embeddings_out=self._buffer("v", (len(views), image.proj_dim)),
+        )
+        _, u = text.forward(
+            ids,
+            mask,
+            features=False,
+            embeddings_out=self._buffer("u", (len(ids), text.proj_dim)),
+        )
         gv, gu = self._buffer("gv", v.shape), self._buffer("gu", u.shape)
         result = self._loss_call(lambda: self.loss(v, u, grad_v=gv, grad_u=gu))
         if not math.isfinite(result.loss):
@@ -338,8 +424,11 @@ class Trainer:
 
     def _simclr_forward_backward(self, views):
         image = self.image_encoder.train()
-        _, z = image.forward(views, features=False,
-                             embeddings_out=self._buffer("z", (len(views), image.proj_dim)))
+        _, z = image.forward(
+            views,
+            features=False,
+            embeddings_out=self._buffer("z", (len(views), image.proj_dim)),
+        )
         gz = self._buffer("gz", z.shape)
         result = self._loss_call(lambda: self.loss.nt_xent(z, grad=gz))
         if math.isfinite(result.loss):
@@ -368,8 +457,13 @@ class Trainer:
         totals = {}
         count = 0
         was = [(e, e.training) for e in (self.image_encoder, self.text_encoder) if e]
-        loader = BatchLoader(_Pairs(images, reports), batch_size=batch_size, shuffle=False,
-                             drop_last=False, prefetch=False)
+        loader = BatchLoader(
+            _Pairs(images, reports),
+            batch_size=batch_size,
+            shuffle=False,
+            drop_last=False,
+            prefetch=False,
+        )
         try:
             for e, _ in was:
                 e.eval()
@@ -380,10 +474,17 @@ class Trainer:
                 views = self._buffer("val_views", self._view_shape(batch.images, n))
                 self.eval_augment(batch.images, step=0, out=views)
                 if self.method == "convirt":
-                    texts = sample_sentences(batch.reports, seed=self.seed + 1, step=0,
-                                             indices=batch.indices.tolist())
-                    ids, mask = tokenize(self.text_encoder.tokenizer, texts,
-                                         max_length=self.text_encoder.max_length)
+                    texts = sample_sentences(
+                        batch.reports,
+                        seed=self.seed + 1,
+                        step=0,
+                        indices=batch.indices.tolist(),
+                    )
+                    ids, mask = tokenize(
+                        self.text_encoder.tokenizer,
+                        texts,
+                        max_length=self.text_encoder.max_length,
+                    )
                     _, v = self.image_encoder.forward(views, features=False)
                     _, u = self.text_encoder.forward(ids, mask, features=False)
                     r = self._loss_call(lambda: self.loss(v, u, compute_grad=False))
@@ -393,8 +494,13 @@ class Trainer:
                     self.augment(batch.images, step=start + 1, out=both[n:])
                     _, z = self.image_encoder.forward(both, features=False)
                     r = self._loss_call(lambda: self.loss.nt_xent(z, compute_grad=False))
-                for key in ("loss", "image_to_text", "text_to_image",
-                            "accuracy_image_to_text", "accuracy_text_to_image"):
+                for key in (
+                    "loss",
+                    "image_to_text",
+                    "text_to_image",
+                    "accuracy_image_to_text",
+                    "accuracy_text_to_image",
+                ):
                     totals[key] = totals.get(key, 0.0) + getattr(r, key)
                 count += 1
         finally:
@@ -412,12 +518,22 @@ class Trainer:
         text = None
         if self.method == "convirt":
             step = first_step + (batch.position - start)
-            text = self._prepare_text(batch.reports, step, True,
-                                      indices=batch.indices.tolist())
+            text = self._prepare_text(
+                batch.reports, step, True, indices=batch.indices.tolist()
+            )
         return batch, text
 
-    def fit(self, train, val=None, *, epochs=10, batch_size=32, shuffle=True,
-            max_steps=None, val_batch_size=None):
+    def fit(
+        self,
+        train,
+        val=None,
+        *,
+        epochs=10,
+        batch_size=32,
+        shuffle=True,
+        max_steps=None,
+        val_batch_size=None,
+    ):
         """Train for `epochs` epochs in total (a resumed trainer continues where it
         stopped) or until max_steps updates in total. train / val: (images, reports) or a
         dataset with .images and .reports. Batches come from a
@@ -428,24 +544,36 @@ class Trainer:
         if self.method == "convirt" and reports is None:
             raise ValueError("ConVIRT needs reports; for images alone use method='simclr'")
         if batch_size < 2 or batch_size > len(images):
-            raise ValueError(f"batch_size must be in [2, {len(images)}] for {len(images)} "
-                             f"training pairs, got {batch_size}")
+            raise ValueError(
+                f"batch_size must be in [2, {len(images)}] for {len(images)} "
+                f"training pairs, got {batch_size}"
+            )
         if val is not None:
             _as_pairs(val, "val")
         pairs = _Pairs(images, reports)
         n_batches = len(images) // batch_size
         total_steps = epochs * n_batches if max_steps is None else max_steps
         if self.schedule_name == "cosine" and self.scheduler is None:
-            self.scheduler = WarmupCosine(self.optimizer, total_steps,
-                                          warmup_steps=self.config.warmup_steps)
-        self.fit_settings = {"batch_size": batch_size, "epochs": epochs, "shuffle": shuffle,
-                             "max_steps": max_steps}
+            self.scheduler = WarmupCosine(
+                self.optimizer, total_steps, warmup_steps=self.config.warmup_steps
+            )
+        self.fit_settings = {
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "shuffle": shuffle,
+            "max_steps": max_steps,
+        }
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total_steps, initial=min(self.step_count, total_steps),
-                       unit="step", desc=f"{self.method} pretraining", dynamic_ncols=True)
+            bar = tqdm(
+                total=total_steps,
+                initial=min(self.step_count, total_steps),
+                unit="step",
+                desc=f"{self.method} pretraining",
+                dynamic_ncols=True,
+            )
         for cb in self.callbacks:
             cb.on_train_begin(self)
         stop = False
@@ -454,32 +582,47 @@ class Trainer:
                 if max_steps is not None and self.step_count >= max_steps:
                     break
                 epoch_start, losses = time.perf_counter(), []
-                prepare = functools.partial(self._prepare_batch, first_step=self.step_count,
-                                            start=self.position)
-                loader = BatchLoader(pairs, batch_size=batch_size, shuffle=shuffle,
-                                     seed=self.seed, prefetch=self.prefetch,
-                                     transform=prepare)
+                prepare = functools.partial(
+                    self._prepare_batch, first_step=self.step_count, start=self.position
+                )
+                loader = BatchLoader(
+                    pairs,
+                    batch_size=batch_size,
+                    shuffle=shuffle,
+                    seed=self.seed,
+                    prefetch=self.prefetch,
+                    transform=prepare,
+                )
                 for batch, text in loader.iterate(self.epoch, start=self.position):
                     metrics = self.step(batch.images, batch.reports, _text=text)
                     self.position += 1
                     losses.append(metrics["loss"])
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{metrics['loss']:.3f}",
-                                        lr=f"{metrics['lr']:.2g}",
-                                        pairs_s=f"{metrics['pairs_per_s']:.1f}")
+                        bar.set_postfix(
+                            loss=f"{metrics['loss']:.3f}",
+                            lr=f"{metrics['lr']:.2g}",
+                            pairs_s=f"{metrics['pairs_per_s']:.1f}",
+                        )
                     if any(cb.on_step_end(self, metrics) for cb in self.callbacks):
                         stop = True
-                    if (self.checkpoints and self.checkpoint_every
-                            and self.step_count % self.checkpoint_every == 0):
+                    if (
+                        self.checkpoints
+                        and self.checkpoint_every
+                        and self.step_count % self.checkpoint_every == 0
+                    ):
                         self.save_checkpoint()
                     if stop or (max_steps is not None and self.step_count >= max_steps):
                         stop = True
                         break
                 if self.position < n_batches:  # stopped inside the epoch
                     break
-                record = self._end_epoch(val, val_batch_size or batch_size, losses,
-                                         time.perf_counter() - epoch_start)
+                record = self._end_epoch(
+                    val,
+                    val_batch_size or batch_size,
+                    losses,
+                    time.perf_counter() - epoch_start,
+                )
                 if any(cb.on_epoch_end(self, record) for cb in self.callbacks):
                     stop = True
                 if record.get("early_stop"):
@@ -492,9 +635,13 @@ class Trainer:
         return self.history
 
     def _end_epoch(self, val, val_batch_size, losses, seconds):
-        record = {"epoch": self.epoch + 1, "step": self.step_count,
-                  "train_loss": float(np.mean(losses)) if losses else math.nan,
-                  "lr": self.optimizer.lr, "seconds": seconds}
+        record = {
+            "epoch": self.epoch + 1,
+            "step": self.step_count,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "lr": self.optimizer.lr,
+            "seconds": seconds,
+        }
         improved = False
         if val is not None:
             record.update(self.validate(val, val_batch_size))
@@ -522,15 +669,20 @@ class Trainer:
     def state(self):
         """The trainer state that a checkpoint stores as trainer.json."""
         return {
-            "format": FORMAT, "step": self.step_count, "epoch": self.epoch,
+            "format": FORMAT,
+            "step": self.step_count,
+            "epoch": self.epoch,
             "position": self.position,
             "config": {**self.config.to_json(), **self.fit_settings},
             "history": self.history,
-            "steps": self.steps, "best_val_loss": self.best_val_loss,
+            "steps": self.steps,
+            "best_val_loss": self.best_val_loss,
             "epochs_without_improvement": self.epochs_without_improvement,
             "logit_scale": self.loss.logit_scale,
-            "scale_state": {"m": float(self._temperature_optimizer.exp_avg[0]),
-                            "v": float(self._temperature_optimizer.exp_avg_sq[0])},
+            "scale_state": {
+                "m": float(self._temperature_optimizer.exp_avg[0]),
+                "v": float(self._temperature_optimizer.exp_avg_sq[0]),
+            },
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "optimizer": {"lr": self.optimizer.lr, "step": self.optimizer.step_count},
         }
@@ -555,8 +707,9 @@ class Trainer:
         return self.checkpoints.save(self.step_count, write, best=best)
 
     @classmethod
-    def resume(cls, checkpoint_dir, *, which="LAST", callbacks=(), progress=True,
-               augment=None):
+    def resume(
+        cls, checkpoint_dir, *, which="LAST", callbacks=(), progress=True, augment=None
+    ):
         """A trainer restored from checkpoint_dir's LAST (or BEST) checkpoint: encoders,
         optimiser moments, schedule, temperature, history and the position in the data;
         fit() then continues exactly where the run stopped."""
@@ -567,45 +720,80 @@ class Trainer:
         check_state(state, state_path)
         optimizer_path = os.path.join(directory, "optimizer.safetensors")
         try:
-            image = Encoder.from_checkpoint(os.path.join(directory, "image_encoder.safetensors"))
+            image = Encoder.from_checkpoint(
+                os.path.join(directory, "image_encoder.safetensors")
+            )
             text_path = os.path.join(directory, "text_encoder.safetensors")
             text = Encoder.from_checkpoint(text_path) if os.path.exists(text_path) else None
             optimizer_tensors, optimizer_meta = read_safetensors(optimizer_path)
         except (FileNotFoundError, ValueError) as error:
-            raise CheckpointError(f"checkpoint {directory} is incomplete or corrupt: "
-                                  f"{error}") from error
-        optimizer_state = check_optimizer_file(optimizer_tensors, optimizer_meta,
-                                               optimizer_path)
+            raise CheckpointError(
+                f"checkpoint {directory} is incomplete or corrupt: {error}"
+            ) from error
+        optimizer_state = check_optimizer_file(
+            optimizer_tensors, optimizer_meta, optimizer_path
+        )
         try:
-            return cls._restore(image, text, state, optimizer_state, checkpoint_dir,
-                                callbacks, progress, augment)
+            return cls._restore(
+                image,
+                text,
+                state,
+                optimizer_state,
+                checkpoint_dir,
+                callbacks,
+                progress,
+                augment,
+            )
         except (ValueError, TypeError, KeyError, OverflowError) as error:
             if isinstance(error, CheckpointError):
                 raise
-            raise CheckpointError(f"{state_path} (with {optimizer_path}): the saved state "
-                                  f"is refused: {error}") from error
+            raise CheckpointError(
+                f"{state_path} (with {optimizer_path}): the saved state is refused: {error}"
+            ) from error
 
     @classmethod
-    def _restore(cls, image, text, state, optimizer_state, checkpoint_dir, callbacks,
-                 progress, augment):
+    def _restore(
+        cls,
+        image,
+        text,
+        state,
+        optimizer_state,
+        checkpoint_dir,
+        callbacks,
+        progress,
+        augment,
+    ):
         """The trainer of resume(), from checked parts."""
         config = TrainerConfig.from_json(state["config"])
         loss = ContrastiveLoss(**config.loss_settings())
         if augment is None and config.augment:
             augment = ImageAugment(**config.augment)  # the same seed: the same views
-        trainer = cls(image, text, loss, augment=augment, checkpoint_dir=checkpoint_dir,
-                      callbacks=callbacks, progress=progress, **config.trainer_settings())
+        trainer = cls(
+            image,
+            text,
+            loss,
+            augment=augment,
+            checkpoint_dir=checkpoint_dir,
+            callbacks=callbacks,
+            progress=progress,
+            **config.trainer_settings(),
+        )
         optimizer_state["step"] = state["optimizer"]["step"]
         trainer.optimizer.load_state_dict(optimizer_state)
         trainer.optimizer.lr = state["optimizer"]["lr"]
         trainer.loss.logit_scale = state["logit_scale"]
-        trainer._temperature_optimizer.load_state_dict({
-            "exp_avg": np.array([state["scale_state"]["m"]], np.float32),
-            "exp_avg_sq": np.array([state["scale_state"]["v"]], np.float32),
-            "sizes": [1], "step": state["step"]})
+        trainer._temperature_optimizer.load_state_dict(
+            {
+                "exp_avg": np.array([state["scale_state"]["m"]], np.float32),
+                "exp_avg_sq": np.array([state["scale_state"]["v"]], np.float32),
+                "sizes": [1],
+                "step": state["step"],
+            }
+        )
         if config.schedule == "cosine":
-            trainer.scheduler = WarmupCosine(trainer.optimizer, 1,
-                                             warmup_steps=config.warmup_steps)
+            trainer.scheduler = WarmupCosine(
+                trainer.optimizer, 1, warmup_steps=config.warmup_steps
+            )
         if trainer.scheduler is not None and state["scheduler"] is not None:
             trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.step_count, trainer.epoch = state["step"], state["epoch"]
@@ -628,8 +816,13 @@ class Trainer:
         else:
             fig = ax.figure
         if self.steps:
-            ax.plot([s["step"] for s in self.steps], [s["loss"] for s in self.steps],
-                    lw=1, alpha=0.6, label="train (per step)")
+            ax.plot(
+                [s["step"] for s in self.steps],
+                [s["loss"] for s in self.steps],
+                lw=1,
+                alpha=0.6,
+                label="train (per step)",
+            )
         val = [(r["step"], r["val_loss"]) for r in self.history if "val_loss" in r]
         if val:
             ax.plot(*zip(*val), "o-", label="validation (per epoch)")

@@ -23,22 +23,33 @@ def _integer(low=0):
     def check(value):
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
         return None if ok else f"an integer >= {low}"
+
     return check
 
 
 def _number(low=None, allow_inf=False):
     def check(value):
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-              and not math.isnan(value) and (allow_inf or not math.isinf(value))
-              and (low is None or value >= low))
-        return None if ok else ("a number" if allow_inf else "a finite number") + (
-            f" >= {low}" if low is not None else "")
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and not math.isnan(value)
+            and (allow_inf or not math.isinf(value))
+            and (low is None or value >= low)
+        )
+        return (
+            None
+            if ok
+            else ("a number" if allow_inf else "a finite number")
+            + (f" >= {low}" if low is not None else "")
+        )
+
     return check
 
 
 def _optional(check):
     def optional(value):
         return None if value is None else check(value)
+
     return optional
 
 
@@ -51,8 +62,11 @@ def _of_type(kind, name):
 
 
 def _pair(value):
-    ok = (isinstance(value, (list, tuple)) and len(value) == 2
-          and all(_number()(x) is None for x in value))
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(_number()(x) is None for x in value)
+    )
     return None if ok else "a list of 2 finite numbers"
 
 
@@ -82,44 +96,54 @@ class TrainerConfig:
     """
 
     # the Trainer's keyword settings
-    method: str = field(default="convirt",
-                        metadata=_rules(_one_of("convirt", "simclr")))
+    method: str = field(default="convirt", metadata=_rules(_one_of("convirt", "simclr")))
     image_size: int = field(default=224, metadata=_rules(_integer(32)))
     lr: float = field(default=1e-4, metadata=_rules(_number(0)))
     weight_decay: float = field(default=1e-6, metadata=_rules(_number(0)))
     betas: tuple = field(default=(0.9, 0.999), metadata=_rules(_pair))
     eps: float = field(default=1e-8, metadata=_rules(_number(0)))
     decoupled_weight_decay: bool = field(default=False, metadata=_rules(_BOOL))
-    max_grad_norm: float | None = field(default=None,
-                                        metadata=_rules(_optional(_number(0))))
-    schedule: str | None = field(default="plateau",
-                                 metadata=_rules(_one_of("plateau", "cosine", None)))
+    max_grad_norm: float | None = field(
+        default=None, metadata=_rules(_optional(_number(0)))
+    )
+    schedule: str | None = field(
+        default="plateau", metadata=_rules(_one_of("plateau", "cosine", None))
+    )
     plateau_factor: float = field(default=0.5, metadata=_rules(_number()))
     plateau_patience: int = field(default=5, metadata=_rules(_integer()))
     warmup_steps: int = field(default=0, metadata=_rules(_integer()))
-    early_stopping_patience: int | None = field(default=None,
-                                                metadata=_rules(_optional(_integer())))
+    early_stopping_patience: int | None = field(
+        default=None, metadata=_rules(_optional(_integer()))
+    )
     freeze_image: bool = field(default=False, metadata=_rules(_BOOL))
     freeze_text: bool = field(default=False, metadata=_rules(_BOOL))
     seed: int = field(default=0, metadata=_rules(_integer(-(1 << 63))))
-    checkpoint_every: int | None = field(default=None,
-                                         metadata=_rules(_optional(_integer(1))))
+    checkpoint_every: int | None = field(
+        default=None, metadata=_rules(_optional(_integer(1)))
+    )
     # the ContrastiveLoss's settings (its defaults) and the ImageAugment's config
     temperature: float = field(default=0.1, metadata=_rules(_number(), derived=True))
-    image_to_text_weight: float = field(default=0.75,
-                                        metadata=_rules(_number(), derived=True))
+    image_to_text_weight: float = field(
+        default=0.75, metadata=_rules(_number(), derived=True)
+    )
     learnable_temperature: bool = field(default=False, metadata=_rules(_BOOL, derived=True))
-    max_logit_scale: float = field(default=100.0,
-                                   metadata=_rules(_number(allow_inf=True), derived=True))
-    augment: dict | None = field(default=None, metadata=_rules(
-        _optional(_of_type(dict, "an object")), derived=True, optional_in_file=True))
+    max_logit_scale: float = field(
+        default=100.0, metadata=_rules(_number(allow_inf=True), derived=True)
+    )
+    augment: dict | None = field(
+        default=None,
+        metadata=_rules(
+            _optional(_of_type(dict, "an object")), derived=True, optional_in_file=True
+        ),
+    )
 
     def __post_init__(self):
         if self.method not in ("convirt", "simclr"):
             raise ValueError(f"method must be 'convirt' or 'simclr', got {self.method!r}")
         if self.schedule not in ("plateau", "cosine", None):
-            raise ValueError(f"schedule must be 'plateau', 'cosine' or None, got "
-                             f"{self.schedule!r}")
+            raise ValueError(
+                f"schedule must be 'plateau', 'cosine' or None, got {self.schedule!r}"
+            )
         if self.image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {self.image_size}")
         object.__setattr__(self, "image_size", int(self.image_size))
@@ -144,8 +168,12 @@ class TrainerConfig:
 
     def loss_settings(self):
         """The keyword arguments of the ContrastiveLoss this configuration describes."""
-        names = ("temperature", "image_to_text_weight", "learnable_temperature",
-                 "max_logit_scale")
+        names = (
+            "temperature",
+            "image_to_text_weight",
+            "learnable_temperature",
+            "max_logit_scale",
+        )
         return {name: getattr(self, name) for name in names}
 
     def to_json(self):
@@ -160,8 +188,13 @@ class TrainerConfig:
         checkpoints lack) or of the wrong type or range, naming the file and the field
         (CheckpointError)."""
         fields = {f.name: f.metadata for f in dataclasses.fields(cls)}
-        _check_fields(config, {name: m["check"] for name, m in fields.items()}, path,
-                      where, optional={n for n, m in fields.items() if m["optional_in_file"]})
+        _check_fields(
+            config,
+            {name: m["check"] for name, m in fields.items()},
+            path,
+            where,
+            optional={n for n, m in fields.items() if m["optional_in_file"]},
+        )
 
     @classmethod
     def from_json(cls, config, path="trainer.json"):
@@ -175,10 +208,15 @@ class TrainerConfig:
 # ---- what a checkpoint's trainer.json and optimizer.safetensors must hold ----------------
 
 _STATE_FIELDS = {
-    "step": _integer(), "epoch": _integer(), "position": _integer(),
-    "config": _of_type(dict, "an object"), "history": _of_type(list, "a list"),
-    "steps": _of_type(list, "a list"), "best_val_loss": _number(allow_inf=True),
-    "epochs_without_improvement": _integer(), "logit_scale": _number(),
+    "step": _integer(),
+    "epoch": _integer(),
+    "position": _integer(),
+    "config": _of_type(dict, "an object"),
+    "history": _of_type(list, "a list"),
+    "steps": _of_type(list, "a list"),
+    "best_val_loss": _number(allow_inf=True),
+    "epochs_without_improvement": _integer(),
+    "logit_scale": _number(),
     "scale_state": _of_type(dict, "an object"),
     "scheduler": _optional(_of_type(dict, "an object")),
     "optimizer": _of_type(dict, "an object"),
@@ -197,8 +235,10 @@ def _check_fields(mapping, fields, path, where, optional=()):
             raise CheckpointError(f"{path}: {where} lacks the field {name!r}")
         expected = rule(mapping[name])
         if expected is not None:
-            raise CheckpointError(f"{path}: field {name!r} of {where} must be "
-                                  f"{expected}, got {repr(mapping[name])[:60]}")
+            raise CheckpointError(
+                f"{path}: field {name!r} of {where} must be "
+                f"{expected}, got {repr(mapping[name])[:60]}"
+            )
 
 
 def check_state(state, path):
@@ -220,8 +260,10 @@ def check_optimizer_file(tensors, metadata, path):
         if array is None:
             raise CheckpointError(f"{path} lacks the tensor {name!r}")
         if array.dtype != np.float32 or array.ndim != 1:
-            raise CheckpointError(f"{path}: tensor {name!r} must be float32 of one "
-                                  f"dimension, got {array.dtype} {array.shape}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} must be float32 of one "
+                f"dimension, got {array.dtype} {array.shape}"
+            )
         bad = ~np.isfinite(array)
         if name == "exp_avg_sq":
             bad |= array < 0
@@ -231,20 +273,29 @@ def check_optimizer_file(tensors, metadata, path):
                 f"{path}: tensor {name!r} holds {array[where]} at element {where} "
                 f"({int(bad.sum())} such); expected finite values"
                 + (" >= 0" if name == "exp_avg_sq" else "")
-                + " (did the run diverge before this save?)")
+                + " (did the run diverge before this save?)"
+            )
         state[name] = array
     try:
         sizes = json.loads(metadata["sizes"])
     except KeyError:
-        raise CheckpointError(f"{path}: the metadata lacks the field 'sizes' (the length "
-                              "of each optimised buffer)") from None
+        raise CheckpointError(
+            f"{path}: the metadata lacks the field 'sizes' (the length "
+            "of each optimised buffer)"
+        ) from None
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: metadata field 'sizes' is not valid JSON "
-                              f"({error})") from None
-    if not (isinstance(sizes, list) and all(_integer()(n) is None for n in sizes)
-            and sum(sizes) == len(state["exp_avg"]) == len(state["exp_avg_sq"])):
-        raise CheckpointError(f"{path}: metadata field 'sizes' must list the buffer "
-                              f"lengths, summing to the {len(state['exp_avg'])} moments; "
-                              f"got {repr(sizes)[:60]}")
+        raise CheckpointError(
+            f"{path}: metadata field 'sizes' is not valid JSON ({error})"
+        ) from None
+    if not (
+        isinstance(sizes, list)
+        and all(_integer()(n) is None for n in sizes)
+        and sum(sizes) == len(state["exp_avg"]) == len(state["exp_avg_sq"])
+    ):
+        raise CheckpointError(
+            f"{path}: metadata field 'sizes' must list the buffer "
+            f"lengths, summing to the {len(state['exp_avg'])} moments; "
+            f"got {repr(sizes)[:60]}"
+        )
     state["sizes"] = sizes
     return state

@@ -105,10 +105,10 @@ adam_update(float *param, float *exp_avg, float *exp_avg_sq, const float *grad,
     const float shrink =
         config->decoupled ? (float)(1.0 - config->lr * config->weight_decay) : 1.0f;
     for (size_t i = 0; i < count; i++) {
-        float g = fmaf(l2, param[i], grad[i] * clip);          /* grad.add(p, alpha=wd) */
-        float p = param[i] * shrink;                            /* p.mul_(1 - lr wd) */
-        float m = fmaf(b1, g - exp_avg[i], exp_avg[i]);        /* m.lerp_(g, 1 - beta1) */
-        float v = fmaf(b2 * g, g, exp_avg_sq[i] * beta2);      /* v.mul_(beta2).addcmul_ */
+        float g = fmaf(l2, param[i], grad[i] * clip);     /* grad.add(p, alpha=wd) */
+        float p = param[i] * shrink;                      /* p.mul_(1 - lr wd) */
+        float m = fmaf(b1, g - exp_avg[i], exp_avg[i]);   /* m.lerp_(g, 1 - beta1) */
+        float v = fmaf(b2 * g, g, exp_avg_sq[i] * beta2); /* v.mul_(beta2).addcmul_ */
         exp_avg[i] = m;
         exp_avg_sq[i] = v;
         param[i] = p + (lr_step * m) / (sqrtf(v) / bias2 + eps); /* p.addcdiv_ */

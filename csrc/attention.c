@@ -100,8 +100,9 @@ void attention_forward(float *ctx, float *probs, const float *qkv,
         const ptrdiff_t s = pair / heads, h = pair % heads;
         const ptrdiff_t row0 = seq_start[s], len = seq_start[s + 1] - row0;
         const float *q = qkv + row0 * ld + h * head_dim, *k = q + width, *v = q + 2 * width;
-        float *p = probs ? probs + probs_start[s] + (size_t)(h * len * len)
-                         : work + (size_t)omp_get_thread_num() * (size_t)(max_len * max_len);
+        float *p = probs
+                       ? probs + probs_start[s] + (size_t)(h * len * len)
+                       : work + (size_t)omp_get_thread_num() * (size_t)(max_len * max_len);
         /* scores (len x len) = scale q k^T; k^T is k read with swapped strides */
         cv_gemm(len, len, head_dim, scale, q, ld, 1, k, 1, ld, 0.0f, p, len, 1);
         softmax_rows(p, len, len);
@@ -111,9 +112,10 @@ void attention_forward(float *ctx, float *probs, const float *qkv,
     }
 }
 
-void attention_backward(float *dqkv, const float *probs, const float *dctx, const float *qkv,
-                        const ptrdiff_t *seq_start, const size_t *probs_start, ptrdiff_t n,
-                        ptrdiff_t heads, ptrdiff_t head_dim, float *work, int threads)
+void attention_backward(float *dqkv, const float *probs, const float *dctx,
+                        const float *qkv, const ptrdiff_t *seq_start,
+                        const size_t *probs_start, ptrdiff_t n, ptrdiff_t heads,
+                        ptrdiff_t head_dim, float *work, int threads)
 {
     const ptrdiff_t width = heads * head_dim, ld = 3 * width;
     const ptrdiff_t max_len = longest(seq_start, n);

@@ -10,7 +10,7 @@
 /* Which uniform draw of an image feeds which parameter: index = image * SLOTS + slot.
  * Fixed slots keep each parameter's draw independent of which transforms are on. */
 enum {
-    SLOT_CROP_AREA = 0,   /* attempt k: area at 2k, log-ratio at 2k + 1 */
+    SLOT_CROP_AREA = 0, /* attempt k: area at 2k, log-ratio at 2k + 1 */
     SLOT_CROP_X = 20,
     SLOT_CROP_Y,
     SLOT_FLIP,
@@ -48,34 +48,49 @@ static int bad_interval(const double r[2], double lo, double hi, int lo_open)
 cv_status cv_augment_check_ranges(const cv_augment_ranges *r)
 {
     if (r->crop && bad_interval(r->crop_scale, 0.0, 1.0, 1))
-        return cv_fail(CV_ERR_VALUE, "crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, "
-                       "got (%g, %g)", r->crop_scale[0], r->crop_scale[1]);
+        return cv_fail(CV_ERR_VALUE,
+                       "crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, "
+                       "got (%g, %g)",
+                       r->crop_scale[0], r->crop_scale[1]);
     if (r->crop && bad_interval(r->crop_ratio, 0.0, INFINITY, 1))
-        return cv_fail(CV_ERR_VALUE, "crop_ratio must be (lo, hi) with 0 < lo <= hi, "
-                       "got (%g, %g)", r->crop_ratio[0], r->crop_ratio[1]);
+        return cv_fail(CV_ERR_VALUE,
+                       "crop_ratio must be (lo, hi) with 0 < lo <= hi, "
+                       "got (%g, %g)",
+                       r->crop_ratio[0], r->crop_ratio[1]);
     if (!(r->flip_p >= 0.0 && r->flip_p <= 1.0))
         return cv_fail(CV_ERR_VALUE, "flip must be a probability in [0, 1], got %g",
                        r->flip_p);
     if (r->rotate && bad_interval(r->degrees, -180.0, 180.0, 0))
-        return cv_fail(CV_ERR_VALUE, "degrees must be (lo, hi) with -180 <= lo <= hi <= "
-                       "180, got (%g, %g)", r->degrees[0], r->degrees[1]);
+        return cv_fail(CV_ERR_VALUE,
+                       "degrees must be (lo, hi) with -180 <= lo <= hi <= "
+                       "180, got (%g, %g)",
+                       r->degrees[0], r->degrees[1]);
     if (r->translate && (!(r->translate_max[0] >= 0.0 && r->translate_max[0] <= 1.0) ||
                          !(r->translate_max[1] >= 0.0 && r->translate_max[1] <= 1.0)))
-        return cv_fail(CV_ERR_VALUE, "translate must be fractions of the size in [0, 1], "
-                       "got (%g, %g)", r->translate_max[0], r->translate_max[1]);
+        return cv_fail(CV_ERR_VALUE,
+                       "translate must be fractions of the size in [0, 1], "
+                       "got (%g, %g)",
+                       r->translate_max[0], r->translate_max[1]);
     if (r->scale && bad_interval(r->scale_range, 0.0, INFINITY, 1))
-        return cv_fail(CV_ERR_VALUE, "scale must be (lo, hi) with 0 < lo <= hi, got "
-                       "(%g, %g)", r->scale_range[0], r->scale_range[1]);
+        return cv_fail(CV_ERR_VALUE,
+                       "scale must be (lo, hi) with 0 < lo <= hi, got "
+                       "(%g, %g)",
+                       r->scale_range[0], r->scale_range[1]);
     if (r->brightness && bad_interval(r->brightness_range, 0.0, INFINITY, 0))
-        return cv_fail(CV_ERR_VALUE, "brightness must be (lo, hi) with 0 <= lo <= hi, "
-                       "got (%g, %g)", r->brightness_range[0], r->brightness_range[1]);
+        return cv_fail(CV_ERR_VALUE,
+                       "brightness must be (lo, hi) with 0 <= lo <= hi, "
+                       "got (%g, %g)",
+                       r->brightness_range[0], r->brightness_range[1]);
     if (r->contrast && bad_interval(r->contrast_range, 0.0, INFINITY, 0))
-        return cv_fail(CV_ERR_VALUE, "contrast must be (lo, hi) with 0 <= lo <= hi, "
-                       "got (%g, %g)", r->contrast_range[0], r->contrast_range[1]);
+        return cv_fail(CV_ERR_VALUE,
+                       "contrast must be (lo, hi) with 0 <= lo <= hi, "
+                       "got (%g, %g)",
+                       r->contrast_range[0], r->contrast_range[1]);
     if (r->blur && bad_interval(r->sigma_range, 0.0, CV_AUGMENT_MAX_SIGMA, 1))
-        return cv_fail(CV_ERR_VALUE, "blur_sigma must be (lo, hi) with 0 < lo <= hi <= "
-                       "%g, got (%g, %g)", CV_AUGMENT_MAX_SIGMA, r->sigma_range[0],
-                       r->sigma_range[1]);
+        return cv_fail(CV_ERR_VALUE,
+                       "blur_sigma must be (lo, hi) with 0 < lo <= hi <= "
+                       "%g, got (%g, %g)",
+                       CV_AUGMENT_MAX_SIGMA, r->sigma_range[0], r->sigma_range[1]);
     return CV_OK;
 }
 
@@ -86,8 +101,8 @@ static void sample_crop(double box[4], const cv_augment_ranges *r, uint64_t seed
     const double log_lo = log(r->crop_ratio[0]), log_hi = log(r->crop_ratio[1]);
     for (int attempt = 0; attempt < CROP_ATTEMPTS; attempt++) {
         double area = uniform_in(r->crop_scale, draw(seed, step, image, 2 * attempt));
-        double ratio = exp(log_lo + draw(seed, step, image, 2 * attempt + 1) *
-                                        (log_hi - log_lo));
+        double ratio =
+            exp(log_lo + draw(seed, step, image, 2 * attempt + 1) * (log_hi - log_lo));
         double w = sqrt(area * ratio), h = sqrt(area / ratio);
         if (w <= 1.0 && h <= 1.0) {
             box[0] = draw(seed, step, image, SLOT_CROP_X) * (1.0 - w);
@@ -179,7 +194,10 @@ cv_status cv_augment_check_params(const cv_augment_params *params, ptrdiff_t n)
 
 /* ---- one image ------------------------------------------------------------------ */
 
-static inline float clamp01(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+static inline float clamp01(float x)
+{
+    return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x);
+}
 
 /* Share of a bilinear footprint at grid coordinate a inside the grid 0..n-1. */
 static inline double inside_weight(double a, double n)
@@ -321,7 +339,10 @@ CV_VECTORIZE static void axpy_row(float *out, const float *x, float w, ptrdiff_t
         out[t] += w * x[t];
 }
 
-static ptrdiff_t blur_radius(double sigma) { return (ptrdiff_t)ceil(3.0 * sigma); }
+static ptrdiff_t blur_radius(double sigma)
+{
+    return (ptrdiff_t)ceil(3.0 * sigma);
+}
 
 /* Scratch floats one thread needs for a blur of radius r on (S, S, C). */
 static size_t blur_scratch(ptrdiff_t S, ptrdiff_t C, ptrdiff_t r)
@@ -414,8 +435,10 @@ cv_status cv_augment_apply(float *out, cv_augment_workspace *ws, const cv_image 
         return cv_fail(CV_ERR_VALUE, "fill must be finite, got %g", (double)fill);
     for (ptrdiff_t i = 0; i < n; i++)
         if (images[i].h < CV_AUGMENT_MIN_INPUT || images[i].w < CV_AUGMENT_MIN_INPUT)
-            return cv_fail(CV_ERR_VALUE, "image %td is %td x %td; images must be at least "
-                           "%d x %d", i, images[i].h, images[i].w, CV_AUGMENT_MIN_INPUT,
+            return cv_fail(CV_ERR_VALUE,
+                           "image %td is %td x %td; images must be at least "
+                           "%d x %d",
+                           i, images[i].h, images[i].w, CV_AUGMENT_MIN_INPUT,
                            CV_AUGMENT_MIN_INPUT);
     cv_status status = cv_augment_check_params(params, n);
     if (status != CV_OK)

@@ -115,7 +115,8 @@ void bn_finish_statistics(float *batch_mean, float *invstd, float *scale, float 
         scale[j] = (float)(gamma[j] * is);
         shift[j] = (float)(beta[j] - mean[j] * gamma[j] * is);
         if (running_mean)
-            running_mean[j] = (float)((1.0 - momentum) * running_mean[j] + momentum * mean[j]);
+            running_mean[j] =
+                (float)((1.0 - momentum) * running_mean[j] + momentum * mean[j]);
         if (running_var)
             running_var[j] =
                 (float)((1.0 - momentum) * running_var[j] + momentum * var[j] * unbias);
@@ -137,9 +138,10 @@ void bn_eval_affine(float *scale, float *shift, const float *running_mean,
 
 /* The branches on res_y, residual and relu are loop-invariant: GCC unswitches them. */
 CV_VECTORIZE void bn_apply_rows(float *out, const float *y, const float *scale,
-                                const float *shift, const float *residual, const float *res_y,
-                                const float *res_scale, const float *res_shift, int relu,
-                                ptrdiff_t rows, ptrdiff_t c)
+                                const float *shift, const float *residual,
+                                const float *res_y, const float *res_scale,
+                                const float *res_shift, int relu, ptrdiff_t rows,
+                                ptrdiff_t c)
 {
     for (ptrdiff_t i = 0; i < rows; i++) {
         const float *yr = y + i * c;
@@ -147,7 +149,8 @@ CV_VECTORIZE void bn_apply_rows(float *out, const float *y, const float *scale,
         if (res_y) {
             const float *ry = res_y + i * c;
             for (ptrdiff_t j = 0; j < c; j++) {
-                float v = yr[j] * scale[j] + shift[j] + (ry[j] * res_scale[j] + res_shift[j]);
+                float v =
+                    yr[j] * scale[j] + shift[j] + (ry[j] * res_scale[j] + res_shift[j]);
                 o[j] = relu ? (v < 0.0f ? 0.0f : v) : v; /* NaN passes, as in PyTorch */
             }
         } else if (residual) {
@@ -173,8 +176,9 @@ void bn_apply_forward(float *out, const float *y, const float *scale, const floa
 #pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static)
     for (ptrdiff_t i = 0; i < m; i += rows) {
         ptrdiff_t len = m - i < rows ? m - i : rows;
-        bn_apply_rows(out + i * c, y + i * c, scale, shift, residual ? residual + i * c : NULL,
-                      res_y ? res_y + i * c : NULL, res_scale, res_shift, relu, len, c);
+        bn_apply_rows(out + i * c, y + i * c, scale, shift,
+                      residual ? residual + i * c : NULL, res_y ? res_y + i * c : NULL,
+                      res_scale, res_shift, relu, len, c);
     }
 }
 
@@ -265,7 +269,8 @@ void bn_backward_reduce(double *sum_dz, double *sum_dzx, const float *dout,
 CV_VECTORIZE static void backward_rows(float *dy, const float *dout, const float *out,
                                        const float *y, const float *restrict mean,
                                        const float *restrict k0, const float *restrict k1,
-                                       const float *restrict k2, ptrdiff_t rows, ptrdiff_t c)
+                                       const float *restrict k2, ptrdiff_t rows,
+                                       ptrdiff_t c)
 {
     for (ptrdiff_t i = 0; i < rows; i++) {
         const float *d = dout + i * c, *yr = y + i * c;
@@ -311,8 +316,8 @@ void bn_backward_apply(float *dy, float *dgamma, float *dbeta, const float *dout
 #pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static)
         for (ptrdiff_t i = 0; i < m; i += rows) {
             ptrdiff_t len = m - i < rows ? m - i : rows;
-            backward_rows(dy + i * c, dout + i * c, out ? out + i * c : NULL, y + i * c, mean, k0,
-                          k1, k2, len, c);
+            backward_rows(dy + i * c, dout + i * c, out ? out + i * c : NULL, y + i * c,
+                          mean, k0, k1, k2, len, c);
         }
         free(k);
     }

@@ -67,12 +67,16 @@ static const tensor_spec emb_spec[EMB_TENSORS] = {
 
 #define LAYER_TENSORS 16
 static const tensor_spec layer_spec[LAYER_TENSORS] = {
-    {"attention.self.query.weight", offsetof(bert_layer, query_w), DIM_H, DIM_H, INIT_NORMAL},
+    {"attention.self.query.weight", offsetof(bert_layer, query_w), DIM_H, DIM_H,
+     INIT_NORMAL},
     {"attention.self.key.weight", offsetof(bert_layer, key_w), DIM_H, DIM_H, INIT_NORMAL},
-    {"attention.self.value.weight", offsetof(bert_layer, value_w), DIM_H, DIM_H, INIT_NORMAL},
-    {"attention.self.query.bias", offsetof(bert_layer, query_b), DIM_H, DIM_NONE, INIT_ZERO},
+    {"attention.self.value.weight", offsetof(bert_layer, value_w), DIM_H, DIM_H,
+     INIT_NORMAL},
+    {"attention.self.query.bias", offsetof(bert_layer, query_b), DIM_H, DIM_NONE,
+     INIT_ZERO},
     {"attention.self.key.bias", offsetof(bert_layer, key_b), DIM_H, DIM_NONE, INIT_ZERO},
-    {"attention.self.value.bias", offsetof(bert_layer, value_b), DIM_H, DIM_NONE, INIT_ZERO},
+    {"attention.self.value.bias", offsetof(bert_layer, value_b), DIM_H, DIM_NONE,
+     INIT_ZERO},
     {"attention.output.dense.weight", offsetof(bert_layer, attn_out_w), DIM_H, DIM_H,
      INIT_NORMAL},
     {"attention.output.dense.bias", offsetof(bert_layer, attn_out_b), DIM_H, DIM_NONE,
@@ -87,7 +91,8 @@ static const tensor_spec layer_spec[LAYER_TENSORS] = {
     {"output.dense.bias", offsetof(bert_layer, out_b), DIM_H, DIM_NONE, INIT_ZERO},
     {"output.LayerNorm.weight", offsetof(bert_layer, out_ln_gamma), DIM_H, DIM_NONE,
      INIT_ONE},
-    {"output.LayerNorm.bias", offsetof(bert_layer, out_ln_beta), DIM_H, DIM_NONE, INIT_ZERO},
+    {"output.LayerNorm.bias", offsetof(bert_layer, out_ln_beta), DIM_H, DIM_NONE,
+     INIT_ZERO},
 };
 
 /* ---- the model ---------------------------------------------------------------------- */
@@ -119,7 +124,7 @@ typedef struct {
     /* activations kept for backward (training) */
     float *arena;
     size_t arena_cap;
-    float **hidden;     /* L + 1: hidden[l] is layer l's input (kept from first trainable) */
+    float **hidden; /* L + 1: hidden[l] is layer l's input (kept from first trainable) */
     layer_saved *saved; /* L (entries below the first trainable are unused) */
     float *emb_xhat, *emb_rstd;
     int32_t *argmax; /* n x H: the row each max-pooled feature came from */
@@ -234,13 +239,14 @@ static void bert_free(void *model)
     free(b);
 }
 
-/* ---- GEMMs split into tiles over the threads ---------------------------------------------
- * BLIS threads a GEMM from inside, with a busy-wait barrier at every packing step; when
- * the cores are also busy with other work, a descheduled thread stalls its partner at
- * each of them (measured here: 10 to 1000 times slower steps). Instead C is cut into
- * tiles, one single-threaded BLIS call each, dealt dynamically to the threads: one
- * barrier per GEMM, and a running thread takes the tiles of a stalled one. The larger of
- * C's dimensions is cut, so the operand that every tile packs again is the smaller. */
+/* ---- GEMMs split into tiles over the threads
+ * --------------------------------------------- BLIS threads a GEMM from inside, with a
+ * busy-wait barrier at every packing step; when the cores are also busy with other work, a
+ * descheduled thread stalls its partner at each of them (measured here: 10 to 1000 times
+ * slower steps). Instead C is cut into tiles, one single-threaded BLIS call each, dealt
+ * dynamically to the threads: one barrier per GEMM, and a running thread takes the tiles of
+ * a stalled one. The larger of C's dimensions is cut, so the operand that every tile packs
+ * again is the smaller. */
 static void tiled_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
                        ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t rsb,
                        ptrdiff_t csb, float beta, float *C, ptrdiff_t rsc, ptrdiff_t csc)
@@ -277,10 +283,11 @@ static void gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdi
     tiled_gemm(m, n, k, 1.0f, A, 1, lda, B, ldb, 1, beta, C, ldc, 1);
 }
 
-/* ---- small fused pieces ---------------------------------------------------------------- */
+/* ---- small fused pieces ----------------------------------------------------------------
+ */
 
-CV_VECTORIZE static void bias_residual_row(float *out, const float *bias, const float *residual,
-                                           ptrdiff_t dim)
+CV_VECTORIZE static void bias_residual_row(float *out, const float *bias,
+                                           const float *residual, ptrdiff_t dim)
 {
     if (residual)
         for (ptrdiff_t j = 0; j < dim; j++)
@@ -325,8 +332,8 @@ static void dense_forward(float *y, const float *x, const float *w, const float 
         for (ptrdiff_t i = 0; i < rows; i++)
             bias_residual_row(yt + i * out_dim, bias,
                               residual ? residual + (r0 + i) * out_dim : NULL, out_dim);
-        cv_gemm(rows, out_dim, in_dim, 1.0f, x + r0 * in_dim, in_dim, 1, w, 1, in_dim, 1.0f, yt,
-                out_dim, 1);
+        cv_gemm(rows, out_dim, in_dim, 1.0f, x + r0 * in_dim, in_dim, 1, w, 1, in_dim, 1.0f,
+                yt, out_dim, 1);
         if (after && after->kind == AFTER_GELU)
             gelu_forward(after->act + r0 * out_dim, yt, (size_t)(rows * out_dim));
         else if (after && after->kind == AFTER_LAYERNORM)
@@ -350,7 +357,8 @@ CV_VECTORIZE static void column_sums_block(float *db, const float *x, ptrdiff_t 
 
 /* db (cols) += sum over rows of x (rows x cols, row stride ld). Threads own blocks of
  * 64 columns and sum in row order: the same result for any thread count. */
-static void bias_grad(float *db, const float *x, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t ld)
+static void bias_grad(float *db, const float *x, ptrdiff_t rows, ptrdiff_t cols,
+                      ptrdiff_t ld)
 {
     const ptrdiff_t blocks = (cols + 63) / 64;
     int threads = cv_get_num_threads();
@@ -381,7 +389,8 @@ static int qkv_fused(const bert_model *b, const bert_layer *w)
 
 /* qkv (m x 3H) = [x Wq^T + bq | x Wk^T + bk | x Wv^T + bv], in tiles of rows as
  * dense_forward. */
-static void qkv_forward(const bert_model *b, const bert_layer *w, float *qkv, const float *x)
+static void qkv_forward(const bert_model *b, const bert_layer *w, float *qkv,
+                        const float *x)
 {
     const ptrdiff_t m = b->m, H = b->H;
     const float *bias[3] = {w->query_b, w->key_b, w->value_b};
@@ -396,8 +405,8 @@ static void qkv_forward(const bert_model *b, const bert_layer *w, float *qkv, co
             for (int part = 0; part < 3; part++)
                 bias_residual_row(out + i * 3 * H + part * H, bias[part], NULL, H);
         if (fused) /* one (3H x H) weight */
-            cv_gemm(rows, 3 * H, H, 1.0f, x + r0 * H, H, 1, w->query_w, 1, H, 1.0f, out, 3 * H,
-                    1);
+            cv_gemm(rows, 3 * H, H, 1.0f, x + r0 * H, H, 1, w->query_w, 1, H, 1.0f, out,
+                    3 * H, 1);
         else
             for (int part = 0; part < 3; part++)
                 cv_gemm(rows, H, H, 1.0f, x + r0 * H, H, 1, weight[part], 1, H, 1.0f,
@@ -428,7 +437,8 @@ static void qkv_backward(const bert_model *b, const bert_layer *w, bert_layer *g
     }
 }
 
-/* ---- pooling ----------------------------------------------------------------------------- */
+/* ---- pooling
+ * ----------------------------------------------------------------------------- */
 
 void bert_pool_forward(float *out, int32_t *argmax, const float *hidden,
                        const ptrdiff_t *seq_start, ptrdiff_t n, ptrdiff_t dim, int pooling)
@@ -487,7 +497,8 @@ void bert_pool_backward(float *dhidden, const float *dout, const int32_t *argmax
     }
 }
 
-/* ---- the batch --------------------------------------------------------------------------- */
+/* ---- the batch
+ * --------------------------------------------------------------------------- */
 
 static int reserve(void *buf, size_t *cap, size_t n, size_t size)
 {
@@ -515,29 +526,34 @@ static cv_status pack_batch(bert_model *b, const cv_batch *batch)
                 sizeof(int32_t)) ||
         reserve(&b->types, &b->types_cap, cv_mul_sat((size_t)n, (size_t)t),
                 sizeof(int32_t)))
-        return cv_fail(CV_ERR_MEMORY, "out of memory for a batch of %td x %td tokens", n, t);
+        return cv_fail(CV_ERR_MEMORY, "out of memory for a batch of %td x %td tokens", n,
+                       t);
     ptrdiff_t m = 0, max_len = 0;
     b->probs_start[0] = 0;
     for (ptrdiff_t s = 0; s < n; s++) {
         b->seq_start[s] = m;
         for (ptrdiff_t j = 0; j < t; j++) {
-            int32_t mask = batch->mask[s * batch->mask_stride[0] + j * batch->mask_stride[1]];
+            int32_t mask =
+                batch->mask[s * batch->mask_stride[0] + j * batch->mask_stride[1]];
             if (mask != 0 && mask != 1)
-                return cv_fail(CV_ERR_VALUE, "attention_mask[%td, %td] = %d; it must be 0 or 1",
-                               s, j, mask);
+                return cv_fail(CV_ERR_VALUE,
+                               "attention_mask[%td, %td] = %d; it must be 0 or 1", s, j,
+                               mask);
             if (!mask)
                 continue;
             int32_t id = batch->ids[s * batch->ids_stride[0] + j * batch->ids_stride[1]];
-            int32_t ty = batch->token_types ? batch->token_types[s * batch->types_stride[0] +
-                                                                 j * batch->types_stride[1]]
-                                            : 0;
+            int32_t ty = batch->token_types
+                             ? batch->token_types[s * batch->types_stride[0] +
+                                                  j * batch->types_stride[1]]
+                             : 0;
             if (id < 0 || id >= b->cfg.vocab_size)
                 return cv_fail(CV_ERR_VALUE,
-                               "input_ids[%td, %td] = %d is outside the vocabulary [0, %d)", s,
-                               j, id, b->cfg.vocab_size);
+                               "input_ids[%td, %td] = %d is outside the vocabulary [0, %d)",
+                               s, j, id, b->cfg.vocab_size);
             if (ty < 0 || ty >= b->cfg.type_vocab_size)
-                return cv_fail(CV_ERR_VALUE, "token_type_ids[%td, %td] = %d is outside [0, %d)",
-                               s, j, ty, b->cfg.type_vocab_size);
+                return cv_fail(CV_ERR_VALUE,
+                               "token_type_ids[%td, %td] = %d is outside [0, %d)", s, j, ty,
+                               b->cfg.type_vocab_size);
             b->ids[m] = id;
             b->positions[m] = (int32_t)j;
             b->types[m] = ty;
@@ -545,7 +561,8 @@ static cv_status pack_batch(bert_model *b, const cv_batch *batch)
         }
         ptrdiff_t len = m - b->seq_start[s];
         if (len == 0)
-            return cv_fail(CV_ERR_VALUE, "sequence %td has no valid token in attention_mask", s);
+            return cv_fail(CV_ERR_VALUE,
+                           "sequence %td has no valid token in attention_mask", s);
         max_len = len > max_len ? len : max_len;
         b->probs_start[s + 1] =
             cv_add_sat(b->probs_start[s],
@@ -655,7 +672,8 @@ static void gelu_input_grad(float *du, const float *dy, const float *w, const fl
     }
 }
 
-/* ---- one layer ---------------------------------------------------------------------------- */
+/* ---- one layer
+ * ---------------------------------------------------------------------------- */
 
 /* out (m x H) = layer(x). With s, keeps what backward needs there; without, runs in
  * the scratch buffers (out must then be neither x nor a scratch buffer but x_a/x_b). */
@@ -670,15 +688,22 @@ static void layer_forward(bert_model *b, const bert_layer *w, float *out, const 
     /* h1 = LayerNorm(x + ctx Wo^T + bo): the sum goes where its normalised form is kept
      * (xhat1) in training, or straight into h1 in inference (normalised in place). */
     float *h1 = s ? s->h1 : b->h1_s;
-    dense_after ln1 = {AFTER_LAYERNORM, NULL, h1, s ? s->xhat1 : NULL, s ? s->rstd1 : NULL,
-                       w->attn_ln_gamma, w->attn_ln_beta, b->eps};
+    dense_after ln1 = {AFTER_LAYERNORM,
+                       NULL,
+                       h1,
+                       s ? s->xhat1 : NULL,
+                       s ? s->rstd1 : NULL,
+                       w->attn_ln_gamma,
+                       w->attn_ln_beta,
+                       b->eps};
     dense_forward(s ? s->xhat1 : h1, ctx, w->attn_out_w, w->attn_out_b, x, m, H, H, &ln1);
     /* u = h1 Wi^T + bi, kept in training; GELU(u) into scratch (in place in inference) */
     dense_after gelu = {AFTER_GELU, b->inter_s, NULL, NULL, NULL, NULL, NULL, 0.0f};
     dense_forward(s ? s->u : b->inter_s, h1, w->inter_w, w->inter_b, NULL, m, H, I, &gelu);
     /* out = LayerNorm(h1 + GELU(u) Wo2^T + bo2) */
-    dense_after ln2 = {AFTER_LAYERNORM, NULL, out, s ? s->xhat2 : NULL, s ? s->rstd2 : NULL,
-                       w->out_ln_gamma, w->out_ln_beta, b->eps};
+    dense_after ln2 = {
+        AFTER_LAYERNORM, NULL,           out,   s ? s->xhat2 : NULL, s ? s->rstd2 : NULL,
+        w->out_ln_gamma, w->out_ln_beta, b->eps};
     dense_forward(s ? s->xhat2 : out, b->inter_s, w->out_w, w->out_b, h1, m, I, H, &ln2);
 }
 
@@ -713,7 +738,8 @@ static void layer_backward(bert_model *b, const bert_layer *w, bert_layer *g, fl
     qkv_backward(b, w, g, need_dx ? d : NULL, b->qkv_s, x);
 }
 
-/* ---- forward / backward --------------------------------------------------------------------- */
+/* ---- forward / backward
+ * --------------------------------------------------------------------- */
 
 static cv_status bert_forward(void *model, float *features, const cv_batch *batch,
                               int training)
@@ -789,7 +815,8 @@ static cv_status bert_backward(void *model, float *d_input, const float *d_featu
     return CV_OK;
 }
 
-/* ---- creation ---------------------------------------------------------------------------------- */
+/* ---- creation
+ * ---------------------------------------------------------------------------------- */
 
 static cv_status declare(cv_tensor_table *table, const bert_model *b, const char *prefix,
                          const tensor_spec *s, size_t *offset)
@@ -806,7 +833,8 @@ cv_status bert_create(cv_backbone *backbone, cv_tensor_table *table,
 {
     const cv_bert_config *c = config;
     if (c->vocab_size < 1 || c->hidden_size < 1 || c->num_layers < 1 || c->num_heads < 1 ||
-        c->intermediate_size < 1 || c->max_position_embeddings < 1 || c->type_vocab_size < 1)
+        c->intermediate_size < 1 || c->max_position_embeddings < 1 ||
+        c->type_vocab_size < 1)
         return cv_fail(CV_ERR_VALUE, "BERT sizes must all be >= 1");
     if (c->hidden_size % c->num_heads)
         return cv_fail(CV_ERR_VALUE, "hidden_size %d is not a multiple of num_heads %d",
@@ -871,7 +899,8 @@ cv_status bert_create(cv_backbone *backbone, cv_tensor_table *table,
     return CV_OK;
 }
 
-cv_status bert_last_hidden(const cv_backbone *backbone, float *out, ptrdiff_t n, ptrdiff_t t)
+cv_status bert_last_hidden(const cv_backbone *backbone, float *out, ptrdiff_t n,
+                           ptrdiff_t t)
 {
     if (!backbone->kind || strcmp(backbone->kind, "bert"))
         return cv_fail(CV_ERR_STATE, "token outputs exist only for a BERT encoder");

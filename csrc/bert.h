@@ -34,7 +34,8 @@ cv_status bert_create(cv_backbone *backbone, cv_tensor_table *table,
  * bert_last_shape gives n, t and hidden. */
 cv_status bert_last_shape(const cv_backbone *backbone, ptrdiff_t *n, ptrdiff_t *t,
                           ptrdiff_t *hidden);
-cv_status bert_last_hidden(const cv_backbone *backbone, float *out, ptrdiff_t n, ptrdiff_t t);
+cv_status bert_last_hidden(const cv_backbone *backbone, float *out, ptrdiff_t n,
+                           ptrdiff_t t);
 
 /* Pooling of packed token rows (layers.h) per sequence: out (n x dim) is the max
  * (argmax (n x dim), when non-NULL, records the row each maximum came from; the first
@@ -44,6 +45,7 @@ void bert_pool_forward(float *out, int32_t *argmax, const float *hidden,
                        const ptrdiff_t *seq_start, ptrdiff_t n, ptrdiff_t dim, int pooling);
 /* dhidden (the packed rows, m x dim) is WRITTEN: dout routed back to the rows. */
 void bert_pool_backward(float *dhidden, const float *dout, const int32_t *argmax,
-                        const ptrdiff_t *seq_start, ptrdiff_t n, ptrdiff_t dim, int pooling);
+                        const ptrdiff_t *seq_start, ptrdiff_t n, ptrdiff_t dim,
+                        int pooling);
 
 #endif

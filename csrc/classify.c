@@ -29,8 +29,9 @@ static ptrdiff_t rows_per_block(ptrdiff_t n)
 static cv_status check_sizes(const char *what, ptrdiff_t n, ptrdiff_t k)
 {
     if (n < 1 || k < 1)
-        return cv_fail(CV_ERR_VALUE, "%s needs at least one row and one class, got (%td, %td)",
-                       what, n, k);
+        return cv_fail(CV_ERR_VALUE,
+                       "%s needs at least one row and one class, got (%td, %td)", what, n,
+                       k);
     return CV_OK;
 }
 
@@ -41,8 +42,9 @@ static cv_status check_logits(const float *z, ptrdiff_t rs, ptrdiff_t cs, ptrdif
     for (ptrdiff_t i = 0; i < n; i++)
         for (ptrdiff_t j = 0; j < k; j++)
             if (!isfinite(z[i * rs + j * cs]))
-                return cv_fail(CV_ERR_NONFINITE, "logits[%td, %td] is %g; logits must be finite",
-                               i, j, (double)z[i * rs + j * cs]);
+                return cv_fail(CV_ERR_NONFINITE,
+                               "logits[%td, %td] is %g; logits must be finite", i, j,
+                               (double)z[i * rs + j * cs]);
     return CV_OK;
 }
 
@@ -84,8 +86,9 @@ cv_status cv_softmax_cross_entropy(double *loss, float *grad, ptrdiff_t rsg, ptr
         return status;
     for (ptrdiff_t i = 0; i < n; i++)
         if (labels[i * ys] < 0 || labels[i * ys] >= k)
-            return cv_fail(CV_ERR_VALUE, "labels[%td] is %d; class indices must be in [0, %td)",
-                           i, (int)labels[i * ys], k);
+            return cv_fail(CV_ERR_VALUE,
+                           "labels[%td] is %d; class indices must be in [0, %td)", i,
+                           (int)labels[i * ys], k);
     if ((status = check_logits(logits, rs, cs, n, k)) != CV_OK)
         return status;
 
@@ -120,8 +123,8 @@ static double bce_row(float *g, ptrdiff_t csg, const float *z, ptrdiff_t cs, con
         float x = z[j * cs], y = t[j * ct], pw = w ? w[j * ws] : 1.0f;
         float e = expf(-fabsf(x)); /* in (0, 1]: no overflow for any finite x */
         float inv = 1.0f / (1.0f + e);
-        float sig = x >= 0.0f ? inv : e * inv;         /* s(x) */
-        float sig_neg = x >= 0.0f ? e * inv : inv;     /* 1 - s(x) = s(-x) */
+        float sig = x >= 0.0f ? inv : e * inv;                   /* s(x) */
+        float sig_neg = x >= 0.0f ? e * inv : inv;               /* 1 - s(x) = s(-x) */
         float softplus_neg = log1pf(e) + (x < 0.0f ? -x : 0.0f); /* -log s(x) */
         sum += (double)((1.0f - y) * x + (1.0f + (pw - 1.0f) * y) * softplus_neg);
         if (g)
@@ -143,10 +146,11 @@ cv_status cv_binary_cross_entropy(double *loss, float *grad, ptrdiff_t rsg, ptrd
         for (ptrdiff_t j = 0; j < k; j++) {
             float y = targets[i * rst + j * cst];
             if (!(y >= 0.0f && y <= 1.0f))
-                return cv_fail(CV_ERR_VALUE,
-                               "targets[%td, %td] is %g; targets must be in [0, 1] (1 "
-                               "positive, 0 negative); map uncertain or missing labels first",
-                               i, j, (double)y);
+                return cv_fail(
+                    CV_ERR_VALUE,
+                    "targets[%td, %td] is %g; targets must be in [0, 1] (1 "
+                    "positive, 0 negative); map uncertain or missing labels first",
+                    i, j, (double)y);
         }
     if (pos_weight)
         for (ptrdiff_t j = 0; j < k; j++)

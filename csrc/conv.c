@@ -45,15 +45,17 @@ cv_status conv_shape_init(conv_shape *shape, ptrdiff_t n, ptrdiff_t h, ptrdiff_t
                           ptrdiff_t c, ptrdiff_t k, ptrdiff_t r, ptrdiff_t s,
                           ptrdiff_t stride, ptrdiff_t pad)
 {
-    if (n < 1 || h < 1 || w < 1 || c < 1 || k < 1 || r < 1 || s < 1 || stride < 1 || pad < 0)
-        return cv_fail(CV_ERR_VALUE,
-                       "convolution sizes must be >= 1 (padding >= 0): input (%td, %td, %td, "
-                       "%td), %td filters %td x %td, stride %td, padding %td",
-                       n, h, w, c, k, r, s, stride, pad);
+    if (n < 1 || h < 1 || w < 1 || c < 1 || k < 1 || r < 1 || s < 1 || stride < 1 ||
+        pad < 0)
+        return cv_fail(
+            CV_ERR_VALUE,
+            "convolution sizes must be >= 1 (padding >= 0): input (%td, %td, %td, "
+            "%td), %td filters %td x %td, stride %td, padding %td",
+            n, h, w, c, k, r, s, stride, pad);
     if (h + 2 * pad < r || w + 2 * pad < s)
         return cv_fail(CV_ERR_VALUE,
-                       "a %td x %td window does not fit a %td x %td input with padding %td", r,
-                       s, h, w, pad);
+                       "a %td x %td window does not fit a %td x %td input with padding %td",
+                       r, s, h, w, pad);
     shape->n = n;
     shape->h = h;
     shape->w = w;
@@ -92,12 +94,15 @@ cv_status conv_input_pixels(conv_input *in, const void *pixels, int is_uint8,
     const float pixel_scale = is_uint8 ? 1.0f / 255.0f : 1.0f;
     for (ptrdiff_t ch = 0; ch < c; ch++) {
         if (!(std[ch] > 0.0f) || !isfinite(std[ch]) || !isfinite(mean[ch]))
-            return cv_fail(CV_ERR_VALUE, "normalisation of channel %td: mean %g, std %g "
-                           "(std must be > 0, both finite)", ch, mean[ch], std[ch]);
+            return cv_fail(CV_ERR_VALUE,
+                           "normalisation of channel %td: mean %g, std %g "
+                           "(std must be > 0, both finite)",
+                           ch, mean[ch], std[ch]);
         in->mul[ch] = pixel_scale / std[ch];
         in->add[ch] = -mean[ch] / std[ch];
         if (is_uint8)
-            for (int v = 0; v < 256; v++) /* the same arithmetic as (x / 255 - mean) / std */
+            for (int v = 0; v < 256;
+                 v++) /* the same arithmetic as (x / 255 - mean) / std */
                 in->lut[ch][v] = ((float)v * pixel_scale - mean[ch]) / std[ch];
     }
     return CV_OK;
@@ -107,8 +112,8 @@ cv_status conv_input_pixels(conv_input *in, const void *pixels, int is_uint8,
 static inline float pixel_value(const conv_input *in, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
                                 ptrdiff_t ch)
 {
-    ptrdiff_t at = n * in->stride[0] + h * in->stride[1] + w * in->stride[2] +
-                   ch * in->stride[3];
+    ptrdiff_t at =
+        n * in->stride[0] + h * in->stride[1] + w * in->stride[2] + ch * in->stride[3];
     if (in->is_uint8)
         return in->lut[ch][((const uint8_t *)in->pixels)[at]];
     return ((const float *)in->pixels)[at] * in->mul[ch] + in->add[ch];
@@ -168,7 +173,8 @@ static tile_plan plan_tiles(const conv_shape *sh, int direct, ptrdiff_t round_to
         ptrdiff_t rows = sh->n * t.pq;
         ptrdiff_t g = at_least ? rows / target : (rows + target - 1) / target;
         if (round_to > 1 && g >= round_to)
-            g = at_least ? g / round_to * round_to : (g + round_to - 1) / round_to * round_to;
+            g = at_least ? g / round_to * round_to
+                         : (g + round_to - 1) / round_to * round_to;
         else if (round_to > 1)
             g = round_to; /* fewer rows than round_to x target: round_to groups */
         g = g > sh->n ? sh->n : g < 1 ? 1 : g;
@@ -289,26 +295,28 @@ static void fill_band(float *band, const conv_input *in, const conv_shape *sh, p
         memset(row + (pad + W) * C, 0, (size_t)(pad * C) * sizeof(float));
         float *d = row + pad * C;
         if (in->is_uint8) {
-            const uint8_t *src = (const uint8_t *)in->pixels + n * in->stride[0] +
-                                 h * in->stride[1];
+            const uint8_t *src =
+                (const uint8_t *)in->pixels + n * in->stride[0] + h * in->stride[1];
             for (ptrdiff_t w = 0; w < W; w++)
                 for (ptrdiff_t ch = 0; ch < C; ch++)
-                    d[w * C + ch] = in->lut[ch][src[w * in->stride[2] + ch * in->stride[3]]];
+                    d[w * C + ch] =
+                        in->lut[ch][src[w * in->stride[2] + ch * in->stride[3]]];
         } else {
-            const float *src = (const float *)in->pixels + n * in->stride[0] +
-                               h * in->stride[1];
+            const float *src =
+                (const float *)in->pixels + n * in->stride[0] + h * in->stride[1];
             for (ptrdiff_t w = 0; w < W; w++)
                 for (ptrdiff_t ch = 0; ch < C; ch++)
-                    d[w * C + ch] = src[w * in->stride[2] + ch * in->stride[3]] * in->mul[ch] +
-                                    in->add[ch];
+                    d[w * C + ch] =
+                        src[w * in->stride[2] + ch * in->stride[3]] * in->mul[ch] +
+                        in->add[ch];
         }
     }
 }
 
 /* Columns of output rows [idx0, idx1) of image n from the caller's pixels, through a
  * normalised band of the input rows they need (no copy of the whole batch). */
-static void im2col_pixels(float *col, float *band, const conv_input *in, const conv_shape *sh,
-                          ptrdiff_t n, ptrdiff_t idx0, ptrdiff_t idx1)
+static void im2col_pixels(float *col, float *band, const conv_input *in,
+                          const conv_shape *sh, ptrdiff_t n, ptrdiff_t idx0, ptrdiff_t idx1)
 {
     const ptrdiff_t C = sh->c, S = sh->s, R = sh->r, H = sh->h, Q = sh->q;
     const ptrdiff_t SC = S * C, RSC = R * SC, Wp = sh->w + 2 * sh->pad;
@@ -502,7 +510,8 @@ static conv_shape transposed_shape(const conv_shape *sh)
 static void flip_weights(float *w_flip, const float *weight, const conv_shape *sh)
 {
     const ptrdiff_t R = sh->r, S = sh->s, C = sh->c, K = sh->k;
-#pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static) if (K * R * S * C > 65536)
+#pragma omp parallel for num_threads(cv_get_num_threads())                                 \
+    schedule(static) if (K * R * S * C > 65536)
     for (ptrdiff_t k = 0; k < K; k++)
         for (ptrdiff_t r = 0; r < R; r++)
             for (ptrdiff_t s = 0; s < S; s++)
@@ -541,22 +550,26 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                      packed_gemm(RSC, K, tile_rows_min);
     const size_t band = need_cols ? band_floats(inp, sh) : 0;
     /* per thread: [cols][dcols][band][private weight gradient] */
-    const size_t acc_at = (need_cols ? tile_floats : 0) + (need_dcols ? tile_floats : 0) + band;
+    const size_t acc_at =
+        (need_cols ? tile_floats : 0) + (need_dcols ? tile_floats : 0) + band;
     size_t per_thread = acc_at + acc_floats;
     if (ttile_floats > per_thread)
         per_thread = ttile_floats; /* the transposed pass reuses the same scratch */
     const size_t flip_floats = transposed ? round16((size_t)(K * RSC)) : 0;
     float *scratch = workspace(ws, per_thread * (size_t)threads + flip_floats);
     if (!scratch)
-        return cv_fail(CV_ERR_MEMORY, "out of memory for the convolution's backward (%d x "
-                       "%zu floats)", threads, per_thread);
+        return cv_fail(CV_ERR_MEMORY,
+                       "out of memory for the convolution's backward (%d x "
+                       "%zu floats)",
+                       threads, per_thread);
     float *w_flip = scratch + per_thread * (size_t)threads;
     /* d value / d pixel, repeated over the window's columns (s*c). */
     float scale_row[64 * CONV_MAX_PIXEL_CHANNELS];
     const float *scale = NULL;
     if (!inp->data && dinp) {
         if (sh->s * C > (ptrdiff_t)(sizeof scale_row / sizeof *scale_row))
-            return cv_fail(CV_ERR_VALUE, "a %td-wide window on images is not supported", sh->s);
+            return cv_fail(CV_ERR_VALUE, "a %td-wide window on images is not supported",
+                           sh->s);
         for (ptrdiff_t i = 0; i < sh->s * C; i++)
             scale_row[i] = inp->mul[i % C];
         scale = scale_row;
@@ -593,16 +606,18 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                         if (!direct)
                             im2col_tile(col, bnd, inp, sh, row0, rows);
                         if (dw_t)
-                            cv_gemm(RSC, K, rows, 1.0f, a, 1, RSC, dy, K, 1, 1.0f, dw, K, 1);
+                            cv_gemm(RSC, K, rows, 1.0f, a, 1, RSC, dy, K, 1, 1.0f, dw, K,
+                                    1);
                         else
-                            cv_gemm(K, RSC, rows, 1.0f, dy, 1, K, a, RSC, 1, 1.0f, dw, RSC, 1);
+                            cv_gemm(K, RSC, rows, 1.0f, dy, 1, K, a, RSC, 1, 1.0f, dw, RSC,
+                                    1);
                     }
                     if (dx_in_groups && direct) {
                         cv_gemm(rows, C, K, 1.0f, dy, K, 1, weight, RSC, 1,
                                 add_dinp ? 1.0f : 0.0f, dinp + row0 * C, C, 1);
                     } else if (dx_in_groups) {
-                        cv_gemm(rows, RSC, K, 1.0f, dy, K, 1, weight, RSC, 1, 0.0f, dcol, RSC,
-                                1);
+                        cv_gemm(rows, RSC, K, 1.0f, dy, K, 1, weight, RSC, 1, 0.0f, dcol,
+                                RSC, 1);
                         col2im_tile(dinp, dcol, scale, sh, row0, rows);
                     }
                 }
@@ -634,8 +649,8 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                 ptrdiff_t row0, rows;
                 tile_rows(&tplan, i, &row0, &rows);
                 im2col_tile(col, NULL, &(conv_input){.data = dout}, &tsh, row0, rows);
-                cv_gemm(rows, C, RSK, 1.0f, col, RSK, 1, w_flip, C, 1, add_dinp ? 1.0f : 0.0f,
-                        dinp + row0 * C, C, 1);
+                cv_gemm(rows, C, RSK, 1.0f, col, RSK, 1, w_flip, C, 1,
+                        add_dinp ? 1.0f : 0.0f, dinp + row0 * C, C, 1);
             }
         }
     }
@@ -644,8 +659,8 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
 
 /* ---- the naive reference ------------------------------------------------------------- */
 
-static float input_value(const conv_input *in, const conv_shape *sh, ptrdiff_t n, ptrdiff_t h,
-                         ptrdiff_t w, ptrdiff_t ch)
+static float input_value(const conv_input *in, const conv_shape *sh, ptrdiff_t n,
+                         ptrdiff_t h, ptrdiff_t w, ptrdiff_t ch)
 {
     if (in->data)
         return in->data[((n * sh->h + h) * sh->w + w) * sh->c + ch];
@@ -692,7 +707,8 @@ void conv2d_backward_reference(float *dinp, float *dweight, const float *dout,
                                     ptrdiff_t w = q * sh->stride - sh->pad + s;
                                     if (h < 0 || h >= sh->h || w < 0 || w >= sh->w)
                                         continue;
-                                    sum += (double)dout[((n * sh->p + p) * sh->q + q) * K + k] *
+                                    sum += (double)
+                                               dout[((n * sh->p + p) * sh->q + q) * K + k] *
                                            input_value(inp, sh, n, h, w, c);
                                 }
                         dweight[((k * R + r) * S + s) * C + c] += (float)sum;
@@ -712,7 +728,8 @@ void conv2d_backward_reference(float *dinp, float *dweight, const float *dout,
                                 if (p >= sh->p || q >= sh->q)
                                     continue;
                                 for (ptrdiff_t k = 0; k < K; k++)
-                                    sum += (double)dout[((n * sh->p + p) * sh->q + q) * K + k] *
+                                    sum += (double)
+                                               dout[((n * sh->p + p) * sh->q + q) * K + k] *
                                            weight[((k * R + r) * S + s) * C + c];
                             }
                         if (!inp->data)

@@ -88,9 +88,9 @@ typedef struct {
     const char *openmp_library;   /* the OpenMP runtime loaded (shared with BLIS) */
     int blis_openmp;              /* BLIS built with OpenMP threading */
     int num_threads;
-    int num_cores;                /* usable cores (affinity mask) */
-    int openmp_version;           /* _OPENMP of the compiler */
-    const char *compiler;         /* the compiler that built the core, and its flags */
+    int num_cores;        /* usable cores (affinity mask) */
+    int openmp_version;   /* _OPENMP of the compiler */
+    const char *compiler; /* the compiler that built the core, and its flags */
     const char *cflags;
 } cv_config;
 
@@ -118,10 +118,9 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                 ptrdiff_t ldc);
 
 /* The slow, obviously correct GEMM the tests compare with (same contract). */
-void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
-                       const float *A, ptrdiff_t rsa, ptrdiff_t csa, const float *B,
-                       ptrdiff_t rsb, ptrdiff_t csb, float beta, float *C,
-                       ptrdiff_t rsc, ptrdiff_t csc);
+void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+                       ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t rsb,
+                       ptrdiff_t csb, float beta, float *C, ptrdiff_t rsc, ptrdiff_t csc);
 
 /* ---- machine peak (peak.c) ------------------------------------------------- */
 

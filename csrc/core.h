@@ -13,7 +13,8 @@
 /* Element-wise loops are compiled for AVX-512, AVX2+FMA and the baseline; the loader
  * picks the widest this CPU runs (GCC function multiversioning). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CV_VECTORIZE __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define CV_VECTORIZE                                                                       \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CV_VECTORIZE
 #endif

@@ -132,8 +132,8 @@ cv_status cv_encoder_backward(cv_encoder *enc, float *d_input, const float *d_em
         return cv_fail(CV_ERR_MEMORY, "out of memory for feature gradients");
     float *dh = enc->d_features;
     if (d_embeddings) {
-        cv_status status = head_backward(&enc->head, enc->freeze_backbone && !d_input ? NULL : dh,
-                                         d_embeddings);
+        cv_status status = head_backward(
+            &enc->head, enc->freeze_backbone && !d_input ? NULL : dh, d_embeddings);
         if (status != CV_OK)
             return status;
     } else {

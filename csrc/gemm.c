@@ -126,10 +126,10 @@ static const arch_name *arch_by_id(long id)
 }
 
 /* Fastest first. On AMD the zen blocksizes suit the cache sizes better. */
-static const char *const rank_amd[] = {"skx", "zen3", "zen2", "zen", "haswell",
-                                       "sandybridge", "penryn", "generic"};
-static const char *const rank_other[] = {"skx", "haswell", "zen3", "zen2", "zen",
-                                         "sandybridge", "penryn", "generic"};
+static const char *const rank_amd[] = {"skx",     "zen3",        "zen2",   "zen",
+                                       "haswell", "sandybridge", "penryn", "generic"};
+static const char *const rank_other[] = {"skx", "haswell",     "zen3",   "zen2",
+                                         "zen", "sandybridge", "penryn", "generic"};
 
 static const arch_name *choose_arch(void)
 {
@@ -147,8 +147,7 @@ static const arch_name *user_arch(const char *value, char *why, size_t why_len)
 {
     char *end;
     long id = strtol(value, &end, 10);
-    const arch_name *arch =
-        (*value && *end == '\0') ? arch_by_id(id) : arch_by_name(value);
+    const arch_name *arch = (*value && *end == '\0') ? arch_by_id(id) : arch_by_name(value);
     if (!arch) {
         snprintf(why, why_len, "BLIS_ARCH_TYPE=%s names no x86-64 sub-configuration",
                  value);
@@ -160,9 +159,8 @@ static const arch_name *user_arch(const char *value, char *why, size_t why_len)
         return NULL;
     }
     if (!cpu_runs(arch->name)) {
-        snprintf(why, why_len,
-                 "BLIS_ARCH_TYPE=%s (%s) needs instructions this CPU lacks", value,
-                 arch->name);
+        snprintf(why, why_len, "BLIS_ARCH_TYPE=%s (%s) needs instructions this CPU lacks",
+                 value, arch->name);
         return NULL;
     }
     return arch;
@@ -188,7 +186,9 @@ static void describe_cpu(void)
 {
     snprintf(state.features, sizeof state.features,
              "vendor=%s avx512(f,dq,bw,vl)=%s avx2=%s fma=%s avx=%s",
-             __builtin_cpu_is("amd") ? "AMD" : __builtin_cpu_is("intel") ? "Intel" : "other",
+             __builtin_cpu_is("amd")     ? "AMD"
+             : __builtin_cpu_is("intel") ? "Intel"
+                                         : "other",
              cpu_has_avx512() ? "yes" : "no", __builtin_cpu_supports("avx2") ? "yes" : "no",
              __builtin_cpu_supports("fma") ? "yes" : "no",
              __builtin_cpu_supports("avx") ? "yes" : "no");
@@ -207,8 +207,8 @@ cv_status cv_init(void)
     if (env && *env) {
         chosen = user_arch(env, why, sizeof why);
         if (chosen) {
-            snprintf(state.reason, sizeof state.reason, "set by the user: BLIS_ARCH_TYPE=%s",
-                     env);
+            snprintf(state.reason, sizeof state.reason,
+                     "set by the user: BLIS_ARCH_TYPE=%s", env);
         }
     }
     if (!chosen) {
@@ -376,10 +376,9 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
     cv_gemm(m, n, k, alpha, A, 1, lda, B, ldb, 1, beta, C, ldc, 1);
 }
 
-void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
-                       const float *A, ptrdiff_t rsa, ptrdiff_t csa, const float *B,
-                       ptrdiff_t rsb, ptrdiff_t csb, float beta, float *C,
-                       ptrdiff_t rsc, ptrdiff_t csc)
+void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+                       ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t rsb,
+                       ptrdiff_t csb, float beta, float *C, ptrdiff_t rsc, ptrdiff_t csc)
 {
     for (ptrdiff_t i = 0; i < m; i++)
         for (ptrdiff_t j = 0; j < n; j++) {

@@ -51,7 +51,8 @@ static void linear_init(float *w, float *b, ptrdiff_t out_dim, ptrdiff_t in_dim,
     for (ptrdiff_t i = 0; i < out_dim * in_dim; i++)
         w[i] = (float)(bound * (2.0 * cv_random_uniform(seed, stream, (uint64_t)i) - 1.0));
     for (ptrdiff_t i = 0; i < out_dim; i++)
-        b[i] = (float)(bound * (2.0 * cv_random_uniform(seed, stream + 1, (uint64_t)i) - 1.0));
+        b[i] =
+            (float)(bound * (2.0 * cv_random_uniform(seed, stream + 1, (uint64_t)i) - 1.0));
 }
 
 void head_init(cv_head *head, uint64_t seed)
@@ -67,7 +68,8 @@ cv_status head_forward(cv_head *head, float *out, const float *in, ptrdiff_t n)
         return cv_fail(CV_ERR_MEMORY, "out of memory for the projection head");
     linear_forward(head->hidden, in, head->w1, head->b1, n, head->in_dim, head->hidden_dim);
     relu_forward(head->hidden, head->hidden, (size_t)(n * head->hidden_dim));
-    linear_forward(out, head->hidden, head->w2, head->b2, n, head->hidden_dim, head->out_dim);
+    linear_forward(out, head->hidden, head->w2, head->b2, n, head->hidden_dim,
+                   head->out_dim);
     head->input = in;
     head->n = n;
     return CV_OK;
@@ -77,7 +79,8 @@ cv_status head_backward(cv_head *head, float *d_in, const float *d_out)
 {
     const ptrdiff_t n = head->n;
     size_t hidden_count = (size_t)(n * head->hidden_dim);
-    if (cv_reserve((void **)&head->d_hidden, &head->d_hidden_cap, hidden_count, sizeof(float)))
+    if (cv_reserve((void **)&head->d_hidden, &head->d_hidden_cap, hidden_count,
+                   sizeof(float)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for the projection head");
     float *d_hidden = head->d_hidden;
     memset(d_hidden, 0, hidden_count * sizeof(float));

@@ -94,9 +94,10 @@ void attention_forward(float *ctx, float *probs, const float *qkv,
                        ptrdiff_t heads, ptrdiff_t head_dim, float *work, int threads);
 /* dqkv (m x 3 * heads * head_dim), WRITTEN, from dctx (m x heads * head_dim) and the
  * forward's probs; work holds threads * max_len^2 floats. */
-void attention_backward(float *dqkv, const float *probs, const float *dctx, const float *qkv,
-                        const ptrdiff_t *seq_start, const size_t *probs_start, ptrdiff_t n,
-                        ptrdiff_t heads, ptrdiff_t head_dim, float *work, int threads);
+void attention_backward(float *dqkv, const float *probs, const float *dctx,
+                        const float *qkv, const ptrdiff_t *seq_start,
+                        const size_t *probs_start, ptrdiff_t n, ptrdiff_t heads,
+                        ptrdiff_t head_dim, float *work, int threads);
 /* Naive triple loops in double (same contract, one thread; probs must be given). */
 void attention_forward_reference(float *ctx, float *probs, const float *qkv,
                                  const ptrdiff_t *seq_start, const size_t *probs_start,
@@ -220,7 +221,8 @@ void bn_finish_statistics(float *batch_mean, float *invstd, float *scale, float 
                           float *running_mean, float *running_var, const double *mean,
                           const double *var, const float *gamma, const float *beta,
                           ptrdiff_t m, ptrdiff_t c, double momentum, double eps);
-/* Eval mode: scale = gamma / sqrt(running_var + eps), shift = beta - running_mean * scale. */
+/* Eval mode: scale = gamma / sqrt(running_var + eps), shift = beta - running_mean * scale.
+ */
 void bn_eval_affine(float *scale, float *shift, const float *running_mean,
                     const float *running_var, const float *gamma, const float *beta,
                     ptrdiff_t c, double eps);

@@ -19,7 +19,8 @@ void linear_forward(float *out, const float *inp, const float *weight, const flo
                out, out_dim);
 }
 
-CV_VECTORIZE static void sum_rows_into(float *acc, const float *x, ptrdiff_t n, ptrdiff_t dim)
+CV_VECTORIZE static void sum_rows_into(float *acc, const float *x, ptrdiff_t n,
+                                       ptrdiff_t dim)
 {
     for (ptrdiff_t i = 0; i < n; i++)
         for (ptrdiff_t j = 0; j < dim; j++)

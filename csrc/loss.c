@@ -16,8 +16,7 @@
 #include "core.h"
 
 /* row *= s * colscale; returns the row's maximum, or NaN if any entry is not finite. */
-CV_VECTORIZE static float scale_row(float *row, const float *colscale, float s,
-                                    ptrdiff_t m)
+CV_VECTORIZE static float scale_row(float *row, const float *colscale, float s, ptrdiff_t m)
 {
     float best = -FLT_MAX, poison = 0.0f;
     for (ptrdiff_t j = 0; j < m; j++) {
@@ -52,9 +51,8 @@ CV_VECTORIZE static void sum_exp_into(float *sum, const float *row, const float 
 /* Overwrites row (the logits S_i.) with H_i. (the positive's -1 is added by the
  * caller); returns sum_j G_ij S_ij for the logit-scale gradient. */
 CV_VECTORIZE static float softmax_grad_row(float *row, const float *col_lse,
-                                           const float *inv_b, float row_lse,
-                                           float inv_a, float row_coef, float col_coef,
-                                           ptrdiff_t m)
+                                           const float *inv_b, float row_lse, float inv_a,
+                                           float row_coef, float col_coef, ptrdiff_t m)
 {
     float dot = 0.0f;
     if (col_coef != 0.0f) {
@@ -82,8 +80,10 @@ static cv_status bad_row(const char *which, const float *x, ptrdiff_t rs, ptrdif
 {
     for (ptrdiff_t k = 0; k < d; k++)
         if (!isfinite(x[row * rs + k * cs]))
-            return cv_fail(CV_ERR_NONFINITE, "row %td of %s contains NaN or Inf", row, which);
-    return cv_fail(CV_ERR_VALUE, "row %td of %s has a zero or out-of-range norm", row, which);
+            return cv_fail(CV_ERR_NONFINITE, "row %td of %s contains NaN or Inf", row,
+                           which);
+    return cv_fail(CV_ERR_VALUE, "row %td of %s has a zero or out-of-range norm", row,
+                   which);
 }
 
 /* Inverse L2 norms of the rows of x; returns the first bad row or -1. */
@@ -181,8 +181,8 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
 {
     const ptrdiff_t n = n_rows, m = n_cols;
     if (n < 1 || m < 1 || d < 1)
-        return cv_fail(CV_ERR_VALUE, "empty input: %td rows, %td columns, dimension %td",
-                       n, m, d);
+        return cv_fail(CV_ERR_VALUE, "empty input: %td rows, %td columns, dimension %td", n,
+                       m, d);
     if (offset < 0 || offset + n > m)
         return cv_fail(CV_ERR_VALUE,
                        "the positives of rows 0..%td at offset %td fall outside the %td "
@@ -228,7 +228,7 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
 
     double loss_rows = 0.0, hits_rows = 0.0;
     int nonfinite = 0, stop = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) \
+#pragma omp parallel for num_threads(threads) schedule(static)                             \
     reduction(+ : loss_rows, hits_rows) reduction(| : nonfinite)
     for (ptrdiff_t i = 0; i < n; i++) {
         if (cv_stopping(&stop, i))
@@ -255,7 +255,7 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
     const int square = n == m && offset == 0;
     double loss_cols = 0.0, hits_cols = 0.0;
     if (square) {
-#pragma omp parallel for num_threads(threads) schedule(static) \
+#pragma omp parallel for num_threads(threads) schedule(static)                             \
     reduction(+ : loss_cols, hits_cols)
         for (ptrdiff_t j0 = 0; j0 < m; j0 += COL_TILE) {
             if (cv_stopping(&stop, j0)) /* j0 is a multiple of 16: checks every tile */
@@ -302,21 +302,20 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
     if (grad_a) {
         if ((status = gemm_by_rows(n, d, m, S, m, 1, b, rsb, csb, grad_a, rsga, csga)))
             return status;
-        project_out_norm(grad_a, rsga, csga, a, rsa, csa, n, d, scale,
-                         threads);
+        project_out_norm(grad_a, rsga, csga, a, rsa, csa, n, d, scale, threads);
     }
     if (grad_b) {
         if ((status = gemm_by_rows(m, d, n, S, 1, m, a, rsa, csa, grad_b, rsgb, csgb)))
             return status;
-        project_out_norm(grad_b, rsgb, csgb, b, rsb, csb, m, d, scale,
-                         threads);
+        project_out_norm(grad_b, rsgb, csgb, b, rsb, csb, m, d, scale, threads);
     }
 
     result->loss_rows = loss_rows / n;
     result->loss_cols = square ? loss_cols / m : NAN;
     result->accuracy_rows = hits_rows / n;
     result->accuracy_cols = square ? hits_cols / m : NAN;
-    result->loss = row_weight * result->loss_rows + (col_weight > 0.0 ? col_weight * result->loss_cols : 0.0);
+    result->loss = row_weight * result->loss_rows +
+                   (col_weight > 0.0 ? col_weight * result->loss_cols : 0.0);
     result->grad_logit_scale = grad_scale;
     return CV_OK;
 }
@@ -353,7 +352,7 @@ cv_status cv_ntxent_forward_backward(cv_loss_result *result, float *grad_z, ptrd
     /* Row i's positive is the other view, (i + half) mod n2; itself is no candidate. */
     double loss = 0.0, hits = 0.0;
     int nonfinite = 0, stop = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : loss, hits) \
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : loss, hits)   \
     reduction(| : nonfinite)
     for (ptrdiff_t i = 0; i < n2; i++) {
         if (cv_stopping(&stop, i))

@@ -58,7 +58,7 @@ static float fma_loop_scalar(long iterations)
 double cv_fma_peak(int threads, double seconds, int *vector_bits)
 {
     __builtin_cpu_init();
-    int bits = __builtin_cpu_supports("avx512f")                                  ? 512
+    int bits = __builtin_cpu_supports("avx512f")                                   ? 512
                : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 256
                                                                                    : 32;
     if (vector_bits)
@@ -69,8 +69,9 @@ double cv_fma_peak(int threads, double seconds, int *vector_bits)
         threads = 1;
     if (threads > cv_max_threads())
         threads = cv_max_threads();
-    float (*loop)(long) =
-        bits == 512 ? fma_loop_512 : bits == 256 ? fma_loop_256 : fma_loop_scalar;
+    float (*loop)(long) = bits == 512   ? fma_loop_512
+                          : bits == 256 ? fma_loop_256
+                                        : fma_loop_scalar;
 
     /* Calibrate the iteration count on one thread, then time all threads together
      * and keep the best of three rounds. */

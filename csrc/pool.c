@@ -55,7 +55,8 @@ void maxpool_forward(float *out, unsigned char *argmax, const float *inp, ptrdif
             for (ptrdiff_t pos = k * k - 1; pos >= 0; pos--) {
                 ptrdiff_t y = p * stride - pad + pos / k, x = q * stride - pad + pos % k;
                 if (y >= 0 && y < h && x >= 0 && x < w)
-                    argmax_at(arg, inp + ((b * h + y) * w + x) * c, o, (unsigned char)pos, c);
+                    argmax_at(arg, inp + ((b * h + y) * w + x) * c, o, (unsigned char)pos,
+                              c);
             }
         }
     }

@@ -68,14 +68,14 @@ typedef struct {
     /* the plan for the current batch shape */
     ptrdiff_t n, h, w;
     int planned, plan_training;
-    ptrdiff_t pool_h, pool_w; /* maxpool output */
-    float *pool;              /* maxpool output = layer1's input */
+    ptrdiff_t pool_h, pool_w;   /* maxpool output */
+    float *pool;                /* maxpool output = layer1's input */
     unsigned char *pool_argmax; /* training: where each maximum came from */
     float *arena;
     size_t arena_cap;
-    size_t max_act;          /* floats of the largest activation */
-    float *grad[4];          /* training: gradient buffers, max_act each */
-    double *partials;        /* batch-statistics partials (tiles x 2 x channels) */
+    size_t max_act;   /* floats of the largest activation */
+    float *grad[4];   /* training: gradient buffers, max_act each */
+    double *partials; /* batch-statistics partials (tiles x 2 x channels) */
     size_t partials_cap;
     ptrdiff_t *counts;
     size_t counts_cap;
@@ -228,8 +228,10 @@ static cv_status build(resnet_model *m, cv_tensor_table *table)
             char conv[48], bn[48];
             blk->n_main = bottleneck ? 3 : 2;
             for (int i = 0; i < blk->n_main; i++) {
-                ptrdiff_t cin = i == 0 ? in_planes : planes, cout = i == blk->n_main - 1 ? out : planes;
-                /* Bottleneck: 1x1, 3x3 (stride here: v1.5), 1x1. Basic: 3x3 (stride), 3x3. */
+                ptrdiff_t cin = i == 0 ? in_planes : planes,
+                          cout = i == blk->n_main - 1 ? out : planes;
+                /* Bottleneck: 1x1, 3x3 (stride here: v1.5), 1x1. Basic: 3x3 (stride), 3x3.
+                 */
                 ptrdiff_t k = bottleneck ? (i == 1 ? 3 : 1) : 3;
                 ptrdiff_t s = bottleneck ? (i == 1 ? stride : 1) : (i == 0 ? stride : 1);
                 snprintf(conv, sizeof conv, "layer%d.%d.conv%d", stage + 1, b, i + 1);
@@ -243,7 +245,8 @@ static cv_status build(resnet_model *m, cv_tensor_table *table)
                 snprintf(conv, sizeof conv, "layer%d.%d.downsample.0", stage + 1, b);
                 snprintf(bn, sizeof bn, "layer%d.%d.downsample.1", stage + 1, b);
                 blk->down = m->n_units;
-                if ((st = add_unit(m, table, conv, bn, in_planes, out, 1, stride, 0)) != CV_OK)
+                if ((st = add_unit(m, table, conv, bn, in_planes, out, 1, stride, 0)) !=
+                    CV_OK)
                     return st;
             }
             in_planes = out;
@@ -382,7 +385,8 @@ static cv_status plan(resnet_model *m, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, in
         }
         if (blk->down >= 0) {
             unit *u = &m->units[blk->down];
-            if ((st = conv_shape_init(&u->shape, n, bh, bw, u->in_c, u->out_c, 1, 1, u->stride, 0)))
+            if ((st = conv_shape_init(&u->shape, n, bh, bw, u->in_c, u->out_c, 1, 1,
+                                      u->stride, 0)))
                 return st;
         }
         bh = ch;
@@ -509,7 +513,8 @@ typedef struct {
     ptrdiff_t k;
 } stats_ctx;
 
-static void stats_epilogue(void *ctx, float *out, ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t tile)
+static void stats_epilogue(void *ctx, float *out, ptrdiff_t row0, ptrdiff_t rows,
+                           ptrdiff_t tile)
 {
     (void)row0;
     stats_ctx *c = ctx;
@@ -523,12 +528,14 @@ typedef struct {
     ptrdiff_t k;
 } affine_ctx;
 
-static void affine_epilogue(void *ctx, float *out, ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t tile)
+static void affine_epilogue(void *ctx, float *out, ptrdiff_t row0, ptrdiff_t rows,
+                            ptrdiff_t tile)
 {
     (void)tile;
     affine_ctx *c = ctx;
-    bn_apply_rows(out, out, c->scale, c->shift, c->residual ? c->residual + row0 * c->k : NULL,
-                  NULL, NULL, NULL, c->relu, rows, c->k);
+    bn_apply_rows(out, out, c->scale, c->shift,
+                  c->residual ? c->residual + row0 * c->k : NULL, NULL, NULL, NULL, c->relu,
+                  rows, c->k);
 }
 
 /* dst (cols, rows) = src (rows, cols)^T, in 32 x 32 blocks, OpenMP over row blocks. */
@@ -536,10 +543,12 @@ static void transpose(float *restrict dst, const float *restrict src, ptrdiff_t 
                       ptrdiff_t cols)
 {
     const ptrdiff_t b = 32;
-#pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static) if (rows * cols > 65536)
+#pragma omp parallel for num_threads(cv_get_num_threads())                                 \
+    schedule(static) if (rows * cols > 65536)
     for (ptrdiff_t i0 = 0; i0 < rows; i0 += b)
         for (ptrdiff_t j0 = 0; j0 < cols; j0 += b) {
-            ptrdiff_t i1 = i0 + b < rows ? i0 + b : rows, j1 = j0 + b < cols ? j0 + b : cols;
+            ptrdiff_t i1 = i0 + b < rows ? i0 + b : rows,
+                      j1 = j0 + b < cols ? j0 + b : cols;
             for (ptrdiff_t i = i0; i < i1; i++)
                 for (ptrdiff_t j = j0; j < j1; j++)
                     dst[j * rows + i] = src[i * cols + j];
@@ -571,15 +580,16 @@ static cv_status unit_forward(resnet_model *m, int index, const conv_input *in,
             profile_add(index, u->name, P_CONV_FWD, t0, 2.0 * act_size(s) * rsc);
         t0 = now();
         ptrdiff_t tiles = conv2d_tile_count(in, s), rows = s->n * s->p * s->q;
-        bn_combine_statistics(m->stat_mean, m->stat_var, m->partials, m->counts, 0, tiles, k);
+        bn_combine_statistics(m->stat_mean, m->stat_var, m->partials, m->counts, 0, tiles,
+                              k);
         bn_finish_statistics(u->mean, u->invstd, u->scale, u->shift, u->running_mean,
-                             u->running_var, m->stat_mean, m->stat_var, u->gamma, u->beta, rows,
-                             k, BN_MOMENTUM, BN_EPS);
+                             u->running_var, m->stat_mean, m->stat_var, u->gamma, u->beta,
+                             rows, k, BN_MOMENTUM, BN_EPS);
         if (profile.on)
             profile_add(index, u->name, P_BN_FWD, t0, 0.0);
     } else {
-        bn_eval_affine(u->scale, u->shift, u->running_mean, u->running_var, u->gamma, u->beta, k,
-                       BN_EPS);
+        bn_eval_affine(u->scale, u->shift, u->running_mean, u->running_var, u->gamma,
+                       u->beta, k, BN_EPS);
         affine_ctx ctx = {u->scale, u->shift, residual, relu, k};
         conv_epilogue epi = {affine_epilogue, &ctx};
         if ((st = conv2d_forward(u->y, in, u->weight, weight_t, s, &epi, &m->ws)))
@@ -606,7 +616,9 @@ static cv_status block_forward(resnet_model *m, block *blk, int training)
         unit *u = &m->units[blk->main[i]];
         conv_input_tensor(&in, x);
         const int final = i == blk->n_main - 1;
-        const float *residual = !final ? NULL : blk->down >= 0 ? m->units[blk->down].a : blk->in;
+        const float *residual = !final           ? NULL
+                                : blk->down >= 0 ? m->units[blk->down].a
+                                                 : blk->in;
         if ((st = unit_forward(m, blk->main[i], &in, residual, 1, training)))
             return st;
         if (training) {
@@ -644,8 +656,8 @@ static cv_status resnet_forward(void *model, float *features, const cv_batch *ba
         return cv_fail(CV_ERR_VALUE, "images have %td channels, the ResNet expects %d",
                        batch->c, m->config.in_channels);
     if (batch->h < 32 || batch->w < 32)
-        return cv_fail(CV_ERR_VALUE, "images must be at least 32 x 32, got %td x %td", batch->h,
-                       batch->w);
+        return cv_fail(CV_ERR_VALUE, "images must be at least 32 x 32, got %td x %td",
+                       batch->h, batch->w);
     if ((st = conv_input_pixels(&m->input, batch->pixels, batch->is_uint8, batch->stride,
                                 batch->c, batch->mean, batch->std)))
         return st;
@@ -659,14 +671,14 @@ static cv_status resnet_forward(void *model, float *features, const cv_batch *ba
     const conv_shape *s = &stem->shape;
     double t0 = now();
     if (training) {
-        bn_apply_forward(stem->a, stem->y, stem->scale, stem->shift, NULL, NULL, NULL, NULL, 1,
-                         s->n * s->p * s->q, 64);
+        bn_apply_forward(stem->a, stem->y, stem->scale, stem->shift, NULL, NULL, NULL, NULL,
+                         1, s->n * s->p * s->q, 64);
         if (profile.on)
             profile_add(0, stem->name, P_BN_FWD, t0, 0.0);
         t0 = now();
     }
-    maxpool_forward(m->pool, training ? m->pool_argmax : NULL, stem->a, s->n, s->p, s->q, 64, 3,
-                    2, 1);
+    maxpool_forward(m->pool, training ? m->pool_argmax : NULL, stem->a, s->n, s->p, s->q,
+                    64, 3, 2, 1);
     if (profile.on)
         profile_add(m->n_units, "maxpool", P_BN_FWD, t0, 0.0);
 
@@ -698,31 +710,33 @@ static void unit_bn_backward(resnet_model *m, int index, float *dst, const float
     double t0 = now();
     bn_backward_reduce(m->stat_mean, m->stat_var, dout, out, u->y, u->mean, u->invstd, rows,
                        u->out_c);
-    bn_backward_apply(dst, u->dgamma, u->dbeta, dout, out, u->y, u->mean, u->invstd, u->gamma,
-                      m->stat_mean, m->stat_var, rows, u->out_c);
+    bn_backward_apply(dst, u->dgamma, u->dbeta, dout, out, u->y, u->mean, u->invstd,
+                      u->gamma, m->stat_mean, m->stat_var, rows, u->out_c);
     if (profile.on)
         profile_add(index, u->name, P_BN_BWD, t0, 0.0);
 }
 
 /* The same with the sums already made (sum_dz, sum_dzx), dout already masked. */
-static void unit_bn_backward_apply(resnet_model *m, int index, float *dst, const float *dout,
-                                   const double *sum_dz, const double *sum_dzx)
+static void unit_bn_backward_apply(resnet_model *m, int index, float *dst,
+                                   const float *dout, const double *sum_dz,
+                                   const double *sum_dzx)
 {
     unit *u = &m->units[index];
     const ptrdiff_t rows = u->shape.n * u->shape.p * u->shape.q;
     double t0 = now();
-    bn_backward_apply(dst, u->dgamma, u->dbeta, dout, NULL, u->y, u->mean, u->invstd, u->gamma,
-                      sum_dz, sum_dzx, rows, u->out_c);
+    bn_backward_apply(dst, u->dgamma, u->dbeta, dout, NULL, u->y, u->mean, u->invstd,
+                      u->gamma, sum_dz, sum_dzx, rows, u->out_c);
     if (profile.on)
         profile_add(index, u->name, P_BN_BWD, t0, 0.0);
 }
 
-static cv_status unit_conv_backward(resnet_model *m, int index, float *dinp, const float *dy,
-                                    const conv_input *in, int add)
+static cv_status unit_conv_backward(resnet_model *m, int index, float *dinp,
+                                    const float *dy, const conv_input *in, int add)
 {
     unit *u = &m->units[index];
     double t0 = now();
-    cv_status st = conv2d_backward(dinp, u->dweight, dy, in, u->weight, &u->shape, add, &m->ws);
+    cv_status st =
+        conv2d_backward(dinp, u->dweight, dy, in, u->weight, &u->shape, add, &m->ws);
     if (profile.on) {
         const conv_shape *s = &u->shape;
         double gemm = 2.0 * act_size(s) * s->r * s->s * s->c;
@@ -748,9 +762,9 @@ static cv_status block_backward(resnet_model *m, const block *blk, int gin, int 
     /* dS = dOut * (out > 0) in place, and both batch norms' sums, in one pass. */
     double *sum_dz = m->stat_mean, *sum_f = m->stat_var, *sum_d = m->stat_extra;
     double t0 = now();
-    bn_backward_mask_reduce2(sum_dz, sum_f, sum_d, g[gin], blk->out, uf->y, uf->mean, uf->invstd,
-                             ud ? ud->y : NULL, ud ? ud->mean : NULL, ud ? ud->invstd : NULL,
-                             rows, uf->out_c);
+    bn_backward_mask_reduce2(sum_dz, sum_f, sum_d, g[gin], blk->out, uf->y, uf->mean,
+                             uf->invstd, ud ? ud->y : NULL, ud ? ud->mean : NULL,
+                             ud ? ud->invstd : NULL, rows, uf->out_c);
     if (profile.on)
         profile_add(final, uf->name, P_BN_BWD, t0, 0.0);
     conv_input in;
@@ -824,7 +838,8 @@ cv_status resnet_create(cv_backbone *backbone, cv_tensor_table *table,
                         const cv_resnet_config *config)
 {
     if (config->depth != 18 && config->depth != 34 && config->depth != 50)
-        return cv_fail(CV_ERR_VALUE, "ResNet depth must be 18, 34 or 50, got %d", config->depth);
+        return cv_fail(CV_ERR_VALUE, "ResNet depth must be 18, 34 or 50, got %d",
+                       config->depth);
     if (config->in_channels < 1 || config->in_channels > CONV_MAX_PIXEL_CHANNELS)
         return cv_fail(CV_ERR_VALUE, "in_channels must be 1..%d, got %d",
                        CONV_MAX_PIXEL_CHANNELS, config->in_channels);

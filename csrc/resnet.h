@@ -24,12 +24,12 @@ cv_status resnet_create(cv_backbone *backbone, cv_tensor_table *table,
  * each layer (convolution and batch norm apart) into one table for the process;
  * turning it on clears the table, turning it off keeps it for reading. */
 typedef struct {
-    char name[48];         /* "conv1", "layer1.0.conv2", "maxpool", "avgpool" */
-    double conv_forward;   /* seconds */
-    double bn_forward;     /* batch norm, ReLU and residual add (training) */
+    char name[48];       /* "conv1", "layer1.0.conv2", "maxpool", "avgpool" */
+    double conv_forward; /* seconds */
+    double bn_forward;   /* batch norm, ReLU and residual add (training) */
     double conv_backward;
     double bn_backward;
-    double flops_forward;  /* of the convolution, summed over calls */
+    double flops_forward; /* of the convolution, summed over calls */
     double flops_backward;
     long forward_calls, backward_calls;
 } resnet_profile_entry;

@@ -9,7 +9,10 @@
 
 static _Thread_local char last_error[1024];
 
-const char *cv_last_error(void) { return last_error; }
+const char *cv_last_error(void)
+{
+    return last_error;
+}
 
 cv_status cv_fail(cv_status status, const char *fmt, ...)
 {

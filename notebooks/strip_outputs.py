@@ -16,7 +16,11 @@ import sys
 
 import nbformat
 
-KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+KERNELSPEC = {
+    "name": "python3",
+    "display_name": "Python 3 (ipykernel)",
+    "language": "python",
+}
 LANGUAGE_INFO = {"name": "python"}
 # Cell metadata that a run or an editor adds; anything else (tags, ...) is kept.
 RUN_METADATA = ("execution", "collapsed", "scrolled", "ExecuteTime", "jupyter")
@@ -31,8 +35,9 @@ def stripped(notebook):
             cell.execution_count = None
         for key in RUN_METADATA:
             cell.metadata.pop(key, None)
-    notebook.metadata = nbformat.from_dict({"kernelspec": dict(KERNELSPEC),
-                                            "language_info": dict(LANGUAGE_INFO)})
+    notebook.metadata = nbformat.from_dict(
+        {"kernelspec": dict(KERNELSPEC), "language_info": dict(LANGUAGE_INFO)}
+    )
     return notebook
 
 
@@ -59,16 +64,23 @@ def strip_file(path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", help="notebooks (default: notebooks/*.ipynb)")
-    parser.add_argument("--check", action="store_true",
-                        help="change nothing; exit 1 listing the notebooks not clean")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 listing the notebooks not clean",
+    )
     args = parser.parse_args(argv)
-    paths = args.paths or sorted(glob.glob(os.path.join(os.path.dirname(
-        os.path.abspath(__file__)), "*.ipynb")))
+    paths = args.paths or sorted(
+        glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "*.ipynb"))
+    )
     if args.check:
         dirty = [p for p in paths if not is_clean(p)]
         for path in dirty:
-            print(f"{path}: has outputs or run metadata; run "
-                  f"python notebooks/strip_outputs.py", file=sys.stderr)
+            print(
+                f"{path}: has outputs or run metadata; run "
+                f"python notebooks/strip_outputs.py",
+                file=sys.stderr,
+            )
         return 1 if dirty else 0
     for path in paths:
         if strip_file(path):

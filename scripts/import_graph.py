@@ -26,9 +26,20 @@ LAYERS = (
     ("evaluation", ("convirt.evaluation", "convirt.sklearn")),
     ("training", ("convirt.trainer", "convirt.trainer_config")),
     ("models", ("convirt.encoder", "convirt.checkpoint", "convirt.schedules")),
-    ("data", ("convirt.datasets", "convirt.prepared", "convirt.loader", "convirt.synthetic",
-              "convirt.reports", "convirt.text", "convirt.tables", "convirt.images",
-              "convirt.augment")),
+    (
+        "data",
+        (
+            "convirt.datasets",
+            "convirt.prepared",
+            "convirt.loader",
+            "convirt.synthetic",
+            "convirt.reports",
+            "convirt.text",
+            "convirt.tables",
+            "convirt.images",
+            "convirt.augment",
+        ),
+    ),
     ("foundations", ("convirt._io", "convirt.errors", "convirt._core")),
 )
 LIBRARY_LAYERS = ("evaluation", "training", "models", "data", "foundations")
@@ -57,13 +68,15 @@ def _resolve(module, node, modules, is_package):
     else:
         if node.level:
             base = module.split(".")
-            base = base[:len(base) - node.level + (1 if is_package else 0)]
+            base = base[: len(base) - node.level + (1 if is_package else 0)]
             prefix = ".".join(base + ([node.module] if node.module else []))
         else:
             prefix = node.module or ""
         # `from a import b`: b is a module when there is one, else a name in a.
-        targets = [f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in modules
-                   else prefix for alias in node.names]
+        targets = [
+            f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in modules else prefix
+            for alias in node.names
+        ]
     out = set()
     for target in targets:
         while target and target not in modules:
@@ -157,48 +170,94 @@ def draw(graph, counts, path):
         for t in targets:
             neighbours[t].add(m)
     for _ in range(6):
-        place = {m: (k + 0.5) / len(members) for members in rows.values()
-                 for k, m in enumerate(members)}
+        place = {
+            m: (k + 0.5) / len(members)
+            for members in rows.values()
+            for k, m in enumerate(members)
+        }
         for layer, members in rows.items():
-            rows[layer] = sorted(members, key=lambda m: (
-                sum(place[n] for n in neighbours[m]) / len(neighbours[m])
-                if neighbours[m] else place[m], m))
+            rows[layer] = sorted(
+                members,
+                key=lambda m: (
+                    sum(place[n] for n in neighbours[m]) / len(neighbours[m])
+                    if neighbours[m]
+                    else place[m],
+                    m,
+                ),
+            )
     fig, ax = plt.subplots(figsize=(max(14, 1.55 * width), 1.6 * len(rows) + 1.5))
     position = {}
     for level, (layer, members) in enumerate(reversed(list(rows.items()))):
         for k, module in enumerate(members):
             x = (k + 0.5) * width / len(members)
             position[module] = (x, level)
-        ax.text(-0.3, level, layer, ha="right", va="center", fontsize=9, style="italic",
-                color="0.35")
-    library_top = max(level for module, (_, level) in position.items()
-                      if layer_of(module) in LIBRARY_LAYERS)
+        ax.text(
+            -0.3,
+            level,
+            layer,
+            ha="right",
+            va="center",
+            fontsize=9,
+            style="italic",
+            color="0.35",
+        )
+    library_top = max(
+        level
+        for module, (_, level) in position.items()
+        if layer_of(module) in LIBRARY_LAYERS
+    )
     ax.axhline(library_top + 0.5, color="0.5", lw=1, ls="--")
-    ax.text(width, library_top + 0.5, "library below / application above  ", ha="right",
-            va="bottom", fontsize=8, color="0.4")
+    ax.text(
+        width,
+        library_top + 0.5,
+        "library below / application above  ",
+        ha="right",
+        va="bottom",
+        fontsize=8,
+        color="0.4",
+    )
     for source, targets in graph.items():
         for target in targets:
             (x0, y0), (x1, y1) = position[source], position[target]
             upward = y1 > y0
             same = y0 == y1
-            arrow = FancyArrowPatch((x0, y0 - 0.18), (x1, y1 + (-0.18 if same else 0.18)),
-                                    arrowstyle="-|>", mutation_scale=7, lw=0.5, alpha=0.3,
-                                    color="tab:red" if upward else "0.2",
-                                    connectionstyle="arc3,rad=0.25" if same else None)
+            arrow = FancyArrowPatch(
+                (x0, y0 - 0.18),
+                (x1, y1 + (-0.18 if same else 0.18)),
+                arrowstyle="-|>",
+                mutation_scale=7,
+                lw=0.5,
+                alpha=0.3,
+                color="tab:red" if upward else "0.2",
+                connectionstyle="arc3,rad=0.25" if same else None,
+            )
             ax.add_patch(arrow)
     for module, (x, y) in position.items():
         label = module.removeprefix(PACKAGE + ".") if module != PACKAGE else PACKAGE
         lines = counts.get(module)
         text = f"{label}\n{lines}" if lines else label
-        colour = {"command line": "#f4cccc", "experiments": "#fce5cd",
-                  "package and aliases": "#eeeeee"}.get(layer_of(module), "#d9ead3")
-        ax.text(x, y, text, ha="center", va="center", fontsize=7.5,
-                bbox={"boxstyle": "round,pad=0.3", "fc": colour, "ec": "0.4", "lw": 0.6})
+        colour = {
+            "command line": "#f4cccc",
+            "experiments": "#fce5cd",
+            "package and aliases": "#eeeeee",
+        }.get(layer_of(module), "#d9ead3")
+        ax.text(
+            x,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            bbox={"boxstyle": "round,pad=0.3", "fc": colour, "ec": "0.4", "lw": 0.6},
+        )
     ax.set_xlim(-1.8, width + 0.2)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.axis("off")
-    ax.set_title("convirt's import graph (module, lines): every arrow points at a module "
-                 "the source imports; none points up", fontsize=10)
+    ax.set_title(
+        "convirt's import graph (module, lines): every arrow points at a module "
+        "the source imports; none points up",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -209,13 +268,19 @@ def main(argv=None):
     out = argv[0] if argv else os.path.join(ROOT, "docs", "import_graph.png")
     graph = read_graph()
     order = [layer for layer, _ in LAYERS]
-    upward = sorted((s, t) for s, targets in graph.items() for t in targets
-                    if order.index(layer_of(t)) < order.index(layer_of(s)))
+    upward = sorted(
+        (s, t)
+        for s, targets in graph.items()
+        for t in targets
+        if order.index(layer_of(t)) < order.index(layer_of(s))
+    )
     found = cycles(graph)
     draw(graph, line_counts(), out)
-    print(f"wrote {out}: {len(graph)} modules, "
-          f"{sum(len(t) for t in graph.values())} imports, {len(upward)} upward, "
-          f"{len(found)} cycles")
+    print(
+        f"wrote {out}: {len(graph)} modules, "
+        f"{sum(len(t) for t in graph.values())} imports, {len(upward)} upward, "
+        f"{len(found)} cycles"
+    )
     for source, target in upward:
         print(f"  upward: {source} -> {target}")
     for component in found:

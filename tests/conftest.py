@@ -22,9 +22,13 @@ import pytest
 
 
 def pytest_addoption(parser):
-    parser.addoption("--kernel-set", default=None, metavar="NAME",
-                     help="run on this BLIS kernel set (sets BLIS_ARCH_TYPE), e.g. generic, "
-                          "haswell, zen3, skx")
+    parser.addoption(
+        "--kernel-set",
+        default=None,
+        metavar="NAME",
+        help="run on this BLIS kernel set (sets BLIS_ARCH_TYPE), e.g. generic, "
+        "haswell, zen3, skx",
+    )
 
 
 def pytest_configure(config):
@@ -35,15 +39,19 @@ def pytest_configure(config):
 
         info = convirt.config()
         if info["blis_arch"] != kernel_set:
-            raise pytest.UsageError(f"--kernel-set {kernel_set}: {info['blis_arch_reason']}")
+            raise pytest.UsageError(
+                f"--kernel-set {kernel_set}: {info['blis_arch_reason']}"
+            )
 
 
 def pytest_report_header(config):
     import convirt
 
     info = convirt.config()
-    return (f"convirt: BLIS kernel set {info['blis_arch']} ({info['blis_arch_reason']}); "
-            f"{info['num_threads']} threads; CPU {info['cpu_features']}")
+    return (
+        f"convirt: BLIS kernel set {info['blis_arch']} ({info['blis_arch_reason']}); "
+        f"{info['num_threads']} threads; CPU {info['cpu_features']}"
+    )
 
 
 # ---- fixtures ------------------------------------------------------------------------
@@ -125,21 +133,39 @@ def _write_mimic_tree(root, gz):
             f.write(text.getvalue())
 
     os.makedirs(root, exist_ok=True)
-    write_table("mimic-cxr-2.0.0-metadata.csv",
-                ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription",
-                 "ViewPosition", "Rows", "Columns"],
-                [[d, s, st, "CHEST (PA AND LAT)", v, 40, 30] for d, s, st, v, _ in images])
-    write_table("mimic-cxr-2.0.0-split.csv", ["dicom_id", "study_id", "subject_id", "split"],
-                [[d, st, s, sp] for d, s, st, _, sp in images])
-    write_table("mimic-cxr-2.0.0-chexpert.csv",
-                ["subject_id", "study_id", "Cardiomegaly", "Pleural Effusion"],
-                [["10000032", "50414267", "", "0.0"], ["10000032", "53189527", "1.0", ""],
-                 ["12000029", "57375967", "-1.0", "1.0"]])
+    write_table(
+        "mimic-cxr-2.0.0-metadata.csv",
+        [
+            "dicom_id",
+            "subject_id",
+            "study_id",
+            "PerformedProcedureStepDescription",
+            "ViewPosition",
+            "Rows",
+            "Columns",
+        ],
+        [[d, s, st, "CHEST (PA AND LAT)", v, 40, 30] for d, s, st, v, _ in images],
+    )
+    write_table(
+        "mimic-cxr-2.0.0-split.csv",
+        ["dicom_id", "study_id", "subject_id", "split"],
+        [[d, st, s, sp] for d, s, st, _, sp in images],
+    )
+    write_table(
+        "mimic-cxr-2.0.0-chexpert.csv",
+        ["subject_id", "study_id", "Cardiomegaly", "Pleural Effusion"],
+        [
+            ["10000032", "50414267", "", "0.0"],
+            ["10000032", "53189527", "1.0", ""],
+            ["12000029", "57375967", "-1.0", "1.0"],
+        ],
+    )
     for k, (dicom, subject, study, _, _) in enumerate(images):
         folder = os.path.join(root, "files", f"p{subject[:2]}", f"p{subject}", f"s{study}")
         os.makedirs(folder, exist_ok=True)
-        Image.fromarray(tiny.gradient_image(40, 30, seed=k)).save(os.path.join(folder,
-                                                                               dicom + ".jpg"))
+        Image.fromarray(tiny.gradient_image(40, 30, seed=k)).save(
+            os.path.join(folder, dicom + ".jpg")
+        )
     for study, text in reports.items():
         subject = next(s for _, s, st, _, _ in images if st == study)
         base = os.path.join(root, "mimic-cxr-reports") if subject == "12000029" else root

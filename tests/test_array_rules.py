@@ -77,8 +77,12 @@ def _f32(*shape, seed=0):
 
 def contrastive_loss():
     loss = convirt.ContrastiveLoss()
-    arrays = {"v": _f32(4, 8, seed=1), "u": _f32(4, 8, seed=2),
-              "grad_v": np.zeros((4, 8), np.float32), "grad_u": np.zeros((4, 8), np.float32)}
+    arrays = {
+        "v": _f32(4, 8, seed=1),
+        "u": _f32(4, 8, seed=2),
+        "grad_v": np.zeros((4, 8), np.float32),
+        "grad_u": np.zeros((4, 8), np.float32),
+    }
 
     def call(a):
         r = loss(a["v"], a["u"], grad_v=a["grad_v"], grad_u=a["grad_u"])
@@ -99,19 +103,30 @@ def nt_xent():
 
 
 def softmax_cross_entropy():
-    arrays = {"logits": _f32(4, 3, seed=4), "labels": np.array([0, 2, 1, 2], np.int32),
-              "grad": np.zeros((4, 3), np.float32)}
-    return (lambda a: convirt.softmax_cross_entropy(a["logits"], a["labels"], a["grad"]),
-            arrays)
+    arrays = {
+        "logits": _f32(4, 3, seed=4),
+        "labels": np.array([0, 2, 1, 2], np.int32),
+        "grad": np.zeros((4, 3), np.float32),
+    }
+    return (
+        lambda a: convirt.softmax_cross_entropy(a["logits"], a["labels"], a["grad"]),
+        arrays,
+    )
 
 
 def binary_cross_entropy():
-    arrays = {"logits": _f32(4, 3, seed=5),
-              "targets": _rng(6).integers(0, 2, (4, 3)).astype(np.float32),
-              "grad": np.zeros((4, 3), np.float32),
-              "pos_weight": np.array([1.0, 2.0, 0.5], np.float32)}
-    return (lambda a: convirt.binary_cross_entropy(a["logits"], a["targets"], a["grad"],
-                                                   a["pos_weight"]), arrays)
+    arrays = {
+        "logits": _f32(4, 3, seed=5),
+        "targets": _rng(6).integers(0, 2, (4, 3)).astype(np.float32),
+        "grad": np.zeros((4, 3), np.float32),
+        "pos_weight": np.array([1.0, 2.0, 0.5], np.float32),
+    }
+    return (
+        lambda a: convirt.binary_cross_entropy(
+            a["logits"], a["targets"], a["grad"], a["pos_weight"]
+        ),
+        arrays,
+    )
 
 
 _RESNET = {}  # built once: a ResNet-18 takes a while to initialise
@@ -122,11 +137,17 @@ def resnet_forward():
     if "forward" not in _RESNET:
         _RESNET["forward"] = convirt.Encoder.resnet18(proj_dim=8, proj_hidden=8, seed=1)
     encoder = _RESNET["forward"]
-    arrays = {"images": _rng(7).random((2, 32, 32), dtype=np.float32),
-              "features_out": np.zeros((2, 512), np.float32),
-              "embeddings_out": np.zeros((2, 8), np.float32)}
-    return (lambda a: encoder.forward(a["images"], features_out=a["features_out"],
-                                      embeddings_out=a["embeddings_out"]), arrays)
+    arrays = {
+        "images": _rng(7).random((2, 32, 32), dtype=np.float32),
+        "features_out": np.zeros((2, 512), np.float32),
+        "embeddings_out": np.zeros((2, 8), np.float32),
+    }
+    return (
+        lambda a: encoder.forward(
+            a["images"], features_out=a["features_out"], embeddings_out=a["embeddings_out"]
+        ),
+        arrays,
+    )
 
 
 def resnet_backward():
@@ -158,12 +179,23 @@ def _bert_batch(seed):
 def bert_forward():
     encoder = tiny.bert(seed=2).eval()
     ids, mask, types = _bert_batch(12)
-    arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
-              "features_out": np.zeros((2, 8), np.float32),
-              "embeddings_out": np.zeros((2, 4), np.float32)}
-    return (lambda a: encoder.forward(a["input_ids"], a["attention_mask"],
-                                      a["token_type_ids"], features_out=a["features_out"],
-                                      embeddings_out=a["embeddings_out"]), arrays)
+    arrays = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": types,
+        "features_out": np.zeros((2, 8), np.float32),
+        "embeddings_out": np.zeros((2, 4), np.float32),
+    }
+    return (
+        lambda a: encoder.forward(
+            a["input_ids"],
+            a["attention_mask"],
+            a["token_type_ids"],
+            features_out=a["features_out"],
+            embeddings_out=a["embeddings_out"],
+        ),
+        arrays,
+    )
 
 
 def bert_backward():
@@ -180,16 +212,20 @@ def bert_backward():
 
 def image_augment():
     augment = convirt.ImageAugment(8, seed=1)
-    arrays = {"images": _rng(15).integers(0, 256, (2, 12, 10), dtype=np.uint8),
-              "out": np.zeros((2, 8, 8), np.float32)}
+    arrays = {
+        "images": _rng(15).integers(0, 256, (2, 12, 10), dtype=np.uint8),
+        "out": np.zeros((2, 8, 8), np.float32),
+    }
     return lambda a: augment(a["images"], 3, out=a["out"]), arrays
 
 
 def image_augment_apply():
     augment = convirt.ImageAugment(8, seed=1)
     params = augment.sample_parameters(2, 5)
-    arrays = {"images": _rng(16).integers(0, 256, (2, 12, 10), dtype=np.uint8),
-              "out": np.zeros((2, 8, 8), np.float32)}
+    arrays = {
+        "images": _rng(16).integers(0, 256, (2, 12, 10), dtype=np.uint8),
+        "out": np.zeros((2, 8, 8), np.float32),
+    }
     return lambda a: augment.apply(a["images"], params, out=a["out"]), arrays
 
 
@@ -208,12 +244,19 @@ def adam_load_state_dict():
     optimizer = convirt.Adam([_f32(10, seed=19)], [_f32(10, seed=20)])
     optimizer.step()
     state = optimizer.state_dict()
-    arrays = {"state_dict['exp_avg']": state["exp_avg"].copy(),
-              "state_dict['exp_avg_sq']": state["exp_avg_sq"].copy()}
+    arrays = {
+        "state_dict['exp_avg']": state["exp_avg"].copy(),
+        "state_dict['exp_avg_sq']": state["exp_avg_sq"].copy(),
+    }
 
     def call(a):
-        optimizer.load_state_dict(dict(state, exp_avg=a["state_dict['exp_avg']"],
-                                       exp_avg_sq=a["state_dict['exp_avg_sq']"]))
+        optimizer.load_state_dict(
+            dict(
+                state,
+                exp_avg=a["state_dict['exp_avg']"],
+                exp_avg_sq=a["state_dict['exp_avg_sq']"],
+            )
+        )
         return optimizer.exp_avg.copy(), optimizer.exp_avg_sq.copy()
 
     return call, arrays
@@ -227,8 +270,11 @@ def linear_head_forward():
 
 def linear_head_backward():
     head = _core.LinearHead(5, 3, seed=1)
-    arrays = {"d_logits": _f32(4, 3, seed=22), "x": _f32(4, 5, seed=23),
-              "d_x": np.zeros((4, 5), np.float32)}
+    arrays = {
+        "d_logits": _f32(4, 3, seed=22),
+        "x": _f32(4, 5, seed=23),
+        "d_x": np.zeros((4, 5), np.float32),
+    }
 
     def call(a):
         head.zero_grad()
@@ -241,76 +287,176 @@ def linear_head_backward():
 BOTH = (0, 1)  # both axes of a 2-D argument are set by another one
 
 ENTRY_POINTS = [
-    Entry("ContrastiveLoss", contrastive_loss, (
-        Slot("v", IN, F32, (2, 2), finite=True),
-        Slot("u", IN, F32, (2, 2), finite=True, tied=BOTH),
-        Slot("grad_v", OUT, F32, (2, 2), tied=BOTH),
-        Slot("grad_u", OUT, F32, (2, 2), tied=BOTH))),
-    Entry("ContrastiveLoss.nt_xent", nt_xent, (
-        Slot("z", IN, F32, (2, 2), finite=True),
-        Slot("grad", OUT, F32, (2, 2), tied=BOTH))),
-    Entry("softmax_cross_entropy", softmax_cross_entropy, (
-        Slot("logits", IN, F32, (2, 2), finite=True),
-        Slot("labels", IN, I32, (1, 1), tied=(0,)),
-        Slot("grad", OUT, F32, (2, 2), tied=BOTH))),
-    Entry("binary_cross_entropy", binary_cross_entropy, (
-        Slot("logits", IN, F32, (2, 2), finite=True),
-        Slot("targets", IN, F32, (2, 2), tied=BOTH),
-        Slot("grad", OUT, F32, (2, 2), tied=BOTH),
-        Slot("pos_weight", IN, F32, (1, 1), tied=(0,)))),
-    Entry("Encoder(resnet).forward", resnet_forward, (
-        Slot("images", IN, "float32 or uint8", (3, 4), finite=True),
-        Slot("features_out", OUT, F32, (2, 2), contiguous=True, tied=BOTH),
-        Slot("embeddings_out", OUT, F32, (2, 2), contiguous=True, tied=BOTH))),
-    Entry("Encoder(resnet).backward", resnet_backward, (
-        Slot("d_embeddings", IN, F32, (2, 2), contiguous=True, finite=True, tied=BOTH),
-        Slot("d_features", IN, F32, (2, 2), contiguous=True, finite=True, tied=BOTH))),
-    Entry("Encoder(bert).forward", bert_forward, (
-        Slot("input_ids", IN, I32, (2, 2)),
-        Slot("attention_mask", IN, I32, (2, 2), tied=BOTH),
-        Slot("token_type_ids", IN, I32, (2, 2), tied=BOTH),
-        Slot("features_out", OUT, F32, (2, 2), contiguous=True, tied=BOTH),
-        Slot("embeddings_out", OUT, F32, (2, 2), contiguous=True, tied=BOTH))),
-    Entry("Encoder(bert).backward", bert_backward, (
-        Slot("d_embeddings", IN, F32, (2, 2), contiguous=True, finite=True, tied=BOTH),)),
-    Entry("ImageAugment", image_augment, (
-        Slot("images", IN, U8, (3, 4), list_form=True),
-        Slot("out", OUT, F32, (3, 3), contiguous=True, tied=(0, 1, 2)))),
-    Entry("ImageAugment.apply", image_augment_apply, (
-        Slot("images", IN, U8, (3, 4), list_form=True),
-        Slot("out", OUT, F32, (3, 3), contiguous=True, tied=(0, 1, 2)))),
-    Entry("Adam", adam, (
-        Slot("parameters[0]", INOUT, F32, (1, 1), contiguous=True),
-        Slot("gradients[0]", IN, F32, (1, 1), contiguous=True, finite=True, tied=(0,)))),
-    Entry("Adam.load_state_dict", adam_load_state_dict, (
-        Slot("state_dict['exp_avg']", IN, F32, (1, 1), finite=True, tied=(0,), copied=True),
-        Slot("state_dict['exp_avg_sq']", IN, F32, (1, 1), finite=True, tied=(0,),
-             copied=True))),
+    Entry(
+        "ContrastiveLoss",
+        contrastive_loss,
+        (
+            Slot("v", IN, F32, (2, 2), finite=True),
+            Slot("u", IN, F32, (2, 2), finite=True, tied=BOTH),
+            Slot("grad_v", OUT, F32, (2, 2), tied=BOTH),
+            Slot("grad_u", OUT, F32, (2, 2), tied=BOTH),
+        ),
+    ),
+    Entry(
+        "ContrastiveLoss.nt_xent",
+        nt_xent,
+        (
+            Slot("z", IN, F32, (2, 2), finite=True),
+            Slot("grad", OUT, F32, (2, 2), tied=BOTH),
+        ),
+    ),
+    Entry(
+        "softmax_cross_entropy",
+        softmax_cross_entropy,
+        (
+            Slot("logits", IN, F32, (2, 2), finite=True),
+            Slot("labels", IN, I32, (1, 1), tied=(0,)),
+            Slot("grad", OUT, F32, (2, 2), tied=BOTH),
+        ),
+    ),
+    Entry(
+        "binary_cross_entropy",
+        binary_cross_entropy,
+        (
+            Slot("logits", IN, F32, (2, 2), finite=True),
+            Slot("targets", IN, F32, (2, 2), tied=BOTH),
+            Slot("grad", OUT, F32, (2, 2), tied=BOTH),
+            Slot("pos_weight", IN, F32, (1, 1), tied=(0,)),
+        ),
+    ),
+    Entry(
+        "Encoder(resnet).forward",
+        resnet_forward,
+        (
+            Slot("images", IN, "float32 or uint8", (3, 4), finite=True),
+            Slot("features_out", OUT, F32, (2, 2), contiguous=True, tied=BOTH),
+            Slot("embeddings_out", OUT, F32, (2, 2), contiguous=True, tied=BOTH),
+        ),
+    ),
+    Entry(
+        "Encoder(resnet).backward",
+        resnet_backward,
+        (
+            Slot("d_embeddings", IN, F32, (2, 2), contiguous=True, finite=True, tied=BOTH),
+            Slot("d_features", IN, F32, (2, 2), contiguous=True, finite=True, tied=BOTH),
+        ),
+    ),
+    Entry(
+        "Encoder(bert).forward",
+        bert_forward,
+        (
+            Slot("input_ids", IN, I32, (2, 2)),
+            Slot("attention_mask", IN, I32, (2, 2), tied=BOTH),
+            Slot("token_type_ids", IN, I32, (2, 2), tied=BOTH),
+            Slot("features_out", OUT, F32, (2, 2), contiguous=True, tied=BOTH),
+            Slot("embeddings_out", OUT, F32, (2, 2), contiguous=True, tied=BOTH),
+        ),
+    ),
+    Entry(
+        "Encoder(bert).backward",
+        bert_backward,
+        (Slot("d_embeddings", IN, F32, (2, 2), contiguous=True, finite=True, tied=BOTH),),
+    ),
+    Entry(
+        "ImageAugment",
+        image_augment,
+        (
+            Slot("images", IN, U8, (3, 4), list_form=True),
+            Slot("out", OUT, F32, (3, 3), contiguous=True, tied=(0, 1, 2)),
+        ),
+    ),
+    Entry(
+        "ImageAugment.apply",
+        image_augment_apply,
+        (
+            Slot("images", IN, U8, (3, 4), list_form=True),
+            Slot("out", OUT, F32, (3, 3), contiguous=True, tied=(0, 1, 2)),
+        ),
+    ),
+    Entry(
+        "Adam",
+        adam,
+        (
+            Slot("parameters[0]", INOUT, F32, (1, 1), contiguous=True),
+            Slot("gradients[0]", IN, F32, (1, 1), contiguous=True, finite=True, tied=(0,)),
+        ),
+    ),
+    Entry(
+        "Adam.load_state_dict",
+        adam_load_state_dict,
+        (
+            Slot(
+                "state_dict['exp_avg']",
+                IN,
+                F32,
+                (1, 1),
+                finite=True,
+                tied=(0,),
+                copied=True,
+            ),
+            Slot(
+                "state_dict['exp_avg_sq']",
+                IN,
+                F32,
+                (1, 1),
+                finite=True,
+                tied=(0,),
+                copied=True,
+            ),
+        ),
+    ),
     # The head does not scan x for NaN: the loss after it refuses non-finite logits.
-    Entry("LinearHead.forward", linear_head_forward, (
-        Slot("x", IN, F32, (2, 2), contiguous=True, tied=(1,)),
-        Slot("out", OUT, F32, (2, 2), contiguous=True, tied=BOTH))),
-    Entry("LinearHead.backward", linear_head_backward, (
-        Slot("d_logits", IN, F32, (2, 2), contiguous=True, finite=True, tied=BOTH),
-        Slot("x", IN, F32, (2, 2), contiguous=True, tied=(1,)),
-        Slot("d_x", OUT, F32, (2, 2), contiguous=True, tied=BOTH))),
+    Entry(
+        "LinearHead.forward",
+        linear_head_forward,
+        (
+            Slot("x", IN, F32, (2, 2), contiguous=True, tied=(1,)),
+            Slot("out", OUT, F32, (2, 2), contiguous=True, tied=BOTH),
+        ),
+    ),
+    Entry(
+        "LinearHead.backward",
+        linear_head_backward,
+        (
+            Slot("d_logits", IN, F32, (2, 2), contiguous=True, finite=True, tied=BOTH),
+            Slot("x", IN, F32, (2, 2), contiguous=True, tied=(1,)),
+            Slot("d_x", OUT, F32, (2, 2), contiguous=True, tied=BOTH),
+        ),
+    ),
 ]
 
 # Where an entry point breaks a rule today: (entry, slot, rule) -> why. Each is a strict
 # xfail, so the case fails as soon as the entry point is fixed and the line must go.
-_NEGATIVE_STRIDES = ("loss.c hands negative strides to cv_gemm, which reads (and writes) "
-                     "outside the array: wrong losses, and a heap overflow for an output")
+_NEGATIVE_STRIDES = (
+    "loss.c hands negative strides to cv_gemm, which reads (and writes) "
+    "outside the array: wrong losses, and a heap overflow for an output"
+)
 KNOWN_DEPARTURES = {
-    **{(entry, slot, "strided_is_read_in_place"): _NEGATIVE_STRIDES
-       for entry, slots in [("ContrastiveLoss", ("v", "u", "grad_v", "grad_u")),
-                            ("ContrastiveLoss.nt_xent", ("z", "grad"))]
-       for slot in slots},
-    **{("LinearHead.backward", "d_logits", rule):
-       "linear_head.c raises a plain ValueError for a non-finite d_logits"
-       for rule in ("nan", "inf")},
-    **{("Adam.load_state_dict", f"state_dict['{key}']", rule):
-       "optimizer.c raises a plain ValueError for non-finite moments"
-       for key in ("exp_avg", "exp_avg_sq") for rule in ("nan", "inf")},
+    **{
+        (entry, slot, "strided_is_read_in_place"): _NEGATIVE_STRIDES
+        for entry, slots in [
+            ("ContrastiveLoss", ("v", "u", "grad_v", "grad_u")),
+            ("ContrastiveLoss.nt_xent", ("z", "grad")),
+        ]
+        for slot in slots
+    },
+    **{
+        (
+            "LinearHead.backward",
+            "d_logits",
+            rule,
+        ): "linear_head.c raises a plain ValueError for a non-finite d_logits"
+        for rule in ("nan", "inf")
+    },
+    **{
+        (
+            "Adam.load_state_dict",
+            f"state_dict['{key}']",
+            rule,
+        ): "optimizer.c raises a plain ValueError for non-finite moments"
+        for key in ("exp_avg", "exp_avg_sq")
+        for rule in ("nan", "inf")
+    },
 }
 
 
@@ -325,7 +471,7 @@ def named(name):
 
 def copy_into(buffer, array):
     """array's values in a view of buffer's bytes with array's dtype and shape."""
-    view = buffer[:array.nbytes].view(array.dtype).reshape(array.shape)
+    view = buffer[: array.nbytes].view(array.dtype).reshape(array.shape)
     view[...] = array
     return view
 
@@ -366,17 +512,25 @@ def results(call, arrays):
 # Each rule: (applies(slot), check(entry, slot)). The cases are every (entry point, slot,
 # rule) where the rule applies.
 
-WRONG_DTYPES = {"float32": ["float64", "float16", "int32"], "int32": ["int64", "float32"],
-                "uint8": ["float32", "uint16"], "float32 or uint8": ["float64", "int16"]}
+WRONG_DTYPES = {
+    "float32": ["float64", "float16", "int32"],
+    "int32": ["int64", "float32"],
+    "uint8": ["float32", "uint16"],
+    "float32 or uint8": ["float64", "int16"],
+}
 
 
 def wrong_dtype(entry, slot):
     call, arrays = entry.setup()
     for dtype in WRONG_DTYPES[slot.dtype]:
         bad = dict(arrays, **{slot.name: arrays[slot.name].astype(dtype)})
-        refused(call, bad, TypeError,
-                rf"^{named(slot.name)} must have dtype {slot.dtype} \(native byte order\), "
-                rf"got {dtype}")
+        refused(
+            call,
+            bad,
+            TypeError,
+            rf"^{named(slot.name)} must have dtype {slot.dtype} \(native byte order\), "
+            rf"got {dtype}",
+        )
 
 
 def byte_swapped(entry, slot):
@@ -384,13 +538,17 @@ def byte_swapped(entry, slot):
     array = arrays[slot.name]
     swapped = array.astype(array.dtype.newbyteorder())
     bad = dict(arrays, **{slot.name: swapped})
-    refused(call, bad, TypeError, rf"^{named(slot.name)} must have dtype .*native byte order")
+    refused(
+        call, bad, TypeError, rf"^{named(slot.name)} must have dtype .*native byte order"
+    )
 
 
 def not_an_array(entry, slot):
     call, arrays = entry.setup()
     array = arrays[slot.name]
-    with pytest.raises(TypeError, match=rf"^{named(slot.name)} must be a NumPy array.*list"):
+    with pytest.raises(
+        TypeError, match=rf"^{named(slot.name)} must be a NumPy array.*list"
+    ):
         call(dict(arrays, **{slot.name: array.tolist()}))
 
 
@@ -405,16 +563,18 @@ def too_many_dimensions(entry, slot):
     array = arrays[slot.name]
     extra = slot.ndim[1] + 1 - array.ndim
     bad = array.reshape((1,) * extra + array.shape)
-    refused(call, dict(arrays, **{slot.name: bad}), ValueError,
-            _ndim_message(slot, bad.ndim))
+    refused(
+        call, dict(arrays, **{slot.name: bad}), ValueError, _ndim_message(slot, bad.ndim)
+    )
 
 
 def too_few_dimensions(entry, slot):
     call, arrays = entry.setup()
     array = arrays[slot.name]
     bad = array[(0,) * (array.ndim - slot.ndim[0] + 1) + (Ellipsis,)]  # 0-d is an array
-    refused(call, dict(arrays, **{slot.name: bad}), ValueError,
-            _ndim_message(slot, bad.ndim))
+    refused(
+        call, dict(arrays, **{slot.name: bad}), ValueError, _ndim_message(slot, bad.ndim)
+    )
 
 
 def wrong_shape(entry, slot):
@@ -425,9 +585,13 @@ def wrong_shape(entry, slot):
     shape = re.escape(str(want).replace("'", ""))
     for axis in slot.tied:
         bad = np.ascontiguousarray(np.delete(array, 0, axis=axis))
-        refused(call, dict(arrays, **{slot.name: bad}), ValueError,
-                rf"^{named(slot.name)} must have shape {shape}, got "
-                rf"{re.escape(str(bad.shape))}")
+        refused(
+            call,
+            dict(arrays, **{slot.name: bad}),
+            ValueError,
+            rf"^{named(slot.name)} must have shape {shape}, got "
+            rf"{re.escape(str(bad.shape))}",
+        )
 
 
 def misaligned(entry, slot):
@@ -436,16 +600,24 @@ def misaligned(entry, slot):
     raw = aligned_bytes(array.nbytes + 1)
     bad = copy_into(raw[1:], array)
     assert not bad.flags.aligned
-    refused(call, dict(arrays, **{slot.name: bad}), ValueError,
-            rf"^{named(slot.name)} is not aligned")
+    refused(
+        call,
+        dict(arrays, **{slot.name: bad}),
+        ValueError,
+        rf"^{named(slot.name)} is not aligned",
+    )
 
 
 def read_only_output(entry, slot):
     call, arrays = entry.setup()
     bad = arrays[slot.name].copy()
     bad.flags.writeable = False
-    refused(call, dict(arrays, **{slot.name: bad}), ValueError,
-            rf"^{named(slot.name)} is read-only")
+    refused(
+        call,
+        dict(arrays, **{slot.name: bad}),
+        ValueError,
+        rf"^{named(slot.name)} is read-only",
+    )
 
 
 def read_only_input(entry, slot):
@@ -470,10 +642,17 @@ def broadcast(entry, slot):
         call, arrays = entry.setup()
         assert_same_result(results(call, dict(arrays, **{slot.name: bad})), expected)
         return
-    message = ("must be C-contiguous" if slot.contiguous
-               else r"has a zero stride on axis 0 \(a broadcast view\)")
-    refused(call, dict(arrays, **{slot.name: bad}), ValueError,
-            rf"^{named(slot.name)} {message}")
+    message = (
+        "must be C-contiguous"
+        if slot.contiguous
+        else r"has a zero stride on axis 0 \(a broadcast view\)"
+    )
+    refused(
+        call,
+        dict(arrays, **{slot.name: bad}),
+        ValueError,
+        rf"^{named(slot.name)} {message}",
+    )
 
 
 SENTINEL = {"f": -12345.5, "i": -12345, "u": 0xA5}
@@ -512,16 +691,21 @@ def strided_is_read_in_place(entry, slot):
         assert not view.flags.c_contiguous
         got = results(call, dict(arrays, **{slot.name: view}))
         outside = buffer[~inside]
-        assert (outside == SENTINEL[buffer.dtype.kind]).all(), \
+        assert (outside == SENTINEL[buffer.dtype.kind]).all(), (
             f"{layout}: {np.count_nonzero(outside != outside[0])} elements outside the view"
+        )
         assert_same_result(got, expected, exact=False)
 
 
 def strided_is_refused(entry, slot):
     for view, _, _ in _strided_views(entry.setup()[1][slot.name]).values():
         call, arrays = entry.setup()
-        refused(call, dict(arrays, **{slot.name: view}), ValueError,
-                rf"^{named(slot.name)} must be C-contiguous")
+        refused(
+            call,
+            dict(arrays, **{slot.name: view}),
+            ValueError,
+            rf"^{named(slot.name)} must be C-contiguous",
+        )
 
 
 def _non_finite(value):
@@ -529,8 +713,12 @@ def _non_finite(value):
         call, arrays = entry.setup()
         bad = arrays[slot.name].copy()
         bad.reshape(-1)[bad.size // 2] = value
-        refused(call, dict(arrays, **{slot.name: bad}), convirt.NonFiniteError,
-                "(?i)nan" if np.isnan(value) else "(?i)inf")
+        refused(
+            call,
+            dict(arrays, **{slot.name: bad}),
+            convirt.NonFiniteError,
+            "(?i)nan" if np.isnan(value) else "(?i)inf",
+        )
 
     return check
 
@@ -552,10 +740,13 @@ def output_overlaps(entry, slot):
         overlapping[other.name] = copy_into(raw, theirs)  # last: the input's values hold
         # Either may be named first ("grad_v overlaps grad_u", "grad_u overlaps grad_v");
         # the encoders call each of their inputs "the input".
-        theirs = named(other.name) if _is_output(other) else \
-            f"({named(other.name)}|the input)"
-        pattern = (rf"^({named(slot.name)} overlaps {theirs}|"
-                   rf"{named(other.name)} overlaps {named(slot.name)}) in memory")
+        theirs = (
+            named(other.name) if _is_output(other) else f"({named(other.name)}|the input)"
+        )
+        pattern = (
+            rf"^({named(slot.name)} overlaps {theirs}|"
+            rf"{named(other.name)} overlaps {named(slot.name)}) in memory"
+        )
         with pytest.raises(ValueError, match=pattern):
             call(overlapping)
 
@@ -597,8 +788,9 @@ def _cases():
                 why = KNOWN_DEPARTURES.get((entry.name, slot.name, rule))
                 if why:
                     marks = (pytest.mark.xfail(reason=why, strict=True),)
-                yield pytest.param(entry, slot, rule, id=f"{entry.name}-{slot.name}-{rule}",
-                                   marks=marks)
+                yield pytest.param(
+                    entry, slot, rule, id=f"{entry.name}-{slot.name}-{rule}", marks=marks
+                )
 
 
 @pytest.mark.parametrize("entry, slot, rule", list(_cases()))
@@ -613,6 +805,11 @@ def test_every_valid_call_in_the_table_works():
         call, arrays = entry.setup()
         assert set(arrays) == {s.name for s in entry.slots}, entry.name
         call(arrays)
-    names = {(e.name, s.name, r) for e in ENTRY_POINTS for s in e.slots for r in RULES
-             if RULES[r][0](s)}
+    names = {
+        (e.name, s.name, r)
+        for e in ENTRY_POINTS
+        for s in e.slots
+        for r in RULES
+        if RULES[r][0](s)
+    }
     assert set(KNOWN_DEPARTURES) <= names

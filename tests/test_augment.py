@@ -14,8 +14,16 @@ from scipy import ndimage, stats
 import convirt
 from convirt import ImageAugment
 
-ALL_OFF = {"crop_scale": None, "flip": None, "degrees": None, "translate": None,
-           "scale": None, "brightness": None, "contrast": None, "blur_sigma": None}
+ALL_OFF = {
+    "crop_scale": None,
+    "flip": None,
+    "degrees": None,
+    "translate": None,
+    "scale": None,
+    "brightness": None,
+    "contrast": None,
+    "blur_sigma": None,
+}
 GREY_WEIGHTS = np.array([0.2989, 0.587, 0.114])  # torchvision's rgb_to_grayscale
 
 
@@ -74,11 +82,13 @@ def reference(img, p, size, fill=0.0, normalization=None):
     out = np.clip(p["contrast"] * out + (1 - p["contrast"]) * grey.mean(), 0.0, 1.0)
     if p["sigma"] > 0:
         r = math.ceil(3 * p["sigma"])
-        out = ndimage.gaussian_filter(out, sigma=(p["sigma"], p["sigma"], 0), mode="mirror",
-                                      radius=(r, r, 0))
+        out = ndimage.gaussian_filter(
+            out, sigma=(p["sigma"], p["sigma"], 0), mode="mirror", radius=(r, r, 0)
+        )
     if normalization is not None:
-        mean, std = (np.broadcast_to(np.asarray(v, dtype=np.float64), (c,))
-                     for v in normalization)
+        mean, std = (
+            np.broadcast_to(np.asarray(v, dtype=np.float64), (c,)) for v in normalization
+        )
         out = (out - mean) / std
     return out[..., 0] if grey_input else out
 
@@ -123,10 +133,20 @@ def test_crop_and_resize_match_pil(box, channels):
     out = ImageAugment(size=size).apply(x, p)[0]
     pil_box = (box[0] * w, box[1] * h, (box[0] + box[2]) * w, (box[1] + box[3]) * h)
     planes = x[0][..., None] if channels is None else x[0]
-    expected = np.stack([
-        np.asarray(Image.fromarray(planes[..., k].astype(np.float32), mode="F").resize(
-            (size, size), Image.BILINEAR, box=pil_box)) for k in range(planes.shape[-1])],
-        axis=-1) / 255.0
+    expected = (
+        np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(planes[..., k].astype(np.float32), mode="F").resize(
+                        (size, size), Image.BILINEAR, box=pil_box
+                    )
+                )
+                for k in range(planes.shape[-1])
+            ],
+            axis=-1,
+        )
+        / 255.0
+    )
     if channels is None:
         expected = expected[..., 0]
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
@@ -141,8 +161,9 @@ def test_shrinking_resize_matches_torch_bilinear(channels):
     out = ImageAugment(size=24).apply(x, identity(2))
     t = torch.from_numpy(x.astype(np.float32) / 255.0)
     t = t[:, None] if channels is None else t.permute(0, 3, 1, 2)
-    expected = torch.nn.functional.interpolate(t, size=(24, 24), mode="bilinear",
-                                               align_corners=False, antialias=False)
+    expected = torch.nn.functional.interpolate(
+        t, size=(24, 24), mode="bilinear", align_corners=False, antialias=False
+    )
     expected = expected[:, 0] if channels is None else expected.permute(0, 2, 3, 1)
     np.testing.assert_allclose(out, expected.numpy(), atol=1e-5, rtol=0)
 
@@ -162,11 +183,14 @@ def test_rotation_direction_and_translation_in_whole_pixels():
     np.testing.assert_allclose(aug.apply(x, p)[0], expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("angle,scale,translate,fill", [
-    (17.0, 1.0, (0.0, 0.0), 0.0),
-    (-20.0, 0.95, (0.1, -0.05), 0.0),
-    (33.3, 1.05, (-0.07, 0.09), 0.4),
-])
+@pytest.mark.parametrize(
+    "angle,scale,translate,fill",
+    [
+        (17.0, 1.0, (0.0, 0.0), 0.0),
+        (-20.0, 0.95, (0.1, -0.05), 0.0),
+        (33.3, 1.05, (-0.07, 0.09), 0.4),
+    ],
+)
 def test_affine_matches_scipy(angle, scale, translate, fill):
     # scipy.ndimage.affine_transform(order=1, mode="grid-constant") is bilinear with
     # the fill outside the image: what augment.h promises without a crop. The matrix
@@ -182,16 +206,24 @@ def test_affine_matches_scipy(angle, scale, translate, fill):
     centre = (size - 1) / 2.0
     shift = np.array([centre + translate[1] * size, centre + translate[0] * size])
     offset = centre - matrix @ shift
-    expected = ndimage.affine_transform(x[0] / 255.0, matrix, offset=offset, order=1,
-                                        mode="grid-constant", cval=fill, prefilter=False)
+    expected = ndimage.affine_transform(
+        x[0] / 255.0,
+        matrix,
+        offset=offset,
+        order=1,
+        mode="grid-constant",
+        cval=fill,
+        prefilter=False,
+    )
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
     if fill:
         assert out[0, 0] == pytest.approx(fill)  # a corner rotated out of the image
 
 
 @pytest.mark.parametrize("channels", [None, 3])
-@pytest.mark.parametrize("brightness,contrast", [(1.3, 1.0), (0.7, 1.0), (1.0, 0.6),
-                                                 (1.0, 1.4), (1.25, 0.65)])
+@pytest.mark.parametrize(
+    "brightness,contrast", [(1.3, 1.0), (0.7, 1.0), (1.0, 0.6), (1.0, 1.4), (1.25, 0.65)]
+)
 def test_brightness_and_contrast_formulas(channels, brightness, contrast):
     # torchvision: brightness = clamp(b x), contrast = clamp(c x + (1 - c) mean(grey)).
     x = images(2, 9, 9, channels, seed=7)
@@ -241,13 +273,19 @@ def test_full_pipeline_matches_reference(channels):
     out = aug(x, step=3)
     np.testing.assert_array_equal(out, aug.apply(x, p))
     for k in range(6):
-        np.testing.assert_allclose(out[k], reference(x[k], p[k], 40, fill=0.25),
-                                   atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            out[k], reference(x[k], p[k], 40, fill=0.25), atol=1e-5, rtol=0
+        )
 
 
-@pytest.mark.parametrize("channels,normalization", [
-    (None, (0.5, 0.25)), (3, ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
-    (3, ([0.5], [0.2]))])
+@pytest.mark.parametrize(
+    "channels,normalization",
+    [
+        (None, (0.5, 0.25)),
+        (3, ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+        (3, ([0.5], [0.2])),
+    ],
+)
 def test_normalization(channels, normalization):
     x = images(3, 30, 30, channels, seed=11)
     plain = ImageAugment(size=24, seed=1)
@@ -256,9 +294,12 @@ def test_normalization(channels, normalization):
     expected = (plain(x, step=2).astype(np.float64) - mean) / std
     np.testing.assert_allclose(normed(x, step=2), expected, atol=1e-5, rtol=1e-6)
     p = normed.sample_parameters(3, step=2)
-    np.testing.assert_allclose(normed.apply(x, p)[1],
-                               reference(x[1], p[1], 24, normalization=normalization),
-                               atol=5e-5, rtol=0)
+    np.testing.assert_allclose(
+        normed.apply(x, p)[1],
+        reference(x[1], p[1], 24, normalization=normalization),
+        atol=5e-5,
+        rtol=0,
+    )
 
 
 # ---- inputs ----------------------------------------------------------------------------
@@ -283,13 +324,15 @@ def test_strided_views_and_memmaps_are_read_in_place(tmp_path):
 def test_a_list_of_different_sizes():
     aug = ImageAugment(size=28, seed=3)
     rng = np.random.default_rng(13)
-    batch = [rng.integers(0, 256, size=(h, w), dtype=np.uint8)
-             for h, w in [(30, 40), (28, 28), (64, 33), (2, 2)]]
+    batch = [
+        rng.integers(0, 256, size=(h, w), dtype=np.uint8)
+        for h, w in [(30, 40), (28, 28), (64, 33), (2, 2)]
+    ]
     out = aug(batch, step=9)
     assert out.shape == (4, 28, 28)
     p = aug.sample_parameters(4, step=9)
     for k, img in enumerate(batch):
-        np.testing.assert_array_equal(out[k], aug.apply([img], p[k:k + 1])[0])
+        np.testing.assert_array_equal(out[k], aug.apply([img], p[k : k + 1])[0])
         np.testing.assert_allclose(out[k], reference(img, p[k], 28), atol=1e-5)
     # a list of equal images is the same as the stacked array
     same = [b[:2, :2] for b in batch]
@@ -384,9 +427,13 @@ def test_sampled_parameters_follow_their_ranges():
     assert stats.ks_2samp(area, areas).pvalue > 1e-4
     # flips at rate 1/2 (4 standard deviations: 0.014)
     assert abs(p["flip"].mean() - 0.5) < 0.014
-    for field, lo, hi in [("angle", -20, 20), ("scale", 0.95, 1.05),
-                          ("brightness", 0.6, 1.4), ("contrast", 0.6, 1.4),
-                          ("sigma", 0.1, 3.0)]:
+    for field, lo, hi in [
+        ("angle", -20, 20),
+        ("scale", 0.95, 1.05),
+        ("brightness", 0.6, 1.4),
+        ("contrast", 0.6, 1.4),
+        ("sigma", 0.1, 3.0),
+    ]:
         v = p[field]
         assert v.min() >= lo and v.max() <= hi, field
         assert v.min() < lo + (hi - lo) * 0.01 and v.max() > hi - (hi - lo) * 0.01, field
@@ -459,13 +506,21 @@ def test_defaults_repr_and_config_round_trip():
     assert aug.contrast == (0.6, 1.4) and aug.blur_sigma == (0.1, 3.0)
     assert aug.crop_ratio == pytest.approx((3 / 4, 4 / 3)) and aug.fill == 0.0
     assert "ImageAugment(size=224" in repr(aug) and "blur_sigma=(0.1, 3.0)" in repr(aug)
-    custom = ImageAugment(96, degrees=(-5, 10), translate=(0.05, 0.2), blur_sigma=None,
-                          flip=True, normalization=(0.5, 0.25), seed=2**63 + 5)
+    custom = ImageAugment(
+        96,
+        degrees=(-5, 10),
+        translate=(0.05, 0.2),
+        blur_sigma=None,
+        flip=True,
+        normalization=(0.5, 0.25),
+        seed=2**63 + 5,
+    )
     again = ImageAugment(**custom.config)
     assert again.config == custom.config
     assert custom.blur_sigma is None and custom.flip == 0.5
-    np.testing.assert_array_equal(custom.sample_parameters(8, 1),
-                                  again.sample_parameters(8, 1))
+    np.testing.assert_array_equal(
+        custom.sample_parameters(8, 1), again.sample_parameters(8, 1)
+    )
 
 
 def test_pickle_round_trip():
@@ -521,41 +576,44 @@ def test_wrong_channels(aug):
         aug([np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.uint8)])
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"crop_scale": (0.9, 0.6)}, ValueError, "crop_scale"),
-    ({"crop_scale": (0.0, 1.0)}, ValueError, "crop_scale"),
-    ({"crop_scale": (0.5, 1.2)}, ValueError, "crop_scale"),
-    ({"crop_scale": 0.5}, TypeError, "crop_scale must be a \\(low, high\\) pair"),
-    ({"crop_scale": "ab"}, TypeError, "crop_scale"),
-    ({"crop_ratio": (-1.0, 2.0)}, ValueError, "crop_ratio"),
-    ({"crop_ratio": (2.0, 1.0)}, ValueError, "crop_ratio"),
-    ({"flip": 1.5}, ValueError, "flip must be a probability"),
-    ({"flip": (0.2, 0.4)}, TypeError, "flip"),
-    ({"degrees": -5}, ValueError, "degrees must be >= 0"),
-    ({"degrees": (30, 10)}, ValueError, "degrees"),
-    ({"degrees": (-200, 0)}, ValueError, "degrees"),
-    ({"degrees": (1, 2, 3)}, TypeError, "degrees"),
-    ({"translate": 1.5}, ValueError, "translate"),
-    ({"translate": -0.1}, ValueError, "translate"),
-    ({"scale": (0.0, 1.0)}, ValueError, "scale"),
-    ({"scale": (1.1, 0.9)}, ValueError, "scale"),
-    ({"brightness": (1.4, 0.6)}, ValueError, "brightness"),
-    ({"brightness": (-0.1, 1.0)}, ValueError, "brightness"),
-    ({"contrast": (1.4, 0.6)}, ValueError, "contrast"),
-    ({"contrast": (float("nan"), 1.0)}, ValueError, "contrast"),
-    ({"blur_sigma": (0.0, 1.0)}, ValueError, "blur_sigma"),
-    ({"blur_sigma": (1.0, 100.0)}, ValueError, "blur_sigma"),
-    ({"size": 1}, ValueError, "size must be in"),
-    ({"size": 0}, ValueError, "size must be in"),
-    ({"fill": 2.0}, ValueError, "fill"),
-    ({"fill": -0.1}, ValueError, "fill"),
-    ({"normalization": (0.5,)}, TypeError, "normalization"),
-    ({"normalization": ((0.5, 0.5), 0.2)}, ValueError, "normalization"),
-    ({"normalization": (0.5, 0.0)}, ValueError, "positive"),
-    ({"normalization": ((1, 2, 3), (1, 2))}, ValueError, "normalization"),
-    ({"seed": -1}, ValueError, "seed"),
-    ({"seed": 1.5}, TypeError, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"crop_scale": (0.9, 0.6)}, ValueError, "crop_scale"),
+        ({"crop_scale": (0.0, 1.0)}, ValueError, "crop_scale"),
+        ({"crop_scale": (0.5, 1.2)}, ValueError, "crop_scale"),
+        ({"crop_scale": 0.5}, TypeError, "crop_scale must be a \\(low, high\\) pair"),
+        ({"crop_scale": "ab"}, TypeError, "crop_scale"),
+        ({"crop_ratio": (-1.0, 2.0)}, ValueError, "crop_ratio"),
+        ({"crop_ratio": (2.0, 1.0)}, ValueError, "crop_ratio"),
+        ({"flip": 1.5}, ValueError, "flip must be a probability"),
+        ({"flip": (0.2, 0.4)}, TypeError, "flip"),
+        ({"degrees": -5}, ValueError, "degrees must be >= 0"),
+        ({"degrees": (30, 10)}, ValueError, "degrees"),
+        ({"degrees": (-200, 0)}, ValueError, "degrees"),
+        ({"degrees": (1, 2, 3)}, TypeError, "degrees"),
+        ({"translate": 1.5}, ValueError, "translate"),
+        ({"translate": -0.1}, ValueError, "translate"),
+        ({"scale": (0.0, 1.0)}, ValueError, "scale"),
+        ({"scale": (1.1, 0.9)}, ValueError, "scale"),
+        ({"brightness": (1.4, 0.6)}, ValueError, "brightness"),
+        ({"brightness": (-0.1, 1.0)}, ValueError, "brightness"),
+        ({"contrast": (1.4, 0.6)}, ValueError, "contrast"),
+        ({"contrast": (float("nan"), 1.0)}, ValueError, "contrast"),
+        ({"blur_sigma": (0.0, 1.0)}, ValueError, "blur_sigma"),
+        ({"blur_sigma": (1.0, 100.0)}, ValueError, "blur_sigma"),
+        ({"size": 1}, ValueError, "size must be in"),
+        ({"size": 0}, ValueError, "size must be in"),
+        ({"fill": 2.0}, ValueError, "fill"),
+        ({"fill": -0.1}, ValueError, "fill"),
+        ({"normalization": (0.5,)}, TypeError, "normalization"),
+        ({"normalization": ((0.5, 0.5), 0.2)}, ValueError, "normalization"),
+        ({"normalization": (0.5, 0.0)}, ValueError, "positive"),
+        ({"normalization": ((1, 2, 3), (1, 2))}, ValueError, "normalization"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"seed": 1.5}, TypeError, "seed"),
+    ],
+)
 def test_bad_settings(kwargs, error, match):
     with pytest.raises(error, match=match):
         ImageAugment(**kwargs)
@@ -587,14 +645,16 @@ def test_bad_parameters(aug):
         aug.apply(x, identity(3))
     with pytest.raises(ValueError, match="C-contiguous"):
         aug.apply(x, identity(4)[::2])
-    for field, value, match in [("crop", (0.5, 0.0, 0.6, 1.0), "crop of image 1"),
-                                ("crop", (0.0, 0.0, 0.0, 1.0), "crop of image 1"),
-                                ("crop", (-0.1, 0.0, 0.5, 1.0), "crop of image 1"),
-                                ("scale", 0.0, "scale of image 1"),
-                                ("brightness", -1.0, "image 1"),
-                                ("sigma", 65.0, "sigma of image 1"),
-                                ("sigma", -1.0, "sigma of image 1"),
-                                ("angle", float("nan"), "image 1 are not all finite")]:
+    for field, value, match in [
+        ("crop", (0.5, 0.0, 0.6, 1.0), "crop of image 1"),
+        ("crop", (0.0, 0.0, 0.0, 1.0), "crop of image 1"),
+        ("crop", (-0.1, 0.0, 0.5, 1.0), "crop of image 1"),
+        ("scale", 0.0, "scale of image 1"),
+        ("brightness", -1.0, "image 1"),
+        ("sigma", 65.0, "sigma of image 1"),
+        ("sigma", -1.0, "sigma of image 1"),
+        ("angle", float("nan"), "image 1 are not all finite"),
+    ]:
         p = identity(2)
         p[field][1] = value
         with pytest.raises(ValueError, match=match):

@@ -14,15 +14,27 @@ import torch.nn.functional as F
 import convirt
 from convirt import Encoder
 
-SMALL = {"vocab_size": 60, "hidden_size": 32, "num_hidden_layers": 4,
-         "num_attention_heads": 4, "intermediate_size": 48, "max_position_embeddings": 24,
-         "type_vocab_size": 2}
+SMALL = {
+    "vocab_size": 60,
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 48,
+    "max_position_embeddings": 24,
+    "type_vocab_size": 2,
+}
 
 
 def small_encoder(pooling="max", freeze_layers=0, seed=3, perturb=True, **sizes):
     config = dict(SMALL, **sizes)
-    encoder = Encoder.bert(**config, pooling=pooling, freeze_layers=freeze_layers,
-                           proj_dim=8, proj_hidden=16, seed=seed)
+    encoder = Encoder.bert(
+        **config,
+        pooling=pooling,
+        freeze_layers=freeze_layers,
+        proj_dim=8,
+        proj_hidden=16,
+        seed=seed,
+    )
     if perturb:  # LayerNorm parameters and biases away from 1 and 0
         rng = np.random.default_rng(seed)
         for name, view in encoder.parameters().items():
@@ -47,32 +59,50 @@ def torch_bert(params, ids, mask, types, layers, heads, eps, pooling):
     n, t = ids.shape
     ids, types = torch.as_tensor(ids).long(), torch.as_tensor(types).long()
     m = torch.as_tensor(mask).double()
-    x = (F.embedding(ids, p["embeddings.word_embeddings.weight"])
-         + F.embedding(types, p["embeddings.token_type_embeddings.weight"])
-         + p["embeddings.position_embeddings.weight"][:t][None])
+    x = (
+        F.embedding(ids, p["embeddings.word_embeddings.weight"])
+        + F.embedding(types, p["embeddings.token_type_embeddings.weight"])
+        + p["embeddings.position_embeddings.weight"][:t][None]
+    )
     hidden = x.shape[-1]
-    x = F.layer_norm(x, (hidden,), p["embeddings.LayerNorm.weight"],
-                     p["embeddings.LayerNorm.bias"], eps)
+    x = F.layer_norm(
+        x, (hidden,), p["embeddings.LayerNorm.weight"], p["embeddings.LayerNorm.bias"], eps
+    )
     d = hidden // heads
     additive = (1.0 - m[:, None, None, :]) * -1e9
     for layer in range(layers):
+
         def q(name, layer=layer):
             return p[f"encoder.layer.{layer}.{name}"]
 
         def heads_of(name, x=x, q=q):
-            y = F.linear(x, q(f"attention.self.{name}.weight"), q(f"attention.self.{name}.bias"))
+            y = F.linear(
+                x, q(f"attention.self.{name}.weight"), q(f"attention.self.{name}.bias")
+            )
             return y.view(n, t, heads, d).transpose(1, 2)
 
-        scores = heads_of("query") @ heads_of("key").transpose(-1, -2) / d ** 0.5 + additive
+        scores = heads_of("query") @ heads_of("key").transpose(-1, -2) / d**0.5 + additive
         ctx = (scores.softmax(-1) @ heads_of("value")).transpose(1, 2).reshape(n, t, hidden)
-        h1 = F.layer_norm(x + F.linear(ctx, q("attention.output.dense.weight"),
-                                       q("attention.output.dense.bias")),
-                          (hidden,), q("attention.output.LayerNorm.weight"),
-                          q("attention.output.LayerNorm.bias"), eps)
-        u = F.gelu(F.linear(h1, q("intermediate.dense.weight"), q("intermediate.dense.bias")))
-        x = F.layer_norm(h1 + F.linear(u, q("output.dense.weight"), q("output.dense.bias")),
-                         (hidden,), q("output.LayerNorm.weight"), q("output.LayerNorm.bias"),
-                         eps)
+        h1 = F.layer_norm(
+            x
+            + F.linear(
+                ctx, q("attention.output.dense.weight"), q("attention.output.dense.bias")
+            ),
+            (hidden,),
+            q("attention.output.LayerNorm.weight"),
+            q("attention.output.LayerNorm.bias"),
+            eps,
+        )
+        u = F.gelu(
+            F.linear(h1, q("intermediate.dense.weight"), q("intermediate.dense.bias"))
+        )
+        x = F.layer_norm(
+            h1 + F.linear(u, q("output.dense.weight"), q("output.dense.bias")),
+            (hidden,),
+            q("output.LayerNorm.weight"),
+            q("output.LayerNorm.bias"),
+            eps,
+        )
     valid = m[..., None].bool()
     if pooling == "max":
         pooled = x.masked_fill(~valid, -float("inf")).max(1).values
@@ -84,8 +114,10 @@ def torch_bert(params, ids, mask, types, layers, heads, eps, pooling):
 
 
 def torch_params(encoder):
-    return {name: torch.tensor(value.astype(np.float64), requires_grad=True)
-            for name, value in encoder.state_dict().items()}
+    return {
+        name: torch.tensor(value.astype(np.float64), requires_grad=True)
+        for name, value in encoder.state_dict().items()
+    }
 
 
 def torch_head(params, h):
@@ -97,14 +129,27 @@ def torch_head(params, h):
 
 
 def hf_names(layers):
-    names = [f"embeddings.{x}" for x in ("word_embeddings.weight",
-                                         "position_embeddings.weight",
-                                         "token_type_embeddings.weight",
-                                         "LayerNorm.weight", "LayerNorm.bias")]
+    names = [
+        f"embeddings.{x}"
+        for x in (
+            "word_embeddings.weight",
+            "position_embeddings.weight",
+            "token_type_embeddings.weight",
+            "LayerNorm.weight",
+            "LayerNorm.bias",
+        )
+    ]
     for i in range(layers):
-        for x in ("attention.self.query", "attention.self.key", "attention.self.value",
-                  "attention.output.dense", "attention.output.LayerNorm",
-                  "intermediate.dense", "output.dense", "output.LayerNorm"):
+        for x in (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "attention.output.LayerNorm",
+            "intermediate.dense",
+            "output.dense",
+            "output.LayerNorm",
+        ):
             names += [f"encoder.layer.{i}.{x}.weight", f"encoder.layer.{i}.{x}.bias"]
     return names
 
@@ -114,8 +159,9 @@ def test_tensor_table_and_frozen_prefix(freeze):
     encoder = small_encoder(freeze_layers=freeze, perturb=False)
     table = encoder.tensor_table
     names = [row[0] for row in table]
-    assert sorted(names) == sorted(hf_names(4) + [f"projection.{i}.{w}" for i in (0, 2)
-                                                  for w in ("weight", "bias")])
+    assert sorted(names) == sorted(
+        hf_names(4) + [f"projection.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")]
+    )
     frozen = [row[5] for row in table]
     count = 0 if freeze == 0 else 5 + 16 * freeze
     assert frozen == [True] * count + [False] * (len(table) - count)
@@ -123,7 +169,11 @@ def test_tensor_table_and_frozen_prefix(freeze):
         assert name.startswith("embeddings.") or int(name.split(".")[2]) < freeze
     if count:  # the trained suffix starts after the last frozen tensor
         last_frozen, first_trainable = table[count - 1], table[count]
-        assert last_frozen[2] + last_frozen[3] == encoder.trainable_offset <= first_trainable[2]
+        assert (
+            last_frozen[2] + last_frozen[3]
+            == encoder.trainable_offset
+            <= first_trainable[2]
+        )
     else:
         assert encoder.trainable_offset == 0
     shapes = {row[0]: row[1] for row in table}
@@ -133,8 +183,14 @@ def test_tensor_table_and_frozen_prefix(freeze):
 
 
 def test_initialisation_like_hugging_face():
-    encoder = Encoder.bert(vocab_size=500, hidden_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=128, seed=11)
+    encoder = Encoder.bert(
+        vocab_size=500,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        seed=11,
+    )
     params = encoder.parameters()
     for name, value in params.items():
         if name.startswith("projection."):
@@ -148,11 +204,23 @@ def test_initialisation_like_hugging_face():
             assert abs(body.std() - 0.02) < 0.002, name
             assert abs(body.mean()) < 0.002, name
     np.testing.assert_array_equal(params["embeddings.word_embeddings.weight"][0], 0.0)
-    again = Encoder.bert(vocab_size=500, hidden_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, intermediate_size=128, seed=11)
+    again = Encoder.bert(
+        vocab_size=500,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        seed=11,
+    )
     np.testing.assert_array_equal(again.flat_parameters, encoder.flat_parameters)
-    other = Encoder.bert(vocab_size=500, hidden_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, intermediate_size=128, seed=12)
+    other = Encoder.bert(
+        vocab_size=500,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        seed=12,
+    )
     assert not np.array_equal(other.flat_parameters, encoder.flat_parameters)
 
 
@@ -175,18 +243,31 @@ def test_forward_backward_match_autograd(pooling, freeze):
     np.testing.assert_allclose(features, pooled.detach().numpy(), atol=2e-5, rtol=1e-5)
 
     grads = encoder.gradients()
-    expected_trainable = {name for name in params if not name.startswith("projection.")
-                          and (name.startswith("encoder.layer.")
-                               and int(name.split(".")[2]) >= freeze
-                               or (freeze == 0 and name.startswith("embeddings.")))}
+    expected_trainable = {
+        name
+        for name in params
+        if not name.startswith("projection.")
+        and (
+            name.startswith("encoder.layer.")
+            and int(name.split(".")[2]) >= freeze
+            or (freeze == 0 and name.startswith("embeddings."))
+        )
+    }
     assert {n for n in grads if not n.startswith("projection.")} == expected_trainable
-    scale = max([float(p.grad.abs().max()) for n, p in params.items()
-                 if n in expected_trainable], default=1.0)
+    scale = max(
+        [float(p.grad.abs().max()) for n, p in params.items() if n in expected_trainable],
+        default=1.0,
+    )
     for name in expected_trainable:
-        np.testing.assert_allclose(grads[name], params[name].grad.numpy(),
-                                   atol=2e-5 * scale, rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(
+            grads[name],
+            params[name].grad.numpy(),
+            atol=2e-5 * scale,
+            rtol=1e-4,
+            err_msg=name,
+        )
     # Frozen tensors get nothing; the head was not in this backward either.
-    np.testing.assert_array_equal(encoder.flat_gradients[:encoder.trainable_offset], 0.0)
+    np.testing.assert_array_equal(encoder.flat_gradients[: encoder.trainable_offset], 0.0)
     for name in params:
         if name.startswith("projection."):
             np.testing.assert_array_equal(grads[name], 0.0)
@@ -196,11 +277,17 @@ def test_odd_sizes_and_separate_qkv_weights():
     """hidden 30: q, k, v weights are not back to back in the flat buffer (30 * 30 is not
     a multiple of 16 floats), so the projections take the three-GEMM path; sizes below
     and between the 16-lane blocks of the reductions."""
-    encoder = small_encoder(pooling="mean", freeze_layers=0, hidden_size=30,
-                            num_attention_heads=3, intermediate_size=37).train()
+    encoder = small_encoder(
+        pooling="mean",
+        freeze_layers=0,
+        hidden_size=30,
+        num_attention_heads=3,
+        intermediate_size=37,
+    ).train()
     offsets = {row[0]: row[2] for row in encoder.tensor_table}
     assert offsets["encoder.layer.0.attention.self.key.weight"] != (
-        offsets["encoder.layer.0.attention.self.query.weight"] + 900)
+        offsets["encoder.layer.0.attention.self.query.weight"] + 900
+    )
     ids, mask, types = batch()
     features, _ = encoder.forward(ids, mask, types, embeddings=False)
     encoder.zero_grad()
@@ -212,15 +299,18 @@ def test_odd_sizes_and_separate_qkv_weights():
     for name, grad in encoder.gradients().items():
         if not name.startswith("projection."):
             ref = params[name].grad.numpy()
-            np.testing.assert_allclose(grad, ref, atol=2e-5 * np.abs(ref).max() + 1e-7,
-                                       rtol=1e-4, err_msg=name)
+            np.testing.assert_allclose(
+                grad, ref, atol=2e-5 * np.abs(ref).max() + 1e-7, rtol=1e-4, err_msg=name
+            )
 
 
 def test_gradients_through_the_projection_head():
     encoder = small_encoder(pooling="max", freeze_layers=2).train()
     ids, mask, types = batch(seed=4)
     _, embeddings = encoder.forward(ids, mask, types)
-    d_embeddings = np.random.default_rng(6).standard_normal(embeddings.shape).astype(np.float32)
+    d_embeddings = (
+        np.random.default_rng(6).standard_normal(embeddings.shape).astype(np.float32)
+    )
     encoder.zero_grad()
     encoder.backward(d_embeddings)
     params = torch_params(encoder)
@@ -230,8 +320,9 @@ def test_gradients_through_the_projection_head():
     np.testing.assert_allclose(embeddings, z.detach().numpy(), atol=2e-5, rtol=1e-5)
     for name, grad in encoder.gradients().items():
         ref = params[name].grad.numpy()
-        np.testing.assert_allclose(grad, ref, atol=2e-5 * np.abs(ref).max() + 1e-7,
-                                   rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(
+            grad, ref, atol=2e-5 * np.abs(ref).max() + 1e-7, rtol=1e-4, err_msg=name
+        )
 
 
 def test_left_padding_and_mask_holes_match_reference():
@@ -250,14 +341,16 @@ def test_left_padding_and_mask_holes_match_reference():
     pooled.sum().backward()
     np.testing.assert_allclose(features, pooled.detach().numpy(), atol=2e-5, rtol=1e-5)
     tokens = encoder.last_hidden_state()
-    np.testing.assert_allclose(tokens * mask[..., None],
-                               hidden.detach().numpy() * mask[..., None], atol=2e-5)
+    np.testing.assert_allclose(
+        tokens * mask[..., None], hidden.detach().numpy() * mask[..., None], atol=2e-5
+    )
     np.testing.assert_array_equal(tokens[mask == 0], 0.0)
     for name, grad in encoder.gradients().items():
         if name.startswith("encoder."):
             ref = params[name].grad.numpy()
-            np.testing.assert_allclose(grad, ref, atol=2e-5 * np.abs(ref).max() + 1e-7,
-                                       rtol=1e-4, err_msg=name)
+            np.testing.assert_allclose(
+                grad, ref, atol=2e-5 * np.abs(ref).max() + 1e-7, rtol=1e-4, err_msg=name
+            )
 
 
 def test_finite_differences_through_the_model():
@@ -269,8 +362,9 @@ def test_finite_differences_through_the_model():
     encoder.zero_grad()
     encoder.backward(d_features=r.astype(np.float32))
     start = encoder.trainable_offset
-    end = encoder.tensor_table[[row[0] for row in encoder.tensor_table].index(
-        "projection.0.weight")][2]
+    end = encoder.tensor_table[
+        [row[0] for row in encoder.tensor_table].index("projection.0.weight")
+    ][2]
     grad = encoder.flat_gradients[start:end].astype(np.float64)
     params = encoder.flat_parameters
     base = params[start:end].copy()
@@ -318,15 +412,26 @@ def test_results_do_not_depend_on_padding_length():
         features, embeddings = encoder.forward(wide_ids, wide_mask, wide_types)
         encoder.zero_grad()
         encoder.backward(np.ones_like(embeddings))
-        results.append((features, embeddings, encoder.flat_gradients.copy(),
-                        encoder.last_hidden_state()[:, :11]))
+        results.append(
+            (
+                features,
+                embeddings,
+                encoder.flat_gradients.copy(),
+                encoder.last_hidden_state()[:, :11],
+            )
+        )
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 
 
 def test_results_do_not_depend_on_thread_count(threads):
-    encoder = small_encoder(pooling="mean", freeze_layers=0, hidden_size=128,
-                            num_attention_heads=4, intermediate_size=256).train()
+    encoder = small_encoder(
+        pooling="mean",
+        freeze_layers=0,
+        hidden_size=128,
+        num_attention_heads=4,
+        intermediate_size=256,
+    ).train()
     ids, mask, types = batch(n=6, t=20, lengths=(20, 3, 17, 9, 1, 12), seed=2)
     results = []
     for n in (1, 2):
@@ -348,8 +453,9 @@ def test_strided_inputs_are_read_in_place():
     wide_mask[:, ::2] = mask
     f1, _ = encoder.forward(ids, mask, embeddings=False)
     f2, _ = encoder.forward(wide[:, ::2], wide_mask[:, ::2], embeddings=False)
-    f3, _ = encoder.forward(np.asfortranarray(ids), np.asfortranarray(mask),
-                            embeddings=False)
+    f3, _ = encoder.forward(
+        np.asfortranarray(ids), np.asfortranarray(mask), embeddings=False
+    )
     np.testing.assert_array_equal(f1, f2)
     np.testing.assert_array_equal(f1, f3)
     out = np.empty((5, 32), np.float32)
@@ -392,7 +498,9 @@ def encoder_for_errors():
 def test_ids_outside_vocabulary(encoder_for_errors):
     ids, mask, _ = batch()
     ids[2, 1] = 60
-    with pytest.raises(ValueError, match=r"input_ids\[2, 1\] = 60 is outside the vocabulary"):
+    with pytest.raises(
+        ValueError, match=r"input_ids\[2, 1\] = 60 is outside the vocabulary"
+    ):
         encoder_for_errors.forward(ids, mask)
     ids[2, 1] = -1
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -440,12 +548,15 @@ def test_last_hidden_state_needs_a_forward():
         small_encoder(perturb=False).last_hidden_state()
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"pooling": "sum"}, "pooling must be one of"),
-    ({"freeze_layers": 5}, "freeze_layers must be 0..4"),
-    ({"num_attention_heads": 5}, "not a multiple of num_attention_heads"),
-    ({"hidden_size": 0}, "must all be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"pooling": "sum"}, "pooling must be one of"),
+        ({"freeze_layers": 5}, "freeze_layers must be 0..4"),
+        ({"num_attention_heads": 5}, "not a multiple of num_attention_heads"),
+        ({"hidden_size": 0}, "must all be >= 1"),
+    ],
+)
 def test_bad_configurations(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Encoder.bert(**dict(SMALL, **kwargs))
@@ -453,18 +564,50 @@ def test_bad_configurations(kwargs, match):
 
 # ---- Hugging Face checkpoints -----------------------------------------------------------------------
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "lungs", "are", "clear", "no",
-         "effusion", "heart", "size", "is", "normal", ".", ",", "there", "pleural", "acute",
-         "##s", "disease", "stable", "mild", "cardiomegaly", "of", "and", "pneumothorax"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "the",
+    "lungs",
+    "are",
+    "clear",
+    "no",
+    "effusion",
+    "heart",
+    "size",
+    "is",
+    "normal",
+    ".",
+    ",",
+    "there",
+    "pleural",
+    "acute",
+    "##s",
+    "disease",
+    "stable",
+    "mild",
+    "cardiomegaly",
+    "of",
+    "and",
+    "pneumothorax",
+]
 
 
 def write_checkpoint(directory, with_tokenizer=True, **config_changes):
     """A small random BertForMaskedLM saved by transformers (keys 'bert.*' and 'cls.*')."""
     import transformers
 
-    config = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=24,
-                                     num_hidden_layers=2, num_attention_heads=3,
-                                     intermediate_size=40, max_position_embeddings=32)
+    config = transformers.BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=40,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(0)
     model = transformers.BertForMaskedLM(config).eval()
     model.save_pretrained(directory, safe_serialization=True)
@@ -494,11 +637,15 @@ def test_from_pretrained_own_checkpoint(tmp_path):
     ids, mask = convirt.text.tokenize(encoder.tokenizer, texts)
     assert ids[0, 0] == VOCAB.index("[CLS]") and ids[0, mask[0].sum() - 1] == 3
     with torch.no_grad():
-        hidden = model.bert(torch.tensor(ids).long(),
-                            attention_mask=torch.tensor(mask)).last_hidden_state
+        hidden = model.bert(
+            torch.tensor(ids).long(), attention_mask=torch.tensor(mask)
+        ).last_hidden_state
     np.testing.assert_allclose(features, hidden[:, 0].numpy(), atol=1e-5)
-    np.testing.assert_allclose(encoder.last_hidden_state() * mask[..., None],
-                               hidden.numpy() * mask[..., None], atol=1e-5)
+    np.testing.assert_allclose(
+        encoder.last_hidden_state() * mask[..., None],
+        hidden.numpy() * mask[..., None],
+        atol=1e-5,
+    )
 
 
 def test_from_pretrained_missing_directory(tmp_path):
@@ -531,13 +678,18 @@ def test_from_pretrained_missing_config(tmp_path):
         Encoder.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"intermediate_size": None, "num_attention_heads": None},
-     "lacks the BERT config key.*num_attention_heads, intermediate_size"),
-    ({"model_type": "roberta"}, "only BERT checkpoints"),
-    ({"hidden_act": "gelu_new"}, "only the exact"),
-    ({"hidden_size": "24"}, "hidden_size must be an integer"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (
+            {"intermediate_size": None, "num_attention_heads": None},
+            "lacks the BERT config key.*num_attention_heads, intermediate_size",
+        ),
+        ({"model_type": "roberta"}, "only BERT checkpoints"),
+        ({"hidden_act": "gelu_new"}, "only the exact"),
+        ({"hidden_size": "24"}, "hidden_size must be an integer"),
+    ],
+)
 def test_from_pretrained_bad_config(tmp_path, change, match):
     write_checkpoint(tmp_path, **change)
     with pytest.raises(ValueError, match=match):
@@ -560,35 +712,62 @@ def test_from_pretrained_mismatched_tensors(tmp_path):
     tensors["bert.encoder.layer.1.output.dense.weight"] = np.zeros((3, 3), np.float32)
     del tensors["bert.encoder.layer.0.attention.self.key.bias"]
     save_file(tensors, path)
-    with pytest.raises(ValueError, match=("missing 1: encoder.layer.0.attention.self.key.bias"
-                                          ".*wrong shape.*encoder.layer.1.output.dense.weight")):
+    with pytest.raises(
+        ValueError,
+        match=(
+            "missing 1: encoder.layer.0.attention.self.key.bias"
+            ".*wrong shape.*encoder.layer.1.output.dense.weight"
+        ),
+    ):
         Encoder.from_pretrained(tmp_path)
 
 
 # ---- the real check: all-MiniLM-L6-v2 against transformers ------------------------------------------
 
-FINDINGS = ["the lungs are clear", "there is no pleural effusion or pneumothorax",
-            "the cardiomediastinal silhouette is within normal limits",
-            "mild cardiomegaly is again noted", "there is a small left pleural effusion",
-            "bibasilar atelectasis is present", "no focal consolidation is seen",
-            "the osseous structures are intact", "degenerative changes of the thoracic spine",
-            "a right-sided central venous catheter terminates in the superior vena cava",
-            "interval removal of the endotracheal tube",
-            ("patchy opacity in the right lower lobe may represent pneumonia in the "
-             "appropriate clinical setting"), "hyperinflated lungs consistent with emphysema"]
-QUALIFIERS = ["", "Compared to the prior study from 2009,", "As before,",
-              "On the frontal and lateral views of the chest,", "Again seen,", "Unchanged,"]
-ENDINGS = [".", ", unchanged from prior.", ", which is new since the previous radiograph.",
-           " without evidence of acute cardiopulmonary process.",
-           "; clinical correlation is recommended.", "."]
+FINDINGS = [
+    "the lungs are clear",
+    "there is no pleural effusion or pneumothorax",
+    "the cardiomediastinal silhouette is within normal limits",
+    "mild cardiomegaly is again noted",
+    "there is a small left pleural effusion",
+    "bibasilar atelectasis is present",
+    "no focal consolidation is seen",
+    "the osseous structures are intact",
+    "degenerative changes of the thoracic spine",
+    "a right-sided central venous catheter terminates in the superior vena cava",
+    "interval removal of the endotracheal tube",
+    (
+        "patchy opacity in the right lower lobe may represent pneumonia in the "
+        "appropriate clinical setting"
+    ),
+    "hyperinflated lungs consistent with emphysema",
+]
+QUALIFIERS = [
+    "",
+    "Compared to the prior study from 2009,",
+    "As before,",
+    "On the frontal and lateral views of the chest,",
+    "Again seen,",
+    "Unchanged,",
+]
+ENDINGS = [
+    ".",
+    ", unchanged from prior.",
+    ", which is new since the previous radiograph.",
+    " without evidence of acute cardiopulmonary process.",
+    "; clinical correlation is recommended.",
+    ".",
+]
 
 
 def radiology_sentences(count=252, seed=0):
     rng = np.random.default_rng(seed)
     sentences = []
     for _ in range(count):
-        parts = [FINDINGS[i] for i in rng.choice(len(FINDINGS), rng.integers(1, 4),
-                                                 replace=False)]
+        parts = [
+            FINDINGS[i]
+            for i in rng.choice(len(FINDINGS), rng.integers(1, 4), replace=False)
+        ]
         body = " and ".join(parts)
         qualifier = QUALIFIERS[rng.integers(len(QUALIFIERS))]
         text = f"{qualifier} {body}".strip() + ENDINGS[rng.integers(len(ENDINGS))]
@@ -601,24 +780,28 @@ def test_minilm_matches_transformers(minilm_dir):
     import transformers
 
     encoder = Encoder.from_pretrained(minilm_dir)
-    reference = transformers.BertModel.from_pretrained(minilm_dir,
-                                                       add_pooling_layer=False).eval()
+    reference = transformers.BertModel.from_pretrained(
+        minilm_dir, add_pooling_layer=False
+    ).eval()
     sentences = radiology_sentences()
     rng = np.random.default_rng(1)
     order = rng.permutation(len(sentences))
     worst_tokens = worst_pooled = 0.0
     lengths = set()
     for start in range(0, len(order), 32):
-        texts = [sentences[i] for i in order[start:start + 32]]
+        texts = [sentences[i] for i in order[start : start + 32]]
         ids, mask = convirt.text.tokenize(encoder.tokenizer, texts, max_length=128)
         lengths.update(mask.sum(1).tolist())
         features, _ = encoder.forward(ids, mask, embeddings=False)
         tokens = encoder.last_hidden_state()
         with torch.no_grad():
-            hidden = reference(torch.tensor(ids).long(),
-                               attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+            hidden = reference(
+                torch.tensor(ids).long(), attention_mask=torch.tensor(mask)
+            ).last_hidden_state.numpy()
         valid = mask[..., None] == 1
-        worst_tokens = max(worst_tokens, float(np.abs(np.where(valid, tokens - hidden, 0)).max()))
+        worst_tokens = max(
+            worst_tokens, float(np.abs(np.where(valid, tokens - hidden, 0)).max())
+        )
         pooled = np.where(valid, hidden, -np.inf).max(1)
         worst_pooled = max(worst_pooled, float(np.abs(features - pooled).max()))
     assert max(lengths) == 128 and min(lengths) <= 4 and len(lengths) > 20
@@ -631,14 +814,16 @@ def test_minilm_pooling_matches_transformers(minilm_dir, pooling):
     import transformers
 
     encoder = Encoder.from_pretrained(minilm_dir, pooling=pooling, freeze_layers=6)
-    reference = transformers.BertModel.from_pretrained(minilm_dir,
-                                                       add_pooling_layer=False).eval()
+    reference = transformers.BertModel.from_pretrained(
+        minilm_dir, add_pooling_layer=False
+    ).eval()
     texts = radiology_sentences(40, seed=2)
     features = encoder.encode(texts)
     ids, mask = convirt.text.tokenize(encoder.tokenizer, texts)
     with torch.no_grad():
-        hidden = reference(torch.tensor(ids).long(),
-                           attention_mask=torch.tensor(mask)).last_hidden_state
+        hidden = reference(
+            torch.tensor(ids).long(), attention_mask=torch.tensor(mask)
+        ).last_hidden_state
     m = torch.tensor(mask)[..., None].double()
     pooled = (hidden * m).sum(1) / m.sum(1) if pooling == "mean" else hidden[:, 0]
     np.testing.assert_allclose(features, pooled.numpy(), atol=1e-4)

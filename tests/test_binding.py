@@ -10,9 +10,18 @@ import pytest
 import convirt
 from convirt import _core, _testing
 
-TYPES = [_core.Adam, _core.ContrastiveLoss, _core.Encoder, _core.ImageAugment,
-         _core.LinearHead, _core.LossResult, _core.ConvirtError, _core.NonFiniteError,
-         _core.StateError, convirt.Encoder]
+TYPES = [
+    _core.Adam,
+    _core.ContrastiveLoss,
+    _core.Encoder,
+    _core.ImageAugment,
+    _core.LinearHead,
+    _core.LossResult,
+    _core.ConvirtError,
+    _core.NonFiniteError,
+    _core.StateError,
+    convirt.Encoder,
+]
 
 
 @pytest.mark.parametrize("cls", TYPES, ids=lambda cls: f"{cls.__module__}.{cls.__name__}")

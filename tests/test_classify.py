@@ -57,8 +57,9 @@ def torch_softmax_ce(z, y):
 def torch_binary_ce(z, t, w=None):
     tz = torch.tensor(np.ascontiguousarray(z), requires_grad=True)
     pw = None if w is None else torch.tensor(w)
-    loss = F.binary_cross_entropy_with_logits(tz, torch.tensor(np.ascontiguousarray(t)),
-                                              pos_weight=pw)
+    loss = F.binary_cross_entropy_with_logits(
+        tz, torch.tensor(np.ascontiguousarray(t)), pos_weight=pw
+    )
     loss.backward()
     return loss.item(), tz.grad.numpy()
 
@@ -136,8 +137,10 @@ def test_softmax_finite_differences():
             zp[i, j] += h
             zm[i, j] -= h
             step = float(zp[i, j]) - float(zm[i, j])
-            fd[i, j] = (softmax_ce(zp, y, compute_grad=False)[0]
-                        - softmax_ce(zm, y, compute_grad=False)[0]) / step
+            fd[i, j] = (
+                softmax_ce(zp, y, compute_grad=False)[0]
+                - softmax_ce(zm, y, compute_grad=False)[0]
+            ) / step
     np.testing.assert_allclose(grad, fd, atol=2e-5)
 
 
@@ -190,8 +193,11 @@ def test_binary_parity_with_torch_and_numpy(n, k, layout, weighted):
     w = np.linspace(0.5, 4.0, k).astype(np.float32) if weighted else None
     loss, grad = binary_ce(z, t, pos_weight=w)
     ref_loss, ref_grad = numpy_binary_ce(z, t, w)
-    t_loss, t_grad = torch_binary_ce(z.astype(np.float64), t.astype(np.float64),
-                                     None if w is None else w.astype(np.float64))
+    t_loss, t_grad = torch_binary_ce(
+        z.astype(np.float64),
+        t.astype(np.float64),
+        None if w is None else w.astype(np.float64),
+    )
     assert loss == pytest.approx(ref_loss, rel=1e-6)
     assert loss == pytest.approx(t_loss, rel=1e-6)
     assert grad.dtype == np.float32 and grad.shape == (n, k)
@@ -203,8 +209,9 @@ def test_binary_soft_targets_and_zero_weight():
     z, t = make_logits(9, 4), make_targets(9, 4, soft=True)
     w = np.array([0.0, 1.0, 2.5, 10.0], np.float32)
     loss, grad = binary_ce(z, t, None, w)
-    t_loss, t_grad = torch_binary_ce(z.astype(np.float64), t.astype(np.float64),
-                                     w.astype(np.float64))
+    t_loss, t_grad = torch_binary_ce(
+        z.astype(np.float64), t.astype(np.float64), w.astype(np.float64)
+    )
     assert loss == pytest.approx(t_loss, rel=1e-6)
     assert_grad_close(grad, t_grad)
 
@@ -221,8 +228,10 @@ def test_binary_finite_differences():
             zp[i, j] += h
             zm[i, j] -= h
             step = float(zp[i, j]) - float(zm[i, j])
-            fd[i, j] = (binary_ce(zp, t, pos_weight=w, compute_grad=False)[0]
-                        - binary_ce(zm, t, pos_weight=w, compute_grad=False)[0]) / step
+            fd[i, j] = (
+                binary_ce(zp, t, pos_weight=w, compute_grad=False)[0]
+                - binary_ce(zm, t, pos_weight=w, compute_grad=False)[0]
+            ) / step
     np.testing.assert_allclose(grad, fd, atol=2e-6)
 
 
@@ -239,8 +248,9 @@ def test_binary_extreme_logits_are_stable():
     z = np.array([[1e4, -1e4, 100.0, -100.0, 0.0, 30.0]], np.float32)
     t = np.array([[0, 1, 1, 0, 1, 0]], np.float32)
     loss, grad = binary_ce(z, t, pos_weight=np.full(6, 2.0, np.float32))
-    t_loss, t_grad = torch_binary_ce(z.astype(np.float64), t.astype(np.float64),
-                                     np.full(6, 2.0))
+    t_loss, t_grad = torch_binary_ce(
+        z.astype(np.float64), t.astype(np.float64), np.full(6, 2.0)
+    )
     assert np.isfinite(loss) and np.all(np.isfinite(grad))
     assert loss == pytest.approx(t_loss, rel=1e-6)
     assert_grad_close(grad, t_grad)
@@ -382,8 +392,11 @@ def test_empty_logits():
 def test_label_out_of_range(bad):
     y = np.zeros(4, np.int32)
     y[3] = bad
-    with pytest.raises(ValueError, match=rf"labels\[3\] is {bad}; class indices must be in "
-                                         r"\[0, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"labels\[3\] is {bad}; class indices must be in "
+        r"\[0, 2\)",
+    ):
         softmax_ce(make_logits(4, 2), y)
 
 

@@ -42,16 +42,34 @@ def test_no_command_prints_help(capsys):
 
 
 def test_console_script_module_runs():
-    result = subprocess.run([sys.executable, "-m", "convirt.cli", "--version"],
-                            check=False, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    result = subprocess.run(
+        [sys.executable, "-m", "convirt.cli", "--version"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
     assert result.returncode == 0 and result.stdout.startswith("convirt ")
 
 
 def test_synthetic_then_prepare_from_csv(tmp_path, capsys):
-    code, out, _ = run(["synthetic", str(tmp_path / "s"), "--n", "10", "--size", "32",
-                        "--seed", "3", "--report-files",
-                        "--contact-sheet", str(tmp_path / "sheet.png")], capsys)
+    code, out, _ = run(
+        [
+            "synthetic",
+            str(tmp_path / "s"),
+            "--n",
+            "10",
+            "--size",
+            "32",
+            "--seed",
+            "3",
+            "--report-files",
+            "--contact-sheet",
+            str(tmp_path / "sheet.png"),
+        ],
+        capsys,
+    )
     assert code == 0 and "wrote 10 synthetic chest X-rays" in out
     with open(tmp_path / "s" / "reports.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -61,9 +79,20 @@ def test_synthetic_then_prepare_from_csv(tmp_path, capsys):
     assert (tmp_path / "s" / "images" / "000000.txt").read_text().strip() == rows[1][1]
     assert Image.open(tmp_path / "sheet.png").size[0] > 100
 
-    code, out, err = run(["prepare", "--csv", str(tmp_path / "s" / "reports.csv"),
-                          "--label-columns", "Cardiomegaly,No Finding", "--size", "16",
-                          "--no-progress", str(tmp_path / "cache")], capsys)
+    code, out, err = run(
+        [
+            "prepare",
+            "--csv",
+            str(tmp_path / "s" / "reports.csv"),
+            "--label-columns",
+            "Cardiomegaly,No Finding",
+            "--size",
+            "16",
+            "--no-progress",
+            str(tmp_path / "cache"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "10 of 10 pairs prepared" in out
     cache = PreparedDataset(tmp_path / "cache")
@@ -72,44 +101,124 @@ def test_synthetic_then_prepare_from_csv(tmp_path, capsys):
     expected = np.array([[float(r[3]), float(r[9])] for r in rows[1:]])
     np.testing.assert_array_equal(cache.labels, expected)
 
-    code, out, _ = run(["prepare", "--csv", str(tmp_path / "s" / "reports.csv"), "--size",
-                        "16", "--no-progress", str(tmp_path / "cache2")], capsys)
-    code, out, _ = run(["prepare", "--csv", str(tmp_path / "s" / "reports.csv"), "--size",
-                        "16", "--no-progress", str(tmp_path / "cache2")], capsys)
+    code, out, _ = run(
+        [
+            "prepare",
+            "--csv",
+            str(tmp_path / "s" / "reports.csv"),
+            "--size",
+            "16",
+            "--no-progress",
+            str(tmp_path / "cache2"),
+        ],
+        capsys,
+    )
+    code, out, _ = run(
+        [
+            "prepare",
+            "--csv",
+            str(tmp_path / "s" / "reports.csv"),
+            "--size",
+            "16",
+            "--no-progress",
+            str(tmp_path / "cache2"),
+        ],
+        capsys,
+    )
     assert code == 0 and "10 kept from before, 0 new" in out
 
 
 def test_prepare_from_folder(tmp_path, capsys):
-    run(["synthetic", str(tmp_path / "s"), "--n", "4", "--size", "24", "--report-files"],
-        capsys)
-    code, out, err = run(["prepare", "--folder", str(tmp_path / "s" / "images"), "--size",
-                          "12", "--no-progress", str(tmp_path / "cache")], capsys)
+    run(
+        ["synthetic", str(tmp_path / "s"), "--n", "4", "--size", "24", "--report-files"],
+        capsys,
+    )
+    code, out, err = run(
+        [
+            "prepare",
+            "--folder",
+            str(tmp_path / "s" / "images"),
+            "--size",
+            "12",
+            "--no-progress",
+            str(tmp_path / "cache"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert len(PreparedDataset(tmp_path / "cache")) == 4
     os.remove(tmp_path / "s" / "images" / "000002.txt")
-    code, _, err = run(["prepare", "--folder", str(tmp_path / "s" / "images"),
-                        str(tmp_path / "c2")], capsys)
+    code, _, err = run(
+        ["prepare", "--folder", str(tmp_path / "s" / "images"), str(tmp_path / "c2")],
+        capsys,
+    )
     assert code == 1 and "1 of 4 images" in err and "missing_reports" in err
-    code, out, err = run(["prepare", "--folder", str(tmp_path / "s" / "images"),
-                          "--skip-missing-reports", "--size", "12", "--no-progress",
-                          str(tmp_path / "c3")], capsys)
+    code, out, err = run(
+        [
+            "prepare",
+            "--folder",
+            str(tmp_path / "s" / "images"),
+            "--skip-missing-reports",
+            "--size",
+            "12",
+            "--no-progress",
+            str(tmp_path / "c3"),
+        ],
+        capsys,
+    )
     assert code == 0 and "3 of 3 pairs prepared" in out
     assert "warning: 1 of 4 images" in err and "left out" in err
 
 
 def test_prepare_from_mimic(tmp_path, capsys, mimic_tree):
     root = mimic_tree
-    code, out, err = run(["prepare", "--mimic", root, "--size", "16", "--no-progress",
-                          str(tmp_path / "train")], capsys)
+    code, out, err = run(
+        [
+            "prepare",
+            "--mimic",
+            root,
+            "--size",
+            "16",
+            "--no-progress",
+            str(tmp_path / "train"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "3 of 3 pairs prepared" in out
-    code, out, err = run(["prepare", "--mimic", root, "--split", "validate", "--size",
-                          "16", "--no-progress", str(tmp_path / "val")], capsys)
+    code, out, err = run(
+        [
+            "prepare",
+            "--mimic",
+            root,
+            "--split",
+            "validate",
+            "--size",
+            "16",
+            "--no-progress",
+            str(tmp_path / "val"),
+        ],
+        capsys,
+    )
     # The one validation study has no report: skipped, counted, said.
     assert code == 0 and "0 of 1 pairs prepared" in out and "1 empty reports" in out
     assert "index.json" in out
-    code, out, _ = run(["prepare", "--mimic", root, "--split", "all", "--views", "all",
-                        "--size", "16", "--no-progress", str(tmp_path / "all")], capsys)
+    code, out, _ = run(
+        [
+            "prepare",
+            "--mimic",
+            root,
+            "--split",
+            "all",
+            "--views",
+            "all",
+            "--size",
+            "16",
+            "--no-progress",
+            str(tmp_path / "all"),
+        ],
+        capsys,
+    )
     assert code == 0 and "5 of 7 pairs prepared" in out
 
 
@@ -117,8 +226,17 @@ def test_prepare_reports_skipped_images(tmp_path, capsys):
     run(["synthetic", str(tmp_path / "s"), "--n", "5", "--size", "24"], capsys)
     os.remove(tmp_path / "s" / "images" / "000001.png")
     (tmp_path / "s" / "images" / "000003.png").write_bytes(b"garbage")
-    code, out, err = run(["prepare", "--csv", str(tmp_path / "s" / "reports.csv"),
-                          "--size", "12", str(tmp_path / "cache")], capsys)
+    code, out, err = run(
+        [
+            "prepare",
+            "--csv",
+            str(tmp_path / "s" / "reports.csv"),
+            "--size",
+            "12",
+            str(tmp_path / "cache"),
+        ],
+        capsys,
+    )
     assert code == 0
     assert "3 of 5 pairs prepared" in out and "1 missing, 1 corrupt" in out
     assert "000001.png" in err and "000003.png" in err  # reported as they happen
@@ -131,20 +249,24 @@ def test_prepare_errors_are_one_clear_line(tmp_path, capsys):
     assert code == 1
     assert err.startswith("convirt prepare: error: image column 'image' not found")
     assert "columns found: 'path', 'text'" in err and "Traceback" not in err
-    code, _, err = run(["prepare", "--csv", str(tmp_path / "nope.csv"),
-                        str(tmp_path / "c")], capsys)
+    code, _, err = run(
+        ["prepare", "--csv", str(tmp_path / "nope.csv"), str(tmp_path / "c")], capsys
+    )
     assert code == 1 and "CSV file not found" in err
     with pytest.raises(ValueError, match="not found"):
         cli.main(["--traceback", "prepare", "--csv", str(path), str(tmp_path / "c")])
 
 
-@pytest.mark.parametrize("argv", [
-    ["prepare", "out"],  # no source
-    ["prepare", "--csv", "a.csv", "--folder", "b", "out"],  # two sources
-    ["prepare", "--csv", "a.csv", "--size", "0", "out"],
-    ["prepare", "--mimic", "m", "--split", "dev", "out"],
-    ["synthetic", "out", "--n", "-3"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prepare", "out"],  # no source
+        ["prepare", "--csv", "a.csv", "--folder", "b", "out"],  # two sources
+        ["prepare", "--csv", "a.csv", "--size", "0", "out"],
+        ["prepare", "--mimic", "m", "--split", "dev", "out"],
+        ["synthetic", "out", "--n", "-3"],
+    ],
+)
 def test_bad_arguments_exit_with_usage(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)

@@ -12,8 +12,21 @@ import convirt
 from convirt import cli
 from convirt.data import PreparedDataset
 
-SMALL = ["--image-model", "resnet18", "--image-size", "32", "--batch-size", "8",
-         "--proj-dim", "16", "--max-length", "24", "--no-progress", "--threads", "2"]
+SMALL = [
+    "--image-model",
+    "resnet18",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--proj-dim",
+    "16",
+    "--max-length",
+    "24",
+    "--no-progress",
+    "--threads",
+    "2",
+]
 
 
 def run(argv, capsys):
@@ -25,19 +38,38 @@ def run(argv, capsys):
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    assert cli.main(["synthetic", str(root / "s"), "--n", "40", "--size", "48",
-                     "--seed", "5"]) == 0
-    assert cli.main(["prepare", "--csv", str(root / "s" / "reports.csv"), "--image-column",
-                     "image", "--report-column", "report", "--size", "48",
-                     str(root / "cache"), "--no-progress"]) == 0
+    assert (
+        cli.main(["synthetic", str(root / "s"), "--n", "40", "--size", "48", "--seed", "5"])
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "prepare",
+                "--csv",
+                str(root / "s" / "reports.csv"),
+                "--image-column",
+                "image",
+                "--report-column",
+                "report",
+                "--size",
+                "48",
+                str(root / "cache"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return str(root / "cache")
 
 
-def test_pretrain_writes_settings_checkpoints_and_curve_then_resumes(cache, tmp_path,
-                                                                     capsys):
+def test_pretrain_writes_settings_checkpoints_and_curve_then_resumes(
+    cache, tmp_path, capsys
+):
     out = str(tmp_path / "run")
-    code, text, _ = run(["pretrain", cache, out, "--epochs", "1", "--val-fraction", "0.2",
-                         *SMALL], capsys)
+    code, text, _ = run(
+        ["pretrain", cache, out, "--epochs", "1", "--val-fraction", "0.2", *SMALL], capsys
+    )
     assert code == 0, text
     assert "32 training and 8 validation pairs" in text
     with open(os.path.join(out, "settings.json")) as f:
@@ -71,18 +103,25 @@ def test_pretrain_config_file_and_unknown_settings(cache, tmp_path, capsys):
     assert settings["lr"] == 3e-4 and settings["method"] == "simclr"
 
     config.write_text(json.dumps({"learning_rate": 1e-3}))
-    code, _, err = run(["pretrain", cache, str(tmp_path / "x"), "--config", str(config)],
-                       capsys)
+    code, _, err = run(
+        ["pretrain", cache, str(tmp_path / "x"), "--config", str(config)], capsys
+    )
     assert code == 1 and "unknown settings ['learning_rate']" in err
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["pretrain"], "give CACHE and OUT_DIR"),
-    (["pretrain", "/nonexistent/cache", "out"], "/nonexistent/cache"),
-    (["pretrain", "--resume", "/nonexistent/run"], "not a pretrain run folder"),
-    (["embed", "/nonexistent/enc.safetensors", "/nonexistent", "f.npy"], "/nonexistent"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["pretrain"], "give CACHE and OUT_DIR"),
+        (["pretrain", "/nonexistent/cache", "out"], "/nonexistent/cache"),
+        (["pretrain", "--resume", "/nonexistent/run"], "not a pretrain run folder"),
+        (
+            ["embed", "/nonexistent/enc.safetensors", "/nonexistent", "f.npy"],
+            "/nonexistent",
+        ),
+    ],
+)
 def test_errors_are_one_line(argv, match, capsys):
     code, _, err = run(argv, capsys)
     assert code == 1 and match in err and len(err.strip().splitlines()) == 1
@@ -97,14 +136,14 @@ def test_embed_a_cache_and_a_folder_match_the_encoder(cache, tmp_path, capsys):
     out = str(tmp_path / "features.npy")
     code, text, _ = run(["embed", path, cache, out, "--no-progress"], capsys)
     assert code == 0 and "wrote 40 x 512 float32 features" in text
-    np.testing.assert_allclose(np.load(out), encoder.encode(images[:]), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.load(out), encoder.encode(images[:]), rtol=1e-4, atol=1e-5
+    )
 
     out = str(tmp_path / "embeddings.npy")
     code, text, _ = run(["embed", path, cache, out, "--projected", "--no-progress"], capsys)
     assert code == 0 and "wrote 40 x 16" in text
-    np.testing.assert_allclose(np.load(out), encoder.embed(images[:]), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(np.load(out), encoder.embed(images[:]), rtol=1e-4, atol=1e-5)
 
     folder = os.path.join(os.path.dirname(cache), "s", "images")
     out = str(tmp_path / "folder.npy")
@@ -125,9 +164,11 @@ def test_embed_refuses_a_text_encoder(cache, tmp_path, capsys, tiny_towers):
 def test_embed_with_the_best_checkpoint_of_a_run(cache, tmp_path, capsys):
     out = str(tmp_path / "run")
     assert run(["pretrain", cache, out, "--epochs", "1", *SMALL], capsys)[0] == 0
-    code, text, _ = run(["embed", "--run", out, cache, str(tmp_path / "f.npy"),
-                         "--no-progress"], capsys)
+    code, text, _ = run(
+        ["embed", "--run", out, cache, str(tmp_path / "f.npy"), "--no-progress"], capsys
+    )
     assert code == 0 and "wrote 40 x 512" in text
-    code, _, err = run(["embed", "--run", str(tmp_path), cache, str(tmp_path / "g.npy")],
-                       capsys)
+    code, _, err = run(
+        ["embed", "--run", str(tmp_path), cache, str(tmp_path / "g.npy")], capsys
+    )
     assert code == 1 and "has no checkpoint" in err

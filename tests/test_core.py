@@ -24,20 +24,42 @@ AVX512 = {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= cpu_flags()
 AVX2 = {"avx2", "fma"} <= cpu_flags()
 
 
-def config_in_subprocess(env_changes, code="import convirt, json; print(json.dumps(convirt.config()))"):
-    env = {k: v for k, v in os.environ.items() if k not in ("BLIS_ARCH_TYPE", "OMP_NUM_THREADS")}
+def config_in_subprocess(
+    env_changes, code="import convirt, json; print(json.dumps(convirt.config()))"
+):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("BLIS_ARCH_TYPE", "OMP_NUM_THREADS")
+    }
     env.update(env_changes)
-    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return out
 
 
 def test_config_has_what_a_bug_report_needs():
     info = convirt.config()
-    for key in ("blis_version", "blis_arch", "blis_arch_reason", "blis_configs",
-                "num_threads", "num_cores", "openmp_runtime", "compiler", "cflags",
-                "blis_library", "openmp_library", "convirt_version"):
+    for key in (
+        "blis_version",
+        "blis_arch",
+        "blis_arch_reason",
+        "blis_configs",
+        "num_threads",
+        "num_cores",
+        "openmp_runtime",
+        "compiler",
+        "cflags",
+        "blis_library",
+        "openmp_library",
+        "convirt_version",
+    ):
         assert key in info, key
     assert info["blis_openmp"] is True
     assert "-fopenmp" in info["cflags"] and "-Wall" in info["cflags"]
@@ -66,7 +88,9 @@ def test_user_setting_is_respected():
     info = json.loads(config_in_subprocess({"BLIS_ARCH_TYPE": "generic"}).stdout)
     assert info["blis_arch"] == "generic"
     assert "set by the user" in info["blis_arch_reason"]
-    numeric = json.loads(config_in_subprocess({"BLIS_ARCH_TYPE": str(info["blis_arch_id"])}).stdout)
+    numeric = json.loads(
+        config_in_subprocess({"BLIS_ARCH_TYPE": str(info["blis_arch_id"])}).stdout
+    )
     assert numeric["blis_arch"] == "generic"
 
 
@@ -115,8 +139,9 @@ def test_threadpoolctl_sees_blis_and_openmp():
     assert "blis" in apis and "openmp" in apis
     config = convirt.config()
     blis_paths = [e["filepath"] for e in info if e["internal_api"] == "blis"]
-    assert any(os.path.realpath(p) == os.path.realpath(config["blis_library"])
-               for p in blis_paths)
+    assert any(
+        os.path.realpath(p) == os.path.realpath(config["blis_library"]) for p in blis_paths
+    )
     with threadpoolctl.threadpool_limits(1):
         assert convirt.get_num_threads() == 1
     with threadpoolctl.threadpool_limits(1, user_api="blas"):

@@ -40,10 +40,11 @@ def reference_resize(image, size):
     height, width = image.shape
     scale = size / min(height, width)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h),
-                                                       Image.Resampling.BILINEAR))
+    resized = np.asarray(
+        Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR)
+    )
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    return resized[top:top + size, left:left + size]
+    return resized[top : top + size, left : left + size]
 
 
 # --------------------------------------------------------------------------------------
@@ -160,8 +161,9 @@ def test_missing_file(tmp_path):
         decode_image(tmp_path / "nope.png")
 
 
-@pytest.mark.parametrize("content", [b"", b"not an image at all",
-                                     b"\x89PNG\r\n\x1a\n" + b"garbage" * 10])
+@pytest.mark.parametrize(
+    "content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"garbage" * 10]
+)
 def test_corrupt_file(tmp_path, content):
     (tmp_path / "bad.png").write_bytes(content)
     with pytest.raises(ImageDecodeError, match="cannot decode"):
@@ -171,7 +173,7 @@ def test_corrupt_file(tmp_path, content):
 def test_truncated_jpeg(tmp_path):
     buffer = io.BytesIO()
     Image.fromarray(gradient_image(64, 64)).save(buffer, "JPEG")
-    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(ImageDecodeError):
         decode_image(tmp_path / "cut.jpg")
 
@@ -197,8 +199,9 @@ try:
     import pydicom
 except ImportError:  # the optional extra: only the DICOM tests are skipped
     pydicom = None
-needs_pydicom = pytest.mark.skipif(pydicom is None, reason="pydicom is not installed "
-                                   "(pip install 'convirt[dicom]')")
+needs_pydicom = pytest.mark.skipif(
+    pydicom is None, reason="pydicom is not installed (pip install 'convirt[dicom]')"
+)
 
 
 def write_dicom(path, pixels, photometric="MONOCHROME2", **attributes):
@@ -254,14 +257,16 @@ def test_real_chest_radiograph_rg1():
     out = decode_image(path)
     assert out.dtype == np.uint8 and out.shape == (ds.Rows, ds.Columns)
     windowed = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)
-    reference = 255 - np.rint(windowed / (2 ** ds.BitsStored - 1) * 255)
+    reference = 255 - np.rint(windowed / (2**ds.BitsStored - 1) * 255)
     assert np.abs(out.astype(float) - reference).max() <= 1
     # Displayed the right way round: the mediastinum (centre columns) is brighter than
     # the lungs on either side, and air outside the body at the top corners is dark.
     rows = slice(int(0.3 * ds.Rows), int(0.6 * ds.Rows))
-    centre = out[rows, int(0.46 * ds.Columns):int(0.54 * ds.Columns)].mean()
-    lungs = (out[rows, int(0.2 * ds.Columns):int(0.3 * ds.Columns)].mean() +
-             out[rows, int(0.7 * ds.Columns):int(0.8 * ds.Columns)].mean()) / 2
+    centre = out[rows, int(0.46 * ds.Columns) : int(0.54 * ds.Columns)].mean()
+    lungs = (
+        out[rows, int(0.2 * ds.Columns) : int(0.3 * ds.Columns)].mean()
+        + out[rows, int(0.7 * ds.Columns) : int(0.8 * ds.Columns)].mean()
+    ) / 2
     assert centre > lungs + 20
 
 
@@ -303,13 +308,20 @@ def test_rescale_slope_intercept_and_window(tmp_path):
     """CT-like numbers: stored s, value = 2 s - 1024 HU, window 40/400 (soft tissue).
     Expected from the DICOM LINEAR window formula written out here."""
     stored = np.linspace(300, 900, 20 * 20).astype(np.uint16).reshape(20, 20)
-    path = write_dicom(tmp_path / "ct.dcm", stored, RescaleSlope=2, RescaleIntercept=-1024,
-                       WindowCenter=40, WindowWidth=400)
+    path = write_dicom(
+        tmp_path / "ct.dcm",
+        stored,
+        RescaleSlope=2,
+        RescaleIntercept=-1024,
+        WindowCenter=40,
+        WindowWidth=400,
+    )
     out = decode_image(path)
     hu = stored * 2.0 - 1024
     low, high = 40 - 0.5 - (400 - 1) / 2, 40 - 0.5 + (400 - 1) / 2
-    expected = np.where(hu <= low, 0, np.where(
-        hu > high, 255, ((hu - 39.5) / 399 + 0.5) * 255))
+    expected = np.where(
+        hu <= low, 0, np.where(hu > high, 255, ((hu - 39.5) / 399 + 0.5) * 255)
+    )
     assert np.abs(out.astype(float) - np.rint(expected)).max() <= 1
     # Without the rescale the same window would clip everything to white: slope and
     # intercept were applied.
@@ -319,8 +331,9 @@ def test_rescale_slope_intercept_and_window(tmp_path):
 @needs_pydicom
 def test_signed_pixels_with_intercept(tmp_path):
     stored = np.arange(-50, 50, dtype=np.int16).reshape(10, 10)
-    out = decode_image(write_dicom(tmp_path / "s.dcm", stored, RescaleSlope=1,
-                                   RescaleIntercept=100))
+    out = decode_image(
+        write_dicom(tmp_path / "s.dcm", stored, RescaleSlope=1, RescaleIntercept=100)
+    )
     expected = np.rint((stored + 50.0) * 255 / 99)
     np.testing.assert_array_equal(out, expected.astype(np.uint8))
 
@@ -328,8 +341,9 @@ def test_signed_pixels_with_intercept(tmp_path):
 @needs_pydicom
 def test_unusable_window_falls_back_to_min_max(tmp_path):
     pixels = np.arange(64, dtype=np.uint16).reshape(8, 8) * 10
-    out = decode_image(write_dicom(tmp_path / "w.dcm", pixels, WindowCenter=100,
-                                   WindowWidth=0))
+    out = decode_image(
+        write_dicom(tmp_path / "w.dcm", pixels, WindowCenter=100, WindowWidth=0)
+    )
     assert out.min() == 0 and out.max() == 255
 
 
@@ -362,7 +376,7 @@ def test_garbage_with_dcm_suffix_is_corrupt(tmp_path):
 def test_truncated_dicom_pixels_are_corrupt(tmp_path):
     path = write_dicom(tmp_path / "t.dcm", np.zeros((64, 64), np.uint16))
     raw = path.read_bytes()
-    path.write_bytes(raw[:len(raw) - 4000])
+    path.write_bytes(raw[: len(raw) - 4000])
     with pytest.raises(ImageDecodeError):
         decode_image(path)
 
@@ -387,19 +401,34 @@ def test_extract_sections_mimic_report():
     assert sections["findings"] == (
         "There is no focal consolidation, pleural effusion or pneumothorax. Bilateral "
         "nodular opacities that most likely represent nipple shadows. The "
-        "cardiomediastinal silhouette is normal.")
+        "cardiomediastinal silhouette is normal."
+    )
     assert sections["impression"] == "No acute cardiopulmonary process."
 
 
-@pytest.mark.parametrize("text, findings, impression", [
-    ("Findings: Lungs clear.\nImpression: Normal.", "Lungs clear.", "Normal."),
-    ("FINDING: Small effusion.\nIMPRESSIONS: Effusion.", "Small effusion.", "Effusion."),
-    ("FINDINGS AND IMPRESSION: Mild cardiomegaly.", "Mild cardiomegaly.", ""),
-    ("findings:   Clear.\n\nCONCLUSION: No acute process.", "Clear.", "No acute process."),
-    ("IMPRESSION - Pneumonia.\nRECOMMENDATION(S): Follow up.", "", "Pneumonia."),
-    ("INDICATION: cough\nFINDINGS: Clear lungs.\nNOTIFICATION: called Dr. ___.",
-     "Clear lungs.", ""),
-])
+@pytest.mark.parametrize(
+    "text, findings, impression",
+    [
+        ("Findings: Lungs clear.\nImpression: Normal.", "Lungs clear.", "Normal."),
+        (
+            "FINDING: Small effusion.\nIMPRESSIONS: Effusion.",
+            "Small effusion.",
+            "Effusion.",
+        ),
+        ("FINDINGS AND IMPRESSION: Mild cardiomegaly.", "Mild cardiomegaly.", ""),
+        (
+            "findings:   Clear.\n\nCONCLUSION: No acute process.",
+            "Clear.",
+            "No acute process.",
+        ),
+        ("IMPRESSION - Pneumonia.\nRECOMMENDATION(S): Follow up.", "", "Pneumonia."),
+        (
+            "INDICATION: cough\nFINDINGS: Clear lungs.\nNOTIFICATION: called Dr. ___.",
+            "Clear lungs.",
+            "",
+        ),
+    ],
+)
 def test_extract_sections_heading_variants(text, findings, impression):
     sections = extract_sections(text)
     assert sections == {"findings": findings, "impression": impression}
@@ -407,23 +436,33 @@ def test_extract_sections_heading_variants(text, findings, impression):
 
 def test_extract_sections_falls_back_to_last_paragraph():
     text = "EXAMINATION: chest\n\nHISTORY: cough\n\nThe lungs are clear.\nNo effusion.\n"
-    assert extract_sections(text) == {"findings": "",
-                                      "impression": "The lungs are clear. No effusion."}
+    assert extract_sections(text) == {
+        "findings": "",
+        "impression": "The lungs are clear. No effusion.",
+    }
     assert extract_sections("") == {"findings": "", "impression": ""}
     assert extract_sections(None) == {"findings": "", "impression": ""}
 
 
 def test_format_sections():
-    assert data.format_sections({"findings": "A.", "impression": "B."}) == \
-        "FINDINGS: A.\nIMPRESSION: B."
+    assert (
+        data.format_sections({"findings": "A.", "impression": "B."})
+        == "FINDINGS: A.\nIMPRESSION: B."
+    )
     assert data.format_sections({"findings": "", "impression": "B."}) == "IMPRESSION: B."
 
 
 def test_split_sentences():
-    report = "FINDINGS: Heart size is normal. No effusion.\nIMPRESSION: 1. No ___ change. " \
+    report = (
+        "FINDINGS: Heart size is normal. No effusion.\nIMPRESSION: 1. No ___ change. "
         "2. Stable."
-    assert split_sentences(report) == ["Heart size is normal.", "No effusion.",
-                                       "No ___ change.", "Stable."]
+    )
+    assert split_sentences(report) == [
+        "Heart size is normal.",
+        "No effusion.",
+        "No ___ change.",
+        "Stable.",
+    ]
     assert split_sentences("") == []
     assert split_sentences("FINDINGS:\nIMPRESSION:") == []
 
@@ -435,9 +474,12 @@ def test_split_sentences():
 
 def test_array_dataset():
     images = np.stack([gradient_image(20, 30, s) for s in range(4)])
-    dataset = ArrayDataset(images, ["a", "b", "c", "d"], labels=[[1, 0], [0, 1], [1, 1],
-                                                                 [0, 0]],
-                           label_names=["x", "y"])
+    dataset = ArrayDataset(
+        images,
+        ["a", "b", "c", "d"],
+        labels=[[1, 0], [0, 1], [1, 1], [0, 0]],
+        label_names=["x", "y"],
+    )
     assert len(dataset) == 4 and dataset.images is images
     image, report = dataset[2]
     assert np.shares_memory(image, images) and report == "c"
@@ -499,9 +541,11 @@ def write_csv(path, header, rows, delimiter=","):
 
 def test_csv_dataset_comma_relative_paths_and_quoted_reports(tmp_path):
     write_pngs(tmp_path / "imgs", 3)
-    rows = [["imgs/img0.png", "Heart normal, lungs clear."],
-            ["imgs/img1.png", "Line one.\nLine two, with comma."],
-            [str(tmp_path / "imgs" / "img2.png"), "Absolute path."]]
+    rows = [
+        ["imgs/img0.png", "Heart normal, lungs clear."],
+        ["imgs/img1.png", "Line one.\nLine two, with comma."],
+        [str(tmp_path / "imgs" / "img2.png"), "Absolute path."],
+    ]
     path = write_csv(tmp_path / "pairs.csv", ["path", "text"], rows)
     dataset = CSVDataset(path, image_column="path", report_column="text")
     assert len(dataset) == 3
@@ -515,8 +559,12 @@ def test_csv_dataset_comma_relative_paths_and_quoted_reports(tmp_path):
 def test_csv_dataset_tab_detected_and_root(tmp_path):
     write_pngs(tmp_path / "elsewhere", 2)
     os.makedirs(tmp_path / "tables")
-    path = write_csv(tmp_path / "tables" / "pairs.tsv", ["image", "report", "note"],
-                     [["img0.png", "A, b, c.", "x"], ["img1.png", "D.", "y"]], delimiter="\t")
+    path = write_csv(
+        tmp_path / "tables" / "pairs.tsv",
+        ["image", "report", "note"],
+        [["img0.png", "A, b, c.", "x"], ["img1.png", "D.", "y"]],
+        delimiter="\t",
+    )
     dataset = CSVDataset(path, root=tmp_path / "elsewhere")
     assert dataset.reports == ["A, b, c.", "D."]
     assert dataset[1][0].shape == (24, 32)
@@ -532,8 +580,11 @@ def test_csv_dataset_gzip_and_bom(tmp_path):
 
 
 def test_csv_dataset_labels(tmp_path):
-    path = write_csv(tmp_path / "p.csv", ["image", "report", "Edema", "Fracture"],
-                     [["a.png", "x", "1", ""], ["b.png", "y", "0", "-1"]])
+    path = write_csv(
+        tmp_path / "p.csv",
+        ["image", "report", "Edema", "Fracture"],
+        [["a.png", "x", "1", ""], ["b.png", "y", "0", "-1"]],
+    )
     dataset = CSVDataset(path, label_columns=["Edema", "Fracture"])
     assert dataset.label_names == ["Edema", "Fracture"]
     np.testing.assert_array_equal(dataset.labels, [[1, np.nan], [0, -1]])
@@ -541,14 +592,18 @@ def test_csv_dataset_labels(tmp_path):
 
 def test_csv_dataset_wrong_column_lists_the_columns(tmp_path):
     path = write_csv(tmp_path / "p.csv", ["path", "findings"], [["a.png", "x"]])
-    with pytest.raises(ValueError, match=r"image column 'image' not found.*columns found: "
-                                         r"'path', 'findings'"):
+    with pytest.raises(
+        ValueError,
+        match=r"image column 'image' not found.*columns found: "
+        r"'path', 'findings'",
+    ):
         CSVDataset(path)
     with pytest.raises(ValueError, match=r"report column 'report' not found.*'findings'"):
         CSVDataset(path, image_column="path")
     with pytest.raises(ValueError, match=r"label column 'Edema' not found"):
-        CSVDataset(path, image_column="path", report_column="findings",
-                   label_columns=["Edema"])
+        CSVDataset(
+            path, image_column="path", report_column="findings", label_columns=["Edema"]
+        )
 
 
 def test_csv_dataset_tab_file_wrong_column_shows_split_columns(tmp_path):
@@ -558,8 +613,9 @@ def test_csv_dataset_tab_file_wrong_column_shows_split_columns(tmp_path):
 
 
 def test_csv_dataset_bad_label_value(tmp_path):
-    path = write_csv(tmp_path / "p.csv", ["image", "report", "Edema"],
-                     [["a.png", "x", "yes"]])
+    path = write_csv(
+        tmp_path / "p.csv", ["image", "report", "Edema"], [["a.png", "x", "yes"]]
+    )
     with pytest.raises(ValueError, match=r"line 2.*'Edema' holds 'yes'"):
         CSVDataset(path, label_columns=["Edema"])
 
@@ -583,8 +639,11 @@ def test_csv_dataset_empty_image_path_is_missing(tmp_path):
 def test_folder_dataset(tmp_path):
     write_pngs(tmp_path / "a", 2)
     write_pngs(tmp_path / "a" / "nested", 1)
-    for path in [tmp_path / "a" / "img0.txt", tmp_path / "a" / "img1.txt",
-                 tmp_path / "a" / "nested" / "img0.txt"]:
+    for path in [
+        tmp_path / "a" / "img0.txt",
+        tmp_path / "a" / "img1.txt",
+        tmp_path / "a" / "nested" / "img0.txt",
+    ]:
         path.write_text(f"Report of {path.stem}.\n")
     (tmp_path / "a" / "notes.md").write_text("not an image")
     dataset = FolderDataset(tmp_path / "a")
@@ -613,13 +672,15 @@ def test_mimic_frontal_train_split(mimic_tree):
     dataset = MIMICCXRDataset(root)
     names = [os.path.basename(s) for s in dataset.sources]
     assert names == ["d1.jpg", "d3.jpg", "d7.jpg"]  # frontal views of the train split
-    assert dataset.sources[0] == os.path.join(root, "files", "p10", "p10000032",
-                                              "s50414267", "d1.jpg")
+    assert dataset.sources[0] == os.path.join(
+        root, "files", "p10", "p10000032", "s50414267", "d1.jpg"
+    )
     assert dataset.reports[0] == (
         "FINDINGS: There is no focal consolidation, pleural effusion or pneumothorax. "
         "Bilateral nodular opacities that most likely represent nipple shadows. The "
         "cardiomediastinal silhouette is normal.\n"
-        "IMPRESSION: No acute cardiopulmonary process.")
+        "IMPRESSION: No acute cardiopulmonary process."
+    )
     assert dataset.reports[1] == "FINDINGS: Mild cardiomegaly.\nIMPRESSION: Cardiomegaly."
     # A report found under mimic-cxr-reports/, written as combined findings+impression.
     assert dataset.reports[2] == "FINDINGS: Small left pleural effusion."
@@ -662,7 +723,9 @@ def test_mimic_prepare_end_to_end(tmp_path, mimic_tree):
     root = mimic_tree
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing should be skipped
-        summary = prepare(MIMICCXRDataset(root), tmp_path / "cache", size=16, progress=False)
+        summary = prepare(
+            MIMICCXRDataset(root), tmp_path / "cache", size=16, progress=False
+        )
     assert summary.prepared == 3 and summary.skipped == 0
     cache = PreparedDataset(tmp_path / "cache")
     assert cache.images.shape == (3, 16, 16)
@@ -699,9 +762,15 @@ class CountingDataset(data.PairedDataset):
 def array_dataset(count=10, labels=True, seed=0):
     images = np.stack([gradient_image(30, 40, seed + k) for k in range(count)])
     reports = [f"FINDINGS: Report {k}.\nIMPRESSION: Fine." for k in range(count)]
-    label_values = np.random.default_rng(seed).integers(0, 2, (count, 3)) if labels else None
-    return ArrayDataset(images, reports, labels=label_values,
-                        label_names=["a", "b", "c"] if labels else None)
+    label_values = (
+        np.random.default_rng(seed).integers(0, 2, (count, 3)) if labels else None
+    )
+    return ArrayDataset(
+        images,
+        reports,
+        labels=label_values,
+        label_names=["a", "b", "c"] if labels else None,
+    )
 
 
 def test_prepare_and_read_in_place(tmp_path):
@@ -714,8 +783,9 @@ def test_prepare_and_read_in_place(tmp_path):
     assert cache.images.shape == (6, 20, 20) and len(cache) == 6 and cache.size == 20
     assert not cache.images.flags.writeable
     for k in range(6):
-        np.testing.assert_array_equal(cache.images[k], resize_center_crop(dataset.images[k],
-                                                                          20))
+        np.testing.assert_array_equal(
+            cache.images[k], resize_center_crop(dataset.images[k], 20)
+        )
         image, report = cache[k]
         assert report == dataset.reports[k] and np.shares_memory(image, cache.images)
     np.testing.assert_array_equal(cache.labels, dataset.labels)
@@ -751,8 +821,14 @@ def test_prepare_interrupted_then_resumed(tmp_path):
     dataset = array_dataset(12)
     crashing = CountingDataset(dataset, interrupt_at=5)
     with pytest.raises(KeyboardInterrupt):
-        prepare(crashing, tmp_path / "c", size=16, progress=False, workers=1,
-                checkpoint_seconds=0)
+        prepare(
+            crashing,
+            tmp_path / "c",
+            size=16,
+            progress=False,
+            workers=1,
+            checkpoint_seconds=0,
+        )
     index = json.loads((tmp_path / "c" / "index.json").read_text())
     assert not index["complete"] and index["rows"] == 5
     assert index["counts"] == {"ok": 5, "pending": 7}
@@ -799,8 +875,9 @@ def test_damaged_cache_is_refused(tmp_path):
         PreparedDataset(tmp_path / "c")
     with pytest.raises(ValueError, match="damaged"):
         prepare(array_dataset(4), tmp_path / "c", size=8, progress=False)
-    summary = prepare(array_dataset(4), tmp_path / "c", size=8, progress=False,
-                      overwrite=True)
+    summary = prepare(
+        array_dataset(4), tmp_path / "c", size=8, progress=False, overwrite=True
+    )
     assert summary.new == 4
 
 
@@ -831,17 +908,32 @@ def test_prepare_refuses_a_different_cache(tmp_path):
 def test_missing_corrupt_and_empty_are_reported_skipped_counted(tmp_path, capsys):
     paths = write_pngs(tmp_path / "imgs", 4)
     (tmp_path / "imgs" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    rows = [["imgs/img0.png", "Good zero."], ["imgs/missing.png", "Lost."],
-            ["imgs/img1.png", "Good one."], ["imgs/bad.png", "Corrupt."],
-            ["imgs/img2.png", "   "], ["imgs/img3.png", "Good three."]]
+    rows = [
+        ["imgs/img0.png", "Good zero."],
+        ["imgs/missing.png", "Lost."],
+        ["imgs/img1.png", "Good one."],
+        ["imgs/bad.png", "Corrupt."],
+        ["imgs/img2.png", "   "],
+        ["imgs/img3.png", "Good three."],
+    ]
     path = write_csv(tmp_path / "p.csv", ["image", "report"], rows)
-    with pytest.warns(UserWarning, match=r"skipped 3 of 6 pairs: 1 missing, 1 corrupt, "
-                                         r"1 empty"):
+    with pytest.warns(
+        UserWarning,
+        match=r"skipped 3 of 6 pairs: 1 missing, 1 corrupt, "
+        r"1 empty",
+    ):
         summary = prepare(CSVDataset(path), tmp_path / "c", size=12, progress=True)
-    assert (summary.prepared, summary.missing, summary.corrupt, summary.empty_report) == \
-        (3, 1, 1, 1)
-    assert {status for _, status, _ in summary.failures} == {"missing", "corrupt",
-                                                             "empty_report"}
+    assert (summary.prepared, summary.missing, summary.corrupt, summary.empty_report) == (
+        3,
+        1,
+        1,
+        1,
+    )
+    assert {status for _, status, _ in summary.failures} == {
+        "missing",
+        "corrupt",
+        "empty_report",
+    }
     assert "3 skipped: 1 missing, 1 corrupt, 1 empty reports" in str(summary)
     err = capsys.readouterr().err
     assert "skipped" in err and "missing.png" in err and "bad.png" in err
@@ -859,14 +951,21 @@ def test_missing_corrupt_and_empty_are_reported_skipped_counted(tmp_path, capsys
     with pytest.warns(UserWarning, match="skipped 2 of 6"):
         summary = prepare(dataset, tmp_path / "c", size=12, progress=False)
     assert summary.kept == 3 and summary.new == 1 and sorted(dataset.loaded) == [1, 3]
-    assert PreparedDataset(tmp_path / "c").reports == ["Good zero.", "Good one.",
-                                                       "Good three.", "Lost."]
+    assert PreparedDataset(tmp_path / "c").reports == [
+        "Good zero.",
+        "Good one.",
+        "Good three.",
+        "Lost.",
+    ]
 
 
 def test_same_image_twice_with_different_reports(tmp_path):
     write_pngs(tmp_path, 1)
-    path = write_csv(tmp_path / "p.csv", ["image", "report"],
-                     [["img0.png", "First read."], ["img0.png", "Second read."]])
+    path = write_csv(
+        tmp_path / "p.csv",
+        ["image", "report"],
+        [["img0.png", "First read."], ["img0.png", "Second read."]],
+    )
     prepare(CSVDataset(path), tmp_path / "c", size=8, progress=False)
     prepare(CSVDataset(path), tmp_path / "c", size=8, progress=False)  # resumes
     cache = PreparedDataset(tmp_path / "c")
@@ -942,8 +1041,11 @@ def test_loader_without_shuffle_gives_views():
 
 def test_loader_decodes_files_when_given_a_size(tmp_path):
     write_pngs(tmp_path, 3)
-    path = write_csv(tmp_path / "p.csv", ["image", "report"],
-                     [[f"img{k}.png", f"R{k}."] for k in range(3)])
+    path = write_csv(
+        tmp_path / "p.csv",
+        ["image", "report"],
+        [[f"img{k}.png", f"R{k}."] for k in range(3)],
+    )
     dataset = CSVDataset(path)
     with pytest.raises(ValueError, match="size="):
         BatchLoader(dataset, batch_size=2)
@@ -976,8 +1078,11 @@ def test_loader_prefetches_one_batch_ahead_in_a_thread():
     assert [int(b.indices[0]) for b in rest] == [4, 8, 12, 16]
 
     calls.clear()
-    list(BatchLoader(dataset, batch_size=4, shuffle=False, transform=transform,
-                     prefetch=False))
+    list(
+        BatchLoader(
+            dataset, batch_size=4, shuffle=False, transform=transform, prefetch=False
+        )
+    )
     assert all(name == threading.current_thread().name for _, name in calls)
 
 
@@ -1013,7 +1118,13 @@ def test_loader_rejects_bad_arguments():
 
 
 def test_impressions_take_the_impression_or_the_whole_report():
-    reports = ["FINDINGS: Heart size is normal.\nIMPRESSION: No acute process.",
-               "Heart size is normal. Lungs are clear.", ""]
-    assert impressions(reports) == ["No acute process.",
-                                    "Heart size is normal. Lungs are clear.", ""]
+    reports = [
+        "FINDINGS: Heart size is normal.\nIMPRESSION: No acute process.",
+        "Heart size is normal. Lungs are clear.",
+        "",
+    ]
+    assert impressions(reports) == [
+        "No acute process.",
+        "Heart size is normal. Lungs are clear.",
+        "",
+    ]

@@ -84,8 +84,18 @@ def test_retrieval_split_takes_single_finding_images():
     import numpy as np
 
     names = ["A", "B", "No Finding"]
-    labels = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1],
-                       [0, 0, 1], [1, 0, 0]])
+    labels = np.array(
+        [
+            [1, 0, 0],
+            [1, 0, 0],
+            [0, 1, 0],
+            [0, 1, 0],
+            [1, 1, 0],
+            [0, 0, 1],
+            [0, 0, 1],
+            [1, 0, 0],
+        ]
+    )
     queries, categories, candidates = retrieval_split(labels, names, 1, seed=0)
     assert 4 not in queries and 4 not in candidates  # two findings: neither
     assert sorted(categories.tolist()) == [0, 1, 2]
@@ -98,8 +108,13 @@ def test_retrieval_split_takes_single_finding_images():
 def test_format_table_has_the_papers_columns(quick):
     _, summary, _ = quick
     header = summary["table"].splitlines()[0]
-    for column in ("Probe AUC 1%", "Probe AUC 10%", "Probe AUC 100%", "img->img P@5",
-                   "text->img P@10"):
+    for column in (
+        "Probe AUC 1%",
+        "Probe AUC 10%",
+        "Probe AUC 100%",
+        "img->img P@5",
+        "text->img P@10",
+    ):
         assert column in header
 
 

@@ -3,16 +3,21 @@ extension, and the library catches them by type, never by message text."""
 
 import numpy as np
 import pytest
+import tiny
 
 import convirt
 from convirt import errors
 
-import tiny
-
 
 def test_the_hierarchy():
-    for name in ("NonFiniteError", "StateError", "CheckpointError", "DataFileError",
-                 "ImageDecodeError", "TrainingDiverged"):
+    for name in (
+        "NonFiniteError",
+        "StateError",
+        "CheckpointError",
+        "DataFileError",
+        "ImageDecodeError",
+        "TrainingDiverged",
+    ):
         assert issubclass(getattr(convirt, name), convirt.ConvirtError), name
         assert getattr(errors, name) is getattr(convirt, name)
     # Callers who caught the built-in types before still catch them.

@@ -122,10 +122,13 @@ def test_head_repeated_calls_do_not_leak():
     tracemalloc.stop()
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"in_dim": 0, "out_dim": 2}, ValueError, "in_dim and out_dim must be in"),
-    ({"in_dim": 3, "out_dim": -1}, ValueError, "in_dim and out_dim must be in"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"in_dim": 0, "out_dim": 2}, ValueError, "in_dim and out_dim must be in"),
+        ({"in_dim": 3, "out_dim": -1}, ValueError, "in_dim and out_dim must be in"),
+    ],
+)
 def test_head_bad_sizes(kwargs, error, match):
     with pytest.raises(error, match=match):
         _core.LinearHead(**kwargs)
@@ -156,8 +159,9 @@ def test_head_backward_bad_input():
     with pytest.raises(ValueError, match="overlap|share"):
         head.backward(np.ones((4, 2), np.float32), x, d_x=x)
     with pytest.raises(ValueError, match="input_grad=False"):
-        head.backward(np.ones((4, 2), np.float32), x, d_x=np.empty_like(x),
-                      input_grad=False)
+        head.backward(
+            np.ones((4, 2), np.float32), x, d_x=np.empty_like(x), input_grad=False
+        )
 
 
 # ---- the head path: features -> head -> loss, against PyTorch autograd ---------------------
@@ -185,7 +189,9 @@ def test_head_path_loss_and_gradients_match_torch(multilabel):
     tb = torch.tensor(head.bias.copy(), requires_grad=True)
     z = F.linear(th, tw, tb)
     if multilabel:
-        ref = F.binary_cross_entropy_with_logits(z, torch.tensor(labels, dtype=torch.float32))
+        ref = F.binary_cross_entropy_with_logits(
+            z, torch.tensor(labels, dtype=torch.float32)
+        )
     else:
         ref = F.cross_entropy(z, torch.tensor(labels))
     ref.backward()
@@ -198,16 +204,20 @@ def test_head_path_loss_and_gradients_match_torch(multilabel):
 def torch_step(encoder, head, images, labels, multilabel):
     """The fine-tuning step in PyTorch on copies of the weights: ResNet (training-mode
     batch norm) -> linear head -> loss; returns (loss, params with .grad, head tensors)."""
-    params = {k: torch.tensor(v, requires_grad=not k.endswith(("running_mean",
-                                                                "running_var")))
-              for k, v in encoder.state_dict().items() if not k.startswith("projection.")}
+    params = {
+        k: torch.tensor(v, requires_grad=not k.endswith(("running_mean", "running_var")))
+        for k, v in encoder.state_dict().items()
+        if not k.startswith("projection.")
+    }
     tw = torch.tensor(head.weight.copy(), requires_grad=True)
     tb = torch.tensor(head.bias.copy(), requires_grad=True)
     mean, std = encoder.normalization
     x = torch_resnet.normalise(images, mean, std)
     z = F.linear(torch_resnet.forward(params, x, 18, training=True), tw, tb)
     if multilabel:
-        loss = F.binary_cross_entropy_with_logits(z, torch.tensor(labels, dtype=torch.float32))
+        loss = F.binary_cross_entropy_with_logits(
+            z, torch.tensor(labels, dtype=torch.float32)
+        )
     else:
         loss = F.cross_entropy(z, torch.tensor(labels, dtype=torch.long))
     loss.backward()
@@ -220,8 +230,9 @@ def tiny_encoder(seed=0):
     encoder = convirt.Encoder.resnet18(proj_dim=8, proj_hidden=8, seed=seed)
     params = torch_resnet.init_params(18, 1, seed=seed, bias_scale=0.5)
     state = {k: v.numpy() for k, v in params.items()}
-    state.update({k: v for k, v in encoder.state_dict().items()
-                  if k.startswith("projection.")})
+    state.update(
+        {k: v for k, v in encoder.state_dict().items() if k.startswith("projection.")}
+    )
     encoder.load_state_dict(state)
     return encoder
 
@@ -247,9 +258,14 @@ def test_train_step_gradients_match_torch(multilabel):
     # implementations differ by rounding, which the weight gradients inherit.
     pairs = [(head.weight_grad, tw.grad.numpy()), (head.bias_grad, tb.grad.numpy())]
     grads = encoder.gradients()
-    pairs += [(grads[name], stored(name, p.grad.numpy())) for name, p in params.items()
-              if p.grad is not None]
-    worst = max(np.abs(ours - ref).max() / (np.abs(ref).max() + 1e-12) for ours, ref in pairs)
+    pairs += [
+        (grads[name], stored(name, p.grad.numpy()))
+        for name, p in params.items()
+        if p.grad is not None
+    ]
+    worst = max(
+        np.abs(ours - ref).max() / (np.abs(ref).max() + 1e-12) for ours, ref in pairs
+    )
     assert worst < 1e-3, f"largest gradient error relative to its tensor's scale: {worst}"
     # The projection head is not on the path: no gradient reaches it.
     assert all(np.all(v == 0) for k, v in grads.items() if k.startswith("projection."))
@@ -277,7 +293,7 @@ def halves(n, size=32, seed=0, multilabel=False):
         if c:
             images[i, :, : size // 2] += 100
         else:
-            images[i, :, size // 2:] += 100
+            images[i, :, size // 2 :] += 100
     return images, labels
 
 
@@ -299,9 +315,23 @@ def test_one_finetune_step_matches_torch_adam():
     images = rng.integers(0, 256, (8, 32, 32), dtype=np.uint8)
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
     lr = 1e-3
-    result = ev.finetune(encoder, images, labels, images, labels, images, labels,
-                         fractions=(1.0,), seeds=(7,), epochs=1, batch_size=8, lr=lr,
-                         weight_decay=1e-4, keep_models=True, progress=False)
+    result = ev.finetune(
+        encoder,
+        images,
+        labels,
+        images,
+        labels,
+        images,
+        labels,
+        fractions=(1.0,),
+        seeds=(7,),
+        epochs=1,
+        batch_size=8,
+        lr=lr,
+        weight_decay=1e-4,
+        keep_models=True,
+        progress=False,
+    )
     tuned, head = result.models[0][0]
     initial_head = _core.LinearHead(encoder.feature_dim, 3, seed=7)
     _, params, tw, _ = torch_step(encoder, initial_head, images, labels, False)
@@ -310,21 +340,30 @@ def test_one_finetune_step_matches_torch_adam():
     checked = 0
     for name, p in params.items():
         if p.grad is None:  # running statistics: updated by the training forward
-            np.testing.assert_allclose(after[name], stored(name, p.detach().numpy()),
-                                       rtol=1e-4, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(
+                after[name],
+                stored(name, p.detach().numpy()),
+                rtol=1e-4,
+                atol=1e-6,
+                err_msg=name,
+            )
             continue
         g = stored(name, p.grad.numpy()) + 1e-4 * before[name]  # L2 decay as in torch
         clear = np.abs(g) > 1e-4
         step = after[name] - before[name]
-        np.testing.assert_allclose(step[clear], -lr * np.sign(g[clear]), rtol=0,
-                                   atol=1e-2 * lr, err_msg=name)
+        np.testing.assert_allclose(
+            step[clear], -lr * np.sign(g[clear]), rtol=0, atol=1e-2 * lr, err_msg=name
+        )
         assert np.all(np.abs(step) <= lr * 1.0001), name
         checked += clear.sum()
     assert checked > 100_000
     g_w = tw.grad.numpy() + 1e-4 * initial_head.weight
     clear = np.abs(g_w) > 1e-4
-    np.testing.assert_allclose((head.weight - initial_head.weight)[clear],
-                               -lr * np.sign(g_w[clear]), atol=1e-2 * lr)
+    np.testing.assert_allclose(
+        (head.weight - initial_head.weight)[clear],
+        -lr * np.sign(g_w[clear]),
+        atol=1e-2 * lr,
+    )
     # The projection head got no gradient and no decay: unchanged.
     for name in ("projection.0.weight", "projection.2.bias"):
         np.testing.assert_array_equal(after[name], before[name])
@@ -332,16 +371,18 @@ def test_one_finetune_step_matches_torch_adam():
 
 def test_finetune_beats_chance_on_an_easy_task():
     data = splits()
-    result = ev.finetune(convirt.Encoder.resnet18(seed=0), *data, fractions=(1.0,),
-                         seeds=(0,), **FAST)
+    result = ev.finetune(
+        convirt.Encoder.resnet18(seed=0), *data, fractions=(1.0,), seeds=(0,), **FAST
+    )
     assert result.task == "binary" and result.metric == "auc"
     assert result.scores[0, 0] > 0.9, result
 
 
 def test_finetune_multilabel_beats_chance_on_an_easy_task():
     data = splits(multilabel=True)
-    result = ev.finetune(convirt.Encoder.resnet18(seed=0), *data, fractions=(1.0,),
-                         seeds=(0,), **FAST)
+    result = ev.finetune(
+        convirt.Encoder.resnet18(seed=0), *data, fractions=(1.0,), seeds=(0,), **FAST
+    )
     assert result.task == "multilabel" and result.per_class.shape == (1, 1, 2)
     assert result.scores[0, 0] > 0.8, result
 
@@ -351,8 +392,13 @@ def test_finetune_leaves_the_encoder_unchanged():
     encoder.freeze_backbone = True
     params, buffers = encoder.flat_parameters.copy(), encoder.flat_buffers.copy()
     grads = encoder.flat_gradients.copy()
-    ev.finetune(encoder, *splits(n_train=8, n_val=8, n_test=8), fractions=(1.0,),
-                seeds=(0,), **dict(FAST, epochs=1))
+    ev.finetune(
+        encoder,
+        *splits(n_train=8, n_val=8, n_test=8),
+        fractions=(1.0,),
+        seeds=(0,),
+        **dict(FAST, epochs=1),
+    )
     np.testing.assert_array_equal(encoder.flat_parameters, params)
     np.testing.assert_array_equal(encoder.flat_buffers, buffers)
     np.testing.assert_array_equal(encoder.flat_gradients, grads)
@@ -381,9 +427,17 @@ def test_finetune_early_stopping_keeps_the_best_epoch():
     # A learning rate far too high makes the validation metric wander: with patience 1,
     # a run stops one epoch after its best, and the kept epoch is the best one seen.
     data = splits(n_train=16, n_val=8, n_test=8)
-    result = ev.finetune(convirt.Encoder.resnet18(seed=0), *data, fractions=(1.0,),
-                         seeds=(0, 1), epochs=4, batch_size=8, lr=0.05, patience=1,
-                         progress=False)
+    result = ev.finetune(
+        convirt.Encoder.resnet18(seed=0),
+        *data,
+        fractions=(1.0,),
+        seeds=(0, 1),
+        epochs=4,
+        batch_size=8,
+        lr=0.05,
+        patience=1,
+        progress=False,
+    )
     for s in range(2):
         history = result.history[0][s]
         run, best = result.epochs_run[0, s], result.best_epoch[0, s]
@@ -396,10 +450,22 @@ def test_finetune_with_augment_and_multiclass_accuracy():
     images, _ = halves(36, size=40)
     labels = np.arange(36) % 4  # four classes, each in every split
     aug = convirt.ImageAugment(32, crop_scale=(0.9, 1.0), degrees=None, blur_sigma=None)
-    result = ev.finetune(convirt.Encoder.resnet18(seed=0), images[:12], labels[:12],
-                         images[12:24], labels[12:24], images[24:], labels[24:],
-                         fractions=(1.0,), seeds=(0,), metric="accuracy", augment=aug,
-                         epochs=1, batch_size=8, progress=False)
+    result = ev.finetune(
+        convirt.Encoder.resnet18(seed=0),
+        images[:12],
+        labels[:12],
+        images[12:24],
+        labels[12:24],
+        images[24:],
+        labels[24:],
+        fractions=(1.0,),
+        seeds=(0,),
+        metric="accuracy",
+        augment=aug,
+        epochs=1,
+        batch_size=8,
+        progress=False,
+    )
     assert result.task == "multiclass" and result.metric_name == "accuracy"
     assert 0 <= result.scores[0, 0] <= 1
     assert result.config["augment"]["size"] == 32
@@ -407,9 +473,16 @@ def test_finetune_with_augment_and_multiclass_accuracy():
 
 def test_finetune_result_table_frame_and_plot():
     data = splits(n_train=8, n_val=8, n_test=8)
-    result = ev.finetune(convirt.Encoder.resnet18(seed=0), *data, fractions=(0.5, 1.0),
-                         seeds=(0, 1), epochs=1, batch_size=8, progress=False,
-                         name="random init")
+    result = ev.finetune(
+        convirt.Encoder.resnet18(seed=0),
+        *data,
+        fractions=(0.5, 1.0),
+        seeds=(0, 1),
+        epochs=1,
+        batch_size=8,
+        progress=False,
+        name="random init",
+    )
     text = repr(result)
     assert text.startswith("FinetuneResult(random init: fine-tuning AUC (binary)")
     assert "50%" in text and "100%" in text and "1/1, 1/1" in text
@@ -438,8 +511,16 @@ def encoder():
 
 def call(encoder, data, **kwargs):
     args = list(data)
-    for i, key in enumerate(("train_images", "train_labels", "val_images", "val_labels",
-                             "test_images", "test_labels")):
+    for i, key in enumerate(
+        (
+            "train_images",
+            "train_labels",
+            "val_images",
+            "val_labels",
+            "test_images",
+            "test_labels",
+        )
+    ):
         if key in kwargs:
             args[i] = kwargs.pop(key)
     return ev.finetune(encoder, *args, **dict(FAST, **kwargs))
@@ -448,17 +529,23 @@ def call(encoder, data, **kwargs):
 @pytest.mark.parametrize("which", ["train", "val", "test"])
 def test_labels_of_the_wrong_length(encoder, data, which):
     labels = {"train": data[1], "val": data[3], "test": data[5]}[which]
-    with pytest.raises(ValueError, match=f"{which}_labels has {len(labels) - 1} rows but "
-                       f"{which}_images has {len(labels)}"):
+    with pytest.raises(
+        ValueError,
+        match=f"{which}_labels has {len(labels) - 1} rows but "
+        f"{which}_images has {len(labels)}",
+    ):
         call(encoder, data, **{f"{which}_labels": labels[:-1]})
 
 
-@pytest.mark.parametrize("fraction, error, match", [
-    (0, ValueError, r"fraction must be in \(0, 1\]"),
-    (1.5, ValueError, r"fraction must be in \(0, 1\]"),
-    (-0.1, ValueError, r"fraction must be in \(0, 1\]"),
-    ("half", TypeError, "fraction must be a number"),
-])
+@pytest.mark.parametrize(
+    "fraction, error, match",
+    [
+        (0, ValueError, r"fraction must be in \(0, 1\]"),
+        (1.5, ValueError, r"fraction must be in \(0, 1\]"),
+        (-0.1, ValueError, r"fraction must be in \(0, 1\]"),
+        ("half", TypeError, "fraction must be a number"),
+    ],
+)
 def test_bad_fractions(encoder, data, fraction, error, match):
     with pytest.raises(error, match=match):
         call(encoder, data, fractions=(fraction,))
@@ -482,8 +569,11 @@ def test_nan_multilabel_labels(encoder):
 def test_nan_images(encoder, data):
     images = data[0].astype(np.float32) / 255
     images[5, 3, 3] = np.nan
-    with pytest.raises(ValueError, match=r"train_images contains NaN or Inf \(first: image "
-                       r"5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"train_images contains NaN or Inf \(first: image "
+        r"5\)",
+    ):
         call(encoder, data, train_images=images)
 
 
@@ -495,19 +585,23 @@ def test_encoder_must_be_an_image_encoder(data, tiny_towers):
         call("resnet18", data)
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"batch_size": 1}, ValueError, "batch_size must be an integer >= 2"),
-    ({"epochs": 0}, ValueError, "epochs must be an integer >= 1"),
-    ({"epochs": (2, 3)}, ValueError, r"one per fraction \(1\)"),
-    ({"lr": 0.0}, ValueError, "lr must be a positive"),
-    ({"lr": float("nan")}, ValueError, "lr must be a positive"),
-    ({"weight_decay": -1.0}, ValueError, "weight_decay must be"),
-    ({"patience": 0}, ValueError, "patience must be None or an integer >= 1"),
-    ({"task": "regression"}, ValueError, "task must be None"),
-    ({"metric": "f1"}, ValueError, "metric must be one of"),
-    ({"seeds": ()}, ValueError, "must not be empty"),
-    ({"augment": "flip"}, TypeError, "augment must be a convirt.ImageAugment"),
-], ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"batch_size": 1}, ValueError, "batch_size must be an integer >= 2"),
+        ({"epochs": 0}, ValueError, "epochs must be an integer >= 1"),
+        ({"epochs": (2, 3)}, ValueError, r"one per fraction \(1\)"),
+        ({"lr": 0.0}, ValueError, "lr must be a positive"),
+        ({"lr": float("nan")}, ValueError, "lr must be a positive"),
+        ({"weight_decay": -1.0}, ValueError, "weight_decay must be"),
+        ({"patience": 0}, ValueError, "patience must be None or an integer >= 1"),
+        ({"task": "regression"}, ValueError, "task must be None"),
+        ({"metric": "f1"}, ValueError, "metric must be one of"),
+        ({"seeds": ()}, ValueError, "must not be empty"),
+        ({"augment": "flip"}, TypeError, "augment must be a convirt.ImageAugment"),
+    ],
+    ids=lambda v: str(v)[:30],
+)
 def test_bad_options(encoder, data, kwargs, error, match):
     with pytest.raises(error, match=match):
         call(encoder, data, fractions=(1.0,), **kwargs)
@@ -526,8 +620,12 @@ def test_images_must_be_arrays_of_the_encoders_channels(encoder, data):
 
 def test_augment_needs_uint8_images(encoder, data):
     with pytest.raises(TypeError, match="augment reads uint8 images"):
-        call(encoder, data, train_images=data[0].astype(np.float32),
-             augment=convirt.ImageAugment(32))
+        call(
+            encoder,
+            data,
+            train_images=data[0].astype(np.float32),
+            augment=convirt.ImageAugment(32),
+        )
 
 
 def test_a_validation_split_with_one_class(encoder, data):
@@ -538,7 +636,9 @@ def test_a_validation_split_with_one_class(encoder, data):
 def test_classes_unseen_in_training(encoder, data):
     test_labels = data[5].copy()
     test_labels[0] = 9
-    with pytest.raises(ValueError, match=r"test_labels has classes the training labels "
-                       r"lack: \[9\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"test_labels has classes the training labels "
+        r"lack: \[9\]",
+    ):
         call(encoder, data, test_labels=test_labels)
-

@@ -23,13 +23,39 @@ from numpy.lib.stride_tricks import as_strided
 import convirt
 from convirt import _core, _testing
 
-SETTINGS = settings(max_examples=100, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck))
+SETTINGS = settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 
-DTYPES = [np.float32, np.float64, np.float16, np.uint8, np.int8, np.int32, np.int64,
-          np.bool_, np.complex64, np.dtype(">f4"), np.dtype(">i4"), object]
-LAYOUTS = ["contiguous", "fortran", "reversed", "every_other", "broadcast", "overlapping",
-           "misaligned", "readonly", "offset_view"]
+DTYPES = [
+    np.float32,
+    np.float64,
+    np.float16,
+    np.uint8,
+    np.int8,
+    np.int32,
+    np.int64,
+    np.bool_,
+    np.complex64,
+    np.dtype(">f4"),
+    np.dtype(">i4"),
+    object,
+]
+LAYOUTS = [
+    "contiguous",
+    "fortran",
+    "reversed",
+    "every_other",
+    "broadcast",
+    "overlapping",
+    "misaligned",
+    "readonly",
+    "offset_view",
+]
 SPECIAL = [np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45, 0.0]
 HUGE_INTS = [2**31 - 1, 2**31, 2**32, 2**63 - 1, 2**63, 2**64 - 1, 2**64, -1, -(2**63)]
 
@@ -86,8 +112,11 @@ def array_for(draw, dtype, shape, valid_p=0.6):
     """Mostly the wanted dtype and shape in some layout; sometimes something else."""
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    kind = draw(st.sampled_from(["valid"] * 6 + ["dtype", "shape", "rank", "empty",
-                                                 "huge_empty", "not_array"]))
+    kind = draw(
+        st.sampled_from(
+            ["valid"] * 6 + ["dtype", "shape", "rank", "empty", "huge_empty", "not_array"]
+        )
+    )
     layout = draw(st.sampled_from(LAYOUTS))
     special = draw(st.booleans()) and draw(st.booleans())
     shape = tuple(shape)
@@ -198,7 +227,9 @@ def test_text_encoder_forward_backward(data):
     encoder = text_encoder()
     n, t = data.draw(st.sampled_from([1, 2, 3])), data.draw(st.sampled_from([1, 4, 12, 13]))
     ids = data.draw(array_for(np.int32, (n, t)))
-    mask = data.draw(st.one_of(st.just(np.ones((n, t), np.int32)), array_for(np.int32, (n, t))))
+    mask = data.draw(
+        st.one_of(st.just(np.ones((n, t), np.int32)), array_for(np.int32, (n, t)))
+    )
     types = data.draw(st.one_of(st.none(), array_for(np.int32, (n, t))))
     if isinstance(ids, np.ndarray) and ids.dtype == np.int32 and ids.flags.writeable:
         ids %= 30  # mostly inside the vocabulary
@@ -228,13 +259,17 @@ def test_contrastive_loss(data):
     if data.draw(st.booleans()):
         grads["grad_v"] = data.draw(array_for(np.float32, (n, d)))
     if data.draw(st.booleans()):
-        grads["grad_u"] = data.draw(st.one_of(array_for(np.float32, (n, d)),
-                                              st.just(grads.get("grad_v"))))
+        grads["grad_u"] = data.draw(
+            st.one_of(array_for(np.float32, (n, d)), st.just(grads.get("grad_v")))
+        )
     acceptable(lambda: loss(v, u, **grads))
     acceptable(lambda: loss(v, u, compute_grad=data.draw(st.booleans())))
     z = data.draw(array_for(np.float32, (2 * n, d)))
-    acceptable(lambda: loss.nt_xent(z, grad=data.draw(st.one_of(
-        st.none(), array_for(np.float32, (2 * n, d))))))
+    acceptable(
+        lambda: loss.nt_xent(
+            z, grad=data.draw(st.one_of(st.none(), array_for(np.float32, (2 * n, d))))
+        )
+    )
     ok = np.eye(4, dtype=np.float32)
     assert np.isfinite(loss(ok, ok).loss)
 
@@ -245,15 +280,20 @@ def test_classification_losses(data):
     n, k = data.draw(sides), data.draw(sides)
     logits = data.draw(array_for(np.float32, (n, k)))
     labels = data.draw(array_for(np.int32, (n,)))
-    if isinstance(labels, np.ndarray) and labels.dtype == np.int32 and labels.flags.writeable:
+    if (
+        isinstance(labels, np.ndarray)
+        and labels.dtype == np.int32
+        and labels.flags.writeable
+    ):
         labels %= k
     grad = data.draw(st.one_of(st.none(), array_for(np.float32, (n, k))))
     acceptable(lambda: _core.softmax_cross_entropy(logits, labels, grad))
     targets = data.draw(array_for(np.float32, (n, k)))
     weight = data.draw(st.one_of(st.none(), array_for(np.float32, (k,))))
     acceptable(lambda: _core.binary_cross_entropy(logits, targets, grad, weight))
-    loss, _ = _core.softmax_cross_entropy(np.zeros((2, 3), np.float32),
-                                          np.zeros(2, np.int32))
+    loss, _ = _core.softmax_cross_entropy(
+        np.zeros((2, 3), np.float32), np.zeros(2, np.int32)
+    )
     assert np.isfinite(loss)
 
 
@@ -277,8 +317,11 @@ def test_image_augment(data):
         field = data.draw(st.sampled_from(["crop", "angle", "scale", "sigma", "contrast"]))
         params[field] = data.draw(st.sampled_from(SPECIAL + [-1.0, 2.0, 1e9]))
     acceptable(lambda: augment.apply(images, params, out=out))
-    acceptable(lambda: augment.sample_parameters(data.draw(st.sampled_from(
-        [-1, 2**62, 2**63 - 1])), 0))
+    acceptable(
+        lambda: augment.sample_parameters(
+            data.draw(st.sampled_from([-1, 2**62, 2**63 - 1])), 0
+        )
+    )
     assert augment(np.zeros((1, 4, 4), np.uint8)).shape == (1, 8, 8)
 
 
@@ -290,18 +333,28 @@ def test_adam(data):
     grads = [data.draw(array_for(np.float32, (s,))) for s in sizes]
     if data.draw(st.booleans()) and len(params) > 1:
         grads[0] = params[-1]  # a gradient that is a parameter
-    kwargs = data.draw(st.fixed_dictionaries({}, optional={
-        "lr": st.sampled_from([1e-3, 0.0, -1.0, np.nan]),
-        "max_grad_norm": st.sampled_from([None, 1.0, 0.0, np.inf]),
-        "betas": st.sampled_from([(0.9, 0.999), (1.0, 0.5), (np.nan, 0.9)])}))
+    kwargs = data.draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "lr": st.sampled_from([1e-3, 0.0, -1.0, np.nan]),
+                "max_grad_norm": st.sampled_from([None, 1.0, 0.0, np.inf]),
+                "betas": st.sampled_from([(0.9, 0.999), (1.0, 0.5), (np.nan, 0.9)]),
+            },
+        )
+    )
     adam = acceptable(lambda: convirt.Adam(params, grads, **kwargs))
     if adam is None:
         return
     acceptable(lambda: adam.step(return_norm=True))
     state = adam.state_dict()
     key = data.draw(st.sampled_from(["exp_avg", "exp_avg_sq", "step", "sizes", "lr"]))
-    state[key] = data.draw(st.one_of(array_for(np.float32, (adam.size,)),
-                                     st.sampled_from(HUGE_INTS + [np.nan, None, [1, 2]])))
+    state[key] = data.draw(
+        st.one_of(
+            array_for(np.float32, (adam.size,)),
+            st.sampled_from(HUGE_INTS + [np.nan, None, [1, 2]]),
+        )
+    )
     acceptable(lambda: adam.load_state_dict(state))
     acceptable(lambda: adam.step())
 
@@ -312,14 +365,24 @@ def test_linear_head(data):
     head = _objects.setdefault("head", _core.LinearHead(5, 3, seed=1))
     n = data.draw(sides)
     x = data.draw(array_for(np.float32, (n, 5)))
-    out = data.draw(st.one_of(st.none(), array_for(np.float32, (n, 3)),
-                              st.just(head.weight[:, :3]) if n == 3 else st.none()))
+    out = data.draw(
+        st.one_of(
+            st.none(),
+            array_for(np.float32, (n, 3)),
+            st.just(head.weight[:, :3]) if n == 3 else st.none(),
+        )
+    )
     acceptable(lambda: head.forward(x, out=out))
     d = data.draw(array_for(np.float32, (n, 3)))
     dx = data.draw(st.one_of(st.none(), array_for(np.float32, (n, 5))))
     acceptable(lambda: head.backward(d, x, d_x=dx))
-    acceptable(lambda: _core.LinearHead(data.draw(st.sampled_from(HUGE_INTS + [0, 4])), 2,
-                                        seed=data.draw(st.sampled_from(HUGE_INTS))))
+    acceptable(
+        lambda: _core.LinearHead(
+            data.draw(st.sampled_from(HUGE_INTS + [0, 4])),
+            2,
+            seed=data.draw(st.sampled_from(HUGE_INTS)),
+        )
+    )
     head.zero_grad()
     assert head.forward(np.ones((2, 5), np.float32)).shape == (2, 3)
 

@@ -33,14 +33,21 @@ def run_python(code, timeout=120, env=None):
     non-zero return code, a hang a TimeoutExpired."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=full_env, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        check=False,
+    )
 
 
 def refused_in_subprocess(expr, timeout=120, env=None):
     """Evaluates expr in a subprocess; returns (exception type name, message). Fails the
     test if the interpreter dies or nothing is raised."""
-    out = run_python(f"""
+    out = run_python(
+        f"""
         import json, convirt
         from convirt import _core
         try:
@@ -49,8 +56,13 @@ def refused_in_subprocess(expr, timeout=120, env=None):
             print(json.dumps([type(e).__name__, str(e)]))
         else:
             print(json.dumps(["accepted", ""]))
-        """, timeout=timeout, env=env)
-    assert out.returncode == 0, f"the interpreter died ({out.returncode}): {out.stderr[-2000:]}"
+        """,
+        timeout=timeout,
+        env=env,
+    )
+    assert out.returncode == 0, (
+        f"the interpreter died ({out.returncode}): {out.stderr[-2000:]}"
+    )
     kind, message = json.loads(out.stdout.strip().splitlines()[-1])
     assert kind != "accepted", f"{expr} was accepted"
     return kind, message
@@ -59,72 +71,100 @@ def refused_in_subprocess(expr, timeout=120, env=None):
 # ---- 1. crashes: sizes that wrap, threads the machine cannot run -------------------------
 
 
-@pytest.mark.parametrize("expr", [
-    # Encoder.resnet18(proj_hidden=2**62, proj_dim=4): 2**62 x 512 floats wrapped size_t
-    # in cv_table_add, the buffers were allocated short and linear_init wrote past them:
-    # SIGSEGV before the fix.
-    "convirt.Encoder.resnet18(proj_hidden=2**62, proj_dim=4)",
-    # the same wrap in the second layer of the head (4 x 2**62 = 2**64 -> 0)
-    "convirt.Encoder.resnet18(proj_hidden=4, proj_dim=2**62)",
-    "convirt.Encoder.resnet18(proj_hidden=2**63 - 1)",
-    # BERT: vocab x hidden = (2**31 - 1)**2 floats, then x 4 bytes, wrapped
-    ("convirt.Encoder.bert(vocab_size=2**31 - 1, hidden_size=2**31 - 1, num_attention_heads=1,"
-    " intermediate_size=1, num_hidden_layers=1)"),
-    ("convirt.Encoder.bert(vocab_size=8, hidden_size=2**31 - 1, num_attention_heads=1,"
-    " intermediate_size=2**31 - 1, num_hidden_layers=1, max_position_embeddings=8)"),
-    ("convirt.Encoder.bert(vocab_size=8, hidden_size=2**16, num_attention_heads=1,"
-    " intermediate_size=2**31 - 1, num_hidden_layers=1, max_position_embeddings=8)"),
-    ("convirt.Encoder.bert(vocab_size=8, hidden_size=8, num_attention_heads=2,"
-    " intermediate_size=8, num_hidden_layers=2**31 - 1, max_position_embeddings=8)"),
-    ("convirt.Encoder.bert(vocab_size=8, hidden_size=8, num_attention_heads=2,"
-    " intermediate_size=8, num_hidden_layers=1, max_position_embeddings=2**31 - 1,"
-    " type_vocab_size=2**31 - 1)"),
-    # more floats than any machine has: refused (MemoryError), not attempted
-    "convirt.Encoder.resnet18(proj_hidden=2**33)",
-    # LinearHead: 2**24 x 2**24 floats (held up before: MemoryError)
-    "_core.LinearHead(2**24, 2**24)",
-])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        # Encoder.resnet18(proj_hidden=2**62, proj_dim=4): 2**62 x 512 floats wrapped size_t
+        # in cv_table_add, the buffers were allocated short and linear_init wrote past them:
+        # SIGSEGV before the fix.
+        "convirt.Encoder.resnet18(proj_hidden=2**62, proj_dim=4)",
+        # the same wrap in the second layer of the head (4 x 2**62 = 2**64 -> 0)
+        "convirt.Encoder.resnet18(proj_hidden=4, proj_dim=2**62)",
+        "convirt.Encoder.resnet18(proj_hidden=2**63 - 1)",
+        # BERT: vocab x hidden = (2**31 - 1)**2 floats, then x 4 bytes, wrapped
+        (
+            "convirt.Encoder.bert(vocab_size=2**31 - 1, hidden_size=2**31 - 1, num_attention_heads=1,"
+            " intermediate_size=1, num_hidden_layers=1)"
+        ),
+        (
+            "convirt.Encoder.bert(vocab_size=8, hidden_size=2**31 - 1, num_attention_heads=1,"
+            " intermediate_size=2**31 - 1, num_hidden_layers=1, max_position_embeddings=8)"
+        ),
+        (
+            "convirt.Encoder.bert(vocab_size=8, hidden_size=2**16, num_attention_heads=1,"
+            " intermediate_size=2**31 - 1, num_hidden_layers=1, max_position_embeddings=8)"
+        ),
+        (
+            "convirt.Encoder.bert(vocab_size=8, hidden_size=8, num_attention_heads=2,"
+            " intermediate_size=8, num_hidden_layers=2**31 - 1, max_position_embeddings=8)"
+        ),
+        (
+            "convirt.Encoder.bert(vocab_size=8, hidden_size=8, num_attention_heads=2,"
+            " intermediate_size=8, num_hidden_layers=1, max_position_embeddings=2**31 - 1,"
+            " type_vocab_size=2**31 - 1)"
+        ),
+        # more floats than any machine has: refused (MemoryError), not attempted
+        "convirt.Encoder.resnet18(proj_hidden=2**33)",
+        # LinearHead: 2**24 x 2**24 floats (held up before: MemoryError)
+        "_core.LinearHead(2**24, 2**24)",
+    ],
+)
 def test_sizes_that_overflow_or_cannot_fit_are_refused(expr):
     kind, message = refused_in_subprocess(expr)
     assert kind in ("ValueError", "MemoryError"), (kind, message)
 
 
-@pytest.mark.parametrize("config", [
-    # Sizes from checkpoint metadata reach the C constructor as any Python int: before,
-    # 2**64 raised OverflowError from PyLong_AsLong; now a ValueError naming the key.
-    {"vocab_size": 2**64},
-    {"hidden_size": -2**70},
-    {"num_hidden_layers": 2**40},
-    {"num_attention_heads": 0},
-    {"intermediate_size": -1},
-    {"max_position_embeddings": 0},
-    {"type_vocab_size": 2**31},
-    {"num_hidden_layers": 1025},  # more layers than any BERT: refused, not sized
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        # Sizes from checkpoint metadata reach the C constructor as any Python int: before,
+        # 2**64 raised OverflowError from PyLong_AsLong; now a ValueError naming the key.
+        {"vocab_size": 2**64},
+        {"hidden_size": -(2**70)},
+        {"num_hidden_layers": 2**40},
+        {"num_attention_heads": 0},
+        {"intermediate_size": -1},
+        {"max_position_embeddings": 0},
+        {"type_vocab_size": 2**31},
+        {"num_hidden_layers": 1025},  # more layers than any BERT: refused, not sized
+    ],
+)
 def test_bert_config_from_metadata_any_int_is_a_value_error(config):
-    full = {"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "intermediate_size": 8}
+    full = {
+        "vocab_size": 10,
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 8,
+    }
     full.update(config)
     with pytest.raises(ValueError):
         convirt.Encoder("bert", full, proj_dim=4, proj_hidden=4)
 
 
-@pytest.mark.parametrize("call", [
-    # Size arguments beyond Py_ssize_t raised OverflowError from the "n" conversion.
-    lambda: convirt.Encoder.resnet18(proj_dim=2**64),
-    lambda: convirt.Encoder.resnet18(proj_hidden=-(2**63) - 1),
-    lambda: _core.LinearHead(2**64, 2),
-    lambda: _core.LinearHead(3, -(2**70)),
-    lambda: convirt.ImageAugment(2**64),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        # Size arguments beyond Py_ssize_t raised OverflowError from the "n" conversion.
+        lambda: convirt.Encoder.resnet18(proj_dim=2**64),
+        lambda: convirt.Encoder.resnet18(proj_hidden=-(2**63) - 1),
+        lambda: _core.LinearHead(2**64, 2),
+        lambda: _core.LinearHead(3, -(2**70)),
+        lambda: convirt.ImageAugment(2**64),
+    ],
+)
 def test_size_arguments_beyond_ssize_t_are_value_errors(call):
     with pytest.raises(ValueError):
         call()
 
 
 def test_resnet_config_from_metadata_any_int_is_a_value_error():
-    for config in ({"depth": 2**64}, {"depth": 18, "in_channels": 2**63},
-                   {"depth": 18, "in_channels": 0}, {"depth": 101}):
+    for config in (
+        {"depth": 2**64},
+        {"depth": 18, "in_channels": 2**63},
+        {"depth": 18, "in_channels": 0},
+        {"depth": 101},
+    ):
         with pytest.raises(ValueError):
             convirt.Encoder("resnet", config, proj_dim=4, proj_hidden=4)
     for dims in ({"proj_dim": 0}, {"proj_hidden": -3}):
@@ -140,7 +180,8 @@ def test_encoder_larger_than_physical_memory_is_refused_before_allocating():
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     hidden = int(0.6 * memory / 4 / 512)
     kind, message = refused_in_subprocess(
-        f"convirt.Encoder.resnet18(proj_hidden={hidden}, proj_dim=1)")
+        f"convirt.Encoder.resnet18(proj_hidden={hidden}, proj_dim=1)"
+    )
     assert kind == "MemoryError" and "GiB" in message, (kind, message)
 
 
@@ -172,34 +213,58 @@ def test_set_num_threads_refuses_more_than_the_machine_can_run():
 
 def test_omp_num_threads_beyond_the_limit_is_clamped_not_fatal():
     # OMP_NUM_THREADS=100000 made the first parallel region try to start 100000 threads.
-    out = run_python("""
+    out = run_python(
+        """
         import numpy as np, convirt
         v = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
         print(convirt.get_num_threads(), convirt.ContrastiveLoss()(v, v).loss)
-        """, timeout=60, env={"OMP_NUM_THREADS": "100000"})
+        """,
+        timeout=60,
+        env={"OMP_NUM_THREADS": "100000"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     threads, loss = out.stdout.split()
     assert int(threads) <= LIMIT and np.isfinite(float(loss))
 
 
-_BERT = {"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
-         "num_attention_heads": 2, "intermediate_size": 8}
+_BERT = {
+    "vocab_size": 10,
+    "hidden_size": 8,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 8,
+}
 
 
-@pytest.mark.parametrize("change", [
-    # A checkpoint's metadata is read back into the C constructors: the sizes of a
-    # hostile or corrupt file must be refused like any argument. Before, proj_hidden
-    # 2**62 crashed the interpreter on from_checkpoint().
-    {"proj_hidden": 2**62},
-    {"proj_dim": 2**64},
-    {"seed": -1},
-    {"config": {"depth": 18, "in_channels": 2**40}},
-    {"kind": "bert", "config": dict(_BERT, vocab_size=2**31 - 1, hidden_size=2**31 - 1,
-                                    num_attention_heads=1)},
-    {"kind": "bert", "config": dict(_BERT, num_hidden_layers=2**63)},
-    {"kind": "bert", "config": dict(_BERT, layer_norm_eps=1e309)},  # JSON's Infinity
-], ids=["proj_hidden", "proj_dim", "seed", "in_channels", "bert_sizes", "bert_layers",
-        "bert_eps"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        # A checkpoint's metadata is read back into the C constructors: the sizes of a
+        # hostile or corrupt file must be refused like any argument. Before, proj_hidden
+        # 2**62 crashed the interpreter on from_checkpoint().
+        {"proj_hidden": 2**62},
+        {"proj_dim": 2**64},
+        {"seed": -1},
+        {"config": {"depth": 18, "in_channels": 2**40}},
+        {
+            "kind": "bert",
+            "config": dict(
+                _BERT, vocab_size=2**31 - 1, hidden_size=2**31 - 1, num_attention_heads=1
+            ),
+        },
+        {"kind": "bert", "config": dict(_BERT, num_hidden_layers=2**63)},
+        {"kind": "bert", "config": dict(_BERT, layer_norm_eps=1e309)},  # JSON's Infinity
+    ],
+    ids=[
+        "proj_hidden",
+        "proj_dim",
+        "seed",
+        "in_channels",
+        "bert_sizes",
+        "bert_layers",
+        "bert_eps",
+    ],
+)
 def test_checkpoint_metadata_with_hostile_sizes_is_refused(tmp_path, change):
     from safetensors.numpy import save_file
 
@@ -214,7 +279,9 @@ def test_checkpoint_metadata_with_hostile_sizes_is_refused(tmp_path, change):
     metadata["convirt_encoder"] = json.dumps(spec)
     hostile = tmp_path / "hostile.safetensors"
     save_file(tensors, str(hostile), metadata=metadata)
-    kind, message = refused_in_subprocess(f"convirt.Encoder.from_checkpoint({str(hostile)!r})")
+    kind, message = refused_in_subprocess(
+        f"convirt.Encoder.from_checkpoint({str(hostile)!r})"
+    )
     # CheckpointError (a ValueError) when the Python layer's metadata checks see it
     # first, ValueError or MemoryError from the C constructors otherwise.
     assert kind in ("CheckpointError", "ValueError", "MemoryError"), (kind, message)
@@ -238,21 +305,26 @@ def test_forked_child_computes_instead_of_hanging():
     # After the OpenMP pool had run with 2 threads, os.fork()'s child waited forever in
     # libgomp's futex at its next parallel region (loss.c inverse_norms). Now the child
     # runs on one thread and gives the same loss.
-    out = run_python(FORK_SETUP + """
+    out = run_python(
+        FORK_SETUP
+        + """
     pid = os.fork()
     if pid == 0:
         ok = convirt.get_num_threads() == 1 and loss(v, u).loss == parent
         os._exit(0 if ok else 3)
     _, status = os.waitpid(pid, 0)
     print(os.waitstatus_to_exitcode(status))
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "0"
 
 
 def test_fork_pool_map_encode_returns():
     # multiprocessing 'fork' with Pool(2).map(encoder.encode, ...) never returned.
-    out = run_python("""
+    out = run_python(
+        """
         import multiprocessing as mp, numpy as np, convirt
         convirt.set_num_threads(2)
         encoder = convirt.Encoder.resnet18(proj_dim=8, proj_hidden=8)
@@ -261,13 +333,17 @@ def test_fork_pool_map_encode_returns():
         with mp.get_context("fork").Pool(2) as pool:
             parts = pool.map(encoder.encode, [images[:2], images[2:]])
         print(np.abs(np.concatenate(parts) - expected).max())
-        """, timeout=120)
+        """,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.split()[-1]) < 1e-4  # one thread in the children, two here
 
 
 def test_forked_child_refuses_more_threads_with_the_reason(tmp_path):
-    out = run_python(FORK_SETUP + """
+    out = run_python(
+        FORK_SETUP
+        + """
     import json
     pid = os.fork()
     if pid == 0:
@@ -282,7 +358,10 @@ def test_forked_child_refuses_more_threads_with_the_reason(tmp_path):
         os._exit(0)
     os.waitpid(pid, 0)
     print(convirt.get_num_threads())  # the parent keeps its threads
-    """, timeout=60, env={"OUT": str(tmp_path / "child.json")})
+    """,
+        timeout=60,
+        env={"OUT": str(tmp_path / "child.json")},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     message, threads = json.loads((tmp_path / "child.json").read_text())
     assert "forked" in message and "spawn" in message and threads == 1
@@ -298,35 +377,66 @@ def _message(call):
     return info.type, str(info.value)
 
 
-@pytest.mark.parametrize("call, number", [
-    # Before: Python 3.11 printed a literal "got %g" (3.12+ raises SystemError instead).
-    (lambda: convirt.ContrastiveLoss(temperature=0), "0.0"),
-    (lambda: convirt.ContrastiveLoss(temperature=float("inf")), "inf"),
-    (lambda: convirt.ContrastiveLoss(image_to_text_weight=1.5), "1.5"),
-    (lambda: convirt.ContrastiveLoss(max_logit_scale=-2.0), "-2.0"),
-    (lambda: setattr(convirt.ContrastiveLoss(), "logit_scale", float("nan")), "nan"),
-    (lambda: setattr(convirt.ContrastiveLoss(), "temperature", -1e-3), "-0.001"),
-    (lambda: tiny.bert(layer_norm_eps=0.0), "0.0"),
-    (lambda: tiny.bert(layer_norm_eps=-1e-12), "-1e-12"),
-    (lambda: setattr(convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4), "normalization",
-                     ((float("nan"),), (1.0,))), "nan"),
-    (lambda: setattr(convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4), "normalization",
-                     ((0.5,), (-0.25,))), "-0.25"),
-    (lambda: convirt.ImageAugment(32, degrees=-5.0), "-5.0"),
-    (lambda: convirt.ImageAugment(32, fill=float("nan")), "nan"),
-    (lambda: convirt.ImageAugment(32, normalization=(float("nan"), 1.0)), "nan"),
-    (lambda: _core.fma_peak(seconds=0.0), "0.0"),
-    (lambda: convirt.Adam([np.zeros(3, np.float32)], [np.zeros(3, np.float32)],
-                          lr=float("nan")), "nan"),
-    (lambda: convirt.Adam([np.zeros(3, np.float32)], [np.zeros(3, np.float32)],
-                          max_grad_norm=-1.0), "-1.0"),
-    (lambda: setattr(convirt.Adam([np.zeros(3, np.float32)], [np.zeros(3, np.float32)]),
-                     "lr", -0.5), "-0.5"),
-])
+@pytest.mark.parametrize(
+    "call, number",
+    [
+        # Before: Python 3.11 printed a literal "got %g" (3.12+ raises SystemError instead).
+        (lambda: convirt.ContrastiveLoss(temperature=0), "0.0"),
+        (lambda: convirt.ContrastiveLoss(temperature=float("inf")), "inf"),
+        (lambda: convirt.ContrastiveLoss(image_to_text_weight=1.5), "1.5"),
+        (lambda: convirt.ContrastiveLoss(max_logit_scale=-2.0), "-2.0"),
+        (lambda: setattr(convirt.ContrastiveLoss(), "logit_scale", float("nan")), "nan"),
+        (lambda: setattr(convirt.ContrastiveLoss(), "temperature", -1e-3), "-0.001"),
+        (lambda: tiny.bert(layer_norm_eps=0.0), "0.0"),
+        (lambda: tiny.bert(layer_norm_eps=-1e-12), "-1e-12"),
+        (
+            lambda: setattr(
+                convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4),
+                "normalization",
+                ((float("nan"),), (1.0,)),
+            ),
+            "nan",
+        ),
+        (
+            lambda: setattr(
+                convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4),
+                "normalization",
+                ((0.5,), (-0.25,)),
+            ),
+            "-0.25",
+        ),
+        (lambda: convirt.ImageAugment(32, degrees=-5.0), "-5.0"),
+        (lambda: convirt.ImageAugment(32, fill=float("nan")), "nan"),
+        (lambda: convirt.ImageAugment(32, normalization=(float("nan"), 1.0)), "nan"),
+        (lambda: _core.fma_peak(seconds=0.0), "0.0"),
+        (
+            lambda: convirt.Adam(
+                [np.zeros(3, np.float32)], [np.zeros(3, np.float32)], lr=float("nan")
+            ),
+            "nan",
+        ),
+        (
+            lambda: convirt.Adam(
+                [np.zeros(3, np.float32)], [np.zeros(3, np.float32)], max_grad_norm=-1.0
+            ),
+            "-1.0",
+        ),
+        (
+            lambda: setattr(
+                convirt.Adam([np.zeros(3, np.float32)], [np.zeros(3, np.float32)]),
+                "lr",
+                -0.5,
+            ),
+            "-0.5",
+        ),
+    ],
+)
 def test_messages_with_numbers_are_value_errors_that_show_the_number(call, number):
     kind, message = _message(call)
     assert kind is ValueError, (kind, message)
-    assert "%" not in message and re.search(rf"(?<![\w.]){re.escape(number)}\b", message), message
+    assert "%" not in message and re.search(rf"(?<![\w.]){re.escape(number)}\b", message), (
+        message
+    )
 
 
 def test_adam_state_moment_message_shows_the_value():
@@ -340,10 +450,18 @@ def test_adam_state_moment_message_shows_the_value():
 # What PyErr_Format / PyUnicode_FromFormat understand on every Python this package
 # supports (3.9+): %%, %c, %d %i %u %x with l, ll or z, %s %p %U %V %S %R %A, with an
 # optional width and precision. No %f %g %e, no j or t (3.12+ only).
-_SUPPORTED = re.compile(r"%(?:%|[-0]?\d*(?:\.\d+)?(?:l|ll|z)?[diux]|[-0]?\d*(?:\.\d+)?[sUVSRAc]|p)")
-_CONVERSION = re.compile(r"%[-+ #0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|z|t|j|L)?[a-zA-Z%]")
-_FORMAT_CALLS = {"PyErr_Format": 1, "PyUnicode_FromFormat": 0, "PyErr_WarnFormat": 2,
-                 "PyBytes_FromFormat": 0}
+_SUPPORTED = re.compile(
+    r"%(?:%|[-0]?\d*(?:\.\d+)?(?:l|ll|z)?[diux]|[-0]?\d*(?:\.\d+)?[sUVSRAc]|p)"
+)
+_CONVERSION = re.compile(
+    r"%[-+ #0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|z|t|j|L)?[a-zA-Z%]"
+)
+_FORMAT_CALLS = {
+    "PyErr_Format": 1,
+    "PyUnicode_FromFormat": 0,
+    "PyErr_WarnFormat": 2,
+    "PyBytes_FromFormat": 0,
+}
 
 
 def _format_strings(text):
@@ -367,7 +485,7 @@ def _format_strings(text):
                 args.append(text[start:i])
                 start = i + 1
             i += 1
-        args.append(text[start:i - 1])
+        args.append(text[start : i - 1])
         which = _FORMAT_CALLS[m.group(1)]
         if which < len(args):
             literal = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', args[which]))
@@ -378,8 +496,9 @@ def test_binding_format_strings_use_only_supported_conversions():
     # The static half of the %g bug: about 14 PyErr_Format calls (some spanning lines)
     # used %g. Every format string of the binding is checked here.
     bad, seen = [], 0
-    for path in sorted([*(ROOT / "csrc" / "py").glob("*.c"),
-                        *(ROOT / "csrc" / "testing").glob("*.c")]):
+    for path in sorted(
+        [*(ROOT / "csrc" / "py").glob("*.c"), *(ROOT / "csrc" / "testing").glob("*.c")]
+    ):
         for function, line, fmt in _format_strings(path.read_text()):
             seen += 1
             for conversion in _CONVERSION.findall(fmt):
@@ -413,9 +532,11 @@ def test_forward_refuses_the_same_array_as_both_outputs(image_encoder, images):
 
 def test_forward_refuses_overlapping_outputs(image_encoder, images):
     base = np.empty(4 * 512, np.float32)
-    features, embeddings = base[:3 * 512].reshape(3, 512), base[512:].reshape(3, 512)
+    features, embeddings = base[: 3 * 512].reshape(3, 512), base[512:].reshape(3, 512)
     with pytest.raises(ValueError, match="overlaps"):
-        image_encoder.eval().forward(images, features_out=features, embeddings_out=embeddings)
+        image_encoder.eval().forward(
+            images, features_out=features, embeddings_out=embeddings
+        )
     # separate buffers still work, and agree with new arrays
     f, e = np.empty((3, 512), np.float32), np.empty((3, 512), np.float32)
     image_encoder.forward(images, features_out=f, embeddings_out=e)
@@ -429,12 +550,13 @@ def test_outputs_and_gradients_must_not_be_the_encoders_own_buffers(image_encode
     # d_embeddings that is a view of flat_gradients was read while backward added into it.
     params = image_encoder.flat_parameters
     with pytest.raises(ValueError, match="encoder's parameters"):
-        image_encoder.eval().forward(images, embeddings=False,
-                                     features_out=params[:3 * 512].reshape(3, 512))
+        image_encoder.eval().forward(
+            images, embeddings=False, features_out=params[: 3 * 512].reshape(3, 512)
+        )
     image_encoder.train().forward(images)
     grads = image_encoder.flat_gradients
     with pytest.raises(ValueError, match="encoder's gradients"):
-        image_encoder.backward(grads[:3 * 512].reshape(3, 512))
+        image_encoder.backward(grads[: 3 * 512].reshape(3, 512))
     image_encoder.zero_grad()
     image_encoder.eval()
 
@@ -480,10 +602,14 @@ def test_load_state_dict_refuses_float64_values_that_overflow_float32():
 
 def _adam_with_gradient(bad, **kwargs):
     rng = np.random.default_rng(4)
-    params = [rng.standard_normal(40000).astype(np.float32),
-              rng.standard_normal(7).astype(np.float32)]
-    grads = [rng.standard_normal(40000).astype(np.float32),
-             rng.standard_normal(7).astype(np.float32)]
+    params = [
+        rng.standard_normal(40000).astype(np.float32),
+        rng.standard_normal(7).astype(np.float32),
+    ]
+    grads = [
+        rng.standard_normal(40000).astype(np.float32),
+        rng.standard_normal(7).astype(np.float32),
+    ]
     adam = convirt.Adam(params, grads, lr=1e-2, **kwargs)
     adam.step()
     grads[1][3] = bad
@@ -538,19 +664,26 @@ def test_layer_norm_eps_must_be_finite(eps):
         tiny.bert(layer_norm_eps=eps)
 
 
-@pytest.mark.parametrize("make", [
-    lambda seed: convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4, seed=seed),
-    lambda seed: tiny.bert(seed=seed),
-    lambda seed: _core.LinearHead(3, 2, seed=seed),
-    lambda seed: convirt.ImageAugment(32, seed=seed),
-], ids=["resnet", "bert", "linear_head", "image_augment"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda seed: convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4, seed=seed),
+        lambda seed: tiny.bert(seed=seed),
+        lambda seed: _core.LinearHead(3, 2, seed=seed),
+        lambda seed: convirt.ImageAugment(32, seed=seed),
+    ],
+    ids=["resnet", "bert", "linear_head", "image_augment"],
+)
 def test_seeds_are_ints_in_0_to_2_64(make):
     # Encoder(seed=-1) and seed=2**64 were accepted: the C conversion wrapped them to
     # 2**64 - 1 and 0, so seed=2**64 silently built the same model as seed=0. Seeds are
     # [0, 2**64) now, everywhere (ImageAugment already was).
     for seed in (-1, 2**64, -(2**70)):
-        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*64\)|seed "
-                                             r"must be in \[0, 2\*\*64\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"seed must be an int in \[0, 2\*\*64\)|seed "
+            r"must be in \[0, 2\*\*64\)",
+        ):
             make(seed)
     with pytest.raises(TypeError):
         make(1.5)
@@ -579,8 +712,10 @@ def _bilinear(image, size):
             x = (j + 0.5) * w / size - 0.5
             x0 = int(np.floor(x))
             fx = x - x0
+
             def at(yy, xx):
                 return float(image[min(max(yy, 0), h - 1), min(max(xx, 0), w - 1)])
+
             top = at(y0, x0) + fx * (at(y0, x0 + 1) - at(y0, x0))
             bottom = at(y0 + 1, x0) + fx * (at(y0 + 1, x0 + 1) - at(y0 + 1, x0))
             out[i, j] = (top + fy * (bottom - top)) / 255.0
@@ -593,10 +728,22 @@ def test_image_augment_on_2x2_images_is_correct():
     # pixels back, resizing matches a bilinear reference, and every transform (crop,
     # flip, rotation, blur with mirror padding on a 2-pixel image) stays finite in [0, 1].
     image = np.array([[0, 255], [64, 128]], np.uint8)
-    off = {name: None for name in ("crop_scale", "flip", "degrees", "translate", "scale",
-                                   "brightness", "contrast", "blur_sigma")}
-    np.testing.assert_allclose(convirt.ImageAugment(2, **off)(image[None])[0], image / 255.0,
-                               atol=1e-6)
+    off = {
+        name: None
+        for name in (
+            "crop_scale",
+            "flip",
+            "degrees",
+            "translate",
+            "scale",
+            "brightness",
+            "contrast",
+            "blur_sigma",
+        )
+    }
+    np.testing.assert_allclose(
+        convirt.ImageAugment(2, **off)(image[None])[0], image / 255.0, atol=1e-6
+    )
     for size in (3, 5):
         out = convirt.ImageAugment(size, **off)(image[None])[0]
         np.testing.assert_allclose(out, _bilinear(image, size), atol=1e-5)
@@ -633,7 +780,8 @@ INTERRUPT_CASES = {
     # loss(v, u) on 8000 x 1024: the KeyboardInterrupt arrived only when the call
     # returned (reported: 3.6 s into a 5.8 s call). The loss's GEMMs now run in blocks
     # of rows and its passes check between rows.
-    "loss": ("""
+    "loss": (
+        """
 rng = np.random.default_rng(0)
 v = rng.standard_normal((8000, 1024)).astype(np.float32)
 u = rng.standard_normal((8000, 1024)).astype(np.float32)
@@ -642,38 +790,52 @@ loss = convirt.ContrastiveLoss()
 first = loss(*small)
 def call():
     loss(v, u)
-""", """
+""",
+        """
 again = loss(*small)  # usable after the interrupt, and unchanged
 assert again.loss == first.loss and np.array_equal(again.grad_v, first.grad_v)
-"""),
-    "nt_xent": ("""
+""",
+    ),
+    "nt_xent": (
+        """
 z = np.random.default_rng(0).standard_normal((8000, 1024)).astype(np.float32)
 loss = convirt.ContrastiveLoss()
 def call():
     loss.nt_xent(z)
-""", ""),
-    "encoder forward": ("""
+""",
+        "",
+    ),
+    "encoder forward": (
+        """
 encoder = convirt.Encoder.resnet18(proj_dim=8, proj_hidden=8).train()
 x = np.random.default_rng(0).integers(0, 256, (48, 160, 160), dtype=np.uint8)
 def call():
     encoder.forward(x)
-""", """
+""",
+        """
 encoder.eval().forward(x[:2])  # usable again
-"""),
-    "encoder backward": ("""
+""",
+    ),
+    "encoder backward": (
+        """
 encoder = convirt.Encoder.resnet18(proj_dim=8, proj_hidden=8).train()
 x = np.random.default_rng(0).integers(0, 256, (32, 160, 160), dtype=np.uint8)
 encoder.forward(x)
 d = np.ones((32, 8), np.float32)
 def call():
     encoder.backward(d, input_grad=True)
-""", ""),
-    "augment": ("""
+""",
+        "",
+    ),
+    "augment": (
+        """
 augment = convirt.ImageAugment(224, blur_sigma=(20.0, 20.0))
 x = np.random.default_rng(0).integers(0, 256, (500, 256, 256), dtype=np.uint8)
 def call():
     augment(x)
-""", ""),
+""",
+        "",
+    ),
 }
 
 

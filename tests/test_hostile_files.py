@@ -49,16 +49,23 @@ def run_python(code, timeout=30):
     a huge allocation fails fast instead of taking the machine's memory."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [SOURCE_ROOT, os.path.dirname(__file__)] + ([env["PYTHONPATH"]]
-                                                    if env.get("PYTHONPATH") else []))
+        [SOURCE_ROOT, os.path.dirname(__file__)]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
 
     def limit_memory():
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
     try:
-        child = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                               capture_output=True, text=True, timeout=timeout,
-                               preexec_fn=limit_memory, check=False)
+        child = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=limit_memory,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"the child blocked for {timeout} s (a hang)")
     return child.returncode, child.stdout, child.stderr
@@ -100,8 +107,11 @@ def test_prepare_skips_a_fifo_listed_in_a_csv(tmp_path):
     # A CSV row naming a FIFO: CSVDataset(...) then prepare(...) hung on that row.
     write_png(tmp_path / "a.png")
     os.mkfifo(tmp_path / "b.png")
-    write_csv(tmp_path / "pairs.csv", ["image", "report"],
-              [["a.png", "Normal."], ["b.png", "Effusion."]])
+    write_csv(
+        tmp_path / "pairs.csv",
+        ["image", "report"],
+        [["a.png", "Normal."], ["b.png", "Effusion."]],
+    )
     code, out, err = run_python(f"""
         import warnings
         from convirt.data import CSVDataset, prepare
@@ -182,8 +192,10 @@ def test_csv_unbalanced_quote_running_to_the_end_is_refused_with_its_line(tmp_pa
     # 'b.png,"Unbalanced report.' opened a quote that never closed: the rows after it
     # were silently merged into b's report (4 rows became 2).
     path = tmp_path / "pairs.csv"
-    path.write_text('image,report\na.png,Normal.\nb.png,"Unbalanced report.\n'
-                    'c.png,Third.\nd.png,Fourth.\n')
+    path.write_text(
+        'image,report\na.png,Normal.\nb.png,"Unbalanced report.\n'
+        "c.png,Third.\nd.png,Fourth.\n"
+    )
     with pytest.raises(DataFileError, match=r"pairs\.csv.* line 3.*quote"):
         CSVDataset(path)
 
@@ -192,8 +204,10 @@ def test_csv_unbalanced_quote_closed_by_a_later_row_is_refused(tmp_path):
     # The stray quote of row 3 paired with the opening quote of row 4: rows 3 and 4
     # became one report and row 4's text ("Third, quoted.") was lost.
     path = tmp_path / "pairs.csv"
-    path.write_text('image,report\na.png,Normal.\nb.png,"Unbalanced report.\n'
-                    'c.png,"Third, quoted."\nd.png,Fourth.\n')
+    path.write_text(
+        'image,report\na.png,Normal.\nb.png,"Unbalanced report.\n'
+        'c.png,"Third, quoted."\nd.png,Fourth.\n'
+    )
     with pytest.raises(DataFileError, match=r"pairs\.csv.* line 3.*quote"):
         CSVDataset(path)
 
@@ -218,8 +232,9 @@ def test_csv_trailing_empty_fields_and_multiline_quotes_still_read(tmp_path):
 def saved_checkpoint_dir(tmp_path):
     images, reports = tiny.pairs(8, 32)
     image, text = tiny.towers(str(tmp_path / "vocab"))
-    trainer = Trainer(image, text, image_size=32, progress=False,
-                      checkpoint_dir=tmp_path / "ckpt")
+    trainer = Trainer(
+        image, text, image_size=32, progress=False, checkpoint_dir=tmp_path / "ckpt"
+    )
     trainer.fit((images, reports), epochs=1, batch_size=4)
     return trainer
 
@@ -304,8 +319,9 @@ def rewrite(path, tensors, metadata, **changes):
     changes the config; the value DELETE removes the key)."""
     spec = json.loads(metadata["convirt_encoder"])
     for key, value in changes.items():
-        target, name = (spec["config"], key[7:]) if key.startswith("config_") else (spec,
-                                                                                    key)
+        target, name = (
+            (spec["config"], key[7:]) if key.startswith("config_") else (spec, key)
+        )
         if value is DELETE:
             del target[name]
         else:
@@ -325,7 +341,9 @@ def test_int32_tensors_in_an_encoder_checkpoint_are_refused(tmp_path, image_file
     relabelled = {k: v.view(np.int32) for k, v in tensors.items()}
     path = tmp_path / "int.safetensors"
     path.write_bytes(save(relabelled, metadata=metadata))
-    with pytest.raises(CheckpointError, match=r"int\.safetensors.*'[\w.]+'.*int32.*float32"):
+    with pytest.raises(
+        CheckpointError, match=r"int\.safetensors.*'[\w.]+'.*int32.*float32"
+    ):
         convirt.Encoder.from_checkpoint(path)
 
 
@@ -344,37 +362,39 @@ def test_load_refuses_integer_tensors(tmp_path, image_file):
 # (metadata change, the field the error must name). Each was accepted, or refused with
 # an error that named neither the file nor the field.
 IMAGE_METADATA_CASES = [
-    ({"kind": "bert"}, "kind"),                   # KeyError 'vocab_size'
-    ({"kind": 7}, "kind"),                        # TypeError from the constructor
-    ({"config_depth": 34}, "depth"),              # a list of 50 missing tensors
-    ({"config_depth": True}, "depth"),            # "depth must be 18, 34 or 50, got 1"
+    ({"kind": "bert"}, "kind"),  # KeyError 'vocab_size'
+    ({"kind": 7}, "kind"),  # TypeError from the constructor
+    ({"config_depth": 34}, "depth"),  # a list of 50 missing tensors
+    ({"config_depth": True}, "depth"),  # "depth must be 18, 34 or 50, got 1"
     ({"config_depth": "18"}, "depth"),
-    ({"config_in_channels": 3}, "in_channels"),   # a shape error about conv1
+    ({"config_in_channels": 3}, "in_channels"),  # a shape error about conv1
     ({"config_in_channels": True}, "in_channels"),  # accepted as 1
     ({"config_in_channels": 0}, "in_channels"),
-    ({"config_stride": 2}, "stride"),             # an unknown key, accepted
+    ({"config_stride": 2}, "stride"),  # an unknown key, accepted
     ({"normalization": [[0.5], [0.0]]}, "normalization"),  # "got %g"
     ({"normalization": [[0.5, 0.2], [0.1, 0.1]]}, "normalization"),
     ({"normalization": [[float("nan")], [0.2]]}, "normalization"),
     ({"normalization": "grey"}, "normalization"),
-    ({"tokenizer": "{}"}, "tokenizer"),           # a tokenizer on an image encoder
-    ({"max_length": -5}, "max_length"),           # accepted
-    ({"max_length": "128"}, "max_length"),        # accepted
-    ({"proj_dim": True}, "proj_dim"),             # a shape error
-    ({"proj_dim": 8.0}, "proj_dim"),              # "'float' object cannot be ..."
-    ({"proj_dim": 9}, "proj_dim"),                # a shape error
+    ({"tokenizer": "{}"}, "tokenizer"),  # a tokenizer on an image encoder
+    ({"max_length": -5}, "max_length"),  # accepted
+    ({"max_length": "128"}, "max_length"),  # accepted
+    ({"proj_dim": True}, "proj_dim"),  # a shape error
+    ({"proj_dim": 8.0}, "proj_dim"),  # "'float' object cannot be ..."
+    ({"proj_dim": 9}, "proj_dim"),  # a shape error
     ({"proj_hidden": -1}, "proj_hidden"),
-    ({"seed": "x"}, "seed"),                      # "argument 5 must be int"
+    ({"seed": "x"}, "seed"),  # "argument 5 must be int"
     ({"seed": 1.5}, "seed"),
-    ({"unexpected": 1}, "unexpected"),            # ignored
-    ({"kind": DELETE}, "kind"),                   # KeyError: 'kind'
+    ({"unexpected": 1}, "unexpected"),  # ignored
+    ({"kind": DELETE}, "kind"),  # KeyError: 'kind'
     ({"config": [18, 1]}, "config"),
 ]
 
 
-@pytest.mark.parametrize("changes, field", IMAGE_METADATA_CASES,
-                         ids=[f"{f}={next(iter(c.values()))!r}"[:40]
-                              for c, f in IMAGE_METADATA_CASES])
+@pytest.mark.parametrize(
+    "changes, field",
+    IMAGE_METADATA_CASES,
+    ids=[f"{f}={next(iter(c.values()))!r}"[:40] for c, f in IMAGE_METADATA_CASES],
+)
 def test_image_metadata_field_is_checked(tmp_path, image_file, changes, field):
     path = rewrite(tmp_path / "bad.safetensors", *image_file, **changes)
     with pytest.raises(CheckpointError, match=rf"bad\.safetensors.*'?{field}'?"):
@@ -385,22 +405,24 @@ TEXT_METADATA_CASES = [
     ({"kind": "resnet"}, "kind"),
     ({"config_layer_norm_eps": math.inf}, "layer_norm_eps"),  # accepted
     ({"config_layer_norm_eps": 0}, "layer_norm_eps"),
-    ({"config_vocab_size": 47}, "vocab_size"),                 # a shape error
-    ({"config_num_hidden_layers": 3}, "num_hidden_layers"),    # a missing-tensor list
+    ({"config_vocab_size": 47}, "vocab_size"),  # a shape error
+    ({"config_num_hidden_layers": 3}, "num_hidden_layers"),  # a missing-tensor list
     ({"config_num_attention_heads": 5}, "num_attention_heads"),
     ({"config_pooling": 7}, "pooling"),
     ({"config_freeze_layers": 3}, "freeze_layers"),
     ({"config_max_position_embeddings": DELETE}, "max_position_embeddings"),
-    ({"tokenizer": "not json"}, "tokenizer"),                  # no file, no field
+    ({"tokenizer": "not json"}, "tokenizer"),  # no file, no field
     ({"tokenizer": 5}, "tokenizer"),
     ({"max_length": 1}, "max_length"),
     ({"normalization": [[0.5], [0.2]]}, "normalization"),
 ]
 
 
-@pytest.mark.parametrize("changes, field", TEXT_METADATA_CASES,
-                         ids=[f"{f}={next(iter(c.values()))!r}"[:40]
-                              for c, f in TEXT_METADATA_CASES])
+@pytest.mark.parametrize(
+    "changes, field",
+    TEXT_METADATA_CASES,
+    ids=[f"{f}={next(iter(c.values()))!r}"[:40] for c, f in TEXT_METADATA_CASES],
+)
 def test_text_metadata_field_is_checked(tmp_path, text_file, changes, field):
     path = rewrite(tmp_path / "bad.safetensors", *text_file, **changes)
     with pytest.raises(CheckpointError, match=rf"bad\.safetensors.*'?{field}'?"):
@@ -412,17 +434,23 @@ def test_good_metadata_still_loads(tmp_path, image_file, text_file):
     for name, (tensors, metadata) in (("image", image_file), ("text", text_file)):
         path = rewrite(tmp_path / f"{name}.safetensors", tensors, metadata)
         encoder = convirt.Encoder.from_checkpoint(path)
-        np.testing.assert_array_equal(encoder.state_dict()["projection.2.weight"],
-                                      tensors["projection.2.weight"])
+        np.testing.assert_array_equal(
+            encoder.state_dict()["projection.2.weight"], tensors["projection.2.weight"]
+        )
 
 
-@pytest.mark.parametrize("changes", [
-    {"proj_hidden": 2 ** 62},           # a segmentation fault in the core
-    {"proj_dim": 2 ** 40},              # MemoryError
-    {"config_in_channels": 2 ** 31},
-], ids=["proj_hidden=2**62", "proj_dim=2**40", "in_channels=2**31"])
-def test_huge_image_metadata_sizes_are_refused_before_building(tmp_path, image_file,
-                                                               changes):
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"proj_hidden": 2**62},  # a segmentation fault in the core
+        {"proj_dim": 2**40},  # MemoryError
+        {"config_in_channels": 2**31},
+    ],
+    ids=["proj_hidden=2**62", "proj_dim=2**40", "in_channels=2**31"],
+)
+def test_huge_image_metadata_sizes_are_refused_before_building(
+    tmp_path, image_file, changes
+):
     # from_checkpoint (and so Trainer.resume and `convirt embed`) built the encoder from
     # the metadata's sizes before checking them.
     path = rewrite(tmp_path / "huge.safetensors", *image_file, **changes)
@@ -439,15 +467,22 @@ def test_huge_image_metadata_sizes_are_refused_before_building(tmp_path, image_f
     assert "refused:" in out and "huge.safetensors" in out and field in out
 
 
-@pytest.mark.parametrize("changes", [
-    {"config_vocab_size": 2 ** 40},
-    {"config_hidden_size": 2 ** 33},
-    {"config_intermediate_size": 2 ** 35},
-    {"config_num_hidden_layers": 2 ** 31},
-], ids=["vocab_size=2**40", "hidden_size=2**33", "intermediate_size=2**35",
-        "num_hidden_layers=2**31"])
-def test_huge_text_metadata_sizes_are_refused_before_building(tmp_path, text_file,
-                                                              changes):
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"config_vocab_size": 2**40},
+        {"config_hidden_size": 2**33},
+        {"config_intermediate_size": 2**35},
+        {"config_num_hidden_layers": 2**31},
+    ],
+    ids=[
+        "vocab_size=2**40",
+        "hidden_size=2**33",
+        "intermediate_size=2**35",
+        "num_hidden_layers=2**31",
+    ],
+)
+def test_huge_text_metadata_sizes_are_refused_before_building(tmp_path, text_file, changes):
     path = rewrite(tmp_path / "huge.safetensors", *text_file, **changes)
     field = next(iter(changes)).replace("config_", "")
     code, out, err = run_python(f"""
@@ -465,7 +500,7 @@ def test_huge_text_metadata_sizes_are_refused_before_building(tmp_path, text_fil
 def test_embed_with_huge_metadata_is_one_line(tmp_path, image_file):
     # convirt embed image.safetensors cache/ out.npy, the file's metadata saying
     # proj_hidden=2**62: a segmentation fault.
-    path = rewrite(tmp_path / "huge.safetensors", *image_file, proj_hidden=2 ** 62)
+    path = rewrite(tmp_path / "huge.safetensors", *image_file, proj_hidden=2**62)
     (tmp_path / "images").mkdir()
     write_png(tmp_path / "images" / "a.png")
     code, _, err = run_python(f"""
@@ -483,10 +518,11 @@ def test_resume_with_huge_encoder_metadata_is_refused(tmp_path):
     # Trainer.resume of a checkpoint whose image_encoder.safetensors metadata says
     # proj_hidden=2**62: a segmentation fault.
     saved_checkpoint_dir(tmp_path)
-    path = os.path.join(CheckpointDir(tmp_path / "ckpt").pointer("LAST"),
-                        "image_encoder.safetensors")
+    path = os.path.join(
+        CheckpointDir(tmp_path / "ckpt").pointer("LAST"), "image_encoder.safetensors"
+    )
     tensors, metadata = load_file(path), _metadata(path)
-    rewrite(path, tensors, metadata, proj_hidden=2 ** 62)
+    rewrite(path, tensors, metadata, proj_hidden=2**62)
     code, out, err = run_python(f"""
         from convirt.checkpoint import CheckpointError
         from convirt.trainer import Trainer
@@ -503,9 +539,14 @@ def test_resume_with_huge_encoder_metadata_is_refused(tmp_path):
 def test_bert_config_with_an_infinite_layer_norm_eps_is_refused(tmp_path):
     # config.json with "layer_norm_eps": Infinity was accepted (inf > 0), and every
     # LayerNorm then divided by sqrt(inf).
-    config = {"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "intermediate_size": 16,
-              "layer_norm_eps": math.inf}
+    config = {
+        "vocab_size": 10,
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 16,
+        "layer_norm_eps": math.inf,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"config\.json.*layer_norm_eps.*finite"):
         convirt.text.read_bert_config(tmp_path / "config.json")
@@ -517,8 +558,14 @@ def test_bert_constructor_refuses_an_infinite_layer_norm_eps():
         tiny.bert(layer_norm_eps=math.inf)
 
 
-@pytest.mark.parametrize("target", ["../elsewhere/step-00000001", "ABSOLUTE",
-                                    "step-00000001/../../elsewhere/step-00000001"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "../elsewhere/step-00000001",
+        "ABSOLUTE",
+        "step-00000001/../../elsewhere/step-00000001",
+    ],
+)
 def test_last_pointer_outside_the_checkpoint_folder_is_not_followed(tmp_path, target):
     # LAST holding "../elsewhere/step-00000001" (or an absolute path) was followed:
     # resume read a trainer.json from outside the checkpoint folder.
@@ -526,8 +573,9 @@ def test_last_pointer_outside_the_checkpoint_folder_is_not_followed(tmp_path, ta
     elsewhere.mkdir(parents=True)
     (elsewhere / "trainer.json").write_text(json.dumps({"format": "convirt-checkpoint-1"}))
     (tmp_path / "ckpt" / "step-00000001").mkdir(parents=True)
-    (tmp_path / "ckpt" / "LAST").write_text(str(elsewhere) if target == "ABSOLUTE"
-                                            else target)
+    (tmp_path / "ckpt" / "LAST").write_text(
+        str(elsewhere) if target == "ABSOLUTE" else target
+    )
     with pytest.raises(CheckpointError, match=r"LAST.*step-NNNNNNNN"):
         CheckpointDir(tmp_path / "ckpt").load_state()
 
@@ -545,8 +593,9 @@ def test_checkpoint_folder_that_is_a_symlink_out_is_not_followed(tmp_path):
         CheckpointDir(tmp_path / "ckpt").load_state()
 
 
-def write_mimic(root, metadata_rows, header=("dicom_id", "subject_id", "study_id",
-                                             "ViewPosition")):
+def write_mimic(
+    root, metadata_rows, header=("dicom_id", "subject_id", "study_id", "ViewPosition")
+):
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "mimic-cxr-2.0.0-metadata.csv"), "w", newline="") as f:
         writer = csv.writer(f)
@@ -555,17 +604,21 @@ def write_mimic(root, metadata_rows, header=("dicom_id", "subject_id", "study_id
     with open(os.path.join(root, "mimic-cxr-2.0.0-split.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["dicom_id", "study_id", "subject_id", "split"])
-        writer.writerows([[r[0], r[2], r[1], "train"] for r in metadata_rows
-                          if len(r) >= 3])
+        writer.writerows(
+            [[r[0], r[2], r[1], "train"] for r in metadata_rows if len(r) >= 3]
+        )
     return str(root)
 
 
-@pytest.mark.parametrize("row, field", [
-    (["../../../../outside", "10000032", "50414267", "PA"], "dicom_id"),
-    (["d1", "10/../../../..", "50414267", "PA"], "subject_id"),
-    (["d1", "10000032", "1/../../../../../x", "PA"], "study_id"),
-    (["/etc/passwd", "10000032", "50414267", "PA"], "dicom_id"),
-])
+@pytest.mark.parametrize(
+    "row, field",
+    [
+        (["../../../../outside", "10000032", "50414267", "PA"], "dicom_id"),
+        (["d1", "10/../../../..", "50414267", "PA"], "subject_id"),
+        (["d1", "10000032", "1/../../../../../x", "PA"], "study_id"),
+        (["/etc/passwd", "10000032", "50414267", "PA"], "dicom_id"),
+    ],
+)
 def test_mimic_ids_that_lead_outside_the_root_are_refused(tmp_path, row, field):
     # A metadata row with dicom_id "../../../../outside" made the image path
     # <root>/files/p10/p10000032/s50414267/../../../../outside.jpg, outside the root.
@@ -576,23 +629,30 @@ def test_mimic_ids_that_lead_outside_the_root_are_refused(tmp_path, row, field):
 
 def prepared_cache(tmp_path):
     images = np.zeros((3, 10, 10), np.uint8)
-    prepare(data.ArrayDataset(images, ["a.", "b.", "c."]), tmp_path / "cache", size=8,
-            progress=False)
+    prepare(
+        data.ArrayDataset(images, ["a.", "b.", "c."]),
+        tmp_path / "cache",
+        size=8,
+        progress=False,
+    )
     return tmp_path / "cache"
 
 
-@pytest.mark.parametrize("field, value", [
-    ("size", 0),           # accepted: three (0, 0) images
-    ("size", -8),
-    ("size", "8"),
-    ("size", True),
-    ("rows", -1),
-    ("rows", 1.5),
-    ("reports_bytes", -1),
-    ("complete", "yes"),
-    ("label_names", "abc"),
-    ("entries", {}),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("size", 0),  # accepted: three (0, 0) images
+        ("size", -8),
+        ("size", "8"),
+        ("size", True),
+        ("rows", -1),
+        ("rows", 1.5),
+        ("reports_bytes", -1),
+        ("complete", "yes"),
+        ("label_names", "abc"),
+        ("entries", {}),
+    ],
+)
 def test_prepared_index_fields_are_checked(tmp_path, field, value):
     cache = prepared_cache(tmp_path)
     index = json.loads((cache / "index.json").read_text())
@@ -602,17 +662,20 @@ def test_prepared_index_fields_are_checked(tmp_path, field, value):
         PreparedDataset(cache)
 
 
-@pytest.mark.parametrize("where, field, value", [
-    ("state", "step", -1),
-    ("state", "position", "3"),
-    ("state", "logit_scale", math.nan),
-    ("optimizer", "lr", math.nan),
-    ("optimizer", "lr", -1.0),
-    ("config", "betas", [0.9]),
-    ("config", "lr", "fast"),
-    ("config", "image_size", 0),
-    ("config", "method", "magic"),
-])
+@pytest.mark.parametrize(
+    "where, field, value",
+    [
+        ("state", "step", -1),
+        ("state", "position", "3"),
+        ("state", "logit_scale", math.nan),
+        ("optimizer", "lr", math.nan),
+        ("optimizer", "lr", -1.0),
+        ("config", "betas", [0.9]),
+        ("config", "lr", "fast"),
+        ("config", "image_size", 0),
+        ("config", "method", "magic"),
+    ],
+)
 def test_trainer_json_fields_are_checked(tmp_path, where, field, value):
     # trainer.json with "step": -1 (or "lr": NaN, "betas": [0.9]...) was accepted or
     # failed inside the Trainer with an error that did not name the file.
@@ -647,8 +710,11 @@ def test_csv_with_a_report_over_128_kb_is_read(tmp_path):
     # A 140 KB report raised _csv.Error "field larger than field limit (131072)": such a
     # CSV could not be read at all.
     report = "No effusion. " * 11000
-    path = write_csv(tmp_path / "pairs.csv", ["image", "report"],
-                     [["a.png", report], ["b.png", "Short."]])
+    path = write_csv(
+        tmp_path / "pairs.csv",
+        ["image", "report"],
+        [["a.png", report], ["b.png", "Short."]],
+    )
     limit = csv.field_size_limit()
     assert CSVDataset(path).reports == [report, "Short."]
     assert csv.field_size_limit() == limit  # the process-wide limit is left alone
@@ -659,7 +725,7 @@ def test_truncated_csv_gz_is_a_clear_error(tmp_path):
     # end-of-stream marker was reached", naming no file.
     raw = gzip.compress(b"image,report\n" + b"a.png,Normal report.\n" * 2000)
     path = tmp_path / "pairs.csv.gz"
-    path.write_bytes(raw[:len(raw) // 2])
+    path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataFileError, match=r"pairs\.csv\.gz.*truncated"):
         CSVDataset(path)
     path.write_bytes(b"not gzip at all")
@@ -678,13 +744,17 @@ def test_bf16_checkpoint_is_a_clear_error(tmp_path):
     # A BF16 safetensors file raised TypeError "data type 'bfloat16' not understood".
     import struct
 
-    header = json.dumps({"conv1.weight": {"dtype": "BF16", "shape": [2],
-                                          "data_offsets": [0, 4]}}).encode()
+    header = json.dumps(
+        {"conv1.weight": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}
+    ).encode()
     path = tmp_path / "bf16.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0\0\0")
     encoder = convirt.Encoder.resnet18(proj_dim=8, proj_hidden=16)
-    with pytest.raises(CheckpointError, match=r"bf16\.safetensors.*conv1\.weight.*BF16.*"
-                                              r"F32"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"bf16\.safetensors.*conv1\.weight.*BF16.*"
+        r"F32",
+    ):
         encoder.load(path)
     with pytest.raises(CheckpointError, match=r"bf16\.safetensors.*BF16"):
         convirt.Encoder.from_checkpoint(path)
@@ -715,8 +785,9 @@ def test_trainer_json_without_lr_names_the_field(tmp_path):
 def test_optimizer_file_without_sizes_names_the_field(tmp_path):
     # optimizer.safetensors without its "sizes" metadata: KeyError: 'sizes'.
     saved_checkpoint_dir(tmp_path)
-    path = os.path.join(CheckpointDir(tmp_path / "ckpt").pointer("LAST"),
-                        "optimizer.safetensors")
+    path = os.path.join(
+        CheckpointDir(tmp_path / "ckpt").pointer("LAST"), "optimizer.safetensors"
+    )
     tensors = load_file(path)
     with open(path, "wb") as f:
         f.write(save(tensors))
@@ -734,8 +805,9 @@ def test_binary_vocab_txt_names_the_file(tmp_path):
 
 def test_short_mimic_row_names_the_file_and_line(tmp_path):
     # A metadata row with 2 of its 4 fields raised IndexError: list index out of range.
-    root = write_mimic(tmp_path / "mimic", [["d1", "10000032", "50414267", "PA"],
-                                            ["d2", "10000032"]])
+    root = write_mimic(
+        tmp_path / "mimic", [["d1", "10000032", "50414267", "PA"], ["d2", "10000032"]]
+    )
     with pytest.raises(DataFileError, match=r"metadata\.csv.* line 3.*2 fields.*4"):
         MIMICCXRDataset(root)
 
@@ -759,30 +831,69 @@ def test_encode_of_a_dict_is_a_clear_type_error(tiny_towers, tower):
 def test_a_diverging_pretrain_is_one_line_with_a_hint(tmp_path, capsys):
     # convirt pretrain ... --lr 1e8: the loss overflowed at the second step and the
     # command ended in a traceback (TrainingDiverged was not among the errors reported).
-    assert cli.main(["synthetic", str(tmp_path / "s"), "--n", "16", "--size", "32",
-                     "--seed", "1"]) == 0
-    assert cli.main(["prepare", "--csv", str(tmp_path / "s" / "reports.csv"), "--size",
-                     "32", str(tmp_path / "cache"), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            ["synthetic", str(tmp_path / "s"), "--n", "16", "--size", "32", "--seed", "1"]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "prepare",
+                "--csv",
+                str(tmp_path / "s" / "reports.csv"),
+                "--size",
+                "32",
+                str(tmp_path / "cache"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    code = cli.main(["pretrain", str(tmp_path / "cache"), str(tmp_path / "run"),
-                     "--method", "simclr", "--lr", "1e8", "--image-model", "resnet18",
-                     "--image-size", "32", "--batch-size", "8", "--proj-dim", "8",
-                     "--epochs", "6", "--no-progress", "--val-fraction", "0",
-                     "--threads", "2"])
+    code = cli.main(
+        [
+            "pretrain",
+            str(tmp_path / "cache"),
+            str(tmp_path / "run"),
+            "--method",
+            "simclr",
+            "--lr",
+            "1e8",
+            "--image-model",
+            "resnet18",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--proj-dim",
+            "8",
+            "--epochs",
+            "6",
+            "--no-progress",
+            "--val-fraction",
+            "0",
+            "--threads",
+            "2",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1, err
     assert err.startswith("convirt pretrain: error: the loss became") and "--lr" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("tensor, value", [("exp_avg", np.nan), ("exp_avg_sq", np.inf),
-                                           ("exp_avg_sq", -1.0)])
+@pytest.mark.parametrize(
+    "tensor, value", [("exp_avg", np.nan), ("exp_avg_sq", np.inf), ("exp_avg_sq", -1.0)]
+)
 def test_resume_refuses_non_finite_optimizer_moments(tmp_path, tensor, value):
     # optimizer.safetensors with a NaN moment: resume succeeded, and the first step made
     # every weight NaN before failing with a ValueError.
     saved_checkpoint_dir(tmp_path)
-    path = os.path.join(CheckpointDir(tmp_path / "ckpt").pointer("LAST"),
-                        "optimizer.safetensors")
+    path = os.path.join(
+        CheckpointDir(tmp_path / "ckpt").pointer("LAST"), "optimizer.safetensors"
+    )
     tensors, metadata = load_file(path), _metadata(path)
     tensors[tensor][5] = value
     with open(path, "wb") as f:
@@ -798,8 +909,13 @@ def test_a_failed_step_leaves_parameters_and_buffers_bit_identical(tiny_towers, 
     # statistics.
     images, reports = tiny.pairs(8, 32)
     image, text = tiny_towers
-    trainer = Trainer(image, text if method == "convirt" else None, method=method,
-                      image_size=32, progress=False)
+    trainer = Trainer(
+        image,
+        text if method == "convirt" else None,
+        method=method,
+        image_size=32,
+        progress=False,
+    )
     trainer.step(images[:4], reports[:4] if method == "convirt" else None)
     image.parameters()["projection.2.bias"][0] = np.nan
     towers = [e for e in (image, trainer.text_encoder) if e is not None]

@@ -42,15 +42,15 @@ def torch_conv(x, w, stride, pad):
 # (h * w >= the tile) and tiles that group whole images.
 CONV_CASES = [
     (2, 9, 7, 5, 6, 1, 1, 0),
-    (3, 24, 24, 16, 8, 1, 1, 0),   # direct, 576 rows per image: images split
-    (5, 6, 6, 8, 4, 1, 1, 0),      # direct, tiny images grouped
-    (2, 9, 8, 6, 4, 1, 2, 0),      # downsample
+    (3, 24, 24, 16, 8, 1, 1, 0),  # direct, 576 rows per image: images split
+    (5, 6, 6, 8, 4, 1, 1, 0),  # direct, tiny images grouped
+    (2, 9, 8, 6, 4, 1, 2, 0),  # downsample
     (2, 8, 8, 4, 5, 3, 1, 1),
     (3, 11, 9, 5, 7, 3, 2, 1),
-    (2, 20, 18, 3, 8, 7, 2, 3),    # a stem
+    (2, 20, 18, 3, 8, 7, 2, 3),  # a stem
     (2, 7, 10, 3, 4, 5, 3, 0),
-    (1, 5, 5, 2, 3, 3, 1, 2),      # padding wider than the stride
-    (2, 40, 40, 4, 4, 3, 1, 1),    # 1600 rows per image: split into tiles
+    (1, 5, 5, 2, 3, 3, 1, 2),  # padding wider than the stride
+    (2, 40, 40, 4, 4, 3, 1, 1),  # 1600 rows per image: split into tiles
 ]
 
 
@@ -74,7 +74,9 @@ def test_conv_backward_matches_reference_and_torch(n, h, w, c, k, r, stride, pad
     dx, dw = before_dx.copy(), before_dw.copy()
     _testing.conv2d_backward(dout, x, weight, stride, pad, dx=dx, dw=dw, add=add)
     ref_dx, ref_dw = np.zeros_like(x), np.zeros_like(weight)
-    _testing.conv2d_backward(dout, x, weight, stride, pad, dx=ref_dx, dw=ref_dw, reference=True)
+    _testing.conv2d_backward(
+        dout, x, weight, stride, pad, dx=ref_dx, dw=ref_dw, reference=True
+    )
 
     xt = nchw(x).requires_grad_(True)
     wt = krsc_to_torch(weight).requires_grad_(True)
@@ -128,6 +130,7 @@ def test_conv_backward_matches_finite_differences(n, h, w, c, k, r, stride, pad)
 
 # ---- the first convolution reads the caller's images ----------------------------------
 
+
 def normalised(images, mean, std):
     x = images.astype(np.float64)
     if x.ndim == 3:
@@ -146,13 +149,19 @@ def image_cases():
         ("uint8 rgb", u8, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
         ("float32", f32, (0.1, -0.3), (2.0, 0.5)),
         ("uint8 gray (n, h, w)", gray, (0.449,), (0.226,)),
-        ("float32 strided", big.transpose(0, 3, 1, 2)[:, ::2, ::3, 1:4], (0.0,) * 3, (1.5,) * 3),
+        (
+            "float32 strided",
+            big.transpose(0, 3, 1, 2)[:, ::2, ::3, 1:4],
+            (0.0,) * 3,
+            (1.5,) * 3,
+        ),
         ("uint8 sliced", u8[:, 1::2, ::-1, ::-1], (0.5,) * 3, (0.25,) * 3),
     ]
 
 
-@pytest.mark.parametrize("name,images,mean,std", image_cases(), ids=lambda v: v
-                         if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name,images,mean,std", image_cases(), ids=lambda v: v if isinstance(v, str) else ""
+)
 @pytest.mark.parametrize("r,stride,pad", [(7, 2, 3), (3, 1, 1), (1, 1, 0)])
 def test_conv_on_images_normalises_in_place(name, images, mean, std, r, stride, pad):
     before = images.copy()
@@ -160,17 +169,20 @@ def test_conv_on_images_normalises_in_place(name, images, mean, std, r, stride, 
     c = x.shape[3]
     weight = randn(5, r, r, c)
     out = _testing.conv2d_forward(images, weight, stride, pad, mean=mean, std=std)
-    naive = _testing.conv2d_forward(images, weight, stride, pad, mean=mean, std=std,
-                                  reference=True)
+    naive = _testing.conv2d_forward(
+        images, weight, stride, pad, mean=mean, std=std, reference=True
+    )
     expected = torch_conv(x, weight, stride, pad)
     assert rel(out, expected) < 1e-5 and rel(naive, expected) < 1e-5
 
     # the input gradient is with respect to the pixel values as given
     dout = randn(*out.shape)
-    dx, dw = _testing.conv2d_backward(dout, images, weight, stride, pad, mean=mean, std=std,
-                                    add=False)
-    ref_dx, ref_dw = _testing.conv2d_backward(dout, images, weight, stride, pad, mean=mean,
-                                            std=std, reference=True)
+    dx, dw = _testing.conv2d_backward(
+        dout, images, weight, stride, pad, mean=mean, std=std, add=False
+    )
+    ref_dx, ref_dw = _testing.conv2d_backward(
+        dout, images, weight, stride, pad, mean=mean, std=std, reference=True
+    )
     xt = nchw(x).requires_grad_(True)
     wt = krsc_to_torch(weight).requires_grad_(True)
     F.conv2d(xt, wt, stride=stride, padding=pad).backward(nchw(dout))
@@ -205,13 +217,23 @@ def test_conv_bad_arguments():
 
 # ---- batch norm ----------------------------------------------------------------------------
 
+
 def torch_bn(y, gamma, beta, rm, rv, training):
-    rm_t, rv_t = torch.from_numpy(rm.astype(np.float64)), torch.from_numpy(rv.astype(np.float64))
+    rm_t, rv_t = (
+        torch.from_numpy(rm.astype(np.float64)),
+        torch.from_numpy(rv.astype(np.float64)),
+    )
     shape = y.shape
-    out = F.batch_norm(torch.from_numpy(y.reshape(-1, shape[-1]).astype(np.float64)), rm_t, rv_t,
-                       torch.from_numpy(gamma.astype(np.float64)),
-                       torch.from_numpy(beta.astype(np.float64)), training=training,
-                       momentum=0.1, eps=1e-5)
+    out = F.batch_norm(
+        torch.from_numpy(y.reshape(-1, shape[-1]).astype(np.float64)),
+        rm_t,
+        rv_t,
+        torch.from_numpy(gamma.astype(np.float64)),
+        torch.from_numpy(beta.astype(np.float64)),
+        training=training,
+        momentum=0.1,
+        eps=1e-5,
+    )
     return out.numpy().reshape(shape), rm_t.numpy(), rv_t.numpy()
 
 
@@ -220,7 +242,9 @@ def torch_bn(y, gamma, beta, rm, rv, training):
 def test_batch_statistics(m, c, offset):
     """Mean and biased variance, also when the mean dwarfs the spread (no
     cancellation) and when rows cross the 512-row tiles."""
-    y = (offset + RNG.standard_normal((m, c)) * RNG.uniform(0.01, 3.0, c)).astype(np.float32)
+    y = (offset + RNG.standard_normal((m, c)) * RNG.uniform(0.01, 3.0, c)).astype(
+        np.float32
+    )
     mean, var = _testing.bn_statistics(y)
     y64 = y.astype(np.float64)
     # float sums over short runs of rows: errors relative to the spread, not the mean
@@ -235,8 +259,9 @@ def test_batchnorm_forward_matches_torch(training, relu):
     gamma, beta = randn(7) + 1, randn(7)
     rm, rv = randn(7), (RNG.random(7) + 0.5).astype(np.float32)
     rm0, rv0 = rm.copy(), rv.copy()
-    out, mean, invstd = _testing.batchnorm_forward(y, gamma, beta, rm, rv, training=training,
-                                                 relu=relu)
+    out, mean, invstd = _testing.batchnorm_forward(
+        y, gamma, beta, rm, rv, training=training, relu=relu
+    )
     expected, rm_t, rv_t = torch_bn(y, gamma, beta, rm0, rv0, training)
     if relu:
         expected = np.maximum(expected, 0)
@@ -252,16 +277,20 @@ def test_batchnorm_with_residual_and_fused_downsample():
     y, res, res_y = randn(2, 3, 3, 6), randn(2, 3, 3, 6), randn(2, 3, 3, 6)
     scale, shift, rs, rt = randn(6), randn(6), randn(6), randn(6)
     out = _testing.bn_apply(y, scale, shift, residual=res)
-    np.testing.assert_allclose(out, np.maximum(y * scale + shift + res, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out, np.maximum(y * scale + shift + res, 0), rtol=1e-5, atol=1e-6
+    )
     out = _testing.bn_apply(y, scale, shift, res_y=res_y, res_scale=rs, res_shift=rt)
-    np.testing.assert_allclose(out, np.maximum(y * scale + shift + res_y * rs + rt, 0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out, np.maximum(y * scale + shift + res_y * rs + rt, 0), rtol=1e-5, atol=1e-6
+    )
     out = _testing.bn_apply(y, scale, shift, residual=res, relu=False)
     np.testing.assert_allclose(out, y * scale + shift + res, rtol=1e-5, atol=1e-6)
     gamma, beta = randn(6), randn(6)
     rm, rv = np.zeros(6, np.float32), np.ones(6, np.float32)
-    out, _, _ = _testing.batchnorm_forward(y, gamma, beta, rm, rv, training=True, relu=True,
-                                         residual=res)
+    out, _, _ = _testing.batchnorm_forward(
+        y, gamma, beta, rm, rv, training=True, relu=True, residual=res
+    )
     expected, _, _ = torch_bn(y, gamma, beta, np.zeros(6), np.ones(6), True)
     assert rel(out, np.maximum(expected + res, 0)) < 1e-6
 
@@ -271,11 +300,13 @@ def test_batchnorm_with_residual_and_fused_downsample():
 def test_batchnorm_backward_matches_torch(relu, m, c):
     y = (randn(m, c) * 1.5 + 0.3).astype(np.float32)
     gamma, beta = randn(c) + 1, randn(c)
-    out, mean, invstd = _testing.batchnorm_forward(y, gamma, beta, np.zeros(c, np.float32),
-                                                 np.ones(c, np.float32), relu=relu)
+    out, mean, invstd = _testing.batchnorm_forward(
+        y, gamma, beta, np.zeros(c, np.float32), np.ones(c, np.float32), relu=relu
+    )
     dout = randn(m, c)
-    dy, dgamma, dbeta = _testing.batchnorm_backward(dout, y, mean, invstd, gamma,
-                                                  out=out if relu else None)
+    dy, dgamma, dbeta = _testing.batchnorm_backward(
+        dout, y, mean, invstd, gamma, out=out if relu else None
+    )
     yt = torch.from_numpy(y.astype(np.float64)).requires_grad_(True)
     gt = torch.from_numpy(gamma.astype(np.float64)).requires_grad_(True)
     bt = torch.from_numpy(beta.astype(np.float64)).requires_grad_(True)
@@ -293,14 +324,17 @@ def test_batchnorm_backward_matches_finite_differences():
     g = randn(m, c).astype(np.float64)
 
     def loss(y_, gamma_, beta_):
-        out, _, _ = _testing.batchnorm_forward(y_, gamma_, beta_, np.zeros(c, np.float32),
-                                             np.ones(c, np.float32), relu=True)
+        out, _, _ = _testing.batchnorm_forward(
+            y_, gamma_, beta_, np.zeros(c, np.float32), np.ones(c, np.float32), relu=True
+        )
         return float(np.sum(out * g))
 
-    out, mean, invstd = _testing.batchnorm_forward(y, gamma, beta, np.zeros(c, np.float32),
-                                                 np.ones(c, np.float32), relu=True)
-    dy, dgamma, dbeta = _testing.batchnorm_backward(g.astype(np.float32), y, mean, invstd, gamma,
-                                                  out=out)
+    out, mean, invstd = _testing.batchnorm_forward(
+        y, gamma, beta, np.zeros(c, np.float32), np.ones(c, np.float32), relu=True
+    )
+    dy, dgamma, dbeta = _testing.batchnorm_backward(
+        g.astype(np.float32), y, mean, invstd, gamma, out=out
+    )
     eps = 1e-2
     for grad, which in [(dy, 0), (dgamma, 1), (dbeta, 2)]:
         args = [y, gamma, beta]
@@ -320,16 +354,22 @@ def test_block_end_mask_and_reduce(m, c, downsample):
     dout, out = randn(m, c), randn(m, c)
     ya, yb = randn(m, c), randn(m, c)
     ma, mb = randn(c), randn(c)
-    ia, ib = (RNG.random(c) + 0.5).astype(np.float32), (RNG.random(c) + 0.5).astype(np.float32)
+    ia, ib = (
+        (RNG.random(c) + 0.5).astype(np.float32),
+        (RNG.random(c) + 0.5).astype(np.float32),
+    )
     args = (yb, mb, ib) if downsample else ()
     dz, sum_dz, sum_a, sum_b = _testing.bn_block_end(dout, out, ya, ma, ia, *args)
     expected = np.where(out > 0, dout, 0).astype(np.float64)
     np.testing.assert_array_equal(dz, expected.astype(np.float32))
     np.testing.assert_allclose(sum_dz, expected.sum(0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(sum_a, (expected * (ya - ma)).sum(0) * ia, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        sum_a, (expected * (ya - ma)).sum(0) * ia, rtol=1e-5, atol=1e-4
+    )
     if downsample:
-        np.testing.assert_allclose(sum_b, (expected * (yb - mb)).sum(0) * ib, rtol=1e-5,
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            sum_b, (expected * (yb - mb)).sum(0) * ib, rtol=1e-5, atol=1e-4
+        )
     # the same as the separate backward of each batch norm, masked by the block output
     gamma = randn(c)
     _, _, dbeta = _testing.batchnorm_backward(dout, ya, ma, ia, gamma, out=out)
@@ -337,6 +377,7 @@ def test_block_end_mask_and_reduce(m, c, downsample):
 
 
 # ---- pooling ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("k,stride,pad", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2)])
 def test_maxpool_matches_reference_and_torch(k, stride, pad):
@@ -346,14 +387,17 @@ def test_maxpool_matches_reference_and_torch(k, stride, pad):
     xt = nchw(x).requires_grad_(True)
     expected = F.max_pool2d(xt, k, stride=stride, padding=pad)
     np.testing.assert_array_equal(out, naive)
-    np.testing.assert_array_equal(out, expected.detach().permute(0, 2, 3, 1).numpy()
-                                  .astype(np.float32))
+    np.testing.assert_array_equal(
+        out, expected.detach().permute(0, 2, 3, 1).numpy().astype(np.float32)
+    )
     dout = randn(*out.shape)
     dx = _testing.maxpool_backward(dout, x, out, k, stride, pad)
     ref = _testing.maxpool_backward(dout, x, out, k, stride, pad, reference=True)
     expected.backward(nchw(dout))
     np.testing.assert_allclose(dx, ref, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_maxpool_ties_follow_torch():
@@ -366,8 +410,12 @@ def test_maxpool_ties_follow_torch():
     dout = randn(*out.shape)
     dx = _testing.maxpool_backward(dout, x, out, 3, 2, 1)
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(True)
-    F.max_pool2d(xt, 3, stride=2, padding=1).backward(torch.from_numpy(dout).permute(0, 3, 1, 2))
-    np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6)
+    F.max_pool2d(xt, 3, stride=2, padding=1).backward(
+        torch.from_numpy(dout).permute(0, 3, 1, 2)
+    )
+    np.testing.assert_allclose(
+        dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_maxpool_backward_matches_finite_differences():
@@ -376,23 +424,29 @@ def test_maxpool_backward_matches_finite_differences():
     g = randn(*out.shape).astype(np.float64)
     dx = _testing.maxpool_backward(g.astype(np.float32), x, out, 3, 2, 1)
     v, eps = randn(*x.shape), 1e-4
-    fd = (np.sum(_testing.maxpool_forward(x + eps * v, 3, 2, 1) * g)
-          - np.sum(_testing.maxpool_forward(x - eps * v, 3, 2, 1) * g)) / (2 * eps)
+    fd = (
+        np.sum(_testing.maxpool_forward(x + eps * v, 3, 2, 1) * g)
+        - np.sum(_testing.maxpool_forward(x - eps * v, 3, 2, 1) * g)
+    ) / (2 * eps)
     assert fd == pytest.approx(float(np.sum(dx * v)), rel=1e-2)
 
 
 def test_avgpool_forward_backward():
     x = randn(3, 5, 7, 11)
     out = _testing.avgpool_forward(x)
-    np.testing.assert_allclose(out, x.astype(np.float64).mean(axis=(1, 2)), rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        out, x.astype(np.float64).mean(axis=(1, 2)), rtol=1e-6, atol=1e-7
+    )
     g = randn(3, 11)
     dx = _testing.avgpool_backward(g, 5, 7)
-    np.testing.assert_allclose(dx, np.broadcast_to(g[:, None, None, :] / 35, x.shape),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        dx, np.broadcast_to(g[:, None, None, :] / 35, x.shape), rtol=1e-6
+    )
     v, eps = randn(*x.shape), 0.5
-    fd = (np.sum(_testing.avgpool_forward(x + eps * v) * g)
-          - np.sum(_testing.avgpool_forward(x - eps * v) * g)) / (2 * eps)
+    fd = (
+        np.sum(_testing.avgpool_forward(x + eps * v) * g)
+        - np.sum(_testing.avgpool_forward(x - eps * v) * g)
+    ) / (2 * eps)
     assert fd == pytest.approx(float(np.sum(dx * v)), rel=1e-4)
 
 

@@ -38,8 +38,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def kernel_set_in_subprocess(name):
     env = dict(os.environ, BLIS_ARCH_TYPE=name)
     code = "import convirt, json; print(json.dumps(convirt.config()))"
-    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -53,9 +58,24 @@ def test_numerical_tests_pass_on_kernel_set(name):
     if info["blis_arch"] != name:
         pytest.skip(f"cannot run {name} here: {info['blis_arch_reason']}")
     env = {k: v for k, v in os.environ.items() if k != "BLIS_ARCH_TYPE"}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "--kernel-set", name, *NUMERICAL], cwd=HERE, env=env,
-                         capture_output=True, text=True, timeout=3600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--kernel-set",
+            name,
+            *NUMERICAL,
+        ],
+        cwd=HERE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     tail = "\n".join(out.stdout.splitlines()[-40:])
     assert out.returncode == 0, f"on kernel set {name}:\n{tail}\n{out.stderr[-2000:]}"
     print(f"kernel set {name}: {out.stdout.splitlines()[-1]}")

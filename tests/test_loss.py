@@ -49,7 +49,9 @@ def torch_loss(v, u, temperature, lam):
     tu = torch.tensor(np.ascontiguousarray(u), dtype=torch.float64, requires_grad=True)
     logits = F.normalize(tv, dim=1) @ F.normalize(tu, dim=1).T / temperature
     target = torch.arange(len(v))
-    loss = lam * F.cross_entropy(logits, target) + (1 - lam) * F.cross_entropy(logits.T, target)
+    loss = lam * F.cross_entropy(logits, target) + (1 - lam) * F.cross_entropy(
+        logits.T, target
+    )
     loss.backward()
     return loss.item(), tv.grad.numpy(), tu.grad.numpy()
 
@@ -104,7 +106,9 @@ def test_parity_with_numpy_reference(n, d, temperature, lam, layout):
 @pytest.mark.parametrize("n,d", [(1, 128), (2, 1), (32, 512), (257, 128)])
 def test_parity_with_torch_autograd(n, d, temperature, lam):
     v, u = make_inputs(n, d, "contiguous", seed=7)
-    result = convirt.ContrastiveLoss(temperature=temperature, image_to_text_weight=lam)(v, u)
+    result = convirt.ContrastiveLoss(temperature=temperature, image_to_text_weight=lam)(
+        v, u
+    )
     ref, dv, du = torch_loss(v, u, temperature, lam)
     np.testing.assert_allclose(result.loss, ref, rtol=1e-5, atol=1e-5)
     assert_grad_close(result.grad_v, dv)
@@ -214,16 +218,22 @@ def vu():
 
 def test_empty_batch_and_empty_dimension():
     with pytest.raises(ValueError, match="at least one row and one column"):
-        convirt.ContrastiveLoss()(np.zeros((0, 8), np.float32), np.zeros((0, 8), np.float32))
+        convirt.ContrastiveLoss()(
+            np.zeros((0, 8), np.float32), np.zeros((0, 8), np.float32)
+        )
     with pytest.raises(ValueError, match="at least one row and one column"):
-        convirt.ContrastiveLoss()(np.zeros((4, 0), np.float32), np.zeros((4, 0), np.float32))
+        convirt.ContrastiveLoss()(
+            np.zeros((4, 0), np.float32), np.zeros((4, 0), np.float32)
+        )
 
 
 def test_nan_input(vu):
     v, u = vu
     v = v.copy()
     v[2, 3] = np.nan
-    with pytest.raises(convirt.NonFiniteError, match="row 2 of the first input contains NaN"):
+    with pytest.raises(
+        convirt.NonFiniteError, match="row 2 of the first input contains NaN"
+    ):
         convirt.ContrastiveLoss()(v, u)
 
 
@@ -261,7 +271,9 @@ def test_bad_temperature(temperature):
 
 @pytest.mark.parametrize("lam", [-0.01, 1.01, float("nan")])
 def test_bad_lambda(lam):
-    with pytest.raises(ValueError, match=r"image_to_text_weight \(lambda\) must be in \[0, 1\]"):
+    with pytest.raises(
+        ValueError, match=r"image_to_text_weight \(lambda\) must be in \[0, 1\]"
+    ):
         convirt.ContrastiveLoss(image_to_text_weight=lam)
     loss = convirt.ContrastiveLoss()
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
@@ -434,8 +446,9 @@ def test_concurrent_use_of_one_object_is_refused():
 def torch_nt_xent(z, temperature):
     tz = torch.tensor(np.ascontiguousarray(z), dtype=torch.float64, requires_grad=True)
     zn = F.normalize(tz, dim=1)
-    logits = (zn @ zn.T / temperature).masked_fill(torch.eye(len(z), dtype=bool),
-                                                   float("-inf"))
+    logits = (zn @ zn.T / temperature).masked_fill(
+        torch.eye(len(z), dtype=bool), float("-inf")
+    )
     target = (torch.arange(len(z)) + len(z) // 2) % len(z)
     loss = F.cross_entropy(logits, target)
     loss.backward()

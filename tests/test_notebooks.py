@@ -20,10 +20,14 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "notebooks")
-NOTEBOOKS = ["01_quickstart.ipynb", "02_retrieval_and_tsne.ipynb",
-             "03_bring_your_own_data.ipynb"]
+NOTEBOOK_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks"
+)
+NOTEBOOKS = [
+    "01_quickstart.ipynb",
+    "02_retrieval_and_tsne.ipynb",
+    "03_bring_your_own_data.ipynb",
+]
 KERNEL_NAME = "convirt-test-python"
 # Per cell. The small size takes about a minute per notebook on 2 cores; this only
 # catches a hung kernel on a very busy machine.
@@ -68,8 +72,11 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     kernel_environment(monkeypatch)
     notebook = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
     client = nbclient.NotebookClient(
-        notebook, km=kernel_manager(tmp_path), timeout=CELL_TIMEOUT,
-        resources={"metadata": {"path": str(tmp_path)}})
+        notebook,
+        km=kernel_manager(tmp_path),
+        timeout=CELL_TIMEOUT,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
     start = time.perf_counter()
     try:
         client.execute()
@@ -86,7 +93,8 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
 
 def load_strip_outputs():
     spec = importlib.util.spec_from_file_location(
-        "strip_outputs", os.path.join(NOTEBOOK_DIR, "strip_outputs.py"))
+        "strip_outputs", os.path.join(NOTEBOOK_DIR, "strip_outputs.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -94,11 +102,14 @@ def load_strip_outputs():
 
 def test_strip_outputs_clears_outputs_and_run_metadata(tmp_path):
     strip_outputs = load_strip_outputs()
-    notebook = nbformat.v4.new_notebook(metadata={
-        "kernelspec": {"name": "other", "display_name": "Other"}, "widgets": {}})
-    cell = nbformat.v4.new_code_cell("print(1)", execution_count=3,
-                                     metadata={"execution": {"iopub.status.idle": "x"},
-                                               "tags": ["keep"]})
+    notebook = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "other", "display_name": "Other"}, "widgets": {}}
+    )
+    cell = nbformat.v4.new_code_cell(
+        "print(1)",
+        execution_count=3,
+        metadata={"execution": {"iopub.status.idle": "x"}, "tags": ["keep"]},
+    )
     cell.outputs = [nbformat.v4.new_output("stream", text="1\n")]
     notebook.cells = [nbformat.v4.new_markdown_cell("# title"), cell]
     path = str(tmp_path / "dirty.ipynb")
@@ -127,6 +138,8 @@ def test_notebook_is_stored_without_outputs(name):
     for cell in notebook.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, (
-                f"{name} is stored with outputs; run python notebooks/strip_outputs.py")
+                f"{name} is stored with outputs; run python notebooks/strip_outputs.py"
+            )
     assert load_strip_outputs().is_clean(path), (
-        f"{name} has run metadata; run python notebooks/strip_outputs.py")
+        f"{name} has run metadata; run python notebooks/strip_outputs.py"
+    )

@@ -28,14 +28,31 @@ def make_buffers(seed=0, sizes=SIZES):
     return flat, grad_flat, params, grads
 
 
-def run_both(steps, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-             decoupled=False, max_grad_norm=None, grad_scale=1.0):
+def run_both(
+    steps,
+    *,
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    decoupled=False,
+    max_grad_norm=None,
+    grad_scale=1.0,
+):
     """The same gradients into convirt.Adam and torch.optim.Adam(W); returns both
     parameter sets, both optimizers' moments and both norms per step."""
     flat, grad_flat, params, grads = make_buffers()
     t_params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
-    ours = Adam(params, grads, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                decoupled_weight_decay=decoupled, max_grad_norm=max_grad_norm)
+    ours = Adam(
+        params,
+        grads,
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled,
+        max_grad_norm=max_grad_norm,
+    )
     kind = torch.optim.AdamW if decoupled else torch.optim.Adam
     theirs = kind(t_params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     rng = np.random.default_rng(1)
@@ -54,28 +71,36 @@ def run_both(steps, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
         "ours": np.concatenate([p.copy() for p in params]),
         "theirs": np.concatenate([tp.detach().numpy() for tp in t_params]),
         "m": (ours.exp_avg.copy(), np.concatenate([s["exp_avg"].numpy() for s in t_state])),
-        "v": (ours.exp_avg_sq.copy(),
-              np.concatenate([s["exp_avg_sq"].numpy() for s in t_state])),
-        "norms": norms, "flat": flat, "adam": ours,
+        "v": (
+            ours.exp_avg_sq.copy(),
+            np.concatenate([s["exp_avg_sq"].numpy() for s in t_state]),
+        ),
+        "norms": norms,
+        "flat": flat,
+        "adam": ours,
     }
 
 
-@pytest.mark.parametrize("weight_decay,decoupled,max_grad_norm", [
-    (0.0, False, None),
-    (1e-2, False, None),  # L2 (torch.optim.Adam's weight_decay)
-    (1e-2, True, None),   # AdamW
-    (1e-2, False, 5.0),   # clipping: the gradients' norm is about 266
-    (1e-2, True, 5.0),
-    (0.0, False, 1e4),    # a norm below the limit: clip factor 1
-])
+@pytest.mark.parametrize(
+    "weight_decay,decoupled,max_grad_norm",
+    [
+        (0.0, False, None),
+        (1e-2, False, None),  # L2 (torch.optim.Adam's weight_decay)
+        (1e-2, True, None),  # AdamW
+        (1e-2, False, 5.0),  # clipping: the gradients' norm is about 266
+        (1e-2, True, 5.0),
+        (0.0, False, 1e4),  # a norm below the limit: clip factor 1
+    ],
+)
 def test_parity_with_torch_over_20_steps(weight_decay, decoupled, max_grad_norm):
     # Both run the same float32 operations in the same order with the same fused
     # multiply-adds; only torch's sqrt differs (by an ulp, in a fifth of the elements),
     # so the parameters agree to an ulp or two after 20 steps: rtol 1e-6 on values of
     # order 1, atol 1e-7 for the rare ones near 0. The moments are sums of terms of
     # order 0.1 that may cancel: atol 1e-7 there.
-    r = run_both(20, weight_decay=weight_decay, decoupled=decoupled,
-                 max_grad_norm=max_grad_norm)
+    r = run_both(
+        20, weight_decay=weight_decay, decoupled=decoupled, max_grad_norm=max_grad_norm
+    )
     np.testing.assert_allclose(r["ours"], r["theirs"], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(*r["m"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(*r["v"], rtol=1e-5, atol=1e-10)
@@ -91,8 +116,12 @@ def test_paper_defaults_match_torch():
     r = run_both(20, lr=1e-4, weight_decay=1e-6)
     np.testing.assert_allclose(r["ours"], r["theirs"], rtol=1e-6, atol=1e-7)
     adam = Adam(*make_buffers()[2:])
-    assert (adam.lr, adam.betas, adam.eps, adam.weight_decay) == (1e-4, (0.9, 0.999),
-                                                                  1e-8, 1e-6)
+    assert (adam.lr, adam.betas, adam.eps, adam.weight_decay) == (
+        1e-4,
+        (0.9, 0.999),
+        1e-8,
+        1e-6,
+    )
     assert adam.decoupled_weight_decay is False and adam.max_grad_norm is None
     assert "lr=0.0001" in repr(adam) and "71037 parameters in 3 arrays" in repr(adam)
 
@@ -248,20 +277,23 @@ def test_overlapping_parameters():
         Adam([flat[:10], flat[5:15]], [g[:10], g[10:]])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"lr": 0.0}, "lr must be"),
-    ({"lr": -1e-3}, "lr must be"),
-    ({"lr": float("nan")}, "lr must be"),
-    ({"betas": (1.0, 0.999)}, "betas"),
-    ({"betas": (0.9, 1.0)}, "betas"),
-    ({"betas": (-0.1, 0.999)}, "betas"),
-    ({"eps": 0.0}, "eps"),
-    ({"eps": -1e-8}, "eps"),
-    ({"weight_decay": -1e-6}, "weight_decay"),
-    ({"max_grad_norm": 0.0}, "max_grad_norm"),
-    ({"max_grad_norm": -1.0}, "max_grad_norm"),
-    ({"max_grad_norm": float("inf")}, "max_grad_norm"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"lr": 0.0}, "lr must be"),
+        ({"lr": -1e-3}, "lr must be"),
+        ({"lr": float("nan")}, "lr must be"),
+        ({"betas": (1.0, 0.999)}, "betas"),
+        ({"betas": (0.9, 1.0)}, "betas"),
+        ({"betas": (-0.1, 0.999)}, "betas"),
+        ({"eps": 0.0}, "eps"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -1e-6}, "weight_decay"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+        ({"max_grad_norm": float("inf")}, "max_grad_norm"),
+    ],
+)
 def test_bad_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Adam([np.zeros(4, np.float32)], [np.zeros(4, np.float32)], **kwargs)
@@ -308,19 +340,32 @@ class Holder:
         self.lr = lr
 
 
-METRICS = ([1.0, 0.9, 0.8, 0.8, 0.79995, 0.81, 0.85, 0.8, 0.8, 0.82, 0.7, 0.7, 0.7]
-           + [0.7] * 14 + [0.6, float("nan")] + [0.65] * 10
-           + [0.5 - 0.01 * k for k in range(5)])
+METRICS = (
+    [1.0, 0.9, 0.8, 0.8, 0.79995, 0.81, 0.85, 0.8, 0.8, 0.82, 0.7, 0.7, 0.7]
+    + [0.7] * 14
+    + [0.6, float("nan")]
+    + [0.65] * 10
+    + [0.5 - 0.01 * k for k in range(5)]
+)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},  # the paper's: factor 0.5, patience 5, rel 1e-4
-    {"factor": 0.1, "patience": 2, "cooldown": 2},
-    {"patience": 1, "min_lr": 2e-5},
-    {"patience": 0, "threshold": 0.05, "threshold_mode": "abs"},
-    {"mode": "max", "patience": 2},
-    {"mode": "max", "patience": 1, "threshold": 0.01, "threshold_mode": "abs", "eps": 1e-4},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},  # the paper's: factor 0.5, patience 5, rel 1e-4
+        {"factor": 0.1, "patience": 2, "cooldown": 2},
+        {"patience": 1, "min_lr": 2e-5},
+        {"patience": 0, "threshold": 0.05, "threshold_mode": "abs"},
+        {"mode": "max", "patience": 2},
+        {
+            "mode": "max",
+            "patience": 1,
+            "threshold": 0.01,
+            "threshold_mode": "abs",
+            "eps": 1e-4,
+        },
+    ],
+)
 def test_plateau_matches_torch(kwargs):
     torch_kwargs = {"factor": 0.5, "patience": 5, **kwargs}
     param = torch.nn.Parameter(torch.zeros(1))
@@ -374,17 +419,20 @@ def test_plateau_state_round_trip():
         second.load_state_dict({"last_epoch": 3})
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"factor": 1.0}, ValueError, "factor"),
-    ({"factor": 0.0}, ValueError, "factor"),
-    ({"patience": -1}, ValueError, "patience"),
-    ({"patience": 1.5}, TypeError, "patience"),
-    ({"mode": "avg"}, ValueError, "mode"),
-    ({"threshold_mode": "pct"}, ValueError, "threshold_mode"),
-    ({"threshold": -0.1}, ValueError, "threshold"),
-    ({"min_lr": -1.0}, ValueError, "min_lr"),
-    ({"cooldown": -2}, ValueError, "cooldown"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"factor": 1.0}, ValueError, "factor"),
+        ({"factor": 0.0}, ValueError, "factor"),
+        ({"patience": -1}, ValueError, "patience"),
+        ({"patience": 1.5}, TypeError, "patience"),
+        ({"mode": "avg"}, ValueError, "mode"),
+        ({"threshold_mode": "pct"}, ValueError, "threshold_mode"),
+        ({"threshold": -0.1}, ValueError, "threshold"),
+        ({"min_lr": -1.0}, ValueError, "min_lr"),
+        ({"cooldown": -2}, ValueError, "cooldown"),
+    ],
+)
 def test_plateau_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         ReduceLROnPlateau(Holder(1e-3), **kwargs)
@@ -402,12 +450,19 @@ def test_schedules_need_an_lr():
 
 def test_cosine_closed_form_at_chosen_steps():
     holder = Holder(1e-3)
-    schedule = WarmupCosine(holder, 110, warmup_steps=10, min_lr=1e-5,
-                            warmup_start_factor=0.1)
+    schedule = WarmupCosine(
+        holder, 110, warmup_steps=10, min_lr=1e-5, warmup_start_factor=0.1
+    )
     assert holder.lr == pytest.approx(1e-4)  # set at construction: t = 0
-    values = {0: 1e-4, 5: 1e-3 * (0.1 + 0.9 * 0.5), 10: 1e-3,
-              35: 1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi / 4)) / 2,
-              60: (1e-3 + 1e-5) / 2, 110: 1e-5, 150: 1e-5}
+    values = {
+        0: 1e-4,
+        5: 1e-3 * (0.1 + 0.9 * 0.5),
+        10: 1e-3,
+        35: 1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi / 4)) / 2,
+        60: (1e-3 + 1e-5) / 2,
+        110: 1e-5,
+        150: 1e-5,
+    }
     seen = {0: holder.lr}
     for t in range(1, 151):
         assert schedule.step() == holder.lr
@@ -435,18 +490,22 @@ def test_cosine_matches_torch(warmup):
     total, base, floor, start = 40, 1e-3, 1e-5, 0.2
     param = torch.nn.Parameter(torch.zeros(1))
     sgd = torch.optim.SGD([param], lr=base)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(sgd, T_max=total - warmup,
-                                                        eta_min=floor)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        sgd, T_max=total - warmup, eta_min=floor
+    )
     if warmup:
-        linear = torch.optim.lr_scheduler.LinearLR(sgd, start_factor=start,
-                                                   total_iters=warmup)
-        theirs = torch.optim.lr_scheduler.SequentialLR(sgd, [linear, cosine],
-                                                       milestones=[warmup])
+        linear = torch.optim.lr_scheduler.LinearLR(
+            sgd, start_factor=start, total_iters=warmup
+        )
+        theirs = torch.optim.lr_scheduler.SequentialLR(
+            sgd, [linear, cosine], milestones=[warmup]
+        )
     else:
         theirs = cosine
     holder = Holder(base)
-    ours = WarmupCosine(holder, total, warmup_steps=warmup, min_lr=floor,
-                        warmup_start_factor=start)
+    ours = WarmupCosine(
+        holder, total, warmup_steps=warmup, min_lr=floor, warmup_start_factor=start
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for t in range(total + 1):
@@ -481,16 +540,19 @@ def test_cosine_drives_adam():
     assert adam.lr == 0.0 and schedule.base_lr == 1e-3
 
 
-@pytest.mark.parametrize("args,kwargs,error,match", [
-    ((0,), {}, ValueError, "total_steps"),
-    ((10.0,), {}, TypeError, "total_steps"),
-    ((10,), {"warmup_steps": 11}, ValueError, "warmup_steps"),
-    ((10,), {"warmup_steps": -1}, ValueError, "warmup_steps"),
-    ((10,), {"min_lr": 2e-3}, ValueError, "min_lr"),
-    ((10,), {"min_lr": -1.0}, ValueError, "min_lr"),
-    ((10,), {"warmup_start_factor": 1.5}, ValueError, "warmup_start_factor"),
-    ((10,), {"base_lr": 0.0}, ValueError, "base_lr"),
-])
+@pytest.mark.parametrize(
+    "args,kwargs,error,match",
+    [
+        ((0,), {}, ValueError, "total_steps"),
+        ((10.0,), {}, TypeError, "total_steps"),
+        ((10,), {"warmup_steps": 11}, ValueError, "warmup_steps"),
+        ((10,), {"warmup_steps": -1}, ValueError, "warmup_steps"),
+        ((10,), {"min_lr": 2e-3}, ValueError, "min_lr"),
+        ((10,), {"min_lr": -1.0}, ValueError, "min_lr"),
+        ((10,), {"warmup_start_factor": 1.5}, ValueError, "warmup_start_factor"),
+        ((10,), {"base_lr": 0.0}, ValueError, "base_lr"),
+    ],
+)
 def test_cosine_bad_arguments(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         WarmupCosine(Holder(1e-3), *args, **kwargs)

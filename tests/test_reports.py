@@ -27,38 +27,73 @@ def test_one_implementation_behind_every_name():
 
 def test_the_two_old_splitters_now_agree():
     # data.split_sentences split "Dr." off; text.split_sentences kept the headings.
-    report = "FINDINGS: Dr. Smith reviewed the films. IMPRESSION: 1. Normal heart. " \
-             "2. no pneumothorax."
+    report = (
+        "FINDINGS: Dr. Smith reviewed the films. IMPRESSION: 1. Normal heart. "
+        "2. no pneumothorax."
+    )
     assert reports.split_sentences(report) == [
-        "Dr. Smith reviewed the films.", "Normal heart.", "no pneumothorax."]
+        "Dr. Smith reviewed the films.",
+        "Normal heart.",
+        "no pneumothorax.",
+    ]
 
 
-@pytest.mark.parametrize("text, findings, impression", [
-    # inline, as Open-I and Indiana reports are written
-    ("FINDINGS: Clear lungs. IMPRESSION: Normal chest.", "Clear lungs.", "Normal chest."),
-    ("Findings: Clear lungs. Impression: Normal chest.", "Clear lungs.", "Normal chest."),
-    ("findings: Clear lungs. impression: Normal chest.", "Clear lungs.", "Normal chest."),
-    # without the colon: ALL CAPS inline, or alone on its line in any case
-    ("FINDINGS Clear lungs. IMPRESSION Normal chest.", "Clear lungs.", "Normal chest."),
-    ("Findings\nClear lungs.\n\nImpression\nNormal chest.", "Clear lungs.", "Normal chest."),
-    # variants and misspellings of MIMIC-CXR and Open-I
-    ("FINDINGS/IMPRESSION: Mild edema.", "Mild edema.", ""),
-    ("COMPARISON: None. CONCLUSIONS: No change.", "", "No change."),
-    ("IMPRESSON: Stable.", "", "Stable."),
-    ("RECOMMENDATION(S): CT. IMPRESSIONS: Nodule.", "", "Nodule."),
-    # a sentence without a period before the heading (Indiana: "... in the left sided
-    # SVC IMPRESSION: ...")
-    ("FINDINGS: Tip in the left sided SVC IMPRESSION: Line in place.",
-     "Tip in the left sided SVC", "Line in place."),
-    # words that are not headings
-    ("FINDINGS: No acute findings. The impression of the prior study stands.",
-     "No acute findings. The impression of the prior study stands.", ""),
-    ("FINDINGS: Heart normal. NO ACUTE FINDINGS IN THE CHEST. IMPRESSION: Normal.",
-     "Heart normal. NO ACUTE FINDINGS IN THE CHEST.", "Normal."),
-])
+@pytest.mark.parametrize(
+    "text, findings, impression",
+    [
+        # inline, as Open-I and Indiana reports are written
+        (
+            "FINDINGS: Clear lungs. IMPRESSION: Normal chest.",
+            "Clear lungs.",
+            "Normal chest.",
+        ),
+        (
+            "Findings: Clear lungs. Impression: Normal chest.",
+            "Clear lungs.",
+            "Normal chest.",
+        ),
+        (
+            "findings: Clear lungs. impression: Normal chest.",
+            "Clear lungs.",
+            "Normal chest.",
+        ),
+        # without the colon: ALL CAPS inline, or alone on its line in any case
+        ("FINDINGS Clear lungs. IMPRESSION Normal chest.", "Clear lungs.", "Normal chest."),
+        (
+            "Findings\nClear lungs.\n\nImpression\nNormal chest.",
+            "Clear lungs.",
+            "Normal chest.",
+        ),
+        # variants and misspellings of MIMIC-CXR and Open-I
+        ("FINDINGS/IMPRESSION: Mild edema.", "Mild edema.", ""),
+        ("COMPARISON: None. CONCLUSIONS: No change.", "", "No change."),
+        ("IMPRESSON: Stable.", "", "Stable."),
+        ("RECOMMENDATION(S): CT. IMPRESSIONS: Nodule.", "", "Nodule."),
+        # a sentence without a period before the heading (Indiana: "... in the left sided
+        # SVC IMPRESSION: ...")
+        (
+            "FINDINGS: Tip in the left sided SVC IMPRESSION: Line in place.",
+            "Tip in the left sided SVC",
+            "Line in place.",
+        ),
+        # words that are not headings
+        (
+            "FINDINGS: No acute findings. The impression of the prior study stands.",
+            "No acute findings. The impression of the prior study stands.",
+            "",
+        ),
+        (
+            "FINDINGS: Heart normal. NO ACUTE FINDINGS IN THE CHEST. IMPRESSION: Normal.",
+            "Heart normal. NO ACUTE FINDINGS IN THE CHEST.",
+            "Normal.",
+        ),
+    ],
+)
 def test_sections_inline_in_any_case_with_or_without_colon(text, findings, impression):
-    assert reports.extract_sections(text) == {"findings": findings,
-                                              "impression": impression}
+    assert reports.extract_sections(text) == {
+        "findings": findings,
+        "impression": impression,
+    }
 
 
 def test_all_real_reports_the_package_can_read():
@@ -77,14 +112,17 @@ def test_all_real_reports_the_package_can_read():
     for report in real:
         findings = impression = ""
         if report.startswith("FINDINGS: "):
-            findings, _, impression = report[len("FINDINGS: "):].rpartition(
-                " IMPRESSION: ")
+            findings, _, impression = report[len("FINDINGS: ") :].rpartition(
+                " IMPRESSION: "
+            )
             if not findings:
                 findings, impression = impression, ""
         else:
-            impression = report[len("IMPRESSION: "):]
-        expected = {"findings": " ".join(findings.split()),
-                    "impression": " ".join(impression.split())}
+            impression = report[len("IMPRESSION: ") :]
+        expected = {
+            "findings": " ".join(findings.split()),
+            "impression": " ".join(impression.split()),
+        }
         got = reports.extract_sections(report)
         exact += got == expected
         with_impression += bool(impression)
@@ -116,15 +154,22 @@ def write_mimic(root, report_texts):
 
 
 def test_mimic_reports_without_sections_are_counted_and_warned(tmp_path):
-    write_mimic(tmp_path, ["FINDINGS: Clear.\n IMPRESSION: Normal.",
-                           "EXAMINATION: chest\n\nThe lungs are clear.\n",
-                           "Heart normal.\n\nNo effusion.\n"])
+    write_mimic(
+        tmp_path,
+        [
+            "FINDINGS: Clear.\n IMPRESSION: Normal.",
+            "EXAMINATION: chest\n\nThe lungs are clear.\n",
+            "Heart normal.\n\nNo effusion.\n",
+        ],
+    )
     with pytest.warns(UserWarning, match="2 of 3 MIMIC-CXR reports have neither"):
         dataset = convirt.datasets.MIMICCXRDataset(tmp_path, split=None)
     assert dataset.unsectioned_reports == 2
-    assert dataset.reports == ["FINDINGS: Clear.\nIMPRESSION: Normal.",
-                               "IMPRESSION: The lungs are clear.",
-                               "IMPRESSION: No effusion."]
+    assert dataset.reports == [
+        "FINDINGS: Clear.\nIMPRESSION: Normal.",
+        "IMPRESSION: The lungs are clear.",
+        "IMPRESSION: No effusion.",
+    ]
 
 
 def test_the_sentence_draw_is_the_cores():
@@ -147,20 +192,24 @@ class _Recording(Trainer):
 def test_the_trainer_samples_through_convirt_reports(tmp_path):
     image, text = tiny.towers(str(tmp_path / "vocab"))
     images, texts = tiny.pairs(12, 32, seed=4)
-    texts = [f"INDICATION: cough. FINDINGS: {r} IMPRESSION: no pleural effusion."
-             for r in texts]
+    texts = [
+        f"INDICATION: cough. FINDINGS: {r} IMPRESSION: no pleural effusion." for r in texts
+    ]
     trainer = _Recording(image, text, image_size=32, progress=False, seed=3)
     trainer.seen = []
     trainer.fit((images, texts), epochs=1, batch_size=4)
-    order = convirt.loader.BatchLoader(convirt.data.ArrayDataset(images, texts),
-                                       batch_size=4, seed=3).batch_indices(0)
+    order = convirt.loader.BatchLoader(
+        convirt.data.ArrayDataset(images, texts), batch_size=4, seed=3
+    ).batch_indices(0)
     assert len(trainer.seen) == 3
     for (step, batch_reports, (ids, mask)), indices in zip(trainer.seen, order):
         assert batch_reports == [texts[i] for i in indices]
-        sentences = reports.sample_sentences(batch_reports, seed=3, step=step,
-                                             indices=indices.tolist())
+        sentences = reports.sample_sentences(
+            batch_reports, seed=3, step=step, indices=indices.tolist()
+        )
         assert not any(s.startswith(("INDICATION", "cough")) for s in sentences)
-        expected_ids, expected_mask = convirt.text.tokenize(text.tokenizer, sentences,
-                                                            max_length=text.max_length)
+        expected_ids, expected_mask = convirt.text.tokenize(
+            text.tokenizer, sentences, max_length=text.max_length
+        )
         np.testing.assert_array_equal(ids, expected_ids)
         np.testing.assert_array_equal(mask, expected_mask)

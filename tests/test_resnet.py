@@ -27,14 +27,19 @@ def reference_params(depth, channels, bias_scale=None):
     bias_scale: batch-norm biases of +-bias_scale, with one sign per channel for every
     batch norm that feeds a stage's residual sums (so that a sum never cancels to
     around zero, the ReLU's kink)."""
-    params = tr.init_params(depth, channels, seed=depth + channels, dtype=torch.float64,
-                            bias_scale=bias_scale)
+    params = tr.init_params(
+        depth, channels, seed=depth + channels, dtype=torch.float64, bias_scale=bias_scale
+    )
     if bias_scale is not None:
         g = torch.Generator().manual_seed(depth)
         last = "bn3" if tr.is_bottleneck(depth) else "bn2"
         for stage in range(1, 5):
-            names = [k for k in params if k.startswith(f"layer{stage}.") and
-                     k.endswith((f"{last}.bias", "downsample.1.bias"))]
+            names = [
+                k
+                for k in params
+                if k.startswith(f"layer{stage}.")
+                and k.endswith((f"{last}.bias", "downsample.1.bias"))
+            ]
             width = params[names[0]].shape[0]
             sign = torch.sign(torch.randn(width, generator=g, dtype=torch.float64))
             for name in names:
@@ -68,8 +73,12 @@ def to_stored(name, array):
     return array.transpose(0, 2, 3, 1) if array.ndim == 4 else array
 
 
-CASES = [(depth, channels, dtype) for depth in (18, 50) for channels in (1, 3)
-         for dtype in ("uint8", "float32")]
+CASES = [
+    (depth, channels, dtype)
+    for depth in (18, 50)
+    for channels in (1, 3)
+    for dtype in ("uint8", "float32")
+]
 
 
 @pytest.mark.parametrize("depth,channels,dtype", CASES + [(34, 3, "uint8")])
@@ -78,15 +87,17 @@ def test_eval_features_match_torch(depth, channels, dtype):
     images = make_images(channels, dtype)
     before = images.copy()
     features = encoder.encode(images)
-    expected = torch_features(reference_params(depth, channels), images,
-                              encoder.normalization, depth)
+    expected = torch_features(
+        reference_params(depth, channels), images, encoder.normalization, depth
+    )
     assert features.shape == (N, tr.feature_dim(depth)) and features.dtype == np.float32
     assert rel(features, expected) < 1e-4
     np.testing.assert_array_equal(images, before)
 
 
-def torch_training_step(params, images, normalization, depth, grad, dtype, record=None,
-                        flips=None):
+def torch_training_step(
+    params, images, normalization, depth, grad, dtype, record=None, flips=None
+):
     """Features, gradients (PyTorch layout), pixel gradient and updated running
     statistics of one training step of the reference in `dtype` (record and flips:
     see tr.forward)."""
@@ -101,7 +112,9 @@ def torch_training_step(params, images, normalization, depth, grad, dtype, recor
     x = ((x * scale - mean) / std).permute(0, 3, 1, 2)
     features = tr.forward(p, x, depth, training=True, record=record, flips=flips)
     (features * torch.from_numpy(grad).to(dtype)).sum().backward()
-    out = {k: (v.detach() if "running" in k else v.grad).double().numpy() for k, v in p.items()}
+    out = {
+        k: (v.detach() if "running" in k else v.grad).double().numpy() for k, v in p.items()
+    }
     return features.detach().double().numpy(), out, pixels.grad.double().numpy()
 
 
@@ -129,20 +142,40 @@ def kink_resolved_errors(ours, reference_step):
 
     def errors_of(step):
         f, g, x = step
-        return {name: rel(value, f if name == "features" else x if name == "input gradient"
-                          else to_stored(name, g[name])) for name, value in ours.items()}
+        return {
+            name: rel(
+                value,
+                f
+                if name == "features"
+                else x
+                if name == "input gradient"
+                else to_stored(name, g[name]),
+            )
+            for name, value in ours.items()
+        }
 
     errors = errors_of(base)
     if max(errors.values()) < 1e-4 or not ambiguous:
         return errors, {}
-    candidates = [(site, tuple(i)) for site, mask in ambiguous.items()
-                  for i in mask.nonzero().tolist()]
-    assert len(candidates) <= 12, f"the test's inputs put too many values on kinks: {candidates}"
+    candidates = [
+        (site, tuple(i))
+        for site, mask in ambiguous.items()
+        for i in mask.nonzero().tolist()
+    ]
+    assert len(candidates) <= 12, (
+        f"the test's inputs put too many values on kinks: {candidates}"
+    )
 
     def flat(step):
         f, g, x = step
-        return {name: f if name == "features" else x if name == "input gradient"
-                else to_stored(name, g[name]) for name in ours}
+        return {
+            name: f
+            if name == "features"
+            else x
+            if name == "input gradient"
+            else to_stored(name, g[name])
+            for name in ours
+        }
 
     def one_flip(site, index):
         mask = torch.zeros_like(ambiguous[site])
@@ -151,15 +184,27 @@ def kink_resolved_errors(ours, reference_step):
 
     reference = flat(base)
     scale = {name: max(np.linalg.norm(r), 1e-30) for name, r in reference.items()}
-    effects = {c: {name: value - reference[name]
-                   for name, value in flat(reference_step(torch.float64,
-                                                          flips=one_flip(*c))).items()}
-               for c in candidates}
+    effects = {
+        c: {
+            name: value - reference[name]
+            for name, value in flat(
+                reference_step(torch.float64, flips=one_flip(*c))
+            ).items()
+        }
+        for c in candidates
+    }
 
     def misfit(chosen):  # flips act additively to first order (exact within one site)
-        return sum((np.linalg.norm(ours[name] - reference[name] -
-                                   sum(effects[c][name] for c in chosen)) / scale[name]) ** 2
-                   for name in ours)
+        return sum(
+            (
+                np.linalg.norm(
+                    ours[name] - reference[name] - sum(effects[c][name] for c in chosen)
+                )
+                / scale[name]
+            )
+            ** 2
+            for name in ours
+        )
 
     chosen = set()
     for _ in range(2):  # coordinate descent; the flips barely interact
@@ -197,8 +242,11 @@ def test_training_step_matches_torch(depth, channels, dtype):
     ours["features"], ours["input gradient"] = features, d_input
 
     errors, flips = kink_resolved_errors(
-        ours, functools.partial(torch_training_step, params, images, encoder.normalization,
-                                depth, grad))
+        ours,
+        functools.partial(
+            torch_training_step, params, images, encoder.normalization, depth, grad
+        ),
+    )
     assert len(errors) == len(params) + 2
     worst = sorted(errors.items(), key=lambda item: -item[1])[:5]
     assert worst[0][1] < 1e-4, (worst, "kinks resolved:", flips)
@@ -219,7 +267,9 @@ def test_kink_resolution_accepts_a_flip_and_still_catches_a_bug():
     images = make_images(channels, dtype, seed=1)
     grad = np.random.default_rng(2).standard_normal((N, tr.feature_dim(depth)))
     normalization = Encoder.resnet18(in_channels=channels).normalization
-    step = functools.partial(torch_training_step, params, images, normalization, depth, grad)
+    step = functools.partial(
+        torch_training_step, params, images, normalization, depth, grad
+    )
     site, index = "layer1.0.out", (0, 48, 0, 5)
     record = {}
     step(torch.float64, record=record)
@@ -228,7 +278,10 @@ def test_kink_resolution_accepts_a_flip_and_still_catches_a_bug():
     mask[index] = True
     f, g, x = step(torch.float64, flips={site: mask})
     flipped = {name: to_stored(name, g[name]).astype(np.float32) for name in params}
-    flipped["features"], flipped["input gradient"] = f.astype(np.float32), x.astype(np.float32)
+    flipped["features"], flipped["input gradient"] = (
+        f.astype(np.float32),
+        x.astype(np.float32),
+    )
     errors, chosen = kink_resolved_errors(flipped, step)
     assert chosen == [(site, index)] and max(errors.values()) < 1e-6
     bug = dict(flipped)
@@ -245,13 +298,18 @@ def test_embeddings_backward_through_the_head():
     params = reference_params(depth, channels)
     encoder = encoder_with(depth, channels, proj_dim=16, proj_hidden=32).train()
     images = make_images(channels, "uint8", seed=3)
-    head = {k: torch.from_numpy(v.astype(np.float64)).requires_grad_(True)
-            for k, v in encoder.parameters().items() if k.startswith("projection.")}
+    head = {
+        k: torch.from_numpy(v.astype(np.float64)).requires_grad_(True)
+        for k, v in encoder.parameters().items()
+        if k.startswith("projection.")
+    }
     p = {k: v.clone() for k, v in params.items()}
     for k, v in p.items():
         if "running" not in k:
             v.requires_grad_(True)
-    h = tr.forward(p, tr.normalise(images, *encoder.normalization).double(), depth, training=True)
+    h = tr.forward(
+        p, tr.normalise(images, *encoder.normalization).double(), depth, training=True
+    )
     z = torch.relu(h @ head["projection.0.weight"].T + head["projection.0.bias"])
     z = z @ head["projection.2.weight"].T + head["projection.2.bias"]
     dz = np.random.default_rng(4).standard_normal(z.shape)
@@ -263,10 +321,13 @@ def test_embeddings_backward_through_the_head():
     grads = encoder.gradients()
     for name in ("conv1.weight", "layer4.1.bn2.weight", "layer2.0.downsample.0.weight"):
         assert rel(grads[name], to_stored(name, p[name].grad.numpy())) < 1e-4, name
-    assert rel(grads["projection.0.weight"], head["projection.0.weight"].grad.numpy()) < 1e-4
+    assert (
+        rel(grads["projection.0.weight"], head["projection.0.weight"].grad.numpy()) < 1e-4
+    )
 
 
 # ---- determinism ------------------------------------------------------------------------------
+
 
 def test_eval_encode_is_deterministic_and_thread_independent():
     encoder = encoder_with(50, 1)
@@ -294,8 +355,9 @@ def test_training_step_is_deterministic():
         encoder = encoder_with(18, 3).train()
         features, _ = encoder.forward(images, embeddings=False)
         d_input = encoder.backward(d_features=grad, input_grad=True)
-        results.append((features, d_input, encoder.flat_gradients.copy(),
-                        encoder.flat_buffers.copy()))
+        results.append(
+            (features, d_input, encoder.flat_gradients.copy(), encoder.flat_buffers.copy())
+        )
     for first, second in zip(*results):
         np.testing.assert_array_equal(first, second)
 
@@ -304,8 +366,9 @@ def test_non_square_images():
     depth, channels = 50, 3
     encoder = encoder_with(depth, channels)
     images = make_images(channels, "uint8", n=2, size=64)[:, :40, :, :]  # 40 x 64
-    expected = torch_features(reference_params(depth, channels), images,
-                              encoder.normalization, depth)
+    expected = torch_features(
+        reference_params(depth, channels), images, encoder.normalization, depth
+    )
     assert rel(encoder.encode(images), expected) < 1e-4
 
 
@@ -317,7 +380,7 @@ def test_eval_encode_does_not_depend_on_the_batch(depth):
     encoder = encoder_with(depth, 3)
     images = make_images(3, "float32", n=5, size=40, seed=7)
     together = encoder.encode(images)
-    alone = np.concatenate([encoder.encode(images[i:i + 1]) for i in range(5)])
+    alone = np.concatenate([encoder.encode(images[i : i + 1]) for i in range(5)])
     shuffled = encoder.encode(images[::-1])[::-1]
     in_batches = encoder.encode(images, batch_size=2)
     for other in (alone, shuffled, in_batches):
@@ -330,7 +393,9 @@ def test_encode_more_images_than_batch_size():
     features = encoder.encode(images, batch_size=2)
     embeddings = encoder.embed(images, batch_size=3)
     assert features.shape == (5, 512) and embeddings.shape == (5, 512)
-    np.testing.assert_allclose(features[4:], encoder.encode(images[4:]), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(
+        features[4:], encoder.encode(images[4:]), rtol=2e-5, atol=2e-6
+    )
     assert np.all(np.isfinite(embeddings))
 
 
@@ -343,22 +408,28 @@ def test_training_then_eval_uses_updated_running_statistics():
     after = encoder.parameters()["layer1.0.bn1.running_var"]
     assert not np.allclose(before, after)
     encoder.eval()
-    params = {k: torch.from_numpy(v.copy()) for k, v in encoder.state_dict().items()
-              if not k.startswith("projection.")}
-    expected = torch_features({k: v.double() for k, v in params.items()}, images,
-                              encoder.normalization, 18)
+    params = {
+        k: torch.from_numpy(v.copy())
+        for k, v in encoder.state_dict().items()
+        if not k.startswith("projection.")
+    }
+    expected = torch_features(
+        {k: v.double() for k, v in params.items()}, images, encoder.normalization, 18
+    )
     assert rel(encoder.encode(images), expected) < 1e-4
 
 
 # ---- zero copy ------------------------------------------------------------------------------------
+
 
 def test_outputs_share_memory_with_supplied_buffers():
     encoder = Encoder.resnet18(in_channels=3, proj_dim=8)
     images = make_images(3, "uint8", n=2, size=32)
     features_out = np.empty((2, 512), np.float32)
     embeddings_out = np.empty((2, 8), np.float32)
-    features, embeddings = encoder.forward(images, features_out=features_out,
-                                           embeddings_out=embeddings_out)
+    features, embeddings = encoder.forward(
+        images, features_out=features_out, embeddings_out=embeddings_out
+    )
     assert np.shares_memory(features, features_out)
     assert np.shares_memory(embeddings, embeddings_out)
     out = np.empty((2, 512), np.float32)
@@ -376,7 +447,9 @@ def test_parameter_views_share_the_flat_buffers():
     grads = encoder.gradients()
     assert all(np.shares_memory(g, encoder.flat_gradients) for g in grads.values())
     assert "fc.weight" not in views and not any("num_batches" in k for k in views)
-    assert len([k for k in views if not k.startswith("projection.")]) == 265  # torchvision: 320 keys less fc (2) and num_batches_tracked (53)
+    assert (
+        len([k for k in views if not k.startswith("projection.")]) == 265
+    )  # torchvision: 320 keys less fc (2) and num_batches_tracked (53)
     # writing through a view changes the network
     images = make_images(1, "uint8", n=1, size=32)
     first = encoder.encode(images)
@@ -389,7 +462,9 @@ def test_memmap_input(tmp_path):
     mm = np.memmap(tmp_path / "images.u8", dtype=np.uint8, mode="w+", shape=images.shape)
     mm[...] = images
     mm.flush()
-    readonly = np.memmap(tmp_path / "images.u8", dtype=np.uint8, mode="r", shape=images.shape)
+    readonly = np.memmap(
+        tmp_path / "images.u8", dtype=np.uint8, mode="r", shape=images.shape
+    )
     encoder = Encoder.resnet18()
     np.testing.assert_array_equal(encoder.encode(readonly), encoder.encode(images))
     encoder.train()
@@ -404,11 +479,16 @@ def test_strided_input_is_read_in_place():
     base = make_images(3, "float32", n=6, size=50, seed=5)
     view = base[::2, 3:43, 5:45, ::-1]
     encoder = encoder_with(18, 3)
-    np.testing.assert_allclose(encoder.encode(view), encoder.encode(np.ascontiguousarray(view)),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        encoder.encode(view),
+        encoder.encode(np.ascontiguousarray(view)),
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 # ---- bad input (the array rules every entry point shares are in test_array_rules.py) --------------
+
 
 @pytest.fixture(scope="module")
 def small_encoder():
@@ -472,9 +552,14 @@ def test_nonfinite_weights_are_reported():
 
 # ---- checkpoints ------------------------------------------------------------------------------------
 
+
 def test_safetensors_round_trip(tmp_path):
-    encoder = Encoder.resnet50(in_channels=3, proj_dim=16, seed=5,
-                               normalization=((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)))
+    encoder = Encoder.resnet50(
+        in_channels=3,
+        proj_dim=16,
+        seed=5,
+        normalization=((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)),
+    )
     encoder.train()
     encoder.forward(make_images(3, "uint8", n=2, size=32))  # moves the running statistics
     encoder.eval()
@@ -497,11 +582,13 @@ def test_load_torchvision_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
     depth, channels = 18, 3
-    params = {k: v.float().contiguous() for k, v in reference_params(depth, channels).items()}
+    params = {
+        k: v.float().contiguous() for k, v in reference_params(depth, channels).items()
+    }
     state = dict(params)
     state["fc.weight"] = torch.zeros(1000, 512)
     state["fc.bias"] = torch.zeros(1000)
-    for name in [k[:-len(".running_mean")] for k in params if k.endswith("running_mean")]:
+    for name in [k[: -len(".running_mean")] for k in params if k.endswith("running_mean")]:
         state[name + ".num_batches_tracked"] = torch.tensor(7)
     path = tmp_path / "resnet18.safetensors"
     save_file(state, str(path))
@@ -510,8 +597,9 @@ def test_load_torchvision_checkpoint(tmp_path):
         encoder.load(path)  # strict: the head is not in a torchvision file
     encoder.load(path, strict=False)
     images = make_images(channels, "uint8", seed=11)
-    expected = torch_features({k: v.double() for k, v in params.items()}, images,
-                              encoder.normalization, depth)
+    expected = torch_features(
+        {k: v.double() for k, v in params.items()}, images, encoder.normalization, depth
+    )
     assert rel(encoder.encode(images), expected) < 1e-4
 
 
@@ -521,7 +609,7 @@ def test_truncated_and_corrupt_files(tmp_path):
     encoder.save(path)
     data = path.read_bytes()
     truncated = tmp_path / "truncated.safetensors"
-    truncated.write_bytes(data[:len(data) // 2])
+    truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated or corrupt"):
         encoder.load(truncated)
     corrupt = tmp_path / "corrupt.safetensors"
@@ -544,7 +632,9 @@ def test_missing_extra_and_misshaped_tensors_on_load():
         encoder.load_state_dict(extra)
     wrong = dict(state)
     wrong["layer1.0.conv2.weight"] = np.zeros((64, 64, 3, 1), np.float32)
-    with pytest.raises(ValueError, match=r"layer1.0.conv2.weight: expected \(64, 64, 3, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"layer1.0.conv2.weight: expected \(64, 64, 3, 3\)"
+    ):
         encoder.load_state_dict(wrong)
     np.testing.assert_array_equal(encoder.flat_parameters, before)  # nothing changed
 
@@ -562,5 +652,7 @@ def test_pickle_and_deepcopy_copy_the_encoder_by_value():
         for name, view in encoder.parameters().items():
             np.testing.assert_array_equal(clone.parameters()[name], view)
         assert not np.shares_memory(clone.flat_parameters, encoder.flat_parameters)
-        np.testing.assert_array_equal(clone.eval().embed(images), encoder.eval().embed(images))
+        np.testing.assert_array_equal(
+            clone.eval().embed(images), encoder.eval().embed(images)
+        )
         encoder.train()

@@ -51,7 +51,7 @@ class FakeImageEncoder:
 
     def embed(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
         self.calls.append(("embed", x, batch_size))
-        return self._features(x)[:, :self.proj_dim].copy()
+        return self._features(x)[:, : self.proj_dim].copy()
 
 
 class FakeTextEncoder:
@@ -78,7 +78,7 @@ class FakeTextEncoder:
 
     def embed(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
         self.calls.append(("embed", x, batch_size))
-        return self._features(x)[:, :self.proj_dim].copy()
+        return self._features(x)[:, : self.proj_dim].copy()
 
 
 class NoCopyEncoder(FakeImageEncoder):
@@ -102,9 +102,14 @@ def make_images(n=60, size=8, seed=0, dtype=np.uint8):
     return images.astype(dtype), y
 
 
-TEXTS = ["no acute cardiopulmonary process", "large left pleural effusion",
-         "heart size is normal lungs are clear", "small right pleural effusion",
-         "clear lungs no effusion", "bilateral pleural effusions with atelectasis"] * 4
+TEXTS = [
+    "no acute cardiopulmonary process",
+    "large left pleural effusion",
+    "heart size is normal lungs are clear",
+    "small right pleural effusion",
+    "clear lungs no effusion",
+    "bilateral pleural effusions with atelectasis",
+] * 4
 TEXT_LABELS = np.array([0, 1, 0, 1, 0, 1] * 4)
 
 
@@ -113,8 +118,11 @@ TEXT_LABELS = np.array([0, 1, 0, 1, 0, 1] * 4)
 
 def test_pipeline_with_logistic_regression():
     images, y = make_images()
-    pipe = make_pipeline(ImageEmbedder(FakeImageEncoder(feature_dim=16)), StandardScaler(),
-                         LogisticRegression())
+    pipe = make_pipeline(
+        ImageEmbedder(FakeImageEncoder(feature_dim=16)),
+        StandardScaler(),
+        LogisticRegression(),
+    )
     pipe.fit(images[:40], y[:40])
     assert pipe.score(images[40:], y[40:]) >= 0.9
     assert pipe.predict_proba(images[40:]).shape == (20, 2)
@@ -144,8 +152,9 @@ def test_fit_does_not_encode_and_returns_self():
 
 def test_memmap_images_are_passed_in_place(tmp_path):
     images, _ = make_images(6)
-    stored = np.lib.format.open_memmap(tmp_path / "images.npy", mode="w+", dtype=np.uint8,
-                                       shape=images.shape)
+    stored = np.lib.format.open_memmap(
+        tmp_path / "images.npy", mode="w+", dtype=np.uint8, shape=images.shape
+    )
     stored[:] = images
     stored.flush()
     loaded = np.load(tmp_path / "images.npy", mmap_mode="r")
@@ -159,7 +168,8 @@ def test_float64_images_are_converted_and_lists_accepted():
     encoder = FakeImageEncoder()
     expected = ImageEmbedder(encoder).transform(images)
     np.testing.assert_array_equal(
-        ImageEmbedder(encoder).transform(images.astype(np.float64)), expected)
+        ImageEmbedder(encoder).transform(images.astype(np.float64)), expected
+    )
     np.testing.assert_array_equal(ImageEmbedder(encoder).transform(list(images)), expected)
 
 
@@ -174,17 +184,24 @@ def test_flattened_images_with_image_shape():
     np.testing.assert_array_equal(features, ImageEmbedder(encoder).transform(images))
     inferred = ImageEmbedder(encoder, image_shape=(-1, 8)).transform(flat)
     np.testing.assert_array_equal(inferred, ImageEmbedder(encoder).transform(images))
-    with pytest.raises(ValueError, match=r"X has 60 features, but ImageEmbedder is "
-                                         r"expecting 64"):
+    with pytest.raises(
+        ValueError,
+        match=r"X has 60 features, but ImageEmbedder is "
+        r"expecting 64",
+    ):
         embedder.transform(flat[:, :60])
 
 
 def test_get_and_set_params():
     encoder = FakeImageEncoder()
     embedder = ImageEmbedder(encoder, batch_size=8)
-    assert embedder.get_params() == {"encoder": encoder, "kind": "features",
-                                     "image_shape": None, "batch_size": 8,
-                                     "progress": False}
+    assert embedder.get_params() == {
+        "encoder": encoder,
+        "kind": "features",
+        "image_shape": None,
+        "batch_size": 8,
+        "progress": False,
+    }
     embedder.set_params(kind="embeddings", batch_size=2)
     images, _ = make_images(5)
     assert embedder.transform(images).shape == (5, 3)
@@ -227,8 +244,14 @@ def test_grid_search_shares_the_encoder():
     images, y = make_images(40)
     encoder = NoCopyEncoder(feature_dim=16)
     pipe = make_pipeline(ImageEmbedder(encoder), StandardScaler(), LogisticRegression())
-    search = GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0],
-                                 "imageembedder__kind": ["features", "embeddings"]}, cv=2)
+    search = GridSearchCV(
+        pipe,
+        {
+            "logisticregression__C": [0.1, 1.0],
+            "imageembedder__kind": ["features", "embeddings"],
+        },
+        cv=2,
+    )
     search.fit(images, y)
     assert search.best_estimator_.named_steps["imageembedder"].encoder is encoder
     assert search.best_score_ > 0.5
@@ -253,15 +276,21 @@ def test_feature_names_out():
 
 
 def test_two_d_input_without_image_shape():
-    with pytest.raises(ValueError, match=r"images of shape \(N, H, W\) or \(N, H, W, C\), "
-                                         r"got an array of shape \(4, 64\); for images "
-                                         r"flattened into rows, set image_shape"):
+    with pytest.raises(
+        ValueError,
+        match=r"images of shape \(N, H, W\) or \(N, H, W, C\), "
+        r"got an array of shape \(4, 64\); for images "
+        r"flattened into rows, set image_shape",
+    ):
         ImageEmbedder(FakeImageEncoder()).fit(np.zeros((4, 64), np.float32))
 
 
 def test_integer_images_other_than_uint8_are_refused():
-    with pytest.raises(TypeError, match=r"uint8 \(0-255\) or float \(0-1\), got dtype "
-                                        r"int16"):
+    with pytest.raises(
+        TypeError,
+        match=r"uint8 \(0-255\) or float \(0-1\), got dtype "
+        r"int16",
+    ):
         ImageEmbedder(FakeImageEncoder()).transform(np.zeros((2, 8, 8), np.int16))
 
 
@@ -284,14 +313,20 @@ def test_bad_image_shape(shape):
 
 
 def test_image_shape_that_does_not_fit():
-    with pytest.raises(ValueError, match=r"X has 64 columns, which do not reshape to "
-                                         r"image_shape \(7, -1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"X has 64 columns, which do not reshape to "
+        r"image_shape \(7, -1\)",
+    ):
         ImageEmbedder(FakeImageEncoder(), image_shape=(7, -1)).fit(np.zeros((2, 64)))
 
 
 def test_bad_kind():
-    with pytest.raises(ValueError, match=r"kind must be 'features' .* or 'embeddings' .*"
-                                         r"got 'logits'"):
+    with pytest.raises(
+        ValueError,
+        match=r"kind must be 'features' .* or 'embeddings' .*"
+        r"got 'logits'",
+    ):
         ImageEmbedder(FakeImageEncoder(), kind="logits").fit(make_images(2)[0])
 
 
@@ -299,21 +334,31 @@ def test_bad_kind():
 def test_bad_batch_size(batch_size):
     with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1"):
         ImageEmbedder(FakeImageEncoder(), batch_size=batch_size).transform(
-            make_images(2)[0])
+            make_images(2)[0]
+        )
 
 
 def test_encoder_without_the_api():
-    with pytest.raises(TypeError, match=r"encoder must have encode\(\) and embed\(\) "
-                                        r"methods .* got str"):
+    with pytest.raises(
+        TypeError,
+        match=r"encoder must have encode\(\) and embed\(\) "
+        r"methods .* got str",
+    ):
         ImageEmbedder("resnet50").fit(make_images(2)[0])
 
 
 def test_encoder_of_the_wrong_modality():
-    with pytest.raises(ValueError, match=r"ImageEmbedder needs an image encoder, got a "
-                                         r"text encoder; use TextEmbedder"):
+    with pytest.raises(
+        ValueError,
+        match=r"ImageEmbedder needs an image encoder, got a "
+        r"text encoder; use TextEmbedder",
+    ):
         ImageEmbedder(FakeTextEncoder()).fit(make_images(2)[0])
-    with pytest.raises(ValueError, match=r"TextEmbedder needs a text encoder, got an image "
-                                         r"encoder; use ImageEmbedder"):
+    with pytest.raises(
+        ValueError,
+        match=r"TextEmbedder needs a text encoder, got an image "
+        r"encoder; use ImageEmbedder",
+    ):
         TextEmbedder(FakeImageEncoder()).fit(["a"])
 
 
@@ -321,8 +366,9 @@ def test_encoder_of_the_wrong_modality():
 
 
 def test_text_pipeline():
-    pipe = make_pipeline(TextEmbedder(FakeTextEncoder(feature_dim=16)),
-                         LogisticRegression())
+    pipe = make_pipeline(
+        TextEmbedder(FakeTextEncoder(feature_dim=16)), LogisticRegression()
+    )
     pipe.fit(TEXTS, TEXT_LABELS)
     assert pipe.score(TEXTS, TEXT_LABELS) == 1.0
 
@@ -349,8 +395,12 @@ def test_text_containers(container):
 def test_text_in_a_column_transformer():
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame({"report": TEXTS, "age": np.arange(len(TEXTS), dtype=float)})
-    columns = ColumnTransformer([("report", TextEmbedder(FakeTextEncoder()), ["report"]),
-                                 ("age", StandardScaler(), ["age"])])
+    columns = ColumnTransformer(
+        [
+            ("report", TextEmbedder(FakeTextEncoder()), ["report"]),
+            ("age", StandardScaler(), ["age"]),
+        ]
+    )
     pipe = make_pipeline(columns, LogisticRegression())
     pipe.fit(frame, TEXT_LABELS)
     assert pipe.predict(frame).shape == (len(TEXTS),)
@@ -372,8 +422,11 @@ def test_text_bad_input():
         embedder.fit(["a", 3])
     with pytest.raises(ValueError, match=r"no texts: X is empty"):
         embedder.transform([])
-    with pytest.raises(ValueError, match=r"sequence of N strings .* got an array of shape "
-                                         r"\(2, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"sequence of N strings .* got an array of shape "
+        r"\(2, 2\)",
+    ):
         embedder.transform(np.array([["a", "b"], ["c", "d"]]))
 
 
@@ -388,12 +441,14 @@ def test_text_clone_shares_the_encoder():
 # applies; (1, -1) reads each row as a one-pixel-high image of any width.
 EXPECTED_FAILED_CHECKS = {
     "check_estimators_dtypes": "integer pixels other than uint8 are refused on purpose: "
-                               "their scale (e.g. 12-bit DICOM) is unknown",
+    "their scale (e.g. 12-bit DICOM) is unknown",
 }
 
 
-@parametrize_with_checks([ImageEmbedder(FakeImageEncoder(), image_shape=(1, -1))],
-                         expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+@parametrize_with_checks(
+    [ImageEmbedder(FakeImageEncoder(), image_shape=(1, -1))],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -401,18 +456,26 @@ def test_sklearn_estimator_checks(estimator, check):
 # Without image_shape an ImageEmbedder, and a TextEmbedder, declare that they do not
 # take 2-D numeric arrays, so scikit-learn runs none of its data checks on them (as for
 # its own text vectorizers); the API checks that need no data apply and run here.
-API_CHECKS = ["check_estimator_cloneable", "check_estimator_tags_renamed",
-              "check_valid_tag_types", "check_estimator_repr",
-              "check_no_attributes_set_in_init",
-              "check_do_not_raise_errors_in_init_or_set_params", "check_mixin_order",
-              "check_get_params_invariance", "check_set_params",
-              "check_parameters_default_constructible"]
+API_CHECKS = [
+    "check_estimator_cloneable",
+    "check_estimator_tags_renamed",
+    "check_valid_tag_types",
+    "check_estimator_repr",
+    "check_no_attributes_set_in_init",
+    "check_do_not_raise_errors_in_init_or_set_params",
+    "check_mixin_order",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_parameters_default_constructible",
+]
 
 
 @pytest.mark.parametrize("check_name", API_CHECKS)
-@pytest.mark.parametrize("estimator", [ImageEmbedder(FakeImageEncoder()),
-                                       TextEmbedder(FakeTextEncoder())],
-                         ids=["ImageEmbedder", "TextEmbedder"])
+@pytest.mark.parametrize(
+    "estimator",
+    [ImageEmbedder(FakeImageEncoder()), TextEmbedder(FakeTextEncoder())],
+    ids=["ImageEmbedder", "TextEmbedder"],
+)
 def test_sklearn_api_checks(estimator, check_name):
     getattr(estimator_checks, check_name)(type(estimator).__name__, estimator)
 
@@ -423,8 +486,9 @@ def test_tags():
     image = get_tags(ImageEmbedder(FakeImageEncoder()))
     assert image.input_tags.three_d_array and not image.input_tags.two_d_array
     assert not image.requires_fit
-    assert get_tags(ImageEmbedder(FakeImageEncoder(), image_shape=(8, 8))).input_tags \
-        .two_d_array
+    assert get_tags(
+        ImageEmbedder(FakeImageEncoder(), image_shape=(8, 8))
+    ).input_tags.two_d_array
     text = get_tags(TextEmbedder(FakeTextEncoder()))
     assert text.input_tags.string and not text.input_tags.two_d_array
 
@@ -442,8 +506,9 @@ def real_encoder(build):
 
 
 def test_real_resnet18_in_a_pipeline():
-    encoder = real_encoder(lambda: convirt.Encoder.resnet18(in_channels=1, proj_dim=8,
-                                                            proj_hidden=16, seed=0))
+    encoder = real_encoder(
+        lambda: convirt.Encoder.resnet18(in_channels=1, proj_dim=8, proj_hidden=16, seed=0)
+    )
     images, y = make_images(16, size=32)
     embedder = ImageEmbedder(encoder, batch_size=5)
     features = embedder.fit_transform(images)
@@ -458,8 +523,9 @@ def test_real_resnet18_in_a_pipeline():
 
 
 def test_real_resnet18_estimator_checks_that_apply():
-    encoder = real_encoder(lambda: convirt.Encoder.resnet18(in_channels=1, proj_dim=8,
-                                                            proj_hidden=16))
+    encoder = real_encoder(
+        lambda: convirt.Encoder.resnet18(in_channels=1, proj_dim=8, proj_hidden=16)
+    )
     embedder = ImageEmbedder(encoder)
     for name in API_CHECKS:
         getattr(estimator_checks, name)("ImageEmbedder", embedder)

@@ -23,9 +23,20 @@ def test_shapes_and_dtypes(small):
     assert len(reports) == 96 and all(isinstance(r, str) for r in reports)
     assert labels.shape == (96, 8) and labels.dtype == np.float32
     assert set(np.unique(labels)) <= {0.0, 1.0}
-    assert names == LABEL_NAMES == ("Atelectasis", "Cardiomegaly", "Edema", "Fracture",
-                                    "Pleural Effusion", "Pneumonia", "Pneumothorax",
-                                    "No Finding")
+    assert (
+        names
+        == LABEL_NAMES
+        == (
+            "Atelectasis",
+            "Cardiomegaly",
+            "Edema",
+            "Fracture",
+            "Pleural Effusion",
+            "Pneumonia",
+            "Pneumothorax",
+            "No Finding",
+        )
+    )
     assert images.std() > 20  # not blank: a full range of grays
     assert small.images is images and small.label_names is names
 
@@ -128,8 +139,10 @@ TERMS = {
     "Pneumothorax": r"pneumothora",
 }
 NEGATION = re.compile(r"\b(no|not|without|negative for|free of|neither|nor)\b")
-HEDGES = re.compile(r"\b(possible|possibly|may|might|could|likely|suspected|suggests|"
-                    r"favor|cannot exclude)\b")
+HEDGES = re.compile(
+    r"\b(possible|possibly|may|might|could|likely|suspected|suggests|"
+    r"favor|cannot exclude)\b"
+)
 
 
 def mentions(sentence):
@@ -138,7 +151,7 @@ def mentions(sentence):
     lower = sentence.lower()
     for name, pattern in TERMS.items():
         for match in re.finditer(pattern, lower):
-            negated = bool(NEGATION.search(lower[:match.start()]))
+            negated = bool(NEGATION.search(lower[: match.start()]))
             found[name] = found.get(name, True) and negated
     return found
 
@@ -192,8 +205,9 @@ def test_reports_use_negation_uncertainty_and_neutral_sentences(texts):
         positives = {name for j, name in enumerate(LABEL_NAMES[:7]) if row[j]}
         for sentence in split_sentences(report):
             if HEDGES.search(sentence.lower()):
-                stated = {name for name, negated in mentions(sentence).items()
-                          if not negated}
+                stated = {
+                    name for name, negated in mentions(sentence).items() if not negated
+                }
                 assert stated and stated <= positives, (sentence, report)
     # Varied phrasing: few reports repeat, many distinct sentences.
     assert len(set(reports)) > 0.8 * len(reports)
@@ -209,13 +223,17 @@ def test_reports_name_the_side_and_lobe(texts):
         sentences = split_sentences(report)
         if labels[k, 4]:
             side = sides[findings["effusion_side"][k]]
-            stated = [s for s in sentences if "effusion" in s.lower()
-                      and not mentions(s)["Pleural Effusion"]]
+            stated = [
+                s
+                for s in sentences
+                if "effusion" in s.lower() and not mentions(s)["Pleural Effusion"]
+            ]
             assert any(side in s.lower() for s in stated), report
         if labels[k, 6]:
             side = sides[findings["pneumothorax_side"][k]]
-            assert any(side in s.lower() and "pneumothorax" in s.lower()
-                       for s in sentences), report
+            assert any(
+                side in s.lower() and "pneumothorax" in s.lower() for s in sentences
+            ), report
         if labels[k, 3]:
             side = sides[findings["fracture_side"][k]]
             assert any(side in s.lower() and "fracture" in s.lower() for s in sentences)
@@ -243,8 +261,10 @@ def test_images_have_radiograph_anatomy(small):
     size = mean.shape[0]
 
     def region(rows, cols):
-        return mean[int(rows[0] * size):int(rows[1] * size),
-                    int(cols[0] * size):int(cols[1] * size)].mean()
+        return mean[
+            int(rows[0] * size) : int(rows[1] * size),
+            int(cols[0] * size) : int(cols[1] * size),
+        ].mean()
 
     lungs = (region((0.3, 0.55), (0.18, 0.32)) + region((0.3, 0.55), (0.68, 0.82))) / 2
     mediastinum = region((0.2, 0.45), (0.46, 0.54))
@@ -271,10 +291,13 @@ def render_patient(changes, size=96, seed=0):
     return image[0].astype(float)
 
 
-@pytest.mark.parametrize("finding, side_key, size_key", [
-    ("Pleural Effusion", "effusion_side", "effusion_size"),
-    ("Pneumothorax", "pneumothorax_side", "pneumothorax_size"),
-])
+@pytest.mark.parametrize(
+    "finding, side_key, size_key",
+    [
+        ("Pleural Effusion", "effusion_side", "effusion_size"),
+        ("Pneumothorax", "pneumothorax_side", "pneumothorax_size"),
+    ],
+)
 def test_one_sided_findings_are_drawn_on_their_side(finding, side_key, size_key):
     normal = render_patient({})
     for side in (0, 1):
@@ -283,8 +306,11 @@ def test_one_sided_findings_are_drawn_on_their_side(finding, side_key, size_key)
         difference = np.abs(changed - normal)
         half = difference.shape[1] // 2
         # The patient's right is the image's left.
-        same, other = (difference[:, :half], difference[:, half:]) if side == 0 else \
-            (difference[:, half:], difference[:, :half])
+        same, other = (
+            (difference[:, :half], difference[:, half:])
+            if side == 0
+            else (difference[:, half:], difference[:, :half])
+        )
         assert same.sum() > 3 * other.sum(), (finding, side)
 
 
@@ -309,14 +335,17 @@ def test_cardiomegaly_widens_the_cardiac_silhouette():
     for region in (left_of_heart, right_of_heart):
         assert mild[region].mean() > normal[region].mean()
         assert marked[region].mean() > mild[region].mean() + 3
-    assert (marked - normal)[left_of_heart].mean() > (marked - normal)[right_of_heart].mean()
+    assert (marked - normal)[left_of_heart].mean() > (marked - normal)[
+        right_of_heart
+    ].mean()
 
 
 def test_every_finding_changes_the_image():
     normal = render_patient({})
     for name in LABEL_NAMES[:7]:
-        changed = render_patient({name: 1, "ctr": 0.6} if name == "Cardiomegaly" else
-                                 {name: 1})
+        changed = render_patient(
+            {name: 1, "ctr": 0.6} if name == "Cardiomegaly" else {name: 1}
+        )
         assert np.abs(changed - normal).max() > 10, name
 
 
@@ -335,12 +364,17 @@ def test_pixels_do_not_solve_the_task_but_carry_signal():
     test = synthetic_cxr(500, size=64, seed=101)
 
     def pooled(images):
-        return images.reshape(len(images), 16, 4, 16, 4).mean(axis=(2, 4)).reshape(
-            len(images), -1)
+        return (
+            images.reshape(len(images), 16, 4, 16, 4)
+            .mean(axis=(2, 4))
+            .reshape(len(images), -1)
+        )
 
     scaler = StandardScaler().fit(pooled(train.images))
-    x_train, x_test = scaler.transform(pooled(train.images)), scaler.transform(
-        pooled(test.images))
+    x_train, x_test = (
+        scaler.transform(pooled(train.images)),
+        scaler.transform(pooled(test.images)),
+    )
     auc = {}
     for j, name in enumerate(LABEL_NAMES[:7]):
         model = LogisticRegression(C=0.01, max_iter=2000).fit(x_train, train.labels[:, j])

@@ -22,38 +22,44 @@ def test_blank_is_what_the_reader_says():
     assert parse_label("0.25", "t.csv", 2, "Edema", blank=0) == 0.25
     with pytest.raises(TypeError, match="blank"):
         parse_label("", "t.csv", 2, "Edema")  # no default: every reader chooses
-    with pytest.raises(DataFileError, match=r"t\.csv, line 2: label column 'Edema' holds "
-                                            r"'yes', not a number"):
+    with pytest.raises(
+        DataFileError,
+        match=r"t\.csv, line 2: label column 'Edema' holds "
+        r"'yes', not a number",
+    ):
         parse_label("yes", "t.csv", 2, "Edema", blank=0)
-    with pytest.raises(DataFileError, match=r"t\.csv, line 7, column 'Edema': label '2' is "
-                                            r"not 1, 0, -1 or blank"):
+    with pytest.raises(
+        DataFileError,
+        match=r"t\.csv, line 7, column 'Edema': label '2' is "
+        r"not 1, 0, -1 or blank",
+    ):
         parse_label("2", "t.csv", 7, "Edema", blank=0, values=(1, 0, -1))
 
 
 def write_protocol(root, candidates):
     """CheXpert 8x200-style files: two text queries and the candidates' CSV (bytes)."""
     root.mkdir(exist_ok=True)
-    (root / "queries.csv").write_text("Variable,Text\nEdema,mild edema\n"
-                                      "Cardiomegaly,enlarged heart\n")
+    (root / "queries.csv").write_text(
+        "Variable,Text\nEdema,mild edema\nCardiomegaly,enlarged heart\n"
+    )
     (root / "candidates.csv").write_bytes(candidates)
     return root
 
 
-CANDIDATES = (b"Path,Edema,Cardiomegaly\n"
-              b"a.jpg,1.0,\n"
-              b"b.jpg,-1.0,0\n"
-              b"c.jpg,,1\n")
+CANDIDATES = b"Path,Edema,Cardiomegaly\na.jpg,1.0,\nb.jpg,-1.0,0\nc.jpg,,1\n"
 
 
 def test_chexpert_reads_through_the_table_reader(tmp_path):
     root = write_protocol(tmp_path / "chexpert", CANDIDATES)
-    protocol = evaluation.read_chexpert_8x200(root, "queries.csv", "candidates.csv",
-                                              check_files=False)
+    protocol = evaluation.read_chexpert_8x200(
+        root, "queries.csv", "candidates.csv", check_files=False
+    )
     np.testing.assert_array_equal(protocol.candidate_labels, [[1, 0], [0, 0], [0, 1]])
     # the same file gzipped (the reader decompresses .gz)
     (root / "candidates.csv.gz").write_bytes(gzip.compress(CANDIDATES))
-    again = evaluation.read_chexpert_8x200(root, "queries.csv", "candidates.csv.gz",
-                                           check_files=False)
+    again = evaluation.read_chexpert_8x200(
+        root, "queries.csv", "candidates.csv.gz", check_files=False
+    )
     np.testing.assert_array_equal(again.candidate_labels, protocol.candidate_labels)
 
 
@@ -62,23 +68,27 @@ def test_chexpert_refuses_a_fifo(tmp_path):
     os.unlink(root / "candidates.csv")
     os.mkfifo(root / "candidates.csv")
     with pytest.raises(DataFileError, match=r"candidates\.csv.*not a regular file"):
-        evaluation.read_chexpert_8x200(root, "queries.csv", "candidates.csv",
-                                       check_files=False)
+        evaluation.read_chexpert_8x200(
+            root, "queries.csv", "candidates.csv", check_files=False
+        )
 
 
 def test_chexpert_refuses_latin1_naming_the_line(tmp_path):
-    root = write_protocol(tmp_path / "chexpert", CANDIDATES + "é.jpg,1,0\n".encode("latin-1"))
+    root = write_protocol(
+        tmp_path / "chexpert", CANDIDATES + "é.jpg,1,0\n".encode("latin-1")
+    )
     with pytest.raises(DataFileError, match=r"candidates\.csv, line 5: .*not UTF-8"):
-        evaluation.read_chexpert_8x200(root, "queries.csv", "candidates.csv",
-                                       check_files=False)
+        evaluation.read_chexpert_8x200(
+            root, "queries.csv", "candidates.csv", check_files=False
+        )
 
 
 def test_chexpert_refuses_a_stray_quote(tmp_path):
-    root = write_protocol(tmp_path / "chexpert",
-                          CANDIDATES + b'"d.jpg,1,0\ne.jpg,0,1\n')
+    root = write_protocol(tmp_path / "chexpert", CANDIDATES + b'"d.jpg,1,0\ne.jpg,0,1\n')
     with pytest.raises(DataFileError, match=r"candidates\.csv, line 5: .*not well-formed"):
-        evaluation.read_chexpert_8x200(root, "queries.csv", "candidates.csv",
-                                       check_files=False)
+        evaluation.read_chexpert_8x200(
+            root, "queries.csv", "candidates.csv", check_files=False
+        )
 
 
 def test_datasets_and_protocols_read_alike(tmp_path):

@@ -11,9 +11,13 @@ import pytest
 import convirt
 from convirt import text
 
-TEXTS = ["The lungs are clear.", "No pleural effusion, pneumothorax or focal consolidation.",
-         "", "Héart size is NORMAL;  mediastinal contours are unremarkable (stable).",
-         "word " * 200]
+TEXTS = [
+    "The lungs are clear.",
+    "No pleural effusion, pneumothorax or focal consolidation.",
+    "",
+    "Héart size is NORMAL;  mediastinal contours are unremarkable (stable).",
+    "word " * 200,
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +35,9 @@ def test_tokenize_matches_transformers(tokenizer, minilm_dir, max_length):
 
     reference = transformers.AutoTokenizer.from_pretrained(minilm_dir)
     ids, mask = text.tokenize(tokenizer, TEXTS, max_length=max_length)
-    expected = reference(TEXTS, padding=True, truncation=True, max_length=max_length,
-                         return_tensors="np")
+    expected = reference(
+        TEXTS, padding=True, truncation=True, max_length=max_length, return_tensors="np"
+    )
     assert ids.dtype == np.int32 and mask.dtype == np.int32
     assert ids.flags.c_contiguous and mask.flags.c_contiguous
     np.testing.assert_array_equal(ids, expected["input_ids"])
@@ -108,18 +113,26 @@ def test_encoder_takes_strings(tokenizer, minilm_dir, tiny_bert):
 
 # ---- sentences and sections --------------------------------------------------------------
 
-REPORT = ("EXAMINATION: Chest PA and lateral. INDICATION: Cough, fever. "
-          "FINDINGS: The heart size is normal. The lungs are clear. There is no pleural "
-          "effusion measuring more than 1.5 cm. IMPRESSION: 1. No acute cardiopulmonary "
-          "process. 2. Dr. Smith was notified at 3 p.m.")
+REPORT = (
+    "EXAMINATION: Chest PA and lateral. INDICATION: Cough, fever. "
+    "FINDINGS: The heart size is normal. The lungs are clear. There is no pleural "
+    "effusion measuring more than 1.5 cm. IMPRESSION: 1. No acute cardiopulmonary "
+    "process. 2. Dr. Smith was notified at 3 p.m."
+)
 
 
 def test_split_sentences():
     assert text.split_sentences(
         "The lungs are clear.  No effusion!\nIs there a mass? 1. Stable. 2) Unchanged "
-        "vs. prior, e.g. on 2009 films. Nodule of 1.5 cm.") == [
-        "The lungs are clear.", "No effusion!", "Is there a mass?", "Stable.",
-        "Unchanged vs. prior, e.g. on 2009 films.", "Nodule of 1.5 cm."]
+        "vs. prior, e.g. on 2009 films. Nodule of 1.5 cm."
+    ) == [
+        "The lungs are clear.",
+        "No effusion!",
+        "Is there a mass?",
+        "Stable.",
+        "Unchanged vs. prior, e.g. on 2009 films.",
+        "Nodule of 1.5 cm.",
+    ]
     assert text.split_sentences("") == []
     assert text.split_sentences(" . ... ") == []
     assert text.split_sentences("no final period") == ["no final period"]
@@ -127,16 +140,25 @@ def test_split_sentences():
 
 def test_report_sections():
     sections = text.report_sections(REPORT)
-    assert [h for h, _ in sections] == ["EXAMINATION", "INDICATION", "FINDINGS", "IMPRESSION"]
+    assert [h for h, _ in sections] == [
+        "EXAMINATION",
+        "INDICATION",
+        "FINDINGS",
+        "IMPRESSION",
+    ]
     assert sections[2][1].startswith("The heart size is normal.")
     assert text.report_sections("No headers here.") == [(None, "No headers here.")]
     assert text.report_sections("Preamble. FINDINGS: x.")[0] == (None, "Preamble.")
 
 
 def test_sampling_uses_findings_and_impression_only():
-    allowed = {"The heart size is normal.", "The lungs are clear.",
-               "There is no pleural effusion measuring more than 1.5 cm.",
-               "No acute cardiopulmonary process.", "Dr. Smith was notified at 3 p.m."}
+    allowed = {
+        "The heart size is normal.",
+        "The lungs are clear.",
+        "There is no pleural effusion measuring more than 1.5 cm.",
+        "No acute cardiopulmonary process.",
+        "Dr. Smith was notified at 3 p.m.",
+    }
     seen = {text.sample_sentence(REPORT, seed=0, step=0, index=i) for i in range(400)}
     assert seen == allowed
 
@@ -161,8 +183,9 @@ def test_sampling_is_keyed_by_seed_step_and_index_not_order():
     indices = list(range(100, 130))
     first = text.sample_sentences(reports, seed=5, step=2, indices=indices)
     order = np.random.default_rng(0).permutation(30)
-    shuffled = text.sample_sentences([reports[i] for i in order], seed=5, step=2,
-                                     indices=[indices[i] for i in order])
+    shuffled = text.sample_sentences(
+        [reports[i] for i in order], seed=5, step=2, indices=[indices[i] for i in order]
+    )
     assert shuffled == [first[i] for i in order]
     assert first == text.sample_sentences(reports, seed=5, step=2, indices=indices)
     other_step = text.sample_sentences(reports, seed=5, step=3, indices=indices)

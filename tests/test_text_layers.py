@@ -38,9 +38,13 @@ def test_layernorm_forward_matches_torch_and_reference():
     x = f32(37, 48, scale=3.0) + 5.0  # a large mean tests the two-pass variance
     gamma, beta = f32(48), f32(48)
     out, xhat, rstd = tl.layernorm_forward(x, gamma, beta, 1e-5)
-    ref = F.layer_norm(torch.tensor(x, dtype=torch.float64), (48,),
-                       torch.tensor(gamma, dtype=torch.float64),
-                       torch.tensor(beta, dtype=torch.float64), 1e-5).numpy()
+    ref = F.layer_norm(
+        torch.tensor(x, dtype=torch.float64),
+        (48,),
+        torch.tensor(gamma, dtype=torch.float64),
+        torch.tensor(beta, dtype=torch.float64),
+        1e-5,
+    ).numpy()
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5)
     naive = tl.layernorm_forward(x, gamma, beta, 1e-5, reference=True)
     for fast, slow in zip((out, xhat, rstd), naive):
@@ -53,8 +57,9 @@ def test_layernorm_backward_matches_autograd_and_reference():
     x, gamma, beta, dout = f32(29, 40), f32(40), f32(40), f32(29, 40)
     _, xhat, rstd = tl.layernorm_forward(x, gamma, beta, 1e-12)
     dx, dgamma, dbeta = tl.layernorm_backward(dout, xhat, rstd, gamma)
-    tx, tg, tb = (torch.tensor(a, dtype=torch.float64, requires_grad=True)
-                  for a in (x, gamma, beta))
+    tx, tg, tb = (
+        torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, gamma, beta)
+    )
     F.layer_norm(tx, (40,), tg, tb, 1e-12).backward(torch.tensor(dout, dtype=torch.float64))
     np.testing.assert_allclose(dx, tx.grad.numpy(), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(dgamma, tg.grad.numpy(), atol=1e-4, rtol=1e-4)
@@ -70,18 +75,40 @@ def test_layernorm_backward_finite_differences():
     dx, dgamma, dbeta = tl.layernorm_backward(r, xhat, rstd, gamma)
 
     def loss_x(v):
-        return float(np.sum(tl.layernorm_forward(v.astype(np.float32), gamma, beta, 1e-6)[0]
-                            .astype(np.float64) * r))
+        return float(
+            np.sum(
+                tl.layernorm_forward(v.astype(np.float32), gamma, beta, 1e-6)[0].astype(
+                    np.float64
+                )
+                * r
+            )
+        )
 
     def loss_g(v):
-        return float(np.sum(tl.layernorm_forward(x, v.astype(np.float32), beta, 1e-6)[0]
-                            .astype(np.float64) * r))
+        return float(
+            np.sum(
+                tl.layernorm_forward(x, v.astype(np.float32), beta, 1e-6)[0].astype(
+                    np.float64
+                )
+                * r
+            )
+        )
 
     def loss_b(v):
-        return float(np.sum(tl.layernorm_forward(x, gamma, v.astype(np.float32), 1e-6)[0]
-                            .astype(np.float64) * r))
+        return float(
+            np.sum(
+                tl.layernorm_forward(x, gamma, v.astype(np.float32), 1e-6)[0].astype(
+                    np.float64
+                )
+                * r
+            )
+        )
 
-    for loss, point, grad in ((loss_x, x, dx), (loss_g, gamma, dgamma), (loss_b, beta, dbeta)):
+    for loss, point, grad in (
+        (loss_x, x, dx),
+        (loss_g, gamma, dgamma),
+        (loss_b, beta, dbeta),
+    ):
         v = rng.standard_normal(point.shape)
         fd = directional_fd(loss, point.astype(np.float64), v, 1e-2)
         assert fd == pytest.approx(float(np.sum(grad * v)), rel=2e-3, abs=2e-3)
@@ -121,8 +148,9 @@ def test_gelu_forward_backward_match_torch():
     y = F.gelu(tx)  # exact (erf) GELU
     y.backward(torch.tensor(dout, dtype=torch.float64))
     np.testing.assert_allclose(tl.gelu_forward(x), y.detach().numpy(), atol=2e-6, rtol=1e-5)
-    np.testing.assert_allclose(tl.gelu_backward(dout, x), tx.grad.numpy(), atol=2e-6,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        tl.gelu_backward(dout, x), tx.grad.numpy(), atol=2e-6, rtol=1e-5
+    )
 
 
 def test_gelu_backward_finite_differences():
@@ -146,9 +174,11 @@ def torch_attention(qkv, lengths, heads):
     d = width // heads
     outs, start = [], 0
     for n in lengths:
-        rows = qkv[start:start + n]
-        q, k, v = (rows[:, i * width:(i + 1) * width].reshape(n, heads, d).transpose(0, 1)
-                   for i in range(3))
+        rows = qkv[start : start + n]
+        q, k, v = (
+            rows[:, i * width : (i + 1) * width].reshape(n, heads, d).transpose(0, 1)
+            for i in range(3)
+        )
         p = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d), dim=-1)
         outs.append((p @ v).transpose(0, 1).reshape(n, width))
         start += n
@@ -178,7 +208,7 @@ def test_attention_probabilities_are_softmax_rows():
     _, probs = tl.attention_forward(f32(11, 3 * 12, scale=4.0), lengths, 3)
     start = 0
     for n in lengths:
-        block = probs[start:start + 3 * n * n].reshape(3, n, n)
+        block = probs[start : start + 3 * n * n].reshape(3, n, n)
         np.testing.assert_allclose(block.sum(-1), 1.0, rtol=1e-6)
         assert np.all(block >= 0)
         start += 3 * n * n
@@ -216,7 +246,9 @@ def test_attention_threads_do_not_change_results(threads):
     for n in (1, 2):
         convirt.set_num_threads(n)
         ctx, probs = tl.attention_forward(qkv, lengths, heads)
-        results.append((ctx, probs, tl.attention_backward(dctx, probs, qkv, lengths, heads)))
+        results.append(
+            (ctx, probs, tl.attention_backward(dctx, probs, qkv, lengths, heads))
+        )
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 
@@ -243,10 +275,14 @@ def test_embedding_forward_backward():
     out = tl.embedding_forward(ids, position, type_ids, word, pos, typ)
     np.testing.assert_array_equal(out, (word[ids] + typ[type_ids]) + pos[position])
     dout = f32(m, dim)
-    dword, dpos, dtype = tl.embedding_backward(dout, ids, position, type_ids, vocab,
-                                               positions, types)
-    for grad, index, size in ((dword, ids, vocab), (dpos, position, positions),
-                              (dtype, type_ids, types)):
+    dword, dpos, dtype = tl.embedding_backward(
+        dout, ids, position, type_ids, vocab, positions, types
+    )
+    for grad, index, size in (
+        (dword, ids, vocab),
+        (dpos, position, positions),
+        (dtype, type_ids, types),
+    ):
         ref = np.zeros((size, dim))
         np.add.at(ref, index, dout.astype(np.float64))
         np.testing.assert_allclose(grad, ref, atol=1e-5)
@@ -271,8 +307,14 @@ def test_embedding_backward_finite_differences():
 
 def test_embedding_rejects_out_of_table_ids():
     with pytest.raises(ValueError, match="outside the tables"):
-        tl.embedding_forward(np.array([10], np.int32), np.array([0], np.int32),
-                             np.array([0], np.int32), f32(10, 4), f32(3, 4), f32(2, 4))
+        tl.embedding_forward(
+            np.array([10], np.int32),
+            np.array([0], np.int32),
+            np.array([0], np.int32),
+            f32(10, 4),
+            f32(3, 4),
+            f32(2, 4),
+        )
 
 
 # ---- pooling ------------------------------------------------------------------------------
@@ -286,9 +328,14 @@ def test_pool_forward_backward(pooling):
     t = torch.tensor(hidden, dtype=torch.float64, requires_grad=True)
     pieces, start = [], 0
     for n in lengths:
-        block = t[start:start + n]
-        pieces.append({"max": lambda b: b.max(0).values, "mean": lambda b: b.mean(0),
-                       "cls": lambda b: b[0]}[pooling](block))
+        block = t[start : start + n]
+        pieces.append(
+            {
+                "max": lambda b: b.max(0).values,
+                "mean": lambda b: b.mean(0),
+                "cls": lambda b: b[0],
+            }[pooling](block)
+        )
         start += n
     ref = torch.stack(pieces)
     ref.backward(torch.tensor(dout, dtype=torch.float64))
@@ -297,8 +344,14 @@ def test_pool_forward_backward(pooling):
     np.testing.assert_allclose(dh, t.grad.numpy(), rtol=1e-6, atol=1e-7)
 
     def loss(v):
-        return float(np.sum(tl.bert_pool_forward(v.astype(np.float32), lengths, pooling)[0]
-                            .astype(np.float64) * dout))
+        return float(
+            np.sum(
+                tl.bert_pool_forward(v.astype(np.float32), lengths, pooling)[0].astype(
+                    np.float64
+                )
+                * dout
+            )
+        )
 
     v = rng.standard_normal(hidden.shape)
     fd = directional_fd(loss, hidden.astype(np.float64), v, 1e-3)

@@ -25,9 +25,17 @@ F = torch.nn.functional
 
 
 def identity_augment(size):
-    return convirt.ImageAugment(size, crop_scale=None, flip=None, degrees=None,
-                                translate=None, scale=None, brightness=None, contrast=None,
-                                blur_sigma=None)
+    return convirt.ImageAugment(
+        size,
+        crop_scale=None,
+        flip=None,
+        degrees=None,
+        translate=None,
+        scale=None,
+        brightness=None,
+        contrast=None,
+        blur_sigma=None,
+    )
 
 
 def make_trainer(tmp_path, *, seed=0, augment=None, **kwargs):
@@ -45,25 +53,37 @@ def torch_towers(image, text):
     import torch_resnet
     from transformers import BertConfig, BertModel
 
-    image_params = {k: torch.tensor(v, requires_grad=not k.endswith(("running_mean",
-                                                                     "running_var")))
-                    for k, v in image.state_dict().items()}
+    image_params = {
+        k: torch.tensor(v, requires_grad=not k.endswith(("running_mean", "running_var")))
+        for k, v in image.state_dict().items()
+    }
     cfg = text._spec["config"]
-    model = BertModel(BertConfig(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-                                 num_hidden_layers=cfg["num_hidden_layers"],
-                                 num_attention_heads=cfg["num_attention_heads"],
-                                 intermediate_size=cfg["intermediate_size"],
-                                 max_position_embeddings=cfg["max_position_embeddings"],
-                                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                 hidden_act="gelu"), add_pooling_layer=False)
+    model = BertModel(
+        BertConfig(
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            num_hidden_layers=cfg["num_hidden_layers"],
+            num_attention_heads=cfg["num_attention_heads"],
+            intermediate_size=cfg["intermediate_size"],
+            max_position_embeddings=cfg["max_position_embeddings"],
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            hidden_act="gelu",
+        ),
+        add_pooling_layer=False,
+    )
     text_state = text.state_dict()
-    bert_state = {k: torch.tensor(v) for k, v in text_state.items()
-                  if not k.startswith("projection.")}
+    bert_state = {
+        k: torch.tensor(v) for k, v in text_state.items() if not k.startswith("projection.")
+    }
     missing, unexpected = model.load_state_dict(bert_state, strict=False)
     assert not [m for m in missing if "position_ids" not in m] and not unexpected
     model.train()
-    text_head = {k: torch.tensor(v, requires_grad=True) for k, v in text_state.items()
-                 if k.startswith("projection.")}
+    text_head = {
+        k: torch.tensor(v, requires_grad=True)
+        for k, v in text_state.items()
+        if k.startswith("projection.")
+    }
     for row in text.tensor_table:
         name, is_frozen = row[0], row[5]
         if name.startswith("projection."):
@@ -74,12 +94,16 @@ def torch_towers(image, text):
 
 
 def head(x, p):
-    return F.linear(F.relu(F.linear(x, p["projection.0.weight"], p["projection.0.bias"])),
-                    p["projection.2.weight"], p["projection.2.bias"])
+    return F.linear(
+        F.relu(F.linear(x, p["projection.0.weight"], p["projection.0.bias"])),
+        p["projection.2.weight"],
+        p["projection.2.bias"],
+    )
 
 
-def torch_loop(image, text, batches, lr, eps, dtype=torch.float32, channels_last=False,
-               perturb=None):
+def torch_loop(
+    image, text, batches, lr, eps, dtype=torch.float32, channels_last=False, perturb=None
+):
     """Ten Adam steps of the same model in PyTorch; returns the losses and the final
     tensors (named as convirt's, prefixed image. / text.). The variants compute the same
     math with other rounding: dtype float64 (the center the others are measured from);
@@ -95,37 +119,45 @@ def torch_loop(image, text, batches, lr, eps, dtype=torch.float32, channels_last
                     p.copy_(torch.nextafter(p, torch.where(up, torch.inf, -torch.inf)))
                 if channels_last and p.ndim == 4:
                     group[name] = p.contiguous(memory_format=torch.channels_last)
-        image_params = {k: v.to(dtype).requires_grad_(not k.endswith(("running_mean",
-                                                                      "running_var")))
-                        for k, v in image_params.items()}
+        image_params = {
+            k: v.to(dtype).requires_grad_(not k.endswith(("running_mean", "running_var")))
+            for k, v in image_params.items()
+        }
         text_head = {k: v.to(dtype).requires_grad_() for k, v in text_head.items()}
     bert.to(dtype)
-    trainable = ([p for p in image_params.values() if p.requires_grad]
-                 + [p for p in bert.parameters() if p.requires_grad]
-                 + list(text_head.values()))
+    trainable = (
+        [p for p in image_params.values() if p.requires_grad]
+        + [p for p in bert.parameters() if p.requires_grad]
+        + list(text_head.values())
+    )
     optimizer = torch.optim.Adam(trainable, lr=lr, eps=eps, weight_decay=1e-4)
     mean, std = image.normalization
     losses = []
     for batch, texts in batches:
         x = torch.tensor((batch.astype(np.float32) / 255 - mean[0]) / std[0])[:, None]
-        v = head(torch_resnet.forward(image_params, x.to(dtype), 18, training=True),
-                 image_params)
+        v = head(
+            torch_resnet.forward(image_params, x.to(dtype), 18, training=True), image_params
+        )
         ids, mask = convirt.text.tokenize(text.tokenizer, texts, max_length=32)
-        hidden = bert(input_ids=torch.tensor(ids, dtype=torch.long),
-                      attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state
+        hidden = bert(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+        ).last_hidden_state
         pooled = hidden.masked_fill(torch.tensor(mask)[..., None] == 0, -torch.inf).amax(1)
         u = head(pooled, text_head)
         logits = F.normalize(v, dim=1) @ F.normalize(u, dim=1).T / 0.1
         target = torch.arange(len(texts))
-        loss = 0.75 * F.cross_entropy(logits, target) + 0.25 * F.cross_entropy(logits.T,
-                                                                              target)
+        loss = 0.75 * F.cross_entropy(logits, target) + 0.25 * F.cross_entropy(
+            logits.T, target
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     tensors = {f"image.{k}": v.detach().double().numpy() for k, v in image_params.items()}
-    tensors.update({f"text.{k}": v.detach().double().numpy()
-                    for k, v in bert.state_dict().items()})
+    tensors.update(
+        {f"text.{k}": v.detach().double().numpy() for k, v in bert.state_dict().items()}
+    )
     tensors.update({f"text.{k}": v.detach().double().numpy() for k, v in text_head.items()})
     return np.array(losses), tensors
 
@@ -143,20 +175,32 @@ def test_ten_steps_match_a_pytorch_training_loop(tmp_path):
     # not the text tower's: on an AVX-512 machine convirt's loss at step 5 was 2.7e-4
     # from it, against a band of 8.9e-5.)
     size, lr, eps = 96, 1e-4, 1e-6
-    trainer = make_trainer(tmp_path, augment=identity_augment(size), lr=lr, eps=eps,
-                           weight_decay=1e-4, schedule=None, image_size=size)
+    trainer = make_trainer(
+        tmp_path,
+        augment=identity_augment(size),
+        lr=lr,
+        eps=eps,
+        weight_decay=1e-4,
+        schedule=None,
+        image_size=size,
+    )
     image, text = trainer.image_encoder, trainer.text_encoder
     images, reports = tiny.pairs(16, size, seed=1)
     sentences = [r.split(".")[0] + "." for r in reports]
-    batches = [(images[s % 2 * 8:s % 2 * 8 + 8], sentences[s % 2 * 8:s % 2 * 8 + 8])
-               for s in range(10)]
+    batches = [
+        (images[s % 2 * 8 : s % 2 * 8 + 8], sentences[s % 2 * 8 : s % 2 * 8 + 8])
+        for s in range(10)
+    ]
     center, center_tensors = torch_loop(image, text, batches, lr, eps, dtype=torch.float64)
-    variants = [torch_loop(image, text, batches, lr, eps, **kw)
-                for kw in ({}, {"channels_last": True}, {"perturb": 1}, {"perturb": 2})]
+    variants = [
+        torch_loop(image, text, batches, lr, eps, **kw)
+        for kw in ({}, {"channels_last": True}, {"perturb": 1}, {"perturb": 2})
+    ]
     ours = np.array([trainer.step(b, t, sample_sentence=False)["loss"] for b, t in batches])
 
-    spread = np.maximum.accumulate(np.max([np.abs(losses - center)
-                                           for losses, _ in variants], axis=0))
+    spread = np.maximum.accumulate(
+        np.max([np.abs(losses - center) for losses, _ in variants], axis=0)
+    )
     assert np.abs(ours[0] - center[0]) <= 1e-5 * center[0]
     np.testing.assert_array_less(np.abs(ours - center), 3 * spread + 2e-5 * center)
     assert np.all(np.abs(ours - center) < 1e-2 * center)  # and no gross drift
@@ -172,8 +216,9 @@ def test_ten_steps_match_a_pytorch_training_loop(tmp_path):
             assert ours_diff.max() <= 2 * lr * 10 + 1e-6 * np.abs(ref).max(), name
         for q in (0.5, 0.99):
             torch_q = max(np.quantile(d, q) for d in torch_diffs)
-            assert np.quantile(ours_diff, q) <= 3 * torch_q + 1e-7 + \
-                1e-6 * np.abs(ref).max(), f"{name}: quantile {q}"
+            assert (
+                np.quantile(ours_diff, q) <= 3 * torch_q + 1e-7 + 1e-6 * np.abs(ref).max()
+            ), f"{name}: quantile {q}"
 
 
 # ---- resume, checkpoints, crashes ---------------------------------------------------------
@@ -184,16 +229,19 @@ def test_resume_is_exact(tmp_path):
     straight = make_trainer(tmp_path / "a", checkpoint_dir=tmp_path / "a" / "ckpt")
     straight.fit((images, reports), epochs=2, batch_size=4, max_steps=6)
 
-    first = make_trainer(tmp_path / "b", checkpoint_dir=tmp_path / "b" / "ckpt",
-                         checkpoint_every=1)
+    first = make_trainer(
+        tmp_path / "b", checkpoint_dir=tmp_path / "b" / "ckpt", checkpoint_every=1
+    )
     first.fit((images, reports), epochs=2, batch_size=4, max_steps=3)
     del first
     resumed = Trainer.resume(tmp_path / "b" / "ckpt", progress=False)
     assert resumed.step_count == 3 and resumed.position == 3
     resumed.fit((images, reports), epochs=2, batch_size=4, max_steps=6)
     assert resumed.step_count == 6
-    for a, b in ((straight.image_encoder, resumed.image_encoder),
-                 (straight.text_encoder, resumed.text_encoder)):
+    for a, b in (
+        (straight.image_encoder, resumed.image_encoder),
+        (straight.text_encoder, resumed.text_encoder),
+    ):
         np.testing.assert_array_equal(a.flat_parameters, b.flat_parameters)
         np.testing.assert_array_equal(a.flat_buffers, b.flat_buffers)
     assert [s["loss"] for s in straight.steps] == [s["loss"] for s in resumed.steps]
@@ -283,8 +331,9 @@ def test_killed_at_random_moments_the_checkpoint_survives(tmp_path):
     the surviving checkpoint loads and resumes."""
     ckpt = str(tmp_path / "ckpt")
     last = os.path.join(ckpt, "LAST")
-    code = CHILD.format(tests=os.path.dirname(__file__), ckpt=ckpt,
-                        vocab=str(tmp_path / "vocab"))
+    code = CHILD.format(
+        tests=os.path.dirname(__file__), ckpt=ckpt, vocab=str(tmp_path / "vocab")
+    )
     rng = random.Random(0)
 
     def read_last():
@@ -304,8 +353,12 @@ def test_killed_at_random_moments_the_checkpoint_survives(tmp_path):
     period = None
     steps_seen = []
     for kill in range(20):
-        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert child.stdout.readline().strip() == "ready", child.stderr.read()
         first = wait_for_change(child, read_last())  # progress since the last kill
         if period is None:  # one step-and-save cycle, measured
@@ -340,7 +393,9 @@ def test_plateau_schedule_halves_the_learning_rate(tmp_path, monkeypatch):
     images, reports = tiny.pairs(8, 32)
     trainer = make_trainer(tmp_path, plateau_patience=1)
     losses = iter([1.0, 0.9, 0.95, 0.96, 0.97, 0.5])
-    monkeypatch.setattr(trainer, "validate", lambda data, batch_size: {"val_loss": next(losses)})
+    monkeypatch.setattr(
+        trainer, "validate", lambda data, batch_size: {"val_loss": next(losses)}
+    )
     trainer.fit((images, reports), val=(images, reports), epochs=6, batch_size=4)
     lrs = [r["lr_after"] for r in trainer.history]
     assert lrs == pytest.approx([1e-4, 1e-4, 1e-4, 5e-5, 5e-5, 5e-5])
@@ -350,7 +405,9 @@ def test_early_stopping(tmp_path, monkeypatch):
     images, reports = tiny.pairs(8, 32)
     trainer = make_trainer(tmp_path, early_stopping_patience=2, schedule=None)
     losses = iter([1.0, 1.1, 1.2, 0.1, 0.1])
-    monkeypatch.setattr(trainer, "validate", lambda data, batch_size: {"val_loss": next(losses)})
+    monkeypatch.setattr(
+        trainer, "validate", lambda data, batch_size: {"val_loss": next(losses)}
+    )
     trainer.fit((images, reports), val=(images, reports), epochs=5, batch_size=4)
     assert len(trainer.history) == 3 and trainer.history[-1]["early_stop"]
 

@@ -34,14 +34,23 @@ def make(tmp_path, **kwargs):
 
 def test_defaults_are_the_papers():
     config = TrainerConfig()
-    assert (config.lr, config.weight_decay, config.schedule, config.plateau_factor,
-            config.plateau_patience, config.image_size) == (1e-4, 1e-6, "plateau", 0.5, 5,
-                                                            224)
+    assert (
+        config.lr,
+        config.weight_decay,
+        config.schedule,
+        config.plateau_factor,
+        config.plateau_patience,
+        config.image_size,
+    ) == (1e-4, 1e-6, "plateau", 0.5, 5, 224)
     loss = convirt.ContrastiveLoss()
-    assert config.loss_settings() == pytest.approx({
-        "temperature": loss.temperature, "image_to_text_weight": loss.image_to_text_weight,
-        "learnable_temperature": loss.learnable_temperature,
-        "max_logit_scale": loss.max_logit_scale})
+    assert config.loss_settings() == pytest.approx(
+        {
+            "temperature": loss.temperature,
+            "image_to_text_weight": loss.image_to_text_weight,
+            "learnable_temperature": loss.learnable_temperature,
+            "max_logit_scale": loss.max_logit_scale,
+        }
+    )
 
 
 def test_the_config_drives_the_constructor(tmp_path):
@@ -55,7 +64,9 @@ def test_the_config_drives_the_constructor(tmp_path):
     with pytest.raises(KeyError):
         trainer.config["batch_size"]
     assert trainer.config.temperature == pytest.approx(trainer.loss.temperature)
-    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['learning_rate'\]"):
+    with pytest.raises(
+        TypeError, match=r"unexpected keyword argument\(s\) \['learning_rate'\]"
+    ):
         make(tmp_path, learning_rate=1e-3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         trainer.config.lr = 1.0
@@ -63,18 +74,29 @@ def test_the_config_drives_the_constructor(tmp_path):
 
 def test_the_saved_config_is_the_config_and_rebuilds_it(tmp_path):
     images, reports = tiny.pairs(8, 32, seed=1)
-    trainer = make(tmp_path, checkpoint_dir=tmp_path / "ckpt", weight_decay=1e-5,
-                   checkpoint_every=3)
+    trainer = make(
+        tmp_path, checkpoint_dir=tmp_path / "ckpt", weight_decay=1e-5, checkpoint_every=3
+    )
     trainer.fit((images, reports), epochs=1, batch_size=4)
-    with open(os.path.join(CheckpointDir(tmp_path / "ckpt").pointer("LAST"),
-                           "trainer.json")) as f:
+    with open(
+        os.path.join(CheckpointDir(tmp_path / "ckpt").pointer("LAST"), "trainer.json")
+    ) as f:
         saved = json.load(f)["config"]
-    assert saved == json.loads(json.dumps({**trainer.config.to_json(), "batch_size": 4,
-                                           "epochs": 1, "shuffle": True,
-                                           "max_steps": None}))
+    assert saved == json.loads(
+        json.dumps(
+            {
+                **trainer.config.to_json(),
+                "batch_size": 4,
+                "epochs": 1,
+                "shuffle": True,
+                "max_steps": None,
+            }
+        )
+    )
     rebuilt = TrainerConfig.from_json(saved)  # fit()'s keys are not settings
-    assert json.loads(json.dumps(rebuilt.to_json())) == \
-        {k: v for k, v in saved.items() if k not in trainer.fit_settings}
+    assert json.loads(json.dumps(rebuilt.to_json())) == {
+        k: v for k, v in saved.items() if k not in trainer.fit_settings
+    }
     resumed = Trainer.resume(tmp_path / "ckpt", progress=False)
     assert resumed.config == trainer.config
     assert resumed.fit_settings == trainer.fit_settings
@@ -97,13 +119,25 @@ def test_a_checkpoint_without_augment_still_loads(tmp_path):
 
 def test_every_trainer_keyword_is_a_setting():
     signature = inspect.signature(Trainer)
-    objects = {"image_encoder", "text_encoder", "loss", "augment", "checkpoint_dir",
-               "callbacks", "progress", "prefetch", "settings"}
+    objects = {
+        "image_encoder",
+        "text_encoder",
+        "loss",
+        "augment",
+        "checkpoint_dir",
+        "callbacks",
+        "progress",
+        "prefetch",
+        "settings",
+    }
     assert set(signature.parameters) == objects
-    assert set(TrainerConfig.keywords()) | {"temperature", "image_to_text_weight",
-                                            "learnable_temperature", "max_logit_scale",
-                                            "augment"} == \
-        {f.name for f in dataclasses.fields(TrainerConfig)}
+    assert set(TrainerConfig.keywords()) | {
+        "temperature",
+        "image_to_text_weight",
+        "learnable_temperature",
+        "max_logit_scale",
+        "augment",
+    } == {f.name for f in dataclasses.fields(TrainerConfig)}
 
 
 # ---- one batching path ----------------------------------------------------------------
@@ -122,8 +156,9 @@ def test_fit_iterates_the_batch_loader(tmp_path, shuffle):
     trainer = _Recording(image, text, image_size=32, progress=False, seed=5)
     trainer.seen = []
     trainer.fit((images, reports), epochs=2, batch_size=4, shuffle=shuffle)
-    loader = BatchLoader(convirt.data.ArrayDataset(images, reports), batch_size=4,
-                         shuffle=shuffle, seed=5)
+    loader = BatchLoader(
+        convirt.data.ArrayDataset(images, reports), batch_size=4, shuffle=shuffle, seed=5
+    )
     expected = [images[i] for epoch in (0, 1) for i in loader.batch_indices(epoch)]
     assert len(trainer.seen) == len(expected) == 6
     for seen, want in zip(trainer.seen, expected):
@@ -164,8 +199,9 @@ class _TemperatureRecording(Trainer):
 def test_learnable_temperature_is_the_c_adam(tmp_path):
     image, text = tiny.towers(str(tmp_path / "vocab"))
     loss = convirt.ContrastiveLoss(learnable_temperature=True)
-    trainer = _TemperatureRecording(image, text, loss, image_size=32, progress=False,
-                                    lr=1e-2, schedule=None)
+    trainer = _TemperatureRecording(
+        image, text, loss, image_size=32, progress=False, lr=1e-2, schedule=None
+    )
     trainer.grads = []
     start = loss.logit_scale
     images, reports = tiny.pairs(12, 32, seed=3)
@@ -175,8 +211,9 @@ def test_learnable_temperature_is_the_c_adam(tmp_path):
     assert loss.logit_scale != start
     assert loss.logit_scale == pytest.approx(x, rel=1e-6, abs=1e-6)
     state = trainer.state()["scale_state"]
-    assert state["m"] == pytest.approx(m, rel=1e-5) and state["v"] == pytest.approx(v,
-                                                                                  rel=1e-5)
+    assert state["m"] == pytest.approx(m, rel=1e-5) and state["v"] == pytest.approx(
+        v, rel=1e-5
+    )
 
 
 def test_learnable_temperature_resumes_exactly(tmp_path):
@@ -184,9 +221,16 @@ def test_learnable_temperature_resumes_exactly(tmp_path):
 
     def run(directory, stop=None):
         image, text = tiny.towers(str(tmp_path / "vocab"))
-        trainer = Trainer(image, text, convirt.ContrastiveLoss(learnable_temperature=True),
-                          image_size=32, progress=False, lr=1e-3,
-                          checkpoint_dir=directory, checkpoint_every=1)
+        trainer = Trainer(
+            image,
+            text,
+            convirt.ContrastiveLoss(learnable_temperature=True),
+            image_size=32,
+            progress=False,
+            lr=1e-3,
+            checkpoint_dir=directory,
+            checkpoint_every=1,
+        )
         trainer.fit((images, reports), epochs=2, batch_size=4, max_steps=stop)
         return trainer
 
@@ -195,10 +239,12 @@ def test_learnable_temperature_resumes_exactly(tmp_path):
     resumed = Trainer.resume(tmp_path / "b", progress=False)
     resumed.fit((images, reports), epochs=2, batch_size=4, max_steps=6)
     assert resumed.loss.logit_scale == straight.loss.logit_scale
-    assert [s["temperature"] for s in resumed.steps] == \
-        [s["temperature"] for s in straight.steps]
-    np.testing.assert_array_equal(resumed.image_encoder.flat_parameters,
-                                  straight.image_encoder.flat_parameters)
+    assert [s["temperature"] for s in resumed.steps] == [
+        s["temperature"] for s in straight.steps
+    ]
+    np.testing.assert_array_equal(
+        resumed.image_encoder.flat_parameters, straight.image_encoder.flat_parameters
+    )
 
 
 # ---- the augmentation's policy: one place ----------------------------------------------
@@ -216,8 +262,10 @@ def test_the_papers_ranges_are_the_python_defaults():
 
 def test_the_resnet_normalisation_is_defined_once():
     mean, std = convirt.Encoder.resnet18(1, proj_dim=4, proj_hidden=4).normalization
-    assert (mean, std) == (pytest.approx(augment_module.GRAY_MEAN),
-                           pytest.approx(augment_module.GRAY_STD))
+    assert (mean, std) == (
+        pytest.approx(augment_module.GRAY_MEAN),
+        pytest.approx(augment_module.GRAY_STD),
+    )
     mean, std = convirt.Encoder.resnet18(3, proj_dim=4, proj_hidden=4).normalization
     assert mean == pytest.approx(augment_module.IMAGENET_MEAN)
     assert convirt.encoder.IMAGENET_MEAN is augment_module.IMAGENET_MEAN
@@ -227,9 +275,19 @@ def test_eval_view_is_a_resize_with_nothing_random(tmp_path):
     view = convirt.eval_augment(32, normalization=(0.5, 0.25))
     x = np.random.default_rng(0).integers(0, 256, (3, 40, 40), np.uint8)
     np.testing.assert_array_equal(view(x, step=0), view(x, step=7))
-    assert all(view.config[k] is None for k in ("crop_scale", "flip", "degrees",
-                                                 "translate", "scale", "brightness",
-                                                 "contrast", "blur_sigma"))
+    assert all(
+        view.config[k] is None
+        for k in (
+            "crop_scale",
+            "flip",
+            "degrees",
+            "translate",
+            "scale",
+            "brightness",
+            "contrast",
+            "blur_sigma",
+        )
+    )
     trainer = make(tmp_path, augment=convirt.mild_augment(32, seed=4))
     assert trainer.eval_augment.config == trainer.augment.eval_view().config
     assert convirt.paper_augment(32).eval_view().normalization is None

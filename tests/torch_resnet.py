@@ -28,11 +28,17 @@ def block_convs(depth, in_planes, planes, stride):
     with the downsample (if any) last."""
     if is_bottleneck(depth):
         out = planes * 4
-        convs = [("conv1", planes, in_planes, 1, 1, 0), ("conv2", planes, planes, 3, stride, 1),
-                 ("conv3", out, planes, 1, 1, 0)]
+        convs = [
+            ("conv1", planes, in_planes, 1, 1, 0),
+            ("conv2", planes, planes, 3, stride, 1),
+            ("conv3", out, planes, 1, 1, 0),
+        ]
     else:
         out = planes
-        convs = [("conv1", planes, in_planes, 3, stride, 1), ("conv2", planes, planes, 3, 1, 1)]
+        convs = [
+            ("conv1", planes, in_planes, 3, stride, 1),
+            ("conv2", planes, planes, 3, 1, 1),
+        ]
     if stride != 1 or in_planes != out:
         convs.append(("downsample.0", out, in_planes, 1, stride, 0))
     return convs, out
@@ -59,8 +65,9 @@ def bn_name(conv_name):
     return conv_name.replace(".conv", ".bn")
 
 
-def init_params(depth, in_channels, seed=0, dtype=torch.float32, random_bn=True,
-                bias_scale=None):
+def init_params(
+    depth, in_channels, seed=0, dtype=torch.float32, random_bn=True, bias_scale=None
+):
     """Random parameters with torchvision's names. random_bn: non-trivial BN weights,
     biases and running statistics (so tests see every term). bias_scale: BN biases of
     +-bias_scale instead, so that few values sit near a ReLU's kink: in training mode a
@@ -90,9 +97,16 @@ def init_params(depth, in_channels, seed=0, dtype=torch.float32, random_bn=True,
 
 def _bn(x, p, name, training):
     # F.batch_norm updates running_mean / running_var in place when training.
-    return F.batch_norm(x, p[name + ".running_mean"], p[name + ".running_var"],
-                        p[name + ".weight"], p[name + ".bias"], training=training,
-                        momentum=0.1, eps=1e-5)
+    return F.batch_norm(
+        x,
+        p[name + ".running_mean"],
+        p[name + ".running_var"],
+        p[name + ".weight"],
+        p[name + ".bias"],
+        training=training,
+        momentum=0.1,
+        eps=1e-5,
+    )
 
 
 def forward(params, x, depth, training=False, record=None, flips=None):
@@ -149,12 +163,14 @@ def _max_pool(x, record, flip=None):
     windows = windows.view(n, c, 9, ho * wo)
     top2 = windows.detach().topk(2, dim=2)
     gap = (top2.values[:, :, 0] - top2.values[:, :, 1]).view(n, c, ho, wo)
-    record["maxpool"] = torch.where(top2.values[:, :, 0].view(n, c, ho, wo) > 0, gap,
-                                    torch.full_like(gap, math.inf))  # zeros: no gradient
+    record["maxpool"] = torch.where(
+        top2.values[:, :, 0].view(n, c, ho, wo) > 0, gap, torch.full_like(gap, math.inf)
+    )  # zeros: no gradient
     if flip is None:
         return F.max_pool2d(x, 3, stride=2, padding=1)
-    winner = torch.where(flip.view(n, c, 1, ho * wo), top2.indices[:, :, 1:2],
-                         top2.indices[:, :, 0:1])
+    winner = torch.where(
+        flip.view(n, c, 1, ho * wo), top2.indices[:, :, 1:2], top2.indices[:, :, 0:1]
+    )
     return windows.gather(2, winner).view(n, c, ho, wo)
 
 
@@ -186,5 +202,7 @@ def normalise(images, mean, std):
         x = x[..., None]
     scale = 1.0 / 255.0 if x.dtype == torch.uint8 else 1.0
     x = x.to(torch.float32) * scale
-    x = (x - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
+    x = (x - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(
+        std, dtype=torch.float32
+    )
     return x.permute(0, 3, 1, 2).contiguous()

@@ -41,12 +41,17 @@ def build_parser():
     from .. import __version__
 
     parser = argparse.ArgumentParser(
-        prog="convirt", description="ConVIRT: contrastive pretraining of medical image "
+        prog="convirt",
+        description="ConVIRT: contrastive pretraining of medical image "
         "encoders from paired images and reports. Run `convirt COMMAND --help` for the "
-        "options of each command.")
+        "options of each command.",
+    )
     parser.add_argument("--version", action="version", version=f"convirt {__version__}")
-    parser.add_argument("--traceback", action="store_true",
-                        help="show the full traceback when a command fails")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="show the full traceback when a command fails",
+    )
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(subparsers)
@@ -68,7 +73,10 @@ def main(argv=None):
     except (ConvirtError, OSError, ValueError, ImportError) as error:
         if args.traceback:
             raise
-        hint = (" Hint: run it again with a lower --lr (e.g. 10 times lower)."
-                if isinstance(error, TrainingDiverged) else "")
+        hint = (
+            " Hint: run it again with a lower --lr (e.g. 10 times lower)."
+            if isinstance(error, TrainingDiverged)
+            else ""
+        )
         print(f"convirt {args.command}: error: {error}{hint}", file=sys.stderr)
         return 1

@@ -9,8 +9,9 @@ def positive_int(text):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, got {text!r}"
+        ) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
@@ -25,8 +26,10 @@ def _number_list(cast, what):
         try:
             return [cast(item) for item in comma_list(text)]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} separated by commas, got "
-                                             f"{text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {what} separated by commas, got {text!r}"
+            ) from None
+
     return parse
 
 
@@ -38,8 +41,9 @@ def share(text):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share in (0, 1), got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"expected a share in (0, 1), got {text!r}"
+        ) from None
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a share in (0, 1), got {value}")
     return value

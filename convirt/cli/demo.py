@@ -10,7 +10,8 @@ __all__ = ["add_demo_command"]
 
 def add_demo_command(subparsers):
     parser = subparsers.add_parser(
-        "demo", help="the main job: pretrain on built-in synthetic radiographs, evaluate",
+        "demo",
+        help="the main job: pretrain on built-in synthetic radiographs, evaluate",
         description="Build synthetic chest radiographs with reports, pretrain a ResNet-18\n"
         "image tower with ConVIRT against the real all-MiniLM-L6-v2 text tower (lower half\n"
         "frozen), then compare the pretrained image encoder with a randomly initialised\n"
@@ -19,11 +20,20 @@ def add_demo_command(subparsers):
         "and probe curves (PNG) and the checkpoint to OUT_DIR.",
         epilog="examples:\n  convirt demo\n  convirt demo --quick demo-quick/\n"
         "  convirt demo --epochs 8 --train 8000 longer-demo/",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir", nargs="?", default="convirt-demo", metavar="OUT_DIR",
-                        help="output folder (default: convirt-demo)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a small setting that runs in a couple of minutes")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "out_dir",
+        nargs="?",
+        default="convirt-demo",
+        metavar="OUT_DIR",
+        help="output folder (default: convirt-demo)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small setting that runs in a couple of minutes",
+    )
     parser.add_argument("--train", type=positive_int, help="training pairs")
     parser.add_argument("--val", type=positive_int, help="validation pairs")
     parser.add_argument("--test", type=positive_int, help="test images")
@@ -31,11 +41,15 @@ def add_demo_command(subparsers):
     parser.add_argument("--epochs", type=positive_int, help="pretraining epochs")
     parser.add_argument("--batch-size", type=positive_int, help="pairs per step")
     parser.add_argument("--lr", type=float, help="Adam learning rate")
-    parser.add_argument("--text", choices=["impression", "report"],
-                        help="pair each image with its IMPRESSION section (default) or the "
-                        "whole report (the paper; slower to learn)")
-    parser.add_argument("--augment", choices=["mild", "paper"],
-                        help="image transforms (default: mild)")
+    parser.add_argument(
+        "--text",
+        choices=["impression", "report"],
+        help="pair each image with its IMPRESSION section (default) or the "
+        "whole report (the paper; slower to learn)",
+    )
+    parser.add_argument(
+        "--augment", choices=["mild", "paper"], help="image transforms (default: mild)"
+    )
     parser.add_argument("--freeze-layers", type=int, help="frozen MiniLM layers (of 6)")
     parser.add_argument("--difficulty", type=float, help="synthetic findings' subtlety")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -51,9 +65,21 @@ def run_demo_command(args):
 
     if args.threads:
         convirt.set_num_threads(args.threads)
-    run_demo(args.out_dir, "quick" if args.quick else "default", progress=not args.no_progress,
-             train=args.train, val=args.val, test=args.test, image_size=args.image_size,
-             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-             text=args.text, augment=args.augment, freeze_layers=args.freeze_layers,
-             difficulty=args.difficulty)
+    run_demo(
+        args.out_dir,
+        "quick" if args.quick else "default",
+        progress=not args.no_progress,
+        train=args.train,
+        val=args.val,
+        test=args.test,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        text=args.text,
+        augment=args.augment,
+        freeze_layers=args.freeze_layers,
+        difficulty=args.difficulty,
+    )
     return 0

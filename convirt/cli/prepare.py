@@ -12,7 +12,8 @@ __all__ = ["add_prepare_command", "add_synthetic_command", "save_contact_sheet"]
 
 def add_prepare_command(subparsers):
     parser = subparsers.add_parser(
-        "prepare", help="decode and resize a dataset once into a memmap cache",
+        "prepare",
+        help="decode and resize a dataset once into a memmap cache",
         description="Decode every image of a paired image-report dataset once, resize it\n"
         "(shorter side to --size, centre crop) to grayscale uint8, and write a cache\n"
         "that training reads in place: OUT_DIR/images.u8 (a uint8 memmap),\n"
@@ -22,48 +23,94 @@ def add_prepare_command(subparsers):
         "  convirt prepare --csv pairs.csv --image-column path --report-column text cache/\n"
         "  convirt prepare --folder scans/ cache/\n"
         "  convirt prepare --mimic /data/mimic-cxr-jpg/2.0.0 --split train mimic-train/",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_argument_group("source (choose one)")
     choice = source.add_mutually_exclusive_group(required=True)
-    choice.add_argument("--csv", metavar="FILE",
-                        help="a CSV or TSV (comma or tab detected) with an image-path "
-                        "column and a report column")
-    choice.add_argument("--folder", metavar="DIR",
-                        help="a folder of images, each with a report .txt of the same stem "
-                        "beside it")
-    choice.add_argument("--mimic", metavar="DIR",
-                        help="a MIMIC-CXR-JPG folder (metadata and split CSVs, files/ tree)")
+    choice.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="a CSV or TSV (comma or tab detected) with an image-path "
+        "column and a report column",
+    )
+    choice.add_argument(
+        "--folder",
+        metavar="DIR",
+        help="a folder of images, each with a report .txt of the same stem beside it",
+    )
+    choice.add_argument(
+        "--mimic",
+        metavar="DIR",
+        help="a MIMIC-CXR-JPG folder (metadata and split CSVs, files/ tree)",
+    )
     csv_group = parser.add_argument_group("CSV options")
-    csv_group.add_argument("--image-column", default="image", metavar="NAME",
-                           help="column holding image paths (default: image)")
-    csv_group.add_argument("--report-column", default="report", metavar="NAME",
-                           help="column holding report text (default: report)")
-    csv_group.add_argument("--label-columns", type=comma_list, metavar="A,B,...",
-                           help="numeric columns to keep as labels")
-    csv_group.add_argument("--root", metavar="DIR",
-                           help="folder relative image paths are resolved against "
-                           "(default: the CSV's folder)")
+    csv_group.add_argument(
+        "--image-column",
+        default="image",
+        metavar="NAME",
+        help="column holding image paths (default: image)",
+    )
+    csv_group.add_argument(
+        "--report-column",
+        default="report",
+        metavar="NAME",
+        help="column holding report text (default: report)",
+    )
+    csv_group.add_argument(
+        "--label-columns",
+        type=comma_list,
+        metavar="A,B,...",
+        help="numeric columns to keep as labels",
+    )
+    csv_group.add_argument(
+        "--root",
+        metavar="DIR",
+        help="folder relative image paths are resolved against (default: the CSV's folder)",
+    )
     folder_group = parser.add_argument_group("folder options")
-    folder_group.add_argument("--skip-missing-reports", action="store_true",
-                              help="leave out images without a report file (default: "
-                              "error)")
+    folder_group.add_argument(
+        "--skip-missing-reports",
+        action="store_true",
+        help="leave out images without a report file (default: error)",
+    )
     mimic_group = parser.add_argument_group("MIMIC-CXR options")
-    mimic_group.add_argument("--split", default="train",
-                             choices=["train", "validate", "test", "all"],
-                             help="official split to prepare (default: train)")
-    mimic_group.add_argument("--views", type=comma_list, default=["PA", "AP"],
-                             metavar="V,W", help="ViewPosition values kept (default: PA,AP;"
-                             " 'all' for every view)")
-    mimic_group.add_argument("--reports-root", metavar="DIR",
-                             help="where the files/pXX/.../sZZZ.txt reports tree lives "
-                             "(default: the MIMIC folder, then its mimic-cxr-reports/)")
+    mimic_group.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "validate", "test", "all"],
+        help="official split to prepare (default: train)",
+    )
+    mimic_group.add_argument(
+        "--views",
+        type=comma_list,
+        default=["PA", "AP"],
+        metavar="V,W",
+        help="ViewPosition values kept (default: PA,AP; 'all' for every view)",
+    )
+    mimic_group.add_argument(
+        "--reports-root",
+        metavar="DIR",
+        help="where the files/pXX/.../sZZZ.txt reports tree lives "
+        "(default: the MIMIC folder, then its mimic-cxr-reports/)",
+    )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created)")
-    parser.add_argument("--size", type=positive_int, default=256,
-                        help="output side in pixels (default: 256)")
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help="decoding threads (default: min(4, CPUs))")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="discard what OUT_DIR holds instead of resuming")
+    parser.add_argument(
+        "--size",
+        type=positive_int,
+        default=256,
+        help="output side in pixels (default: 256)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="decoding threads (default: min(4, CPUs))",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard what OUT_DIR holds instead of resuming",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_prepare)
 
@@ -72,15 +119,24 @@ def _dataset_from_args(args):
     from .. import datasets
 
     if args.csv:
-        return datasets.CSVDataset(args.csv, image_column=args.image_column,
-                                   report_column=args.report_column, root=args.root,
-                                   label_columns=args.label_columns)
+        return datasets.CSVDataset(
+            args.csv,
+            image_column=args.image_column,
+            report_column=args.report_column,
+            root=args.root,
+            label_columns=args.label_columns,
+        )
     if args.folder:
-        return datasets.FolderDataset(args.folder, missing_reports="skip"
-                                      if args.skip_missing_reports else "error")
+        return datasets.FolderDataset(
+            args.folder, missing_reports="skip" if args.skip_missing_reports else "error"
+        )
     views = None if [v.lower() for v in args.views] == ["all"] else args.views
-    return datasets.MIMICCXRDataset(args.mimic, split=None if args.split == "all" else
-                                    args.split, views=views, reports_root=args.reports_root)
+    return datasets.MIMICCXRDataset(
+        args.mimic,
+        split=None if args.split == "all" else args.split,
+        views=views,
+        reports_root=args.reports_root,
+    )
 
 
 def run_prepare(args):
@@ -93,16 +149,26 @@ def run_prepare(args):
         dataset = _dataset_from_args(args)
     for warning in caught:
         print(f"convirt prepare: warning: {warning.message}", file=sys.stderr)
-    print(f"convirt prepare: {len(dataset)} image-report pairs from {dataset!r}",
-          file=sys.stderr)
+    print(
+        f"convirt prepare: {len(dataset)} image-report pairs from {dataset!r}",
+        file=sys.stderr,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the summary below says the same
-        summary = prepared.prepare(dataset, args.out_dir, size=args.size, workers=args.workers,
-                               progress=not args.no_progress, overwrite=args.overwrite)
+        summary = prepared.prepare(
+            dataset,
+            args.out_dir,
+            size=args.size,
+            workers=args.workers,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+        )
     print(summary)
     if summary.skipped:
-        print(f"skipped entries are listed with their reason in "
-              f"{os.path.join(args.out_dir, 'index.json')}")
+        print(
+            f"skipped entries are listed with their reason in "
+            f"{os.path.join(args.out_dir, 'index.json')}"
+        )
     return 0
 
 
@@ -113,28 +179,42 @@ def run_prepare(args):
 
 def add_synthetic_command(subparsers):
     parser = subparsers.add_parser(
-        "synthetic", help="write a synthetic chest X-ray set as PNGs and a CSV",
+        "synthetic",
+        help="write a synthetic chest X-ray set as PNGs and a CSV",
         description="Write synthetic chest radiographs with reports\n"
         "(convirt.datasets.synthetic_cxr) to OUT_DIR: images/NNNNNN.png, and\n"
         "reports.csv with the columns image, report and one 0/1 column per label.\n"
         "The CSV is ready for `convirt prepare --csv OUT_DIR/reports.csv`.",
         epilog="example:\n  convirt synthetic --n 500 --size 256 synth/\n"
         "  convirt prepare --csv synth/reports.csv synth-cache/",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created)")
-    parser.add_argument("--n", type=positive_int, default=200,
-                        help="number of images (default: 200)")
-    parser.add_argument("--size", type=positive_int, default=128,
-                        help="image side in pixels (default: 128)")
+    parser.add_argument(
+        "--n", type=positive_int, default=200, help="number of images (default: 200)"
+    )
+    parser.add_argument(
+        "--size", type=positive_int, default=128, help="image side in pixels (default: 128)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--difficulty", type=float, default=1.0,
-                        help="nuisance variation up and findings fainter above 1, the "
-                        "reverse below (default: 1.0)")
-    parser.add_argument("--report-files", action="store_true",
-                        help="also write each report as images/NNNNNN.txt beside its PNG "
-                        "(the layout `convirt prepare --folder` reads)")
-    parser.add_argument("--contact-sheet", metavar="PNG",
-                        help="also save a grid of the first 16 images with their labels")
+    parser.add_argument(
+        "--difficulty",
+        type=float,
+        default=1.0,
+        help="nuisance variation up and findings fainter above 1, the "
+        "reverse below (default: 1.0)",
+    )
+    parser.add_argument(
+        "--report-files",
+        action="store_true",
+        help="also write each report as images/NNNNNN.txt beside its PNG "
+        "(the layout `convirt prepare --folder` reads)",
+    )
+    parser.add_argument(
+        "--contact-sheet",
+        metavar="PNG",
+        help="also save a grid of the first 16 images with their labels",
+    )
     parser.set_defaults(run=run_synthetic)
 
 
@@ -148,8 +228,9 @@ def run_synthetic(args):
 
     if args.size < 16:
         raise ValueError(f"--size must be at least 16; got {args.size}")
-    result = synthetic_cxr(args.n, size=args.size, seed=args.seed,
-                           difficulty=args.difficulty)
+    result = synthetic_cxr(
+        args.n, size=args.size, seed=args.seed, difficulty=args.difficulty
+    )
     images_dir = os.path.join(args.out_dir, "images")
     os.makedirs(images_dir, exist_ok=True)
     rows = []
@@ -159,8 +240,10 @@ def run_synthetic(args):
         if args.report_files:
             with open(os.path.join(images_dir, name + ".txt"), "w", encoding="utf-8") as f:
                 f.write(result.reports[k] + "\n")
-        rows.append([f"images/{name}.png", result.reports[k]] +
-                    [str(int(v)) for v in result.labels[k]])
+        rows.append(
+            [f"images/{name}.png", result.reports[k]]
+            + [str(int(v)) for v in result.labels[k]]
+        )
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["image", "report"] + list(result.label_names))
@@ -170,10 +253,13 @@ def run_synthetic(args):
     csv_path = os.path.join(args.out_dir, "reports.csv")
     atomic_write(csv_path, text.getvalue().encode("utf-8"))
     if args.contact_sheet:
-        save_contact_sheet(result.images, result.labels, result.label_names,
-                           args.contact_sheet)
-    print(f"wrote {args.n} synthetic chest X-rays ({args.size}x{args.size}) to "
-          f"{images_dir} and {csv_path}")
+        save_contact_sheet(
+            result.images, result.labels, result.label_names, args.contact_sheet
+        )
+    print(
+        f"wrote {args.n} synthetic chest X-rays ({args.size}x{args.size}) to "
+        f"{images_dir} and {csv_path}"
+    )
     return 0
 
 

@@ -11,17 +11,34 @@ __all__ = ["add_embed_command", "add_pretrain_command"]
 
 
 PRETRAIN_DEFAULTS = {
-    "image_model": "resnet50", "in_channels": 1, "text_model": None, "freeze_layers": None,
-    "image_size": 224, "epochs": 10, "batch_size": 32, "lr": 1e-4, "weight_decay": 1e-6,
-    "temperature": 0.1, "image_to_text_weight": 0.75, "proj_dim": 512, "schedule": "plateau",
-    "patience": 5, "early_stopping": None, "val_fraction": 0.1, "seed": 0,
-    "checkpoint_every": None, "method": "convirt", "max_length": 128, "init": None,
+    "image_model": "resnet50",
+    "in_channels": 1,
+    "text_model": None,
+    "freeze_layers": None,
+    "image_size": 224,
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 1e-4,
+    "weight_decay": 1e-6,
+    "temperature": 0.1,
+    "image_to_text_weight": 0.75,
+    "proj_dim": 512,
+    "schedule": "plateau",
+    "patience": 5,
+    "early_stopping": None,
+    "val_fraction": 0.1,
+    "seed": 0,
+    "checkpoint_every": None,
+    "method": "convirt",
+    "max_length": 128,
+    "init": None,
 }
 
 
 def add_pretrain_command(subparsers):
     parser = subparsers.add_parser(
-        "pretrain", help="ConVIRT (or SimCLR) pretraining on a prepared cache",
+        "pretrain",
+        help="ConVIRT (or SimCLR) pretraining on a prepared cache",
         description="Pretrain an image encoder on a cache written by `convirt prepare`,\n"
         "with the paper's defaults (ResNet-50 at 224 px, temperature 0.1, lambda 0.75,\n"
         "Adam lr 1e-4 with weight decay 1e-6, batch 32, the learning rate halved when\n"
@@ -33,24 +50,40 @@ def add_pretrain_command(subparsers):
         "  convirt pretrain cache/ run/ --config run.json\n"
         "  convirt pretrain --resume run/\n"
         "  convirt pretrain cache/ simclr-run/ --method simclr",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cache", nargs="?", metavar="CACHE",
-                        help="a prepared cache (convirt prepare); with --resume, optional")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "cache",
+        nargs="?",
+        metavar="CACHE",
+        help="a prepared cache (convirt prepare); with --resume, optional",
+    )
     parser.add_argument("out_dir", nargs="?", metavar="OUT_DIR", help="run folder")
-    parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR (its checkpoint and config)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR (its checkpoint and config)",
+    )
     parser.add_argument("--config", metavar="JSON", help="settings as a JSON object")
     parser.add_argument("--method", choices=["convirt", "simclr"])
     parser.add_argument("--image-model", choices=["resnet18", "resnet34", "resnet50"])
     parser.add_argument("--in-channels", type=positive_int)
-    parser.add_argument("--init", metavar="SAFETENSORS",
-                        help="initial image weights (e.g. a torchvision ImageNet ResNet "
-                        "saved as safetensors)")
-    parser.add_argument("--text-model", metavar="DIR",
-                        help="a Hugging Face BERT directory (default: the bundled "
-                        "all-MiniLM-L6-v2)")
-    parser.add_argument("--freeze-layers", type=int,
-                        help="BERT layers frozen with the embeddings (default: half)")
+    parser.add_argument(
+        "--init",
+        metavar="SAFETENSORS",
+        help="initial image weights (e.g. a torchvision ImageNet ResNet "
+        "saved as safetensors)",
+    )
+    parser.add_argument(
+        "--text-model",
+        metavar="DIR",
+        help="a Hugging Face BERT directory (default: the bundled all-MiniLM-L6-v2)",
+    )
+    parser.add_argument(
+        "--freeze-layers",
+        type=int,
+        help="BERT layers frozen with the embeddings (default: half)",
+    )
     parser.add_argument("--image-size", type=positive_int)
     parser.add_argument("--epochs", type=positive_int)
     parser.add_argument("--batch-size", type=positive_int)
@@ -59,14 +92,21 @@ def add_pretrain_command(subparsers):
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--image-to-text-weight", type=float, help="the paper's lambda")
     parser.add_argument("--proj-dim", type=positive_int)
-    parser.add_argument("--max-length", type=positive_int,
-                        help="longest tokenized sentence (default 128)")
+    parser.add_argument(
+        "--max-length", type=positive_int, help="longest tokenized sentence (default 128)"
+    )
     parser.add_argument("--schedule", choices=["plateau", "cosine", "none"])
     parser.add_argument("--patience", type=positive_int, help="plateau patience (epochs)")
-    parser.add_argument("--early-stopping", type=positive_int,
-                        help="stop after this many epochs without improvement")
-    parser.add_argument("--val-fraction", type=float,
-                        help="share of the cache held out for validation (default 0.1)")
+    parser.add_argument(
+        "--early-stopping",
+        type=positive_int,
+        help="stop after this many epochs without improvement",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        help="share of the cache held out for validation (default 0.1)",
+    )
     parser.add_argument("--checkpoint-every", type=positive_int, help="steps")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=positive_int)
@@ -85,8 +125,10 @@ def _read_json(path, expected):
     except ValueError as error:  # also UnicodeDecodeError
         raise ValueError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(value, dict):  # a malformed file, not a wrong argument
-        raise ValueError(f"{path} holds a JSON {type(value).__name__}; "  # noqa: TRY004
-                         f"expected {expected} with an object at the top")
+        raise ValueError(
+            f"{path} holds a JSON {type(value).__name__}; "  # noqa: TRY004
+            f"expected {expected} with an object at the top"
+        )
     return value
 
 
@@ -96,8 +138,10 @@ def _settings(args):
         given = _read_json(args.config, "a settings file (JSON)")
         unknown = set(given) - set(PRETRAIN_DEFAULTS)
         if unknown:
-            raise ValueError(f"{args.config}: unknown settings {sorted(unknown)}; known: "
-                             f"{sorted(PRETRAIN_DEFAULTS)}")
+            raise ValueError(
+                f"{args.config}: unknown settings {sorted(unknown)}; known: "
+                f"{sorted(PRETRAIN_DEFAULTS)}"
+            )
         settings.update(given)
     for key in PRETRAIN_DEFAULTS:
         value = getattr(args, key, None)
@@ -148,11 +192,13 @@ def run_pretrain(args):
     if args.resume:
         settings_path = os.path.join(args.resume, "settings.json")
         if not os.path.exists(settings_path):
-            raise FileNotFoundError(f"{args.resume} is not a pretrain run folder (no "
-                                    "settings.json)")
+            raise FileNotFoundError(
+                f"{args.resume} is not a pretrain run folder (no settings.json)"
+            )
         settings = _read_json(settings_path, "the run's settings.json")
-        trainer = convirt.Trainer.resume(os.path.join(args.resume, "checkpoint"),
-                                         progress=progress)
+        trainer = convirt.Trainer.resume(
+            os.path.join(args.resume, "checkpoint"), progress=progress
+        )
         cache, out_dir = args.cache or settings["cache"], args.resume
         print(f"resuming at step {trainer.step_count}, epoch {trainer.epoch}")
     else:
@@ -163,7 +209,9 @@ def run_pretrain(args):
         settings["cache"] = os.path.abspath(cache)
         trainer = None
     dataset = PreparedDataset(cache)
-    train_index, val_index = _split(len(dataset), settings["val_fraction"], settings["seed"])
+    train_index, val_index = _split(
+        len(dataset), settings["val_fraction"], settings["seed"]
+    )
     train = _Subset(dataset, train_index)
     val = _Subset(dataset, val_index) if len(val_index) >= 2 else None
     if trainer is None:
@@ -172,13 +220,20 @@ def run_pretrain(args):
         with open(os.path.join(out_dir, "settings.json"), "w") as f:
             json.dump(settings, f, indent=2)
     print(f"{trainer!r}\n{len(train_index)} training and {len(val_index)} validation pairs")
-    trainer.fit(train if settings["method"] == "convirt" else (train.images, None), val=val,
-                epochs=settings["epochs"], batch_size=settings["batch_size"])
-    trainer.plot().savefig(os.path.join(out_dir, "loss_curve.png"), dpi=120,
-                           bbox_inches="tight")
+    trainer.fit(
+        train if settings["method"] == "convirt" else (train.images, None),
+        val=val,
+        epochs=settings["epochs"],
+        batch_size=settings["batch_size"],
+    )
+    trainer.plot().savefig(
+        os.path.join(out_dir, "loss_curve.png"), dpi=120, bbox_inches="tight"
+    )
     best = trainer.checkpoints.pointer("BEST") or trainer.checkpoints.pointer("LAST")
-    print(f"done: {trainer.step_count} steps; best checkpoint {best}; loss curve "
-          f"{out_dir}/loss_curve.png")
+    print(
+        f"done: {trainer.step_count} steps; best checkpoint {best}; loss curve "
+        f"{out_dir}/loss_curve.png"
+    )
     return 0
 
 
@@ -188,27 +243,40 @@ def _new_trainer(settings, out_dir, progress):
     from ..text import minilm_path
 
     build = getattr(convirt.Encoder, settings["image_model"])
-    image = build(settings["in_channels"], proj_dim=settings["proj_dim"],
-                  seed=settings["seed"])
+    image = build(
+        settings["in_channels"], proj_dim=settings["proj_dim"], seed=settings["seed"]
+    )
     if settings.get("init"):
         image.load(settings["init"], strict=False)
     text = None
     if settings["method"] == "convirt":
         text = convirt.Encoder.from_pretrained(
-            settings["text_model"] or minilm_path(), freeze_layers=settings["freeze_layers"],
-            proj_dim=settings["proj_dim"], seed=settings["seed"] + 1,
-            max_length=settings["max_length"])
-    loss = convirt.ContrastiveLoss(temperature=settings["temperature"],
-                                   image_to_text_weight=settings["image_to_text_weight"])
-    return convirt.Trainer(image, text, loss, method=settings["method"],
-                           image_size=settings["image_size"], lr=settings["lr"],
-                           weight_decay=settings["weight_decay"],
-                           schedule=settings["schedule"],
-                           plateau_patience=settings["patience"],
-                           early_stopping_patience=settings["early_stopping"],
-                           seed=settings["seed"],
-                           checkpoint_dir=os.path.join(out_dir, "checkpoint"),
-                           checkpoint_every=settings["checkpoint_every"], progress=progress)
+            settings["text_model"] or minilm_path(),
+            freeze_layers=settings["freeze_layers"],
+            proj_dim=settings["proj_dim"],
+            seed=settings["seed"] + 1,
+            max_length=settings["max_length"],
+        )
+    loss = convirt.ContrastiveLoss(
+        temperature=settings["temperature"],
+        image_to_text_weight=settings["image_to_text_weight"],
+    )
+    return convirt.Trainer(
+        image,
+        text,
+        loss,
+        method=settings["method"],
+        image_size=settings["image_size"],
+        lr=settings["lr"],
+        weight_decay=settings["weight_decay"],
+        schedule=settings["schedule"],
+        plateau_patience=settings["patience"],
+        early_stopping_patience=settings["early_stopping"],
+        seed=settings["seed"],
+        checkpoint_dir=os.path.join(out_dir, "checkpoint"),
+        checkpoint_every=settings["checkpoint_every"],
+        progress=progress,
+    )
 
 
 # ------------------------------------------------------------------------------------
@@ -218,25 +286,42 @@ def _new_trainer(settings, out_dir, progress):
 
 def add_embed_command(subparsers):
     parser = subparsers.add_parser(
-        "embed", help="images -> .npy features with a trained encoder",
+        "embed",
+        help="images -> .npy features with a trained encoder",
         description="Encode every image of a prepared cache (or a folder of images) with an\n"
         "image encoder checkpoint and save the features as a float32 .npy file (N, D):\n"
         "backbone features h by default, projected embeddings with --projected.",
         epilog="examples:\n"
         "  convirt embed run/checkpoint/step-00001234/image_encoder.safetensors cache/ "
         "features.npy\n  convirt embed --run run/ cache/ features.npy",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", nargs="?", metavar="ENCODER",
-                        help="an image encoder .safetensors file (Encoder.save)")
-    parser.add_argument("images", metavar="CACHE_OR_FOLDER",
-                        help="a prepared cache, or a folder of images")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        metavar="ENCODER",
+        help="an image encoder .safetensors file (Encoder.save)",
+    )
+    parser.add_argument(
+        "images", metavar="CACHE_OR_FOLDER", help="a prepared cache, or a folder of images"
+    )
     parser.add_argument("output", metavar="OUT.npy")
-    parser.add_argument("--run", metavar="RUN_DIR", dest="run_dir",
-                        help="use the best checkpoint of a pretrain run instead of ENCODER")
-    parser.add_argument("--projected", action="store_true",
-                        help="projected embeddings g(h) instead of features h")
-    parser.add_argument("--image-size", type=positive_int,
-                        help="resize to this side first (default: as stored)")
+    parser.add_argument(
+        "--run",
+        metavar="RUN_DIR",
+        dest="run_dir",
+        help="use the best checkpoint of a pretrain run instead of ENCODER",
+    )
+    parser.add_argument(
+        "--projected",
+        action="store_true",
+        help="projected embeddings g(h) instead of features h",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="resize to this side first (default: as stored)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--threads", type=positive_int)
     parser.add_argument("--no-progress", action="store_true")
@@ -269,8 +354,12 @@ def run_embed(args):
     if os.path.exists(os.path.join(args.images, "index.json")):
         images = PreparedDataset(args.images).images  # read in place
     elif os.path.isdir(args.images):
-        files = sorted(os.path.join(d, f) for d, _, names in os.walk(args.images)
-                       for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
+        files = sorted(
+            os.path.join(d, f)
+            for d, _, names in os.walk(args.images)
+            for f in names
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        )
         if not files:
             raise FileNotFoundError(f"no images in {args.images}")
         images = np.stack([decode_image(f, args.image_size or 256) for f in files])
@@ -283,12 +372,15 @@ def run_embed(args):
 
         # Resized to the side asked for, nothing random (float32 in [0, 1]).
         images = eval_augment(args.image_size)(
-            images, out=np.empty((len(images), args.image_size, args.image_size),
-                                 np.float32))
+            images,
+            out=np.empty((len(images), args.image_size, args.image_size), np.float32),
+        )
     which = encoder.embed if args.projected else encoder.encode
-    features = which(images, batch_size=args.batch_size,
-                     progress=None if not args.no_progress else False)
+    features = which(
+        images, batch_size=args.batch_size, progress=None if not args.no_progress else False
+    )
     np.save(args.output, features)
-    print(f"wrote {features.shape[0]} x {features.shape[1]} float32 features to "
-          f"{args.output}")
+    print(
+        f"wrote {features.shape[0]} x {features.shape[1]} float32 features to {args.output}"
+    )
     return 0

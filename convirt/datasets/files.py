@@ -37,16 +37,24 @@ class CSVDataset(_FileDataset):
     checked here: :func:`prepare` reports and skips them.
     """
 
-    def __init__(self, path, image_column="image", report_column="report", root=None,
-                 label_columns=None, delimiter=None):
+    def __init__(
+        self,
+        path,
+        image_column="image",
+        report_column="report",
+        root=None,
+        label_columns=None,
+        delimiter=None,
+    ):
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"CSV file not found: {path}")
         columns, rows, lines = read_table(path, delimiter)
         image_at = column_index(columns, image_column, path, "image")
         report_at = column_index(columns, report_column, path, "report")
-        label_at = [column_index(columns, name, path, "label")
-                    for name in (label_columns or ())]
+        label_at = [
+            column_index(columns, name, path, "label") for name in (label_columns or ())
+        ]
         base = os.path.abspath(root if root is not None else os.path.dirname(path) or ".")
         self.path = path
         self.root = base
@@ -63,8 +71,12 @@ class CSVDataset(_FileDataset):
                 self.sources.append(os.path.join(base, image_path))
             self.reports.append(row[report_at])
             if label_at:
-                labels.append([parse_label(row[k], path, line, columns[k], blank=np.nan)
-                               for k in label_at])
+                labels.append(
+                    [
+                        parse_label(row[k], path, line, columns[k], blank=np.nan)
+                        for k in label_at
+                    ]
+                )
         if label_at:
             self.labels = np.asarray(labels, np.float32).reshape(len(rows), len(label_at))
             self.label_names = list(label_columns)
@@ -97,8 +109,9 @@ class FolderDataset(_FileDataset):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"image folder not found: {folder}")
         if missing_reports not in ("error", "skip"):
-            raise ValueError(f"missing_reports must be 'error' or 'skip'; got "
-                             f"{missing_reports!r}")
+            raise ValueError(
+                f"missing_reports must be 'error' or 'skip'; got {missing_reports!r}"
+            )
         self.folder = os.path.abspath(folder)
         images = []
         for directory, _, files in os.walk(self.folder):
@@ -117,10 +130,14 @@ class FolderDataset(_FileDataset):
             self.sources.append(image)
         if self.skipped:
             examples = ", ".join(os.path.relpath(p, self.folder) for p in self.skipped[:3])
-            message = (f"{len(self.skipped)} of {len(images)} images in {self.folder} have "
-                       f"no {report_suffix} report beside them (e.g. {examples})")
+            message = (
+                f"{len(self.skipped)} of {len(images)} images in {self.folder} have "
+                f"no {report_suffix} report beside them (e.g. {examples})"
+            )
             if missing_reports == "error":
-                raise ValueError(message + "; pass missing_reports='skip' to leave them out")
+                raise ValueError(
+                    message + "; pass missing_reports='skip' to leave them out"
+                )
             warnings.warn(message + "; they are left out", stacklevel=2)
         if not images:
             warnings.warn(f"no image files found in {self.folder}", stacklevel=2)

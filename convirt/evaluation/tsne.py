@@ -15,21 +15,26 @@ def _finding_names(labels, label_names, priority):
         if label_names is None:
             return np.array([str(v) for v in labels], dtype=object)
         if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError("with label_names, 1-D labels must be integer indices into "
-                            "them")
+            raise TypeError(
+                "with label_names, 1-D labels must be integer indices into them"
+            )
         if labels.min() < 0 or labels.max() >= len(label_names):
-            raise ValueError(f"labels must index label_names (0..{len(label_names) - 1}), "
-                             f"got values {labels.min()}..{labels.max()}")
+            raise ValueError(
+                f"labels must index label_names (0..{len(label_names) - 1}), "
+                f"got values {labels.min()}..{labels.max()}"
+            )
         return np.array([str(label_names[v]) for v in labels], dtype=object)
     if labels.ndim != 2:
-        raise ValueError(f"labels must be 1-D classes or a 2-D 0/1 matrix, got shape "
-                         f"{labels.shape}")
+        raise ValueError(
+            f"labels must be 1-D classes or a 2-D 0/1 matrix, got shape {labels.shape}"
+        )
     y = _binary_matrix(labels, "labels")
     if label_names is None:
         label_names = [f"label {j}" for j in range(y.shape[1])]
     if len(label_names) != y.shape[1]:
-        raise ValueError(f"label_names has {len(label_names)} names for {y.shape[1]} label "
-                         "columns")
+        raise ValueError(
+            f"label_names has {len(label_names)} names for {y.shape[1]} label columns"
+        )
     label_names = [str(n) for n in label_names]
     order = list(range(len(label_names)))
     if priority is not None:
@@ -44,9 +49,21 @@ def _finding_names(labels, label_names, priority):
     return out
 
 
-def tsne(features, labels, label_names=None, *, perplexity=30, seed=0, ax=None, title=None,
-         priority=None, pca_components=50, point_size=12, threads=None,
-         return_coordinates=False):
+def tsne(
+    features,
+    labels,
+    label_names=None,
+    *,
+    perplexity=30,
+    seed=0,
+    ax=None,
+    title=None,
+    priority=None,
+    pca_components=50,
+    point_size=12,
+    threads=None,
+    return_coordinates=False,
+):
     """A t-SNE map of image features, one colour per finding. Returns the figure.
 
     Parameters
@@ -86,18 +103,22 @@ def tsne(features, labels, label_names=None, *, perplexity=30, seed=0, ax=None, 
         arrays[key] = _as_features(x, what, n_rows=len(names))
     n = len(names)
     if not 0 < perplexity < n:
-        raise ValueError(f"perplexity must be in (0, {n}) (below the number of samples), "
-                         f"got {perplexity}")
+        raise ValueError(
+            f"perplexity must be in (0, {n}) (below the number of samples), "
+            f"got {perplexity}"
+        )
 
     if ax is None:
-        fig, axes = plt.subplots(1, len(arrays), figsize=(5.5 * len(arrays), 5),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(arrays), figsize=(5.5 * len(arrays), 5), squeeze=False
+        )
         axes = list(axes[0])
     else:
         axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
         if len(axes) != len(arrays):
-            raise ValueError(f"{len(arrays)} feature sets need {len(arrays)} axes, got "
-                             f"{len(axes)}")
+            raise ValueError(
+                f"{len(arrays)} feature sets need {len(arrays)} axes, got {len(axes)}"
+            )
         fig = axes[0].figure
 
     # Colours in order of frequency; 'No finding' last, in grey.
@@ -106,8 +127,9 @@ def tsne(features, labels, label_names=None, *, perplexity=30, seed=0, ax=None, 
     if "No finding" in values:
         ordered.append("No finding")
     cmap = plt.get_cmap("tab10" if len(ordered) <= 10 else "tab20")
-    colours = {v: cmap(i % cmap.N) for i, v in enumerate(o for o in ordered
-                                                        if o != "No finding")}
+    colours = {
+        v: cmap(i % cmap.N) for i, v in enumerate(o for o in ordered if o != "No finding")
+    }
     colours["No finding"] = (0.6, 0.6, 0.6, 1.0)
 
     coordinates = {}
@@ -115,23 +137,39 @@ def tsne(features, labels, label_names=None, *, perplexity=30, seed=0, ax=None, 
         x = x.astype(np.float64)
         with threadpool_limits(threads):
             if pca_components is not None and x.shape[1] > pca_components:
-                x = PCA(n_components=min(pca_components, n),
-                        random_state=seed).fit_transform(x)
-            coordinates[key] = TSNE(n_components=2, perplexity=perplexity,
-                                    random_state=seed, init="pca",
-                                    learning_rate="auto").fit_transform(x)
+                x = PCA(
+                    n_components=min(pca_components, n), random_state=seed
+                ).fit_transform(x)
+            coordinates[key] = TSNE(
+                n_components=2,
+                perplexity=perplexity,
+                random_state=seed,
+                init="pca",
+                learning_rate="auto",
+            ).fit_transform(x)
     for axis, (key, xy) in zip(axes, coordinates.items()):
         for value in ordered:
             mask = names == value
-            axis.scatter(xy[mask, 0], xy[mask, 1], s=point_size, color=colours[value],
-                         label=f"{value} ({np.count_nonzero(mask)})", alpha=0.8,
-                         edgecolors="none")
+            axis.scatter(
+                xy[mask, 0],
+                xy[mask, 1],
+                s=point_size,
+                color=colours[value],
+                label=f"{value} ({np.count_nonzero(mask)})",
+                alpha=0.8,
+                edgecolors="none",
+            )
         axis.set_xticks([])
         axis.set_yticks([])
         if key is not None:
             axis.set_title(str(key))
-    axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small",
-                    frameon=False, markerscale=1.5)
+    axes[-1].legend(
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize="small",
+        frameon=False,
+        markerscale=1.5,
+    )
     fig.tight_layout()
     if return_coordinates:
         single = not isinstance(features, dict)

@@ -13,5 +13,11 @@ them).
 from .compare import ComparisonTable, compare
 from .paper_table import PAPER_ROWS, default_text_model, imagenet_encoder, paper_table
 
-__all__ = ["PAPER_ROWS", "ComparisonTable", "compare", "default_text_model",
-           "imagenet_encoder", "paper_table"]
+__all__ = [
+    "PAPER_ROWS",
+    "ComparisonTable",
+    "compare",
+    "default_text_model",
+    "imagenet_encoder",
+    "paper_table",
+]

@@ -58,17 +58,21 @@ class ComparisonTable:
         """A GitHub Markdown table (spreads are the std over seeds), then a legend and
         the notes (sizes, settings, times) as a list."""
         header = ["Method"] + list(self.columns)
-        lines = ["| " + " | ".join(header) + " |",
-                 "|" + "|".join([":---"] + ["---:"] * len(self.columns)) + "|"]
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join([":---"] + ["---:"] * len(self.columns)) + "|",
+        ]
         for r, row in enumerate(self.rows):
             cells = [self._cell(r, c, spread, digits) for c in range(len(self.columns))]
             lines.append("| " + " | ".join([row] + cells) + " |")
         text = "\n".join(lines)
         if notes:
-            legend = (f"LP: linear probe, FT: fine-tuning, test {_METRICS[self.metric]} at "
-                      "that share of the training labels (mean ± std over seeds); I→I / "
-                      "T→I: image→image / text→image retrieval, Precision@k (mean over "
-                      "query categories).")
+            legend = (
+                f"LP: linear probe, FT: fine-tuning, test {_METRICS[self.metric]} at "
+                "that share of the training labels (mean ± std over seeds); I→I / "
+                "T→I: image→image / text→image retrieval, Precision@k (mean over "
+                "query categories)."
+            )
             text += "\n\n" + legend
             if self.notes:
                 text += "\n\n" + "\n".join(f"- {n}" for n in self.notes)
@@ -92,8 +96,11 @@ class ComparisonTable:
             if np.isfinite(self.spreads[:, c]).any():
                 data.append(self.spreads[:, c])
                 keys.append((group, name + " std"))
-        return pd.DataFrame(np.stack(data, axis=1), index=pd.Index(self.rows, name="method"),
-                            columns=pd.MultiIndex.from_tuples(keys))
+        return pd.DataFrame(
+            np.stack(data, axis=1),
+            index=pd.Index(self.rows, name="method"),
+            columns=pd.MultiIndex.from_tuples(keys),
+        )
 
     def to_csv(self, path):
         """Write one row per method: the means and spreads (flat column names)."""
@@ -121,12 +128,20 @@ class ComparisonTable:
         retrieval_columns = [c for c, g in enumerate(self.groups) if "retrieval" in g]
         width = 0.8 / max(1, len(self.rows))
         for r, row in enumerate(self.rows):
-            axes[2].bar(np.arange(len(retrieval_columns)) + r * width,
-                        np.nan_to_num(self.values[r, retrieval_columns]), width, label=row,
-                        color="0.7" if row == "chance" else None)
+            axes[2].bar(
+                np.arange(len(retrieval_columns)) + r * width,
+                np.nan_to_num(self.values[r, retrieval_columns]),
+                width,
+                label=row,
+                color="0.7" if row == "chance" else None,
+            )
         axes[2].set_xticks(np.arange(len(retrieval_columns)) + 0.4 - width / 2)
-        axes[2].set_xticklabels([self.columns[c] for c in retrieval_columns], rotation=45,
-                                ha="right", fontsize="small")
+        axes[2].set_xticklabels(
+            [self.columns[c] for c in retrieval_columns],
+            rotation=45,
+            ha="right",
+            fontsize="small",
+        )
         axes[2].set_ylabel("precision")
         axes[2].set_title("retrieval")
         axes[2].legend(fontsize="small")
@@ -142,8 +157,10 @@ def _labelled_split(data, name):
     elif hasattr(data, "images") and hasattr(data, "labels"):
         images, labels, reports = data.images, data.labels, getattr(data, "reports", None)
     else:
-        raise TypeError(f"{name} must be (images, labels), (images, labels, reports) or a "
-                        f"dataset with .images and .labels, got {type(data).__name__}")
+        raise TypeError(
+            f"{name} must be (images, labels), (images, labels, reports) or a "
+            f"dataset with .images and .labels, got {type(data).__name__}"
+        )
     if labels is None:
         raise ValueError(f"{name} has no labels: the comparison needs labelled data")
     _check_images(images, f"{name} images")
@@ -154,8 +171,9 @@ def _labelled_split(data, name):
     return images, labels, reports
 
 
-def _comparison_setup(train, val, test, *, fractions, metric, ks, queries_per_category,
-                      label_names):
+def _comparison_setup(
+    train, val, test, *, fractions, metric, ks, queries_per_category, label_names
+):
     """The checked inputs of a comparison: splits, task, retrieval queries and
     candidates; raises before any encoder is trained or run."""
     if metric not in _METRICS:
@@ -172,30 +190,58 @@ def _comparison_setup(train, val, test, *, fractions, metric, ks, queries_per_ca
         return np.eye(task.n_outputs, dtype=np.int8)[task.encode(labels, name)]
 
     candidates = category_matrix(test_y, "test labels")
-    queries, categories = retrieval_queries(category_matrix(val_y, "val labels"),
-                                            per_category=queries_per_category)
+    queries, categories = retrieval_queries(
+        category_matrix(val_y, "val labels"), per_category=queries_per_category
+    )
     if len(queries) == 0:
-        raise ValueError("no validation sample is positive for exactly one category: "
-                         "there are no retrieval queries")
+        raise ValueError(
+            "no validation sample is positive for exactly one category: "
+            "there are no retrieval queries"
+        )
     ks = tuple(sorted({int(k) for k in np.atleast_1d(ks).tolist()}))
     if not ks or ks[0] < 1 or ks[-1] > len(test_x):
-        raise ValueError(f"every k of the retrieval columns must be in [1, {len(test_x)}] "
-                         f"(the number of test images, the candidates), got {ks}")
+        raise ValueError(
+            f"every k of the retrieval columns must be in [1, {len(test_x)}] "
+            f"(the number of test images, the candidates), got {ks}"
+        )
     fractions = tuple(_check_fraction(f) for f in np.atleast_1d(fractions).tolist())
     if not fractions:
         raise ValueError("fractions must not be empty")
     y = task.encode(train_y, "train labels")
     _check_trainable(y, multilabel, task, "train labels")
-    return {"train": (train_x, train_y, train_reports), "val": (val_x, val_y, val_reports),
-            "test": (test_x, test_y, test_reports), "multilabel": multilabel,
-            "task": task, "candidates": candidates, "queries": queries,
-            "categories": categories, "ks": ks, "fractions": fractions}
+    return {
+        "train": (train_x, train_y, train_reports),
+        "val": (val_x, val_y, val_reports),
+        "test": (test_x, test_y, test_reports),
+        "multilabel": multilabel,
+        "task": task,
+        "candidates": candidates,
+        "queries": queries,
+        "categories": categories,
+        "ks": ks,
+        "fractions": fractions,
+    }
 
 
-def compare(encoders, train, val, test, *, fractions=(0.01, 0.1, 1.0), probe_seeds=(0, 1, 2),
-            finetune_seeds=(0,), finetune_options=None, metric="auc", ks=(5, 10, 50),
-            queries_per_category=None, label_names=None, include_chance=True,
-            batch_size=64, probe_threads=1, progress=True):
+def compare(
+    encoders,
+    train,
+    val,
+    test,
+    *,
+    fractions=(0.01, 0.1, 1.0),
+    probe_seeds=(0, 1, 2),
+    finetune_seeds=(0,),
+    finetune_options=None,
+    metric="auc",
+    ks=(5, 10, 50),
+    queries_per_category=None,
+    label_names=None,
+    include_chance=True,
+    batch_size=64,
+    probe_threads=1,
+    progress=True,
+):
     """Evaluate image encoders the way the ConVIRT paper's table does, on one dataset.
 
     Parameters
@@ -227,16 +273,28 @@ def compare(encoders, train, val, test, *, fractions=(0.01, 0.1, 1.0), probe_see
     ComparisonTable
     """
     if not isinstance(encoders, dict) or not encoders:
-        raise TypeError("encoders must be a non-empty dict {name: Encoder or (image, text)}")
-    setup = _comparison_setup(train, val, test, fractions=fractions, metric=metric, ks=ks,
-                              queries_per_category=queries_per_category,
-                              label_names=label_names)
+        raise TypeError(
+            "encoders must be a non-empty dict {name: Encoder or (image, text)}"
+        )
+    setup = _comparison_setup(
+        train,
+        val,
+        test,
+        fractions=fractions,
+        metric=metric,
+        ks=ks,
+        queries_per_category=queries_per_category,
+        label_names=label_names,
+    )
     train_x, train_y, _ = setup["train"]
     val_x, val_y, val_reports = setup["val"]
     test_x, test_y, _ = setup["test"]
     multilabel, task, names = setup["multilabel"], setup["task"], setup["task"].class_names
-    candidates, queries, categories = (setup["candidates"], setup["queries"],
-                                       setup["categories"])
+    candidates, queries, categories = (
+        setup["candidates"],
+        setup["queries"],
+        setup["categories"],
+    )
     ks, fractions = setup["ks"], setup["fractions"]
     towers = {}
     for row, value in encoders.items():
@@ -246,71 +304,131 @@ def compare(encoders, train, val, test, *, fractions=(0.01, 0.1, 1.0), probe_see
             raise TypeError(f"encoders[{row!r}]: the second tower must be a text Encoder")
         towers[str(row)] = (image, text)
 
-    columns = ([f"LP {_percent(f)}" for f in fractions]
-               + [f"FT {_percent(f)}" for f in fractions]
-               + [f"I→I P@{k}" for k in ks] + [f"T→I P@{k}" for k in ks])
-    groups = (["linear probe"] * len(fractions) + ["fine-tuning"] * len(fractions)
-              + ["image→image retrieval"] * len(ks) + ["text→image retrieval"] * len(ks))
+    columns = (
+        [f"LP {_percent(f)}" for f in fractions]
+        + [f"FT {_percent(f)}" for f in fractions]
+        + [f"I→I P@{k}" for k in ks]
+        + [f"T→I P@{k}" for k in ks]
+    )
+    groups = (
+        ["linear probe"] * len(fractions)
+        + ["fine-tuning"] * len(fractions)
+        + ["image→image retrieval"] * len(ks)
+        + ["text→image retrieval"] * len(ks)
+    )
     rows = (["chance"] if include_chance else []) + list(towers)
     values = np.full((len(rows), len(columns)), np.nan)
     spreads = np.full((len(rows), len(columns)), np.nan)
     F, nk = len(fractions), len(ks)
     if include_chance:
         if metric == "auc":
-            values[0, :2 * F] = 0.5
+            values[0, : 2 * F] = 0.5
         prevalence = candidates.mean(axis=0)[np.unique(categories)].mean()
-        values[0, 2 * F:] = prevalence
+        values[0, 2 * F :] = prevalence
     results = {}
     for row, (image, text) in towers.items():
         t0 = time.perf_counter()
         features = {}
         for split, images in (("train", train_x), ("val", val_x), ("test", test_x)):
             features[split] = image.encode(images, batch_size=batch_size, progress=False)
-        probe = linear_probe(features["train"], train_y, features["test"], test_y,
-                             val_features=features["val"], val_labels=val_y,
-                             fractions=fractions, seeds=probe_seeds, metric=metric,
-                             multilabel=multilabel, class_names=label_names, name=row,
-                             threads=probe_threads)
-        tuned = finetune(image, train_x, train_y, val_x, val_y, test_x, test_y,
-                         fractions=fractions, seeds=finetune_seeds, metric=metric,
-                         task="multilabel" if multilabel else "multiclass",
-                         class_names=label_names, name=row, progress=progress,
-                         **(finetune_options or {}))
-        image_to_image = retrieval(features["val"][queries], categories, features["test"],
-                                   candidates, ks=ks, category_names=names)
+        probe = linear_probe(
+            features["train"],
+            train_y,
+            features["test"],
+            test_y,
+            val_features=features["val"],
+            val_labels=val_y,
+            fractions=fractions,
+            seeds=probe_seeds,
+            metric=metric,
+            multilabel=multilabel,
+            class_names=label_names,
+            name=row,
+            threads=probe_threads,
+        )
+        tuned = finetune(
+            image,
+            train_x,
+            train_y,
+            val_x,
+            val_y,
+            test_x,
+            test_y,
+            fractions=fractions,
+            seeds=finetune_seeds,
+            metric=metric,
+            task="multilabel" if multilabel else "multiclass",
+            class_names=label_names,
+            name=row,
+            progress=progress,
+            **(finetune_options or {}),
+        )
+        image_to_image = retrieval(
+            features["val"][queries],
+            categories,
+            features["test"],
+            candidates,
+            ks=ks,
+            category_names=names,
+        )
         text_to_image = None
         if text is not None and val_reports is not None:
-            u = text.embed([val_reports[i] for i in queries], batch_size=batch_size,
-                           progress=False)
+            u = text.embed(
+                [val_reports[i] for i in queries], batch_size=batch_size, progress=False
+            )
             v = image.embed(test_x, batch_size=batch_size, progress=False)
-            text_to_image = retrieval(u, categories, v, candidates, ks=ks,
-                                      category_names=names)
+            text_to_image = retrieval(
+                u, categories, v, candidates, ks=ks, category_names=names
+            )
         r = rows.index(row)
-        values[r, :F], values[r, F:2 * F] = probe.mean, tuned.mean
+        values[r, :F], values[r, F : 2 * F] = probe.mean, tuned.mean
         if len(probe.seeds) > 1:  # one seed has no spread to show
             spreads[r, :F] = probe.std
         if len(tuned.seeds) > 1:
-            spreads[r, F:2 * F] = tuned.std
-        values[r, 2 * F:2 * F + nk] = image_to_image.mean
+            spreads[r, F : 2 * F] = tuned.std
+        values[r, 2 * F : 2 * F + nk] = image_to_image.mean
         if text_to_image is not None:
-            values[r, 2 * F + nk:] = text_to_image.mean
-        results[row] = {"linear_probe": probe, "finetune": tuned,
-                        "image_to_image": image_to_image, "text_to_image": text_to_image,
-                        "seconds": time.perf_counter() - t0}
+            values[r, 2 * F + nk :] = text_to_image.mean
+        results[row] = {
+            "linear_probe": probe,
+            "finetune": tuned,
+            "image_to_image": image_to_image,
+            "text_to_image": text_to_image,
+            "seconds": time.perf_counter() - t0,
+        }
     kind = "label columns" if multilabel else "classes"
-    per_category = ", ".join(f"{names[c]} {n}" for c, n in
-                             zip(*np.unique(categories, return_counts=True)))
-    seeds_text = (f"linear probe seeds {', '.join(map(str, probe_seeds))}; fine-tuning "
-                  f"seeds {', '.join(map(str, finetune_seeds))}")
-    notes = [(f"{len(train_x)} training, {len(val_x)} validation and {len(test_x)} test "
-              f"images; {task.n_outputs} {kind}: {', '.join(names)}"),
-             seeds_text,
-             (f"retrieval: {len(queries)} validation queries positive for exactly one "
-              f"category ({per_category}), candidates the {len(test_x)} test images; "
-              "image→image on backbone features, text→image on projected embeddings of "
-              "the query images' reports")]
+    per_category = ", ".join(
+        f"{names[c]} {n}" for c, n in zip(*np.unique(categories, return_counts=True))
+    )
+    seeds_text = (
+        f"linear probe seeds {', '.join(map(str, probe_seeds))}; fine-tuning "
+        f"seeds {', '.join(map(str, finetune_seeds))}"
+    )
+    notes = [
+        (
+            f"{len(train_x)} training, {len(val_x)} validation and {len(test_x)} test "
+            f"images; {task.n_outputs} {kind}: {', '.join(names)}"
+        ),
+        seeds_text,
+        (
+            f"retrieval: {len(queries)} validation queries positive for exactly one "
+            f"category ({per_category}), candidates the {len(test_x)} test images; "
+            "image→image on backbone features, text→image on projected embeddings of "
+            "the query images' reports"
+        ),
+    ]
     if include_chance:
-        notes.append("chance: AUC 0.5; retrieval: the share of positives among the "
-                     "candidates, mean over the query categories")
-    return ComparisonTable(rows=rows, columns=columns, groups=groups, values=values,
-                           spreads=spreads, metric=metric, results=results, notes=notes)
+        notes.append(
+            "chance: AUC 0.5; retrieval: the share of positives among the "
+            "candidates, mean over the query categories"
+        )
+    return ComparisonTable(
+        rows=rows,
+        columns=columns,
+        groups=groups,
+        values=values,
+        spreads=spreads,
+        metric=metric,
+        results=results,
+        notes=notes,
+    )

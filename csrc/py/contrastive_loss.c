@@ -5,10 +5,9 @@
 #include "module.h"
 
 typedef struct {
-    PyObject_HEAD
-    double image_to_text_weight; /* the paper's lambda */
-    double logit_scale;          /* log(1 / temperature) */
-    double max_logit_scale;      /* clamp of exp(logit_scale) when learnable */
+    PyObject_HEAD double image_to_text_weight; /* the paper's lambda */
+    double logit_scale;                        /* log(1 / temperature) */
+    double max_logit_scale; /* clamp of exp(logit_scale) when learnable */
     int learnable;
     int busy;
     cv_loss_workspace ws;
@@ -28,8 +27,9 @@ static PyStructSequence_Field result_fields[] = {
     {NULL, NULL}};
 
 static PyStructSequence_Desc result_desc = {
-    "convirt.LossResult", "What ContrastiveLoss returns: the losses, accuracies and gradients.",
-    result_fields, 8};
+    "convirt.LossResult",
+    "What ContrastiveLoss returns: the losses, accuracies and gradients.", result_fields,
+    8};
 
 /* exp(logit_scale), clamped when the temperature is learnable. */
 static double loss_scale(const LossObject *self)
@@ -165,8 +165,9 @@ static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     npy_intp n = PyArray_DIM(v, 0), d = PyArray_DIM(v, 1);
     if (n == 0 || d == 0) {
-        PyErr_Format(PyExc_ValueError, "v must have at least one row and one column, got (%ld, %ld)",
-                     (long)n, (long)d);
+        PyErr_Format(PyExc_ValueError,
+                     "v must have at least one row and one column, got (%ld, %ld)", (long)n,
+                     (long)d);
         return NULL;
     }
     if (input_matrix(u_obj, "u (it must match v's shape)", n, d, &u, su))
@@ -187,11 +188,11 @@ static PyObject *Loss_call(LossObject *self, PyObject *args, PyObject *kwds)
         goto error;
     double scale = loss_scale(self), lambda = self->image_to_text_weight;
     Py_BEGIN_ALLOW_THREADS;
-    status = cv_loss_forward_backward(
-        &out, gv ? (float *)PyArray_DATA(gv) : NULL, sgv[0], sgv[1],
-        gu ? (float *)PyArray_DATA(gu) : NULL, sgu[0], sgu[1], &self->ws,
-        (const float *)PyArray_DATA(v), sv[0], sv[1], (const float *)PyArray_DATA(u), su[0],
-        su[1], n, n, d, 0, scale, lambda, 1.0 - lambda);
+    status = cv_loss_forward_backward(&out, gv ? (float *)PyArray_DATA(gv) : NULL, sgv[0],
+                                      sgv[1], gu ? (float *)PyArray_DATA(gu) : NULL, sgu[0],
+                                      sgu[1], &self->ws, (const float *)PyArray_DATA(v),
+                                      sv[0], sv[1], (const float *)PyArray_DATA(u), su[0],
+                                      su[1], n, n, d, 0, scale, lambda, 1.0 - lambda);
     Py_END_ALLOW_THREADS;
     CV_RELEASE(&self->busy);
     if (status != CV_OK) {
@@ -272,10 +273,10 @@ static PyObject *Loss_repr(LossObject *self)
         snprintf(buf, sizeof buf,
                  "ContrastiveLoss(temperature=%g, image_to_text_weight=%g, "
                  "learnable_temperature=True, max_logit_scale=%g)",
-                 1.0 / loss_scale(self), self->image_to_text_weight,
-                 self->max_logit_scale);
+                 1.0 / loss_scale(self), self->image_to_text_weight, self->max_logit_scale);
     else
-        snprintf(buf, sizeof buf, "ContrastiveLoss(temperature=%g, image_to_text_weight=%g)",
+        snprintf(buf, sizeof buf,
+                 "ContrastiveLoss(temperature=%g, image_to_text_weight=%g)",
                  1.0 / loss_scale(self), self->image_to_text_weight);
     return PyUnicode_FromString(buf);
 }
@@ -372,23 +373,24 @@ static PyGetSetDef Loss_getset[] = {
      "the clamp on exp(logit_scale) when the temperature is learnable", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
-PyDoc_STRVAR(Loss_doc,
-"ContrastiveLoss(temperature=0.1, *, image_to_text_weight=0.75,\n"
-"                learnable_temperature=False, max_logit_scale=100.0)\n"
-"\n"
-"ConVIRT's bidirectional contrastive loss (Zhang et al. 2020), fused in C:\n"
-"\n"
-"    L = lambda * mean_i l_i(v->u) + (1 - lambda) * mean_i l_i(u->v)\n"
-"\n"
-"with cosine similarities divided by the temperature as logits.\n"
-"\n"
-"Call it as ``loss(v, u, *, grad_v=None, grad_u=None, compute_grad=True)``:\n"
-"v and u are float32 arrays of shape (N, d), read in place with their strides\n"
-"(transposed or sliced views are not copied). The result is a LossResult with\n"
-"the loss, both directional losses, both top-1 accuracies and the gradients\n"
-"dL/dv and dL/du (written into grad_v / grad_u when given). With\n"
-"learnable_temperature=True the temperature is 1 / min(exp(logit_scale),\n"
-"max_logit_scale) and grad_logit_scale is returned for the optimiser.");
+PyDoc_STRVAR(
+    Loss_doc,
+    "ContrastiveLoss(temperature=0.1, *, image_to_text_weight=0.75,\n"
+    "                learnable_temperature=False, max_logit_scale=100.0)\n"
+    "\n"
+    "ConVIRT's bidirectional contrastive loss (Zhang et al. 2020), fused in C:\n"
+    "\n"
+    "    L = lambda * mean_i l_i(v->u) + (1 - lambda) * mean_i l_i(u->v)\n"
+    "\n"
+    "with cosine similarities divided by the temperature as logits.\n"
+    "\n"
+    "Call it as ``loss(v, u, *, grad_v=None, grad_u=None, compute_grad=True)``:\n"
+    "v and u are float32 arrays of shape (N, d), read in place with their strides\n"
+    "(transposed or sliced views are not copied). The result is a LossResult with\n"
+    "the loss, both directional losses, both top-1 accuracies and the gradients\n"
+    "dL/dv and dL/du (written into grad_v / grad_u when given). With\n"
+    "learnable_temperature=True the temperature is 1 / min(exp(logit_scale),\n"
+    "max_logit_scale) and grad_logit_scale is returned for the optimiser.");
 
 static PyTypeObject LossType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.ContrastiveLoss",

@@ -10,8 +10,7 @@
 #include "module.h"
 
 typedef struct {
-    PyObject_HEAD
-    cv_encoder enc;
+    PyObject_HEAD cv_encoder enc;
     int built;
     int is_image;
     int training;
@@ -79,7 +78,8 @@ static int build_resnet(EncoderObject *self, PyObject *config)
         config_int(config, "in_channels", 1, &rc.in_channels))
         return -1;
     if (rc.depth != 18 && rc.depth != 34 && rc.depth != 50) {
-        PyErr_Format(PyExc_ValueError, "ResNet depth must be 18, 34 or 50, got %d", rc.depth);
+        PyErr_Format(PyExc_ValueError, "ResNet depth must be 18, 34 or 50, got %d",
+                     rc.depth);
         return -1;
     }
     if (rc.in_channels < 1 || rc.in_channels > 4) {
@@ -111,7 +111,8 @@ static int build_bert(EncoderObject *self, PyObject *config, int *frozen)
         config_int(config, "freeze_layers", 0, &bc.freeze_layers))
         return -1;
     if (bc.vocab_size < 1 || bc.hidden_size < 1 || bc.num_layers < 1 || bc.num_heads < 1 ||
-        bc.intermediate_size < 1 || bc.max_position_embeddings < 1 || bc.type_vocab_size < 1) {
+        bc.intermediate_size < 1 || bc.max_position_embeddings < 1 ||
+        bc.type_vocab_size < 1) {
         PyErr_SetString(PyExc_ValueError, "BERT sizes must all be >= 1");
         return -1;
     }
@@ -164,8 +165,9 @@ static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds)
         (seed_obj && cv_read_uint64(seed_obj, "seed", &seed)))
         return -1;
     if (proj_dim < 1 || proj_hidden < 1) {
-        PyErr_Format(PyExc_ValueError, "proj_dim and proj_hidden must be >= 1, got %zd, %zd",
-                     proj_dim, proj_hidden);
+        PyErr_Format(PyExc_ValueError,
+                     "proj_dim and proj_hidden must be >= 1, got %zd, %zd", proj_dim,
+                     proj_hidden);
         return -1;
     }
     int rc;
@@ -285,10 +287,11 @@ static int encoder_images(EncoderObject *self, PyObject *obj, cv_batch *batch,
     int nd = PyArray_NDIM(*arr);
     npy_intp c = nd == 4 ? PyArray_DIM(*arr, 3) : 1;
     if (c != self->in_channels) {
-        PyErr_Format(PyExc_ValueError,
-                     "images have %ld channel(s) but the encoder was built for in_channels=%d "
-                     "(pass (N, H, W) for 1 channel, (N, H, W, C) otherwise)",
-                     (long)c, self->in_channels);
+        PyErr_Format(
+            PyExc_ValueError,
+            "images have %ld channel(s) but the encoder was built for in_channels=%d "
+            "(pass (N, H, W) for 1 channel, (N, H, W, C) otherwise)",
+            (long)c, self->in_channels);
         return -1;
     }
     npy_intp n = PyArray_DIM(*arr, 0), h = PyArray_DIM(*arr, 1), w = PyArray_DIM(*arr, 2);
@@ -297,8 +300,9 @@ static int encoder_images(EncoderObject *self, PyObject *obj, cv_batch *batch,
         return -1;
     }
     if (h < 32 || w < 32) {
-        PyErr_Format(PyExc_ValueError, "images must be at least 32 x 32 pixels, got %ld x %ld",
-                     (long)h, (long)w);
+        PyErr_Format(PyExc_ValueError,
+                     "images must be at least 32 x 32 pixels, got %ld x %ld", (long)h,
+                     (long)w);
         return -1;
     }
     memset(batch, 0, sizeof *batch);
@@ -337,7 +341,8 @@ static int token_array(PyObject *obj, const char *name, npy_intp n, npy_intp t,
                        PyArrayObject **arr, ptrdiff_t *strides)
 {
     cv_array_spec spec = {name, NPY_INT32, 2, 2, {n, t, -1, -1}, 0, 0};
-    return cv_check_array(obj, &spec, arr) || cv_element_strides(*arr, name, strides) ? -1 : 0;
+    return cv_check_array(obj, &spec, arr) || cv_element_strides(*arr, name, strides) ? -1
+                                                                                      : 0;
 }
 
 /* Token ids, attention mask and optional token types, validated for a text encoder. */
@@ -350,7 +355,8 @@ static int token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_ob
         return -1;
     npy_intp n = PyArray_DIM(ids, 0), t = PyArray_DIM(ids, 1);
     if (n < 1 || t < 1) {
-        PyErr_Format(PyExc_ValueError, "input_ids is empty: shape (%ld, %ld)", (long)n, (long)t);
+        PyErr_Format(PyExc_ValueError, "input_ids is empty: shape (%ld, %ld)", (long)n,
+                     (long)t);
         return -1;
     }
     if (t > self->max_positions) {
@@ -405,20 +411,20 @@ static int token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_ob
                 return -1;
             }
             if (batch->token_types) {
-                int32_t ty =
-                    batch->token_types[i * batch->types_stride[0] + j * batch->types_stride[1]];
+                int32_t ty = batch->token_types[i * batch->types_stride[0] +
+                                                j * batch->types_stride[1]];
                 if (ty < 0 || ty >= self->type_vocab_size) {
                     PyErr_Format(PyExc_ValueError,
-                                 "token_type_ids[%ld, %ld] = %d is outside [0, %d)", (long)i,
-                                 (long)j, ty, self->type_vocab_size);
+                                 "token_type_ids[%ld, %ld] = %d is outside [0, %d)",
+                                 (long)i, (long)j, ty, self->type_vocab_size);
                     return -1;
                 }
             }
             valid += m;
         }
         if (!valid) {
-            PyErr_Format(PyExc_ValueError, "sequence %ld has no valid token in attention_mask",
-                         (long)i);
+            PyErr_Format(PyExc_ValueError,
+                         "sequence %ld has no valid token in attention_mask", (long)i);
             return -1;
         }
     }
@@ -428,7 +434,8 @@ static int token_batch(EncoderObject *self, PyObject *ids_obj, PyObject *mask_ob
 /* An (n, dim) float32 output: the caller's C-contiguous writeable array (over none of
  * the inputs, nor the encoder's own buffers) or a new one. */
 static PyArrayObject *output_matrix(EncoderObject *self, PyObject *given, const char *name,
-                                    npy_intp n, npy_intp dim, const cv_named_array inputs[3])
+                                    npy_intp n, npy_intp dim,
+                                    const cv_named_array inputs[3])
 {
     cv_array_spec spec = {name, NPY_FLOAT32, 2, 2, {n, dim, -1, -1}, 1, 1};
     PyArrayObject *arr = cv_output_array(given, &spec, name, inputs, 3, NULL);
@@ -441,8 +448,8 @@ static PyArrayObject *output_matrix(EncoderObject *self, PyObject *given, const 
 
 static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"x",        "attention_mask", "token_type_ids", "features",
-                             "embeddings", "features_out", "embeddings_out", NULL};
+    static char *kwlist[] = {"x",          "attention_mask", "token_type_ids", "features",
+                             "embeddings", "features_out",   "embeddings_out", NULL};
     PyObject *x, *mask = NULL, *types = NULL, *feat_out = NULL, *emb_out = NULL;
     int want_features = 1, want_embeddings = 1;
     PyArrayObject *image_arr = NULL, *feats = NULL, *embs = NULL;
@@ -451,8 +458,9 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
     cv_status status;
     if (check_built(self))
         return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$ppOO:forward", kwlist, &x, &mask, &types,
-                                     &want_features, &want_embeddings, &feat_out, &emb_out))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$ppOO:forward", kwlist, &x, &mask,
+                                     &types, &want_features, &want_embeddings, &feat_out,
+                                     &emb_out))
         return NULL;
     if (self->is_image) {
         if ((mask && mask != Py_None) || (types && types != Py_None)) {
@@ -466,7 +474,8 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
         return NULL;
     }
     if (!want_features && !want_embeddings) {
-        PyErr_SetString(PyExc_ValueError, "nothing to compute: features and embeddings are both False");
+        PyErr_SetString(PyExc_ValueError,
+                        "nothing to compute: features and embeddings are both False");
         return NULL;
     }
     /* (PyArray_Check: a text encoder's optional inputs may be None) */
@@ -615,7 +624,8 @@ static PyObject *Encoder_last_hidden_state(EncoderObject *self, PyObject *unused
     if (check_built(self))
         return NULL;
     if (self->is_image) {
-        PyErr_SetString(PyExc_ValueError, "last_hidden_state exists only for a text encoder");
+        PyErr_SetString(PyExc_ValueError,
+                        "last_hidden_state exists only for a text encoder");
         return NULL;
     }
     if (cv_claim(&self->busy, "Encoder"))
@@ -708,10 +718,10 @@ static PyObject *get_tensor_table(EncoderObject *self, void *closure)
         }
         for (int d = 0; d < x->ndim; d++)
             PyTuple_SET_ITEM(shape, d, PyLong_FromLongLong(x->shape[d]));
-        PyObject *row = Py_BuildValue("(sNnnOOs)", x->name, shape, (Py_ssize_t)x->offset,
-                                      (Py_ssize_t)x->size, x->is_buffer ? Py_True : Py_False,
-                                      x->frozen ? Py_True : Py_False,
-                                      x->layout == CV_LAYOUT_KRSC ? "KRSC" : "torch");
+        PyObject *row = Py_BuildValue(
+            "(sNnnOOs)", x->name, shape, (Py_ssize_t)x->offset, (Py_ssize_t)x->size,
+            x->is_buffer ? Py_True : Py_False, x->frozen ? Py_True : Py_False,
+            x->layout == CV_LAYOUT_KRSC ? "KRSC" : "torch");
         if (!row) {
             Py_DECREF(list);
             return NULL;
@@ -765,8 +775,8 @@ static int set_freeze_backbone(EncoderObject *self, PyObject *value, void *closu
 static PyObject *get_trainable_offset(EncoderObject *self, void *closure)
 {
     (void)closure;
-    size_t offset = self->enc.freeze_backbone ? self->enc.head.w1_offset
-                                               : self->enc.trainable_offset;
+    size_t offset =
+        self->enc.freeze_backbone ? self->enc.head.w1_offset : self->enc.trainable_offset;
     return PyLong_FromSize_t(offset);
 }
 
@@ -815,14 +825,16 @@ static PyObject *get_normalization(EncoderObject *self, void *closure)
     return Py_BuildValue("(NN)", mean, std);
 }
 
-static int read_channels(PyObject *seq, const char *name, int channels, float *out, int positive)
+static int read_channels(PyObject *seq, const char *name, int channels, float *out,
+                         int positive)
 {
     PyObject *fast = PySequence_Fast(seq, "normalization must be (mean, std) sequences");
     if (!fast)
         return -1;
     Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
     if (len != channels && len != 1) {
-        PyErr_Format(PyExc_ValueError, "%s needs 1 or %d values, got %zd", name, channels, len);
+        PyErr_Format(PyExc_ValueError, "%s needs 1 or %d values, got %zd", name, channels,
+                     len);
         Py_DECREF(fast);
         return -1;
     }
@@ -884,7 +896,8 @@ static PyGetSetDef Encoder_getset[] = {
     {"trainable_offset", (getter)get_trainable_offset, NULL,
      "flat_parameters[trainable_offset:] are the trained parameters", NULL},
     {"kind", (getter)get_kind, NULL, "'image' or 'text'", NULL},
-    {"feature_dim", (getter)get_feature_dim, NULL, "width of the backbone features h", NULL},
+    {"feature_dim", (getter)get_feature_dim, NULL, "width of the backbone features h",
+     NULL},
     {"proj_dim", (getter)get_proj_dim, NULL, "width of the projected embeddings", NULL},
     {"in_channels", (getter)get_in_channels, NULL, "image channels (None for text)", NULL},
     {"normalization", (getter)get_normalization, (setter)set_normalization,

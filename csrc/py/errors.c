@@ -18,8 +18,8 @@ static PyObject *new_error(PyObject *module, const char *name, const char *doc,
 int cv_create_errors(PyObject *module)
 {
     PyObject *bases = NULL;
-    cv_error_base = new_error(module, "ConvirtError", "The base of every convirt error.",
-                              NULL);
+    cv_error_base =
+        new_error(module, "ConvirtError", "The base of every convirt error.", NULL);
     if (!cv_error_base)
         return -1;
     bases = PyTuple_Pack(2, cv_error_base, PyExc_ValueError);

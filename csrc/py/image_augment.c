@@ -6,8 +6,7 @@
 #include "module.h"
 
 typedef struct {
-    PyObject_HEAD
-    cv_augment_ranges ranges;
+    PyObject_HEAD cv_augment_ranges ranges;
     ptrdiff_t size;
     float fill;
     int norm_len; /* 0: no normalisation, else 1 or 3 values */
@@ -182,10 +181,10 @@ static int read_normalization(AugmentObject *self, PyObject *obj)
 
 static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"size",       "crop_scale", "crop_ratio",    "flip",
-                             "degrees",    "translate",  "scale",         "brightness",
-                             "contrast",   "blur_sigma", "fill",          "normalization",
-                             "seed",       NULL};
+    static char *kwlist[] = {"size",     "crop_scale", "crop_ratio", "flip",
+                             "degrees",  "translate",  "scale",      "brightness",
+                             "contrast", "blur_sigma", "fill",       "normalization",
+                             "seed",     NULL};
     Py_ssize_t size = 224;
     PyObject *size_obj = NULL, *crop_scale = NULL, *crop_ratio = NULL, *flip = NULL,
              *degrees = NULL, *translate = NULL, *scale = NULL, *brightness = NULL,
@@ -303,7 +302,8 @@ static int check_params(PyObject *obj, npy_intp n, PyArrayObject **out)
     if (!PyArray_Check(obj)) {
         PyErr_Format(PyExc_TypeError,
                      "parameters must be the structured array sample_parameters() returns "
-                     "(dtype ImageAugment.parameter_dtype), got %s", Py_TYPE(obj)->tp_name);
+                     "(dtype ImageAugment.parameter_dtype), got %s",
+                     Py_TYPE(obj)->tp_name);
         return -1;
     }
     PyArrayObject *arr = (PyArrayObject *)obj;
@@ -373,8 +373,8 @@ static int read_images(PyObject *obj, image_batch *b)
     memset(b, 0, sizeof *b);
     if (PyArray_Check(obj)) {
         PyArrayObject *arr;
-        cv_array_spec spec = {"images (N, H, W) or (N, H, W, C)", NPY_UINT8, 3, 4,
-                              {-1, -1, -1, -1}, 0, 0};
+        cv_array_spec spec = {
+            "images (N, H, W) or (N, H, W, C)", NPY_UINT8, 3, 4, {-1, -1, -1, -1}, 0, 0};
         if (cv_check_array(obj, &spec, &arr))
             return -1;
         b->n = PyArray_DIM(arr, 0);
@@ -484,8 +484,13 @@ static PyArrayObject *get_output(AugmentObject *self, PyObject *given, image_bat
     npy_intp shape[4] = {b->n, self->size, self->size, b->channels};
     if (given && given != Py_None) {
         PyArrayObject *out;
-        cv_array_spec spec = {"out", NPY_FLOAT32, b->ndim, b->ndim,
-                              {shape[0], shape[1], shape[2], shape[3]}, 1, 1};
+        cv_array_spec spec = {"out",
+                              NPY_FLOAT32,
+                              b->ndim,
+                              b->ndim,
+                              {shape[0], shape[1], shape[2], shape[3]},
+                              1,
+                              1};
         if (cv_check_array(given, &spec, &out) || out_overlaps_input(out, b))
             return NULL;
         Py_INCREF(out);
@@ -625,26 +630,25 @@ static PyObject *get_config(AugmentObject *self, void *closure)
     } else if (self->norm_len == 1) {
         normalization = Py_BuildValue("(dd)", (double)self->mean[0], (double)self->std[0]);
     } else {
-        normalization = Py_BuildValue("((ddd)(ddd))", (double)self->mean[0],
-                                      (double)self->mean[1], (double)self->mean[2],
-                                      (double)self->std[0], (double)self->std[1],
-                                      (double)self->std[2]);
+        normalization =
+            Py_BuildValue("((ddd)(ddd))", (double)self->mean[0], (double)self->mean[1],
+                          (double)self->mean[2], (double)self->std[0], (double)self->std[1],
+                          (double)self->std[2]);
     }
     if (!normalization)
         return NULL;
     PyObject *flip = r->flip_p > 0.0 ? PyFloat_FromDouble(r->flip_p) : Py_NewRef(Py_None);
-    return Py_BuildValue("{s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:d,s:N,s:K}", "size",
-                         (Py_ssize_t)self->size, "crop_scale",
-                         pair_or_none(r->crop, r->crop_scale), "crop_ratio",
-                         pair_or_none(r->crop, r->crop_ratio), "flip", flip, "degrees",
-                         pair_or_none(r->rotate, r->degrees), "translate",
-                         pair_or_none(r->translate, r->translate_max), "scale",
-                         pair_or_none(r->scale, r->scale_range), "brightness",
-                         pair_or_none(r->brightness, r->brightness_range), "contrast",
-                         pair_or_none(r->contrast, r->contrast_range), "blur_sigma",
-                         pair_or_none(r->blur, r->sigma_range), "fill", (double)self->fill,
-                         "normalization", normalization, "seed",
-                         (unsigned long long)self->seed);
+    return Py_BuildValue(
+        "{s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:d,s:N,s:K}", "size",
+        (Py_ssize_t)self->size, "crop_scale", pair_or_none(r->crop, r->crop_scale),
+        "crop_ratio", pair_or_none(r->crop, r->crop_ratio), "flip", flip, "degrees",
+        pair_or_none(r->rotate, r->degrees), "translate",
+        pair_or_none(r->translate, r->translate_max), "scale",
+        pair_or_none(r->scale, r->scale_range), "brightness",
+        pair_or_none(r->brightness, r->brightness_range), "contrast",
+        pair_or_none(r->contrast, r->contrast_range), "blur_sigma",
+        pair_or_none(r->blur, r->sigma_range), "fill", (double)self->fill, "normalization",
+        normalization, "seed", (unsigned long long)self->seed);
 }
 
 static PyObject *config_item(AugmentObject *self, const char *key)
@@ -658,11 +662,11 @@ static PyObject *config_item(AugmentObject *self, const char *key)
     return value;
 }
 
-#define CONFIG_GETTER(field)                                                           \
-    static PyObject *get_##field(AugmentObject *self, void *closure)                   \
-    {                                                                                  \
-        (void)closure;                                                                 \
-        return config_item(self, #field);                                              \
+#define CONFIG_GETTER(field)                                                               \
+    static PyObject *get_##field(AugmentObject *self, void *closure)                       \
+    {                                                                                      \
+        (void)closure;                                                                     \
+        return config_item(self, #field);                                                  \
     }
 CONFIG_GETTER(size)
 CONFIG_GETTER(crop_scale)
@@ -772,34 +776,38 @@ static PyMethodDef Augment_methods[] = {
      "sample_parameters returns, one record per image), whatever the settings."},
     {NULL, NULL, 0, NULL}};
 
-PyDoc_STRVAR(Augment_doc,
-"ImageAugment(size=224, *, crop_scale=(0.6, 1.0), crop_ratio=(3/4, 4/3), flip=0.5,\n"
-"             degrees=20.0, translate=0.1, scale=(0.95, 1.05), brightness=(0.6, 1.4),\n"
-"             contrast=(0.6, 1.4), blur_sigma=(0.1, 3.0), fill=0.0,\n"
-"             normalization=None, seed=0)\n"
-"\n"
-"ConVIRT's random image transforms (Zhang et al. 2020), in C, in this order: a random\n"
-"crop keeping crop_scale of the area with an aspect ratio in crop_ratio (as\n"
-"torchvision's RandomResizedCrop, the ratio relative to the image's), a horizontal\n"
-"flip with probability flip, an affine map (rotation in degrees, translation up to\n"
-"translate of the size, scale), brightness and contrast factors (torchvision's\n"
-"semantics, brightness first), a Gaussian blur with sigma in blur_sigma (radius\n"
-"ceil(3 sigma), mirror padding), at size x size. Crop, flip, affine and resize are one\n"
-"bilinear resampling pass; samples from outside the crop take the value fill.\n"
-"Each range is a keyword; None or False switches a transform off (True: the default).\n"
-"degrees and translate also take one number (+-degrees; the same fraction in x and y).\n"
-"\n"
-"Call it as ``aug(images, step=0, *, out=None)``. images is a uint8 array (N, H, W) or\n"
-"(N, H, W, C) with C = 1 or 3, read in place with its strides (a memmap works), or a\n"
-"list of uint8 arrays (H, W[, C]) of different sizes. The result is float32\n"
-"(N, S, S) or (N, S, S, C) in pixel units [0, 1], or (x - mean) / std with\n"
-"normalization=(mean, std). It is written into ``out`` when given (C-contiguous,\n"
-"float32), else into an array the object reuses on a later call once nothing else\n"
-"refers to it. The random parameters are a pure function of (seed, step, index in\n"
-"the batch): the same on any number of threads. sample_parameters() and apply()\n"
-"split the two halves, so that parameters can be fixed or inspected.\n"
-"Images should be near the output size (the paper resizes to 256 first): the\n"
-"bilinear pass does not antialias when it shrinks.");
+PyDoc_STRVAR(
+    Augment_doc,
+    "ImageAugment(size=224, *, crop_scale=(0.6, 1.0), crop_ratio=(3/4, 4/3), flip=0.5,\n"
+    "             degrees=20.0, translate=0.1, scale=(0.95, 1.05), brightness=(0.6, 1.4),\n"
+    "             contrast=(0.6, 1.4), blur_sigma=(0.1, 3.0), fill=0.0,\n"
+    "             normalization=None, seed=0)\n"
+    "\n"
+    "ConVIRT's random image transforms (Zhang et al. 2020), in C, in this order: a random\n"
+    "crop keeping crop_scale of the area with an aspect ratio in crop_ratio (as\n"
+    "torchvision's RandomResizedCrop, the ratio relative to the image's), a horizontal\n"
+    "flip with probability flip, an affine map (rotation in degrees, translation up to\n"
+    "translate of the size, scale), brightness and contrast factors (torchvision's\n"
+    "semantics, brightness first), a Gaussian blur with sigma in blur_sigma (radius\n"
+    "ceil(3 sigma), mirror padding), at size x size. Crop, flip, affine and resize are "
+    "one\n"
+    "bilinear resampling pass; samples from outside the crop take the value fill.\n"
+    "Each range is a keyword; None or False switches a transform off (True: the default).\n"
+    "degrees and translate also take one number (+-degrees; the same fraction in x and "
+    "y).\n"
+    "\n"
+    "Call it as ``aug(images, step=0, *, out=None)``. images is a uint8 array (N, H, W) "
+    "or\n"
+    "(N, H, W, C) with C = 1 or 3, read in place with its strides (a memmap works), or a\n"
+    "list of uint8 arrays (H, W[, C]) of different sizes. The result is float32\n"
+    "(N, S, S) or (N, S, S, C) in pixel units [0, 1], or (x - mean) / std with\n"
+    "normalization=(mean, std). It is written into ``out`` when given (C-contiguous,\n"
+    "float32), else into an array the object reuses on a later call once nothing else\n"
+    "refers to it. The random parameters are a pure function of (seed, step, index in\n"
+    "the batch): the same on any number of threads. sample_parameters() and apply()\n"
+    "split the two halves, so that parameters can be fixed or inspected.\n"
+    "Images should be near the output size (the paper resizes to 256 first): the\n"
+    "bilinear pass does not antialias when it shrinks.");
 
 static PyTypeObject AugmentType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.ImageAugment",
@@ -851,8 +859,8 @@ static PyArray_Descr *make_param_descr(void)
     int ok = PyDataType_ELSIZE(descr) == (npy_intp)sizeof(cv_augment_params);
     for (int k = 0; k < n && ok; k++) {
         PyObject *field = PyDict_GetItemString(PyDataType_FIELDS(descr), fields[k].name);
-        ok = field && PyLong_AsSsize_t(PyTuple_GET_ITEM(field, 1)) ==
-                          (Py_ssize_t)fields[k].offset;
+        ok = field &&
+             PyLong_AsSsize_t(PyTuple_GET_ITEM(field, 1)) == (Py_ssize_t)fields[k].offset;
     }
     if (!ok) {
         Py_DECREF(descr);

@@ -15,8 +15,7 @@
 #include "module.h"
 
 typedef struct {
-    PyObject_HEAD
-    ptrdiff_t in_dim, out_dim;
+    PyObject_HEAD ptrdiff_t in_dim, out_dim;
     float *params; /* W then b */
     float *grads;  /* same layout */
     int busy;
@@ -31,9 +30,11 @@ static void head_reset(HeadObject *self)
     const uint64_t seed = self->seed;
     float *w = self->params, *b = self->params + count;
     for (ptrdiff_t i = 0; i < count; i++)
-        w[i] = (float)(bound * (2.0 * cv_random_uniform(seed, 0x4C494E57ULL, (uint64_t)i) - 1.0));
+        w[i] = (float)(bound *
+                       (2.0 * cv_random_uniform(seed, 0x4C494E57ULL, (uint64_t)i) - 1.0));
     for (ptrdiff_t i = 0; i < self->out_dim; i++)
-        b[i] = (float)(bound * (2.0 * cv_random_uniform(seed, 0x4C494E42ULL, (uint64_t)i) - 1.0));
+        b[i] = (float)(bound *
+                       (2.0 * cv_random_uniform(seed, 0x4C494E42ULL, (uint64_t)i) - 1.0));
     memset(self->grads, 0, (size_t)(count + self->out_dim) * sizeof(float));
 }
 
@@ -44,9 +45,10 @@ static int Head_init(HeadObject *self, PyObject *args, PyObject *kwds)
     PyObject *seed_obj = NULL, *in_obj, *out_obj;
     uint64_t seed = 0;
     if (self->params) {
-        PyErr_SetString(cv_error_state,
-                        "a LinearHead cannot be re-initialised (views of its buffers may be "
-                        "in use); make a new one");
+        PyErr_SetString(
+            cv_error_state,
+            "a LinearHead cannot be re-initialised (views of its buffers may be "
+            "in use); make a new one");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$O:LinearHead", kwlist, &in_obj,
@@ -156,7 +158,8 @@ static PyObject *Head_forward(HeadObject *self, PyObject *args, PyObject *kwds)
     PyObject *x_obj, *out_obj = NULL;
     PyArrayObject *x, *out;
     if (check_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kwds, "O|$O:forward", kwlist, &x_obj, &out_obj) ||
+        !PyArg_ParseTupleAndKeywords(args, kwds, "O|$O:forward", kwlist, &x_obj,
+                                     &out_obj) ||
         check_features(self, x_obj, "x (features)", -1, &x))
         return NULL;
     npy_intp n = PyArray_DIM(x, 0);
@@ -169,7 +172,8 @@ static PyObject *Head_forward(HeadObject *self, PyObject *args, PyObject *kwds)
     }
     const float *w = self->params, *b = self->params + self->out_dim * self->in_dim;
     Py_BEGIN_ALLOW_THREADS;
-    linear_forward(PyArray_DATA(out), PyArray_DATA(x), w, b, n, self->in_dim, self->out_dim);
+    linear_forward(PyArray_DATA(out), PyArray_DATA(x), w, b, n, self->in_dim,
+                   self->out_dim);
     Py_END_ALLOW_THREADS;
     CV_RELEASE(&self->busy);
     return (PyObject *)out;
@@ -182,13 +186,13 @@ static PyObject *Head_backward(HeadObject *self, PyObject *args, PyObject *kwds)
     int want_dx = 1;
     PyArrayObject *dout, *x, *dx = NULL;
     if (check_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kwds, "OO|$Op:backward", kwlist, &dout_obj, &x_obj,
-                                     &dx_obj, &want_dx) ||
+        !PyArg_ParseTupleAndKeywords(args, kwds, "OO|$Op:backward", kwlist, &dout_obj,
+                                     &x_obj, &dx_obj, &want_dx) ||
         check_features(self, x_obj, "x (the features of the forward)", -1, &x))
         return NULL;
     npy_intp n = PyArray_DIM(x, 0);
     cv_array_spec spec = {"d_logits (one row per row of x)", NPY_FLOAT32, 2, 2,
-                          {n, self->out_dim, -1, -1}, 0, 1};
+                          {n, self->out_dim, -1, -1},        0,           1};
     /* backward adds into the gradients while it reads d_logits and x */
     if (cv_check_array(dout_obj, &spec, &dout) ||
         cv_check_not_in_buffer(dout, "d_logits", self->grads, buffer_bytes(self),
@@ -208,7 +212,9 @@ static PyObject *Head_backward(HeadObject *self, PyObject *args, PyObject *kwds)
         if (!isfinite(dp[i])) {
             PyErr_Format(PyExc_ValueError, "d_logits[%zd, %zd] is %s; it must be finite",
                          (Py_ssize_t)(i / self->out_dim), (Py_ssize_t)(i % self->out_dim),
-                         isnan(dp[i]) ? "nan" : dp[i] > 0 ? "inf" : "-inf");
+                         isnan(dp[i]) ? "nan"
+                         : dp[i] > 0  ? "inf"
+                                      : "-inf");
             Py_XDECREF(dx);
             return NULL;
         }
@@ -222,8 +228,8 @@ static PyObject *Head_backward(HeadObject *self, PyObject *args, PyObject *kwds)
     /* d_x is written (the features' only consumer is this head), the rest added. */
     if (dx_ptr)
         memset(dx_ptr, 0, (size_t)(n * self->in_dim) * sizeof(float));
-    linear_backward(dx_ptr, self->grads, self->grads + count, dp, PyArray_DATA(x), self->params,
-                    n, self->in_dim, self->out_dim);
+    linear_backward(dx_ptr, self->grads, self->grads + count, dp, PyArray_DATA(x),
+                    self->params, n, self->in_dim, self->out_dim);
     Py_END_ALLOW_THREADS;
     CV_RELEASE(&self->busy);
     if (dx)
@@ -241,7 +247,8 @@ static PyObject *Head_zero_grad(HeadObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* ---- buffers as NumPy views ------------------------------------------------------------ */
+/* ---- buffers as NumPy views ------------------------------------------------------------
+ */
 
 /* A view of the head's parameters or gradients (base: the head). */
 static PyObject *view(HeadObject *self, float *data, int ndim, npy_intp *shape)
@@ -315,17 +322,18 @@ static PyMethodDef Head_methods[] = {
     {"zero_grad", (PyCFunction)Head_zero_grad, METH_NOARGS, "set the gradients to zero"},
     {NULL, NULL, 0, NULL}};
 
-PyDoc_STRVAR(Head_doc,
-"LinearHead(in_dim, out_dim, *, seed=0)\n"
-"\n"
-"A linear layer, logits = x W^T + b (PyTorch's nn.Linear, initialised as it is:\n"
-"U(-1/sqrt(in_dim), 1/sqrt(in_dim)) from a counter-based generator keyed by seed), on\n"
-"the core's linear_forward / linear_backward: the classifier of fine-tuning. The\n"
-"parameters live in one flat buffer [W | b] (flat_parameters, and weight / bias views\n"
-"into it), the gradients in another of the same layout (flat_gradients); backward\n"
-"adds into them, so pass both to convirt.Adam. The head keeps no activations:\n"
-"backward takes the forward's features again. Calls release the GIL; a concurrent\n"
-"second call on the same head is refused.");
+PyDoc_STRVAR(
+    Head_doc,
+    "LinearHead(in_dim, out_dim, *, seed=0)\n"
+    "\n"
+    "A linear layer, logits = x W^T + b (PyTorch's nn.Linear, initialised as it is:\n"
+    "U(-1/sqrt(in_dim), 1/sqrt(in_dim)) from a counter-based generator keyed by seed), on\n"
+    "the core's linear_forward / linear_backward: the classifier of fine-tuning. The\n"
+    "parameters live in one flat buffer [W | b] (flat_parameters, and weight / bias views\n"
+    "into it), the gradients in another of the same layout (flat_gradients); backward\n"
+    "adds into them, so pass both to convirt.Adam. The head keeps no activations:\n"
+    "backward takes the forward's features again. Calls release the GIL; a concurrent\n"
+    "second call on the same head is refused.");
 
 static PyTypeObject HeadType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt._core.LinearHead",

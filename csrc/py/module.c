@@ -22,8 +22,8 @@ static PyObject *py_config(PyObject *self, PyObject *unused)
         c.blis_version, "blis_arch", c.blis_arch, "blis_arch_id", c.blis_arch_id,
         "blis_arch_reason", c.blis_arch_reason, "blis_configs", c.blis_configs,
         "cpu_features", c.cpu_features, "blis_library", c.blis_library, "openmp_library",
-        c.openmp_library, "blis_openmp", c.blis_openmp ? Py_True : Py_False,
-        "num_threads", c.num_threads, "num_cores", c.num_cores, "openmp_runtime",
+        c.openmp_library, "blis_openmp", c.blis_openmp ? Py_True : Py_False, "num_threads",
+        c.num_threads, "num_cores", c.num_cores, "openmp_runtime",
 #if defined(__GNUC__) && !defined(__clang__)
         "libgomp (GCC)",
 #else
@@ -65,7 +65,8 @@ static PyObject *py_fma_peak(PyObject *self, PyObject *args, PyObject *kwds)
     double seconds = 0.5, gflops;
     int bits;
     char text[CV_DOUBLE_TEXT];
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|id:fma_peak", kwlist, &threads, &seconds))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|id:fma_peak", kwlist, &threads,
+                                     &seconds))
         return NULL;
     if (threads <= 0)
         threads = cv_get_num_threads();
@@ -113,8 +114,8 @@ static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
     const float *pa = PyArray_DATA(A), *pb = PyArray_DATA(B);
     float *pc = PyArray_DATA(C);
     Py_BEGIN_ALLOW_THREADS;
-    cv_gemm(m, n, k, (float)alpha, pa, sa[0], sa[1], pb, sb[0], sb[1], (float)beta, pc, sc[0],
-            sc[1]);
+    cv_gemm(m, n, k, (float)alpha, pa, sa[0], sa[1], pb, sb[0], sb[1], (float)beta, pc,
+            sc[0], sc[1]);
     Py_END_ALLOW_THREADS;
     Py_RETURN_NONE;
 }
@@ -162,10 +163,10 @@ static PyObject *py_resnet_profile(PyObject *self, PyObject *args, PyObject *kwd
     for (int i = 0; i < count; i++) {
         if (!e[i].name[0])
             continue;
-        PyObject *row = Py_BuildValue("(sddddddll)", e[i].name, e[i].conv_forward, e[i].bn_forward,
-                                      e[i].conv_backward, e[i].bn_backward, e[i].flops_forward,
-                                      e[i].flops_backward, e[i].forward_calls,
-                                      e[i].backward_calls);
+        PyObject *row =
+            Py_BuildValue("(sddddddll)", e[i].name, e[i].conv_forward, e[i].bn_forward,
+                          e[i].conv_backward, e[i].bn_backward, e[i].flops_forward,
+                          e[i].flops_backward, e[i].forward_calls, e[i].backward_calls);
         if (!row || PyList_Append(list, row) < 0) {
             Py_XDECREF(row);
             Py_DECREF(list);
@@ -205,11 +206,8 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "convirt._core",
-    .m_doc = "The C core of convirt.",
-    .m_size = -1,
-    .m_methods = module_methods,
+    PyModuleDef_HEAD_INIT, .m_name = "convirt._core",   .m_doc = "The C core of convirt.",
+    .m_size = -1,          .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__core(void)

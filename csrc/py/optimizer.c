@@ -5,8 +5,7 @@
 #include "module.h"
 
 typedef struct {
-    PyObject_HEAD
-    cv_adam adam;
+    PyObject_HEAD cv_adam adam;
     int initialized;
     int busy;
     PyObject *parameters; /* tuple of the arrays updated in place */
@@ -41,9 +40,15 @@ static PyObject *array_tuple(PyObject *obj, const char *name)
 
 static int Adam_init(AdamObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"parameters",   "gradients", "lr",
-                             "betas",        "eps",       "weight_decay",
-                             "decoupled_weight_decay",    "max_grad_norm", NULL};
+    static char *kwlist[] = {"parameters",
+                             "gradients",
+                             "lr",
+                             "betas",
+                             "eps",
+                             "weight_decay",
+                             "decoupled_weight_decay",
+                             "max_grad_norm",
+                             NULL};
     PyObject *params_obj, *grads_obj, *max_norm_obj = Py_None;
     PyObject *params = NULL, *grads = NULL;
     cv_adam_config config = {1e-4, 0.9, 0.999, 1e-8, 1e-6, 0, 0.0};
@@ -556,21 +561,22 @@ static PyMethodDef Adam_methods[] = {
      "the sizes must match; hyperparameters present in d are restored)"},
     {NULL, NULL, 0, NULL}};
 
-PyDoc_STRVAR(Adam_doc,
-"Adam(parameters, gradients, *, lr=1e-4, betas=(0.9, 0.999), eps=1e-8,\n"
-"     weight_decay=1e-6, decoupled_weight_decay=False, max_grad_norm=None)\n"
-"\n"
-"Adam as torch.optim.Adam (L2 weight decay, the paper's: lr 1e-4, weight decay 1e-6),\n"
-"or AdamW with decoupled_weight_decay=True, in one C loop over flat buffers.\n"
-"\n"
-"parameters and gradients are lists of 1-D float32 C-contiguous arrays of equal sizes\n"
-"(typically slices of Encoder.flat_parameters[trainable_offset:] and of\n"
-"flat_gradients): step() updates the parameters IN PLACE and reads the gradients; the\n"
-"object keeps references to them. max_grad_norm clips the global gradient norm as\n"
-"torch.nn.utils.clip_grad_norm_, on the fly (the gradient arrays are not written).\n"
-"The moments exp_avg / exp_avg_sq are views of the state; state_dict() and\n"
-"load_state_dict() save and restore it. step() releases the GIL and uses OpenMP over\n"
-"fixed chunks, so results do not depend on the number of threads.");
+PyDoc_STRVAR(
+    Adam_doc,
+    "Adam(parameters, gradients, *, lr=1e-4, betas=(0.9, 0.999), eps=1e-8,\n"
+    "     weight_decay=1e-6, decoupled_weight_decay=False, max_grad_norm=None)\n"
+    "\n"
+    "Adam as torch.optim.Adam (L2 weight decay, the paper's: lr 1e-4, weight decay 1e-6),\n"
+    "or AdamW with decoupled_weight_decay=True, in one C loop over flat buffers.\n"
+    "\n"
+    "parameters and gradients are lists of 1-D float32 C-contiguous arrays of equal sizes\n"
+    "(typically slices of Encoder.flat_parameters[trainable_offset:] and of\n"
+    "flat_gradients): step() updates the parameters IN PLACE and reads the gradients; the\n"
+    "object keeps references to them. max_grad_norm clips the global gradient norm as\n"
+    "torch.nn.utils.clip_grad_norm_, on the fly (the gradient arrays are not written).\n"
+    "The moments exp_avg / exp_avg_sq are views of the state; state_dict() and\n"
+    "load_state_dict() save and restore it. step() releases the GIL and uses OpenMP over\n"
+    "fixed chunks, so results do not depend on the number of threads.");
 
 static PyTypeObject AdamType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.Adam",

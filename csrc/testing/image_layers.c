@@ -33,7 +33,8 @@ static int tensor_arg(PyObject *obj, const char *name, int ndim, npy_intp d0, np
     return cv_check_array(obj, &spec, out);
 }
 
-static PyArrayObject *new_zeros(int ndim, npy_intp d0, npy_intp d1, npy_intp d2, npy_intp d3)
+static PyArrayObject *new_zeros(int ndim, npy_intp d0, npy_intp d1, npy_intp d2,
+                                npy_intp d3)
 {
     npy_intp shape[4] = {d0, d1, d2, d3};
     return (PyArrayObject *)PyArray_ZEROS(ndim, shape, NPY_FLOAT32, 0);
@@ -68,11 +69,13 @@ static int read_floats(PyObject *seq, const char *name, float *out, npy_intp cou
     return 0;
 }
 
-static int input_arg(PyObject *x_obj, PyObject *mean_obj, PyObject *std_obj, layer_input *li)
+static int input_arg(PyObject *x_obj, PyObject *mean_obj, PyObject *std_obj,
+                     layer_input *li)
 {
     PyArrayObject *x;
     if ((mean_obj == Py_None) != (std_obj == Py_None)) {
-        PyErr_SetString(PyExc_ValueError, "give both mean and std (images) or neither (tensor)");
+        PyErr_SetString(PyExc_ValueError,
+                        "give both mean and std (images) or neither (tensor)");
         return -1;
     }
     if (mean_obj == Py_None) {
@@ -102,7 +105,8 @@ static int input_arg(PyObject *x_obj, PyObject *mean_obj, PyObject *std_obj, lay
         return -1;
     }
     float mean[CONV_MAX_PIXEL_CHANNELS], std[CONV_MAX_PIXEL_CHANNELS];
-    if (read_floats(mean_obj, "mean", mean, li->c) || read_floats(std_obj, "std", std, li->c))
+    if (read_floats(mean_obj, "mean", mean, li->c) ||
+        read_floats(std_obj, "std", std, li->c))
         return -1;
     cv_status st = conv_input_pixels(&li->in, PyArray_DATA(x), PyArray_TYPE(x) == NPY_UINT8,
                                      strides, li->c, mean, std);
@@ -117,15 +121,17 @@ static int conv_geometry(const layer_input *li, PyArrayObject *weight, Py_ssize_
                      (long)PyArray_DIM(weight, 3), (long)li->c);
         return -1;
     }
-    cv_status st = conv_shape_init(shape, li->n, li->h, li->w, li->c, PyArray_DIM(weight, 0),
-                                   PyArray_DIM(weight, 1), PyArray_DIM(weight, 2), stride, pad);
+    cv_status st =
+        conv_shape_init(shape, li->n, li->h, li->w, li->c, PyArray_DIM(weight, 0),
+                        PyArray_DIM(weight, 1), PyArray_DIM(weight, 2), stride, pad);
     return st == CV_OK ? 0 : cv_raise(st);
 }
 
 static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"x", "weight", "stride", "pad", "reference", "mean", "std", NULL};
+    static char *kwlist[] = {"x",         "weight", "stride", "pad",
+                             "reference", "mean",   "std",    NULL};
     PyObject *x_obj, *w_obj, *mean = Py_None, *std = Py_None;
     Py_ssize_t stride = 1, pad = 0;
     int reference = 0;
@@ -147,7 +153,8 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kwd
     if (reference)
         conv2d_forward_reference(PyArray_DATA(out), &li.in, PyArray_DATA(weight), &sh);
     else
-        st = conv2d_forward(PyArray_DATA(out), &li.in, PyArray_DATA(weight), NULL, &sh, NULL, &ws);
+        st = conv2d_forward(PyArray_DATA(out), &li.in, PyArray_DATA(weight), NULL, &sh,
+                            NULL, &ws);
     Py_END_ALLOW_THREADS;
     conv_workspace_free(&ws);
     if (st != CV_OK) {
@@ -171,8 +178,8 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     layer_input li;
     conv_shape sh;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|nn$OOppOO:conv2d_backward", kwlist,
-                                     &dout_obj, &x_obj, &w_obj, &stride, &pad, &dx_obj, &dw_obj,
-                                     &add, &reference, &mean, &std))
+                                     &dout_obj, &x_obj, &w_obj, &stride, &pad, &dx_obj,
+                                     &dw_obj, &add, &reference, &mean, &std))
         return NULL;
     if (input_arg(x_obj, mean, std, &li) ||
         tensor_arg(w_obj, "weight", 4, -1, -1, -1, -1, 0, &weight) ||
@@ -201,8 +208,8 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     conv_workspace ws = {0};
     Py_BEGIN_ALLOW_THREADS;
     if (reference)
-        conv2d_backward_reference(PyArray_DATA(dx), PyArray_DATA(dw), PyArray_DATA(dout), &li.in,
-                                  PyArray_DATA(weight), &sh);
+        conv2d_backward_reference(PyArray_DATA(dx), PyArray_DATA(dw), PyArray_DATA(dout),
+                                  &li.in, PyArray_DATA(weight), &sh);
     else
         st = conv2d_backward(PyArray_DATA(dx), PyArray_DATA(dw), PyArray_DATA(dout), &li.in,
                              PyArray_DATA(weight), &sh, add, &ws);
@@ -242,7 +249,8 @@ static int matrix_arg(PyObject *obj, const char *name, npy_intp *m, npy_intp *c,
     return 0;
 }
 
-static int same_shape(PyObject *obj, const char *name, PyArrayObject *like, PyArrayObject **out)
+static int same_shape(PyObject *obj, const char *name, PyArrayObject *like,
+                      PyArrayObject **out)
 {
     int nd = PyArray_NDIM(like);
     npy_intp d[4] = {-1, -1, -1, -1};
@@ -253,7 +261,8 @@ static int same_shape(PyObject *obj, const char *name, PyArrayObject *like, PyAr
 
 static PyArrayObject *new_like(PyArrayObject *like)
 {
-    return (PyArrayObject *)PyArray_ZEROS(PyArray_NDIM(like), PyArray_DIMS(like), NPY_FLOAT32, 0);
+    return (PyArrayObject *)PyArray_ZEROS(PyArray_NDIM(like), PyArray_DIMS(like),
+                                          NPY_FLOAT32, 0);
 }
 
 static PyObject *py_bn_statistics(PyObject *self, PyObject *arg)
@@ -287,14 +296,16 @@ static PyObject *py_bn_statistics(PyObject *self, PyObject *arg)
 static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"y",        "gamma", "beta",     "running_mean", "running_var",
-                             "training", "relu",  "residual", NULL};
+    static char *kwlist[] = {"y",           "gamma",    "beta", "running_mean",
+                             "running_var", "training", "relu", "residual",
+                             NULL};
     PyObject *y_obj, *g_obj, *b_obj, *rm_obj, *rv_obj, *res_obj = Py_None;
     int training = 1, relu = 0;
     PyArrayObject *y, *gamma, *beta, *rm, *rv, *res = NULL, *out, *mean, *invstd;
     npy_intp m, c;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$ppO:batchnorm_forward", kwlist, &y_obj,
-                                     &g_obj, &b_obj, &rm_obj, &rv_obj, &training, &relu, &res_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$ppO:batchnorm_forward", kwlist,
+                                     &y_obj, &g_obj, &b_obj, &rm_obj, &rv_obj, &training,
+                                     &relu, &res_obj))
         return NULL;
     if (matrix_arg(y_obj, "y", &m, &c, &y) || channel_arg(g_obj, "gamma", c, 0, &gamma) ||
         channel_arg(b_obj, "beta", c, 0, &beta) ||
@@ -310,8 +321,10 @@ static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *
     out = new_like(y);
     mean = (PyArrayObject *)PyArray_ZEROS(1, cs, NPY_FLOAT32, 0);
     invstd = (PyArrayObject *)PyArray_ZEROS(1, cs, NPY_FLOAT32, 0);
-    float *scale = malloc((size_t)c * sizeof(float)), *shift = malloc((size_t)c * sizeof(float));
-    double *dm = malloc((size_t)c * sizeof(double)), *dv = malloc((size_t)c * sizeof(double));
+    float *scale = malloc((size_t)c * sizeof(float)),
+          *shift = malloc((size_t)c * sizeof(float));
+    double *dm = malloc((size_t)c * sizeof(double)),
+           *dv = malloc((size_t)c * sizeof(double));
     cv_status st = CV_OK;
     if (!out || !mean || !invstd || !scale || !shift || !dm || !dv) {
         if (!PyErr_Occurred())
@@ -323,11 +336,11 @@ static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *
         st = bn_statistics(dm, dv, PyArray_DATA(y), m, c);
         if (st == CV_OK)
             bn_finish_statistics(PyArray_DATA(mean), PyArray_DATA(invstd), scale, shift,
-                                 PyArray_DATA(rm), PyArray_DATA(rv), dm, dv, PyArray_DATA(gamma),
-                                 PyArray_DATA(beta), m, c, 0.1, 1e-5);
+                                 PyArray_DATA(rm), PyArray_DATA(rv), dm, dv,
+                                 PyArray_DATA(gamma), PyArray_DATA(beta), m, c, 0.1, 1e-5);
     } else {
-        bn_eval_affine(scale, shift, PyArray_DATA(rm), PyArray_DATA(rv), PyArray_DATA(gamma),
-                       PyArray_DATA(beta), c, 1e-5);
+        bn_eval_affine(scale, shift, PyArray_DATA(rm), PyArray_DATA(rv),
+                       PyArray_DATA(gamma), PyArray_DATA(beta), c, 1e-5);
     }
     if (st == CV_OK)
         bn_apply_forward(PyArray_DATA(out), PyArray_DATA(y), scale, shift,
@@ -365,8 +378,9 @@ static PyObject *py_bn_apply(PyObject *self, PyObject *args, PyObject *kwds)
     int relu = 1;
     PyArrayObject *y, *scale, *shift, *res = NULL, *ry = NULL, *rs = NULL, *rt = NULL, *out;
     npy_intp m, c;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|$OOOOp:bn_apply", kwlist, &y_obj, &s_obj,
-                                     &t_obj, &res_obj, &ry_obj, &rs_obj, &rt_obj, &relu))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|$OOOOp:bn_apply", kwlist, &y_obj,
+                                     &s_obj, &t_obj, &res_obj, &ry_obj, &rs_obj, &rt_obj,
+                                     &relu))
         return NULL;
     if (matrix_arg(y_obj, "y", &m, &c, &y) || channel_arg(s_obj, "scale", c, 0, &scale) ||
         channel_arg(t_obj, "shift", c, 0, &shift) ||
@@ -379,9 +393,10 @@ static PyObject *py_bn_apply(PyObject *self, PyObject *args, PyObject *kwds)
     if (!(out = new_like(y)))
         return NULL;
     Py_BEGIN_ALLOW_THREADS;
-    bn_apply_forward(PyArray_DATA(out), PyArray_DATA(y), PyArray_DATA(scale), PyArray_DATA(shift),
-                     res ? PyArray_DATA(res) : NULL, ry ? PyArray_DATA(ry) : NULL,
-                     rs ? PyArray_DATA(rs) : NULL, rt ? PyArray_DATA(rt) : NULL, relu, m, c);
+    bn_apply_forward(PyArray_DATA(out), PyArray_DATA(y), PyArray_DATA(scale),
+                     PyArray_DATA(shift), res ? PyArray_DATA(res) : NULL,
+                     ry ? PyArray_DATA(ry) : NULL, rs ? PyArray_DATA(rs) : NULL,
+                     rt ? PyArray_DATA(rt) : NULL, relu, m, c);
     Py_END_ALLOW_THREADS;
     return (PyObject *)out;
 }
@@ -393,11 +408,12 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
     PyObject *d_obj, *y_obj, *m_obj, *i_obj, *g_obj, *o_obj = Py_None;
     PyArrayObject *dout, *y, *mean, *invstd, *gamma, *out = NULL, *dy, *dg, *db;
     npy_intp m, c;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$O:batchnorm_backward", kwlist, &d_obj,
-                                     &y_obj, &m_obj, &i_obj, &g_obj, &o_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$O:batchnorm_backward", kwlist,
+                                     &d_obj, &y_obj, &m_obj, &i_obj, &g_obj, &o_obj))
         return NULL;
     if (matrix_arg(y_obj, "y", &m, &c, &y) || same_shape(d_obj, "dout", y, &dout) ||
-        channel_arg(m_obj, "mean", c, 0, &mean) || channel_arg(i_obj, "invstd", c, 0, &invstd) ||
+        channel_arg(m_obj, "mean", c, 0, &mean) ||
+        channel_arg(i_obj, "invstd", c, 0, &invstd) ||
         channel_arg(g_obj, "gamma", c, 0, &gamma) ||
         (o_obj != Py_None && same_shape(o_obj, "out", y, &out)))
         return NULL;
@@ -416,9 +432,10 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
     Py_BEGIN_ALLOW_THREADS;
     bn_backward_reduce(sums, sums + c, PyArray_DATA(dout), out ? PyArray_DATA(out) : NULL,
                        PyArray_DATA(y), PyArray_DATA(mean), PyArray_DATA(invstd), m, c);
-    bn_backward_apply(PyArray_DATA(dy), PyArray_DATA(dg), PyArray_DATA(db), PyArray_DATA(dout),
-                      out ? PyArray_DATA(out) : NULL, PyArray_DATA(y), PyArray_DATA(mean),
-                      PyArray_DATA(invstd), PyArray_DATA(gamma), sums, sums + c, m, c);
+    bn_backward_apply(PyArray_DATA(dy), PyArray_DATA(dg), PyArray_DATA(db),
+                      PyArray_DATA(dout), out ? PyArray_DATA(out) : NULL, PyArray_DATA(y),
+                      PyArray_DATA(mean), PyArray_DATA(invstd), PyArray_DATA(gamma), sums,
+                      sums + c, m, c);
     Py_END_ALLOW_THREADS;
     free(sums);
     return Py_BuildValue("(NNN)", dy, dg, db);
@@ -429,14 +446,15 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
 static PyObject *py_bn_block_end(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"dout", "out", "y_a", "mean_a", "invstd_a", "y_b", "mean_b",
-                             "invstd_b", NULL};
-    PyObject *d_obj, *o_obj, *ya_obj, *ma_obj, *ia_obj, *yb_obj = Py_None, *mb_obj = Py_None,
-                                                        *ib_obj = Py_None;
+    static char *kwlist[] = {"dout", "out",    "y_a",      "mean_a", "invstd_a",
+                             "y_b",  "mean_b", "invstd_b", NULL};
+    PyObject *d_obj, *o_obj, *ya_obj, *ma_obj, *ia_obj,
+        *yb_obj = Py_None, *mb_obj = Py_None, *ib_obj = Py_None;
     PyArrayObject *dout, *out, *ya, *ma, *ia, *yb = NULL, *mb = NULL, *ib = NULL, *dz;
     npy_intp m, c;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|OOO:bn_block_end", kwlist, &d_obj,
-                                     &o_obj, &ya_obj, &ma_obj, &ia_obj, &yb_obj, &mb_obj, &ib_obj))
+                                     &o_obj, &ya_obj, &ma_obj, &ia_obj, &yb_obj, &mb_obj,
+                                     &ib_obj))
         return NULL;
     if (matrix_arg(ya_obj, "y_a", &m, &c, &ya) || same_shape(d_obj, "dout", ya, &dout) ||
         same_shape(o_obj, "out", ya, &out) || channel_arg(ma_obj, "mean_a", c, 0, &ma) ||
@@ -458,10 +476,11 @@ static PyObject *py_bn_block_end(PyObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS;
-    bn_backward_mask_reduce2(PyArray_DATA(sums[0]), PyArray_DATA(sums[1]), PyArray_DATA(sums[2]),
-                             PyArray_DATA(dz), PyArray_DATA(out), PyArray_DATA(ya),
-                             PyArray_DATA(ma), PyArray_DATA(ia), yb ? PyArray_DATA(yb) : NULL,
-                             mb ? PyArray_DATA(mb) : NULL, ib ? PyArray_DATA(ib) : NULL, m, c);
+    bn_backward_mask_reduce2(PyArray_DATA(sums[0]), PyArray_DATA(sums[1]),
+                             PyArray_DATA(sums[2]), PyArray_DATA(dz), PyArray_DATA(out),
+                             PyArray_DATA(ya), PyArray_DATA(ma), PyArray_DATA(ia),
+                             yb ? PyArray_DATA(yb) : NULL, mb ? PyArray_DATA(mb) : NULL,
+                             ib ? PyArray_DATA(ib) : NULL, m, c);
     Py_END_ALLOW_THREADS;
     return Py_BuildValue("(NNNN)", dz, sums[0], sums[1], sums[2]);
 }
@@ -473,9 +492,10 @@ static int pool_geometry(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad, npy_in
 {
     if (k < 1 || k > 16 || stride < 1 || pad < 0 || 2 * pad > k || h + 2 * pad < k ||
         w + 2 * pad < k) {
-        PyErr_Format(PyExc_ValueError,
-                     "bad pooling geometry: window %zd, stride %zd, padding %zd on %ld x %ld",
-                     k, stride, pad, (long)h, (long)w);
+        PyErr_Format(
+            PyExc_ValueError,
+            "bad pooling geometry: window %zd, stride %zd, padding %zd on %ld x %ld", k,
+            stride, pad, (long)h, (long)w);
         return -1;
     }
     return 0;
@@ -489,21 +509,24 @@ static PyObject *py_maxpool_forward(PyObject *self, PyObject *args, PyObject *kw
     Py_ssize_t k = 3, stride = 2, pad = 1;
     int reference = 0;
     PyArrayObject *x, *out;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|nnn$p:maxpool_forward", kwlist, &x_obj, &k,
-                                     &stride, &pad, &reference) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|nnn$p:maxpool_forward", kwlist, &x_obj,
+                                     &k, &stride, &pad, &reference) ||
         tensor_arg(x_obj, "x", 4, -1, -1, -1, -1, 0, &x))
         return NULL;
     npy_intp n = PyArray_DIM(x, 0), h = PyArray_DIM(x, 1), w = PyArray_DIM(x, 2),
              c = PyArray_DIM(x, 3);
     if (pool_geometry(k, stride, pad, h, w))
         return NULL;
-    if (!(out = new_zeros(4, n, window_out(h, k, stride, pad), window_out(w, k, stride, pad), c)))
+    if (!(out = new_zeros(4, n, window_out(h, k, stride, pad),
+                          window_out(w, k, stride, pad), c)))
         return NULL;
     Py_BEGIN_ALLOW_THREADS;
     if (reference)
-        maxpool_forward_reference(PyArray_DATA(out), PyArray_DATA(x), n, h, w, c, k, stride, pad);
+        maxpool_forward_reference(PyArray_DATA(out), PyArray_DATA(x), n, h, w, c, k, stride,
+                                  pad);
     else
-        maxpool_forward(PyArray_DATA(out), NULL, PyArray_DATA(x), n, h, w, c, k, stride, pad);
+        maxpool_forward(PyArray_DATA(out), NULL, PyArray_DATA(x), n, h, w, c, k, stride,
+                        pad);
     Py_END_ALLOW_THREADS;
     return (PyObject *)out;
 }
@@ -516,8 +539,9 @@ static PyObject *py_maxpool_backward(PyObject *self, PyObject *args, PyObject *k
     Py_ssize_t k = 3, stride = 2, pad = 1;
     int reference = 0;
     PyArrayObject *x, *out, *dout, *dx;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|nnn$p:maxpool_backward", kwlist, &d_obj,
-                                     &x_obj, &o_obj, &k, &stride, &pad, &reference) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|nnn$p:maxpool_backward", kwlist,
+                                     &d_obj, &x_obj, &o_obj, &k, &stride, &pad,
+                                     &reference) ||
         tensor_arg(x_obj, "x", 4, -1, -1, -1, -1, 0, &x))
         return NULL;
     npy_intp n = PyArray_DIM(x, 0), h = PyArray_DIM(x, 1), w = PyArray_DIM(x, 2),
@@ -526,7 +550,8 @@ static PyObject *py_maxpool_backward(PyObject *self, PyObject *args, PyObject *k
         return NULL;
     npy_intp p = window_out(h, k, stride, pad), q = window_out(w, k, stride, pad);
     if (tensor_arg(o_obj, "out", 4, n, p, q, c, 0, &out) ||
-        tensor_arg(d_obj, "dout", 4, n, p, q, c, 0, &dout) || !(dx = new_zeros(4, n, h, w, c)))
+        tensor_arg(d_obj, "dout", 4, n, p, q, c, 0, &dout) ||
+        !(dx = new_zeros(4, n, h, w, c)))
         return NULL;
     /* The forward again, for its argmax (the fast backward's saved state). */
     unsigned char *argmax = reference ? NULL : malloc((size_t)(n * p * q * c));
@@ -539,11 +564,12 @@ static PyObject *py_maxpool_backward(PyObject *self, PyObject *args, PyObject *k
     }
     Py_BEGIN_ALLOW_THREADS;
     if (reference) {
-        maxpool_backward_reference(PyArray_DATA(dx), PyArray_DATA(dout), PyArray_DATA(x), n, h, w,
-                                   c, k, stride, pad);
+        maxpool_backward_reference(PyArray_DATA(dx), PyArray_DATA(dout), PyArray_DATA(x), n,
+                                   h, w, c, k, stride, pad);
     } else {
         maxpool_forward(again, argmax, PyArray_DATA(x), n, h, w, c, k, stride, pad);
-        maxpool_backward(PyArray_DATA(dx), PyArray_DATA(dout), argmax, n, h, w, c, k, stride, pad);
+        maxpool_backward(PyArray_DATA(dx), PyArray_DATA(dout), argmax, n, h, w, c, k,
+                         stride, pad);
     }
     Py_END_ALLOW_THREADS;
     free(argmax);
@@ -607,7 +633,8 @@ static PyMethodDef image_layer_methods[] = {
      METH_VARARGS | METH_KEYWORDS, "max pool forward (test entry point)"},
     {"maxpool_backward", (PyCFunction)(void (*)(void))py_maxpool_backward,
      METH_VARARGS | METH_KEYWORDS, "max pool backward (test entry point)"},
-    {"avgpool_forward", py_avgpool_forward, METH_O, "global average pool (test entry point)"},
+    {"avgpool_forward", py_avgpool_forward, METH_O,
+     "global average pool (test entry point)"},
     {"avgpool_backward", py_avgpool_backward, METH_VARARGS,
      "global average pool backward (test entry point)"},
     {NULL, NULL, 0, NULL}};

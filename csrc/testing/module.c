@@ -39,8 +39,8 @@ static PyObject *py_gemm_reference(PyObject *self, PyObject *args, PyObject *kwd
     const float *pa = PyArray_DATA(A), *pb = PyArray_DATA(B);
     float *pc = PyArray_DATA(C);
     Py_BEGIN_ALLOW_THREADS;
-    cv_gemm_reference(m, n, k, (float)alpha, pa, sa[0], sa[1], pb, sb[0], sb[1], (float)beta,
-                      pc, sc[0], sc[1]);
+    cv_gemm_reference(m, n, k, (float)alpha, pa, sa[0], sa[1], pb, sb[0], sb[1],
+                      (float)beta, pc, sc[0], sc[1]);
     Py_END_ALLOW_THREADS;
     Py_RETURN_NONE;
 }

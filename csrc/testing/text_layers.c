@@ -48,8 +48,8 @@ static Py_ssize_t packing(PyObject *lengths, ptrdiff_t heads, ptrdiff_t **seq_st
         }
         if (len < 1) {
             Py_DECREF(fast);
-            PyErr_Format(PyExc_ValueError, "lengths[%zd] = %zd; every sequence needs a row", s,
-                         len);
+            PyErr_Format(PyExc_ValueError, "lengths[%zd] = %zd; every sequence needs a row",
+                         s, len);
             return -1;
         }
         (*seq_start)[s + 1] = (*seq_start)[s] + len;
@@ -71,8 +71,8 @@ static PyObject *py_layernorm_forward(PyObject *self, PyObject *args, PyObject *
     double eps = 1e-12;
     int reference = 0;
     PyArrayObject *x, *g, *b;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|dp", kwlist, &x_obj, &g_obj, &b_obj, &eps,
-                                     &reference) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|dp", kwlist, &x_obj, &g_obj, &b_obj,
+                                     &eps, &reference) ||
         floats(x_obj, "x", 2, -1, -1, &x))
         return NULL;
     npy_intp rows = PyArray_DIM(x, 0), dim = PyArray_DIM(x, 1);
@@ -111,7 +111,8 @@ static PyObject *py_layernorm_backward(PyObject *self, PyObject *args, PyObject 
         floats(g_obj, "gamma", 1, dim, -1, &g))
         return NULL;
     npy_intp shape[2] = {rows, dim};
-    PyArrayObject *dx = cv_new_float_array(2, shape), *dg = cv_new_float_array(1, shape + 1),
+    PyArrayObject *dx = cv_new_float_array(2, shape),
+                  *dg = cv_new_float_array(1, shape + 1),
                   *db = cv_new_float_array(1, shape + 1);
     if (!dx || !dg || !db) {
         Py_XDECREF(dx);
@@ -124,8 +125,8 @@ static PyObject *py_layernorm_backward(PyObject *self, PyObject *args, PyObject 
     memset(PyArray_DATA(dg), 0, (size_t)dim * sizeof(float));
     memset(PyArray_DATA(db), 0, (size_t)dim * sizeof(float));
     (reference ? layernorm_backward_reference : layernorm_backward)(
-        PyArray_DATA(dx), PyArray_DATA(dg), PyArray_DATA(db), PyArray_DATA(d), PyArray_DATA(x),
-        PyArray_DATA(r), PyArray_DATA(g), rows, dim);
+        PyArray_DATA(dx), PyArray_DATA(dg), PyArray_DATA(db), PyArray_DATA(d),
+        PyArray_DATA(x), PyArray_DATA(r), PyArray_DATA(g), rows, dim);
     Py_END_ALLOW_THREADS;
     return Py_BuildValue("(NNN)", dx, dg, db);
 }
@@ -214,11 +215,11 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *
     size_t *probs_start = NULL;
     float *work = NULL;
     npy_intp width;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOn|p", kwlist, &qkv_obj, &lengths, &heads,
-                                     &reference))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOn|p", kwlist, &qkv_obj, &lengths,
+                                     &heads, &reference))
         return NULL;
-    Py_ssize_t n = attention_args(qkv_obj, lengths, heads, &qkv, &seq_start, &probs_start,
-                                  &width);
+    Py_ssize_t n =
+        attention_args(qkv_obj, lengths, heads, &qkv, &seq_start, &probs_start, &width);
     if (n < 0)
         goto error;
     npy_intp ctx_shape[2] = {PyArray_DIM(qkv, 0), width};
@@ -229,11 +230,13 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *
         goto error;
     Py_BEGIN_ALLOW_THREADS;
     if (reference)
-        attention_forward_reference(PyArray_DATA(ctx), PyArray_DATA(probs), PyArray_DATA(qkv),
-                                    seq_start, probs_start, n, heads, width / heads);
+        attention_forward_reference(PyArray_DATA(ctx), PyArray_DATA(probs),
+                                    PyArray_DATA(qkv), seq_start, probs_start, n, heads,
+                                    width / heads);
     else
-        attention_forward(PyArray_DATA(ctx), PyArray_DATA(probs), PyArray_DATA(qkv), seq_start,
-                          probs_start, n, heads, width / heads, NULL, cv_get_num_threads());
+        attention_forward(PyArray_DATA(ctx), PyArray_DATA(probs), PyArray_DATA(qkv),
+                          seq_start, probs_start, n, heads, width / heads, NULL,
+                          cv_get_num_threads());
     Py_END_ALLOW_THREADS;
     result = Py_BuildValue("(OO)", ctx, probs);
 error:
@@ -260,8 +263,8 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject 
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOn|p", kwlist, &dctx_obj, &probs_obj,
                                      &qkv_obj, &lengths, &heads, &reference))
         return NULL;
-    Py_ssize_t n = attention_args(qkv_obj, lengths, heads, &qkv, &seq_start, &probs_start,
-                                  &width);
+    Py_ssize_t n =
+        attention_args(qkv_obj, lengths, heads, &qkv, &seq_start, &probs_start, &width);
     if (n < 0)
         goto error;
     npy_intp m = PyArray_DIM(qkv, 0);
@@ -276,7 +279,8 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject 
     for (Py_ssize_t s = 0; s < n; s++)
         if (seq_start[s + 1] - seq_start[s] > max_len)
             max_len = seq_start[s + 1] - seq_start[s];
-    if (!reference && !(work = malloc((size_t)(threads * max_len * max_len) * sizeof(float)))) {
+    if (!reference &&
+        !(work = malloc((size_t)(threads * max_len * max_len) * sizeof(float)))) {
         PyErr_NoMemory();
         goto error;
     }
@@ -287,8 +291,8 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject 
                                      probs_start, n, heads, width / heads);
     else
         attention_backward(PyArray_DATA(dqkv), PyArray_DATA(probs), PyArray_DATA(dctx),
-                           PyArray_DATA(qkv), seq_start, probs_start, n, heads, width / heads,
-                           work, threads);
+                           PyArray_DATA(qkv), seq_start, probs_start, n, heads,
+                           width / heads, work, threads);
     Py_END_ALLOW_THREADS;
     result = (PyObject *)dqkv;
     dqkv = NULL;
@@ -310,7 +314,8 @@ static int token_rows(PyObject *ids_obj, PyObject *pos_obj, PyObject *types_obj,
     npy_intp m = PyArray_DIM(*ids, 0);
     if (ints(pos_obj, "positions", m, pos) || ints(types_obj, "types", m, types))
         return -1;
-    const int32_t *a = PyArray_DATA(*ids), *p = PyArray_DATA(*pos), *t = PyArray_DATA(*types);
+    const int32_t *a = PyArray_DATA(*ids), *p = PyArray_DATA(*pos),
+                  *t = PyArray_DATA(*types);
     for (npy_intp i = 0; i < m; i++)
         if (a[i] < 0 || a[i] >= vocab || p[i] < 0 || p[i] >= positions || t[i] < 0 ||
             t[i] >= type_vocab) {
@@ -330,7 +335,8 @@ static PyObject *py_embedding_forward(PyObject *self, PyObject *args)
         floats(w_obj, "word", 2, -1, -1, &w))
         return NULL;
     npy_intp dim = PyArray_DIM(w, 1);
-    if (floats(p_obj, "position", 2, -1, dim, &p) || floats(t_obj, "token_type", 2, -1, dim, &t) ||
+    if (floats(p_obj, "position", 2, -1, dim, &p) ||
+        floats(t_obj, "token_type", 2, -1, dim, &t) ||
         token_rows(ids_obj, pos_obj, types_obj, PyArray_DIM(w, 0), PyArray_DIM(p, 0),
                    PyArray_DIM(t, 0), &ids, &pos, &types))
         return NULL;
@@ -340,8 +346,8 @@ static PyObject *py_embedding_forward(PyObject *self, PyObject *args)
         return NULL;
     Py_BEGIN_ALLOW_THREADS;
     embedding_forward(PyArray_DATA(out), PyArray_DATA(ids), PyArray_DATA(pos),
-                      PyArray_DATA(types), PyArray_DATA(w), PyArray_DATA(p), PyArray_DATA(t),
-                      shape[0], dim);
+                      PyArray_DATA(types), PyArray_DATA(w), PyArray_DATA(p),
+                      PyArray_DATA(t), shape[0], dim);
     Py_END_ALLOW_THREADS;
     return (PyObject *)out;
 }
@@ -376,8 +382,9 @@ static PyObject *py_embedding_backward(PyObject *self, PyObject *args)
     memset(PyArray_DATA(dw), 0, (size_t)(vocab * dim) * sizeof(float));
     memset(PyArray_DATA(dp), 0, (size_t)(positions * dim) * sizeof(float));
     memset(PyArray_DATA(dt), 0, (size_t)(type_vocab * dim) * sizeof(float));
-    embedding_backward(PyArray_DATA(dw), PyArray_DATA(dp), PyArray_DATA(dt), PyArray_DATA(d),
-                       PyArray_DATA(ids), PyArray_DATA(pos), PyArray_DATA(types), m, dim);
+    embedding_backward(PyArray_DATA(dw), PyArray_DATA(dp), PyArray_DATA(dt),
+                       PyArray_DATA(d), PyArray_DATA(ids), PyArray_DATA(pos),
+                       PyArray_DATA(types), m, dim);
     Py_END_ALLOW_THREADS;
     return Py_BuildValue("(NNN)", dw, dp, dt);
 }
@@ -390,7 +397,8 @@ static int pooling_code(const char *name)
         return CV_POOL_MEAN;
     if (!strcmp(name, "cls"))
         return CV_POOL_CLS;
-    PyErr_Format(PyExc_ValueError, "pooling must be 'max', 'mean' or 'cls', got '%s'", name);
+    PyErr_Format(PyExc_ValueError, "pooling must be 'max', 'mean' or 'cls', got '%s'",
+                 name);
     return -1;
 }
 
@@ -419,8 +427,8 @@ static PyObject *py_bert_pool_forward(PyObject *self, PyObject *args)
     if (!out || !argmax)
         goto error;
     Py_BEGIN_ALLOW_THREADS;
-    bert_pool_forward(PyArray_DATA(out), PyArray_DATA(argmax), PyArray_DATA(h), seq_start, n,
-                      shape[1], pooling);
+    bert_pool_forward(PyArray_DATA(out), PyArray_DATA(argmax), PyArray_DATA(h), seq_start,
+                      n, shape[1], pooling);
     Py_END_ALLOW_THREADS;
     result = Py_BuildValue("(OO)", out, argmax);
 error:
@@ -449,7 +457,8 @@ static PyObject *py_bert_pool_backward(PyObject *self, PyObject *args)
     int pooling = pooling_code(name);
     if (pooling < 0 || packing(lengths, 1, &seq_start, &probs_start) != n) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "lengths and dout disagree on the batch size");
+            PyErr_SetString(PyExc_ValueError,
+                            "lengths and dout disagree on the batch size");
         goto error;
     }
     const int32_t *am = PyArray_DATA(a);
