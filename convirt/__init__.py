@@ -112,7 +112,8 @@ def __getattr__(name):
 def config():
     """What a bug report needs, as a dict: the BLIS version and library, the
     sub-configuration (kernel set) in use and why, the CPU features the choice looked
-    at, thread counts, the OpenMP runtime, the compiler and its flags."""
+    at, thread counts, the OpenMP runtime, the compiler and its flags, and the MPI rank
+    and world size (convirt.distributed; 0 and 1 when not launched by mpirun)."""
     info = _core.config()
     info["omp_wait"] = (
         f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
@@ -120,6 +121,10 @@ def config():
         else f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}"
     )
     info["convirt_version"] = __version__
+    from .distributed import describe
+
+    info.update(describe())  # MPI rank and world size (1 without mpirun)
+    info["threads_per_rank"] = _core.get_num_threads()
     return info
 
 

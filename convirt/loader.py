@@ -56,6 +56,12 @@ class BatchLoader:
         ``transform(batch) -> anything``, run in the worker thread on each Batch; the
         loader yields what it returns (augmentation that releases the GIL runs in
         parallel with the training step).
+    shard : (rank, size), default (0, 1)
+        Data parallelism: ``batch_size`` is the global batch and this loader reads only
+        rank's ``batch_size // size`` of each one (its rows ``rank * b .. rank * b + b -
+        1`` of the batch's sorted indices), so that ``size`` loaders together read every
+        pair of the epoch's order exactly once, as one loader of ``batch_size`` does.
+        ``batch_size`` must be a multiple of ``size``.
 
     Iterating gives one epoch: the first ``for`` loop is epoch 0, the next epoch 1, and
     so on; ``set_epoch(e)`` chooses the next one. ``len(loader)`` is the batch count.
@@ -73,6 +79,7 @@ class BatchLoader:
         prefetch=True,
         size=None,
         transform=None,
+        shard=(0, 1),
     ):
         if (
             isinstance(batch_size, bool)
@@ -100,6 +107,19 @@ class BatchLoader:
                 f"give size= to decode and resize images as they load, or "
                 f"prepare() the dataset first"
             )
+        rank, ranks = (int(x) for x in shard)
+        if not (ranks >= 1 and 0 <= rank < ranks):
+            raise ValueError(
+                f"shard must be (rank, size) with 0 <= rank < size; got {shard}"
+            )
+        if batch_size % ranks:
+            raise ValueError(
+                f"the global batch_size {batch_size} must be a multiple of the {ranks} "
+                f"ranks (each reads batch_size / ranks pairs of it)"
+            )
+        if ranks > 1 and not drop_last:
+            raise ValueError("a sharded loader needs drop_last=True (equal shares)")
+        self.shard = (rank, ranks)
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable; got {type(transform).__name__}")
         self.dataset = dataset
@@ -170,6 +190,10 @@ class BatchLoader:
         )
 
     def _make(self, epoch, position, indices):
+        rank, ranks = self.shard
+        if ranks > 1:
+            share = len(indices) // ranks
+            indices = indices[rank * share : (rank + 1) * share]
         batch = self.load_batch(indices, epoch=epoch, position=position)
         return batch if self.transform is None else self.transform(batch)
 

@@ -15,12 +15,15 @@ from ._core import Adam, ContrastiveLoss
 from ._core import Encoder as _CoreEncoder
 from .augment import AUGMENTS, ImageAugment, eval_augment, mild_augment, paper_augment
 from .checkpoint import FORMAT, CheckpointDir
+from .distributed import World, config_hash
+from .distributed import world as _mpi_world
 from .encoder import Encoder
 from .errors import CheckpointError, NonFiniteError, TrainingDiverged
 from .loader import BatchLoader
 from .reports import sample_sentences
 from .schedules import ReduceLROnPlateau, WarmupCosine
 from .text import tokenize
+from .train_step import StepRunner
 from .trainer_config import TrainerConfig, check_optimizer_file, check_state
 
 # paper_augment, mild_augment and AUGMENTS live in convirt.augment; they stay importable
@@ -124,7 +127,15 @@ class Trainer:
         checkpoint_dir: where LAST and BEST checkpoints go (see convirt.checkpoint);
             checkpoint_every: also save every so many steps (default: each epoch).
         callbacks: Callback objects, or functions f(trainer, metrics) called each step.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (rank 0 only under MPI).
+        distributed: the convirt.distributed.World to train over; None (default) is
+            the MPI world when launched by mpirun with several ranks, else one process;
+            False forces one process. fit()'s batch_size is then the global batch.
+        sync_batchnorm: under MPI, the ResNet's batch statistics are those of the
+            global batch (all-reduced in the core) instead of each rank's.
+        micro_batch: embed and backpropagate in chunks of this many pairs (gradient
+            caching: the same update with the activation memory of micro_batch pairs;
+            batch norm sees each chunk's statistics, see convirt.train_step).
 
     Use ``step(images, reports)`` for one update or ``fit(train, val, epochs)``;
     ``history`` (per epoch) and ``steps`` (per step) are lists of dicts. The settings
@@ -143,6 +154,7 @@ class Trainer:
         callbacks=(),
         progress=True,
         prefetch=True,
+        distributed=None,
         **settings,
     ):
         unknown = sorted(set(settings) - set(TrainerConfig.keywords()))
@@ -207,6 +219,16 @@ class Trainer:
         ]
         self.progress = progress
         self.prefetch = prefetch
+        self.world = self._join(distributed)
+        self._runner = StepRunner(
+            image_encoder,
+            text_encoder,
+            self.loss,
+            (config.freeze_image, config.freeze_text),
+            self.world,
+            config.micro_batch,
+            self._buffer,
+        )
         params, grads = [], []
         for encoder, frozen in (
             (image_encoder, config.freeze_image),
@@ -308,14 +330,16 @@ class Trainer:
         n = len(images)
         if n < 2:
             raise ValueError(f"a contrastive step needs at least 2 pairs, got {n}")
-        step = self.step_count
+        step, first = self.step_count, self.world.rank * n
         if self.method == "convirt":
             if reports is None or len(reports) != n:
                 raise ValueError("step needs one report per image")
             ids, mask = (
                 _text
                 if _text is not None
-                else self._prepare_text(reports, step, sample_sentence)
+                else self._prepare_text(
+                    reports, step, sample_sentence, indices=range(first, first + n)
+                )
             )
         # A training forward updates the batch-norm running statistics; a step that fails
         # (a non-finite loss, an error in the core) puts them back, so that it changes
@@ -325,13 +349,13 @@ class Trainer:
         try:
             if self.method == "convirt":
                 views = self._buffer("views", self._view_shape(images, n))
-                self.augment(images, step=step, out=views)
-                result = self._convirt_forward_backward(views, ids, mask)
+                self._augment(images, step, first, views)
+                result = self._runner.convirt(views, ids, mask, self._loss_call)
             else:
                 views = self._buffer("views", self._view_shape(images, 2 * n))
-                self.augment(images, step=2 * step, out=views[:n])
-                self.augment(images, step=2 * step + 1, out=views[n:])
-                result = self._simclr_forward_backward(views)
+                self._augment(images, 2 * step, first, views[:n])
+                self._augment(images, 2 * step + 1, first, views[n:])
+                result = self._runner.simclr(views, self._loss_call)
             if not math.isfinite(result.loss):
                 raise TrainingDiverged(self._diverged_message(result.loss))
             if result.grad_logit_scale is not None and not math.isfinite(
@@ -369,7 +393,8 @@ class Trainer:
             "temperature": self.loss.temperature,
             "grad_norm": grad_norm,
             "seconds": seconds,
-            "pairs_per_s": n / seconds,
+            "pairs_per_s": n * self.world.size / seconds,
+            "comm_seconds": self._runner.comm_seconds,
         }
         self.steps.append(metrics)
         return metrics
@@ -395,46 +420,44 @@ class Trainer:
         except NonFiniteError as error:  # NaN or Inf embeddings, overflowed similarities
             raise TrainingDiverged(self._diverged_message(f"NaN ({error})")) from error
 
-    def _convirt_forward_backward(self, views, ids, mask):
-        image, text = self.image_encoder, self.text_encoder
-        image.train(not self.freeze_image)
-        text.train(not self.freeze_text)
-        _, v = image.forward(
-            views,
-            features=False,
-            embeddings_out=self._buffer("v", (len(views), image.proj_dim)),
+    def _join(self, distributed):
+        """The World to train over; under MPI, the configurations are compared and every
+        rank starts from rank 0's weights and batch-norm statistics."""
+        if distributed is False:
+            return World()
+        group = _mpi_world() if distributed in (None, True) else distributed
+        if not isinstance(group, World):
+            raise TypeError(
+                "distributed must be None, True, False or a convirt.distributed.World, "
+                f"got {type(distributed).__name__}"
+            )
+        if group.size == 1:
+            return group
+        towers = [e for e in (self.image_encoder, self.text_encoder) if e is not None]
+        group.check_same(
+            "the trainer's configuration (a hash of TrainerConfig and the towers)",
+            config_hash(
+                {
+                    "config": self.config.to_json(),
+                    "towers": [(e._describe(), e.flat_parameters.size) for e in towers],
+                }
+            ),
         )
-        _, u = text.forward(
-            ids,
-            mask,
-            features=False,
-            embeddings_out=self._buffer("u", (len(ids), text.proj_dim)),
-        )
-        gv, gu = self._buffer("gv", v.shape), self._buffer("gu", u.shape)
-        result = self._loss_call(lambda: self.loss(v, u, grad_v=gv, grad_u=gu))
-        if not math.isfinite(result.loss):
-            return result
-        if not self.freeze_image:
-            image.zero_grad()
-            image.backward(gv)
-        if not self.freeze_text:
-            text.zero_grad()
-            text.backward(gu)
-        return result
+        for e in towers:
+            group.broadcast_(e.flat_parameters)
+            group.broadcast_(e.flat_buffers)
+        if self.config.sync_batchnorm:
+            self.image_encoder.set_batchnorm_reduce(group.allreduce_sum)
+        return group
 
-    def _simclr_forward_backward(self, views):
-        image = self.image_encoder.train()
-        _, z = image.forward(
-            views,
-            features=False,
-            embeddings_out=self._buffer("z", (len(views), image.proj_dim)),
-        )
-        gz = self._buffer("gz", z.shape)
-        result = self._loss_call(lambda: self.loss.nt_xent(z, grad=gz))
-        if math.isfinite(result.loss):
-            image.zero_grad()
-            image.backward(gz)
-        return result
+    def _augment(self, images, step, first, out):
+        """The views of images first .. first + n - 1 of the (global) batch `step`: the
+        same as one process makes for those rows of the whole batch."""
+        if first == 0:
+            self.augment(images, step=step, out=out)
+        else:
+            params = self.augment.sample_parameters(len(out), step, first_index=first)
+            self.augment.apply(images, params, out=out)
 
     def _step_temperature(self, result):
         if not self.loss.learnable_temperature or result.grad_logit_scale is None:
@@ -446,6 +469,14 @@ class Trainer:
         self.loss.logit_scale = float(self._logit_scale[0])
 
     # ---- validation -------------------------------------------------------------------------
+
+    _VAL_KEYS = (
+        "loss",
+        "image_to_text",
+        "text_to_image",
+        "accuracy_image_to_text",
+        "accuracy_text_to_image",
+    )
 
     def validate(self, data, batch_size=32):
         """Mean contrastive loss on `data` in eval mode: no augmentation (resize only), a
@@ -467,10 +498,12 @@ class Trainer:
         try:
             for e, _ in was:
                 e.eval()
-            for batch in loader.iterate(0):
+            # Under MPI rank r validates batches r, r + K, ...; the sums are all-reduced.
+            for b, indices in enumerate(loader.batch_indices(0)):
+                if b % self.world.size != self.world.rank or len(indices) < 2:
+                    continue
+                batch = loader.load_batch(indices)
                 n, start = len(batch.indices), int(batch.indices[0])
-                if n < 2:
-                    break
                 views = self._buffer("val_views", self._view_shape(batch.images, n))
                 self.eval_augment(batch.images, step=0, out=views)
                 if self.method == "convirt":
@@ -494,19 +527,16 @@ class Trainer:
                     self.augment(batch.images, step=start + 1, out=both[n:])
                     _, z = self.image_encoder.forward(both, features=False)
                     r = self._loss_call(lambda: self.loss.nt_xent(z, compute_grad=False))
-                for key in (
-                    "loss",
-                    "image_to_text",
-                    "text_to_image",
-                    "accuracy_image_to_text",
-                    "accuracy_text_to_image",
-                ):
+                for key in self._VAL_KEYS:
                     totals[key] = totals.get(key, 0.0) + getattr(r, key)
                 count += 1
         finally:
             for e, mode in was:
                 e.train(mode)
-        return {f"val_{k}": v / count for k, v in totals.items()}
+        keys = sorted(self._VAL_KEYS)
+        sums = np.array([count] + [totals.get(k, 0.0) for k in keys], np.float64)
+        self.world.allreduce_sum(sums)
+        return {f"val_{k}": sums[1 + i] / sums[0] for i, k in enumerate(keys)}
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -548,6 +578,12 @@ class Trainer:
                 f"batch_size must be in [2, {len(images)}] for {len(images)} "
                 f"training pairs, got {batch_size}"
             )
+        ranks = self.world.size
+        if batch_size % ranks or batch_size // ranks < 2:
+            raise ValueError(
+                f"batch_size is the global batch: it must be a multiple of the {ranks} "
+                f"ranks with at least 2 pairs on each, got {batch_size}"
+            )
         if val is not None:
             _as_pairs(val, "val")
         pairs = _Pairs(images, reports)
@@ -563,8 +599,13 @@ class Trainer:
             "shuffle": shuffle,
             "max_steps": max_steps,
         }
+        if ranks > 1:
+            self.world.check_same(
+                "fit()'s settings and data size",
+                config_hash({**self.fit_settings, "pairs": len(images)}),
+            )
         bar = None
-        if self.progress:
+        if self.progress and self.world.rank == 0:
             from tqdm.auto import tqdm
 
             bar = tqdm(
@@ -592,6 +633,7 @@ class Trainer:
                     seed=self.seed,
                     prefetch=self.prefetch,
                     transform=prepare,
+                    shard=(self.world.rank, ranks),
                 )
                 for batch, text in loader.iterate(self.epoch, start=self.position):
                     metrics = self.step(batch.images, batch.reports, _text=text)
@@ -691,6 +733,8 @@ class Trainer:
         """Write a checkpoint into checkpoint_dir (atomically: see convirt.checkpoint)."""
         if self.checkpoints is None:
             raise ValueError("this trainer has no checkpoint_dir")
+        if self.world.rank != 0:  # the state is the same on every rank: rank 0 writes
+            return None
         from safetensors.numpy import save
 
         def write(directory):

@@ -121,6 +121,14 @@ class TrainerConfig:
     checkpoint_every: int | None = field(
         default=None, metadata=_rules(_optional(_integer(1)))
     )
+    # scale-out (convirt.distributed, convirt.train_step); checkpoints written before
+    # these existed lack them
+    sync_batchnorm: bool = field(
+        default=False, metadata=_rules(_BOOL, optional_in_file=True)
+    )
+    micro_batch: int | None = field(
+        default=None, metadata=_rules(_optional(_integer(1)), optional_in_file=True)
+    )
     # the ContrastiveLoss's settings (its defaults) and the ImageAugment's config
     temperature: float = field(default=0.1, metadata=_rules(_number(), derived=True))
     image_to_text_weight: float = field(
@@ -143,6 +151,14 @@ class TrainerConfig:
         if self.schedule not in ("plateau", "cosine", None):
             raise ValueError(
                 f"schedule must be 'plateau', 'cosine' or None, got {self.schedule!r}"
+            )
+        if self.micro_batch is not None and (
+            isinstance(self.micro_batch, bool)
+            or not isinstance(self.micro_batch, int)
+            or self.micro_batch < 1
+        ):
+            raise ValueError(
+                f"micro_batch must be None or a positive integer, got {self.micro_batch!r}"
             )
         if self.image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {self.image_size}")
