@@ -9,7 +9,7 @@ import numpy as np
 
 from .images import _check_size
 
-__all__ = ["Batch", "BatchLoader"]
+__all__ = ["Batch", "BatchLoader", "Pairs", "as_pairs"]
 
 
 class Batch(NamedTuple):
@@ -247,3 +247,33 @@ class BatchLoader:
             f"batch_size={self.batch_size}, shuffle={self.shuffle}, seed={self.seed}, "
             f"drop_last={self.drop_last}, prefetch={self.prefetch})"
         )
+
+
+class Pairs:
+    """(images, reports) as the dataset a BatchLoader reads."""
+
+    def __init__(self, images, reports):
+        self.images, self.reports = images, reports
+
+    def __len__(self):
+        return len(self.images)
+
+
+def as_pairs(data, name):
+    """(images, reports) from a tuple or an object with .images and .reports."""
+    if data is None:
+        return None
+    if isinstance(data, tuple) and len(data) == 2:
+        images, reports = data
+    elif hasattr(data, "images"):
+        images, reports = data.images, getattr(data, "reports", None)
+    else:
+        raise TypeError(
+            f"{name} must be (images, reports) or a dataset with .images and "
+            f".reports, got {type(data).__name__}"
+        )
+    if reports is not None and len(reports) != len(images):
+        raise ValueError(f"{name}: {len(images)} images but {len(reports)} reports")
+    if len(images) == 0:
+        raise ValueError(f"{name} is empty")
+    return images, reports

@@ -27,7 +27,43 @@ import time
 
 import numpy as np
 
-__all__ = ["StepRunner"]
+from .distributed import World, config_hash, world
+
+__all__ = ["StepRunner", "join_world"]
+
+
+def join_world(distributed, config, image, text):
+    """The World a Trainer trains over: ``distributed`` None or True is the MPI world
+    when launched by mpirun (else one process), False one process, or a World. Under
+    MPI the configurations are compared (the same error on every rank when they
+    differ), every rank starts from rank 0's weights and batch-norm statistics, and
+    ``config.sync_batchnorm`` installs the all-reduce of the batch-norm sums."""
+    if distributed is False:
+        return World()
+    group = world() if distributed in (None, True) else distributed
+    if not isinstance(group, World):
+        raise TypeError(
+            "distributed must be None, True, False or a convirt.distributed.World, "
+            f"got {type(distributed).__name__}"
+        )
+    if group.size == 1:
+        return group
+    towers = [e for e in (image, text) if e is not None]
+    group.check_same(
+        "the trainer's configuration (a hash of TrainerConfig and the towers)",
+        config_hash(
+            {
+                "config": config.to_json(),
+                "towers": [(e._describe(), e.flat_parameters.size) for e in towers],
+            }
+        ),
+    )
+    for e in towers:
+        group.broadcast_(e.flat_parameters)
+        group.broadcast_(e.flat_buffers)
+    if config.sync_batchnorm:
+        image.set_batchnorm_reduce(group.allreduce_sum)
+    return group
 
 
 class StepRunner:
@@ -154,3 +190,13 @@ class StepRunner:
             gz = local
         self._backward(image, (views,), two_n, gz, z)
         return result
+
+    def evaluate(self, views, ids, mask, loss_call):
+        """The loss of one validation batch, forward only (the towers in eval mode):
+        ConVIRT on (views, ids, mask), SimCLR on views (2n, ...) when ids is None."""
+        if ids is None:
+            _, z = self.image.forward(views, features=False)
+            return loss_call(lambda: self.loss.nt_xent(z, compute_grad=False))
+        _, v = self.image.forward(views, features=False)
+        _, u = self.text.forward(ids, mask, features=False)
+        return loss_call(lambda: self.loss(v, u, compute_grad=False))

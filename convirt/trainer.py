@@ -14,16 +14,16 @@ import numpy as np
 from ._core import Adam, ContrastiveLoss
 from ._core import Encoder as _CoreEncoder
 from .augment import AUGMENTS, ImageAugment, eval_augment, mild_augment, paper_augment
+from .callbacks import Callback, _FunctionCallback
 from .checkpoint import FORMAT, CheckpointDir
-from .distributed import World, config_hash
-from .distributed import world as _mpi_world
+from .distributed import config_hash
 from .encoder import Encoder
 from .errors import CheckpointError, NonFiniteError, TrainingDiverged
-from .loader import BatchLoader
+from .loader import BatchLoader, Pairs, as_pairs
 from .reports import sample_sentences
 from .schedules import ReduceLROnPlateau, WarmupCosine
 from .text import tokenize
-from .train_step import StepRunner
+from .train_step import StepRunner, join_world
 from .trainer_config import TrainerConfig, check_optimizer_file, check_state
 
 # paper_augment, mild_augment and AUGMENTS live in convirt.augment; they stay importable
@@ -37,61 +37,6 @@ __all__ = [
     "mild_augment",
     "paper_augment",
 ]
-
-
-class Callback:
-    """Hooks called by Trainer.fit. Override what you need; every method gets the
-    trainer and returns nothing. Return True from on_step_end or on_epoch_end to stop."""
-
-    def on_train_begin(self, trainer):
-        pass
-
-    def on_step_end(self, trainer, metrics):
-        pass
-
-    def on_epoch_end(self, trainer, record):
-        pass
-
-    def on_train_end(self, trainer):
-        pass
-
-
-class _FunctionCallback(Callback):
-    def __init__(self, fn):
-        self.fn = fn
-
-    def on_step_end(self, trainer, metrics):
-        return self.fn(trainer, metrics)
-
-
-class _Pairs:
-    """(images, reports) as the dataset a BatchLoader reads."""
-
-    def __init__(self, images, reports):
-        self.images, self.reports = images, reports
-
-    def __len__(self):
-        return len(self.images)
-
-
-def _as_pairs(data, name):
-    """(images, reports) from a tuple or an object with .images and .reports."""
-    if data is None:
-        return None
-    if isinstance(data, tuple) and len(data) == 2:
-        images, reports = data
-    elif hasattr(data, "images"):
-        images, reports = data.images, getattr(data, "reports", None)
-    else:
-        raise TypeError(
-            f"{name} must be (images, reports) or a dataset with .images and "
-            f".reports, got {type(data).__name__}"
-        )
-    if reports is not None and len(reports) != len(images):
-        raise ValueError(f"{name}: {len(images)} images but {len(reports)} reports")
-    if len(images) == 0:
-        raise ValueError(f"{name} is empty")
-    return images, reports
 
 
 def _setting(name):
@@ -219,7 +164,7 @@ class Trainer:
         ]
         self.progress = progress
         self.prefetch = prefetch
-        self.world = self._join(distributed)
+        self.world = join_world(distributed, self.config, image_encoder, text_encoder)
         self._runner = StepRunner(
             image_encoder,
             text_encoder,
@@ -420,36 +365,6 @@ class Trainer:
         except NonFiniteError as error:  # NaN or Inf embeddings, overflowed similarities
             raise TrainingDiverged(self._diverged_message(f"NaN ({error})")) from error
 
-    def _join(self, distributed):
-        """The World to train over; under MPI, the configurations are compared and every
-        rank starts from rank 0's weights and batch-norm statistics."""
-        if distributed is False:
-            return World()
-        group = _mpi_world() if distributed in (None, True) else distributed
-        if not isinstance(group, World):
-            raise TypeError(
-                "distributed must be None, True, False or a convirt.distributed.World, "
-                f"got {type(distributed).__name__}"
-            )
-        if group.size == 1:
-            return group
-        towers = [e for e in (self.image_encoder, self.text_encoder) if e is not None]
-        group.check_same(
-            "the trainer's configuration (a hash of TrainerConfig and the towers)",
-            config_hash(
-                {
-                    "config": self.config.to_json(),
-                    "towers": [(e._describe(), e.flat_parameters.size) for e in towers],
-                }
-            ),
-        )
-        for e in towers:
-            group.broadcast_(e.flat_parameters)
-            group.broadcast_(e.flat_buffers)
-        if self.config.sync_batchnorm:
-            self.image_encoder.set_batchnorm_reduce(group.allreduce_sum)
-        return group
-
     def _augment(self, images, step, first, out):
         """The views of images first .. first + n - 1 of the (global) batch `step`: the
         same as one process makes for those rows of the whole batch."""
@@ -482,14 +397,14 @@ class Trainer:
         """Mean contrastive loss on `data` in eval mode: no augmentation (resize only), a
         fixed sentence of each report, forward only. Returns a dict of the losses and
         accuracies averaged over batches."""
-        images, reports = _as_pairs(data, "val")
+        images, reports = as_pairs(data, "val")
         if len(images) < 2:
             raise ValueError("validation needs at least 2 pairs")
         totals = {}
         count = 0
         was = [(e, e.training) for e in (self.image_encoder, self.text_encoder) if e]
         loader = BatchLoader(
-            _Pairs(images, reports),
+            Pairs(images, reports),
             batch_size=batch_size,
             shuffle=False,
             drop_last=False,
@@ -508,25 +423,16 @@ class Trainer:
                 self.eval_augment(batch.images, step=0, out=views)
                 if self.method == "convirt":
                     texts = sample_sentences(
-                        batch.reports,
-                        seed=self.seed + 1,
-                        step=0,
-                        indices=batch.indices.tolist(),
+                        batch.reports, self.seed + 1, 0, indices=batch.indices.tolist()
                     )
-                    ids, mask = tokenize(
-                        self.text_encoder.tokenizer,
-                        texts,
-                        max_length=self.text_encoder.max_length,
-                    )
-                    _, v = self.image_encoder.forward(views, features=False)
-                    _, u = self.text_encoder.forward(ids, mask, features=False)
-                    r = self._loss_call(lambda: self.loss(v, u, compute_grad=False))
+                    text = self.text_encoder
+                    ids, mask = tokenize(text.tokenizer, texts, max_length=text.max_length)
+                    r = self._runner.evaluate(views, ids, mask, self._loss_call)
                 else:
                     both = self._buffer("val_pair", (2 * n,) + views.shape[1:])
                     self.augment(batch.images, step=start, out=both[:n])
                     self.augment(batch.images, step=start + 1, out=both[n:])
-                    _, z = self.image_encoder.forward(both, features=False)
-                    r = self._loss_call(lambda: self.loss.nt_xent(z, compute_grad=False))
+                    r = self._runner.evaluate(both, None, None, self._loss_call)
                 for key in self._VAL_KEYS:
                     totals[key] = totals.get(key, 0.0) + getattr(r, key)
                 count += 1
@@ -570,7 +476,7 @@ class Trainer:
         :class:`convirt.loader.BatchLoader` (epoch e in the order of its seed and e, the
         next batch and its sentences prepared in a thread). Returns the history (one
         dict per epoch)."""
-        images, reports = _as_pairs(train, "train")
+        images, reports = as_pairs(train, "train")
         if self.method == "convirt" and reports is None:
             raise ValueError("ConVIRT needs reports; for images alone use method='simclr'")
         if batch_size < 2 or batch_size > len(images):
@@ -585,8 +491,8 @@ class Trainer:
                 f"ranks with at least 2 pairs on each, got {batch_size}"
             )
         if val is not None:
-            _as_pairs(val, "val")
-        pairs = _Pairs(images, reports)
+            as_pairs(val, "val")
+        pairs = Pairs(images, reports)
         n_batches = len(images) // batch_size
         total_steps = epochs * n_batches if max_steps is None else max_steps
         if self.schedule_name == "cosine" and self.scheduler is None:

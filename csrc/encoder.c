@@ -147,6 +147,15 @@ cv_status cv_encoder_backward(cv_encoder *enc, float *d_input, const float *d_em
     return enc->backbone.backward(enc->backbone.model, d_input, dh);
 }
 
+cv_status cv_encoder_set_batchnorm_reduce(cv_encoder *enc, cv_reduce_fn fn, void *user)
+{
+    if (!enc->backbone.set_batchnorm_reduce)
+        return cv_fail(CV_ERR_VALUE, "the %s backbone has no batch norm to synchronise",
+                       enc->backbone.kind);
+    enc->backbone.set_batchnorm_reduce(enc->backbone.model, fn, user);
+    return CV_OK;
+}
+
 void cv_encoder_zero_grad(cv_encoder *enc)
 {
     if (enc->grads)

@@ -40,6 +40,12 @@ typedef struct {
     ptrdiff_t ids_stride[2], mask_stride[2], types_stride[2];
 } cv_batch;
 
+/* A sum over the processes of a data-parallel run, in place: data (n doubles) becomes
+ * the element-wise sum of every process's data. Returns 0, or nonzero to stop the
+ * calling forward or backward with an error. The core calls it from the thread that
+ * called the forward or backward, outside any parallel region; user is passed back. */
+typedef int (*cv_reduce_fn)(void *user, double *data, ptrdiff_t n);
+
 /* ---- backbone interface ------------------------------------------------------------
  * resnet.c and bert.c each provide a create function that declares the backbone's
  * tensors in the table and fills this struct. */
@@ -59,6 +65,10 @@ typedef struct {
      * c) for images; NULL to skip, and for tokens) */
     cv_status (*backward)(void *model, float *d_input, const float *d_features);
     void (*free)(void *model);
+    /* Synchronised batch norm (NULL for a backbone without batch norm): training
+     * forwards use the statistics of every process's batch together, summed with fn
+     * (NULL: this process's batch alone, the default). */
+    void (*set_batchnorm_reduce)(void *model, cv_reduce_fn fn, void *user);
 } cv_backbone;
 
 /* ---- the encoder (encoder.c) -------------------------------------------------------- */
@@ -109,6 +119,11 @@ cv_status cv_encoder_forward(cv_encoder *enc, float *features, float *embeddings
 cv_status cv_encoder_backward(cv_encoder *enc, float *d_input, const float *d_embeddings,
                               const float *d_features);
 void cv_encoder_zero_grad(cv_encoder *enc);
+
+/* Synchronised batch norm over the processes of a data-parallel run (see
+ * cv_reduce_fn); fn NULL turns it off. CV_ERR_VALUE for a backbone without batch
+ * norm (BERT). */
+cv_status cv_encoder_set_batchnorm_reduce(cv_encoder *enc, cv_reduce_fn fn, void *user);
 void cv_encoder_free(cv_encoder *enc);
 
 #endif

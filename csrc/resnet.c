@@ -45,7 +45,8 @@ typedef struct {
      * unpacked kernels use their fast row-times-panel form instead of dot products. */
     float *weight_t;
     conv_shape shape;
-    float *y, *a; /* convolution output; batch norm (+ReLU) output */
+    float *y, *a;      /* convolution output; batch norm (+ReLU) output */
+    double total_rows; /* rows of the last training forward's statistics, all processes */
 } unit;
 
 typedef struct {
@@ -83,6 +84,11 @@ typedef struct {
 
     conv_input input; /* the images of the last forward */
     int has_training_forward;
+
+    /* synchronised batch norm: the sum over processes, and its buffer (1 + 3 channels) */
+    cv_reduce_fn reduce;
+    void *reduce_user;
+    double *reduce_buf;
 } resnet_model;
 
 /* ---- profile ------------------------------------------------------------------------- */
@@ -265,8 +271,9 @@ static cv_status build(resnet_model *m, cv_tensor_table *table)
     m->stat_mean = malloc((size_t)m->max_channels * sizeof(double));
     m->stat_var = malloc((size_t)m->max_channels * sizeof(double));
     m->stat_extra = malloc((size_t)m->max_channels * sizeof(double));
+    m->reduce_buf = malloc((size_t)(1 + 3 * m->max_channels) * sizeof(double));
     if (!m->channel_data || !m->weight_t_data || !m->stat_mean || !m->stat_var ||
-        !m->stat_extra)
+        !m->stat_extra || !m->reduce_buf)
         return cv_fail(CV_ERR_MEMORY, "out of memory building the ResNet");
     memset(m->channel_data, 0, channels * sizeof(float));
     float *c = m->channel_data, *t = m->weight_t_data;
@@ -331,6 +338,7 @@ static void resnet_free(void *model)
     free(m->stat_mean);
     free(m->stat_var);
     free(m->stat_extra);
+    free(m->reduce_buf);
     free(m->arena);
     free(m->partials);
     free(m->counts);
@@ -558,6 +566,65 @@ static void transpose(float *restrict dst, const float *restrict src, ptrdiff_t 
 /* y = conv(input); training: batch statistics into u->mean/invstd/scale/shift and the
  * running statistics; eval: the running statistics' affine map (and residual, ReLU)
  * applied in the GEMM epilogue, so u->y == u->a holds the unit's output. */
+/* ---- synchronised batch norm ---------------------------------------------------------
+ * With a reduce hook, K processes each holding b of the batch's images compute what one
+ * process computes on all K b. Forward: each sends (rows, rows mean, rows (var + mean^2))
+ * per channel; the sums give the batch's mean and (biased) variance, in double. Backward:
+ * bn_backward_apply needs sum(dz) / rows and sum(dz (y - mean)) / rows over the batch
+ * (mean and invstd being the batch's already); each process's sums are summed, then
+ * scaled by rows / total_rows, so that apply's division by its own rows gives the
+ * batch's means, and the dgamma, dbeta it adds (those sums) are this process's share,
+ * rows / total_rows of the batch's: the all-reduce of the gradient buffers adds the
+ * shares back to the whole. */
+
+static cv_status reduce_failed(void)
+{
+    return cv_fail(CV_ERR_STATE, "the batch-norm reduce across processes failed");
+}
+
+static cv_status reduce_statistics(resnet_model *m, double *total, ptrdiff_t rows,
+                                   ptrdiff_t c)
+{
+    double *buf = m->reduce_buf, *mean = m->stat_mean, *var = m->stat_var;
+    buf[0] = (double)rows;
+    for (ptrdiff_t j = 0; j < c; j++) {
+        buf[1 + j] = rows * mean[j];
+        buf[1 + c + j] = rows * (var[j] + mean[j] * mean[j]);
+    }
+    if (m->reduce(m->reduce_user, buf, 1 + 2 * c))
+        return reduce_failed();
+    *total = buf[0];
+    for (ptrdiff_t j = 0; j < c; j++) {
+        mean[j] = buf[1 + j] / buf[0];
+        double v = buf[1 + c + j] / buf[0] - mean[j] * mean[j];
+        var[j] = v > 0.0 ? v : 0.0;
+    }
+    return CV_OK;
+}
+
+/* sums[0..count-1] (c each), summed over the processes and scaled by rows / total. */
+static cv_status reduce_sums(resnet_model *m, double *const *sums, int count, ptrdiff_t c,
+                             ptrdiff_t rows, double total)
+{
+    double *buf = m->reduce_buf;
+    for (int s = 0; s < count; s++)
+        memcpy(buf + s * c, sums[s], (size_t)c * sizeof(double));
+    if (m->reduce(m->reduce_user, buf, count * c))
+        return reduce_failed();
+    const double share = (double)rows / total;
+    for (int s = 0; s < count; s++)
+        for (ptrdiff_t j = 0; j < c; j++)
+            sums[s][j] = buf[s * c + j] * share;
+    return CV_OK;
+}
+
+static void resnet_set_batchnorm_reduce(void *model, cv_reduce_fn fn, void *user)
+{
+    resnet_model *m = model;
+    m->reduce = fn;
+    m->reduce_user = fn ? user : NULL;
+}
+
 static cv_status unit_forward(resnet_model *m, int index, const conv_input *in,
                               const float *residual, int relu, int training)
 {
@@ -582,9 +649,12 @@ static cv_status unit_forward(resnet_model *m, int index, const conv_input *in,
         ptrdiff_t tiles = conv2d_tile_count(in, s), rows = s->n * s->p * s->q;
         bn_combine_statistics(m->stat_mean, m->stat_var, m->partials, m->counts, 0, tiles,
                               k);
+        u->total_rows = (double)rows;
+        if (m->reduce && (st = reduce_statistics(m, &u->total_rows, rows, k)))
+            return st;
         bn_finish_statistics(u->mean, u->invstd, u->scale, u->shift, u->running_mean,
                              u->running_var, m->stat_mean, m->stat_var, u->gamma, u->beta,
-                             rows, k, BN_MOMENTUM, BN_EPS);
+                             (ptrdiff_t)u->total_rows, k, BN_MOMENTUM, BN_EPS);
         if (profile.on)
             profile_add(index, u->name, P_BN_FWD, t0, 0.0);
     } else {
@@ -702,18 +772,25 @@ static cv_status resnet_forward(void *model, float *features, const cv_batch *ba
 /* ---- backward ------------------------------------------------------------------------ */
 
 /* dy (into dst, may be dout) of the batch norm of unit u, masked by out when given. */
-static void unit_bn_backward(resnet_model *m, int index, float *dst, const float *dout,
-                             const float *out)
+static cv_status unit_bn_backward(resnet_model *m, int index, float *dst, const float *dout,
+                                  const float *out)
 {
     unit *u = &m->units[index];
     const ptrdiff_t rows = u->shape.n * u->shape.p * u->shape.q;
     double t0 = now();
     bn_backward_reduce(m->stat_mean, m->stat_var, dout, out, u->y, u->mean, u->invstd, rows,
                        u->out_c);
+    if (m->reduce) {
+        double *sums[2] = {m->stat_mean, m->stat_var};
+        cv_status st = reduce_sums(m, sums, 2, u->out_c, rows, u->total_rows);
+        if (st)
+            return st;
+    }
     bn_backward_apply(dst, u->dgamma, u->dbeta, dout, out, u->y, u->mean, u->invstd,
                       u->gamma, m->stat_mean, m->stat_var, rows, u->out_c);
     if (profile.on)
         profile_add(index, u->name, P_BN_BWD, t0, 0.0);
+    return CV_OK;
 }
 
 /* The same with the sums already made (sum_dz, sum_dzx), dout already masked. */
@@ -767,6 +844,11 @@ static cv_status block_backward(resnet_model *m, const block *blk, int gin, int 
                              ud ? ud->invstd : NULL, rows, uf->out_c);
     if (profile.on)
         profile_add(final, uf->name, P_BN_BWD, t0, 0.0);
+    if (m->reduce) {
+        double *sums[3] = {sum_dz, sum_f, sum_d};
+        if ((st = reduce_sums(m, sums, ud ? 3 : 2, uf->out_c, rows, uf->total_rows)))
+            return st;
+    }
     conv_input in;
     int cur = other[1], spare = other[2];
     if (ud) {
@@ -789,7 +871,8 @@ static cv_status block_backward(resnet_model *m, const block *blk, int gin, int 
         if ((st = unit_conv_backward(m, blk->main[i], dinp, g[cur], &in, i == 0)))
             return st;
         if (i > 0) {
-            unit_bn_backward(m, blk->main[i - 1], g[spare], g[spare], x);
+            if ((st = unit_bn_backward(m, blk->main[i - 1], g[spare], g[spare], x)))
+                return st;
             int t = cur;
             cur = spare;
             spare = t;
@@ -828,7 +911,8 @@ static cv_status resnet_backward(void *model, float *d_input, const float *d_fea
     maxpool_backward(da, m->grad[gin], m->pool_argmax, s->n, s->p, s->q, 64, 3, 2, 1);
     if (profile.on)
         profile_add(m->n_units, "maxpool", P_BN_BWD, t0, 0.0);
-    unit_bn_backward(m, 0, da, da, stem->a);
+    if ((st = unit_bn_backward(m, 0, da, da, stem->a)))
+        return st;
     return unit_conv_backward(m, 0, d_input, da, &m->input, 0);
 }
 
@@ -861,5 +945,6 @@ cv_status resnet_create(cv_backbone *backbone, cv_tensor_table *table,
     backbone->forward = resnet_forward;
     backbone->backward = resnet_backward;
     backbone->free = resnet_free;
+    backbone->set_batchnorm_reduce = resnet_set_batchnorm_reduce;
     return CV_OK;
 }

@@ -24,7 +24,16 @@ LAYERS = (
     # Kept names: the package root and the aliases of modules that were split.
     ("package and aliases", ("convirt.eval", "convirt.data")),
     ("evaluation", ("convirt.evaluation", "convirt.sklearn")),
-    ("training", ("convirt.trainer", "convirt.trainer_config")),
+    (
+        "training",
+        (
+            "convirt.trainer",
+            "convirt.trainer_config",
+            "convirt.train_step",
+            "convirt.callbacks",
+            "convirt.distributed",
+        ),
+    ),
     ("models", ("convirt.encoder", "convirt.checkpoint", "convirt.schedules")),
     (
         "data",

@@ -27,6 +27,10 @@ typedef struct {
     PyObject *last_input;
     cv_batch last_batch;
     uint64_t last_fingerprint;
+    /* Synchronised batch norm: the Python callable the core's reduce hook calls, and
+     * the exception it raised (type, value, traceback), raised again after the call. */
+    PyObject *bn_reduce;
+    PyObject *hook_error[3];
 } EncoderObject;
 
 /* ---- construction ------------------------------------------------------------- */
@@ -198,6 +202,9 @@ static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds)
 static void Encoder_dealloc(EncoderObject *self)
 {
     Py_CLEAR(self->last_input);
+    Py_CLEAR(self->bn_reduce);
+    for (int i = 0; i < 3; i++)
+        Py_CLEAR(self->hook_error[i]);
     cv_encoder_free(&self->enc);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -209,6 +216,61 @@ static int check_built(EncoderObject *self)
         return -1;
     }
     return 0;
+}
+
+/* ---- synchronised batch norm ----------------------------------------------------------
+ */
+
+/* The core's cv_reduce_fn: calls self->bn_reduce(array) with the GIL, array a float64
+ * view of the core's buffer (valid during the call only). An exception is kept for
+ * raise_status() and stops the core's call. */
+static int bn_reduce_hook(void *user, double *data, ptrdiff_t n)
+{
+    EncoderObject *self = user;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    npy_intp dims[1] = {n};
+    PyObject *array = PyArray_SimpleNewFromData(1, dims, NPY_FLOAT64, data);
+    PyObject *result = array ? PyObject_CallOneArg(self->bn_reduce, array) : NULL;
+    int failed = result == NULL;
+    if (failed && !self->hook_error[0])
+        PyErr_Fetch(&self->hook_error[0], &self->hook_error[1], &self->hook_error[2]);
+    PyErr_Clear();
+    Py_XDECREF(result);
+    Py_XDECREF(array);
+    PyGILState_Release(gil);
+    return failed;
+}
+
+/* After a core call that failed: the reduce hook's exception if it raised one, else the
+ * core's status as the package's exception. */
+static void raise_status(EncoderObject *self, cv_status status)
+{
+    if (self->hook_error[0]) {
+        PyErr_Restore(self->hook_error[0], self->hook_error[1], self->hook_error[2]);
+        self->hook_error[0] = self->hook_error[1] = self->hook_error[2] = NULL;
+        return;
+    }
+    cv_raise(status);
+}
+
+static PyObject *Encoder_set_batchnorm_reduce(EncoderObject *self, PyObject *fn)
+{
+    if (check_built(self))
+        return NULL;
+    if (fn != Py_None && !PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError, "the reduce must be callable or None, got %s",
+                     Py_TYPE(fn)->tp_name);
+        return NULL;
+    }
+    if (cv_claim(&self->busy, "Encoder"))
+        return NULL;
+    cv_status status = cv_encoder_set_batchnorm_reduce(
+        &self->enc, fn == Py_None ? NULL : bn_reduce_hook, self);
+    CV_RELEASE(&self->busy);
+    if (status != CV_OK)
+        return cv_raise(status), NULL;
+    Py_XSETREF(self->bn_reduce, fn == Py_None ? NULL : Py_NewRef(fn));
+    Py_RETURN_NONE;
 }
 
 /* ---- inputs -------------------------------------------------------------------- */
@@ -502,7 +564,7 @@ static PyObject *Encoder_forward(EncoderObject *self, PyObject *args, PyObject *
     Py_END_ALLOW_THREADS;
     CV_RELEASE(&self->busy);
     if (status != CV_OK) {
-        cv_raise(status);
+        raise_status(self, status);
         goto error;
     }
     Py_CLEAR(self->last_input);
@@ -602,7 +664,7 @@ static PyObject *Encoder_backward(EncoderObject *self, PyObject *args, PyObject 
                                  df ? PyArray_DATA(df) : NULL);
     Py_END_ALLOW_THREADS;
     if (status != CV_OK) {
-        cv_raise(status);
+        raise_status(self, status);
         goto error;
     }
     CV_RELEASE(&self->busy);
@@ -927,6 +989,14 @@ static PyMethodDef Encoder_methods[] = {
      "wrong). A Ctrl-C that stops it leaves partial gradients: zero_grad() before the "
      "next step."},
     {"zero_grad", (PyCFunction)Encoder_zero_grad, METH_NOARGS, "set all gradients to zero"},
+    {"set_batchnorm_reduce", (PyCFunction)Encoder_set_batchnorm_reduce, METH_O,
+     "set_batchnorm_reduce(fn) -> None: synchronised batch norm for data-parallel "
+     "training (image encoders). Training forwards and backwards call fn(array) with a "
+     "float64 array of per-channel sums, which fn must replace in place by their sum over "
+     "the processes (e.g. an MPI all-reduce; the array is valid during the call only), so "
+     "that the batch statistics are those of every process's images together. An "
+     "exception from fn stops the call and is raised from it. None turns it off. "
+     "ValueError for a text encoder (no batch norm)."},
     {"last_hidden_state", (PyCFunction)Encoder_last_hidden_state, METH_NOARGS,
      "last_hidden_state() -> float32 (N, T, hidden): the last BERT layer's token outputs "
      "of the last forward (text only), zeros at padded positions"},
