@@ -6,14 +6,14 @@ PIP ?= $(PYTHON) -m pip
 .PHONY: setup install install-test install-dev dev-tools build demo test test-fast bench \
 	format lint clean sanitize
 
-setup:                       ## system packages: BLIS (OpenMP build), pkg-config
+setup:                       ## system packages: BLIS (OpenMP build), pkg-config, Open MPI
 	./scripts/setup-system.sh
 
 install: setup               ## the package (editable) and its runtime dependencies
 	$(PIP) install -q -e ".[demo]"
 
-install-test: setup          ## plus the test-only dependencies (torch==2.13.0 etc.)
-	$(PIP) install -q -e ".[test,demo]"
+install-test: setup          ## plus the test-only dependencies (torch==2.13.0, mpi4py etc.)
+	$(PIP) install -q -e ".[test,demo,mpi]"
 	$(PIP) install -q --no-deps torchxrayvision   # only for its real Indiana reports
 
 build:                       ## rebuild the C extension in place after editing csrc/

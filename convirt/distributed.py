@@ -171,7 +171,8 @@ _WORLD = None
 def world():
     """The process group of this run (created once): the MPI world when launched by
     mpirun with more than one rank, else the group of one. Under MPI it also sets
-    the threads per rank (cores / ranks on this machine, unless OMP_NUM_THREADS is set)
+    the threads per rank (cores / ranks on this machine, unless OMP_NUM_THREADS is set
+    or set_num_threads() was called first)
     and ends the job on an uncaught exception (see the module's docstring)."""
     global _WORLD
     if _WORLD is not None:
@@ -196,13 +197,13 @@ def world():
 def _set_threads(group):
     from . import _core
 
-    if "OMP_NUM_THREADS" in os.environ:
-        return
     cores = os.cpu_count() or 1
     try:
         bound = len(os.sched_getaffinity(0))  # mpirun may bind each rank to its cores
     except AttributeError:
         bound = cores
+    if "OMP_NUM_THREADS" in os.environ or _core.get_num_threads() != bound:
+        return  # chosen by the user (OMP_NUM_THREADS, set_num_threads)
     _core.set_num_threads(max(1, min(bound, cores // max(1, group.local_size))))
 
 

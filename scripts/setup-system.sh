@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the system libraries convirt builds against (BLIS with OpenMP, pkg-config).
+# Installs the system libraries convirt builds against (BLIS with OpenMP, pkg-config) and
+# Open MPI (mpirun, and the headers mpi4py builds against) for data-parallel training and
+# its tests (tests/test_distributed.py).
 # As root it runs apt-get; otherwise it prints the command to run.
 set -euo pipefail
-packages="libblis-openmp-dev pkg-config"
+packages="libblis-openmp-dev pkg-config openmpi-bin libopenmpi-dev"
 have_all=1
 for p in $packages; do
     dpkg -s "$p" >/dev/null 2>&1 || have_all=0

@@ -58,6 +58,15 @@ def build_parser():
     return parser
 
 
+def _end_mpi_job(command):
+    """Under mpirun, a rank that failed ends the whole job (MPI_Abort), naming itself,
+    rather than leave the other ranks waiting in a collective."""
+    from ..distributed import launched_size, world
+
+    if launched_size() > 1:
+        world().abort(f"convirt {command} failed on this rank (see above)")
+
+
 def main(argv=None):
     """Entry point of the ``convirt`` console script; returns the exit code."""
     parser = build_parser()
@@ -79,4 +88,5 @@ def main(argv=None):
             else ""
         )
         print(f"convirt {args.command}: error: {error}{hint}", file=sys.stderr)
+        _end_mpi_job(args.command)
         return 1

@@ -32,6 +32,8 @@ PRETRAIN_DEFAULTS = {
     "method": "convirt",
     "max_length": 128,
     "init": None,
+    "sync_batchnorm": False,
+    "micro_batch": None,
 }
 
 
@@ -49,7 +51,10 @@ def add_pretrain_command(subparsers):
         "  convirt pretrain cache/ run/ --text-model /models/Bio_ClinicalBERT\n"
         "  convirt pretrain cache/ run/ --config run.json\n"
         "  convirt pretrain --resume run/\n"
-        "  convirt pretrain cache/ simclr-run/ --method simclr",
+        "  convirt pretrain cache/ simclr-run/ --method simclr\n"
+        "  mpirun -np 4 convirt pretrain cache/ run/ --batch-size 128 --sync-batchnorm\n"
+        "\nUnder mpirun every rank runs this command: --batch-size is the global batch\n"
+        "(a multiple of the ranks), rank 0 writes the run folder and prints.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -108,6 +113,18 @@ def add_pretrain_command(subparsers):
         help="share of the cache held out for validation (default 0.1)",
     )
     parser.add_argument("--checkpoint-every", type=positive_int, help="steps")
+    parser.add_argument(
+        "--sync-batchnorm",
+        action="store_true",
+        default=None,
+        help="under mpirun: batch-norm statistics of the global batch, not each rank's",
+    )
+    parser.add_argument(
+        "--micro-batch",
+        type=positive_int,
+        help="embed and backpropagate in chunks of this many pairs (gradient caching: "
+        "activation memory of the chunk; batch norm sees each chunk's statistics)",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=positive_int)
     parser.add_argument("--no-progress", action="store_true")
@@ -184,11 +201,14 @@ class _IndexedImages:
 def run_pretrain(args):
     import convirt
 
+    from ..distributed import world
     from ..prepared import PreparedDataset
 
+    group = world()  # before --threads, which it must not override
     if args.threads:
         convirt.set_num_threads(args.threads)
     progress = not args.no_progress
+    say = print if group.rank == 0 else (lambda *a, **k: None)
     if args.resume:
         settings_path = os.path.join(args.resume, "settings.json")
         if not os.path.exists(settings_path):
@@ -200,7 +220,7 @@ def run_pretrain(args):
             os.path.join(args.resume, "checkpoint"), progress=progress
         )
         cache, out_dir = args.cache or settings["cache"], args.resume
-        print(f"resuming at step {trainer.step_count}, epoch {trainer.epoch}")
+        say(f"resuming at step {trainer.step_count}, epoch {trainer.epoch}")
     else:
         if not args.cache or not args.out_dir:
             raise ValueError("give CACHE and OUT_DIR (or --resume RUN_DIR)")
@@ -216,16 +236,21 @@ def run_pretrain(args):
     val = _Subset(dataset, val_index) if len(val_index) >= 2 else None
     if trainer is None:
         trainer = _new_trainer(settings, out_dir, progress)
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "settings.json"), "w") as f:
-            json.dump(settings, f, indent=2)
-    print(f"{trainer!r}\n{len(train_index)} training and {len(val_index)} validation pairs")
+        if group.rank == 0:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "settings.json"), "w") as f:
+                json.dump(settings, f, indent=2)
+    say(f"{trainer!r}\n{len(train_index)} training and {len(val_index)} validation pairs")
+    if group.size > 1:
+        say(f"{group.size} MPI ranks, {convirt.get_num_threads()} threads each")
     trainer.fit(
         train if settings["method"] == "convirt" else (train.images, None),
         val=val,
         epochs=settings["epochs"],
         batch_size=settings["batch_size"],
     )
+    if group.rank != 0:
+        return 0
     trainer.plot().savefig(
         os.path.join(out_dir, "loss_curve.png"), dpi=120, bbox_inches="tight"
     )
@@ -275,6 +300,8 @@ def _new_trainer(settings, out_dir, progress):
         seed=settings["seed"],
         checkpoint_dir=os.path.join(out_dir, "checkpoint"),
         checkpoint_every=settings["checkpoint_every"],
+        sync_batchnorm=bool(settings.get("sync_batchnorm")),
+        micro_batch=settings.get("micro_batch"),
         progress=progress,
     )
 
