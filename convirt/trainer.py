@@ -396,7 +396,8 @@ class Trainer:
     def validate(self, data, batch_size=32):
         """Mean contrastive loss on `data` in eval mode: no augmentation (resize only), a
         fixed sentence of each report, forward only. Returns a dict of the losses and
-        accuracies averaged over batches."""
+        accuracies averaged over batches. Under MPI every rank must call it (the
+        batches are split over the ranks and the sums all-reduced)."""
         images, reports = as_pairs(data, "val")
         if len(images) < 2:
             raise ValueError("validation needs at least 2 pairs")
