@@ -68,6 +68,7 @@ def run_isolated(module, function, kwargs, env=None):
         env=full_env,
         capture_output=True,
         text=True,
+        check=False,
     )
     if out.returncode != 0:
         raise RuntimeError(f"{module}.{function} failed:\n{out.stderr}")

@@ -411,7 +411,7 @@ class Trainer:
             embeddings_out=self._buffer("u", (len(ids), text.proj_dim)),
         )
         gv, gu = self._buffer("gv", v.shape), self._buffer("gu", u.shape)
-        result = self._loss_call(lambda: self.loss(v, u, grad_v=gv, grad_u=gu))
+        result = self._loss_call(functools.partial(self.loss, v, u, grad_v=gv, grad_u=gu))
         if not math.isfinite(result.loss):
             return result
         if not self.freeze_image:
@@ -430,7 +430,7 @@ class Trainer:
             embeddings_out=self._buffer("z", (len(views), image.proj_dim)),
         )
         gz = self._buffer("gz", z.shape)
-        result = self._loss_call(lambda: self.loss.nt_xent(z, grad=gz))
+        result = self._loss_call(functools.partial(self.loss.nt_xent, z, grad=gz))
         if math.isfinite(result.loss):
             image.zero_grad()
             image.backward(gz)
@@ -487,13 +487,17 @@ class Trainer:
                     )
                     _, v = self.image_encoder.forward(views, features=False)
                     _, u = self.text_encoder.forward(ids, mask, features=False)
-                    r = self._loss_call(lambda: self.loss(v, u, compute_grad=False))
+                    r = self._loss_call(
+                        functools.partial(self.loss, v, u, compute_grad=False)
+                    )
                 else:
                     both = self._buffer("val_pair", (2 * n,) + views.shape[1:])
                     self.augment(batch.images, step=start, out=both[:n])
                     self.augment(batch.images, step=start + 1, out=both[n:])
                     _, z = self.image_encoder.forward(both, features=False)
-                    r = self._loss_call(lambda: self.loss.nt_xent(z, compute_grad=False))
+                    r = self._loss_call(
+                        functools.partial(self.loss.nt_xent, z, compute_grad=False)
+                    )
                 for key in (
                     "loss",
                     "image_to_text",
