@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import convirt
-from benchmarks.common import measure_peak
+from benchmarks.common import cpu_model, measure_peak
 from convirt import ImageAugment
 
 RESNET50_TRAIN_GFLOP = 24.5
@@ -150,6 +150,7 @@ def main():
     peak_gflops, _ = measure_peak()  # FP32 FMA peak on convirt's threads, this run
     peak_seconds = args.batch * RESNET50_TRAIN_GFLOP / peak_gflops
     saved_threads = convirt.get_num_threads()
+    print(f"CPU: {cpu_model()}; BLIS kernel set {convirt.config()['blis_arch']}")
     print(
         f"convirt.ImageAugment: batch {args.batch}, {args.input} x {args.input} uint8 -> "
         f"{args.size} x {args.size} float32; best of {repeat}"

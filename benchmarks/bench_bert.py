@@ -243,6 +243,10 @@ def main():
     if args.threads <= 0:
         args.threads = convirt.get_num_threads()
     peak, bits = convirt._core.fma_peak(args.threads, 1.0)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.common import cpu_model
+
+    print(f"CPU: {cpu_model()}")
     print(
         f"convirt {convirt.__version__}, BLIS {convirt.config()['blis_arch']}, "
         f"{args.threads} thread(s); FP32 FMA peak {peak:.0f} GFLOP/s ({bits}-bit) now, "

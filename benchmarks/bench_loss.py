@@ -67,7 +67,7 @@ def main():
 
     threads = args.threads or convirt.get_num_threads()
     header("bench_loss: ConVIRT loss forward + backward")
-    peak, bits = measure_peak(threads)
+    peak, _bits = measure_peak(threads)
     print(f"measured FP32 FMA peak: {peak:.1f} GFLOP/s on {threads} threads")
     kwargs = {
         "sizes": args.sizes,

@@ -332,8 +332,11 @@ def main():
     print(
         f"# ResNet encoder: batch {args.batch}, {args.size} x {args.size}, {threads} threads"
     )
+    from benchmarks.common import cpu_model
+
+    print(f"CPU: {cpu_model()}; BLIS kernel set {info['blis_arch']}")
     print(
-        f"convirt {info['convirt_version']}, BLIS {info['blis_version']} ({info['blis_arch']}), "
+        f"convirt {info['convirt_version']}, BLIS {info['blis_version']}, "
         f"{info['cpu_features']}"
     )
     rows, profiles = [], {}

@@ -26,22 +26,34 @@ sys.path.insert(0, HERE)
 from benchmarks.common import header, measure_peak, print_table
 
 CONFIGS = {
-    "paper": dict(
-        depth=50, image_size=224, stored=256, text="bert-base", freeze=6, batch=32, proj=512
-    ),
-    "small": dict(
-        depth=18, image_size=128, stored=144, text="minilm", freeze=3, batch=32, proj=512
-    ),
+    "paper": {
+        "depth": 50,
+        "image_size": 224,
+        "stored": 256,
+        "text": "bert-base",
+        "freeze": 6,
+        "batch": 32,
+        "proj": 512,
+    },
+    "small": {
+        "depth": 18,
+        "image_size": 128,
+        "stored": 144,
+        "text": "minilm",
+        "freeze": 3,
+        "batch": 32,
+        "proj": 512,
+    },
 }
-BERT_BASE = dict(
-    vocab_size=30522,
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    intermediate_size=3072,
-    max_position_embeddings=512,
-    type_vocab_size=2,
-)
+BERT_BASE = {
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+}
 STAGES = ["transforms", "image tower", "text tower", "loss", "backward", "optimiser"]
 
 
@@ -207,7 +219,9 @@ def isolated(side, config, steps, threads):
         "r['max_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
         "print(json.dumps(r))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{side} {config} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -228,7 +242,7 @@ def main():
 
     threads = args.threads or convirt.get_num_threads()
     header("bench_train: ConVIRT pretraining step")
-    peak, bits = measure_peak(threads)
+    peak, _bits = measure_peak(threads)
     print(f"measured FP32 FMA peak: {peak:.1f} GFLOP/s on {threads} threads")
     rows, shares = [], []
     for config in args.config:

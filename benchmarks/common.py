@@ -68,16 +68,39 @@ def run_isolated(module, function, kwargs, env=None):
         env=full_env,
         capture_output=True,
         text=True,
+        check=False,
     )
     if out.returncode != 0:
         raise RuntimeError(f"{module}.{function} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def cpu_model():
+    """The CPU's name, family and model as /proc/cpuinfo gives them (a speed figure
+    holds only for the CPU it was measured on)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break
+    except OSError:
+        return "unknown CPU"
+    name = fields.get("model name", "unknown CPU")
+    return (
+        f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    )
+
+
 def header(title):
     info = convirt.config()
     print(f"# {title}")
+    print(f"CPU: {cpu_model()}; BLIS kernel set {info['blis_arch']}")
     print(
-        f"convirt {info['convirt_version']}, BLIS {info['blis_version']} ({info['blis_arch']}), "
+        f"convirt {info['convirt_version']}, BLIS {info['blis_version']}, "
         f"{info['num_threads']} threads, {info['cpu_features']}"
     )

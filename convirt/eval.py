@@ -16,10 +16,10 @@ from .evaluation import *
 from .evaluation import __all__ as _library
 
 # The library's names, then the experiments' (loaded by __getattr__ below).
-__all__ = [
+__all__ = [  # noqa: PLE0604
     *_library,
     "ComparisonTable",
-    "compare",  # noqa: PLE0604
+    "compare",
     "default_text_model",
     "imagenet_encoder",
     "paper_table",

@@ -216,9 +216,8 @@ def read_bert_config(path):
     except ValueError as error:  # also UnicodeDecodeError
         raise ValueError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(config, dict):  # a malformed file, not a wrong argument
-        raise ValueError(
-            f"{path} must hold a JSON object, not a "  # noqa: TRY004
-            f"{type(config).__name__}"
+        raise ValueError(  # noqa: TRY004
+            f"{path} must hold a JSON object, not a {type(config).__name__}"
         )
     missing = [key for key in _REQUIRED_CONFIG if key not in config]
     if missing:

@@ -149,7 +149,7 @@ def test_embed_a_cache_and_a_folder_match_the_encoder(cache, tmp_path, capsys):
     out = str(tmp_path / "folder.npy")
     code, text, _ = run(["embed", path, folder, out, "--no-progress"], capsys)
     assert code == 0 and "wrote 40 x 512" in text
-    files = open(str(tmp_path / "folder.files.txt")).read().split()
+    files = (tmp_path / "folder.files.txt").read_text().split()
     assert len(files) == 40 and files[0].endswith("000000.png")
 
 

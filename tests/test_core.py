@@ -38,6 +38,7 @@ def config_in_subprocess(
         env=env,
         capture_output=True,
         text=True,
+        check=False,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr

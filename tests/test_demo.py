@@ -65,7 +65,8 @@ def test_outputs_are_written(quick):
     with open(os.path.join(out, "results.json")) as f:
         stored = json.load(f)
     assert stored["results"] == json.loads(json.dumps(summary["results"]))
-    table = open(os.path.join(out, "results.md")).read()
+    with open(os.path.join(out, "results.md")) as f:
+        table = f.read()
     assert "| Random init |" in table and "| ConVIRT |" in table and "| Chance |" in table
     assert lines[0].startswith("[1/4]") and any(line.startswith("[4/4]") for line in lines)
 

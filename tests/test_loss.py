@@ -174,7 +174,7 @@ def test_result_fields():
     v, u = make_inputs(8, 16, "contiguous")
     result = convirt.ContrastiveLoss()(v, u)
     assert isinstance(result, convirt.LossResult)
-    loss, v2u, u2v, acc_v, acc_u, gv, gu, gs = result
+    loss, _v2u, _u2v, acc_v, acc_u, gv, _gu, gs = result
     assert loss == result.loss and gv is result.grad_v and gs is None
     assert 0.0 <= acc_v <= 1.0 and 0.0 <= acc_u <= 1.0
     no_grad = convirt.ContrastiveLoss()(v, u, compute_grad=False)

@@ -2,6 +2,7 @@
 learning-rate schedules against torch.optim.lr_scheduler and their closed forms."""
 
 import gc
+import itertools
 import math
 import sys
 import warnings
@@ -23,8 +24,8 @@ def make_buffers(seed=0, sizes=SIZES):
     flat = rng.standard_normal(sum(sizes)).astype(np.float32)
     grad_flat = np.zeros_like(flat)
     bounds = np.cumsum([0] + sizes)
-    params = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    grads = [grad_flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    params = [flat[a:b] for a, b in itertools.pairwise(bounds)]
+    grads = [grad_flat[a:b] for a, b in itertools.pairwise(bounds)]
     return flat, grad_flat, params, grads
 
 

@@ -174,7 +174,7 @@ def test_float64_images_are_converted_and_lists_accepted():
 
 
 def test_flattened_images_with_image_shape():
-    images, y = make_images(20)
+    images, _y = make_images(20)
     flat = images.reshape(20, -1)
     encoder = FakeImageEncoder()
     embedder = ImageEmbedder(encoder, image_shape=(8, 8)).fit(flat)

@@ -257,7 +257,8 @@ def test_checkpoint_keeps_last_and_best(tmp_path):
     assert best is not None
     kept = sorted(e for e in os.listdir(tmp_path / "ckpt") if e.startswith("step-"))
     assert len(kept) == len({last, best})
-    state = json.load(open(os.path.join(last, "trainer.json")))
+    with open(os.path.join(last, "trainer.json")) as f:
+        state = json.load(f)
     assert state["epoch"] == 3 and len(state["history"]) == 3
     assert {"train_loss", "val_loss", "lr"} <= set(state["history"][0])
 
@@ -366,7 +367,7 @@ def test_killed_at_random_moments_the_checkpoint_survives(tmp_path):
         time.sleep(rng.uniform(0.0, 1.5 * period))
         child.send_signal(signal.SIGKILL)
         child.wait()
-        directory, state = CheckpointDir(ckpt).load_state()
+        _directory, state = CheckpointDir(ckpt).load_state()
         steps_seen.append(state["step"])
         trainer = Trainer.resume(ckpt, progress=False)  # every file loads
         assert trainer.step_count == state["step"]

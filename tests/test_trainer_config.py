@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import json
 import os
+import pickle
 import sys
 
 import numpy as np
@@ -257,7 +258,15 @@ def test_the_papers_ranges_are_the_python_defaults():
     for name, value in augment_module.PAPER_RANGES.items():
         assert parameters[name].default == value, name
     assert issubclass(convirt.ImageAugment, convirt._core.ImageAugment)
-    assert convirt.ImageAugment().config == convirt._core.ImageAugment().config
+    # The C type holds no policy: it validates ranges it is given and requires each.
+    with pytest.raises(TypeError, match="size"):
+        convirt._core.ImageAugment()
+    with pytest.raises(TypeError, match="crop_scale must be given"):
+        convirt._core.ImageAugment(64)
+    explicit = convirt._core.ImageAugment(**convirt.ImageAugment(64, seed=5).config)
+    assert explicit.config == convirt.ImageAugment(64, seed=5).config
+    again = pickle.loads(pickle.dumps(explicit))
+    assert type(again) is convirt._core.ImageAugment and again.config == explicit.config
     assert convirt.ImageAugment(64, blur_sigma=True).blur_sigma == (0.1, 3.0)
 
 

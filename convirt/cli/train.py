@@ -142,8 +142,8 @@ def _read_json(path, expected):
     except ValueError as error:  # also UnicodeDecodeError
         raise ValueError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(value, dict):  # a malformed file, not a wrong argument
-        raise ValueError(
-            f"{path} holds a JSON {type(value).__name__}; "  # noqa: TRY004
+        raise ValueError(  # noqa: TRY004
+            f"{path} holds a JSON {type(value).__name__}; "
             f"expected {expected} with an object at the top"
         )
     return value
@@ -175,7 +175,7 @@ def _split(n, fraction, seed):
     if not 0 <= fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {fraction}")
     order = np.random.default_rng([seed, 0xDA7A]).permutation(n)
-    n_val = int(round(n * fraction))
+    n_val = round(n * fraction)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 

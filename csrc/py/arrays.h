@@ -46,6 +46,18 @@ int cv_check_no_overlap(PyArrayObject *out, const char *out_name, PyArrayObject 
 int cv_check_not_in_buffer(PyArrayObject *arr, const char *name, const void *start,
                            size_t bytes, const char *what);
 
+/* The signature of cv_gemm and cv_gemm_reference. */
+typedef void (*cv_gemm_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                           const float *A, ptrdiff_t rsa, ptrdiff_t csa, const float *B,
+                           ptrdiff_t rsb, ptrdiff_t csb, float beta, float *C,
+                           ptrdiff_t rsc, ptrdiff_t csc);
+
+/* The body of a Python gemm(A, B, C, alpha=1.0, beta=0.0) entry point: reads and checks
+ * the arguments (float32 2-D, any strides, C writable and not over A or B; format is
+ * "OOO|dd:name") and runs gemm without the GIL. Returns None or NULL with an
+ * exception set. */
+PyObject *cv_call_gemm(PyObject *args, PyObject *kwds, const char *format, cv_gemm_fn gemm);
+
 /* A new C-contiguous float32 array of the given shape, or NULL with an exception. */
 PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape);
 

@@ -28,15 +28,10 @@ typedef struct {
 } image_batch;
 
 /* The paper's defaults (ConVIRT, appendix): the ranges below, output 224. */
-static const double DEFAULT_CROP_SCALE[2] = {0.6, 1.0};
-static const double DEFAULT_CROP_RATIO[2] = {3.0 / 4.0, 4.0 / 3.0};
-static const double DEFAULT_FLIP = 0.5;
-static const double DEFAULT_DEGREES = 20.0;
-static const double DEFAULT_TRANSLATE = 0.1;
-static const double DEFAULT_SCALE[2] = {0.95, 1.05};
-static const double DEFAULT_BRIGHTNESS[2] = {0.6, 1.4};
-static const double DEFAULT_CONTRAST[2] = {0.6, 1.4};
-static const double DEFAULT_SIGMA[2] = {0.1, 3.0};
+/* The paper's ranges are policy and live in Python (convirt/augment.py, whose
+ * ImageAugment subclass passes every range explicitly); this type validates what it is
+ * given and requires every range. A transform switched off keeps its neutral values. */
+static const double OFF_ONE[2] = {1.0, 1.0}, OFF_ZERO[2] = {0.0, 0.0};
 
 /* The NumPy dtype of a parameter record: the C struct cv_augment_params. */
 static PyArray_Descr *param_descr;
@@ -60,11 +55,12 @@ static int read_number(PyObject *obj, const char *name, double *out)
 static int read_range(PyObject *obj, const char *name, const double deflt[2], int symmetric,
                       int both, int *on, double range[2])
 {
-    if (obj == NULL) {
-        *on = 1;
-        range[0] = deflt[0];
-        range[1] = deflt[1];
-        return 0;
+    if (obj == NULL || obj == Py_True) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s must be given: a (low, high) pair%s, or None or False for off "
+                     "(convirt.ImageAugment supplies the paper's ranges)",
+                     name, symmetric || both ? " or a number" : "");
+        return -1;
     }
     if (obj == Py_None || obj == Py_False) {
         *on = 0;
@@ -72,8 +68,6 @@ static int read_range(PyObject *obj, const char *name, const double deflt[2], in
         range[1] = deflt[1];
         return 0;
     }
-    if (obj == Py_True)
-        return read_range(NULL, name, deflt, symmetric, both, on, range);
     *on = 1;
     if (PyNumber_Check(obj) && (symmetric || both)) {
         double x;
@@ -185,12 +179,12 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
                              "degrees",  "translate",  "scale",      "brightness",
                              "contrast", "blur_sigma", "fill",       "normalization",
                              "seed",     NULL};
-    Py_ssize_t size = 224;
+    Py_ssize_t size = 0;
     PyObject *size_obj = NULL, *crop_scale = NULL, *crop_ratio = NULL, *flip = NULL,
              *degrees = NULL, *translate = NULL, *scale = NULL, *brightness = NULL,
              *contrast = NULL, *sigma = NULL, *normalization = NULL, *seed = NULL;
     double fill = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOOOOOOOdOO:ImageAugment", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$OOOOOOOOOdOO:ImageAugment", kwlist,
                                      &size_obj, &crop_scale, &crop_ratio, &flip, &degrees,
                                      &translate, &scale, &brightness, &contrast, &sigma,
                                      &fill, &normalization, &seed) ||
@@ -200,24 +194,18 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
         return -1;
     cv_augment_ranges r;
     memset(&r, 0, sizeof r);
-    double deg_default[2] = {-DEFAULT_DEGREES, DEFAULT_DEGREES};
-    double tr_default[2] = {DEFAULT_TRANSLATE, DEFAULT_TRANSLATE};
-    double flip_default[2] = {DEFAULT_FLIP, DEFAULT_FLIP}, flip_range[2];
+    double flip_range[2];
     int ratio_on, flip_on;
-    if (read_range(crop_scale, "crop_scale", DEFAULT_CROP_SCALE, 0, 0, &r.crop,
-                   r.crop_scale) ||
-        read_range(crop_ratio, "crop_ratio", DEFAULT_CROP_RATIO, 0, 0, &ratio_on,
-                   r.crop_ratio) ||
-        read_range(flip, "flip", flip_default, 0, 1, &flip_on, flip_range) ||
-        read_range(degrees, "degrees", deg_default, 1, 0, &r.rotate, r.degrees) ||
-        read_range(translate, "translate", tr_default, 0, 1, &r.translate,
-                   r.translate_max) ||
-        read_range(scale, "scale", DEFAULT_SCALE, 0, 0, &r.scale, r.scale_range) ||
-        read_range(brightness, "brightness", DEFAULT_BRIGHTNESS, 0, 0, &r.brightness,
+    if (read_range(crop_scale, "crop_scale", OFF_ONE, 0, 0, &r.crop, r.crop_scale) ||
+        read_range(crop_ratio, "crop_ratio", OFF_ONE, 0, 0, &ratio_on, r.crop_ratio) ||
+        read_range(flip, "flip", OFF_ZERO, 0, 1, &flip_on, flip_range) ||
+        read_range(degrees, "degrees", OFF_ZERO, 1, 0, &r.rotate, r.degrees) ||
+        read_range(translate, "translate", OFF_ZERO, 0, 1, &r.translate, r.translate_max) ||
+        read_range(scale, "scale", OFF_ONE, 0, 0, &r.scale, r.scale_range) ||
+        read_range(brightness, "brightness", OFF_ONE, 0, 0, &r.brightness,
                    r.brightness_range) ||
-        read_range(contrast, "contrast", DEFAULT_CONTRAST, 0, 0, &r.contrast,
-                   r.contrast_range) ||
-        read_range(sigma, "blur_sigma", DEFAULT_SIGMA, 0, 0, &r.blur, r.sigma_range))
+        read_range(contrast, "contrast", OFF_ONE, 0, 0, &r.contrast, r.contrast_range) ||
+        read_range(sigma, "blur_sigma", OFF_ZERO, 0, 0, &r.blur, r.sigma_range))
         return -1;
     if (r.crop && !ratio_on) {
         /* no ratio range: keep the image's aspect ratio */
@@ -737,10 +725,17 @@ static PyGetSetDef Augment_getset[] = {
 static PyObject *Augment_reduce(AugmentObject *self, PyObject *unused)
 {
     (void)unused;
-    PyObject *config = get_config(self, NULL);
-    if (!config)
+    /* copyreg.__newobj__(type) makes the object without __init__ (which requires the
+     * settings); __setstate__ then initialises it from them. */
+    PyObject *copyreg = PyImport_ImportModule("copyreg");
+    PyObject *newobj = copyreg ? PyObject_GetAttrString(copyreg, "__newobj__") : NULL;
+    Py_XDECREF(copyreg);
+    PyObject *config = newobj ? get_config(self, NULL) : NULL;
+    if (!config) {
+        Py_XDECREF(newobj);
         return NULL;
-    return Py_BuildValue("(O()N)", (PyObject *)Py_TYPE(self), config);
+    }
+    return Py_BuildValue("(N(O)N)", newobj, (PyObject *)Py_TYPE(self), config);
 }
 
 static PyObject *Augment_setstate(AugmentObject *self, PyObject *state)
@@ -792,7 +787,10 @@ PyDoc_STRVAR(
     "ceil(3 sigma), mirror padding), at size x size. Crop, flip, affine and resize are "
     "one\n"
     "bilinear resampling pass; samples from outside the crop take the value fill.\n"
-    "Each range is a keyword; None or False switches a transform off (True: the default).\n"
+    "Each range is a keyword; None or False switches a transform off, True is the paper's\n"
+    "range. The defaults are the paper's (convirt/augment.py); "
+    "convirt._core.ImageAugment,\n"
+    "the C type under convirt.ImageAugment, has none and requires every range.\n"
     "degrees and translate also take one number (+-degrees; the same fraction in x and "
     "y).\n"
     "\n"
@@ -810,7 +808,7 @@ PyDoc_STRVAR(
     "bilinear pass does not antialias when it shrinks.");
 
 static PyTypeObject AugmentType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.ImageAugment",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt._core.ImageAugment",
     .tp_basicsize = sizeof(AugmentObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = Augment_doc,

@@ -91,33 +91,7 @@ static PyObject *py_fma_peak(PyObject *self, PyObject *args, PyObject *kwds)
 static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"A", "B", "C", "alpha", "beta", NULL};
-    PyObject *a_obj, *b_obj, *c_obj;
-    double alpha = 1.0, beta = 0.0;
-    PyArrayObject *A, *B, *C;
-    ptrdiff_t sa[2], sb[2], sc[2];
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|dd:gemm", kwlist, &a_obj, &b_obj,
-                                     &c_obj, &alpha, &beta))
-        return NULL;
-    cv_array_spec spec_a = {"A", NPY_FLOAT32, 2, 2, {-1, -1, -1, -1}, 0, 0};
-    if (cv_check_array(a_obj, &spec_a, &A) || cv_element_strides(A, "A", sa))
-        return NULL;
-    npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1);
-    cv_array_spec spec_b = {"B", NPY_FLOAT32, 2, 2, {k, -1, -1, -1}, 0, 0};
-    if (cv_check_array(b_obj, &spec_b, &B) || cv_element_strides(B, "B", sb))
-        return NULL;
-    npy_intp n = PyArray_DIM(B, 1);
-    cv_array_spec spec_c = {"C", NPY_FLOAT32, 2, 2, {m, n, -1, -1}, 1, 0};
-    if (cv_check_array(c_obj, &spec_c, &C) || cv_element_strides(C, "C", sc) ||
-        cv_check_no_overlap(C, "C", A, "A") || cv_check_no_overlap(C, "C", B, "B"))
-        return NULL;
-    const float *pa = PyArray_DATA(A), *pb = PyArray_DATA(B);
-    float *pc = PyArray_DATA(C);
-    Py_BEGIN_ALLOW_THREADS;
-    cv_gemm(m, n, k, (float)alpha, pa, sa[0], sa[1], pb, sb[0], sb[1], (float)beta, pc,
-            sc[0], sc[1]);
-    Py_END_ALLOW_THREADS;
-    Py_RETURN_NONE;
+    return cv_call_gemm(args, kwds, "OOO|dd:gemm", cv_gemm);
 }
 
 /* random_uniform(seed, stream, index): the core's counter-based uniform draw, so that
