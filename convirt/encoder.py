@@ -433,8 +433,13 @@ class Encoder(_CoreEncoder):
     ):
         """A text encoder from a Hugging Face BERT directory (config.json,
         model.safetensors, tokenizer.json or vocab.txt). ``freeze_layers`` defaults to
-        half of the layers, as in ConVIRT."""
+        half of the layers, as in ConVIRT. A folder written by :meth:`save_pretrained`
+        (either tower) is rebuilt exactly as saved, and the keywords are not used."""
+        from .export import is_pretrained_folder, load_pretrained
         from .text import load_pretrained_bert
+
+        if is_pretrained_folder(path):
+            return load_pretrained(cls, path)
 
         return load_pretrained_bert(
             cls,
@@ -697,6 +702,29 @@ class Encoder(_CoreEncoder):
         except ValueError as error:
             raise CheckpointError(f"{path}: {error}") from error
         return self
+
+    def save_pretrained(self, directory, **card):
+        """Write a Hugging Face-style folder (config.json, model.safetensors, tokenizer
+        files, a README.md model card; ``card``: ``training``, ``data_size``,
+        ``evaluation``, ``run``, ``name``) that :meth:`from_pretrained` reads back
+        exactly. See :func:`convirt.export.save_pretrained`."""
+        from .export import save_pretrained
+
+        return save_pretrained(self, directory, **card)
+
+    def to_torch(self):
+        """A ``torch.nn.Module`` with a copy of the weights whose forward matches
+        :meth:`encode` (and ``.embed`` :meth:`embed`); see :func:`convirt.export.to_torch`."""
+        from .export import to_torch
+
+        return to_torch(self)
+
+    def to_onnx(self, path, *, image_size=224, opset=17):
+        """Write an image encoder as ONNX (input float32 (N, C, H, W) in [0, 1]; outputs
+        features and embeddings); see :func:`convirt.export.export_onnx`."""
+        from .export import export_onnx
+
+        return export_onnx(self, path, image_size=image_size, opset=opset)
 
     # ---- inference ----------------------------------------------------------------------
 
