@@ -18,6 +18,8 @@ from .augment import (  # noqa: F401 (the constants: convirt.encoder.IMAGENET_ME
     IMAGENET_STD,
     resnet_normalization,
 )
+from .embeddings import encode_dataset as _encode_dataset
+from .embeddings import is_dataset as _is_dataset
 from .errors import CheckpointError
 
 __all__ = ["Encoder"]
@@ -799,15 +801,46 @@ class Encoder(_CoreEncoder):
             self.training = was_training
         return out
 
-    def encode(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
+    def encode(
+        self,
+        x,
+        attention_mask=None,
+        *,
+        batch_size=32,
+        out=None,
+        progress=None,
+        image_size=None,
+    ):
         """Backbone features h (float32, (N, feature_dim)) in eval mode, in batches.
-        ``progress``: a tqdm bar (default: when there are more than 10 batches)."""
+        ``progress``: a tqdm bar (default: when there are more than 10 batches).
+        Given a dataset (a convirt dataset, a prepared cache, synthetic_cxr's result),
+        returns ``Embeddings(ids, features)`` in its order, its images resized to
+        ``image_size`` (see :func:`convirt.embeddings.encode_dataset`)."""
+        if _is_dataset(x):
+            return _encode_dataset(
+                self, x, image_size=image_size, batch_size=batch_size, progress=progress
+            )
         return self._batched(
             x, attention_mask, out, self.feature_dim, "encode", batch_size, progress
         )
 
-    def embed(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
-        """Projected embeddings g(h) (float32, (N, proj_dim)) in eval mode, in batches."""
+    def embed(
+        self,
+        x,
+        attention_mask=None,
+        *,
+        batch_size=32,
+        out=None,
+        progress=None,
+        image_size=None,
+    ):
+        """Projected embeddings g(h) (float32, (N, proj_dim)) in eval mode, in batches;
+        ``Embeddings(ids, embeddings)`` for a dataset, as :meth:`encode`."""
+        if _is_dataset(x):
+            return _encode_dataset(
+                self, x, projected=True, image_size=image_size, batch_size=batch_size,
+                progress=progress,
+            )  # fmt: skip
         return self._batched(
             x, attention_mask, out, self.proj_dim, "embed", batch_size, progress
         )

@@ -28,7 +28,13 @@ LAYERS = (
     ("training", ("convirt.trainer", "convirt.trainer_config")),
     (
         "models",
-        ("convirt.encoder", "convirt.checkpoint", "convirt.schedules", "convirt.export"),
+        (
+            "convirt.encoder",
+            "convirt.checkpoint",
+            "convirt.schedules",
+            "convirt.export",
+            "convirt.embeddings",
+        ),
     ),
     (
         "data",
