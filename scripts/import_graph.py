@@ -34,6 +34,7 @@ LAYERS = (
             "convirt.schedules",
             "convirt.export",
             "convirt.embeddings",
+            "convirt.encoder_spec",
         ),
     ),
     (
