@@ -39,7 +39,7 @@ class Embeddings(NamedTuple):
     ids: list
     features: np.ndarray
 
-    def to_frame(self):
+    def to_frame(self) -> Any:
         """A pandas DataFrame indexed by id, one float32 column per feature (f0, f1...)."""
         import pandas as pd
 
@@ -68,7 +68,7 @@ def is_dataset(x: Any) -> bool:
     ) or (isinstance(x, tuple) and hasattr(x, "_fields") and "images" in x._fields)
 
 
-def dataset_ids(dataset) -> list[str]:
+def dataset_ids(dataset: Any) -> list[str]:
     """The identifiers of a dataset's entries: its ``sources`` (file paths or
     ``"array[i]"``), else the row numbers as strings."""
     sources = getattr(dataset, "sources", None)
@@ -80,7 +80,7 @@ def dataset_ids(dataset) -> list[str]:
 
 def encode_dataset(
     encoder: Encoder,
-    dataset,
+    dataset: Any,
     *,
     projected: bool = False,
     image_size: int | None = None,

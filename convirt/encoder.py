@@ -4,10 +4,16 @@ The math runs in the C type ``convirt._core.Encoder``; this subclass adds the
 constructors, batching with progress bars, named parameter views and checkpoints.
 """
 
+from __future__ import annotations
+
 import json
 import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ._core import Encoder as _CoreEncoder
 from ._io import atomic_write, read_safetensors
@@ -26,7 +32,16 @@ from .encoder_spec import check_shapes as _check_shapes
 from .encoder_spec import check_spec as _check_spec
 from .errors import CheckpointError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .embeddings import Embeddings
+
 __all__ = ["Encoder"]
+
+# The types of the public signatures.
+PathLike = str | os.PathLike
+Normalization = tuple[Sequence[float], Sequence[float]]
+# An image batch (N, H, W[, C]) uint8 or float32, strings, or int32 input_ids (N, T).
+EncoderInput = npt.ArrayLike | Sequence[str]
 
 # Keys that PyTorch checkpoints carry and an encoder does not have.
 _IGNORED_SUFFIXES = ("num_batches_tracked", "embeddings.position_ids")
@@ -77,7 +92,15 @@ class Encoder(_CoreEncoder):
     ``input_ids`` with an ``attention_mask``.
     """
 
-    def __init__(self, kind, config, *, proj_dim=512, proj_hidden=512, seed=0):
+    def __init__(
+        self,
+        kind: str,
+        config: Mapping[str, Any],
+        *,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+    ) -> None:
         super().__init__(
             kind, dict(config), proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed
         )
@@ -109,22 +132,40 @@ class Encoder(_CoreEncoder):
 
     @classmethod
     def resnet18(
-        cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0, normalization=None
-    ):
+        cls,
+        in_channels: int = 1,
+        *,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+        normalization: Normalization | None = None,
+    ) -> Encoder:
         """ResNet-18 image encoder (features: 512)."""
         return cls._resnet(18, in_channels, proj_dim, proj_hidden, seed, normalization)
 
     @classmethod
     def resnet34(
-        cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0, normalization=None
-    ):
+        cls,
+        in_channels: int = 1,
+        *,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+        normalization: Normalization | None = None,
+    ) -> Encoder:
         """ResNet-34 image encoder (features: 512)."""
         return cls._resnet(34, in_channels, proj_dim, proj_hidden, seed, normalization)
 
     @classmethod
     def resnet50(
-        cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0, normalization=None
-    ):
+        cls,
+        in_channels: int = 1,
+        *,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+        normalization: Normalization | None = None,
+    ) -> Encoder:
         """ResNet-50 image encoder, ConVIRT's f_v (features: 2048)."""
         return cls._resnet(50, in_channels, proj_dim, proj_hidden, seed, normalization)
 
@@ -132,22 +173,22 @@ class Encoder(_CoreEncoder):
     def bert(
         cls,
         *,
-        vocab_size=30522,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=512,
-        type_vocab_size=2,
-        layer_norm_eps=1e-12,
-        pooling="max",
-        freeze_layers=0,
-        proj_dim=512,
-        proj_hidden=512,
-        seed=0,
-        tokenizer=None,
-        max_length=128,
-    ):
+        vocab_size: int = 30522,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+        pooling: str = "max",
+        freeze_layers: int = 0,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+        tokenizer: Any = None,
+        max_length: int = 128,
+    ) -> Encoder:
         """A BERT text encoder (Hugging Face BertModel, post-LayerNorm) pooled over the
         valid tokens of its last layer: ``pooling`` is 'max' (ConVIRT), 'mean' or 'cls'.
         ``freeze_layers=k`` freezes the embeddings and the first k layers (ConVIRT:
@@ -186,15 +227,15 @@ class Encoder(_CoreEncoder):
     @classmethod
     def from_pretrained(
         cls,
-        path,
+        path: PathLike,
         *,
-        pooling="max",
-        freeze_layers=None,
-        proj_dim=512,
-        proj_hidden=512,
-        seed=0,
-        max_length=128,
-    ):
+        pooling: str = "max",
+        freeze_layers: int | None = None,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+        max_length: int = 128,
+    ) -> Encoder:
         """A text encoder from a Hugging Face BERT directory (config.json,
         model.safetensors, tokenizer.json or vocab.txt). ``freeze_layers`` defaults to
         half of the layers, as in ConVIRT. A folder written by :meth:`save_pretrained`
@@ -217,7 +258,7 @@ class Encoder(_CoreEncoder):
         )
 
     @classmethod
-    def from_checkpoint(cls, path):
+    def from_checkpoint(cls, path: PathLike) -> Encoder:
         """An encoder rebuilt from a file written by :meth:`save`.
 
         Every metadata field is checked for type and range, and the sizes against the
@@ -297,13 +338,13 @@ class Encoder(_CoreEncoder):
 
     # ---- modes ------------------------------------------------------------------------
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Encoder:
         """Training mode: forward keeps what backward needs and batch norm uses (and
         updates) batch statistics. Returns self."""
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Encoder:
         """Evaluation mode (running statistics, nothing kept for backward). Returns self."""
         self.training = False
         return self
@@ -322,13 +363,13 @@ class Encoder(_CoreEncoder):
             )
         return views
 
-    def parameters(self):
+    def parameters(self) -> dict[str, np.ndarray]:
         """name -> float32 view into the parameter buffer (and the running statistics),
         with PyTorch state_dict names. Convolution weights are stored GEMM-ready as
         (K, R, S, C); :meth:`state_dict` gives PyTorch's (K, C, R, S)."""
         return self._views(None, True)
 
-    def gradients(self):
+    def gradients(self) -> dict[str, np.ndarray]:
         """name -> float32 view into the gradient buffer (trainable tensors only)."""
         grads = self.flat_gradients
         return {
@@ -340,7 +381,7 @@ class Encoder(_CoreEncoder):
     def _is_frozen(self, name):
         return any(row[0] == name and row[5] for row in self.tensor_table)
 
-    def num_parameters(self, trainable_only=False):
+    def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters (excluding running statistics)."""
         if trainable_only:
             return sum(
@@ -352,7 +393,7 @@ class Encoder(_CoreEncoder):
             )
         return sum(row[3] for row in self.tensor_table if not row[4])
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """name -> a copy of each tensor in PyTorch's layout."""
         out = {}
         views = self.parameters()
@@ -360,7 +401,9 @@ class Encoder(_CoreEncoder):
             out[name] = _to_torch(views[name], layout)
         return out
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(
+        self, state_dict: Mapping[str, npt.ArrayLike], strict: bool = True
+    ) -> None:
         """Copy tensors in by name. Accepts this encoder's own names and those of
         torchvision / timm ResNets and Hugging Face BERTs (prefixes such as 'module.' or
         'bert.' are stripped; fc, pooler and num_batches_tracked are ignored).
@@ -446,7 +489,7 @@ class Encoder(_CoreEncoder):
             spec["tokenizer"] = self.tokenizer.to_str()
         return {"convirt_encoder": json.dumps(spec), "format": "convirt-encoder-1"}
 
-    def save(self, path):
+    def save(self, path: PathLike) -> None:
         """Write every tensor (PyTorch layout and names) to a safetensors file, with the
         architecture in its metadata so :meth:`from_checkpoint` can rebuild it. The
         write is atomic: a crash leaves the previous file intact."""
@@ -455,7 +498,7 @@ class Encoder(_CoreEncoder):
         data = save(self.state_dict(), metadata=self._metadata())
         atomic_write(path, data)
 
-    def load(self, path, strict=True):
+    def load(self, path: PathLike, strict: bool = True) -> Encoder:
         """Load a safetensors file by name into this encoder (see load_state_dict). A
         file that cannot be read or does not fit raises
         :class:`convirt.checkpoint.CheckpointError` (a ValueError) naming it, and
@@ -467,7 +510,7 @@ class Encoder(_CoreEncoder):
             raise CheckpointError(f"{path}: {error}") from error
         return self
 
-    def save_pretrained(self, directory, **card):
+    def save_pretrained(self, directory: PathLike, **card: Any) -> str:
         """Write a Hugging Face-style folder (config.json, model.safetensors, tokenizer
         files, a README.md model card; ``card``: ``training``, ``data_size``,
         ``evaluation``, ``run``, ``name``) that :meth:`from_pretrained` reads back
@@ -476,14 +519,14 @@ class Encoder(_CoreEncoder):
 
         return save_pretrained(self, directory, **card)
 
-    def to_torch(self):
+    def to_torch(self) -> Any:
         """A ``torch.nn.Module`` with a copy of the weights whose forward matches
         :meth:`encode` (and ``.embed`` :meth:`embed`); see :func:`convirt.export.to_torch`."""
         from .export import to_torch
 
         return to_torch(self)
 
-    def to_onnx(self, path, *, image_size=224, opset=17):
+    def to_onnx(self, path: PathLike, *, image_size: int = 224, opset: int = 17) -> str:
         """Write an image encoder as ONNX (input float32 (N, C, H, W) in [0, 1]; outputs
         features and embeddings); see :func:`convirt.export.export_onnx`."""
         from .export import export_onnx
@@ -565,14 +608,14 @@ class Encoder(_CoreEncoder):
 
     def encode(
         self,
-        x,
-        attention_mask=None,
+        x: EncoderInput | Any,
+        attention_mask: npt.ArrayLike | None = None,
         *,
-        batch_size=32,
-        out=None,
-        progress=None,
-        image_size=None,
-    ):
+        batch_size: int = 32,
+        out: np.ndarray | None = None,
+        progress: bool | None = None,
+        image_size: int | None = None,
+    ) -> np.ndarray | Embeddings:
         """Backbone features h (float32, (N, feature_dim)) in eval mode, in batches.
         ``progress``: a tqdm bar (default: when there are more than 10 batches).
         Given a dataset (a convirt dataset, a prepared cache, synthetic_cxr's result),
@@ -588,14 +631,14 @@ class Encoder(_CoreEncoder):
 
     def embed(
         self,
-        x,
-        attention_mask=None,
+        x: EncoderInput | Any,
+        attention_mask: npt.ArrayLike | None = None,
         *,
-        batch_size=32,
-        out=None,
-        progress=None,
-        image_size=None,
-    ):
+        batch_size: int = 32,
+        out: np.ndarray | None = None,
+        progress: bool | None = None,
+        image_size: int | None = None,
+    ) -> np.ndarray | Embeddings:
         """Projected embeddings g(h) (float32, (N, proj_dim)) in eval mode, in batches;
         ``Embeddings(ids, embeddings)`` for a dataset, as :meth:`encode`."""
         if _is_dataset(x):

@@ -251,7 +251,7 @@ def bert_config(encoder: Encoder) -> dict:
     }
 
 
-def to_torch(encoder: Encoder):
+def to_torch(encoder: Encoder) -> Any:
     """A ``torch.nn.Module`` (in eval mode) holding a copy of the encoder's weights.
 
     Image towers: ``module(x)`` with ``x`` a float (N, C, H, W) tensor in [0, 1] (or
@@ -464,7 +464,7 @@ def save_pretrained(
     return directory
 
 
-def load_pretrained(cls, directory: str | os.PathLike):
+def load_pretrained(cls: type, directory: str | os.PathLike) -> Encoder:
     """The encoder in a folder written by :func:`save_pretrained`, exactly as saved
     (weights, normalisation, tokenizer, max_length). Every field of config.json's
     ``"convirt"`` block is checked as :meth:`Encoder.from_checkpoint` checks a
