@@ -18,6 +18,7 @@ place.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from ._core import ImageAugment as _CImageAugment
 
@@ -47,7 +48,7 @@ GRAY_MEAN = (0.449,)
 GRAY_STD = (0.226,)
 
 # The paper's ranges (ConVIRT, appendix): True for a setting means these.
-PAPER_RANGES = {
+PAPER_RANGES: dict[str, Any] = {
     "crop_scale": (0.6, 1.0),
     "crop_ratio": (3 / 4, 4 / 3),
     "flip": 0.5,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
@@ -98,7 +98,7 @@ def encode_dataset(
     method = encoder.embed if projected else encoder.encode
     if encoder.kind == "text":
         features = method(list(dataset.reports), batch_size=batch_size, progress=progress)
-        return Embeddings(ids, features)
+        return Embeddings(ids, cast(np.ndarray, features))
     images = getattr(dataset, "images", None)
     if isinstance(images, np.ndarray) and images.ndim >= 3:
         if image_size is not None and images.shape[1:3] != (image_size, image_size):
@@ -108,7 +108,7 @@ def encode_dataset(
                 images, out=np.empty((len(images), image_size, image_size), np.float32)
             )
         features = method(images, batch_size=batch_size, progress=progress)
-        return Embeddings(ids, features)
+        return Embeddings(ids, cast(np.ndarray, features))
     if image_size is None:
         raise ValueError(
             f"the images of {type(dataset).__name__} are files of their own sizes: give "

@@ -104,7 +104,7 @@ class Encoder(_CoreEncoder):
         super().__init__(
             kind, dict(config), proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed
         )
-        self._spec = {
+        self._spec: dict[str, Any] = {
             "kind": kind,
             "config": dict(config),
             "proj_dim": proj_dim,

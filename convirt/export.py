@@ -44,6 +44,7 @@ __all__ = [
 FOLDER_FORMAT = "convirt-pretrained-1"
 _POOLING_NAMES = {0: "max", 1: "mean", 2: "cls"}
 _BN_EPS = 1e-5  # the core's batch norm (PyTorch's default)
+_TORCH_CLASSES: dict[str, Any] | None = None  # the torch.nn modules, once defined
 
 
 def _require(module: str, purpose: str, extra: str = "export"):
@@ -63,8 +64,9 @@ def _require(module: str, purpose: str, extra: str = "export"):
 
 def _torch_classes():
     """The torch.nn modules, defined on first use (torch is optional)."""
-    if _torch_classes.cache is not None:
-        return _torch_classes.cache
+    global _TORCH_CLASSES
+    if _TORCH_CLASSES is not None:
+        return _TORCH_CLASSES
     import torch
     from torch import nn
 
@@ -214,15 +216,12 @@ def _torch_classes():
             features = self.encoder(images)
             return features, self.encoder.projection(features)
 
-    _torch_classes.cache = {
+    _TORCH_CLASSES = {
         "ResNetEncoder": ResNetEncoder,
         "BertTextEncoder": BertTextEncoder,
         "Outputs": _Outputs,
     }
-    return _torch_classes.cache
-
-
-_torch_classes.cache = None
+    return _TORCH_CLASSES
 
 
 def _spec(encoder: Encoder) -> dict:
@@ -464,7 +463,7 @@ def save_pretrained(
     return directory
 
 
-def load_pretrained(cls: type, directory: str | os.PathLike) -> Encoder:
+def load_pretrained(cls: type[Encoder], directory: str | os.PathLike) -> Encoder:
     """The encoder in a folder written by :func:`save_pretrained`, exactly as saved
     (weights, normalisation, tokenizer, max_length). Every field of config.json's
     ``"convirt"`` block is checked as :meth:`Encoder.from_checkpoint` checks a
@@ -617,8 +616,7 @@ def model_card(
         ("parameters", f"{encoder.num_parameters():,}"),
     ]
     if encoder.normalization is not None:
-        mean, std = encoder.normalization
-        mean, std = ([float(f"{v:.4g}") for v in part] for part in (mean, std))
+        mean, std = ([float(f"{v:.4g}") for v in part] for part in encoder.normalization)
         rows.append(("input normalisation", f"(x - {mean}) / {std}, x in [0, 1]"))
     if spec["kind"] == "bert":
         rows.append(("max tokens", str(encoder.max_length)))

@@ -273,7 +273,7 @@ def read_bert_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_pretrained_bert(
-    cls: type,
+    cls: Any,
     path: str | os.PathLike,
     *,
     pooling: str = "max",

@@ -142,3 +142,12 @@ def unannotated(path):
 @pytest.mark.parametrize("path", ANNOTATED)
 def test_the_public_api_is_annotated(path):
     assert unannotated(path) == []
+
+
+def test_mypy_accepts_the_annotated_modules_and_the_stub():
+    api = pytest.importorskip("mypy.api")
+    paths = [os.path.join(ROOT, p) for p in [*ANNOTATED, "convirt/_core.pyi"]]
+    out, err, status = api.run(
+        ["--ignore-missing-imports", "--follow-imports=silent", "--no-incremental", *paths]
+    )
+    assert status == 0, out + err
