@@ -144,6 +144,7 @@ def test_the_public_api_is_annotated(path):
     assert unannotated(path) == []
 
 
+@pytest.mark.slow  # about a minute: mypy reads numpy's stubs
 def test_mypy_accepts_the_annotated_modules_and_the_stub():
     api = pytest.importorskip("mypy.api")
     paths = [os.path.join(ROOT, p) for p in [*ANNOTATED, "convirt/_core.pyi"]]
