@@ -248,6 +248,18 @@ def test_save_pretrained_reads_a_run(tmp_path, capsys):
     assert "Data: 22 training and 2 validation pairs." in card
     assert "| image_size | 32 |" in card and "Trained for 1 epoch(s)" in card
 
+    # The same from the command line, with the ONNX graph.
+    pytest.importorskip("onnx")
+    out = root / "exported"
+    assert cli.main(["export", str(root / "run"), str(out), "--onnx"]) == 0
+    assert "exported step-" in capsys.readouterr().out
+    assert_same_encoder(encoder, convirt.Encoder.from_pretrained(out / "image_encoder"))
+    text = convirt.Encoder.from_pretrained(out / "text_encoder")
+    assert text.kind == "text" and text.tokenizer is not None
+    assert (out / "image_encoder.onnx").exists()
+    assert cli.main(["export", str(root / "cache"), str(root / "x")]) == 1
+    assert "has no checkpoint" in capsys.readouterr().err
+
 
 def test_a_plain_bert_folder_still_takes_the_keywords(tiny_towers, tmp_path):
     _, text = tiny_towers

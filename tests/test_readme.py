@@ -39,6 +39,7 @@ CLI_SMALL = {
     ],
     "pretrain --resume": ["--no-progress"],
     "embed": ["--no-progress"],
+    "export": [],
     "evaluate": [
         "--synthetic", "48", "--data-seed", "3", "--size", "32", "--depth", "18", "--image-size", "32",
         "--pretrain-epochs", "1", "--pretrain-batch-size", "8", "--fractions", "0.5,1",
@@ -110,6 +111,7 @@ def test_the_examples_are_found():
         "pretrain",
         "embed",
         "evaluate",
+        "export",
         "demo",
     }
     for argv in commands:
@@ -146,5 +148,7 @@ def test_the_command_line_examples_run(tmp_path, mimic_tree):
         assert result.returncode == 0, f"convirt {' '.join(argv)}:\n{result.stderr[-3000:]}"
     assert (tmp_path / "run" / "settings.json").exists()
     assert (tmp_path / "features.npy").exists()
+    assert (tmp_path / "exported" / "text_encoder" / "tokenizer.json").exists()
+    assert (tmp_path / "exported" / "image_encoder.onnx").exists()
     assert (tmp_path / "t.md").exists()
     assert (tmp_path / "convirt-demo" / "results.md").exists()
