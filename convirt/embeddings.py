@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Embeddings",
+    "check_embeddings_path",
     "encode_dataset",
     "is_dataset",
     "load_embeddings",
@@ -143,6 +144,19 @@ def _has_pyarrow() -> bool:
     return importlib.util.find_spec("pyarrow") is not None
 
 
+def check_embeddings_path(path: str | os.PathLike) -> str:
+    """The suffix of an output :func:`save_embeddings` can write (.parquet, .csv or
+    .npy); ValueError or ImportError (Parquet without pyarrow) otherwise, so that a
+    command can refuse before it does the work."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".parquet", ".csv", ".npy"):
+        raise ValueError(f"{path}: the output must end in .parquet, .csv or .npy")
+    if suffix == ".parquet" and not _has_pyarrow():
+        raise ImportError(f"{path}: writing Parquet needs pyarrow (pip install pyarrow)")
+    return suffix
+
+
 def save_embeddings(
     path: str | os.PathLike, ids: Sequence[str], features: np.ndarray
 ) -> list[str]:
@@ -162,12 +176,8 @@ def save_embeddings(
             f"expected N ids and features (N, D); got {len(ids)} ids and features of "
             f"shape {features.shape}"
         )
-    stem, suffix = os.path.splitext(path)
-    suffix = suffix.lower()
-    if suffix not in (".parquet", ".csv", ".npy"):
-        raise ValueError(f"{path}: the output must end in .parquet, .csv or .npy")
-    if suffix == ".parquet" and not _has_pyarrow():
-        raise ImportError(f"{path}: writing Parquet needs pyarrow (pip install pyarrow)")
+    stem = os.path.splitext(path)[0]
+    suffix = check_embeddings_path(path)
     written = []
     if suffix in (".npy", ".csv"):
         written.append(_save_npy(stem + ".npy", features))

@@ -137,6 +137,9 @@ def test_cli_embed_writes_the_ids_beside_the_array(tmp_path, capsys):
     assert cli.main(argv) == 0
     assert "with the ids" in capsys.readouterr().out
     ids, features = load_embeddings(out)
+    bad = ["embed", str(root / "image.safetensors"), str(root / "c"), str(root / "f.txt")]
+    assert cli.main(bad) == 1
+    assert ".parquet, .csv or .npy" in capsys.readouterr().err
     cache = convirt.prepared.PreparedDataset(str(root / "c"))
     assert ids == cache.sources and ids[0].endswith(".png")
     np.testing.assert_allclose(

@@ -337,10 +337,11 @@ def run_embed(args):
     import convirt
 
     from ..checkpoint import CheckpointDir
-    from ..embeddings import save_embeddings
+    from ..embeddings import check_embeddings_path, save_embeddings
     from ..images import IMAGE_EXTENSIONS, decode_image
     from ..prepared import PreparedDataset
 
+    check_embeddings_path(args.output)  # before the work
     if args.threads:
         convirt.set_num_threads(args.threads)
     path = args.checkpoint
