@@ -52,7 +52,8 @@ class Embeddings(NamedTuple):
 
     def __repr__(self):
         n, d = self.features.shape
-        return f"Embeddings(n={n}, dim={d}, ids=[{self.ids[0]!r}, ...])"
+        first = f"{self.ids[0]!r}, ..." if self.ids else ""
+        return f"Embeddings(n={n}, dim={d}, ids=[{first}])"
 
 
 def _columns(dim: int) -> list[str]:

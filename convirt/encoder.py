@@ -244,6 +244,28 @@ class Encoder(_CoreEncoder):
         from .text import load_pretrained_bert
 
         if is_pretrained_folder(path):
+            given = {
+                "pooling": pooling,
+                "freeze_layers": freeze_layers,
+                "proj_dim": proj_dim,
+                "proj_hidden": proj_hidden,
+                "seed": seed,
+                "max_length": max_length,
+            }
+            default = {
+                "pooling": "max",
+                "freeze_layers": None,
+                "proj_dim": 512,
+                "proj_hidden": 512,
+                "seed": 0,
+                "max_length": 128,
+            }
+            changed = sorted(k for k in given if given[k] != default[k])
+            if changed:
+                raise ValueError(
+                    f"{path} was written by save_pretrained and is rebuilt as saved; "
+                    f"{', '.join(changed)} cannot change it (set them on the encoder after)"
+                )
             return load_pretrained(cls, path)
 
         return load_pretrained_bert(

@@ -646,6 +646,8 @@ def model_card(
     if training or data_size is not None or history:
         lines += ["## Training", ""]
         if data_size is not None:
+            if isinstance(data_size, int):
+                data_size = f"{data_size:,} pairs"
             lines += [f"Data: {data_size}.", ""]
         if history:
             last = history[-1]

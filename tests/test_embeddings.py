@@ -23,6 +23,7 @@ def test_encode_a_dataset_returns_its_ids_with_the_features(tiny_towers):
     assert np.array_equal(features, image.encode(images))
     result = image.embed(dataset)
     assert isinstance(result, Embeddings) and result.features.shape == (5, 16)
+    assert repr(result) == "Embeddings(n=5, dim=16, ids=['array[0]', ...])"
     assert np.array_equal(result.features, image.embed(images))
     ids, features = text.encode(dataset)  # a text tower encodes the reports
     assert np.array_equal(features, text.encode(reports))

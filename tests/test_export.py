@@ -292,6 +292,12 @@ def test_a_damaged_folder_raises_checkpoint_error(tmp_path, change, match):
         convirt.Encoder.from_pretrained(tmp_path)
 
 
+def test_keywords_cannot_change_a_saved_folder(tmp_path):
+    convirt.Encoder.resnet18(proj_dim=8).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="proj_dim, seed cannot change it"):
+        convirt.Encoder.from_pretrained(tmp_path, proj_dim=8, seed=1)
+
+
 def test_a_folder_without_weights_says_so(tmp_path):
     convirt.Encoder.resnet18(proj_dim=8).save_pretrained(tmp_path)
     os.remove(tmp_path / "model.safetensors")
