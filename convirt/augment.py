@@ -15,7 +15,17 @@ place.
   ``GRAY_STD``: the normalisation a ResNet expects, by :func:`resnet_normalization`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 from ._core import ImageAugment as _CImageAugment
+
+# A range (low, high); None or False: off; True: the paper's. degrees and translate also
+# take one number.
+Range = Sequence[float] | float | bool | None
+Normalization = tuple[Sequence[float], Sequence[float]]
 
 __all__ = [
     "AUGMENTS",
@@ -38,7 +48,7 @@ GRAY_MEAN = (0.449,)
 GRAY_STD = (0.226,)
 
 # The paper's ranges (ConVIRT, appendix): True for a setting means these.
-PAPER_RANGES = {
+PAPER_RANGES: dict[str, Any] = {
     "crop_scale": (0.6, 1.0),
     "crop_ratio": (3 / 4, 4 / 3),
     "flip": 0.5,
@@ -52,7 +62,7 @@ PAPER_RANGES = {
 PAPER_SIZE = 224
 
 
-def resnet_normalization(in_channels):
+def resnet_normalization(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) of a ResNet's input: ImageNet's per channel, or its grey level for one
     channel."""
     if in_channels == 1:
@@ -65,21 +75,21 @@ class ImageAugment(_CImageAugment):
 
     def __init__(
         self,
-        size=PAPER_SIZE,
+        size: int = PAPER_SIZE,
         *,
-        crop_scale=PAPER_RANGES["crop_scale"],
-        crop_ratio=PAPER_RANGES["crop_ratio"],
-        flip=PAPER_RANGES["flip"],
-        degrees=PAPER_RANGES["degrees"],
-        translate=PAPER_RANGES["translate"],
-        scale=PAPER_RANGES["scale"],
-        brightness=PAPER_RANGES["brightness"],
-        contrast=PAPER_RANGES["contrast"],
-        blur_sigma=PAPER_RANGES["blur_sigma"],
-        fill=0.0,
-        normalization=None,
-        seed=0,
-    ):
+        crop_scale: Range = PAPER_RANGES["crop_scale"],
+        crop_ratio: Range = PAPER_RANGES["crop_ratio"],
+        flip: Range = PAPER_RANGES["flip"],
+        degrees: Range = PAPER_RANGES["degrees"],
+        translate: Range = PAPER_RANGES["translate"],
+        scale: Range = PAPER_RANGES["scale"],
+        brightness: Range = PAPER_RANGES["brightness"],
+        contrast: Range = PAPER_RANGES["contrast"],
+        blur_sigma: Range = PAPER_RANGES["blur_sigma"],
+        fill: float = 0.0,
+        normalization: Normalization | None = None,
+        seed: int = 0,
+    ) -> None:
         settings = {
             "crop_scale": crop_scale,
             "crop_ratio": crop_ratio,
@@ -98,13 +108,13 @@ class ImageAugment(_CImageAugment):
             size, **settings, fill=fill, normalization=normalization, seed=seed
         )
 
-    def eval_view(self):
+    def eval_view(self) -> ImageAugment:
         """The evaluation view of these transforms: the same size and normalization,
         nothing random (see :func:`eval_augment`)."""
         return eval_augment(self.size, normalization=self.normalization)
 
 
-def eval_augment(size, *, normalization=None):
+def eval_augment(size: int, *, normalization: Normalization | None = None) -> ImageAugment:
     """The view images are evaluated on: resized to ``size`` x ``size`` (the
     augmentation's bilinear pass, no crop), with ``normalization`` when given, nothing
     random - what the Trainer validates on and the demo and ``convirt embed`` encode."""
@@ -123,7 +133,7 @@ def eval_augment(size, *, normalization=None):
     )
 
 
-def paper_augment(image_size, seed=0):
+def paper_augment(image_size: int, seed: int = 0) -> ImageAugment:
     """ConVIRT's image transforms for views of image_size pixels: the paper's ranges,
     with the Gaussian blur's sigma range (0.1, 3.0) given at 224 px scaled to the view
     size, so that a small view is blurred as much as the paper's, not more (at 64 px an
@@ -134,7 +144,7 @@ def paper_augment(image_size, seed=0):
     )
 
 
-def mild_augment(image_size, seed=0, flip=0.5):
+def mild_augment(image_size: int, seed: int = 0, flip: Range = 0.5) -> ImageAugment:
     """Milder transforms than the paper's for short runs on small views: crop 80-100%
     of the area, horizontal flip with probability ``flip`` (None: never; reports name
     the side of a finding), rotation up to 5 degrees, translation 5%, brightness and

@@ -4,10 +4,16 @@ The math runs in the C type ``convirt._core.Encoder``; this subclass adds the
 constructors, batching with progress bars, named parameter views and checkpoints.
 """
 
+from __future__ import annotations
+
 import json
 import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ._core import Encoder as _CoreEncoder
 from ._io import atomic_write, read_safetensors
@@ -18,9 +24,24 @@ from .augment import (  # noqa: F401 (the constants: convirt.encoder.IMAGENET_ME
     IMAGENET_STD,
     resnet_normalization,
 )
+from .embeddings import encode_dataset as _encode_dataset
+from .embeddings import is_dataset as _is_dataset
+from .encoder_spec import ENCODER_FORMAT, _is_number, _short
+from .encoder_spec import POOLING as _POOLING
+from .encoder_spec import check_shapes as _check_shapes
+from .encoder_spec import check_spec as _check_spec
 from .errors import CheckpointError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .embeddings import Embeddings
+
 __all__ = ["Encoder"]
+
+# The types of the public signatures.
+PathLike = str | os.PathLike
+Normalization = tuple[Sequence[float], Sequence[float]]
+# An image batch (N, H, W[, C]) uint8 or float32, strings, or int32 input_ids (N, T).
+EncoderInput = npt.ArrayLike | Sequence[str]
 
 # Keys that PyTorch checkpoints carry and an encoder does not have.
 _IGNORED_SUFFIXES = ("num_batches_tracked", "embeddings.position_ids")
@@ -29,248 +50,6 @@ _STRIPPED_PREFIXES = ("module.", "bert.", "model.")
 
 # The default normalisation of a ResNet tower (ImageNet's, or its grey level for one
 # channel) is convirt.augment's resnet_normalization.
-
-_POOLING = {"max": 0, "mean": 1, "cls": 2}
-
-ENCODER_FORMAT = "convirt-encoder-1"
-# What the metadata of an encoder checkpoint may hold. Config keys with the value the core
-# uses when one is absent (None: required). Limits far above any real model (ResNet-50's
-# 2048 features, BERT-large's 1024 x 24 layers and 30522 words) and low enough that a
-# corrupt or hostile size is refused before anything is allocated.
-_SPEC_KEYS = {
-    "kind",
-    "config",
-    "proj_dim",
-    "proj_hidden",
-    "seed",
-    "normalization",
-    "max_length",
-    "tokenizer",
-}
-_CONFIG_DEFAULTS = {
-    "resnet": {"depth": 50, "in_channels": 1},
-    "bert": {
-        "vocab_size": None,
-        "hidden_size": None,
-        "num_hidden_layers": None,
-        "num_attention_heads": None,
-        "intermediate_size": None,
-        "max_position_embeddings": 512,
-        "type_vocab_size": 2,
-        "layer_norm_eps": 1e-12,
-        "pooling": 0,
-        "freeze_layers": 0,
-    },
-}
-_SIZE_LIMITS = {
-    "proj_dim": 1 << 16,
-    "proj_hidden": 1 << 16,
-    "in_channels": 4,
-    "vocab_size": 1 << 21,
-    "hidden_size": 1 << 14,
-    "num_hidden_layers": 256,
-    "num_attention_heads": 256,
-    "intermediate_size": 1 << 16,
-    "max_position_embeddings": 1 << 16,
-    "type_vocab_size": 1 << 10,
-    "max_length": 1 << 16,
-}
-# ResNet depth -> (blocks in layer3, bottleneck blocks?): how the tensors show the depth.
-_RESNET_LAYOUT = {18: (2, False), 34: (6, False), 50: (6, True)}
-
-
-def _short(value):
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_spec(spec, where):
-    """The encoder spec of checkpoint metadata (what _metadata() writes) with every field
-    checked for type and range, the config completed with the core's defaults. Raises
-    CheckpointError naming `where` and the field, before anything is built."""
-
-    def fail(field, expected, value):
-        raise CheckpointError(
-            f"{where}: metadata field {field!r} must be {expected}, got {_short(value)}"
-        )
-
-    def size(field, value, low=1):
-        high = _SIZE_LIMITS[field]
-        if not _is_int(value) or not low <= value <= high:
-            fail(field, f"an integer in [{low}, {high}]", value)
-        return value
-
-    if not isinstance(spec, dict):
-        fail("convirt_encoder", "a JSON object", spec)
-    unknown = sorted(set(spec) - _SPEC_KEYS)
-    if unknown:
-        raise CheckpointError(
-            f"{where}: unknown metadata field(s) {unknown} (known: "
-            f"{sorted(_SPEC_KEYS)}); written by a newer convirt?"
-        )
-    missing = sorted({"kind", "config", "proj_dim", "proj_hidden"} - set(spec))
-    if missing:
-        raise CheckpointError(f"{where}: the metadata lacks the field(s) {missing}")
-    kind = spec["kind"]
-    if kind not in _CONFIG_DEFAULTS:
-        fail("kind", "'resnet' or 'bert'", kind)
-    config = spec["config"]
-    if not isinstance(config, dict):
-        fail("config", "a JSON object", config)
-    defaults = _CONFIG_DEFAULTS[kind]
-    unknown = sorted(set(config) - set(defaults))
-    if unknown:
-        raise CheckpointError(
-            f"{where}: metadata field 'config' has {unknown}, which a "
-            f"kind={kind!r} encoder does not take (its keys: "
-            f"{sorted(defaults)})"
-        )
-    lacking = sorted(k for k, v in defaults.items() if v is None and k not in config)
-    if lacking:
-        raise CheckpointError(
-            f"{where}: metadata field 'config' lacks {lacking}, which a "
-            f"kind={kind!r} encoder needs"
-        )
-    full = {**defaults, **config}
-    if kind == "resnet":
-        if not _is_int(full["depth"]) or full["depth"] not in _RESNET_LAYOUT:
-            fail("depth", "18, 34 or 50", full["depth"])
-        size("in_channels", full["in_channels"])
-    else:
-        for field in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-        ):
-            size(field, full[field])
-        if full["hidden_size"] % full["num_attention_heads"]:
-            fail(
-                "num_attention_heads",
-                f"a divisor of hidden_size {full['hidden_size']}",
-                full["num_attention_heads"],
-            )
-        eps = full["layer_norm_eps"]
-        if not _is_number(eps) or not math.isfinite(eps) or not eps > 0:
-            fail("layer_norm_eps", "a finite number > 0", eps)
-        if not _is_int(full["pooling"]) or full["pooling"] not in _POOLING.values():
-            fail("pooling", "0 (max), 1 (mean) or 2 (cls)", full["pooling"])
-        if not _is_int(full["freeze_layers"]) or not (
-            0 <= full["freeze_layers"] <= full["num_hidden_layers"]
-        ):
-            fail(
-                "freeze_layers",
-                f"an integer in [0, {full['num_hidden_layers']}]",
-                full["freeze_layers"],
-            )
-    size("proj_dim", spec["proj_dim"])
-    size("proj_hidden", spec["proj_hidden"])
-    if not _is_int(spec.get("seed", 0)):
-        fail("seed", "an integer", spec["seed"])
-    size("max_length", spec.get("max_length", 128), low=2)
-    normalization = spec.get("normalization")
-    if kind == "bert" and normalization is not None:
-        fail("normalization", "null for a kind='bert' encoder", normalization)
-    if normalization is not None:
-        channels = full["in_channels"]
-        if not (
-            isinstance(normalization, (list, tuple))
-            and len(normalization) == 2
-            and all(
-                isinstance(part, (list, tuple))
-                and len(part) in (1, channels)
-                and all(_is_number(x) and math.isfinite(x) for x in part)
-                for part in normalization
-            )
-            and all(x > 0 for x in normalization[1])
-        ):
-            fail(
-                "normalization",
-                f"[mean, std], each 1 or {channels} finite numbers, std > 0",
-                normalization,
-            )
-    tokenizer = spec.get("tokenizer")
-    if tokenizer is not None and (kind != "bert" or not isinstance(tokenizer, str)):
-        fail("tokenizer", "a tokenizers JSON string on a kind='bert' encoder", tokenizer)
-    return full
-
-
-def _check_shapes(spec, full, shapes, where):
-    """Refuse metadata whose sizes disagree with the tensors of the same file (before
-    the encoder they describe is allocated)."""
-
-    def expect(name, axis, field, value):
-        shape = shapes.get(name)
-        if shape is None:
-            raise CheckpointError(
-                f"{where} has no tensor {name!r}, which every convirt "
-                f"{spec['kind']} encoder checkpoint holds"
-            )
-        if len(shape) <= axis or shape[axis] != value:
-            raise CheckpointError(
-                f"{where}: metadata field {field!r} is {value}, but "
-                f"tensor {name!r} has shape {tuple(shape)}"
-            )
-
-    def count(prefix):
-        return len(
-            {
-                name[len(prefix) :].split(".")[0]
-                for name in shapes
-                if name.startswith(prefix)
-            }
-        )
-
-    if spec["kind"] == "resnet":
-        expect("conv1.weight", 1, "in_channels", full["in_channels"])
-        blocks, bottleneck = _RESNET_LAYOUT[full["depth"]]
-        if count("layer3.") != blocks or ("layer1.0.conv3.weight" in shapes) != bottleneck:
-            raise CheckpointError(
-                f"{where}: metadata field 'depth' is {full['depth']}, "
-                f"but the tensors are those of another ResNet "
-                f"({count('layer3.')} blocks in layer3)"
-            )
-    else:
-        expect("embeddings.word_embeddings.weight", 0, "vocab_size", full["vocab_size"])
-        expect("embeddings.word_embeddings.weight", 1, "hidden_size", full["hidden_size"])
-        expect(
-            "embeddings.position_embeddings.weight",
-            0,
-            "max_position_embeddings",
-            full["max_position_embeddings"],
-        )
-        expect(
-            "embeddings.token_type_embeddings.weight",
-            0,
-            "type_vocab_size",
-            full["type_vocab_size"],
-        )
-        expect(
-            "encoder.layer.0.intermediate.dense.weight",
-            0,
-            "intermediate_size",
-            full["intermediate_size"],
-        )
-        layers = count("encoder.layer.")
-        if layers != full["num_hidden_layers"]:
-            raise CheckpointError(
-                f"{where}: metadata field 'num_hidden_layers' is "
-                f"{full['num_hidden_layers']}, but the tensors hold "
-                f"{layers} layers"
-            )
-    expect("projection.0.weight", 0, "proj_hidden", spec["proj_hidden"])
-    expect("projection.2.weight", 0, "proj_dim", spec["proj_dim"])
 
 
 def _stored_shape(shape, layout):
@@ -313,11 +92,19 @@ class Encoder(_CoreEncoder):
     ``input_ids`` with an ``attention_mask``.
     """
 
-    def __init__(self, kind, config, *, proj_dim=512, proj_hidden=512, seed=0):
+    def __init__(
+        self,
+        kind: str,
+        config: Mapping[str, Any],
+        *,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+    ) -> None:
         super().__init__(
             kind, dict(config), proj_dim=proj_dim, proj_hidden=proj_hidden, seed=seed
         )
-        self._spec = {
+        self._spec: dict[str, Any] = {
             "kind": kind,
             "config": dict(config),
             "proj_dim": proj_dim,
@@ -345,22 +132,40 @@ class Encoder(_CoreEncoder):
 
     @classmethod
     def resnet18(
-        cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0, normalization=None
-    ):
+        cls,
+        in_channels: int = 1,
+        *,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+        normalization: Normalization | None = None,
+    ) -> Encoder:
         """ResNet-18 image encoder (features: 512)."""
         return cls._resnet(18, in_channels, proj_dim, proj_hidden, seed, normalization)
 
     @classmethod
     def resnet34(
-        cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0, normalization=None
-    ):
+        cls,
+        in_channels: int = 1,
+        *,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+        normalization: Normalization | None = None,
+    ) -> Encoder:
         """ResNet-34 image encoder (features: 512)."""
         return cls._resnet(34, in_channels, proj_dim, proj_hidden, seed, normalization)
 
     @classmethod
     def resnet50(
-        cls, in_channels=1, *, proj_dim=512, proj_hidden=512, seed=0, normalization=None
-    ):
+        cls,
+        in_channels: int = 1,
+        *,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+        normalization: Normalization | None = None,
+    ) -> Encoder:
         """ResNet-50 image encoder, ConVIRT's f_v (features: 2048)."""
         return cls._resnet(50, in_channels, proj_dim, proj_hidden, seed, normalization)
 
@@ -368,22 +173,22 @@ class Encoder(_CoreEncoder):
     def bert(
         cls,
         *,
-        vocab_size=30522,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=512,
-        type_vocab_size=2,
-        layer_norm_eps=1e-12,
-        pooling="max",
-        freeze_layers=0,
-        proj_dim=512,
-        proj_hidden=512,
-        seed=0,
-        tokenizer=None,
-        max_length=128,
-    ):
+        vocab_size: int = 30522,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+        pooling: str = "max",
+        freeze_layers: int = 0,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+        tokenizer: Any = None,
+        max_length: int = 128,
+    ) -> Encoder:
         """A BERT text encoder (Hugging Face BertModel, post-LayerNorm) pooled over the
         valid tokens of its last layer: ``pooling`` is 'max' (ConVIRT), 'mean' or 'cls'.
         ``freeze_layers=k`` freezes the embeddings and the first k layers (ConVIRT:
@@ -422,19 +227,46 @@ class Encoder(_CoreEncoder):
     @classmethod
     def from_pretrained(
         cls,
-        path,
+        path: PathLike,
         *,
-        pooling="max",
-        freeze_layers=None,
-        proj_dim=512,
-        proj_hidden=512,
-        seed=0,
-        max_length=128,
-    ):
+        pooling: str = "max",
+        freeze_layers: int | None = None,
+        proj_dim: int = 512,
+        proj_hidden: int = 512,
+        seed: int = 0,
+        max_length: int = 128,
+    ) -> Encoder:
         """A text encoder from a Hugging Face BERT directory (config.json,
         model.safetensors, tokenizer.json or vocab.txt). ``freeze_layers`` defaults to
-        half of the layers, as in ConVIRT."""
+        half of the layers, as in ConVIRT. A folder written by :meth:`save_pretrained`
+        (either tower) is rebuilt exactly as saved, and the keywords are not used."""
+        from .export import is_pretrained_folder, load_pretrained
         from .text import load_pretrained_bert
+
+        if is_pretrained_folder(path):
+            given = {
+                "pooling": pooling,
+                "freeze_layers": freeze_layers,
+                "proj_dim": proj_dim,
+                "proj_hidden": proj_hidden,
+                "seed": seed,
+                "max_length": max_length,
+            }
+            default = {
+                "pooling": "max",
+                "freeze_layers": None,
+                "proj_dim": 512,
+                "proj_hidden": 512,
+                "seed": 0,
+                "max_length": 128,
+            }
+            changed = sorted(k for k in given if given[k] != default[k])
+            if changed:
+                raise ValueError(
+                    f"{path} was written by save_pretrained and is rebuilt as saved; "
+                    f"{', '.join(changed)} cannot change it (set them on the encoder after)"
+                )
+            return load_pretrained(cls, path)
 
         return load_pretrained_bert(
             cls,
@@ -448,7 +280,7 @@ class Encoder(_CoreEncoder):
         )
 
     @classmethod
-    def from_checkpoint(cls, path):
+    def from_checkpoint(cls, path: PathLike) -> Encoder:
         """An encoder rebuilt from a file written by :meth:`save`.
 
         Every metadata field is checked for type and range, and the sizes against the
@@ -528,13 +360,13 @@ class Encoder(_CoreEncoder):
 
     # ---- modes ------------------------------------------------------------------------
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Encoder:
         """Training mode: forward keeps what backward needs and batch norm uses (and
         updates) batch statistics. Returns self."""
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Encoder:
         """Evaluation mode (running statistics, nothing kept for backward). Returns self."""
         self.training = False
         return self
@@ -553,13 +385,13 @@ class Encoder(_CoreEncoder):
             )
         return views
 
-    def parameters(self):
+    def parameters(self) -> dict[str, np.ndarray]:
         """name -> float32 view into the parameter buffer (and the running statistics),
         with PyTorch state_dict names. Convolution weights are stored GEMM-ready as
         (K, R, S, C); :meth:`state_dict` gives PyTorch's (K, C, R, S)."""
         return self._views(None, True)
 
-    def gradients(self):
+    def gradients(self) -> dict[str, np.ndarray]:
         """name -> float32 view into the gradient buffer (trainable tensors only)."""
         grads = self.flat_gradients
         return {
@@ -571,7 +403,7 @@ class Encoder(_CoreEncoder):
     def _is_frozen(self, name):
         return any(row[0] == name and row[5] for row in self.tensor_table)
 
-    def num_parameters(self, trainable_only=False):
+    def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters (excluding running statistics)."""
         if trainable_only:
             return sum(
@@ -583,7 +415,7 @@ class Encoder(_CoreEncoder):
             )
         return sum(row[3] for row in self.tensor_table if not row[4])
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """name -> a copy of each tensor in PyTorch's layout."""
         out = {}
         views = self.parameters()
@@ -591,7 +423,9 @@ class Encoder(_CoreEncoder):
             out[name] = _to_torch(views[name], layout)
         return out
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(
+        self, state_dict: Mapping[str, npt.ArrayLike], strict: bool = True
+    ) -> None:
         """Copy tensors in by name. Accepts this encoder's own names and those of
         torchvision / timm ResNets and Hugging Face BERTs (prefixes such as 'module.' or
         'bert.' are stripped; fc, pooler and num_batches_tracked are ignored).
@@ -677,7 +511,7 @@ class Encoder(_CoreEncoder):
             spec["tokenizer"] = self.tokenizer.to_str()
         return {"convirt_encoder": json.dumps(spec), "format": "convirt-encoder-1"}
 
-    def save(self, path):
+    def save(self, path: PathLike) -> None:
         """Write every tensor (PyTorch layout and names) to a safetensors file, with the
         architecture in its metadata so :meth:`from_checkpoint` can rebuild it. The
         write is atomic: a crash leaves the previous file intact."""
@@ -686,7 +520,7 @@ class Encoder(_CoreEncoder):
         data = save(self.state_dict(), metadata=self._metadata())
         atomic_write(path, data)
 
-    def load(self, path, strict=True):
+    def load(self, path: PathLike, strict: bool = True) -> Encoder:
         """Load a safetensors file by name into this encoder (see load_state_dict). A
         file that cannot be read or does not fit raises
         :class:`convirt.checkpoint.CheckpointError` (a ValueError) naming it, and
@@ -697,6 +531,29 @@ class Encoder(_CoreEncoder):
         except ValueError as error:
             raise CheckpointError(f"{path}: {error}") from error
         return self
+
+    def save_pretrained(self, directory: PathLike, **card: Any) -> str:
+        """Write a Hugging Face-style folder (config.json, model.safetensors, tokenizer
+        files, a README.md model card; ``card``: ``training``, ``data_size``,
+        ``evaluation``, ``run``, ``name``) that :meth:`from_pretrained` reads back
+        exactly. See :func:`convirt.export.save_pretrained`."""
+        from .export import save_pretrained
+
+        return save_pretrained(self, directory, **card)
+
+    def to_torch(self) -> Any:
+        """A ``torch.nn.Module`` with a copy of the weights whose forward matches
+        :meth:`encode` (and ``.embed`` :meth:`embed`); see :func:`convirt.export.to_torch`."""
+        from .export import to_torch
+
+        return to_torch(self)
+
+    def to_onnx(self, path: PathLike, *, image_size: int = 224, opset: int = 17) -> str:
+        """Write an image encoder as ONNX (input float32 (N, C, H, W) in [0, 1]; outputs
+        features and embeddings); see :func:`convirt.export.export_onnx`."""
+        from .export import export_onnx
+
+        return export_onnx(self, path, image_size=image_size, opset=opset)
 
     # ---- inference ----------------------------------------------------------------------
 
@@ -771,15 +628,46 @@ class Encoder(_CoreEncoder):
             self.training = was_training
         return out
 
-    def encode(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
+    def encode(
+        self,
+        x: EncoderInput | Any,
+        attention_mask: npt.ArrayLike | None = None,
+        *,
+        batch_size: int = 32,
+        out: np.ndarray | None = None,
+        progress: bool | None = None,
+        image_size: int | None = None,
+    ) -> np.ndarray | Embeddings:
         """Backbone features h (float32, (N, feature_dim)) in eval mode, in batches.
-        ``progress``: a tqdm bar (default: when there are more than 10 batches)."""
+        ``progress``: a tqdm bar (default: when there are more than 10 batches).
+        Given a dataset (a convirt dataset, a prepared cache, synthetic_cxr's result),
+        returns ``Embeddings(ids, features)`` in its order, its images resized to
+        ``image_size`` (see :func:`convirt.embeddings.encode_dataset`)."""
+        if _is_dataset(x):
+            return _encode_dataset(
+                self, x, image_size=image_size, batch_size=batch_size, progress=progress
+            )
         return self._batched(
             x, attention_mask, out, self.feature_dim, "encode", batch_size, progress
         )
 
-    def embed(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
-        """Projected embeddings g(h) (float32, (N, proj_dim)) in eval mode, in batches."""
+    def embed(
+        self,
+        x: EncoderInput | Any,
+        attention_mask: npt.ArrayLike | None = None,
+        *,
+        batch_size: int = 32,
+        out: np.ndarray | None = None,
+        progress: bool | None = None,
+        image_size: int | None = None,
+    ) -> np.ndarray | Embeddings:
+        """Projected embeddings g(h) (float32, (N, proj_dim)) in eval mode, in batches;
+        ``Embeddings(ids, embeddings)`` for a dataset, as :meth:`encode`."""
+        if _is_dataset(x):
+            return _encode_dataset(
+                self, x, projected=True, image_size=image_size, batch_size=batch_size,
+                progress=progress,
+            )  # fmt: skip
         return self._batched(
             x, attention_mask, out, self.proj_dim, "embed", batch_size, progress
         )

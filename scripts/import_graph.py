@@ -4,7 +4,8 @@ above, every arrow from a module to one it imports.
 
     python scripts/import_graph.py [OUT.png]
 
-Every import counts, at the top of a module or inside a function. Modules are the
+Every import counts, at the top of a module or inside a function, except those under
+``if TYPE_CHECKING:`` (read by type checkers only, never run). Modules are the
 package's files (a package's ``__init__.py`` is the package). tests/test_layering.py
 reads the same graph (``read_graph``) and asserts what this picture shows: arrows run
 one way, and there is no cycle.
@@ -34,7 +35,17 @@ LAYERS = (
             "convirt.distributed",
         ),
     ),
-    ("models", ("convirt.encoder", "convirt.checkpoint", "convirt.schedules")),
+    (
+        "models",
+        (
+            "convirt.encoder",
+            "convirt.checkpoint",
+            "convirt.schedules",
+            "convirt.export",
+            "convirt.embeddings",
+            "convirt.encoder_spec",
+        ),
+    ),
     (
         "data",
         (
@@ -95,6 +106,24 @@ def _resolve(module, node, modules, is_package):
     return out
 
 
+def _typing_only_imports(tree):
+    """The imports under ``if TYPE_CHECKING:``: read by type checkers, never run, so
+    they are no edge (a module may name in its annotations a type it cannot import)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (
+            (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+            or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
+        ):
+            for statement in node.body:
+                found |= {
+                    n
+                    for n in ast.walk(statement)
+                    if isinstance(n, (ast.Import, ast.ImportFrom))
+                }
+    return found
+
+
 def read_graph(root=ROOT):
     """{module: set of package modules it imports} (the C extension, convirt._core, is a
     module without a source file here: imports of it are kept as edges to it)."""
@@ -105,8 +134,9 @@ def read_graph(root=ROOT):
         with open(path, encoding="utf-8") as f:
             tree = ast.parse(f.read(), path)
         is_package = path.endswith("__init__.py")
+        typing_only = _typing_only_imports(tree)
         for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and node not in typing_only:
                 graph[name] |= _resolve(name, node, modules, is_package)
     return graph
 

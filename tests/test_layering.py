@@ -159,3 +159,17 @@ def test_old_import_paths_keep_every_name():
     assert convirt.text.split_sentences is convirt.reports.split_sentences
     assert convirt.trainer.mild_augment is convirt.mild_augment
     assert ev.compare is convirt.experiments.compare
+
+
+def test_imports_for_type_checkers_only_are_no_edge():
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nimport typing\n"
+        "if TYPE_CHECKING:\n    from .encoder import Encoder\n"
+        "if typing.TYPE_CHECKING:\n    import convirt.trainer\n"
+        "from .errors import CheckpointError\n"
+    )
+    skipped = import_graph._typing_only_imports(tree)
+    assert sorted(ast.unparse(node) for node in skipped) == [
+        "from .encoder import Encoder",
+        "import convirt.trainer",
+    ]

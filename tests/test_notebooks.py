@@ -27,6 +27,7 @@ NOTEBOOKS = [
     "01_quickstart.ipynb",
     "02_retrieval_and_tsne.ipynb",
     "03_bring_your_own_data.ipynb",
+    "04_export.ipynb",
 ]
 KERNEL_NAME = "convirt-test-python"
 # Per cell. The small size takes about a minute per notebook on 2 cores; this only

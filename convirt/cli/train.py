@@ -314,10 +314,13 @@ def _new_trainer(settings, out_dir, progress):
 def add_embed_command(subparsers):
     parser = subparsers.add_parser(
         "embed",
-        help="images -> .npy features with a trained encoder",
+        help="images -> features with their ids, with a trained encoder",
         description="Encode every image of a prepared cache (or a folder of images) with an\n"
-        "image encoder checkpoint and save the features as a float32 .npy file (N, D):\n"
-        "backbone features h by default, projected embeddings with --projected.",
+        "image encoder checkpoint and save the features (N, D) with the id of each\n"
+        "image (its source file): OUT.npy is the float32 array and beside it a table\n"
+        "of id + features (OUT.parquet when pyarrow is installed, else OUT.csv);\n"
+        "OUT.parquet or OUT.csv asks for that table. Backbone features h by default,\n"
+        "projected embeddings with --projected.",
         epilog="examples:\n"
         "  convirt embed run/checkpoint/step-00001234/image_encoder.safetensors cache/ "
         "features.npy\n  convirt embed --run run/ cache/ features.npy",
@@ -332,7 +335,7 @@ def add_embed_command(subparsers):
     parser.add_argument(
         "images", metavar="CACHE_OR_FOLDER", help="a prepared cache, or a folder of images"
     )
-    parser.add_argument("output", metavar="OUT.npy")
+    parser.add_argument("output", metavar="OUT", help="OUT.npy, OUT.parquet or OUT.csv")
     parser.add_argument(
         "--run",
         metavar="RUN_DIR",
@@ -361,9 +364,11 @@ def run_embed(args):
     import convirt
 
     from ..checkpoint import CheckpointDir
+    from ..embeddings import check_embeddings_path, save_embeddings
     from ..images import IMAGE_EXTENSIONS, decode_image
     from ..prepared import PreparedDataset
 
+    check_embeddings_path(args.output)  # before the work
     if args.threads:
         convirt.set_num_threads(args.threads)
     path = args.checkpoint
@@ -379,7 +384,8 @@ def run_embed(args):
     if encoder.kind != "image":
         raise ValueError(f"{path} holds a {encoder.kind} encoder; embed needs an image one")
     if os.path.exists(os.path.join(args.images, "index.json")):
-        images = PreparedDataset(args.images).images  # read in place
+        cache = PreparedDataset(args.images)
+        images, ids = cache.images, cache.sources  # read in place
     elif os.path.isdir(args.images):
         files = sorted(
             os.path.join(d, f)
@@ -390,6 +396,7 @@ def run_embed(args):
         if not files:
             raise FileNotFoundError(f"no images in {args.images}")
         images = np.stack([decode_image(f, args.image_size or 256) for f in files])
+        ids = files
         with open(os.path.splitext(args.output)[0] + ".files.txt", "w") as f:
             f.write("\n".join(files) + "\n")
     else:
@@ -406,8 +413,9 @@ def run_embed(args):
     features = which(
         images, batch_size=args.batch_size, progress=None if not args.no_progress else False
     )
-    np.save(args.output, features)
+    written = save_embeddings(args.output, ids, features)
     print(
-        f"wrote {features.shape[0]} x {features.shape[1]} float32 features to {args.output}"
+        f"wrote {features.shape[0]} x {features.shape[1]} float32 features to "
+        f"{' and '.join(written)} (with the ids)"
     )
     return 0

@@ -148,10 +148,11 @@ static PyObject *py_binary_cross_entropy(PyObject *self, PyObject *args, PyObjec
 
 PyDoc_STRVAR(
     softmax_doc,
-    "softmax_cross_entropy(logits, labels, grad=None, *, compute_grad=True) -> (loss, "
-    "grad)\n"
+    "softmax_cross_entropy(logits, labels, grad=None, *, compute_grad=True)\n"
+    "--\n"
     "\n"
-    "Softmax cross-entropy, mean over rows, forward and backward fused in C:\n"
+    "Returns (loss, grad): softmax cross-entropy, mean over rows, forward and backward "
+    "fused in C:\n"
     "loss = mean_i [logsumexp(logits[i]) - logits[i, labels[i]]] (PyTorch's\n"
     "F.cross_entropy). logits: float32 (N, K), read in place with its strides; labels:\n"
     "int32 (N,) class indices in [0, K). grad: a writeable float32 (N, K) array that is\n"
@@ -163,9 +164,10 @@ PyDoc_STRVAR(
     binary_doc,
     "binary_cross_entropy(logits, targets, grad=None, pos_weight=None, *, "
     "compute_grad=True)\n"
-    "    -> (loss, grad)\n"
+    "--\n"
     "\n"
-    "Sigmoid binary cross-entropy (PyTorch's F.binary_cross_entropy_with_logits), mean "
+    "Returns (loss, grad): sigmoid binary cross-entropy (PyTorch's "
+    "F.binary_cross_entropy_with_logits), mean "
     "over\n"
     "all N * K elements, forward and backward fused in C, in the stable log-sum-exp form:\n"
     "l = (1 - y) z + (1 + (w - 1) y) (log1p(exp(-|z|)) + max(-z, 0)). logits: float32\n"

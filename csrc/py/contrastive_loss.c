@@ -259,8 +259,9 @@ static PyObject *Loss_nt_xent(LossObject *self, PyObject *args, PyObject *kwds)
 
 static PyMethodDef Loss_methods[] = {
     {"nt_xent", (PyCFunction)(void (*)(void))Loss_nt_xent, METH_VARARGS | METH_KEYWORDS,
-     "nt_xent(z, *, grad=None, compute_grad=True) -> LossResult\n\n"
-     "SimCLR's NT-Xent loss at this temperature, the paper's image-only baseline: z is\n"
+     "nt_xent($self, /, z, *, grad=None, compute_grad=True)\n--\n\n"
+     "Returns a LossResult: SimCLR's NT-Xent loss at this temperature, the paper's "
+     "image-only baseline: z is\n"
      "float32 (2N, d) holding two views of N images, rows i and i + N positives, every\n"
      "other row a negative. The result's loss (= image_to_text), accuracy_image_to_text\n"
      "and grad_v (dL/dz) are set; the text fields are NaN / None."},
@@ -377,6 +378,7 @@ PyDoc_STRVAR(
     Loss_doc,
     "ContrastiveLoss(temperature=0.1, *, image_to_text_weight=0.75,\n"
     "                learnable_temperature=False, max_logit_scale=100.0)\n"
+    "--\n"
     "\n"
     "ConVIRT's bidirectional contrastive loss (Zhang et al. 2020), fused in C:\n"
     "\n"

@@ -970,10 +970,10 @@ static PyGetSetDef Encoder_getset[] = {
 
 static PyMethodDef Encoder_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Encoder_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(x, attention_mask=None, token_type_ids=None, *, features=True, "
-     "embeddings=True, features_out=None, embeddings_out=None) -> (features, "
-     "embeddings)\n\n"
-     "features_out / embeddings_out: C-contiguous float32 arrays written in place; they "
+     "forward($self, /, x, attention_mask=None, token_type_ids=None, *, features=True, "
+     "embeddings=True, features_out=None, embeddings_out=None)\n--\n\n"
+     "Returns (features, embeddings). features_out / embeddings_out: C-contiguous float32 "
+     "arrays written in place; they "
      "may not overlap each other, the inputs or the encoder's own buffers (ValueError). "
      "In training mode the images must stay unchanged until backward(), which reads "
      "them again: it raises RuntimeError if they changed. Ctrl-C interrupts a long call "
@@ -981,16 +981,18 @@ static PyMethodDef Encoder_methods[] = {
      "running statistics)."},
     {"backward", (PyCFunction)(void (*)(void))Encoder_backward,
      METH_VARARGS | METH_KEYWORDS,
-     "backward(d_embeddings=None, d_features=None, *, input_grad=False) -> input gradient "
-     "or None; adds into the gradients. Images: the input gradient is float32 with the "
+     "backward($self, /, d_embeddings=None, d_features=None, *, input_grad=False)\n--\n\n"
+     "Returns the input gradient or None; adds into the gradients. Images: the input "
+     "gradient is float32 with the "
      "input's shape, with respect to the pixel values as given (through the "
      "normalisation, so a uint8 input's gradient is per unit of pixel value). "
      "RuntimeError when the forward's images changed since (the gradient would be "
      "wrong). A Ctrl-C that stops it leaves partial gradients: zero_grad() before the "
      "next step."},
-    {"zero_grad", (PyCFunction)Encoder_zero_grad, METH_NOARGS, "set all gradients to zero"},
+    {"zero_grad", (PyCFunction)Encoder_zero_grad, METH_NOARGS,
+     "zero_grad($self, /)\n--\n\nSet all gradients to zero."},
     {"set_batchnorm_reduce", (PyCFunction)Encoder_set_batchnorm_reduce, METH_O,
-     "set_batchnorm_reduce(fn) -> None: synchronised batch norm for data-parallel "
+     "set_batchnorm_reduce($self, fn, /)\n--\n\nSynchronised batch norm for data-parallel "
      "training (image encoders). Training forwards and backwards call fn(array) with a "
      "float64 array of per-channel sums, which fn must replace in place by their sum over "
      "the processes (e.g. an MPI all-reduce; the array is valid during the call only), so "
@@ -998,7 +1000,8 @@ static PyMethodDef Encoder_methods[] = {
      "exception from fn stops the call and is raised from it. None turns it off. "
      "ValueError for a text encoder (no batch norm)."},
     {"last_hidden_state", (PyCFunction)Encoder_last_hidden_state, METH_NOARGS,
-     "last_hidden_state() -> float32 (N, T, hidden): the last BERT layer's token outputs "
+     "last_hidden_state($self, /)\n--\n\n"
+     "float32 (N, T, hidden): the last BERT layer's token outputs "
      "of the last forward (text only), zeros at padded positions"},
     {NULL, NULL, 0, NULL}};
 
@@ -1006,7 +1009,8 @@ static PyTypeObject EncoderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt._core.Encoder",
     .tp_basicsize = sizeof(EncoderObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "The C encoder: a ResNet or BERT backbone with its projection head. Use "
+    .tp_doc = "Encoder(kind, config, *, proj_dim=512, proj_hidden=512, seed=0)\n--\n\n"
+              "The C encoder: a ResNet or BERT backbone with its projection head. Use "
               "convirt.Encoder.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Encoder_init,

@@ -759,24 +759,29 @@ static PyMethodDef Augment_methods[] = {
     {"__setstate__", (PyCFunction)Augment_setstate, METH_O, "pickle support"},
     {"sample_parameters", (PyCFunction)(void (*)(void))Augment_sample_parameters,
      METH_VARARGS | METH_KEYWORDS,
-     "sample_parameters(n, step=0, *, first_index=0) -> structured array (n,)\n\n"
-     "The random parameters of images first_index .. first_index + n - 1 of batch `step`:\n"
+     "sample_parameters($self, /, n, step=0, *, first_index=0)\n--\n\n"
+     "Returns a structured array (n,): the random parameters of images first_index .. "
+     "first_index + n - 1 of batch `step`:\n"
      "fields crop (x, y, w, h as fractions of the image), flip (bool), angle (degrees,\n"
      "counter-clockwise), translate (x, y as fractions of the output size), scale,\n"
      "brightness, contrast, sigma (0: no blur). A pure function of (seed, step, index);\n"
      "switched-off transforms are drawn as the identity."},
     {"apply", (PyCFunction)(void (*)(void))Augment_apply, METH_VARARGS | METH_KEYWORDS,
-     "apply(images, parameters, *, out=None) -> float32 (N, S, S) or (N, S, S, C)\n\n"
-     "The transforms with the given parameters (a structured array like the one\n"
+     "apply($self, /, images, parameters, *, out=None)\n--\n\n"
+     "Returns float32 (N, S, S) or (N, S, S, C): the transforms with the given parameters "
+     "(a structured array like the one\n"
      "sample_parameters returns, one record per image), whatever the settings."},
     {NULL, NULL, 0, NULL}};
 
 PyDoc_STRVAR(
     Augment_doc,
-    "ImageAugment(size=224, *, crop_scale=(0.6, 1.0), crop_ratio=(3/4, 4/3), flip=0.5,\n"
-    "             degrees=20.0, translate=0.1, scale=(0.95, 1.05), brightness=(0.6, 1.4),\n"
-    "             contrast=(0.6, 1.4), blur_sigma=(0.1, 3.0), fill=0.0,\n"
-    "             normalization=None, seed=0)\n"
+    "ImageAugment(size, *, crop_scale, crop_ratio, flip, degrees, translate, scale,\n"
+    "             brightness, contrast, blur_sigma, fill=0.0, normalization=None, seed=0)\n"
+    "--\n"
+    "\n"
+    "(convirt.ImageAugment: size=224, crop_scale=(0.6, 1.0), crop_ratio=(3/4, 4/3),\n"
+    "flip=0.5, degrees=20.0, translate=0.1, scale=(0.95, 1.05), brightness=(0.6, 1.4),\n"
+    "contrast=(0.6, 1.4), blur_sigma=(0.1, 3.0), fill=0.0, normalization=None, seed=0)\n"
     "\n"
     "ConVIRT's random image transforms (Zhang et al. 2020), in C, in this order: a random\n"
     "crop keeping crop_scale of the area with an aspect ratio in crop_ratio (as\n"

@@ -313,18 +313,22 @@ static PyGetSetDef Head_getset[] = {
 
 static PyMethodDef Head_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Head_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(x, *, out=None) -> logits float32 (n, out_dim) = x W^T + b; x: float32\n"
+     "forward($self, /, x, *, out=None)\n--\n\n"
+     "Returns the logits, float32 (n, out_dim) = x W^T + b; x: float32\n"
      "(n, in_dim), C-contiguous; out (written) or a new array."},
     {"backward", (PyCFunction)(void (*)(void))Head_backward, METH_VARARGS | METH_KEYWORDS,
-     "backward(d_logits, x, *, d_x=None, input_grad=True) -> d_x or None\n"
-     "ADDS dL/dW = d_logits^T x and dL/db = column sums of d_logits into the gradients;\n"
+     "backward($self, /, d_logits, x, *, d_x=None, input_grad=True)\n--\n\n"
+     "Returns d_x or None. ADDS dL/dW = d_logits^T x and dL/db = column sums of d_logits "
+     "into the gradients;\n"
      "d_x (n, in_dim) is WRITTEN with d_logits W (a new array unless given)."},
-    {"zero_grad", (PyCFunction)Head_zero_grad, METH_NOARGS, "set the gradients to zero"},
+    {"zero_grad", (PyCFunction)Head_zero_grad, METH_NOARGS,
+     "zero_grad($self, /)\n--\n\nSet the gradients to zero."},
     {NULL, NULL, 0, NULL}};
 
 PyDoc_STRVAR(
     Head_doc,
     "LinearHead(in_dim, out_dim, *, seed=0)\n"
+    "--\n"
     "\n"
     "A linear layer, logits = x W^T + b (PyTorch's nn.Linear, initialised as it is:\n"
     "U(-1/sqrt(in_dim), 1/sqrt(in_dim)) from a counter-based generator keyed by seed), on\n"

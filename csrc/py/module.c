@@ -153,29 +153,36 @@ static PyObject *py_resnet_profile(PyObject *self, PyObject *args, PyObject *kwd
 
 static PyMethodDef module_methods[] = {
     {"config", py_config, METH_NOARGS,
-     "config() -> dict: BLIS version and sub-configuration (and why), threads, OpenMP "
+     "config($module, /)\n--\n\n"
+     "Returns a dict: BLIS version and sub-configuration (and why), threads, OpenMP "
      "runtime, compiler and flags."},
     {"set_num_threads", py_set_num_threads, METH_O,
-     "set_num_threads(n): threads for the core's loops and for BLIS, 1..8 per usable "
+     "set_num_threads($module, n, /)\n--\n\n"
+     "Threads for the core's loops and for BLIS, 1..8 per usable "
      "core (ValueError beyond). In a child forked from a process whose threads ran, "
      "the core runs on one thread (libgomp cannot start threads there) and n > 1 is "
      "refused: use the 'spawn' or 'forkserver' start method for multi-threaded "
      "workers."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
-     "get_num_threads() -> int: threads the next call will use."},
+     "get_num_threads($module, /)\n--\n\n"
+     "Returns the number of threads the next call will use."},
     {"fma_peak", (PyCFunction)(void (*)(void))py_fma_peak, METH_VARARGS | METH_KEYWORDS,
-     "fma_peak(threads=0, seconds=0.5) -> (GFLOP/s, vector bits): FP32 FMA throughput of "
+     "fma_peak($module, /, threads=0, seconds=0.5)\n--\n\n"
+     "Returns (GFLOP/s, vector bits): FP32 FMA throughput of "
      "a register-only loop, the machine's limit for GEMM."},
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_VARARGS | METH_KEYWORDS,
-     "gemm(A, B, C, alpha=1.0, beta=0.0): C = alpha A @ B + beta C on float32 arrays "
+     "gemm($module, /, A, B, C, alpha=1.0, beta=0.0)\n--\n\n"
+     "C = alpha A @ B + beta C on float32 arrays "
      "with any strides, through the core's BLIS wrapper (convirt._testing has the naive "
      "reference)."},
     {"_resnet_profile", (PyCFunction)(void (*)(void))py_resnet_profile,
      METH_VARARGS | METH_KEYWORDS,
-     "_resnet_profile(enable=None, *, cpu_time=False) -> per-layer times of the ResNet "
+     "_resnet_profile($module, /, enable=None, *, cpu_time=False)\n--\n\n"
+     "Returns per-layer times of the ResNet "
      "forward and backward; enable=True clears and starts, False stops"},
     {"random_uniform", py_random_uniform, METH_VARARGS,
-     "random_uniform(seed, stream, index) -> float in [0, 1): the core's counter-based "
+     "random_uniform($module, seed, stream, index, /)\n--\n\n"
+     "Returns a float in [0, 1): the core's counter-based "
      "draw for (seed, stream, index), each an integer in [0, 2**64)."},
     {NULL, NULL, 0, NULL}};
 

@@ -547,17 +547,21 @@ static PyGetSetDef Adam_getset[] = {
 
 static PyMethodDef Adam_methods[] = {
     {"step", (PyCFunction)(void (*)(void))Adam_step, METH_VARARGS | METH_KEYWORDS,
-     "step(*, return_norm=False) -> float or None\n\n"
-     "One update of every parameter in place. Returns the global L2 norm of the\n"
+     "step($self, /, *, return_norm=False)\n--\n\n"
+     "Returns a float or None. One update of every parameter in place. Returns the global "
+     "L2 norm of the\n"
      "gradients (before clipping) when max_grad_norm is set or return_norm=True."},
     {"zero_grad", (PyCFunction)Adam_zero_grad, METH_NOARGS,
-     "zero_grad(): set the gradient arrays to zero (they must be writeable)"},
+     "zero_grad($self, /)\n--\n\n"
+     "Set the gradient arrays to zero (they must be writeable)."},
     {"state_dict", (PyCFunction)Adam_state_dict, METH_NOARGS,
-     "state_dict() -> dict: step, exp_avg and exp_avg_sq (float32 copies), the\n"
+     "state_dict($self, /)\n--\n\n"
+     "Returns a dict: step, exp_avg and exp_avg_sq (float32 copies), the\n"
      "hyperparameters (lr, betas, eps, weight_decay, decoupled_weight_decay,\n"
      "max_grad_norm) and the sizes of the parameter arrays"},
     {"load_state_dict", (PyCFunction)Adam_load_state_dict, METH_O,
-     "load_state_dict(d): restore what state_dict() returned (the moments are copied in;\n"
+     "load_state_dict($self, d, /)\n--\n\n"
+     "Restore what state_dict() returned (the moments are copied in;\n"
      "the sizes must match; hyperparameters present in d are restored)"},
     {NULL, NULL, 0, NULL}};
 
@@ -565,6 +569,7 @@ PyDoc_STRVAR(
     Adam_doc,
     "Adam(parameters, gradients, *, lr=1e-4, betas=(0.9, 0.999), eps=1e-8,\n"
     "     weight_decay=1e-6, decoupled_weight_decay=False, max_grad_norm=None)\n"
+    "--\n"
     "\n"
     "Adam as torch.optim.Adam (L2 weight decay, the paper's: lr 1e-4, weight decay 1e-6),\n"
     "or AdamW with decoupled_weight_decay=True, in one C loop over flat buffers.\n"
