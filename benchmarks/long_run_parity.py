@@ -1,0 +1,688 @@
+"""Long-run parity: convirt's Trainer against an independent PyTorch implementation of
+the same ConVIRT recipe for hundreds of steps, with PyTorch's own float32 rounding
+noise as the band. A benchmark of numbers, not of speed: it takes many minutes, prints
+what it measured and decides nothing by itself.
+
+    python benchmarks/long_run_parity.py --recipe demo --steps 500 --out docs/long_run_parity
+    python benchmarks/long_run_parity.py --recipe paper --steps 500 --out docs/long_run_parity
+    python benchmarks/long_run_parity.py --quick            # 20 steps of each recipe
+    python benchmarks/long_run_parity.py --plot-only --out docs/long_run_parity
+
+Runs, all from the same initial weights (convirt's, copied into PyTorch), on the same
+batches in the same order, the same augmented views (made once, by convirt's
+ImageAugment inside Trainer.step, and handed to PyTorch) and the same sentences (drawn
+once by convirt's sentence sampler and fed to both):
+- convirt: convirt.Trainer.step, the real training path (augment, towers, loss, Adam).
+- torch: PyTorch float32: the ResNet of tests/torch_resnet.py (torch.nn.functional),
+  a transformers BertModel with the text tower's config and frozen layers, the heads as
+  plain tensors, the loss written from the paper's formula, torch.optim.Adam (L2 weight
+  decay, as convirt's decoupled_weight_decay=False). Its tokenization is transformers'
+  own tokenizer for the model directory (checked equal to convirt's every step).
+- torch_cl: the same with channels_last convolution weights and activations: the same
+  math with other rounding (the band, part 1).
+- torch_ulp: torch with every initial weight of both towers and heads moved by one
+  float32 ulp up or down (the band, part 2: it also reaches the text tower, whose
+  rounding channels_last leaves alone).
+
+Recorded per step and run: the loss (and both directions), the gradient norm of the
+image tower, of the trainable text tower and of the two projection heads; every
+--compare-every steps, the parameters' distance from the torch run, per tower and per
+tensor. Outputs, for each recipe: PREFIX_<recipe>.json (everything), PREFIX_<recipe>.csv
+(one row per step) and PREFIX_<recipe>.png (loss curves, gradient norms, deviations
+against the band).
+
+convirt's deviation from torch is judged against the band, max(|torch_cl - torch|,
+|torch_ulp - torch|), in windows of steps: a correct float32 implementation drifts from
+PyTorch as fast as PyTorch drifts from itself under other rounding, and a slow bug
+would show as a deviation that starts earlier or grows faster than the band, or as a
+systematic offset in the smoothed loss once the runs have decorrelated.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # torch_resnet: the reference ResNet
+
+import convirt  # first: its GOMP_SPINCOUNT also reaches torch's OpenMP
+from convirt.data import impressions
+from convirt.datasets import synthetic_cxr
+from convirt.text import minilm_path, sample_sentences, tokenize
+from convirt.trainer import AUGMENTS
+
+# The two recipes at the demo's size (ResNet-18 at 64 px, batch 32, all-MiniLM-L6-v2 with
+# 3 of its 6 layers frozen: the paper freezes the lower half). Constant learning rate:
+# the plateau schedule acts on validation loss per epoch and is not what is compared.
+COMMON = {"train": 4000, "data_seed": 1, "difficulty": 1.0, "image_size": 64,
+          "batch_size": 32, "depth": 18, "proj_hidden": 512, "freeze_layers": 3,
+          "temperature": 0.1, "image_to_text_weight": 0.75, "weight_decay": 1e-6,
+          "betas": (0.9, 0.999), "eps": 1e-8, "seed": 0}
+RECIPES = {
+    # The paper's: a sentence of the whole report (findings and impression), lr 1e-4,
+    # its transforms (blur scaled to the view size), d = 512, 128 tokens.
+    "paper": {**COMMON, "text": "report", "lr": 1e-4, "augment": "paper", "proj_dim": 512,
+              "max_length": 128},
+    # convirt/demo.py PRESETS["default"]: impression sentences, lr 3e-4, mild
+    # transforms, d = 128, 64 tokens.
+    "demo": {**COMMON, "text": "impression", "lr": 3e-4, "augment": "mild", "proj_dim": 128,
+             "max_length": 64},
+}
+TOWERS = ("image", "text", "heads")
+MILESTONES = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
+WINDOWS = ((1, 1), (2, 10), (11, 100), (101, 250), (251, 500), (501, 1000))
+
+
+# ---- convirt ----------------------------------------------------------------------------
+
+
+class RecordingAugment:
+    """convirt's ImageAugment, keeping a copy of the views it made for the trainer: the
+    views are produced once, by convirt, and the PyTorch runs get exactly those."""
+
+    def __init__(self, augment):
+        self._augment = augment
+        self.views = None
+
+    def __getattr__(self, name):
+        return getattr(self._augment, name)
+
+    def __call__(self, images, step=0, *, out=None):
+        result = self._augment(images, step=step, out=out)
+        self.views = np.array(result, copy=True)
+        return result
+
+
+def build_convirt(recipe):
+    image = convirt.Encoder.resnet18(1, proj_dim=recipe["proj_dim"],
+                                     proj_hidden=recipe["proj_hidden"], seed=recipe["seed"])
+    text = convirt.Encoder.from_pretrained(
+        minilm_path(), freeze_layers=recipe["freeze_layers"], proj_dim=recipe["proj_dim"],
+        proj_hidden=recipe["proj_hidden"], seed=recipe["seed"] + 1,
+        max_length=recipe["max_length"])
+    augment = RecordingAugment(AUGMENTS[recipe["augment"]](recipe["image_size"],
+                                                           seed=recipe["seed"]))
+    loss = convirt.ContrastiveLoss(temperature=recipe["temperature"],
+                                   image_to_text_weight=recipe["image_to_text_weight"])
+    trainer = convirt.Trainer(image, text, loss, augment=augment,
+                              image_size=recipe["image_size"], lr=recipe["lr"],
+                              weight_decay=recipe["weight_decay"], betas=recipe["betas"],
+                              eps=recipe["eps"], decoupled_weight_decay=False,
+                              schedule=None, seed=recipe["seed"], progress=False,
+                              prefetch=False)
+    return trainer
+
+
+def convirt_tower_of(encoder_kind, name):
+    return "heads" if name.startswith("projection.") else encoder_kind
+
+
+def convirt_gradients(trainer):
+    """{tower.name: gradient in PyTorch's layout} of the last step (trainable only)."""
+    out = {}
+    for kind, encoder in (("image", trainer.image_encoder), ("text", trainer.text_encoder)):
+        layouts = {row[0]: row[6] for row in encoder.tensor_table}
+        for name, g in encoder.gradients().items():
+            if layouts[name] == "KRSC":
+                g = np.transpose(g, (0, 3, 1, 2))
+            out[f"{kind}.{name}"] = g
+    return out
+
+
+def convirt_state(trainer):
+    """{kind.name: tensor in PyTorch's layout} of both towers, parameters and buffers."""
+    out = {f"image.{k}": v for k, v in trainer.image_encoder.state_dict().items()}
+    out.update({f"text.{k}": v for k, v in trainer.text_encoder.state_dict().items()})
+    return out
+
+
+def tower_norms(grads):
+    """Gradient norm (float64) of each tower: image backbone, trainable text layers and
+    both projection heads."""
+    sums = dict.fromkeys(TOWERS, 0.0)
+    for key, g in grads.items():
+        kind, name = key.split(".", 1)
+        g = np.asarray(g, dtype=np.float64)
+        sums[convirt_tower_of(kind, name)] += float(np.vdot(g, g))
+    return {tower: math.sqrt(s) for tower, s in sums.items()}
+
+
+# ---- PyTorch ------------------------------------------------------------------------------
+
+
+class TorchRun:
+    """The recipe in PyTorch float32, written from the method, on copies of convirt's
+    initial weights. channels_last: convolution weights and activations in NHWC memory
+    order. perturb (a seed): every initial weight moved by one float32 ulp, up or down."""
+
+    def __init__(self, name, trainer, recipe, *, channels_last=False, perturb=None):
+        import torch
+        import torch_resnet
+        from transformers import AutoTokenizer, BertConfig, BertModel
+
+        self.name, self.recipe, self.torch = name, recipe, torch
+        self.resnet = torch_resnet
+        self.channels_last = channels_last
+        image_state = trainer.image_encoder.state_dict()
+        text_state = trainer.text_encoder.state_dict()
+
+        # Image tower and its head: a dict of tensors with torchvision's names.
+        self.image = {k: torch.tensor(v) for k, v in image_state.items()}
+        # Text tower: BertModel from the model directory's config, no dropout (convirt's
+        # training forward is the eval-mode function, as model.eval()), no pooler.
+        config = BertConfig.from_pretrained(minilm_path(), hidden_dropout_prob=0.0,
+                                            attention_probs_dropout_prob=0.0)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        bert_state = {k: torch.tensor(v) for k, v in text_state.items()
+                      if not k.startswith("projection.")}
+        missing, unexpected = self.bert.load_state_dict(bert_state, strict=False)
+        missing = [m for m in missing if "position_ids" not in m]
+        if missing or unexpected:
+            raise RuntimeError(f"BertModel state: missing {missing}, unexpected {unexpected}")
+        self.bert.train()
+        self.text_head = {k: torch.tensor(v) for k, v in text_state.items()
+                          if k.startswith("projection.")}
+        self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+
+        # Frozen: the embeddings and the first freeze_layers layers, by name (checked
+        # against convirt's own table, so that both freeze the same tensors).
+        k = recipe["freeze_layers"]
+        frozen = tuple(["embeddings."] + [f"encoder.layer.{i}." for i in range(k)])
+        for pname, p in self.bert.named_parameters():
+            p.requires_grad_(not pname.startswith(frozen))
+        convirt_frozen = {row[0] for row in trainer.text_encoder.tensor_table if row[5]}
+        torch_frozen = {n for n, p in self.bert.named_parameters() if not p.requires_grad}
+        if convirt_frozen != torch_frozen:
+            raise RuntimeError(f"frozen tensors differ: {convirt_frozen ^ torch_frozen}")
+
+        with torch.no_grad():
+            groups = (self.image, self.text_head, dict(self.bert.named_parameters()))
+            if perturb is not None:
+                generator = torch.Generator().manual_seed(perturb)
+                for group in groups:
+                    for pname, p in group.items():
+                        if pname.endswith(("running_mean", "running_var")):
+                            continue
+                        up = torch.rand(p.shape, generator=generator) < 0.5
+                        p.copy_(torch.nextafter(p, torch.where(up, torch.inf, -torch.inf)))
+            if channels_last:
+                for pname, p in self.image.items():
+                    if p.ndim == 4:
+                        self.image[pname] = p.contiguous(memory_format=torch.channels_last)
+        for pname, p in list(self.image.items()) + list(self.text_head.items()):
+            p.requires_grad_(not pname.endswith(("running_mean", "running_var")))
+        self.named_trainable = (
+            [(f"image.{n}", p) for n, p in self.image.items() if p.requires_grad]
+            + [(f"text.{n}", p) for n, p in self.bert.named_parameters() if p.requires_grad]
+            + [(f"text.{n}", p) for n, p in self.text_head.items()])
+        # torch.optim.Adam's weight_decay is L2 added to the gradient (convirt's
+        # decoupled_weight_decay=False); the single-tensor loop, as convirt documents.
+        self.optimizer = torch.optim.Adam([p for _, p in self.named_trainable],
+                                          lr=recipe["lr"], betas=recipe["betas"],
+                                          eps=recipe["eps"],
+                                          weight_decay=recipe["weight_decay"],
+                                          foreach=False)
+        mean, std = trainer.image_encoder.normalization
+        self.mean, self.std = float(mean[0]), float(std[0])
+        self.last_grads = None
+
+    def tokenize(self, sentences):
+        enc = self.tokenizer(sentences, padding="longest", truncation=True,
+                             max_length=self.recipe["max_length"], return_tensors="np")
+        return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+    @staticmethod
+    def head(x, p):
+        """g(x) = W2 relu(W1 x + b1) + b2."""
+        hidden = (x @ p["projection.0.weight"].T + p["projection.0.bias"]).clamp_min(0)
+        return hidden @ p["projection.2.weight"].T + p["projection.2.bias"]
+
+    def step(self, views, sentences):
+        torch = self.torch
+        ids, mask = self.tokenize(sentences)
+        x = (torch.from_numpy(views)[:, None] - self.mean) / self.std  # (N, 1, S, S)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        h_v = self.resnet.forward(self.image, x, self.recipe["depth"], training=True)
+        v = self.head(h_v, self.image)
+        ids_t, mask_t = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
+        tokens = self.bert(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+        h_u = tokens.masked_fill(mask_t[..., None] == 0, -torch.inf).amax(dim=1)
+        u = self.head(h_u, self.text_head)
+        # Bidirectional InfoNCE with cosine similarity (DESIGN.md's formula).
+        v = v / v.norm(dim=1, keepdim=True)
+        u = u / u.norm(dim=1, keepdim=True)
+        logits = (v @ u.T) / self.recipe["temperature"]
+        image_to_text = -torch.log_softmax(logits, dim=1).diagonal().mean()
+        text_to_image = -torch.log_softmax(logits, dim=0).diagonal().mean()
+        lam = self.recipe["image_to_text_weight"]
+        loss = lam * image_to_text + (1 - lam) * text_to_image
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = {n: p.grad.detach().numpy() for n, p in self.named_trainable}
+        norms = tower_norms(grads)
+        self.last_grads = {n: g.copy() for n, g in grads.items()}
+        self.optimizer.step()
+        return {"loss": loss.item(), "image_to_text": image_to_text.item(),
+                "text_to_image": text_to_image.item(),
+                **{f"grad_{t}": norms[t] for t in TOWERS}}, (ids, mask)
+
+    def state(self):
+        out = {f"image.{k}": v.detach().numpy() for k, v in self.image.items()}
+        out.update({f"text.{k}": v.detach().numpy() for k, v in self.bert.state_dict().items()
+                    if "position_ids" not in k})
+        out.update({f"text.{k}": v.detach().numpy() for k, v in self.text_head.items()})
+        return out
+
+
+# ---- comparisons --------------------------------------------------------------------------
+
+
+def is_buffer(key):
+    return key.endswith(("running_mean", "running_var"))
+
+
+def compare_states(states, initial, reference="torch", trainable=None):
+    """Per tensor and per tower: ||x_run - x_ref|| / ||x_ref - x_initial||, the share of
+    the training update that differs (parameters; buffers get the same with their own
+    change). Frozen tensors (no update) are left out."""
+    ref = states[reference]
+    per_tensor, per_tower = {}, {}
+    for run, state in states.items():
+        if run == reference:
+            continue
+        tensors, num, den = {}, dict.fromkeys(TOWERS, 0.0), dict.fromkeys(TOWERS, 0.0)
+        for key, r in ref.items():
+            if key not in trainable and not is_buffer(key):
+                continue
+            r64 = np.asarray(r, np.float64)
+            diff = float(np.linalg.norm(np.asarray(state[key], np.float64) - r64))
+            moved = float(np.linalg.norm(r64 - initial[key]))
+            tensors[key] = diff / moved if moved > 0 else (0.0 if diff == 0 else math.inf)
+            if not is_buffer(key):
+                kind, name = key.split(".", 1)
+                tower = convirt_tower_of(kind, name)
+                num[tower] += diff * diff
+                den[tower] += moved * moved
+        per_tensor[run] = tensors
+        per_tower[run] = {t: math.sqrt(num[t] / den[t]) if den[t] else 0.0 for t in TOWERS}
+    return per_tensor, per_tower
+
+
+def pairwise_distances(states, trainable):
+    """||w_a - w_b|| per tower (trainable parameters) for every pair of runs: each run
+    should look like one more member of the PyTorch ensemble."""
+    names = list(states)
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sums = dict.fromkeys(TOWERS, 0.0)
+            for key in trainable:
+                kind, name = key.split(".", 1)
+                d = np.asarray(states[a][key], np.float64) - np.asarray(states[b][key],
+                                                                        np.float64)
+                sums[convirt_tower_of(kind, name)] += float(np.vdot(d, d))
+            out[f"{a}|{b}"] = {t: math.sqrt(v) for t, v in sums.items()}
+    return out
+
+
+def compare_gradients(grads, reference="torch"):
+    """Per tower: ||g_run - g_ref|| / ||g_ref|| of the same step's gradients."""
+    ref = grads[reference]
+    out = {}
+    for run, g in grads.items():
+        if run == reference or g is None:
+            continue
+        num, den = dict.fromkeys(TOWERS, 0.0), dict.fromkeys(TOWERS, 0.0)
+        for key, r in ref.items():
+            kind, name = key.split(".", 1)
+            tower = convirt_tower_of(kind, name)
+            r64 = np.asarray(r, np.float64)
+            num[tower] += float(np.sum((np.asarray(g[key], np.float64) - r64) ** 2))
+            den[tower] += float(np.sum(r64 * r64))
+        out[run] = {t: math.sqrt(num[t] / den[t]) if den[t] else 0.0 for t in TOWERS}
+    return out
+
+
+# ---- the run ------------------------------------------------------------------------------
+
+
+def machine():
+    import platform
+
+    import torch
+
+    info = convirt.config()
+    return {"convirt": info["convirt_version"], "blis": info["blis_version"],
+            "blis_kernel_set": info["blis_arch"], "cpu": info["cpu_features"],
+            "threads": info["num_threads"], "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, log=print):
+    import torch
+
+    recipe = RECIPES[name]
+    torch.manual_seed(0)
+    log(f"## recipe {name}: {steps} steps; {json.dumps(recipe)}")
+    data = synthetic_cxr(recipe["train"], size=recipe["image_size"], seed=recipe["data_seed"],
+                         difficulty=recipe["difficulty"])
+    texts = list(data.reports) if recipe["text"] == "report" else impressions(data.reports)
+    images = data.images
+
+    trainer = build_convirt(recipe)
+    runs = {"torch": TorchRun("torch", trainer, recipe),
+            "torch_cl": TorchRun("torch_cl", trainer, recipe, channels_last=True)}
+    if ulp:
+        runs["torch_ulp"] = TorchRun("torch_ulp", trainer, recipe, perturb=1)
+    names = ["convirt", *runs]
+    trainable = {key for key, _ in runs["torch"].named_trainable}
+    initial = {k: np.asarray(v, np.float64) for k, v in runs["torch"].state().items()}
+
+    n_batches = len(images) // recipe["batch_size"]
+    records = {run: [] for run in names}
+    state_dev, grad_dev, tensor_dev, pairwise = [], [], {}, []
+    seconds = dict.fromkeys(names, 0.0)
+    started = time.time()
+    result = {"recipe": name, "config": recipe, "steps": steps, "machine": machine(),
+              "runs": names, "records": records, "state_deviation": state_dev,
+              "gradient_deviation": grad_dev, "tensor_deviation": tensor_dev,
+              "pairwise_distance": pairwise,
+              "seconds": seconds}
+    for step in range(steps):
+        epoch, b = divmod(step, n_batches)
+        # The order Trainer.fit uses: a permutation per (seed, epoch).
+        order = np.random.default_rng([recipe["seed"], epoch, 0x5EED]).permutation(len(images))
+        idx = order[b * recipe["batch_size"]:(b + 1) * recipe["batch_size"]]
+        sentences = sample_sentences([texts[i] for i in idx], seed=recipe["seed"], step=step,
+                                     indices=[int(i) for i in idx])
+        batch = np.ascontiguousarray(images[idx])
+
+        t0 = time.perf_counter()
+        metrics = trainer.step(batch, sentences, sample_sentence=False)
+        seconds["convirt"] += time.perf_counter() - t0
+        views = trainer.augment.views
+        grads = {"convirt": convirt_gradients(trainer)}
+        norms = tower_norms(grads["convirt"])
+        records["convirt"].append({"step": step + 1, "loss": metrics["loss"],
+                                   "image_to_text": metrics["image_to_text"],
+                                   "text_to_image": metrics["text_to_image"],
+                                   **{f"grad_{t}": norms[t] for t in TOWERS}})
+        ids, mask = tokenize(trainer.text_encoder.tokenizer, sentences,
+                             max_length=recipe["max_length"])
+        for run_name, run in runs.items():
+            t0 = time.perf_counter()
+            record, (torch_ids, torch_mask) = run.step(views, sentences)
+            seconds[run_name] += time.perf_counter() - t0
+            if not (np.array_equal(ids, torch_ids) and np.array_equal(mask, torch_mask)):
+                raise RuntimeError(f"step {step + 1}: transformers' tokenization differs "
+                                   "from convirt's")
+            records[run_name].append({"step": step + 1, **record})
+            grads[run_name] = run.last_grads
+
+        done = step + 1
+        if done % compare_every == 0 or done in MILESTONES or done == steps:
+            states = {"convirt": convirt_state(trainer),
+                      **{r: run.state() for r, run in runs.items()}}
+            per_tensor, per_tower = compare_states(states, initial, trainable=trainable)
+            state_dev.append({"step": done, **per_tower})
+            pairwise.append({"step": done, **pairwise_distances(states, trainable)})
+            grad_dev.append({"step": done, **compare_gradients(grads)})
+            if done in MILESTONES or done == steps:
+                tensor_dev[str(done)] = per_tensor
+        if done % 10 == 0 or done <= 3 or done == steps:
+            losses = {r: records[r][-1]["loss"] for r in names}
+            ref = losses["torch"]
+            devs = " ".join(f"{r} {abs(losses[r] - ref) / ref:.1e}" for r in names
+                            if r != "torch")
+            log(f"step {done:4d}: loss torch {ref:.5f}, |run - torch| / torch: {devs} "
+                f"({(time.time() - started) / 60:.1f} min)")
+        if done % 25 == 0 or done == steps:
+            result["summary"] = summarize(result)
+            write_outputs(result, out_prefix)
+    result["wall_minutes"] = (time.time() - started) / 60
+    result["summary"] = summarize(result)
+    write_outputs(result, out_prefix)
+    plot(result, out_prefix + ".png")
+    return result
+
+
+# ---- summary, files, figure ---------------------------------------------------------------
+
+
+def series(result, run, key):
+    return np.array([r[key] for r in result["records"][run]], np.float64)
+
+
+def band_runs(result):
+    return [r for r in result["runs"] if r not in ("convirt", "torch")]
+
+
+def relative_deviations(result, key):
+    """|run - torch| / |torch| per step for every run but torch."""
+    ref = series(result, "torch", key)
+    return {r: np.abs(series(result, r, key) - ref) / np.abs(ref)
+            for r in result["runs"] if r != "torch"}
+
+
+def moving_average(x, window):
+    if len(x) < window:
+        return np.full_like(x, np.mean(x))
+    kernel = np.ones(window) / window
+    return np.convolve(x, kernel, mode="valid")
+
+
+def summarize(result):
+    n = len(result["records"]["convirt"])
+    out = {"steps_done": n, "loss_at": {}, "windows": [], "grad_windows": []}
+    for s in MILESTONES:
+        if s <= n:
+            out["loss_at"][str(s)] = {r: result["records"][r][s - 1]["loss"]
+                                      for r in result["runs"]}
+    band = band_runs(result)
+
+    def windows(key):
+        devs = relative_deviations(result, key)
+        rows = []
+        for lo, hi in WINDOWS:
+            if lo > n:
+                break
+            sl = slice(lo - 1, min(hi, n))
+            ours = float(devs["convirt"][sl].max())
+            bands = {r: float(devs[r][sl].max()) for r in band}
+            widest = max(bands.values())
+            rows.append({"steps": [lo, min(hi, n)], "convirt": ours, **bands,
+                         "ratio": ours / widest if widest > 0 else (
+                             0.0 if ours == 0 else math.inf)})
+        return rows
+
+    out["windows"] = windows("loss")
+    for tower in TOWERS:
+        out["grad_windows"].append({"tower": tower, "rows": windows(f"grad_{tower}")})
+    # A slow bug that survives decorrelation: a systematic offset of the smoothed loss.
+    window = min(25, n)
+    ref = moving_average(series(result, "torch", "loss"), window)
+    last = max(1, min(100, len(ref)))
+    out["smoothed_offset"] = {
+        "window": window, "last_points": last,
+        **{r: float(np.mean(moving_average(series(result, r, "loss"), window)[-last:]
+                            - ref[-last:]))
+           for r in result["runs"] if r != "torch"}}
+    out["mean_loss_last_100"] = {r: float(np.mean(series(result, r, "loss")[-100:]))
+                                 for r in result["runs"]}
+    ratios = [w["ratio"] for w in out["windows"][1:]]  # step 1 has no band: rounding only
+    out["max_ratio_after_step_1"] = max(ratios) if ratios else None
+    out["step_1_relative_deviation"] = float(relative_deviations(result, "loss")["convirt"][0])
+    return out
+
+
+def write_outputs(result, prefix):
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    tmp = prefix + ".json.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    os.replace(tmp, prefix + ".json")
+    keys = ["loss", "image_to_text", "text_to_image"] + [f"grad_{t}" for t in TOWERS]
+    with open(prefix + ".csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step"] + [f"{r}_{k}" for r in result["runs"] for k in keys])
+        for i in range(len(result["records"]["convirt"])):
+            writer.writerow([i + 1] + [f"{result['records'][r][i][k]:.9g}"
+                                       for r in result["runs"] for k in keys])
+
+
+COLORS = {"convirt": "C3", "torch": "C0", "torch_cl": "C2", "torch_ulp": "C1"}
+LABELS = {"convirt": "convirt", "torch": "PyTorch", "torch_cl": "PyTorch channels_last",
+          "torch_ulp": "PyTorch, weights +-1 ulp"}
+
+
+def plot(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs, n = result["runs"], len(result["records"]["convirt"])
+    steps = np.arange(1, n + 1)
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    ax = axes[0, 0]
+    for r in runs:
+        ax.plot(steps, series(result, r, "loss"), color=COLORS[r], lw=0.8, alpha=0.8,
+                label=LABELS[r])
+    ax.set(title="training loss", xlabel="step", ylabel="loss")
+    ax.legend(fontsize=8)
+
+    ax = axes[0, 1]
+    for tower, style in zip(TOWERS, ("-", "--", ":")):
+        for r in ("convirt", "torch"):
+            ax.plot(steps, series(result, r, f"grad_{tower}"), color=COLORS[r], ls=style,
+                    lw=0.8, alpha=0.8, label=f"{LABELS[r]}: {tower}")
+    ax.set(title="gradient norm per tower (image backbone, trainable text, heads)",
+           xlabel="step", ylabel="||grad||", yscale="log")
+    ax.legend(fontsize=7, ncol=2)
+
+    ax = axes[0, 2]
+    devs = relative_deviations(result, "loss")
+    floor = 1e-9
+    for r in [x for x in runs if x != "torch"]:
+        ax.plot(steps, np.maximum(devs[r], floor), color=COLORS[r], lw=0.8,
+                alpha=0.9 if r == "convirt" else 0.6, label=f"|{LABELS[r]} - PyTorch|")
+    ax.set(title="loss: relative deviation from PyTorch", xlabel="step",
+           ylabel="|L - L_torch| / L_torch", yscale="log")
+    ax.legend(fontsize=8)
+
+    ax = axes[1, 0]
+    for tower, style in zip(TOWERS, ("-", "--", ":")):
+        d = relative_deviations(result, f"grad_{tower}")
+        for r in [x for x in runs if x != "torch"]:
+            ax.plot(steps, np.maximum(d[r], floor), color=COLORS[r], ls=style, lw=0.7,
+                    alpha=0.8, label=f"{LABELS[r]}: {tower}")
+    ax.set(title="gradient norms: relative deviation from PyTorch", xlabel="step",
+           yscale="log")
+    ax.legend(fontsize=6, ncol=2)
+
+    ax = axes[1, 1]
+    dev = result["state_deviation"]
+    if dev:
+        s = [d["step"] for d in dev]
+        for tower, style in zip(TOWERS, ("-", "--", ":")):
+            for r in [x for x in runs if x != "torch"]:
+                ax.plot(s, [max(d[r][tower], floor) for d in dev], color=COLORS[r],
+                        ls=style, marker=".", ms=3, lw=0.8, label=f"{LABELS[r]}: {tower}")
+    ax.set(title="parameters: ||w - w_torch|| / ||w_torch - w_0|| per tower", xlabel="step",
+           yscale="log")
+    ax.legend(fontsize=6, ncol=2)
+
+    ax = axes[1, 2]
+    window = min(25, n)
+    ref = moving_average(series(result, "torch", "loss"), window)
+    xs = np.arange(window, n + 1) if n >= window else steps[:len(ref)]
+    for r in [x for x in runs if x != "torch"]:
+        ax.plot(xs, moving_average(series(result, r, "loss"), window) - ref, color=COLORS[r],
+                lw=1, label=f"{LABELS[r]} - PyTorch")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set(title=f"loss difference, moving average over {window} steps", xlabel="step",
+           ylabel="L - L_torch")
+    ax.legend(fontsize=8)
+    m = result["machine"]
+    fig.suptitle(f"Long-run parity, recipe '{result['recipe']}': convirt vs PyTorch, "
+                 f"{n} steps (BLIS {m['blis_kernel_set']}, torch {m['torch']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_summary(result):
+    s = result["summary"]
+    print(f"\n### recipe {result['recipe']} ({s['steps_done']} steps)\n")
+    runs = result["runs"]
+    print("| step | " + " | ".join(LABELS[r] for r in runs) + " |")
+    print("|---|" + "---|" * len(runs))
+    for step, losses in s["loss_at"].items():
+        print(f"| {step} | " + " | ".join(f"{losses[r]:.6f}" for r in runs) + " |")
+    band = band_runs(result)
+    print("\n| steps | convirt max dev | " + " | ".join(f"{LABELS[r]} max dev" for r in band)
+          + " | ratio to band |")
+    print("|---|---|" + "---|" * len(band) + "---|")
+    for w in s["windows"]:
+        print(f"| {w['steps'][0]}-{w['steps'][1]} | {w['convirt']:.2e} | "
+              + " | ".join(f"{w[r]:.2e}" for r in band) + f" | {w['ratio']:.2f} |")
+    print(f"\nsmoothed loss offset from PyTorch (mean over the last "
+          f"{s['smoothed_offset']['last_points']} points of a {s['smoothed_offset']['window']}"
+          "-step moving average): "
+          + ", ".join(f"{r} {s['smoothed_offset'][r]:+.4f}" for r in runs if r != "torch"))
+    sys.stdout.flush()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", choices=[*RECIPES, "both"], default="both")
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 20 steps")
+    parser.add_argument("--out", default="long_run_parity",
+                        help="prefix of the output files (PREFIX_<recipe>.json/.csv/.png)")
+    parser.add_argument("--no-ulp", action="store_true",
+                        help="leave out the run with every initial weight moved by one ulp")
+    parser.add_argument("--compare-every", type=int, default=10,
+                        help="compare parameters and gradients every so many steps")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw the figure and the summary from PREFIX_<recipe>.json")
+    args = parser.parse_args(argv)
+    recipes = list(RECIPES) if args.recipe == "both" else [args.recipe]
+    if args.plot_only:
+        for name in recipes:
+            with open(f"{args.out}_{name}.json") as f:
+                result = json.load(f)
+            result["summary"] = summarize(result)
+            plot(result, f"{args.out}_{name}.png")
+            print_summary(result)
+        return
+    import torch
+
+    threads = args.threads or convirt.get_num_threads()
+    convirt.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    steps = 20 if args.quick else args.steps
+    compare_every = 5 if args.quick else args.compare_every
+    info = machine()
+    print(f"# Long-run parity: convirt {info['convirt']} (BLIS {info['blis']}, "
+          f"{info['blis_kernel_set']}, {threads} threads) vs PyTorch {info['torch']}; "
+          f"{info['cpu']}")
+    for name in recipes:
+        result = run_recipe(name, steps, f"{args.out}_{name}", ulp=not args.no_ulp,
+                            compare_every=compare_every)
+        print_summary(result)
+        print(f"wrote {args.out}_{name}.json, .csv, .png ({result['wall_minutes']:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
