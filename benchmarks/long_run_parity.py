@@ -77,6 +77,7 @@ RECIPES = {
              "max_length": 64},
 }
 TOWERS = ("image", "text", "heads")
+FLOAT32_EPS = 2.0 ** -23
 MILESTONES = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 WINDOWS = ((1, 1), (2, 10), (11, 100), (101, 250), (251, 500), (501, 1000))
 
@@ -234,6 +235,36 @@ class TorchRun:
         self.mean, self.std = float(mean[0]), float(std[0])
         self.last_grads = None
 
+    def load_adam_state(self, trainer):
+        """Adam's moments and step count from convirt's optimizer, so that this run,
+        built from the trainer's current weights, continues exactly where convirt is."""
+        torch = self.torch
+        state = trainer.optimizer.state_dict()
+        moments, base = {}, 0
+        for kind, encoder, size in (("image", trainer.image_encoder, state["sizes"][0]),
+                                    ("text", trainer.text_encoder, state["sizes"][1])):
+            start = encoder.trainable_offset
+            for name, shape, offset, count, is_buf, frozen, layout in encoder.tensor_table:
+                if is_buf or frozen:
+                    continue
+                at = base + offset - start
+                for which in ("exp_avg", "exp_avg_sq"):
+                    m = state[which][at:at + count]
+                    if layout == "KRSC":
+                        k, c, r, q = shape
+                        m = m.reshape(k, r, q, c).transpose(0, 3, 1, 2)
+                    moments[(f"{kind}.{name}", which)] = np.ascontiguousarray(
+                        m.reshape(shape))
+            base += size
+        for key, p in self.named_trainable:
+            entry = {"step": torch.tensor(float(state["step"]))}
+            for which in ("exp_avg", "exp_avg_sq"):
+                m = torch.tensor(moments[(key, which)])
+                if p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last):
+                    m = m.contiguous(memory_format=torch.channels_last)
+                entry[which] = m
+            self.optimizer.state[p] = entry
+
     def tokenize(self, sentences):
         enc = self.tokenizer(sentences, padding="longest", truncation=True,
                              max_length=self.recipe["max_length"], return_tensors="np")
@@ -352,6 +383,47 @@ def compare_gradients(grads, reference="torch"):
     return out
 
 
+def trainable_copy(state, trainable):
+    return {k: np.array(state[k], np.float32, copy=True) for k in trainable}
+
+
+def sync_compare(k, before, after, losses, grads):
+    """One update from the same trained state (weights, batch-norm statistics, Adam's
+    moments and step count, all convirt's): loss, gradients and the update of each
+    tower, convirt and the band runs each against torch."""
+    out = {"step": k, "loss": losses,
+           "loss_deviation": {r: abs(losses[r] - losses["torch"]) / abs(losses["torch"])
+                              for r in losses if r != "torch"},
+           "gradient_deviation": compare_gradients(grads)}
+    ref = {key: after["torch"][key].astype(np.float64) - before["torch"][key]
+           for key in before["torch"]}
+    update, tensors = {}, {}
+    for run in before:
+        if run == "torch":
+            continue
+        num, den, per = dict.fromkeys(TOWERS, 0.0), dict.fromkeys(TOWERS, 0.0), {}
+        for key, r in ref.items():
+            d = after[run][key].astype(np.float64) - before[run][key] - r
+            dd, rr = float(np.vdot(d, d)), float(np.vdot(r, r))
+            kind, name = key.split(".", 1)
+            tower = convirt_tower_of(kind, name)
+            num[tower] += dd
+            den[tower] += rr
+            per[key] = math.sqrt(dd / rr) if rr else 0.0
+        update[run] = {t: math.sqrt(num[t] / den[t]) if den[t] else 0.0 for t in TOWERS}
+        tensors[run] = per
+    out["update_deviation"] = update
+    band = [r for r in tensors if r != "convirt"]
+    worst = sorted(((tensors["convirt"][key] / max(max(tensors[b][key] for b in band), 1e-6),
+                     key) for key in tensors["convirt"]), reverse=True)[:5]
+    out["worst_tensors"] = [{"tensor": key, "ratio": q, "convirt": tensors["convirt"][key],
+                             "band": max(tensors[b][key] for b in band)} for q, key in worst]
+    out["tensors_beyond_band"] = sum(
+        tensors["convirt"][key] > max(tensors[b][key] for b in band) for key in ref)
+    out["tensors"] = len(ref)
+    return out
+
+
 # ---- the run ------------------------------------------------------------------------------
 
 
@@ -367,7 +439,11 @@ def machine():
             "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
-def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, log=print):
+def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, sync_at=(),
+               free_runs=True, log=print):
+    """Train convirt for `steps` steps beside the free-running PyTorch runs (unless
+    free_runs is False) and, before each update k in sync_at, check that one update
+    from convirt's current state is the same in PyTorch (see sync_compare)."""
     import torch
 
     recipe = RECIPES[name]
@@ -379,13 +455,21 @@ def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, log=print
     images = data.images
 
     trainer = build_convirt(recipe)
-    runs = {"torch": TorchRun("torch", trainer, recipe),
-            "torch_cl": TorchRun("torch_cl", trainer, recipe, channels_last=True)}
-    if ulp:
-        runs["torch_ulp"] = TorchRun("torch_ulp", trainer, recipe, perturb=1)
-    names = ["convirt", *runs]
+
+    def torch_runs():
+        runs = {"torch": TorchRun("torch", trainer, recipe),
+                "torch_cl": TorchRun("torch_cl", trainer, recipe, channels_last=True)}
+        if ulp:
+            runs["torch_ulp"] = TorchRun("torch_ulp", trainer, recipe, perturb=1)
+        return runs
+
+    runs = torch_runs()
     trainable = {key for key, _ in runs["torch"].named_trainable}
     initial = {k: np.asarray(v, np.float64) for k, v in runs["torch"].state().items()}
+    if not free_runs:
+        runs = {}
+    names = ["convirt", *runs]
+    sync_checks = []
 
     n_batches = len(images) // recipe["batch_size"]
     records = {run: [] for run in names}
@@ -395,7 +479,7 @@ def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, log=print
     result = {"recipe": name, "config": recipe, "steps": steps, "machine": machine(),
               "runs": names, "records": records, "state_deviation": state_dev,
               "gradient_deviation": grad_dev, "tensor_deviation": tensor_dev,
-              "pairwise_distance": pairwise,
+              "pairwise_distance": pairwise, "sync_checks": sync_checks,
               "seconds": seconds}
     for step in range(steps):
         epoch, b = divmod(step, n_batches)
@@ -405,6 +489,14 @@ def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, log=print
         sentences = sample_sentences([texts[i] for i in idx], seed=recipe["seed"], step=step,
                                      indices=[int(i) for i in idx])
         batch = np.ascontiguousarray(images[idx])
+        synced = None
+        if step + 1 in sync_at:
+            synced = torch_runs()
+            for run in synced.values():
+                run.load_adam_state(trainer)
+            before = {"convirt": trainable_copy(convirt_state(trainer), trainable),
+                      **{r: trainable_copy(run.state(), trainable)
+                         for r, run in synced.items()}}
 
         t0 = time.perf_counter()
         metrics = trainer.step(batch, sentences, sample_sentence=False)
@@ -427,9 +519,26 @@ def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, log=print
                                    "from convirt's")
             records[run_name].append({"step": step + 1, **record})
             grads[run_name] = run.last_grads
+        if synced is not None:
+            losses = {"convirt": metrics["loss"]}
+            sync_grads = {"convirt": grads["convirt"]}
+            for r, run in synced.items():
+                record, _ = run.step(views, sentences)
+                losses[r], sync_grads[r] = record["loss"], run.last_grads
+            after = {"convirt": trainable_copy(convirt_state(trainer), trainable),
+                     **{r: trainable_copy(run.state(), trainable)
+                        for r, run in synced.items()}}
+            check = sync_compare(step + 1, before, after, losses, sync_grads)
+            sync_checks.append(check)
+            log(f"sync check, update {step + 1} from convirt's state: loss deviation "
+                + ", ".join(f"{r} {v:.1e}" for r, v in check["loss_deviation"].items())
+                + "; update deviation (image/text/heads) "
+                + ", ".join(f"{r} " + "/".join(f"{v[t]:.1e}" for t in TOWERS)
+                            for r, v in check["update_deviation"].items()))
+            del synced, before, after
 
         done = step + 1
-        if done % compare_every == 0 or done in MILESTONES or done == steps:
+        if runs and (done % compare_every == 0 or done in MILESTONES or done == steps):
             states = {"convirt": convirt_state(trainer),
                       **{r: run.state() for r, run in runs.items()}}
             per_tensor, per_tower = compare_states(states, initial, trainable=trainable)
@@ -438,20 +547,25 @@ def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, log=print
             grad_dev.append({"step": done, **compare_gradients(grads)})
             if done in MILESTONES or done == steps:
                 tensor_dev[str(done)] = per_tensor
-        if done % 10 == 0 or done <= 3 or done == steps:
+        if runs and (done % 10 == 0 or done <= 3 or done == steps):
             losses = {r: records[r][-1]["loss"] for r in names}
             ref = losses["torch"]
             devs = " ".join(f"{r} {abs(losses[r] - ref) / ref:.1e}" for r in names
                             if r != "torch")
             log(f"step {done:4d}: loss torch {ref:.5f}, |run - torch| / torch: {devs} "
                 f"({(time.time() - started) / 60:.1f} min)")
+        if not runs and done % 50 == 0:
+            log(f"step {done:4d}: convirt loss {metrics['loss']:.5f} "
+                f"({(time.time() - started) / 60:.1f} min)")
         if done % 25 == 0 or done == steps:
-            result["summary"] = summarize(result)
+            if runs:
+                result["summary"] = summarize(result)
             write_outputs(result, out_prefix)
     result["wall_minutes"] = (time.time() - started) / 60
-    result["summary"] = summarize(result)
+    if runs:
+        result["summary"] = summarize(result)
+        plot(result, out_prefix + ".png")
     write_outputs(result, out_prefix)
-    plot(result, out_prefix + ".png")
     return result
 
 
@@ -498,10 +612,10 @@ def summarize(result):
             sl = slice(lo - 1, min(hi, n))
             ours = float(devs["convirt"][sl].max())
             bands = {r: float(devs[r][sl].max()) for r in band}
-            widest = max(bands.values())
+            # Below one float32 rounding of the value, a deviation means nothing.
+            widest = max(max(bands.values()), FLOAT32_EPS)
             rows.append({"steps": [lo, min(hi, n)], "convirt": ours, **bands,
-                         "ratio": ours / widest if widest > 0 else (
-                             0.0 if ours == 0 else math.inf)})
+                         "ratio": ours / widest})
         return rows
 
     out["windows"] = windows("loss")
@@ -518,9 +632,50 @@ def summarize(result):
            for r in result["runs"] if r != "torch"}}
     out["mean_loss_last_100"] = {r: float(np.mean(series(result, r, "loss")[-100:]))
                                  for r in result["runs"]}
-    ratios = [w["ratio"] for w in out["windows"][1:]]  # step 1 has no band: rounding only
-    out["max_ratio_after_step_1"] = max(ratios) if ratios else None
+    out["max_loss_ratio"] = max(w["ratio"] for w in out["windows"])
+    out["state_windows"] = state_windows(result)
+    out["tensor_milestones"] = tensor_milestones(result)
     out["step_1_relative_deviation"] = float(relative_deviations(result, "loss")["convirt"][0])
+    return out
+
+
+def state_windows(result):
+    """Per tower and window of steps: the largest parameter deviation of convirt from
+    torch (share of the update, see compare_states) against the band's."""
+    band = band_runs(result)
+    rows = []
+    for lo, hi in WINDOWS:
+        points = [d for d in result["state_deviation"] if lo <= d["step"] <= hi]
+        if not points:
+            continue
+        row = {"steps": [lo, min(hi, points[-1]["step"])]}
+        for tower in TOWERS:
+            ours = max(d["convirt"][tower] for d in points)
+            widest = max(d[r][tower] for d in points for r in band)
+            row[tower] = {"convirt": ours, "band": widest,
+                          "ratio": ours / max(widest, FLOAT32_EPS)}
+        rows.append(row)
+    return rows
+
+
+def tensor_milestones(result):
+    """At each milestone: how many tensors convirt is farther from torch than the
+    farthest band run is, and the worst such ratios (a band below 1e-6 of the update
+    counts as 1e-6: a few ulps)."""
+    band = band_runs(result)
+    out = {}
+    for step, per_run in result["tensor_deviation"].items():
+        ours = per_run["convirt"]
+        ratios = []
+        for key, value in ours.items():
+            widest = max(per_run[r][key] for r in band)
+            ratios.append((value / max(widest, 1e-6), key, value, widest))
+        ratios.sort(reverse=True)
+        out[step] = {"tensors": len(ratios),
+                     "convirt_beyond_band": sum(r[0] > 1 for r in ratios),
+                     "median_ratio": float(np.median([r[0] for r in ratios])),
+                     "worst": [{"tensor": k, "ratio": q, "convirt": v, "band": w}
+                               for q, k, v, w in ratios[:5]]}
     return out
 
 
@@ -554,10 +709,13 @@ def plot(result, path):
     steps = np.arange(1, n + 1)
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
     ax = axes[0, 0]
+    window = min(25, n)
     for r in runs:
-        ax.plot(steps, series(result, r, "loss"), color=COLORS[r], lw=0.8, alpha=0.8,
-                label=LABELS[r])
-    ax.set(title="training loss", xlabel="step", ylabel="loss")
+        ax.plot(steps, series(result, r, "loss"), color=COLORS[r], lw=0.5, alpha=0.35)
+        ax.plot(np.arange(window, n + 1), moving_average(series(result, r, "loss"), window),
+                color=COLORS[r], lw=1.5, label=LABELS[r])
+    ax.set(title=f"training loss (per step, faint; moving average over {window} steps)",
+           xlabel="step", ylabel="loss")
     ax.legend(fontsize=8)
 
     ax = axes[0, 1]
@@ -635,10 +793,42 @@ def print_summary(result):
     for w in s["windows"]:
         print(f"| {w['steps'][0]}-{w['steps'][1]} | {w['convirt']:.2e} | "
               + " | ".join(f"{w[r]:.2e}" for r in band) + f" | {w['ratio']:.2f} |")
+    print("\nparameters, ||w - w_torch|| / ||w_torch - w_0|| (largest in the window), "
+          "convirt / band:")
+    print("\n| steps | " + " | ".join(TOWERS) + " |")
+    print("|---|" + "---|" * len(TOWERS))
+    for row in s["state_windows"]:
+        print(f"| {row['steps'][0]}-{row['steps'][1]} | " + " | ".join(
+            f"{row[t]['convirt']:.2e} / {row[t]['band']:.2e}" for t in TOWERS) + " |")
     print(f"\nsmoothed loss offset from PyTorch (mean over the last "
           f"{s['smoothed_offset']['last_points']} points of a {s['smoothed_offset']['window']}"
           "-step moving average): "
           + ", ".join(f"{r} {s['smoothed_offset'][r]:+.4f}" for r in runs if r != "torch"))
+    sys.stdout.flush()
+
+
+def print_sync(result):
+    checks = result.get("sync_checks") or []
+    if not checks:
+        return
+    print(f"\n### recipe {result['recipe']}: one update from convirt's trained state "
+          "(weights, batch-norm statistics, Adam moments and step)\n")
+    band = [r for r in checks[0]["loss_deviation"] if r != "convirt"]
+    print("| update | loss: convirt / band | " + " | ".join(
+        f"{t} gradient: convirt / band" for t in TOWERS) + " | " + " | ".join(
+        f"{t} update: convirt / band" for t in TOWERS)
+        + " | tensors beyond band | worst tensor: convirt / band |")
+    print("|---|---|" + "---|" * (2 * len(TOWERS)) + "---|---|")
+    for c in checks:
+        cells = [(f"{c['loss_deviation']['convirt']:.1e} / "
+                  f"{max(c['loss_deviation'][r] for r in band):.1e}")]
+        for key in ("gradient_deviation", "update_deviation"):
+            cells += [f"{c[key]['convirt'][t]:.1e} / {max(c[key][r][t] for r in band):.1e}"
+                      for t in TOWERS]
+        worst = c["worst_tensors"][0]
+        print(f"| {c['step']} | " + " | ".join(cells)
+              + f" | {c['tensors_beyond_band']} of {c['tensors']} | {worst['tensor']}: "
+              f"{worst['convirt']:.1e} / {worst['band']:.1e} |")
     sys.stdout.flush()
 
 
@@ -653,6 +843,12 @@ def main(argv=None):
                         help="leave out the run with every initial weight moved by one ulp")
     parser.add_argument("--compare-every", type=int, default=10,
                         help="compare parameters and gradients every so many steps")
+    parser.add_argument("--sync-at", default="10,100,250,500",
+                        help="updates (comma list) before which PyTorch copies convirt's "
+                             "whole state and both take the same one update ('' for none)")
+    parser.add_argument("--sync-only", action="store_true",
+                        help="train convirt alone and run only the synchronised one-update "
+                             "checks (writes PREFIX_<recipe>_sync.json)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw the figure and the summary from PREFIX_<recipe>.json")
@@ -665,6 +861,7 @@ def main(argv=None):
             result["summary"] = summarize(result)
             plot(result, f"{args.out}_{name}.png")
             print_summary(result)
+            print_sync(result)
         return
     import torch
 
@@ -677,11 +874,19 @@ def main(argv=None):
     print(f"# Long-run parity: convirt {info['convirt']} (BLIS {info['blis']}, "
           f"{info['blis_kernel_set']}, {threads} threads) vs PyTorch {info['torch']}; "
           f"{info['cpu']}")
+    sync_at = {int(k) for k in args.sync_at.split(",") if k.strip()}
+    if args.quick:
+        sync_at = {5, 20}
     for name in recipes:
-        result = run_recipe(name, steps, f"{args.out}_{name}", ulp=not args.no_ulp,
-                            compare_every=compare_every)
-        print_summary(result)
-        print(f"wrote {args.out}_{name}.json, .csv, .png ({result['wall_minutes']:.1f} min)")
+        prefix = f"{args.out}_{name}" + ("_sync" if args.sync_only else "")
+        result = run_recipe(name, steps, prefix, ulp=not args.no_ulp,
+                            compare_every=compare_every, sync_at=sync_at,
+                            free_runs=not args.sync_only)
+        if not args.sync_only:
+            print_summary(result)
+        print_sync(result)
+        print(f"wrote {prefix}.json, .csv" + ("" if args.sync_only else ", .png")
+              + f" ({result['wall_minutes']:.1f} min)")
 
 
 if __name__ == "__main__":
