@@ -390,18 +390,29 @@ def trainable_copy(state, trainable):
 def sync_compare(k, before, after, losses, grads):
     """One update from the same trained state (weights, batch-norm statistics, Adam's
     moments and step count, all convirt's): loss, gradients and the update of each
-    tower, convirt and the band runs each against torch."""
+    tower and tensor, convirt and the band runs each against torch.
+
+    Per tensor, a deviation is judged against the band's and against one float32 ulp of
+    the parameters (an update is the difference of two float32 parameters: for a weight
+    near 1 moved by 1e-4, one ulp is 1e-3 of the update, and Adam's last rounding may
+    differ by that much between two correct implementations)."""
     out = {"step": k, "loss": losses,
            "loss_deviation": {r: abs(losses[r] - losses["torch"]) / abs(losses["torch"])
                               for r in losses if r != "torch"},
            "gradient_deviation": compare_gradients(grads)}
     ref = {key: after["torch"][key].astype(np.float64) - before["torch"][key]
            for key in before["torch"]}
-    update, tensors = {}, {}
+    floor = {}
+    for key, r in ref.items():
+        rr = float(np.linalg.norm(r))
+        ulp = float(np.linalg.norm(np.spacing(np.abs(after["torch"][key])).astype(np.float64)))
+        floor[key] = ulp / rr if rr else 0.0
+    update, tensors, grad_tensors, ulps = {}, {}, {}, {}
     for run in before:
         if run == "torch":
             continue
-        num, den, per = dict.fromkeys(TOWERS, 0.0), dict.fromkeys(TOWERS, 0.0), {}
+        num, den, per, per_grad = (dict.fromkeys(TOWERS, 0.0), dict.fromkeys(TOWERS, 0.0),
+                                   {}, {})
         for key, r in ref.items():
             d = after[run][key].astype(np.float64) - before[run][key] - r
             dd, rr = float(np.vdot(d, d)), float(np.vdot(r, r))
@@ -410,17 +421,41 @@ def sync_compare(k, before, after, losses, grads):
             num[tower] += dd
             den[tower] += rr
             per[key] = math.sqrt(dd / rr) if rr else 0.0
+            g, g_ref = (np.asarray(grads[run][key], np.float64),
+                        np.asarray(grads["torch"][key], np.float64))
+            norm = float(np.linalg.norm(g_ref))
+            per_grad[key] = float(np.linalg.norm(g - g_ref)) / norm if norm else 0.0
         update[run] = {t: math.sqrt(num[t] / den[t]) if den[t] else 0.0 for t in TOWERS}
-        tensors[run] = per
+        tensors[run], grad_tensors[run] = per, per_grad
+        if run == "convirt":  # the largest element-wise difference, in ulps
+            for key in ref:
+                a, b = after["convirt"][key], after["torch"][key]
+                ulps[key] = float(np.max(np.abs(a.astype(np.float64) - b)
+                                         / np.spacing(np.abs(b)).astype(np.float64)))
     out["update_deviation"] = update
     band = [r for r in tensors if r != "convirt"]
-    worst = sorted(((tensors["convirt"][key] / max(max(tensors[b][key] for b in band), 1e-6),
-                     key) for key in tensors["convirt"]), reverse=True)[:5]
-    out["worst_tensors"] = [{"tensor": key, "ratio": q, "convirt": tensors["convirt"][key],
-                             "band": max(tensors[b][key] for b in band)} for q, key in worst]
-    out["tensors_beyond_band"] = sum(
-        tensors["convirt"][key] > max(tensors[b][key] for b in band) for key in ref)
+
+    def worst(per_run, with_floor):
+        rows = []
+        for key, ours in per_run["convirt"].items():
+            widest = max(per_run[b][key] for b in band)
+            bound = max(widest, floor[key] if with_floor else 0.0, 1e-6)
+            rows.append((ours / bound, key, ours, widest))
+        rows.sort(reverse=True)
+        return rows
+
+    updates = worst(tensors, True)
+    out["worst_update_tensors"] = [
+        {"tensor": key, "ratio": q, "convirt": v, "band": w, "one_ulp": floor[key],
+         "max_ulps": ulps[key]} for q, key, v, w in updates[:5]]
+    out["update_tensors_beyond_bound"] = sum(q > 1 for q, *_ in updates)
+    gradients = worst(grad_tensors, False)
+    out["worst_gradient_tensors"] = [{"tensor": key, "ratio": q, "convirt": v, "band": w}
+                                     for q, key, v, w in gradients[:5]]
+    out["gradient_tensors_beyond_band"] = sum(q > 1 for q, *_ in gradients)
     out["tensors"] = len(ref)
+    out["per_tensor"] = {"update": tensors, "gradient": grad_tensors, "one_ulp": floor,
+                         "convirt_max_ulps": ulps}
     return out
 
 
@@ -808,7 +843,7 @@ def print_summary(result):
 
 
 def print_sync(result):
-    checks = result.get("sync_checks") or []
+    checks = [c for c in result.get("sync_checks") or [] if "worst_update_tensors" in c]
     if not checks:
         return
     print(f"\n### recipe {result['recipe']}: one update from convirt's trained state "
@@ -817,7 +852,7 @@ def print_sync(result):
     print("| update | loss: convirt / band | " + " | ".join(
         f"{t} gradient: convirt / band" for t in TOWERS) + " | " + " | ".join(
         f"{t} update: convirt / band" for t in TOWERS)
-        + " | tensors beyond band | worst tensor: convirt / band |")
+        + " | tensors beyond band (gradient / update) | worst update: convirt / bound |")
     print("|---|---|" + "---|" * (2 * len(TOWERS)) + "---|---|")
     for c in checks:
         cells = [(f"{c['loss_deviation']['convirt']:.1e} / "
@@ -825,10 +860,12 @@ def print_sync(result):
         for key in ("gradient_deviation", "update_deviation"):
             cells += [f"{c[key]['convirt'][t]:.1e} / {max(c[key][r][t] for r in band):.1e}"
                       for t in TOWERS]
-        worst = c["worst_tensors"][0]
+        worst = c["worst_update_tensors"][0]
+        bound = max(worst["band"], worst["one_ulp"])
         print(f"| {c['step']} | " + " | ".join(cells)
-              + f" | {c['tensors_beyond_band']} of {c['tensors']} | {worst['tensor']}: "
-              f"{worst['convirt']:.1e} / {worst['band']:.1e} |")
+              + f" | {c['gradient_tensors_beyond_band']} / "
+              f"{c['update_tensors_beyond_bound']} of {c['tensors']} | {worst['tensor']}: "
+              f"{worst['convirt']:.1e} / {bound:.1e} |")
     sys.stdout.flush()
 
 
@@ -861,6 +898,9 @@ def main(argv=None):
             result["summary"] = summarize(result)
             plot(result, f"{args.out}_{name}.png")
             print_summary(result)
+            if os.path.exists(f"{args.out}_{name}_sync.json"):
+                with open(f"{args.out}_{name}_sync.json") as f:
+                    result = json.load(f)
             print_sync(result)
         return
     import torch
