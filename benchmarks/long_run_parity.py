@@ -54,32 +54,68 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # torch_resnet: the reference ResNet
 
 import convirt  # first: its GOMP_SPINCOUNT also reaches torch's OpenMP
-from convirt.data import impressions
-from convirt.datasets import synthetic_cxr
-from convirt.text import minilm_path, sample_sentences, tokenize
-from convirt.trainer import AUGMENTS
+from convirt.augment import AUGMENTS
+from convirt.loader import BatchLoader
+from convirt.reports import impressions, sample_sentences
+from convirt.synthetic import synthetic_cxr
+from convirt.text import minilm_path, tokenize
 
 # The two recipes at the demo's size (ResNet-18 at 64 px, batch 32, all-MiniLM-L6-v2 with
 # 3 of its 6 layers frozen: the paper freezes the lower half). Constant learning rate:
 # the plateau schedule acts on validation loss per epoch and is not what is compared.
-COMMON = {"train": 4000, "data_seed": 1, "difficulty": 1.0, "image_size": 64,
-          "batch_size": 32, "depth": 18, "proj_hidden": 512, "freeze_layers": 3,
-          "temperature": 0.1, "image_to_text_weight": 0.75, "weight_decay": 1e-6,
-          "betas": (0.9, 0.999), "eps": 1e-8, "seed": 0}
+COMMON = {
+    "train": 4000,
+    "data_seed": 1,
+    "difficulty": 1.0,
+    "image_size": 64,
+    "batch_size": 32,
+    "depth": 18,
+    "proj_hidden": 512,
+    "freeze_layers": 3,
+    "temperature": 0.1,
+    "image_to_text_weight": 0.75,
+    "weight_decay": 1e-6,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "seed": 0,
+}
 RECIPES = {
     # The paper's: a sentence of the whole report (findings and impression), lr 1e-4,
     # its transforms (blur scaled to the view size), d = 512, 128 tokens.
-    "paper": {**COMMON, "text": "report", "lr": 1e-4, "augment": "paper", "proj_dim": 512,
-              "max_length": 128},
-    # convirt/demo.py PRESETS["default"]: impression sentences, lr 3e-4, mild
+    "paper": {
+        **COMMON,
+        "text": "report",
+        "lr": 1e-4,
+        "augment": "paper",
+        "proj_dim": 512,
+        "max_length": 128,
+    },
+    # convirt/experiments/demo.py PRESETS["default"]: impression sentences, lr 3e-4, mild
     # transforms, d = 128, 64 tokens.
-    "demo": {**COMMON, "text": "impression", "lr": 3e-4, "augment": "mild", "proj_dim": 128,
-             "max_length": 64},
+    "demo": {
+        **COMMON,
+        "text": "impression",
+        "lr": 3e-4,
+        "augment": "mild",
+        "proj_dim": 128,
+        "max_length": 64,
+    },
 }
 TOWERS = ("image", "text", "heads")
-FLOAT32_EPS = 2.0 ** -23
+BATCH_ORDER = "convirt.loader.BatchLoader: default_rng([seed, epoch]), batches sorted"
+FLOAT32_EPS = 2.0**-23
 MILESTONES = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 WINDOWS = ((1, 1), (2, 10), (11, 100), (101, 250), (251, 500), (501, 1000))
+
+
+class _Pairs:
+    """(images, reports) as the dataset BatchLoader reads."""
+
+    def __init__(self, images, reports):
+        self.images, self.reports = images, reports
+
+    def __len__(self):
+        return len(self.images)
 
 
 # ---- convirt ----------------------------------------------------------------------------
@@ -103,22 +139,43 @@ class RecordingAugment:
 
 
 def build_convirt(recipe):
-    image = convirt.Encoder.resnet18(1, proj_dim=recipe["proj_dim"],
-                                     proj_hidden=recipe["proj_hidden"], seed=recipe["seed"])
+    image = convirt.Encoder.resnet18(
+        1,
+        proj_dim=recipe["proj_dim"],
+        proj_hidden=recipe["proj_hidden"],
+        seed=recipe["seed"],
+    )
     text = convirt.Encoder.from_pretrained(
-        minilm_path(), freeze_layers=recipe["freeze_layers"], proj_dim=recipe["proj_dim"],
-        proj_hidden=recipe["proj_hidden"], seed=recipe["seed"] + 1,
-        max_length=recipe["max_length"])
-    augment = RecordingAugment(AUGMENTS[recipe["augment"]](recipe["image_size"],
-                                                           seed=recipe["seed"]))
-    loss = convirt.ContrastiveLoss(temperature=recipe["temperature"],
-                                   image_to_text_weight=recipe["image_to_text_weight"])
-    trainer = convirt.Trainer(image, text, loss, augment=augment,
-                              image_size=recipe["image_size"], lr=recipe["lr"],
-                              weight_decay=recipe["weight_decay"], betas=recipe["betas"],
-                              eps=recipe["eps"], decoupled_weight_decay=False,
-                              schedule=None, seed=recipe["seed"], progress=False,
-                              prefetch=False)
+        minilm_path(),
+        freeze_layers=recipe["freeze_layers"],
+        proj_dim=recipe["proj_dim"],
+        proj_hidden=recipe["proj_hidden"],
+        seed=recipe["seed"] + 1,
+        max_length=recipe["max_length"],
+    )
+    augment = RecordingAugment(
+        AUGMENTS[recipe["augment"]](recipe["image_size"], seed=recipe["seed"])
+    )
+    loss = convirt.ContrastiveLoss(
+        temperature=recipe["temperature"],
+        image_to_text_weight=recipe["image_to_text_weight"],
+    )
+    trainer = convirt.Trainer(
+        image,
+        text,
+        loss,
+        augment=augment,
+        image_size=recipe["image_size"],
+        lr=recipe["lr"],
+        weight_decay=recipe["weight_decay"],
+        betas=recipe["betas"],
+        eps=recipe["eps"],
+        decoupled_weight_decay=False,
+        schedule=None,
+        seed=recipe["seed"],
+        progress=False,
+        prefetch=False,
+    )
     return trainer
 
 
@@ -179,18 +236,25 @@ class TorchRun:
         self.image = {k: torch.tensor(v) for k, v in image_state.items()}
         # Text tower: BertModel from the model directory's config, no dropout (convirt's
         # training forward is the eval-mode function, as model.eval()), no pooler.
-        config = BertConfig.from_pretrained(minilm_path(), hidden_dropout_prob=0.0,
-                                            attention_probs_dropout_prob=0.0)
+        config = BertConfig.from_pretrained(
+            minilm_path(), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+        )
         self.bert = BertModel(config, add_pooling_layer=False)
-        bert_state = {k: torch.tensor(v) for k, v in text_state.items()
-                      if not k.startswith("projection.")}
+        bert_state = {
+            k: torch.tensor(v)
+            for k, v in text_state.items()
+            if not k.startswith("projection.")
+        }
         missing, unexpected = self.bert.load_state_dict(bert_state, strict=False)
         missing = [m for m in missing if "position_ids" not in m]
         if missing or unexpected:
-            raise RuntimeError(f"BertModel state: missing {missing}, unexpected {unexpected}")
+            raise RuntimeError(
+                f"BertModel state: missing {missing}, unexpected {unexpected}"
+            )
         self.bert.train()
-        self.text_head = {k: torch.tensor(v) for k, v in text_state.items()
-                          if k.startswith("projection.")}
+        self.text_head = {
+            k: torch.tensor(v) for k, v in text_state.items() if k.startswith("projection.")
+        }
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 
         # Frozen: the embeddings and the first freeze_layers layers, by name (checked
@@ -223,14 +287,18 @@ class TorchRun:
         self.named_trainable = (
             [(f"image.{n}", p) for n, p in self.image.items() if p.requires_grad]
             + [(f"text.{n}", p) for n, p in self.bert.named_parameters() if p.requires_grad]
-            + [(f"text.{n}", p) for n, p in self.text_head.items()])
+            + [(f"text.{n}", p) for n, p in self.text_head.items()]
+        )
         # torch.optim.Adam's weight_decay is L2 added to the gradient (convirt's
         # decoupled_weight_decay=False); the single-tensor loop, as convirt documents.
-        self.optimizer = torch.optim.Adam([p for _, p in self.named_trainable],
-                                          lr=recipe["lr"], betas=recipe["betas"],
-                                          eps=recipe["eps"],
-                                          weight_decay=recipe["weight_decay"],
-                                          foreach=False)
+        self.optimizer = torch.optim.Adam(
+            [p for _, p in self.named_trainable],
+            lr=recipe["lr"],
+            betas=recipe["betas"],
+            eps=recipe["eps"],
+            weight_decay=recipe["weight_decay"],
+            foreach=False,
+        )
         mean, std = trainer.image_encoder.normalization
         self.mean, self.std = float(mean[0]), float(std[0])
         self.last_grads = None
@@ -241,20 +309,23 @@ class TorchRun:
         torch = self.torch
         state = trainer.optimizer.state_dict()
         moments, base = {}, 0
-        for kind, encoder, size in (("image", trainer.image_encoder, state["sizes"][0]),
-                                    ("text", trainer.text_encoder, state["sizes"][1])):
+        for kind, encoder, size in (
+            ("image", trainer.image_encoder, state["sizes"][0]),
+            ("text", trainer.text_encoder, state["sizes"][1]),
+        ):
             start = encoder.trainable_offset
             for name, shape, offset, count, is_buf, frozen, layout in encoder.tensor_table:
                 if is_buf or frozen:
                     continue
                 at = base + offset - start
                 for which in ("exp_avg", "exp_avg_sq"):
-                    m = state[which][at:at + count]
+                    m = state[which][at : at + count]
                     if layout == "KRSC":
                         k, c, r, q = shape
                         m = m.reshape(k, r, q, c).transpose(0, 3, 1, 2)
                     moments[(f"{kind}.{name}", which)] = np.ascontiguousarray(
-                        m.reshape(shape))
+                        m.reshape(shape)
+                    )
             base += size
         for key, p in self.named_trainable:
             entry = {"step": torch.tensor(float(state["step"]))}
@@ -266,8 +337,13 @@ class TorchRun:
             self.optimizer.state[p] = entry
 
     def tokenize(self, sentences):
-        enc = self.tokenizer(sentences, padding="longest", truncation=True,
-                             max_length=self.recipe["max_length"], return_tensors="np")
+        enc = self.tokenizer(
+            sentences,
+            padding="longest",
+            truncation=True,
+            max_length=self.recipe["max_length"],
+            return_tensors="np",
+        )
         return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
 
     @staticmethod
@@ -302,14 +378,22 @@ class TorchRun:
         norms = tower_norms(grads)
         self.last_grads = {n: g.copy() for n, g in grads.items()}
         self.optimizer.step()
-        return {"loss": loss.item(), "image_to_text": image_to_text.item(),
-                "text_to_image": text_to_image.item(),
-                **{f"grad_{t}": norms[t] for t in TOWERS}}, (ids, mask)
+        return {
+            "loss": loss.item(),
+            "image_to_text": image_to_text.item(),
+            "text_to_image": text_to_image.item(),
+            **{f"grad_{t}": norms[t] for t in TOWERS},
+        }, (ids, mask)
 
     def state(self):
         out = {f"image.{k}": v.detach().numpy() for k, v in self.image.items()}
-        out.update({f"text.{k}": v.detach().numpy() for k, v in self.bert.state_dict().items()
-                    if "position_ids" not in k})
+        out.update(
+            {
+                f"text.{k}": v.detach().numpy()
+                for k, v in self.bert.state_dict().items()
+                if "position_ids" not in k
+            }
+        )
         out.update({f"text.{k}": v.detach().numpy() for k, v in self.text_head.items()})
         return out
 
@@ -354,12 +438,13 @@ def pairwise_distances(states, trainable):
     names = list(states)
     out = {}
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             sums = dict.fromkeys(TOWERS, 0.0)
             for key in trainable:
                 kind, name = key.split(".", 1)
-                d = np.asarray(states[a][key], np.float64) - np.asarray(states[b][key],
-                                                                        np.float64)
+                d = np.asarray(states[a][key], np.float64) - np.asarray(
+                    states[b][key], np.float64
+                )
                 sums[convirt_tower_of(kind, name)] += float(np.vdot(d, d))
             out[f"{a}|{b}"] = {t: math.sqrt(v) for t, v in sums.items()}
     return out
@@ -396,23 +481,37 @@ def sync_compare(k, before, after, losses, grads):
     the parameters (an update is the difference of two float32 parameters: for a weight
     near 1 moved by 1e-4, one ulp is 1e-3 of the update, and Adam's last rounding may
     differ by that much between two correct implementations)."""
-    out = {"step": k, "loss": losses,
-           "loss_deviation": {r: abs(losses[r] - losses["torch"]) / abs(losses["torch"])
-                              for r in losses if r != "torch"},
-           "gradient_deviation": compare_gradients(grads)}
-    ref = {key: after["torch"][key].astype(np.float64) - before["torch"][key]
-           for key in before["torch"]}
+    out = {
+        "step": k,
+        "loss": losses,
+        "loss_deviation": {
+            r: abs(losses[r] - losses["torch"]) / abs(losses["torch"])
+            for r in losses
+            if r != "torch"
+        },
+        "gradient_deviation": compare_gradients(grads),
+    }
+    ref = {
+        key: after["torch"][key].astype(np.float64) - before["torch"][key]
+        for key in before["torch"]
+    }
     floor = {}
     for key, r in ref.items():
         rr = float(np.linalg.norm(r))
-        ulp = float(np.linalg.norm(np.spacing(np.abs(after["torch"][key])).astype(np.float64)))
+        ulp = float(
+            np.linalg.norm(np.spacing(np.abs(after["torch"][key])).astype(np.float64))
+        )
         floor[key] = ulp / rr if rr else 0.0
     update, tensors, grad_tensors, ulps = {}, {}, {}, {}
     for run in before:
         if run == "torch":
             continue
-        num, den, per, per_grad = (dict.fromkeys(TOWERS, 0.0), dict.fromkeys(TOWERS, 0.0),
-                                   {}, {})
+        num, den, per, per_grad = (
+            dict.fromkeys(TOWERS, 0.0),
+            dict.fromkeys(TOWERS, 0.0),
+            {},
+            {},
+        )
         for key, r in ref.items():
             d = after[run][key].astype(np.float64) - before[run][key] - r
             dd, rr = float(np.vdot(d, d)), float(np.vdot(r, r))
@@ -421,8 +520,10 @@ def sync_compare(k, before, after, losses, grads):
             num[tower] += dd
             den[tower] += rr
             per[key] = math.sqrt(dd / rr) if rr else 0.0
-            g, g_ref = (np.asarray(grads[run][key], np.float64),
-                        np.asarray(grads["torch"][key], np.float64))
+            g, g_ref = (
+                np.asarray(grads[run][key], np.float64),
+                np.asarray(grads["torch"][key], np.float64),
+            )
             norm = float(np.linalg.norm(g_ref))
             per_grad[key] = float(np.linalg.norm(g - g_ref)) / norm if norm else 0.0
         update[run] = {t: math.sqrt(num[t] / den[t]) if den[t] else 0.0 for t in TOWERS}
@@ -430,8 +531,12 @@ def sync_compare(k, before, after, losses, grads):
         if run == "convirt":  # the largest element-wise difference, in ulps
             for key in ref:
                 a, b = after["convirt"][key], after["torch"][key]
-                ulps[key] = float(np.max(np.abs(a.astype(np.float64) - b)
-                                         / np.spacing(np.abs(b)).astype(np.float64)))
+                ulps[key] = float(
+                    np.max(
+                        np.abs(a.astype(np.float64) - b)
+                        / np.spacing(np.abs(b)).astype(np.float64)
+                    )
+                )
     out["update_deviation"] = update
     band = [r for r in tensors if r != "convirt"]
 
@@ -446,16 +551,30 @@ def sync_compare(k, before, after, losses, grads):
 
     updates = worst(tensors, True)
     out["worst_update_tensors"] = [
-        {"tensor": key, "ratio": q, "convirt": v, "band": w, "one_ulp": floor[key],
-         "max_ulps": ulps[key]} for q, key, v, w in updates[:5]]
+        {
+            "tensor": key,
+            "ratio": q,
+            "convirt": v,
+            "band": w,
+            "one_ulp": floor[key],
+            "max_ulps": ulps[key],
+        }
+        for q, key, v, w in updates[:5]
+    ]
     out["update_tensors_beyond_bound"] = sum(q > 1 for q, *_ in updates)
     gradients = worst(grad_tensors, False)
-    out["worst_gradient_tensors"] = [{"tensor": key, "ratio": q, "convirt": v, "band": w}
-                                     for q, key, v, w in gradients[:5]]
+    out["worst_gradient_tensors"] = [
+        {"tensor": key, "ratio": q, "convirt": v, "band": w}
+        for q, key, v, w in gradients[:5]
+    ]
     out["gradient_tensors_beyond_band"] = sum(q > 1 for q, *_ in gradients)
     out["tensors"] = len(ref)
-    out["per_tensor"] = {"update": tensors, "gradient": grad_tensors, "one_ulp": floor,
-                         "convirt_max_ulps": ulps}
+    out["per_tensor"] = {
+        "update": tensors,
+        "gradient": grad_tensors,
+        "one_ulp": floor,
+        "convirt_max_ulps": ulps,
+    }
     return out
 
 
@@ -468,14 +587,29 @@ def machine():
     import torch
 
     info = convirt.config()
-    return {"convirt": info["convirt_version"], "blis": info["blis_version"],
-            "blis_kernel_set": info["blis_arch"], "cpu": info["cpu_features"],
-            "threads": info["num_threads"], "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    return {
+        "convirt": info["convirt_version"],
+        "blis": info["blis_version"],
+        "blis_kernel_set": info["blis_arch"],
+        "cpu": info["cpu_features"],
+        "threads": info["num_threads"],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
 
 
-def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, sync_at=(),
-               free_runs=True, log=print):
+def run_recipe(
+    name,
+    steps,
+    out_prefix,
+    *,
+    ulp=True,
+    compare_every=10,
+    sync_at=(),
+    free_runs=True,
+    log=print,
+):
     """Train convirt for `steps` steps beside the free-running PyTorch runs (unless
     free_runs is False) and, before each update k in sync_at, check that one update
     from convirt's current state is the same in PyTorch (see sync_compare)."""
@@ -484,16 +618,22 @@ def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, sync_at=(
     recipe = RECIPES[name]
     torch.manual_seed(0)
     log(f"## recipe {name}: {steps} steps; {json.dumps(recipe)}")
-    data = synthetic_cxr(recipe["train"], size=recipe["image_size"], seed=recipe["data_seed"],
-                         difficulty=recipe["difficulty"])
+    data = synthetic_cxr(
+        recipe["train"],
+        size=recipe["image_size"],
+        seed=recipe["data_seed"],
+        difficulty=recipe["difficulty"],
+    )
     texts = list(data.reports) if recipe["text"] == "report" else impressions(data.reports)
     images = data.images
 
     trainer = build_convirt(recipe)
 
     def torch_runs():
-        runs = {"torch": TorchRun("torch", trainer, recipe),
-                "torch_cl": TorchRun("torch_cl", trainer, recipe, channels_last=True)}
+        runs = {
+            "torch": TorchRun("torch", trainer, recipe),
+            "torch_cl": TorchRun("torch_cl", trainer, recipe, channels_last=True),
+        }
         if ulp:
             runs["torch_ulp"] = TorchRun("torch_ulp", trainer, recipe, perturb=1)
         return runs
@@ -506,32 +646,57 @@ def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, sync_at=(
     names = ["convirt", *runs]
     sync_checks = []
 
-    n_batches = len(images) // recipe["batch_size"]
+    # The batches of Trainer.fit: convirt.loader.BatchLoader's order, a permutation per
+    # (seed, epoch), the indices inside each batch sorted.
+    loader = BatchLoader(
+        _Pairs(images, texts),
+        batch_size=recipe["batch_size"],
+        seed=recipe["seed"],
+        prefetch=False,
+    )
+    n_batches = len(loader)
+    epoch_batches = {}
     records = {run: [] for run in names}
     state_dev, grad_dev, tensor_dev, pairwise = [], [], {}, []
     seconds = dict.fromkeys(names, 0.0)
     started = time.time()
-    result = {"recipe": name, "config": recipe, "steps": steps, "machine": machine(),
-              "runs": names, "records": records, "state_deviation": state_dev,
-              "gradient_deviation": grad_dev, "tensor_deviation": tensor_dev,
-              "pairwise_distance": pairwise, "sync_checks": sync_checks,
-              "seconds": seconds}
+    result = {
+        "recipe": name,
+        "config": recipe,
+        "steps": steps,
+        "machine": machine(),
+        "runs": names,
+        "records": records,
+        "state_deviation": state_dev,
+        "gradient_deviation": grad_dev,
+        "tensor_deviation": tensor_dev,
+        "pairwise_distance": pairwise,
+        "sync_checks": sync_checks,
+        "seconds": seconds,
+        "batch_order": BATCH_ORDER,
+    }
     for step in range(steps):
         epoch, b = divmod(step, n_batches)
-        # The order Trainer.fit uses: a permutation per (seed, epoch).
-        order = np.random.default_rng([recipe["seed"], epoch, 0x5EED]).permutation(len(images))
-        idx = order[b * recipe["batch_size"]:(b + 1) * recipe["batch_size"]]
-        sentences = sample_sentences([texts[i] for i in idx], seed=recipe["seed"], step=step,
-                                     indices=[int(i) for i in idx])
+        if epoch not in epoch_batches:
+            epoch_batches.clear()
+            epoch_batches[epoch] = loader.batch_indices(epoch)
+        idx = epoch_batches[epoch][b]
+        sentences = sample_sentences(
+            [texts[i] for i in idx],
+            seed=recipe["seed"],
+            step=step,
+            indices=[int(i) for i in idx],
+        )
         batch = np.ascontiguousarray(images[idx])
         synced = None
         if step + 1 in sync_at:
             synced = torch_runs()
             for run in synced.values():
                 run.load_adam_state(trainer)
-            before = {"convirt": trainable_copy(convirt_state(trainer), trainable),
-                      **{r: trainable_copy(run.state(), trainable)
-                         for r, run in synced.items()}}
+            before = {
+                "convirt": trainable_copy(convirt_state(trainer), trainable),
+                **{r: trainable_copy(run.state(), trainable) for r, run in synced.items()},
+            }
 
         t0 = time.perf_counter()
         metrics = trainer.step(batch, sentences, sample_sentence=False)
@@ -539,19 +704,26 @@ def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, sync_at=(
         views = trainer.augment.views
         grads = {"convirt": convirt_gradients(trainer)}
         norms = tower_norms(grads["convirt"])
-        records["convirt"].append({"step": step + 1, "loss": metrics["loss"],
-                                   "image_to_text": metrics["image_to_text"],
-                                   "text_to_image": metrics["text_to_image"],
-                                   **{f"grad_{t}": norms[t] for t in TOWERS}})
-        ids, mask = tokenize(trainer.text_encoder.tokenizer, sentences,
-                             max_length=recipe["max_length"])
+        records["convirt"].append(
+            {
+                "step": step + 1,
+                "loss": metrics["loss"],
+                "image_to_text": metrics["image_to_text"],
+                "text_to_image": metrics["text_to_image"],
+                **{f"grad_{t}": norms[t] for t in TOWERS},
+            }
+        )
+        ids, mask = tokenize(
+            trainer.text_encoder.tokenizer, sentences, max_length=recipe["max_length"]
+        )
         for run_name, run in runs.items():
             t0 = time.perf_counter()
             record, (torch_ids, torch_mask) = run.step(views, sentences)
             seconds[run_name] += time.perf_counter() - t0
             if not (np.array_equal(ids, torch_ids) and np.array_equal(mask, torch_mask)):
-                raise RuntimeError(f"step {step + 1}: transformers' tokenization differs "
-                                   "from convirt's")
+                raise RuntimeError(
+                    f"step {step + 1}: transformers' tokenization differs from convirt's"
+                )
             records[run_name].append({"step": step + 1, **record})
             grads[run_name] = run.last_grads
         if synced is not None:
@@ -560,22 +732,29 @@ def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, sync_at=(
             for r, run in synced.items():
                 record, _ = run.step(views, sentences)
                 losses[r], sync_grads[r] = record["loss"], run.last_grads
-            after = {"convirt": trainable_copy(convirt_state(trainer), trainable),
-                     **{r: trainable_copy(run.state(), trainable)
-                        for r, run in synced.items()}}
+            after = {
+                "convirt": trainable_copy(convirt_state(trainer), trainable),
+                **{r: trainable_copy(run.state(), trainable) for r, run in synced.items()},
+            }
             check = sync_compare(step + 1, before, after, losses, sync_grads)
             sync_checks.append(check)
-            log(f"sync check, update {step + 1} from convirt's state: loss deviation "
+            log(
+                f"sync check, update {step + 1} from convirt's state: loss deviation "
                 + ", ".join(f"{r} {v:.1e}" for r, v in check["loss_deviation"].items())
                 + "; update deviation (image/text/heads) "
-                + ", ".join(f"{r} " + "/".join(f"{v[t]:.1e}" for t in TOWERS)
-                            for r, v in check["update_deviation"].items()))
+                + ", ".join(
+                    f"{r} " + "/".join(f"{v[t]:.1e}" for t in TOWERS)
+                    for r, v in check["update_deviation"].items()
+                )
+            )
             del synced, before, after
 
         done = step + 1
         if runs and (done % compare_every == 0 or done in MILESTONES or done == steps):
-            states = {"convirt": convirt_state(trainer),
-                      **{r: run.state() for r, run in runs.items()}}
+            states = {
+                "convirt": convirt_state(trainer),
+                **{r: run.state() for r, run in runs.items()},
+            }
             per_tensor, per_tower = compare_states(states, initial, trainable=trainable)
             state_dev.append({"step": done, **per_tower})
             pairwise.append({"step": done, **pairwise_distances(states, trainable)})
@@ -585,13 +764,18 @@ def run_recipe(name, steps, out_prefix, *, ulp=True, compare_every=10, sync_at=(
         if runs and (done % 10 == 0 or done <= 3 or done == steps):
             losses = {r: records[r][-1]["loss"] for r in names}
             ref = losses["torch"]
-            devs = " ".join(f"{r} {abs(losses[r] - ref) / ref:.1e}" for r in names
-                            if r != "torch")
-            log(f"step {done:4d}: loss torch {ref:.5f}, |run - torch| / torch: {devs} "
-                f"({(time.time() - started) / 60:.1f} min)")
+            devs = " ".join(
+                f"{r} {abs(losses[r] - ref) / ref:.1e}" for r in names if r != "torch"
+            )
+            log(
+                f"step {done:4d}: loss torch {ref:.5f}, |run - torch| / torch: {devs} "
+                f"({(time.time() - started) / 60:.1f} min)"
+            )
         if not runs and done % 50 == 0:
-            log(f"step {done:4d}: convirt loss {metrics['loss']:.5f} "
-                f"({(time.time() - started) / 60:.1f} min)")
+            log(
+                f"step {done:4d}: convirt loss {metrics['loss']:.5f} "
+                f"({(time.time() - started) / 60:.1f} min)"
+            )
         if done % 25 == 0 or done == steps:
             if runs:
                 result["summary"] = summarize(result)
@@ -618,8 +802,11 @@ def band_runs(result):
 def relative_deviations(result, key):
     """|run - torch| / |torch| per step for every run but torch."""
     ref = series(result, "torch", key)
-    return {r: np.abs(series(result, r, key) - ref) / np.abs(ref)
-            for r in result["runs"] if r != "torch"}
+    return {
+        r: np.abs(series(result, r, key) - ref) / np.abs(ref)
+        for r in result["runs"]
+        if r != "torch"
+    }
 
 
 def moving_average(x, window):
@@ -634,8 +821,9 @@ def summarize(result):
     out = {"steps_done": n, "loss_at": {}, "windows": [], "grad_windows": []}
     for s in MILESTONES:
         if s <= n:
-            out["loss_at"][str(s)] = {r: result["records"][r][s - 1]["loss"]
-                                      for r in result["runs"]}
+            out["loss_at"][str(s)] = {
+                r: result["records"][r][s - 1]["loss"] for r in result["runs"]
+            }
     band = band_runs(result)
 
     def windows(key):
@@ -649,8 +837,14 @@ def summarize(result):
             bands = {r: float(devs[r][sl].max()) for r in band}
             # Below one float32 rounding of the value, a deviation means nothing.
             widest = max(max(bands.values()), FLOAT32_EPS)
-            rows.append({"steps": [lo, min(hi, n)], "convirt": ours, **bands,
-                         "ratio": ours / widest})
+            rows.append(
+                {
+                    "steps": [lo, min(hi, n)],
+                    "convirt": ours,
+                    **bands,
+                    "ratio": ours / widest,
+                }
+            )
         return rows
 
     out["windows"] = windows("loss")
@@ -661,16 +855,27 @@ def summarize(result):
     ref = moving_average(series(result, "torch", "loss"), window)
     last = max(1, min(100, len(ref)))
     out["smoothed_offset"] = {
-        "window": window, "last_points": last,
-        **{r: float(np.mean(moving_average(series(result, r, "loss"), window)[-last:]
-                            - ref[-last:]))
-           for r in result["runs"] if r != "torch"}}
-    out["mean_loss_last_100"] = {r: float(np.mean(series(result, r, "loss")[-100:]))
-                                 for r in result["runs"]}
+        "window": window,
+        "last_points": last,
+        **{
+            r: float(
+                np.mean(
+                    moving_average(series(result, r, "loss"), window)[-last:] - ref[-last:]
+                )
+            )
+            for r in result["runs"]
+            if r != "torch"
+        },
+    }
+    out["mean_loss_last_100"] = {
+        r: float(np.mean(series(result, r, "loss")[-100:])) for r in result["runs"]
+    }
     out["max_loss_ratio"] = max(w["ratio"] for w in out["windows"])
     out["state_windows"] = state_windows(result)
     out["tensor_milestones"] = tensor_milestones(result)
-    out["step_1_relative_deviation"] = float(relative_deviations(result, "loss")["convirt"][0])
+    out["step_1_relative_deviation"] = float(
+        relative_deviations(result, "loss")["convirt"][0]
+    )
     return out
 
 
@@ -687,8 +892,11 @@ def state_windows(result):
         for tower in TOWERS:
             ours = max(d["convirt"][tower] for d in points)
             widest = max(d[r][tower] for d in points for r in band)
-            row[tower] = {"convirt": ours, "band": widest,
-                          "ratio": ours / max(widest, FLOAT32_EPS)}
+            row[tower] = {
+                "convirt": ours,
+                "band": widest,
+                "ratio": ours / max(widest, FLOAT32_EPS),
+            }
         rows.append(row)
     return rows
 
@@ -706,11 +914,15 @@ def tensor_milestones(result):
             widest = max(per_run[r][key] for r in band)
             ratios.append((value / max(widest, 1e-6), key, value, widest))
         ratios.sort(reverse=True)
-        out[step] = {"tensors": len(ratios),
-                     "convirt_beyond_band": sum(r[0] > 1 for r in ratios),
-                     "median_ratio": float(np.median([r[0] for r in ratios])),
-                     "worst": [{"tensor": k, "ratio": q, "convirt": v, "band": w}
-                               for q, k, v, w in ratios[:5]]}
+        out[step] = {
+            "tensors": len(ratios),
+            "convirt_beyond_band": sum(r[0] > 1 for r in ratios),
+            "median_ratio": float(np.median([r[0] for r in ratios])),
+            "worst": [
+                {"tensor": k, "ratio": q, "convirt": v, "band": w}
+                for q, k, v, w in ratios[:5]
+            ],
+        }
     return out
 
 
@@ -725,13 +937,23 @@ def write_outputs(result, prefix):
         writer = csv.writer(f)
         writer.writerow(["step"] + [f"{r}_{k}" for r in result["runs"] for k in keys])
         for i in range(len(result["records"]["convirt"])):
-            writer.writerow([i + 1] + [f"{result['records'][r][i][k]:.9g}"
-                                       for r in result["runs"] for k in keys])
+            writer.writerow(
+                [i + 1]
+                + [
+                    f"{result['records'][r][i][k]:.9g}"
+                    for r in result["runs"]
+                    for k in keys
+                ]
+            )
 
 
 COLORS = {"convirt": "C3", "torch": "C0", "torch_cl": "C2", "torch_ulp": "C1"}
-LABELS = {"convirt": "convirt", "torch": "PyTorch", "torch_cl": "PyTorch channels_last",
-          "torch_ulp": "PyTorch, weights +-1 ulp"}
+LABELS = {
+    "convirt": "convirt",
+    "torch": "PyTorch",
+    "torch_cl": "PyTorch channels_last",
+    "torch_ulp": "PyTorch, weights +-1 ulp",
+}
 
 
 def plot(result, path):
@@ -747,39 +969,76 @@ def plot(result, path):
     window = min(25, n)
     for r in runs:
         ax.plot(steps, series(result, r, "loss"), color=COLORS[r], lw=0.5, alpha=0.35)
-        ax.plot(np.arange(window, n + 1), moving_average(series(result, r, "loss"), window),
-                color=COLORS[r], lw=1.5, label=LABELS[r])
-    ax.set(title=f"training loss (per step, faint; moving average over {window} steps)",
-           xlabel="step", ylabel="loss")
+        ax.plot(
+            np.arange(window, n + 1),
+            moving_average(series(result, r, "loss"), window),
+            color=COLORS[r],
+            lw=1.5,
+            label=LABELS[r],
+        )
+    ax.set(
+        title=f"training loss (per step, faint; moving average over {window} steps)",
+        xlabel="step",
+        ylabel="loss",
+    )
     ax.legend(fontsize=8)
 
     ax = axes[0, 1]
     for tower, style in zip(TOWERS, ("-", "--", ":")):
         for r in ("convirt", "torch"):
-            ax.plot(steps, series(result, r, f"grad_{tower}"), color=COLORS[r], ls=style,
-                    lw=0.8, alpha=0.8, label=f"{LABELS[r]}: {tower}")
-    ax.set(title="gradient norm per tower (image backbone, trainable text, heads)",
-           xlabel="step", ylabel="||grad||", yscale="log")
+            ax.plot(
+                steps,
+                series(result, r, f"grad_{tower}"),
+                color=COLORS[r],
+                ls=style,
+                lw=0.8,
+                alpha=0.8,
+                label=f"{LABELS[r]}: {tower}",
+            )
+    ax.set(
+        title="gradient norm per tower (image backbone, trainable text, heads)",
+        xlabel="step",
+        ylabel="||grad||",
+        yscale="log",
+    )
     ax.legend(fontsize=7, ncol=2)
 
     ax = axes[0, 2]
     devs = relative_deviations(result, "loss")
     floor = 1e-9
     for r in [x for x in runs if x != "torch"]:
-        ax.plot(steps, np.maximum(devs[r], floor), color=COLORS[r], lw=0.8,
-                alpha=0.9 if r == "convirt" else 0.6, label=f"|{LABELS[r]} - PyTorch|")
-    ax.set(title="loss: relative deviation from PyTorch", xlabel="step",
-           ylabel="|L - L_torch| / L_torch", yscale="log")
+        ax.plot(
+            steps,
+            np.maximum(devs[r], floor),
+            color=COLORS[r],
+            lw=0.8,
+            alpha=0.9 if r == "convirt" else 0.6,
+            label=f"|{LABELS[r]} - PyTorch|",
+        )
+    ax.set(
+        title="loss: relative deviation from PyTorch",
+        xlabel="step",
+        ylabel="|L - L_torch| / L_torch",
+        yscale="log",
+    )
     ax.legend(fontsize=8)
 
     ax = axes[1, 0]
     for tower, style in zip(TOWERS, ("-", "--", ":")):
         d = relative_deviations(result, f"grad_{tower}")
         for r in [x for x in runs if x != "torch"]:
-            ax.plot(steps, np.maximum(d[r], floor), color=COLORS[r], ls=style, lw=0.7,
-                    alpha=0.8, label=f"{LABELS[r]}: {tower}")
-    ax.set(title="gradient norms: relative deviation from PyTorch", xlabel="step",
-           yscale="log")
+            ax.plot(
+                steps,
+                np.maximum(d[r], floor),
+                color=COLORS[r],
+                ls=style,
+                lw=0.7,
+                alpha=0.8,
+                label=f"{LABELS[r]}: {tower}",
+            )
+    ax.set(
+        title="gradient norms: relative deviation from PyTorch", xlabel="step", yscale="log"
+    )
     ax.legend(fontsize=6, ncol=2)
 
     ax = axes[1, 1]
@@ -788,26 +1047,47 @@ def plot(result, path):
         s = [d["step"] for d in dev]
         for tower, style in zip(TOWERS, ("-", "--", ":")):
             for r in [x for x in runs if x != "torch"]:
-                ax.plot(s, [max(d[r][tower], floor) for d in dev], color=COLORS[r],
-                        ls=style, marker=".", ms=3, lw=0.8, label=f"{LABELS[r]}: {tower}")
-    ax.set(title="parameters: ||w - w_torch|| / ||w_torch - w_0|| per tower", xlabel="step",
-           yscale="log")
+                ax.plot(
+                    s,
+                    [max(d[r][tower], floor) for d in dev],
+                    color=COLORS[r],
+                    ls=style,
+                    marker=".",
+                    ms=3,
+                    lw=0.8,
+                    label=f"{LABELS[r]}: {tower}",
+                )
+    ax.set(
+        title="parameters: ||w - w_torch|| / ||w_torch - w_0|| per tower",
+        xlabel="step",
+        yscale="log",
+    )
     ax.legend(fontsize=6, ncol=2)
 
     ax = axes[1, 2]
     window = min(25, n)
     ref = moving_average(series(result, "torch", "loss"), window)
-    xs = np.arange(window, n + 1) if n >= window else steps[:len(ref)]
+    xs = np.arange(window, n + 1) if n >= window else steps[: len(ref)]
     for r in [x for x in runs if x != "torch"]:
-        ax.plot(xs, moving_average(series(result, r, "loss"), window) - ref, color=COLORS[r],
-                lw=1, label=f"{LABELS[r]} - PyTorch")
+        ax.plot(
+            xs,
+            moving_average(series(result, r, "loss"), window) - ref,
+            color=COLORS[r],
+            lw=1,
+            label=f"{LABELS[r]} - PyTorch",
+        )
     ax.axhline(0, color="k", lw=0.5)
-    ax.set(title=f"loss difference, moving average over {window} steps", xlabel="step",
-           ylabel="L - L_torch")
+    ax.set(
+        title=f"loss difference, moving average over {window} steps",
+        xlabel="step",
+        ylabel="L - L_torch",
+    )
     ax.legend(fontsize=8)
     m = result["machine"]
-    fig.suptitle(f"Long-run parity, recipe '{result['recipe']}': convirt vs PyTorch, "
-                 f"{n} steps (BLIS {m['blis_kernel_set']}, torch {m['torch']})")
+    fig.suptitle(
+        f"Long-run parity, recipe '{result['recipe']}': convirt vs PyTorch, "
+        f"{n} steps (BLIS {m['blis_kernel_set']}, torch {m['torch']})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -822,23 +1102,36 @@ def print_summary(result):
     for step, losses in s["loss_at"].items():
         print(f"| {step} | " + " | ".join(f"{losses[r]:.6f}" for r in runs) + " |")
     band = band_runs(result)
-    print("\n| steps | convirt max dev | " + " | ".join(f"{LABELS[r]} max dev" for r in band)
-          + " | ratio to band |")
+    print(
+        "\n| steps | convirt max dev | "
+        + " | ".join(f"{LABELS[r]} max dev" for r in band)
+        + " | ratio to band |"
+    )
     print("|---|---|" + "---|" * len(band) + "---|")
     for w in s["windows"]:
-        print(f"| {w['steps'][0]}-{w['steps'][1]} | {w['convirt']:.2e} | "
-              + " | ".join(f"{w[r]:.2e}" for r in band) + f" | {w['ratio']:.2f} |")
-    print("\nparameters, ||w - w_torch|| / ||w_torch - w_0|| (largest in the window), "
-          "convirt / band:")
+        print(
+            f"| {w['steps'][0]}-{w['steps'][1]} | {w['convirt']:.2e} | "
+            + " | ".join(f"{w[r]:.2e}" for r in band)
+            + f" | {w['ratio']:.2f} |"
+        )
+    print(
+        "\nparameters, ||w - w_torch|| / ||w_torch - w_0|| (largest in the window), "
+        "convirt / band:"
+    )
     print("\n| steps | " + " | ".join(TOWERS) + " |")
     print("|---|" + "---|" * len(TOWERS))
     for row in s["state_windows"]:
-        print(f"| {row['steps'][0]}-{row['steps'][1]} | " + " | ".join(
-            f"{row[t]['convirt']:.2e} / {row[t]['band']:.2e}" for t in TOWERS) + " |")
-    print(f"\nsmoothed loss offset from PyTorch (mean over the last "
-          f"{s['smoothed_offset']['last_points']} points of a {s['smoothed_offset']['window']}"
-          "-step moving average): "
-          + ", ".join(f"{r} {s['smoothed_offset'][r]:+.4f}" for r in runs if r != "torch"))
+        print(
+            f"| {row['steps'][0]}-{row['steps'][1]} | "
+            + " | ".join(f"{row[t]['convirt']:.2e} / {row[t]['band']:.2e}" for t in TOWERS)
+            + " |"
+        )
+    print(
+        f"\nsmoothed loss offset from PyTorch (mean over the last "
+        f"{s['smoothed_offset']['last_points']} points of a {s['smoothed_offset']['window']}"
+        "-step moving average): "
+        + ", ".join(f"{r} {s['smoothed_offset'][r]:+.4f}" for r in runs if r != "torch")
+    )
     sys.stdout.flush()
 
 
@@ -846,26 +1139,40 @@ def print_sync(result):
     checks = [c for c in result.get("sync_checks") or [] if "worst_update_tensors" in c]
     if not checks:
         return
-    print(f"\n### recipe {result['recipe']}: one update from convirt's trained state "
-          "(weights, batch-norm statistics, Adam moments and step)\n")
+    print(
+        f"\n### recipe {result['recipe']}: one update from convirt's trained state "
+        "(weights, batch-norm statistics, Adam moments and step)\n"
+    )
     band = [r for r in checks[0]["loss_deviation"] if r != "convirt"]
-    print("| update | loss: convirt / band | " + " | ".join(
-        f"{t} gradient: convirt / band" for t in TOWERS) + " | " + " | ".join(
-        f"{t} update: convirt / band" for t in TOWERS)
-        + " | tensors beyond band (gradient / update) | worst update: convirt / bound |")
+    print(
+        "| update | loss: convirt / band | "
+        + " | ".join(f"{t} gradient: convirt / band" for t in TOWERS)
+        + " | "
+        + " | ".join(f"{t} update: convirt / band" for t in TOWERS)
+        + " | tensors beyond band (gradient / update) | worst update: convirt / bound |"
+    )
     print("|---|---|" + "---|" * (2 * len(TOWERS)) + "---|---|")
     for c in checks:
-        cells = [(f"{c['loss_deviation']['convirt']:.1e} / "
-                  f"{max(c['loss_deviation'][r] for r in band):.1e}")]
+        cells = [
+            (
+                f"{c['loss_deviation']['convirt']:.1e} / "
+                f"{max(c['loss_deviation'][r] for r in band):.1e}"
+            )
+        ]
         for key in ("gradient_deviation", "update_deviation"):
-            cells += [f"{c[key]['convirt'][t]:.1e} / {max(c[key][r][t] for r in band):.1e}"
-                      for t in TOWERS]
+            cells += [
+                f"{c[key]['convirt'][t]:.1e} / {max(c[key][r][t] for r in band):.1e}"
+                for t in TOWERS
+            ]
         worst = c["worst_update_tensors"][0]
         bound = max(worst["band"], worst["one_ulp"])
-        print(f"| {c['step']} | " + " | ".join(cells)
-              + f" | {c['gradient_tensors_beyond_band']} / "
-              f"{c['update_tensors_beyond_bound']} of {c['tensors']} | {worst['tensor']}: "
-              f"{worst['convirt']:.1e} / {bound:.1e} |")
+        print(
+            f"| {c['step']} | "
+            + " | ".join(cells)
+            + f" | {c['gradient_tensors_beyond_band']} / "
+            f"{c['update_tensors_beyond_bound']} of {c['tensors']} | {worst['tensor']}: "
+            f"{worst['convirt']:.1e} / {bound:.1e} |"
+        )
     sys.stdout.flush()
 
 
@@ -874,21 +1181,40 @@ def main(argv=None):
     parser.add_argument("--recipe", choices=[*RECIPES, "both"], default="both")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 steps")
-    parser.add_argument("--out", default="long_run_parity",
-                        help="prefix of the output files (PREFIX_<recipe>.json/.csv/.png)")
-    parser.add_argument("--no-ulp", action="store_true",
-                        help="leave out the run with every initial weight moved by one ulp")
-    parser.add_argument("--compare-every", type=int, default=10,
-                        help="compare parameters and gradients every so many steps")
-    parser.add_argument("--sync-at", default="10,100,250,500",
-                        help="updates (comma list) before which PyTorch copies convirt's "
-                             "whole state and both take the same one update ('' for none)")
-    parser.add_argument("--sync-only", action="store_true",
-                        help="train convirt alone and run only the synchronised one-update "
-                             "checks (writes PREFIX_<recipe>_sync.json)")
+    parser.add_argument(
+        "--out",
+        default="long_run_parity",
+        help="prefix of the output files (PREFIX_<recipe>.json/.csv/.png)",
+    )
+    parser.add_argument(
+        "--no-ulp",
+        action="store_true",
+        help="leave out the run with every initial weight moved by one ulp",
+    )
+    parser.add_argument(
+        "--compare-every",
+        type=int,
+        default=10,
+        help="compare parameters and gradients every so many steps",
+    )
+    parser.add_argument(
+        "--sync-at",
+        default="10,100,250,500",
+        help="updates (comma list) before which PyTorch copies convirt's "
+        "whole state and both take the same one update ('' for none)",
+    )
+    parser.add_argument(
+        "--sync-only",
+        action="store_true",
+        help="train convirt alone and run only the synchronised one-update "
+        "checks (writes PREFIX_<recipe>_sync.json)",
+    )
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--plot-only", action="store_true",
-                        help="redraw the figure and the summary from PREFIX_<recipe>.json")
+    parser.add_argument(
+        "--plot-only",
+        action="store_true",
+        help="redraw the figure and the summary from PREFIX_<recipe>.json",
+    )
     args = parser.parse_args(argv)
     recipes = list(RECIPES) if args.recipe == "both" else [args.recipe]
     if args.plot_only:
@@ -911,22 +1237,33 @@ def main(argv=None):
     steps = 20 if args.quick else args.steps
     compare_every = 5 if args.quick else args.compare_every
     info = machine()
-    print(f"# Long-run parity: convirt {info['convirt']} (BLIS {info['blis']}, "
-          f"{info['blis_kernel_set']}, {threads} threads) vs PyTorch {info['torch']}; "
-          f"{info['cpu']}")
+    print(
+        f"# Long-run parity: convirt {info['convirt']} (BLIS {info['blis']}, "
+        f"{info['blis_kernel_set']}, {threads} threads) vs PyTorch {info['torch']}; "
+        f"{info['cpu']}"
+    )
     sync_at = {int(k) for k in args.sync_at.split(",") if k.strip()}
     if args.quick:
         sync_at = {5, 20}
     for name in recipes:
         prefix = f"{args.out}_{name}" + ("_sync" if args.sync_only else "")
-        result = run_recipe(name, steps, prefix, ulp=not args.no_ulp,
-                            compare_every=compare_every, sync_at=sync_at,
-                            free_runs=not args.sync_only)
+        result = run_recipe(
+            name,
+            steps,
+            prefix,
+            ulp=not args.no_ulp,
+            compare_every=compare_every,
+            sync_at=sync_at,
+            free_runs=not args.sync_only,
+        )
         if not args.sync_only:
             print_summary(result)
         print_sync(result)
-        print(f"wrote {prefix}.json, .csv" + ("" if args.sync_only else ", .png")
-              + f" ({result['wall_minutes']:.1f} min)")
+        print(
+            f"wrote {prefix}.json, .csv"
+            + ("" if args.sync_only else ", .png")
+            + f" ({result['wall_minutes']:.1f} min)"
+        )
 
 
 if __name__ == "__main__":
