@@ -102,7 +102,14 @@ RECIPES = {
     },
 }
 TOWERS = ("image", "text", "heads")
-BATCH_ORDER = "convirt.loader.BatchLoader: default_rng([seed, epoch]), batches sorted"
+BATCH_ORDERS = {
+    # Trainer.fit's: convirt.loader.BatchLoader, a permutation per (seed, epoch), the
+    # indices inside each batch sorted.
+    "loader": "convirt.loader.BatchLoader: default_rng([seed, epoch]), batches sorted",
+    # The order the script used before BatchLoader existed (docs/long_run_parity_paper.*
+    # were made with it): default_rng([seed, epoch, 0x5EED]), batches unsorted.
+    "legacy": "default_rng([seed, epoch, 0x5EED]), batches unsorted",
+}
 FLOAT32_EPS = 2.0**-23
 MILESTONES = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 WINDOWS = ((1, 1), (2, 10), (11, 100), (101, 250), (251, 500), (501, 1000))
@@ -599,6 +606,123 @@ def machine():
     }
 
 
+def load_data(recipe):
+    data = synthetic_cxr(
+        recipe["train"],
+        size=recipe["image_size"],
+        seed=recipe["data_seed"],
+        difficulty=recipe["difficulty"],
+    )
+    texts = list(data.reports) if recipe["text"] == "report" else impressions(data.reports)
+    return data.images, texts
+
+
+def batch_plan(recipe, images, texts, order="loader"):
+    """step -> (uint8 batch, its sentences): the batches in the given order (see
+    BATCH_ORDERS), the sentences drawn by convirt's sampler from (seed, step, index)."""
+    if order not in BATCH_ORDERS:
+        raise ValueError(f"batch order must be one of {list(BATCH_ORDERS)}")
+    loader = BatchLoader(
+        _Pairs(images, texts),
+        batch_size=recipe["batch_size"],
+        seed=recipe["seed"],
+        prefetch=False,
+    )
+    n_batches, cache = len(loader), {}
+
+    def batches(epoch):
+        if epoch not in cache:
+            cache.clear()
+            if order == "loader":
+                cache[epoch] = loader.batch_indices(epoch)
+            else:
+                perm = np.random.default_rng([recipe["seed"], epoch, 0x5EED]).permutation(
+                    len(images)
+                )
+                size = recipe["batch_size"]
+                cache[epoch] = [perm[b * size : (b + 1) * size] for b in range(n_batches)]
+        return cache[epoch]
+
+    def batch_at(step):
+        epoch, b = divmod(step, n_batches)
+        idx = batches(epoch)[b]
+        sentences = sample_sentences(
+            [texts[i] for i in idx],
+            seed=recipe["seed"],
+            step=step,
+            indices=[int(i) for i in idx],
+        )
+        return np.ascontiguousarray(images[idx]), sentences
+
+    return batch_at
+
+
+def perturb_encoder(encoder, seed):
+    """Every parameter (not the batch-norm statistics) moved by one float32 ulp, up or
+    down at random: torch_ulp's perturbation, applied to convirt's own weights."""
+    rng = np.random.default_rng(seed)
+    flat = encoder.flat_parameters
+    for name, shape, offset, size, is_buffer, frozen, layout in encoder.tensor_table:
+        if is_buffer:
+            continue
+        view = flat[offset : offset + size]
+        up = rng.random(size) < 0.5
+        view[...] = np.nextafter(view, np.where(up, np.inf, -np.inf)).astype(np.float32)
+
+
+def run_convirt_member(name, steps, out_prefix, member, *, batch_order="loader", log=print):
+    """convirt alone on the recipe's batches, views and sentences: member 'none' from
+    the same initial weights as every other run (a replay: with the same batch order it
+    must give convirt's losses of the main run bit for bit), member k (an integer) from
+    those weights moved by one ulp (seed k). Per step: the loss and the gradient norm of
+    each tower, in PREFIX_<recipe>_convirt_<member>.json. Cheap members of a convirt
+    ensemble, to set beside the PyTorch runs."""
+    recipe = RECIPES[name]
+    log(f"## recipe {name}: convirt member {member}, {steps} steps")
+    images, texts = load_data(recipe)
+    trainer = build_convirt(recipe)
+    if member != "none":
+        perturb_encoder(trainer.image_encoder, 2 * int(member))
+        perturb_encoder(trainer.text_encoder, 2 * int(member) + 1)
+    batch_at = batch_plan(recipe, images, texts, batch_order)
+    records, started = [], time.time()
+    result = {
+        "recipe": name,
+        "config": recipe,
+        "steps": steps,
+        "member": member,
+        "batch_order": BATCH_ORDERS[batch_order],
+        "machine": machine(),
+        "records": records,
+    }
+    path = f"{out_prefix}_convirt_{member}.json"
+    for step in range(steps):
+        batch, sentences = batch_at(step)
+        metrics = trainer.step(batch, sentences, sample_sentence=False)
+        norms = tower_norms(convirt_gradients(trainer))
+        records.append(
+            {
+                "step": step + 1,
+                "loss": metrics["loss"],
+                "image_to_text": metrics["image_to_text"],
+                "text_to_image": metrics["text_to_image"],
+                **{f"grad_{t}": norms[t] for t in TOWERS},
+            }
+        )
+        done = step + 1
+        if done % 25 == 0 or done == steps:
+            result["seconds"] = time.time() - started
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(result, f, indent=1)
+            os.replace(tmp, path)
+            log(
+                f"step {done:4d}: convirt member {member} loss {metrics['loss']:.5f} "
+                f"({(time.time() - started) / 60:.1f} min)"
+            )
+    return result
+
+
 def run_recipe(
     name,
     steps,
@@ -608,6 +732,7 @@ def run_recipe(
     compare_every=10,
     sync_at=(),
     free_runs=True,
+    batch_order="loader",
     log=print,
 ):
     """Train convirt for `steps` steps beside the free-running PyTorch runs (unless
@@ -618,14 +743,7 @@ def run_recipe(
     recipe = RECIPES[name]
     torch.manual_seed(0)
     log(f"## recipe {name}: {steps} steps; {json.dumps(recipe)}")
-    data = synthetic_cxr(
-        recipe["train"],
-        size=recipe["image_size"],
-        seed=recipe["data_seed"],
-        difficulty=recipe["difficulty"],
-    )
-    texts = list(data.reports) if recipe["text"] == "report" else impressions(data.reports)
-    images = data.images
+    images, texts = load_data(recipe)
 
     trainer = build_convirt(recipe)
 
@@ -646,16 +764,7 @@ def run_recipe(
     names = ["convirt", *runs]
     sync_checks = []
 
-    # The batches of Trainer.fit: convirt.loader.BatchLoader's order, a permutation per
-    # (seed, epoch), the indices inside each batch sorted.
-    loader = BatchLoader(
-        _Pairs(images, texts),
-        batch_size=recipe["batch_size"],
-        seed=recipe["seed"],
-        prefetch=False,
-    )
-    n_batches = len(loader)
-    epoch_batches = {}
+    batch_at = batch_plan(recipe, images, texts, batch_order)
     records = {run: [] for run in names}
     state_dev, grad_dev, tensor_dev, pairwise = [], [], {}, []
     seconds = dict.fromkeys(names, 0.0)
@@ -673,21 +782,10 @@ def run_recipe(
         "pairwise_distance": pairwise,
         "sync_checks": sync_checks,
         "seconds": seconds,
-        "batch_order": BATCH_ORDER,
+        "batch_order": BATCH_ORDERS[batch_order],
     }
     for step in range(steps):
-        epoch, b = divmod(step, n_batches)
-        if epoch not in epoch_batches:
-            epoch_batches.clear()
-            epoch_batches[epoch] = loader.batch_indices(epoch)
-        idx = epoch_batches[epoch][b]
-        sentences = sample_sentences(
-            [texts[i] for i in idx],
-            seed=recipe["seed"],
-            step=step,
-            indices=[int(i) for i in idx],
-        )
-        batch = np.ascontiguousarray(images[idx])
+        batch, sentences = batch_at(step)
         synced = None
         if step + 1 in sync_at:
             synced = torch_runs()
@@ -871,12 +969,42 @@ def summarize(result):
         r: float(np.mean(series(result, r, "loss")[-100:])) for r in result["runs"]
     }
     out["max_loss_ratio"] = max(w["ratio"] for w in out["windows"])
+    out["mean_windows"] = mean_windows(result)
     out["state_windows"] = state_windows(result)
     out["tensor_milestones"] = tensor_milestones(result)
     out["step_1_relative_deviation"] = float(
         relative_deviations(result, "loss")["convirt"][0]
     )
     return out
+
+
+MEAN_WINDOWS = ((1, 10), (11, 100), (101, 200), (201, 300), (301, 400), (401, 500))
+
+
+def mean_windows(result):
+    """Per window of steps: the mean loss and the mean gradient norm of each tower, for
+    every run and every convirt-alone member (result['members'], if any): where the
+    trajectories stand once they have decorrelated, convirt's among PyTorch's."""
+    records = dict(result["records"])
+    for member, recs in (result.get("members") or {}).items():
+        records[f"convirt_{member}"] = recs
+    rows, n = [], len(result["records"]["convirt"])
+    for lo, hi in MEAN_WINDOWS:
+        if lo > n:
+            break
+        hi = min(hi, n)
+        row = {"steps": [lo, hi], "runs": {}}
+        for run, recs in records.items():
+            part = recs[lo - 1 : hi]
+            if len(part) < hi - lo + 1:  # a member that has not reached the window's end
+                continue
+            row["runs"][run] = {
+                key: float(np.mean([r[key] for r in part]))
+                for key in ["loss"] + [f"grad_{t}" for t in TOWERS]
+            }
+        if row["runs"]:
+            rows.append(row)
+    return rows
 
 
 def state_windows(result):
@@ -926,6 +1054,21 @@ def tensor_milestones(result):
     return out
 
 
+def load_members(result, prefix):
+    """{member: records} of the convirt-alone runs (PREFIX_convirt_<member>.json) made
+    with the result's batch order (a result without one used the legacy order)."""
+    import glob
+
+    order = result.get("batch_order", BATCH_ORDERS["legacy"])
+    members = {}
+    for path in sorted(glob.glob(f"{prefix}_convirt_*.json")):
+        with open(path) as f:
+            member = json.load(f)
+        if member.get("batch_order") == order and member["records"]:
+            members[str(member["member"])] = member["records"]
+    return members
+
+
 def write_outputs(result, prefix):
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     tmp = prefix + ".json.tmp"
@@ -956,140 +1099,284 @@ LABELS = {
 }
 
 
+def running_max(x, window):
+    """max of x over the last `window` steps (a readable envelope of a noisy series)."""
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        out[i] = np.max(x[max(0, i - window + 1) : i + 1])
+    return out
+
+
 def plot(result, path):
+    """Three rows: the loss (smoothed curves of every run with the PyTorch runs'
+    envelope, the smoothed difference from PyTorch, the per-step deviation against the
+    band); the gradient norm of each tower (image backbone, trainable text layers,
+    projection heads), smoothed, every run; the parameters' deviation per tower, the
+    synchronised one-update checks and each run's smoothed gradient norm relative to
+    PyTorch's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs, n = result["runs"], len(result["records"]["convirt"])
+    band = band_runs(result)
+    torch_like = [r for r in runs if r != "convirt"]
+    others = [r for r in runs if r != "torch"]
     steps = np.arange(1, n + 1)
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
-    ax = axes[0, 0]
     window = min(25, n)
+    xs = np.arange(window, n + 1)
+    floor = 1e-9
+
+    def smooth(run, key):
+        return moving_average(series(result, run, key), window)
+
+    # convirt-alone members (other initial rounding of convirt's own weights), drawn
+    # as far as they have got
+    members = {
+        m: recs for m, recs in (result.get("members") or {}).items() if len(recs) >= window
+    }
+
+    def draw_members(ax, key):
+        for i, (member, recs) in enumerate(sorted(members.items())):
+            y = moving_average(np.array([r[key] for r in recs[:n]], np.float64), window)
+            label = (
+                "convirt replay (same weights)"
+                if member == "none"
+                else f"convirt, weights +-1 ulp (seed {member})"
+            )
+            ax.plot(
+                xs[: len(y)],
+                y,
+                color="C3",
+                lw=1.1,
+                ls=("--", ":", "-.")[i % 3],
+                label=label,
+            )
+
+    def envelope(ax, key, label="range of the PyTorch runs"):
+        curves = np.array([smooth(r, key) for r in torch_like])
+        ax.fill_between(xs, curves.min(0), curves.max(0), color="0.8", lw=0, label=label)
+
+    fig, axes = plt.subplots(3, 3, figsize=(18, 14))
+
+    # (a) the loss, smoothed, every run, with the PyTorch runs' envelope
+    ax = axes[0, 0]
+    envelope(ax, "loss")
     for r in runs:
-        ax.plot(steps, series(result, r, "loss"), color=COLORS[r], lw=0.5, alpha=0.35)
         ax.plot(
-            np.arange(window, n + 1),
-            moving_average(series(result, r, "loss"), window),
+            xs,
+            smooth(r, "loss"),
             color=COLORS[r],
-            lw=1.5,
+            lw=1.6 if r == "convirt" else 1.1,
             label=LABELS[r],
         )
+    draw_members(ax, "loss")
+    lo, hi = (
+        np.min([smooth(r, "loss") for r in runs]),
+        np.max([smooth(r, "loss") for r in runs]),
+    )
+    pad = 0.15 * (hi - lo) + 1e-4
+    ax.set_ylim(lo - 3 * pad, hi + 3 * pad)
     ax.set(
-        title=f"training loss (per step, faint; moving average over {window} steps)",
+        title=f"(a) training loss ({window}-step moving average)",
         xlabel="step",
         ylabel="loss",
     )
     ax.legend(fontsize=8)
 
+    # (b) the smoothed loss minus PyTorch's
     ax = axes[0, 1]
-    for tower, style in zip(TOWERS, ("-", "--", ":")):
-        for r in ("convirt", "torch"):
-            ax.plot(
-                steps,
-                series(result, r, f"grad_{tower}"),
-                color=COLORS[r],
-                ls=style,
-                lw=0.8,
-                alpha=0.8,
-                label=f"{LABELS[r]}: {tower}",
-            )
-    ax.set(
-        title="gradient norm per tower (image backbone, trainable text, heads)",
-        xlabel="step",
-        ylabel="||grad||",
-        yscale="log",
-    )
-    ax.legend(fontsize=7, ncol=2)
-
-    ax = axes[0, 2]
-    devs = relative_deviations(result, "loss")
-    floor = 1e-9
-    for r in [x for x in runs if x != "torch"]:
-        ax.plot(
-            steps,
-            np.maximum(devs[r], floor),
-            color=COLORS[r],
-            lw=0.8,
-            alpha=0.9 if r == "convirt" else 0.6,
-            label=f"|{LABELS[r]} - PyTorch|",
-        )
-    ax.set(
-        title="loss: relative deviation from PyTorch",
-        xlabel="step",
-        ylabel="|L - L_torch| / L_torch",
-        yscale="log",
-    )
-    ax.legend(fontsize=8)
-
-    ax = axes[1, 0]
-    for tower, style in zip(TOWERS, ("-", "--", ":")):
-        d = relative_deviations(result, f"grad_{tower}")
-        for r in [x for x in runs if x != "torch"]:
-            ax.plot(
-                steps,
-                np.maximum(d[r], floor),
-                color=COLORS[r],
-                ls=style,
-                lw=0.7,
-                alpha=0.8,
-                label=f"{LABELS[r]}: {tower}",
-            )
-    ax.set(
-        title="gradient norms: relative deviation from PyTorch", xlabel="step", yscale="log"
-    )
-    ax.legend(fontsize=6, ncol=2)
-
-    ax = axes[1, 1]
-    dev = result["state_deviation"]
-    if dev:
-        s = [d["step"] for d in dev]
-        for tower, style in zip(TOWERS, ("-", "--", ":")):
-            for r in [x for x in runs if x != "torch"]:
-                ax.plot(
-                    s,
-                    [max(d[r][tower], floor) for d in dev],
-                    color=COLORS[r],
-                    ls=style,
-                    marker=".",
-                    ms=3,
-                    lw=0.8,
-                    label=f"{LABELS[r]}: {tower}",
-                )
-    ax.set(
-        title="parameters: ||w - w_torch|| / ||w_torch - w_0|| per tower",
-        xlabel="step",
-        yscale="log",
-    )
-    ax.legend(fontsize=6, ncol=2)
-
-    ax = axes[1, 2]
-    window = min(25, n)
-    ref = moving_average(series(result, "torch", "loss"), window)
-    xs = np.arange(window, n + 1) if n >= window else steps[: len(ref)]
-    for r in [x for x in runs if x != "torch"]:
+    ref = smooth("torch", "loss")
+    diffs = {r: smooth(r, "loss") - ref for r in others}
+    if band:
+        b_lo = np.min([diffs[r] for r in band] + [np.zeros_like(ref)], axis=0)
+        b_hi = np.max([diffs[r] for r in band] + [np.zeros_like(ref)], axis=0)
+        ax.fill_between(xs, b_lo, b_hi, color="0.8", lw=0, label="band (PyTorch runs)")
+    for r in others:
         ax.plot(
             xs,
-            moving_average(series(result, r, "loss"), window) - ref,
+            diffs[r],
             color=COLORS[r],
-            lw=1,
+            lw=1.6 if r == "convirt" else 0.9,
             label=f"{LABELS[r]} - PyTorch",
         )
     ax.axhline(0, color="k", lw=0.5)
     ax.set(
-        title=f"loss difference, moving average over {window} steps",
+        title=f"(b) loss minus PyTorch's ({window}-step moving average)",
         xlabel="step",
         ylabel="L - L_torch",
     )
     ax.legend(fontsize=8)
+
+    # (c) per-step relative deviation of the loss, convirt against the band
+    ax = axes[0, 2]
+    devs = relative_deviations(result, "loss")
+    w = 10
+    if band:
+        widest = np.max([devs[r] for r in band], axis=0)
+        ax.fill_between(
+            steps,
+            floor,
+            np.maximum(running_max(widest, w), floor),
+            color="0.8",
+            lw=0,
+            label="band: max over the PyTorch runs",
+        )
+        for r in band:
+            ax.plot(
+                steps,
+                np.maximum(running_max(devs[r], w), floor),
+                color=COLORS[r],
+                lw=0.7,
+                alpha=0.8,
+                label=f"|{LABELS[r]} - PyTorch|",
+            )
+    ax.plot(
+        steps,
+        np.maximum(running_max(devs["convirt"], w), floor),
+        color=COLORS["convirt"],
+        lw=1.4,
+        label="|convirt - PyTorch|",
+    )
+    ax.set(
+        title=f"(c) |L - L_torch| / L_torch (max over {w} steps)",
+        xlabel="step",
+        yscale="log",
+    )
+    ax.legend(fontsize=8, loc="lower right")
+
+    # (d-f) the gradient norm of each tower
+    names = {
+        "image": "image backbone (ResNet-18)",
+        "text": "text, trainable layers",
+        "heads": "both projection heads",
+    }
+    for i, tower in enumerate(TOWERS):
+        ax = axes[1, i]
+        key = f"grad_{tower}"
+        envelope(ax, key)
+        ax.plot(
+            steps,
+            series(result, "convirt", key),
+            color=COLORS["convirt"],
+            lw=0.4,
+            alpha=0.25,
+            label="convirt, per step",
+        )
+        for r in runs:
+            ax.plot(
+                xs,
+                smooth(r, key),
+                color=COLORS[r],
+                lw=1.6 if r == "convirt" else 1.1,
+                label=LABELS[r],
+            )
+        draw_members(ax, key)
+        ax.set(
+            title=f"({'def'[i]}) gradient norm: {names[tower]}",
+            xlabel="step",
+            ylabel="||grad||",
+            yscale="log",
+        )
+        ax.legend(fontsize=8)
+
+    # (g) parameters: distance from the PyTorch run per tower, convirt against the band
+    ax = axes[2, 0]
+    dev = result["state_deviation"]
+    if dev:
+        s = [d["step"] for d in dev]
+        for tower, color in zip(TOWERS, ("C0", "C2", "C4")):
+            ax.plot(
+                s,
+                [max(d["convirt"][tower], floor) for d in dev],
+                color=color,
+                lw=1.5,
+                label=f"convirt: {tower}",
+            )
+            if band:
+                ax.plot(
+                    s,
+                    [max(max(d[r][tower] for r in band), floor) for d in dev],
+                    color=color,
+                    ls="--",
+                    lw=1,
+                    label=f"band (widest): {tower}",
+                )
+    ax.set(
+        title="(g) parameters: ||w - w_torch|| / ||w_torch - w_0||",
+        xlabel="step",
+        yscale="log",
+    )
+    ax.legend(fontsize=8, ncol=2)
+
+    # (h) the synchronised one-update checks
+    ax = axes[2, 1]
+    checks = result.get("sync_checks") or []
+    if checks:
+        labels, ours, widest = [], [], []
+        for c in checks:
+            c_band = [r for r in c["gradient_deviation"] if r != "convirt"]
+            for key, short in (("gradient_deviation", "grad"), ("update_deviation", "upd")):
+                for tower in TOWERS:
+                    labels.append(f"{short} {tower}")
+                    ours.append(max(c[key]["convirt"][tower], floor))
+                    widest.append(max(max(c[key][r][tower] for r in c_band), floor))
+        x = np.arange(len(labels))
+        ax.bar(x - 0.2, widest, 0.4, color="0.7", label="band: widest PyTorch run")
+        ax.bar(x + 0.2, ours, 0.4, color=COLORS["convirt"], label="convirt")
+        ax.set_xticks(x, labels, fontsize=7, rotation=90)
+        ax.set(yscale="log", ylabel="||x - x_torch|| / ||x_torch||")
+        per = 2 * len(TOWERS)
+        for k, c in enumerate(checks):
+            if k:
+                ax.axvline(k * per - 0.5, color="k", lw=0.6)
+            ax.text(
+                k * per + per / 2 - 0.5,
+                1.02,
+                f"update {c['step']}",
+                ha="center",
+                va="bottom",
+                transform=ax.get_xaxis_transform(),
+                fontsize=9,
+            )
+        ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("(h) one update from convirt's state: gradient, update", pad=16)
+
+    # (i) each run's smoothed gradient norm relative to PyTorch's
+    from matplotlib.lines import Line2D
+
+    ax = axes[2, 2]
+    styles = dict(zip(TOWERS, ("-", "--", ":")))
+    for tower in TOWERS:
+        ref = smooth("torch", f"grad_{tower}")
+        for r in others:
+            ax.plot(
+                xs,
+                smooth(r, f"grad_{tower}") / ref,
+                color=COLORS[r],
+                ls=styles[tower],
+                lw=1.4 if r == "convirt" else 0.9,
+            )
+    ax.axhline(1, color="k", lw=0.5)
+    handles = [Line2D([], [], color=COLORS[r], label=LABELS[r]) for r in others] + [
+        Line2D([], [], color="k", ls=styles[t], label=t) for t in TOWERS
+    ]
+    ax.legend(handles=handles, fontsize=8, ncol=2)
+    ax.set(
+        title="(i) gradient norm / PyTorch's (moving averages)",
+        xlabel="step",
+    )
+
     m = result["machine"]
     fig.suptitle(
-        f"Long-run parity, recipe '{result['recipe']}': convirt vs PyTorch, "
-        f"{n} steps (BLIS {m['blis_kernel_set']}, torch {m['torch']})"
+        f"Long-run parity, recipe '{result['recipe']}': convirt against PyTorch, "
+        f"{n} of {result['steps']} steps (BLIS {m['blis_kernel_set']}, "
+        f"{m['threads']} threads, torch {m['torch']})",
+        fontsize=13,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -1126,6 +1413,19 @@ def print_summary(result):
             + " | ".join(f"{row[t]['convirt']:.2e} / {row[t]['band']:.2e}" for t in TOWERS)
             + " |"
         )
+    for key in ["loss"] + [f"grad_{t}" for t in TOWERS]:
+        names = [r for r in s["mean_windows"][0]["runs"]] if s["mean_windows"] else []
+        print(f"\nmean {key} per window of steps\n")
+        print("| steps | " + " | ".join(LABELS.get(r, r) for r in names) + " |")
+        print("|---|" + "---|" * len(names))
+        for row in s["mean_windows"]:
+            print(
+                f"| {row['steps'][0]}-{row['steps'][1]} | "
+                + " | ".join(
+                    f"{row['runs'][r][key]:.4f}" if r in row["runs"] else "-" for r in names
+                )
+                + " |"
+            )
     print(
         f"\nsmoothed loss offset from PyTorch (mean over the last "
         f"{s['smoothed_offset']['last_points']} points of a {s['smoothed_offset']['window']}"
@@ -1136,7 +1436,7 @@ def print_summary(result):
 
 
 def print_sync(result):
-    checks = [c for c in result.get("sync_checks") or [] if "worst_update_tensors" in c]
+    checks = result.get("sync_checks") or []
     if not checks:
         return
     print(
@@ -1164,13 +1464,20 @@ def print_sync(result):
                 f"{c[key]['convirt'][t]:.1e} / {max(c[key][r][t] for r in band):.1e}"
                 for t in TOWERS
             ]
-        worst = c["worst_update_tensors"][0]
-        bound = max(worst["band"], worst["one_ulp"])
+        if "worst_update_tensors" in c:
+            worst = c["worst_update_tensors"][0]
+            bound = max(worst["band"], worst["one_ulp"])
+            beyond = (
+                f"{c['gradient_tensors_beyond_band']} / {c['update_tensors_beyond_bound']}"
+            )
+        else:  # an earlier version's record: updates against the band alone
+            worst = c["worst_tensors"][0]
+            bound = worst["band"]
+            beyond = f"- / {c['tensors_beyond_band']} (band only)"
         print(
             f"| {c['step']} | "
             + " | ".join(cells)
-            + f" | {c['gradient_tensors_beyond_band']} / "
-            f"{c['update_tensors_beyond_bound']} of {c['tensors']} | {worst['tensor']}: "
+            + f" | {beyond} of {c['tensors']} | {worst['tensor']}: "
             f"{worst['convirt']:.1e} / {bound:.1e} |"
         )
     sys.stdout.flush()
@@ -1209,6 +1516,20 @@ def main(argv=None):
         help="train convirt alone and run only the synchronised one-update "
         "checks (writes PREFIX_<recipe>_sync.json)",
     )
+    parser.add_argument(
+        "--batch-order",
+        choices=list(BATCH_ORDERS),
+        default="loader",
+        help="'loader': Trainer.fit's (BatchLoader); 'legacy': the order "
+        "docs/long_run_parity_paper.* were made with",
+    )
+    parser.add_argument(
+        "--convirt-members",
+        default=None,
+        help="train convirt alone, as members of a convirt ensemble (comma list: "
+        "'none' for a replay from the same weights, k for weights moved by one ulp with "
+        "seed k); writes PREFIX_<recipe>_convirt_<member>.json, which --plot-only draws",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--plot-only",
@@ -1221,6 +1542,7 @@ def main(argv=None):
         for name in recipes:
             with open(f"{args.out}_{name}.json") as f:
                 result = json.load(f)
+            result["members"] = load_members(result, f"{args.out}_{name}")
             result["summary"] = summarize(result)
             plot(result, f"{args.out}_{name}.png")
             print_summary(result)
@@ -1242,6 +1564,17 @@ def main(argv=None):
         f"{info['blis_kernel_set']}, {threads} threads) vs PyTorch {info['torch']}; "
         f"{info['cpu']}"
     )
+    if args.convirt_members:
+        for name in recipes:
+            for member in args.convirt_members.split(","):
+                run_convirt_member(
+                    name,
+                    steps,
+                    f"{args.out}_{name}",
+                    member.strip(),
+                    batch_order=args.batch_order,
+                )
+        return
     sync_at = {int(k) for k in args.sync_at.split(",") if k.strip()}
     if args.quick:
         sync_at = {5, 20}
@@ -1255,6 +1588,7 @@ def main(argv=None):
             compare_every=compare_every,
             sync_at=sync_at,
             free_runs=not args.sync_only,
+            batch_order=args.batch_order,
         )
         if not args.sync_only:
             print_summary(result)
