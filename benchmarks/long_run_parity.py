@@ -970,11 +970,52 @@ def summarize(result):
     }
     out["max_loss_ratio"] = max(w["ratio"] for w in out["windows"])
     out["mean_windows"] = mean_windows(result)
+    out["smoothed_grad_windows"] = smoothed_grad_windows(result)
     out["state_windows"] = state_windows(result)
     out["tensor_milestones"] = tensor_milestones(result)
     out["step_1_relative_deviation"] = float(
         relative_deviations(result, "loss")["convirt"][0]
     )
+    return out
+
+
+def smoothed_grad_windows(result, window=25):
+    """Per tower and window of steps, on 25-step moving averages of the gradient norm:
+    the largest |g_run / g_torch - 1| of convirt and of each band run (the band
+    definition applied to the smoothed norms), and the share of the window's points
+    where convirt is below or above the range of all PyTorch runs."""
+    n = len(result["records"]["convirt"])
+    if n < window:
+        return []
+    band = band_runs(result)
+    torch_like = [r for r in result["runs"] if r != "convirt"]
+    out = []
+    for tower in TOWERS:
+        key = f"grad_{tower}"
+        sm = {r: moving_average(series(result, r, key), window) for r in result["runs"]}
+        lo = np.min([sm[r] for r in torch_like], axis=0)
+        hi = np.max([sm[r] for r in torch_like], axis=0)
+        rows = []
+        for a, b in WINDOWS:
+            # point i of the moving average ends at step i + window
+            sl = slice(max(a - window, 0), max(min(b, n) - window + 1, 0))
+            if a > n or sl.stop <= sl.start:
+                continue
+            dev = {
+                r: float(np.max(np.abs(sm[r][sl] / sm["torch"][sl] - 1)))
+                for r in sm
+                if r != "torch"
+            }
+            rows.append(
+                {
+                    "steps": [max(a, window), min(b, n)],
+                    **dev,
+                    "ratio": dev["convirt"] / max(max(dev[r] for r in band), FLOAT32_EPS),
+                    "convirt_below_range": float(np.mean(sm["convirt"][sl] < lo[sl])),
+                    "convirt_above_range": float(np.mean(sm["convirt"][sl] > hi[sl])),
+                }
+            )
+        out.append({"tower": tower, "rows": rows})
     return out
 
 
@@ -1413,6 +1454,25 @@ def print_summary(result):
             + " | ".join(f"{row[t]['convirt']:.2e} / {row[t]['band']:.2e}" for t in TOWERS)
             + " |"
         )
+    print(
+        "\ngradient norm per tower, 25-step moving averages: largest |g / g_torch - 1| "
+        "(convirt / widest band run) and the share of points with convirt below / above "
+        "the PyTorch runs' range\n"
+    )
+    print("| steps | " + " | ".join(TOWERS) + " |")
+    print("|---|" + "---|" * len(TOWERS))
+    towers = s["smoothed_grad_windows"]
+    for i in range(len(towers[0]["rows"]) if towers else 0):
+        cells = []
+        for t in towers:
+            row = t["rows"][i]
+            widest = max(row[r] for r in band)
+            cells.append(
+                f"{row['convirt']:.3f} / {widest:.3f} ({row['convirt_below_range']:.0%} "
+                f"below, {row['convirt_above_range']:.0%} above)"
+            )
+        steps = towers[0]["rows"][i]["steps"]
+        print(f"| {steps[0]}-{steps[1]} | " + " | ".join(cells) + " |")
     for key in ["loss"] + [f"grad_{t}" for t in TOWERS]:
         names = [r for r in s["mean_windows"][0]["runs"]] if s["mean_windows"] else []
         print(f"\nmean {key} per window of steps\n")
