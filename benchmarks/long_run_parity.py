@@ -7,6 +7,13 @@ what it measured and decides nothing by itself.
     python benchmarks/long_run_parity.py --recipe paper --steps 500 --out docs/long_run_parity
     python benchmarks/long_run_parity.py --quick            # 20 steps of each recipe
     python benchmarks/long_run_parity.py --plot-only --out docs/long_run_parity
+    # convirt alone from the same weights moved by one ulp (seeds 1, 2): more convirt
+    # trajectories to set beside the PyTorch runs (PREFIX_<recipe>_convirt_<k>.json)
+    python benchmarks/long_run_parity.py --recipe paper --convirt-members 1,2 \
+        --batch-order legacy --steps 450 --out docs/long_run_parity
+
+The JSON (and CSV) are rewritten every 25 steps, so an interrupted run leaves its data
+up to there and --plot-only draws it. docs/LONG_RUN_PARITY.md reports the results.
 
 Runs, all from the same initial weights (convirt's, copied into PyTorch), on the same
 batches in the same order, the same augmented views (made once, by convirt's
