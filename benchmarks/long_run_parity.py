@@ -113,9 +113,10 @@ BATCH_ORDERS = {
     # Trainer.fit's: convirt.loader.BatchLoader, a permutation per (seed, epoch), the
     # indices inside each batch sorted.
     "loader": "convirt.loader.BatchLoader: default_rng([seed, epoch]), batches sorted",
-    # The order the script used before BatchLoader existed (docs/long_run_parity_paper.*
-    # were made with it): default_rng([seed, epoch, 0x5EED]), batches unsorted.
-    "legacy": "default_rng([seed, epoch, 0x5EED]), batches unsorted",
+    # The order and sentence draw the script had before the package was reorganised
+    # (docs/long_run_parity_paper.* were made with them): default_rng([seed, epoch,
+    # 0x5EED]), batches unsorted; legacy_sample_sentences.
+    "legacy": "default_rng([seed, epoch, 0x5EED]), batches unsorted, legacy sentences",
 }
 FLOAT32_EPS = 2.0**-23
 MILESTONES = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
@@ -624,6 +625,38 @@ def load_data(recipe):
     return data.images, texts
 
 
+_MASK64 = (1 << 64) - 1
+_SENTENCE_STREAM = 0x53454E54454E4345
+
+
+def _mix64(x):
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def legacy_sample_sentences(reports, seed, step, indices):
+    """The sentence draw of convirt.text.sample_sentences before the package was
+    reorganised (a Python counter-based uniform of (seed, mix64(step ^ tag), index)
+    over the same candidate sentences), which docs/long_run_parity_paper.* were made
+    with; the current sampler draws convirt._core.random_uniform(seed ^ tag, step,
+    index) instead, so the same (seed, step, index) picks other sentences."""
+    from convirt.reports import candidate_sentences
+
+    stream = _mix64((int(step) ^ _SENTENCE_STREAM) & _MASK64)
+    out = []
+    for report, index in zip(reports, indices):
+        sentences = candidate_sentences(report)
+        x = _mix64((int(seed) + 0x9E3779B97F4A7C15) & _MASK64)
+        x = _mix64(x ^ ((stream + 0x632BE59BD9B4E019) & _MASK64))
+        x = _mix64(x ^ ((int(index) * 0x9E3779B97F4A7C15 + 0x85EBCA6B0BD5D4C1) & _MASK64))
+        u = (x >> 11) * 2.0**-53
+        out.append(sentences[min(int(u * len(sentences)), len(sentences) - 1)])
+    return out
+
+
 def batch_plan(recipe, images, texts, order="loader"):
     """step -> (uint8 batch, its sentences): the batches in the given order (see
     BATCH_ORDERS), the sentences drawn by convirt's sampler from (seed, step, index)."""
@@ -653,7 +686,8 @@ def batch_plan(recipe, images, texts, order="loader"):
     def batch_at(step):
         epoch, b = divmod(step, n_batches)
         idx = batches(epoch)[b]
-        sentences = sample_sentences(
+        sample = sample_sentences if order == "loader" else legacy_sample_sentences
+        sentences = sample(
             [texts[i] for i in idx],
             seed=recipe["seed"],
             step=step,
