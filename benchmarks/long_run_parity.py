@@ -708,7 +708,10 @@ def perturb_encoder(encoder, seed):
             continue
         view = flat[offset : offset + size]
         up = rng.random(size) < 0.5
-        view[...] = np.nextafter(view, np.where(up, np.inf, -np.inf)).astype(np.float32)
+        # float32 targets: with a float64 one, nextafter steps one float64 ulp, which
+        # rounds back to the same float32
+        target = np.where(up, np.float32(np.inf), np.float32(-np.inf)).astype(np.float32)
+        view[...] = np.nextafter(view, target)
 
 
 def run_convirt_member(name, steps, out_prefix, member, *, batch_order="loader", log=print):
