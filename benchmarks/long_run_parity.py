@@ -1015,6 +1015,7 @@ def summarize(result):
     out["max_loss_ratio"] = max(w["ratio"] for w in out["windows"])
     out["mean_windows"] = mean_windows(result)
     out["smoothed_grad_windows"] = smoothed_grad_windows(result)
+    out["replay"] = replay_check(result)
     out["state_windows"] = state_windows(result)
     out["tensor_milestones"] = tensor_milestones(result)
     out["step_1_relative_deviation"] = float(
@@ -1072,7 +1073,8 @@ def mean_windows(result):
     trajectories stand once they have decorrelated, convirt's among PyTorch's."""
     records = dict(result["records"])
     for member, recs in (result.get("members") or {}).items():
-        records[f"convirt_{member}"] = recs
+        if member != "none":  # the replay is the convirt run itself
+            records[f"convirt_{member}"] = recs
     rows, n = [], len(result["records"]["convirt"])
     for lo, hi in MEAN_WINDOWS:
         if lo > n:
@@ -1154,6 +1156,20 @@ def load_members(result, prefix):
     return members
 
 
+def replay_check(result):
+    """A convirt-alone replay (member 'none') against the main run's convirt records:
+    the steps it covers and how many agree bit for bit (loss and gradient norms)."""
+    replay = (result.get("members") or {}).get("none")
+    if not replay:
+        return None
+    keys = ["loss"] + [f"grad_{t}" for t in TOWERS]
+    same = sum(
+        all(a[k] == b[k] for k in keys)
+        for a, b in zip(result["records"]["convirt"], replay)
+    )
+    return {"steps": len(replay), "identical_steps": same}
+
+
 def write_outputs(result, prefix):
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     tmp = prefix + ".json.tmp"
@@ -1219,7 +1235,9 @@ def plot(result, path):
     # convirt-alone members (other initial rounding of convirt's own weights), drawn
     # as far as they have got
     members = {
-        m: recs for m, recs in (result.get("members") or {}).items() if len(recs) >= window
+        m: recs
+        for m, recs in (result.get("members") or {}).items()
+        if len(recs) >= window and m != "none"
     }
 
     def draw_members(ax, key):
@@ -1530,6 +1548,11 @@ def print_summary(result):
                 )
                 + " |"
             )
+    if s.get("replay"):
+        print(
+            f"\nconvirt-alone replay: {s['replay']['identical_steps']} of "
+            f"{s['replay']['steps']} steps bit-identical to the run's convirt records"
+        )
     print(
         f"\nsmoothed loss offset from PyTorch (mean over the last "
         f"{s['smoothed_offset']['last_points']} points of a {s['smoothed_offset']['window']}"
