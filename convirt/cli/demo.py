@@ -52,6 +52,11 @@ def add_demo_command(subparsers):
     )
     parser.add_argument("--freeze-layers", type=int, help="frozen MiniLM layers (of 6)")
     parser.add_argument(
+        "--freeze-text",
+        action=argparse.BooleanOptionalAction,
+        help="keep the whole text tower (and its head) fixed",
+    )
+    parser.add_argument(
         "--pooling", choices=["max", "mean", "cls"], help="text pooling (paper: max)"
     )
     parser.add_argument("--temperature", type=float, help="loss temperature (paper: 0.1)")
@@ -89,6 +94,7 @@ def run_demo_command(args):
         text=args.text,
         augment=args.augment,
         freeze_layers=args.freeze_layers,
+        freeze_text=args.freeze_text,
         pooling=args.pooling,
         temperature=args.temperature,
         supervised_epochs=args.supervised_epochs,

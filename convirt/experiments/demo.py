@@ -60,6 +60,7 @@ PRESETS = {
         text="impression",
         augment="mild",
         freeze_layers=3,
+        freeze_text=False,
         pooling="max",
         supervised_epochs=4,
     ),
@@ -78,6 +79,7 @@ PRESETS = {
         text="impression",
         augment="mild",
         freeze_layers=3,
+        freeze_text=False,
         pooling="max",
         supervised_epochs=0,
     ),
@@ -300,9 +302,14 @@ def run_demo(
 
     log(
         "[2/4] pretraining ConVIRT: ResNet-18 image tower (random init) + all-MiniLM-L6-v2 "
-        f"text tower ({config['freeze_layers']} of 6 layers frozen, {config['pooling']} "
-        f"pooling), {config['text']} text, lr {config['lr']:g}, temperature "
-        f"{config['temperature']:g}, {config['augment']} augmentation"
+        "text tower ("
+        + (
+            "all of it frozen"
+            if config["freeze_text"]
+            else f"{config['freeze_layers']} of 6 layers frozen"
+        )
+        + f", {config['pooling']} pooling), {config['text']} text, lr {config['lr']:g}, "
+        f"temperature {config['temperature']:g}, {config['augment']} augmentation"
     )
     image = convirt.Encoder.resnet18(1, proj_dim=config["proj_dim"], seed=seed)
     random_image = convirt.Encoder.resnet18(1, proj_dim=config["proj_dim"], seed=seed)
@@ -328,6 +335,7 @@ def run_demo(
         progress=progress,
         augment=AUGMENTS[config["augment"]](config["image_size"], seed),
         checkpoint_dir=os.path.join(out_dir, "checkpoint"),
+        freeze_text=config["freeze_text"],
     )
     t0 = time.time()
     trainer.fit(
