@@ -773,19 +773,16 @@ class Encoder(_CoreEncoder):
 
     def encode(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
         """Backbone features h (float32, (N, feature_dim)) in eval mode, in batches.
-        ``progress``: a tqdm bar (default: when there are more than 10 batches).
-
-        Images: uint8 or float32 (N, H, W) or (N, H, W, C), read as they are (resize
-        first with :func:`convirt.eval_augment`). A ResNet needs H and W of at least 32
-        pixels (its five stride-2 stages reduce 32 px to 1); smaller images raise a
-        ValueError that says so, rather than being upsampled silently."""
+        ``progress``: a tqdm bar (default: when there are more than 10 batches). Images
+        (uint8 or float32, (N, H, W[, C])) must be at least 32 x 32 pixels (a ResNet's
+        five stride-2 stages): smaller ones raise ValueError, never silently upsampled."""
         return self._batched(
             x, attention_mask, out, self.feature_dim, "encode", batch_size, progress
         )
 
     def embed(self, x, attention_mask=None, *, batch_size=32, out=None, progress=None):
-        """Projected embeddings g(h) (float32, (N, proj_dim)) in eval mode, in batches;
-        the inputs as for :meth:`encode` (images at least 32 x 32 pixels)."""
+        """Projected embeddings g(h) (float32, (N, proj_dim)) in eval mode, in batches
+        (images at least 32 x 32 pixels, as for :meth:`encode`)."""
         return self._batched(
             x, attention_mask, out, self.proj_dim, "embed", batch_size, progress
         )
