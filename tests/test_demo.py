@@ -17,17 +17,20 @@ from convirt.experiments.demo import (
 )
 
 # Pretrained minus random-init linear-probe AUC at 10% of the labels (mean of 3 label
-# samples, 7 findings). Measured at the quick preset: 0.629 against 0.517.
+# samples, 7 findings). Measured at the quick preset: 0.614 against 0.517.
 PROBE_MARGIN = 0.03
-# text->image Precision@5 against the share of hits among the candidates (chance): at
-# least this many times chance. Measured at the quick preset: 0.200 (24 hits in 120)
-# against 0.125 (15); random init: 0.133. The bound leaves room for another BLIS kernel
+# text->image Precision@5 (mean over the 8 categories of the balanced retrieval set)
+# against chance (1/8): at least this many times chance. Measured at the quick preset:
+# 0.175 against 0.125; random init: 0.133. The bound leaves room for another BLIS kernel
 # set rounding differently along the 310 steps.
-RETRIEVAL_RATIO = 1.3
-# Per category, text->image Precision@10 on the balanced retrieval set (chance 1/8 for
-# every category) against 1.5x its chance: at least this many of the 8 categories.
-# Measured at the quick preset: MEASURED_QUICK_CATEGORIES (see the test).
-CATEGORY_RATIO = 1.5
+RETRIEVAL_RATIO = 1.2
+# Per category, text->image Precision@10 against its chance (1/8 on the balanced set): at
+# least MIN_CATEGORIES of the 8 categories at CATEGORY_RATIO x chance or more, and more
+# of them than random init reaches. Measured at the quick preset (310 steps): Atelectasis
+# 0.450 (3.6x) and Cardiomegaly 0.433 (3.5x); the other six 0.017-0.133 (at most 1.1x);
+# random init at most 1.9x (Atelectasis 0.233), none at 2.5x. The quick preset reaches two
+# categories, not the six: docs/LEARNING.md says why.
+CATEGORY_RATIO = 2.5
 MIN_CATEGORIES = 2
 
 
