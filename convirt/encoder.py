@@ -639,7 +639,9 @@ class Encoder(_CoreEncoder):
         image_size: int | None = None,
     ) -> np.ndarray | Embeddings:
         """Backbone features h (float32, (N, feature_dim)) in eval mode, in batches.
-        ``progress``: a tqdm bar (default: when there are more than 10 batches).
+        ``progress``: a tqdm bar (default: when there are more than 10 batches). Images
+        (uint8 or float32, (N, H, W[, C])) must be at least 32 x 32 pixels (a ResNet's
+        five stride-2 stages): smaller ones raise ValueError, never silently upsampled.
         Given a dataset (a convirt dataset, a prepared cache, synthetic_cxr's result),
         returns ``Embeddings(ids, features)`` in its order, its images resized to
         ``image_size`` (see :func:`convirt.embeddings.encode_dataset`)."""
@@ -661,8 +663,8 @@ class Encoder(_CoreEncoder):
         progress: bool | None = None,
         image_size: int | None = None,
     ) -> np.ndarray | Embeddings:
-        """Projected embeddings g(h) (float32, (N, proj_dim)) in eval mode, in batches;
-        ``Embeddings(ids, embeddings)`` for a dataset, as :meth:`encode`."""
+        """Projected embeddings g(h) (float32, (N, proj_dim)) in eval mode, in batches
+        (images at least 32 x 32 pixels); ``Embeddings(ids, embeddings)`` for a dataset, as :meth:`encode`."""
         if _is_dataset(x):
             return _encode_dataset(
                 self, x, projected=True, image_size=image_size, batch_size=batch_size,

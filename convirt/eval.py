@@ -3,6 +3,7 @@ Every name it had still imports from here; new code imports from where each now 
 
 - :mod:`convirt.evaluation` - the library: ``linear_probe``, ``finetune``,
   ``retrieval``, ``top_k``, ``retrieval_queries``, ``read_chexpert_8x200``, ``tsne``,
+  ``zero_shot``,
   ``sample_fraction`` and their result types;
 - :mod:`convirt.experiments` - what is built on the Trainer above it: ``compare``,
   ``ComparisonTable``, ``paper_table``, ``imagenet_encoder``, ``default_text_model``,
@@ -35,6 +36,7 @@ _MODULES = (
     "convirt.evaluation.retrieval",
     "convirt.evaluation.chexpert",
     "convirt.evaluation.tsne",
+    "convirt.evaluation.zero_shot",
     "convirt.experiments.compare",
     "convirt.experiments.paper_table",
 )

@@ -23,6 +23,7 @@ __all__ = [
     "LABEL_NAMES",
     "SyntheticCXR",
     "sample_findings",
+    "synthetic_8x200",
     "synthetic_cxr",
     "write_report",
 ]
@@ -1260,8 +1261,12 @@ def synthetic_cxr(n, size=128, seed=0, difficulty=1.0, workers=None):
     difficulty = float(difficulty)
     if not 0.1 <= difficulty <= 10:
         raise ValueError(f"difficulty must be between 0.1 and 10; got {difficulty}")
-    size = int(size)
-    findings = sample_findings(n, seed)
+    return _synthesize(sample_findings(n, seed), int(size), seed, difficulty, workers)
+
+
+def _synthesize(findings, size, seed, difficulty, workers):
+    """Anatomy, reports and images for the patients of ``findings``."""
+    n = len(findings["labels"])
     anatomy = _sample_anatomy(findings, seed, difficulty)
     findings_for_text = dict(findings, leads=anatomy["leads"])
     text_rng = np.random.default_rng([int(seed), 0x7E])
@@ -1296,3 +1301,39 @@ def synthetic_cxr(n, size=128, seed=0, difficulty=1.0, workers=None):
             for chunk in chunks:
                 render(chunk)
     return SyntheticCXR(images, reports, findings["labels"], LABEL_NAMES)
+
+
+def synthetic_8x200(per_category=200, size=128, seed=0, difficulty=1.0, workers=None):
+    """A balanced retrieval set in the CheXpert 8x200 way: ``per_category`` synthetic
+    radiographs positive for exactly one of the seven findings, for each finding, and
+    ``per_category`` with none ('No Finding'), in category order (LABEL_NAMES).
+
+    The patients are the first ones of each category among those that
+    :func:`sample_findings` draws for ``seed`` (so the findings keep their natural
+    details: sides, sizes, severities), drawn as :func:`synthetic_cxr` draws them. With
+    equal categories the chance Precision@k of every category is 1/8, whereas in a set
+    drawn at the natural prevalences single-finding 'No Finding' images are about 70%
+    of the candidates and pneumothorax about 1%, so that 'No Finding' could never reach
+    twice its chance. Returns a :class:`SyntheticCXR` of 8 * per_category images."""
+    per_category = _check_count(per_category)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16:
+        raise ValueError(f"size must be an integer of at least 16; got {size!r}")
+    difficulty = float(difficulty)
+    if not 0.1 <= difficulty <= 10:
+        raise ValueError(f"difficulty must be between 0.1 and 10; got {difficulty}")
+    pool = max(1024, 150 * per_category)  # the rarest single finding is ~1%
+    while True:
+        findings = sample_findings(pool, seed)
+        positives = findings["labels"][:, :7]
+        single = positives.sum(1) <= 1
+        category = np.where(positives.sum(1) == 0, 7, positives.argmax(1))
+        chosen = [
+            np.flatnonzero(single & (category == c))[:per_category]
+            for c in range(len(LABEL_NAMES))
+        ]
+        if all(len(c) == per_category for c in chosen):
+            break
+        pool *= 2
+    keep = np.concatenate(chosen)
+    subset = {key: value[keep] for key, value in findings.items()}
+    return _synthesize(subset, int(size), seed, difficulty, workers)

@@ -4,19 +4,34 @@ pretraining working, on held-out synthetic radiographs, and write what it promis
 import json
 import os
 
+import numpy as np
 import pytest
 
 from convirt import cli
-from convirt.experiments.demo import DemoConfig, retrieval_split, run_demo
+from convirt.experiments.demo import (
+    TEXT_QUERIES,
+    DemoConfig,
+    load_text_queries,
+    retrieval_split,
+    run_demo,
+)
 
 # Pretrained minus random-init linear-probe AUC at 10% of the labels (mean of 3 label
-# samples, 7 findings). Measured at the quick preset: 0.629 against 0.517.
+# samples, 7 findings). Measured at the quick preset: 0.614 against 0.517.
 PROBE_MARGIN = 0.03
-# text->image Precision@5 against the share of hits among the candidates (chance): at
-# least this many times chance. Measured at the quick preset: 0.200 (24 hits in 120)
-# against 0.125 (15); random init: 0.133. The bound leaves room for another BLIS kernel
+# text->image Precision@5 (mean over the 8 categories of the balanced retrieval set)
+# against chance (1/8): at least this many times chance. Measured at the quick preset:
+# 0.175 against 0.125; random init: 0.133. The bound leaves room for another BLIS kernel
 # set rounding differently along the 310 steps.
-RETRIEVAL_RATIO = 1.3
+RETRIEVAL_RATIO = 1.2
+# Per category, text->image Precision@10 against its chance (1/8 on the balanced set): at
+# least MIN_CATEGORIES of the 8 categories at CATEGORY_RATIO x chance or more, and more
+# of them than random init reaches. Measured at the quick preset (310 steps): Atelectasis
+# 0.450 (3.6x) and Cardiomegaly 0.433 (3.5x); the other six 0.017-0.133 (at most 1.1x);
+# random init at most 1.9x (Atelectasis 0.233), none at 2.5x. The quick preset reaches two
+# categories, not the six: docs/LEARNING.md says why.
+CATEGORY_RATIO = 2.5
+MIN_CATEGORIES = 2
 
 
 # The tests that take `quick` share one run of the quick preset (about 5 minutes on 2
@@ -48,6 +63,25 @@ def test_text_to_image_precision_is_well_above_chance(quick):
 
 
 @pytest.mark.slow
+def test_enough_categories_are_retrieved_by_radiologists_words(quick):
+    _, summary, _ = quick
+    chance = summary["retrieval_chance_per_category"]
+    per_category = summary["results"]["ConVIRT"]["text_to_image_per_category"]
+    assert set(per_category) == set(TEXT_QUERIES) and len(chance) == 8
+    for category, share in chance.items():
+        assert share == pytest.approx(1 / 8), category  # the balanced set
+    ratios = {c: per_category[c]["P@10"] / chance[c] for c in chance}
+    above = sorted(c for c, r in ratios.items() if r >= CATEGORY_RATIO)
+    assert len(above) >= MIN_CATEGORIES, ratios
+    # Random init does not get there: the categories come from pretraining.
+    random_init = summary["results"]["Random init"]["text_to_image_per_category"]
+    random_above = [
+        c for c in chance if random_init[c]["P@10"] >= CATEGORY_RATIO * chance[c]
+    ]
+    assert len(random_above) < len(above), (random_above, above)
+
+
+@pytest.mark.slow
 def test_loss_went_down(quick):
     _, summary, _ = quick
     steps = summary["trainer"].steps
@@ -68,6 +102,9 @@ def test_outputs_are_written(quick):
     with open(os.path.join(out, "results.md")) as f:
         table = f.read()
     assert "| Random init |" in table and "| ConVIRT |" in table and "| Chance |" in table
+    for category in TEXT_QUERIES:  # the per-category precision table
+        assert f"| {category} | 0.125 |" in table
+    assert "| Finding | Random init 1% |" in table  # probe AUC per finding
     assert lines[0].startswith("[1/4]") and any(line.startswith("[4/4]") for line in lines)
 
 
@@ -78,12 +115,12 @@ def test_config_errors():
         DemoConfig("quick", epochz=3)
     with pytest.raises(ValueError, match="text must be one of"):
         DemoConfig("quick", text="findings")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        DemoConfig("quick", pooling="sum")
     assert DemoConfig("quick", lr=None)["lr"] == DemoConfig("quick")["lr"]
 
 
 def test_retrieval_split_takes_single_finding_images():
-    import numpy as np
-
     names = ["A", "B", "No Finding"]
     labels = np.array(
         [
@@ -125,3 +162,35 @@ def test_demo_help_lists_the_settings(capsys):
     out = capsys.readouterr().out
     for flag in ("--quick", "--epochs", "--text", "--augment", "--threads"):
         assert flag in out
+
+
+def test_text_queries_are_radiologists_words_not_the_generators():
+    from convirt.reports import split_sentences
+    from convirt.synthetic import LABEL_NAMES, sample_findings, write_report
+
+    queries = load_text_queries()
+    assert list(queries) == list(LABEL_NAMES)
+    for category, sentences in queries.items():
+        assert len(sentences) >= 5, category
+        assert len(set(sentences)) == len(sentences), category
+    findings = sample_findings(20000, seed=11)
+    rng = np.random.default_rng(0)
+    findings = dict(findings, leads=np.zeros(20000, bool))
+    templates = set()
+    for k in range(20000):
+        templates.update(
+            s.strip().lower() for s in split_sentences(write_report(findings, k, rng))
+        )
+    copied = [s for q in queries.values() for s in q if s.strip().lower() in templates]
+    assert not copied, copied
+
+
+def test_text_queries_ship_as_package_data():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+    assert "text_queries.json" in package_data["convirt.experiments"]
+    with open(os.path.join(root, "MANIFEST.in")) as f:
+        assert "convirt/experiments/text_queries.json" in f.read()

@@ -384,3 +384,19 @@ def test_pixels_do_not_solve_the_task_but_carry_signal():
     assert np.mean(list(auc.values())) < 0.8, auc
     assert auc["Fracture"] < 0.65, auc
     assert sum(value < 0.7 for value in auc.values()) >= 3, auc
+
+
+def test_synthetic_8x200_is_balanced_single_finding_and_reproducible():
+    from convirt.datasets import synthetic_8x200
+
+    data = synthetic_8x200(3, size=32, seed=7)
+    assert data.images.shape == (24, 32, 32) and len(data.reports) == 24
+    findings = data.labels[:, :7]
+    assert (findings.sum(1) <= 1).all()
+    category = np.where(findings.sum(1) == 0, 7, findings.argmax(1))
+    assert category.tolist() == [c for c in range(8) for _ in range(3)]
+    assert (data.labels[:, 7] == (findings.sum(1) == 0)).all()
+    again = synthetic_8x200(3, size=32, seed=7)
+    assert (again.images == data.images).all() and again.reports == data.reports
+    with pytest.raises(ValueError, match="size"):
+        synthetic_8x200(3, size=8)

@@ -3,7 +3,7 @@ experiments, and nothing imports it.
 
 Each subcommand is two functions in a module of this package, one module per command
 group (:mod:`.prepare`: prepare and synthetic; :mod:`.train`: pretrain and embed;
-:mod:`.evaluate`; :mod:`.export`; :mod:`.demo`): ``add_NAME_command(subparsers)``, which declares the
+:mod:`.evaluate`; :mod:`.export`; :mod:`.demo`; :mod:`.zero_shot`): ``add_NAME_command(subparsers)``, which declares the
 subcommand's arguments and sets ``run=`` on its parser, and ``run_NAME(args)``, which
 does the work and returns an exit code. To add one, write those two functions (import
 heavy modules inside ``run_NAME`` so that ``convirt --help`` stays fast) and list the
@@ -23,6 +23,7 @@ from .evaluate import add_evaluate_command
 from .export import add_export_command
 from .prepare import add_prepare_command, add_synthetic_command
 from .train import add_embed_command, add_pretrain_command
+from .zero_shot import add_zero_shot_command
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -35,6 +36,7 @@ COMMANDS = [
     add_embed_command,
     add_evaluate_command,
     add_export_command,
+    add_zero_shot_command,
 ]
 
 

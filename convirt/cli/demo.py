@@ -15,8 +15,8 @@ def add_demo_command(subparsers):
         description="Build synthetic chest radiographs with reports, pretrain a ResNet-18\n"
         "image tower with ConVIRT against the real all-MiniLM-L6-v2 text tower (lower half\n"
         "frozen), then compare the pretrained image encoder with a randomly initialised\n"
-        "one: linear-probe AUC with 1/10/100%% of the labels and image->image and\n"
-        "text->image Precision@5/10. Prints the table, writes results.md/json, the loss\n"
+        "one and a supervised ceiling: linear-probe AUC per finding with 1/10/100%% of\n"
+        "the labels, and image->image and text->image Precision@5/10 per category. Prints the table, writes results.md/json, the loss\n"
         "and probe curves (PNG) and the checkpoint to OUT_DIR.",
         epilog="examples:\n  convirt demo\n  convirt demo --quick demo-quick/\n"
         "  convirt demo --epochs 8 --train 8000 longer-demo/",
@@ -51,6 +51,20 @@ def add_demo_command(subparsers):
         "--augment", choices=["mild", "paper"], help="image transforms (default: mild)"
     )
     parser.add_argument("--freeze-layers", type=int, help="frozen MiniLM layers (of 6)")
+    parser.add_argument(
+        "--freeze-text",
+        action=argparse.BooleanOptionalAction,
+        help="keep the whole text tower (and its head) fixed",
+    )
+    parser.add_argument(
+        "--pooling", choices=["max", "mean", "cls"], help="text pooling (paper: max)"
+    )
+    parser.add_argument("--temperature", type=float, help="loss temperature (paper: 0.1)")
+    parser.add_argument(
+        "--supervised-epochs",
+        type=int,
+        help="epochs of the supervised ceiling row (0: leave it out)",
+    )
     parser.add_argument("--difficulty", type=float, help="synthetic findings' subtlety")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=positive_int, help="threads (default: all cores)")
@@ -80,6 +94,10 @@ def run_demo_command(args):
         text=args.text,
         augment=args.augment,
         freeze_layers=args.freeze_layers,
+        freeze_text=args.freeze_text,
+        pooling=args.pooling,
+        temperature=args.temperature,
+        supervised_epochs=args.supervised_epochs,
         difficulty=args.difficulty,
     )
     return 0

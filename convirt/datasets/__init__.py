@@ -24,6 +24,7 @@ from ..synthetic import (
     LABEL_NAMES,
     SyntheticCXR,
     sample_findings,
+    synthetic_8x200,
     synthetic_cxr,
     write_report,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "SyntheticCXR",
     "indiana_reports",
     "sample_findings",
+    "synthetic_8x200",
     "synthetic_cxr",
     "write_report",
 ]

@@ -11,6 +11,10 @@
   retrieval by cosine similarity, Precision@k per category: a :class:`RetrievalResult`;
   :func:`read_chexpert_8x200` (:mod:`.chexpert`) reads the paper's CheXpert 8x200
   protocol files.
+- :func:`zero_shot` (:mod:`.zero_shot`) - zero-shot classification: each class named
+  by one or more sentences (a prompt ensemble), or a positive/negative sentence pair per
+  finding for multi-label chest findings; per-class scores and AUC: a
+  :class:`ZeroShotResult`.
 - :func:`tsne` (:mod:`.tsne`) - scikit-learn's t-SNE of image features, coloured by
   finding.
 
@@ -26,6 +30,7 @@ from .labels import sample_fraction
 from .probe import DEFAULT_CS, ProbeResult, linear_probe
 from .retrieval import RetrievalResult, retrieval, retrieval_queries, top_k
 from .tsne import tsne
+from .zero_shot import ZeroShotResult, zero_shot
 
 __all__ = [
     "CHEXPERT_LABELS",
@@ -34,6 +39,7 @@ __all__ = [
     "ProbeResult",
     "RetrievalResult",
     "RetrievalSet",
+    "ZeroShotResult",
     "finetune",
     "linear_probe",
     "read_chexpert_8x200",
@@ -42,4 +48,5 @@ __all__ = [
     "sample_fraction",
     "top_k",
     "tsne",
+    "zero_shot",
 ]
