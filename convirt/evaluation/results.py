@@ -120,14 +120,19 @@ def _escape(text):
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _text_table(title, header, rows):
-    """A title line and left/right-aligned columns (numbers right, text left)."""
+def _text_table(title, header, rows, *, left=None):
+    """A title line and aligned columns: the columns whose indices are in ``left`` are
+    left-aligned, the others right-aligned (default: the first two right, the rest
+    left)."""
     table = [tuple(header)] + [tuple(r) for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    if left is None:
+        left = range(2, len(header))
     lines = [title]
     for r in table:
         cells = [
-            v.rjust(w) if i < 2 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))
+            v.ljust(w) if i in left else v.rjust(w)
+            for i, (v, w) in enumerate(zip(r, widths))
         ]
         lines.append(("  " + "  ".join(cells)).rstrip())
     return "\n".join(lines)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .labels import _as_features, _binary_matrix, _check_length
-from .results import _escape
+from .results import _html_table, _text_table
 
 __all__ = ["RetrievalResult", "retrieval", "retrieval_queries", "top_k"]
 
@@ -87,30 +87,13 @@ class RetrievalResult:
 
     def __repr__(self):
         header, rows = self._table()
-        table = [header] + rows
-        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-        lines = ["RetrievalResult(Precision@k, cosine similarity)"]
-        for r in table:
-            lines.append(
-                "  "
-                + "  ".join(
-                    v.ljust(w) if i == 0 else v.rjust(w)
-                    for i, (v, w) in enumerate(zip(r, widths))
-                )
-            )
-        return "\n".join(lines)
+        title = "RetrievalResult(Precision@k, cosine similarity)"
+        return _text_table(title, header, rows, left=(0,))
 
     def _repr_html_(self):
         header, rows = self._table()
-        body = "".join(
-            "<tr>" + "".join(f"<td>{_escape(v)}</td>" for v in r) + "</tr>" for r in rows
-        )
-        return (
-            "<p><b>RetrievalResult</b>: Precision@k, cosine similarity</p>"
-            "<table><thead><tr>"
-            + "".join(f"<th>{h}</th>" for h in header)
-            + f"</tr></thead><tbody>{body}</tbody></table>"
-        )
+        title = "<b>RetrievalResult</b>: Precision@k, cosine similarity"
+        return _html_table(title, header, rows)
 
     def to_frame(self):
         """A pandas DataFrame: one row per category and a 'mean' row; columns

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .labels import _binary_auc, _binary_matrix, _check_length
-from .results import _escape
+from .results import _escape, _html_table, _text_table
 
 __all__ = ["ZeroShotResult", "class_embeddings", "zero_shot"]
 
@@ -186,29 +186,11 @@ class ZeroShotResult:
 
     def __repr__(self):
         header, rows = self._rows()
-        table = [header] + rows
-        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-        lines = [self._title()]
-        for r in table:
-            lines.append(
-                "  "
-                + "  ".join(
-                    v.ljust(w) if i == 0 else v.rjust(w)
-                    for i, (v, w) in enumerate(zip(r, widths))
-                )
-            )
-        return "\n".join(lines)
+        return _text_table(self._title(), header, rows, left=(0,))
 
     def _repr_html_(self):
         header, rows = self._rows()
-        body = "".join(
-            "<tr>" + "".join(f"<td>{_escape(v)}</td>" for v in r) + "</tr>" for r in rows
-        )
-        return (
-            f"<p>{_escape(self._title())}</p><table><thead><tr>"
-            + "".join(f"<th>{h}</th>" for h in header)
-            + f"</tr></thead><tbody>{body}</tbody></table>"
-        )
+        return _html_table(_escape(self._title()), header, rows)
 
     def to_frame(self, per_image=False):
         """A pandas DataFrame. Default: one row per class with the number of prompts,
