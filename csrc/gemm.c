@@ -247,6 +247,11 @@ cv_status cv_init(void)
     state.threads = omp_get_max_threads();
     if (state.threads > cv_max_threads())
         state.threads = cv_max_threads();
+    /* BLIS's own setting stays -1 (unset) unless BLIS_NUM_THREADS says otherwise, which
+     * threadpoolctl reads as 1 and restores as 1 when a `threadpool_limits` block ends:
+     * the core would then run on one thread for good. Give it the core's count. */
+    if (bli_thread_get_num_threads() < 1)
+        bli_thread_set_num_threads(state.threads);
     pthread_atfork(NULL, NULL, forked_child);
     state.initialised = 1;
     return CV_OK;

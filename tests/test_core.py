@@ -143,10 +143,32 @@ def test_threadpoolctl_sees_blis_and_openmp():
     assert any(
         os.path.realpath(p) == os.path.realpath(config["blis_library"]) for p in blis_paths
     )
+    before = convirt.get_num_threads()
     with threadpoolctl.threadpool_limits(1):
         assert convirt.get_num_threads() == 1
+    assert convirt.get_num_threads() == before  # restored, not left at 1
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
         assert convirt.get_num_threads() == 1
+    assert convirt.get_num_threads() == before
+
+
+def test_threadpoolctl_and_synthetic_data_leave_the_thread_count_alone():
+    # In a fresh process (BLIS's own setting not yet touched): synthetic_cxr holds
+    # NumPy's BLAS to one thread while it draws, through threadpoolctl, whose restore
+    # used to leave the core on one thread for good.
+    code = (
+        "import convirt, threadpoolctl\n"
+        "from convirt.datasets import synthetic_cxr\n"
+        "counts = [convirt.get_num_threads()]\n"
+        "synthetic_cxr(4, size=16)\n"
+        "counts.append(convirt.get_num_threads())\n"
+        "with threadpoolctl.threadpool_limits(1, user_api='blas'):\n"
+        "    pass\n"
+        "counts.append(convirt.get_num_threads())\n"
+        "print(counts)\n"
+    )
+    out = config_in_subprocess({}, code)
+    assert out.stdout.strip() == str([len(os.sched_getaffinity(0))] * 3), out.stderr
 
 
 # ---- GEMM wrapper ---------------------------------------------------------------------------
