@@ -353,6 +353,29 @@ void cv_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
 {
     if (m <= 0 || n <= 0)
         return;
+    /* BLIS's kernels are only safe with non-negative strides (some sub-configurations
+     * read and write outside the matrix with a negative one). A negative stride turns
+     * positive by walking its dimension backwards, which reverses two operands at once:
+     * along m the rows of A and C, along n the columns of B and C, along k the columns
+     * of A and the rows of B. When a dimension's two strides differ in sign no walk
+     * makes both positive, and the plain loop computes it (NumPy views with negative
+     * strides only: the core's own calls never take that path). */
+    if (rsa < 0 && rsc < 0) {
+        A += (m - 1) * rsa, C += (m - 1) * rsc;
+        rsa = -rsa, rsc = -rsc;
+    }
+    if (csb < 0 && csc < 0) {
+        B += (n - 1) * csb, C += (n - 1) * csc;
+        csb = -csb, csc = -csc;
+    }
+    if (k > 0 && csa < 0 && rsb < 0) {
+        A += (k - 1) * csa, B += (k - 1) * rsb;
+        csa = -csa, rsb = -rsb;
+    }
+    if (rsa < 0 || csa < 0 || rsb < 0 || csb < 0 || rsc < 0 || csc < 0) {
+        cv_gemm_reference(m, n, k, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc);
+        return;
+    }
     rntm_t rntm = BLIS_RNTM_INITIALIZER;
     bli_rntm_set_num_threads(omp_in_parallel() ? 1 : cv_get_num_threads(), &rntm);
     /* BLIS's typed API takes non-const pointers but does not write A or B. */

@@ -427,37 +427,7 @@ ENTRY_POINTS = [
 
 # Where an entry point breaks a rule today: (entry, slot, rule) -> why. Each is a strict
 # xfail, so the case fails as soon as the entry point is fixed and the line must go.
-_NEGATIVE_STRIDES = (
-    "loss.c hands negative strides to cv_gemm, which reads (and writes) "
-    "outside the array: wrong losses, and a heap overflow for an output"
-)
-KNOWN_DEPARTURES = {
-    **{
-        (entry, slot, "strided_is_read_in_place"): _NEGATIVE_STRIDES
-        for entry, slots in [
-            ("ContrastiveLoss", ("v", "u", "grad_v", "grad_u")),
-            ("ContrastiveLoss.nt_xent", ("z", "grad")),
-        ]
-        for slot in slots
-    },
-    **{
-        (
-            "LinearHead.backward",
-            "d_logits",
-            rule,
-        ): "linear_head.c raises a plain ValueError for a non-finite d_logits"
-        for rule in ("nan", "inf")
-    },
-    **{
-        (
-            "Adam.load_state_dict",
-            f"state_dict['{key}']",
-            rule,
-        ): "optimizer.c raises a plain ValueError for non-finite moments"
-        for key in ("exp_avg", "exp_avg_sq")
-        for rule in ("nan", "inf")
-    },
-}
+KNOWN_DEPARTURES = {}
 
 
 # ---- helpers -----------------------------------------------------------------------------

@@ -199,6 +199,54 @@ def test_gemm_matches_numpy(layout, reference):
     np.testing.assert_allclose(c, expected, rtol=1e-4, atol=1e-4)
 
 
+# Which operands are views with negative strides, on which axes: the ones where both
+# strides of a dimension are negative (m: A and C rows; n: B and C columns; k: A
+# columns and B rows) go to BLIS walked backwards, the others to the plain loop.
+NEGATIVE = {
+    "a_rows": {"a": (slice(None, None, -1), slice(None))},
+    "a_and_c_rows": {
+        "a": (slice(None, None, -1), slice(None)),
+        "c": (slice(None, None, -1), slice(None)),
+    },
+    "b_and_c_columns": {
+        "b": (slice(None), slice(None, None, -1)),
+        "c": (slice(None), slice(None, None, -1)),
+    },
+    "k_both": {"a": (slice(None), slice(None, None, -1)), "b": (slice(None, None, -1),)},
+    "everything": {"a": (slice(None, None, -1),) * 2, "b": (slice(None, None, -1),) * 2,
+                   "c": (slice(None, None, -1),) * 2},
+    "c_only": {"c": (slice(None, None, -2), slice(None))},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(NEGATIVE))
+def test_gemm_with_negative_strides_stays_inside_the_arrays(case):
+    rng = np.random.default_rng(1)
+    m, n, k = 37, 29, 41
+    shapes = {"a": (m, k), "b": (k, n), "c": (m, n)}
+    views, buffers = {}, {}
+    for name, shape in shapes.items():
+        index = NEGATIVE[case].get(name)
+        # each operand sits in the middle of a buffer of sentinels
+        full = (2 * shape[0], shape[1]) if case == "c_only" and name == "c" else shape
+        buffer = np.full((full[0] + 8, full[1] + 8), -12345.5, np.float32)
+        inner = buffer[4:-4, 4:-4]
+        inner[...] = rng.standard_normal(full)
+        views[name] = inner if index is None else inner[index]
+        buffers[name] = buffer
+    a, b, c = (views[x] for x in "abc")
+    assert c.shape == (m, n) and (a.strides[0] < 0 or b.strides[1] < 0 or c.strides[0] < 0
+                                  or c.strides[1] < 0 or a.strides[1] < 0)  # fmt: skip
+    c0 = c.copy()
+    expected = 0.5 * a.astype(np.float64) @ b.astype(np.float64) + 2.0 * c0
+    _core.gemm(a, b, c, alpha=0.5, beta=2.0)
+    np.testing.assert_allclose(c, expected, rtol=1e-4, atol=1e-4)
+    for name, buffer in buffers.items():  # nothing written outside the views
+        ring = np.ones(buffer.shape, bool)
+        ring[4:-4, 4:-4] = False
+        assert (buffer[ring] == -12345.5).all(), name
+
+
 def test_gemm_strided_output_and_beta_zero_ignores_nan():
     rng = np.random.default_rng(1)
     a = rng.standard_normal((8, 5)).astype(np.float32)

@@ -210,7 +210,7 @@ static PyObject *Head_backward(HeadObject *self, PyObject *args, PyObject *kwds)
     const float *dp = PyArray_DATA(dout);
     for (npy_intp i = 0; i < n * self->out_dim; i++)
         if (!isfinite(dp[i])) {
-            PyErr_Format(PyExc_ValueError, "d_logits[%zd, %zd] is %s; it must be finite",
+            PyErr_Format(cv_error_nonfinite, "d_logits[%zd, %zd] is %s; it must be finite",
                          (Py_ssize_t)(i / self->out_dim), (Py_ssize_t)(i % self->out_dim),
                          isnan(dp[i]) ? "nan"
                          : dp[i] > 0  ? "inf"

@@ -371,13 +371,13 @@ static PyObject *Adam_load_state_dict(AdamObject *self, PyObject *dict)
         float vi = *(const float *)(PyArray_BYTES(v) + (npy_intp)i * PyArray_STRIDE(v, 0));
         char text[CV_DOUBLE_TEXT];
         if (!isfinite(mi)) {
-            PyErr_Format(PyExc_ValueError,
+            PyErr_Format(cv_error_nonfinite,
                          "state_dict['exp_avg'] must be finite; element %zu is %s", i,
                          cv_double_text(mi, text));
             return NULL;
         }
         if (!(vi >= 0.0f) || !isfinite(vi)) {
-            PyErr_Format(PyExc_ValueError,
+            PyErr_Format(isfinite(vi) ? PyExc_ValueError : cv_error_nonfinite,
                          "state_dict['exp_avg_sq'] must be finite and >= 0; element %zu "
                          "is %s",
                          i, cv_double_text(vi, text));
