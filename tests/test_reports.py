@@ -78,6 +78,17 @@ def test_the_two_old_splitters_now_agree():
         ),
         # words that are not headings
         (
+            (
+                "FINDINGS: Lungs clear, no findings of pneumonia. History of smoking. "
+                "Impression of the prior film. IMPRESSION: Normal."
+            ),
+            (
+                "Lungs clear, no findings of pneumonia. History of smoking. "
+                "Impression of the prior film."
+            ),
+            "Normal.",
+        ),
+        (
             "FINDINGS: No acute findings. The impression of the prior study stands.",
             "No acute findings. The impression of the prior study stands.",
             "",
@@ -94,6 +105,50 @@ def test_sections_inline_in_any_case_with_or_without_colon(text, findings, impre
         "findings": findings,
         "impression": impression,
     }
+
+
+@pytest.mark.parametrize(
+    "text, sections",
+    [
+        # MIMIC-CXR's headings run together on one line: the ALL-CAPS text of one
+        # heading, then the next heading
+        (
+            (
+                "EXAMINATION: CHEST PA AND LAT INDICATION: cough TECHNIQUE: two views "
+                "COMPARISON: none FINDINGS: Clear. IMPRESSION: Normal."
+            ),
+            [
+                ("EXAMINATION", "CHEST PA AND LAT"),
+                ("INDICATION", "cough"),
+                ("TECHNIQUE", "two views"),
+                ("COMPARISON", "none"),
+                ("FINDINGS", "Clear."),
+                ("IMPRESSION", "Normal."),
+            ],
+        ),
+        (
+            (
+                "FINAL REPORT EXAMINATION: chest. CLINICAL HISTORY: fever. "
+                "REASON FOR EXAM: cough. IMPRESSION: Normal."
+            ),
+            [
+                ("FINAL REPORT", ""),
+                ("EXAMINATION", "chest."),
+                ("CLINICAL HISTORY", "fever."),
+                ("REASON FOR EXAM", "cough."),
+                ("IMPRESSION", "Normal."),
+            ],
+        ),
+        # a known name that ends a heading's own words at the start of a sentence
+        # stays one heading
+        (
+            "CHEST IMPRESSION: Normal. PRIOR HISTORY: none.",
+            [("CHEST IMPRESSION", "Normal."), ("PRIOR HISTORY", "none.")],
+        ),
+    ],
+)
+def test_all_caps_text_then_a_heading_is_split(text, sections):
+    assert reports.report_sections(text) == sections
 
 
 def test_all_real_reports_the_package_can_read():
@@ -130,6 +185,11 @@ def test_all_real_reports_the_package_can_read():
     assert len(real) > 3900
     assert found == with_impression > 3900
     assert exact >= 0.999 * len(real), (exact, len(real))
+    # The reports without an impression (findings only) are counted, not hidden.
+    without = len(real) - with_impression
+    with pytest.warns(UserWarning, match=f"^{without} of {len(real)} reports have no"):
+        texts = reports.impressions(real)
+    assert sum(text == report for text, report in zip(texts, real)) == without
 
 
 def test_impressions_warn_with_the_number_without_one():
