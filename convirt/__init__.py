@@ -28,6 +28,7 @@ library: ``convirt.experiments`` (the paper's comparison table, the demo) and
 ``convirt.cli`` (the ``convirt`` command). docs/ARCHITECTURE.md draws the layers.
 """
 
+import importlib.util
 import os
 import warnings
 
@@ -37,6 +38,17 @@ import warnings
 # OpenMP runtime, which happens with the extension below.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "10000"
+
+# In a checkout whose extension is not built, the imports below would end in "No module
+# named 'convirt._core'" raised from a module deep inside, or in "cannot import name
+# '_core' from partially initialized module 'convirt' (most likely due to a circular
+# import)": say what is missing and how to build it. (find_spec does not load it.)
+if importlib.util.find_spec(f"{__name__}._core") is None:
+    raise ModuleNotFoundError(
+        "the C extension convirt._core is not built: run `make build` "
+        "(or pip install -e .)",
+        name=f"{__name__}._core",
+    )
 
 from . import _core, data, datasets, reports, text  # noqa: F401
 from ._core import (

@@ -6,7 +6,9 @@ report, and ConVIRT's text transform (one sentence of each report, drawn uniform
   one-line ``"FINDINGS: ... IMPRESSION: ..."`` strings), in any case, with a colon or
   without one, in the variants MIMIC-CXR and Open-I use (FINDING(S), IMPRESSION(S),
   CONCLUSION, FINDINGS AND IMPRESSION, the usual misspellings, INDICATION, HISTORY,
-  COMPARISON, ...). Any other ALL-CAPS label followed by a colon ends a section too.
+  COMPARISON, ...). Any other ALL-CAPS label followed by a colon ends a section too;
+  ALL-CAPS text that ends with a known name ("... SVC IMPRESSION:", "EXAMINATION:
+  CHEST PA AND LAT INDICATION:") is split there, the text going to the section before.
 - :func:`extract_sections` - the FINDINGS and IMPRESSION text of a report.
 - :func:`split_sentences` - the sentences of a report, headings removed.
 - :func:`sample_sentence` / :func:`sample_sentences` - the paper's transform, what the
@@ -163,6 +165,7 @@ _HEADING = re.compile(
 _SAMPLED_NAMES = sorted(
     (n for n, kind in _KINDS.items() if kind != "other"), key=len, reverse=True
 )
+_KNOWN_NAMES = sorted(_KINDS, key=len, reverse=True)
 
 
 def _normalise(name):
@@ -187,10 +190,13 @@ def _kind(heading):
 
 
 def _known_suffix(label):
-    """Where, in ALL-CAPS words, a known findings or impression name ends them
-    ("SVC IMPRESSION"), or None."""
+    """Where, in ALL-CAPS words that are not themselves a heading name, the longest
+    known heading name that ends them starts ("SVC IMPRESSION", "CHEST PA AND LAT
+    INDICATION"), or None."""
+    if _normalise(label) in _KINDS:
+        return None
     name = label.lower()
-    for known in _SAMPLED_NAMES:
+    for known in _KNOWN_NAMES:
         if name.endswith(" " + known):
             return len(label) - len(known)
     return None
@@ -208,10 +214,18 @@ def _headings(text):
         while previous >= 0 and text[previous] in " \t":
             previous -= 1
         at_sentence_start = previous < 0 or text[previous] in "\n.!?;:"
+        after_colon = previous >= 0 and text[previous] == ":"
         if match.group("caps") is not None:
             name, ok = match.group("caps"), True
-            split = None if at_sentence_start else _known_suffix(name)
-            if split is not None:  # "... in the left sided SVC IMPRESSION: ..."
+            split = _known_suffix(name)
+            if split is not None and _normalise(name[:split]) in _KINDS:
+                # two headings in a row: "FINAL REPORT EXAMINATION: ..."
+                found.append((start, start + split, name[:split].strip()))
+                start, name = start + split, name[split:]
+            elif split is not None and (not at_sentence_start or after_colon):
+                # the end of a sentence or of a heading's ALL-CAPS text, then a heading:
+                # "... in the left sided SVC IMPRESSION: ...",
+                # "EXAMINATION: CHEST PA AND LAT INDICATION: ..."
                 start, name = start + split, name[split:]
         else:
             name, tail = match.group("known"), match.group("tail")

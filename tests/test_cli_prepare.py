@@ -152,7 +152,10 @@ def test_prepare_from_folder(tmp_path, capsys):
         ["prepare", "--folder", str(tmp_path / "s" / "images"), str(tmp_path / "c2")],
         capsys,
     )
-    assert code == 1 and "1 of 4 images" in err and "missing_reports" in err
+    # The command names its flag, not the Python keyword (missing_reports='skip').
+    assert code == 1 and "1 of 4 images" in err and "000002.png" in err
+    assert "pass --skip-missing-reports to leave them out" in err
+    assert "missing_reports=" not in err and len(err.strip().splitlines()) == 1
     code, out, err = run(
         [
             "prepare",
@@ -200,9 +203,12 @@ def test_prepare_from_mimic(tmp_path, capsys, mimic_tree):
         ],
         capsys,
     )
-    # The one validation study has no report: skipped, counted, said.
-    assert code == 0 and "0 of 1 pairs prepared" in out and "1 empty reports" in out
-    assert "index.json" in out
+    # The one validation study has no report: skipped, counted, and since nothing was
+    # prepared, an error.
+    assert code == 1 and out == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("convirt prepare: error: nothing was prepared: 0 of 1 pairs")
+    assert "1 empty reports" in last and "index.json" in last
     code, out, _ = run(
         [
             "prepare",
@@ -240,6 +246,26 @@ def test_prepare_reports_skipped_images(tmp_path, capsys):
     assert code == 0
     assert "3 of 5 pairs prepared" in out and "1 missing, 1 corrupt" in out
     assert "000001.png" in err and "000003.png" in err  # reported as they happen
+
+
+def test_prepare_that_prepares_nothing_fails(tmp_path, capsys):
+    run(["synthetic", str(tmp_path / "s"), "--n", "3", "--size", "24"], capsys)
+    for name in os.listdir(tmp_path / "s" / "images"):
+        os.remove(tmp_path / "s" / "images" / name)
+    code, out, err = run(
+        ["prepare", "--csv", str(tmp_path / "s" / "reports.csv"), "--no-progress"]
+        + [str(tmp_path / "cache")],
+        capsys,
+    )
+    assert code == 1 and "pairs prepared" not in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("convirt prepare: error: nothing was prepared: 0 of 3 pairs")
+    assert "3 missing" in last and "index.json" in last
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(
+        ["prepare", "--folder", str(tmp_path / "empty"), str(tmp_path / "c2")], capsys
+    )
+    assert code == 1 and "nothing was prepared: 0 of 0 pairs" in err
 
 
 def test_prepare_errors_are_one_clear_line(tmp_path, capsys):

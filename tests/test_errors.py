@@ -1,6 +1,11 @@
 """One exception hierarchy: the core's failures arrive as typed errors created by the
 extension, and the library catches them by type, never by message text."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tiny
@@ -90,3 +95,42 @@ def test_trainer_catches_nonfinite_by_type_not_by_message(tiny_towers):
         trainer.step(images, reports)
     np.testing.assert_array_equal(image.flat_parameters, before[0])
     np.testing.assert_array_equal(text.flat_parameters, before[1])
+
+
+def test_an_unbuilt_checkout_says_to_build_the_extension(tmp_path):
+    """The package's Python files without the built .so files (a fresh clone): importing
+    it names the missing extension and the command that builds it, rather than a
+    ModuleNotFoundError from deep inside or a 'circular import'."""
+    package = os.path.dirname(convirt.__file__)
+    shutil.copytree(
+        package,
+        tmp_path / "convirt",
+        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
+    )
+    assert not list((tmp_path / "convirt").glob("*.so"))
+    # -S: no site-packages .pth files, so no editable-install finder can supply another
+    # checkout's extension; the rest of sys.path (NumPy and the like) is kept, minus
+    # any folder holding a convirt package.
+    path = [str(tmp_path)] + [
+        p for p in sys.path if p and not os.path.exists(os.path.join(p, "convirt"))
+    ]
+    for statement in (
+        "import convirt",
+        "import convirt.reports",
+        "from convirt import cli",
+    ):
+        result = subprocess.run(
+            [sys.executable, "-S", "-c", statement],
+            check=False,
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(path)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            "ModuleNotFoundError: the C extension convirt._core is not built: "
+            "run `make build` (or pip install -e .)"
+        ), result.stderr
+        assert "circular" not in result.stderr

@@ -182,6 +182,39 @@ def test_result_fields():
     assert no_grad.loss == pytest.approx(loss)
 
 
+def test_result_repr_is_short():
+    # The structseq's own repr printed both gradient arrays (1,800 characters for 512 x
+    # 128, more with NumPy's print options raised); the losses and shapes are enough.
+    v, u = make_inputs(512, 128, "contiguous")
+    result = convirt.ContrastiveLoss()(v, u)
+    text = repr(result)
+    assert len(text) < 400, text
+    assert text.startswith(f"convirt.LossResult(loss={result.loss!r}, ")
+    assert f"accuracy_text_to_image={result.accuracy_text_to_image!r}" in text
+    assert "grad_v=<float32 array, shape (512, 128)>" in text
+    assert text.endswith("grad_u=<float32 array, shape (512, 128)>, grad_logit_scale=None)")
+    assert type(result).__repr__(result) == str(result) == text
+    with np.printoptions(threshold=sys.maxsize):
+        assert repr(result) == text
+    no_grad = convirt.ContrastiveLoss(learnable_temperature=True)(v, u, compute_grad=False)
+    assert "grad_v=None, grad_u=None, grad_logit_scale=" in repr(no_grad)
+    # repr leaks nothing: neither the arrays nor the shape tuples it reads
+    gc.collect()
+    refs = [sys.getrefcount(x) for x in (result, result.grad_v, result.grad_u)]
+    tracemalloc.start()
+    try:
+        for _ in range(100):
+            repr(result)
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(2000):
+            repr(result)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [sys.getrefcount(x) for x in (result, result.grad_v, result.grad_u)] == refs
+    assert after - before < 16_000, after - before
+
+
 def test_perfect_alignment_has_full_accuracy():
     rng = np.random.default_rng(5)
     v = rng.standard_normal((64, 32)).astype(np.float32)

@@ -2,6 +2,8 @@
 lines in any case, the share of the real Indiana reports it parses, sentences, the
 warnings instead of silent fallbacks, and the Trainer's sampling going through it."""
 
+import gzip
+import importlib.util
 import os
 import sys
 import warnings
@@ -78,6 +80,17 @@ def test_the_two_old_splitters_now_agree():
         ),
         # words that are not headings
         (
+            (
+                "FINDINGS: Lungs clear, no findings of pneumonia. History of smoking. "
+                "Impression of the prior film. IMPRESSION: Normal."
+            ),
+            (
+                "Lungs clear, no findings of pneumonia. History of smoking. "
+                "Impression of the prior film."
+            ),
+            "Normal.",
+        ),
+        (
             "FINDINGS: No acute findings. The impression of the prior study stands.",
             "No acute findings. The impression of the prior study stands.",
             "",
@@ -94,6 +107,50 @@ def test_sections_inline_in_any_case_with_or_without_colon(text, findings, impre
         "findings": findings,
         "impression": impression,
     }
+
+
+@pytest.mark.parametrize(
+    "text, sections",
+    [
+        # MIMIC-CXR's headings run together on one line: the ALL-CAPS text of one
+        # heading, then the next heading
+        (
+            (
+                "EXAMINATION: CHEST PA AND LAT INDICATION: cough TECHNIQUE: two views "
+                "COMPARISON: none FINDINGS: Clear. IMPRESSION: Normal."
+            ),
+            [
+                ("EXAMINATION", "CHEST PA AND LAT"),
+                ("INDICATION", "cough"),
+                ("TECHNIQUE", "two views"),
+                ("COMPARISON", "none"),
+                ("FINDINGS", "Clear."),
+                ("IMPRESSION", "Normal."),
+            ],
+        ),
+        (
+            (
+                "FINAL REPORT EXAMINATION: chest. CLINICAL HISTORY: fever. "
+                "REASON FOR EXAM: cough. IMPRESSION: Normal."
+            ),
+            [
+                ("FINAL REPORT", ""),
+                ("EXAMINATION", "chest."),
+                ("CLINICAL HISTORY", "fever."),
+                ("REASON FOR EXAM", "cough."),
+                ("IMPRESSION", "Normal."),
+            ],
+        ),
+        # a known name that ends a heading's own words at the start of a sentence
+        # stays one heading
+        (
+            "CHEST IMPRESSION: Normal. PRIOR HISTORY: none.",
+            [("CHEST IMPRESSION", "Normal."), ("PRIOR HISTORY", "none.")],
+        ),
+    ],
+)
+def test_all_caps_text_then_a_heading_is_split(text, sections):
+    assert reports.report_sections(text) == sections
 
 
 def test_all_real_reports_the_package_can_read():
@@ -130,6 +187,51 @@ def test_all_real_reports_the_package_can_read():
     assert len(real) > 3900
     assert found == with_impression > 3900
     assert exact >= 0.999 * len(real), (exact, len(real))
+    # The reports without an impression (findings only) are counted, not hidden.
+    without = len(real) - with_impression
+    with pytest.warns(UserWarning, match=f"^{without} of {len(real)} reports have no"):
+        texts = reports.impressions(real)
+    assert sum(text == report for text, report in zip(texts, real)) == without
+
+
+def test_indiana_reports_with_their_ids():
+    """indiana_reports(with_ids=True): the same texts, each with its Open-I report id
+    and image ids, which are the ids of torchxrayvision's own image table; the count in
+    the docstring is the one returned."""
+    try:
+        texts = convirt.datasets.indiana_reports()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    records = convirt.datasets.indiana_reports(with_ids=True)
+    assert [record.text for record in records] == texts
+    assert f"{len(texts):,} are returned" in " ".join(
+        convirt.datasets.indiana_reports.__doc__.split()
+    )
+    first = records[0]
+    assert isinstance(first, convirt.datasets.IndianaReport)
+    assert first.uid == "CXR1"
+    assert first.image_ids == ("CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001")
+    assert first.text.startswith(
+        "FINDINGS: The cardiac silhouette"
+    ) and first.text.endswith("IMPRESSION: Normal chest x-XXXX.")
+    uids = [record.uid for record in records]
+    assert len(set(uids)) == len(uids)
+    image_ids = [i for record in records for i in record.image_ids]
+    assert len(set(image_ids)) == len(image_ids) == 7430
+    assert all(
+        i.startswith(record.uid + "_") for record in records for i in record.image_ids
+    )
+    assert sum(not record.image_ids for record in records) == 101
+    # the ids pair with torchxrayvision's image table (its t-SNE view labels)
+    data = os.path.join(
+        os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data"
+    )
+    table = os.path.join(data, "nlmcxr_tsne_pa.csv.gz")
+    if os.path.exists(table):
+        with gzip.open(table, "rt") as f:
+            known = {line.split(",")[0] for line in f.read().splitlines()[1:]}
+        assert len(known & set(image_ids)) > 0.9 * len(known)
+    assert convirt.datasets.indiana_reports(2, with_ids=True) == records[:2]
 
 
 def test_impressions_warn_with_the_number_without_one():

@@ -18,7 +18,8 @@ def add_prepare_command(subparsers):
         "(shorter side to --size, centre crop) to grayscale uint8, and write a cache\n"
         "that training reads in place: OUT_DIR/images.u8 (a uint8 memmap),\n"
         "reports.jsonl and index.json. Re-running resumes; missing or corrupt images\n"
-        "and empty reports are reported, skipped and counted.",
+        "and empty reports are reported, skipped and counted, and the command fails\n"
+        "(exit code 1) when no pair is left to prepare.",
         epilog="examples:\n"
         "  convirt prepare --csv pairs.csv --image-column path --report-column text cache/\n"
         "  convirt prepare --folder scans/ cache/\n"
@@ -127,9 +128,20 @@ def _dataset_from_args(args):
             label_columns=args.label_columns,
         )
     if args.folder:
-        return datasets.FolderDataset(
-            args.folder, missing_reports="skip" if args.skip_missing_reports else "error"
-        )
+        # The library's error names its keyword (missing_reports='skip'); the command
+        # names its flag, so it asks for the skip and decides here.
+        dataset = datasets.FolderDataset(args.folder, missing_reports="skip")
+        if dataset.skipped and not args.skip_missing_reports:
+            found = len(dataset) + len(dataset.skipped)
+            examples = ", ".join(
+                os.path.relpath(path, dataset.folder) for path in dataset.skipped[:3]
+            )
+            raise ValueError(
+                f"{len(dataset.skipped)} of {found} images in {dataset.folder} have no "
+                f".txt report beside them (e.g. {examples}); pass --skip-missing-reports "
+                "to leave them out"
+            )
+        return dataset
     views = None if [v.lower() for v in args.views] == ["all"] else args.views
     return datasets.MIMICCXRDataset(
         args.mimic,
@@ -163,12 +175,15 @@ def run_prepare(args):
             progress=not args.no_progress,
             overwrite=args.overwrite,
         )
+    index = os.path.join(args.out_dir, "index.json")
+    if not summary.prepared:
+        raise ValueError(
+            f"nothing was prepared: {summary}"
+            + (f" (the reasons are listed in {index})" if summary.skipped else "")
+        )
     print(summary)
     if summary.skipped:
-        print(
-            f"skipped entries are listed with their reason in "
-            f"{os.path.join(args.out_dir, 'index.json')}"
-        )
+        print(f"skipped entries are listed with their reason in {index}")
     return 0
 
 

@@ -16,7 +16,8 @@ Built-in data that needs no download:
   generator lives in :mod:`convirt.synthetic`; its names are available here too, as
   they always were).
 - :func:`indiana_reports` - the real Indiana University reports shipped by
-  torchxrayvision's data file, when that package is installed.
+  torchxrayvision's data file, when that package is installed (``with_ids=True``:
+  :class:`IndianaReport` records with the report's and its images' Open-I ids).
 """
 
 from .. import synthetic as _synthetic
@@ -29,7 +30,7 @@ from ..synthetic import (
     write_report,
 )
 from .files import CSVDataset, FolderDataset
-from .indiana import indiana_reports
+from .indiana import IndianaReport, indiana_reports
 from .mimic import MIMICCXRDataset
 from .paired import ArrayDataset, PairedDataset
 
@@ -38,6 +39,7 @@ __all__ = [
     "ArrayDataset",
     "CSVDataset",
     "FolderDataset",
+    "IndianaReport",
     "MIMICCXRDataset",
     "PairedDataset",
     "SyntheticCXR",

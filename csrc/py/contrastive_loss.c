@@ -31,6 +31,50 @@ static PyStructSequence_Desc result_desc = {
     "What ContrastiveLoss returns: the losses, accuracies and gradients.", result_fields,
     8};
 
+/* LossResult's repr: the numbers, and each gradient by its dtype and shape. (The
+ * structseq's own repr prints both arrays: thousands of characters for a batch.) */
+static PyObject *loss_result_repr(PyObject *self)
+{
+    PyObject *parts = NULL, *separator = NULL, *fields = NULL, *text = NULL;
+    if (!(parts = PyList_New(0)))
+        goto error;
+    for (Py_ssize_t i = 0; result_fields[i].name; i++) {
+        PyObject *value = PyStructSequence_GET_ITEM(self, i), *part = NULL;
+        if (PyArray_Check(value)) {
+            PyObject *shape = PyObject_GetAttrString(value, "shape");
+            if (shape)
+                part = PyUnicode_FromFormat(
+                    "%s=<%S array, shape %R>", result_fields[i].name,
+                    (PyObject *)PyArray_DESCR((PyArrayObject *)value), shape);
+            Py_XDECREF(shape);
+        } else {
+            part = PyUnicode_FromFormat("%s=%R", result_fields[i].name, value);
+        }
+        if (!part || PyList_Append(parts, part) < 0) {
+            Py_XDECREF(part);
+            goto error;
+        }
+        Py_DECREF(part);
+    }
+    if (!(separator = PyUnicode_FromString(", ")) ||
+        !(fields = PyUnicode_Join(separator, parts)))
+        goto error;
+    text = PyUnicode_FromFormat("%s(%U)", Py_TYPE(self)->tp_name, fields);
+error:
+    Py_XDECREF(parts);
+    Py_XDECREF(separator);
+    Py_XDECREF(fields);
+    return text;
+}
+
+static PyObject *loss_result_repr_method(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return loss_result_repr(self);
+}
+
+static PyMethodDef loss_result_repr_def = {"__repr__", loss_result_repr_method, METH_NOARGS,
+                                           "Return repr(self)."};
+
 /* exp(logit_scale), clamped when the temperature is learnable. */
 static double loss_scale(const LossObject *self)
 {
@@ -412,6 +456,16 @@ int cv_register_contrastive_loss(PyObject *module)
 {
     if (PyStructSequence_InitType2(&LossResultType, &result_desc) < 0)
         return -1;
+    /* PyStructSequence_InitType2 gives the type the structseq repr; ours replaces it, in
+     * the slot that repr() calls and as the __repr__ that type(r).__repr__ finds. */
+    LossResultType.tp_repr = loss_result_repr;
+    PyObject *repr = PyDescr_NewMethod(&LossResultType, &loss_result_repr_def);
+    if (!repr || PyDict_SetItemString(LossResultType.tp_dict, "__repr__", repr) < 0) {
+        Py_XDECREF(repr);
+        return -1;
+    }
+    Py_DECREF(repr);
+    PyType_Modified(&LossResultType);
     if (PyType_Ready(&LossType) < 0)
         return -1;
     if (PyModule_AddObjectRef(module, "ContrastiveLoss", (PyObject *)&LossType) < 0 ||
