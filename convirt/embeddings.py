@@ -124,9 +124,9 @@ def encode_dataset(
     if progress is None:
         progress = n > 10 * batch_size
     if progress:
-        from tqdm.auto import tqdm
+        from ._optional import progress_bar
 
-        starts = tqdm(starts, desc=f"encode ({type(dataset).__name__})", unit="chunk")
+        starts = progress_bar(starts, desc=f"encode ({type(dataset).__name__})", unit="chunk")
     for start in starts:
         stop = min(start + chunk, n)
         batch = np.stack(

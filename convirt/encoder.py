@@ -607,9 +607,9 @@ class Encoder(_CoreEncoder):
         if progress is None:
             progress = len(starts) > 10
         if progress:
-            from tqdm.auto import tqdm
+            from ._optional import progress_bar
 
-            starts = tqdm(starts, desc=f"{which} ({self.kind})", unit="batch")
+            starts = progress_bar(starts, desc=f"{which} ({self.kind})", unit="batch")
         was_training = self.training
         self.training = False
         try:

@@ -345,6 +345,7 @@ def compare(
             class_names=label_names,
             name=row,
             threads=probe_threads,
+            progress=progress,
         )
         tuned = finetune(
             image,
