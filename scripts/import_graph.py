@@ -61,7 +61,10 @@ LAYERS = (
             "convirt.augment",
         ),
     ),
-    ("foundations", ("convirt._io", "convirt._optional", "convirt.errors", "convirt._core")),
+    (
+        "foundations",
+        ("convirt._io", "convirt._optional", "convirt.errors", "convirt._core"),
+    ),
 )
 LIBRARY_LAYERS = ("evaluation", "training", "models", "data", "foundations")
 
