@@ -5,8 +5,11 @@ whose curves are divided by the loss at chance so that batch sizes compare."""
 
 import csv
 import math
+import os
 import struct
+import subprocess
 import sys
+import textwrap
 import types
 
 import matplotlib
@@ -164,6 +167,43 @@ def test_tensorboard_logger_writes_the_scalars_into_an_event_file(tmp_path):
         rtol=1e-6,
     )
     assert {"train/lr", "train/grad_norm", "epoch/train_loss"} <= set(scalars)
+
+
+def test_tensorboard_logger_needs_no_torch(tmp_path):
+    # tensorboardX imports torch when it can (for torch tensors): with torch not
+    # importable, the logger still writes its event file.
+    pytest.importorskip("tensorboardX")
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, sys, types
+
+        class NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] == "torch":
+                    raise ModuleNotFoundError(name, name=name)
+
+        sys.meta_path.insert(0, NoTorch())
+        from convirt.callbacks import TensorBoardLogger
+
+        logger = TensorBoardLogger({str(tmp_path)!r})
+        logger.on_train_begin(types.SimpleNamespace(world=types.SimpleNamespace(rank=0)))
+        logger.on_step_end(None, {{"step": 1, "epoch": 0, "loss": 2.5}})
+        logger.on_train_end(None)
+        print("torch" in sys.modules)
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convirt.__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,  # this checkout's convirt first
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False"]
+    (events,) = tmp_path.iterdir()
+    assert read_events(events)["train/loss"] == [(1, 2.5)]
 
 
 def test_tensorboard_logger_without_tensorboardx_says_which_extra(monkeypatch, tmp_path):
