@@ -33,9 +33,11 @@ def progress_bar(iterable=None, **kwargs):
 
 def interactive():
     """True when someone is likely watching the output: stderr (where tqdm draws) is a
-    terminal, or the code runs in a Jupyter kernel. False under pytest, in a pipe or a
-    log file."""
-    if "ipykernel" in sys.modules:
+    terminal, or the code runs in a Jupyter kernel (IPython's shell has a kernel). False
+    under pytest, in a pipe or a log file."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if hasattr(ipython, "get_ipython") else None
+    if getattr(shell, "kernel", None) is not None:
         return True
     try:
         return sys.stderr.isatty()

@@ -205,8 +205,12 @@ def test_no_module_draws_its_own_tqdm_auto_bar():
 
 
 def test_interactive_means_a_terminal_or_a_jupyter_kernel(monkeypatch):
-    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: None  # IPython imported, no shell running
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     assert not _optional.interactive()
-    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    kernel_shell = types.SimpleNamespace(kernel=object())  # Jupyter's ZMQ shell
+    ipython.get_ipython = lambda: kernel_shell
     assert _optional.interactive()
