@@ -136,7 +136,8 @@ class CSVLogger(Callback):
         if directory:
             os.makedirs(directory, exist_ok=True)
         self._keep_rows_up_to(trainer.step_count)
-        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (open until on_train_end)
+        # Open until on_train_end: each row is written and flushed as it comes.
+        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._writer = csv.DictWriter(
             self._file, self.COLUMNS, extrasaction="ignore", lineterminator="\n"
         )

@@ -410,8 +410,9 @@ class Trainer:
         """Mean contrastive loss on `data` in eval mode: no augmentation (resize only), a
         fixed sentence of each report, forward only. Returns a dict of the losses and
         accuracies averaged over batches, ``val_normalized_loss`` (the mean of each
-        batch's loss / convirt.loss_curves.chance_loss) and ``val_batch_size``. Under MPI every rank must call it (the
-        batches are split over the ranks and the sums all-reduced)."""
+        batch's loss / convirt.loss_curves.chance_loss) and ``val_batch_size``. Under
+        MPI every rank must call it (the batches are split over the ranks and the sums
+        all-reduced)."""
         images, reports = as_pairs(data, "val")
         if len(images) < 2:
             raise ValueError("validation needs at least 2 pairs")

@@ -174,7 +174,7 @@ def test_a_flag_that_needs_a_missing_package_is_refused_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
-# ---- progress bars --------------------------------------------------------------------------
+# ---- progress bars -----------------------------------------------------------------------
 
 
 def test_progress_bars_are_plain_tqdm_without_ipywidgets(monkeypatch):

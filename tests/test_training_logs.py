@@ -43,7 +43,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
-# ---- metrics.csv --------------------------------------------------------------------------
+# ---- metrics.csv -------------------------------------------------------------------------
 
 
 def test_metrics_csv_has_a_row_per_step_and_per_epoch_written_as_they_happen(tmp_path):
@@ -127,7 +127,7 @@ def test_metrics_csv_where_and_whether(tmp_path):
     assert [c for c in trainer.callbacks if isinstance(c, CSVLogger)] == [logger]
 
 
-# ---- TensorBoard ---------------------------------------------------------------------------
+# ---- TensorBoard -------------------------------------------------------------------------
 
 
 def read_events(path):
@@ -214,7 +214,7 @@ def test_tensorboard_logger_without_tensorboardx_says_which_extra(monkeypatch, t
         TensorBoardLogger(tmp_path / "tb")
 
 
-# ---- Weights & Biases ---------------------------------------------------------------------
+# ---- Weights & Biases --------------------------------------------------------------------
 
 
 def fake_wandb():
@@ -259,7 +259,7 @@ def test_wandb_logger_without_wandb_says_which_extra(monkeypatch):
         WandbLogger("p")
 
 
-# ---- the loss plot -------------------------------------------------------------------------
+# ---- the loss plot -----------------------------------------------------------------------
 
 
 def test_chance_loss_is_the_loss_of_embeddings_that_tell_nothing_apart():
