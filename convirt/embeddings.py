@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import numpy as np
 
 from ._io import atomic_write
+from ._optional import progress_bar, require
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoder import Encoder
@@ -42,7 +43,7 @@ class Embeddings(NamedTuple):
 
     def to_frame(self) -> Any:
         """A pandas DataFrame indexed by id, one float32 column per feature (f0, f1...)."""
-        import pandas as pd
+        pd = require("pandas", "Embeddings.to_frame()")
 
         return pd.DataFrame(
             self.features,
@@ -124,9 +125,9 @@ def encode_dataset(
     if progress is None:
         progress = n > 10 * batch_size
     if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc=f"encode ({type(dataset).__name__})", unit="chunk")
+        starts = progress_bar(
+            starts, desc=f"encode ({type(dataset).__name__})", unit="chunk"
+        )
     for start in starts:
         stop = min(start + chunk, n)
         batch = np.stack(

@@ -51,6 +51,46 @@ _STRIPPED_PREFIXES = ("module.", "bert.", "model.")
 # The default normalisation of a ResNet tower (ImageNet's, or its grey level for one
 # channel) is convirt.augment's resnet_normalization.
 
+# What encode and embed accept of float images, which hold intensities in [0, 1]. The
+# margin admits what transforms and resampling do to such images (brightness and
+# contrast jitter, bilinear overshoot); values beyond it are another scale, 0-255 most
+# often, which would give very different features without any error.
+FLOAT_IMAGE_RANGE = (-0.5, 1.5)
+
+
+def _image_layout(x, in_channels):
+    """An image batch as the core reads it, (N, H, W[, C]): PyTorch's (N, C, H, W) with
+    C = in_channels and larger H and W becomes a transposed view (the core reads any
+    strides, so nothing is copied); another (N, C, H, W) is a ValueError that says so."""
+    channels_first = (
+        x.ndim == 4
+        and x.shape[1] in (1, 3)
+        and x.shape[3] not in (1, 3)
+        and min(x.shape[2:]) > x.shape[1]
+    )
+    if not channels_first:
+        return x
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"images of shape {x.shape} look like PyTorch's (N, C, H, W) with "
+            f"C = {x.shape[1]}, but the encoder was built for in_channels={in_channels}"
+        )
+    return x.transpose(0, 2, 3, 1)
+
+
+def _check_float_range(images):
+    """ValueError when float images hold values outside FLOAT_IMAGE_RANGE (NaN and Inf
+    are the core's to refuse)."""
+    if images.dtype.kind != "f" or images.size == 0:
+        return
+    low, high = float(np.min(images)), float(np.max(images))
+    if low < FLOAT_IMAGE_RANGE[0] or high > FLOAT_IMAGE_RANGE[1]:
+        raise ValueError(
+            f"float images must hold intensities in [0, 1], got values from {low:g} to "
+            f"{high:g}: divide 0-255 images by 255 (or pass them as uint8, which the "
+            "encoder scales itself)"
+        )
+
 
 def _stored_shape(shape, layout):
     """Shape of a tensor in the order the core stores it."""
@@ -88,8 +128,11 @@ class Encoder(_CoreEncoder):
 
     Images are (N, H, W) or (N, H, W, C) uint8 or float32 arrays (memmaps too), read in
     place; uint8 is scaled by 1/255, then ``(x - mean) / std`` per channel
-    (``normalization``). Text is a list of strings (with a tokenizer) or int32
-    ``input_ids`` with an ``attention_mask``.
+    (``normalization``). Float images hold intensities in [0, 1]: ``encode`` and
+    ``embed`` refuse values outside FLOAT_IMAGE_RANGE (-0.5, 1.5), which are another
+    scale (0-255 most often), and read PyTorch's (N, C, H, W) through a transposed view
+    (no copy). ``forward`` takes its input as it is. Text is a list of strings (with a
+    tokenizer) or int32 ``input_ids`` with an ``attention_mask``.
     """
 
     def __init__(
@@ -563,6 +606,8 @@ class Encoder(_CoreEncoder):
                 "image encoder input: expected a uint8 or float32 NumPy array "
                 f"(N, H, W) or (N, H, W, C), got {type(x).__name__}"
             )
+        if self.kind == "image":
+            return _image_layout(x, self.in_channels), attention_mask
         if self.kind == "text" and not isinstance(x, (list, tuple, np.ndarray)):
             raise TypeError(
                 "text encoder input: expected a list of strings, or int32 "
@@ -607,14 +652,16 @@ class Encoder(_CoreEncoder):
         if progress is None:
             progress = len(starts) > 10
         if progress:
-            from tqdm.auto import tqdm
+            from ._optional import progress_bar
 
-            starts = tqdm(starts, desc=f"{which} ({self.kind})", unit="batch")
+            starts = progress_bar(starts, desc=f"{which} ({self.kind})", unit="batch")
         was_training = self.training
         self.training = False
         try:
             for start in starts:
                 stop = min(start + batch_size, n)
+                if self.kind == "image":  # per batch: a memmap is read once
+                    _check_float_range(x[start:stop])
                 mask = None if attention_mask is None else attention_mask[start:stop]
                 if which == "encode":
                     self.forward(
@@ -640,8 +687,10 @@ class Encoder(_CoreEncoder):
     ) -> np.ndarray | Embeddings:
         """Backbone features h (float32, (N, feature_dim)) in eval mode, in batches.
         ``progress``: a tqdm bar (default: when there are more than 10 batches). Images
-        (uint8 or float32, (N, H, W[, C])) must be at least 32 x 32 pixels (a ResNet's
-        five stride-2 stages): smaller ones raise ValueError, never silently upsampled.
+        (uint8, or float32 in [0, 1]; (N, H, W[, C]), or (N, C, H, W) read as a
+        transposed view) must be at least 32 x 32 pixels (a ResNet's five stride-2
+        stages): smaller ones raise ValueError, never silently upsampled; float values
+        outside FLOAT_IMAGE_RANGE raise ValueError (0-255 floats: divide by 255).
         Given a dataset (a convirt dataset, a prepared cache, synthetic_cxr's result),
         returns ``Embeddings(ids, features)`` in its order, its images resized to
         ``image_size`` (see :func:`convirt.embeddings.encode_dataset`)."""

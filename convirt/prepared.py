@@ -123,7 +123,7 @@ def prepare(
     sources (or with reports) this dataset does not have; use a new folder or
     ``overwrite=True``.
     """
-    from tqdm.auto import tqdm
+    from ._optional import progress_bar
 
     size = _check_size(size)
     out_dir = os.fspath(out_dir)
@@ -265,7 +265,7 @@ def prepare(
         except ImageDecodeError as error:
             return None, ("corrupt", str(error))
 
-    bar = tqdm(
+    bar = progress_bar(
         total=len(todo), desc="prepare", unit="img", disable=not progress, file=sys.stderr
     )
     last_commit = time.monotonic()

@@ -14,12 +14,13 @@ import numpy as np
 from ._core import Adam, ContrastiveLoss
 from ._core import Encoder as _CoreEncoder
 from .augment import AUGMENTS, ImageAugment, eval_augment, mild_augment, paper_augment
-from .callbacks import Callback, _FunctionCallback
+from .callbacks import Callback, CSVLogger, _FunctionCallback
 from .checkpoint import FORMAT, CheckpointDir
 from .distributed import config_hash
 from .encoder import Encoder
 from .errors import CheckpointError, NonFiniteError, TrainingDiverged
 from .loader import BatchLoader, Pairs, as_pairs
+from .loss_curves import chance_loss, plot_loss_curves
 from .reports import sample_sentences
 from .schedules import ReduceLROnPlateau, WarmupCosine
 from .text import tokenize
@@ -71,7 +72,12 @@ class Trainer:
         freeze_image / freeze_text: keep a whole tower fixed (eval mode, no update).
         checkpoint_dir: where LAST and BEST checkpoints go (see convirt.checkpoint);
             checkpoint_every: also save every so many steps (default: each epoch).
-        callbacks: Callback objects, or functions f(trainer, metrics) called each step.
+        callbacks: Callback objects, or functions f(trainer, metrics) called each step
+            (convirt.callbacks: CSVLogger, TensorBoardLogger, WandbLogger).
+        metrics_csv: True (default) writes every step and epoch to metrics.csv in
+            checkpoint_dir (a resumed run appends; see convirt.callbacks.CSVLogger),
+            a path writes there, False writes none. Not written without checkpoint_dir
+            unless a path is given, nor when callbacks hold a CSVLogger.
         progress: show a tqdm progress bar (rank 0 only under MPI).
         distributed: the convirt.distributed.World to train over; None (default) is
             the MPI world when launched by mpirun with several ranks, else one process;
@@ -100,6 +106,7 @@ class Trainer:
         progress=True,
         prefetch=True,
         distributed=None,
+        metrics_csv=True,
         **settings,
     ):
         unknown = sorted(set(settings) - set(TrainerConfig.keywords()))
@@ -162,6 +169,10 @@ class Trainer:
         self.callbacks = [
             c if isinstance(c, Callback) else _FunctionCallback(c) for c in callbacks
         ]
+        if metrics_csv is True:
+            metrics_csv = checkpoint_dir and os.path.join(checkpoint_dir, "metrics.csv")
+        if metrics_csv and not any(isinstance(c, CSVLogger) for c in self.callbacks):
+            self.callbacks.insert(0, CSVLogger(metrics_csv))
         self.progress = progress
         self.prefetch = prefetch
         self.world = join_world(distributed, self.config, image_encoder, text_encoder)
@@ -334,6 +345,8 @@ class Trainer:
             "text_to_image": result.text_to_image,
             "accuracy_image_to_text": result.accuracy_image_to_text,
             "accuracy_text_to_image": result.accuracy_text_to_image,
+            "normalized_loss": result.loss / chance_loss(self.method, n * self.world.size),
+            "batch_size": n * self.world.size,
             "lr": self.optimizer.lr,
             "temperature": self.loss.temperature,
             "grad_norm": grad_norm,
@@ -396,8 +409,10 @@ class Trainer:
     def validate(self, data, batch_size=32):
         """Mean contrastive loss on `data` in eval mode: no augmentation (resize only), a
         fixed sentence of each report, forward only. Returns a dict of the losses and
-        accuracies averaged over batches. Under MPI every rank must call it (the
-        batches are split over the ranks and the sums all-reduced)."""
+        accuracies averaged over batches, ``val_normalized_loss`` (the mean of each
+        batch's loss / convirt.loss_curves.chance_loss) and ``val_batch_size``. Under
+        MPI every rank must call it (the batches are split over the ranks and the sums
+        all-reduced)."""
         images, reports = as_pairs(data, "val")
         if len(images) < 2:
             raise ValueError("validation needs at least 2 pairs")
@@ -436,14 +451,18 @@ class Trainer:
                     r = self._runner.evaluate(both, None, None, self._loss_call)
                 for key in self._VAL_KEYS:
                     totals[key] = totals.get(key, 0.0) + getattr(r, key)
+                totals["normalized_loss"] = totals.get("normalized_loss", 0.0) + (
+                    r.loss / chance_loss(self.method, n)
+                )
                 count += 1
         finally:
             for e, mode in was:
                 e.train(mode)
-        keys = sorted(self._VAL_KEYS)
+        keys = sorted((*self._VAL_KEYS, "normalized_loss"))
         sums = np.array([count] + [totals.get(k, 0.0) for k in keys], np.float64)
         self.world.allreduce_sum(sums)
-        return {f"val_{k}": sums[1 + i] / sums[0] for i, k in enumerate(keys)}
+        result = {f"val_{k}": sums[1 + i] / sums[0] for i, k in enumerate(keys)}
+        return {**result, "val_batch_size": min(batch_size, len(images))}
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -513,9 +532,9 @@ class Trainer:
             )
         bar = None
         if self.progress and self.world.rank == 0:
-            from tqdm.auto import tqdm
+            from ._optional import progress_bar
 
-            bar = tqdm(
+            bar = progress_bar(
                 total=total_steps,
                 initial=min(self.step_count, total_steps),
                 unit="step",
@@ -659,11 +678,19 @@ class Trainer:
 
     @classmethod
     def resume(
-        cls, checkpoint_dir, *, which="LAST", callbacks=(), progress=True, augment=None
+        cls,
+        checkpoint_dir,
+        *,
+        which="LAST",
+        callbacks=(),
+        progress=True,
+        augment=None,
+        metrics_csv=True,
     ):
         """A trainer restored from checkpoint_dir's LAST (or BEST) checkpoint: encoders,
         optimiser moments, schedule, temperature, history and the position in the data;
-        fit() then continues exactly where the run stopped."""
+        fit() then continues exactly where the run stopped (and appends to its
+        metrics.csv: ``metrics_csv`` as in the constructor)."""
         from ._io import read_safetensors
 
         directory, state = CheckpointDir(checkpoint_dir).load_state(which)
@@ -694,6 +721,7 @@ class Trainer:
                 callbacks,
                 progress,
                 augment,
+                metrics_csv,
             )
         except (ValueError, TypeError, KeyError, OverflowError) as error:
             if isinstance(error, CheckpointError):
@@ -713,6 +741,7 @@ class Trainer:
         callbacks,
         progress,
         augment,
+        metrics_csv,
     ):
         """The trainer of resume(), from checked parts."""
         config = TrainerConfig.from_json(state["config"])
@@ -727,6 +756,7 @@ class Trainer:
             checkpoint_dir=checkpoint_dir,
             callbacks=callbacks,
             progress=progress,
+            metrics_csv=metrics_csv,
             **config.trainer_settings(),
         )
         optimizer_state["step"] = state["optimizer"]["step"]
@@ -758,27 +788,9 @@ class Trainer:
     # ---- plots ------------------------------------------------------------------------------
 
     def plot(self, ax=None):
-        """The training loss per step and the validation loss per epoch; returns the
-        matplotlib figure."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(7, 4))
-        else:
-            fig = ax.figure
-        if self.steps:
-            ax.plot(
-                [s["step"] for s in self.steps],
-                [s["loss"] for s in self.steps],
-                lw=1,
-                alpha=0.6,
-                label="train (per step)",
-            )
-        val = [(r["step"], r["val_loss"]) for r in self.history if "val_loss" in r]
-        if val:
-            ax.plot(*zip(*val), "o-", label="validation (per epoch)")
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"{self.method} loss")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        return fig
+        """The training loss per step and the validation loss per epoch, each divided by
+        ln of its batch size (the loss at chance, so that batches of different sizes
+        compare: see convirt.loss_curves); returns the matplotlib figure."""
+        return plot_loss_curves(
+            self.method, self.steps, self.history, self.fit_settings.get("batch_size"), ax
+        )

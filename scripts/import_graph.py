@@ -32,6 +32,7 @@ LAYERS = (
             "convirt.trainer_config",
             "convirt.train_step",
             "convirt.callbacks",
+            "convirt.loss_curves",
             "convirt.distributed",
         ),
     ),
@@ -60,7 +61,10 @@ LAYERS = (
             "convirt.augment",
         ),
     ),
-    ("foundations", ("convirt._io", "convirt.errors", "convirt._core")),
+    (
+        "foundations",
+        ("convirt._io", "convirt._optional", "convirt.errors", "convirt._core"),
+    ),
 )
 LIBRARY_LAYERS = ("evaluation", "training", "models", "data", "foundations")
 

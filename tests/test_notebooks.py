@@ -10,6 +10,7 @@ working directory in tmp_path (the files a notebook writes land there).
 
 import importlib.util
 import os
+import re
 import time
 
 import pytest
@@ -57,6 +58,16 @@ def kernel_environment(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", package_root + (os.pathsep + path if path else ""))
 
 
+def stream_text(notebook):
+    """Everything the cells of an executed notebook printed (stdout and stderr)."""
+    return "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "stream"
+    )
+
+
 def error_outputs(notebook):
     """(cell index, 'Name: message') of every error output in an executed notebook."""
     found = []
@@ -85,6 +96,8 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
         pytest.fail(f"{name}: a cell raised an error:\n{error}")
     seconds = time.perf_counter() - start
     assert error_outputs(notebook) == []
+    # Progress bars draw as text where ipywidgets is missing, without tqdm's warning.
+    assert "TqdmWarning" not in stream_text(notebook)
     # Every code cell ran, in order.
     counts = [cell.execution_count for cell in notebook.cells if cell.cell_type == "code"]
     assert counts == list(range(1, len(counts) + 1))
@@ -144,3 +157,11 @@ def test_notebook_is_stored_without_outputs(name):
     assert load_strip_outputs().is_clean(path), (
         f"{name} has run metadata; run python notebooks/strip_outputs.py"
     )
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_has_no_placeholder_left(name):
+    notebook = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
+    for index, cell in enumerate(notebook.cells):
+        found = re.findall(r"\b(?:TBD|TODO|FIXME|XXX)\b", cell.source)
+        assert not found, f"{name}, cell {index}: placeholder {found[0]!r}"

@@ -1,8 +1,17 @@
-"""Argument types the commands share (argparse ``type=`` functions)."""
+"""Argument types the commands share (argparse ``type=`` functions), and the action of
+a flag that needs an optional package."""
 
 import argparse
+import importlib.util
 
-__all__ = ["comma_list", "float_list", "int_list", "positive_int", "share"]
+__all__ = [
+    "comma_list",
+    "float_list",
+    "int_list",
+    "positive_int",
+    "requires",
+    "share",
+]
 
 
 def positive_int(text):
@@ -47,3 +56,26 @@ def share(text):
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a share in (0, 1), got {value}")
     return value
+
+
+def requires(*modules, install):
+    """The argparse action of a flag (like store_true) whose work needs optional
+    packages: giving the flag while one of `modules` is not installed stops the command
+    at once, an argparse usage error naming the package and ``pip install {install}``,
+    rather than after the work that comes before it. The modules are looked up, not
+    imported, so that parsing stays fast."""
+
+    class Requires(argparse.Action):
+        def __init__(self, option_strings, dest, **kwargs):
+            super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            missing = [m for m in modules if importlib.util.find_spec(m) is None]
+            if missing:
+                parser.error(
+                    f"{option_string} needs {' and '.join(missing)}, which convirt "
+                    f"does not install: pip install {install}"
+                )
+            setattr(namespace, self.dest, True)
+
+    return Requires

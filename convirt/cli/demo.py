@@ -5,7 +5,12 @@ import argparse
 
 from .arguments import positive_int
 
-__all__ = ["add_demo_command"]
+__all__ = ["QUICK", "add_demo_command"]
+
+# What --quick is, said the same way here and in README.md (tests/test_cli_messages.py
+# checks): the preset of convirt.experiments.demo.PRESETS["quick"], timed in
+# docs/LEARNING.md (pretraining about 0.6 s a step on 2 idle cores).
+QUICK = "a smaller preset: 2000 pairs, 310 steps, about 5 minutes on 2 idle cores"
 
 
 def add_demo_command(subparsers):
@@ -15,9 +20,10 @@ def add_demo_command(subparsers):
         description="Build synthetic chest radiographs with reports, pretrain a ResNet-18\n"
         "image tower with ConVIRT against the real all-MiniLM-L6-v2 text tower (lower half\n"
         "frozen), then compare the pretrained image encoder with a randomly initialised\n"
-        "one and a supervised ceiling: linear-probe AUC per finding with 1/10/100%% of\n"
-        "the labels, and image->image and text->image Precision@5/10 per category. Prints the table, writes results.md/json, the loss\n"
-        "and probe curves (PNG) and the checkpoint to OUT_DIR.",
+        "one and a supervised ceiling: linear-probe AUC per finding with 1/10/100% of\n"
+        "the labels, and image->image and text->image Precision@5/10 per category.\n"
+        "Prints the table, writes results.md/json, the loss and probe curves (PNG) and\n"
+        "the checkpoint to OUT_DIR.",
         epilog="examples:\n  convirt demo\n  convirt demo --quick demo-quick/\n"
         "  convirt demo --epochs 8 --train 8000 longer-demo/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -32,7 +38,7 @@ def add_demo_command(subparsers):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a small setting that runs in a couple of minutes",
+        help=QUICK,
     )
     parser.add_argument("--train", type=positive_int, help="training pairs")
     parser.add_argument("--val", type=positive_int, help="validation pairs")

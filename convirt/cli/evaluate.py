@@ -2,6 +2,7 @@
 (:func:`convirt.experiments.paper_table`)."""
 
 import argparse
+import sys
 
 from .arguments import comma_list, float_list, int_list, positive_int, share
 
@@ -302,7 +303,7 @@ def run_evaluate(args):
 
     import numpy as np
 
-    from .. import __version__, set_num_threads
+    from .. import set_num_threads
     from ..experiments.paper_table import PAPER_ROWS, paper_table
 
     start = time.perf_counter()
@@ -379,18 +380,40 @@ def run_evaluate(args):
     table.notes.append(f"wall time {seconds / 60:.1f} min")
     text = table.to_markdown()
     print(text)
-    if args.markdown:
-        from .._io import atomic_write
+    return _write_outputs(args, table, text)
 
+
+def _write_outputs(args, table, text):
+    """Write each file asked for; one that fails does not keep the others from being
+    written (the evaluation took long): the failures are reported together, exit 1."""
+    from .. import __version__
+    from .._io import atomic_write
+
+    def markdown():
         command = _command_line(args, args.evaluate_parser, "convirt evaluate")
-        text += f"\n\nCommand (convirt {__version__}): `{command}`\n"
-        atomic_write(args.markdown, text.encode("utf-8"))
-    if args.csv:
-        table.to_csv(args.csv)
-    if args.png:
+        footer = f"\n\nCommand (convirt {__version__}): `{command}`\n"
+        atomic_write(args.markdown, (text + footer).encode("utf-8"))
+
+    def png():
         import matplotlib
 
         matplotlib.use("Agg")
-        figure = table.plot()
-        figure.savefig(args.png, dpi=100)
-    return 0
+        table.plot().savefig(args.png, dpi=100)
+
+    outputs = [
+        (args.markdown, markdown),
+        (args.csv, lambda: table.to_csv(args.csv)),
+        (args.png, png),
+    ]
+    failed = 0
+    for path, write in outputs:
+        if not path:
+            continue
+        try:
+            write()
+        except (OSError, ValueError, ImportError) as error:
+            if getattr(args, "traceback", False):
+                raise
+            print(f"convirt evaluate: error: {path} not written: {error}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0

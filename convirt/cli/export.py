@@ -4,7 +4,7 @@ image encoder as ONNX), through :mod:`convirt.export`."""
 import argparse
 import os
 
-from .arguments import positive_int
+from .arguments import positive_int, requires
 
 __all__ = ["add_export_command"]
 
@@ -32,7 +32,9 @@ def add_export_command(subparsers):
         help="which checkpoint (default: best, else last)",
     )
     parser.add_argument(
-        "--onnx", action="store_true", help="also the image encoder as ONNX"
+        "--onnx",
+        action=requires("torch", "onnx", install="'convirt[onnx]'"),
+        help="also the image encoder as ONNX (needs torch and onnx)",
     )
     parser.add_argument(
         "--image-size",

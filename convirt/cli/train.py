@@ -201,6 +201,7 @@ class _IndexedImages:
 def run_pretrain(args):
     import convirt
 
+    from ..callbacks import CSVLogger
     from ..distributed import world
     from ..prepared import PreparedDataset
 
@@ -251,13 +252,13 @@ def run_pretrain(args):
     )
     if group.rank != 0:
         return 0
-    trainer.plot().savefig(
-        os.path.join(out_dir, "loss_curve.png"), dpi=120, bbox_inches="tight"
-    )
+    curve = os.path.join(out_dir, "loss_curve.png")
+    trainer.plot().savefig(curve, dpi=120, bbox_inches="tight")
     best = trainer.checkpoints.pointer("BEST") or trainer.checkpoints.pointer("LAST")
+    logs = [c.path for c in trainer.callbacks if isinstance(c, CSVLogger)]
     print(
-        f"done: {trainer.step_count} steps; best checkpoint {best}; loss curve "
-        f"{out_dir}/loss_curve.png"
+        f"done: {trainer.step_count} steps; best checkpoint {best}; loss curve {curve}"
+        + "".join(f"; metrics {path}" for path in logs)
     )
     return 0
 
@@ -383,6 +384,7 @@ def run_embed(args):
     encoder = convirt.Encoder.from_checkpoint(path)
     if encoder.kind != "image":
         raise ValueError(f"{path} holds a {encoder.kind} encoder; embed needs an image one")
+    files_list = None
     if os.path.exists(os.path.join(args.images, "index.json")):
         cache = PreparedDataset(args.images)
         images, ids = cache.images, cache.sources  # read in place
@@ -397,7 +399,8 @@ def run_embed(args):
             raise FileNotFoundError(f"no images in {args.images}")
         images = np.stack([decode_image(f, args.image_size or 256) for f in files])
         ids = files
-        with open(os.path.splitext(args.output)[0] + ".files.txt", "w") as f:
+        files_list = os.path.splitext(args.output)[0] + ".files.txt"
+        with open(files_list, "w") as f:
             f.write("\n".join(files) + "\n")
     else:
         raise FileNotFoundError(f"{args.images} is neither a prepared cache nor a folder")
@@ -418,4 +421,8 @@ def run_embed(args):
         f"wrote {features.shape[0]} x {features.shape[1]} float32 features to "
         f"{' and '.join(written)} (with the ids)"
     )
+    if files_list:
+        print(
+            f"wrote the image files, one per line in the features' order, to {files_list}"
+        )
     return 0

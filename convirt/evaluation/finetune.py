@@ -442,9 +442,9 @@ def finetune(
     test_features = np.empty((len(test_images), model.feature_dim), np.float32)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .._optional import progress_bar
 
-        bar = tqdm(
+        bar = progress_bar(
             total=S * sum(epochs),
             unit="epoch",
             dynamic_ncols=True,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._optional import interactive, progress_bar
 from .labels import (
     _METRICS,
     _as_features,
@@ -171,6 +172,7 @@ def linear_probe(
     class_names=None,
     name=None,
     threads=None,
+    progress=None,
 ):
     """Linear evaluation of frozen features, as in ConVIRT: for each label fraction and
     seed, sample that share of the training set (every class keeps positives), fit
@@ -199,6 +201,8 @@ def linear_probe(
     threads : limit the BLAS threads of the fits to this many (None: the library's
         default). The fits of a probe are small: 1 thread is about as fast, and several
         times faster on a busy machine.
+    progress : a tqdm bar over the (fraction, seed) fits. None (default): when someone
+        is likely watching (stderr is a terminal, or a Jupyter kernel runs).
 
     Returns
     -------
@@ -256,42 +260,52 @@ def linear_probe(
     per_class = None if task.kind == "binary" else np.full((F, S, K), np.nan)
     not_converged = 0
     done = {}  # identical training subsets (fraction 1) are fitted once
-    for f, fraction in enumerate(fractions):
-        for s, seed in enumerate(seeds):
-            idx = sample_fraction(y, fraction, seed)
-            key = idx.tobytes()
-            if key not in done:
-                scaler = StandardScaler().fit(X[idx])
-                with threadpool_limits(threads):
-                    val_out, test_out, missed = _fit_path(
-                        scaler.transform(X[idx]),
-                        y[idx],
-                        scaler.transform(X_val),
-                        scaler.transform(X_test),
-                        Cs,
-                        max_iter,
-                        multilabel,
-                    )
-                not_converged += missed
-                val_metric = [task.score(y_val, out, metric)[0] for out in val_out]
-                if not np.isfinite(val_metric).any():
-                    raise ValueError(
-                        "the validation split has no class (column) with both "
-                        "positives and negatives: the metric is undefined"
-                    )
-                best = int(np.nanargmax(val_metric))
-                test_metric, test_per_class = task.score(y_test, test_out[best], metric)
-                if not np.isfinite(test_metric):
-                    raise ValueError(
-                        "the test split has no class (column) with both "
-                        "positives and negatives: the metric is undefined"
-                    )
-                done[key] = (test_metric, val_metric[best], Cs[best], test_per_class)
-            test_metric, val_metric, C, test_per_class = done[key]
-            scores[f, s], val_scores[f, s], chosen_C[f, s] = test_metric, val_metric, C
-            n_train[f, s] = len(idx)
-            if per_class is not None:
-                per_class[f, s] = test_per_class
+    if progress is None:
+        progress = interactive()
+    with progress_bar(
+        total=F * S,
+        unit="fit",
+        desc=f"linear probe{' ' + name if name else ''}",
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
+        for f, fraction in enumerate(fractions):
+            for s, seed in enumerate(seeds):
+                idx = sample_fraction(y, fraction, seed)
+                key = idx.tobytes()
+                if key not in done:
+                    scaler = StandardScaler().fit(X[idx])
+                    with threadpool_limits(threads):
+                        val_out, test_out, missed = _fit_path(
+                            scaler.transform(X[idx]),
+                            y[idx],
+                            scaler.transform(X_val),
+                            scaler.transform(X_test),
+                            Cs,
+                            max_iter,
+                            multilabel,
+                        )
+                    not_converged += missed
+                    val_metric = [task.score(y_val, out, metric)[0] for out in val_out]
+                    if not np.isfinite(val_metric).any():
+                        raise ValueError(
+                            "the validation split has no class (column) with both "
+                            "positives and negatives: the metric is undefined"
+                        )
+                    best = int(np.nanargmax(val_metric))
+                    test_metric, test_per_class = task.score(y_test, test_out[best], metric)
+                    if not np.isfinite(test_metric):
+                        raise ValueError(
+                            "the test split has no class (column) with both "
+                            "positives and negatives: the metric is undefined"
+                        )
+                    done[key] = (test_metric, val_metric[best], Cs[best], test_per_class)
+                test_metric, val_metric, C, test_per_class = done[key]
+                scores[f, s], val_scores[f, s], chosen_C[f, s] = test_metric, val_metric, C
+                n_train[f, s] = len(idx)
+                if per_class is not None:
+                    per_class[f, s] = test_per_class
+                bar.update(1)
     return ProbeResult(
         metric=metric,
         task=task.kind,

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 
+from .._optional import require
 from .labels import _METRICS
 
 __all__ = []
@@ -51,7 +52,7 @@ class _ScoresByFraction:
         return str(n[0]) if (n == n[0]).all() else f"{n.min()}-{n.max()}"
 
     def _frame(self, per_seed, per_class):
-        import pandas as pd
+        pd = require("pandas", f"{type(self).__name__}.to_frame()")
 
         if per_seed:
             records = []

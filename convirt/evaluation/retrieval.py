@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._optional import require
 from .labels import _as_features, _binary_matrix, _check_length
 from .results import _html_table, _text_table
 
@@ -98,7 +99,7 @@ class RetrievalResult:
     def to_frame(self):
         """A pandas DataFrame: one row per category and a 'mean' row; columns
         'queries' and 'P@k' for each k."""
-        import pandas as pd
+        pd = require("pandas", "RetrievalResult.to_frame()")
 
         frame = pd.DataFrame(
             self.precision,

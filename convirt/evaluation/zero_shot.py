@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._optional import require
 from .labels import _binary_auc, _binary_matrix, _check_length
 from .results import _escape, _html_table, _text_table
 
@@ -196,7 +197,7 @@ class ZeroShotResult:
         """A pandas DataFrame. Default: one row per class with the number of prompts,
         the mean score and the AUC (when labels were given). ``per_image=True``: the
         (N, C) scores, one column per class."""
-        import pandas as pd
+        pd = require("pandas", "ZeroShotResult.to_frame()")
 
         if per_image:
             return pd.DataFrame(

@@ -1,12 +1,15 @@
 """The ConVIRT paper's comparison on one labelled dataset: every encoder through the
 linear probe, fine-tuning and retrieval, as one table."""
 
+import csv
+import io
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .._io import atomic_write
+from .._optional import require
 from ..evaluation.finetune import _check_image_encoder, _check_images, finetune
 from ..evaluation.labels import (
     _METRICS,
@@ -84,29 +87,44 @@ class ComparisonTable:
     def _repr_markdown_(self):
         return self.to_markdown()
 
+    def _columns(self):
+        """(group, name, values per row): each column's means, and its spreads (name +
+        ' std') where there are any."""
+        columns = []
+        for c, (group, name) in enumerate(zip(self.groups, self.columns)):
+            columns.append((group, name, self.values[:, c]))
+            if np.isfinite(self.spreads[:, c]).any():
+                columns.append((group, name + " std", self.spreads[:, c]))
+        return columns
+
     def to_frame(self):
         """A pandas DataFrame: one row per method; columns (group, column) with the
-        means, and (group, column + ' std') with the spreads where there are any."""
-        import pandas as pd
-
-        data, keys = [], []
-        for c, (group, name) in enumerate(zip(self.groups, self.columns)):
-            data.append(self.values[:, c])
-            keys.append((group, name))
-            if np.isfinite(self.spreads[:, c]).any():
-                data.append(self.spreads[:, c])
-                keys.append((group, name + " std"))
+        means, and (group, column + ' std') with the spreads where there are any.
+        Needs pandas (not a dependency of convirt; :meth:`to_csv` does not need it)."""
+        pd = require("pandas", "ComparisonTable.to_frame()")
+        columns = self._columns()
         return pd.DataFrame(
-            np.stack(data, axis=1),
+            np.stack([values for _, _, values in columns], axis=1),
             index=pd.Index(self.rows, name="method"),
-            columns=pd.MultiIndex.from_tuples(keys),
+            columns=pd.MultiIndex.from_tuples(
+                [(group, name) for group, name, _ in columns]
+            ),
         )
 
     def to_csv(self, path):
-        """Write one row per method: the means and spreads (flat column names)."""
-        frame = self.to_frame()
-        frame.columns = [f"{group}: {name}" for group, name in frame.columns]
-        atomic_write(path, frame.to_csv().encode("utf-8"))
+        """Write one row per method: the means and spreads, columns named 'group: column'
+        (the columns of :meth:`to_frame`, flat; an empty cell where a column does not
+        apply). Written with the csv module: pandas is not needed."""
+        columns = self._columns()
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["method"] + [f"{group}: {name}" for group, name, _ in columns])
+        for r, row in enumerate(self.rows):
+            cells = [values[r] for _, _, values in columns]
+            writer.writerow(
+                [row] + [repr(float(v)) if np.isfinite(v) else "" for v in cells]
+            )
+        atomic_write(path, out.getvalue().encode("utf-8"))
 
     def plot(self):
         """The linear probe and fine-tuning curves of every row against the label
@@ -345,6 +363,7 @@ def compare(
             class_names=label_names,
             name=row,
             threads=probe_threads,
+            progress=progress,
         )
         tuned = finetune(
             image,

@@ -175,7 +175,9 @@ def _views(images, image_size):
     )
 
 
-def _evaluate(image, text, test, balanced, label_names, image_size, fractions, seeds, log):
+def _evaluate(
+    image, text, test, balanced, label_names, image_size, fractions, seeds, log, progress
+):
     """Probe AUCs (per finding, on the test set at its natural prevalences) and
     retrieval precisions (per category, on the balanced set) of one image encoder."""
     from .. import evaluation as ev
@@ -190,6 +192,7 @@ def _evaluate(image, text, test, balanced, label_names, image_size, fractions, s
         test.labels[half:, :7],
         fractions=fractions,
         seeds=seeds,
+        progress=progress,
     )
     embeddings = image.embed(_views(balanced.images, image_size), progress=False)
     hits = _category_labels(balanced.labels)
@@ -381,6 +384,7 @@ def run_demo(
             fractions,
             seeds,
             log,
+            progress,
         )
     supervised = None
     if config["supervised_epochs"]:
@@ -428,8 +432,8 @@ def run_demo(
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table + "\n\n" + per_category + "\n\n" + per_finding + "\n")
     log(
-        f"wrote {out_dir}/: results.md, results.json, loss_curve.png, probe_curve.png, "
-        f"checkpoint/ ({total / 60:.1f} minutes in all, pretraining "
+        f"wrote {os.path.join(out_dir, '')}: results.md, results.json, loss_curve.png, "
+        f"probe_curve.png, checkpoint/ ({total / 60:.1f} minutes in all, pretraining "
         f"{pretrain_seconds / 60:.1f})"
     )
     summary["trainer"] = trainer
