@@ -83,13 +83,13 @@ def find_checkpoint(path, which="best"):
     used).
 
     ``which``: 'best' (the BEST pointer, or LAST when the run kept no best: it had no
-    validation set) or 'last', in any case. A missing path raises FileNotFoundError; a
-    folder without a checkpoint raises CheckpointError listing what was looked for; a
-    damaged pointer raises CheckpointError as :meth:`CheckpointDir.pointer` does."""
+    validation set) or 'last', in any case. A missing path or a folder without a
+    checkpoint raises CheckpointError saying what was looked for; a damaged pointer
+    raises CheckpointError as :meth:`CheckpointDir.pointer` does."""
     which = pointer_name(which)
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no run or checkpoint folder at {path}")
+        raise CheckpointError(f"no checkpoint directory or run folder at {path}")
     if not os.path.isdir(path):
         raise CheckpointError(
             f"{path} is a file; expected a run folder, a checkpoint directory or a "

@@ -69,9 +69,9 @@ def load_run(
     loss, or the last when the run had no validation set) or 'last', in any case.
     ``load_text=False`` leaves the text encoder unread (``text_encoder`` is None).
 
-    A missing folder raises FileNotFoundError; a folder without a checkpoint, a
-    damaged trainer.json or encoder file raises :class:`convirt.CheckpointError`
-    naming what was looked for, the file and the field."""
+    A missing folder, a folder without a checkpoint, a damaged trainer.json or
+    encoder file raises :class:`convirt.CheckpointError` naming what was looked for,
+    the file and the field."""
     root, directory = find_checkpoint(run_dir, which)
     image, text, state = read_checkpoint(directory, load_text=load_text)
     config = TrainerConfig.from_json(

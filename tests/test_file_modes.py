@@ -59,7 +59,6 @@ def test_encoders_pointers_and_tables_are_readable_by_others_under_umask_022(
         encoder.save(tmp_path / "image.safetensors")
         assert mode(tmp_path / "image.safetensors") == 0o644
 
-        images, reports = tiny.pairs(8, 32)
         image, text = tiny.towers(str(tmp_path / "vocab"))
         trainer = convirt.Trainer(
             image, text, image_size=32, progress=False, checkpoint_dir=tmp_path / "ckpt"

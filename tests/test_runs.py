@@ -128,7 +128,7 @@ def test_a_folder_without_a_checkpoint_says_what_was_looked_for(tmp_path):
         convirt.load_run(empty)
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
         convirt.Encoder.from_checkpoint(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="no run or checkpoint folder"):
+    with pytest.raises(CheckpointError, match="no checkpoint directory or run folder at"):
         Trainer.resume(tmp_path / "missing", progress=False)
 
 
