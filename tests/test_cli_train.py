@@ -192,13 +192,16 @@ def copy_of(run_dir, tmp_path):
 def test_embed_run_sees_the_images_as_the_run_did(cache, trained, tmp_path, capsys):
     # convirt embed --run encoded at the cache's 48 px (a folder at 256 px), not at the
     # 32 px the run was trained at: the two feature sets correlated 0.52.
-    run_ = convirt.load_run(trained)
-    assert run_.image_size == 32
-    images = PreparedDataset(cache).images[:]
-    view = run_.eval_view()
-    expected = run_.image_encoder.encode(
-        view(images, out=np.empty((len(images), 32, 32), np.float32))
+    from convirt.checkpoint import CheckpointDir
+
+    best = CheckpointDir(os.path.join(trained, "checkpoint")).pointer("BEST")
+    encoder = convirt.Encoder.from_checkpoint(
+        os.path.join(best, "image_encoder.safetensors")
     )
+    images = PreparedDataset(cache).images[:]
+    assert images.shape[1:] == (48, 48)
+    view = convirt.eval_augment(32)  # the run's view: 32 px, no normalisation of its own
+    expected = encoder.encode(view(images, out=np.empty((40, 32, 32), np.float32)))
     out = str(tmp_path / "f.npy")
     code, text, err = run(["embed", "--run", trained, cache, out, "--no-progress"], capsys)
     assert code == 0 and "wrote 40 x 512" in text and "warning" not in err
@@ -219,7 +222,7 @@ def test_embed_run_sees_the_images_as_the_run_did(cache, trained, tmp_path, caps
     assert code == 0 and "wrote 40 x 512" in text
     np.testing.assert_allclose(
         np.load(out),
-        run_.image_encoder.encode(view(decoded, out=np.empty((40, 32, 32), np.float32))),
+        encoder.encode(view(decoded, out=np.empty((40, 32, 32), np.float32))),
         rtol=1e-4,
         atol=1e-5,
     )
