@@ -6,7 +6,7 @@ The objects people use first:
 - :class:`Encoder` - an image (ResNet) or text (BERT) tower with its projection head.
 - :class:`ContrastiveLoss` - the paper's bidirectional contrastive loss, fused in C.
 - :class:`Trainer` - ConVIRT (or SimCLR) pretraining with checkpoints that survive a
-  crash.
+  crash; :func:`load_run` - a trained run's encoders and settings in one line.
 - :class:`ImageAugment` - the paper's random image transforms, in C, with the paper's
   ranges as defaults (:func:`paper_augment`, :func:`mild_augment`, :func:`eval_augment`).
 - :class:`Adam` - Adam / AdamW over flat buffers, with :class:`ReduceLROnPlateau` and
@@ -71,6 +71,7 @@ from .errors import (
     StateError,
     TrainingDiverged,
 )
+from .runs import load_run
 from .schedules import ReduceLROnPlateau, WarmupCosine
 from .trainer import Callback, Trainer, TrainerConfig
 
@@ -100,6 +101,7 @@ __all__ = [
     "datasets",
     "eval_augment",
     "get_num_threads",
+    "load_run",
     "mild_augment",
     "paper_augment",
     "set_num_threads",

@@ -10,11 +10,29 @@ from .errors import CheckpointError
 __all__ = ["atomic_write", "check_regular_file", "read_regular_file", "read_safetensors"]
 
 
+def _umask():
+    """The process's file mode creation mask. os.umask can only be read by setting it,
+    so it is read where the kernel shows it (Linux 4.7+: /proc/self/status) and set and
+    restored only where it does not; the two calls leave it as it was."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, data):
     """Write bytes to path atomically: a temporary file in the same directory, fsync,
     rename over the target, fsync the directory. A crash at any moment leaves either
-    the old file or the new one, never a torn one. Errors (full disk, no permission)
-    raise OSError naming the path, and the old file is left as it was."""
+    the old file or the new one, never a torn one. The file gets the mode open() would
+    give it (0o666 less the umask: 0o644 under umask 022), not mkstemp's private 0o600,
+    so colleagues who may read the folder may read it. Errors (full disk, no
+    permission) raise OSError naming the path, and the old file is left as it was."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -24,6 +42,7 @@ def atomic_write(path, data):
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -22,6 +22,10 @@ of a process that no longer runs (killed mid-save). Anything else in the folder 
 
 A pointer must hold such a name and nothing else: a pointer naming a path outside the
 folder (``../x``, an absolute path, a symbolic link out) is refused, not followed.
+
+``convirt pretrain`` keeps a run's checkpoint directory in ``RUN/checkpoint``;
+:func:`find_checkpoint` takes a run folder, a checkpoint directory or one checkpoint
+folder and says what it looked for when there is none.
 """
 
 import json
@@ -32,9 +36,18 @@ import shutil
 from ._io import atomic_write, read_regular_file
 from .errors import CheckpointError
 
-__all__ = ["CheckpointDir", "CheckpointError"]
+__all__ = [
+    "CheckpointDir",
+    "CheckpointError",
+    "find_checkpoint",
+    "pointer_name",
+    "read_state",
+]
 
 FORMAT = "convirt-checkpoint-1"
+# The sub-folder of a `convirt pretrain` run folder that is its checkpoint directory.
+RUN_CHECKPOINT_DIR = "checkpoint"
+POINTERS = ("BEST", "LAST")
 
 
 # The names save() writes: a checkpoint, and its staging folder before the rename.
@@ -52,6 +65,75 @@ def _process_exists(pid):
     except PermissionError:
         return True  # another user's process
     return True
+
+
+def pointer_name(which):
+    """'BEST' or 'LAST' for ``which`` in any case ('best', 'Last'); ValueError otherwise."""
+    name = which.upper() if isinstance(which, str) else None
+    if name not in POINTERS:
+        raise ValueError(f"which must be 'best' or 'last' (any case), got {which!r}")
+    return name
+
+
+def find_checkpoint(path, which="best"):
+    """(checkpoint directory, the sub-directory of one save) named by ``path``: a run
+    folder of ``convirt pretrain`` (its ``checkpoint/`` sub-folder), a checkpoint
+    directory (with BEST / LAST pointers) or the sub-directory of one save
+    (``step-NNNNNNNN``, whose parent is the checkpoint directory; ``which`` is then not
+    used).
+
+    ``which``: 'best' (the BEST pointer, or LAST when the run kept no best: it had no
+    validation set) or 'last', in any case. A missing path or a folder without a
+    checkpoint raises CheckpointError saying what was looked for; a damaged pointer
+    raises CheckpointError as :meth:`CheckpointDir.pointer` does."""
+    which = pointer_name(which)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint directory or run folder at {path}")
+    if not os.path.isdir(path):
+        raise CheckpointError(
+            f"{path} is a file; expected a run folder, a checkpoint directory or a "
+            "checkpoint folder"
+        )
+    run_checkpoints = os.path.join(path, RUN_CHECKPOINT_DIR)
+    roots = [run_checkpoints] if os.path.isdir(run_checkpoints) else []
+    roots.append(path)
+    looked_for = []
+    for root in roots:
+        order = (which, "LAST") if which == "BEST" else (which,)
+        for name in order:
+            looked_for.append(os.path.join(root, name))
+            directory = CheckpointDir(root).pointer(name)
+            if directory is not None:
+                return root, directory
+    for name in ("trainer.json", "image_encoder.safetensors"):  # one checkpoint
+        looked_for.append(os.path.join(path, name))
+        if os.path.isfile(looked_for[-1]):
+            return os.path.dirname(os.path.abspath(path)), path
+    raise CheckpointError(f"{path} has no checkpoint: looked for {', '.join(looked_for)}")
+
+
+def read_state(directory):
+    """The trainer state dict of one checkpoint folder (its trainer.json, format
+    checked); CheckpointError naming the file otherwise."""
+    state_path = os.path.join(directory, "trainer.json")
+    try:
+        raw = read_regular_file(state_path, CheckpointError, "a trainer.json file")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {directory} has no trainer.json") from None
+    try:
+        state = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{state_path} is corrupt: {error}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{state_path} holds a JSON {type(state).__name__}; expected an object"
+        )
+    if state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{state_path} is not a {FORMAT} file (format: {state.get('format')!r})"
+        )
+    return state
 
 
 def _fsync_dir(path):
@@ -161,7 +243,8 @@ class CheckpointDir:
                 shutil.rmtree(full, ignore_errors=True)  # left by a killed process
 
     def load_state(self, which="LAST"):
-        """(directory, trainer state dict) of the LAST or BEST checkpoint."""
+        """(directory, trainer state dict) of the LAST or BEST checkpoint (any case)."""
+        which = pointer_name(which)
         if not os.path.isdir(self.path):
             raise CheckpointError(f"no checkpoint directory at {self.path}")
         directory = self.pointer(which)
@@ -169,23 +252,4 @@ class CheckpointDir:
             raise CheckpointError(
                 f"{self.path} has no {which} checkpoint (no {which} file)"
             )
-        state_path = os.path.join(directory, "trainer.json")
-        try:
-            raw = read_regular_file(state_path, CheckpointError, "a trainer.json file")
-        except FileNotFoundError:
-            raise CheckpointError(
-                f"{which} names {directory}, which has no trainer.json"
-            ) from None
-        try:
-            state = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"{state_path} is corrupt: {error}") from None
-        if not isinstance(state, dict):
-            raise CheckpointError(
-                f"{state_path} holds a JSON {type(state).__name__}; expected an object"
-            )
-        if state.get("format") != FORMAT:
-            raise CheckpointError(
-                f"{state_path} is not a {FORMAT} file (format: {state.get('format')!r})"
-            )
-        return directory, state
+        return directory, read_state(directory)

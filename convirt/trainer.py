@@ -15,17 +15,17 @@ from ._core import Adam, ContrastiveLoss
 from ._core import Encoder as _CoreEncoder
 from .augment import AUGMENTS, ImageAugment, eval_augment, mild_augment, paper_augment
 from .callbacks import Callback, CSVLogger, _FunctionCallback
-from .checkpoint import FORMAT, CheckpointDir
+from .checkpoint import FORMAT, CheckpointDir, find_checkpoint
 from .distributed import config_hash
-from .encoder import Encoder
 from .errors import CheckpointError, NonFiniteError, TrainingDiverged
 from .loader import BatchLoader, Pairs, as_pairs
 from .loss_curves import chance_loss, plot_loss_curves
 from .reports import sample_sentences
+from .runs import read_checkpoint
 from .schedules import ReduceLROnPlateau, WarmupCosine
 from .text import tokenize
 from .train_step import StepRunner, join_world
-from .trainer_config import TrainerConfig, check_optimizer_file, check_state
+from .trainer_config import TrainerConfig, check_optimizer_file
 
 # paper_augment, mild_augment and AUGMENTS live in convirt.augment; they stay importable
 # from here, where they were first.
@@ -50,6 +50,8 @@ def _setting(name):
 # The keys fit() adds to the configuration a checkpoint saves (not settings of the
 # trainer: a resumed run is given them again).
 _FIT_KEYS = ("batch_size", "epochs", "shuffle", "max_steps")
+# What Trainer.resume(**changes) may change: when to lower the lr, to stop and to save.
+RESUME_SETTINGS = ("plateau_patience", "early_stopping_patience", "checkpoint_every")
 
 
 class Trainer:
@@ -681,28 +683,34 @@ class Trainer:
         cls,
         checkpoint_dir,
         *,
-        which="LAST",
+        which="last",
         callbacks=(),
         progress=True,
         augment=None,
         metrics_csv=True,
+        **changes,
     ):
-        """A trainer restored from checkpoint_dir's LAST (or BEST) checkpoint: encoders,
-        optimiser moments, schedule, temperature, history and the position in the data;
-        fit() then continues exactly where the run stopped (and appends to its
-        metrics.csv: ``metrics_csv`` as in the constructor)."""
+        """A trainer restored from the LAST (or BEST; any case) checkpoint of
+        checkpoint_dir, a run folder or one save's folder (convirt.checkpoint's
+        find_checkpoint): encoders, optimiser moments, schedule, temperature, history
+        and the position in the data; fit() then continues exactly where the run
+        stopped (fit's epochs count in all: epochs=trainer.epoch + 2 extends a finished
+        run by two) and appends to its metrics.csv (``metrics_csv`` as in the
+        constructor). ``changes``: new values of RESUME_SETTINGS; nothing else changes."""
         from ._io import read_safetensors
 
-        directory, state = CheckpointDir(checkpoint_dir).load_state(which)
+        if not set(changes) <= set(RESUME_SETTINGS):
+            raise TypeError(
+                f"Trainer.resume() may change {list(RESUME_SETTINGS)} only (a resumed "
+                f"run keeps its other settings), got {sorted(changes)}"
+            )
+        TrainerConfig().replace(**changes)  # the values, checked before anything is read
+        root, directory = find_checkpoint(checkpoint_dir, which)
+        image, text, state = read_checkpoint(directory)
+        state["config"].update(changes)
         state_path = os.path.join(directory, "trainer.json")
-        check_state(state, state_path)
         optimizer_path = os.path.join(directory, "optimizer.safetensors")
         try:
-            image = Encoder.from_checkpoint(
-                os.path.join(directory, "image_encoder.safetensors")
-            )
-            text_path = os.path.join(directory, "text_encoder.safetensors")
-            text = Encoder.from_checkpoint(text_path) if os.path.exists(text_path) else None
             optimizer_tensors, optimizer_meta = read_safetensors(optimizer_path)
         except (FileNotFoundError, ValueError) as error:
             raise CheckpointError(
@@ -717,7 +725,7 @@ class Trainer:
                 text,
                 state,
                 optimizer_state,
-                checkpoint_dir,
+                root,
                 callbacks,
                 progress,
                 augment,
@@ -777,6 +785,8 @@ class Trainer:
             )
         if trainer.scheduler is not None and state["scheduler"] is not None:
             trainer.scheduler.load_state_dict(state["scheduler"])
+            if config.schedule == "plateau":  # the saved patience, or the new one
+                trainer.scheduler.patience = config.plateau_patience
         trainer.step_count, trainer.epoch = state["step"], state["epoch"]
         trainer.position = state["position"]
         trainer.history, trainer.steps = state["history"], state["steps"]

@@ -172,6 +172,20 @@ class TrainerConfig:
             raise KeyError(name)
         return getattr(self, name)
 
+    def replace(self, **changes):
+        """A copy with ``changes``, each value checked as a loaded one is: ValueError
+        naming the setting and what it must be (TypeError for a name that is not one)."""
+        fields = self.__dataclass_fields__
+        for name, value in changes.items():
+            if name not in fields:
+                raise TypeError(
+                    f"{name!r} is not a setting; the settings are {list(fields)}"
+                )
+            expected = fields[name].metadata["check"](value)
+            if expected is not None:
+                raise ValueError(f"{name} must be {expected}, got {value!r}")
+        return dataclasses.replace(self, **changes)
+
     @classmethod
     def keywords(cls):
         """The names of the Trainer's keyword settings (the fields that are not the

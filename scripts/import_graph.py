@@ -30,6 +30,7 @@ LAYERS = (
         (
             "convirt.trainer",
             "convirt.trainer_config",
+            "convirt.runs",
             "convirt.train_step",
             "convirt.callbacks",
             "convirt.loss_curves",

@@ -67,7 +67,7 @@ def test_pretrain_prints_its_files_without_a_doubled_slash(cache, tmp_path, caps
     assert code == 0, text
     assert "//" not in text
     curve = os.path.join(tmp_path, "run", "loss_curve.png")
-    metrics = os.path.join(tmp_path, "run", "checkpoint", "metrics.csv")
+    metrics = os.path.join(tmp_path, "run", "metrics.csv")
     assert f"loss curve {curve}; metrics {metrics}" in text
     assert os.path.exists(curve) and os.path.exists(metrics)
 

@@ -172,3 +172,128 @@ def test_embed_with_the_best_checkpoint_of_a_run(cache, tmp_path, capsys):
         ["embed", "--run", str(tmp_path), cache, str(tmp_path / "g.npy")], capsys
     )
     assert code == 1 and "has no checkpoint" in err
+
+
+@pytest.fixture(scope="module")
+def trained(cache, tmp_path_factory):
+    """A finished 1-epoch run at 32 px on the 48 px cache (4 steps; BEST and LAST)."""
+    out = str(tmp_path_factory.mktemp("trained") / "run")
+    argv = ["pretrain", cache, out, "--epochs", "1", "--val-fraction", "0.2", *SMALL]
+    assert cli.main(argv) == 0
+    return out
+
+
+def copy_of(run_dir, tmp_path):
+    import shutil
+
+    return shutil.copytree(run_dir, str(tmp_path / "run"))
+
+
+def test_embed_run_sees_the_images_as_the_run_did(cache, trained, tmp_path, capsys):
+    # convirt embed --run encoded at the cache's 48 px (a folder at 256 px), not at the
+    # 32 px the run was trained at: the two feature sets correlated 0.52.
+    from convirt.checkpoint import CheckpointDir
+
+    best = CheckpointDir(os.path.join(trained, "checkpoint")).pointer("BEST")
+    encoder = convirt.Encoder.from_checkpoint(
+        os.path.join(best, "image_encoder.safetensors")
+    )
+    images = PreparedDataset(cache).images[:]
+    assert images.shape[1:] == (48, 48)
+    view = convirt.eval_augment(32)  # the run's view: 32 px, no normalisation of its own
+    expected = encoder.encode(view(images, out=np.empty((40, 32, 32), np.float32)))
+    out = str(tmp_path / "f.npy")
+    code, text, err = run(["embed", "--run", trained, cache, out, "--no-progress"], capsys)
+    assert code == 0 and "wrote 40 x 512" in text and "warning" not in err
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-4, atol=1e-5)
+    # the run folder given as ENCODER is the same
+    out = str(tmp_path / "g.npy")
+    assert run(["embed", trained, cache, out, "--no-progress"], capsys)[0] == 0
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-4, atol=1e-5)
+
+    # a folder of images: decoded at the run's 32 px, not 256
+    from convirt.images import decode_image
+
+    folder = os.path.join(os.path.dirname(cache), "s", "images")
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+    decoded = np.stack([decode_image(f, 32) for f in files])
+    out = str(tmp_path / "folder.npy")
+    code, text, _ = run(["embed", "--run", trained, folder, out, "--no-progress"], capsys)
+    assert code == 0 and "wrote 40 x 512" in text
+    np.testing.assert_allclose(
+        np.load(out),
+        encoder.encode(view(decoded, out=np.empty((40, 32, 32), np.float32))),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_embed_run_warns_when_the_image_size_differs(cache, trained, tmp_path, capsys):
+    out = str(tmp_path / "f.npy")
+    argv = ["embed", "--run", trained, cache, out, "--image-size", "48", "--no-progress"]
+    code, text, err = run(argv, capsys)
+    assert code == 0 and "wrote 40 x 512" in text
+    assert "warning: --image-size 48 differs from the 32 px the run was trained at" in err
+    argv = ["embed", "--run", trained, cache, out, "--which", "LAST", "--image-size", "32"]
+    code, _, err = run([*argv, "--no-progress"], capsys)
+    assert code == 0 and "warning" not in err
+
+
+def test_pretrain_resume_extends_a_finished_run(trained, tmp_path, capsys):
+    # --resume RUN --epochs 2 ignored --epochs: the finished run could not be extended.
+    out = copy_of(trained, tmp_path)
+    argv = ["pretrain", "--resume", out, "--epochs", "2", "--no-progress"]
+    argv += ["--patience", "2", "--early-stopping", "3", "--checkpoint-every", "100"]
+    argv += ["--image-size", "32", "--threads", "2"]  # the run's own size: accepted
+    code, text, err = run(argv, capsys)
+    assert code == 0, err
+    assert "resuming at step 4, epoch 1" in text and "done: 8 steps" in text
+    with open(os.path.join(out, "settings.json")) as f:
+        settings = json.load(f)
+    assert settings["epochs"] == 2 and settings["patience"] == 2
+    assert settings["early_stopping"] == 3 and settings["checkpoint_every"] == 100
+    with open(os.path.join(convirt.load_run(out, "last").checkpoint, "trainer.json")) as f:
+        state = json.load(f)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    config = state["config"]
+    assert config["plateau_patience"] == 2 and state["scheduler"]["patience"] == 2
+    assert config["early_stopping_patience"] == 3 and config["checkpoint_every"] == 100
+
+    code, _, err = run(["pretrain", "--resume", out, "--epochs", "1"], capsys)
+    assert code == 1 and "--epochs 1 counts the epochs in all" in err
+    assert "has trained 2" in err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--image-size", "64"],
+            "--image-size cannot change on --resume: the run was trained with 32",
+        ),
+        (
+            ["--image-model", "resnet50"],
+            "--image-model cannot change on --resume: the run was trained with resnet18",
+        ),
+        (["--lr", "0.001"], "--lr cannot change on --resume: the run was trained with"),
+        (["--sync-batchnorm"], "the run was trained without it"),
+        (["--text-model", "/x"], "--text-model cannot change on --resume"),
+    ],
+)
+def test_pretrain_resume_refuses_flags_that_change_the_run(trained, flags, message, capsys):
+    code, _, err = run(["pretrain", "--resume", trained, *flags], capsys)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert "--epochs" in err  # what may change
+
+
+def test_pretrain_resume_refuses_config_settings_and_another_out_dir(
+    trained, tmp_path, capsys
+):
+    config = tmp_path / "more.json"
+    config.write_text(json.dumps({"epochs": 3, "batch_size": 16}))
+    code, _, err = run(["pretrain", "--resume", trained, "--config", str(config)], capsys)
+    assert code == 1
+    assert f"'batch_size' of {config} cannot change on --resume" in err
+    assert "trained with 8" in err
+    code, _, err = run(["pretrain", "x", str(tmp_path / "y"), "--resume", trained], capsys)
+    assert code == 1 and "OUT_DIR" in err and "cannot be given with --resume" in err

@@ -46,11 +46,14 @@ def add_pretrain_command(subparsers):
         "Adam lr 1e-4 with weight decay 1e-6, batch 32, the learning rate halved when\n"
         "the validation loss has not improved for 5 epochs). Settings come from flags or\n"
         "a JSON config file (flags win). Checkpoints (last and best) go to OUT_DIR;\n"
-        "--resume continues a run exactly where it stopped.",
+        "--resume continues a run exactly where it stopped, with the run's settings:\n"
+        "--epochs (in all: --epochs 3 extends a 2-epoch run by one), --patience,\n"
+        "--early-stopping, --checkpoint-every, --threads and --no-progress apply to it;\n"
+        "a flag that would change any other setting is refused.",
         epilog="examples:\n"
         "  convirt pretrain cache/ run/ --text-model /models/Bio_ClinicalBERT\n"
         "  convirt pretrain cache/ run/ --config run.json\n"
-        "  convirt pretrain --resume run/\n"
+        "  convirt pretrain --resume run/ --epochs 20\n"
         "  convirt pretrain cache/ simclr-run/ --method simclr\n"
         "  mpirun -np 4 convirt pretrain cache/ run/ --batch-size 128 --sync-batchnorm\n"
         "\nUnder mpirun every rank runs this command: --batch-size is the global batch\n"
@@ -90,7 +93,9 @@ def add_pretrain_command(subparsers):
         help="BERT layers frozen with the embeddings (default: half)",
     )
     parser.add_argument("--image-size", type=positive_int)
-    parser.add_argument("--epochs", type=positive_int)
+    parser.add_argument(
+        "--epochs", type=positive_int, help="epochs in all (with --resume too)"
+    )
     parser.add_argument("--batch-size", type=positive_int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--weight-decay", type=float)
@@ -149,24 +154,66 @@ def _read_json(path, expected):
     return value
 
 
-def _settings(args):
-    settings = dict(PRETRAIN_DEFAULTS)
+# What --resume may change (the setting, and the Trainer.resume keyword it is): when to
+# stop, to lower the learning rate and to save. Every other setting is the run's own.
+RESUME_CHANGES = {
+    "epochs": None,  # fit()'s
+    "patience": "plateau_patience",
+    "early_stopping": "early_stopping_patience",
+    "checkpoint_every": "checkpoint_every",
+}
+
+
+def _given(args):
+    """{setting: (value, where it was given)} from --config and the flags (flags win),
+    without the defaults."""
+    given = {}
     if args.config:
-        given = _read_json(args.config, "a settings file (JSON)")
-        unknown = set(given) - set(PRETRAIN_DEFAULTS)
+        config = _read_json(args.config, "a settings file (JSON)")
+        unknown = set(config) - set(PRETRAIN_DEFAULTS)
         if unknown:
             raise ValueError(
                 f"{args.config}: unknown settings {sorted(unknown)}; known: "
                 f"{sorted(PRETRAIN_DEFAULTS)}"
             )
-        settings.update(given)
+        given.update({key: (value, args.config) for key, value in config.items()})
     for key in PRETRAIN_DEFAULTS:
         value = getattr(args, key, None)
         if value is not None:
-            settings[key] = value
-    if settings["schedule"] == "none":
-        settings["schedule"] = None
+            given[key] = (value, None)
+    if given.get("schedule", (None,))[0] == "none":
+        given["schedule"] = (None, given["schedule"][1])
+    return given
+
+
+def _settings(args):
+    settings = dict(PRETRAIN_DEFAULTS)
+    settings.update({key: value for key, (value, _) in _given(args).items()})
     return settings
+
+
+def _resume_changes(args, settings):
+    """The settings that --resume changes ({setting: new value}); a flag (or a --config
+    setting) that would change any other setting of the run raises ValueError naming
+    it and the run's value."""
+    changes = {}
+    for key, (value, source) in _given(args).items():
+        trained = settings.get(key, PRETRAIN_DEFAULTS[key])
+        if value == trained:
+            continue
+        if key in RESUME_CHANGES:
+            changes[key] = value
+            continue
+        name = f"--{key.replace('_', '-')}" if source is None else f"{key!r} of {source}"
+        if isinstance(trained, bool):
+            was = "with it" if trained else "without it"
+        else:
+            was = "with the default" if trained is None else f"with {trained}"
+        raise ValueError(
+            f"{name} cannot change on --resume: the run was trained {was} (it may "
+            f"change {', '.join('--' + k.replace('_', '-') for k in RESUME_CHANGES)})"
+        )
+    return changes
 
 
 def _split(n, fraction, seed):
@@ -211,17 +258,8 @@ def run_pretrain(args):
     progress = not args.no_progress
     say = print if group.rank == 0 else (lambda *a, **k: None)
     if args.resume:
-        settings_path = os.path.join(args.resume, "settings.json")
-        if not os.path.exists(settings_path):
-            raise FileNotFoundError(
-                f"{args.resume} is not a pretrain run folder (no settings.json)"
-            )
-        settings = _read_json(settings_path, "the run's settings.json")
-        trainer = convirt.Trainer.resume(
-            os.path.join(args.resume, "checkpoint"), progress=progress
-        )
+        settings, trainer = _resume(args, progress, say, group.rank == 0)
         cache, out_dir = args.cache or settings["cache"], args.resume
-        say(f"resuming at step {trainer.step_count}, epoch {trainer.epoch}")
     else:
         if not args.cache or not args.out_dir:
             raise ValueError("give CACHE and OUT_DIR (or --resume RUN_DIR)")
@@ -263,6 +301,50 @@ def run_pretrain(args):
     return 0
 
 
+def _resume(args, progress, say, writes):
+    """(the run's settings, with what the flags change; the resumed Trainer). The
+    settings.json of the run is rewritten with the changes (by rank 0: `writes`)."""
+    import convirt
+
+    from .._io import atomic_write
+
+    settings_path = os.path.join(args.resume, "settings.json")
+    if not os.path.exists(settings_path):
+        raise FileNotFoundError(
+            f"{args.resume} is not a pretrain run folder (no settings.json)"
+        )
+    if args.out_dir and os.path.abspath(args.out_dir) != os.path.abspath(args.resume):
+        raise ValueError(
+            f"OUT_DIR ({args.out_dir}) cannot be given with --resume: the run goes on in "
+            f"{args.resume}"
+        )
+    settings = _read_json(settings_path, "the run's settings.json")
+    changes = _resume_changes(args, settings)
+    settings.update(changes)
+    trainer = convirt.Trainer.resume(
+        os.path.join(args.resume, "checkpoint"),
+        progress=progress,
+        metrics_csv=os.path.join(args.resume, "metrics.csv"),
+        **{
+            keyword: settings.get(key, PRETRAIN_DEFAULTS[key])
+            for key, keyword in RESUME_CHANGES.items()
+            if keyword is not None
+        },
+    )
+    say(f"resuming at step {trainer.step_count}, epoch {trainer.epoch}")
+    if "epochs" in changes and changes["epochs"] <= trainer.epoch:
+        raise ValueError(
+            f"--epochs {changes['epochs']} counts the epochs in all, and the run has "
+            f"trained {trainer.epoch}: give more to extend it"
+        )
+    if changes:
+        say("changed on resume: " + ", ".join(f"{k} {v}" for k, v in changes.items()))
+        if writes:
+            text = json.dumps(settings, indent=2).encode("utf-8")
+            atomic_write(settings_path, text)
+    return settings, trainer
+
+
 def _new_trainer(settings, out_dir, progress):
     import convirt
 
@@ -300,6 +382,7 @@ def _new_trainer(settings, out_dir, progress):
         early_stopping_patience=settings["early_stopping"],
         seed=settings["seed"],
         checkpoint_dir=os.path.join(out_dir, "checkpoint"),
+        metrics_csv=os.path.join(out_dir, "metrics.csv"),
         checkpoint_every=settings["checkpoint_every"],
         sync_batchnorm=bool(settings.get("sync_batchnorm")),
         micro_batch=settings.get("micro_batch"),
@@ -331,7 +414,7 @@ def add_embed_command(subparsers):
         "checkpoint",
         nargs="?",
         metavar="ENCODER",
-        help="an image encoder .safetensors file (Encoder.save)",
+        help="an image encoder .safetensors file (Encoder.save), or a run folder",
     )
     parser.add_argument(
         "images", metavar="CACHE_OR_FOLDER", help="a prepared cache, or a folder of images"
@@ -341,7 +424,14 @@ def add_embed_command(subparsers):
         "--run",
         metavar="RUN_DIR",
         dest="run_dir",
-        help="use the best checkpoint of a pretrain run instead of ENCODER",
+        help="use a checkpoint of a pretrain run instead of ENCODER, its images seen as "
+        "the run saw them (its view size and normalisation)",
+    )
+    parser.add_argument(
+        "--which",
+        choices=("BEST", "LAST"),
+        default="BEST",
+        help="which checkpoint of the run (default: BEST, else LAST)",
     )
     parser.add_argument(
         "--projected",
@@ -351,7 +441,8 @@ def add_embed_command(subparsers):
     parser.add_argument(
         "--image-size",
         type=positive_int,
-        help="resize to this side first (default: as stored)",
+        help="resize to this side first (default: the run's training image_size with "
+        "--run; else as stored, 256 for a folder)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--threads", type=positive_int)
@@ -360,31 +451,48 @@ def add_embed_command(subparsers):
 
 
 def run_embed(args):
+    import sys
+
     import numpy as np
 
     import convirt
 
-    from ..checkpoint import CheckpointDir
+    from ..augment import eval_augment
     from ..embeddings import check_embeddings_path, save_embeddings
     from ..images import IMAGE_EXTENSIONS, decode_image
     from ..prepared import PreparedDataset
+    from ..runs import load_run
 
     check_embeddings_path(args.output)  # before the work
     if args.threads:
         convirt.set_num_threads(args.threads)
-    path = args.checkpoint
-    if args.run_dir:
-        ckpt = CheckpointDir(os.path.join(args.run_dir, "checkpoint"))
-        directory = ckpt.pointer("BEST") or ckpt.pointer("LAST")
-        if directory is None:
-            raise FileNotFoundError(f"{args.run_dir} has no checkpoint")
-        path = os.path.join(directory, "image_encoder.safetensors")
-    if path is None:
+    if args.run_dir and args.checkpoint:
+        raise ValueError("give ENCODER or --run RUN_DIR, not both")
+    source = args.run_dir or args.checkpoint
+    if source is None:
         raise ValueError("give ENCODER or --run RUN_DIR")
-    encoder = convirt.Encoder.from_checkpoint(path)
-    if encoder.kind != "image":
-        raise ValueError(f"{path} holds a {encoder.kind} encoder; embed needs an image one")
+    image_size, view = args.image_size, None
     files_list = None
+    if os.path.isdir(source):  # a run: its encoder, view size and normalisation
+        run = load_run(source, args.which, load_text=False)
+        encoder = run.image_encoder
+        if image_size is not None and image_size != run.image_size:
+            print(
+                f"convirt embed: warning: --image-size {image_size} differs from the "
+                f"{run.image_size} px the run was trained at; leave it out to see the "
+                "images as the run did",
+                file=sys.stderr,
+            )
+        image_size = image_size or run.image_size
+        view = run.eval_view(image_size)
+    else:
+        encoder = convirt.Encoder.from_checkpoint(source)
+        if encoder.kind != "image":
+            raise ValueError(
+                f"{source} holds a {encoder.kind} encoder; embed needs an image one"
+            )
+        if image_size is not None:
+            view = eval_augment(image_size)  # resized to the side asked for
     if os.path.exists(os.path.join(args.images, "index.json")):
         cache = PreparedDataset(args.images)
         images, ids = cache.images, cache.sources  # read in place
@@ -397,21 +505,17 @@ def run_embed(args):
         )
         if not files:
             raise FileNotFoundError(f"no images in {args.images}")
-        images = np.stack([decode_image(f, args.image_size or 256) for f in files])
+        images = np.stack([decode_image(f, image_size or 256) for f in files])
         ids = files
         files_list = os.path.splitext(args.output)[0] + ".files.txt"
         with open(files_list, "w") as f:
             f.write("\n".join(files) + "\n")
     else:
         raise FileNotFoundError(f"{args.images} is neither a prepared cache nor a folder")
-    if args.image_size:
-        from ..augment import eval_augment
-
-        # Resized to the side asked for, nothing random (float32 in [0, 1]).
-        images = eval_augment(args.image_size)(
-            images,
-            out=np.empty((len(images), args.image_size, args.image_size), np.float32),
-        )
+    if view is not None:
+        # The evaluation view: resized, normalised as in training, nothing random.
+        shape = (len(images), view.size, view.size, *images.shape[3:])
+        images = view(images, out=np.empty(shape, np.float32))
     which = encoder.embed if args.projected else encoder.encode
     features = which(
         images, batch_size=args.batch_size, progress=None if not args.no_progress else False

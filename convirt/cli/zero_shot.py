@@ -76,35 +76,6 @@ def _read_prompts(path):
     return prompts
 
 
-def _run_encoders(run_dir, which):
-    """(image encoder, text encoder, the run's image_size or None) from the LAST or BEST
-    checkpoint of a run directory (or of a checkpoint directory)."""
-    import convirt
-
-    from ..checkpoint import CheckpointDir
-
-    root = os.path.join(run_dir, "checkpoint")
-    if not os.path.isdir(root):
-        root = run_dir
-    checkpoints = CheckpointDir(root)
-    directory = checkpoints.pointer(which) or checkpoints.pointer("LAST")
-    if directory is None:
-        raise FileNotFoundError(f"{run_dir} has no checkpoint")
-    encoders = []
-    for kind in ("image", "text"):
-        path = os.path.join(directory, f"{kind}_encoder.safetensors")
-        encoder = convirt.Encoder.from_checkpoint(path)
-        if encoder.kind != kind:
-            raise ValueError(f"{path} holds a {encoder.kind} encoder, expected {kind}")
-        encoders.append(encoder)
-    image_size = None
-    trainer_json = os.path.join(directory, "trainer.json")
-    if os.path.exists(trainer_json):
-        with open(trainer_json, encoding="utf-8") as f:
-            image_size = json.load(f).get("config", {}).get("image_size")
-    return encoders[0], encoders[1], image_size
-
-
 def run_zero_shot(args):
     import numpy as np
 
@@ -113,12 +84,15 @@ def run_zero_shot(args):
     from ..evaluation import zero_shot
     from ..images import IMAGE_EXTENSIONS, decode_image
     from ..prepared import PreparedDataset
+    from ..runs import load_run
 
     if args.threads:
         convirt.set_num_threads(args.threads)
     prompts = _read_prompts(args.prompts)
-    image, text, run_size = _run_encoders(args.run_dir, args.which)
-    image_size = args.image_size or run_size
+    image, text, config, _, _ = load_run(args.run_dir, args.which)
+    if text is None:
+        raise ValueError(f"{args.run_dir} is a SimCLR run: it has no text encoder")
+    image_size = args.image_size or config.image_size
     labels, names = None, None
     if os.path.exists(os.path.join(args.images, "index.json")):
         data = PreparedDataset(args.images)
