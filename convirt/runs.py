@@ -14,12 +14,12 @@ import json
 import os
 from typing import Any, NamedTuple
 
-from ._io import read_regular_file
+from ._io import read_regular_file, read_safetensors
 from .augment import ImageAugment, eval_augment
 from .checkpoint import RUN_CHECKPOINT_DIR, find_checkpoint, read_state
 from .encoder import Encoder
 from .errors import CheckpointError
-from .trainer_config import TrainerConfig, check_state
+from .trainer_config import TrainerConfig, check_optimizer_file, check_state
 
 __all__ = ["LoadedRun", "load_run", "read_checkpoint"]
 
@@ -100,6 +100,19 @@ def read_checkpoint(directory, *, load_text=True):
                 f"checkpoint {directory} is incomplete or corrupt: {error}"
             ) from error
     return encoders[0], encoders[1], state
+
+
+def read_optimizer_state(directory):
+    """The Adam state of one save (its optimizer.safetensors), checked; CheckpointError
+    naming the file otherwise."""
+    path = os.path.join(directory, "optimizer.safetensors")
+    try:
+        tensors, meta = read_safetensors(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {directory} is incomplete or corrupt: {error}"
+        ) from error
+    return check_optimizer_file(tensors, meta, path)
 
 
 def _run_settings(checkpoint_root):

@@ -21,11 +21,11 @@ from .errors import CheckpointError, NonFiniteError, TrainingDiverged
 from .loader import BatchLoader, Pairs, as_pairs
 from .loss_curves import chance_loss, plot_loss_curves
 from .reports import sample_sentences
-from .runs import read_checkpoint
+from .runs import read_checkpoint, read_optimizer_state
 from .schedules import ReduceLROnPlateau, WarmupCosine
 from .text import tokenize
 from .train_step import StepRunner, join_world
-from .trainer_config import TrainerConfig, check_optimizer_file
+from .trainer_config import TrainerConfig
 
 # paper_augment, mild_augment and AUGMENTS live in convirt.augment; they stay importable
 # from here, where they were first.
@@ -697,8 +697,6 @@ class Trainer:
         stopped (fit's epochs count in all: epochs=trainer.epoch + 2 extends a finished
         run by two) and appends to its metrics.csv (``metrics_csv`` as in the
         constructor). ``changes``: new values of RESUME_SETTINGS; nothing else changes."""
-        from ._io import read_safetensors
-
         if not set(changes) <= set(RESUME_SETTINGS):
             raise TypeError(
                 f"Trainer.resume() may change {list(RESUME_SETTINGS)} only (a resumed "
@@ -708,17 +706,7 @@ class Trainer:
         root, directory = find_checkpoint(checkpoint_dir, which)
         image, text, state = read_checkpoint(directory)
         state["config"].update(changes)
-        state_path = os.path.join(directory, "trainer.json")
-        optimizer_path = os.path.join(directory, "optimizer.safetensors")
-        try:
-            optimizer_tensors, optimizer_meta = read_safetensors(optimizer_path)
-        except (FileNotFoundError, ValueError) as error:
-            raise CheckpointError(
-                f"checkpoint {directory} is incomplete or corrupt: {error}"
-            ) from error
-        optimizer_state = check_optimizer_file(
-            optimizer_tensors, optimizer_meta, optimizer_path
-        )
+        optimizer_state = read_optimizer_state(directory)
         try:
             return cls._restore(
                 image,
@@ -735,7 +723,7 @@ class Trainer:
             if isinstance(error, CheckpointError):
                 raise
             raise CheckpointError(
-                f"{state_path} (with {optimizer_path}): the saved state is refused: {error}"
+                f"{directory}: the saved trainer and optimizer state is refused: {error}"
             ) from error
 
     @classmethod
