@@ -31,6 +31,7 @@ from .encoder_spec import POOLING as _POOLING
 from .encoder_spec import check_shapes as _check_shapes
 from .encoder_spec import check_spec as _check_spec
 from .errors import CheckpointError
+from .images import FLOAT_IMAGE_RANGE, channels_last, check_float_range  # noqa: F401 (re-export)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embeddings import Embeddings
@@ -50,46 +51,6 @@ _STRIPPED_PREFIXES = ("module.", "bert.", "model.")
 
 # The default normalisation of a ResNet tower (ImageNet's, or its grey level for one
 # channel) is convirt.augment's resnet_normalization.
-
-# What encode and embed accept of float images, which hold intensities in [0, 1]. The
-# margin admits what transforms and resampling do to such images (brightness and
-# contrast jitter, bilinear overshoot); values beyond it are another scale, 0-255 most
-# often, which would give very different features without any error.
-FLOAT_IMAGE_RANGE = (-0.5, 1.5)
-
-
-def _image_layout(x, in_channels):
-    """An image batch as the core reads it, (N, H, W[, C]): PyTorch's (N, C, H, W) with
-    C = in_channels and larger H and W becomes a transposed view (the core reads any
-    strides, so nothing is copied); another (N, C, H, W) is a ValueError that says so."""
-    channels_first = (
-        x.ndim == 4
-        and x.shape[1] in (1, 3)
-        and x.shape[3] not in (1, 3)
-        and min(x.shape[2:]) > x.shape[1]
-    )
-    if not channels_first:
-        return x
-    if x.shape[1] != in_channels:
-        raise ValueError(
-            f"images of shape {x.shape} look like PyTorch's (N, C, H, W) with "
-            f"C = {x.shape[1]}, but the encoder was built for in_channels={in_channels}"
-        )
-    return x.transpose(0, 2, 3, 1)
-
-
-def _check_float_range(images):
-    """ValueError when float images hold values outside FLOAT_IMAGE_RANGE (NaN and Inf
-    are the core's to refuse)."""
-    if images.dtype.kind != "f" or images.size == 0:
-        return
-    low, high = float(np.min(images)), float(np.max(images))
-    if low < FLOAT_IMAGE_RANGE[0] or high > FLOAT_IMAGE_RANGE[1]:
-        raise ValueError(
-            f"float images must hold intensities in [0, 1], got values from {low:g} to "
-            f"{high:g}: divide 0-255 images by 255 (or pass them as uint8, which the "
-            "encoder scales itself)"
-        )
 
 
 def _stored_shape(shape, layout):
@@ -633,7 +594,7 @@ class Encoder(_CoreEncoder):
                 f"(N, H, W) or (N, H, W, C), got {type(x).__name__}"
             )
         if self.kind == "image":
-            return _image_layout(x, self.in_channels), attention_mask
+            return channels_last(x, self.in_channels), attention_mask
         if self.kind == "text" and not isinstance(x, (list, tuple, np.ndarray)):
             raise TypeError(
                 "text encoder input: expected a list of strings, or int32 "
@@ -687,7 +648,7 @@ class Encoder(_CoreEncoder):
             for start in starts:
                 stop = min(start + batch_size, n)
                 if self.kind == "image":  # per batch: a memmap is read once
-                    _check_float_range(x[start:stop])
+                    check_float_range(x[start:stop])
                 mask = None if attention_mask is None else attention_mask[start:stop]
                 if which == "encode":
                     self.forward(

@@ -6,6 +6,8 @@
 - :func:`dicom_to_uint8` applies the DICOM display pipeline (rescale, window,
   MONOCHROME1) to a pydicom Dataset.
 - :func:`resize_center_crop` resizes the shorter side and crops the centre, antialiased.
+- :func:`channels_last` and :func:`check_float_range`: what an encoder accepts of an
+  image batch (PyTorch's (N, C, H, W) read as a view; float intensities in [0, 1]).
 
 A file that is not a regular file (a FIFO, a device) is refused rather than read; a
 file that cannot be decoded raises :class:`ImageDecodeError` (a ValueError).
@@ -21,8 +23,11 @@ from .errors import ImageDecodeError
 
 __all__ = [
     "DICOM_EXTENSIONS",
+    "FLOAT_IMAGE_RANGE",
     "IMAGE_EXTENSIONS",
     "ImageDecodeError",
+    "channels_last",
+    "check_float_range",
     "decode_image",
     "dicom_to_uint8",
     "resize_center_crop",
@@ -354,3 +359,46 @@ def _pydicom_pixels_function(name):
     except ImportError:  # pydicom 2.x
         import pydicom.pixel_data_handlers.util as module
     return getattr(module, name)
+
+
+# ---- image batches given to an encoder ----------------------------------------------
+
+# What Encoder.encode and embed accept of float images, which hold intensities in [0, 1]. The
+# margin admits what transforms and resampling do to such images (brightness and
+# contrast jitter, bilinear overshoot); values beyond it are another scale, 0-255 most
+# often, which would give very different features without any error.
+FLOAT_IMAGE_RANGE = (-0.5, 1.5)
+
+
+def channels_last(x, in_channels):
+    """An image batch as the core reads it, (N, H, W[, C]): PyTorch's (N, C, H, W) with
+    C = in_channels and larger H and W becomes a transposed view (the core reads any
+    strides, so nothing is copied); another (N, C, H, W) is a ValueError that says so."""
+    channels_first = (
+        x.ndim == 4
+        and x.shape[1] in (1, 3)
+        and x.shape[3] not in (1, 3)
+        and min(x.shape[2:]) > x.shape[1]
+    )
+    if not channels_first:
+        return x
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"images of shape {x.shape} look like PyTorch's (N, C, H, W) with "
+            f"C = {x.shape[1]}, but the encoder was built for in_channels={in_channels}"
+        )
+    return x.transpose(0, 2, 3, 1)
+
+
+def check_float_range(images):
+    """ValueError when float images hold values outside FLOAT_IMAGE_RANGE (NaN and Inf
+    are the core's to refuse)."""
+    if images.dtype.kind != "f" or images.size == 0:
+        return
+    low, high = float(np.min(images)), float(np.max(images))
+    if low < FLOAT_IMAGE_RANGE[0] or high > FLOAT_IMAGE_RANGE[1]:
+        raise ValueError(
+            f"float images must hold intensities in [0, 1], got values from {low:g} to "
+            f"{high:g}: divide 0-255 images by 255 (or pass them as uint8, which the "
+            "encoder scales itself)"
+        )
