@@ -48,6 +48,20 @@ def make_trainer(
     )
 
 
+def nudge_parameters(trainer, seed):
+    """Every parameter moved by one float32 ulp, up or down as seed draws (None: none),
+    the smallest change of the initial state: how far a run moves from that is how far
+    float32 rounding alone moves it (a value rounding puts on the other side of a ReLU's
+    kink included)."""
+    if seed is None:
+        return
+    rng = np.random.default_rng(seed)
+    for e in towers_of(trainer):
+        p = e.flat_parameters
+        away = np.where(rng.random(p.shape) < 0.5, -np.inf, np.inf).astype(np.float32)
+        p[...] = np.nextafter(p, away)  # float32 both: one float32 ulp
+
+
 def towers_of(trainer):
     return [e for e in (trainer.image_encoder, trainer.text_encoder) if e is not None]
 
@@ -59,9 +73,12 @@ def checksum(trainer):
     return digest.hexdigest()
 
 
-def steps(vocab, method, sync, micro, count, distributed=None, freeze_image=False):
+def steps(
+    vocab, method, sync, micro, count, distributed=None, freeze_image=False, nudge=None
+):
     """`count` steps on this rank's share of N_PAIRS pairs; the losses, the gradients
-    after the first step, the parameters after the last and the checksum."""
+    after the first step, the parameters after the last and the checksum. nudge: a seed
+    by which every initial parameter is moved by one float32 ulp, up or down."""
     trainer = make_trainer(
         vocab,
         method,
@@ -70,6 +87,7 @@ def steps(vocab, method, sync, micro, count, distributed=None, freeze_image=Fals
         micro_batch=micro,
         freeze_image=freeze_image,
     )
+    nudge_parameters(trainer, nudge)
     group = trainer.world
     images, reports = tiny.pairs(N_PAIRS, 32, seed=1)
     share = N_PAIRS // group.size
@@ -93,7 +111,7 @@ def steps(vocab, method, sync, micro, count, distributed=None, freeze_image=Fals
     return group, out
 
 
-def fit(vocab, checkpoint, max_steps, resume, distributed=None):
+def fit(vocab, checkpoint, max_steps, resume, distributed=None, nudge=None):
     """fit() over 3 epochs of 16 pairs in global batches of 8 (sync batch norm), up to
     max_steps in all; resumed from checkpoint when resume is set."""
     images, reports = tiny.pairs(N_PAIRS, 32, seed=1)
@@ -108,6 +126,7 @@ def fit(vocab, checkpoint, max_steps, resume, distributed=None):
             sync_batchnorm=True,
             checkpoint_every=1,
         )
+        nudge_parameters(trainer, nudge)
     trainer.fit((images, reports), epochs=3, batch_size=8, max_steps=max_steps)
     out = {
         "loss": np.array([s["loss"] for s in trainer.steps]),

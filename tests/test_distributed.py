@@ -72,31 +72,40 @@ def assert_close(got, want, what, rtol):
     assert error <= rtol * scale, f"{what}: max error {error:.3g} vs scale {scale:.3g}"
 
 
-def references(fn):
-    """fn() run in this process on 2 threads and on 1: the result, and how far the two
-    are apart for each key, which is the float32 noise of this computation (another
-    summation order; Adam then amplifies it along the steps, measured: SimCLR's
-    ResNet parameters 1e-4 apart after 3 steps)."""
+def references(run):
+    """run(nudge) in this process on 2 threads, and again on 1 thread and with every
+    initial parameter moved by one float32 ulp (two seeds): the first result, and for
+    each key how far the others are from it. That is the float32 noise of this
+    computation: another summation order, or a value that rounding puts on the other
+    side of a ReLU's kink (on skx kernels one such value in a ResNet-18 moves the image
+    gradient by 1.5% and the third loss by 1.2e-4, alike under a 1-ulp nudge and on 2
+    ranks), which Adam then amplifies along the steps (measured: SimCLR's ResNet
+    parameters 1e-4 apart after 3 steps)."""
     saved = convirt.get_num_threads()
     try:
         convirt.set_num_threads(2)
-        want = fn()
+        want = run(None)
+        others = [run(1), run(2)]
         convirt.set_num_threads(1)
-        other = fn()
+        others.append(run(None))
     finally:
         convirt.set_num_threads(saved)
-    noise = {k: float(np.abs(want[k] - other[k]).max()) for k in want if k != "checksums"}
+    noise = {
+        k: max(float(np.abs(want[k] - other[k]).max()) for other in others)
+        for k in want
+        if k != "checksums"
+    }
     return want, noise
 
 
 def assert_within_noise(got, want, noise, keys):
-    """K ranks (another summation order again) no further from one process than 10x the
-    one process's own thread-count noise plus 1e-5 of the magnitude (measured: 4e-6 of
-    it for the ResNet's first gradient); a wrong algebra (per-rank statistics, a
-    gradient scaled by 1/K) is off by 1e-2 to 1e-1 of it."""
+    """K ranks (another summation order again) no further from one process than 3x the
+    farthest of the one process's own float32 variants (references) plus 1e-5 of the
+    magnitude (measured: 4e-6 of it for the ResNet's first gradient on zen3); a wrong
+    algebra (per-rank statistics, a gradient scaled by 1/K) is off by 1e-1 to 1 of it."""
     for key in keys:
         error = float(np.abs(got[key] - want[key]).max())
-        bound = 10 * noise[key] + 1e-5 * float(np.abs(want[key]).max())
+        bound = 3 * noise[key] + 1e-5 * float(np.abs(want[key]).max())
         assert error <= bound, f"{key}: {error:.3g} apart, noise {noise[key]:.3g}"
 
 
@@ -216,7 +225,9 @@ def test_two_ranks_with_sync_batchnorm_equal_one_rank_on_the_combined_batch(
     tmp_path, method
 ):
     want, noise = references(
-        lambda: mpi_worker.steps(str(tmp_path / "v"), method, True, None, 3, False)[1]
+        lambda nudge: mpi_worker.steps(
+            str(tmp_path / "v"), method, True, None, 3, False, nudge=nudge
+        )[1]
     )
     got = run_ok(2, "steps", tmp_path, method=method, sync=1)
     assert_close(got["loss"][:1], want["loss"][:1], "the first loss", 1e-6)
@@ -255,8 +266,13 @@ def test_resume_on_another_number_of_ranks_continues_the_global_schedule(
     # 3 epochs of 2 global batches of 8; stop after 3 steps (inside epoch 1), resume
     # to 5 on the other number of ranks: the same steps on the same data as one run.
     want, noise = references(
-        lambda: mpi_worker.fit(
-            str(tmp_path / "v"), str(tmp_path / f"ref{time.monotonic()}"), 5, False, False
+        lambda nudge: mpi_worker.fit(
+            str(tmp_path / "v"),
+            str(tmp_path / f"ref{time.monotonic()}"),
+            5,
+            False,
+            False,
+            nudge=nudge,
         )[1]
     )
     ckpt = tmp_path / "run"
