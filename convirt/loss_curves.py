@@ -34,25 +34,26 @@ def normalized_curves(method, steps, history, batch_size=None):
     Trainer's; ``batch_size`` is fit()'s, for records written before the steps and
     epochs recorded theirs. Returns ``{"train": (steps, values, batch sizes),
     "validation": (steps, values, batch sizes)}`` (lists)."""
-    train = ([], [], [])
-    for record in steps:
-        size = record.get("batch_size", batch_size)
-        value = record.get("normalized_loss")
-        if value is None:
-            value = record["loss"] / chance_loss(method, size)
-        for column, item in zip(train, (record["step"], value, size)):
-            column.append(item)
-    validation = ([], [], [])
-    for record in history:
-        if "val_loss" not in record:
-            continue
-        size = record.get("val_batch_size", batch_size)
-        value = record.get("val_normalized_loss")
-        if value is None:
-            value = record["val_loss"] / chance_loss(method, size)
-        for column, item in zip(validation, (record["step"], value, size)):
-            column.append(item)
+    train = _normalized(method, steps, "loss", "batch_size", "normalized_loss", batch_size)
+    validation = _normalized(
+        method, history, "val_loss", "val_batch_size", "val_normalized_loss", batch_size
+    )
     return {"train": train, "validation": validation}
+
+
+def _normalized(method, records, loss, size_key, normalized, batch_size):
+    """(steps, loss / chance, batch sizes) of the records that have ``loss``."""
+    series = ([], [], [])
+    for record in records:
+        if loss not in record:
+            continue
+        size = record.get(size_key, batch_size)
+        value = record.get(normalized)
+        if value is None:
+            value = record[loss] / chance_loss(method, size)
+        for column, item in zip(series, (record["step"], value, size)):
+            column.append(item)
+    return series
 
 
 def plot_loss_curves(method, steps, history, batch_size=None, ax=None):
