@@ -127,6 +127,7 @@ def test_every_trainer_keyword_is_a_setting():
         "augment",
         "checkpoint_dir",
         "callbacks",
+        "metrics_csv",  # where the log goes, as callbacks: not how the run trains
         "progress",
         "prefetch",
         "distributed",  # the process group: a resumed run may have another
