@@ -52,10 +52,7 @@ def worker(config, steps, sync):
 
     cfg = CONFIGS[config]
     group = world()
-    threads = convirt.get_num_threads()
     data = synthetic_cxr(BATCH, size=cfg["stored"], seed=0)
-    # synthetic_cxr's threadpool_limits(1) leaves the core on 1 thread (seen here)
-    convirt.set_num_threads(threads)
     share = BATCH // group.size
     rows = slice(group.rank * share, (group.rank + 1) * share)
     images = np.ascontiguousarray(data.images[rows])
