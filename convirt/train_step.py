@@ -22,6 +22,7 @@ both). The running statistics are updated once per chunk of pass 3 (pass 1's upd
 put back).
 """
 
+import contextlib
 import math
 import time
 
@@ -36,8 +37,8 @@ def join_world(distributed, config, image, text):
     """The World a Trainer trains over: ``distributed`` None or True is the MPI world
     when launched by mpirun (else one process), False one process, or a World. Under
     MPI the configurations are compared (the same error on every rank when they
-    differ), every rank starts from rank 0's weights and batch-norm statistics, and
-    ``config.sync_batchnorm`` installs the all-reduce of the batch-norm sums."""
+    differ) and every rank starts from rank 0's weights and batch-norm statistics
+    (``config.sync_batchnorm``: StepRunner all-reduces the batch-norm sums)."""
     if distributed is False:
         return World()
     group = world() if distributed in (None, True) else distributed
@@ -61,8 +62,6 @@ def join_world(distributed, config, image, text):
     for e in towers:
         group.broadcast_(e.flat_parameters)
         group.broadcast_(e.flat_buffers)
-    if config.sync_batchnorm:
-        image.set_batchnorm_reduce(group.allreduce_sum)
     return group
 
 
@@ -71,16 +70,36 @@ class StepRunner:
 
     image / text: the encoders (text None for SimCLR); loss: ContrastiveLoss; frozen:
     (freeze_image, freeze_text); group: convirt.distributed.World; micro_batch: None
-    or pairs per chunk; buffer(name, shape): the Trainer's reused float32 buffers.
+    or pairs per chunk; buffer(name, shape): the Trainer's reused float32 buffers;
+    sync_batchnorm: the image tower's batch-norm sums are all-reduced over the group
+    during each step (and only then).
     """
 
-    def __init__(self, image, text, loss, frozen, group, micro_batch, buffer):
+    def __init__(
+        self, image, text, loss, frozen, group, micro_batch, buffer, sync_batchnorm=False
+    ):
         self.image, self.text, self.loss = image, text, loss
         self.freeze_image, self.freeze_text = frozen
         self.group = group
         self.micro_batch = micro_batch
         self.buffer = buffer
+        self.sync_batchnorm = bool(sync_batchnorm) and group.size > 1
         self.comm_seconds = 0.0  # time spent in collectives during the last step
+
+    @contextlib.contextmanager
+    def _batchnorm_synced(self):
+        """The all-reduce of the batch-norm sums installed for one step, then removed:
+        the encoder used on its own afterwards (evaluation on one rank, another group)
+        must not call into this group's collectives, where it would wait for ranks
+        that never come."""
+        if not self.sync_batchnorm:
+            yield
+            return
+        self.image.set_batchnorm_reduce(self.group.allreduce_sum)
+        try:
+            yield
+        finally:
+            self.image.set_batchnorm_reduce(None)
 
     # ---- pieces ---------------------------------------------------------------------------
 
@@ -140,6 +159,10 @@ class StepRunner:
     def convirt(self, views, ids, mask, loss_call):
         """ConVIRT: images (n, ...) float32 views, token ids and mask (n, T). Returns the
         LossResult of the global batch; gradients are in the encoders (all-reduced)."""
+        with self._batchnorm_synced():
+            return self._convirt(views, ids, mask, loss_call)
+
+    def _convirt(self, views, ids, mask, loss_call):
         self.comm_seconds = 0.0
         image, text, n = self.image, self.text, len(views)
         v = self._embed(
@@ -163,6 +186,10 @@ class StepRunner:
         """SimCLR: views (2n, ...), the first view of each of the n local images, then
         the second. Globally the NT-Xent input is [first views of every rank; second
         views of every rank], the order one process has for the whole batch."""
+        with self._batchnorm_synced():
+            return self._simclr(views, loss_call)
+
+    def _simclr(self, views, loss_call):
         self.comm_seconds = 0.0
         image, two_n = self.image, len(views)
         n = two_n // 2

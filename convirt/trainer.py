@@ -186,6 +186,7 @@ class Trainer:
             self.world,
             config.micro_batch,
             self._buffer,
+            config.sync_batchnorm,
         )
         params, grads = [], []
         for encoder, frozen in (

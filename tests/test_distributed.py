@@ -189,6 +189,48 @@ def test_identity_reduce_changes_nothing_but_rounding(tiny_towers):
     assert_close(results[1][1], results[0][1], "gradients", 1e-4)
 
 
+class CountingWorld(World):
+    """Two ranks in one process whose collectives only count: rank 1 is rank 0 again
+    (the gathered rows are this rank's twice)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rank, self.size, self.local_size = 0, 2, 1
+        self.reduced = 0
+
+    def allreduce_sum(self, array):
+        self.reduced += 1
+
+    def allgather_rows(self, local, out):
+        out[: len(local)] = local
+        out[len(local) :] = local
+
+    def allgather_object(self, value):
+        return [value, value]
+
+    def broadcast_(self, array, root=0):
+        pass
+
+    def check_same(self, what, value):
+        pass
+
+
+def test_sync_batchnorm_is_installed_for_a_step_only(tiny_towers):
+    # An encoder used on its own after training (evaluation on one rank) must not call
+    # the group's all-reduce: on MPI it would wait for ranks that never come.
+    image, text = tiny_towers
+    group = CountingWorld()
+    trainer = convirt.Trainer(
+        image, text, image_size=32, progress=False, distributed=group, sync_batchnorm=True
+    )
+    images, reports = mpi_worker.tiny.pairs(4, 32, seed=1)
+    trainer.step(images, reports)
+    during = group.reduced
+    assert during > 2  # the batch-norm sums (and the two gradient buffers)
+    image.train().forward(images)
+    assert group.reduced == during
+
+
 def test_micro_batches_equal_the_one_shot_batch_without_batchnorm(tmp_path):
     # A frozen image tower (eval mode): the text tower has no batch norm, so gradient
     # caching in chunks of 4 gives the update of the batch of 16.
