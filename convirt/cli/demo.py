@@ -10,7 +10,7 @@ __all__ = ["QUICK", "add_demo_command"]
 # What --quick is, said the same way here and in README.md (tests/test_cli_messages.py
 # checks): the preset of convirt.experiments.demo.PRESETS["quick"], timed in
 # docs/LEARNING.md (pretraining about 0.6 s a step on 2 idle cores).
-QUICK = "a smaller preset: 2000 pairs, 310 steps, about 5 minutes on 2 idle cores"
+QUICK = "a smaller preset: 2000 pairs, 310 steps, about 3 minutes on 2 idle cores"
 
 
 def add_demo_command(subparsers):
