@@ -1,13 +1,20 @@
 """Files: atomic writes, reads that refuse what is not a regular file, and safetensors
 reads with clear errors."""
 
+import json
 import os
 import stat
 import tempfile
 
 from .errors import CheckpointError
 
-__all__ = ["atomic_write", "check_regular_file", "read_regular_file", "read_safetensors"]
+__all__ = [
+    "atomic_write",
+    "check_regular_file",
+    "read_json_object",
+    "read_regular_file",
+    "read_safetensors",
+]
 
 
 def _umask():
@@ -110,6 +117,23 @@ def read_regular_file(path, error_type, expected):
             chunks.append(chunk)
     finally:
         os.close(fd)
+
+
+def read_json_object(path, error_type, expected):
+    """The JSON object (a dict) in the regular file ``path``; error_type naming the file
+    when it is not a regular file, not JSON, or not an object at the top. A missing
+    file raises FileNotFoundError."""
+    raw = read_regular_file(path, error_type, expected)
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except ValueError as error:  # also UnicodeDecodeError
+        raise error_type(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise error_type(
+            f"{path} holds a JSON {type(value).__name__}; expected {expected} with an "
+            "object at the top"
+        )
+    return value
 
 
 # safetensors dtypes that NumPy holds; others (BF16, the F8 types) cannot be read here.

@@ -196,7 +196,21 @@ def _row_step(row):
     return step if math.isfinite(step) else math.inf
 
 
-class TensorBoardLogger(Callback):
+class _ScalarLogger(Callback):
+    """A logger of named scalars (:func:`_scalars`) at the step they belong to: a
+    subclass says where they go (``_emit``)."""
+
+    def _emit(self, scalars, step):
+        raise NotImplementedError
+
+    def on_step_end(self, trainer, metrics):
+        self._emit(_scalars("step", metrics), metrics["step"])
+
+    def on_epoch_end(self, trainer, record):
+        self._emit(_scalars("epoch", record), record["step"])
+
+
+class TensorBoardLogger(_ScalarLogger):
     """Writes the metrics of every step (``train/loss``, ``train/lr``,
     ``train/grad_norm``, ...) and of every epoch (``val/loss``, ...,
     ``epoch/train_loss``) as TensorBoard scalars into ``log_dir``, at the step they
@@ -222,17 +236,13 @@ class TensorBoardLogger(Callback):
         if _is_writer(trainer):
             self.writer = self._summary_writer(self.log_dir, **self.writer_kwargs)
 
-    def _add(self, kind, record):
-        if self.writer is None:
-            return
-        for name, value in _scalars(kind, record).items():
-            self.writer.add_scalar(name, value, global_step=record["step"])
-
-    def on_step_end(self, trainer, metrics):
-        self._add("step", metrics)
+    def _emit(self, scalars, step):
+        if self.writer is not None:
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, global_step=step)
 
     def on_epoch_end(self, trainer, record):
-        self._add("epoch", record)
+        super().on_epoch_end(trainer, record)
         if self.writer is not None:
             self.writer.flush()
 
@@ -242,7 +252,7 @@ class TensorBoardLogger(Callback):
         self.writer = None
 
 
-class WandbLogger(Callback):
+class WandbLogger(_ScalarLogger):
     """Logs the metrics of every step (``train/loss``, ...) and of every epoch
     (``val/loss``, ..., ``epoch/train_loss``) to Weights & Biases at the step they
     belong to. ``wandb.init`` is called when training starts, with the trainer's
@@ -270,15 +280,9 @@ class WandbLogger(Callback):
         config = {**trainer.config.to_json(), **trainer.fit_settings}
         self.run = self.wandb.init(config=config, **self.init_kwargs)
 
-    def _log(self, kind, record):
+    def _emit(self, scalars, step):
         if self.run is not None:
-            self.wandb.log(_scalars(kind, record), step=record["step"])
-
-    def on_step_end(self, trainer, metrics):
-        self._log("step", metrics)
-
-    def on_epoch_end(self, trainer, record):
-        self._log("epoch", record)
+            self.wandb.log(scalars, step=step)
 
     def on_train_end(self, trainer):
         if self.run is not None:

@@ -28,12 +28,11 @@ folder (``../x``, an absolute path, a symbolic link out) is refused, not followe
 folder and says what it looked for when there is none.
 """
 
-import json
 import os
 import re
 import shutil
 
-from ._io import atomic_write, read_regular_file
+from ._io import atomic_write, read_json_object, read_regular_file
 from .errors import CheckpointError
 
 __all__ = [
@@ -41,12 +40,14 @@ __all__ = [
     "CheckpointError",
     "find_checkpoint",
     "pointer_name",
+    "read_run_settings",
     "read_state",
 ]
 
 FORMAT = "convirt-checkpoint-1"
 # The sub-folder of a `convirt pretrain` run folder that is its checkpoint directory.
 RUN_CHECKPOINT_DIR = "checkpoint"
+SETTINGS_FILE = "settings.json"  # what `convirt pretrain` writes beside checkpoint/
 POINTERS = ("BEST", "LAST")
 
 
@@ -118,22 +119,24 @@ def read_state(directory):
     checked); CheckpointError naming the file otherwise."""
     state_path = os.path.join(directory, "trainer.json")
     try:
-        raw = read_regular_file(state_path, CheckpointError, "a trainer.json file")
+        state = read_json_object(state_path, CheckpointError, "a trainer.json file")
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {directory} has no trainer.json") from None
-    try:
-        state = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{state_path} is corrupt: {error}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(
-            f"{state_path} holds a JSON {type(state).__name__}; expected an object"
-        )
     if state.get("format") != FORMAT:
         raise CheckpointError(
             f"{state_path} is not a {FORMAT} file (format: {state.get('format')!r})"
         )
     return state
+
+
+def read_run_settings(run_dir):
+    """The settings.json that ``convirt pretrain`` writes in a run folder, or {} when
+    there is none; CheckpointError naming the file when it is damaged."""
+    path = os.path.join(run_dir, SETTINGS_FILE)
+    try:
+        return read_json_object(path, CheckpointError, "the run's settings.json")
+    except FileNotFoundError:
+        return {}
 
 
 def _fsync_dir(path):

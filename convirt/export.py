@@ -519,27 +519,27 @@ def run_summary(run: str | os.PathLike, which: str = "best") -> dict:
     settings.json), ``data_size`` (training and validation pairs), ``history`` (one
     dict per epoch) and ``checkpoint`` (the folder of the ``which`` checkpoint,
     'best' or 'last'). Missing pieces are left out."""
-    from .checkpoint import CheckpointDir
+    from .checkpoint import (
+        RUN_CHECKPOINT_DIR,
+        CheckpointDir,
+        pointer_name,
+        read_run_settings,
+        read_state,
+    )
 
     run = os.fspath(run)
     summary: dict[str, Any] = {}
-    settings_path = os.path.join(run, "settings.json")
-    if os.path.isfile(settings_path):
-        raw = read_regular_file(settings_path, ValueError, "a settings.json file")
-        summary["settings"] = json.loads(raw.decode("utf-8"))
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    checkpoints = CheckpointDir(os.path.join(run, "checkpoint"))
-    folder = checkpoints.pointer(which.upper()) or checkpoints.pointer("LAST")
+    settings = read_run_settings(run)
+    if settings:
+        summary["settings"] = settings
+    checkpoints = CheckpointDir(os.path.join(run, RUN_CHECKPOINT_DIR))
+    folder = checkpoints.pointer(pointer_name(which)) or checkpoints.pointer("LAST")
     if folder is not None:
         summary["checkpoint"] = folder
-        state_path = os.path.join(folder, "trainer.json")
-        if os.path.isfile(state_path):
-            raw = read_regular_file(state_path, CheckpointError, "a trainer.json file")
-            state = json.loads(raw.decode("utf-8"))
+        if os.path.isfile(os.path.join(folder, "trainer.json")):
+            state = read_state(folder)
             summary["history"] = state.get("history")
             summary["steps"] = state.get("step")
-    settings = summary.get("settings") or {}
     cache = settings.get("cache")
     if cache and os.path.isfile(os.path.join(cache, "index.json")):
         from .prepared import PreparedDataset

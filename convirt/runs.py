@@ -10,20 +10,17 @@ directory, or the sub-directory of one save.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, NamedTuple
 
-from ._io import read_regular_file, read_safetensors
+from ._io import read_safetensors
 from .augment import ImageAugment, eval_augment
-from .checkpoint import RUN_CHECKPOINT_DIR, find_checkpoint, read_state
+from .checkpoint import RUN_CHECKPOINT_DIR, find_checkpoint, read_run_settings, read_state
 from .encoder import Encoder
 from .errors import CheckpointError
 from .trainer_config import TrainerConfig, check_optimizer_file, check_state
 
 __all__ = ["LoadedRun", "load_run", "read_checkpoint"]
-
-SETTINGS_FILE = "settings.json"  # what `convirt pretrain` writes beside checkpoint/
 
 
 class LoadedRun(NamedTuple):
@@ -119,17 +116,4 @@ def _run_settings(checkpoint_root):
     """The settings.json of the run folder around a checkpoint directory, or {}."""
     if os.path.basename(os.path.normpath(checkpoint_root)) != RUN_CHECKPOINT_DIR:
         return {}
-    path = os.path.join(os.path.dirname(os.path.normpath(checkpoint_root)), SETTINGS_FILE)
-    try:
-        raw = read_regular_file(path, CheckpointError, "the run's settings.json")
-    except FileNotFoundError:
-        return {}
-    try:
-        settings = json.loads(raw.decode("utf-8"))
-    except ValueError as error:  # also UnicodeDecodeError
-        raise CheckpointError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(settings, dict):
-        raise CheckpointError(
-            f"{path} holds a JSON {type(settings).__name__}; expected an object"
-        )
-    return settings
+    return read_run_settings(os.path.dirname(os.path.normpath(checkpoint_root)))

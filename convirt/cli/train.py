@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 
+from .._io import read_json_object
 from .arguments import positive_int
 
 __all__ = ["add_embed_command", "add_pretrain_command"]
@@ -136,24 +137,6 @@ def add_pretrain_command(subparsers):
     parser.set_defaults(run=run_pretrain)
 
 
-def _read_json(path, expected):
-    """The JSON object in a regular file (a FIFO would block the read forever);
-    ValueError naming the file otherwise."""
-    from .._io import read_regular_file
-
-    raw = read_regular_file(path, ValueError, expected)
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except ValueError as error:  # also UnicodeDecodeError
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(value, dict):  # a malformed file, not a wrong argument
-        raise ValueError(  # noqa: TRY004
-            f"{path} holds a JSON {type(value).__name__}; "
-            f"expected {expected} with an object at the top"
-        )
-    return value
-
-
 # What --resume may change (the setting, and the Trainer.resume keyword it is): when to
 # stop, to lower the learning rate and to save. Every other setting is the run's own.
 RESUME_CHANGES = {
@@ -169,7 +152,7 @@ def _given(args):
     without the defaults."""
     given = {}
     if args.config:
-        config = _read_json(args.config, "a settings file (JSON)")
+        config = read_json_object(args.config, ValueError, "a settings file (JSON)")
         unknown = set(config) - set(PRETRAIN_DEFAULTS)
         if unknown:
             raise ValueError(
@@ -318,7 +301,7 @@ def _resume(args, progress, say, writes):
             f"OUT_DIR ({args.out_dir}) cannot be given with --resume: the run goes on in "
             f"{args.resume}"
         )
-    settings = _read_json(settings_path, "the run's settings.json")
+    settings = read_json_object(settings_path, ValueError, "the run's settings.json")
     changes = _resume_changes(args, settings)
     settings.update(changes)
     trainer = convirt.Trainer.resume(
