@@ -224,7 +224,19 @@ static void group_range(const tile_plan *t, ptrdiff_t g, ptrdiff_t *first, ptrdi
 
 ptrdiff_t conv2d_tile_count(const conv_input *inp, const conv_shape *shape)
 {
+    if (winograd_applies(inp, shape))
+        return winograd_tile_count(shape);
     return plan_tiles(shape, is_direct(inp, shape), FORWARD_ROUND).count;
+}
+
+ptrdiff_t conv2d_tile_bound(const conv_input *inp, const conv_shape *shape)
+{
+    ptrdiff_t direct = plan_tiles(shape, is_direct(inp, shape), FORWARD_ROUND).count;
+    ptrdiff_t wino = inp->data && shape->r == 3 && shape->s == 3 && shape->stride == 1 &&
+                             shape->pad == 1
+                         ? winograd_tile_count(shape)
+                         : 0;
+    return direct > wino ? direct : wino;
 }
 
 /* Rows of the smallest tile of a plan. */
@@ -237,6 +249,8 @@ static int packed_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k);
 
 int conv2d_wants_weight_t(const conv_input *inp, const conv_shape *shape)
 {
+    if (winograd_applies(inp, shape))
+        return 0;
     tile_plan t = plan_tiles(shape, is_direct(inp, shape), FORWARD_ROUND);
     return !packed_gemm(min_tile_rows(&t), shape->k, shape->r * shape->s * shape->c);
 }
@@ -423,6 +437,8 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
                          const conv_epilogue *epilogue, conv_workspace *ws)
 {
     const conv_shape *sh = shape;
+    if (winograd_applies(inp, sh))
+        return winograd_forward(out, inp->data, weight, 0, sh, 0, epilogue, ws);
     const ptrdiff_t K = sh->k, RSC = sh->r * sh->s * sh->c;
     const int direct = is_direct(inp, sh);
     const tile_plan plan = plan_tiles(sh, direct, FORWARD_ROUND);
@@ -528,6 +544,14 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     const ptrdiff_t image = sh->h * sh->w * C;
     if (!dinp && !dweight)
         return CV_OK;
+    if (winograd_applies(inp, sh)) {
+        cv_status st;
+        if (dweight && (st = winograd_weight_gradient(dweight, dout, inp->data, sh, ws)))
+            return st;
+        const conv_shape tsh = transposed_shape(sh);
+        return dinp ? winograd_forward(dinp, dout, weight, 1, &tsh, add_dinp, NULL, ws)
+                    : CV_OK;
+    }
     const int direct = is_direct(inp, sh);
     const int threads = cv_get_num_threads();
     const int transposed = dinp && transposed_conv(inp, sh) && sh->r == sh->s;

@@ -73,6 +73,10 @@ int cv_max_threads(void);
  * child). */
 cv_status cv_set_num_threads(int n);
 int cv_get_num_threads(void);
+/* Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (winograd.c): on unless
+ * CONVIRT_WINOGRAD=0 is in the environment or cv_set_winograd(0) was called. */
+void cv_set_winograd(int on);
+int cv_get_winograd(void);
 /* This machine's physical memory in bytes (0 when unknown): constructors refuse
  * models whose buffers could never fit. */
 size_t cv_physical_memory(void);

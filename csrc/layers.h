@@ -168,6 +168,10 @@ void conv_workspace_free(conv_workspace *ws);
  * of input and the batch size, not by the thread count). */
 ptrdiff_t conv2d_tile_count(const conv_input *inp, const conv_shape *shape);
 
+/* The most tiles conv2d_forward may use for this shape, whether the Winograd path is on
+ * or off (the size of per-tile buffers that must survive cv_set_winograd). */
+ptrdiff_t conv2d_tile_bound(const conv_input *inp, const conv_shape *shape);
+
 /* Whether conv2d_forward gains from weight_t for this shape: only where BLIS runs the
  * GEMMs unpacked (small tiles or narrow layers); packed, it reads any layout. */
 int conv2d_wants_weight_t(const conv_input *inp, const conv_shape *shape);
@@ -189,6 +193,21 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
 cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                           const conv_input *inp, const float *weight,
                           const conv_shape *shape, int add_dinp, conv_workspace *ws);
+
+/* ---- Winograd F(2x2, 3x3) (winograd.c): 3x3, stride 1, padding 1, float input ----
+ * conv2d_forward and conv2d_backward take this path themselves when it applies; these
+ * are its pieces. */
+int winograd_applies(const conv_input *in, const conv_shape *sh);
+ptrdiff_t winograd_tile_count(const conv_shape *sh);
+/* out (=, or += with add) conv(x, weight) with sh's geometry; flip: weight is that of
+ * the layer whose input gradient this is, (sh->c, 3, 3, sh->k), used flipped and
+ * transposed (sh is then the transposed shape). epilogue as conv2d_forward's. */
+cv_status winograd_forward(float *out, const float *x, const float *weight, int flip,
+                           const conv_shape *sh, int add, const conv_epilogue *epilogue,
+                           conv_workspace *ws);
+/* dweight (k, 3, 3, c) += the gradient of conv(x, W) given dout (n, p, q, k). */
+cv_status winograd_weight_gradient(float *dweight, const float *dout, const float *x,
+                                   const conv_shape *sh, conv_workspace *ws);
 
 /* The naive direct convolution the tests compare with (double accumulation). */
 void conv2d_forward_reference(float *out, const conv_input *inp, const float *weight,

@@ -436,7 +436,7 @@ static cv_status plan(resnet_model *m, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, in
     for (int i = 0; i < m->n_units; i++) {
         conv_input probe;
         conv_input_tensor(&probe, i == 0 ? NULL : m->arena);
-        size_t t = (size_t)conv2d_tile_count(&probe, &m->units[i].shape);
+        size_t t = (size_t)conv2d_tile_bound(&probe, &m->units[i].shape);
         if (t * 2 * (size_t)m->units[i].out_c > partials)
             partials = t * 2 * (size_t)m->units[i].out_c;
         if (t > tiles)

@@ -57,6 +57,23 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
     return PyLong_FromLong(cv_get_num_threads());
 }
 
+static PyObject *py_set_winograd(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    cv_set_winograd(on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_winograd(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyBool_FromLong(cv_get_winograd());
+}
+
 static PyObject *py_fma_peak(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
@@ -166,6 +183,14 @@ static PyMethodDef module_methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
      "get_num_threads($module, /)\n--\n\n"
      "Returns the number of threads the next call will use."},
+    {"set_winograd", py_set_winograd, METH_O,
+     "set_winograd($module, on, /)\n--\n\n"
+     "Whether 3x3 stride-1 convolutions run through Winograd's F(2x2, 3x3) (2.25x fewer "
+     "multiplies; on by default, off with CONVIRT_WINOGRAD=0 in the environment). Off, "
+     "they take the direct im2col + GEMM path."},
+    {"get_winograd", py_get_winograd, METH_NOARGS,
+     "get_winograd($module, /)\n--\n\n"
+     "Returns whether 3x3 stride-1 convolutions run through Winograd's F(2x2, 3x3)."},
     {"fma_peak", (PyCFunction)(void (*)(void))py_fma_peak, METH_VARARGS | METH_KEYWORDS,
      "fma_peak($module, /, threads=0, seconds=0.5)\n--\n\n"
      "Returns (GFLOP/s, vector bits): FP32 FMA throughput of "

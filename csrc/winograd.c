@@ -1,0 +1,454 @@
+/* winograd.c - 3x3 stride-1 convolutions with Winograd's F(2x2, 3x3).
+ *
+ * The output is cut into 2 x 2 blocks. Each block's output is
+ *     Y = A^T [ U (.) V ] A,   U = G g G^T (4 x 4 per filter and channel),
+ *                              V = B^T d B (4 x 4 per input patch and channel),
+ * so that the multiplies of a block are 16 products per (channel, filter) pair where the
+ * direct convolution does 36: 2.25 times fewer. Summed over input channels, the 16
+ * element-wise products become 16 GEMMs per tile of blocks,
+ *     M[e] (blocks x k) = V[e] (blocks x c) @ U[e] (c x k),   e = 0..15,
+ * which BLIS runs at its usual rate, between an input transform (d -> V) and an output
+ * transform (M -> Y) that are additions only.
+ *
+ * The three passes of a training step all take this form:
+ *  - forward: Y = conv(X, W);
+ *  - input gradient: dX = conv(dY, W') with W' the filters flipped and transposed
+ *    (stride 1, padding 1: a convolution of the same shape class), so the same code
+ *    with U built from W';
+ *  - weight gradient: dL/dU = sum over blocks of V (.) (A dY A^T), 16 GEMMs
+ *    D[e] (k x c) += Z[e]^T (k x blocks) @ V[e] (blocks x c) with Z = A dY A^T, and
+ *    dW = G^T D G per filter and channel at the end.
+ *
+ * Accuracy: the transforms multiply by 0, +-1 and +-1/2 only, so they add a few
+ * roundings per element; docs/NUMERICS.md gives the measured error against the direct
+ * path. cv_set_winograd(0) (convirt.set_winograd(False), or CONVIRT_WINOGRAD=0 in the
+ * environment) turns the path off.
+ *
+ * Tiles are runs of whole block rows of one image, or of whole images: each tile's
+ * output is a contiguous range of output rows, so the forward's epilogue (batch
+ * statistics, batch norm, ReLU) runs on it exactly as on the direct path's tiles. */
+#include <omp.h>
+#include <stdlib.h>
+
+#include "core.h"
+#include "layers.h"
+
+/* ---- the switch ---------------------------------------------------------------------- */
+
+static int winograd_state = -1; /* -1: not yet read from the environment */
+
+void cv_set_winograd(int on)
+{
+    winograd_state = on ? 1 : 0;
+}
+
+int cv_get_winograd(void)
+{
+    if (winograd_state < 0) {
+        const char *env = getenv("CONVIRT_WINOGRAD");
+        winograd_state = !(env && env[0] == '0' && env[1] == '\0');
+    }
+    return winograd_state;
+}
+
+int winograd_applies(const conv_input *in, const conv_shape *sh)
+{
+    return in->data && sh->r == 3 && sh->s == 3 && sh->stride == 1 && sh->pad == 1 &&
+           cv_get_winograd();
+}
+
+/* ---- tiles --------------------------------------------------------------------------- */
+
+/* Floats of a tile's V and M (or Z) buffers: about 1 MiB, the L2 of the CPUs met. */
+#define TILE_FLOATS (256 * 1024)
+#define TILE_BLOCKS_MIN 64
+#define TILE_BLOCKS_MAX 512
+
+typedef struct {
+    ptrdiff_t n, p, q; /* images, output rows and columns */
+    ptrdiff_t bp, bq;  /* block rows and columns per image */
+    ptrdiff_t parts;   /* tiles per image when images are split, else 0 */
+    ptrdiff_t groups;  /* groups of whole images (parts == 0) */
+    ptrdiff_t count;
+    ptrdiff_t max_blocks;
+} wino_plan;
+
+static wino_plan plan_blocks(const conv_shape *sh)
+{
+    wino_plan t;
+    t.n = sh->n;
+    t.p = sh->p;
+    t.q = sh->q;
+    t.bp = (sh->p + 1) / 2;
+    t.bq = (sh->q + 1) / 2;
+    ptrdiff_t target = TILE_FLOATS / (16 * (sh->c > sh->k ? sh->c : sh->k));
+    target = target < TILE_BLOCKS_MIN   ? TILE_BLOCKS_MIN
+             : target > TILE_BLOCKS_MAX ? TILE_BLOCKS_MAX
+                                        : target;
+    const ptrdiff_t per_image = t.bp * t.bq;
+    if (per_image >= target) {
+        t.parts = (per_image + target - 1) / target;
+        t.parts = t.parts > t.bp ? t.bp : t.parts;
+        t.groups = t.n;
+        t.count = t.n * t.parts;
+        t.max_blocks = (t.bp + t.parts - 1) / t.parts * t.bq;
+    } else {
+        ptrdiff_t g = (t.n * per_image + target - 1) / target;
+        g = (g + 1) / 2 * 2; /* an even count: two threads share them evenly */
+        g = g > t.n ? t.n : g;
+        t.parts = 0;
+        t.groups = g;
+        t.count = g;
+        t.max_blocks = (t.n + g - 1) / g * per_image;
+    }
+    return t;
+}
+
+/* Tile i: images [*n0, *n1), and within them block rows [*b0, *b1). */
+static void tile_blocks(const wino_plan *t, ptrdiff_t i, ptrdiff_t *n0, ptrdiff_t *n1,
+                        ptrdiff_t *b0, ptrdiff_t *b1)
+{
+    if (t->parts) {
+        ptrdiff_t j = i % t->parts;
+        *n0 = i / t->parts;
+        *n1 = *n0 + 1;
+        *b0 = j * t->bp / t->parts;
+        *b1 = (j + 1) * t->bp / t->parts;
+    } else {
+        *n0 = i * t->n / t->groups;
+        *n1 = (i + 1) * t->n / t->groups;
+        *b0 = 0;
+        *b1 = t->bp;
+    }
+}
+
+ptrdiff_t winograd_tile_count(const conv_shape *sh)
+{
+    return plan_blocks(sh).count;
+}
+
+/* ---- transforms ---------------------------------------------------------------------- */
+
+/* u[e * es + i] = (G g G^T)[e] for i < count, g[r][s] = taps[r * 3 + s][i * step]. */
+CV_VECTORIZE static void filter_transform(float *restrict u, ptrdiff_t es,
+                                          const float *const taps[9], ptrdiff_t step,
+                                          ptrdiff_t count)
+{
+    for (ptrdiff_t i = 0; i < count; i++) {
+        float t[4][3];
+        for (int s = 0; s < 3; s++) {
+            const float g0 = taps[s][i * step], g1 = taps[3 + s][i * step],
+                        g2 = taps[6 + s][i * step];
+            t[0][s] = g0;
+            t[1][s] = 0.5f * (g0 + g1 + g2);
+            t[2][s] = 0.5f * (g0 - g1 + g2);
+            t[3][s] = g2;
+        }
+        for (int r = 0; r < 4; r++) {
+            u[(r * 4 + 0) * es + i] = t[r][0];
+            u[(r * 4 + 1) * es + i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+            u[(r * 4 + 2) * es + i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+            u[(r * 4 + 3) * es + i] = t[r][2];
+        }
+    }
+}
+
+/* v[e * es + i] = (B^T d B)[e] for i < count, d[a][b] = patch[a * 4 + b][i]. */
+CV_VECTORIZE static void input_transform(float *restrict v, ptrdiff_t es,
+                                         const float *const patch[16], ptrdiff_t count)
+{
+    for (ptrdiff_t i = 0; i < count; i++) {
+        float t[4][4];
+        for (int b = 0; b < 4; b++) {
+            const float d0 = patch[b][i], d1 = patch[4 + b][i], d2 = patch[8 + b][i],
+                        d3 = patch[12 + b][i];
+            t[0][b] = d0 - d2;
+            t[1][b] = d1 + d2;
+            t[2][b] = d2 - d1;
+            t[3][b] = d1 - d3;
+        }
+        for (int a = 0; a < 4; a++) {
+            v[(a * 4 + 0) * es + i] = t[a][0] - t[a][2];
+            v[(a * 4 + 1) * es + i] = t[a][1] + t[a][2];
+            v[(a * 4 + 2) * es + i] = t[a][2] - t[a][1];
+            v[(a * 4 + 3) * es + i] = t[a][1] - t[a][3];
+        }
+    }
+}
+
+/* y[j] (= or +=) (A^T m A) for the 2 x 2 outputs, m[a][b] = mm[(a * 4 + b) * es + i];
+ * y[j] is NULL for an output outside the image. */
+CV_VECTORIZE static void output_transform(float *const y[4], const float *restrict mm,
+                                          ptrdiff_t es, ptrdiff_t count, int add)
+{
+    for (ptrdiff_t i = 0; i < count; i++) {
+        float t[2][4];
+        for (int b = 0; b < 4; b++) {
+            const float m0 = mm[(0 + b) * es + i], m1 = mm[(4 + b) * es + i],
+                        m2 = mm[(8 + b) * es + i], m3 = mm[(12 + b) * es + i];
+            t[0][b] = m0 + m1 + m2;
+            t[1][b] = m1 - m2 - m3;
+        }
+        for (int a = 0; a < 2; a++) {
+            const float y0 = t[a][0] + t[a][1] + t[a][2], y1 = t[a][1] - t[a][2] - t[a][3];
+            float *p0 = y[a * 2], *p1 = y[a * 2 + 1];
+            if (p0)
+                p0[i] = add ? p0[i] + y0 : y0;
+            if (p1)
+                p1[i] = add ? p1[i] + y1 : y1;
+        }
+    }
+}
+
+/* z[e * es + i] = (A dy A^T)[e], dy[a][b] = grad[a * 2 + b][i] (the 2 x 2 outputs). */
+CV_VECTORIZE static void gradient_transform(float *restrict z, ptrdiff_t es,
+                                            const float *const grad[4], ptrdiff_t count)
+{
+    for (ptrdiff_t i = 0; i < count; i++) {
+        float t[4][2];
+        for (int b = 0; b < 2; b++) {
+            const float y0 = grad[b][i], y1 = grad[2 + b][i];
+            t[0][b] = y0;
+            t[1][b] = y0 + y1;
+            t[2][b] = y0 - y1;
+            t[3][b] = -y1;
+        }
+        for (int a = 0; a < 4; a++) {
+            z[(a * 4 + 0) * es + i] = t[a][0];
+            z[(a * 4 + 1) * es + i] = t[a][0] + t[a][1];
+            z[(a * 4 + 2) * es + i] = t[a][0] - t[a][1];
+            z[(a * 4 + 3) * es + i] = -t[a][1];
+        }
+    }
+}
+
+/* dw[(r * 3 + s) * ts + i] += (G^T D G)[r][s], D[a][b] = d[(a * 4 + b) * es + i]. */
+CV_VECTORIZE static void filter_gradient(float *restrict dw, ptrdiff_t ts,
+                                         const float *restrict d, ptrdiff_t es,
+                                         ptrdiff_t count)
+{
+    for (ptrdiff_t i = 0; i < count; i++) {
+        float t[3][4];
+        for (int b = 0; b < 4; b++) {
+            const float d0 = d[(0 + b) * es + i], d1 = d[(4 + b) * es + i],
+                        d2 = d[(8 + b) * es + i], d3 = d[(12 + b) * es + i];
+            t[0][b] = d0 + 0.5f * (d1 + d2);
+            t[1][b] = 0.5f * (d1 - d2);
+            t[2][b] = 0.5f * (d1 + d2) + d3;
+        }
+        for (int r = 0; r < 3; r++) {
+            dw[(r * 3 + 0) * ts + i] += t[r][0] + 0.5f * (t[r][1] + t[r][2]);
+            dw[(r * 3 + 1) * ts + i] += 0.5f * (t[r][1] - t[r][2]);
+            dw[(r * 3 + 2) * ts + i] += 0.5f * (t[r][1] + t[r][2]) + t[r][3];
+        }
+    }
+}
+
+/* ---- passes over a tile -------------------------------------------------------------- */
+
+/* V (16 x blocks x c) of the tile's blocks, in image, block-row, block-column order. */
+static void tile_input(float *v, ptrdiff_t es, const float *x, const float *zeros,
+                       const wino_plan *t, ptrdiff_t c, ptrdiff_t n0, ptrdiff_t n1,
+                       ptrdiff_t b0, ptrdiff_t b1)
+{
+    const ptrdiff_t H = t->p, W = t->q; /* stride 1, padding 1: the input's size */
+    ptrdiff_t blk = 0;
+    for (ptrdiff_t n = n0; n < n1; n++)
+        for (ptrdiff_t bp = b0; bp < b1; bp++)
+            for (ptrdiff_t bq = 0; bq < t->bq; bq++, blk++) {
+                const float *patch[16];
+                for (int a = 0; a < 4; a++)
+                    for (int b = 0; b < 4; b++) {
+                        ptrdiff_t h = 2 * bp - 1 + a, w = 2 * bq - 1 + b;
+                        patch[a * 4 + b] = h < 0 || h >= H || w < 0 || w >= W
+                                               ? zeros
+                                               : x + ((n * H + h) * W + w) * c;
+                    }
+                input_transform(v + blk * c, es, patch, c);
+            }
+}
+
+/* The 2 x 2 output pointers (NULL outside the image) of block (n, bp, bq). */
+static void block_outputs(float *y[4], float *out, const wino_plan *t, ptrdiff_t k,
+                          ptrdiff_t n, ptrdiff_t bp, ptrdiff_t bq)
+{
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++) {
+            ptrdiff_t p = 2 * bp + a, q = 2 * bq + b;
+            y[a * 2 + b] = p < t->p && q < t->q ? out + ((n * t->p + p) * t->q + q) * k : NULL;
+        }
+}
+
+/* ---- forward ------------------------------------------------------------------------- */
+
+/* The 16 transformed filters of weight (k_w, 3, 3, c_w) as (rows x cols) matrices
+ * es floats apart: [e][k][c] (rows k_w), or with by_channel [e][c][k] (rows c_w; the
+ * taps are then read k_w apart, 9 * c_w floats). */
+static void transform_filters(float *u, ptrdiff_t es, const float *weight, ptrdiff_t k_w,
+                              ptrdiff_t c_w, int by_channel)
+{
+    const ptrdiff_t rows = by_channel ? c_w : k_w;
+#pragma omp parallel for num_threads(layer_threads()) schedule(static) if (k_w * c_w > 16384)
+    for (ptrdiff_t j = 0; j < rows; j++) {
+        const float *taps[9];
+        for (int t = 0; t < 9; t++)
+            taps[t] = by_channel ? weight + t * c_w + j : weight + (j * 9 + t) * c_w;
+        if (by_channel)
+            filter_transform(u + j * k_w, es, taps, 9 * c_w, k_w);
+        else
+            filter_transform(u + j * c_w, es, taps, 1, c_w);
+    }
+}
+
+/* G reversed in its columns is G with rows 0 and 3 swapped, so the transform of a
+ * filter turned by 180 degrees is the transform with its indices a, b of e = 4a + b
+ * mapped 0 <-> 3: the input gradient reuses Ut with e permuted. */
+static int turned(int e)
+{
+    static const int swap[4] = {3, 1, 2, 0};
+    return swap[e / 4] * 4 + swap[e % 4];
+}
+
+static size_t round16(size_t n)
+{
+    return (n + 15) / 16 * 16;
+}
+
+/* The distance between two of the 16 matrices of a tile: rows x cols rounded up to a
+ * cache line, plus one, so that 16 streams of stores never fall into the same cache
+ * sets (a multiple of 4 KiB would). */
+static ptrdiff_t matrix_stride(ptrdiff_t rows, ptrdiff_t cols)
+{
+    return (ptrdiff_t)round16((size_t)(rows * cols)) + 16;
+}
+
+cv_status winograd_forward(float *out, const float *x, const float *weight, int flip,
+                           const conv_shape *sh, int add, const conv_epilogue *epilogue,
+                           conv_workspace *ws)
+{
+    const ptrdiff_t C = sh->c, K = sh->k;
+    const wino_plan plan = plan_blocks(sh);
+    const int threads = layer_threads();
+    const ptrdiff_t T = plan.max_blocks;
+    const ptrdiff_t us = matrix_stride(C, K), vs = matrix_stride(T, C),
+                    ms = matrix_stride(T, K);
+    const size_t per_thread = (size_t)(16 * (vs + ms));
+    const size_t zero_floats = round16((size_t)C);
+    if (cv_reserve((void **)&ws->data, &ws->cap,
+                   (size_t)(16 * us) + zero_floats + per_thread * (size_t)threads,
+                   sizeof(float)))
+        return cv_fail(CV_ERR_MEMORY,
+                       "out of memory for the Winograd transforms (%d x %zu floats)",
+                       threads, per_thread);
+    float *u = ws->data, *zeros = u + 16 * us, *scratch = zeros + zero_floats;
+    memset(zeros, 0, (size_t)C * sizeof(float));
+    /* B[e] is (C x K) row-major. Forward: from weight (K, 3, 3, C) by channel. Input
+     * gradient: the layer's weight is (C, 3, 3, K), whose [e][C][K] is B with e
+     * turned (the flipped filters). */
+    if (flip)
+        transform_filters(u, us, weight, C, K, 0);
+    else
+        transform_filters(u, us, weight, K, C, 1);
+    const int loop_threads = plan.count >= threads ? threads : 1;
+
+#pragma omp parallel num_threads(loop_threads)
+    {
+        float *v = scratch + per_thread * (size_t)omp_get_thread_num();
+        float *m = v + 16 * vs;
+#pragma omp for schedule(dynamic, 1)
+        for (ptrdiff_t i = 0; i < plan.count; i++) {
+            ptrdiff_t n0, n1, b0, b1;
+            tile_blocks(&plan, i, &n0, &n1, &b0, &b1);
+            const ptrdiff_t blocks = (n1 - n0) * (b1 - b0) * plan.bq;
+            tile_input(v, vs, x, zeros, &plan, C, n0, n1, b0, b1);
+            for (int e = 0; e < 16; e++)
+                cv_gemm(blocks, K, C, 1.0f, v + e * vs, C, 1, u + (flip ? turned(e) : e) * us,
+                        K, 1, 0.0f, m + e * ms, K, 1);
+            ptrdiff_t blk = 0;
+            for (ptrdiff_t n = n0; n < n1; n++)
+                for (ptrdiff_t bp = b0; bp < b1; bp++)
+                    for (ptrdiff_t bq = 0; bq < plan.bq; bq++, blk++) {
+                        float *y[4];
+                        block_outputs(y, out, &plan, K, n, bp, bq);
+                        output_transform(y, m + blk * K, ms, K, add);
+                    }
+            if (epilogue && epilogue->run) {
+                const ptrdiff_t p0 = 2 * b0, p1 = 2 * b1 < plan.p ? 2 * b1 : plan.p;
+                const ptrdiff_t row0 = (n0 * plan.p + p0) * plan.q;
+                const ptrdiff_t rows =
+                    plan.parts ? (p1 - p0) * plan.q : (n1 - n0) * plan.p * plan.q;
+                epilogue->run(epilogue->ctx, out + row0 * K, row0, rows, i);
+            }
+        }
+    }
+    return CV_OK;
+}
+
+/* ---- weight gradient ----------------------------------------------------------------- */
+
+cv_status winograd_weight_gradient(float *dweight, const float *dout, const float *x,
+                                   const conv_shape *sh, conv_workspace *ws)
+{
+    const ptrdiff_t C = sh->c, K = sh->k;
+    const wino_plan plan = plan_blocks(sh);
+    const int threads = layer_threads();
+    const int used = plan.count >= threads ? threads : 1;
+    const ptrdiff_t T = plan.max_blocks;
+    const ptrdiff_t ds = matrix_stride(K, C), vs = matrix_stride(T, C),
+                    zs = matrix_stride(T, K);
+    const size_t per_thread = (size_t)(16 * (vs + zs + ds));
+    const size_t zero_floats = round16((size_t)(C > K ? C : K));
+    if (cv_reserve((void **)&ws->data, &ws->cap, zero_floats + per_thread * (size_t)used,
+                   sizeof(float)))
+        return cv_fail(CV_ERR_MEMORY,
+                       "out of memory for the Winograd weight gradient (%d x %zu floats)",
+                       used, per_thread);
+    float *zeros = ws->data, *scratch = zeros + zero_floats;
+    memset(zeros, 0, zero_floats * sizeof(float));
+
+#pragma omp parallel num_threads(used)
+    {
+        const int th = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *v = scratch + per_thread * (size_t)th;
+        float *z = v + 16 * vs;
+        float *d = z + 16 * zs;
+        memset(d, 0, (size_t)(16 * ds) * sizeof(float));
+        /* Contiguous runs of tiles per thread: the sums' order is fixed for a thread
+         * count. */
+        ptrdiff_t i0 = th * plan.count / nt, i1 = (th + 1) * plan.count / nt;
+        for (ptrdiff_t i = i0; i < i1; i++) {
+            ptrdiff_t n0, n1, b0, b1;
+            tile_blocks(&plan, i, &n0, &n1, &b0, &b1);
+            const ptrdiff_t blocks = (n1 - n0) * (b1 - b0) * plan.bq;
+            tile_input(v, vs, x, zeros, &plan, C, n0, n1, b0, b1);
+            ptrdiff_t blk = 0;
+            for (ptrdiff_t n = n0; n < n1; n++)
+                for (ptrdiff_t bp = b0; bp < b1; bp++)
+                    for (ptrdiff_t bq = 0; bq < plan.bq; bq++, blk++) {
+                        float *y[4];
+                        const float *g[4];
+                        block_outputs(y, (float *)dout, &plan, K, n, bp, bq);
+                        for (int j = 0; j < 4; j++)
+                            g[j] = y[j] ? y[j] : zeros;
+                        gradient_transform(z + blk * K, zs, g, K);
+                    }
+            /* D[e] (K x C) += Z[e]^T (K x blocks) @ V[e] (blocks x C) */
+            for (int e = 0; e < 16; e++)
+                cv_gemm(K, C, blocks, 1.0f, z + e * zs, 1, K, v + e * vs, C, 1, 1.0f,
+                        d + e * ds, C, 1);
+        }
+    }
+    /* Sum the threads' D into thread 0's, then dW += G^T D G. */
+    float *d0 = scratch + 16 * (vs + zs);
+    const ptrdiff_t count = 16 * ds;
+    for (int t = 1; t < used; t++) {
+        const float *dt = d0 + per_thread * (size_t)t;
+#pragma omp parallel for num_threads(threads) schedule(static) if (count > 65536)
+        for (ptrdiff_t j = 0; j < count; j++)
+            d0[j] += dt[j];
+    }
+#pragma omp parallel for num_threads(threads) schedule(static) if (K * C > 16384)
+    for (ptrdiff_t k = 0; k < K; k++)
+        filter_gradient(dweight + k * 9 * C, C, d0 + k * C, ds, C);
+    return CV_OK;
+}
