@@ -15,7 +15,8 @@ The objects people use first:
   (forward and backward fused in C).
 
 Configuration: :func:`show_config`, :func:`config`, :func:`set_num_threads`,
-:func:`get_num_threads`.
+:func:`get_num_threads`, :func:`set_winograd` (3x3 convolutions through Winograd's
+F(2x2, 3x3), on by default; docs/NUMERICS.md gives its error), :func:`get_winograd`.
 
 Data: ``convirt.datasets`` (where pairs come from), ``convirt.prepared`` (the memmap
 cache), ``convirt.loader`` (BatchLoader), ``convirt.images``, ``convirt.reports``
@@ -57,7 +58,9 @@ from ._core import (
     LossResult,
     binary_cross_entropy,
     get_num_threads,
+    get_winograd,
     set_num_threads,
+    set_winograd,
     softmax_cross_entropy,
 )
 from .augment import ImageAugment, eval_augment, mild_augment, paper_augment
@@ -101,10 +104,12 @@ __all__ = [
     "datasets",
     "eval_augment",
     "get_num_threads",
+    "get_winograd",
     "load_run",
     "mild_augment",
     "paper_augment",
     "set_num_threads",
+    "set_winograd",
     "show_config",
     "softmax_cross_entropy",
 ]
@@ -139,6 +144,7 @@ def config():
 
     info.update(describe())  # MPI rank and world size (1 without mpirun)
     info["threads_per_rank"] = _core.get_num_threads()
+    info["winograd"] = _core.get_winograd()
     return info
 
 

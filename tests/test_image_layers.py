@@ -3,6 +3,10 @@ their fused forms), through the test-only module convirt._testing: each forward
 and backward against the naive C reference, against PyTorch (torch.nn.functional, in
 float64) and against finite differences."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -464,3 +468,104 @@ def test_layers_do_not_depend_on_the_thread_count():
             convirt.set_num_threads(2)
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+# ---- Winograd F(2x2, 3x3) (winograd.c) ------------------------------------------------
+# 3x3, stride 1, padding 1 convolutions of a float tensor take this path unless it is
+# switched off. Cases: odd sizes (blocks that hang over the edge), a 1 x 1 image, tiles
+# that group whole images unevenly (5 images, 2 tiles), tiles that split an image
+# (17 x 17 with 512 channels: 81 blocks against a tile of 64), wide layers.
+WINOGRAD_CASES = [
+    (2, 8, 8, 4, 5),
+    (3, 7, 5, 6, 3),
+    (1, 1, 1, 4, 4),
+    (2, 2, 3, 3, 2),
+    (5, 3, 5, 8, 6),
+    (2, 17, 17, 512, 8),
+    (2, 9, 9, 64, 256),
+]
+
+
+@pytest.fixture
+def winograd():
+    """Yields a function that switches the path on or off; restores it after."""
+    before = convirt.get_winograd()
+    yield convirt.set_winograd
+    convirt.set_winograd(before)
+
+
+@pytest.mark.parametrize("n,h,w,c,k", WINOGRAD_CASES)
+@pytest.mark.parametrize("on", [True, False])
+def test_winograd_and_direct_paths_match_torch(winograd, n, h, w, c, k, on):
+    winograd(on)
+    x, weight = randn(n, h, w, c), randn(k, 3, 3, c)
+    out = _testing.conv2d_forward(x, weight, 1, 1)
+    assert rel(out, torch_conv(x, weight, 1, 1)) < 1e-5
+    dout = randn(*out.shape)
+    before_dx, before_dw = randn(*x.shape), randn(*weight.shape)
+    for add in (True, False):
+        dx, dw = before_dx.copy(), before_dw.copy()
+        _testing.conv2d_backward(dout, x, weight, 1, 1, dx=dx, dw=dw, add=add)
+        xt = nchw(x).requires_grad_(True)
+        wt = krsc_to_torch(weight).requires_grad_(True)
+        F.conv2d(xt, wt, padding=1).backward(nchw(dout))
+        assert rel(dw - before_dw, wt.grad.permute(0, 2, 3, 1).numpy()) < 1e-5
+        assert rel(dx - (before_dx if add else 0), xt.grad.permute(0, 2, 3, 1).numpy()) < 1e-5
+
+
+def test_winograd_error_is_within_a_few_times_the_direct_paths():
+    """The bound docs/NUMERICS.md states: against a float64 reference, the Winograd
+    path's largest error relative to the output's scale stays within 4x the direct
+    path.s (measured: 0.5-2.3x), on ResNet-like activations (ReLU outputs, He-scaled
+    filters)."""
+    before = convirt.get_winograd()
+    try:
+        for c, k, size in [(64, 64, 16), (256, 256, 8)]:
+            x = np.maximum(randn(4, size, size, c), 0)
+            weight = randn(k, 3, 3, c) * np.float32(np.sqrt(2.0 / (9 * c)))
+            exact = torch_conv(x, weight, 1, 1)
+            errors = {}
+            for on in (True, False):
+                convirt.set_winograd(on)
+                out = _testing.conv2d_forward(x, weight, 1, 1)
+                errors[on] = np.abs(out - exact).max() / np.abs(exact).max()
+            assert errors[False] < 1e-6
+            assert errors[True] < 4 * errors[False] + 1e-7, errors
+    finally:
+        convirt.set_winograd(before)
+
+
+def test_winograd_forward_does_not_depend_on_the_thread_count(winograd):
+    winograd(True)
+    x, weight = randn(6, 12, 12, 32), randn(48, 3, 3, 32)
+    threads = convirt.get_num_threads()
+    try:
+        convirt.set_num_threads(1)
+        one = _testing.conv2d_forward(x, weight, 1, 1)
+        convirt.set_num_threads(2)
+        two = _testing.conv2d_forward(x, weight, 1, 1)
+    finally:
+        convirt.set_num_threads(threads)
+    assert np.array_equal(one, two)
+
+
+def test_the_switch_changes_the_path(winograd):
+    """On and off agree to rounding but not bit for bit: the switch is not a no-op."""
+    x, weight = randn(2, 10, 10, 16), randn(8, 3, 3, 16)
+    winograd(True)
+    on = _testing.conv2d_forward(x, weight, 1, 1)
+    winograd(False)
+    off = _testing.conv2d_forward(x, weight, 1, 1)
+    assert not np.array_equal(on, off) and rel(on, off) < 1e-5
+
+
+def test_winograd_switch_from_the_environment():
+    code = "import convirt; print(convirt.get_winograd(), convirt.config()['winograd'])"
+    for value, expected in (("0", "False False"), ("1", "True True"), (None, "True True")):
+        env = {k: v for k, v in os.environ.items() if k != "CONVIRT_WINOGRAD"}
+        if value is not None:
+            env["CONVIRT_WINOGRAD"] = value
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == expected

@@ -253,6 +253,36 @@ def test_training_step_matches_torch(depth, channels, dtype):
     np.testing.assert_array_equal(images, before)
 
 
+@pytest.mark.parametrize("winograd", [True, False])
+def test_training_step_matches_torch_with_and_without_winograd(winograd):
+    """The 3x3 stride-1 convolutions through Winograd's F(2x2, 3x3) and through the
+    direct path, in a whole training step, at a size (160 px) where layer1's tiles split
+    each image in two (the fused batch-statistics epilogue then runs per part)."""
+    before_switch = convirt.get_winograd()
+    convirt.set_winograd(winograd)
+    try:
+        params = reference_params(18, 1, bias_scale=2.5)
+        encoder = encoder_with(18, 1, params).train()
+        images = make_images(1, "float32", n=2, size=160, seed=3)
+        grad = np.random.default_rng(4).standard_normal((2, tr.feature_dim(18)))
+        encoder.zero_grad()
+        features, _ = encoder.forward(images, embeddings=False)
+        d_input = encoder.backward(d_features=grad.astype(np.float32), input_grad=True)
+        grads, views = encoder.gradients(), encoder.parameters()
+        ours = {name: views[name] if "running" in name else grads[name] for name in params}
+        ours["features"], ours["input gradient"] = features, d_input
+        errors, flips = kink_resolved_errors(
+            ours,
+            functools.partial(
+                torch_training_step, params, images, encoder.normalization, 18, grad
+            ),
+        )
+    finally:
+        convirt.set_winograd(before_switch)
+    worst = sorted(errors.items(), key=lambda item: -item[1])[:5]
+    assert worst[0][1] < 1e-4, (worst, "kinks resolved:", flips)
+
+
 def test_kink_resolution_accepts_a_flip_and_still_catches_a_bug():
     """The case that failed on an AVX-512 machine (BLIS's skx kernels): ResNet-18, 3
     channels, uint8. There, element (0, 48, 0, 5) of layer1.0's output sits at 9.2e-7 in
