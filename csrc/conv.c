@@ -250,7 +250,7 @@ static int packed_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k);
 int conv2d_wants_weight_t(const conv_input *inp, const conv_shape *shape)
 {
     if (winograd_applies(inp, shape))
-        return 0;
+        return 1; /* its filter transform reads (9 c, k) contiguously */
     tile_plan t = plan_tiles(shape, is_direct(inp, shape), FORWARD_ROUND);
     return !packed_gemm(min_tile_rows(&t), shape->k, shape->r * shape->s * shape->c);
 }
@@ -438,7 +438,7 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
 {
     const conv_shape *sh = shape;
     if (winograd_applies(inp, sh))
-        return winograd_forward(out, inp->data, weight, 0, sh, 0, epilogue, ws);
+        return winograd_forward(out, inp->data, weight, weight_t, 0, sh, 0, epilogue, ws);
     const ptrdiff_t K = sh->k, RSC = sh->r * sh->s * sh->c;
     const int direct = is_direct(inp, sh);
     const tile_plan plan = plan_tiles(sh, direct, FORWARD_ROUND);
@@ -549,7 +549,7 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
         if (dweight && (st = winograd_weight_gradient(dweight, dout, inp->data, sh, ws)))
             return st;
         const conv_shape tsh = transposed_shape(sh);
-        return dinp ? winograd_forward(dinp, dout, weight, 1, &tsh, add_dinp, NULL, ws)
+        return dinp ? winograd_forward(dinp, dout, weight, NULL, 1, &tsh, add_dinp, NULL, ws)
                     : CV_OK;
     }
     const int direct = is_direct(inp, sh);

@@ -281,22 +281,29 @@ static void block_outputs(float *y[4], float *out, const wino_plan *t, ptrdiff_t
 
 /* ---- forward ------------------------------------------------------------------------- */
 
-/* The 16 transformed filters of weight (k_w, 3, 3, c_w) as (rows x cols) matrices
- * es floats apart: [e][k][c] (rows k_w), or with by_channel [e][c][k] (rows c_w; the
- * taps are then read k_w apart, 9 * c_w floats). */
-static void transform_filters(float *u, ptrdiff_t es, const float *weight, ptrdiff_t k_w,
-                              ptrdiff_t c_w, int by_channel)
+/* The 16 transformed filters of weight (k_w, 3, 3, c_w) as matrices es floats apart:
+ * [e][k][c] (rows k_w, read in place), or with by_channel [e][c][k] (rows c_w), read
+ * from weight_t (9 c_w, k_w) when given (contiguous), else from weight 9 c_w floats
+ * apart. */
+static void transform_filters(float *u, ptrdiff_t es, const float *weight,
+                              const float *weight_t, ptrdiff_t k_w, ptrdiff_t c_w,
+                              int by_channel)
 {
     const ptrdiff_t rows = by_channel ? c_w : k_w;
 #pragma omp parallel for num_threads(layer_threads()) schedule(static) if (k_w * c_w > 16384)
     for (ptrdiff_t j = 0; j < rows; j++) {
         const float *taps[9];
-        for (int t = 0; t < 9; t++)
-            taps[t] = by_channel ? weight + t * c_w + j : weight + (j * 9 + t) * c_w;
-        if (by_channel)
-            filter_transform(u + j * k_w, es, taps, 9 * c_w, k_w);
-        else
-            filter_transform(u + j * c_w, es, taps, 1, c_w);
+        ptrdiff_t step = 1;
+        for (int t = 0; t < 9; t++) {
+            if (!by_channel)
+                taps[t] = weight + (j * 9 + t) * c_w;
+            else if (weight_t)
+                taps[t] = weight_t + (t * c_w + j) * k_w;
+            else
+                taps[t] = weight + t * c_w + j, step = 9 * c_w;
+        }
+        filter_transform(u + j * (by_channel ? k_w : c_w), es, taps, step,
+                         by_channel ? k_w : c_w);
     }
 }
 
@@ -322,8 +329,8 @@ static ptrdiff_t matrix_stride(ptrdiff_t rows, ptrdiff_t cols)
     return (ptrdiff_t)round16((size_t)(rows * cols)) + 16;
 }
 
-cv_status winograd_forward(float *out, const float *x, const float *weight, int flip,
-                           const conv_shape *sh, int add, const conv_epilogue *epilogue,
+cv_status winograd_forward(float *out, const float *x, const float *weight,
+                           const float *weight_t, int flip, const conv_shape *sh, int add, const conv_epilogue *epilogue,
                            conv_workspace *ws)
 {
     const ptrdiff_t C = sh->c, K = sh->k;
@@ -346,9 +353,9 @@ cv_status winograd_forward(float *out, const float *x, const float *weight, int 
      * gradient: the layer's weight is (C, 3, 3, K), whose [e][C][K] is B with e
      * turned (the flipped filters). */
     if (flip)
-        transform_filters(u, us, weight, C, K, 0);
+        transform_filters(u, us, weight, NULL, C, K, 0);
     else
-        transform_filters(u, us, weight, K, C, 1);
+        transform_filters(u, us, weight, weight_t, K, C, 1);
     const int loop_threads = plan.count >= threads ? threads : 1;
 
 #pragma omp parallel num_threads(loop_threads)
