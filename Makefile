@@ -57,6 +57,10 @@ sanitize:                    ## ASan + UBSan build in build/sanitize, C-facing t
 	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider \
 		-W ignore::DeprecationWarning -k "$(SANITIZE_SELECT)" \
 		$(addprefix $(CURDIR)/,$(SANITIZE_TESTS))
+	# and the convolutions' Winograd path (winograd.c), forward and both gradients
+	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider \
+		-W ignore::DeprecationWarning -k winograd \
+		$(CURDIR)/tests/test_image_layers.py $(CURDIR)/tests/test_resnet.py
 
 # The formatters are pinned in pyproject.toml's dev extra (another version formats
 # differently): format and lint refuse to run others. `make install-dev` installs them.

@@ -104,3 +104,13 @@ def header(title):
         f"convirt {info['convirt_version']}, BLIS {info['blis_version']}, "
         f"{info['num_threads']} threads, {info['cpu_features']}"
     )
+    print(
+        "3x3 stride-1 convolutions: "
+        + (
+            "Winograd F(2x2, 3x3) (GFLOP/s below count the direct convolution's "
+            "FLOPs: 2.25x the multiplies those layers execute; CONVIRT_WINOGRAD=0 "
+            "for the direct path)"
+            if info["winograd"]
+            else "direct (CONVIRT_WINOGRAD=0)"
+        )
+    )

@@ -419,10 +419,11 @@ cv_status winograd_weight_gradient(float *dweight, const float *dout, const floa
         float *v = scratch + per_thread * (size_t)th;
         float *z = v + 16 * vs;
         float *d = z + 16 * zs;
-        memset(d, 0, (size_t)(16 * ds) * sizeof(float));
         /* Contiguous runs of tiles per thread: the sums' order is fixed for a thread
-         * count. */
+         * count. The first tile's GEMMs write D, the others add. */
         ptrdiff_t i0 = th * plan.count / nt, i1 = (th + 1) * plan.count / nt;
+        if (i0 == i1)
+            memset(d, 0, (size_t)(16 * ds) * sizeof(float));
         for (ptrdiff_t i = i0; i < i1; i++) {
             ptrdiff_t n0, n1, b0, b1;
             tile_blocks(&plan, i, &n0, &n1, &b0, &b1);
@@ -441,8 +442,8 @@ cv_status winograd_weight_gradient(float *dweight, const float *dout, const floa
                     }
             /* D[e] (K x C) += Z[e]^T (K x blocks) @ V[e] (blocks x C) */
             for (int e = 0; e < 16; e++)
-                cv_gemm(K, C, blocks, 1.0f, z + e * zs, 1, K, v + e * vs, C, 1, 1.0f,
-                        d + e * ds, C, 1);
+                cv_gemm(K, C, blocks, 1.0f, z + e * zs, 1, K, v + e * vs, C, 1,
+                        i == i0 ? 0.0f : 1.0f, d + e * ds, C, 1);
         }
     }
     /* Sum the threads' D into thread 0's, then dW += G^T D G. */
