@@ -1,7 +1,7 @@
 """ConVIRT pretraining steps: convirt beside an equivalent PyTorch loop, same threads,
 same run.
 
-    python benchmarks/bench_train.py [--config paper small] [--steps 3]
+    python benchmarks/bench_train.py [--config paper small] [--steps 3] [--same-process]
 
 paper: ResNet-50 at 224 px (from 256 px images) + BERT-base (12 x 768, 6 layers frozen),
        batch 32, projection 512.
@@ -10,7 +10,9 @@ Both loops do the same work per step: the paper's random transforms, both towers
 loss (tau 0.1, lambda 0.75), backward and Adam (lr 1e-4, weight decay 1e-6). Texts are
 one sentence per report, tokenized beforehand for both (the trainer tokenizes in a
 prefetch thread). Each side runs in its own process: pairs/s, the share of the step in
-each stage, and peak memory (max RSS)."""
+each stage, and peak memory (max RSS). --same-process adds a run of both sides in one
+process with their steps alternating (what a Jupyter user who imported both gets: two
+OpenMP runtimes, one after the other; peak memory is then the pair's)."""
 
 import argparse
 import json
@@ -70,7 +72,8 @@ def batch_data(cfg):
     return np.ascontiguousarray(data.images), ids, mask
 
 
-def run_convirt(config, steps, threads):
+def build_convirt(config, threads):
+    """(step, totals): one pretraining step of convirt, and its stage times."""
     import numpy as np
 
     import convirt
@@ -120,13 +123,22 @@ def run_convirt(config, steps, threads):
             for name, a, b in zip(STAGES, marks, marks[1:]):
                 totals[name] += b - a
 
+    return step, totals
+
+
+def run_convirt(config, steps, threads):
+    return timed(*build_convirt(config, threads), steps)
+
+
+def timed(step, totals, steps):
     step(False)
     for _ in range(steps):
         step(True)
     return {"stages": {k: v / steps for k, v in totals.items()}}
 
 
-def run_torch(config, steps, threads):
+def build_torch(config, threads):
+    """(step, totals): the same step in PyTorch."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -204,11 +216,24 @@ def run_torch(config, steps, threads):
             for name, a, b in zip(STAGES, marks, marks[1:]):
                 totals[name] += b - a
 
-    step(False)
-    for _ in range(steps):
-        step(True)
     del np
-    return {"stages": {k: v / steps for k, v in totals.items()}}
+    return step, totals
+
+
+def run_torch(config, steps, threads):
+    return timed(*build_torch(config, threads), steps)
+
+
+def run_same(config, steps, threads):
+    """Both sides in one process, steps alternating (convirt, PyTorch, convirt, ...):
+    what a Jupyter user who imported both sees, two OpenMP runtimes included."""
+    ours, theirs = build_convirt(config, threads), build_torch(config, threads)
+    for step, _ in (ours, theirs):
+        step(False)
+    for _ in range(steps):
+        ours[0](True)
+        theirs[0](True)
+    return [{"stages": {k: v / steps for k, v in t.items()}} for _, t in (ours, theirs)]
 
 
 def isolated(side, config, steps, threads):
@@ -216,7 +241,8 @@ def isolated(side, config, steps, threads):
         f"import json, resource, sys; sys.path.insert(0, {HERE!r}); "
         f"sys.path.insert(0, {os.path.dirname(HERE)!r}); import bench_train as b; "
         f"r = b.run_{side}({config!r}, {steps}, {threads}); "
-        "r['max_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
+        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
+        "[x.update(max_rss_mib=rss) for x in (r if isinstance(r, list) else [r])]; "
         "print(json.dumps(r))"
     )
     out = subprocess.run(
@@ -236,6 +262,11 @@ def main():
         "--steps", type=int, default=3, help="timed steps (after 1 warm-up)"
     )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="also run both sides in one process, steps alternating",
+    )
     args = parser.parse_args()
 
     import convirt
@@ -245,14 +276,21 @@ def main():
     peak, _bits = measure_peak(threads)
     print(f"measured FP32 FMA peak: {peak:.1f} GFLOP/s on {threads} threads")
     rows, shares = [], []
-    for config in args.config:
+    runs = [(config, "separate") for config in args.config]
+    if args.same_process:
+        runs += [(config, "same, alternating") for config in args.config]
+    for config, processes in runs:
         cfg = CONFIGS[config]
-        ours = isolated("convirt", config, args.steps, threads)
-        theirs = isolated("torch", config, args.steps, threads)
+        if processes == "separate":
+            ours = isolated("convirt", config, args.steps, threads)
+            theirs = isolated("torch", config, args.steps, threads)
+        else:
+            ours, theirs = isolated("same", config, args.steps, threads)
         a, b = sum(ours["stages"].values()), sum(theirs["stages"].values())
         rows.append(
             [
                 config,
+                processes,
                 f"ResNet-{cfg['depth']} {cfg['image_size']}px + {cfg['text']}",
                 cfg["batch"],
                 f"{cfg['batch'] / a:.2f}",
@@ -264,12 +302,13 @@ def main():
         )
         for side, r, total in (("convirt", ours, a), ("PyTorch", theirs, b)):
             shares.append(
-                [config, side, f"{total:.2f}"]
+                [config, processes, side, f"{total:.2f}"]
                 + [f"{100 * r['stages'][s] / total:.1f}%" for s in STAGES]
             )
     print_table(
         [
             "config",
+            "processes",
             "model",
             "batch",
             "convirt pairs/s",
@@ -282,7 +321,7 @@ def main():
         title=f"pretraining step, {threads} threads",
     )
     print_table(
-        ["config", "side", "s/step"] + STAGES,
+        ["config", "processes", "side", "s/step"] + STAGES,
         shares,
         title="share of the step (PyTorch's backward covers both towers and the "
         "loss; convirt's backward the towers)",

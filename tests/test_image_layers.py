@@ -510,7 +510,9 @@ def test_winograd_and_direct_paths_match_torch(winograd, n, h, w, c, k, on):
         wt = krsc_to_torch(weight).requires_grad_(True)
         F.conv2d(xt, wt, padding=1).backward(nchw(dout))
         assert rel(dw - before_dw, wt.grad.permute(0, 2, 3, 1).numpy()) < 1e-5
-        assert rel(dx - (before_dx if add else 0), xt.grad.permute(0, 2, 3, 1).numpy()) < 1e-5
+        assert (
+            rel(dx - (before_dx if add else 0), xt.grad.permute(0, 2, 3, 1).numpy()) < 1e-5
+        )
 
 
 def test_winograd_error_is_within_a_few_times_the_direct_paths():
@@ -566,6 +568,10 @@ def test_winograd_switch_from_the_environment():
         if value is not None:
             env["CONVIRT_WINOGRAD"] = value
         out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         assert out.stdout.strip() == expected
