@@ -292,6 +292,25 @@ def test_two_ranks_with_micro_batches_equal_one_rank_without_batchnorm(tmp_path)
 
 
 @needs_mpi
+def test_micro_batches_with_batchnorm_equal_ranks_with_per_rank_batchnorm(tmp_path):
+    """What micro-batching computes when the image tower has batch norm in training
+    mode: each chunk normalised by its own statistics, the loss over the whole batch,
+    the chunks' gradients summed. That is exactly DDP's default, K ranks with per-rank
+    batch norm: one process with chunks of 8 equals 2 ranks of 8 (sync_batchnorm=False),
+    to float32 noise. (The one-shot batch's statistics across chunks would need every
+    batch-norm layer's sums from every chunk before any chunk goes on, forward and
+    backward: a pass per layer, not a pass per chunk.)"""
+    want, noise = references(
+        lambda nudge: mpi_worker.steps(
+            str(tmp_path / "v"), "convirt", False, 8, 3, False, nudge=nudge
+        )[1]
+    )
+    got = run_ok(2, "steps", tmp_path, sync=0)
+    keys = [k for k in want if k.startswith(("loss", "grad", "param"))]
+    assert_within_noise(got, want, noise, keys)
+
+
+@needs_mpi
 def test_per_rank_batchnorm_keeps_parameters_identical_across_ranks(tmp_path):
     got = run_ok(2, "steps", tmp_path, sync=0, count=5)
     assert got["checksums"][0] == got["checksums"][1]
