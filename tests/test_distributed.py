@@ -272,7 +272,12 @@ def test_two_ranks_with_sync_batchnorm_equal_one_rank_on_the_combined_batch(
         )[1]
     )
     got = run_ok(2, "steps", tmp_path, method=method, sync=1)
-    assert_close(got["loss"][:1], want["loss"][:1], "the first loss", 1e-6)
+    # Before any update: the same function to float32 rounding. Batch statistics are
+    # summed in float32 per convolution tile, and a rank's tiles hold other images than
+    # one process's (8 images against 16): measured 1.7e-6 of the loss for SimCLR with
+    # the Winograd path on skx, within 1e-6 on the direct path; wrong algebra (per-rank
+    # statistics, local negatives) is off by more than 1e-3.
+    assert_close(got["loss"][:1], want["loss"][:1], "the first loss", 1e-5)
     keys = [k for k in want if k.startswith(("loss", "grad", "param"))]
     assert_within_noise(got, want, noise, keys)
     assert got["checksums"][0] == got["checksums"][1]
