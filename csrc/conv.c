@@ -232,10 +232,10 @@ ptrdiff_t conv2d_tile_count(const conv_input *inp, const conv_shape *shape)
 ptrdiff_t conv2d_tile_bound(const conv_input *inp, const conv_shape *shape)
 {
     ptrdiff_t direct = plan_tiles(shape, is_direct(inp, shape), FORWARD_ROUND).count;
-    ptrdiff_t wino = inp->data && shape->r == 3 && shape->s == 3 && shape->stride == 1 &&
-                             shape->pad == 1
-                         ? winograd_tile_count(shape)
-                         : 0;
+    ptrdiff_t wino =
+        inp->data && shape->r == 3 && shape->s == 3 && shape->stride == 1 && shape->pad == 1
+            ? winograd_tile_count(shape)
+            : 0;
     return direct > wino ? direct : wino;
 }
 
@@ -549,8 +549,9 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
         if (dweight && (st = winograd_weight_gradient(dweight, dout, inp->data, sh, ws)))
             return st;
         const conv_shape tsh = transposed_shape(sh);
-        return dinp ? winograd_forward(dinp, dout, weight, NULL, 1, &tsh, add_dinp, NULL, ws)
-                    : CV_OK;
+        return dinp
+                   ? winograd_forward(dinp, dout, weight, NULL, 1, &tsh, add_dinp, NULL, ws)
+                   : CV_OK;
     }
     const int direct = is_direct(inp, sh);
     const int threads = cv_get_num_threads();

@@ -253,6 +253,7 @@ cv_status cv_init(void)
     if (bli_thread_get_num_threads() < 1)
         bli_thread_set_num_threads(state.threads);
     pthread_atfork(NULL, NULL, forked_child);
+    (void)cv_get_winograd(); /* reads CONVIRT_WINOGRAD once, before any thread asks */
     state.initialised = 1;
     return CV_OK;
 }

@@ -204,8 +204,8 @@ ptrdiff_t winograd_tile_count(const conv_shape *sh);
  * input gradient this is, (sh->c, 3, 3, sh->k), used flipped and transposed (sh is
  * then the transposed shape; weight_t unused). epilogue as conv2d_forward's. */
 cv_status winograd_forward(float *out, const float *x, const float *weight,
-                           const float *weight_t, int flip, const conv_shape *sh, int add, const conv_epilogue *epilogue,
-                           conv_workspace *ws);
+                           const float *weight_t, int flip, const conv_shape *sh, int add,
+                           const conv_epilogue *epilogue, conv_workspace *ws);
 /* dweight (k, 3, 3, c) += the gradient of conv(x, W) given dout (n, p, q, k). */
 cv_status winograd_weight_gradient(float *dweight, const float *dout, const float *x,
                                    const conv_shape *sh, conv_workspace *ws);

@@ -35,7 +35,7 @@
 
 /* ---- the switch ---------------------------------------------------------------------- */
 
-static int winograd_state = -1; /* -1: not yet read from the environment */
+static int winograd_state = -1; /* -1: not yet read from the environment (cv_init does) */
 
 void cv_set_winograd(int on)
 {
@@ -268,14 +268,15 @@ static void tile_input(float *v, ptrdiff_t es, const float *x, const float *zero
             }
 }
 
-/* The 2 x 2 output pointers (NULL outside the image) of block (n, bp, bq). */
-static void block_outputs(float *y[4], float *out, const wino_plan *t, ptrdiff_t k,
-                          ptrdiff_t n, ptrdiff_t bp, ptrdiff_t bq)
+/* Offsets of the 2 x 2 outputs of block (n, bp, bq) in an (n, p, q, k) tensor, -1 for
+ * an output outside the image. */
+static void block_outputs(ptrdiff_t at[4], const wino_plan *t, ptrdiff_t k, ptrdiff_t n,
+                          ptrdiff_t bp, ptrdiff_t bq)
 {
     for (int a = 0; a < 2; a++)
         for (int b = 0; b < 2; b++) {
             ptrdiff_t p = 2 * bp + a, q = 2 * bq + b;
-            y[a * 2 + b] = p < t->p && q < t->q ? out + ((n * t->p + p) * t->q + q) * k : NULL;
+            at[a * 2 + b] = p < t->p && q < t->q ? ((n * t->p + p) * t->q + q) * k : -1;
         }
 }
 
@@ -290,7 +291,8 @@ static void transform_filters(float *u, ptrdiff_t es, const float *weight,
                               int by_channel)
 {
     const ptrdiff_t rows = by_channel ? c_w : k_w;
-#pragma omp parallel for num_threads(layer_threads()) schedule(static) if (k_w * c_w > 16384)
+#pragma omp parallel for num_threads(layer_threads())                                      \
+    schedule(static) if (k_w * c_w > 16384)
     for (ptrdiff_t j = 0; j < rows; j++) {
         const float *taps[9];
         ptrdiff_t step = 1;
@@ -330,8 +332,8 @@ static ptrdiff_t matrix_stride(ptrdiff_t rows, ptrdiff_t cols)
 }
 
 cv_status winograd_forward(float *out, const float *x, const float *weight,
-                           const float *weight_t, int flip, const conv_shape *sh, int add, const conv_epilogue *epilogue,
-                           conv_workspace *ws)
+                           const float *weight_t, int flip, const conv_shape *sh, int add,
+                           const conv_epilogue *epilogue, conv_workspace *ws)
 {
     const ptrdiff_t C = sh->c, K = sh->k;
     const wino_plan plan = plan_blocks(sh);
@@ -369,14 +371,17 @@ cv_status winograd_forward(float *out, const float *x, const float *weight,
             const ptrdiff_t blocks = (n1 - n0) * (b1 - b0) * plan.bq;
             tile_input(v, vs, x, zeros, &plan, C, n0, n1, b0, b1);
             for (int e = 0; e < 16; e++)
-                cv_gemm(blocks, K, C, 1.0f, v + e * vs, C, 1, u + (flip ? turned(e) : e) * us,
-                        K, 1, 0.0f, m + e * ms, K, 1);
+                cv_gemm(blocks, K, C, 1.0f, v + e * vs, C, 1,
+                        u + (flip ? turned(e) : e) * us, K, 1, 0.0f, m + e * ms, K, 1);
             ptrdiff_t blk = 0;
             for (ptrdiff_t n = n0; n < n1; n++)
                 for (ptrdiff_t bp = b0; bp < b1; bp++)
                     for (ptrdiff_t bq = 0; bq < plan.bq; bq++, blk++) {
+                        ptrdiff_t at[4];
                         float *y[4];
-                        block_outputs(y, out, &plan, K, n, bp, bq);
+                        block_outputs(at, &plan, K, n, bp, bq);
+                        for (int j = 0; j < 4; j++)
+                            y[j] = at[j] < 0 ? NULL : out + at[j];
                         output_transform(y, m + blk * K, ms, K, add);
                     }
             if (epilogue && epilogue->run) {
@@ -433,11 +438,11 @@ cv_status winograd_weight_gradient(float *dweight, const float *dout, const floa
             for (ptrdiff_t n = n0; n < n1; n++)
                 for (ptrdiff_t bp = b0; bp < b1; bp++)
                     for (ptrdiff_t bq = 0; bq < plan.bq; bq++, blk++) {
-                        float *y[4];
+                        ptrdiff_t at[4];
                         const float *g[4];
-                        block_outputs(y, (float *)dout, &plan, K, n, bp, bq);
+                        block_outputs(at, &plan, K, n, bp, bq);
                         for (int j = 0; j < 4; j++)
-                            g[j] = y[j] ? y[j] : zeros;
+                            g[j] = at[j] < 0 ? zeros : dout + at[j];
                         gradient_transform(z + blk * K, zs, g, K);
                     }
             /* D[e] (K x C) += Z[e]^T (K x blocks) @ V[e] (blocks x C) */

@@ -219,6 +219,33 @@ def kink_resolved_errors(ours, reference_step):
     return errors_of(reference_step(torch.float64, flips=flips)), sorted(chosen)
 
 
+def training_step_errors(depth, channels, images, grad_seed):
+    """One training forward and backward of `images` on the reference parameters (with
+    batch-norm biases of +-2.5), against PyTorch's float64 step: the relative error of
+    the features, every parameter gradient, the pixel gradient and the updated running
+    statistics, with the reference's kinks resolved as ours were; and those kinks."""
+    params = reference_params(depth, channels, bias_scale=2.5)
+    encoder = encoder_with(depth, channels, params).train()
+    grad = np.random.default_rng(grad_seed).standard_normal(
+        (len(images), tr.feature_dim(depth))
+    )
+    encoder.zero_grad()
+    features, _ = encoder.forward(images, embeddings=False)
+    d_input = encoder.backward(d_features=grad.astype(np.float32), input_grad=True)
+    assert d_input.shape == images.shape and d_input.dtype == np.float32
+    grads, views = encoder.gradients(), encoder.parameters()
+    ours = {name: views[name] if "running" in name else grads[name] for name in params}
+    ours["features"], ours["input gradient"] = features, d_input
+    errors, flips = kink_resolved_errors(
+        ours,
+        functools.partial(
+            torch_training_step, params, images, encoder.normalization, depth, grad
+        ),
+    )
+    assert len(errors) == len(params) + 2
+    return errors, flips
+
+
 @pytest.mark.parametrize("depth,channels,dtype", CASES)
 def test_training_step_matches_torch(depth, channels, dtype):
     """One training forward and backward: features with batch statistics, every
@@ -228,26 +255,9 @@ def test_training_step_matches_torch(depth, channels, dtype):
     Batch-norm biases of +-2.5 (one sign per channel along each stage's residual
     stream) keep most values away from the ReLU's kink; the few that float32 rounding
     can still put on either side are resolved as ours were (kink_resolved_errors)."""
-    params = reference_params(depth, channels, bias_scale=2.5)
-    encoder = encoder_with(depth, channels, params).train()
     images = make_images(channels, dtype, seed=1)
     before = images.copy()
-    grad = np.random.default_rng(2).standard_normal((N, tr.feature_dim(depth)))
-    encoder.zero_grad()
-    features, _ = encoder.forward(images, embeddings=False)
-    d_input = encoder.backward(d_features=grad.astype(np.float32), input_grad=True)
-    assert d_input.shape == images.shape and d_input.dtype == np.float32
-    grads, views = encoder.gradients(), encoder.parameters()
-    ours = {name: views[name] if "running" in name else grads[name] for name in params}
-    ours["features"], ours["input gradient"] = features, d_input
-
-    errors, flips = kink_resolved_errors(
-        ours,
-        functools.partial(
-            torch_training_step, params, images, encoder.normalization, depth, grad
-        ),
-    )
-    assert len(errors) == len(params) + 2
+    errors, flips = training_step_errors(depth, channels, images, grad_seed=2)
     worst = sorted(errors.items(), key=lambda item: -item[1])[:5]
     assert worst[0][1] < 1e-4, (worst, "kinks resolved:", flips)
     np.testing.assert_array_equal(images, before)
@@ -261,22 +271,8 @@ def test_training_step_matches_torch_with_and_without_winograd(winograd):
     before_switch = convirt.get_winograd()
     convirt.set_winograd(winograd)
     try:
-        params = reference_params(18, 1, bias_scale=2.5)
-        encoder = encoder_with(18, 1, params).train()
         images = make_images(1, "float32", n=2, size=160, seed=3)
-        grad = np.random.default_rng(4).standard_normal((2, tr.feature_dim(18)))
-        encoder.zero_grad()
-        features, _ = encoder.forward(images, embeddings=False)
-        d_input = encoder.backward(d_features=grad.astype(np.float32), input_grad=True)
-        grads, views = encoder.gradients(), encoder.parameters()
-        ours = {name: views[name] if "running" in name else grads[name] for name in params}
-        ours["features"], ours["input gradient"] = features, d_input
-        errors, flips = kink_resolved_errors(
-            ours,
-            functools.partial(
-                torch_training_step, params, images, encoder.normalization, 18, grad
-            ),
-        )
+        errors, flips = training_step_errors(18, 1, images, grad_seed=4)
     finally:
         convirt.set_winograd(before_switch)
     worst = sorted(errors.items(), key=lambda item: -item[1])[:5]
