@@ -318,41 +318,40 @@ def test_kink_resolution_accepts_a_flip_and_still_catches_a_bug():
 
 
 def test_embeddings_backward_through_the_head():
-    """The projection head on top of the ResNet features: d_embeddings flows back into
-    the backbone (ResNet-18, checked against autograd on the same head weights)."""
-    depth, channels = 18, 3
-    params = reference_params(depth, channels)
-    encoder = encoder_with(depth, channels, proj_dim=16, proj_hidden=32).train()
-    images = make_images(channels, "uint8", seed=3)
+    """The projection head on top of the ResNet features: the embeddings and the head's
+    gradients against autograd on the same head weights applied to our features, and
+    d_embeddings flows into the backbone exactly as the head's feature gradient does
+    (the backbone itself is checked against PyTorch above). Both backward passes share
+    one forward, so no ReLU kink can be decided differently between them (comparing the
+    backbone with a float64 forward instead failed on the generic kernel set, where
+    rounding put one value on the other side of a kink: conv1.weight 0.5% off)."""
+    encoder = encoder_with(18, 3, proj_dim=16, proj_hidden=32).train()
+    images = make_images(3, "uint8", seed=3)
     head = {
         k: torch.from_numpy(v.astype(np.float64)).requires_grad_(True)
         for k, v in encoder.parameters().items()
         if k.startswith("projection.")
     }
-    p = {k: v.clone() for k, v in params.items()}
-    for k, v in p.items():
-        if "running" not in k:
-            v.requires_grad_(True)
-    h = tr.forward(
-        p, tr.normalise(images, *encoder.normalization).double(), depth, training=True
-    )
+    encoder.zero_grad()
+    features, embeddings = encoder.forward(images)
+    h = torch.from_numpy(features.astype(np.float64)).requires_grad_(True)
     z = torch.relu(h @ head["projection.0.weight"].T + head["projection.0.bias"])
     z = z @ head["projection.2.weight"].T + head["projection.2.bias"]
     dz = np.random.default_rng(4).standard_normal(z.shape)
     (z * torch.from_numpy(dz)).sum().backward()
-    encoder.zero_grad()
-    _, embeddings = encoder.forward(images)
+    assert rel(embeddings, z.detach().numpy()) < 1e-5
     encoder.backward(d_embeddings=dz.astype(np.float32))
-    assert rel(embeddings, z.detach().numpy()) < 1e-4
-    grads = encoder.gradients()
-    for name in ("conv1.weight", "layer4.1.bn2.weight", "layer2.0.downsample.0.weight"):
-        assert rel(grads[name], to_stored(name, p[name].grad.numpy())) < 1e-4, name
-    assert (
-        rel(grads["projection.0.weight"], head["projection.0.weight"].grad.numpy()) < 1e-4
-    )
-
-
-# ---- determinism ------------------------------------------------------------------------------
+    through_head = {k: v.copy() for k, v in encoder.gradients().items()}
+    for name, value in head.items():
+        assert rel(through_head[name], value.grad.numpy()) < 1e-4, name
+    encoder.zero_grad()
+    encoder.backward(d_features=h.grad.numpy().astype(np.float32))
+    direct = encoder.gradients()
+    backbone = [k for k in direct if not k.startswith("projection.")]
+    assert len(backbone) > 40
+    for name in backbone:
+        assert rel(through_head[name], direct[name]) < 1e-5, name
+        assert np.abs(through_head[name]).max() > 0, name
 
 
 def test_eval_encode_is_deterministic_and_thread_independent():
