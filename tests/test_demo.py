@@ -35,6 +35,12 @@ RETRIEVAL_RATIO = 1.2
 # why.
 CATEGORY_RATIO = 2.0
 MIN_CATEGORIES = 2
+# And at 1.5x chance (the issue wants 6 of 8 eventually): with the findings drawn to be
+# seen at 64 px (docs/LEARNING.md section 4), measured on one thread at seeds 0 / 1 / 2:
+# 5 / 3 / 4 categories at 1.5x (4 / 3 / 2 at 2x); with the renderer before it 2 / 2 / 3.
+# The test runs seed 0.
+LOOSE_RATIO = 1.5
+MIN_LOOSE_CATEGORIES = 3
 
 
 # The tests that take `quick` share one run of the quick preset (about 5 minutes on 2
@@ -76,6 +82,8 @@ def test_enough_categories_are_retrieved_by_radiologists_words(quick):
     ratios = {c: per_category[c]["P@10"] / chance[c] for c in chance}
     above = sorted(c for c, r in ratios.items() if r >= CATEGORY_RATIO)
     assert len(above) >= MIN_CATEGORIES, ratios
+    loose = [c for c, r in ratios.items() if r >= LOOSE_RATIO]
+    assert len(loose) >= MIN_LOOSE_CATEGORIES, ratios
     # Random init does not get there: the categories come from pretraining.
     random_init = summary["results"]["Random init"]["text_to_image_per_category"]
     random_above = [

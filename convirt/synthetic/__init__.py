@@ -89,10 +89,12 @@ def synthetic_cxr(n, size=128, seed=0, difficulty=1.0, workers=None):
     gastric bubble, breast shadows, monitoring leads, a position marker; then a film
     tone curve, exposure and gamma, blur, mottle and quantum noise. Findings:
     atelectasis (plate-like opacity, raised dome, mediastinal shift), cardiomegaly (CTR
-    > 0.5), edema (perihilar haze, indistinct vessels, Kerley B lines), rib fracture
-    (cortical gap and step, callus when healing), pleural effusion (meniscus, blunted
-    angle; side and size), pneumonia (patchy lobar consolidation with air
-    bronchograms), pneumothorax (pleural line, no markings beyond it; side and size).
+    > 0.5), edema (bilateral perihilar haze, indistinct vessels, Kerley B lines), rib
+    fracture (cortical gap and step, a haematoma beside an acute one, callus when
+    healing), pleural effusion (meniscus, blunted angle; side and size), pneumonia
+    (dense lobar consolidation with air bronchograms), pneumothorax (pleural line, a
+    lucent rim without markings beyond it; side and size). Each finding is drawn large
+    enough to change tens to hundreds of pixels of a 64 px view.
     """
     n = _check_count(n)
     size, difficulty = _check_size_and_difficulty(size, difficulty)

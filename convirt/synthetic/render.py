@@ -193,7 +193,7 @@ def _render_chunk(f, a, size, rng, difficulty):
     ptx = by_side(
         "pneumothorax",
         "pneumothorax_side",
-        np.array([0.05, 0.12, 0.24])[f["pneumothorax_size"] - 1],
+        np.array([0.09, 0.16, 0.28])[f["pneumothorax_size"] - 1],
     )
     collapse = by_side(
         "atelectasis", "atelectasis_side", 0.25 + 0.25 * f["atelectasis_severity"]
@@ -360,9 +360,10 @@ def _render_chunk(f, a, size, rng, difficulty):
     ribs = _posterior_ribs(lat, y, left, per, None, a, f, px, amp, fractured=False)
     broken = np.flatnonzero(present["fracture"])
     if broken.size:
-        ribs[broken] = _posterior_ribs(
+        ribs[broken], lesion = _posterior_ribs(
             lat[broken], y[broken], left[broken], per, broken, a, f, px, amp, fractured=True
         )
+        attenuation[broken] += lesion * body[broken]
     attenuation += 0.17 * per(a["bone"]) * ribs * cage
     # Anterior ribs: fainter, running down and inwards from the chest wall.
     front = y + 0.45 * (lat - thorax)
@@ -452,11 +453,12 @@ def _render_chunk(f, a, size, rng, difficulty):
         return amp * 0.45 * level * lung[i] * (0.7 + 0.3 * _smoothstep((y[i] - top) / 0.2))
 
     def pneumothorax(i):
-        # Air beyond the visceral pleural line (deeper at the apex): darker, with no
-        # vessel markings; the thin white pleural line; the collapsing lung a little
-        # denser inside it.
+        # Air beyond the visceral pleural line (deeper at the apex, as the lung falls
+        # away from the apex first): a lucent rim with no vessel markings, a few pixels
+        # wide at 64 px for a small one; the thin white pleural line; the collapsing
+        # lung denser inside it.
         depth = sided(ptx[:, 0], ptx[:, 1], i)
-        inner = wall[i] - depth * (0.6 + 1.2 * (1 - t[i]))
+        inner = wall[i] - depth * (0.7 + 1.0 * (1 - t[i]))
         top = apex_curve[i] + 1.2 * depth
         outside = (
             np.maximum(_ramp((lat[i] - inner) / px + 0.5), _ramp((top - y[i]) / px + 0.5))
@@ -476,14 +478,15 @@ def _render_chunk(f, a, size, rng, difficulty):
         collapsed = (1 - outside) * lung[i] * _ramp(depth / 0.15)
         return (
             amp
-            * (-0.16 * outside + 0.2 * per(a["pleural_line"], i) * line + 0.05 * collapsed)
+            * (-0.24 * outside + 0.22 * per(a["pleural_line"], i) * line + 0.08 * collapsed)
             - 0.14 * vessels[i] * outside
         )
 
     def pneumonia(i):
-        # Patchy consolidation of one lobe: irregular, with darker air bronchograms
-        # inside; an upper lobe ends sharply at the minor fissure, the middle lobe
-        # begins there and hugs the right heart border.
+        # Focal consolidation of one lobe: the air spaces fill, so the opacity is dense
+        # (most of the lung's lucency is lost) with darker air bronchograms inside; an
+        # upper lobe ends sharply at the minor fissure, the middle lobe begins there and
+        # hugs the right heart border.
         lobe = f["pneumonia_lobe"][i]
         severity = f["pneumonia_severity"][i].astype(np.float32)
         extent = a["consolidation_extent"][i] * (0.8 + 0.35 * severity)
@@ -494,26 +497,33 @@ def _render_chunk(f, a, size, rng, difficulty):
             (y[i] - per(cyp)) / per(extent)
         ) ** 2
         patches = _smooth_noise(finding_rng, len(i), size, 16)
-        consolidation = _smoothstep((1.0 - blob + 0.6 * patches) / 0.7) * lung[i]
+        consolidation = _smoothstep((1.0 - blob + 0.35 * patches) / 0.5) * lung[i]
         fissure = per(np.full(len(i), -0.05))  # the minor fissure, right lung only
         upper = per(np.isin(lobe, (0,)))
         middle = per(np.isin(lobe, (1,)))
         consolidation *= 1 - upper * _ramp((y[i] - fissure) / px + 0.5)
         consolidation *= 1 - middle * _ramp((fissure - y[i]) / px + 0.5)
         bronchi = vessels[i] / np.maximum(per(a["vessels"], i), 0.1)
-        return amp * per(0.07 + 0.07 * severity) * consolidation * (1 - 0.6 * bronchi)
+        # Fluid replacing air: a share of the lung's own lucency, plus water density.
+        filled = per(0.35 + 0.15 * severity) * aerated[i] * per(a["lung_air"], i)
+        return amp * consolidation * (filled + 0.06) * (1 - 0.4 * bronchi)
 
     def edema_draw(i):
-        # Perihilar haze (bat wing) and, from moderate on, Kerley B lines at the bases.
+        # Bilateral perihilar haze (bat wing) fading to the periphery, and interstitial
+        # (Kerley B) lines: short horizontal lines at the lateral lung bases, spaced
+        # widely enough (2-3 px at 64 px) to stay lines at the demo's view size.
         level = per(edema, i)
-        haze = np.exp(-((hx[i] / 0.3) ** 2 + (hy[i] / 0.35) ** 2)) * lung[i]
+        haze = np.exp(-((hx[i] / 0.3) ** 2 + (hy[i] / 0.4) ** 2)) * lung[i]
         zone = (
             lung[i]
-            * _smoothstep((lat[i] - wall[i] + 0.1) / 0.03)
-            * _smoothstep((y[i] - dome[i] + 0.3) / 0.05)
+            * _smoothstep((lat[i] - wall[i] + 0.16) / 0.04)
+            * _smoothstep((y[i] - dome[i] + 0.4) / 0.08)
         )
-        kerley = np.exp(-0.5 * ((y[i] / 0.028 - np.rint(y[i] / 0.028)) / 0.12) ** 2)
-        return amp * (0.025 * level * haze + 0.05 * (level >= 2) * kerley * zone)
+        period = 0.075
+        kerley = np.exp(-0.5 * ((y[i] / period - np.rint(y[i] / period)) / 0.15) ** 2)
+        return amp * (
+            (0.03 + 0.04 * level) * haze + 0.04 * (0.5 + level) * kerley * zone
+        )
 
     def atelectasis(i):
         # Plate-like linear opacity above the dome; the volume loss (raised dome,
@@ -583,8 +593,14 @@ def _posterior_ribs(lat, y, left, per, idx, a, f, px, amp, fractured):
     chunk): arches that rise a little from the spine and fall towards the chest wall,
     with brighter cortical margins. Rib k's arch passes the spine at
     start + spacing * (k + 0.05 k^2); the rib index of a pixel is that relation
-    inverted in closed form. A fracture (fractured=True) displaces the rib lateral to
-    the break and interrupts its cortex; a healing one has callus."""
+    inverted in closed form.
+
+    With fractured=True, returns (ribs, lesion): the rib lateral to the break is
+    stepped (by about a rib's width when displaced) and its cortex interrupted, and
+    lesion (count, size, size), attenuation to add, is what makes a fracture visible
+    at a small view: the haematoma beside an acute fracture (a soft-tissue blob a few
+    pixels across at 64 px, larger when displaced) or the callus of a healing one (a
+    bony fusiform swelling of the rib)."""
     spacing, start = per(a["rib_spacing"], idx), per(a["rib_start"], idx)
     bow = lat - 0.3
     level = y - per(a["rib_tilt"], idx) * np.where(bow > 0, 1.3, 0.6) * bow * bow
@@ -596,7 +612,12 @@ def _posterior_ribs(lat, y, left, per, idx, a, f, px, amp, fractured):
         rib = per(f["fracture_rib"][idx] - 1)
         at = per(0.15 + 0.6 * f["fracture_position"][idx]) * per(a["thorax"], idx)
         near = on_side & (index > rib - 0.27) & (index < rib + 0.72)
-        step = per(np.where(f["fracture_displaced"][idx], 0.5, 0.25)) * 0.4 * amp
+        displaced = per(f["fracture_displaced"][idx])
+        healing = per(f["fracture_healing"][idx])
+        # Distance from the break along and across the rib (patient units).
+        along = lat - at
+        across = (index - rib - 0.2) * spacing * root
+        step = (0.2 + 0.35 * displaced) * min(amp, 1.5)
         index = np.where(near & (lat > at), index - step, index)
     fraction = index - np.floor(index)
     thickness = 0.42
@@ -604,14 +625,19 @@ def _posterior_ribs(lat, y, left, per, idx, a, f, px, amp, fractured):
     # in patient units (d level / d index = root * spacing).
     edge = np.maximum(thickness / 2 - np.abs(fraction - thickness / 2), fraction - 1)
     ribs = _ramp(edge * root * (spacing / px) + 0.5)
-    across = _ramp(fraction * (1 / thickness))
-    ribs *= 1 - 1.6 * across * (1 - across)  # cortical margins brighter than the middle
+    profile = _ramp(fraction * (1 / thickness))
+    ribs *= 1 - 1.6 * profile * (1 - profile)  # cortical margins brighter than the middle
     ribs *= (index > -0.3) & (index < 10.5)
-    if fractured:
-        gap = np.exp(-(((lat - at) / (1.4 * px)) ** 2)) * near
-        ribs *= 1 - 0.9 * min(amp, 1.0) * gap
-        callus = np.exp(
-            -((lat - at) ** 2 + ((index - rib - 0.2) * spacing) ** 2) / 0.025**2
-        )
-        ribs += 0.7 * amp * callus * on_side * per(f["fracture_healing"][idx])
-    return ribs
+    if not fractured:
+        return ribs
+    gap = np.exp(-((along / max(1.4 * px, 0.03)) ** 2)) * near
+    ribs *= 1 - 0.9 * min(amp, 1.0) * gap
+    # Haematoma (acute): a soft-tissue blob centred on the break, 3-4 px at 64 px.
+    radius = 0.085 + 0.035 * displaced
+    haematoma = np.exp(-(along**2 + across**2) / radius**2)
+    # Callus (healing): bony, fusiform along the rib.
+    callus = np.exp(-((along / 0.1) ** 2 + (across / 0.06) ** 2))
+    lesion = amp * on_side * (
+        (1 - healing) * 0.3 * haematoma + healing * 0.4 * per(a["bone"], idx) * callus
+    )
+    return ribs, lesion
