@@ -291,6 +291,14 @@ def render_patient(changes, size=96, seed=0):
     return image[0].astype(float)
 
 
+def halves(difference, side):
+    """(the half of the image on `side`, the other half); the patient's right (side 0)
+    is the image's left."""
+    half = difference.shape[1] // 2
+    left, right = difference[:, :half], difference[:, half:]
+    return (left, right) if side == 0 else (right, left)
+
+
 @pytest.mark.parametrize(
     "finding, side_key, size_key",
     [
@@ -303,14 +311,7 @@ def test_one_sided_findings_are_drawn_on_their_side(finding, side_key, size_key)
     for side in (0, 1):
         # Moderate size: a large pneumothorax also shifts the mediastinum (tension).
         changed = render_patient({finding: 1, side_key: side, size_key: 2})
-        difference = np.abs(changed - normal)
-        half = difference.shape[1] // 2
-        # The patient's right is the image's left.
-        same, other = (
-            (difference[:, :half], difference[:, half:])
-            if side == 0
-            else (difference[:, half:], difference[:, :half])
-        )
+        same, other = halves(np.abs(changed - normal), side)
         assert same.sum() > 3 * other.sum(), (finding, side)
 
 
@@ -395,7 +396,9 @@ def test_pneumonia_is_drawn_in_its_lobe(lobe):
     """Right lobes (0-2) on the image's left, left lobes (3-5) on its right; upper lobes
     above the lower lobes."""
     normal = render_patient({})
-    changed = render_patient({"Pneumonia": 1, "pneumonia_lobe": lobe, "pneumonia_severity": 2})
+    changed = render_patient(
+        {"Pneumonia": 1, "pneumonia_lobe": lobe, "pneumonia_severity": 2}
+    )
     difference = np.abs(changed - normal)
     half = difference.shape[1] // 2
     same, other = (
@@ -425,12 +428,7 @@ def test_fracture_is_drawn_on_its_side(healing):
             }
         )
         difference = np.abs(changed - normal)
-        half = difference.shape[1] // 2
-        same, other = (
-            (difference[:, :half], difference[:, half:])
-            if side == 0
-            else (difference[:, half:], difference[:, :half])
-        )
+        same, other = halves(difference, side)
         assert same.sum() > 5 * other.sum(), (side, healing)
         assert (difference >= 8).sum() >= 30, (side, healing)
 

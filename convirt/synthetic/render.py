@@ -521,9 +521,7 @@ def _render_chunk(f, a, size, rng, difficulty):
         )
         period = 0.075
         kerley = np.exp(-0.5 * ((y[i] / period - np.rint(y[i] / period)) / 0.15) ** 2)
-        return amp * (
-            (0.03 + 0.04 * level) * haze + 0.04 * (0.5 + level) * kerley * zone
-        )
+        return amp * ((0.03 + 0.04 * level) * haze + 0.04 * (0.5 + level) * kerley * zone)
 
     def atelectasis(i):
         # Plate-like linear opacity above the dome; the volume loss (raised dome,
@@ -637,7 +635,9 @@ def _posterior_ribs(lat, y, left, per, idx, a, f, px, amp, fractured):
     haematoma = np.exp(-(along**2 + across**2) / radius**2)
     # Callus (healing): bony, fusiform along the rib.
     callus = np.exp(-((along / 0.1) ** 2 + (across / 0.06) ** 2))
-    lesion = amp * on_side * (
-        (1 - healing) * 0.3 * haematoma + healing * 0.4 * per(a["bone"], idx) * callus
+    lesion = (
+        amp
+        * on_side
+        * ((1 - healing) * 0.3 * haematoma + healing * 0.4 * per(a["bone"], idx) * callus)
     )
     return ribs, lesion
