@@ -197,6 +197,8 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
 /* ---- Winograd F(2x2, 3x3) (winograd.c): 3x3, stride 1, padding 1, float input ----
  * conv2d_forward and conv2d_backward take this path themselves when it applies; these
  * are its pieces. */
+/* fits: the geometry allows it; applies: it fits and the switch is on. */
+int winograd_fits(const conv_input *in, const conv_shape *sh);
 int winograd_applies(const conv_input *in, const conv_shape *sh);
 ptrdiff_t winograd_tile_count(const conv_shape *sh);
 /* out (=, or += with add) conv(x, weight) with sh's geometry; weight_t: weight as

@@ -51,10 +51,14 @@ int cv_get_winograd(void)
     return winograd_state;
 }
 
+int winograd_fits(const conv_input *in, const conv_shape *sh)
+{
+    return in->data && sh->r == 3 && sh->s == 3 && sh->stride == 1 && sh->pad == 1;
+}
+
 int winograd_applies(const conv_input *in, const conv_shape *sh)
 {
-    return in->data && sh->r == 3 && sh->s == 3 && sh->stride == 1 && sh->pad == 1 &&
-           cv_get_winograd();
+    return winograd_fits(in, sh) && cv_get_winograd();
 }
 
 /* ---- tiles --------------------------------------------------------------------------- */
