@@ -247,7 +247,7 @@ static int packed_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k);
 int conv2d_wants_weight_t(const conv_input *inp, const conv_shape *shape)
 {
     if (winograd_applies(inp, shape))
-        return 1; /* its filter transform reads (9 c, k) contiguously */
+        return winograd_reads_weight_t(shape);
     tile_plan t = plan_tiles(shape, is_direct(inp, shape), FORWARD_ROUND);
     return !packed_gemm(min_tile_rows(&t), shape->k, shape->r * shape->s * shape->c);
 }

@@ -201,10 +201,14 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
 int winograd_fits(const conv_input *in, const conv_shape *sh);
 int winograd_applies(const conv_input *in, const conv_shape *sh);
 ptrdiff_t winograd_tile_count(const conv_shape *sh);
+/* Whether winograd_forward gains from weight_t for this shape (its filter transform
+ * then reads (9 c, k) contiguously). */
+int winograd_reads_weight_t(const conv_shape *sh);
 /* out (=, or += with add) conv(x, weight) with sh's geometry; weight_t: weight as
- * (9 c, k), or NULL (read in place, slower). flip: weight is that of the layer whose
- * input gradient this is, (sh->c, 3, 3, sh->k), used flipped and transposed (sh is
- * then the transposed shape; weight_t unused). epilogue as conv2d_forward's. */
+ * (9 c, k), or NULL (read in place, slower where winograd_reads_weight_t). flip: weight
+ * is that of the layer whose input gradient this is, (sh->c, 3, 3, sh->k), used flipped
+ * and transposed (sh is then the transposed shape; weight_t unused). epilogue as
+ * conv2d_forward's. */
 cv_status winograd_forward(float *out, const float *x, const float *weight,
                            const float *weight_t, int flip, const conv_shape *sh, int add,
                            const conv_epilogue *epilogue, conv_workspace *ws);

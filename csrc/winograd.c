@@ -126,6 +126,44 @@ static void tile_blocks(const wino_plan *t, ptrdiff_t i, ptrdiff_t *n0, ptrdiff_
     }
 }
 
+/* Blocks of tile i, the blocks before it (in image, block-row, block-column order) and
+ * the batch's. */
+static ptrdiff_t tile_size(const wino_plan *t, ptrdiff_t i)
+{
+    ptrdiff_t n0, n1, b0, b1;
+    tile_blocks(t, i, &n0, &n1, &b0, &b1);
+    return (n1 - n0) * (b1 - b0) * t->bq;
+}
+
+static ptrdiff_t first_block(const wino_plan *t, ptrdiff_t i)
+{
+    ptrdiff_t n0, n1, b0, b1;
+    tile_blocks(t, i, &n0, &n1, &b0, &b1);
+    return (n0 * t->bp + b0) * t->bq;
+}
+
+static ptrdiff_t batch_blocks(const wino_plan *t)
+{
+    return t->n * t->bp * t->bq;
+}
+
+/* Deep layers on small images (ResNet's last stages): the 16 transformed filter
+ * matrices (c x k each) outweigh the batch's transformed input and output, so that
+ * reading them once per tile costs more than the GEMMs gain from L2-sized tiles. Then
+ * each of the 16 GEMMs spans the whole batch's blocks: the filters are read once, and
+ * the GEMMs get all the rows. Which path runs depends on the shape only, never on the
+ * thread count. */
+static int whole_batch(const wino_plan *t, ptrdiff_t c, ptrdiff_t k)
+{
+    return t->count > 1 && batch_blocks(t) * (c + k) <= 2 * c * k;
+}
+
+int winograd_reads_weight_t(const conv_shape *sh)
+{
+    const wino_plan plan = plan_blocks(sh);
+    return !whole_batch(&plan, sh->c, sh->k);
+}
+
 ptrdiff_t winograd_tile_count(const conv_shape *sh)
 {
     return plan_blocks(sh).count;
@@ -252,10 +290,11 @@ CV_VECTORIZE static void filter_gradient(float *restrict dw, ptrdiff_t ts,
 
 /* V (16 x blocks x c) of the tile's blocks, in image, block-row, block-column order. */
 static void tile_input(float *v, ptrdiff_t es, const float *x, const float *zeros,
-                       const wino_plan *t, ptrdiff_t c, ptrdiff_t n0, ptrdiff_t n1,
-                       ptrdiff_t b0, ptrdiff_t b1)
+                       const wino_plan *t, ptrdiff_t c, ptrdiff_t i)
 {
     const ptrdiff_t H = t->p, W = t->q; /* stride 1, padding 1: the input's size */
+    ptrdiff_t n0, n1, b0, b1;
+    tile_blocks(t, i, &n0, &n1, &b0, &b1);
     ptrdiff_t blk = 0;
     for (ptrdiff_t n = n0; n < n1; n++)
         for (ptrdiff_t bp = b0; bp < b1; bp++)
@@ -335,6 +374,32 @@ static ptrdiff_t matrix_stride(ptrdiff_t rows, ptrdiff_t cols)
     return (ptrdiff_t)round16((size_t)(rows * cols)) + 16;
 }
 
+/* Tile i's output rows: the 2 x 2 outputs of its blocks from m (the tile's M, rows
+ * blocks x k, matrices ms apart), then the epilogue on them. */
+static void tile_output(float *out, const float *m, ptrdiff_t ms, const wino_plan *t,
+                        ptrdiff_t k, ptrdiff_t i, int add, const conv_epilogue *epilogue)
+{
+    ptrdiff_t n0, n1, b0, b1;
+    tile_blocks(t, i, &n0, &n1, &b0, &b1);
+    ptrdiff_t blk = 0;
+    for (ptrdiff_t n = n0; n < n1; n++)
+        for (ptrdiff_t bp = b0; bp < b1; bp++)
+            for (ptrdiff_t bq = 0; bq < t->bq; bq++, blk++) {
+                ptrdiff_t at[4];
+                float *y[4];
+                block_outputs(at, t, k, n, bp, bq);
+                for (int j = 0; j < 4; j++)
+                    y[j] = at[j] < 0 ? NULL : out + at[j];
+                output_transform(y, m + blk * k, ms, k, add);
+            }
+    if (epilogue && epilogue->run) {
+        const ptrdiff_t p0 = 2 * b0, p1 = 2 * b1 < t->p ? 2 * b1 : t->p;
+        const ptrdiff_t row0 = (n0 * t->p + p0) * t->q;
+        const ptrdiff_t rows = t->parts ? (p1 - p0) * t->q : (n1 - n0) * t->p * t->q;
+        epilogue->run(epilogue->ctx, out + row0 * k, row0, rows, i);
+    }
+}
+
 cv_status winograd_forward(float *out, const float *x, const float *weight,
                            const float *weight_t, int flip, const conv_shape *sh, int add,
                            const conv_epilogue *epilogue, conv_workspace *ws)
@@ -342,58 +407,61 @@ cv_status winograd_forward(float *out, const float *x, const float *weight,
     const ptrdiff_t C = sh->c, K = sh->k;
     const wino_plan plan = plan_blocks(sh);
     const int threads = layer_threads();
-    const ptrdiff_t T = plan.max_blocks;
+    const int whole = whole_batch(&plan, C, K);
+    const ptrdiff_t T = whole ? batch_blocks(&plan) : plan.max_blocks;
     const ptrdiff_t us = matrix_stride(C, K), vs = matrix_stride(T, C),
                     ms = matrix_stride(T, K);
-    const size_t per_thread = (size_t)(16 * (vs + ms));
+    const size_t per_copy = (size_t)(16 * (vs + ms));
+    const int copies = whole ? 1 : threads; /* of V and M: shared, or one per thread */
     const size_t zero_floats = round16((size_t)C);
     if (cv_reserve((void **)&ws->data, &ws->cap,
-                   (size_t)(16 * us) + zero_floats + per_thread * (size_t)threads,
+                   (size_t)(16 * us) + zero_floats + per_copy * (size_t)copies,
                    sizeof(float)))
         return cv_fail(CV_ERR_MEMORY,
                        "out of memory for the Winograd transforms (%d x %zu floats)",
-                       threads, per_thread);
+                       copies, per_copy);
     float *u = ws->data, *zeros = u + 16 * us, *scratch = zeros + zero_floats;
     memset(zeros, 0, (size_t)C * sizeof(float));
-    /* B[e] is (C x K) row-major. Forward: from weight (K, 3, 3, C) by channel. Input
-     * gradient: the layer's weight is (C, 3, 3, K), whose [e][C][K] is B with e
-     * turned (the flipped filters). */
-    if (flip)
-        transform_filters(u, us, weight, NULL, C, K, 0);
+    /* B[e] (C x K), rows rsb and columns csb floats apart. Input gradient: the layer's
+     * weight is (C, 3, 3, K), whose [e][C][K] is B with e turned (the flipped filters).
+     * Forward: weight is (K, 3, 3, C); its [e][K][C], read in place, is B transposed,
+     * which the whole batch's GEMMs pack once each; the tiles' GEMMs, which pack B for
+     * every tile, read [e][C][K] faster, built from weight_t. */
+    const int in_place = flip || whole;
+    const ptrdiff_t rsb = flip || !whole ? K : 1, csb = flip || !whole ? 1 : C;
+    if (in_place)
+        transform_filters(u, us, weight, NULL, flip ? C : K, flip ? K : C, 0);
     else
         transform_filters(u, us, weight, weight_t, K, C, 1);
     const int loop_threads = plan.count >= threads ? threads : 1;
 
 #pragma omp parallel num_threads(loop_threads)
     {
-        float *v = scratch + per_thread * (size_t)omp_get_thread_num();
+        float *v = scratch + (whole ? 0 : per_copy * (size_t)omp_get_thread_num());
         float *m = v + 16 * vs;
+        if (whole) {
+            /* V of every tile, then M[e] = V[e] U[e] over the batch's blocks (the
+             * threads share the 16 GEMMs), then every tile's output. */
 #pragma omp for schedule(dynamic, 1)
-        for (ptrdiff_t i = 0; i < plan.count; i++) {
-            ptrdiff_t n0, n1, b0, b1;
-            tile_blocks(&plan, i, &n0, &n1, &b0, &b1);
-            const ptrdiff_t blocks = (n1 - n0) * (b1 - b0) * plan.bq;
-            tile_input(v, vs, x, zeros, &plan, C, n0, n1, b0, b1);
+            for (ptrdiff_t i = 0; i < plan.count; i++)
+                tile_input(v + first_block(&plan, i) * C, vs, x, zeros, &plan, C, i);
+#pragma omp for schedule(static)
             for (int e = 0; e < 16; e++)
-                cv_gemm(blocks, K, C, 1.0f, v + e * vs, C, 1,
-                        u + (flip ? turned(e) : e) * us, K, 1, 0.0f, m + e * ms, K, 1);
-            ptrdiff_t blk = 0;
-            for (ptrdiff_t n = n0; n < n1; n++)
-                for (ptrdiff_t bp = b0; bp < b1; bp++)
-                    for (ptrdiff_t bq = 0; bq < plan.bq; bq++, blk++) {
-                        ptrdiff_t at[4];
-                        float *y[4];
-                        block_outputs(at, &plan, K, n, bp, bq);
-                        for (int j = 0; j < 4; j++)
-                            y[j] = at[j] < 0 ? NULL : out + at[j];
-                        output_transform(y, m + blk * K, ms, K, add);
-                    }
-            if (epilogue && epilogue->run) {
-                const ptrdiff_t p0 = 2 * b0, p1 = 2 * b1 < plan.p ? 2 * b1 : plan.p;
-                const ptrdiff_t row0 = (n0 * plan.p + p0) * plan.q;
-                const ptrdiff_t rows =
-                    plan.parts ? (p1 - p0) * plan.q : (n1 - n0) * plan.p * plan.q;
-                epilogue->run(epilogue->ctx, out + row0 * K, row0, rows, i);
+                cv_gemm(T, K, C, 1.0f, v + e * vs, C, 1, u + (flip ? turned(e) : e) * us,
+                        rsb, csb, 0.0f, m + e * ms, K, 1);
+#pragma omp for schedule(dynamic, 1)
+            for (ptrdiff_t i = 0; i < plan.count; i++)
+                tile_output(out, m + first_block(&plan, i) * K, ms, &plan, K, i, add,
+                            epilogue);
+        } else {
+#pragma omp for schedule(dynamic, 1)
+            for (ptrdiff_t i = 0; i < plan.count; i++) {
+                tile_input(v, vs, x, zeros, &plan, C, i);
+                for (int e = 0; e < 16; e++)
+                    cv_gemm(tile_size(&plan, i), K, C, 1.0f, v + e * vs, C, 1,
+                            u + (flip ? turned(e) : e) * us, rsb, csb, 0.0f, m + e * ms, K,
+                            1);
+                tile_output(out, m, ms, &plan, K, i, add, epilogue);
             }
         }
     }
@@ -402,6 +470,25 @@ cv_status winograd_forward(float *out, const float *x, const float *weight,
 
 /* ---- weight gradient ----------------------------------------------------------------- */
 
+/* Z (16 x blocks x k) of tile i's output gradient, in the order of its blocks. */
+static void tile_gradient(float *z, ptrdiff_t es, const float *dout, const float *zeros,
+                          const wino_plan *t, ptrdiff_t k, ptrdiff_t i)
+{
+    ptrdiff_t n0, n1, b0, b1;
+    tile_blocks(t, i, &n0, &n1, &b0, &b1);
+    ptrdiff_t blk = 0;
+    for (ptrdiff_t n = n0; n < n1; n++)
+        for (ptrdiff_t bp = b0; bp < b1; bp++)
+            for (ptrdiff_t bq = 0; bq < t->bq; bq++, blk++) {
+                ptrdiff_t at[4];
+                const float *g[4];
+                block_outputs(at, t, k, n, bp, bq);
+                for (int j = 0; j < 4; j++)
+                    g[j] = at[j] < 0 ? zeros : dout + at[j];
+                gradient_transform(z + blk * k, es, g, k);
+            }
+}
+
 cv_status winograd_weight_gradient(float *dweight, const float *dout, const float *x,
                                    const conv_shape *sh, conv_workspace *ws)
 {
@@ -409,57 +496,61 @@ cv_status winograd_weight_gradient(float *dweight, const float *dout, const floa
     const wino_plan plan = plan_blocks(sh);
     const int threads = layer_threads();
     const int used = plan.count >= threads ? threads : 1;
-    const ptrdiff_t T = plan.max_blocks;
+    const int whole = whole_batch(&plan, C, K);
+    const ptrdiff_t T = whole ? batch_blocks(&plan) : plan.max_blocks;
     const ptrdiff_t ds = matrix_stride(K, C), vs = matrix_stride(T, C),
                     zs = matrix_stride(T, K);
-    const size_t per_thread = (size_t)(16 * (vs + zs + ds));
+    const size_t per_copy = (size_t)(16 * (vs + zs + ds));
+    const int copies = whole ? 1 : used; /* of V, Z and D: shared, or one per thread */
     const size_t zero_floats = round16((size_t)(C > K ? C : K));
-    if (cv_reserve((void **)&ws->data, &ws->cap, zero_floats + per_thread * (size_t)used,
+    if (cv_reserve((void **)&ws->data, &ws->cap, zero_floats + per_copy * (size_t)copies,
                    sizeof(float)))
         return cv_fail(CV_ERR_MEMORY,
                        "out of memory for the Winograd weight gradient (%d x %zu floats)",
-                       used, per_thread);
+                       copies, per_copy);
     float *zeros = ws->data, *scratch = zeros + zero_floats;
     memset(zeros, 0, zero_floats * sizeof(float));
 
 #pragma omp parallel num_threads(used)
     {
         const int th = omp_get_thread_num(), nt = omp_get_num_threads();
-        float *v = scratch + per_thread * (size_t)th;
+        float *v = scratch + (whole ? 0 : per_copy * (size_t)th);
         float *z = v + 16 * vs;
         float *d = z + 16 * zs;
-        /* Contiguous runs of tiles per thread: the sums' order is fixed for a thread
-         * count. The first tile's GEMMs write D, the others add. */
-        ptrdiff_t i0 = th * plan.count / nt, i1 = (th + 1) * plan.count / nt;
-        if (i0 == i1)
-            memset(d, 0, (size_t)(16 * ds) * sizeof(float));
-        for (ptrdiff_t i = i0; i < i1; i++) {
-            ptrdiff_t n0, n1, b0, b1;
-            tile_blocks(&plan, i, &n0, &n1, &b0, &b1);
-            const ptrdiff_t blocks = (n1 - n0) * (b1 - b0) * plan.bq;
-            tile_input(v, vs, x, zeros, &plan, C, n0, n1, b0, b1);
-            ptrdiff_t blk = 0;
-            for (ptrdiff_t n = n0; n < n1; n++)
-                for (ptrdiff_t bp = b0; bp < b1; bp++)
-                    for (ptrdiff_t bq = 0; bq < plan.bq; bq++, blk++) {
-                        ptrdiff_t at[4];
-                        const float *g[4];
-                        block_outputs(at, &plan, K, n, bp, bq);
-                        for (int j = 0; j < 4; j++)
-                            g[j] = at[j] < 0 ? zeros : dout + at[j];
-                        gradient_transform(z + blk * K, zs, g, K);
-                    }
-            /* D[e] (K x C) += Z[e]^T (K x blocks) @ V[e] (blocks x C) */
+        if (whole) {
+            /* V and Z of every tile, then D[e] (K x C) = Z[e]^T V[e] over the batch's
+             * blocks, one GEMM each (the threads share the 16). */
+#pragma omp for schedule(dynamic, 1)
+            for (ptrdiff_t i = 0; i < plan.count; i++) {
+                const ptrdiff_t first = first_block(&plan, i);
+                tile_input(v + first * C, vs, x, zeros, &plan, C, i);
+                tile_gradient(z + first * K, zs, dout, zeros, &plan, K, i);
+            }
+#pragma omp for schedule(static)
             for (int e = 0; e < 16; e++)
-                cv_gemm(K, C, blocks, 1.0f, z + e * zs, 1, K, v + e * vs, C, 1,
-                        i == i0 ? 0.0f : 1.0f, d + e * ds, C, 1);
+                cv_gemm(K, C, T, 1.0f, z + e * zs, 1, K, v + e * vs, C, 1, 0.0f, d + e * ds,
+                        C, 1);
+        } else {
+            /* Contiguous runs of tiles per thread: the sums' order is fixed for a
+             * thread count. The first tile's GEMMs write D, the others add. */
+            ptrdiff_t i0 = th * plan.count / nt, i1 = (th + 1) * plan.count / nt;
+            if (i0 == i1)
+                memset(d, 0, (size_t)(16 * ds) * sizeof(float));
+            for (ptrdiff_t i = i0; i < i1; i++) {
+                tile_input(v, vs, x, zeros, &plan, C, i);
+                tile_gradient(z, zs, dout, zeros, &plan, K, i);
+                /* D[e] (K x C) += Z[e]^T (K x blocks) @ V[e] (blocks x C) */
+                for (int e = 0; e < 16; e++)
+                    cv_gemm(K, C, tile_size(&plan, i), 1.0f, z + e * zs, 1, K, v + e * vs,
+                            C, 1, i == i0 ? 0.0f : 1.0f, d + e * ds, C, 1);
+            }
         }
     }
-    /* Sum the threads' D into thread 0's, then dW += G^T D G. */
+    /* Sum the copies of D into the first, then dW += G^T D G. */
     float *d0 = scratch + 16 * (vs + zs);
     const ptrdiff_t count = 16 * ds;
-    for (int t = 1; t < used; t++) {
-        const float *dt = d0 + per_thread * (size_t)t;
+    for (int t = 1; t < copies; t++) {
+        const float *dt = d0 + per_copy * (size_t)t;
 #pragma omp parallel for num_threads(threads) schedule(static) if (count > 65536)
         for (ptrdiff_t j = 0; j < count; j++)
             d0[j] += dt[j];

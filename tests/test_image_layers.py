@@ -474,7 +474,9 @@ def test_layers_do_not_depend_on_the_thread_count():
 # 3x3, stride 1, padding 1 convolutions of a float tensor take this path unless it is
 # switched off. Cases: odd sizes (blocks that hang over the edge), a 1 x 1 image, tiles
 # that group whole images unevenly (5 images, 2 tiles), tiles that split an image
-# (17 x 17 with 512 channels: 81 blocks against a tile of 64), wide layers.
+# (17 x 17 with 512 channels: 81 blocks against a tile of 64), wide layers, and deep
+# layers on small images, whose 16 GEMMs span the whole batch (6 images in 2 tiles;
+# 5 images of odd size in 2 uneven tiles).
 WINOGRAD_CASES = [
     (2, 8, 8, 4, 5),
     (3, 7, 5, 6, 3),
@@ -483,6 +485,8 @@ WINOGRAD_CASES = [
     (5, 3, 5, 8, 6),
     (2, 17, 17, 512, 8),
     (2, 9, 9, 64, 256),
+    (6, 4, 4, 256, 128),
+    (5, 3, 5, 128, 160),
 ]
 
 
@@ -537,18 +541,26 @@ def test_winograd_error_is_within_a_few_times_the_direct_paths():
         convirt.set_winograd(before)
 
 
-def test_winograd_forward_does_not_depend_on_the_thread_count(winograd):
+@pytest.mark.parametrize("n,h,c,k,whole", [(6, 12, 32, 48, False), (6, 4, 256, 128, True)])
+def test_winograd_does_not_depend_on_the_thread_count(winograd, n, h, c, k, whole):
+    """The forward (tiles of L2 size, or one GEMM per matrix over the whole batch for
+    the second shape), and the second shape's weight gradient, summed over the whole
+    batch in one GEMM."""
     winograd(True)
-    x, weight = randn(6, 12, 12, 32), randn(48, 3, 3, 32)
+    x, weight = randn(n, h, h, c), randn(k, 3, 3, c)
+    dout = randn(n, h, h, k)
     threads = convirt.get_num_threads()
+    results = []
     try:
-        convirt.set_num_threads(1)
-        one = _testing.conv2d_forward(x, weight, 1, 1)
-        convirt.set_num_threads(2)
-        two = _testing.conv2d_forward(x, weight, 1, 1)
+        for t in (1, 2):
+            convirt.set_num_threads(t)
+            _, dw = _testing.conv2d_backward(dout, x, weight, 1, 1, add=False)
+            results.append((_testing.conv2d_forward(x, weight, 1, 1), dw))
     finally:
         convirt.set_num_threads(threads)
-    assert np.array_equal(one, two)
+    assert np.array_equal(results[0][0], results[1][0])
+    if whole:  # tiles' sums are per thread, so only the whole batch's is the same
+        assert np.array_equal(results[0][1], results[1][1])
 
 
 def test_the_switch_changes_the_path(winograd):
