@@ -103,7 +103,7 @@ def main():
     import convirt
 
     threads = args.threads or convirt.get_num_threads()
-    header("bench_gemm: sgemm GFLOP/s")
+    header("bench_gemm: sgemm GFLOP/s", threads)
     peak, bits = measure_peak(threads)
     peak1, _ = measure_peak(1)
     print(

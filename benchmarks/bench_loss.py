@@ -66,7 +66,7 @@ def main():
     import convirt
 
     threads = args.threads or convirt.get_num_threads()
-    header("bench_loss: ConVIRT loss forward + backward")
+    header("bench_loss: ConVIRT loss forward + backward", threads)
     peak, _bits = measure_peak(threads)
     print(f"measured FP32 FMA peak: {peak:.1f} GFLOP/s on {threads} threads")
     kwargs = {

@@ -272,7 +272,7 @@ def main():
     import convirt
 
     threads = args.threads or convirt.get_num_threads()
-    header("bench_train: ConVIRT pretraining step")
+    header("bench_train: ConVIRT pretraining step", threads)
     peak, _bits = measure_peak(threads)
     print(f"measured FP32 FMA peak: {peak:.1f} GFLOP/s on {threads} threads")
     rows, shares = [], []

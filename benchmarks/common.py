@@ -96,13 +96,15 @@ def cpu_model():
     )
 
 
-def header(title):
+def header(title, threads=None):
+    """The run's title, CPU, kernel set, versions and threads (the benchmark's own
+    count when given: convirt's default may differ)."""
     info = convirt.config()
     print(f"# {title}")
     print(f"CPU: {cpu_model()}; BLIS kernel set {info['blis_arch']}")
     print(
         f"convirt {info['convirt_version']}, BLIS {info['blis_version']}, "
-        f"{info['num_threads']} threads, {info['cpu_features']}"
+        f"{threads or info['num_threads']} threads, {info['cpu_features']}"
     )
     print(
         "3x3 stride-1 convolutions: "
