@@ -20,7 +20,7 @@ PACKAGE = "convirt"
 
 # The layers, top first. A module belongs to the first layer whose prefix it has.
 LAYERS = (
-    ("command line", ("convirt.cli",)),
+    ("command line", ("convirt.cli", "convirt.__main__")),
     ("experiments", ("convirt.experiments",)),
     # Kept names: the package root and the aliases of modules that were split.
     ("package and aliases", ("convirt.eval", "convirt.data")),

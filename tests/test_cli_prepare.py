@@ -41,9 +41,10 @@ def test_no_command_prints_help(capsys):
     assert code == 2 and "usage: convirt" in err
 
 
-def test_console_script_module_runs():
+@pytest.mark.parametrize("module", ["convirt.cli", "convirt"])
+def test_console_script_module_runs(module):
     result = subprocess.run(
-        [sys.executable, "-m", "convirt.cli", "--version"],
+        [sys.executable, "-m", module, "--version"],
         check=False,
         capture_output=True,
         text=True,
