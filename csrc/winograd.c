@@ -147,6 +147,15 @@ static ptrdiff_t batch_blocks(const wino_plan *t)
     return t->n * t->bp * t->bq;
 }
 
+/* Image n, block row bp and block column bq of the batch's block g. */
+static void block_at(const wino_plan *t, ptrdiff_t g, ptrdiff_t *n, ptrdiff_t *bp,
+                     ptrdiff_t *bq)
+{
+    *n = g / (t->bp * t->bq);
+    *bp = g / t->bq % t->bp;
+    *bq = g % t->bq;
+}
+
 /* Deep layers on small images (ResNet's last stages): the 16 transformed filter
  * matrices (c x k each) outweigh the batch's transformed input and output, so that
  * reading them once per tile costs more than the GEMMs gain from L2-sized tiles. Then
@@ -293,29 +302,28 @@ static void tile_input(float *v, ptrdiff_t es, const float *x, const float *zero
                        const wino_plan *t, ptrdiff_t c, ptrdiff_t i)
 {
     const ptrdiff_t H = t->p, W = t->q; /* stride 1, padding 1: the input's size */
-    ptrdiff_t n0, n1, b0, b1;
-    tile_blocks(t, i, &n0, &n1, &b0, &b1);
-    ptrdiff_t blk = 0;
-    for (ptrdiff_t n = n0; n < n1; n++)
-        for (ptrdiff_t bp = b0; bp < b1; bp++)
-            for (ptrdiff_t bq = 0; bq < t->bq; bq++, blk++) {
-                const float *patch[16];
-                for (int a = 0; a < 4; a++)
-                    for (int b = 0; b < 4; b++) {
-                        ptrdiff_t h = 2 * bp - 1 + a, w = 2 * bq - 1 + b;
-                        patch[a * 4 + b] = h < 0 || h >= H || w < 0 || w >= W
-                                               ? zeros
-                                               : x + ((n * H + h) * W + w) * c;
-                    }
-                input_transform(v + blk * c, es, patch, c);
+    const ptrdiff_t first = first_block(t, i), blocks = tile_size(t, i);
+    for (ptrdiff_t blk = 0; blk < blocks; blk++) {
+        ptrdiff_t n, bp, bq;
+        block_at(t, first + blk, &n, &bp, &bq);
+        const float *patch[16];
+        for (int a = 0; a < 4; a++)
+            for (int b = 0; b < 4; b++) {
+                ptrdiff_t h = 2 * bp - 1 + a, w = 2 * bq - 1 + b;
+                patch[a * 4 + b] = h < 0 || h >= H || w < 0 || w >= W
+                                       ? zeros
+                                       : x + ((n * H + h) * W + w) * c;
             }
+        input_transform(v + blk * c, es, patch, c);
+    }
 }
 
-/* Offsets of the 2 x 2 outputs of block (n, bp, bq) in an (n, p, q, k) tensor, -1 for
+/* Offsets of the 2 x 2 outputs of the batch's block g in an (n, p, q, k) tensor, -1 for
  * an output outside the image. */
-static void block_outputs(ptrdiff_t at[4], const wino_plan *t, ptrdiff_t k, ptrdiff_t n,
-                          ptrdiff_t bp, ptrdiff_t bq)
+static void block_outputs(ptrdiff_t at[4], const wino_plan *t, ptrdiff_t k, ptrdiff_t g)
 {
+    ptrdiff_t n, bp, bq;
+    block_at(t, g, &n, &bp, &bq);
     for (int a = 0; a < 2; a++)
         for (int b = 0; b < 2; b++) {
             ptrdiff_t p = 2 * bp + a, q = 2 * bq + b;
@@ -379,20 +387,18 @@ static ptrdiff_t matrix_stride(ptrdiff_t rows, ptrdiff_t cols)
 static void tile_output(float *out, const float *m, ptrdiff_t ms, const wino_plan *t,
                         ptrdiff_t k, ptrdiff_t i, int add, const conv_epilogue *epilogue)
 {
-    ptrdiff_t n0, n1, b0, b1;
-    tile_blocks(t, i, &n0, &n1, &b0, &b1);
-    ptrdiff_t blk = 0;
-    for (ptrdiff_t n = n0; n < n1; n++)
-        for (ptrdiff_t bp = b0; bp < b1; bp++)
-            for (ptrdiff_t bq = 0; bq < t->bq; bq++, blk++) {
-                ptrdiff_t at[4];
-                float *y[4];
-                block_outputs(at, t, k, n, bp, bq);
-                for (int j = 0; j < 4; j++)
-                    y[j] = at[j] < 0 ? NULL : out + at[j];
-                output_transform(y, m + blk * k, ms, k, add);
-            }
+    const ptrdiff_t first = first_block(t, i), blocks = tile_size(t, i);
+    for (ptrdiff_t blk = 0; blk < blocks; blk++) {
+        ptrdiff_t at[4];
+        float *y[4];
+        block_outputs(at, t, k, first + blk);
+        for (int j = 0; j < 4; j++)
+            y[j] = at[j] < 0 ? NULL : out + at[j];
+        output_transform(y, m + blk * k, ms, k, add);
+    }
     if (epilogue && epilogue->run) {
+        ptrdiff_t n0, n1, b0, b1;
+        tile_blocks(t, i, &n0, &n1, &b0, &b1);
         const ptrdiff_t p0 = 2 * b0, p1 = 2 * b1 < t->p ? 2 * b1 : t->p;
         const ptrdiff_t row0 = (n0 * t->p + p0) * t->q;
         const ptrdiff_t rows = t->parts ? (p1 - p0) * t->q : (n1 - n0) * t->p * t->q;
@@ -474,19 +480,15 @@ cv_status winograd_forward(float *out, const float *x, const float *weight,
 static void tile_gradient(float *z, ptrdiff_t es, const float *dout, const float *zeros,
                           const wino_plan *t, ptrdiff_t k, ptrdiff_t i)
 {
-    ptrdiff_t n0, n1, b0, b1;
-    tile_blocks(t, i, &n0, &n1, &b0, &b1);
-    ptrdiff_t blk = 0;
-    for (ptrdiff_t n = n0; n < n1; n++)
-        for (ptrdiff_t bp = b0; bp < b1; bp++)
-            for (ptrdiff_t bq = 0; bq < t->bq; bq++, blk++) {
-                ptrdiff_t at[4];
-                const float *g[4];
-                block_outputs(at, t, k, n, bp, bq);
-                for (int j = 0; j < 4; j++)
-                    g[j] = at[j] < 0 ? zeros : dout + at[j];
-                gradient_transform(z + blk * k, es, g, k);
-            }
+    const ptrdiff_t first = first_block(t, i), blocks = tile_size(t, i);
+    for (ptrdiff_t blk = 0; blk < blocks; blk++) {
+        ptrdiff_t at[4];
+        const float *g[4];
+        block_outputs(at, t, k, first + blk);
+        for (int j = 0; j < 4; j++)
+            g[j] = at[j] < 0 ? zeros : dout + at[j];
+        gradient_transform(z + blk * k, es, g, k);
+    }
 }
 
 cv_status winograd_weight_gradient(float *dweight, const float *dout, const float *x,
