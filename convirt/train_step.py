@@ -86,8 +86,8 @@ class StepRunner:
         self.sync_batchnorm = bool(sync_batchnorm) and group.size > 1
         self.comm_seconds = 0.0  # time spent in collectives during the last step
         # A frozen text tower's embedding of each sentence seen so far, keyed on its
-        # tokens: a dict while Trainer.fit runs with freeze_text (see _frozen_text),
-        # else None.
+        # tokens and their positions: a dict while Trainer.fit runs with freeze_text
+        # (see _frozen_text), else None.
         self.text_cache = None
 
     @contextlib.contextmanager
@@ -134,9 +134,11 @@ class StepRunner:
     def _frozen_text(self, ids, mask, out):
         """A frozen text tower's embeddings of the rows (ids, mask) into out (n, d), with
         one forward for the sentences not in text_cache. Exact: a row's embedding
-        depends on its own tokens only (padding never enters the computation), and the
-        tower does not change while fit() runs."""
-        keys = [row[m != 0].tobytes() for row, m in zip(ids, mask)]
+        depends only on its own tokens and their positions (the key; padding never
+        enters the computation), and the tower does not change while fit() runs."""
+        keys = [
+            row[m != 0].tobytes() + np.flatnonzero(m).tobytes() for row, m in zip(ids, mask)
+        ]
         new = list({k: i for i, k in enumerate(keys) if k not in self.text_cache}.values())
         if new:
             self.text.train(False)
