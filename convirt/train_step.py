@@ -85,6 +85,10 @@ class StepRunner:
         self.buffer = buffer
         self.sync_batchnorm = bool(sync_batchnorm) and group.size > 1
         self.comm_seconds = 0.0  # time spent in collectives during the last step
+        # A frozen text tower's embedding of each sentence seen so far, keyed on its
+        # tokens and their positions: a dict while Trainer.fit runs with freeze_text
+        # (see _frozen_text), else None.
+        self.text_cache = None
 
     @contextlib.contextmanager
     def _batchnorm_synced(self):
@@ -125,6 +129,24 @@ class StepRunner:
             self._forward(encoder, inputs, lo, hi, out)
         if saved is not None:  # pass 3 updates the running statistics, not this one
             encoder.flat_buffers[...] = saved
+        return out
+
+    def _frozen_text(self, ids, mask, out):
+        """A frozen text tower's embeddings of the rows (ids, mask) into out (n, d), with
+        one forward for the sentences not in text_cache. Exact: a row's embedding
+        depends only on its own tokens and their positions (the key; padding never
+        enters the computation), and the tower does not change while fit() runs."""
+        keys = [
+            row[m != 0].tobytes() + np.flatnonzero(m).tobytes() for row, m in zip(ids, mask)
+        ]
+        new = list({k: i for i, k in enumerate(keys) if k not in self.text_cache}.values())
+        if new:
+            self.text.train(False)
+            _, u = self.text.forward(ids[new], mask[new], features=False)
+            for i, row in zip(new, u):
+                self.text_cache[keys[i]] = row.copy()
+        for i, k in enumerate(keys):
+            out[i] = self.text_cache[k]
         return out
 
     def _backward(self, encoder, inputs, n, grad, scratch):
@@ -168,9 +190,11 @@ class StepRunner:
         v = self._embed(
             image, (views,), n, not self.freeze_image, self.buffer("v", (n, image.proj_dim))
         )
-        u = self._embed(
-            text, (ids, mask), n, not self.freeze_text, self.buffer("u", (n, text.proj_dim))
-        )
+        u = self.buffer("u", (n, text.proj_dim))
+        if self.text_cache is None:
+            self._embed(text, (ids, mask), n, not self.freeze_text, u)
+        else:
+            self._frozen_text(ids, mask, u)
         big_v, big_u = self._gather(v, "all_v"), self._gather(u, "all_u")
         gv, gu = self.buffer("gv", big_v.shape), self.buffer("gu", big_u.shape)
         result = loss_call(lambda: self.loss(big_v, big_u, grad_v=gv, grad_u=gu))

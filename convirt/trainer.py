@@ -72,6 +72,8 @@ class Trainer:
             linear warm-up over the planned steps) or None.
         early_stopping_patience: epochs without validation improvement before stopping.
         freeze_image / freeze_text: keep a whole tower fixed (eval mode, no update).
+            With freeze_text, fit() embeds each distinct sentence once and reuses the
+            embedding (the frozen tower must not be changed while fit runs).
         checkpoint_dir: where LAST and BEST checkpoints go (see convirt.checkpoint);
             checkpoint_every: also save every so many steps (default: each epoch).
         callbacks: Callback objects, or functions f(trainer, metrics) called each step
@@ -547,6 +549,8 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_begin(self)
         stop = False
+        # A frozen text tower embeds each distinct sentence once per fit (StepRunner).
+        self._runner.text_cache = {} if self.freeze_text else None
         try:
             while self.epoch < epochs and not stop:
                 if max_steps is not None and self.step_count >= max_steps:
@@ -599,6 +603,7 @@ class Trainer:
                 if record.get("early_stop"):
                     stop = True
         finally:
+            self._runner.text_cache = None
             if bar is not None:
                 bar.close()
             for cb in self.callbacks:

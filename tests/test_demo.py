@@ -12,39 +12,37 @@ from convirt.experiments.demo import (
     TEXT_QUERIES,
     DemoConfig,
     load_text_queries,
+    principal_text_head,
     retrieval_split,
     run_demo,
 )
 
 # Pretrained minus random-init linear-probe AUC at 10% of the labels (mean of 3 label
-# samples, 7 findings). Measured at the quick preset: 0.614 against 0.517.
-PROBE_MARGIN = 0.03
+# samples, 7 findings). Measured at the quick preset (one Zen 4 thread, seeds 0 / 1 / 2):
+# 0.707 / 0.680 / 0.781 against 0.526 / 0.536 / 0.564.
+PROBE_MARGIN = 0.08
 # text->image Precision@5 (mean over the 8 categories of the balanced retrieval set)
 # against chance (1/8): at least this many times chance. Measured at the quick preset:
-# 0.175 against 0.125; random init: 0.133. The bound leaves room for another BLIS kernel
-# set rounding differently along the 310 steps.
-RETRIEVAL_RATIO = 1.2
+# 0.317 / 0.358 / 0.304 (2.4-2.9x); random init 0.092-0.117.
+RETRIEVAL_RATIO = 2.0
 # Per category, text->image Precision@10 against its chance (1/8 on the balanced set): at
 # least MIN_CATEGORIES of the 8 categories at CATEGORY_RATIO x chance or more (the issue's
-# per-category criterion, 2x), and more of them than random init reaches. The 310 steps
-# follow another trajectory on every kernel set (rounding, then Adam): measured at the
-# quick preset, the two best categories were Atelectasis and Cardiomegaly everywhere, at
-# 4.53x / 4.53x (zen3), 3.07x / 5.20x (haswell), 2.13x / 4.27x (skx, 2 threads) and
-# 2.40x / 4.27x (skx, 1 thread); the other six at most 1.5x; random init at most 1.9x.
-# The quick preset reaches two categories, not the issue's eight: docs/LEARNING.md says
-# why.
+# per-category criterion, 2x), and more of them than random init reaches; and at least
+# MIN_LOOSE_CATEGORIES at LOOSE_RATIO x chance (the issue asks for 6 of 8 at 1.5x in the
+# quick run). The 620 steps follow another trajectory on every kernel set and seed
+# (rounding, then Adam), so the bounds are the least of three seeds: measured at the
+# quick preset (one Zen 4 thread, seeds 0 / 1 / 2; docs/LEARNING.md, section 5), 5 / 5 /
+# 4 categories at 2x and 7 / 6 / 5 at 1.5x; random init 0 at 2x, 0 / 1 / 1 at 1.5x. The
+# test runs seed 0. The categories below 2x were Fracture (0.1-1.9x), Pleural Effusion
+# (0.5-1.9x) and No Finding (1.5-1.9x), and Atelectasis once (0.9x).
 CATEGORY_RATIO = 2.0
-MIN_CATEGORIES = 2
-# And at 1.5x chance (the issue wants 6 of 8 eventually): with the findings drawn to be
-# seen at 64 px (docs/LEARNING.md section 4), measured on one thread at seeds 0 / 1 / 2:
-# 5 / 3 / 4 categories at 1.5x (4 / 3 / 2 at 2x); with the renderer before it 2 / 2 / 3.
-# The test runs seed 0.
+MIN_CATEGORIES = 4
 LOOSE_RATIO = 1.5
-MIN_LOOSE_CATEGORIES = 3
+MIN_LOOSE_CATEGORIES = 5
 
 
-# The tests that take `quick` share one run of the quick preset (about 5 minutes on 2
-# cores): they are marked slow, so that `make test-fast` leaves them out.
+# The tests that take `quick` share one run of the quick preset (about 2.5 minutes on one
+# core): they are marked slow, so that `make test-fast` leaves them out.
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "out")
@@ -128,7 +126,35 @@ def test_config_errors():
         DemoConfig("quick", text="findings")
     with pytest.raises(ValueError, match="pooling must be one of"):
         DemoConfig("quick", pooling="sum")
+    with pytest.raises(ValueError, match="text_head must be one of"):
+        DemoConfig("quick", text_head="whitened")
     assert DemoConfig("quick", lr=None)["lr"] == DemoConfig("quick")["lr"]
+
+
+def test_principal_text_head_projects_the_centred_features(minilm_dir):
+    import convirt
+
+    texts = ["Cardiomegaly.", "Mild pulmonary edema.", "Small left pleural effusion."] * 3
+    texts += ["No acute cardiopulmonary process. Normal chest radiograph."] * 4
+    text = convirt.Encoder.from_pretrained(minilm_dir, proj_dim=4, proj_hidden=8)
+    principal_text_head(text, texts)
+    sentences = ["Cardiomegaly.", "Normal chest radiograph.", "Enlarged heart."]
+    features = text.encode(sentences).astype(np.float64)
+    head = text.parameters()
+    directions = head["projection.0.weight"][:4].astype(np.float64)
+    np.testing.assert_allclose(directions @ directions.T, np.eye(4), atol=1e-5)
+    # The mean the head removes is that of the sampled sentences (5 distinct, weighted).
+    seen = text.encode(
+        ["Cardiomegaly.", "Mild pulmonary edema.", "Small left pleural effusion."]
+        + ["No acute cardiopulmonary process.", "Normal chest radiograph."]
+    ).astype(np.float64)
+    mean = np.array([3, 3, 3, 4, 4]) @ seen / 17
+    np.testing.assert_allclose(
+        text.embed(sentences), (features - mean) @ directions.T, rtol=1e-4, atol=1e-4
+    )
+    small = convirt.Encoder.from_pretrained(minilm_dir, proj_dim=4, proj_hidden=7)
+    with pytest.raises(ValueError, match="hidden layer"):
+        principal_text_head(small, texts)
 
 
 def test_retrieval_split_takes_single_finding_images():
@@ -171,7 +197,7 @@ def test_demo_help_lists_the_settings(capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--quick", "--epochs", "--text", "--augment", "--threads"):
+    for flag in ("--quick", "--epochs", "--text", "--augment", "--text-head", "--threads"):
         assert flag in out
 
 

@@ -9,8 +9,9 @@ __all__ = ["QUICK", "add_demo_command"]
 
 # What --quick is, said the same way here and in README.md (tests/test_cli_messages.py
 # checks): the preset of convirt.experiments.demo.PRESETS["quick"], timed in
-# docs/LEARNING.md (pretraining about 0.6 s a step on 2 idle cores).
-QUICK = "a smaller preset: 2000 pairs, 310 steps, about 3 minutes on 2 idle cores"
+# docs/LEARNING.md, section 5 (2.5 minutes in all on one Zen 4 thread, 2.2 of them
+# pretraining).
+QUICK = "a smaller preset: 2000 pairs, 620 steps, about 2.5 minutes on one core"
 
 
 def add_demo_command(subparsers):
@@ -18,10 +19,11 @@ def add_demo_command(subparsers):
         "demo",
         help="the main job: pretrain on built-in synthetic radiographs, evaluate",
         description="Build synthetic chest radiographs with reports, pretrain a ResNet-18\n"
-        "image tower with ConVIRT against the real all-MiniLM-L6-v2 text tower (lower half\n"
-        "frozen), then compare the pretrained image encoder with a randomly initialised\n"
-        "one and a supervised ceiling: linear-probe AUC per finding with 1/10/100% of\n"
-        "the labels, and image->image and text->image Precision@5/10 per category.\n"
+        "image tower with ConVIRT against the real all-MiniLM-L6-v2 text tower (frozen,\n"
+        "its head set to the training sentences' principal directions), then compare the\n"
+        "pretrained image encoder with a randomly initialised one and a supervised\n"
+        "ceiling: linear-probe AUC per finding with 1/10/100% of the labels, and\n"
+        "image->image and text->image Precision@5/10 per category.\n"
         "Prints the table, writes results.md/json, the loss and probe curves (PNG) and\n"
         "the checkpoint to OUT_DIR.",
         epilog="examples:\n  convirt demo\n  convirt demo --quick demo-quick/\n"
@@ -65,6 +67,12 @@ def add_demo_command(subparsers):
     parser.add_argument(
         "--pooling", choices=["max", "mean", "cls"], help="text pooling (paper: max)"
     )
+    parser.add_argument(
+        "--text-head",
+        choices=["random", "principal"],
+        help="the text tower's projection head: as initialised (the paper) or set to "
+        "the training sentences' principal directions (default)",
+    )
     parser.add_argument("--temperature", type=float, help="loss temperature (paper: 0.1)")
     parser.add_argument(
         "--supervised-epochs",
@@ -102,6 +110,7 @@ def run_demo_command(args):
         freeze_layers=args.freeze_layers,
         freeze_text=args.freeze_text,
         pooling=args.pooling,
+        text_head=args.text_head,
         temperature=args.temperature,
         supervised_epochs=args.supervised_epochs,
         difficulty=args.difficulty,
