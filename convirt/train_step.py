@@ -65,6 +65,10 @@ def join_world(distributed, config, image, text):
     return group
 
 
+# Sentences whose frozen-text embeddings fit() keeps (about 2 KiB each at d = 512).
+TEXT_CACHE_LIMIT = 200_000
+
+
 class StepRunner:
     """Forward + loss + backward of the Trainer's step on one rank's local batch.
 
@@ -135,18 +139,22 @@ class StepRunner:
         """A frozen text tower's embeddings of the rows (ids, mask) into out (n, d), with
         one forward for the sentences not in text_cache. Exact: a row's embedding
         depends only on its own tokens and their positions (the key; padding never
-        enters the computation), and the tower does not change while fit() runs."""
+        enters the computation), and the tower does not change while fit() runs. The
+        cache keeps at most TEXT_CACHE_LIMIT sentences (a corpus with more computes the
+        rest each time they are drawn)."""
         keys = [
             row[m != 0].tobytes() + np.flatnonzero(m).tobytes() for row, m in zip(ids, mask)
         ]
         new = list({k: i for i, k in enumerate(keys) if k not in self.text_cache}.values())
+        fresh = {}
         if new:
             self.text.train(False)
             _, u = self.text.forward(ids[new], mask[new], features=False)
-            for i, row in zip(new, u):
-                self.text_cache[keys[i]] = row.copy()
+            fresh = {keys[i]: row for i, row in zip(new, u)}
+            for key in list(fresh)[: max(0, TEXT_CACHE_LIMIT - len(self.text_cache))]:
+                self.text_cache[key] = fresh[key].copy()
         for i, k in enumerate(keys):
-            out[i] = self.text_cache[k]
+            out[i] = fresh[k] if k in fresh else self.text_cache[k]
         return out
 
     def _backward(self, encoder, inputs, n, grad, scratch):

@@ -18,7 +18,7 @@ from convirt.experiments.demo import (
 )
 
 # Pretrained minus random-init linear-probe AUC at 10% of the labels (mean of 3 label
-# samples, 7 findings). Measured at the quick preset (one Zen 4 thread, seeds 0 / 1 / 2):
+# samples, 7 findings). Measured at the quick preset (one Zen 5 thread, seeds 0 / 1 / 2):
 # 0.707 / 0.680 / 0.781 against 0.526 / 0.536 / 0.564.
 PROBE_MARGIN = 0.08
 # text->image Precision@5 (mean over the 8 categories of the balanced retrieval set)
@@ -31,7 +31,7 @@ RETRIEVAL_RATIO = 2.0
 # MIN_LOOSE_CATEGORIES at LOOSE_RATIO x chance (the issue asks for 6 of 8 at 1.5x in the
 # quick run). The 620 steps follow another trajectory on every kernel set and seed
 # (rounding, then Adam), so the bounds are the least of three seeds: measured at the
-# quick preset (one Zen 4 thread, seeds 0 / 1 / 2; docs/LEARNING.md, section 5), 5 / 5 /
+# quick preset (one Zen 5 thread, seeds 0 / 1 / 2; docs/LEARNING.md, section 5), 5 / 5 /
 # 4 categories at 2x and 7 / 6 / 5 at 1.5x; random init 0 at 2x, 0 / 1 / 1 at 1.5x. The
 # test runs seed 0. The categories below 2x were Fracture (0.1-1.9x), Pleural Effusion
 # (0.5-1.9x) and No Finding (1.5-1.9x), and Atelectasis once (0.9x).

@@ -442,6 +442,30 @@ def test_frozen_text_tower_is_not_updated(tmp_path):
     assert not np.array_equal(image_before, trainer.image_encoder.flat_parameters)
 
 
+def test_frozen_text_cache_changes_no_bit_of_training(tmp_path, monkeypatch):
+    """With freeze_text, fit() embeds each distinct sentence once; the same run with the
+    cache off (limit 0: every sentence embedded each step) ends bit for bit the same."""
+    from convirt import train_step
+
+    images, reports = tiny.pairs(8, 32)
+    runs = []
+    for limit in (train_step.TEXT_CACHE_LIMIT, 0):
+        monkeypatch.setattr(train_step, "TEXT_CACHE_LIMIT", limit)
+        cached = []
+        trainer = make_trainer(
+            tmp_path / str(limit),
+            freeze_text=True,
+            callbacks=[lambda t, m: cached.append(len(t._runner.text_cache))],
+        )
+        trainer.fit((images, reports), epochs=3, batch_size=4)
+        assert trainer._runner.text_cache is None  # dropped when fit returns
+        runs.append((trainer.image_encoder.flat_parameters.copy(), trainer.steps, cached))
+    (cached_params, cached_steps, sizes), (plain_params, plain_steps, none) = runs
+    np.testing.assert_array_equal(cached_params, plain_params)
+    assert [s["loss"] for s in cached_steps] == [s["loss"] for s in plain_steps]
+    assert none == [0] * 6 and 0 < sizes[0] <= sizes[-1] <= 16  # 2 sentences a report
+
+
 def test_history_callbacks_and_plot(tmp_path):
     images, reports = tiny.pairs(8, 32)
     seen = []
