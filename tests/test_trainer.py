@@ -455,7 +455,7 @@ def test_frozen_text_cache_changes_no_bit_of_training(tmp_path, monkeypatch):
         trainer = make_trainer(
             tmp_path / str(limit),
             freeze_text=True,
-            callbacks=[lambda t, m: cached.append(len(t._runner.text_cache))],
+            callbacks=[lambda t, m, sizes=cached: sizes.append(len(t._runner.text_cache))],
         )
         trainer.fit((images, reports), epochs=3, batch_size=4)
         assert trainer._runner.text_cache is None  # dropped when fit returns
