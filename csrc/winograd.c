@@ -433,10 +433,12 @@ cv_status winograd_forward(float *out, const float *x, const float *weight,
      * Forward: weight is (K, 3, 3, C); its [e][K][C], read in place, is B transposed,
      * which the whole batch's GEMMs pack once each; the tiles' GEMMs, which pack B for
      * every tile, read [e][C][K] faster, built from weight_t. */
-    const int in_place = flip || whole;
-    const ptrdiff_t rsb = flip || !whole ? K : 1, csb = flip || !whole ? 1 : C;
-    if (in_place)
-        transform_filters(u, us, weight, NULL, flip ? C : K, flip ? K : C, 0);
+    const int transposed = !flip && whole;
+    const ptrdiff_t rsb = transposed ? 1 : K, csb = transposed ? C : 1;
+    if (flip)
+        transform_filters(u, us, weight, NULL, C, K, 0);
+    else if (transposed)
+        transform_filters(u, us, weight, NULL, K, C, 0);
     else
         transform_filters(u, us, weight, weight_t, K, C, 1);
     const int loop_threads = plan.count >= threads ? threads : 1;

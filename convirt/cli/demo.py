@@ -9,7 +9,7 @@ __all__ = ["QUICK", "add_demo_command"]
 
 # What --quick is, said the same way here and in README.md (tests/test_cli_messages.py
 # checks): the preset of convirt.experiments.demo.PRESETS["quick"], timed in
-# docs/LEARNING.md, section 5 (2.5 minutes in all on one Zen 4 thread, 2.2 of them
+# docs/LEARNING.md, section 5 (2.5 minutes in all on one Zen 5 thread, 2.2 of them
 # pretraining).
 QUICK = "a smaller preset: 2000 pairs, 620 steps, about 2.5 minutes on one core"
 
