@@ -77,7 +77,7 @@ __all__ = [
 #   with the principal head it gives No Finding the larger margin (3.1 against 2.0
 #   logits). Default preset, one thread, seeds 0 / 1: 8 / 6 categories at 2x chance
 #   (No Finding 3.1x / 2.5x) against 7 / 5 with max pooling (No Finding 1.6x / 1.5x).
-#   The quick preset keeps max pooling: in its 310 steps mean gave 2 / 3 / 3 categories
+#   The quick preset keeps max pooling: at 310 steps mean gave 2 / 3 / 3 categories
 #   at 2x against 3 / 2 / 4, and it was not measured at 620 steps.
 # - kept from the paper: temperature 0.1 (0.05: 0.198; a learnable one moves by 1% in
 #   300 steps). lr 1e-3 instead of 3e-4 gave 3 / 2 / 3 categories at 2x against
