@@ -232,7 +232,7 @@ ptrdiff_t conv2d_tile_count(const conv_input *inp, const conv_shape *shape)
 ptrdiff_t conv2d_tile_bound(const conv_input *inp, const conv_shape *shape)
 {
     ptrdiff_t direct = plan_tiles(shape, is_direct(inp, shape), FORWARD_ROUND).count;
-    ptrdiff_t wino = winograd_fits(inp, shape) ? winograd_tile_count(shape) : 0;
+    ptrdiff_t wino = winograd_fits(inp, shape) ? winograd_tile_bound(shape) : 0;
     return direct > wino ? direct : wino;
 }
 

@@ -194,13 +194,15 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                           const conv_input *inp, const float *weight,
                           const conv_shape *shape, int add_dinp, conv_workspace *ws);
 
-/* ---- Winograd F(2x2, 3x3) (winograd.c): 3x3, stride 1, padding 1, float input ----
+/* ---- Winograd F(2x2, 3x3) and F(4x4, 3x3) (winograd.c): 3x3, stride 1, padding 1 ----
  * conv2d_forward and conv2d_backward take this path themselves when it applies; these
  * are its pieces. */
 /* fits: the geometry allows it; applies: it fits and the switch is on. */
 int winograd_fits(const conv_input *in, const conv_shape *sh);
 int winograd_applies(const conv_input *in, const conv_shape *sh);
 ptrdiff_t winograd_tile_count(const conv_shape *sh);
+/* The most tiles either block size may use for this shape. */
+ptrdiff_t winograd_tile_bound(const conv_shape *sh);
 /* Whether winograd_forward gains from weight_t for this shape (its filter transform
  * then reads (9 c, k) contiguously). */
 int winograd_reads_weight_t(const conv_shape *sh);

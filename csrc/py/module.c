@@ -60,10 +60,22 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
 static PyObject *py_set_winograd(PyObject *self, PyObject *arg)
 {
     (void)self;
-    int on = PyObject_IsTrue(arg);
-    if (on < 0)
+    int mode;
+    if (PyLong_Check(arg) && !PyBool_Check(arg)) {
+        long v = PyLong_AsLong(arg);
+        if (v == -1 && PyErr_Occurred())
+            return NULL;
+        if (v != 0 && v != 1 && v != 2 && v != 4) {
+            PyErr_Format(PyExc_ValueError,
+                         "set_winograd takes True, False, 2 or 4 (the block size), got %ld",
+                         v);
+            return NULL;
+        }
+        mode = (int)v;
+    } else if ((mode = PyObject_IsTrue(arg)) < 0) {
         return NULL;
-    cv_set_winograd(on);
+    }
+    cv_set_winograd(mode);
     Py_RETURN_NONE;
 }
 
@@ -71,7 +83,8 @@ static PyObject *py_get_winograd(PyObject *self, PyObject *unused)
 {
     (void)self;
     (void)unused;
-    return PyBool_FromLong(cv_get_winograd());
+    int mode = cv_get_winograd();
+    return mode > 1 ? PyLong_FromLong(mode) : PyBool_FromLong(mode);
 }
 
 static PyObject *py_fma_peak(PyObject *self, PyObject *args, PyObject *kwds)
@@ -185,12 +198,14 @@ static PyMethodDef module_methods[] = {
      "Returns the number of threads the next call will use."},
     {"set_winograd", py_set_winograd, METH_O,
      "set_winograd($module, on, /)\n--\n\n"
-     "Whether 3x3 stride-1 convolutions run through Winograd's F(2x2, 3x3) (2.25x fewer "
-     "multiplies; on by default, off with CONVIRT_WINOGRAD=0 in the environment). Off, "
-     "they take the direct im2col + GEMM path."},
+     "Whether 3x3 stride-1 convolutions run through Winograd's minimal filtering: True "
+     "(the default; F(4x4, 3x3), 4x fewer multiplies, on outputs of at least 8 x 8, "
+     "F(2x2, 3x3), 2.25x fewer, on smaller ones), 2 or 4 (that block size for every "
+     "layer), or False (the direct im2col + GEMM path). CONVIRT_WINOGRAD=0, 1, 2 or 4 "
+     "in the environment sets the same at import."},
     {"get_winograd", py_get_winograd, METH_NOARGS,
      "get_winograd($module, /)\n--\n\n"
-     "Returns whether 3x3 stride-1 convolutions run through Winograd's F(2x2, 3x3)."},
+     "The Winograd switch: True (block size per layer), 2, 4, or False (off)."},
     {"fma_peak", (PyCFunction)(void (*)(void))py_fma_peak, METH_VARARGS | METH_KEYWORDS,
      "fma_peak($module, /, threads=0, seconds=0.5)\n--\n\n"
      "Returns (GFLOP/s, vector bits): FP32 FMA throughput of "
