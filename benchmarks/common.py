@@ -109,9 +109,13 @@ def header(title, threads=None):
     print(
         "3x3 stride-1 convolutions: "
         + (
-            "Winograd F(2x2, 3x3) (GFLOP/s below count the direct convolution's "
-            "FLOPs: 2.25x the multiplies those layers execute; CONVIRT_WINOGRAD=0 "
-            "for the direct path)"
+            "Winograd "
+            + {
+                2: "F(2x2, 3x3)",
+                4: "F(4x4, 3x3)",
+            }.get(info["winograd"], "F(4x4, 3x3) on outputs >= 8 x 8, F(2x2, 3x3) below")
+            + " (GFLOP/s below count the direct convolution's FLOPs: 2.25-4x the "
+            "multiplies those layers execute; CONVIRT_WINOGRAD=0 for the direct path)"
             if info["winograd"]
             else "direct (CONVIRT_WINOGRAD=0)"
         )
