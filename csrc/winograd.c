@@ -223,8 +223,8 @@ ptrdiff_t winograd_tile_bound(const conv_shape *sh)
 
 /* u[e * es + i] = (G g G^T)[e] for i < count, g[r][s] = taps[r * 3 + s][i * step]. */
 CV_VECTORIZE static void filter_transform_2(float *restrict u, ptrdiff_t es,
-                                          const float *const taps[9], ptrdiff_t step,
-                                          ptrdiff_t count)
+                                            const float *const taps[9], ptrdiff_t step,
+                                            ptrdiff_t count)
 {
 #pragma omp simd
     for (ptrdiff_t i = 0; i < count; i++) {
@@ -248,7 +248,7 @@ CV_VECTORIZE static void filter_transform_2(float *restrict u, ptrdiff_t es,
 
 /* v[e * es + i] = (B^T d B)[e] for i < count, d[a][b] = patch[a * 4 + b][i]. */
 CV_VECTORIZE static void input_transform_2(float *restrict v, ptrdiff_t es,
-                                         const float *const patch[16], ptrdiff_t count)
+                                           const float *const patch[16], ptrdiff_t count)
 {
 #pragma omp simd
     for (ptrdiff_t i = 0; i < count; i++) {
@@ -274,7 +274,7 @@ CV_VECTORIZE static void input_transform_2(float *restrict v, ptrdiff_t es,
  * y[j] is a sink (count floats whose values do not matter) for an output outside the
  * image. */
 CV_VECTORIZE static void output_transform_2(float *const y[4], const float *restrict mm,
-                                          ptrdiff_t es, ptrdiff_t count, int add)
+                                            ptrdiff_t es, ptrdiff_t count, int add)
 {
 #pragma omp simd
     for (ptrdiff_t i = 0; i < count; i++) {
@@ -296,7 +296,7 @@ CV_VECTORIZE static void output_transform_2(float *const y[4], const float *rest
 
 /* z[e * es + i] = (A dy A^T)[e], dy[a][b] = grad[a * 2 + b][i] (the 2 x 2 outputs). */
 CV_VECTORIZE static void gradient_transform_2(float *restrict z, ptrdiff_t es,
-                                            const float *const grad[4], ptrdiff_t count)
+                                              const float *const grad[4], ptrdiff_t count)
 {
 #pragma omp simd
     for (ptrdiff_t i = 0; i < count; i++) {
@@ -319,8 +319,8 @@ CV_VECTORIZE static void gradient_transform_2(float *restrict z, ptrdiff_t es,
 
 /* dw[(r * 3 + s) * ts + i] += (G^T D G)[r][s], D[a][b] = d[(a * 4 + b) * es + i]. */
 CV_VECTORIZE static void filter_gradient_2(float *restrict dw, ptrdiff_t ts,
-                                         const float *restrict d, ptrdiff_t es,
-                                         ptrdiff_t count)
+                                           const float *restrict d, ptrdiff_t es,
+                                           ptrdiff_t count)
 {
 #pragma omp simd
     for (ptrdiff_t i = 0; i < count; i++) {
