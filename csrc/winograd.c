@@ -350,20 +350,28 @@ CV_VECTORIZE static void filter_gradient_2(float *restrict dw, ptrdiff_t ts,
 #define TWELFTH (1.0f / 12.0f)
 #define TWENTYFOURTH (1.0f / 24.0f)
 
-static inline void g_6(float o[6], float g0, float g1, float g2)
-{
-    const float a = g0 + g2, b = TWENTYFOURTH * g0 + SIXTH * g2;
-    o[0] = 0.25f * g0;
-    o[1] = -SIXTH * (a + g1);
-    o[2] = -SIXTH * (a - g1);
-    o[3] = b + TWELFTH * g1;
-    o[4] = b - TWELFTH * g1;
-    o[5] = g2;
-}
-
-/* The others run on vectors of n channels, one stage (rows or columns) of a patch at a
+/* Each runs on vectors of n channels, one stage (columns, then rows) of a patch at a
  * time through a small buffer, so that every loop is a plain loop over channels. */
 #define CHUNK 64
+
+/* o = G g, g's three vectors `step` floats between channels */
+static inline void g_6(float *const o[6], const float *const g[3], ptrdiff_t step,
+                       ptrdiff_t n)
+{
+    const float *g0 = g[0], *g1 = g[1], *g2 = g[2];
+    float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
+#pragma omp simd
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float x0 = g0[i * step], x1 = g1[i * step], x2 = g2[i * step];
+        const float a = x0 + x2, b = TWENTYFOURTH * x0 + SIXTH * x2;
+        o0[i] = 0.25f * x0;
+        o1[i] = -SIXTH * (a + x1);
+        o2[i] = -SIXTH * (a - x1);
+        o3[i] = b + TWELFTH * x1;
+        o4[i] = b - TWELFTH * x1;
+        o5[i] = x2;
+    }
+}
 
 static inline void bt_6(float *const o[6], const float *const d[6], ptrdiff_t n)
 {
@@ -432,23 +440,31 @@ static inline void gt_3(float *const o[3], const float *const d[6], ptrdiff_t n,
     }
 }
 
+/* u[e * es + i] = (G g G^T)[e] for i < count, g[r][s] = taps[r * 3 + s][i * step]. */
 CV_VECTORIZE static void filter_transform_4(float *restrict u, ptrdiff_t es,
                                             const float *const taps[9], ptrdiff_t step,
                                             ptrdiff_t count)
 {
-    for (ptrdiff_t i = 0; i < count; i++) {
-        float t[6][3];
+    float t[18][CHUNK]; /* t[r * 3 + s] = (G g)[r][s] */
+    for (ptrdiff_t i0 = 0; i0 < count; i0 += CHUNK) {
+        const ptrdiff_t n = count - i0 < CHUNK ? count - i0 : CHUNK;
         for (int s = 0; s < 3; s++) {
-            float o[6];
-            g_6(o, taps[s][i * step], taps[3 + s][i * step], taps[6 + s][i * step]);
+            const float *g[3];
+            float *o[6];
+            for (int r = 0; r < 3; r++)
+                g[r] = taps[r * 3 + s] + i0 * step;
             for (int r = 0; r < 6; r++)
-                t[r][s] = o[r];
+                o[r] = t[r * 3 + s];
+            g_6(o, g, step, n);
         }
         for (int r = 0; r < 6; r++) {
-            float o[6];
-            g_6(o, t[r][0], t[r][1], t[r][2]);
+            const float *g[3];
+            float *o[6];
+            for (int s = 0; s < 3; s++)
+                g[s] = t[r * 3 + s];
             for (int c = 0; c < 6; c++)
-                u[(r * 6 + c) * es + i] = o[c];
+                o[c] = u + (r * 6 + c) * es + i0;
+            g_6(o, g, 1, n);
         }
     }
 }
