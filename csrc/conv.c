@@ -461,8 +461,7 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
             if (!direct)
                 im2col_tile(col, band, inp, sh, row0, rows);
             if (weight_t)
-                cv_gemm(rows, K, RSC, 1.0f, a, RSC, 1, weight_t, K, 1, 0.0f, out + row0 * K,
-                        K, 1);
+                cv_gemm_tile(rows, K, RSC, a, RSC, 1, weight_t, K, 0, out + row0 * K, K);
             else
                 cv_gemm(rows, K, RSC, 1.0f, a, RSC, 1, weight, 1, RSC, 0.0f, out + row0 * K,
                         K, 1);
@@ -628,18 +627,15 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                         if (!direct)
                             im2col_tile(col, bnd, inp, sh, row0, rows);
                         if (dw_t)
-                            cv_gemm(RSC, K, rows, 1.0f, a, 1, RSC, dy, K, 1, 1.0f, dw, K,
-                                    1);
+                            cv_gemm_tile(RSC, K, rows, a, 1, RSC, dy, K, 1, dw, K);
                         else
-                            cv_gemm(K, RSC, rows, 1.0f, dy, 1, K, a, RSC, 1, 1.0f, dw, RSC,
-                                    1);
+                            cv_gemm_tile(K, RSC, rows, dy, 1, K, a, RSC, 1, dw, RSC);
                     }
                     if (dx_in_groups && direct) {
-                        cv_gemm(rows, C, K, 1.0f, dy, K, 1, weight, RSC, 1,
-                                add_dinp ? 1.0f : 0.0f, dinp + row0 * C, C, 1);
+                        cv_gemm_tile(rows, C, K, dy, K, 1, weight, RSC, add_dinp,
+                                     dinp + row0 * C, C);
                     } else if (dx_in_groups) {
-                        cv_gemm(rows, RSC, K, 1.0f, dy, K, 1, weight, RSC, 1, 0.0f, dcol,
-                                RSC, 1);
+                        cv_gemm_tile(rows, RSC, K, dy, K, 1, weight, RSC, 0, dcol, RSC);
                         col2im_tile(dinp, dcol, scale, sh, row0, rows);
                     }
                 }
@@ -671,8 +667,8 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                 ptrdiff_t row0, rows;
                 tile_rows(&tplan, i, &row0, &rows);
                 im2col_tile(col, NULL, &(conv_input){.data = dout}, &tsh, row0, rows);
-                cv_gemm(rows, C, RSK, 1.0f, col, RSK, 1, w_flip, C, 1,
-                        add_dinp ? 1.0f : 0.0f, dinp + row0 * C, C, 1);
+                cv_gemm_tile(rows, C, RSK, col, RSK, 1, w_flip, C, add_dinp,
+                             dinp + row0 * C, C);
             }
         }
     }

@@ -1,10 +1,12 @@
 /* gemm.c - the one file that includes blis.h.
  *
- * It decides three things for the whole core:
+ * It decides four things for the whole core:
  *   1. which BLIS sub-configuration (kernel set) runs, before BLIS initialises;
  *   2. how many threads a GEMM gets (all of them from serial code, one inside the
  *      core's own parallel loops: never nested);
- *   3. the strided sgemm every layer calls.
+ *   3. the strided sgemm every layer calls;
+ *   4. where BLIS is not worth its packing: the small GEMMs of a layer's tiles (64-256
+ *      columns) run through convirt's own register-blocked kernel (cv_gemm_tile).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -57,6 +59,7 @@ static struct {
     int threads;
     int cores;
     int forked; /* this process is a child forked after cv_init: one thread only */
+    int small_gemm_off; /* CONVIRT_SMALL_GEMM=0: every tile's GEMM through BLIS */
     arch_t arch;
     char reason[512];
     char features[256];
@@ -254,6 +257,8 @@ cv_status cv_init(void)
         bli_thread_set_num_threads(state.threads);
     pthread_atfork(NULL, NULL, forked_child);
     (void)cv_get_winograd(); /* reads CONVIRT_WINOGRAD once, before any thread asks */
+    const char *small = getenv("CONVIRT_SMALL_GEMM");
+    state.small_gemm_off = small && small[0] == '0' && small[1] == '\0';
     state.initialised = 1;
     return CV_OK;
 }
@@ -403,6 +408,101 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                 ptrdiff_t ldc)
 {
     cv_gemm(m, n, k, alpha, A, 1, lda, B, ldb, 1, beta, C, ldc, 1);
+}
+
+/* ---- small GEMMs, read in place ---------------------------------------------
+ * An RB x (NV W) block of C lives in NV x RB vector registers while the k products
+ * stream through it: per step, NV vectors of a row of B and RB broadcasts of A. With
+ * AVX-512 (32 registers) 6 x 64 floats, 24 accumulators; with AVX2 (16) 6 x 16, 12.
+ * No packing: B's rows are read where they are (a few KiB per step, in L1 for the
+ * 64-256 columns it is used for), A's elements one by one. */
+#define SMALL_GEMM_KERNEL(NAME, TARGET, W, NV, RB)                                         \
+    typedef float NAME##_vec __attribute__((vector_size(4 * W), aligned(4)));              \
+    __attribute__((target(TARGET))) static void NAME(                                      \
+        ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,              \
+        ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,            \
+        ptrdiff_t ldc)                                                                     \
+    {                                                                                      \
+        typedef NAME##_vec vec;                                                            \
+        for (ptrdiff_t j0 = 0; j0 < n; j0 += NV * W) {                                     \
+            const int nv = n - j0 >= NV * W ? NV : (int)((n - j0) / W);                    \
+            for (ptrdiff_t i0 = 0; i0 < m; i0 += RB) {                                     \
+                const int rb = m - i0 >= RB ? RB : (int)(m - i0);                          \
+                vec acc[RB][NV];                                                           \
+                for (int r = 0; r < RB; r++)                                               \
+                    for (int v = 0; v < NV; v++) {                                         \
+                        acc[r][v] = (vec){0};                                              \
+                        if (accumulate && r < rb && v < nv)                                \
+                            memcpy(&acc[r][v], C + (i0 + r) * ldc + j0 + v * W,            \
+                                   sizeof(vec));                                           \
+                    }                                                                      \
+                const float *a = A + i0 * rsa;                                             \
+                if (rb == RB) {                                                            \
+                    for (ptrdiff_t p = 0; p < k; p++) {                                    \
+                        vec b[NV];                                                         \
+                        for (int v = 0; v < NV; v++)                                       \
+                            if (v < nv)                                                    \
+                                memcpy(&b[v], B + p * ldb + j0 + v * W, sizeof(vec));      \
+                        for (int r = 0; r < RB; r++) {                                     \
+                            const float x = a[r * rsa + p * csa];                          \
+                            for (int v = 0; v < NV; v++)                                   \
+                                if (v < nv)                                                \
+                                    acc[r][v] += x * b[v];                                 \
+                        }                                                                  \
+                    }                                                                      \
+                } else {                                                                   \
+                    for (ptrdiff_t p = 0; p < k; p++)                                      \
+                        for (int v = 0; v < nv; v++) {                                     \
+                            vec b;                                                         \
+                            memcpy(&b, B + p * ldb + j0 + v * W, sizeof(vec));             \
+                            for (int r = 0; r < rb; r++)                                   \
+                                acc[r][v] += a[r * rsa + p * csa] * b;                     \
+                        }                                                                  \
+                }                                                                          \
+                for (int r = 0; r < rb; r++)                                               \
+                    for (int v = 0; v < nv; v++)                                           \
+                        memcpy(C + (i0 + r) * ldc + j0 + v * W, &acc[r][v], sizeof(vec));  \
+            }                                                                              \
+        }                                                                                  \
+    }
+
+SMALL_GEMM_KERNEL(small_gemm_avx512, "avx512f,fma", 16, 4, 6)
+SMALL_GEMM_KERNEL(small_gemm_avx2, "avx2,fma", 8, 2, 6)
+
+int cv_gemm_small(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
+                  ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,
+                  ptrdiff_t ldc)
+{
+    if (n <= 0)
+        return 0;
+    if (__builtin_cpu_supports("avx512f") && n % 16 == 0)
+        small_gemm_avx512(m, n, k, A, rsa, csa, B, ldb, accumulate, C, ldc);
+    else if (cpu_has_avx2_fma() && n % 8 == 0)
+        small_gemm_avx2(m, n, k, A, rsa, csa, B, ldb, accumulate, C, ldc);
+    else
+        return -1;
+    return 0;
+}
+
+void cv_gemm_tile(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
+                  ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,
+                  ptrdiff_t ldc)
+{
+    if (state.small_gemm_off || k * n > CV_SMALL_B_FLOATS || m <= 0 || n <= 0 ||
+        cv_gemm_small(0, n, k, A, rsa, csa, B, ldb, accumulate, C, ldc)) {
+        cv_gemm(m, n, k, 1.0f, A, rsa, csa, B, ldb, 1, accumulate ? 1.0f : 0.0f, C, ldc, 1);
+        return;
+    }
+    /* Each element of C is the same sum in the same order however the rows are split,
+     * so that serial code may share them among threads and get the same bits. */
+    const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
+    const ptrdiff_t rows = (m + threads - 1) / threads;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && m >= 64)
+    for (ptrdiff_t i0 = 0; i0 < m; i0 += rows) {
+        const ptrdiff_t len = m - i0 < rows ? m - i0 : rows;
+        cv_gemm_small(len, n, k, A + i0 * rsa, rsa, csa, B, ldb, accumulate, C + i0 * ldc,
+                      ldc);
+    }
 }
 
 void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,

@@ -763,8 +763,8 @@ cv_status winograd_forward(float *out, const float *x, const float *weight,
             for (ptrdiff_t i = 0; i < plan.count; i++) {
                 tile_input(v, vs, x, zeros, &plan, C, i);
                 for (int e = 0; e < E; e++)
-                    cv_gemm(tile_size(&plan, i), K, C, 1.0f, v + e * vs, C, 1, u + e * us,
-                            rsb, csb, 0.0f, m + e * ms, K, 1);
+                    cv_gemm_tile(tile_size(&plan, i), K, C, v + e * vs, C, 1, u + e * us, K,
+                                 0, m + e * ms, K);
                 tile_output(out, my_sink, m, ms, &plan, K, i, add, epilogue);
             }
         }
@@ -832,8 +832,7 @@ cv_status winograd_weight_gradient(float *dweight, const float *dout, const floa
             }
 #pragma omp for schedule(static)
             for (int e = 0; e < E; e++)
-                cv_gemm(K, C, T, 1.0f, z + e * zs, 1, K, v + e * vs, C, 1, 0.0f, d + e * ds,
-                        C, 1);
+                cv_gemm_tile(K, C, T, z + e * zs, 1, K, v + e * vs, C, 0, d + e * ds, C);
         } else {
             /* Contiguous runs of tiles per thread: the sums' order is fixed for a
              * thread count. The first tile's GEMMs write D, the others add. */
@@ -845,8 +844,8 @@ cv_status winograd_weight_gradient(float *dweight, const float *dout, const floa
                 tile_gradient(z, zs, dout, zeros, &plan, K, i);
                 /* D[e] (K x C) += Z[e]^T (K x blocks) @ V[e] (blocks x C) */
                 for (int e = 0; e < E; e++)
-                    cv_gemm(K, C, tile_size(&plan, i), 1.0f, z + e * zs, 1, K, v + e * vs,
-                            C, 1, i == i0 ? 0.0f : 1.0f, d + e * ds, C, 1);
+                    cv_gemm_tile(K, C, tile_size(&plan, i), z + e * zs, 1, K, v + e * vs, C,
+                                 i != i0, d + e * ds, C);
             }
         }
     }

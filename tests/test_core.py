@@ -247,6 +247,56 @@ def test_gemm_with_negative_strides_stays_inside_the_arrays(case):
         assert (buffer[ring] == -12345.5).all(), name
 
 
+# The unpacked small-GEMM kernel (cv_gemm_small) the layers' tiles use for 64-256 columns:
+# full 6-row blocks and the rows left over, full 4-vector column blocks and partial ones,
+# k from 1 up, A row-major and column-major (the weight gradient reads it transposed),
+# overwrite and accumulate; columns that are no multiple of 8 are refused (C untouched).
+SMALL_GEMM_SHAPES = [(113, 64, 64), (7, 48, 5), (1, 16, 1), (6, 256, 300), (20, 8, 3),
+                     (13, 24, 7), (12, 80, 33)]  # fmt: skip
+
+
+@pytest.mark.parametrize("m,n,k", SMALL_GEMM_SHAPES)
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("a_order", ["C", "F"])
+def test_small_gemm_kernel_matches_numpy(m, n, k, accumulate, a_order):
+    rng = np.random.default_rng(m * n + k)
+    a = np.asarray(rng.standard_normal((m, k)), np.float32, order=a_order)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    c = c0.copy()
+    if not _testing.gemm_small(a, b, c, accumulate=accumulate):
+        # refused: only a width it cannot take, or a CPU without AVX2 and FMA
+        features = convirt.config()["cpu_features"]
+        avx2 = "avx2=yes" in features and "fma=yes" in features
+        assert (n % 8 or not avx2) and np.array_equal(c, c0)
+        return
+    expected = a.astype(np.float64) @ b + (c0 if accumulate else 0)
+    scale = np.abs(a).astype(np.float64) @ np.abs(b) + (np.abs(c0) if accumulate else 0)
+    assert (np.abs(c - expected) <= 1e-6 * scale + 1e-30).all()
+
+
+def test_small_gemm_kernel_rows_do_not_depend_on_the_blocking():
+    """Each row of C is the same sum in the same order whether it falls in a full block
+    of 6 rows or among the rows left over: the layers split rows among threads freely."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((13, 70)).astype(np.float32)
+    b = rng.standard_normal((70, 80)).astype(np.float32)
+    whole = np.zeros((13, 80), np.float32)
+    if not _testing.gemm_small(a, b, whole):
+        pytest.skip("no AVX2 + FMA: the kernel does not run here")
+    for i in range(13):
+        row = np.zeros((1, 80), np.float32)
+        assert _testing.gemm_small(a[i : i + 1], b, row)
+        assert np.array_equal(row[0], whole[i]), i
+
+
+def test_small_gemm_kernel_refuses_widths_off_the_vector():
+    a, b = np.ones((4, 3), np.float32), np.ones((3, 12), np.float32)
+    c = np.full((4, 12), 7.0, np.float32)
+    assert not _testing.gemm_small(a, b, c)
+    assert (c == 7.0).all()
+
+
 def test_gemm_strided_output_and_beta_zero_ignores_nan():
     rng = np.random.default_rng(1)
     a = rng.standard_normal((8, 5)).astype(np.float32)

@@ -19,6 +19,47 @@ static PyObject *py_gemm_reference(PyObject *self, PyObject *args, PyObject *kwd
     return cv_call_gemm(args, kwds, "OOO|dd:gemm_reference", cv_gemm_reference);
 }
 
+/* gemm_small(A, B, C, accumulate=False) -> bool: C = A @ B (or C += A @ B) through
+ * cv_gemm_small; B and C with contiguous rows. False (C untouched) when the kernel
+ * does not take the shape on this CPU. */
+static PyObject *py_gemm_small(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    (void)self;
+    static char *kwlist[] = {"A", "B", "C", "accumulate", NULL};
+    PyObject *a_obj, *b_obj, *c_obj;
+    int accumulate = 0;
+    PyArrayObject *A, *B, *C;
+    ptrdiff_t sa[2], sb[2], sc[2];
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|p:gemm_small", kwlist, &a_obj, &b_obj,
+                                     &c_obj, &accumulate))
+        return NULL;
+    cv_array_spec spec_a = {"A", NPY_FLOAT32, 2, 2, {-1, -1, -1, -1}, 0, 0};
+    if (cv_check_array(a_obj, &spec_a, &A) || cv_element_strides(A, "A", sa))
+        return NULL;
+    npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1);
+    cv_array_spec spec_b = {"B", NPY_FLOAT32, 2, 2, {k, -1, -1, -1}, 0, 0};
+    if (cv_check_array(b_obj, &spec_b, &B) || cv_element_strides(B, "B", sb))
+        return NULL;
+    npy_intp n = PyArray_DIM(B, 1);
+    cv_array_spec spec_c = {"C", NPY_FLOAT32, 2, 2, {m, n, -1, -1}, 1, 0};
+    if (cv_check_array(c_obj, &spec_c, &C) || cv_element_strides(C, "C", sc) ||
+        cv_check_no_overlap(C, "C", A, "A") || cv_check_no_overlap(C, "C", B, "B"))
+        return NULL;
+    const int empty = m == 0 || n == 0 || k == 0;
+    if (!empty && ((n > 1 && (sb[1] != 1 || sc[1] != 1)) || sa[0] < 0 || sa[1] < 0 ||
+                   sb[0] < 0 || sc[0] < 0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "gemm_small needs B and C with contiguous rows, strides >= 0");
+        return NULL;
+    }
+    int ran;
+    Py_BEGIN_ALLOW_THREADS;
+    ran = !cv_gemm_small(m, n, k, PyArray_DATA(A), sa[0], sa[1], PyArray_DATA(B), sb[0],
+                         accumulate, PyArray_DATA(C), sc[0]);
+    Py_END_ALLOW_THREADS;
+    return PyBool_FromLong(ran);
+}
+
 /* The core's thread count as calls from this module get it: convirt.set_num_threads
  * reaches it, the state being libconvirt's (tests check that it is one state). */
 static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
@@ -32,6 +73,9 @@ static PyMethodDef module_methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
      "get_num_threads() -> int: the threads the core gives this module's calls (the "
      "number convirt.set_num_threads set: the modules share the core)."},
+    {"gemm_small", (PyCFunction)(void (*)(void))py_gemm_small, METH_VARARGS | METH_KEYWORDS,
+     "gemm_small(A, B, C, accumulate=False) -> bool: C = A @ B (+ C) through the core's "
+     "unpacked small-GEMM kernel; False when it does not take the shape here."},
     {"gemm_reference", (PyCFunction)(void (*)(void))py_gemm_reference,
      METH_VARARGS | METH_KEYWORDS,
      "gemm_reference(A, B, C, alpha=1.0, beta=0.0): C = alpha A @ B + beta C by the "
