@@ -58,7 +58,7 @@ static struct {
     int initialised;
     int threads;
     int cores;
-    int forked; /* this process is a child forked after cv_init: one thread only */
+    int forked;         /* this process is a child forked after cv_init: one thread only */
     int small_gemm_off; /* CONVIRT_SMALL_GEMM=0: every tile's GEMM through BLIS */
     arch_t arch;
     char reason[512];
