@@ -110,10 +110,11 @@ def header(title, threads=None):
         "3x3 stride-1 convolutions: "
         + (
             "Winograd "
-            + {
-                2: "F(2x2, 3x3)",
-                4: "F(4x4, 3x3)",
-            }.get(info["winograd"], "F(4x4, 3x3) on outputs >= 8 x 8, F(2x2, 3x3) below")
+            + (
+                "F(4x4, 3x3) on outputs >= 8 x 8, F(2x2, 3x3) below"
+                if info["winograd"] == 4 and info["winograd"] is not True
+                else "F(2x2, 3x3)"
+            )
             + " (GFLOP/s below count the direct convolution's FLOPs: 2.25-4x the "
             "multiplies those layers execute; CONVIRT_WINOGRAD=0 for the direct path)"
             if info["winograd"]

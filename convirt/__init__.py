@@ -16,8 +16,8 @@ The objects people use first:
 
 Configuration: :func:`show_config`, :func:`config`, :func:`set_num_threads`,
 :func:`get_num_threads`, :func:`set_winograd` (3x3 convolutions through Winograd's
-F(4x4, 3x3) or F(2x2, 3x3), on by default; docs/NUMERICS.md gives their errors),
-:func:`get_winograd`.
+F(2x2, 3x3), on by default, or F(4x4, 3x3) on request; docs/NUMERICS.md gives their
+errors), :func:`get_winograd`.
 
 Data: ``convirt.datasets`` (where pairs come from), ``convirt.prepared`` (the memmap
 cache), ``convirt.loader`` (BatchLoader), ``convirt.images``, ``convirt.reports``

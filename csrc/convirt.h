@@ -73,10 +73,10 @@ int cv_max_threads(void);
  * child). */
 cv_status cv_set_num_threads(int n);
 int cv_get_num_threads(void);
-/* Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3 stride-1 convolutions (winograd.c):
- * 1 (the block size chosen per layer) unless CONVIRT_WINOGRAD is 0 (off), 2 or 4 (that
- * block size for every layer) in the environment, or cv_set_winograd said otherwise;
- * cv_set_winograd takes the same values (any other nonzero: 1). */
+/* Winograd for 3x3 stride-1 convolutions (winograd.c): 1, F(2x2, 3x3), unless
+ * CONVIRT_WINOGRAD is 0 (off) or 4 (F(4x4, 3x3) on outputs of at least 8 x 8) in the
+ * environment, or cv_set_winograd said otherwise; cv_set_winograd takes the same values
+ * (any other nonzero: 1). */
 void cv_set_winograd(int mode);
 int cv_get_winograd(void);
 /* This machine's physical memory in bytes (0 when unknown): constructors refuse

@@ -21,17 +21,18 @@
  *    D[e] (k x c) += Z[e]^T (k x blocks) @ V[e] (blocks x c) with Z = A dY A^T, and
  *    dW = G^T D G per filter and channel at the end.
  *
- * Which m: F(4x4, 3x3) where the output is at least WINO4_MIN_SIDE wide and high (its
- * 6 x 6 patches overlap by 2 of 6 instead of 2 of 4, so that its transforms cost less
- * per output; on the small maps of the last stages the blocks hanging over the edge
- * waste more than the multiplies save), F(2x2, 3x3) elsewhere. The choice depends on
- * the shape only.
+ * Which m: F(2x2, 3x3) by default. F(4x4, 3x3) on request (cv_set_winograd(4)), and
+ * then only where the output is at least WINO4_MIN_SIDE wide and high: on the small
+ * maps of the last stages the blocks hanging over the edge waste more than the
+ * multiplies save. The choice depends on the switch and the shape only.
  *
  * Accuracy: F(2x2, 3x3)'s transforms multiply by 0, +-1 and +-1/2 only and add a few
- * roundings per element; F(4x4, 3x3)'s larger constants (up to 8, and 5 in B) add more.
- * docs/NUMERICS.md gives the measured error of both against the direct path.
+ * roundings per element: its error is the direct path's size. F(4x4, 3x3)'s larger
+ * constants (up to 8, and 5 in B) make it 10-40x the direct path's (up to 1.2e-5 of
+ * the output's scale), enough to move a training run's float32 trajectory beyond what
+ * rounding alone does: hence opt-in. docs/NUMERICS.md has the measurements.
  * cv_set_winograd(0) (convirt.set_winograd(False), or CONVIRT_WINOGRAD=0 in the
- * environment) turns the path off; 2 or 4 forces one block size for every layer.
+ * environment) turns the path off.
  *
  * Tiles are runs of whole block rows of one image, or of whole images: each tile's
  * output is a contiguous range of output rows, so the forward's epilogue (batch
@@ -44,13 +45,13 @@
 
 /* ---- the switch ---------------------------------------------------------------------- */
 
-/* -1: not yet read from the environment (cv_init does); 0 off; 1 on, the block size
- * chosen per layer; 2 or 4: that block size for every layer. */
+/* -1: not yet read from the environment (cv_init does); 0 off; 1 on, F(2x2, 3x3);
+ * 4: F(4x4, 3x3) where the output is at least WINO4_MIN_SIDE a side. */
 static int winograd_state = -1;
 
 void cv_set_winograd(int mode)
 {
-    winograd_state = mode == 2 || mode == 4 ? mode : mode ? 1 : 0;
+    winograd_state = mode == 4 ? 4 : mode ? 1 : 0;
 }
 
 int cv_get_winograd(void)
@@ -58,7 +59,7 @@ int cv_get_winograd(void)
     if (winograd_state < 0) {
         const char *env = getenv("CONVIRT_WINOGRAD");
         int mode = 1;
-        if (env && env[0] && !env[1] && (env[0] == '0' || env[0] == '2' || env[0] == '4'))
+        if (env && env[0] && !env[1] && (env[0] == '0' || env[0] == '4'))
             mode = env[0] - '0';
         winograd_state = mode;
     }
@@ -97,9 +98,7 @@ typedef struct {
 
 static int block_side(const conv_shape *sh, int mode)
 {
-    if (mode == 2 || mode == 4)
-        return mode;
-    return sh->p >= WINO4_MIN_SIDE && sh->q >= WINO4_MIN_SIDE ? 4 : 2;
+    return mode == 4 && sh->p >= WINO4_MIN_SIDE && sh->q >= WINO4_MIN_SIDE ? 4 : 2;
 }
 
 static wino_plan plan_blocks_for(const conv_shape *sh, int m)

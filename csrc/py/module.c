@@ -199,13 +199,15 @@ static PyMethodDef module_methods[] = {
     {"set_winograd", py_set_winograd, METH_O,
      "set_winograd($module, on, /)\n--\n\n"
      "Whether 3x3 stride-1 convolutions run through Winograd's minimal filtering: True "
-     "(the default; F(4x4, 3x3), 4x fewer multiplies, on outputs of at least 8 x 8, "
-     "F(2x2, 3x3), 2.25x fewer, on smaller ones), 2 or 4 (that block size for every "
-     "layer), or False (the direct im2col + GEMM path). CONVIRT_WINOGRAD=0, 1, 2 or 4 "
-     "in the environment sets the same at import."},
+     "or 2 (the default: F(2x2, 3x3), 2.25x fewer multiplies, errors the direct path's "
+     "size), 4 (F(4x4, 3x3) on outputs of at least 8 x 8: 4x fewer, errors up to 1.2e-5 "
+     "of the output's scale, 10-40x the direct path's; F(2x2, 3x3) on smaller ones), or "
+     "False (the direct im2col + GEMM path). CONVIRT_WINOGRAD=0 or 4 in the environment "
+     "sets the same at import."},
     {"get_winograd", py_get_winograd, METH_NOARGS,
      "get_winograd($module, /)\n--\n\n"
-     "The Winograd switch: True (block size per layer), 2, 4, or False (off)."},
+     "The Winograd switch: True (F(2x2, 3x3)), 4 (F(4x4, 3x3) where it pays), or False "
+     "(off)."},
     {"fma_peak", (PyCFunction)(void (*)(void))py_fma_peak, METH_VARARGS | METH_KEYWORDS,
      "fma_peak($module, /, threads=0, seconds=0.5)\n--\n\n"
      "Returns (GFLOP/s, vector bits): FP32 FMA throughput of "
