@@ -112,7 +112,7 @@ def header(title, threads=None):
             "Winograd "
             + (
                 "F(4x4, 3x3) on outputs >= 8 x 8, F(2x2, 3x3) below"
-                if info["winograd"] == 4 and info["winograd"] is not True
+                if info["winograd"] == 4
                 else "F(2x2, 3x3)"
             )
             + " (GFLOP/s below count the direct convolution's FLOPs: 2.25-4x the "
