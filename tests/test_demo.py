@@ -128,6 +128,10 @@ def test_config_errors():
         DemoConfig("quick", pooling="sum")
     with pytest.raises(ValueError, match="text_head must be one of"):
         DemoConfig("quick", text_head="whitened")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        DemoConfig("quick", schedule="step")
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        DemoConfig("quick", warmup_steps=-1)
     assert DemoConfig("quick", lr=None)["lr"] == DemoConfig("quick")["lr"]
 
 
@@ -197,7 +201,16 @@ def test_demo_help_lists_the_settings(capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--quick", "--epochs", "--text", "--augment", "--text-head", "--threads"):
+    for flag in (
+        "--quick",
+        "--epochs",
+        "--text",
+        "--augment",
+        "--text-head",
+        "--schedule",
+        "--warmup-steps",
+        "--threads",
+    ):
         assert flag in out
 
 

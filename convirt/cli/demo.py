@@ -73,7 +73,21 @@ def add_demo_command(subparsers):
         help="the text tower's projection head: as initialised (the paper) or set to "
         "the training sentences' principal directions (default)",
     )
+    parser.add_argument(
+        "--schedule",
+        choices=["plateau", "cosine"],
+        help="learning-rate schedule: halve on a validation plateau, or linear warm-up "
+        "then cosine decay to 0 over the planned steps",
+    )
+    parser.add_argument(
+        "--warmup-steps", type=int, help="linear warm-up steps of the cosine schedule"
+    )
     parser.add_argument("--temperature", type=float, help="loss temperature (paper: 0.1)")
+    parser.add_argument(
+        "--learnable-temperature",
+        action=argparse.BooleanOptionalAction,
+        help="learn the temperature (its log) with the encoders",
+    )
     parser.add_argument(
         "--supervised-epochs",
         type=int,
@@ -112,6 +126,9 @@ def run_demo_command(args):
         pooling=args.pooling,
         text_head=args.text_head,
         temperature=args.temperature,
+        learnable_temperature=args.learnable_temperature,
+        schedule=args.schedule,
+        warmup_steps=args.warmup_steps,
         supervised_epochs=args.supervised_epochs,
         difficulty=args.difficulty,
     )

@@ -95,6 +95,7 @@ PRESETS = {
         "batch_size": 32,
         "lr": 3e-4,
         "temperature": 0.1,
+        "learnable_temperature": False,
         "difficulty": 1.0,
         "proj_dim": 128,
         "text": "impression",
@@ -103,6 +104,8 @@ PRESETS = {
         "freeze_text": True,
         "pooling": "mean",
         "text_head": "principal",
+        "schedule": "plateau",
+        "warmup_steps": 0,
         "supervised_epochs": 4,
     },
     "quick": {
@@ -115,6 +118,7 @@ PRESETS = {
         "batch_size": 32,
         "lr": 3e-4,
         "temperature": 0.1,
+        "learnable_temperature": False,
         "difficulty": 1.0,
         "proj_dim": 128,
         "text": "impression",
@@ -123,6 +127,8 @@ PRESETS = {
         "freeze_text": True,
         "pooling": "max",
         "text_head": "principal",
+        "schedule": "plateau",
+        "warmup_steps": 0,
         "supervised_epochs": 0,
     },
 }
@@ -131,6 +137,7 @@ _TEXTS = ("impression", "report")
 _AUGMENTS = tuple(AUGMENTS)
 _POOLINGS = ("max", "mean", "cls")
 _TEXT_HEADS = ("random", "principal")
+_SCHEDULES = ("plateau", "cosine")
 
 
 def load_text_queries():
@@ -168,6 +175,12 @@ class DemoConfig(dict):
             raise ValueError(
                 f"text_head must be one of {_TEXT_HEADS}, got {self['text_head']!r}"
             )
+        if self["schedule"] not in _SCHEDULES:
+            raise ValueError(
+                f"schedule must be one of {_SCHEDULES}, got {self['schedule']!r}"
+            )
+        if self["warmup_steps"] < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self['warmup_steps']!r}")
 
 
 def training_texts(reports, which):
@@ -396,8 +409,16 @@ def run_demo(
         )
         + f", {config['pooling']} pooling"
         + f", {config['text_head']} head"
-        + f"), {config['text']} text, lr {config['lr']:g}, "
-        f"temperature {config['temperature']:g}, {config['augment']} augmentation"
+        + f"), {config['text']} text, lr {config['lr']:g} ("
+        + (
+            f"cosine, {config['warmup_steps']} warm-up steps"
+            if config["schedule"] == "cosine"
+            else "plateau"
+        )
+        + "), "
+        f"temperature {config['temperature']:g}"
+        + (" (learnable)" if config["learnable_temperature"] else "")
+        + f", {config['augment']} augmentation"
     )
     image = convirt.Encoder.resnet18(1, proj_dim=config["proj_dim"], seed=seed)
     random_image = convirt.Encoder.resnet18(1, proj_dim=config["proj_dim"], seed=seed)
@@ -416,7 +437,10 @@ def run_demo(
     if config["text_head"] == "principal":
         principal_text_head(text, train_texts)
         random_text.flat_parameters[...] = text.flat_parameters  # the same tower
-    loss = convirt.ContrastiveLoss(temperature=config["temperature"])
+    loss = convirt.ContrastiveLoss(
+        temperature=config["temperature"],
+        learnable_temperature=config["learnable_temperature"],
+    )
     trainer = convirt.Trainer(
         image,
         text,
@@ -428,6 +452,8 @@ def run_demo(
         augment=AUGMENTS[config["augment"]](config["image_size"], seed),
         checkpoint_dir=os.path.join(out_dir, "checkpoint"),
         freeze_text=config["freeze_text"],
+        schedule=config["schedule"],
+        warmup_steps=config["warmup_steps"],
     )
     t0 = time.time()
     trainer.fit(
@@ -442,6 +468,8 @@ def run_demo(
             f"    epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
             f"validation loss {record['val_loss']:.3f}, lr {record['lr']:.1e}"
         )
+    if config["learnable_temperature"]:
+        log(f"    temperature after pretraining: {loss.temperature:.4f}")
 
     log(
         "[3/4] evaluating the image encoder: pretrained vs random initialisation"
@@ -488,6 +516,7 @@ def run_demo(
         "config": dict(config),
         "seconds": total,
         "pretrain_seconds": pretrain_seconds,
+        "temperature": loss.temperature,
         "history": trainer.history,
         "results": {
             name: _summarise(r, fractions, label_names) for name, r in results.items()
