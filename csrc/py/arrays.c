@@ -277,6 +277,24 @@ int cv_read_uint64(PyObject *obj, const char *name, uint64_t *out)
     return 0;
 }
 
+int cv_gemm_arrays(PyObject *a_obj, PyObject *b_obj, PyObject *c_obj, PyArrayObject **A,
+                   PyArrayObject **B, PyArrayObject **C, ptrdiff_t sa[2], ptrdiff_t sb[2],
+                   ptrdiff_t sc[2])
+{
+    cv_array_spec spec_a = {"A", NPY_FLOAT32, 2, 2, {-1, -1, -1, -1}, 0, 0};
+    if (cv_check_array(a_obj, &spec_a, A) || cv_element_strides(*A, "A", sa))
+        return -1;
+    npy_intp m = PyArray_DIM(*A, 0), k = PyArray_DIM(*A, 1);
+    cv_array_spec spec_b = {"B", NPY_FLOAT32, 2, 2, {k, -1, -1, -1}, 0, 0};
+    if (cv_check_array(b_obj, &spec_b, B) || cv_element_strides(*B, "B", sb))
+        return -1;
+    cv_array_spec spec_c = {"C", NPY_FLOAT32, 2, 2, {m, PyArray_DIM(*B, 1), -1, -1}, 1, 0};
+    if (cv_check_array(c_obj, &spec_c, C) || cv_element_strides(*C, "C", sc) ||
+        cv_check_no_overlap(*C, "C", *A, "A") || cv_check_no_overlap(*C, "C", *B, "B"))
+        return -1;
+    return 0;
+}
+
 PyObject *cv_call_gemm(PyObject *args, PyObject *kwds, const char *format, cv_gemm_fn gemm)
 {
     static char *kwlist[] = {"A", "B", "C", "alpha", "beta", NULL};
@@ -285,20 +303,10 @@ PyObject *cv_call_gemm(PyObject *args, PyObject *kwds, const char *format, cv_ge
     PyArrayObject *A, *B, *C;
     ptrdiff_t sa[2], sb[2], sc[2];
     if (!PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, &a_obj, &b_obj, &c_obj,
-                                     &alpha, &beta))
+                                     &alpha, &beta) ||
+        cv_gemm_arrays(a_obj, b_obj, c_obj, &A, &B, &C, sa, sb, sc))
         return NULL;
-    cv_array_spec spec_a = {"A", NPY_FLOAT32, 2, 2, {-1, -1, -1, -1}, 0, 0};
-    if (cv_check_array(a_obj, &spec_a, &A) || cv_element_strides(A, "A", sa))
-        return NULL;
-    npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1);
-    cv_array_spec spec_b = {"B", NPY_FLOAT32, 2, 2, {k, -1, -1, -1}, 0, 0};
-    if (cv_check_array(b_obj, &spec_b, &B) || cv_element_strides(B, "B", sb))
-        return NULL;
-    npy_intp n = PyArray_DIM(B, 1);
-    cv_array_spec spec_c = {"C", NPY_FLOAT32, 2, 2, {m, n, -1, -1}, 1, 0};
-    if (cv_check_array(c_obj, &spec_c, &C) || cv_element_strides(C, "C", sc) ||
-        cv_check_no_overlap(C, "C", A, "A") || cv_check_no_overlap(C, "C", B, "B"))
-        return NULL;
+    npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1), n = PyArray_DIM(B, 1);
     const float *pa = PyArray_DATA(A), *pb = PyArray_DATA(B);
     float *pc = PyArray_DATA(C);
     Py_BEGIN_ALLOW_THREADS;

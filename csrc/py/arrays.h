@@ -57,6 +57,11 @@ typedef void (*cv_gemm_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
  * "OOO|dd:name") and runs gemm without the GIL. Returns None or NULL with an
  * exception set. */
 PyObject *cv_call_gemm(PyObject *args, PyObject *kwds, const char *format, cv_gemm_fn gemm);
+/* The operands of a GEMM call: A (m, k), B (k, n) float32, C (m, n) float32 writeable and
+ * overlapping neither, their element strides. 0, or -1 with the exception set. */
+int cv_gemm_arrays(PyObject *a_obj, PyObject *b_obj, PyObject *c_obj, PyArrayObject **A,
+                   PyArrayObject **B, PyArrayObject **C, ptrdiff_t sa[2], ptrdiff_t sb[2],
+                   ptrdiff_t sc[2]);
 
 /* A new C-contiguous float32 array of the given shape, or NULL with an exception. */
 PyArrayObject *cv_new_float_array(int ndim, const npy_intp *shape);

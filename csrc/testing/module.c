@@ -31,20 +31,10 @@ static PyObject *py_gemm_small(PyObject *self, PyObject *args, PyObject *kwds)
     PyArrayObject *A, *B, *C;
     ptrdiff_t sa[2], sb[2], sc[2];
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|p:gemm_small", kwlist, &a_obj, &b_obj,
-                                     &c_obj, &accumulate))
+                                     &c_obj, &accumulate) ||
+        cv_gemm_arrays(a_obj, b_obj, c_obj, &A, &B, &C, sa, sb, sc))
         return NULL;
-    cv_array_spec spec_a = {"A", NPY_FLOAT32, 2, 2, {-1, -1, -1, -1}, 0, 0};
-    if (cv_check_array(a_obj, &spec_a, &A) || cv_element_strides(A, "A", sa))
-        return NULL;
-    npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1);
-    cv_array_spec spec_b = {"B", NPY_FLOAT32, 2, 2, {k, -1, -1, -1}, 0, 0};
-    if (cv_check_array(b_obj, &spec_b, &B) || cv_element_strides(B, "B", sb))
-        return NULL;
-    npy_intp n = PyArray_DIM(B, 1);
-    cv_array_spec spec_c = {"C", NPY_FLOAT32, 2, 2, {m, n, -1, -1}, 1, 0};
-    if (cv_check_array(c_obj, &spec_c, &C) || cv_element_strides(C, "C", sc) ||
-        cv_check_no_overlap(C, "C", A, "A") || cv_check_no_overlap(C, "C", B, "B"))
-        return NULL;
+    npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1), n = PyArray_DIM(B, 1);
     const int empty = m == 0 || n == 0 || k == 0;
     if (!empty && ((n > 1 && (sb[1] != 1 || sc[1] != 1)) || sa[0] < 0 || sa[1] < 0 ||
                    sb[0] < 0 || sc[0] < 0)) {
