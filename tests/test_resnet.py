@@ -401,7 +401,9 @@ def test_non_square_images():
 def test_eval_encode_does_not_depend_on_the_batch(depth):
     """Each image's features are the same alone, in a batch, or in another batch: equal
     up to the order of a few float sums inside the GEMMs (BLIS picks its kernels by
-    matrix size)."""
+    matrix size, and a layer's tiles go to convirt's small-GEMM kernel or to BLIS by
+    their rows). Features reach about 3; atol 4e-6 is about 1e-6 of that (2e-6 was
+    passed by 1% on one element of 10240 under BLIS's generic kernels)."""
     encoder = encoder_with(depth, 3)
     images = make_images(3, "float32", n=5, size=40, seed=7)
     together = encoder.encode(images)
@@ -409,7 +411,7 @@ def test_eval_encode_does_not_depend_on_the_batch(depth):
     shuffled = encoder.encode(images[::-1])[::-1]
     in_batches = encoder.encode(images, batch_size=2)
     for other in (alone, shuffled, in_batches):
-        np.testing.assert_allclose(other, together, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(other, together, rtol=2e-5, atol=4e-6)
 
 
 def test_encode_more_images_than_batch_size():
