@@ -1,13 +1,14 @@
-/* conv.c - 2-D convolution over NHWC activations, on BLIS GEMMs.
+/* conv.c - 2-D convolution over NHWC activations, on GEMMs.
  *
  * Forward. Output rows (one per output pixel, n*p*q of them) are cut into tiles; each
  * tile is one GEMM  out[rows x k] = cols[rows x r*s*c] @ weight^T  where cols is the
  * input itself for a 1x1 stride-1 convolution (NHWC makes it a matrix already) and a
  * per-thread im2col buffer otherwise, sized to stay in cache. Tiles run in an OpenMP
- * loop with one BLIS thread each: the GEMMs of a convolution layer are too small for
- * BLIS to split well on its own, and the im2col of one tile overlaps the GEMM of
- * another. An epilogue runs on each tile while it is in cache (batch norm, ReLU,
- * residual add, or batch statistics).
+ * loop with one thread each: the GEMMs of a convolution layer are too small for BLIS
+ * to split well on its own, and the im2col of one tile overlaps the GEMM of another.
+ * A tile's GEMM is cv_gemm_tile's: convirt's small-GEMM kernel where the weight is at
+ * most 256 x 256 (and read as weight_t), BLIS otherwise. An epilogue runs on each
+ * tile while it is in cache (batch norm, ReLU, residual add, or batch statistics).
  *
  * Tiles: an image with at least T output rows (T from the layer's shape) is split
  * into equal parts; smaller images are grouped whole, a few per tile, so that late
