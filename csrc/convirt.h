@@ -127,9 +127,9 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
  * elements rsa and csa apart, B row-major (rows ldb apart). A register-blocked kernel
  * that reads A and B in place, for the many small GEMMs of Winograd's transformed
  * domain (tens to hundreds of rows, 64-256 columns), where BLIS 0.9's packing costs
- * about as much as the multiplies. One thread. Returns 0 when it ran (m = 0: when it
- * would run); -1 (nothing done: call cv_gemm) when the CPU lacks AVX2 and FMA or n is
- * not a multiple of the vector width (16 floats with AVX-512, 8 with AVX2). */
+ * about as much as the multiplies. One thread. Returns 0 when it ran; -1 (nothing
+ * done: call cv_gemm) when the CPU lacks AVX2 and FMA or n is not a multiple of the
+ * vector width (16 floats with AVX-512, 8 with AVX2). */
 int cv_gemm_small(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
                   ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,
                   ptrdiff_t ldc);

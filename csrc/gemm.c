@@ -469,18 +469,30 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
 SMALL_GEMM_KERNEL(small_gemm_avx512, "avx512f,fma", 16, 4, 6)
 SMALL_GEMM_KERNEL(small_gemm_avx2, "avx2,fma", 8, 2, 6)
 
+typedef void small_gemm_fn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
+                           ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t ldb,
+                           int accumulate, float *C, ptrdiff_t ldc);
+
+/* The kernel for n columns on this CPU, or NULL. */
+static small_gemm_fn *small_gemm_for(ptrdiff_t n)
+{
+    if (__builtin_cpu_supports("avx512f") && n % 16 == 0)
+        return small_gemm_avx512;
+    if (cpu_has_avx2_fma() && n % 8 == 0)
+        return small_gemm_avx2;
+    return NULL;
+}
+
 int cv_gemm_small(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
                   ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,
                   ptrdiff_t ldc)
 {
     if (n <= 0)
         return 0;
-    if (__builtin_cpu_supports("avx512f") && n % 16 == 0)
-        small_gemm_avx512(m, n, k, A, rsa, csa, B, ldb, accumulate, C, ldc);
-    else if (cpu_has_avx2_fma() && n % 8 == 0)
-        small_gemm_avx2(m, n, k, A, rsa, csa, B, ldb, accumulate, C, ldc);
-    else
+    small_gemm_fn *kernel = small_gemm_for(n);
+    if (!kernel)
         return -1;
+    kernel(m, n, k, A, rsa, csa, B, ldb, accumulate, C, ldc);
     return 0;
 }
 
@@ -488,8 +500,10 @@ void cv_gemm_tile(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
                   ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,
                   ptrdiff_t ldc)
 {
-    if (state.small_gemm_off || k * n > CV_SMALL_B_FLOATS || m <= 0 || n <= 0 ||
-        cv_gemm_small(0, n, k, A, rsa, csa, B, ldb, accumulate, C, ldc)) {
+    small_gemm_fn *kernel = NULL;
+    if (!state.small_gemm_off && k * n <= CV_SMALL_B_FLOATS && m > 0 && n > 0)
+        kernel = small_gemm_for(n);
+    if (!kernel) {
         cv_gemm(m, n, k, 1.0f, A, rsa, csa, B, ldb, 1, accumulate ? 1.0f : 0.0f, C, ldc, 1);
         return;
     }
@@ -500,8 +514,7 @@ void cv_gemm_tile(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && m >= 64)
     for (ptrdiff_t i0 = 0; i0 < m; i0 += rows) {
         const ptrdiff_t len = m - i0 < rows ? m - i0 : rows;
-        cv_gemm_small(len, n, k, A + i0 * rsa, rsa, csa, B, ldb, accumulate, C + i0 * ldc,
-                      ldc);
+        kernel(len, n, k, A + i0 * rsa, rsa, csa, B, ldb, accumulate, C + i0 * ldc, ldc);
     }
 }
 
