@@ -481,20 +481,6 @@ static int packed_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k)
     return m >= PACKED_ROWS_MIN && n >= PACKED_MIN_N && k >= PACKED_MIN_K;
 }
 
-/* dweight (k, rsc) += acc (rsc, k)^T, 32 x 32 blocks, OpenMP over column blocks. */
-static void add_transposed(float *dweight, const float *acc, ptrdiff_t k, ptrdiff_t rsc)
-{
-    const ptrdiff_t b = 32;
-#pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static)
-    for (ptrdiff_t j0 = 0; j0 < rsc; j0 += b)
-        for (ptrdiff_t i0 = 0; i0 < k; i0 += b) {
-            ptrdiff_t j1 = j0 + b < rsc ? j0 + b : rsc, i1 = i0 + b < k ? i0 + b : k;
-            for (ptrdiff_t j = j0; j < j1; j++)
-                for (ptrdiff_t i = i0; i < i1; i++)
-                    dweight[i * rsc + j] += acc[j * k + i];
-        }
-}
-
 /* Is the input gradient a forward convolution of dout (stride 1, a float tensor)?
  * dX = conv(dY, W') with W'[c, r, s, k] = W[k, R-1-r, S-1-s, c] and padding R-1-pad:
  * a GEMM of the forward's shape (k = r*s*k) writing dX rows in place, instead of a
@@ -568,8 +554,11 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
      * BLIS's packed kernels and dW = dY^T cols (m = k) does not: every thread then sums
      * into a private (r*s*c, k) buffer, added transposed at the end. */
     const ptrdiff_t tile_rows_min = min_tile_rows(&plan);
-    const int dw_t = dweight && !packed_gemm(K, RSC, tile_rows_min) &&
-                     packed_gemm(RSC, K, tile_rows_min);
+    const int dw_t =
+        dweight &&
+        ((!packed_gemm(K, RSC, tile_rows_min) && packed_gemm(RSC, K, tile_rows_min)) ||
+         (!cv_gemm_tile_is_small(RSC, plan.rows_max) &&
+          cv_gemm_tile_is_small(K, plan.rows_max)));
     const size_t band = need_cols ? band_floats(inp, sh) : 0;
     /* per thread: [cols][dcols][band][private weight gradient] */
     const size_t acc_at =
@@ -645,7 +634,8 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     }
     if (dw_t) {
         for (int t = 0; t < used; t++)
-            add_transposed(dweight, scratch + per_thread * (size_t)t + acc_at, K, RSC);
+            cv_transpose(dweight, RSC, scratch + per_thread * (size_t)t + acc_at, K, RSC, K,
+                         1);
     } else if (dweight && used > 1) {
         const ptrdiff_t count = K * RSC;
 #pragma omp parallel for num_threads(threads) schedule(static)

@@ -146,6 +146,15 @@ void cv_gemm_tile(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
                   ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,
                   ptrdiff_t ldc);
 
+/* dst (cols x rows, rows ldd apart) = src (rows x cols, rows lds apart) transposed, or
+ * dst += it with accumulate. All threads from serial code, one inside a parallel
+ * region. */
+void cv_transpose(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds,
+                  ptrdiff_t rows, ptrdiff_t cols, int accumulate);
+
+/* Does cv_gemm_tile take an n-column, k-deep tile to the small kernel? */
+int cv_gemm_tile_is_small(ptrdiff_t n, ptrdiff_t k);
+
 /* The slow, obviously correct GEMM the tests compare with (same contract). */
 void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
                        ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t rsb,

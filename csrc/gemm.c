@@ -20,7 +20,7 @@
 #include <blis.h>
 #include <omp.h>
 
-#include "convirt.h"
+#include "core.h"
 
 #ifndef CV_BLIS_CONFIGS
 #define CV_BLIS_CONFIGS "" /* unknown: the build could not read BLIS's config.mk */
@@ -496,13 +496,23 @@ int cv_gemm_small(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
     return 0;
 }
 
+static small_gemm_fn *tile_kernel(ptrdiff_t n, ptrdiff_t k)
+{
+    if (state.small_gemm_off || k * n > CV_SMALL_B_FLOATS || n <= 0)
+        return NULL;
+    return small_gemm_for(n);
+}
+
+int cv_gemm_tile_is_small(ptrdiff_t n, ptrdiff_t k)
+{
+    return tile_kernel(n, k) != NULL;
+}
+
 void cv_gemm_tile(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
                   ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,
                   ptrdiff_t ldc)
 {
-    small_gemm_fn *kernel = NULL;
-    if (!state.small_gemm_off && k * n <= CV_SMALL_B_FLOATS && m > 0 && n > 0)
-        kernel = small_gemm_for(n);
+    small_gemm_fn *kernel = m > 0 ? tile_kernel(n, k) : NULL;
     if (!kernel) {
         cv_gemm(m, n, k, 1.0f, A, rsa, csa, B, ldb, 1, accumulate ? 1.0f : 0.0f, C, ldc, 1);
         return;
@@ -515,6 +525,79 @@ void cv_gemm_tile(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
     for (ptrdiff_t i0 = 0; i0 < m; i0 += rows) {
         const ptrdiff_t len = m - i0 < rows ? m - i0 : rows;
         kernel(len, n, k, A + i0 * rsa, rsa, csa, B, ldb, accumulate, C + i0 * ldc, ldc);
+    }
+}
+
+/* ---- transposes -------------------------------------------------------------
+ * 8 x 8 blocks through registers: eight rows in, three rounds of shuffles (pairs of
+ * rows interleaved, then pairs of pairs, then 128-bit halves), eight columns out. The
+ * blocks of a 64 x 64 panel keep its rows and columns in L1. */
+typedef float vec8 __attribute__((vector_size(32), aligned(4)));
+typedef int vec8i __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) void
+transpose8(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int accumulate)
+{
+    vec8 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++)
+        memcpy(&r[i], src + i * lds, sizeof(vec8));
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = __builtin_shuffle(r[i], r[i + 1], (vec8i){0, 8, 1, 9, 4, 12, 5, 13});
+        t[i + 1] = __builtin_shuffle(r[i], r[i + 1], (vec8i){2, 10, 3, 11, 6, 14, 7, 15});
+    }
+    for (int i = 0; i < 8; i += 4)
+        for (int j = 0; j < 2; j++) {
+            u[i + 2 * j] = __builtin_shuffle(t[i + j], t[i + j + 2],
+                                             (vec8i){0, 1, 8, 9, 4, 5, 12, 13});
+            u[i + 2 * j + 1] = __builtin_shuffle(t[i + j], t[i + j + 2],
+                                                 (vec8i){2, 3, 10, 11, 6, 7, 14, 15});
+        }
+    /* u[j] holds column j of rows 0-3 in its low half, column j + 4 in its high half;
+     * u[j + 4] the same for rows 4-7. */
+    for (int j = 0; j < 4; j++) {
+        vec8 lo = __builtin_shuffle(u[j], u[j + 4], (vec8i){0, 1, 2, 3, 8, 9, 10, 11});
+        vec8 hi = __builtin_shuffle(u[j], u[j + 4], (vec8i){4, 5, 6, 7, 12, 13, 14, 15});
+        if (accumulate) {
+            vec8 d;
+            memcpy(&d, dst + j * ldd, sizeof(vec8));
+            lo += d;
+            memcpy(&d, dst + (j + 4) * ldd, sizeof(vec8));
+            hi += d;
+        }
+        memcpy(dst + j * ldd, &lo, sizeof(vec8));
+        memcpy(dst + (j + 4) * ldd, &hi, sizeof(vec8));
+    }
+}
+
+/* The panel of rows [i0, i1) and columns [j0, j1). */
+CV_VECTORIZE static void transpose_panel(float *dst, ptrdiff_t ldd, const float *src,
+                                         ptrdiff_t lds, ptrdiff_t i0, ptrdiff_t i1,
+                                         ptrdiff_t j0, ptrdiff_t j1, int accumulate)
+{
+    const ptrdiff_t i8 = i0 + (i1 - i0) / 8 * 8, j8 = j0 + (j1 - j0) / 8 * 8;
+    for (ptrdiff_t i = i0; i < i8; i += 8)
+        for (ptrdiff_t j = j0; j < j8; j += 8)
+            transpose8(dst + j * ldd + i, ldd, src + i * lds + j, lds, accumulate);
+    for (ptrdiff_t i = i0; i < i1; i++) /* the edges: rows below i8, columns past j8 */
+        for (ptrdiff_t j = i < i8 ? j8 : j0; j < j1; j++)
+            dst[j * ldd + i] = src[i * lds + j] + (accumulate ? dst[j * ldd + i] : 0.0f);
+}
+
+#define TRANSPOSE_PANEL 64
+
+void cv_transpose(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds,
+                  ptrdiff_t rows, ptrdiff_t cols, int accumulate)
+{
+    const ptrdiff_t panels = (cols + TRANSPOSE_PANEL - 1) / TRANSPOSE_PANEL;
+    const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols >= 65536)
+    for (ptrdiff_t jp = 0; jp < panels; jp++) {
+        const ptrdiff_t j0 = jp * TRANSPOSE_PANEL;
+        const ptrdiff_t j1 = cols - j0 < TRANSPOSE_PANEL ? cols : j0 + TRANSPOSE_PANEL;
+        for (ptrdiff_t i0 = 0; i0 < rows; i0 += TRANSPOSE_PANEL)
+            transpose_panel(dst, ldd, src, lds, i0,
+                            rows - i0 < TRANSPOSE_PANEL ? rows : i0 + TRANSPOSE_PANEL, j0,
+                            j1, accumulate);
     }
 }
 

@@ -546,23 +546,6 @@ static void affine_epilogue(void *ctx, float *out, ptrdiff_t row0, ptrdiff_t row
                   rows, c->k);
 }
 
-/* dst (cols, rows) = src (rows, cols)^T, in 32 x 32 blocks, OpenMP over row blocks. */
-static void transpose(float *restrict dst, const float *restrict src, ptrdiff_t rows,
-                      ptrdiff_t cols)
-{
-    const ptrdiff_t b = 32;
-#pragma omp parallel for num_threads(cv_get_num_threads())                                 \
-    schedule(static) if (rows * cols > 65536)
-    for (ptrdiff_t i0 = 0; i0 < rows; i0 += b)
-        for (ptrdiff_t j0 = 0; j0 < cols; j0 += b) {
-            ptrdiff_t i1 = i0 + b < rows ? i0 + b : rows,
-                      j1 = j0 + b < cols ? j0 + b : cols;
-            for (ptrdiff_t i = i0; i < i1; i++)
-                for (ptrdiff_t j = j0; j < j1; j++)
-                    dst[j * rows + i] = src[i * cols + j];
-        }
-}
-
 /* y = conv(input); training: batch statistics into u->mean/invstd/scale/shift and the
  * running statistics; eval: the running statistics' affine map (and residual, ReLU)
  * applied in the GEMM epilogue, so u->y == u->a holds the unit's output. */
@@ -634,7 +617,7 @@ static cv_status unit_forward(resnet_model *m, int index, const conv_input *in,
     double t0 = now();
     const float *weight_t = NULL;
     if (u->weight_t && conv2d_wants_weight_t(in, s)) {
-        transpose(u->weight_t, u->weight, k, rsc);
+        cv_transpose(u->weight_t, k, u->weight, rsc, k, rsc, 0);
         weight_t = u->weight_t;
     }
     cv_status st;

@@ -297,6 +297,23 @@ def test_small_gemm_kernel_refuses_widths_off_the_vector():
     assert (c == 7.0).all()
 
 
+# The blocked transpose (cv_transpose) behind the ResNet's transposed weights and the
+# transposed weight gradient's sum: 8 x 8 register blocks in 64 x 64 panels, and the
+# rows and columns left over at every edge; rows of both matrices with padding.
+@pytest.mark.parametrize("rows,cols", [(1, 1), (8, 8), (7, 9), (64, 64), (65, 130),
+                                       (2048, 512), (27, 2051), (300, 3)])  # fmt: skip
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_transpose_matches_numpy(rows, cols, accumulate):
+    rng = np.random.default_rng(rows * 7 + cols)
+    src = rng.standard_normal((rows, cols + 3)).astype(np.float32)[:, :cols]
+    dst0 = rng.standard_normal((cols, rows + 5)).astype(np.float32)
+    dst = dst0.copy()
+    _testing.transpose(src, dst[:, :rows], accumulate=accumulate)
+    expected = src.T + (dst0[:, :rows] if accumulate else 0)
+    assert np.array_equal(dst[:, :rows], expected)
+    assert np.array_equal(dst[:, rows:], dst0[:, rows:])  # the padding untouched
+
+
 def test_gemm_strided_output_and_beta_zero_ignores_nan():
     rng = np.random.default_rng(1)
     a = rng.standard_normal((8, 5)).astype(np.float32)

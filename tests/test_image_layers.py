@@ -93,12 +93,16 @@ def test_conv_backward_matches_reference_and_torch(n, h, w, c, k, r, stride, pad
     assert rel(dx - (before_dx if add else 0), torch_dx) < 1e-5
 
 
-# Layers wide enough for BLIS's packed kernels (n >= 200 outputs, r*s*c >= 240, tiles of
-# >= 512 rows), where the weight gradient is summed as dW^T.
+# Layers whose weight gradient is summed as dW^T: wide enough for BLIS's packed kernels
+# (n >= 200 outputs, r*s*c >= 240, tiles of >= 512 rows), or narrow (k = 64) under a
+# long r*s*c, where dW^T's tiles fit the small-GEMM kernel and dW's do not (a ResNet's
+# 256 -> 64 reductions and its 7x7 stem: tiles of 288 and 512 rows).
 WIDE_CASES = [
     (2, 16, 16, 64, 256, 3, 1, 1),
     (8, 12, 12, 512, 256, 1, 1, 0),
     (4, 14, 14, 256, 512, 1, 2, 0),
+    (2, 24, 24, 256, 64, 1, 1, 0),
+    (1, 64, 64, 3, 64, 7, 2, 3),
 ]
 
 

@@ -50,6 +50,54 @@ static PyObject *py_gemm_small(PyObject *self, PyObject *args, PyObject *kwds)
     return PyBool_FromLong(ran);
 }
 
+/* A float32 matrix with contiguous, aligned rows (a row stride in floats), or NULL and
+ * a TypeError/ValueError. */
+static PyArrayObject *matrix_rows(PyObject *obj, const char *name, int writeable,
+                                  ptrdiff_t *ld)
+{
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32 ||
+        PyArray_NDIM((PyArrayObject *)obj) != 2) {
+        PyErr_Format(PyExc_TypeError, "%s must be a 2-D float32 ndarray", name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    const npy_intp *st = PyArray_STRIDES(a);
+    if ((PyArray_DIM(a, 1) > 1 && st[1] != 4) || st[0] < 0 || st[0] % 4 ||
+        !PyArray_ISALIGNED(a) || (writeable && !PyArray_ISWRITEABLE(a))) {
+        PyErr_Format(PyExc_ValueError, "%s needs aligned contiguous rows%s", name,
+                     writeable ? " and to be writeable" : "");
+        return NULL;
+    }
+    *ld = st[0] / 4;
+    return a;
+}
+
+/* transpose(src, dst, accumulate=False): dst = src.T (or dst += src.T) through
+ * cv_transpose; both with contiguous rows. */
+static PyObject *py_transpose(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    (void)self;
+    static char *kwlist[] = {"src", "dst", "accumulate", NULL};
+    PyObject *src_obj, *dst_obj;
+    int accumulate = 0;
+    ptrdiff_t lds, ldd;
+    PyArrayObject *src, *dst;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|p:transpose", kwlist, &src_obj,
+                                     &dst_obj, &accumulate) ||
+        !(src = matrix_rows(src_obj, "src", 0, &lds)) ||
+        !(dst = matrix_rows(dst_obj, "dst", 1, &ldd)))
+        return NULL;
+    npy_intp rows = PyArray_DIM(src, 0), cols = PyArray_DIM(src, 1);
+    if (PyArray_DIM(dst, 0) != cols || PyArray_DIM(dst, 1) != rows) {
+        PyErr_SetString(PyExc_ValueError, "dst must have src's shape reversed");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    cv_transpose(PyArray_DATA(dst), ldd, PyArray_DATA(src), lds, rows, cols, accumulate);
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_NONE;
+}
+
 /* The core's thread count as calls from this module get it: convirt.set_num_threads
  * reaches it, the state being libconvirt's (tests check that it is one state). */
 static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
@@ -63,6 +111,9 @@ static PyMethodDef module_methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
      "get_num_threads() -> int: the threads the core gives this module's calls (the "
      "number convirt.set_num_threads set: the modules share the core)."},
+    {"transpose", (PyCFunction)(void (*)(void))py_transpose, METH_VARARGS | METH_KEYWORDS,
+     "transpose(src, dst, accumulate=False): dst = src.T (or dst += src.T) through the "
+     "core's blocked transpose; both 2-D float32 with contiguous rows."},
     {"gemm_small", (PyCFunction)(void (*)(void))py_gemm_small, METH_VARARGS | METH_KEYWORDS,
      "gemm_small(A, B, C, accumulate=False) -> bool: C = A @ B (+ C) through the core's "
      "unpacked small-GEMM kernel; False when it does not take the shape here."},
