@@ -152,6 +152,32 @@ void cv_gemm_tile(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
 void cv_transpose(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds,
                   ptrdiff_t rows, ptrdiff_t cols, int accumulate);
 
+/* C (m x n, rows ldc apart) = A B, or += with accumulate, through the small-GEMM kernel
+ * on panels of B copied into a per-thread buffer: for GEMMs past the small kernel's
+ * size. B with unit stride along its rows or its columns; all threads from serial code,
+ * one inside a parallel region; each element the same sum whatever the split. Returns
+ * 0 when it ran, -1 (nothing written: call cv_gemm) when the kernel does not take n on
+ * this CPU, B has no unit stride or memory ran out. */
+int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
+                   ptrdiff_t csa, const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+                   int accumulate, float *C, ptrdiff_t ldc);
+
+/* B (k x n, unit stride along its rows or its columns) packed once for many GEMMs by
+ * cv_gemm_prepacked, e.g. one per row tile of C: cv_pack_b from serial code (all
+ * threads pack) or one thread. The panels live in a buffer of the calling thread, valid
+ * until its next cv_pack_b. Returns 0, or -1 (nothing packed: use cv_gemm) when the
+ * kernel does not take n on this CPU, B has no unit stride or memory ran out. */
+typedef struct {
+    const float *panels;
+    ptrdiff_t k, n, pw;
+} cv_packed_b;
+int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff_t rsb,
+              ptrdiff_t csb);
+/* C (m x n, rows ldc apart) = A pb (+ C with accumulate), A's elements rsa and csa
+ * apart; one thread, the same bits as cv_gemm_packed. */
+void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdiff_t rsa,
+                       ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc);
+
 /* Does cv_gemm_tile take an n-column, k-deep tile to the small kernel? */
 int cv_gemm_tile_is_small(ptrdiff_t n, ptrdiff_t k);
 

@@ -415,7 +415,9 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
  * stream through it: per step, NV vectors of a row of B and RB broadcasts of A. With
  * AVX-512 (32 registers) 6 x 64 floats, 24 accumulators; with AVX2 (16) 6 x 16, 12.
  * No packing: B's rows are read where they are (a few KiB per step, in L1 for the
- * 64-256 columns it is used for), A's elements one by one. */
+ * 64-256 columns it is used for), A's elements one by one. The products are summed
+ * from zero and C added to the sum at the end (accumulate), as BLIS's kernels do, so
+ * that C += A B twice is C + 2 (A B) whenever A B is one call's sum. */
 #define SMALL_GEMM_KERNEL(NAME, TARGET, W, NV, RB)                                         \
     typedef float NAME##_vec __attribute__((vector_size(4 * W), aligned(4)));              \
     __attribute__((target(TARGET))) static void NAME(                                      \
@@ -430,14 +432,22 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                 const int rb = m - i0 >= RB ? RB : (int)(m - i0);                          \
                 vec acc[RB][NV];                                                           \
                 for (int r = 0; r < RB; r++)                                               \
-                    for (int v = 0; v < NV; v++) {                                         \
+                    for (int v = 0; v < NV; v++)                                           \
                         acc[r][v] = (vec){0};                                              \
-                        if (accumulate && r < rb && v < nv)                                \
-                            memcpy(&acc[r][v], C + (i0 + r) * ldc + j0 + v * W,            \
-                                   sizeof(vec));                                           \
-                    }                                                                      \
                 const float *a = A + i0 * rsa;                                             \
-                if (rb == RB) {                                                            \
+                if (rb == RB && nv == NV) { /* the full block: no test in the loop */      \
+                    const float *bp = B + j0;                                              \
+                    for (ptrdiff_t p = 0; p < k; p++, bp += ldb) {                         \
+                        vec b[NV];                                                         \
+                        for (int v = 0; v < NV; v++)                                       \
+                            memcpy(&b[v], bp + v * W, sizeof(vec));                        \
+                        for (int r = 0; r < RB; r++) {                                     \
+                            const float x = a[r * rsa + p * csa];                          \
+                            for (int v = 0; v < NV; v++)                                   \
+                                acc[r][v] += x * b[v];                                     \
+                        }                                                                  \
+                    }                                                                      \
+                } else if (rb == RB) {                                                     \
                     for (ptrdiff_t p = 0; p < k; p++) {                                    \
                         vec b[NV];                                                         \
                         for (int v = 0; v < NV; v++)                                       \
@@ -460,8 +470,15 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                         }                                                                  \
                 }                                                                          \
                 for (int r = 0; r < rb; r++)                                               \
-                    for (int v = 0; v < nv; v++)                                           \
-                        memcpy(C + (i0 + r) * ldc + j0 + v * W, &acc[r][v], sizeof(vec));  \
+                    for (int v = 0; v < nv; v++) {                                         \
+                        float *c = C + (i0 + r) * ldc + j0 + v * W;                        \
+                        if (accumulate) {                                                  \
+                            vec old;                                                       \
+                            memcpy(&old, c, sizeof(vec));                                  \
+                            acc[r][v] += old;                                              \
+                        }                                                                  \
+                        memcpy(c, &acc[r][v], sizeof(vec));                                \
+                    }                                                                      \
             }                                                                              \
         }                                                                                  \
     }
@@ -598,6 +615,199 @@ void cv_transpose(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds,
             transpose_panel(dst, ldd, src, lds, i0,
                             rows - i0 < TRANSPOSE_PANEL ? rows : i0 + TRANSPOSE_PANEL, j0,
                             j1, accumulate);
+    }
+}
+
+/* ---- GEMMs on packed panels of B ----------------------------------------------
+ * Past the small kernel's size, the same kernel runs on B copied into panels of at
+ * most PACK_KC rows and one kernel width (64 columns with AVX-512, 16 with AVX2), each
+ * contiguous (32 KiB) so that it stays in L1 while the kernel sweeps PACK_MC rows of A
+ * past it; A is read in place. BLIS 0.9 packs both operands at every call (on skx
+ * through a generic copy loop), so a GEMM cut into row tiles packs all of B once per
+ * tile: here B can be packed once (cv_pack_b) for every tile (cv_gemm_prepacked). Each
+ * element of C is C + S0 + S1 + ..., Si the sum of slab i's products in order (as BLIS
+ * adds its kc slabs), the same however C is split.
+ *
+ * Packed layout: slab s (rows [s KC, s KC + kc) of B) starts at s KC npad (npad: n
+ * rounded up to panels); in it, panel q (columns [q pw, q pw + pw)) is kc x pw. */
+#define PACK_KC 128
+#define PACK_MC 48
+
+/* Two buffers per thread, kept until it ends: 0 for cv_gemm_packed's own panels, 1 for
+ * cv_pack_b's. */
+typedef struct {
+    float *data[2];
+    size_t cap[2];
+} pack_buffers;
+
+static pthread_key_t pack_key;
+static pthread_once_t pack_once = PTHREAD_ONCE_INIT;
+static int pack_key_ok;
+
+static void pack_buffers_free(void *p)
+{
+    pack_buffers *b = p;
+    free(b->data[0]);
+    free(b->data[1]);
+    free(b);
+}
+
+static void pack_key_create(void)
+{
+    pack_key_ok = !pthread_key_create(&pack_key, pack_buffers_free);
+}
+
+/* This thread's buffer `slot` of at least `floats`; NULL when out of memory. */
+static float *panel_buffer(int slot, size_t floats)
+{
+    pthread_once(&pack_once, pack_key_create);
+    if (!pack_key_ok)
+        return NULL;
+    pack_buffers *b = pthread_getspecific(pack_key);
+    if (!b) {
+        if (!(b = calloc(1, sizeof *b)) || pthread_setspecific(pack_key, b)) {
+            free(b);
+            return NULL;
+        }
+    }
+    if (b->cap[slot] < floats) {
+        free(b->data[slot]);
+        size_t bytes = (floats * sizeof(float) + CV_ALIGN - 1) / CV_ALIGN * CV_ALIGN;
+        b->data[slot] = aligned_alloc(CV_ALIGN, bytes);
+        b->cap[slot] = b->data[slot] ? floats : 0;
+    }
+    return b->data[slot];
+}
+
+/* Panel (kc x width, rows pw apart) = B's rows [p0, p0 + kc), columns [j0, j0 + width);
+ * B has unit stride along one of its dimensions. */
+static void pack_panel(float *panel, ptrdiff_t pw, const float *B, ptrdiff_t rsb,
+                       ptrdiff_t csb, ptrdiff_t p0, ptrdiff_t kc, ptrdiff_t j0,
+                       ptrdiff_t width)
+{
+    const float *b = B + p0 * rsb + j0 * csb;
+    if (csb == 1)
+        for (ptrdiff_t p = 0; p < kc; p++)
+            memcpy(panel + p * pw, b + p * rsb, (size_t)width * sizeof(float));
+    else /* rsb == 1: B^T's rows [j0, j0 + width) are B's columns */
+        transpose_panel(panel, pw, b, csb, 0, width, 0, kc, 0);
+}
+
+/* C's rows [r0, r1), columns [c0, c1) (c0 on a panel boundary) for B's rows
+ * [p0, p0 + kc), from the packed panels of those columns (panel q at q kc pw). */
+static void panels_times(small_gemm_fn *kernel, ptrdiff_t pw, const float *panels,
+                         ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t c0, ptrdiff_t c1,
+                         ptrdiff_t p0, ptrdiff_t kc, const float *A, ptrdiff_t rsa,
+                         ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc)
+{
+    for (ptrdiff_t i0 = r0; i0 < r1; i0 += PACK_MC) {
+        const ptrdiff_t mc = r1 - i0 < PACK_MC ? r1 - i0 : PACK_MC;
+        for (ptrdiff_t j0 = c0, q = 0; j0 < c1; j0 += pw, q++)
+            kernel(mc, c1 - j0 < pw ? c1 - j0 : pw, kc, A + i0 * rsa + p0 * csa, rsa, csa,
+                   panels + q * kc * pw, pw, accumulate || p0 > 0, C + i0 * ldc + j0, ldc);
+    }
+}
+
+/* The kernel and its panel width for n columns, or NULL. */
+static small_gemm_fn *packed_kernel(ptrdiff_t n, ptrdiff_t *pw)
+{
+    small_gemm_fn *kernel = n > 0 && !state.small_gemm_off ? small_gemm_for(n) : NULL;
+    *pw = kernel == small_gemm_avx512 ? 64 : 16;
+    return kernel;
+}
+
+int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
+                   ptrdiff_t csa, const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+                   int accumulate, float *C, ptrdiff_t ldc)
+{
+    ptrdiff_t pw;
+    small_gemm_fn *kernel = packed_kernel(n, &pw);
+    if (!kernel || m <= 0 || k <= 0 || (csb != 1 && rsb != 1))
+        return -1;
+    const ptrdiff_t panels = (n + pw - 1) / pw, kc_max = k < PACK_KC ? k : PACK_KC;
+    const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
+    /* Chunks of whole panels (each packs only its own) dealt dynamically, two or more
+     * per thread, when there are enough panels; else rows, each part packing them all. */
+    const int by_columns = panels >= 2 * threads;
+    const ptrdiff_t per_chunk = by_columns ? panels / (2 * threads) : panels;
+    const ptrdiff_t chunks = by_columns ? (panels + per_chunk - 1) / per_chunk : threads;
+    const int team = (double)m * n * k < 4 * 65536.0 ? 1 : threads;
+    int failed = 0;
+#pragma omp parallel num_threads(team) if (team > 1)
+    {
+        float *buf = panel_buffer(0, (size_t)(kc_max * per_chunk * pw));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp barrier /* every buffer or none: C is written only if every part can run */
+        int stop;
+#pragma omp atomic read
+        stop = failed;
+#pragma omp for schedule(dynamic, 1)
+        for (ptrdiff_t ch = 0; ch < chunks; ch++) {
+            if (stop)
+                continue;
+            ptrdiff_t r0 = 0, r1 = m, c0 = 0, c1 = n;
+            if (by_columns) {
+                c0 = ch * per_chunk * pw;
+                c1 = c0 + per_chunk * pw < n ? c0 + per_chunk * pw : n;
+            } else {
+                r0 = ch * m / chunks;
+                r1 = (ch + 1) * m / chunks;
+            }
+            for (ptrdiff_t p0 = 0; p0 < k && r1 > r0; p0 += PACK_KC) {
+                const ptrdiff_t kc = k - p0 < PACK_KC ? k - p0 : PACK_KC;
+                for (ptrdiff_t j0 = c0, q = 0; j0 < c1; j0 += pw, q++)
+                    pack_panel(buf + q * kc * pw, pw, B, rsb, csb, p0, kc, j0,
+                               c1 - j0 < pw ? c1 - j0 : pw);
+                panels_times(kernel, pw, buf, r0, r1, c0, c1, p0, kc, A, rsa, csa,
+                             accumulate, C, ldc);
+            }
+        }
+    }
+    return failed ? -1 : 0;
+}
+
+int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff_t rsb,
+              ptrdiff_t csb)
+{
+    ptrdiff_t pw;
+    small_gemm_fn *kernel = packed_kernel(n, &pw);
+    if (!kernel || k <= 0 || (csb != 1 && rsb != 1))
+        return -1;
+    const ptrdiff_t panels = (n + pw - 1) / pw, npad = panels * pw;
+    float *buf = panel_buffer(1, (size_t)(k * npad));
+    if (!buf)
+        return -1;
+    const ptrdiff_t slabs = (k + PACK_KC - 1) / PACK_KC;
+    const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
+#pragma omp parallel for collapse(2) num_threads(threads)                                  \
+    schedule(static) if (k * n >= 65536)
+    for (ptrdiff_t s = 0; s < slabs; s++)
+        for (ptrdiff_t q = 0; q < panels; q++) {
+            const ptrdiff_t p0 = s * PACK_KC, kc = k - p0 < PACK_KC ? k - p0 : PACK_KC;
+            const ptrdiff_t j0 = q * pw;
+            pack_panel(buf + p0 * npad + q * kc * pw, pw, B, rsb, csb, p0, kc, j0,
+                       n - j0 < pw ? n - j0 : pw);
+        }
+    pb->panels = buf;
+    pb->k = k;
+    pb->n = n;
+    pb->pw = pw;
+    return 0;
+}
+
+void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdiff_t rsa,
+                       ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc)
+{
+    ptrdiff_t pw;
+    small_gemm_fn *kernel = packed_kernel(pb->n, &pw);
+    const ptrdiff_t npad = (pb->n + pw - 1) / pw * pw;
+    for (ptrdiff_t p0 = 0; p0 < pb->k; p0 += PACK_KC) {
+        const ptrdiff_t kc = pb->k - p0 < PACK_KC ? pb->k - p0 : PACK_KC;
+        panels_times(kernel, pw, pb->panels + p0 * npad, 0, m, 0, pb->n, p0, kc, A, rsa,
+                     csa, accumulate, C, ldc);
     }
 }
 

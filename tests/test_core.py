@@ -297,6 +297,76 @@ def test_small_gemm_kernel_refuses_widths_off_the_vector():
     assert (c == 7.0).all()
 
 
+# The same kernel on packed panels of B (cv_gemm_packed; cv_pack_b + cv_gemm_prepacked
+# over row tiles), for the GEMMs past the small kernel's size: B row-major and
+# transposed (packed through the 8 x 8 transposes), A both ways, k over several slabs of
+# 128 and not a multiple, partial panels (n = 80: 64 + 16), rows in and out of the
+# 48-row blocks, a team split by columns (n = 1024) and by rows.
+PACKED_GEMM_SHAPES = [(300, 1024, 300), (97, 80, 257), (1, 64, 1), (1000, 16, 129),
+                      (130, 768, 768)]  # fmt: skip
+
+
+@pytest.mark.parametrize("m,n,k", PACKED_GEMM_SHAPES)
+@pytest.mark.parametrize("b_order", ["C", "F"])
+@pytest.mark.parametrize("accumulate,tile", [(False, 0), (True, 0), (True, 37)])
+def test_packed_gemm_matches_numpy(m, n, k, b_order, accumulate, tile):
+    rng = np.random.default_rng(m + n * k)
+    a = np.asarray(rng.standard_normal((m, k)), np.float32, order="F" if m % 2 else "C")
+    b = np.asarray(rng.standard_normal((k, n)), np.float32, order=b_order)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    c = c0.copy()
+    if not _testing.gemm_packed(a, b, c, accumulate=accumulate, tile=tile):
+        features = convirt.config()["cpu_features"]
+        avx2 = "avx2=yes" in features and "fma=yes" in features
+        assert (n % 8 or not avx2) and np.array_equal(c, c0)
+        return
+    expected = a.astype(np.float64) @ b + (c0 if accumulate else 0)
+    scale = np.abs(a).astype(np.float64) @ np.abs(b) + (np.abs(c0) if accumulate else 0)
+    assert (np.abs(c - expected) <= 1e-6 * scale + 1e-30).all()
+
+
+def test_packed_gemm_is_the_same_sum_on_any_split():
+    """Threads split C by columns or by rows, and row tiles share one packed B: every
+    element is the same slab sums added in the same order, so all give the same bits;
+    with one slab (k <= 128), the small kernel's on B in place."""
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((250, 200)).astype(np.float32)
+    b = rng.standard_normal((200, 256)).astype(np.float32)
+    in_place = np.zeros((250, 256), np.float32)
+    if not _testing.gemm_small(a[:, :100], b[:100], in_place):
+        pytest.skip("no AVX2 + FMA: the kernel does not run here")
+    before = convirt.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            convirt.set_num_threads(threads)
+            for tile in (0, 1, 50):
+                c = np.zeros((250, 256), np.float32)
+                assert _testing.gemm_packed(a, b, c, tile=tile)
+                results.append(c)
+                one_slab = np.zeros((250, 256), np.float32)
+                assert _testing.gemm_packed(a[:, :100], b[:100], one_slab, tile=tile)
+                assert np.array_equal(one_slab, in_place), (threads, tile)
+        for c in results[1:]:
+            assert np.array_equal(c, results[0])
+    finally:
+        convirt.set_num_threads(before)
+
+
+def test_small_and_packed_gemm_accumulate_a_whole_product():
+    """C += A B adds the product's sum to C (BLIS's order): twice is C + 2 A B to the
+    bit when C starts at zero, which gradient accumulation relies on."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((30, 90)).astype(np.float32)
+    b = rng.standard_normal((90, 64)).astype(np.float32)
+    for gemm in (_testing.gemm_small, _testing.gemm_packed):
+        once, twice = np.zeros((30, 64), np.float32), np.zeros((30, 64), np.float32)
+        if not gemm(a, b, once):
+            pytest.skip("no AVX2 + FMA: the kernel does not run here")
+        assert gemm(a, b, twice, accumulate=True) and gemm(a, b, twice, accumulate=True)
+        assert np.array_equal(twice, 2 * once)
+
+
 # The blocked transpose (cv_transpose) behind the ResNet's transposed weights and the
 # transposed weight gradient's sum: 8 x 8 register blocks in 64 x 64 panels, and the
 # rows and columns left over at every edge; rows of both matrices with padding.

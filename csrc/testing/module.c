@@ -50,6 +50,53 @@ static PyObject *py_gemm_small(PyObject *self, PyObject *args, PyObject *kwds)
     return PyBool_FromLong(ran);
 }
 
+/* gemm_packed(A, B, C, accumulate=False, tile=0) -> bool: C = A @ B (or C += A @ B)
+ * through cv_gemm_packed, or with tile > 0 through cv_pack_b and one cv_gemm_prepacked
+ * per tile of that many rows (dealt to the threads); C with contiguous rows, B with a
+ * unit stride. False (C untouched) when it does not take the shape on this CPU. */
+static PyObject *py_gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    (void)self;
+    static char *kwlist[] = {"A", "B", "C", "accumulate", "tile", NULL};
+    PyObject *a_obj, *b_obj, *c_obj;
+    int accumulate = 0;
+    Py_ssize_t tile = 0;
+    PyArrayObject *A, *B, *C;
+    ptrdiff_t sa[2], sb[2], sc[2];
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|pn:gemm_packed", kwlist, &a_obj,
+                                     &b_obj, &c_obj, &accumulate, &tile) ||
+        cv_gemm_arrays(a_obj, b_obj, c_obj, &A, &B, &C, sa, sb, sc))
+        return NULL;
+    npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1), n = PyArray_DIM(B, 1);
+    if ((n > 1 && sc[1] != 1) || sa[0] < 0 || sa[1] < 0 || sb[0] < 0 || sb[1] < 0 ||
+        sc[0] < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "gemm_packed needs C with contiguous rows, strides >= 0");
+        return NULL;
+    }
+    if (tile < 0) {
+        PyErr_SetString(PyExc_ValueError, "tile must be >= 0");
+        return NULL;
+    }
+    int ran = 0;
+    const float *a = PyArray_DATA(A);
+    float *c = PyArray_DATA(C);
+    Py_BEGIN_ALLOW_THREADS;
+    cv_packed_b pb;
+    if (!tile)
+        ran = !cv_gemm_packed(m, n, k, a, sa[0], sa[1], PyArray_DATA(B), sb[0], sb[1],
+                              accumulate, c, sc[0]);
+    else if (k > 0 && m > 0 && !cv_pack_b(&pb, k, n, PyArray_DATA(B), sb[0], sb[1])) {
+        ran = 1;
+#pragma omp parallel for num_threads(cv_get_num_threads()) schedule(dynamic, 1)
+        for (npy_intp r0 = 0; r0 < m; r0 += tile)
+            cv_gemm_prepacked(&pb, m - r0 < tile ? m - r0 : tile, a + r0 * sa[0], sa[0],
+                              sa[1], accumulate, c + r0 * sc[0], sc[0]);
+    }
+    Py_END_ALLOW_THREADS;
+    return PyBool_FromLong(ran);
+}
+
 /* A float32 matrix with contiguous, aligned rows (a row stride in floats), or NULL and
  * a TypeError/ValueError. */
 static PyArrayObject *matrix_rows(PyObject *obj, const char *name, int writeable,
@@ -111,6 +158,11 @@ static PyMethodDef module_methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
      "get_num_threads() -> int: the threads the core gives this module's calls (the "
      "number convirt.set_num_threads set: the modules share the core)."},
+    {"gemm_packed", (PyCFunction)(void (*)(void))py_gemm_packed,
+     METH_VARARGS | METH_KEYWORDS,
+     "gemm_packed(A, B, C, accumulate=False, tile=0) -> bool: C = A @ B (+ C) through the "
+     "core's small-GEMM kernel on packed panels of B (packed once for row tiles of C "
+     "with tile > 0); False when it does not take the shape."},
     {"transpose", (PyCFunction)(void (*)(void))py_transpose, METH_VARARGS | METH_KEYWORDS,
      "transpose(src, dst, accumulate=False): dst = src.T (or dst += src.T) through the "
      "core's blocked transpose; both 2-D float32 with contiguous rows."},
