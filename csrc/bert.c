@@ -309,37 +309,6 @@ static ptrdiff_t row_tile(ptrdiff_t m, int threads)
     return tile < 64 ? 64 : (tile + 15) / 16 * 16;
 }
 
-/* The B of a loop over row tiles, packed once for all of them (cv_pack_b) where the
- * small-GEMM kernel takes it; else every tile's cv_gemm packs B again (BLIS). */
-typedef struct {
-    cv_packed_b packed;
-    int is_packed;
-    const float *B;
-    ptrdiff_t k, n, rsb, csb;
-} tiles_b;
-
-static void tiles_b_init(tiles_b *tb, ptrdiff_t k, ptrdiff_t n, const float *B,
-                         ptrdiff_t rsb, ptrdiff_t csb)
-{
-    tb->is_packed = !cv_pack_b(&tb->packed, k, n, B, rsb, csb);
-    tb->B = B;
-    tb->k = k;
-    tb->n = n;
-    tb->rsb = rsb;
-    tb->csb = csb;
-}
-
-/* C (rows x n, rows ldc apart) = A B (beta 0) or C + A B (beta 1), on one thread. */
-static void tiles_b_gemm(const tiles_b *tb, ptrdiff_t rows, const float *A, ptrdiff_t lda,
-                         float beta, float *C, ptrdiff_t ldc)
-{
-    if (tb->is_packed)
-        cv_gemm_prepacked(&tb->packed, rows, A, lda, 1, beta != 0.0f, C, ldc);
-    else
-        cv_gemm(rows, tb->n, tb->k, 1.0f, A, lda, 1, tb->B, tb->rsb, tb->csb, beta, C, ldc,
-                1);
-}
-
 /* What a fused dense layer does to its rows after the GEMM, while they are in cache. */
 enum { AFTER_NOTHING, AFTER_GELU, AFTER_LAYERNORM };
 typedef struct {
@@ -360,8 +329,8 @@ static void dense_forward(float *y, const float *x, const float *w, const float 
 {
     const int threads = cv_get_num_threads();
     const ptrdiff_t tile = row_tile(m, threads), tiles = (m + tile - 1) / tile;
-    tiles_b wt;
-    tiles_b_init(&wt, in_dim, out_dim, w, 1, in_dim);
+    cv_tiles_b wt;
+    cv_tiles_b_init(&wt, in_dim, out_dim, w, 1, in_dim);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (ptrdiff_t t = 0; t < tiles; t++) {
         const ptrdiff_t r0 = t * tile, rows = m - r0 < tile ? m - r0 : tile;
@@ -369,7 +338,7 @@ static void dense_forward(float *y, const float *x, const float *w, const float 
         for (ptrdiff_t i = 0; i < rows; i++)
             bias_residual_row(yt + i * out_dim, bias,
                               residual ? residual + (r0 + i) * out_dim : NULL, out_dim);
-        tiles_b_gemm(&wt, rows, x + r0 * in_dim, in_dim, 1.0f, yt, out_dim);
+        cv_tiles_b_gemm(&wt, rows, x + r0 * in_dim, in_dim, 1, 1, yt, out_dim);
         if (after && after->kind == AFTER_GELU)
             gelu_forward(after->act + r0 * out_dim, yt, (size_t)(rows * out_dim));
         else if (after && after->kind == AFTER_LAYERNORM)
@@ -433,9 +402,9 @@ static void qkv_forward(const bert_model *b, const bert_layer *w, float *qkv,
     const float *weight[3] = {w->query_w, w->key_w, w->value_w};
     const int fused = qkv_fused(b, w), threads = cv_get_num_threads();
     const ptrdiff_t tile = row_tile(m, threads), tiles = (m + tile - 1) / tile;
-    tiles_b wt;
+    cv_tiles_b wt;
     if (fused) /* one (3H x H) weight */
-        tiles_b_init(&wt, H, 3 * H, w->query_w, 1, H);
+        cv_tiles_b_init(&wt, H, 3 * H, w->query_w, 1, H);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (ptrdiff_t t = 0; t < tiles; t++) {
         const ptrdiff_t r0 = t * tile, rows = m - r0 < tile ? m - r0 : tile;
@@ -444,7 +413,7 @@ static void qkv_forward(const bert_model *b, const bert_layer *w, float *qkv,
             for (int part = 0; part < 3; part++)
                 bias_residual_row(out + i * 3 * H + part * H, bias[part], NULL, H);
         if (fused)
-            tiles_b_gemm(&wt, rows, x + r0 * H, H, 1.0f, out, 3 * H);
+            cv_tiles_b_gemm(&wt, rows, x + r0 * H, H, 1, 1, out, 3 * H);
         else
             for (int part = 0; part < 3; part++)
                 cv_gemm(rows, H, H, 1.0f, x + r0 * H, H, 1, weight[part], 1, H, 1.0f,
@@ -702,12 +671,12 @@ static void gelu_input_grad(float *du, const float *dy, const float *w, const fl
 {
     const int threads = cv_get_num_threads();
     const ptrdiff_t tile = row_tile(m, threads), tiles = (m + tile - 1) / tile;
-    tiles_b wt;
-    tiles_b_init(&wt, H, I, w, I, 1);
+    cv_tiles_b wt;
+    cv_tiles_b_init(&wt, H, I, w, I, 1);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (ptrdiff_t t = 0; t < tiles; t++) {
         const ptrdiff_t r0 = t * tile, rows = m - r0 < tile ? m - r0 : tile;
-        tiles_b_gemm(&wt, rows, dy + r0 * H, H, 0.0f, du + r0 * I, I);
+        cv_tiles_b_gemm(&wt, rows, dy + r0 * H, H, 1, 0, du + r0 * I, I);
         gelu_backward(du + r0 * I, du + r0 * I, u + r0 * I, (size_t)(rows * I));
     }
 }

@@ -447,8 +447,14 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
     if (!scratch)
         return cv_fail(CV_ERR_MEMORY, "out of memory for %d im2col tiles of %td x %td",
                        threads, plan.rows_max, RSC);
-    /* Fewer tiles than threads (one small image): one loop thread, and BLIS gets them. */
+    /* Fewer tiles than threads (one small image): one loop thread, and the GEMM gets them.
+     */
     const int loop_threads = plan.count >= threads ? threads : 1;
+    cv_tiles_b wb;
+    if (weight_t)
+        cv_tiles_b_init(&wb, RSC, K, weight_t, K, 1);
+    else
+        cv_tiles_b_init(&wb, RSC, K, weight, 1, RSC);
 
 #pragma omp parallel num_threads(loop_threads)
     {
@@ -461,11 +467,7 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
             const float *a = direct ? inp->data + row0 * RSC : col;
             if (!direct)
                 im2col_tile(col, band, inp, sh, row0, rows);
-            if (weight_t)
-                cv_gemm_tile(rows, K, RSC, a, RSC, 1, weight_t, K, 0, out + row0 * K, K);
-            else
-                cv_gemm(rows, K, RSC, 1.0f, a, RSC, 1, weight, 1, RSC, 0.0f, out + row0 * K,
-                        K, 1);
+            cv_tiles_b_gemm(&wb, rows, a, RSC, 1, 0, out + row0 * K, K);
             if (epilogue && epilogue->run)
                 epilogue->run(epilogue->ctx, out + row0 * K, row0, rows, i);
         }
@@ -586,6 +588,9 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
         scale = scale_row;
     }
     int used = 1;
+    cv_tiles_b wb; /* the input gradient's B: the weights (k, r*s*c) */
+    if (dx_in_groups)
+        cv_tiles_b_init(&wb, K, RSC, weight, RSC, 1);
 
     if (dweight || dx_in_groups) {
 #pragma omp parallel num_threads(plan.groups >= threads ? threads : 1)
@@ -622,10 +627,9 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                             cv_gemm_tile(K, RSC, rows, dy, 1, K, a, RSC, 1, dw, RSC);
                     }
                     if (dx_in_groups && direct) {
-                        cv_gemm_tile(rows, C, K, dy, K, 1, weight, RSC, add_dinp,
-                                     dinp + row0 * C, C);
+                        cv_tiles_b_gemm(&wb, rows, dy, K, 1, add_dinp, dinp + row0 * C, C);
                     } else if (dx_in_groups) {
-                        cv_gemm_tile(rows, RSC, K, dy, K, 1, weight, RSC, 0, dcol, RSC);
+                        cv_tiles_b_gemm(&wb, rows, dy, K, 1, 0, dcol, RSC);
                         col2im_tile(dinp, dcol, scale, sh, row0, rows);
                     }
                 }
@@ -650,6 +654,7 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     if (transposed) {
         const ptrdiff_t RSK = tsh.r * tsh.s * tsh.c;
         flip_weights(w_flip, weight, sh);
+        cv_tiles_b_init(&wb, RSK, C, w_flip, C, 1);
 #pragma omp parallel num_threads(tplan.count >= threads ? threads : 1)
         {
             float *col = scratch + per_thread * (size_t)omp_get_thread_num();
@@ -658,8 +663,7 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                 ptrdiff_t row0, rows;
                 tile_rows(&tplan, i, &row0, &rows);
                 im2col_tile(col, NULL, &(conv_input){.data = dout}, &tsh, row0, rows);
-                cv_gemm_tile(rows, C, RSK, col, RSK, 1, w_flip, C, add_dinp,
-                             dinp + row0 * C, C);
+                cv_tiles_b_gemm(&wb, rows, col, RSK, 1, add_dinp, dinp + row0 * C, C);
             }
         }
     }

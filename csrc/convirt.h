@@ -178,6 +178,22 @@ int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff
 void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdiff_t rsa,
                        ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc);
 
+/* The B of a loop over row tiles of C (each tile one thread): read in place by the small
+ * kernel where cv_gemm_tile would (B row-major, small), else packed once for all tiles
+ * where the kernel takes it, else left to BLIS, which packs it again in every tile.
+ * cv_tiles_b_init from serial code (or one thread); the packing lives until this
+ * thread's next cv_pack_b. cv_tiles_b_gemm: C (m x n) = A B, or += with accumulate. */
+typedef struct {
+    cv_packed_b packed;
+    int is_packed, in_place;
+    const float *B;
+    ptrdiff_t k, n, rsb, csb;
+} cv_tiles_b;
+void cv_tiles_b_init(cv_tiles_b *tb, ptrdiff_t k, ptrdiff_t n, const float *B,
+                     ptrdiff_t rsb, ptrdiff_t csb);
+void cv_tiles_b_gemm(const cv_tiles_b *tb, ptrdiff_t m, const float *A, ptrdiff_t rsa,
+                     ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc);
+
 /* Does cv_gemm_tile take an n-column, k-deep tile to the small kernel? */
 int cv_gemm_tile_is_small(ptrdiff_t n, ptrdiff_t k);
 

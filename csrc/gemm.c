@@ -531,7 +531,9 @@ void cv_gemm_tile(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
 {
     small_gemm_fn *kernel = m > 0 ? tile_kernel(n, k) : NULL;
     if (!kernel) {
-        cv_gemm(m, n, k, 1.0f, A, rsa, csa, B, ldb, 1, accumulate ? 1.0f : 0.0f, C, ldc, 1);
+        if (cv_gemm_packed(m, n, k, A, rsa, csa, B, ldb, 1, accumulate, C, ldc))
+            cv_gemm(m, n, k, 1.0f, A, rsa, csa, B, ldb, 1, accumulate ? 1.0f : 0.0f, C, ldc,
+                    1);
         return;
     }
     /* Each element of C is the same sum in the same order however the rows are split,
@@ -809,6 +811,36 @@ void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdi
         panels_times(kernel, pw, pb->panels + p0 * npad, 0, m, 0, pb->n, p0, kc, A, rsa,
                      csa, accumulate, C, ldc);
     }
+}
+
+void cv_tiles_b_init(cv_tiles_b *tb, ptrdiff_t k, ptrdiff_t n, const float *B,
+                     ptrdiff_t rsb, ptrdiff_t csb)
+{
+    tb->B = B;
+    tb->k = k;
+    tb->n = n;
+    tb->rsb = rsb;
+    tb->csb = csb;
+    tb->in_place = csb == 1 && tile_kernel(n, k) != NULL;
+    tb->is_packed = !tb->in_place && !cv_pack_b(&tb->packed, k, n, B, rsb, csb);
+}
+
+void cv_tiles_b_gemm(const cv_tiles_b *tb, ptrdiff_t m, const float *A, ptrdiff_t rsa,
+                     ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc)
+{
+    if (tb->is_packed) {
+        /* from serial code, the rows shared among the threads (the same sums) */
+        const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
+        const ptrdiff_t rows = (m + threads - 1) / threads;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && m >= 64)
+        for (ptrdiff_t i0 = 0; i0 < m; i0 += rows)
+            cv_gemm_prepacked(&tb->packed, m - i0 < rows ? m - i0 : rows, A + i0 * rsa, rsa,
+                              csa, accumulate, C + i0 * ldc, ldc);
+    } else if (tb->in_place)
+        cv_gemm_tile(m, tb->n, tb->k, A, rsa, csa, tb->B, tb->rsb, accumulate, C, ldc);
+    else
+        cv_gemm(m, tb->n, tb->k, 1.0f, A, rsa, csa, tb->B, tb->rsb, tb->csb,
+                accumulate ? 1.0f : 0.0f, C, ldc, 1);
 }
 
 void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
