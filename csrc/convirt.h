@@ -98,6 +98,7 @@ typedef struct {
     int openmp_version;   /* _OPENMP of the compiler */
     const char *compiler; /* the compiler that built the core, and its flags */
     const char *cflags;
+    const char *gemm_kernel; /* convirt's own GEMM kernel: "avx512", "avx2" or "none" */
 } cv_config;
 
 void cv_get_config(cv_config *config);

@@ -58,8 +58,8 @@ static struct {
     int initialised;
     int threads;
     int cores;
-    int forked;         /* this process is a child forked after cv_init: one thread only */
-    int small_gemm_off; /* CONVIRT_SMALL_GEMM=0: every tile's GEMM through BLIS */
+    int forked;       /* this process is a child forked after cv_init: one thread only */
+    int kernel_width; /* convirt's own GEMM kernel: 16 (AVX-512), 8 (AVX2), 0 (none) */
     arch_t arch;
     char reason[512];
     char features[256];
@@ -197,6 +197,29 @@ static void describe_cpu(void)
              __builtin_cpu_supports("avx") ? "yes" : "no");
 }
 
+/* convirt's own GEMM kernel goes with the kernel set, so that choosing a set (e.g.
+ * BLIS_ARCH_TYPE=haswell on an AVX-512 CPU, as the tests do) runs and tests both at
+ * its width: AVX-512 with skx and knl, AVX2 + FMA with haswell and the zen sets, the
+ * widest the CPU runs with generic (BLIS's fallback on CPUs it does not know), none
+ * with the older sets. */
+static int own_kernel_width(void)
+{
+    switch (state.arch) {
+    case BLIS_ARCH_SKX:
+    case BLIS_ARCH_KNL:
+        return cpu_has_avx512() ? 16 : 0;
+    case BLIS_ARCH_HASWELL:
+    case BLIS_ARCH_ZEN:
+    case BLIS_ARCH_ZEN2:
+    case BLIS_ARCH_ZEN3:
+        return cpu_has_avx2_fma() ? 8 : 0;
+    case BLIS_ARCH_GENERIC:
+        return cpu_has_avx512() ? 16 : cpu_has_avx2_fma() ? 8 : 0;
+    default:
+        return 0;
+    }
+}
+
 cv_status cv_init(void)
 {
     if (state.initialised)
@@ -258,7 +281,8 @@ cv_status cv_init(void)
     pthread_atfork(NULL, NULL, forked_child);
     (void)cv_get_winograd(); /* reads CONVIRT_WINOGRAD once, before any thread asks */
     const char *small = getenv("CONVIRT_SMALL_GEMM");
-    state.small_gemm_off = small && small[0] == '0' && small[1] == '\0';
+    state.kernel_width =
+        small && small[0] == '0' && small[1] == '\0' ? 0 : own_kernel_width();
     state.initialised = 1;
     return CV_OK;
 }
@@ -349,6 +373,9 @@ void cv_get_config(cv_config *config)
     config->compiler = "unknown";
 #endif
     config->cflags = CV_BUILD_CFLAGS;
+    config->gemm_kernel = state.kernel_width == 16  ? "avx512"
+                          : state.kernel_width == 8 ? "avx2"
+                                                    : "none";
 }
 
 /* ---- GEMM -------------------------------------------------------------------- */
@@ -493,9 +520,9 @@ typedef void small_gemm_fn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A
 /* The kernel for n columns on this CPU, or NULL. */
 static small_gemm_fn *small_gemm_for(ptrdiff_t n)
 {
-    if (__builtin_cpu_supports("avx512f") && n % 16 == 0)
+    if (state.kernel_width == 16 && n % 16 == 0)
         return small_gemm_avx512;
-    if (cpu_has_avx2_fma() && n % 8 == 0)
+    if (state.kernel_width >= 8 && n % 8 == 0)
         return small_gemm_avx2;
     return NULL;
 }
@@ -515,7 +542,7 @@ int cv_gemm_small(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
 
 static small_gemm_fn *tile_kernel(ptrdiff_t n, ptrdiff_t k)
 {
-    if (state.small_gemm_off || k * n > CV_SMALL_B_FLOATS || n <= 0)
+    if (k * n > CV_SMALL_B_FLOATS || n <= 0)
         return NULL;
     return small_gemm_for(n);
 }
@@ -713,7 +740,7 @@ static void panels_times(small_gemm_fn *kernel, ptrdiff_t pw, const float *panel
 /* The kernel and its panel width for n columns, or NULL. */
 static small_gemm_fn *packed_kernel(ptrdiff_t n, ptrdiff_t *pw)
 {
-    small_gemm_fn *kernel = n > 0 && !state.small_gemm_off ? small_gemm_for(n) : NULL;
+    small_gemm_fn *kernel = n > 0 ? small_gemm_for(n) : NULL;
     *pw = kernel == small_gemm_avx512 ? 64 : 16;
     return kernel;
 }

@@ -142,15 +142,17 @@ void cv_loss_workspace_free(cv_loss_workspace *ws)
 
 /* Rows per block of the big GEMMs, at least: an interrupt is checked between blocks.
  * A block of 1024 rows of a 20000 x 20000 x 512 similarity GEMM is about 0.1 s on two
- * cores. Every block packs the other operand again, which costs about 4% at 1024
- * rows: below that the blocks would cost more than the interrupt latency they buy. */
+ * cores. Where BLIS runs them, every block packs the other operand again, which costs
+ * about 4% at 1024 rows: below that the blocks would cost more than the interrupt
+ * latency they buy (the small-GEMM kernel's packing is done once for all blocks). */
 #define GEMM_BLOCK_ROWS 1024
 
 /* C (rows x cols) = A (rows x inner) @ B (inner x cols), in blocks of rows with an
  * interrupt check before each. Each element of C is the same dot product over `inner`
  * in the same order whatever the split, and the blocks are balanced and never smaller
  * than GEMM_BLOCK_ROWS (fewer than two blocks' worth is one call, as before), so BLIS
- * takes the same path for every block as for the whole: the result is unchanged. */
+ * takes the same path for every block as for the whole: the result is unchanged (the
+ * small-GEMM kernel's sums do not depend on the split at all). */
 static cv_status gemm_by_rows(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t inner,
                               const float *A, ptrdiff_t rsa, ptrdiff_t csa, const float *B,
                               ptrdiff_t rsb, ptrdiff_t csb, float *C, ptrdiff_t rsc,
@@ -158,14 +160,22 @@ static cv_status gemm_by_rows(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t inner,
 {
     const ptrdiff_t blocks = rows >= 2 * GEMM_BLOCK_ROWS ? rows / GEMM_BLOCK_ROWS : 1;
     const ptrdiff_t base = rows / blocks, extra = rows % blocks;
+    /* C with contiguous rows: B packed once for every block (cv_tiles_b) */
+    const int own = csc == 1;
+    cv_tiles_b tb;
+    if (own)
+        cv_tiles_b_init(&tb, inner, cols, B, rsb, csb);
     ptrdiff_t r0 = 0;
     for (ptrdiff_t b = 0; b < blocks; b++) {
         const ptrdiff_t len = base + (b < extra);
         cv_status status = cv_check_interrupt();
         if (status != CV_OK)
             return status;
-        cv_gemm(len, cols, inner, 1.0f, A + r0 * rsa, rsa, csa, B, rsb, csb, 0.0f,
-                C + r0 * rsc, rsc, csc);
+        if (own)
+            cv_tiles_b_gemm(&tb, len, A + r0 * rsa, rsa, csa, 0, C + r0 * rsc, rsc);
+        else
+            cv_gemm(len, cols, inner, 1.0f, A + r0 * rsa, rsa, csa, B, rsb, csb, 0.0f,
+                    C + r0 * rsc, rsc, csc);
         r0 += len;
     }
     return CV_OK;

@@ -753,8 +753,10 @@ cv_status winograd_forward(float *out, const float *x, const float *weight,
                 tile_input(v + first_block(&plan, i) * C, vs, x, zeros, &plan, C, i);
 #pragma omp for schedule(static)
             for (int e = 0; e < E; e++)
-                cv_gemm(T, K, C, 1.0f, v + e * vs, C, 1, u + e * us, rsb, csb, 0.0f,
-                        m + e * ms, K, 1);
+                if (cv_gemm_packed(T, K, C, v + e * vs, C, 1, u + e * us, rsb, csb, 0,
+                                   m + e * ms, K))
+                    cv_gemm(T, K, C, 1.0f, v + e * vs, C, 1, u + e * us, rsb, csb, 0.0f,
+                            m + e * ms, K, 1);
 #pragma omp for schedule(dynamic, 1)
             for (ptrdiff_t i = 0; i < plan.count; i++)
                 tile_output(out, my_sink, m + first_block(&plan, i) * K, ms, &plan, K, i,

@@ -60,6 +60,7 @@ def test_config_has_what_a_bug_report_needs():
         "blis_library",
         "openmp_library",
         "convirt_version",
+        "gemm_kernel",
     ):
         assert key in info, key
     assert info["blis_openmp"] is True
@@ -116,6 +117,22 @@ def test_threads_default_to_usable_cores_and_honour_omp_num_threads():
     assert info["num_threads"] == len(os.sched_getaffinity(0))
     info = json.loads(config_in_subprocess({"OMP_NUM_THREADS": "1"}).stdout)
     assert info["num_threads"] == 1
+
+
+@pytest.mark.parametrize(
+    "kernel_set,width", [("skx", "avx512"), ("haswell", "avx2"), ("zen3", "avx2")]
+)
+def test_own_gemm_kernel_goes_with_the_kernel_set(kernel_set, width):
+    """convirt's GEMM kernel takes the width of the BLIS kernel set (so that running the
+    tests on haswell or zen3 tests the AVX2 kernel on an AVX-512 CPU), and
+    CONVIRT_SMALL_GEMM=0 leaves every GEMM to BLIS."""
+    info = json.loads(config_in_subprocess({"BLIS_ARCH_TYPE": kernel_set}).stdout)
+    if info["blis_arch"] != kernel_set:
+        pytest.skip(f"this CPU does not run {kernel_set}")
+    assert info["gemm_kernel"] == width
+    env = {"BLIS_ARCH_TYPE": kernel_set, "CONVIRT_SMALL_GEMM": "0"}
+    off = json.loads(config_in_subprocess(env).stdout)
+    assert (off["blis_arch"], off["gemm_kernel"]) == (kernel_set, "none")
 
 
 def test_set_num_threads():
@@ -265,10 +282,10 @@ def test_small_gemm_kernel_matches_numpy(m, n, k, accumulate, a_order):
     c0 = rng.standard_normal((m, n)).astype(np.float32)
     c = c0.copy()
     if not _testing.gemm_small(a, b, c, accumulate=accumulate):
-        # refused: only a width it cannot take, or a CPU without AVX2 and FMA
-        features = convirt.config()["cpu_features"]
-        avx2 = "avx2=yes" in features and "fma=yes" in features
-        assert (n % 8 or not avx2) and np.array_equal(c, c0)
+        # refused: only a width it cannot take, or no kernel with this kernel set
+        assert (n % 8 or convirt.config()["gemm_kernel"] == "none") and np.array_equal(
+            c, c0
+        )
         return
     expected = a.astype(np.float64) @ b + (c0 if accumulate else 0)
     scale = np.abs(a).astype(np.float64) @ np.abs(b) + (np.abs(c0) if accumulate else 0)
@@ -316,9 +333,10 @@ def test_packed_gemm_matches_numpy(m, n, k, b_order, accumulate, tile):
     c0 = rng.standard_normal((m, n)).astype(np.float32)
     c = c0.copy()
     if not _testing.gemm_packed(a, b, c, accumulate=accumulate, tile=tile):
-        features = convirt.config()["cpu_features"]
-        avx2 = "avx2=yes" in features and "fma=yes" in features
-        assert (n % 8 or not avx2) and np.array_equal(c, c0)
+        # refused: only a width it cannot take, or no kernel with this kernel set
+        assert (n % 8 or convirt.config()["gemm_kernel"] == "none") and np.array_equal(
+            c, c0
+        )
         return
     expected = a.astype(np.float64) @ b + (c0 if accumulate else 0)
     scale = np.abs(a).astype(np.float64) @ np.abs(b) + (np.abs(c0) if accumulate else 0)
