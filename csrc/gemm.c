@@ -446,7 +446,7 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
  * from zero and C added to the sum at the end (accumulate), as BLIS's kernels do, so
  * that C += A B twice is C + 2 (A B) whenever A B is one call's sum. */
 #define SMALL_GEMM_KERNEL(NAME, TARGET, W, NV, RB)                                         \
-    typedef float NAME##_vec __attribute__((vector_size(4 * W), aligned(4)));              \
+    typedef float NAME##_vec __attribute__((vector_size(4 * W), aligned(4), may_alias));   \
     __attribute__((target(TARGET))) static void NAME(                                      \
         ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,              \
         ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,            \
@@ -467,7 +467,7 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                     for (ptrdiff_t p = 0; p < k; p++, bp += ldb) {                         \
                         vec b[NV];                                                         \
                         for (int v = 0; v < NV; v++)                                       \
-                            memcpy(&b[v], bp + v * W, sizeof(vec));                        \
+                            b[v] = *(const vec *)(bp + v * W);                             \
                         for (int r = 0; r < RB; r++) {                                     \
                             const float x = a[r * rsa + p * csa];                          \
                             for (int v = 0; v < NV; v++)                                   \
@@ -479,7 +479,7 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                         vec b[NV];                                                         \
                         for (int v = 0; v < NV; v++)                                       \
                             if (v < nv)                                                    \
-                                memcpy(&b[v], B + p * ldb + j0 + v * W, sizeof(vec));      \
+                                b[v] = *(const vec *)(B + p * ldb + j0 + v * W);           \
                         for (int r = 0; r < RB; r++) {                                     \
                             const float x = a[r * rsa + p * csa];                          \
                             for (int v = 0; v < NV; v++)                                   \
@@ -491,7 +491,7 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                     for (ptrdiff_t p = 0; p < k; p++)                                      \
                         for (int v = 0; v < nv; v++) {                                     \
                             vec b;                                                         \
-                            memcpy(&b, B + p * ldb + j0 + v * W, sizeof(vec));             \
+                            b = *(const vec *)(B + p * ldb + j0 + v * W);                  \
                             for (int r = 0; r < rb; r++)                                   \
                                 acc[r][v] += a[r * rsa + p * csa] * b;                     \
                         }                                                                  \
@@ -499,19 +499,16 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                 for (int r = 0; r < rb; r++)                                               \
                     for (int v = 0; v < nv; v++) {                                         \
                         float *c = C + (i0 + r) * ldc + j0 + v * W;                        \
-                        if (accumulate) {                                                  \
-                            vec old;                                                       \
-                            memcpy(&old, c, sizeof(vec));                                  \
-                            acc[r][v] += old;                                              \
-                        }                                                                  \
-                        memcpy(c, &acc[r][v], sizeof(vec));                                \
+                        if (accumulate)                                                    \
+                            acc[r][v] += *(vec *)c;                                        \
+                        *(vec *)c = acc[r][v];                                             \
                     }                                                                      \
             }                                                                              \
         }                                                                                  \
     }
 
 SMALL_GEMM_KERNEL(small_gemm_avx512, "avx512f,fma", 16, 4, 6)
-SMALL_GEMM_KERNEL(small_gemm_avx2, "avx2,fma", 8, 2, 6)
+SMALL_GEMM_KERNEL(small_gemm_avx2, "arch=haswell", 8, 2, 6)
 
 typedef void small_gemm_fn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
                            ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t ldb,
@@ -751,7 +748,10 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
 {
     ptrdiff_t pw;
     small_gemm_fn *kernel = packed_kernel(n, &pw);
-    if (!kernel || m <= 0 || k <= 0 || (csb != 1 && rsb != 1))
+    /* AVX2's 6 x 16 block does half the work per step of A: a column-major A (one new
+     * cache line per step, rows a page apart) then ran at 2/3 of BLIS's speed. */
+    if (!kernel || m <= 0 || k <= 0 || (csb != 1 && rsb != 1) ||
+        (pw < 64 && csa != 1 && k > 1))
         return -1;
     const ptrdiff_t panels = (n + pw - 1) / pw, kc_max = k < PACK_KC ? k : PACK_KC;
     const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
