@@ -246,7 +246,8 @@ static void bert_free(void *model)
  * slower steps). Instead C is cut into tiles, one single-threaded BLIS call each, dealt
  * dynamically to the threads: one barrier per GEMM, and a running thread takes the tiles of
  * a stalled one. The larger of C's dimensions is cut, so the operand that every tile packs
- * again is the smaller. */
+ * again is the smaller. Where convirt's own kernel takes the GEMM (cv_gemm_packed), it is
+ * dealt the same way, in chunks of columns that each pack only their own panels of B. */
 static void tiled_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
                        ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t rsb,
                        ptrdiff_t csb, float beta, float *C, ptrdiff_t rsc, ptrdiff_t csc)
@@ -322,7 +323,7 @@ typedef struct {
 /* y (m x out_dim) = [residual +] bias + x (m x in_dim) @ w^T, w (out_dim x in_dim), then
  * `after` on the same rows. One parallel loop over tiles of rows: each tile starts as
  * residual + bias, a single-threaded GEMM adds into it (beta = 1), and the epilogue
- * runs on it while it is in cache. */
+ * runs on it while it is in cache. w^T is packed once for all tiles (cv_tiles_b). */
 static void dense_forward(float *y, const float *x, const float *w, const float *bias,
                           const float *residual, ptrdiff_t m, ptrdiff_t in_dim,
                           ptrdiff_t out_dim, const dense_after *after)

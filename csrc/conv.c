@@ -6,8 +6,9 @@
  * per-thread im2col buffer otherwise, sized to stay in cache. Tiles run in an OpenMP
  * loop with one thread each: the GEMMs of a convolution layer are too small for BLIS
  * to split well on its own, and the im2col of one tile overlaps the GEMM of another.
- * A tile's GEMM is cv_gemm_tile's: convirt's small-GEMM kernel where the weight is at
- * most 256 x 256 (and read as weight_t), BLIS otherwise. An epilogue runs on each
+ * A tile's GEMM is convirt's small-GEMM kernel (cv_tiles_b): on weight_t in place where
+ * the weight is at most 256 x 256, else on the weight packed once for all tiles; BLIS
+ * where the kernel set has no such kernel. An epilogue runs on each
  * tile while it is in cache (batch norm, ReLU, residual add, or batch statistics).
  *
  * Tiles: an image with at least T output rows (T from the layer's shape) is split

@@ -129,8 +129,10 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
  * that reads A and B in place, for the many small GEMMs of Winograd's transformed
  * domain (tens to hundreds of rows, 64-256 columns), where BLIS 0.9's packing costs
  * about as much as the multiplies. One thread. Returns 0 when it ran; -1 (nothing
- * done: call cv_gemm) when the CPU lacks AVX2 and FMA or n is not a multiple of the
- * vector width (16 floats with AVX-512, 8 with AVX2). */
+ * done: call cv_gemm) when the kernel set has no such kernel (config()'s gemm_kernel
+ * "none": CPUs without AVX2 and FMA, the older sets, CONVIRT_SMALL_GEMM=0) or n is not
+ * a multiple of its vector width (16 floats with AVX-512, 8 with AVX2). The products
+ * are summed from zero; accumulate adds C to the sum at the end (as BLIS does). */
 int cv_gemm_small(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
                   ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,
                   ptrdiff_t ldc);
@@ -139,9 +141,9 @@ int cv_gemm_small(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
  * apart): the GEMM of one tile of a layer. cv_gemm_small where B is at most
  * CV_SMALL_B_FLOATS (the 64-256-channel layers, where BLIS's packing of both operands
  * for every tile cost about what the multiplies did; from serial code its rows are
- * shared among the threads), else cv_gemm. Which one runs depends on the shape and the
- * CPU, never on the thread count; CONVIRT_SMALL_GEMM=0 in the environment (read at
- * cv_init) sends every tile to BLIS. */
+ * shared among the threads), else cv_gemm_packed, else cv_gemm. Which one runs depends
+ * on the shape and the kernel set, never on the thread count; CONVIRT_SMALL_GEMM=0 in
+ * the environment (read at cv_init) sends every GEMM to BLIS. */
 #define CV_SMALL_B_FLOATS (256 * 256)
 void cv_gemm_tile(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
                   ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,

@@ -5,8 +5,11 @@
  *   2. how many threads a GEMM gets (all of them from serial code, one inside the
  *      core's own parallel loops: never nested);
  *   3. the strided sgemm every layer calls;
- *   4. where BLIS is not worth its packing: the small GEMMs of a layer's tiles (64-256
- *      columns) run through convirt's own register-blocked kernel (cv_gemm_tile).
+ *   4. where BLIS is not worth its packing: convirt's own register-blocked kernel
+ *      (AVX-512 or AVX2 + FMA, the width of the kernel set) reads the small GEMMs of a
+ *      layer's tiles in place (cv_gemm_tile), and runs the larger ones on panels of B
+ *      packed once per GEMM (cv_gemm_packed, cv_pack_b, cv_tiles_b); BLIS keeps the
+ *      rest (alpha or beta other than 1 and 0, strided C, older CPUs).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -757,10 +760,10 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
     const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
     /* Chunks of whole panels (each packs only its own) dealt dynamically, two or more
      * per thread, when there are enough panels; else rows, each part packing them all. */
-    const int by_columns = panels >= 2 * threads;
-    const ptrdiff_t per_chunk = by_columns ? panels / (2 * threads) : panels;
-    const ptrdiff_t chunks = by_columns ? (panels + per_chunk - 1) / per_chunk : threads;
     const int team = (double)m * n * k < 4 * 65536.0 ? 1 : threads;
+    const int by_columns = panels >= 2 * team;
+    const ptrdiff_t per_chunk = by_columns ? panels / (2 * team) : panels;
+    const ptrdiff_t chunks = by_columns ? (panels + per_chunk - 1) / per_chunk : team;
     int failed = 0;
 #pragma omp parallel num_threads(team) if (team > 1)
     {

@@ -8,7 +8,8 @@
  * times fewer for m = 4 (36 against 144). Summed over input channels, the element-wise
  * products become t^2 GEMMs per tile of blocks,
  *     M[e] (blocks x k) = V[e] (blocks x c) @ U[e] (c x k),   e = 0..t^2-1,
- * (cv_gemm_tile: convirt's small-GEMM kernel for 64-256 channels, BLIS above), between
+ * (cv_gemm_tile: convirt's small-GEMM kernel, on B in place for 64-256 channels and on
+ * packed panels above), between
  * an input transform (d -> V) and an output transform (M -> Y): additions only for
  * m = 2, additions and multiplies by small integers (2, 4, 5, 8) for m = 4, whose filter
  * transform also divides by 4, 6, 12 and 24. The transforms are vectorised loops over
