@@ -87,6 +87,27 @@ static ptrdiff_t longest(const ptrdiff_t *seq_start, ptrdiff_t n)
     return max;
 }
 
+CV_VECTORIZE static void scale_row(float *row, float alpha, ptrdiff_t n)
+{
+    for (ptrdiff_t j = 0; j < n; j++)
+        row[j] *= alpha;
+}
+
+/* C (m x n, rows ldc apart) = alpha A B on this thread: convirt's kernel where it takes
+ * the shape (alpha applied to each sum, as BLIS does), else BLIS. */
+static void head_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
+                      ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t rsb,
+                      ptrdiff_t csb, float *C, ptrdiff_t ldc)
+{
+    if (cv_gemm_packed(m, n, k, A, rsa, csa, B, rsb, csb, 0, C, ldc)) {
+        cv_gemm(m, n, k, alpha, A, rsa, csa, B, rsb, csb, 0.0f, C, ldc, 1);
+        return;
+    }
+    if (alpha != 1.0f)
+        for (ptrdiff_t i = 0; i < m; i++)
+            scale_row(C + i * ldc, alpha, n);
+}
+
 void attention_forward(float *ctx, float *probs, const float *qkv,
                        const ptrdiff_t *seq_start, const size_t *probs_start, ptrdiff_t n,
                        ptrdiff_t heads, ptrdiff_t head_dim, float *work, int threads)
@@ -104,11 +125,11 @@ void attention_forward(float *ctx, float *probs, const float *qkv,
                        ? probs + probs_start[s] + (size_t)(h * len * len)
                        : work + (size_t)omp_get_thread_num() * (size_t)(max_len * max_len);
         /* scores (len x len) = scale q k^T; k^T is k read with swapped strides */
-        cv_gemm(len, len, head_dim, scale, q, ld, 1, k, 1, ld, 0.0f, p, len, 1);
+        head_gemm(len, len, head_dim, scale, q, ld, 1, k, 1, ld, p, len);
         softmax_rows(p, len, len);
         /* ctx rows of this head (len x head_dim) = p v */
-        cv_gemm(len, head_dim, len, 1.0f, p, len, 1, v, ld, 1, 0.0f,
-                ctx + row0 * width + h * head_dim, width, 1);
+        head_gemm(len, head_dim, len, 1.0f, p, len, 1, v, ld, 1,
+                  ctx + row0 * width + h * head_dim, width);
     }
 }
 
@@ -130,13 +151,13 @@ void attention_backward(float *dqkv, const float *probs, const float *dctx,
         const float *p = probs + probs_start[s] + (size_t)(h * len * len);
         float *dp = work + (size_t)omp_get_thread_num() * (size_t)(max_len * max_len);
         /* dv = p^T dctx */
-        cv_gemm(len, head_dim, len, 1.0f, p, 1, len, dc, width, 1, 0.0f, dv, ld, 1);
+        head_gemm(len, head_dim, len, 1.0f, p, 1, len, dc, width, 1, dv, ld);
         /* dp = dctx v^T */
-        cv_gemm(len, len, head_dim, 1.0f, dc, width, 1, v, 1, ld, 0.0f, dp, len, 1);
+        head_gemm(len, len, head_dim, 1.0f, dc, width, 1, v, 1, ld, dp, len);
         softmax_backward_rows(dp, p, len, len); /* dp now holds dS, the scores' gradient */
         /* dq = scale dS k, dk = scale dS^T q */
-        cv_gemm(len, head_dim, len, scale, dp, len, 1, k, ld, 1, 0.0f, dq, ld, 1);
-        cv_gemm(len, head_dim, len, scale, dp, 1, len, q, ld, 1, 0.0f, dk, ld, 1);
+        head_gemm(len, head_dim, len, scale, dp, len, 1, k, ld, 1, dq, ld);
+        head_gemm(len, head_dim, len, scale, dp, 1, len, q, ld, 1, dk, ld);
     }
 }
 
