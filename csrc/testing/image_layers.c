@@ -149,13 +149,25 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kwd
         return NULL;
     cv_status st = CV_OK;
     conv_workspace ws = {0};
+    /* weight_t where the ResNet would make it, so that its paths run here too */
+    const ptrdiff_t rsc = sh.r * sh.s * sh.c;
+    float *weight_t = NULL;
+    if (!reference && conv2d_wants_weight_t(&li.in, &sh) &&
+        !(weight_t = malloc((size_t)(rsc * sh.k) * sizeof(float)))) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
     Py_BEGIN_ALLOW_THREADS;
     if (reference)
         conv2d_forward_reference(PyArray_DATA(out), &li.in, PyArray_DATA(weight), &sh);
-    else
-        st = conv2d_forward(PyArray_DATA(out), &li.in, PyArray_DATA(weight), NULL, &sh,
+    else {
+        if (weight_t)
+            cv_transpose(weight_t, sh.k, PyArray_DATA(weight), rsc, sh.k, rsc, 0);
+        st = conv2d_forward(PyArray_DATA(out), &li.in, PyArray_DATA(weight), weight_t, &sh,
                             NULL, &ws);
+    }
     Py_END_ALLOW_THREADS;
+    free(weight_t);
     conv_workspace_free(&ws);
     if (st != CV_OK) {
         Py_DECREF(out);
