@@ -101,7 +101,10 @@ def header(title, threads=None):
     count when given: convirt's default may differ)."""
     info = convirt.config()
     print(f"# {title}")
-    print(f"CPU: {cpu_model()}; BLIS kernel set {info['blis_arch']}")
+    print(
+        f"CPU: {cpu_model()}; BLIS kernel set {info['blis_arch']}; convirt's own GEMM "
+        f"kernel {info['gemm_kernel']} (CONVIRT_SMALL_GEMM=0: none, every GEMM in BLIS)"
+    )
     print(
         f"convirt {info['convirt_version']}, BLIS {info['blis_version']}, "
         f"{threads or info['num_threads']} threads, {info['cpu_features']}"
