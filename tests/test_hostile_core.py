@@ -759,9 +759,13 @@ def test_image_augment_on_2x2_images_is_correct():
 # ---- 6. Ctrl-C reaches long calls ------------------------------------------------------------
 
 
+# Python turns SIGINT into KeyboardInterrupt only if SIGINT was not ignored when it
+# started, and a shell ignores it for the jobs it starts in the background (`.ci/run &`
+# made every case "finished"): the child installs Python's handler itself.
 INTERRUPT = """
 import json, os, signal, threading, time
 import numpy as np, convirt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 {setup}
 start = time.perf_counter(); call(); full = time.perf_counter() - start
 threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
