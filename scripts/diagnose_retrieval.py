@@ -28,7 +28,6 @@ from convirt import datasets, load_run
 from convirt.experiments.demo import TEXT_QUERIES, _category_labels, _views, training_texts
 from convirt.reports import candidate_sentences
 
-
 _SHORT = {
     "Atelectasis": "Atel",
     "Cardiomegaly": "Card",
@@ -54,7 +53,8 @@ def text_centroids(text, reports, labels, which, names):
     centroids = []
     for c in range(len(names)):
         sentences = [
-            s for k in np.flatnonzero(single & (hits[:, c] == 1))
+            s
+            for k in np.flatnonzero(single & (hits[:, c] == 1))
             for s in candidate_sentences(texts[k])
         ]
         distinct, counts = np.unique(sentences, return_counts=True)
@@ -64,7 +64,8 @@ def text_centroids(text, reports, labels, which, names):
 
 
 def diagnose(run_dir):
-    settings = json.load(open(os.path.join(run_dir, "results.json")))["config"]
+    with open(os.path.join(run_dir, "results.json")) as f:
+        settings = json.load(f)["config"]
     run = load_run(run_dir, "last")
     image, text = run.image_encoder.eval(), run.text_encoder.eval()
     seed, size = settings["seed"], settings["image_size"]
@@ -142,7 +143,8 @@ def diagnose(run_dir):
     print("        " + " ".join(f"{s:>6s}" for s in short) + "   purity")
     for c in range(8):
         print(
-            f"  {short[c]:6s}" + " ".join(f"{v:6.2f}" for v in nn_share[c])
+            f"  {short[c]:6s}"
+            + " ".join(f"{v:6.2f}" for v in nn_share[c])
             + f"   {nn_share[c, c]:.2f}"
         )
     zero_shot = np.argmax(emb @ centroids.T, axis=1)
@@ -172,7 +174,9 @@ def diagnose(run_dir):
     print("\nqueries' mean cosine with each category's image centroid")
     print("        " + " ".join(f"{s:>6s}" for s in short))
     for c in range(8):
-        print(f"  {short[c]:6s}" + " ".join(f"{v:6.2f}" for v in query_to_image_centroid[c]))
+        print(
+            f"  {short[c]:6s}" + " ".join(f"{v:6.2f}" for v in query_to_image_centroid[c])
+        )
     out.update(
         image_centroid_cosine=pair.tolist(),
         nearest_neighbour_share=nn_share.tolist(),
