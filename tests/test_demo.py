@@ -18,27 +18,27 @@ from convirt.experiments.demo import (
 )
 
 # Pretrained minus random-init linear-probe AUC at 10% of the labels (mean of 3 label
-# samples, 7 findings). Measured at the quick preset (one Zen 5 thread, seeds 0 / 1 / 2):
-# 0.707 / 0.680 / 0.781 against 0.526 / 0.536 / 0.564.
+# samples, 7 findings). Measured at the quick preset (one Zen 5 thread, seeds 0 / 1 / 2;
+# docs/LEARNING.md, section 7): 0.706 / 0.724 / 0.814 against 0.533 / 0.536 / 0.565.
 PROBE_MARGIN = 0.08
 # text->image Precision@5 (mean over the 8 categories of the balanced retrieval set)
 # against chance (1/8): at least this many times chance. Measured at the quick preset:
-# 0.317 / 0.358 / 0.304 (2.4-2.9x); random init 0.092-0.117.
+# 0.367 / 0.388 / 0.425 (2.9-3.4x).
 RETRIEVAL_RATIO = 2.0
 # Per category, text->image Precision@10 against its chance (1/8 on the balanced set): at
 # least MIN_CATEGORIES of the 8 categories at CATEGORY_RATIO x chance or more (the issue's
 # per-category criterion, 2x), and more of them than random init reaches; and at least
-# MIN_LOOSE_CATEGORIES at LOOSE_RATIO x chance (the issue asks for 6 of 8 at 1.5x in the
+# MIN_LOOSE_CATEGORIES at LOOSE_RATIO x chance (the issue's example: 6 of 8 at 1.5x in the
 # quick run). The 620 steps follow another trajectory on every kernel set and seed
 # (rounding, then Adam), so the bounds are the least of three seeds: measured at the
-# quick preset (one Zen 5 thread, seeds 0 / 1 / 2; docs/LEARNING.md, section 5), 5 / 5 /
-# 4 categories at 2x and 7 / 6 / 5 at 1.5x; random init 0 at 2x, 0 / 1 / 1 at 1.5x. The
-# test runs seed 0. The categories below 2x were Fracture (0.1-1.9x), Pleural Effusion
-# (0.5-1.9x) and No Finding (1.5-1.9x), and Atelectasis once (0.9x).
+# quick preset (one Zen 5 thread, seeds 0 / 1 / 2; docs/LEARNING.md, section 7), 5 / 4 /
+# 6 categories at 2x and 7 / 7 / 6 at 1.5x; random init 1 / 1 / 0 at 2x. The test runs
+# seed 0. The categories below 1.5x were Pleural Effusion (0.0-1.2x) in all three seeds,
+# and Pneumonia once (1.3x).
 CATEGORY_RATIO = 2.0
 MIN_CATEGORIES = 4
 LOOSE_RATIO = 1.5
-MIN_LOOSE_CATEGORIES = 5
+MIN_LOOSE_CATEGORIES = 6
 
 
 # The tests that take `quick` share one run of the quick preset (about 2.5 minutes on one

@@ -92,7 +92,7 @@ def _sample_anatomy(findings, seed, difficulty):
         "focal_y": rng.normal(0, 0.05, n).astype(np.float32),
         "consolidation_extent": uniform(0.13, 0.2),
         "atelectasis_angle": uniform(-0.25, 0.15),
-        "atelectasis_height": uniform(0.08, 0.2),
+        "atelectasis_height": uniform(0.2, 0.34),
         "pleural_line": uniform(0.7, 1.2),
     }
     # AP projection magnifies the heart and brings the scapulae over the lungs; a poor
@@ -524,19 +524,21 @@ def _render_chunk(f, a, size, rng, difficulty):
         return amp * ((0.03 + 0.04 * level) * haze + 0.04 * (0.5 + level) * kerley * zone)
 
     def atelectasis(i):
-        # Plate-like linear opacity above the dome; the volume loss (raised dome,
-        # shift) is in the geometry above.
+        # Plate-like (discoid) atelectasis: a dense horizontal band in the lower zone,
+        # clear of the dome, 2-3 px thick at 64 px (a sub-pixel line was lost in the
+        # view and left only the raised dome, which normal inspiration also varies);
+        # the volume loss (raised dome, shift) is in the geometry above.
         strength = sided(collapse[:, 0], collapse[:, 1], i)
         plate_y = (
             dome[i]
             - per(a["atelectasis_height"], i)
             + per(a["atelectasis_angle"], i) * (lat[i] - 0.45)
         )
-        plate = np.exp(-(((y[i] - plate_y) / 0.018) ** 2)) * _smoothstep(
+        plate = np.exp(-(((y[i] - plate_y) / 0.04) ** 2)) * _smoothstep(
             (0.2 - np.abs(lat[i] - 0.45)) / 0.08
         )
         base = _smoothstep((y[i] - dome[i] + 0.12) / 0.1)
-        return amp * strength * lung[i] * (0.2 * plate + 0.05 * base)
+        return amp * lung[i] * ((0.2 + 0.25 * strength) * plate + 0.05 * strength * base)
 
     def leads(i):
         drawn = np.zeros_like(x[i])
@@ -630,14 +632,15 @@ def _posterior_ribs(lat, y, left, per, idx, a, f, px, amp, fractured):
         return ribs
     gap = np.exp(-((along / max(1.4 * px, 0.03)) ** 2)) * near
     ribs *= 1 - 0.9 * min(amp, 1.0) * gap
-    # Haematoma (acute): a soft-tissue blob centred on the break, 3-4 px at 64 px.
-    radius = 0.085 + 0.035 * displaced
+    # Haematoma (acute): a soft-tissue blob centred on the break, 6-8 px across at
+    # 64 px, dense enough to stand out from the ribs and vessels it overlies.
+    radius = 0.11 + 0.04 * displaced
     haematoma = np.exp(-(along**2 + across**2) / radius**2)
     # Callus (healing): bony, fusiform along the rib.
-    callus = np.exp(-((along / 0.1) ** 2 + (across / 0.06) ** 2))
+    callus = np.exp(-((along / 0.12) ** 2 + (across / 0.07) ** 2))
     lesion = (
         amp
         * on_side
-        * ((1 - healing) * 0.3 * haematoma + healing * 0.4 * per(a["bone"], idx) * callus)
+        * ((1 - healing) * 0.55 * haematoma + healing * 0.6 * per(a["bone"], idx) * callus)
     )
     return ribs, lesion
