@@ -172,7 +172,7 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
  * kernel does not take n on this CPU, B has no unit stride or memory ran out. */
 typedef struct {
     const float *panels;
-    ptrdiff_t k, n, pw;
+    ptrdiff_t k, n;
 } cv_packed_b;
 int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff_t rsb,
               ptrdiff_t csb);

@@ -826,7 +826,6 @@ int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff
     pb->panels = buf;
     pb->k = k;
     pb->n = n;
-    pb->pw = pw;
     return 0;
 }
 
