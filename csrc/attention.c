@@ -13,38 +13,33 @@
 #include "core.h"
 #include "layers.h"
 
-/* Reductions run in 16 independent lanes, so that GCC vectorises them without
- * reassociating float sums (no -ffast-math), and give the same result on every
- * instruction set the loops are compiled for. */
-#define LANES 16
-
 /* Row-wise softmax of a (rows x cols) block, in place: max, exp, sum, scale. */
 CV_VECTORIZE static void softmax_rows(float *p, ptrdiff_t rows, ptrdiff_t cols)
 {
-    const ptrdiff_t body = cols / LANES * LANES;
+    const ptrdiff_t body = cols / CV_LANES * CV_LANES;
     for (ptrdiff_t i = 0; i < rows; i++) {
         float *row = p + i * cols;
-        float lane_max[LANES], lane_sum[LANES];
-        for (int l = 0; l < LANES; l++) {
+        float lane_max[CV_LANES], lane_sum[CV_LANES];
+        for (int l = 0; l < CV_LANES; l++) {
             lane_max[l] = -INFINITY;
             lane_sum[l] = 0.0f;
         }
-        for (ptrdiff_t j = 0; j < body; j += LANES)
-            for (int l = 0; l < LANES; l++)
+        for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+            for (int l = 0; l < CV_LANES; l++)
                 lane_max[l] = row[j + l] > lane_max[l] ? row[j + l] : lane_max[l];
         float max = -INFINITY;
-        for (int l = 0; l < LANES; l++)
+        for (int l = 0; l < CV_LANES; l++)
             max = lane_max[l] > max ? lane_max[l] : max;
         for (ptrdiff_t j = body; j < cols; j++)
             max = row[j] > max ? row[j] : max;
-        for (ptrdiff_t j = 0; j < body; j += LANES)
-            for (int l = 0; l < LANES; l++) {
+        for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+            for (int l = 0; l < CV_LANES; l++) {
                 float e = cv_expf(row[j + l] - max);
                 row[j + l] = e;
                 lane_sum[l] += e;
             }
         float sum = 0.0f;
-        for (int l = 0; l < LANES; l++)
+        for (int l = 0; l < CV_LANES; l++)
             sum += lane_sum[l];
         for (ptrdiff_t j = body; j < cols; j++) {
             row[j] = cv_expf(row[j] - max);
@@ -60,16 +55,16 @@ CV_VECTORIZE static void softmax_rows(float *p, ptrdiff_t rows, ptrdiff_t cols)
 CV_VECTORIZE static void softmax_backward_rows(float *dp, const float *p, ptrdiff_t rows,
                                                ptrdiff_t cols)
 {
-    const ptrdiff_t body = cols / LANES * LANES;
+    const ptrdiff_t body = cols / CV_LANES * CV_LANES;
     for (ptrdiff_t i = 0; i < rows; i++) {
         const float *pr = p + i * cols;
         float *dr = dp + i * cols;
-        float lane_dot[LANES] = {0};
-        for (ptrdiff_t j = 0; j < body; j += LANES)
-            for (int l = 0; l < LANES; l++)
+        float lane_dot[CV_LANES] = {0};
+        for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+            for (int l = 0; l < CV_LANES; l++)
                 lane_dot[l] += pr[j + l] * dr[j + l];
         float dot = 0.0f;
-        for (int l = 0; l < LANES; l++)
+        for (int l = 0; l < CV_LANES; l++)
             dot += lane_dot[l];
         for (ptrdiff_t j = body; j < cols; j++)
             dot += pr[j] * dr[j];

@@ -226,10 +226,11 @@ typedef struct {
 
 /* Workspace reused across calls (grown on demand). */
 typedef struct {
-    float *logits;   /* n_rows x n_cols */
-    float *row_stat; /* per row: inverse norm, log-sum-exp */
-    float *col_stat; /* per column: inverse norm, max, log-sum-exp, sum */
-    size_t logits_cap, row_cap, col_cap;
+    float *logits;    /* n_rows x n_cols */
+    float *row_stat;  /* per row: inverse norm, log-sum-exp, positive logit */
+    float *col_stat;  /* per column: inverse norm, max, log-sum-exp, sum, dot, weight */
+    float *tile_stat; /* per column tile and row: partial sum, dot and max */
+    size_t logits_cap, row_cap, col_cap, tile_cap;
 } cv_loss_workspace;
 
 void cv_loss_workspace_free(cv_loss_workspace *ws);

@@ -21,6 +21,43 @@
 
 #define CV_ALIGN 64
 
+/* Reductions run in CV_LANES independent lanes, so that GCC vectorises them without
+ * reassociating float sums (no -ffast-math), and give the same result on every
+ * instruction set the loops are compiled for: lane l sums elements l, l + 16, ...,
+ * then cv_lanes_total adds the lanes in order. */
+#define CV_LANES 16
+
+static inline float cv_lanes_total(const float *lane)
+{
+    float total = 0.0f;
+    for (int l = 0; l < CV_LANES; l++)
+        total += lane[l];
+    return total;
+}
+
+/* CV_LANES floats as one GCC vector (one AVX-512 register, two AVX2, four SSE), read
+ * and written in place at any float alignment. GCC does not vectorise a running
+ * maximum kept in a lane array (x > best ? x : best stays scalar), so maxima use this. */
+typedef float cv_lanes_f __attribute__((vector_size(4 * CV_LANES), aligned(4), may_alias));
+typedef int32_t cv_lanes_i
+    __attribute__((vector_size(4 * CV_LANES), aligned(4), may_alias));
+
+/* best = x > best ? x : best, lane by lane (pointers: vectors in arguments would
+ * make the baseline build's ABI depend on AVX-512) */
+static inline void cv_lanes_max(cv_lanes_f *best, const cv_lanes_f *x)
+{
+    cv_lanes_i take = *x > *best;
+    *best = (cv_lanes_f)(((cv_lanes_i)*x & take) | ((cv_lanes_i)*best & ~take));
+}
+
+static inline float cv_lanes_max_total(const cv_lanes_f *lane)
+{
+    float best = (*lane)[0];
+    for (int l = 1; l < CV_LANES; l++)
+        best = (*lane)[l] > best ? (*lane)[l] : best;
+    return best;
+}
+
 /* Overflow-checked size arithmetic: every size that reaches an allocation is computed
  * with these, because sizes come from callers and from checkpoint files and are never
  * trusted. cv_mul_size / cv_add_size return 1 (and leave *out unspecified) when the

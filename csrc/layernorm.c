@@ -5,42 +5,29 @@
 #include "core.h"
 #include "layers.h"
 
-/* Sums run in 16 independent lanes, so that GCC vectorises them without reassociating
- * float sums (no -ffast-math), and give the same result on every instruction set the
- * loops are compiled for. */
-#define LANES 16
-
-static inline float lanes_total(const float *lane)
-{
-    float total = 0.0f;
-    for (int l = 0; l < LANES; l++)
-        total += lane[l];
-    return total;
-}
-
 /* One row. Two passes (mean, then the centred sum of squares) keep the variance
  * accurate when |mean| >> std. */
 CV_VECTORIZE static void norm_row(float *out, float *xhat, float *rstd_out, const float *x,
                                   const float *gamma, const float *beta, ptrdiff_t dim,
                                   float eps)
 {
-    const ptrdiff_t body = dim / LANES * LANES;
-    float lane[LANES] = {0};
-    for (ptrdiff_t j = 0; j < body; j += LANES)
-        for (int l = 0; l < LANES; l++)
+    const ptrdiff_t body = dim / CV_LANES * CV_LANES;
+    float lane[CV_LANES] = {0};
+    for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+        for (int l = 0; l < CV_LANES; l++)
             lane[l] += x[j + l];
-    float sum = lanes_total(lane);
+    float sum = cv_lanes_total(lane);
     for (ptrdiff_t j = body; j < dim; j++)
         sum += x[j];
     const float mean = sum / (float)dim;
-    for (int l = 0; l < LANES; l++)
+    for (int l = 0; l < CV_LANES; l++)
         lane[l] = 0.0f;
-    for (ptrdiff_t j = 0; j < body; j += LANES)
-        for (int l = 0; l < LANES; l++) {
+    for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+        for (int l = 0; l < CV_LANES; l++) {
             float c = x[j + l] - mean;
             lane[l] += c * c;
         }
-    float sq = lanes_total(lane);
+    float sq = cv_lanes_total(lane);
     for (ptrdiff_t j = body; j < dim; j++)
         sq += (x[j] - mean) * (x[j] - mean);
     const float rstd = 1.0f / sqrtf(sq / (float)dim + eps);
@@ -72,15 +59,15 @@ void layernorm_forward(float *out, float *xhat, float *rstd, const float *inp,
 CV_VECTORIZE static void backward_row(float *dx, const float *dy, const float *xhat,
                                       float rstd, const float *gamma, ptrdiff_t dim)
 {
-    const ptrdiff_t body = dim / LANES * LANES;
-    float lane_g[LANES] = {0}, lane_gx[LANES] = {0};
-    for (ptrdiff_t j = 0; j < body; j += LANES)
-        for (int l = 0; l < LANES; l++) {
+    const ptrdiff_t body = dim / CV_LANES * CV_LANES;
+    float lane_g[CV_LANES] = {0}, lane_gx[CV_LANES] = {0};
+    for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+        for (int l = 0; l < CV_LANES; l++) {
             float g = dy[j + l] * gamma[j + l];
             lane_g[l] += g;
             lane_gx[l] += g * xhat[j + l];
         }
-    float sum_g = lanes_total(lane_g), sum_gx = lanes_total(lane_gx);
+    float sum_g = cv_lanes_total(lane_g), sum_gx = cv_lanes_total(lane_gx);
     for (ptrdiff_t j = body; j < dim; j++) {
         float g = dy[j] * gamma[j];
         sum_g += g;

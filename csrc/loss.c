@@ -9,6 +9,15 @@
  * (softmax_cols(S) - Y). With H_ij = G_ij / (|a_i| |b_j|) both input gradients come
  * from one matrix and two GEMMs, g = H b and g' = H^T a, and the L2 normalisation's
  * Jacobian reduces to   dL/da_i = scale (g_i - a_i <a_i, g_i> / |a_i|^2).
+ *
+ * Between the GEMMs, the softmaxes take two passes over S when scale <= FIXED_SHIFT_MAX
+ * (ConVIRT's is 10): every logit lies in [-scale, scale], so E = exp(S - scale) can
+ * neither overflow nor underflow and one exponential per entry serves both directions:
+ *   lse_i = scale + log sum_j E_ij,   lse'_j = scale + log sum_i E_ij,
+ *   G_ij = E_ij (row_weight / (n sum_j E_ij) + col_weight / (n sum_i E_ij)) - Y terms.
+ * Pass one, over column tiles, scales S, replaces it with E and sums rows and columns;
+ * pass two writes H. Larger scales shift by each row's and column's maximum instead
+ * (five passes, four exponentials per entry).
  */
 #include <float.h>
 #include <omp.h>
@@ -18,19 +27,38 @@
 /* row *= s * colscale; returns the row's maximum, or NaN if any entry is not finite. */
 CV_VECTORIZE static float scale_row(float *row, const float *colscale, float s, ptrdiff_t m)
 {
-    float best = -FLT_MAX, poison = 0.0f;
-    for (ptrdiff_t j = 0; j < m; j++) {
+    const ptrdiff_t body = m / CV_LANES * CV_LANES;
+    cv_lanes_f lane_best, lane_poison;
+    for (int l = 0; l < CV_LANES; l++) {
+        lane_best[l] = -FLT_MAX;
+        lane_poison[l] = 0.0f;
+    }
+    for (ptrdiff_t j = 0; j < body; j += CV_LANES) {
+        cv_lanes_f *x = (cv_lanes_f *)(row + j);
+        *x = *x * (s * *(const cv_lanes_f *)(colscale + j));
+        cv_lanes_max(&lane_best, x);
+        lane_poison += *x * 0.0f; /* NaN once any entry is NaN or Inf */
+    }
+    float best = cv_lanes_max_total(&lane_best), poison = 0.0f;
+    for (int l = 0; l < CV_LANES; l++)
+        poison += lane_poison[l];
+    for (ptrdiff_t j = body; j < m; j++) {
         row[j] *= s * colscale[j];
         best = row[j] > best ? row[j] : best;
-        poison += row[j] * 0.0f; /* NaN once any entry is NaN or Inf */
+        poison += row[j] * 0.0f;
     }
     return best + poison;
 }
 
 CV_VECTORIZE static float sum_exp(const float *row, float shift, ptrdiff_t m)
 {
-    float sum = 0.0f;
-    for (ptrdiff_t j = 0; j < m; j++)
+    const ptrdiff_t body = m / CV_LANES * CV_LANES;
+    float lane[CV_LANES] = {0};
+    for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+        for (int l = 0; l < CV_LANES; l++)
+            lane[l] += cv_expf(row[j + l] - shift);
+    float sum = cv_lanes_total(lane);
+    for (ptrdiff_t j = body; j < m; j++)
         sum += cv_expf(row[j] - shift);
     return sum;
 }
@@ -54,16 +82,34 @@ CV_VECTORIZE static float softmax_grad_row(float *row, const float *col_lse,
                                            const float *inv_b, float row_lse, float inv_a,
                                            float row_coef, float col_coef, ptrdiff_t m)
 {
-    float dot = 0.0f;
+    const ptrdiff_t body = m / CV_LANES * CV_LANES;
+    float lane[CV_LANES] = {0}, dot = 0.0f;
     if (col_coef != 0.0f) {
-        for (ptrdiff_t j = 0; j < m; j++) {
+        for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+            for (int l = 0; l < CV_LANES; l++) {
+                float s = row[j + l];
+                float g = row_coef * cv_expf(s - row_lse) +
+                          col_coef * cv_expf(s - col_lse[j + l]);
+                lane[l] += g * s;
+                row[j + l] = g * inv_a * inv_b[j + l];
+            }
+        dot = cv_lanes_total(lane);
+        for (ptrdiff_t j = body; j < m; j++) {
             float s = row[j];
             float g = row_coef * cv_expf(s - row_lse) + col_coef * cv_expf(s - col_lse[j]);
             dot += g * s;
             row[j] = g * inv_a * inv_b[j];
         }
     } else {
-        for (ptrdiff_t j = 0; j < m; j++) {
+        for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+            for (int l = 0; l < CV_LANES; l++) {
+                float s = row[j + l];
+                float g = row_coef * cv_expf(s - row_lse);
+                lane[l] += g * s;
+                row[j + l] = g * inv_a * inv_b[j + l];
+            }
+        dot = cv_lanes_total(lane);
+        for (ptrdiff_t j = body; j < m; j++) {
             float s = row[j];
             float g = row_coef * cv_expf(s - row_lse);
             dot += g * s;
@@ -86,6 +132,26 @@ static cv_status bad_row(const char *which, const float *x, ptrdiff_t rs, ptrdif
                    which);
 }
 
+/* sum_k x_k y_k (x at stride xs, y at ys) in double: in 8 lanes when both are
+ * contiguous, which GCC vectorises. */
+CV_VECTORIZE static double dot_double(const float *x, ptrdiff_t xs, const float *y,
+                                      ptrdiff_t ys, ptrdiff_t d)
+{
+    double sum = 0.0;
+    ptrdiff_t k = 0;
+    if (xs == 1 && ys == 1) {
+        double lane[8] = {0};
+        for (; k + 8 <= d; k += 8)
+            for (int l = 0; l < 8; l++)
+                lane[l] += (double)x[k + l] * y[k + l];
+        for (int l = 0; l < 8; l++)
+            sum += lane[l];
+    }
+    for (; k < d; k++)
+        sum += (double)x[k * xs] * y[k * ys];
+    return sum;
+}
+
 /* Inverse L2 norms of the rows of x; returns the first bad row or -1. */
 static ptrdiff_t inverse_norms(float *inv, const float *x, ptrdiff_t rs, ptrdiff_t cs,
                                ptrdiff_t n, ptrdiff_t d, int threads)
@@ -93,11 +159,7 @@ static ptrdiff_t inverse_norms(float *inv, const float *x, ptrdiff_t rs, ptrdiff
     ptrdiff_t bad = -1;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (ptrdiff_t i = 0; i < n; i++) {
-        double ss = 0.0;
-        for (ptrdiff_t k = 0; k < d; k++) {
-            double v = x[i * rs + k * cs];
-            ss += v * v;
-        }
+        double ss = dot_double(x + i * rs, cs, x + i * rs, cs, d);
         double r = 1.0 / sqrt(ss);
         inv[i] = (float)r;
         if (!(ss > 0.0) || !isfinite(ss) || !(inv[i] > 0.0f) || !isfinite(inv[i])) {
@@ -107,6 +169,18 @@ static ptrdiff_t inverse_norms(float *inv, const float *x, ptrdiff_t rs, ptrdiff
         }
     }
     return bad;
+}
+
+/* g = scale (g - c x), the row's update of project_out_norm. */
+CV_VECTORIZE static void subtract_scaled(float *g, ptrdiff_t gs, const float *x,
+                                         ptrdiff_t xs, double c, double scale, ptrdiff_t d)
+{
+    if (gs == 1 && xs == 1)
+        for (ptrdiff_t k = 0; k < d; k++)
+            g[k] = (float)(scale * (g[k] - c * x[k]));
+    else
+        for (ptrdiff_t k = 0; k < d; k++)
+            g[k * gs] = (float)(scale * (g[k * gs] - c * x[k * xs]));
 }
 
 /* dx_i = scale (g_i - x_i <x_i, g_i> / |x_i|^2), in place in g. In double: g and
@@ -119,14 +193,8 @@ static void project_out_norm(float *g, ptrdiff_t rsg, ptrdiff_t csg, const float
     for (ptrdiff_t i = 0; i < n; i++) {
         float *gi = g + i * rsg;
         const float *xi = x + i * rs;
-        double dot = 0.0, ss = 0.0;
-        for (ptrdiff_t k = 0; k < d; k++) {
-            dot += (double)xi[k * cs] * gi[k * csg];
-            ss += (double)xi[k * cs] * xi[k * cs];
-        }
-        double c = dot / ss;
-        for (ptrdiff_t k = 0; k < d; k++)
-            gi[k * csg] = (float)(scale * (gi[k * csg] - c * xi[k * cs]));
+        double c = dot_double(xi, cs, gi, csg, d) / dot_double(xi, cs, xi, cs, d);
+        subtract_scaled(gi, csg, xi, cs, c, scale, d);
     }
 }
 
@@ -135,6 +203,7 @@ void cv_loss_workspace_free(cv_loss_workspace *ws)
     free(ws->logits);
     free(ws->row_stat);
     free(ws->col_stat);
+    free(ws->tile_stat);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -181,6 +250,251 @@ static cv_status gemm_by_rows(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t inner,
     return CV_OK;
 }
 
+/* Largest scale the two-pass softmaxes take: exp(-2 scale) stays above FLT_MIN. */
+#define FIXED_SHIFT_MAX 40.0
+
+/* Columns per tile of the first pass: a function of m alone (never of the thread
+ * count), so every column sum and row partial has the same order on any team; about 8
+ * tiles to share, of 128 to 256 columns (a multiple of CV_LANES; narrower tiles spend
+ * more of their time adding up each row's lanes). */
+static ptrdiff_t column_tile(ptrdiff_t m)
+{
+    ptrdiff_t w = (m / 8 + CV_LANES - 1) / CV_LANES * CV_LANES;
+    return w < 128 ? 128 : w > 256 ? 256 : w;
+}
+
+/* One row's w entries of a column tile. S_ij *= s * inv_b_j, then E_ij = exp(S_ij -
+ * shift) replaces it; E and E * S are added to the tile's column sums and the row's
+ * partial sums part[0], part[1], the maxima of S raise col_max and part[2], and
+ * part[3] turns NaN if an entry is not finite. */
+CV_VECTORIZE static void exp_tile_row(float *row, const float *inv_b, float s, float shift,
+                                      ptrdiff_t w, float *col_sum, float *col_dot,
+                                      float *col_max, float part[4])
+{
+    const ptrdiff_t body = w / CV_LANES * CV_LANES;
+    float lane_sum[CV_LANES] = {0}, lane_dot[CV_LANES] = {0};
+    cv_lanes_f lane_max, lane_poison;
+    for (int l = 0; l < CV_LANES; l++) {
+        lane_max[l] = -FLT_MAX;
+        lane_poison[l] = 0.0f;
+    }
+    for (ptrdiff_t j = 0; j < body; j += CV_LANES) {
+        cv_lanes_f *x = (cv_lanes_f *)(row + j);
+        *x = *x * (s * *(const cv_lanes_f *)(inv_b + j));
+        cv_lanes_max(&lane_max, x);
+        cv_lanes_max((cv_lanes_f *)(col_max + j), x);
+        lane_poison += *x * 0.0f; /* NaN once any entry is NaN or Inf */
+        for (int l = 0; l < CV_LANES; l++) {
+            float v = row[j + l], e = cv_expf(v - shift);
+            row[j + l] = e;
+            lane_sum[l] += e;
+            lane_dot[l] += e * v;
+            col_sum[j + l] += e;
+            col_dot[j + l] += e * v;
+        }
+    }
+    float sum = cv_lanes_total(lane_sum), dot = cv_lanes_total(lane_dot);
+    float best = cv_lanes_max_total(&lane_max), poison = 0.0f;
+    for (int l = 0; l < CV_LANES; l++)
+        poison += lane_poison[l];
+    for (ptrdiff_t j = body; j < w; j++) {
+        float v = row[j] * (s * inv_b[j]), e = cv_expf(v - shift);
+        row[j] = e;
+        sum += e;
+        dot += e * v;
+        best = v > best ? v : best;
+        poison += v * 0.0f;
+        col_sum[j] += e;
+        col_dot[j] += e * v;
+        col_max[j] = v > col_max[j] ? v : col_max[j];
+    }
+    part[0] = sum;
+    part[1] = dot;
+    part[2] = best;
+    part[3] = poison;
+}
+
+/* row (E_i.) becomes H_i. = E_ij (r + col_g_j) inv_a inv_b_j; the positive's term is
+ * the caller's. */
+CV_VECTORIZE static void weigh_row(float *row, const float *col_g, const float *inv_b,
+                                   float r, float inv_a, ptrdiff_t m)
+{
+    for (ptrdiff_t j = 0; j < m; j++)
+        row[j] = row[j] * (r + col_g[j]) * (inv_a * inv_b[j]);
+}
+
+/* What the softmax stage hands on: H in place of S, and the sums for the result. */
+typedef struct {
+    double loss_rows, loss_cols, hits_rows, hits_cols, grad_scale;
+} softmax_totals;
+
+/* The softmaxes of both directions when scale <= FIXED_SHIFT_MAX (see the top). */
+static cv_status softmax_two_pass(softmax_totals *t, float *S, cv_loss_workspace *ws,
+                                  ptrdiff_t n, ptrdiff_t m, ptrdiff_t offset, double scale,
+                                  float row_coef, float col_coef, int square, int threads)
+{
+    const float shift = (float)scale;
+    const ptrdiff_t tile = column_tile(m), tiles = (m + tile - 1) / tile;
+    float *inv_a = ws->row_stat, *row_lse = inv_a + n, *positive = row_lse + n;
+    float *inv_b = ws->col_stat, *col_max = inv_b + m, *col_lse = col_max + m,
+          *col_sum = col_lse + m, *col_dot = col_sum + m, *col_g = col_dot + m;
+    float *part = ws->tile_stat; /* [tiles][n][4] */
+
+    int nonfinite = 0, stop = 0;
+    double loss_cols = 0.0, hits_cols = 0.0, dot_cols = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static)                             \
+    reduction(+ : loss_cols, hits_cols, dot_cols) reduction(| : nonfinite)
+    for (ptrdiff_t t = 0; t < tiles; t++) {
+        if (cv_stopping(&stop, 0))
+            continue;
+        const ptrdiff_t j0 = t * tile, w = m - j0 < tile ? m - j0 : tile;
+        for (ptrdiff_t j = j0; j < j0 + w; j++) {
+            col_sum[j] = col_dot[j] = 0.0f;
+            col_max[j] = -FLT_MAX;
+        }
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float *row = S + i * m + j0, s = (float)scale * inv_a[i];
+            const ptrdiff_t p = i + offset - j0;
+            if (p >= 0 && p < w) /* the same product exp_tile_row forms */
+                positive[i] = row[p] * (s * inv_b[j0 + p]);
+            float *pi = part + (t * n + i) * 4;
+            exp_tile_row(row, inv_b + j0, s, shift, w, col_sum + j0, col_dot + j0,
+                         col_max + j0, pi);
+            nonfinite |= !isfinite(pi[3]);
+        }
+        for (ptrdiff_t j = j0; j < j0 + w; j++) {
+            col_g[j] = col_coef / col_sum[j];
+            if (square) {
+                col_lse[j] = shift + logf(col_sum[j]);
+                loss_cols += col_lse[j] - positive[j];
+                hits_cols += positive[j] >= col_max[j];
+                dot_cols += (double)col_g[j] * col_dot[j];
+            }
+        }
+    }
+    if (stop)
+        return CV_ERR_INTERRUPTED;
+    if (nonfinite)
+        return cv_fail(CV_ERR_NONFINITE,
+                       "the similarities overflowed float32: the inputs are too large");
+
+    double loss_rows = 0.0, hits_rows = 0.0, grad_scale = 0.0;
+    const float g_positive = -(row_coef + col_coef);
+#pragma omp parallel for num_threads(threads) schedule(static)                             \
+    reduction(+ : loss_rows, hits_rows, grad_scale)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        if (cv_stopping(&stop, i))
+            continue;
+        float sum = 0.0f, dot = 0.0f, best = -FLT_MAX;
+        for (ptrdiff_t t = 0; t < tiles; t++) {
+            const float *pi = part + (t * n + i) * 4;
+            sum += pi[0];
+            dot += pi[1];
+            best = pi[2] > best ? pi[2] : best;
+        }
+        row_lse[i] = shift + logf(sum);
+        loss_rows += row_lse[i] - positive[i];
+        hits_rows += positive[i] >= best;
+        const float r = row_coef / sum;
+        grad_scale += (double)r * dot + (double)g_positive * positive[i];
+        float *row = S + i * m;
+        weigh_row(row, col_g, inv_b, r, inv_a[i], m);
+        row[i + offset] += g_positive * inv_a[i] * inv_b[i + offset];
+    }
+    if (stop)
+        return CV_ERR_INTERRUPTED;
+    t->loss_rows = loss_rows;
+    t->hits_rows = hits_rows;
+    t->loss_cols = loss_cols;
+    t->hits_cols = hits_cols;
+    t->grad_scale = grad_scale + dot_cols;
+    return CV_OK;
+}
+
+/* The softmaxes of both directions for any scale: each row and column shifted by its
+ * own maximum. */
+static cv_status softmax_by_max(softmax_totals *t, float *S, cv_loss_workspace *ws,
+                                ptrdiff_t n, ptrdiff_t m, ptrdiff_t offset, double scale,
+                                float row_coef, float col_coef, int square, int threads)
+{
+    float *inv_a = ws->row_stat, *row_lse = inv_a + n;
+    float *inv_b = ws->col_stat, *col_max = inv_b + m, *col_lse = col_max + m,
+          *col_sum = col_lse + m;
+    double loss_rows = 0.0, hits_rows = 0.0;
+    int nonfinite = 0, stop = 0;
+#pragma omp parallel for num_threads(threads) schedule(static)                             \
+    reduction(+ : loss_rows, hits_rows) reduction(| : nonfinite)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        if (cv_stopping(&stop, i))
+            continue;
+        float *row = S + i * m;
+        float best = scale_row(row, inv_b, (float)scale * inv_a[i], m);
+        if (!isfinite(best)) {
+            nonfinite = 1;
+            continue;
+        }
+        row_lse[i] = best + logf(sum_exp(row, best, m));
+        float positive = row[i + offset];
+        loss_rows += row_lse[i] - positive;
+        hits_rows += positive >= best;
+    }
+    if (stop)
+        return CV_ERR_INTERRUPTED;
+    if (nonfinite)
+        return cv_fail(CV_ERR_NONFINITE,
+                       "the similarities overflowed float32: the inputs are too large");
+
+    double loss_cols = 0.0, hits_cols = 0.0;
+    if (square) {
+#pragma omp parallel for num_threads(threads) schedule(static)                             \
+    reduction(+ : loss_cols, hits_cols)
+        for (ptrdiff_t j0 = 0; j0 < m; j0 += COL_TILE) {
+            if (cv_stopping(&stop, j0)) /* j0 is a multiple of 16: checks every tile */
+                continue;
+            ptrdiff_t w = m - j0 < COL_TILE ? m - j0 : COL_TILE;
+            for (ptrdiff_t j = j0; j < j0 + w; j++) {
+                col_max[j] = -FLT_MAX;
+                col_sum[j] = 0.0f;
+            }
+            for (ptrdiff_t i = 0; i < n; i++)
+                max_into(col_max + j0, S + i * m + j0, w);
+            for (ptrdiff_t i = 0; i < n; i++)
+                sum_exp_into(col_sum + j0, S + i * m + j0, col_max + j0, w);
+            for (ptrdiff_t j = j0; j < j0 + w; j++) {
+                col_lse[j] = col_max[j] + logf(col_sum[j]);
+                float positive = S[j * m + j];
+                loss_cols += col_lse[j] - positive;
+                hits_cols += positive >= col_max[j];
+            }
+        }
+        if (stop)
+            return CV_ERR_INTERRUPTED;
+    }
+
+    /* G, the logit-scale gradient, and H = G / (|a_i| |b_j|) in place of S. */
+    double grad_scale = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : grad_scale)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        if (cv_stopping(&stop, i))
+            continue;
+        float *row = S + i * m;
+        float positive = row[i + offset];
+        grad_scale += softmax_grad_row(row, col_lse, inv_b, row_lse[i], inv_a[i], row_coef,
+                                       col_coef, m);
+        float g_positive = -(row_coef + col_coef);
+        grad_scale += g_positive * positive;
+        row[i + offset] += g_positive * inv_a[i] * inv_b[i + offset];
+    }
+    if (stop)
+        return CV_ERR_INTERRUPTED;
+    t->loss_rows = loss_rows;
+    t->hits_rows = hits_rows;
+    t->loss_cols = loss_cols;
+    t->hits_cols = hits_cols;
+    t->grad_scale = grad_scale;
+    return CV_OK;
+}
+
 cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdiff_t rsga,
                                    ptrdiff_t csga, float *grad_b, ptrdiff_t rsgb,
                                    ptrdiff_t csgb, cv_loss_workspace *ws, const float *a,
@@ -212,17 +526,19 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
 
     if (cv_reserve((void **)&ws->logits, &ws->logits_cap, cv_mul_sat((size_t)n, (size_t)m),
                    sizeof(float)) ||
-        cv_reserve((void **)&ws->row_stat, &ws->row_cap, cv_mul_sat(2, (size_t)n),
+        cv_reserve((void **)&ws->row_stat, &ws->row_cap, cv_mul_sat(3, (size_t)n),
                    sizeof(float)) ||
-        cv_reserve((void **)&ws->col_stat, &ws->col_cap, cv_mul_sat(4, (size_t)m),
-                   sizeof(float)))
+        cv_reserve((void **)&ws->col_stat, &ws->col_cap, cv_mul_sat(6, (size_t)m),
+                   sizeof(float)) ||
+        cv_reserve(
+            (void **)&ws->tile_stat, &ws->tile_cap,
+            cv_mul_sat(4 * (size_t)((m + column_tile(m) - 1) / column_tile(m)), (size_t)n),
+            sizeof(float)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for a %td x %td similarity matrix", n,
                        m);
     const int threads = cv_get_num_threads();
     float *S = ws->logits;
-    float *inv_a = (float *)ws->row_stat, *row_lse = inv_a + n;
-    float *inv_b = (float *)ws->col_stat, *col_max = inv_b + m, *col_lse = col_max + m,
-          *col_sum = col_lse + m;
+    float *inv_a = ws->row_stat, *inv_b = ws->col_stat;
 
     ptrdiff_t bad = inverse_norms(inv_a, a, rsa, csa, n, d, threads);
     if (bad >= 0)
@@ -231,83 +547,24 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
     if (bad >= 0)
         return bad_row("the second input", b, rsb, csb, bad, d);
 
-    /* S = a b^T, then the scaling to cosine * scale and the row statistics. */
+    /* S = a b^T; the softmax stage scales it to cosine * scale and leaves H. */
     cv_status status = gemm_by_rows(n, m, d, a, rsa, csa, b, csb, rsb, S, m, 1);
     if (status != CV_OK)
         return status;
 
-    double loss_rows = 0.0, hits_rows = 0.0;
-    int nonfinite = 0, stop = 0;
-#pragma omp parallel for num_threads(threads) schedule(static)                             \
-    reduction(+ : loss_rows, hits_rows) reduction(| : nonfinite)
-    for (ptrdiff_t i = 0; i < n; i++) {
-        if (cv_stopping(&stop, i))
-            continue;
-        float *row = S + i * m;
-        float best = scale_row(row, inv_b, (float)scale * inv_a[i], m);
-        if (!isfinite(best)) {
-            nonfinite = 1;
-            continue;
-        }
-        row_lse[i] = best + logf(sum_exp(row, best, m));
-        float positive = row[i + offset];
-        loss_rows += row_lse[i] - positive;
-        hits_rows += positive >= best;
-    }
-    if (stop)
-        return CV_ERR_INTERRUPTED;
-    if (nonfinite)
-        return cv_fail(CV_ERR_NONFINITE,
-                       "the similarities overflowed float32: the inputs are too large");
-
     /* The column statistics are reported whenever the square is whole, even when
      * the column direction carries no weight. */
     const int square = n == m && offset == 0;
-    double loss_cols = 0.0, hits_cols = 0.0;
-    if (square) {
-#pragma omp parallel for num_threads(threads) schedule(static)                             \
-    reduction(+ : loss_cols, hits_cols)
-        for (ptrdiff_t j0 = 0; j0 < m; j0 += COL_TILE) {
-            if (cv_stopping(&stop, j0)) /* j0 is a multiple of 16: checks every tile */
-                continue;
-            ptrdiff_t w = m - j0 < COL_TILE ? m - j0 : COL_TILE;
-            for (ptrdiff_t j = j0; j < j0 + w; j++) {
-                col_max[j] = -FLT_MAX;
-                col_sum[j] = 0.0f;
-            }
-            for (ptrdiff_t i = 0; i < n; i++)
-                max_into(col_max + j0, S + i * m + j0, w);
-            for (ptrdiff_t i = 0; i < n; i++)
-                sum_exp_into(col_sum + j0, S + i * m + j0, col_max + j0, w);
-            for (ptrdiff_t j = j0; j < j0 + w; j++) {
-                col_lse[j] = col_max[j] + logf(col_sum[j]);
-                float positive = S[j * m + j];
-                loss_cols += col_lse[j] - positive;
-                hits_cols += positive >= col_max[j];
-            }
-        }
-        if (stop)
-            return CV_ERR_INTERRUPTED;
-    }
-
-    /* G, the logit-scale gradient, and H = G / (|a_i| |b_j|) in place of S. */
     const float row_coef = (float)(row_weight / n);
     const float col_coef = square ? (float)(col_weight / n) : 0.0f;
-    double grad_scale = 0.0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : grad_scale)
-    for (ptrdiff_t i = 0; i < n; i++) {
-        if (cv_stopping(&stop, i))
-            continue;
-        float *row = S + i * m;
-        float positive = row[i + offset];
-        grad_scale += softmax_grad_row(row, col_lse, inv_b, row_lse[i], inv_a[i], row_coef,
-                                       col_coef, m);
-        float g_positive = -(row_coef + col_coef);
-        grad_scale += g_positive * positive;
-        row[i + offset] += g_positive * inv_a[i] * inv_b[i + offset];
-    }
-    if (stop)
-        return CV_ERR_INTERRUPTED;
+    softmax_totals t = {0};
+    status = scale <= FIXED_SHIFT_MAX
+                 ? softmax_two_pass(&t, S, ws, n, m, offset, scale, row_coef, col_coef,
+                                    square, threads)
+                 : softmax_by_max(&t, S, ws, n, m, offset, scale, row_coef, col_coef,
+                                  square, threads);
+    if (status != CV_OK)
+        return status;
 
     if (grad_a) {
         if ((status = gemm_by_rows(n, d, m, S, m, 1, b, rsb, csb, grad_a, rsga, csga)))
@@ -320,13 +577,13 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
         project_out_norm(grad_b, rsgb, csgb, b, rsb, csb, m, d, scale, threads);
     }
 
-    result->loss_rows = loss_rows / n;
-    result->loss_cols = square ? loss_cols / m : NAN;
-    result->accuracy_rows = hits_rows / n;
-    result->accuracy_cols = square ? hits_cols / m : NAN;
+    result->loss_rows = t.loss_rows / n;
+    result->loss_cols = square ? t.loss_cols / m : NAN;
+    result->accuracy_rows = t.hits_rows / n;
+    result->accuracy_cols = square ? t.hits_cols / m : NAN;
     result->loss = row_weight * result->loss_rows +
                    (col_weight > 0.0 ? col_weight * result->loss_cols : 0.0);
-    result->grad_logit_scale = grad_scale;
+    result->grad_logit_scale = t.grad_scale;
     return CV_OK;
 }
 

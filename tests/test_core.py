@@ -316,11 +316,12 @@ def test_small_gemm_kernel_refuses_widths_off_the_vector():
 
 # The same kernel on packed panels of B (cv_gemm_packed; cv_pack_b + cv_gemm_prepacked
 # over row tiles), for the GEMMs past the small kernel's size: B row-major and
-# transposed (packed through the 8 x 8 transposes), A both ways, k over several slabs of
-# 128 and not a multiple, partial panels (n = 80: 64 + 16), rows in and out of the
-# 48-row blocks, a team split by columns (n = 1024) and by rows.
+# transposed (packed through the 8 x 8 transposes), A both ways (column-major A is
+# copied a block at a time), k over several slabs of 256 and not a multiple, partial
+# panels (n = 80: 64 + 16), rows in and out of the 72-row blocks, a team split by
+# columns (n = 1024) and by rows (m > n).
 PACKED_GEMM_SHAPES = [(300, 1024, 300), (97, 80, 257), (1, 64, 1), (1000, 16, 129),
-                      (130, 768, 768)]  # fmt: skip
+                      (130, 768, 768), (75, 80, 600), (145, 48, 513)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,n,k", PACKED_GEMM_SHAPES)
@@ -333,11 +334,8 @@ def test_packed_gemm_matches_numpy(m, n, k, b_order, accumulate, tile):
     c0 = rng.standard_normal((m, n)).astype(np.float32)
     c = c0.copy()
     if not _testing.gemm_packed(a, b, c, accumulate=accumulate, tile=tile):
-        # refused: only a width it cannot take, no kernel with this kernel set, or (the
-        # whole GEMM with AVX2) a column-major A, which BLIS runs faster
-        kernel = convirt.config()["gemm_kernel"]
-        avx2_columns = kernel == "avx2" and a.strides[1] != 4 and k > 1 and not tile
-        assert n % 8 or kernel == "none" or avx2_columns
+        # refused: only a width it cannot take or no kernel with this kernel set
+        assert n % 8 or convirt.config()["gemm_kernel"] == "none"
         assert np.array_equal(c, c0)
         return
     expected = a.astype(np.float64) @ b + (c0 if accumulate else 0)
@@ -346,12 +344,13 @@ def test_packed_gemm_matches_numpy(m, n, k, b_order, accumulate, tile):
 
 
 def test_packed_gemm_is_the_same_sum_on_any_split():
-    """Threads split C by columns or by rows, and row tiles share one packed B: every
-    element is the same slab sums added in the same order, so all give the same bits;
-    with one slab (k <= 128), the small kernel's on B in place."""
+    """Threads split C by columns or by rows, row tiles share one packed B, and a
+    column-major A is copied in blocks: every element is the same slab sums added in the
+    same order, so all give the same bits; with one slab (k <= 256), the small kernel's
+    on B in place."""
     rng = np.random.default_rng(9)
-    a = rng.standard_normal((250, 200)).astype(np.float32)
-    b = rng.standard_normal((200, 256)).astype(np.float32)
+    a = rng.standard_normal((250, 600)).astype(np.float32)
+    b = rng.standard_normal((600, 256)).astype(np.float32)
     in_place = np.zeros((250, 256), np.float32)
     if not _testing.gemm_small(a[:, :100], b[:100], in_place):
         pytest.skip("no AVX2 + FMA: the kernel does not run here")
@@ -361,12 +360,18 @@ def test_packed_gemm_is_the_same_sum_on_any_split():
         for threads in (1, 2):
             convirt.set_num_threads(threads)
             for tile in (0, 1, 50):
-                c = np.zeros((250, 256), np.float32)
-                assert _testing.gemm_packed(a, b, c, tile=tile)
-                results.append(c)
+                for a_order in ("C", "F"):
+                    c = np.zeros((250, 256), np.float32)
+                    assert _testing.gemm_packed(np.asarray(a, order=a_order), b, c, tile=tile)
+                    results.append(c)
                 one_slab = np.zeros((250, 256), np.float32)
                 assert _testing.gemm_packed(a[:, :100], b[:100], one_slab, tile=tile)
                 assert np.array_equal(one_slab, in_place), (threads, tile)
+            for a_order in ("C", "F"):  # m > n: split by rows
+                c = np.zeros((257, 256), np.float32)
+                a_tall = np.asarray(np.vstack([a, a[:7]]), order=a_order)
+                assert _testing.gemm_packed(a_tall, b, c)
+                results.append(c[:250])
         for c in results[1:]:
             assert np.array_equal(c, results[0])
     finally:

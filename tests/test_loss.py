@@ -103,7 +103,7 @@ def test_parity_with_numpy_reference(n, d, temperature, lam, layout):
 
 @pytest.mark.parametrize("lam", [0.0, 0.75, 1.0])
 @pytest.mark.parametrize("temperature", [0.01, 0.1, 1.0])
-@pytest.mark.parametrize("n,d", [(1, 128), (2, 1), (32, 512), (257, 128)])
+@pytest.mark.parametrize("n,d", [(1, 128), (2, 1), (32, 512), (257, 128), (1000, 64)])
 def test_parity_with_torch_autograd(n, d, temperature, lam):
     v, u = make_inputs(n, d, "contiguous", seed=7)
     result = convirt.ContrastiveLoss(temperature=temperature, image_to_text_weight=lam)(
@@ -225,9 +225,14 @@ def test_perfect_alignment_has_full_accuracy():
     assert shuffled.loss > result.loss
 
 
-def test_thread_count_does_not_change_results():
-    v, u = make_inputs(257, 128, "sliced", seed=11)
-    loss = convirt.ContrastiveLoss()
+@pytest.mark.parametrize("temperature", [0.1, 0.01])  # the two-pass and by-max softmaxes
+@pytest.mark.parametrize("n,layout", [(257, "sliced"), (1000, "contiguous")])
+def test_thread_count_does_not_change_results(n, layout, temperature):
+    """Every gradient entry is the same sums in the same order on any team (the column
+    tiles follow n, not the threads): the same bits. Only the totals' double-precision
+    reductions over rows may differ in their last places."""
+    v, u = make_inputs(n, 128, layout, seed=11)
+    loss = convirt.ContrastiveLoss(temperature=temperature)
     threads = convirt.get_num_threads()
     try:
         convirt.set_num_threads(1)
@@ -236,8 +241,27 @@ def test_thread_count_does_not_change_results():
         two = loss(v, u)
     finally:
         convirt.set_num_threads(threads)
-    assert one.loss == pytest.approx(two.loss, rel=1e-6)
-    assert_grad_close(one.grad_v, two.grad_v, rtol=1e-5)
+    assert one.loss == pytest.approx(two.loss, rel=1e-12)
+    assert np.array_equal(one.grad_v, two.grad_v)
+    assert np.array_equal(one.grad_u, two.grad_u)
+
+
+@pytest.mark.parametrize("scale", [40.0, 40.5])
+def test_extreme_logits_either_side_of_the_two_pass_bound(scale):
+    """Up to a logit scale of 40 the softmaxes shift every logit by the scale itself
+    (exp(-2 scale) is still a normal float); above it, by each row's and column's
+    maximum. Cosines of exactly +1 and -1 at the bound: both agree with float64."""
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((6, 16)).astype(np.float32)
+    v = np.vstack([base, -base[:2], base[:3]])
+    u = np.vstack([base, base[:2], -base[:3]])
+    loss = convirt.ContrastiveLoss(temperature=1.0 / scale, image_to_text_weight=0.75)
+    result = loss(v, u)
+    ref, l_v2u, l_u2v, dv, du, acc_v, acc_u = reference_loss(v, u, 1.0 / scale, 0.75)
+    assert np.isfinite(result.loss)
+    np.testing.assert_allclose(result.loss, ref, rtol=1e-5)
+    assert_grad_close(result.grad_v, dv)
+    assert_grad_close(result.grad_u, du)
 
 
 # ---- bad input: one case each (the array rules shared by every entry point: dtype, rank,
