@@ -362,7 +362,9 @@ def test_packed_gemm_is_the_same_sum_on_any_split():
             for tile in (0, 1, 50):
                 for a_order in ("C", "F"):
                     c = np.zeros((250, 256), np.float32)
-                    assert _testing.gemm_packed(np.asarray(a, order=a_order), b, c, tile=tile)
+                    assert _testing.gemm_packed(
+                        np.asarray(a, order=a_order), b, c, tile=tile
+                    )
                     results.append(c)
                 one_slab = np.zeros((250, 256), np.float32)
                 assert _testing.gemm_packed(a[:, :100], b[:100], one_slab, tile=tile)
