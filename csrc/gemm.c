@@ -648,22 +648,34 @@ void cv_transpose(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds,
 }
 
 /* ---- GEMMs on packed panels of B ----------------------------------------------
- * Past the small kernel's size, the same kernel runs on B copied into panels of at
- * most PACK_KC rows and one kernel width (64 columns with AVX-512, 16 with AVX2), each
- * contiguous (64 KiB with AVX-512, in L2) while the kernel sweeps PACK_MC rows of A past
- * it; A is read in place, or a block at a time row-major when it is column-major. The
- * sizes were measured on Zen 5 (one thread, the loss's and BERT's shapes): kc 128 -> 256
- * took them from 82-86% to 86-93% of the FMA peak, as C is read and written once per
- * slab. BLIS 0.9 packs both operands at every call (on skx
- * through a generic copy loop), so a GEMM cut into row tiles packs all of B once per
- * tile: here B can be packed once (cv_pack_b) for every tile (cv_gemm_prepacked). Each
- * element of C is C + S0 + S1 + ..., Si the sum of slab i's products in order (as BLIS
- * adds its kc slabs), the same however C is split.
+ * Past the small kernel's size, the same kernel runs on B copied into panels of one
+ * slab of k (at most PACK_KC rows, slabs of equal depth) by one kernel width (64
+ * columns with AVX-512, 16 with AVX2), each contiguous (up to 96 KiB with AVX-512, in
+ * L2), while the kernel sweeps PACK_MC rows of A past it; A is read in place, or a
+ * block at a time row-major when it is column-major. The depth was measured on Zen 5
+ * (one thread, BERT's, ResNet's and the loss's shapes): slabs of 128 -> 384 rows took
+ * the GEMMs from 82-88% to 90-95% of the FMA peak (C is read and written once per
+ * slab); 512 was no faster and slowed a column-major A. BLIS 0.9 packs both operands
+ * at every call (on skx through a generic copy loop), so a GEMM cut into row tiles
+ * packs all of B once per tile: here B can be packed once (cv_pack_b) for every tile
+ * (cv_gemm_prepacked). Each element of C is C + S0 + S1 + ..., Si the sum of slab i's
+ * products in order (as BLIS adds its kc slabs), the same however C is split: the
+ * slabs follow k alone.
  *
- * Packed layout: slab s (rows [s KC, s KC + kc) of B) starts at s KC npad (npad: n
- * rounded up to panels); in it, panel q (columns [q pw, q pw + pw)) is kc x pw. */
-#define PACK_KC 256
+ * Packed layout: slab s (rows [s kc, s kc + kc) of B, kc = slab_depth(k)) starts at
+ * s kc npad (npad: n rounded up to panels); in it, panel q (columns [q pw, q pw + pw))
+ * is kc' x pw, kc' the slab's own depth (the last may be shallower). */
+#define PACK_KC 384
 #define PACK_MC 72
+
+/* The depth of every slab but the last: k in the fewest slabs of at most PACK_KC rows,
+ * as even as multiples of 8 make them. */
+static ptrdiff_t slab_depth(ptrdiff_t k)
+{
+    const ptrdiff_t slabs = (k + PACK_KC - 1) / PACK_KC;
+    const ptrdiff_t depth = ((k + slabs - 1) / slabs + 7) / 8 * 8;
+    return depth < PACK_KC ? depth : PACK_KC;
+}
 
 /* Three buffers per thread, kept until it ends: 0 for cv_gemm_packed's own panels, 1
  * for cv_pack_b's, 2 for blocks of A. */
@@ -735,7 +747,7 @@ static void panels_times(small_gemm_fn *kernel, ptrdiff_t pw, const float *panel
                          ptrdiff_t p0, ptrdiff_t kc, const float *A, ptrdiff_t rsa,
                          ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc)
 {
-    float *block = csa != 1 && rsa == 1 ? panel_buffer(2, PACK_MC * PACK_KC) : NULL;
+    float *block = csa != 1 && rsa == 1 ? panel_buffer(2, PACK_MC * kc) : NULL;
     for (ptrdiff_t i0 = r0; i0 < r1; i0 += PACK_MC) {
         const ptrdiff_t mc = r1 - i0 < PACK_MC ? r1 - i0 : PACK_MC;
         const float *a = A + i0 * rsa + p0 * csa;
@@ -771,7 +783,8 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
     if (!kernel || m <= 0 || k <= 0 || (csb != 1 && rsb != 1) ||
         (pw < 64 && csa != 1 && rsa != 1 && k > 1))
         return -1;
-    const ptrdiff_t panels = (n + pw - 1) / pw, kc_max = k < PACK_KC ? k : PACK_KC;
+    const ptrdiff_t panels = (n + pw - 1) / pw, depth = slab_depth(k);
+    const ptrdiff_t kc_max = k < depth ? k : depth;
     const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
     /* Chunks of whole panels (each packs only its own) dealt dynamically, two or more
      * per thread, when there are enough panels and A is not the larger operand (every
@@ -804,8 +817,8 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
                 r0 = ch * m / chunks;
                 r1 = (ch + 1) * m / chunks;
             }
-            for (ptrdiff_t p0 = 0; p0 < k && r1 > r0; p0 += PACK_KC) {
-                const ptrdiff_t kc = k - p0 < PACK_KC ? k - p0 : PACK_KC;
+            for (ptrdiff_t p0 = 0; p0 < k && r1 > r0; p0 += depth) {
+                const ptrdiff_t kc = k - p0 < depth ? k - p0 : depth;
                 for (ptrdiff_t j0 = c0, q = 0; j0 < c1; j0 += pw, q++)
                     pack_panel(buf + q * kc * pw, pw, B, rsb, csb, p0, kc, j0,
                                c1 - j0 < pw ? c1 - j0 : pw);
@@ -828,13 +841,13 @@ int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff
     float *buf = panel_buffer(1, (size_t)(k * npad));
     if (!buf)
         return -1;
-    const ptrdiff_t slabs = (k + PACK_KC - 1) / PACK_KC;
+    const ptrdiff_t depth = slab_depth(k), slabs = (k + depth - 1) / depth;
     const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
 #pragma omp parallel for collapse(2) num_threads(threads)                                  \
     schedule(static) if (k * n >= 65536)
     for (ptrdiff_t s = 0; s < slabs; s++)
         for (ptrdiff_t q = 0; q < panels; q++) {
-            const ptrdiff_t p0 = s * PACK_KC, kc = k - p0 < PACK_KC ? k - p0 : PACK_KC;
+            const ptrdiff_t p0 = s * depth, kc = k - p0 < depth ? k - p0 : depth;
             const ptrdiff_t j0 = q * pw;
             pack_panel(buf + p0 * npad + q * kc * pw, pw, B, rsb, csb, p0, kc, j0,
                        n - j0 < pw ? n - j0 : pw);
@@ -851,8 +864,9 @@ void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdi
     ptrdiff_t pw;
     small_gemm_fn *kernel = packed_kernel(pb->n, &pw);
     const ptrdiff_t npad = (pb->n + pw - 1) / pw * pw;
-    for (ptrdiff_t p0 = 0; p0 < pb->k; p0 += PACK_KC) {
-        const ptrdiff_t kc = pb->k - p0 < PACK_KC ? pb->k - p0 : PACK_KC;
+    const ptrdiff_t depth = slab_depth(pb->k);
+    for (ptrdiff_t p0 = 0; p0 < pb->k; p0 += depth) {
+        const ptrdiff_t kc = pb->k - p0 < depth ? pb->k - p0 : depth;
         panels_times(kernel, pw, pb->panels + p0 * npad, 0, m, 0, pb->n, p0, kc, A, rsa,
                      csa, accumulate, C, ldc);
     }

@@ -317,11 +317,11 @@ def test_small_gemm_kernel_refuses_widths_off_the_vector():
 # The same kernel on packed panels of B (cv_gemm_packed; cv_pack_b + cv_gemm_prepacked
 # over row tiles), for the GEMMs past the small kernel's size: B row-major and
 # transposed (packed through the 8 x 8 transposes), A both ways (column-major A is
-# copied a block at a time), k over several slabs of 256 and not a multiple, partial
+# copied a block at a time), k over several slabs (of at most 384) and not a multiple, partial
 # panels (n = 80: 64 + 16), rows in and out of the 72-row blocks, a team split by
 # columns (n = 1024) and by rows (m > n).
 PACKED_GEMM_SHAPES = [(300, 1024, 300), (97, 80, 257), (1, 64, 1), (1000, 16, 129),
-                      (130, 768, 768), (75, 80, 600), (145, 48, 513)]  # fmt: skip
+                      (130, 768, 768), (75, 80, 1000), (145, 48, 513)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,n,k", PACKED_GEMM_SHAPES)
@@ -346,7 +346,7 @@ def test_packed_gemm_matches_numpy(m, n, k, b_order, accumulate, tile):
 def test_packed_gemm_is_the_same_sum_on_any_split():
     """Threads split C by columns or by rows, row tiles share one packed B, and a
     column-major A is copied in blocks: every element is the same slab sums added in the
-    same order, so all give the same bits; with one slab (k <= 256), the small kernel's
+    same order, so all give the same bits; with one slab (k <= 384), the small kernel's
     on B in place."""
     rng = np.random.default_rng(9)
     a = rng.standard_normal((250, 600)).astype(np.float32)
