@@ -267,36 +267,36 @@ static ptrdiff_t column_tile(ptrdiff_t m)
  * shift) replaces it; E and E * S are added to the tile's column sums and the row's
  * partial sums part[0], part[1], the maxima of S raise col_max and part[2], and
  * part[3] turns NaN if an entry is not finite. */
-CV_VECTORIZE static void exp_tile_row(float *row, const float *inv_b, float s, float shift,
-                                      ptrdiff_t w, float *col_sum, float *col_dot,
-                                      float *col_max, float part[4])
+CV_VECTORIZE static void exp_tile_row(float *restrict row, const float *restrict inv_b,
+                                      float s, float shift, ptrdiff_t w,
+                                      float *restrict col_sum, float *restrict col_dot,
+                                      float *restrict col_max, float part[4])
 {
     const ptrdiff_t body = w / CV_LANES * CV_LANES;
-    float lane_sum[CV_LANES] = {0}, lane_dot[CV_LANES] = {0};
-    cv_lanes_f lane_max, lane_poison;
+    cv_lanes_f lane_sum, lane_dot, lane_max, lane_poison;
     for (int l = 0; l < CV_LANES; l++) {
+        lane_sum[l] = lane_dot[l] = lane_poison[l] = 0.0f;
         lane_max[l] = -FLT_MAX;
-        lane_poison[l] = 0.0f;
     }
     for (ptrdiff_t j = 0; j < body; j += CV_LANES) {
-        cv_lanes_f *x = (cv_lanes_f *)(row + j);
-        *x = *x * (s * *(const cv_lanes_f *)(inv_b + j));
-        cv_lanes_max(&lane_max, x);
-        cv_lanes_max((cv_lanes_f *)(col_max + j), x);
-        lane_poison += *x * 0.0f; /* NaN once any entry is NaN or Inf */
-        for (int l = 0; l < CV_LANES; l++) {
-            float v = row[j + l], e = cv_expf(v - shift);
-            row[j + l] = e;
-            lane_sum[l] += e;
-            lane_dot[l] += e * v;
-            col_sum[j + l] += e;
-            col_dot[j + l] += e * v;
-        }
+        cv_lanes_f x = *(cv_lanes_f *)(row + j) * (s * *(const cv_lanes_f *)(inv_b + j)), e;
+        cv_lanes_max(&lane_max, &x);
+        cv_lanes_max((cv_lanes_f *)(col_max + j), &x);
+        lane_poison += x * 0.0f; /* NaN once any entry is NaN or Inf */
+        for (int l = 0; l < CV_LANES; l++)
+            e[l] = cv_expf(x[l] - shift);
+        *(cv_lanes_f *)(row + j) = e;
+        lane_sum += e;
+        lane_dot += e * x;
+        *(cv_lanes_f *)(col_sum + j) += e;
+        *(cv_lanes_f *)(col_dot + j) += e * x;
     }
-    float sum = cv_lanes_total(lane_sum), dot = cv_lanes_total(lane_dot);
-    float best = cv_lanes_max_total(&lane_max), poison = 0.0f;
-    for (int l = 0; l < CV_LANES; l++)
+    float sum = 0.0f, dot = 0.0f, poison = 0.0f, best = cv_lanes_max_total(&lane_max);
+    for (int l = 0; l < CV_LANES; l++) {
+        sum += lane_sum[l];
+        dot += lane_dot[l];
         poison += lane_poison[l];
+    }
     for (ptrdiff_t j = body; j < w; j++) {
         float v = row[j] * (s * inv_b[j]), e = cv_expf(v - shift);
         row[j] = e;
