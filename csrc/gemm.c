@@ -739,7 +739,8 @@ CV_VECTORIZE static void pack_panel(float *panel, ptrdiff_t pw, const float *B,
 }
 
 /* C's rows [r0, r1), columns [c0, c1) (c0 on a panel boundary) for B's rows
- * [p0, p0 + kc), from the packed panels of those columns (panel q at q kc pw). Each
+ * [p0, p0 + kc), from the packed panels of those columns (panel q at q kc pw); A points
+ * at A's column p0 (rows i at A + i rsa). Each
  * PACK_MC x kc block of A is copied row-major (rows kc apart) first when A is
  * column-major: read in place, every step of k would be a new cache line and page. */
 static void panels_times(small_gemm_fn *kernel, ptrdiff_t pw, const float *panels,
@@ -750,7 +751,7 @@ static void panels_times(small_gemm_fn *kernel, ptrdiff_t pw, const float *panel
     float *block = csa != 1 && rsa == 1 ? panel_buffer(2, PACK_MC * kc) : NULL;
     for (ptrdiff_t i0 = r0; i0 < r1; i0 += PACK_MC) {
         const ptrdiff_t mc = r1 - i0 < PACK_MC ? r1 - i0 : PACK_MC;
-        const float *a = A + i0 * rsa + p0 * csa;
+        const float *a = A + i0 * rsa;
         ptrdiff_t ra = rsa, ca = csa;
         if (block) {
             transpose_panel(block, kc, a, csa, 0, kc, 0, mc, 0);
@@ -786,13 +787,26 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
     const ptrdiff_t panels = (n + pw - 1) / pw, depth = slab_depth(k);
     const ptrdiff_t kc_max = k < depth ? k : depth;
     const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
-    /* Chunks of whole panels (each packs only its own) dealt dynamically, two or more
-     * per thread, when there are enough panels and A is not the larger operand (every
-     * chunk reads all of A); else rows, each part packing all of B. */
+    /* One part per thread: a chunk of whole panels (each packs only its own), when there
+     * are enough panels and A is not the larger operand (every chunk reads all of A);
+     * else rows, each part packing all of B. Chunks differ by one panel at most: two per
+     * thread dealt dynamically, 5 + 4 + 5 + 4 panels, ran 10% slower than 9 + 9. */
     const int team = (double)m * n * k < 4 * 65536.0 ? 1 : threads;
     const int by_columns = panels >= 2 * team && n >= m;
-    const ptrdiff_t per_chunk = by_columns ? panels / (2 * team) : panels;
-    const ptrdiff_t chunks = by_columns ? (panels + per_chunk - 1) / per_chunk : team;
+    const ptrdiff_t chunks = team;
+    const ptrdiff_t per_chunk = by_columns ? (panels + chunks - 1) / chunks : panels;
+    /* A column-major A that several chunks read (a weight gradient's X^T) is copied once,
+     * slab by slab, each row-major with rows kc apart (as panels_times would copy it a
+     * block at a time in every chunk; in a MiniLM step those copies cost a tenth of the
+     * chunks' multiplies): slab s at s depth m. */
+    const float *a_slabs = NULL;
+    if (by_columns && chunks > 1 && rsa == 1 && csa != 1) {
+        float *slabs = panel_buffer(2, (size_t)(m * k));
+        for (ptrdiff_t p0 = 0; slabs && p0 < k; p0 += depth)
+            cv_transpose(slabs + p0 * m, k - p0 < depth ? k - p0 : depth, A + p0 * csa, csa,
+                         k - p0 < depth ? k - p0 : depth, m, 0);
+        a_slabs = slabs;
+    }
     int failed = 0;
 #pragma omp parallel num_threads(team) if (team > 1)
     {
@@ -805,14 +819,15 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
         int stop;
 #pragma omp atomic read
         stop = failed;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static, 1)
         for (ptrdiff_t ch = 0; ch < chunks; ch++) {
             if (stop)
                 continue;
             ptrdiff_t r0 = 0, r1 = m, c0 = 0, c1 = n;
             if (by_columns) {
-                c0 = ch * per_chunk * pw;
-                c1 = c0 + per_chunk * pw < n ? c0 + per_chunk * pw : n;
+                c0 = ch * panels / chunks * pw;
+                c1 = (ch + 1) * panels / chunks * pw < n ? (ch + 1) * panels / chunks * pw
+                                                         : n;
             } else {
                 r0 = ch * m / chunks;
                 r1 = (ch + 1) * m / chunks;
@@ -822,8 +837,9 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
                 for (ptrdiff_t j0 = c0, q = 0; j0 < c1; j0 += pw, q++)
                     pack_panel(buf + q * kc * pw, pw, B, rsb, csb, p0, kc, j0,
                                c1 - j0 < pw ? c1 - j0 : pw);
-                panels_times(kernel, pw, buf, r0, r1, c0, c1, p0, kc, A, rsa, csa,
-                             accumulate, C, ldc);
+                const float *a = a_slabs ? a_slabs + p0 * m : A + p0 * csa;
+                panels_times(kernel, pw, buf, r0, r1, c0, c1, p0, kc, a, a_slabs ? kc : rsa,
+                             a_slabs ? 1 : csa, accumulate, C, ldc);
             }
         }
     }
@@ -867,8 +883,8 @@ void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdi
     const ptrdiff_t depth = slab_depth(pb->k);
     for (ptrdiff_t p0 = 0; p0 < pb->k; p0 += depth) {
         const ptrdiff_t kc = pb->k - p0 < depth ? pb->k - p0 : depth;
-        panels_times(kernel, pw, pb->panels + p0 * npad, 0, m, 0, pb->n, p0, kc, A, rsa,
-                     csa, accumulate, C, ldc);
+        panels_times(kernel, pw, pb->panels + p0 * npad, 0, m, 0, pb->n, p0, kc,
+                     A + p0 * csa, rsa, csa, accumulate, C, ldc);
     }
 }
 
