@@ -319,9 +319,10 @@ def test_small_gemm_kernel_refuses_widths_off_the_vector():
 # transposed (packed through the 8 x 8 transposes), A both ways (column-major A is
 # copied a block at a time), k over several slabs (of at most 384) and not a multiple, partial
 # panels (n = 80: 64 + 16), rows in and out of the 72-row blocks, a team split by
-# columns (n = 1024) and by rows (m > n).
+# columns (n = 1024; with a column-major A copied once for both, 63 x 512) and by rows
+# (m > n).
 PACKED_GEMM_SHAPES = [(300, 1024, 300), (97, 80, 257), (1, 64, 1), (1000, 16, 129),
-                      (130, 768, 768), (75, 80, 1000), (145, 48, 513)]  # fmt: skip
+                      (130, 768, 768), (75, 80, 1000), (145, 48, 513), (63, 512, 700)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,n,k", PACKED_GEMM_SHAPES)
