@@ -3,7 +3,9 @@
     python benchmarks/bench_loss.py [--sizes 32 256 1024 4096] [--dim 512]
 
 PyTorch: F.normalize, matmul, F.cross_entropy both ways (lambda 0.75), backward. Each side
-runs in its own process; the FMA peak is measured in the same run."""
+runs in its own process; the FMA peak is measured in the same run. Each size reports the
+median over at least a second of calls (five calls at N = 1024 moved by 10% from run to
+run on a shared machine)."""
 
 import argparse
 import os
@@ -51,7 +53,7 @@ def run(framework, sizes, dim, threads, repeat):
             def fn():
                 loss(v, u, grad_v=gv, grad_u=gu)
 
-        results[str(n)] = timeit(fn, repeat=reps, warmup=2)
+        results[str(n)] = timeit(fn, repeat=reps, warmup=2, min_time=1.0)
     return {"seconds": results}
 
 
