@@ -403,11 +403,8 @@ static cv_status softmax_two_pass(softmax_totals *t, float *S, cv_loss_workspace
     }
     if (stop)
         return CV_ERR_INTERRUPTED;
-    t->loss_rows = loss_rows;
-    t->hits_rows = hits_rows;
-    t->loss_cols = loss_cols;
-    t->hits_cols = hits_cols;
-    t->grad_scale = grad_scale + dot_cols;
+    *t =
+        (softmax_totals){loss_rows, loss_cols, hits_rows, hits_cols, grad_scale + dot_cols};
     return CV_OK;
 }
 
@@ -487,11 +484,7 @@ static cv_status softmax_by_max(softmax_totals *t, float *S, cv_loss_workspace *
     }
     if (stop)
         return CV_ERR_INTERRUPTED;
-    t->loss_rows = loss_rows;
-    t->hits_rows = hits_rows;
-    t->loss_cols = loss_cols;
-    t->hits_cols = hits_cols;
-    t->grad_scale = grad_scale;
+    *t = (softmax_totals){loss_rows, loss_cols, hits_rows, hits_cols, grad_scale};
     return CV_OK;
 }
 
