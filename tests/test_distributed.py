@@ -98,14 +98,14 @@ def references(run):
     return want, noise
 
 
-def assert_within_noise(got, want, noise, keys):
+def assert_within_noise(got, want, noise, keys, floor=1e-5):
     """K ranks (another summation order again) no further from one process than 3x the
-    farthest of the one process's own float32 variants (references) plus 1e-5 of the
+    farthest of the one process's own float32 variants (references) plus `floor` of the
     magnitude (measured: 4e-6 of it for the ResNet's first gradient on zen3); a wrong
     algebra (per-rank statistics, a gradient scaled by 1/K) is off by 1e-1 to 1 of it."""
     for key in keys:
         error = float(np.abs(got[key] - want[key]).max())
-        bound = 3 * noise[key] + 1e-5 * float(np.abs(want[key]).max())
+        bound = 3 * noise[key] + floor * float(np.abs(want[key]).max())
         assert error <= bound, f"{key}: {error:.3g} apart, noise {noise[key]:.3g}"
 
 
@@ -345,7 +345,14 @@ def test_resume_on_another_number_of_ranks_continues_the_global_schedule(
     run_ok(first, "fit", tmp_path, checkpoint=ckpt, max_steps=3)
     got = run_ok(second, "fit", tmp_path, checkpoint=ckpt, max_steps=5, resume=1)
     assert list(got["state"]) == list(want["state"]) == [5, 2, 1]  # step, epoch, batch
-    assert_within_noise(got, want, noise, ["loss", "param0", "param1"])
+    # Five Adam steps: one ReLU flipped by rounding moves the last loss by 1.3e-4 (5e-5
+    # of it). The references need not catch such a flip: their 1- and 2-thread runs are
+    # the same bits (every GEMM and the loss sum in an order set by the shape alone), so
+    # only the nudges vary. Measured on Zen 5: before that, a reference variant flipped
+    # (noise 1.36e-4, 2 ranks 3.6e-6 away); after it, the 2-rank run did (1.29e-4 away,
+    # noise 3.2e-6). Hence a floor of 1e-4 of the magnitude, still 1000x below a wrong
+    # algebra's error.
+    assert_within_noise(got, want, noise, ["loss", "param0", "param1"], floor=1e-4)
 
 
 @needs_mpi
