@@ -133,7 +133,8 @@ static inline int cv_stopping(int *stop, ptrdiff_t i)
 }
 
 /* exp(x) for float, branch-free so that loops calling it vectorise. Relative error
- * below 2e-7 on [-87.3, 88]; 0 below (where exp(x) < 1.2e-38), exp(88) above. */
+ * below 2e-7 on [-87.3, 88]; 0 below (where exp(x) < 1.2e-38), exp(88) above, NaN
+ * for NaN. */
 static inline float cv_expf(float x)
 {
     const float underflow = x < -87.3f ? 0.0f : 1.0f;
@@ -156,7 +157,8 @@ static inline float cv_expf(float x)
         int32_t i;
         float f;
     } scale;
-    scale.i = ((int32_t)n + 127) << 23;
+    /* NaN in x: p is NaN already; n = 0 keeps the conversion and the shift defined */
+    scale.i = ((int32_t)(n == n ? n : 0.0f) + 127) << 23;
     return p * scale.f * underflow;
 }
 
