@@ -227,8 +227,10 @@ typedef struct {
 /* Workspace reused across calls (grown on demand). */
 typedef struct {
     float *logits;    /* n_rows x n_cols */
-    float *row_stat;  /* per row: inverse norm, log-sum-exp, positive logit */
-    float *col_stat;  /* per column: inverse norm, max, log-sum-exp, sum, dot, weight */
+    float *row_stat;  /* per row: inverse norm, then the log-sum-exp (shift by the
+                         maxima) or the positive's logit (shift by the scale) */
+    float *col_stat;  /* per column: inverse norm, max, then log-sum-exp and sum, or
+                         sum, sum of E S and the gradient's weight */
     float *tile_stat; /* per column tile and row: partial sum, dot and max */
     size_t logits_cap, row_cap, col_cap, tile_cap;
 } cv_loss_workspace;

@@ -39,9 +39,8 @@ CV_VECTORIZE static float scale_row(float *row, const float *colscale, float s, 
         cv_lanes_max(&lane_best, x);
         lane_poison += *x * 0.0f; /* NaN once any entry is NaN or Inf */
     }
-    float best = cv_lanes_max_total(&lane_best), poison = 0.0f;
-    for (int l = 0; l < CV_LANES; l++)
-        poison += lane_poison[l];
+    float best = cv_lanes_max_total(&lane_best);
+    float poison = cv_lanes_total((const float *)&lane_poison);
     for (ptrdiff_t j = body; j < m; j++) {
         row[j] *= s * colscale[j];
         best = row[j] > best ? row[j] : best;
@@ -291,12 +290,10 @@ CV_VECTORIZE static void exp_tile_row(float *restrict row, const float *restrict
         *(cv_lanes_f *)(col_sum + j) += e;
         *(cv_lanes_f *)(col_dot + j) += e * x;
     }
-    float sum = 0.0f, dot = 0.0f, poison = 0.0f, best = cv_lanes_max_total(&lane_max);
-    for (int l = 0; l < CV_LANES; l++) {
-        sum += lane_sum[l];
-        dot += lane_dot[l];
-        poison += lane_poison[l];
-    }
+    float sum = cv_lanes_total((const float *)&lane_sum);
+    float dot = cv_lanes_total((const float *)&lane_dot);
+    float poison = cv_lanes_total((const float *)&lane_poison);
+    float best = cv_lanes_max_total(&lane_max);
     for (ptrdiff_t j = body; j < w; j++) {
         float v = row[j] * (s * inv_b[j]), e = cv_expf(v - shift);
         row[j] = e;
@@ -335,9 +332,9 @@ static cv_status softmax_two_pass(softmax_totals *t, float *S, cv_loss_workspace
 {
     const float shift = (float)scale;
     const ptrdiff_t tile = column_tile(m), tiles = (m + tile - 1) / tile;
-    float *inv_a = ws->row_stat, *row_lse = inv_a + n, *positive = row_lse + n;
-    float *inv_b = ws->col_stat, *col_max = inv_b + m, *col_lse = col_max + m,
-          *col_sum = col_lse + m, *col_dot = col_sum + m, *col_g = col_dot + m;
+    float *inv_a = ws->row_stat, *positive = inv_a + n;
+    float *inv_b = ws->col_stat, *col_max = inv_b + m, *col_sum = col_max + m,
+          *col_dot = col_sum + m, *col_g = col_dot + m;
     float *part = ws->tile_stat; /* [tiles][n][4] */
 
     int nonfinite = 0, stop = 0;
@@ -365,8 +362,7 @@ static cv_status softmax_two_pass(softmax_totals *t, float *S, cv_loss_workspace
         for (ptrdiff_t j = j0; j < j0 + w; j++) {
             col_g[j] = col_coef / col_sum[j];
             if (square) {
-                col_lse[j] = shift + logf(col_sum[j]);
-                loss_cols += col_lse[j] - positive[j];
+                loss_cols += shift + logf(col_sum[j]) - positive[j];
                 hits_cols += positive[j] >= col_max[j];
                 dot_cols += (double)col_g[j] * col_dot[j];
             }
@@ -392,8 +388,7 @@ static cv_status softmax_two_pass(softmax_totals *t, float *S, cv_loss_workspace
             dot += pi[1];
             best = pi[2] > best ? pi[2] : best;
         }
-        row_lse[i] = shift + logf(sum);
-        loss_rows += row_lse[i] - positive[i];
+        loss_rows += shift + logf(sum) - positive[i];
         hits_rows += positive[i] >= best;
         const float r = row_coef / sum;
         grad_scale += (double)r * dot + (double)g_positive * positive[i];
@@ -519,9 +514,9 @@ cv_status cv_loss_forward_backward(cv_loss_result *result, float *grad_a, ptrdif
 
     if (cv_reserve((void **)&ws->logits, &ws->logits_cap, cv_mul_sat((size_t)n, (size_t)m),
                    sizeof(float)) ||
-        cv_reserve((void **)&ws->row_stat, &ws->row_cap, cv_mul_sat(3, (size_t)n),
+        cv_reserve((void **)&ws->row_stat, &ws->row_cap, cv_mul_sat(2, (size_t)n),
                    sizeof(float)) ||
-        cv_reserve((void **)&ws->col_stat, &ws->col_cap, cv_mul_sat(6, (size_t)m),
+        cv_reserve((void **)&ws->col_stat, &ws->col_cap, cv_mul_sat(5, (size_t)m),
                    sizeof(float)) ||
         cv_reserve(
             (void **)&ws->tile_stat, &ws->tile_cap,
