@@ -654,7 +654,7 @@ void cv_transpose(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds,
  * L2), while the kernel sweeps PACK_MC rows of A past it; A is read in place, or a
  * block at a time row-major when it is column-major. The depth was measured on Zen 5
  * (one thread, BERT's, ResNet's and the loss's shapes): slabs of 128 -> 384 rows took
- * the GEMMs from 82-88% to 90-95% of the FMA peak (C is read and written once per
+ * the GEMMs from 82-88% to 93-98% of the FMA peak (C is read and written once per
  * slab); 512 was no faster and slowed a column-major A. BLIS 0.9 packs both operands
  * at every call (on skx through a generic copy loop), so a GEMM cut into row tiles
  * packs all of B once per tile: here B can be packed once (cv_pack_b) for every tile
@@ -678,7 +678,7 @@ static ptrdiff_t slab_depth(ptrdiff_t k)
 }
 
 /* Three buffers per thread, kept until it ends: 0 for cv_gemm_packed's own panels, 1
- * for cv_pack_b's, 2 for blocks of A. */
+ * for cv_pack_b's, 2 for copies of a column-major A (a block, or all of it). */
 typedef struct {
     float *data[3];
     size_t cap[3];
