@@ -2,7 +2,15 @@
  * (see layers.h for the layout). Each (sequence, head) pair is a few small GEMMs
  * on one thread; OpenMP spreads the pairs over the threads. Packing means there is
  * no padding mask to apply: a sequence's queries only ever see its own keys, which is
- * what Hugging Face's additive mask of the padded keys amounts to for valid tokens. */
+ * what Hugging Face's additive mask of the padded keys amounts to for valid tokens.
+ *
+ * The GEMMs go to cv_gemm_small, which reads its operands in place (q, k, v, the
+ * probabilities and their transposes, at any strides) where it takes the head's width:
+ * only k^T and v^T are copied, a head_dim x len block each. Through cv_gemm_packed
+ * (before) a head's GEMMs spent a third of their time packing and transposing, and with
+ * 32 columns (MiniLM's heads) ran in the 6 x 64 kernel's slow partial path. The scale
+ * 1/sqrt(head_dim) goes into the softmax's exponent and into the scores' gradient, not
+ * into passes of its own. */
 /* Without this, GCC 12 does not vectorise the loops that call cv_expf: its clamps
  * followed by a float -> int conversion need if-conversion, which -ftrapping-math (the
  * default) forbids ("control flow in loop"). The core never relies on FP traps. */
@@ -13,63 +21,94 @@
 #include "core.h"
 #include "layers.h"
 
-/* Row-wise softmax of a (rows x cols) block, in place: max, exp, sum, scale. */
-CV_VECTORIZE static void softmax_rows(float *p, ptrdiff_t rows, ptrdiff_t cols)
+CV_VECTORIZE static void scale_row(float *row, float alpha, ptrdiff_t n)
 {
-    const ptrdiff_t body = cols / CV_LANES * CV_LANES;
-    for (ptrdiff_t i = 0; i < rows; i++) {
-        float *row = p + i * cols;
-        float lane_max[CV_LANES], lane_sum[CV_LANES];
-        for (int l = 0; l < CV_LANES; l++) {
-            lane_max[l] = -INFINITY;
-            lane_sum[l] = 0.0f;
-        }
-        for (ptrdiff_t j = 0; j < body; j += CV_LANES)
-            for (int l = 0; l < CV_LANES; l++)
-                lane_max[l] = row[j + l] > lane_max[l] ? row[j + l] : lane_max[l];
-        float max = -INFINITY;
-        for (int l = 0; l < CV_LANES; l++)
-            max = lane_max[l] > max ? lane_max[l] : max;
-        for (ptrdiff_t j = body; j < cols; j++)
-            max = row[j] > max ? row[j] : max;
-        for (ptrdiff_t j = 0; j < body; j += CV_LANES)
-            for (int l = 0; l < CV_LANES; l++) {
-                float e = cv_expf(row[j + l] - max);
-                row[j + l] = e;
-                lane_sum[l] += e;
-            }
-        float sum = 0.0f;
-        for (int l = 0; l < CV_LANES; l++)
-            sum += lane_sum[l];
-        for (ptrdiff_t j = body; j < cols; j++) {
-            row[j] = cv_expf(row[j] - max);
-            sum += row[j];
-        }
-        const float inv = 1.0f / sum;
-        for (ptrdiff_t j = 0; j < cols; j++)
-            row[j] *= inv;
-    }
+    for (ptrdiff_t j = 0; j < n; j++)
+        row[j] *= alpha;
 }
 
-/* Softmax backward: dS = P * (dP - rowsum(P * dP)), written over dp. */
-CV_VECTORIZE static void softmax_backward_rows(float *dp, const float *p, ptrdiff_t rows,
-                                               ptrdiff_t cols)
+/* dst (rows x cols, rows ldd apart) = the row-wise softmax of scale * src (rows lds
+ * apart): max, exp, sum, then scaled by the sum. dst may be src. The exponentials stay
+ * in registers from exp to sum, and a row is scaled only after the next row's
+ * exponentials: read back at once, a 64-byte store is not forwarded on Zen 4 and 5 and
+ * the load waits for it to reach the cache (a third of the softmax's time, measured). */
+CV_VECTORIZE static void softmax_rows(float *dst, ptrdiff_t ldd, const float *src,
+                                      ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
+                                      float scale)
+{
+    const ptrdiff_t body = cols / CV_LANES * CV_LANES;
+    float *pending = NULL, pending_inv = 0.0f;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        const float *s = src + i * lds;
+        float *d = dst + i * ldd;
+        /* two running maxima: one waits on its compare and blend every other step */
+        cv_lanes_f max0, max1;
+        for (int l = 0; l < CV_LANES; l++)
+            max0[l] = max1[l] = -INFINITY;
+        ptrdiff_t j = 0;
+        for (; j + 2 * CV_LANES <= body; j += 2 * CV_LANES) {
+            cv_lanes_max(&max0, (const cv_lanes_f *)(s + j));
+            cv_lanes_max(&max1, (const cv_lanes_f *)(s + j + CV_LANES));
+        }
+        if (j < body)
+            cv_lanes_max(&max0, (const cv_lanes_f *)(s + j));
+        cv_lanes_max(&max0, &max1);
+        float max = cv_lanes_max_total(&max0);
+        for (ptrdiff_t j = body; j < cols; j++)
+            max = s[j] > max ? s[j] : max;
+        const float shift = scale * max;
+        /* two vectors a step: an exponential is a chain of some twenty dependent
+         * operations, and the scheduler holds too few steps to overlap one at a time */
+        cv_lanes_f lane_sum = {0}, lane_sum1 = {0};
+        for (j = 0; j + 2 * CV_LANES <= body; j += 2 * CV_LANES) {
+            cv_lanes_f x0 = *(const cv_lanes_f *)(s + j) * scale - shift, e0;
+            cv_lanes_f x1 = *(const cv_lanes_f *)(s + j + CV_LANES) * scale - shift, e1;
+            cv_lanes_exp(&e0, &x0);
+            cv_lanes_exp(&e1, &x1);
+            *(cv_lanes_f *)(d + j) = e0;
+            *(cv_lanes_f *)(d + j + CV_LANES) = e1;
+            lane_sum += e0;
+            lane_sum1 += e1;
+        }
+        if (j < body) {
+            cv_lanes_f x = *(const cv_lanes_f *)(s + j) * scale - shift, e;
+            cv_lanes_exp(&e, &x);
+            *(cv_lanes_f *)(d + j) = e;
+            lane_sum += e;
+        }
+        lane_sum += lane_sum1;
+        float sum = cv_lanes_tree_total(&lane_sum);
+        for (ptrdiff_t j = body; j < cols; j++) {
+            d[j] = cv_expf(scale * s[j] - shift);
+            sum += d[j];
+        }
+        if (pending)
+            scale_row(pending, pending_inv, cols);
+        pending = d;
+        pending_inv = 1.0f / sum;
+    }
+    if (pending)
+        scale_row(pending, pending_inv, cols);
+}
+
+/* Softmax backward, scaled: ds = scale P * (dP - rowsum(P * dP)) (rows ldd apart),
+ * written over dp (rows ldd apart; P's rows ldp apart). */
+CV_VECTORIZE static void softmax_backward_rows(float *dp, ptrdiff_t ldd, const float *p,
+                                               ptrdiff_t ldp, ptrdiff_t rows,
+                                               ptrdiff_t cols, float scale)
 {
     const ptrdiff_t body = cols / CV_LANES * CV_LANES;
     for (ptrdiff_t i = 0; i < rows; i++) {
-        const float *pr = p + i * cols;
-        float *dr = dp + i * cols;
-        float lane_dot[CV_LANES] = {0};
+        const float *pr = p + i * ldp;
+        float *dr = dp + i * ldd;
+        cv_lanes_f lane_dot = {0};
         for (ptrdiff_t j = 0; j < body; j += CV_LANES)
-            for (int l = 0; l < CV_LANES; l++)
-                lane_dot[l] += pr[j + l] * dr[j + l];
-        float dot = 0.0f;
-        for (int l = 0; l < CV_LANES; l++)
-            dot += lane_dot[l];
+            lane_dot += *(const cv_lanes_f *)(pr + j) * *(const cv_lanes_f *)(dr + j);
+        float dot = cv_lanes_tree_total(&lane_dot);
         for (ptrdiff_t j = body; j < cols; j++)
             dot += pr[j] * dr[j];
         for (ptrdiff_t j = 0; j < cols; j++)
-            dr[j] = pr[j] * (dr[j] - dot);
+            dr[j] = scale * (pr[j] * (dr[j] - dot));
     }
 }
 
@@ -82,25 +121,41 @@ static ptrdiff_t longest(const ptrdiff_t *seq_start, ptrdiff_t n)
     return max;
 }
 
-CV_VECTORIZE static void scale_row(float *row, float alpha, ptrdiff_t n)
+/* A sequence's length rounded up to the kernels' column blocks. */
+static ptrdiff_t padded(ptrdiff_t len)
 {
-    for (ptrdiff_t j = 0; j < n; j++)
-        row[j] *= alpha;
+    return (len + 15) / 16 * 16;
 }
 
-/* C (m x n, rows ldc apart) = alpha A B on this thread: convirt's kernel where it takes
- * the shape (alpha applied to each sum, as BLIS does), else BLIS. */
-static void head_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float *A,
-                      ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t rsb,
-                      ptrdiff_t csb, float *C, ptrdiff_t ldc)
+/* One thread's scratch: a (len x padded(len)) block of scores, then a head of k or v
+ * transposed (head_dim x padded(len)). */
+static size_t work_per_thread(ptrdiff_t max_len, ptrdiff_t head_dim)
 {
-    if (cv_gemm_packed(m, n, k, A, rsa, csa, B, rsb, csb, 0, C, ldc)) {
-        cv_gemm(m, n, k, alpha, A, rsa, csa, B, rsb, csb, 0.0f, C, ldc, 1);
-        return;
-    }
-    if (alpha != 1.0f)
-        for (ptrdiff_t i = 0; i < m; i++)
-            scale_row(C + i * ldc, alpha, n);
+    const size_t lp = (size_t)padded(max_len);
+    return ((size_t)max_len * lp + (size_t)head_dim * lp + 15) / 16 * 16;
+}
+
+size_t attention_work_floats(ptrdiff_t max_len, ptrdiff_t head_dim, int threads)
+{
+    return (size_t)threads * work_per_thread(max_len, head_dim);
+}
+
+/* The heads go through cv_gemm_small, every operand read in place but k^T and v^T
+ * (copied, head_dim x padded(len)), when it takes head_dim columns; else cv_gemm. */
+static int small_heads(ptrdiff_t head_dim)
+{
+    return cv_gemm_small_takes(head_dim) && cv_gemm_small_takes(16);
+}
+
+/* dst (head_dim x lp) = the head's rows (len x head_dim, ld apart) transposed, its
+ * columns past len zero (so that the scores past len are zero, never read). */
+static void transpose_head(float *dst, ptrdiff_t lp, const float *src, ptrdiff_t ld,
+                           ptrdiff_t len, ptrdiff_t head_dim)
+{
+    cv_transpose(dst, lp, src, ld, len, head_dim, 0);
+    for (ptrdiff_t i = 0; i < head_dim; i++)
+        for (ptrdiff_t j = len; j < lp; j++)
+            dst[i * lp + j] = 0.0f;
 }
 
 void attention_forward(float *ctx, float *probs, const float *qkv,
@@ -109,22 +164,35 @@ void attention_forward(float *ctx, float *probs, const float *qkv,
 {
     const ptrdiff_t width = heads * head_dim, ld = 3 * width;
     const ptrdiff_t max_len = longest(seq_start, n);
+    const size_t per_thread = work_per_thread(max_len, head_dim);
     const float scale = 1.0f / sqrtf((float)head_dim);
+    const int small = small_heads(head_dim);
     /* Dynamic: sequences differ in length, so pairs differ in cost. */
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (ptrdiff_t pair = 0; pair < n * heads; pair++) {
         const ptrdiff_t s = pair / heads, h = pair % heads;
         const ptrdiff_t row0 = seq_start[s], len = seq_start[s + 1] - row0;
+        const ptrdiff_t lp = small ? padded(len) : len;
         const float *q = qkv + row0 * ld + h * head_dim, *k = q + width, *v = q + 2 * width;
-        float *p = probs
-                       ? probs + probs_start[s] + (size_t)(h * len * len)
-                       : work + (size_t)omp_get_thread_num() * (size_t)(max_len * max_len);
-        /* scores (len x len) = scale q k^T; k^T is k read with swapped strides */
-        head_gemm(len, len, head_dim, scale, q, ld, 1, k, 1, ld, p, len);
-        softmax_rows(p, len, len);
-        /* ctx rows of this head (len x head_dim) = p v */
-        head_gemm(len, head_dim, len, 1.0f, p, len, 1, v, ld, 1,
-                  ctx + row0 * width + h * head_dim, width);
+        float *scratch = work + (size_t)omp_get_thread_num() * per_thread;
+        float *kt = scratch + (size_t)(max_len * padded(max_len));
+        float *out = ctx + row0 * width + h * head_dim;
+        /* the probabilities: kept (len x len) in training, else in the scratch */
+        float *p = probs ? probs + probs_start[s] + (size_t)(h * len * len) : scratch;
+        const ptrdiff_t ldp = probs ? len : lp;
+        /* the scores: where the probabilities go when their rows are lp apart (they are
+         * then exponentiated in place, in cache), else in the scratch */
+        float *scores = ldp == lp ? p : scratch;
+        /* scores (len x len, rows lp apart) = q k^T; k^T is k read with swapped strides */
+        if (small) {
+            transpose_head(kt, lp, k, ld, len, head_dim);
+            cv_gemm_small(len, lp, head_dim, q, ld, 1, kt, lp, 0, scores, lp);
+        } else
+            cv_gemm(len, len, head_dim, 1.0f, q, ld, 1, k, 1, ld, 0.0f, scores, lp, 1);
+        softmax_rows(p, ldp, scores, lp, len, len, scale);
+        /* this head's ctx rows (len x head_dim) = p v */
+        if (!small || cv_gemm_small(len, head_dim, len, p, ldp, 1, v, ld, 0, out, width))
+            cv_gemm(len, head_dim, len, 1.0f, p, ldp, 1, v, ld, 1, 0.0f, out, width, 1);
     }
 }
 
@@ -135,24 +203,37 @@ void attention_backward(float *dqkv, const float *probs, const float *dctx,
 {
     const ptrdiff_t width = heads * head_dim, ld = 3 * width;
     const ptrdiff_t max_len = longest(seq_start, n);
+    const size_t per_thread = work_per_thread(max_len, head_dim);
     const float scale = 1.0f / sqrtf((float)head_dim);
+    const int small = small_heads(head_dim);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (ptrdiff_t pair = 0; pair < n * heads; pair++) {
         const ptrdiff_t s = pair / heads, h = pair % heads;
         const ptrdiff_t row0 = seq_start[s], len = seq_start[s + 1] - row0;
+        const ptrdiff_t lp = small ? padded(len) : len;
         const float *q = qkv + row0 * ld + h * head_dim, *k = q + width, *v = q + 2 * width;
         const float *dc = dctx + row0 * width + h * head_dim;
         float *dq = dqkv + row0 * ld + h * head_dim, *dk = dq + width, *dv = dq + 2 * width;
         const float *p = probs + probs_start[s] + (size_t)(h * len * len);
-        float *dp = work + (size_t)omp_get_thread_num() * (size_t)(max_len * max_len);
-        /* dv = p^T dctx */
-        head_gemm(len, head_dim, len, 1.0f, p, 1, len, dc, width, 1, dv, ld);
-        /* dp = dctx v^T */
-        head_gemm(len, len, head_dim, 1.0f, dc, width, 1, v, 1, ld, dp, len);
-        softmax_backward_rows(dp, p, len, len); /* dp now holds dS, the scores' gradient */
+        float *ds = work + (size_t)omp_get_thread_num() * per_thread;
+        float *vt = ds + (size_t)(max_len * padded(max_len));
+        if (small) {
+            /* dv = p^T dctx (p^T read in place, column by column) */
+            cv_gemm_small(len, head_dim, len, p, 1, len, dc, width, 0, dv, ld);
+            /* dp (rows lp apart) = dctx v^T */
+            transpose_head(vt, lp, v, ld, len, head_dim);
+            cv_gemm_small(len, lp, head_dim, dc, width, 1, vt, lp, 0, ds, lp);
+        } else {
+            cv_gemm(len, head_dim, len, 1.0f, p, 1, len, dc, width, 1, 0.0f, dv, ld, 1);
+            cv_gemm(len, len, head_dim, 1.0f, dc, width, 1, v, 1, ld, 0.0f, ds, lp, 1);
+        }
+        /* ds = scale dS, dS the scores' gradient */
+        softmax_backward_rows(ds, lp, p, len, len, len, scale);
         /* dq = scale dS k, dk = scale dS^T q */
-        head_gemm(len, head_dim, len, scale, dp, len, 1, k, ld, 1, dq, ld);
-        head_gemm(len, head_dim, len, scale, dp, 1, len, q, ld, 1, dk, ld);
+        if (!small || cv_gemm_small(len, head_dim, len, ds, lp, 1, k, ld, 0, dq, ld))
+            cv_gemm(len, head_dim, len, 1.0f, ds, lp, 1, k, ld, 1, 0.0f, dq, ld, 1);
+        if (!small || cv_gemm_small(len, head_dim, len, ds, 1, lp, q, ld, 0, dk, ld))
+            cv_gemm(len, head_dim, len, 1.0f, ds, 1, lp, q, ld, 1, 0.0f, dk, ld, 1);
     }
 }
 

@@ -134,7 +134,7 @@ typedef struct {
     float *scratch;
     size_t scratch_cap;
     float *x_a, *x_b, *qkv_s, *ctx_s, *h1_s, *inter_s;
-    float *work; /* attention: threads x max_len^2 */
+    float *work; /* attention's scratch (attention_work_floats) */
     size_t work_cap;
 
     const float *last_hidden; /* packed (m x H) output of the last forward */
@@ -604,7 +604,7 @@ static cv_status reserve_scratch(bert_model *b, int threads)
     size_t total = 0;
     for (int i = 0; i < 6; i++)
         total = ADD(total, lines(sizes[i]));
-    size_t work = MUL((size_t)threads, MUL((size_t)b->max_len, (size_t)b->max_len));
+    size_t work = attention_work_floats(b->max_len, b->head_dim, threads);
     if (reserve(&b->scratch, &b->scratch_cap, total, sizeof(float)) ||
         reserve(&b->work, &b->work_cap, work, sizeof(float)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for the activations of %zu tokens", m);

@@ -136,6 +136,8 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
 int cv_gemm_small(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
                   ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,
                   ptrdiff_t ldc);
+/* Whether cv_gemm_small runs n columns on this kernel set. */
+int cv_gemm_small_takes(ptrdiff_t n);
 
 /* C (m x n, rows ldc apart) = A B, or += with accumulate; B row-major (rows ldb
  * apart): the GEMM of one tile of a layer. cv_gemm_small where B is at most

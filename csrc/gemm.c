@@ -443,13 +443,44 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
 /* ---- small GEMMs, read in place ---------------------------------------------
  * An RB x (NV W) block of C lives in NV x RB vector registers while the k products
  * stream through it: per step, NV vectors of a row of B and RB broadcasts of A. With
- * AVX-512 (32 registers) 6 x 64 floats, 24 accumulators; with AVX2 (16) 6 x 16, 12.
- * No packing: B's rows are read where they are (a few KiB per step, in L1 for the
- * 64-256 columns it is used for), A's elements one by one. The products are summed
- * from zero and C added to the sum at the end (accumulate), as BLIS's kernels do, so
- * that C += A B twice is C + 2 (A B) whenever A B is one call's sum. */
+ * AVX-512 (32 registers) 6 x 64 floats, 24 accumulators, and for 32 columns (attention's
+ * heads) 12 x 32; with AVX2 (16) 6 x 16, 12. No packing: B's rows are read where they
+ * are (a few KiB per step, in L1 for the 64-256 columns it is used for), A's elements
+ * one by one. The rows past the last full block go in blocks of 8, 4, 2 and 1 rows,
+ * each with its accumulators in registers too. The products are summed from zero and C
+ * added to the sum at the end (accumulate), as BLIS's kernels do, so that C += A B
+ * twice is C + 2 (A B) whenever A B is one call's sum; every element is the same sum in
+ * the same order whichever block it falls in. */
 #define SMALL_GEMM_KERNEL(NAME, TARGET, W, NV, RB)                                         \
     typedef float NAME##_vec __attribute__((vector_size(4 * W), aligned(4), may_alias));   \
+    /* R rows (a constant where it is inlined, at most RB or 8) of NV vectors */           \
+    __attribute__((target(TARGET), always_inline)) static inline void NAME##_rows(         \
+        const int R, ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa,            \
+        const float *b, ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc)            \
+    {                                                                                      \
+        typedef NAME##_vec vec;                                                            \
+        vec acc[RB > 8 ? RB : 8][NV];                                                      \
+        for (int r = 0; r < R; r++)                                                        \
+            for (int v = 0; v < NV; v++)                                                   \
+                acc[r][v] = (vec){0};                                                      \
+        for (ptrdiff_t p = 0; p < k; p++, b += ldb) {                                      \
+            vec bv[NV];                                                                    \
+            for (int v = 0; v < NV; v++)                                                   \
+                bv[v] = *(const vec *)(b + v * W);                                         \
+            for (int r = 0; r < R; r++) {                                                  \
+                const float x = a[r * rsa + p * csa];                                      \
+                for (int v = 0; v < NV; v++)                                               \
+                    acc[r][v] += x * bv[v];                                                \
+            }                                                                              \
+        }                                                                                  \
+        for (int r = 0; r < R; r++)                                                        \
+            for (int v = 0; v < NV; v++) {                                                 \
+                float *cp = c + r * ldc + v * W;                                           \
+                if (accumulate)                                                            \
+                    acc[r][v] += *(vec *)cp;                                               \
+                *(vec *)cp = acc[r][v];                                                    \
+            }                                                                              \
+    }                                                                                      \
     __attribute__((target(TARGET))) static void NAME(                                      \
         ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,              \
         ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,            \
@@ -458,6 +489,32 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
         typedef NAME##_vec vec;                                                            \
         for (ptrdiff_t j0 = 0; j0 < n; j0 += NV * W) {                                     \
             const int nv = n - j0 >= NV * W ? NV : (int)((n - j0) / W);                    \
+            if (nv == NV) {                                                                \
+                ptrdiff_t i0 = 0;                                                          \
+                for (; m - i0 >= RB; i0 += RB)                                             \
+                    NAME##_rows(RB, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,    \
+                                C + i0 * ldc + j0, ldc);                                   \
+                if (RB > 8 && m - i0 >= 8) {                                               \
+                    NAME##_rows(8, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,     \
+                                C + i0 * ldc + j0, ldc);                                   \
+                    i0 += 8;                                                               \
+                }                                                                          \
+                if (RB > 4 && m - i0 >= 4) {                                               \
+                    NAME##_rows(4, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,     \
+                                C + i0 * ldc + j0, ldc);                                   \
+                    i0 += 4;                                                               \
+                }                                                                          \
+                if (m - i0 >= 2) {                                                         \
+                    NAME##_rows(2, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,     \
+                                C + i0 * ldc + j0, ldc);                                   \
+                    i0 += 2;                                                               \
+                }                                                                          \
+                if (m - i0 >= 1)                                                           \
+                    NAME##_rows(1, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,     \
+                                C + i0 * ldc + j0, ldc);                                   \
+                continue;                                                                  \
+            }                                                                              \
+            /* the last, partial block of columns */                                       \
             for (ptrdiff_t i0 = 0; i0 < m; i0 += RB) {                                     \
                 const int rb = m - i0 >= RB ? RB : (int)(m - i0);                          \
                 vec acc[RB][NV];                                                           \
@@ -465,19 +522,7 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                     for (int v = 0; v < NV; v++)                                           \
                         acc[r][v] = (vec){0};                                              \
                 const float *a = A + i0 * rsa;                                             \
-                if (rb == RB && nv == NV) { /* the full block: no test in the loop */      \
-                    const float *bp = B + j0;                                              \
-                    for (ptrdiff_t p = 0; p < k; p++, bp += ldb) {                         \
-                        vec b[NV];                                                         \
-                        for (int v = 0; v < NV; v++)                                       \
-                            b[v] = *(const vec *)(bp + v * W);                             \
-                        for (int r = 0; r < RB; r++) {                                     \
-                            const float x = a[r * rsa + p * csa];                          \
-                            for (int v = 0; v < NV; v++)                                   \
-                                acc[r][v] += x * b[v];                                     \
-                        }                                                                  \
-                    }                                                                      \
-                } else if (rb == RB) {                                                     \
+                if (rb == RB) {                                                            \
                     for (ptrdiff_t p = 0; p < k; p++) {                                    \
                         vec b[NV];                                                         \
                         for (int v = 0; v < NV; v++)                                       \
@@ -511,6 +556,7 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
     }
 
 SMALL_GEMM_KERNEL(small_gemm_avx512, "avx512f,fma", 16, 4, 6)
+SMALL_GEMM_KERNEL(small_gemm_avx512_32, "avx512f,fma", 16, 2, 12)
 SMALL_GEMM_KERNEL(small_gemm_avx2, "arch=haswell", 8, 2, 6)
 
 typedef void small_gemm_fn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
@@ -520,6 +566,8 @@ typedef void small_gemm_fn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A
 /* The kernel for n columns on this CPU, or NULL. */
 static small_gemm_fn *small_gemm_for(ptrdiff_t n)
 {
+    if (state.kernel_width == 16 && n == 32)
+        return small_gemm_avx512_32;
     if (state.kernel_width == 16 && n % 16 == 0)
         return small_gemm_avx512;
     if (state.kernel_width >= 8 && n % 8 == 0)
@@ -538,6 +586,11 @@ int cv_gemm_small(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
         return -1;
     kernel(m, n, k, A, rsa, csa, B, ldb, accumulate, C, ldc);
     return 0;
+}
+
+int cv_gemm_small_takes(ptrdiff_t n)
+{
+    return n > 0 && small_gemm_for(n) != NULL;
 }
 
 static small_gemm_fn *tile_kernel(ptrdiff_t n, ptrdiff_t k)
@@ -769,7 +822,7 @@ static void panels_times(small_gemm_fn *kernel, ptrdiff_t pw, const float *panel
 static small_gemm_fn *packed_kernel(ptrdiff_t n, ptrdiff_t *pw)
 {
     small_gemm_fn *kernel = n > 0 ? small_gemm_for(n) : NULL;
-    *pw = kernel == small_gemm_avx512 ? 64 : 16;
+    *pw = kernel == small_gemm_avx512 ? 64 : kernel == small_gemm_avx512_32 ? 32 : 16;
     return kernel;
 }
 

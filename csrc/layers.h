@@ -86,14 +86,16 @@ float gelu_erf(float x);
  *   ctx (m x heads * head_dim), written: softmax(q k^T / sqrt(head_dim)) v per head.
  *   probs: the softmax of every (sequence, head), kept for backward: sequence s, head h
  *       at probs + probs_start[s] + h * len_s^2, row-major (len_s x len_s), where
- *       probs_start[s] = heads * sum_{r < s} len_r^2. NULL in inference: then work holds
- *       threads * max_len^2 floats, one block per thread.
+ *       probs_start[s] = heads * sum_{r < s} len_r^2. NULL in inference.
+ *   work: attention_work_floats(max_len, head_dim, threads) floats, one block per
+ *       thread (the scores and a transposed head).
  * OpenMP over (sequence, head) pairs with `threads` threads, one-thread GEMMs inside. */
+size_t attention_work_floats(ptrdiff_t max_len, ptrdiff_t head_dim, int threads);
 void attention_forward(float *ctx, float *probs, const float *qkv,
                        const ptrdiff_t *seq_start, const size_t *probs_start, ptrdiff_t n,
                        ptrdiff_t heads, ptrdiff_t head_dim, float *work, int threads);
 /* dqkv (m x 3 * heads * head_dim), WRITTEN, from dctx (m x heads * head_dim) and the
- * forward's probs; work holds threads * max_len^2 floats. */
+ * forward's probs; work as attention_forward's. */
 void attention_backward(float *dqkv, const float *probs, const float *dctx,
                         const float *qkv, const ptrdiff_t *seq_start,
                         const size_t *probs_start, ptrdiff_t n, ptrdiff_t heads,

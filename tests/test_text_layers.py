@@ -185,7 +185,19 @@ def torch_attention(qkv, lengths, heads):
     return torch.cat(outs)
 
 
-@pytest.mark.parametrize("lengths,heads,head_dim", [([5, 1, 9, 3], 2, 8), ([17, 4], 3, 5)])
+# Head widths the small-GEMM kernel takes (16, 32: its 12 x 32 block, 64) beside ones it
+# leaves to BLIS (5; 8 with AVX-512), and lengths on and off its 16-column blocks (the
+# scores padded to 16 columns) and its 12- and 6-row blocks (the rows left over).
+@pytest.mark.parametrize(
+    "lengths,heads,head_dim",
+    [
+        ([5, 1, 9, 3], 2, 8),
+        ([17, 4], 3, 5),
+        ([32, 7, 45], 2, 16),
+        ([128, 1, 37], 2, 32),
+        ([64, 13], 1, 64),
+    ],
+)
 def test_attention_forward_backward(lengths, heads, head_dim):
     m, width = sum(lengths), heads * head_dim
     qkv, dctx = f32(m, 3 * width), f32(m, width)
@@ -239,9 +251,11 @@ def test_attention_sequences_are_independent():
     np.testing.assert_array_equal(both[5:], alone)
 
 
-def test_attention_threads_do_not_change_results(threads):
+@pytest.mark.parametrize("head_dim", [8, 32])
+def test_attention_threads_do_not_change_results(threads, head_dim):
     lengths, heads = [30, 2, 17, 25, 9], 4
-    qkv, dctx = f32(sum(lengths), 3 * 32), f32(sum(lengths), 32)
+    width = heads * head_dim
+    qkv, dctx = f32(sum(lengths), 3 * width), f32(sum(lengths), width)
     results = []
     for n in (1, 2):
         convirt.set_num_threads(n)

@@ -174,6 +174,15 @@ static PyObject *py_erf(PyObject *self, PyObject *args)
     return py_gelu(self, args, 2);
 }
 
+static ptrdiff_t longest_sequence(const ptrdiff_t *seq_start, Py_ssize_t n)
+{
+    ptrdiff_t max_len = 0;
+    for (Py_ssize_t s = 0; s < n; s++)
+        if (seq_start[s + 1] - seq_start[s] > max_len)
+            max_len = seq_start[s + 1] - seq_start[s];
+    return max_len;
+}
+
 /* qkv (m, 3 * width), lengths, heads -> checks, packing; returns n or -1. */
 static Py_ssize_t attention_args(PyObject *qkv_obj, PyObject *lengths, Py_ssize_t heads,
                                  PyArrayObject **qkv, ptrdiff_t **seq_start,
@@ -228,6 +237,13 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *
     probs = cv_new_float_array(1, probs_shape);
     if (!ctx || !probs)
         goto error;
+    int threads = cv_get_num_threads();
+    if (!reference && !(work = malloc(attention_work_floats(longest_sequence(seq_start, n),
+                                                            width / heads, threads) *
+                                      sizeof(float)))) {
+        PyErr_NoMemory();
+        goto error;
+    }
     Py_BEGIN_ALLOW_THREADS;
     if (reference)
         attention_forward_reference(PyArray_DATA(ctx), PyArray_DATA(probs),
@@ -235,8 +251,7 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *
                                     width / heads);
     else
         attention_forward(PyArray_DATA(ctx), PyArray_DATA(probs), PyArray_DATA(qkv),
-                          seq_start, probs_start, n, heads, width / heads, NULL,
-                          cv_get_num_threads());
+                          seq_start, probs_start, n, heads, width / heads, work, threads);
     Py_END_ALLOW_THREADS;
     result = Py_BuildValue("(OO)", ctx, probs);
 error:
@@ -275,12 +290,9 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject 
     if (!(dqkv = cv_new_float_array(2, shape)))
         goto error;
     int threads = cv_get_num_threads();
-    ptrdiff_t max_len = 0;
-    for (Py_ssize_t s = 0; s < n; s++)
-        if (seq_start[s + 1] - seq_start[s] > max_len)
-            max_len = seq_start[s + 1] - seq_start[s];
-    if (!reference &&
-        !(work = malloc((size_t)(threads * max_len * max_len) * sizeof(float)))) {
+    if (!reference && !(work = malloc(attention_work_floats(longest_sequence(seq_start, n),
+                                                            width / heads, threads) *
+                                      sizeof(float)))) {
         PyErr_NoMemory();
         goto error;
     }
