@@ -135,9 +135,10 @@ static size_t work_per_thread(ptrdiff_t max_len, ptrdiff_t head_dim)
     return ((size_t)max_len * lp + (size_t)head_dim * lp + 15) / 16 * 16;
 }
 
-size_t attention_work_floats(ptrdiff_t max_len, ptrdiff_t head_dim, int threads)
+size_t attention_work_floats(const ptrdiff_t *seq_start, ptrdiff_t n, ptrdiff_t head_dim,
+                             int threads)
 {
-    return (size_t)threads * work_per_thread(max_len, head_dim);
+    return (size_t)threads * work_per_thread(longest(seq_start, n), head_dim);
 }
 
 /* The heads go through cv_gemm_small, every operand read in place but k^T and v^T

@@ -604,7 +604,7 @@ static cv_status reserve_scratch(bert_model *b, int threads)
     size_t total = 0;
     for (int i = 0; i < 6; i++)
         total = ADD(total, lines(sizes[i]));
-    size_t work = attention_work_floats(b->max_len, b->head_dim, threads);
+    size_t work = attention_work_floats(b->seq_start, b->n, b->head_dim, threads);
     if (reserve(&b->scratch, &b->scratch_cap, total, sizeof(float)) ||
         reserve(&b->work, &b->work_cap, work, sizeof(float)))
         return cv_fail(CV_ERR_MEMORY, "out of memory for the activations of %zu tokens", m);

@@ -163,6 +163,21 @@ static inline int cv_stopping(int *stop, ptrdiff_t i)
     return __atomic_load_n(stop, __ATOMIC_RELAXED);
 }
 
+/* The core of cv_expf and cv_lanes_exp, for a float or a cv_lanes_f x already clamped:
+ * x = n ln2 + r, |r| <= ln2 / 2 (n rounded to nearest with the 1.5 * 2^23 trick, ln2
+ * split in a high and a low part), p = exp(r) by its Taylor polynomial to degree 6 in
+ * Horner form. Declares n and p. */
+#define CV_EXP_REDUCED(T, x, n, p)                                                         \
+    T n = ((x) * 1.44269504088896341f + 12582912.0f) - 12582912.0f;                        \
+    T p##_r = (x) - n * 0.693145751953125f;                                                \
+    p##_r = p##_r - n * 1.428606765330187e-06f;                                            \
+    T p = p##_r * (1.0f / 720.0f) + 1.0f / 120.0f;                                         \
+    p = p * p##_r + 1.0f / 24.0f;                                                          \
+    p = p * p##_r + 1.0f / 6.0f;                                                           \
+    p = p * p##_r + 0.5f;                                                                  \
+    p = p * p##_r + 1.0f;                                                                  \
+    p = p * p##_r + 1.0f
+
 /* exp(x) for float, branch-free so that loops calling it vectorise. Relative error
  * below 2e-7 on [-87.3, 88]; 0 below (where exp(x) < 1.2e-38), exp(88) above, NaN
  * for NaN. */
@@ -171,19 +186,7 @@ static inline float cv_expf(float x)
     const float underflow = x < -87.3f ? 0.0f : 1.0f;
     x = x < -87.3f ? -87.3f : x;
     x = x > 88.0f ? 88.0f : x;
-    /* x = n ln2 + r, |r| <= ln2 / 2; round to nearest with the 1.5 * 2^23 trick. */
-    const float shifter = 12582912.0f;
-    float n = (x * 1.44269504088896341f + shifter) - shifter;
-    float r = x - n * 0.693145751953125f; /* ln2 split in a high and a low part */
-    r = r - n * 1.428606765330187e-06f;
-    /* exp(r) by its Taylor polynomial to degree 6, Horner form. */
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    CV_EXP_REDUCED(float, x, n, p);
     union {
         int32_t i;
         float f;
@@ -209,17 +212,7 @@ static inline void cv_lanes_exp(cv_lanes_f *y, const cv_lanes_f *xp)
     const cv_lanes_i under = x < -87.3f;
     x = cv_lanes_select(under, zero - 87.3f, x);
     x = cv_lanes_select(x > 88.0f, zero + 88.0f, x);
-    const float shifter = 12582912.0f;
-    cv_lanes_f n = (x * 1.44269504088896341f + shifter) - shifter;
-    cv_lanes_f r = x - n * 0.693145751953125f;
-    r = r - n * 1.428606765330187e-06f;
-    cv_lanes_f p = zero + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    CV_EXP_REDUCED(cv_lanes_f, x, n, p);
     const cv_lanes_i k =
         __builtin_convertvector(cv_lanes_select(n == n, n, zero), cv_lanes_i);
     const cv_lanes_f scale = (cv_lanes_f)((k + 127) << 23);

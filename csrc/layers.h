@@ -87,10 +87,11 @@ float gelu_erf(float x);
  *   probs: the softmax of every (sequence, head), kept for backward: sequence s, head h
  *       at probs + probs_start[s] + h * len_s^2, row-major (len_s x len_s), where
  *       probs_start[s] = heads * sum_{r < s} len_r^2. NULL in inference.
- *   work: attention_work_floats(max_len, head_dim, threads) floats, one block per
- *       thread (the scores and a transposed head).
+ *   work: attention_work_floats(seq_start, n, head_dim, threads) floats, one block
+ *       per thread (the scores and a transposed head).
  * OpenMP over (sequence, head) pairs with `threads` threads, one-thread GEMMs inside. */
-size_t attention_work_floats(ptrdiff_t max_len, ptrdiff_t head_dim, int threads);
+size_t attention_work_floats(const ptrdiff_t *seq_start, ptrdiff_t n, ptrdiff_t head_dim,
+                             int threads);
 void attention_forward(float *ctx, float *probs, const float *qkv,
                        const ptrdiff_t *seq_start, const size_t *probs_start, ptrdiff_t n,
                        ptrdiff_t heads, ptrdiff_t head_dim, float *work, int threads);

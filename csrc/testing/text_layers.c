@@ -174,13 +174,16 @@ static PyObject *py_erf(PyObject *self, PyObject *args)
     return py_gelu(self, args, 2);
 }
 
-static ptrdiff_t longest_sequence(const ptrdiff_t *seq_start, Py_ssize_t n)
+/* attention's scratch for these sequences on `threads` threads, or NULL and
+ * MemoryError. */
+static float *attention_work(const ptrdiff_t *seq_start, Py_ssize_t n, npy_intp head_dim,
+                             int threads)
 {
-    ptrdiff_t max_len = 0;
-    for (Py_ssize_t s = 0; s < n; s++)
-        if (seq_start[s + 1] - seq_start[s] > max_len)
-            max_len = seq_start[s + 1] - seq_start[s];
-    return max_len;
+    float *work =
+        malloc(attention_work_floats(seq_start, n, head_dim, threads) * sizeof(float));
+    if (!work)
+        PyErr_NoMemory();
+    return work;
 }
 
 /* qkv (m, 3 * width), lengths, heads -> checks, packing; returns n or -1. */
@@ -238,12 +241,8 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *
     if (!ctx || !probs)
         goto error;
     int threads = cv_get_num_threads();
-    if (!reference && !(work = malloc(attention_work_floats(longest_sequence(seq_start, n),
-                                                            width / heads, threads) *
-                                      sizeof(float)))) {
-        PyErr_NoMemory();
+    if (!reference && !(work = attention_work(seq_start, n, width / heads, threads)))
         goto error;
-    }
     Py_BEGIN_ALLOW_THREADS;
     if (reference)
         attention_forward_reference(PyArray_DATA(ctx), PyArray_DATA(probs),
@@ -290,12 +289,8 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject 
     if (!(dqkv = cv_new_float_array(2, shape)))
         goto error;
     int threads = cv_get_num_threads();
-    if (!reference && !(work = malloc(attention_work_floats(longest_sequence(seq_start, n),
-                                                            width / heads, threads) *
-                                      sizeof(float)))) {
-        PyErr_NoMemory();
+    if (!reference && !(work = attention_work(seq_start, n, width / heads, threads)))
         goto error;
-    }
     Py_BEGIN_ALLOW_THREADS;
     if (reference)
         attention_backward_reference(PyArray_DATA(dqkv), PyArray_DATA(probs),
