@@ -269,7 +269,7 @@ def test_gemm_with_negative_strides_stays_inside_the_arrays(case):
 # k from 1 up, A row-major and column-major (the weight gradient reads it transposed),
 # overwrite and accumulate; columns that are no multiple of 8 are refused (C untouched).
 SMALL_GEMM_SHAPES = [(113, 64, 64), (7, 48, 5), (1, 16, 1), (6, 256, 300), (20, 8, 3),
-                     (13, 24, 7), (12, 80, 33)]  # fmt: skip
+                     (13, 24, 7), (12, 80, 33), (23, 32, 9), (47, 32, 130)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,n,k", SMALL_GEMM_SHAPES)
@@ -292,17 +292,19 @@ def test_small_gemm_kernel_matches_numpy(m, n, k, accumulate, a_order):
     assert (np.abs(c - expected) <= 1e-6 * scale + 1e-30).all()
 
 
-def test_small_gemm_kernel_rows_do_not_depend_on_the_blocking():
+@pytest.mark.parametrize("m,n", [(13, 80), (23, 32)])
+def test_small_gemm_kernel_rows_do_not_depend_on_the_blocking(m, n):
     """Each row of C is the same sum in the same order whether it falls in a full block
-    of 6 rows or among the rows left over: the layers split rows among threads freely."""
+    of rows (6, or 12 for 32 columns) or among the rows left over (blocks of 8, 4, 2, 1):
+    the layers split rows among threads freely."""
     rng = np.random.default_rng(5)
-    a = rng.standard_normal((13, 70)).astype(np.float32)
-    b = rng.standard_normal((70, 80)).astype(np.float32)
-    whole = np.zeros((13, 80), np.float32)
+    a = rng.standard_normal((m, 70)).astype(np.float32)
+    b = rng.standard_normal((70, n)).astype(np.float32)
+    whole = np.zeros((m, n), np.float32)
     if not _testing.gemm_small(a, b, whole):
         pytest.skip("no AVX2 + FMA: the kernel does not run here")
-    for i in range(13):
-        row = np.zeros((1, 80), np.float32)
+    for i in range(m):
+        row = np.zeros((1, n), np.float32)
         assert _testing.gemm_small(a[i : i + 1], b, row)
         assert np.array_equal(row[0], whole[i]), i
 
@@ -322,7 +324,8 @@ def test_small_gemm_kernel_refuses_widths_off_the_vector():
 # columns (n = 1024; with a column-major A copied once for both, 63 x 512) and by rows
 # (m > n).
 PACKED_GEMM_SHAPES = [(300, 1024, 300), (97, 80, 257), (1, 64, 1), (1000, 16, 129),
-                      (130, 768, 768), (75, 80, 1000), (145, 48, 513), (63, 512, 700)]  # fmt: skip
+                      (130, 768, 768), (75, 80, 1000), (145, 48, 513), (63, 512, 700),
+                      (75, 32, 700)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,n,k", PACKED_GEMM_SHAPES)
