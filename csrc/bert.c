@@ -302,12 +302,15 @@ CV_VECTORIZE static void bias_residual_row(float *out, const float *bias,
             out[j] = bias[j];
 }
 
-/* Rows per tile of a fused row loop: two tiles per thread (dealt dynamically), at least
- * 64 rows, in multiples of 16. */
-static ptrdiff_t row_tile(ptrdiff_t m, int threads)
+/* Rows per tile of a fused row loop writing `cols` columns: tiles of C that stay in L2
+ * (about 512 KiB) for the epilogue, in whole blocks of the GEMM kernel's 72 rows (the
+ * kernel sweeps B once per 72 rows whatever the tile), at least two tiles per thread. */
+static ptrdiff_t row_tile(ptrdiff_t m, ptrdiff_t cols, int threads)
 {
-    ptrdiff_t tile = (m + 2 * threads - 1) / (2 * threads);
-    return tile < 64 ? 64 : (tile + 15) / 16 * 16;
+    ptrdiff_t tile = (ptrdiff_t)(131072 / (cols > 0 ? cols : 1)) / 72 * 72;
+    const ptrdiff_t even = (m + 2 * threads - 1) / (2 * threads);
+    tile = tile < 72 ? 72 : tile;
+    return tile < even ? tile : (even < 64 ? 64 : (even + 15) / 16 * 16);
 }
 
 /* What a fused dense layer does to its rows after the GEMM, while they are in cache. */
@@ -329,7 +332,7 @@ static void dense_forward(float *y, const float *x, const float *w, const float 
                           ptrdiff_t out_dim, const dense_after *after)
 {
     const int threads = cv_get_num_threads();
-    const ptrdiff_t tile = row_tile(m, threads), tiles = (m + tile - 1) / tile;
+    const ptrdiff_t tile = row_tile(m, out_dim, threads), tiles = (m + tile - 1) / tile;
     cv_tiles_b wt;
     cv_tiles_b_init(&wt, in_dim, out_dim, w, 1, in_dim);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
@@ -402,7 +405,7 @@ static void qkv_forward(const bert_model *b, const bert_layer *w, float *qkv,
     const float *bias[3] = {w->query_b, w->key_b, w->value_b};
     const float *weight[3] = {w->query_w, w->key_w, w->value_w};
     const int fused = qkv_fused(b, w), threads = cv_get_num_threads();
-    const ptrdiff_t tile = row_tile(m, threads), tiles = (m + tile - 1) / tile;
+    const ptrdiff_t tile = row_tile(m, 3 * H, threads), tiles = (m + tile - 1) / tile;
     cv_tiles_b wt;
     if (fused) /* one (3H x H) weight */
         cv_tiles_b_init(&wt, H, 3 * H, w->query_w, 1, H);
@@ -671,7 +674,7 @@ static void gelu_input_grad(float *du, const float *dy, const float *w, const fl
                             ptrdiff_t m, ptrdiff_t H, ptrdiff_t I)
 {
     const int threads = cv_get_num_threads();
-    const ptrdiff_t tile = row_tile(m, threads), tiles = (m + tile - 1) / tile;
+    const ptrdiff_t tile = row_tile(m, I, threads), tiles = (m + tile - 1) / tile;
     cv_tiles_b wt;
     cv_tiles_b_init(&wt, H, I, w, I, 1);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)

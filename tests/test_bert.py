@@ -424,15 +424,22 @@ def test_results_do_not_depend_on_padding_length():
         np.testing.assert_array_equal(a, b)
 
 
-def test_results_do_not_depend_on_thread_count(threads):
+# The small batch fits one tile of rows; the large one (408 tokens) is cut into tiles
+# of 208 rows on one thread and 112 on two (csrc/bert.c's row_tile), with 32-wide heads.
+@pytest.mark.parametrize(
+    "lengths", [(20, 3, 17, 9, 1, 12), (64, 64, 50, 64, 33, 64, 5, 64)]
+)
+def test_results_do_not_depend_on_thread_count(threads, lengths):
     encoder = small_encoder(
         pooling="mean",
         freeze_layers=0,
         hidden_size=128,
         num_attention_heads=4,
-        intermediate_size=256,
+        intermediate_size=512,
+        max_position_embeddings=64,
     ).train()
-    ids, mask, types = batch(n=6, t=20, lengths=(20, 3, 17, 9, 1, 12), seed=2)
+    n, t = len(lengths), max(lengths)
+    ids, mask, types = batch(n=n, t=t, lengths=lengths, seed=2)
     results = []
     for n in (1, 2):
         convirt.set_num_threads(n)
