@@ -30,8 +30,8 @@ CV_VECTORIZE static void scale_row(float *row, float alpha, ptrdiff_t n)
 /* dst (rows x cols, rows ldd apart) = the row-wise softmax of scale * src (rows lds
  * apart): max, exp, sum, then scaled by the sum. dst may be src. The exponentials stay
  * in registers from exp to sum, and a row is scaled only after the next row's
- * exponentials: read back at once, a 64-byte store is not forwarded on Zen 4 and 5 and
- * the load waits for it to reach the cache (a third of the softmax's time, measured). */
+ * exponentials: in a Zen 5 profile, the loads that read just-stored exponentials back
+ * (for the sum, then for the scaling) were the loop's hottest instructions. */
 CV_VECTORIZE static void softmax_rows(float *dst, ptrdiff_t ldd, const float *src,
                                       ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
                                       float scale)
@@ -54,7 +54,7 @@ CV_VECTORIZE static void softmax_rows(float *dst, ptrdiff_t ldd, const float *sr
             cv_lanes_max(&max0, (const cv_lanes_f *)(s + j));
         cv_lanes_max(&max0, &max1);
         float max = cv_lanes_max_total(&max0);
-        for (ptrdiff_t j = body; j < cols; j++)
+        for (j = body; j < cols; j++)
             max = s[j] > max ? s[j] : max;
         const float shift = scale * max;
         /* two vectors a step: an exponential is a chain of some twenty dependent
@@ -78,7 +78,7 @@ CV_VECTORIZE static void softmax_rows(float *dst, ptrdiff_t ldd, const float *sr
         }
         lane_sum += lane_sum1;
         float sum = cv_lanes_tree_total(&lane_sum);
-        for (ptrdiff_t j = body; j < cols; j++) {
+        for (j = body; j < cols; j++) {
             d[j] = cv_expf(scale * s[j] - shift);
             sum += d[j];
         }
