@@ -148,6 +148,16 @@ static int small_heads(ptrdiff_t head_dim)
     return cv_gemm_small_takes(head_dim) && cv_gemm_small_takes(16);
 }
 
+/* C (m x n, rows ldc apart) = A B with B row-major (rows ldb apart): cv_gemm_small,
+ * which takes n = head_dim whenever small_heads said so, else BLIS. */
+static void head_gemm(int small, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
+                      ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t ldb, float *C,
+                      ptrdiff_t ldc)
+{
+    if (!small || cv_gemm_small(m, n, k, A, rsa, csa, B, ldb, 0, C, ldc))
+        cv_gemm(m, n, k, 1.0f, A, rsa, csa, B, ldb, 1, 0.0f, C, ldc, 1);
+}
+
 /* dst (head_dim x lp) = the head's rows (len x head_dim, ld apart) transposed, its
  * columns past len zero (so that the scores past len are zero, never read). */
 static void transpose_head(float *dst, ptrdiff_t lp, const float *src, ptrdiff_t ld,
@@ -192,8 +202,7 @@ void attention_forward(float *ctx, float *probs, const float *qkv,
             cv_gemm(len, len, head_dim, 1.0f, q, ld, 1, k, 1, ld, 0.0f, scores, lp, 1);
         softmax_rows(p, ldp, scores, lp, len, len, scale);
         /* this head's ctx rows (len x head_dim) = p v */
-        if (!small || cv_gemm_small(len, head_dim, len, p, ldp, 1, v, ld, 0, out, width))
-            cv_gemm(len, head_dim, len, 1.0f, p, ldp, 1, v, ld, 1, 0.0f, out, width, 1);
+        head_gemm(small, len, head_dim, len, p, ldp, 1, v, ld, out, width);
     }
 }
 
@@ -218,23 +227,19 @@ void attention_backward(float *dqkv, const float *probs, const float *dctx,
         const float *p = probs + probs_start[s] + (size_t)(h * len * len);
         float *ds = work + (size_t)omp_get_thread_num() * per_thread;
         float *vt = ds + (size_t)(max_len * padded(max_len));
+        /* dv = p^T dctx (p^T read in place, column by column) */
+        head_gemm(small, len, head_dim, len, p, 1, len, dc, width, dv, ld);
+        /* dp (rows lp apart) = dctx v^T */
         if (small) {
-            /* dv = p^T dctx (p^T read in place, column by column) */
-            cv_gemm_small(len, head_dim, len, p, 1, len, dc, width, 0, dv, ld);
-            /* dp (rows lp apart) = dctx v^T */
             transpose_head(vt, lp, v, ld, len, head_dim);
             cv_gemm_small(len, lp, head_dim, dc, width, 1, vt, lp, 0, ds, lp);
-        } else {
-            cv_gemm(len, head_dim, len, 1.0f, p, 1, len, dc, width, 1, 0.0f, dv, ld, 1);
+        } else
             cv_gemm(len, len, head_dim, 1.0f, dc, width, 1, v, 1, ld, 0.0f, ds, lp, 1);
-        }
         /* ds = scale dS, dS the scores' gradient */
         softmax_backward_rows(ds, lp, p, len, len, len, scale);
         /* dq = scale dS k, dk = scale dS^T q */
-        if (!small || cv_gemm_small(len, head_dim, len, ds, lp, 1, k, ld, 0, dq, ld))
-            cv_gemm(len, head_dim, len, 1.0f, ds, lp, 1, k, ld, 1, 0.0f, dq, ld, 1);
-        if (!small || cv_gemm_small(len, head_dim, len, ds, 1, lp, q, ld, 0, dk, ld))
-            cv_gemm(len, head_dim, len, 1.0f, ds, 1, lp, q, ld, 1, 0.0f, dk, ld, 1);
+        head_gemm(small, len, head_dim, len, ds, lp, 1, k, ld, dq, ld);
+        head_gemm(small, len, head_dim, len, ds, 1, lp, q, ld, dk, ld);
     }
 }
 
