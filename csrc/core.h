@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "convirt.h"
 
@@ -126,11 +127,36 @@ static inline size_t cv_aligned_bytes(size_t n, size_t size)
     return bytes / CV_ALIGN * CV_ALIGN;
 }
 
+/* Buffers of CV_HUGE_PAGE bytes or more (activation arenas, similarity matrices,
+ * packed panels) are whole 2 MiB pages on a 2 MiB boundary, marked for transparent
+ * huge pages: Linux's default THP mode, madvise, gives them only to regions that ask,
+ * and the core walks these buffers by rows or columns that are kilobytes apart, one
+ * 4 KiB page and TLB entry per row. */
+#define CV_HUGE_PAGE ((size_t)2 << 20)
+
+/* `bytes` (a multiple of CV_ALIGN, > 0) at 64-byte or, when large, 2 MiB alignment;
+ * NULL on failure. Freed with free(). */
+static inline void *cv_alloc_bytes(size_t bytes)
+{
+    if (bytes < CV_HUGE_PAGE)
+        return aligned_alloc(CV_ALIGN, bytes);
+    size_t whole;
+    if (cv_add_size(bytes, CV_HUGE_PAGE - 1, &whole))
+        return NULL;
+    whole = whole / CV_HUGE_PAGE * CV_HUGE_PAGE;
+    void *p = aligned_alloc(CV_HUGE_PAGE, whole);
+#ifdef MADV_HUGEPAGE
+    if (p)
+        madvise(p, whole, MADV_HUGEPAGE); /* advice only: 4 KiB pages if refused */
+#endif
+    return p;
+}
+
 /* 64-byte aligned allocation of n floats (NULL on failure, overflow or n == 0). */
 static inline float *cv_alloc_floats(size_t n)
 {
     size_t bytes = cv_aligned_bytes(n, sizeof(float));
-    return bytes ? (float *)aligned_alloc(CV_ALIGN, bytes) : NULL;
+    return bytes ? (float *)cv_alloc_bytes(bytes) : NULL;
 }
 
 /* Grow *buf to hold at least n elements of `size` bytes; contents are not kept.
@@ -142,7 +168,7 @@ static inline int cv_reserve(void **buf, size_t *cap, size_t n, size_t size)
         return 0;
     free(*buf);
     size_t bytes = cv_aligned_bytes(n, size);
-    *buf = bytes ? aligned_alloc(CV_ALIGN, bytes) : NULL;
+    *buf = bytes ? cv_alloc_bytes(bytes) : NULL;
     *cap = *buf ? n : 0;
     return *buf ? 0 : -1;
 }

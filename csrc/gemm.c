@@ -769,8 +769,8 @@ static float *panel_buffer(int slot, size_t floats)
     }
     if (b->cap[slot] < floats) {
         free(b->data[slot]);
-        size_t bytes = (floats * sizeof(float) + CV_ALIGN - 1) / CV_ALIGN * CV_ALIGN;
-        b->data[slot] = aligned_alloc(CV_ALIGN, bytes);
+        size_t bytes = cv_aligned_bytes(floats, sizeof(float));
+        b->data[slot] = bytes ? cv_alloc_bytes(bytes) : NULL;
         b->cap[slot] = b->data[slot] ? floats : 0;
     }
     return b->data[slot];

@@ -391,6 +391,37 @@ def test_no_input_sized_allocation_for_strided_inputs():
     assert peak < v.nbytes // 4, f"a call allocated {peak} bytes; an input is {v.nbytes}"
 
 
+def anon_huge_kib():
+    """This process's anonymous memory in transparent huge pages, KiB."""
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1])
+    return 0
+
+
+def thp_mode():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
+@pytest.mark.skipif(
+    thp_mode() not in ("always", "madvise"), reason="no transparent huge pages here"
+)
+def test_similarity_matrix_is_in_huge_pages():
+    """The core's large buffers ask for transparent huge pages (madvise), which
+    Linux's default mode gives only to regions that ask: a 2048 x 2048 similarity
+    matrix is 16 MiB, eight huge pages."""
+    v, u = make_inputs(2048, 64, "contiguous")
+    loss = convirt.ContrastiveLoss()
+    before = anon_huge_kib()
+    loss(v, u)
+    assert anon_huge_kib() - before >= 8 * 2048
+
+
 def test_thousand_calls_leak_nothing():
     v, u = make_inputs(16, 32, "contiguous")
     gv, gu = np.empty_like(v), np.empty_like(u)
