@@ -262,6 +262,10 @@ static ptrdiff_t column_tile(ptrdiff_t m)
     return w < 128 ? 128 : w > 256 ? 256 : w;
 }
 
+/* The first pass reads a column tile's rows this far ahead: at N = 1024 on Zen 5, one
+ * thread, the loss ran 2-3% faster with 2-8 rows (S had just left the GEMM for L3). */
+#define PREFETCH_ROWS 4
+
 /* One row's w entries of a column tile. S_ij *= s * inv_b_j, then E_ij = exp(S_ij -
  * shift) replaces it; E and E * S are added to the tile's column sums and the row's
  * partial sums part[0], part[1], the maxima of S raise col_max and part[2], and
@@ -351,6 +355,9 @@ static cv_status softmax_two_pass(softmax_totals *t, float *S, cv_loss_workspace
         }
         for (ptrdiff_t i = 0; i < n; i++) {
             float *row = S + i * m + j0, s = (float)scale * inv_a[i];
+            if (i + PREFETCH_ROWS < n) /* rows kilobytes apart: no hardware prefetch */
+                for (ptrdiff_t j = 0; j < w; j += CV_ALIGN / sizeof(float))
+                    __builtin_prefetch(row + PREFETCH_ROWS * m + j, 1, 3);
             const ptrdiff_t p = i + offset - j0;
             if (p >= 0 && p < w) /* the same product exp_tile_row forms */
                 positive[i] = row[p] * (s * inv_b[j0 + p]);
