@@ -15,10 +15,13 @@ draws lengths uniformly in [8, tokens] (padding in the batch; convirt skips it).
 
 Achieved GFLOP/s counts the GEMMs and attention products (2 per multiply-add); a
 training step counts the forward of every layer plus twice the forward of the trainable
-layers. The peak is convirt._core.fma_peak() measured in this run, just before each pair
-of rows. The machine may be shared: compare the two sides of a pair, not numbers from
-different runs (and a %peak above 100 means the load changed between the peak and the
-timing).
+layers. 'peak' is convirt._core.fma_peak() measured in this run, just before each pair
+of rows, and '%peak' the best step against it. '%same' (convirt's side) reads the peak in
+the worker itself just before every timed step and is the median over the steps of each
+step against its own reading (benchmarks.common.peak_pairs): on a shared host whose speed
+drifts within minutes, the figure that compares like with like. The machine may be
+shared: compare the two sides of a pair, not numbers from different runs (and a %peak
+above 100 means the load changed between the peak and the timing).
 
     python benchmarks/bench_bert.py                      # the full table
     python benchmarks/bench_bert.py --models minilm --batch 8 --repeats 2   # quick
@@ -103,7 +106,12 @@ def worker_convirt(args):
             encoder.forward(ids, mask, features=False)
             encoder.backward(d_embeddings)
 
-    return timed(step, args.warmup, args.repeats), base_rss
+    from benchmarks.common import peak_pairs
+
+    for _ in range(args.warmup):
+        step()
+    pairs = peak_pairs(step, args.threads, args.repeats)
+    return [seconds for seconds, _ in pairs], base_rss, pairs
 
 
 def worker_torch(args):
@@ -156,7 +164,7 @@ def worker_torch(args):
             head.zero_grad(set_to_none=True)
             (embed() * weight).sum().backward()
 
-    return timed(step, args.warmup, args.repeats), base_rss
+    return timed(step, args.warmup, args.repeats), base_rss, None
 
 
 def flops(model, mode, tokens_per_seq, batch):
@@ -231,11 +239,21 @@ def main():
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.worker:
-        times, base_rss = (worker_convirt if args.worker == "convirt" else worker_torch)(
-            args
+        times, base_rss, pairs = (
+            worker_convirt if args.worker == "convirt" else worker_torch
+        )(args)
+        print(
+            json.dumps(
+                {
+                    "times": times,
+                    "max_rss": max_rss_mib(),
+                    "base_rss": base_rss,
+                    "pairs": pairs,
+                }
+            )
         )
-        print(json.dumps({"times": times, "max_rss": max_rss_mib(), "base_rss": base_rss}))
         return
 
     import convirt
@@ -243,8 +261,7 @@ def main():
     if args.threads <= 0:
         args.threads = convirt.get_num_threads()
     peak, bits = convirt._core.fma_peak(args.threads, 1.0)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from benchmarks.common import cpu_model
+    from benchmarks.common import cpu_model, fraction_of_peak
 
     print(f"CPU: {cpu_model()}")
     print(
@@ -260,7 +277,7 @@ def main():
     )
     header = (
         f"{'model':7} {'mode':5} {'side':8} {'seq/s':>8} {'ms/step':>9} "
-        f"{'GFLOP/s':>8} {'peak':>5} {'%peak':>6} {'maxRSS MiB':>10} "
+        f"{'GFLOP/s':>8} {'peak':>5} {'%peak':>6} {'%same':>6} {'maxRSS MiB':>10} "
         f"{'(model+act)':>11} {'speed-up':>8}"
     )
     print(header)
@@ -279,6 +296,9 @@ def main():
                         rows[side] = result
                     else:
                         rows[side]["times"] += result["times"]
+                        rows[side]["pairs"] = (rows[side]["pairs"] or []) + (
+                            result["pairs"] or []
+                        )
                         rows[side]["max_rss"] = max(
                             rows[side]["max_rss"], result["max_rss"]
                         )
@@ -288,9 +308,14 @@ def main():
                 best = min(r["times"])
                 rate = work / best / 1e9
                 speedup = min(rows["torch"]["times"]) / best if side == "convirt" else 1.0
+                same = (
+                    f"{100 * fraction_of_peak(work / 1e9, r['pairs']):5.0f}%"
+                    if r["pairs"]
+                    else f"{'-':>6}"
+                )
                 print(
                     f"{model:7} {mode:5} {side:8} {args.batch / best:8.2f} "
-                    f"{best * 1e3:9.1f} {rate:8.1f} {peak:5.0f} {100 * rate / peak:5.0f}% "
+                    f"{best * 1e3:9.1f} {rate:8.1f} {peak:5.0f} {100 * rate / peak:5.0f}% {same} "
                     f"{r['max_rss']:10.0f} {r['max_rss'] - r['base_rss']:11.0f} "
                     f"{speedup:7.2f}x"
                 )

@@ -15,6 +15,12 @@ gradient, on both sides. GFLOP/s counts the convolutions' multiply-adds (2 flops
 training: forward, weight gradient and input gradient, less the first layer's input
 gradient).
 
+'of peak' is the median step against the median of the FMA peaks read in the parent
+process between rows; 'of peak, same moment' reads the peak in convirt's own process just
+before every timed step and takes the median over the steps of each against its own
+reading (benchmarks.common.peak_pairs), the figure that holds on a host whose speed
+drifts within minutes.
+
 --profile adds convirt's per-layer wall times (convolution and batch norm apart) for one
 extra step of each model and mode, summed by stage and kind.
 """
@@ -117,8 +123,13 @@ def run_convirt(depth, channels, batch, size, mode, steps, warmup, threads, prof
             encoder.forward(images, embeddings=False)
             encoder.backward(d_features=grad)
 
-    seconds = timed(step, steps, warmup)
-    result = {"seconds": seconds}
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.common import peak_pairs
+
+    for _ in range(warmup):
+        step()
+    pairs = peak_pairs(step, threads, steps)
+    result = {"seconds": statistics.median(s for s, _ in pairs), "pairs": pairs}
     if profile:
         _core._resnet_profile(enable=True)
         step()
@@ -332,7 +343,7 @@ def main():
     print(
         f"# ResNet encoder: batch {args.batch}, {args.size} x {args.size}, {threads} threads"
     )
-    from benchmarks.common import cpu_model
+    from benchmarks.common import cpu_model, fraction_of_peak
 
     print(f"CPU: {cpu_model()}; BLIS kernel set {info['blis_arch']}")
     print(
@@ -376,6 +387,7 @@ def main():
             row += [
                 f"{achieved:.0f}",
                 f"{100 * achieved / peak:.0f}%",
+                f"{100 * fraction_of_peak(gflop, ours['pairs']):.0f}%",
                 f"{ours['max_rss_mib']:.0f}",
                 f"{theirs['max_rss_mib']:.0f}" if theirs else "-",
             ]
@@ -396,6 +408,7 @@ def main():
             "speed-up",
             "convirt GFLOP/s",
             "of peak",
+            "of peak, same moment",
             "convirt MiB",
             "torch MiB",
         ],

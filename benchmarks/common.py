@@ -34,6 +34,31 @@ def timeit(fn, repeat=5, warmup=1, min_time=0.0):
     return statistics.median(times)
 
 
+def peak_pairs(step, threads, bursts, burst_seconds=0.0, peak_seconds=0.2):
+    """Times step() in `bursts` bursts (one call each, or as many as fill burst_seconds),
+    reading the FMA peak in this process just before each: [(median seconds of the
+    burst's calls, GFLOP/s of the peak read before it)]. The shared hosts these benchmarks
+    ran on drifted by 10-20% within minutes (Zen 5, 2026-12), so that a peak read once per
+    run, or in another process, could put the same step at 75% or 85%; fraction_of_peak
+    takes each burst beside the peak of the same moment."""
+    pairs = []
+    for _ in range(bursts):
+        peak = _core.fma_peak(threads=threads, seconds=peak_seconds)[0]
+        times = []
+        start = time.perf_counter()
+        while not times or time.perf_counter() - start < burst_seconds:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        pairs.append((statistics.median(times), peak))
+    return pairs
+
+
+def fraction_of_peak(gflop, pairs):
+    """The median over peak_pairs' bursts of (gflop / seconds) / peak."""
+    return statistics.median(gflop / seconds / peak for seconds, peak in pairs)
+
+
 def print_table(headers, rows, title=None):
     """A Markdown table (pastes into README and issue notes as it is)."""
     if title:
