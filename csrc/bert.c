@@ -334,7 +334,7 @@ static void dense_forward(float *y, const float *x, const float *w, const float 
     const int threads = cv_get_num_threads();
     const ptrdiff_t tile = row_tile(m, out_dim, threads), tiles = (m + tile - 1) / tile;
     cv_tiles_b wt;
-    cv_tiles_b_init(&wt, in_dim, out_dim, w, 1, in_dim, 1);
+    cv_tiles_b_init(&wt, in_dim, out_dim, w, 1, in_dim);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (ptrdiff_t t = 0; t < tiles; t++) {
         const ptrdiff_t r0 = t * tile, rows = m - r0 < tile ? m - r0 : tile;
@@ -408,7 +408,7 @@ static void qkv_forward(const bert_model *b, const bert_layer *w, float *qkv,
     const ptrdiff_t tile = row_tile(m, 3 * H, threads), tiles = (m + tile - 1) / tile;
     cv_tiles_b wt;
     if (fused) /* one (3H x H) weight */
-        cv_tiles_b_init(&wt, H, 3 * H, w->query_w, 1, H, 1);
+        cv_tiles_b_init(&wt, H, 3 * H, w->query_w, 1, H);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (ptrdiff_t t = 0; t < tiles; t++) {
         const ptrdiff_t r0 = t * tile, rows = m - r0 < tile ? m - r0 : tile;
@@ -676,7 +676,7 @@ static void gelu_input_grad(float *du, const float *dy, const float *w, const fl
     const int threads = cv_get_num_threads();
     const ptrdiff_t tile = row_tile(m, I, threads), tiles = (m + tile - 1) / tile;
     cv_tiles_b wt;
-    cv_tiles_b_init(&wt, H, I, w, I, 1, 1);
+    cv_tiles_b_init(&wt, H, I, w, I, 1);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (ptrdiff_t t = 0; t < tiles; t++) {
         const ptrdiff_t r0 = t * tile, rows = m - r0 < tile ? m - r0 : tile;

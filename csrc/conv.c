@@ -453,9 +453,9 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
     const int loop_threads = plan.count >= threads ? threads : 1;
     cv_tiles_b wb;
     if (weight_t)
-        cv_tiles_b_init(&wb, RSC, K, weight_t, K, 1, 1);
+        cv_tiles_b_init(&wb, RSC, K, weight_t, K, 1);
     else
-        cv_tiles_b_init(&wb, RSC, K, weight, 1, RSC, 1);
+        cv_tiles_b_init(&wb, RSC, K, weight, 1, RSC);
 
 #pragma omp parallel num_threads(loop_threads)
     {
@@ -591,7 +591,7 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     int used = 1;
     cv_tiles_b wb; /* the input gradient's B: the weights (k, r*s*c) */
     if (dx_in_groups)
-        cv_tiles_b_init(&wb, K, RSC, weight, RSC, 1, 1);
+        cv_tiles_b_init(&wb, K, RSC, weight, RSC, 1);
 
     if (dweight || dx_in_groups) {
 #pragma omp parallel num_threads(plan.groups >= threads ? threads : 1)
@@ -655,7 +655,7 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     if (transposed) {
         const ptrdiff_t RSK = tsh.r * tsh.s * tsh.c;
         flip_weights(w_flip, weight, sh);
-        cv_tiles_b_init(&wb, RSK, C, w_flip, C, 1, 1);
+        cv_tiles_b_init(&wb, RSK, C, w_flip, C, 1);
 #pragma omp parallel num_threads(tplan.count >= threads ? threads : 1)
         {
             float *col = scratch + per_thread * (size_t)omp_get_thread_num();

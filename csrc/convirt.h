@@ -170,15 +170,14 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
 /* B (k x n, unit stride along its rows or its columns) packed once for many GEMMs by
  * cv_gemm_prepacked, e.g. one per row tile of C: cv_pack_b from serial code (all
  * threads pack) or one thread. The panels live in a buffer of the calling thread, valid
- * until its next cv_pack_b. a_rows: the A of those GEMMs has contiguous rows (csa == 1),
- * which takes deeper slabs of B. Returns 0, or -1 (nothing packed: use cv_gemm) when the
+ * until its next cv_pack_b. Returns 0, or -1 (nothing packed: use cv_gemm) when the
  * kernel does not take n on this CPU, B has no unit stride or memory ran out. */
 typedef struct {
     const float *panels;
-    ptrdiff_t k, n, depth;
+    ptrdiff_t k, n;
 } cv_packed_b;
 int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff_t rsb,
-              ptrdiff_t csb, int a_rows);
+              ptrdiff_t csb);
 /* C (m x n, rows ldc apart) = A pb (+ C with accumulate), A's elements rsa and csa
  * apart; one thread, the same bits as cv_gemm_packed. */
 void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdiff_t rsa,
@@ -196,7 +195,7 @@ typedef struct {
     ptrdiff_t k, n, rsb, csb;
 } cv_tiles_b;
 void cv_tiles_b_init(cv_tiles_b *tb, ptrdiff_t k, ptrdiff_t n, const float *B,
-                     ptrdiff_t rsb, ptrdiff_t csb, int a_rows);
+                     ptrdiff_t rsb, ptrdiff_t csb);
 void cv_tiles_b_gemm(const cv_tiles_b *tb, ptrdiff_t m, const float *A, ptrdiff_t rsa,
                      ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc);
 

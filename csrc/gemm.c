@@ -715,24 +715,16 @@ void cv_transpose(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds,
  * products in order (as BLIS adds its kc slabs), the same however C is split: the
  * slabs follow k alone.
  *
- * Packed layout: slab s (rows [s kc, s kc + kc) of B, kc = slab_depth(k, a_rows)) starts at
+ * Packed layout: slab s (rows [s kc, s kc + kc) of B, kc = slab_depth(k)) starts at
  * s kc npad (npad: n rounded up to panels); in it, panel q (columns [q pw, q pw + pw))
  * is kc' x pw, kc' the slab's own depth (the last may be shallower). */
 #define PACK_KC 384
 #define PACK_MC 72
-/* A with contiguous rows takes one slab up to this depth: on Zen 5 (1 and 2 threads) the
- * k = 512 GEMMs (the loss's similarities at d = 512, ResNet's 1x1 convolutions from 512
- * channels) ran 3-12% faster in one slab of 512 than in two of 256, C being read and
- * written once; a column-major A, copied block by block, ran 15% slower. */
-#define PACK_KC_ROWS 512
 
-/* The depth of every slab but the last: k in the fewest slabs of at most PACK_KC rows
- * (PACK_KC_ROWS in one slab when A has contiguous rows, a_rows), as even as multiples of
- * 8 make them. */
-static ptrdiff_t slab_depth(ptrdiff_t k, int a_rows)
+/* The depth of every slab but the last: k in the fewest slabs of at most PACK_KC rows,
+ * as even as multiples of 8 make them. */
+static ptrdiff_t slab_depth(ptrdiff_t k)
 {
-    if (a_rows && k <= PACK_KC_ROWS)
-        return (k + 7) / 8 * 8;
     const ptrdiff_t slabs = (k + PACK_KC - 1) / PACK_KC;
     const ptrdiff_t depth = ((k + slabs - 1) / slabs + 7) / 8 * 8;
     return depth < PACK_KC ? depth : PACK_KC;
@@ -845,7 +837,7 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
     if (!kernel || m <= 0 || k <= 0 || (csb != 1 && rsb != 1) ||
         (pw < 64 && csa != 1 && rsa != 1 && k > 1))
         return -1;
-    const ptrdiff_t panels = (n + pw - 1) / pw, depth = slab_depth(k, csa == 1);
+    const ptrdiff_t panels = (n + pw - 1) / pw, depth = slab_depth(k);
     const ptrdiff_t kc_max = k < depth ? k : depth;
     const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
     /* One part per thread: a chunk of whole panels (each packs only its own), when there
@@ -909,7 +901,7 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
 }
 
 int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff_t rsb,
-              ptrdiff_t csb, int a_rows)
+              ptrdiff_t csb)
 {
     ptrdiff_t pw;
     small_gemm_fn *kernel = packed_kernel(n, &pw);
@@ -919,7 +911,7 @@ int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff
     float *buf = panel_buffer(1, (size_t)(k * npad));
     if (!buf)
         return -1;
-    const ptrdiff_t depth = slab_depth(k, a_rows), slabs = (k + depth - 1) / depth;
+    const ptrdiff_t depth = slab_depth(k), slabs = (k + depth - 1) / depth;
     const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
 #pragma omp parallel for collapse(2) num_threads(threads)                                  \
     schedule(static) if (k * n >= 65536)
@@ -933,7 +925,6 @@ int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff
     pb->panels = buf;
     pb->k = k;
     pb->n = n;
-    pb->depth = depth;
     return 0;
 }
 
@@ -943,7 +934,7 @@ void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdi
     ptrdiff_t pw;
     small_gemm_fn *kernel = packed_kernel(pb->n, &pw);
     const ptrdiff_t npad = (pb->n + pw - 1) / pw * pw;
-    const ptrdiff_t depth = pb->depth;
+    const ptrdiff_t depth = slab_depth(pb->k);
     for (ptrdiff_t p0 = 0; p0 < pb->k; p0 += depth) {
         const ptrdiff_t kc = pb->k - p0 < depth ? pb->k - p0 : depth;
         panels_times(kernel, pw, pb->panels + p0 * npad, 0, m, 0, pb->n, p0, kc,
@@ -952,7 +943,7 @@ void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdi
 }
 
 void cv_tiles_b_init(cv_tiles_b *tb, ptrdiff_t k, ptrdiff_t n, const float *B,
-                     ptrdiff_t rsb, ptrdiff_t csb, int a_rows)
+                     ptrdiff_t rsb, ptrdiff_t csb)
 {
     tb->B = B;
     tb->k = k;
@@ -960,7 +951,7 @@ void cv_tiles_b_init(cv_tiles_b *tb, ptrdiff_t k, ptrdiff_t n, const float *B,
     tb->rsb = rsb;
     tb->csb = csb;
     tb->in_place = csb == 1 && tile_kernel(n, k) != NULL;
-    tb->is_packed = !tb->in_place && !cv_pack_b(&tb->packed, k, n, B, rsb, csb, a_rows);
+    tb->is_packed = !tb->in_place && !cv_pack_b(&tb->packed, k, n, B, rsb, csb);
 }
 
 void cv_tiles_b_gemm(const cv_tiles_b *tb, ptrdiff_t m, const float *A, ptrdiff_t rsa,

@@ -232,7 +232,7 @@ static cv_status gemm_by_rows(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t inner,
     const int own = csc == 1;
     cv_tiles_b tb;
     if (own)
-        cv_tiles_b_init(&tb, inner, cols, B, rsb, csb, csa == 1);
+        cv_tiles_b_init(&tb, inner, cols, B, rsb, csb);
     ptrdiff_t r0 = 0;
     for (ptrdiff_t b = 0; b < blocks; b++) {
         const ptrdiff_t len = base + (b < extra);

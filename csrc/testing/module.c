@@ -86,8 +86,7 @@ static PyObject *py_gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
     if (!tile)
         ran = !cv_gemm_packed(m, n, k, a, sa[0], sa[1], PyArray_DATA(B), sb[0], sb[1],
                               accumulate, c, sc[0]);
-    else if (k > 0 && m > 0 &&
-             !cv_pack_b(&pb, k, n, PyArray_DATA(B), sb[0], sb[1], sa[1] == 1)) {
+    else if (k > 0 && m > 0 && !cv_pack_b(&pb, k, n, PyArray_DATA(B), sb[0], sb[1])) {
         ran = 1;
 #pragma omp parallel for num_threads(cv_get_num_threads()) schedule(dynamic, 1)
         for (npy_intp r0 = 0; r0 < m; r0 += tile)
