@@ -108,9 +108,7 @@ def worker_convirt(args):
 
     from benchmarks.common import peak_pairs
 
-    for _ in range(args.warmup):
-        step()
-    pairs = peak_pairs(step, args.threads, args.repeats)
+    pairs = peak_pairs(step, args.threads, args.repeats, warmup=args.warmup)
     return [seconds for seconds, _ in pairs], base_rss, pairs
 
 

@@ -65,8 +65,7 @@ def run(framework, sizes, dim, threads, repeat):
         if framework == "torch":
             results[str(n)] = timeit(fn, repeat=reps, warmup=2, min_time=1.0)
         else:  # the same second of calls, in five bursts, each after a peak reading
-            timeit(fn, repeat=2, warmup=0)
-            pairs[str(n)] = peak_pairs(fn, threads, bursts=5, burst_seconds=0.2)
+            pairs[str(n)] = peak_pairs(fn, threads, bursts=5, burst_seconds=0.2, warmup=2)
             results[str(n)] = statistics.median(t for t, _ in pairs[str(n)])
     return {"seconds": results, "pairs": pairs}
 

@@ -126,9 +126,7 @@ def run_convirt(depth, channels, batch, size, mode, steps, warmup, threads, prof
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from benchmarks.common import peak_pairs
 
-    for _ in range(warmup):
-        step()
-    pairs = peak_pairs(step, threads, steps)
+    pairs = peak_pairs(step, threads, steps, warmup=warmup)
     result = {"seconds": statistics.median(s for s, _ in pairs), "pairs": pairs}
     if profile:
         _core._resnet_profile(enable=True)

@@ -34,13 +34,16 @@ def timeit(fn, repeat=5, warmup=1, min_time=0.0):
     return statistics.median(times)
 
 
-def peak_pairs(step, threads, bursts, burst_seconds=0.0, peak_seconds=0.2):
-    """Times step() in `bursts` bursts (one call each, or as many as fill burst_seconds),
-    reading the FMA peak in this process just before each: [(median seconds of the
-    burst's calls, GFLOP/s of the peak read before it)]. The shared hosts these benchmarks
-    ran on drifted by 10-20% within minutes (Zen 5, 2026-12), so that a peak read once per
-    run, or in another process, could put the same step at 75% or 85%; fraction_of_peak
-    takes each burst beside the peak of the same moment."""
+def peak_pairs(step, threads, bursts, burst_seconds=0.0, peak_seconds=0.2, warmup=0):
+    """Times step() in `bursts` bursts (one call each, or as many as fill burst_seconds)
+    after `warmup` untimed calls, reading the FMA peak in this process just before each
+    burst: [(median seconds of the burst's calls, GFLOP/s of the peak read before it)].
+    The shared hosts these benchmarks ran on drifted by 10-20% within minutes (Zen 5,
+    2026-12), so that a peak read once per run, or in another process, could put the same
+    step at 75% or 85%; fraction_of_peak takes each burst beside the peak of the same
+    moment."""
+    for _ in range(warmup):
+        step()
     pairs = []
     for _ in range(bursts):
         peak = _core.fma_peak(threads=threads, seconds=peak_seconds)[0]

@@ -18,6 +18,12 @@ def test_peak_pairs_reads_a_peak_before_every_burst():
     assert all(seconds >= 0.0 and peak > 0.0 for seconds, peak in pairs)
 
 
+def test_peak_pairs_calls_the_warmup_untimed():
+    calls = []
+    pairs = peak_pairs(lambda: calls.append(1), threads=1, bursts=2, warmup=3)
+    assert len(pairs) == 2 and len(calls) == 5
+
+
 def test_peak_pairs_fills_a_burst_duration():
     calls = []
     peak_pairs(lambda: calls.append(1), threads=1, bursts=2, burst_seconds=0.01)
