@@ -266,12 +266,11 @@ void bn_backward_reduce(double *sum_dz, double *sum_dzx, const float *dout,
 /* dy = k1 * dz + k2 * (y - mean) + k0 per channel (the backward of the
  * normalisation). y - mean is formed first: folding mean into k0 would cancel when the
  * mean is large against the spread. */
-CV_VECTORIZE static void backward_rows(float *dy, const float *dout, const float *out,
-                                       const float *y, const float *restrict mean,
-                                       const float *restrict k0, const float *restrict k1,
-                                       const float *restrict k2, ptrdiff_t rows,
-                                       ptrdiff_t c)
+CV_VECTORIZE void bn_backward_rows(float *dy, const float *dout, const float *out,
+                                   const float *y, const float *restrict mean,
+                                   const float *restrict coef, ptrdiff_t rows, ptrdiff_t c)
 {
+    const float *restrict k0 = coef, *restrict k1 = coef + c, *restrict k2 = coef + 2 * c;
     for (ptrdiff_t i = 0; i < rows; i++) {
         const float *d = dout + i * c, *yr = y + i * c;
         float *o = dy + i * c;
@@ -288,14 +287,32 @@ CV_VECTORIZE static void backward_rows(float *dy, const float *dout, const float
     }
 }
 
+void bn_backward_coefficients(float *coef, float *dgamma, float *dbeta, const float *invstd,
+                              const float *gamma, const double *sum_dz,
+                              const double *sum_dzx, ptrdiff_t m, ptrdiff_t c)
+{
+    float *k0 = coef, *k1 = coef + c, *k2 = coef + 2 * c;
+    for (ptrdiff_t j = 0; j < c; j++) {
+        /* dy = a (dz - sum_dz / m - (y - mean) invstd sum_dzx / m) */
+        double a = (double)gamma[j] * invstd[j];
+        double b = sum_dz[j] / (double)m, g = a * sum_dzx[j] / (double)m * invstd[j];
+        k1[j] = (float)a;
+        k2[j] = (float)-g;
+        k0[j] = (float)(-a * b);
+        if (dgamma)
+            dgamma[j] += (float)sum_dzx[j];
+        if (dbeta)
+            dbeta[j] += (float)sum_dz[j];
+    }
+}
+
 void bn_backward_apply(float *dy, float *dgamma, float *dbeta, const float *dout,
                        const float *out, const float *y, const float *mean,
                        const float *invstd, const float *gamma, const double *sum_dz,
                        const double *sum_dzx, ptrdiff_t m, ptrdiff_t c)
 {
-    float *k = malloc((size_t)(3 * c) * sizeof(float));
-    float *k0 = k, *k1 = k + c, *k2 = k + 2 * c;
-    if (!k) { /* out of memory: the same formula, element by element */
+    float *coef = malloc((size_t)(3 * c) * sizeof(float));
+    if (!coef) { /* out of memory: the same formula, element by element */
         for (ptrdiff_t i = 0; i < m; i++)
             for (ptrdiff_t j = 0; j < c; j++) {
                 double a = (double)gamma[j] * invstd[j];
@@ -303,30 +320,23 @@ void bn_backward_apply(float *dy, float *dgamma, float *dbeta, const float *dout
                 double xhat = (y[i * c + j] - mean[j]) * (double)invstd[j];
                 dy[i * c + j] = (float)(a * (dz - sum_dz[j] / m - xhat * sum_dzx[j] / m));
             }
-    } else {
         for (ptrdiff_t j = 0; j < c; j++) {
-            /* dy = a (dz - sum_dz / m - (y - mean) invstd sum_dzx / m) */
-            double a = (double)gamma[j] * invstd[j];
-            double b = sum_dz[j] / (double)m, g = a * sum_dzx[j] / (double)m * invstd[j];
-            k1[j] = (float)a;
-            k2[j] = (float)-g;
-            k0[j] = (float)(-a * b);
+            if (dgamma)
+                dgamma[j] += (float)sum_dzx[j];
+            if (dbeta)
+                dbeta[j] += (float)sum_dz[j];
         }
-        const ptrdiff_t rows = 64;
+        return;
+    }
+    bn_backward_coefficients(coef, dgamma, dbeta, invstd, gamma, sum_dz, sum_dzx, m, c);
+    const ptrdiff_t rows = 64;
 #pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static)
-        for (ptrdiff_t i = 0; i < m; i += rows) {
-            ptrdiff_t len = m - i < rows ? m - i : rows;
-            backward_rows(dy + i * c, dout + i * c, out ? out + i * c : NULL, y + i * c,
-                          mean, k0, k1, k2, len, c);
-        }
-        free(k);
+    for (ptrdiff_t i = 0; i < m; i += rows) {
+        ptrdiff_t len = m - i < rows ? m - i : rows;
+        bn_backward_rows(dy + i * c, dout + i * c, out ? out + i * c : NULL, y + i * c,
+                         mean, coef, len, c);
     }
-    for (ptrdiff_t j = 0; j < c; j++) {
-        if (dgamma)
-            dgamma[j] += (float)sum_dzx[j];
-        if (dbeta)
-            dbeta[j] += (float)sum_dz[j];
-    }
+    free(coef);
 }
 
 /* Float sums over a short run of rows of dz = dout * (out > 0), written back into

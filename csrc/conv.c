@@ -521,15 +521,31 @@ static void flip_weights(float *w_flip, const float *weight, const conv_shape *s
                        weight + ((k * R + r) * S + s) * C, (size_t)C * sizeof(float));
 }
 
+/* The whole output gradient from a prologue, into its spill buffer. */
+static void spill_gradient(const conv_prologue *pro, const conv_shape *sh)
+{
+    const ptrdiff_t m = sh->n * sh->p * sh->q, rows = 64;
+#pragma omp parallel for num_threads(cv_get_num_threads()) schedule(static)
+    for (ptrdiff_t i = 0; i < m; i += rows)
+        pro->run(pro->ctx, pro->spill + i * sh->k, i, m - i < rows ? m - i : rows);
+}
+
 cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                           const conv_input *inp, const float *weight,
-                          const conv_shape *shape, int add_dinp, conv_workspace *ws)
+                          const conv_shape *shape, int add_dinp,
+                          const conv_prologue *prologue, conv_workspace *ws)
 {
     const conv_shape *sh = shape;
     const ptrdiff_t K = sh->k, C = sh->c, RSC = sh->r * sh->s * C;
     const ptrdiff_t image = sh->h * sh->w * C;
     if (!dinp && !dweight)
         return CV_OK;
+    const int transposed = dinp && transposed_conv(inp, sh) && sh->r == sh->s;
+    if (prologue && (winograd_applies(inp, sh) || transposed)) {
+        spill_gradient(prologue, sh); /* these paths read the gradient whole */
+        dout = prologue->spill;
+        prologue = NULL;
+    }
     if (winograd_applies(inp, sh)) {
         cv_status st;
         if (dweight && (st = winograd_weight_gradient(dweight, dout, inp->data, sh, ws)))
@@ -541,7 +557,6 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     }
     const int direct = is_direct(inp, sh);
     const int threads = cv_get_num_threads();
-    const int transposed = dinp && transposed_conv(inp, sh) && sh->r == sh->s;
     const conv_shape tsh = transposed_shape(sh);
     const tile_plan plan = plan_tiles(sh, direct, threads);
     const tile_plan tplan = plan_tiles(&tsh, 0, FORWARD_ROUND);
@@ -563,9 +578,10 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
          (!cv_gemm_tile_is_small(RSC, plan.rows_max) &&
           cv_gemm_tile_is_small(K, plan.rows_max)));
     const size_t band = need_cols ? band_floats(inp, sh) : 0;
-    /* per thread: [cols][dcols][band][private weight gradient] */
+    const size_t dy_floats = prologue ? round16((size_t)(plan.rows_max * K)) : 0;
+    /* per thread: [cols][dcols][band][dy][private weight gradient] */
     const size_t acc_at =
-        (need_cols ? tile_floats : 0) + (need_dcols ? tile_floats : 0) + band;
+        (need_cols ? tile_floats : 0) + (need_dcols ? tile_floats : 0) + band + dy_floats;
     size_t per_thread = acc_at + acc_floats;
     if (ttile_floats > per_thread)
         per_thread = ttile_floats; /* the transposed pass reuses the same scratch */
@@ -600,6 +616,7 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
             float *col = scratch + per_thread * (size_t)t;
             float *dcol = col + (need_cols ? tile_floats : 0);
             float *bnd = dcol + (need_dcols ? tile_floats : 0);
+            float *dyt = bnd + band;
             float *acc = col + acc_at;
             /* Thread 0 adds straight into dweight; the others into private sums. */
             float *dw = t == 0 && !dw_t ? dweight : acc;
@@ -617,7 +634,9 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                 for (ptrdiff_t i = first; i < last; i++) {
                     ptrdiff_t row0, rows;
                     tile_rows(&plan, i, &row0, &rows);
-                    const float *dy = dout + row0 * K;
+                    const float *dy = prologue ? dyt : dout + row0 * K;
+                    if (prologue)
+                        prologue->run(prologue->ctx, dyt, row0, rows);
                     if (dweight) {
                         const float *a = direct ? inp->data + row0 * RSC : col;
                         if (!direct)

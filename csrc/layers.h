@@ -158,6 +158,17 @@ typedef struct {
     void *ctx;
 } conv_epilogue;
 
+/* Makes rows [row0, row0 + rows) of a convolution's output gradient into dy (rows x k):
+ * conv2d_backward then uses each tile of it while it is in cache, and the gradient is
+ * never written whole (the batch norm's backward, fused). Where conv2d_backward's path
+ * reads the gradient whole (Winograd, the transposed convolution), it first writes all
+ * of it into spill, (n*p*q, k) floats. run is called from several threads at once. */
+typedef struct {
+    void (*run)(void *ctx, float *dy, ptrdiff_t row0, ptrdiff_t rows);
+    void *ctx;
+    float *spill;
+} conv_prologue;
+
 /* Scratch memory of the convolutions (im2col tiles, private weight gradients), grown
  * on demand and shared by every convolution of a model. */
 typedef struct {
@@ -192,10 +203,12 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
  * NULL. For a pixel input dinp is the gradient with respect to the pixel values
  * (float32, contiguous (n, h, w, c)). OpenMP over groups of tiles that own whole
  * images (their col2im writes never meet); each thread adds its weight gradient into
- * a private buffer, summed at the end (deterministic for a given thread count). */
+ * a private buffer, summed at the end (deterministic for a given thread count). With a
+ * prologue (may be NULL), dout is not read (may be NULL): the prologue makes it. */
 cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
                           const conv_input *inp, const float *weight,
-                          const conv_shape *shape, int add_dinp, conv_workspace *ws);
+                          const conv_shape *shape, int add_dinp,
+                          const conv_prologue *prologue, conv_workspace *ws);
 
 /* ---- Winograd F(2x2, 3x3) and F(4x4, 3x3) (winograd.c): 3x3, stride 1, padding 1 ----
  * conv2d_forward and conv2d_backward take this path themselves when it applies; these
@@ -283,6 +296,15 @@ void bn_backward_apply(float *dy, float *dgamma, float *dbeta, const float *dout
                        const float *out, const float *y, const float *mean,
                        const float *invstd, const float *gamma, const double *sum_dz,
                        const double *sum_dzx, ptrdiff_t m, ptrdiff_t c);
+/* The pieces of bn_backward_apply, for a consumer that makes dy a tile at a time:
+ * coefficients: coef (3 c floats) from the sums, and the sums added into dgamma and
+ * dbeta (either may be NULL); rows: dy (rows, c) of those rows, from one thread, the
+ * same bits bn_backward_apply writes. */
+void bn_backward_coefficients(float *coef, float *dgamma, float *dbeta, const float *invstd,
+                              const float *gamma, const double *sum_dz,
+                              const double *sum_dzx, ptrdiff_t m, ptrdiff_t c);
+void bn_backward_rows(float *dy, const float *dout, const float *out, const float *y,
+                      const float *mean, const float *coef, ptrdiff_t rows, ptrdiff_t c);
 /* The end of a residual block, one pass: dout *= (out > 0) in place (the ReLU after
  * the add), and the reduce of both batch norms that feed the add, a (the last unit)
  * and b (the downsample; y_b NULL for an identity shortcut): sum_dz is shared. */

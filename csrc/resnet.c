@@ -64,6 +64,7 @@ typedef struct {
     float *channel_data; /* mean, invstd, scale, shift of every unit */
     float *weight_t_data;
     double *stat_mean, *stat_var, *stat_extra; /* max channels each */
+    float *bn_coef; /* a batch norm's backward coefficients, 3 x max channels */
     ptrdiff_t max_channels;
 
     /* the plan for the current batch shape */
@@ -272,8 +273,9 @@ static cv_status build(resnet_model *m, cv_tensor_table *table)
     m->stat_var = malloc((size_t)m->max_channels * sizeof(double));
     m->stat_extra = malloc((size_t)m->max_channels * sizeof(double));
     m->reduce_buf = malloc((size_t)(1 + 3 * m->max_channels) * sizeof(double));
+    m->bn_coef = malloc((size_t)(3 * m->max_channels) * sizeof(float));
     if (!m->channel_data || !m->weight_t_data || !m->stat_mean || !m->stat_var ||
-        !m->stat_extra || !m->reduce_buf)
+        !m->stat_extra || !m->reduce_buf || !m->bn_coef)
         return cv_fail(CV_ERR_MEMORY, "out of memory building the ResNet");
     memset(m->channel_data, 0, channels * sizeof(float));
     float *c = m->channel_data, *t = m->weight_t_data;
@@ -339,6 +341,7 @@ static void resnet_free(void *model)
     free(m->stat_var);
     free(m->stat_extra);
     free(m->reduce_buf);
+    free(m->bn_coef);
     free(m->arena);
     free(m->partials);
     free(m->counts);
@@ -754,9 +757,11 @@ static cv_status resnet_forward(void *model, float *features, const cv_batch *ba
 
 /* ---- backward ------------------------------------------------------------------------ */
 
-/* dy (into dst, may be dout) of the batch norm of unit u, masked by out when given. */
-static cv_status unit_bn_backward(resnet_model *m, int index, float *dst, const float *dout,
-                                  const float *out)
+/* The sums of unit index's batch-norm backward over dout (masked by out when given),
+ * summed across processes with a reduce hook: sum dz into m->stat_mean, sum dz xhat
+ * into m->stat_var. */
+static cv_status unit_bn_sums(resnet_model *m, int index, const float *dout,
+                              const float *out)
 {
     unit *u = &m->units[index];
     const ptrdiff_t rows = u->shape.n * u->shape.p * u->shape.q;
@@ -769,34 +774,50 @@ static cv_status unit_bn_backward(resnet_model *m, int index, float *dst, const 
         if (st)
             return st;
     }
-    bn_backward_apply(dst, u->dgamma, u->dbeta, dout, out, u->y, u->mean, u->invstd,
-                      u->gamma, m->stat_mean, m->stat_var, rows, u->out_c);
     if (profile.on)
         profile_add(index, u->name, P_BN_BWD, t0, 0.0);
     return CV_OK;
 }
 
-/* The same with the sums already made (sum_dz, sum_dzx), dout already masked. */
-static void unit_bn_backward_apply(resnet_model *m, int index, float *dst,
-                                   const float *dout, const double *sum_dz,
-                                   const double *sum_dzx)
+/* A batch norm's dy, made a tile of rows at a time inside the backward of the
+ * convolution that reads it (conv_prologue): bn_backward_rows on those rows. */
+typedef struct {
+    const float *dout, *out, *y, *mean, *coef;
+    ptrdiff_t c;
+} bn_rows_ctx;
+
+static void bn_rows(void *ctx, float *dy, ptrdiff_t row0, ptrdiff_t rows)
+{
+    const bn_rows_ctx *b = ctx;
+    const ptrdiff_t at = row0 * b->c;
+    bn_backward_rows(dy, b->dout + at, b->out ? b->out + at : NULL, b->y + at, b->mean,
+                     b->coef, rows, b->c);
+}
+
+/* The prologue making unit index's dy from dout (masked by out when given) and the
+ * sums: its coefficients go into m->bn_coef, the sums into dgamma and dbeta. spill:
+ * where the whole dy goes if the convolution needs it at once (may be dout). */
+static conv_prologue unit_bn_prologue(resnet_model *m, int index, bn_rows_ctx *ctx,
+                                      const float *dout, const float *out, float *spill,
+                                      const double *sum_dz, const double *sum_dzx)
 {
     unit *u = &m->units[index];
     const ptrdiff_t rows = u->shape.n * u->shape.p * u->shape.q;
-    double t0 = now();
-    bn_backward_apply(dst, u->dgamma, u->dbeta, dout, NULL, u->y, u->mean, u->invstd,
-                      u->gamma, sum_dz, sum_dzx, rows, u->out_c);
-    if (profile.on)
-        profile_add(index, u->name, P_BN_BWD, t0, 0.0);
+    bn_backward_coefficients(m->bn_coef, u->dgamma, u->dbeta, u->invstd, u->gamma, sum_dz,
+                             sum_dzx, rows, u->out_c);
+    *ctx = (bn_rows_ctx){dout, out, u->y, u->mean, m->bn_coef, u->out_c};
+    return (conv_prologue){bn_rows, ctx, spill};
 }
 
+/* Unit index's convolution backward from its batch norm's backward (pro), which runs
+ * tile by tile inside it: the profile's convolution time includes it. */
 static cv_status unit_conv_backward(resnet_model *m, int index, float *dinp,
-                                    const float *dy, const conv_input *in, int add)
+                                    const conv_prologue *pro, const conv_input *in, int add)
 {
     unit *u = &m->units[index];
     double t0 = now();
     cv_status st =
-        conv2d_backward(dinp, u->dweight, dy, in, u->weight, &u->shape, add, &m->ws);
+        conv2d_backward(dinp, u->dweight, NULL, in, u->weight, &u->shape, add, pro, &m->ws);
     if (profile.on) {
         const conv_shape *s = &u->shape;
         double gemm = 2.0 * act_size(s) * s->r * s->s * s->c;
@@ -833,29 +854,35 @@ static cv_status block_backward(resnet_model *m, const block *blk, int gin, int 
             return st;
     }
     conv_input in;
+    bn_rows_ctx ctx;
+    conv_prologue pro;
     int cur = other[1], spare = other[2];
     if (ud) {
         *gx = other[0];
-        unit_bn_backward_apply(m, blk->down, g[cur], g[gin], sum_dz, sum_d);
+        pro = unit_bn_prologue(m, blk->down, &ctx, g[gin], NULL, g[cur], sum_dz, sum_d);
         conv_input_tensor(&in, blk->in);
-        if ((st = unit_conv_backward(m, blk->down, g[*gx], g[cur], &in, 0)))
+        if ((st = unit_conv_backward(m, blk->down, g[*gx], &pro, &in, 0)))
             return st;
     } else {
         *gx = gin; /* the shortcut's gradient is dS itself; the first unit adds onto it */
         spare = other[0];
     }
-    unit_bn_backward_apply(m, final, g[cur], g[gin], sum_dz, sum_f);
+    /* dS stays in g[gin]: the final unit's dy is made from it (spilled into g[cur]) */
+    pro = unit_bn_prologue(m, final, &ctx, g[gin], NULL, g[cur], sum_dz, sum_f);
     for (int i = blk->n_main - 1; i >= 0; i--) {
         if ((st = cv_check_interrupt()))
             return st;
         const float *x = i == 0 ? blk->in : m->units[blk->main[i - 1]].a;
         conv_input_tensor(&in, x);
         float *dinp = i == 0 ? g[*gx] : g[spare];
-        if ((st = unit_conv_backward(m, blk->main[i], dinp, g[cur], &in, i == 0)))
+        if ((st = unit_conv_backward(m, blk->main[i], dinp, &pro, &in, i == 0)))
             return st;
         if (i > 0) {
-            if ((st = unit_bn_backward(m, blk->main[i - 1], g[spare], g[spare], x)))
+            /* the previous unit's batch norm, masked by its ReLU output x, in place */
+            if ((st = unit_bn_sums(m, blk->main[i - 1], g[spare], x)))
                 return st;
+            pro = unit_bn_prologue(m, blk->main[i - 1], &ctx, g[spare], x, g[spare],
+                                   m->stat_mean, m->stat_var);
             int t = cur;
             cur = spare;
             spare = t;
@@ -894,9 +921,12 @@ static cv_status resnet_backward(void *model, float *d_input, const float *d_fea
     maxpool_backward(da, m->grad[gin], m->pool_argmax, s->n, s->p, s->q, 64, 3, 2, 1);
     if (profile.on)
         profile_add(m->n_units, "maxpool", P_BN_BWD, t0, 0.0);
-    if ((st = unit_bn_backward(m, 0, da, da, stem->a)))
+    if ((st = unit_bn_sums(m, 0, da, stem->a)))
         return st;
-    return unit_conv_backward(m, 0, d_input, da, &m->input, 0);
+    bn_rows_ctx ctx;
+    conv_prologue pro =
+        unit_bn_prologue(m, 0, &ctx, da, stem->a, da, m->stat_mean, m->stat_var);
+    return unit_conv_backward(m, 0, d_input, &pro, &m->input, 0);
 }
 
 /* ---- create -------------------------------------------------------------------------- */

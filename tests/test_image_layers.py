@@ -117,6 +117,61 @@ def test_wide_conv_matches_reference(n, h, w, c, k, r, stride, pad):
     assert rel(dx, ref_dx) < 1e-5 and rel(dw, ref_dw) < 1e-5
 
 
+@pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", CONV_CASES + WIDE_CASES)
+@pytest.mark.parametrize("winograd_on", [False, True])
+def test_conv_backward_from_a_prologue_is_the_same(
+    n, h, w, c, k, r, stride, pad, winograd_on
+):
+    """ResNet's batch-norm backward hands its output gradient to the convolution a tile
+    of rows at a time (conv_prologue); where a path reads the gradient whole (Winograd,
+    the transposed convolution) it is written out first. Either way the results are
+    the bits of the plain call: a row offset off by one tile would change them."""
+    before = convirt.get_winograd()
+    try:
+        convirt.set_winograd(winograd_on)
+        x, weight = randn(n, h, w, c), randn(k, r, r, c)
+        dout = randn(*torch_conv(x, weight, stride, pad).shape)
+        start_dx, start_dw = randn(*x.shape), randn(*weight.shape)
+        for add in (True, False):
+            plain = start_dx.copy(), start_dw.copy()
+            tiled = start_dx.copy(), start_dw.copy()
+            _testing.conv2d_backward(
+                dout, x, weight, stride, pad, dx=plain[0], dw=plain[1], add=add
+            )
+            _testing.conv2d_backward(
+                dout,
+                x,
+                weight,
+                stride,
+                pad,
+                dx=tiled[0],
+                dw=tiled[1],
+                add=add,
+                prologue=True,
+            )
+            np.testing.assert_array_equal(tiled[0], plain[0])
+            np.testing.assert_array_equal(tiled[1], plain[1])
+    finally:
+        convirt.set_winograd(before)
+
+
+def test_conv_backward_on_images_from_a_prologue_is_the_same():
+    """The stem's case: a pixel input (uint8, normalised in the im2col)."""
+    images = RNG.integers(0, 256, size=(3, 40, 36, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    weight = randn(16, 7, 7, 3)
+    out = _testing.conv2d_forward(images, weight, 2, 3, mean=mean, std=std)
+    dout = randn(*out.shape)
+    plain = _testing.conv2d_backward(
+        dout, images, weight, 2, 3, mean=mean, std=std, add=False
+    )
+    tiled = _testing.conv2d_backward(
+        dout, images, weight, 2, 3, mean=mean, std=std, add=False, prologue=True
+    )
+    np.testing.assert_array_equal(tiled[0], plain[0])
+    np.testing.assert_array_equal(tiled[1], plain[1])
+
+
 @pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", CONV_CASES[::3])
 def test_conv_backward_matches_finite_differences(n, h, w, c, k, r, stride, pad):
     """The convolution is linear, so a central difference along a random direction is

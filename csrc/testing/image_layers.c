@@ -3,7 +3,9 @@
  *
  *   conv2d_forward(x, weight, stride=1, pad=0, *, reference=False, mean=None, std=None)
  *   conv2d_backward(dout, x, weight, stride=1, pad=0, *, dx=None, dw=None, add=True,
- *                   reference=False, mean=None, std=None) -> (dx, dw)
+ *                   reference=False, mean=None, std=None, prologue=False) -> (dx, dw)
+ *     (prologue: dout reaches the convolution a tile of rows at a time, copied by a
+ *     conv_prologue, as the batch norm's fused backward gives it)
  *   bn_statistics(y) -> (mean, var)
  *   batchnorm_forward(y, gamma, beta, running_mean, running_var, *, training=True,
  *                     relu=False, residual=None) -> (out, mean, invstd)
@@ -177,21 +179,34 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kwd
     return (PyObject *)out;
 }
 
+/* The prologue of conv2d_backward(prologue=True): rows of dout (k floats each). */
+typedef struct {
+    const float *dout;
+    ptrdiff_t k;
+} copy_rows_ctx;
+
+static void copy_rows(void *ctx, float *dy, ptrdiff_t row0, ptrdiff_t rows)
+{
+    const copy_rows_ctx *c = ctx;
+    memcpy(dy, c->dout + row0 * c->k, (size_t)(rows * c->k) * sizeof(float));
+}
+
 static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"dout", "x",   "weight",    "stride", "pad", "dx",
-                             "dw",   "add", "reference", "mean",   "std", NULL};
+    static char *kwlist[] = {"dout", "x",        "weight", "stride",    "pad",
+                             "dx",   "dw",       "add",    "reference", "mean",
+                             "std",  "prologue", NULL};
     PyObject *dout_obj, *x_obj, *w_obj, *dx_obj = Py_None, *dw_obj = Py_None;
     PyObject *mean = Py_None, *std = Py_None;
     Py_ssize_t stride = 1, pad = 0;
-    int add = 1, reference = 0;
+    int add = 1, reference = 0, use_prologue = 0;
     PyArrayObject *weight, *dout, *dx = NULL, *dw = NULL;
     layer_input li;
     conv_shape sh;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|nn$OOppOO:conv2d_backward", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|nn$OOppOOp:conv2d_backward", kwlist,
                                      &dout_obj, &x_obj, &w_obj, &stride, &pad, &dx_obj,
-                                     &dw_obj, &add, &reference, &mean, &std))
+                                     &dw_obj, &add, &reference, &mean, &std, &use_prologue))
         return NULL;
     if (input_arg(x_obj, mean, std, &li) ||
         tensor_arg(w_obj, "weight", 4, -1, -1, -1, -1, 0, &weight) ||
@@ -218,14 +233,24 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     }
     cv_status st = CV_OK;
     conv_workspace ws = {0};
+    copy_rows_ctx rows_ctx = {PyArray_DATA(dout), sh.k};
+    conv_prologue pro = {copy_rows, &rows_ctx, NULL};
+    if (use_prologue && !reference &&
+        !(pro.spill = malloc((size_t)(sh.n * sh.p * sh.q * sh.k) * sizeof(float)))) {
+        Py_DECREF(dx);
+        Py_DECREF(dw);
+        return PyErr_NoMemory();
+    }
     Py_BEGIN_ALLOW_THREADS;
     if (reference)
         conv2d_backward_reference(PyArray_DATA(dx), PyArray_DATA(dw), PyArray_DATA(dout),
                                   &li.in, PyArray_DATA(weight), &sh);
     else
-        st = conv2d_backward(PyArray_DATA(dx), PyArray_DATA(dw), PyArray_DATA(dout), &li.in,
-                             PyArray_DATA(weight), &sh, add, &ws);
+        st = conv2d_backward(
+            PyArray_DATA(dx), PyArray_DATA(dw), use_prologue ? NULL : PyArray_DATA(dout),
+            &li.in, PyArray_DATA(weight), &sh, add, use_prologue ? &pro : NULL, &ws);
     Py_END_ALLOW_THREADS;
+    free(pro.spill);
     conv_workspace_free(&ws);
     if (st != CV_OK) {
         Py_DECREF(dx);
