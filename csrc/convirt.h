@@ -174,7 +174,7 @@ int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdif
  * kernel does not take n on this CPU, B has no unit stride or memory ran out. */
 typedef struct {
     const float *panels;
-    ptrdiff_t k, n;
+    ptrdiff_t k, n, depth; /* depth: rows of B per slab */
 } cv_packed_b;
 int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff_t rsb,
               ptrdiff_t csb);
@@ -196,6 +196,11 @@ typedef struct {
 } cv_tiles_b;
 void cv_tiles_b_init(cv_tiles_b *tb, ptrdiff_t k, ptrdiff_t n, const float *B,
                      ptrdiff_t rsb, ptrdiff_t csb);
+/* The same for tiles whose A has contiguous rows, packed in one slab up to a depth of
+ * 512 (the loss's similarities at d = 512: see gemm.c, PACK_KC_ROWS). Other sums than
+ * cv_tiles_b_init's where 384 < k <= 512. */
+void cv_tiles_b_init_rows(cv_tiles_b *tb, ptrdiff_t k, ptrdiff_t n, const float *B,
+                          ptrdiff_t rsb, ptrdiff_t csb);
 void cv_tiles_b_gemm(const cv_tiles_b *tb, ptrdiff_t m, const float *A, ptrdiff_t rsa,
                      ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc);
 

@@ -231,7 +231,9 @@ static cv_status gemm_by_rows(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t inner,
     /* C with contiguous rows: B packed once for every block (cv_tiles_b) */
     const int own = csc == 1;
     cv_tiles_b tb;
-    if (own)
+    if (own && csa == 1) /* A's rows contiguous: k <= 512 in one slab of B */
+        cv_tiles_b_init_rows(&tb, inner, cols, B, rsb, csb);
+    else if (own)
         cv_tiles_b_init(&tb, inner, cols, B, rsb, csb);
     ptrdiff_t r0 = 0;
     for (ptrdiff_t b = 0; b < blocks; b++) {

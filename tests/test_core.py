@@ -384,6 +384,37 @@ def test_packed_gemm_is_the_same_sum_on_any_split():
         convirt.set_num_threads(before)
 
 
+@pytest.mark.parametrize("k", [385, 448, 512])
+def test_deep_slab_for_row_major_a_is_one_pass(k):
+    """The loss's GEMMs with a row-major A pack k <= 512 in one slab of B
+    (cv_tiles_b_init_rows): every element is then the small kernel's single sum over
+    k, whatever the tiles and threads, where the default packing (slabs of at most
+    384) adds two slab sums and rounds otherwise."""
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((150, k)).astype(np.float32)
+    b = rng.standard_normal((k, 128)).astype(np.float32)
+    single = np.zeros((150, 128), np.float32)
+    if not _testing.gemm_small(a, b, single):
+        pytest.skip("no AVX2 + FMA: the kernel does not run here")
+    b_t = np.asarray(b, order="F")  # B with unit column stride: always packed
+    before = convirt.get_num_threads()
+    try:
+        for threads in (1, 2):
+            convirt.set_num_threads(threads)
+            for tile in (0, 16, 77):
+                c = np.zeros((150, 128), np.float32)
+                assert _testing.gemm_packed(a, b_t, c, tile=tile, rows=True)
+                assert np.array_equal(c, single), (threads, tile)
+    finally:
+        convirt.set_num_threads(before)
+    two_slabs = np.zeros((150, 128), np.float32)
+    assert _testing.gemm_packed(a, b_t, two_slabs, tile=16)
+    assert not np.array_equal(two_slabs, single)
+    assert (
+        np.abs(two_slabs - single).max() <= 1e-5 * np.abs(a).max() * np.abs(b).sum(0).max()
+    )
+
+
 def test_small_and_packed_gemm_accumulate_a_whole_product():
     """C += A B adds the product's sum to C (BLIS's order): twice is C + 2 A B to the
     bit when C starts at zero, which gradient accumulation relies on."""

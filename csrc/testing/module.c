@@ -50,21 +50,23 @@ static PyObject *py_gemm_small(PyObject *self, PyObject *args, PyObject *kwds)
     return PyBool_FromLong(ran);
 }
 
-/* gemm_packed(A, B, C, accumulate=False, tile=0) -> bool: C = A @ B (or C += A @ B)
- * through cv_gemm_packed, or with tile > 0 through cv_pack_b and one cv_gemm_prepacked
- * per tile of that many rows (dealt to the threads); C with contiguous rows, B with a
- * unit stride. False (C untouched) when it does not take the shape on this CPU. */
+/* gemm_packed(A, B, C, accumulate=False, tile=0, rows=False) -> bool: C = A @ B (or
+ * C += A @ B) through cv_gemm_packed, or with tile > 0 through cv_pack_b and one
+ * cv_gemm_prepacked per tile of that many rows (dealt to the threads), or with rows
+ * through cv_tiles_b_init_rows and cv_tiles_b_gemm per tile; C with contiguous rows, B
+ * with a unit stride. False (C untouched) when it does not take the shape on this CPU
+ * (rows: when B is not packed). */
 static PyObject *py_gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"A", "B", "C", "accumulate", "tile", NULL};
+    static char *kwlist[] = {"A", "B", "C", "accumulate", "tile", "rows", NULL};
     PyObject *a_obj, *b_obj, *c_obj;
-    int accumulate = 0;
+    int accumulate = 0, rows = 0;
     Py_ssize_t tile = 0;
     PyArrayObject *A, *B, *C;
     ptrdiff_t sa[2], sb[2], sc[2];
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|pn:gemm_packed", kwlist, &a_obj,
-                                     &b_obj, &c_obj, &accumulate, &tile) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|pnp:gemm_packed", kwlist, &a_obj,
+                                     &b_obj, &c_obj, &accumulate, &tile, &rows) ||
         cv_gemm_arrays(a_obj, b_obj, c_obj, &A, &B, &C, sa, sb, sc))
         return NULL;
     npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1), n = PyArray_DIM(B, 1);
@@ -83,7 +85,16 @@ static PyObject *py_gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
     float *c = PyArray_DATA(C);
     Py_BEGIN_ALLOW_THREADS;
     cv_packed_b pb;
-    if (!tile)
+    cv_tiles_b tb;
+    if (rows && k > 0 && m > 0) {
+        cv_tiles_b_init_rows(&tb, k, n, PyArray_DATA(B), sb[0], sb[1]);
+        ran = tb.is_packed;
+        const npy_intp step = tile > 0 ? tile : m;
+#pragma omp parallel for num_threads(cv_get_num_threads()) schedule(dynamic, 1)
+        for (npy_intp r0 = 0; r0 < (ran ? m : 0); r0 += step)
+            cv_tiles_b_gemm(&tb, m - r0 < step ? m - r0 : step, a + r0 * sa[0], sa[0],
+                            sa[1], accumulate, c + r0 * sc[0], sc[0]);
+    } else if (!tile)
         ran = !cv_gemm_packed(m, n, k, a, sa[0], sa[1], PyArray_DATA(B), sb[0], sb[1],
                               accumulate, c, sc[0]);
     else if (k > 0 && m > 0 && !cv_pack_b(&pb, k, n, PyArray_DATA(B), sb[0], sb[1])) {
