@@ -4,7 +4,8 @@ BLIS picks a different kernel set on each CPU (zen3 on AMD Zen 3, skx on AVX-512
 machines, haswell on older Intel, generic where it knows nothing better), and each sums
 in its own order, so a tolerance that holds for one may not hold for another. Every set
 is a supported configuration: the numerical tests (GEMM, layers, towers, loss, the
-optimiser, fine-tuning and trainer parity with PyTorch) run again, in a subprocess, on
+optimiser, fine-tuning, trainer parity with PyTorch, and the quick demo's learning) run
+again, in a subprocess, on
 each set this CPU executes other than the one this run already uses. A set the CPU
 cannot run is skipped with the reason convirt gives."""
 
@@ -30,6 +31,11 @@ NUMERICAL = [
     "test_optim.py",
     "test_finetune.py",
     "test_trainer.py::test_ten_steps_match_a_pytorch_training_loop",
+    # the quick demo's learning (one run of the preset, about 2 minutes): its bounds
+    # were once set from one kernel set and failed on the others
+    "test_demo.py::test_pretraining_beats_random_init_at_10_percent_labels",
+    "test_demo.py::test_text_to_image_precision_is_well_above_chance",
+    "test_demo.py::test_enough_categories_are_retrieved_by_radiologists_words",
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
