@@ -540,13 +540,14 @@ cv_status conv2d_backward(float *dinp, float *dweight, const float *dout,
     const ptrdiff_t image = sh->h * sh->w * C;
     if (!dinp && !dweight)
         return CV_OK;
+    const int winograd = winograd_applies(inp, sh);
     const int transposed = dinp && transposed_conv(inp, sh) && sh->r == sh->s;
-    if (prologue && (winograd_applies(inp, sh) || transposed)) {
+    if (prologue && (winograd || transposed)) {
         spill_gradient(prologue, sh); /* these paths read the gradient whole */
         dout = prologue->spill;
         prologue = NULL;
     }
-    if (winograd_applies(inp, sh)) {
+    if (winograd) {
         cv_status st;
         if (dweight && (st = winograd_weight_gradient(dweight, dout, inp->data, sh, ws)))
             return st;

@@ -559,9 +559,9 @@ static void affine_epilogue(void *ctx, float *out, ptrdiff_t row0, ptrdiff_t row
  * With a reduce hook, K processes each holding b of the batch's images compute what one
  * process computes on all K b. Forward: each sends (rows, rows mean, rows (var + mean^2))
  * per channel; the sums give the batch's mean and (biased) variance, in double. Backward:
- * bn_backward_apply needs sum(dz) / rows and sum(dz (y - mean)) / rows over the batch
- * (mean and invstd being the batch's already); each process's sums are summed, then
- * scaled by rows / total_rows, so that apply's division by its own rows gives the
+ * bn_backward_coefficients needs sum(dz) / rows and sum(dz (y - mean)) / rows over the
+ * batch (mean and invstd being the batch's already); each process's sums are summed,
+ * then scaled by rows / total_rows, so that its division by its own rows gives the
  * batch's means, and the dgamma, dbeta it adds (those sums) are this process's share,
  * rows / total_rows of the batch's: the all-reduce of the gradient buffers adds the
  * shares back to the whole. */
