@@ -12,13 +12,14 @@ import concurrent.futures
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from ._io import atomic_write, read_regular_file
+from ._io import _umask, atomic_write, read_regular_file
 from .datasets.paired import PairedDataset, _describe
 from .errors import DataFileError, ImageDecodeError
 from .images import _check_size, resize_center_crop
@@ -112,7 +113,9 @@ def prepare(
     progress : bool, default True
         A tqdm progress bar and one stderr line per skipped entry.
     overwrite : bool, default False
-        Start afresh, discarding what ``out_dir`` holds.
+        Start afresh, discarding what ``out_dir`` holds. The new files are written
+        under temporary names and renamed over the old ones at the first commit, so a
+        :class:`PreparedDataset` already open on the old cache goes on reading it.
 
     Returns
     -------
@@ -167,19 +170,28 @@ def prepare(
             )
     rows = old["rows"] if old else 0
     reports_bytes = old["reports_bytes"] if old else 0
-    for path, committed in (
-        (images_path, rows * size * size),
-        (reports_path, reports_bytes),
-    ):
-        actual = os.path.getsize(path) if os.path.exists(path) else 0
-        if actual < committed:
-            raise ValueError(
-                f"{path} holds {actual} bytes but {index_path} records "
-                f"{committed}: the cache is damaged; use overwrite=True"
-            )
-        # Cut off anything written after the last committed index (a crash mid-append).
-        with open(path, "ab") as f:
-            f.truncate(committed)
+    if old is None:
+        # A fresh cache is written beside the old files and renamed over them at the
+        # first commit: a PreparedDataset that maps the old images.u8 keeps its inode,
+        # where truncating it in place would crash the reader (SIGBUS) or show it the
+        # new images beside its old reports.
+        staged = {path: _staging_file(path) for path in (images_path, reports_path)}
+    else:
+        staged = {}
+        for path, committed in (
+            (images_path, rows * size * size),
+            (reports_path, reports_bytes),
+        ):
+            actual = os.path.getsize(path) if os.path.exists(path) else 0
+            if actual < committed:
+                raise ValueError(
+                    f"{path} holds {actual} bytes but {index_path} records "
+                    f"{committed}: the cache is damaged; use overwrite=True"
+                )
+            # Cut off anything written after the last committed index (a crash
+            # mid-append); no reader maps those bytes.
+            with open(path, "ab") as f:
+                f.truncate(committed)
 
     done = {}
     if old:
@@ -223,6 +235,14 @@ def prepare(
         for f in (images_file, reports_file):
             f.flush()
             os.fsync(f.fileno())
+        if staged:
+            # The old index goes first, so that no reader ever pairs the new images
+            # with the old reports; atomic_write below syncs the folder.
+            if os.path.exists(index_path):
+                os.unlink(index_path)
+            for path, staging in staged.items():
+                os.replace(staging, path)
+            staged.clear()
         counts = {}
         for entry in entries:
             counts[entry["status"]] = counts.get(entry["status"], 0) + 1
@@ -266,8 +286,8 @@ def prepare(
     )
     last_commit = time.monotonic()
     with (
-        open(images_path, "ab") as images_file,
-        open(reports_path, "ab") as reports_file,
+        open(staged.get(images_path, images_path), "ab") as images_file,
+        open(staged.get(reports_path, reports_path), "ab") as reports_file,
         concurrent.futures.ThreadPoolExecutor(workers) as pool,
     ):
         try:
@@ -340,6 +360,17 @@ def prepare(
             stacklevel=2,
         )
     return result
+
+
+def _staging_file(path):
+    """A new empty file beside path (the same folder, so that os.replace onto path is
+    atomic) with the mode open() would give it."""
+    fd, staging = tempfile.mkstemp(
+        prefix=".tmp-" + os.path.basename(path) + "-", dir=os.path.dirname(path)
+    )
+    os.fchmod(fd, 0o666 & ~_umask())
+    os.close(fd)
+    return staging
 
 
 def _check_prepared_image(image, size, source):

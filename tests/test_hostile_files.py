@@ -284,6 +284,33 @@ def test_pruning_still_removes_what_a_killed_process_left(tmp_path):
     assert not staging.exists() and not orphan.exists()
 
 
+def test_prepare_overwrite_leaves_an_open_cache_readable(tmp_path):
+    # prepare(..., overwrite=True) truncated images.u8 in place: a PreparedDataset that
+    # had it mapped died of SIGBUS (a smaller cache) or read the new images beside its
+    # old reports (the same size). Now the new files replace the old ones by rename.
+    code, out, err = run_python(f"""
+        import numpy as np
+        from convirt.data import ArrayDataset, PreparedDataset, prepare
+        old = np.full((4, 64, 64), 10, np.uint8)  # a page per image
+        new = np.full((2, 64, 64), 200, np.uint8)
+        cache = {str(tmp_path / "cache")!r}
+        prepare(ArrayDataset(old, list("abcd")), cache, size=64, progress=False)
+        before = PreparedDataset(cache)
+        prepare(ArrayDataset(new, list("xy")), cache, size=64, progress=False,
+                overwrite=True)
+        after = PreparedDataset(cache)
+        print(int(before.images[3].max()), "".join(before.reports))
+        print(len(after), int(after.images.min()), "".join(after.reports))
+    """)
+    assert code == 0, err
+    assert out.split("\n")[:2] == ["10 abcd", "2 200 xy"]
+    assert sorted(os.listdir(tmp_path / "cache")) == [
+        "images.u8",
+        "index.json",
+        "reports.jsonl",
+    ]
+
+
 # ======================================================================================
 # 3. Accepted nonsense
 # ======================================================================================
