@@ -25,6 +25,7 @@ __all__ = [
     "DICOM_EXTENSIONS",
     "FLOAT_IMAGE_RANGE",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_SIZE",
     "ImageDecodeError",
     "channels_last",
     "check_float_range",
@@ -32,6 +33,11 @@ __all__ = [
     "dicom_to_uint8",
     "resize_center_crop",
 ]
+
+# The largest side an image is decoded or resized to: ImageAugment's (the C core's
+# CV_AUGMENT_MAX_SIZE), beyond which no view can be made. A square of that side is 64 MiB
+# of uint8; size=10**6 (a terabyte) would allocate until the system stops the process.
+MAX_IMAGE_SIZE = 8192
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -45,7 +51,7 @@ def decode_image(path, size=None):
     path : str or os.PathLike
         A PNG, JPEG, TIFF or BMP file (read with Pillow), or a DICOM file (read with
         pydicom; recognised by a ``.dcm``/``.dicom`` suffix or the ``DICM`` marker).
-    size : int, optional
+    size : int in [1, MAX_IMAGE_SIZE], optional
         If given, the shorter side is resized to ``size`` and the centre cropped to
         ``size x size`` (antialiased bilinear; see :func:`resize_center_crop`). Large
         JPEGs are then decoded at a reduced scale (Pillow's ``draft``), which is much
@@ -111,8 +117,15 @@ def resize_center_crop(image, size):
 
 
 def _check_size(size):
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be a positive integer; got {size!r}")
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, (int, np.integer))
+        or not 1 <= size <= MAX_IMAGE_SIZE
+    ):
+        raise ValueError(
+            f"size must be a positive integer of at most {MAX_IMAGE_SIZE} (the side of "
+            f"the square image); got {size!r}"
+        )
     return int(size)
 
 

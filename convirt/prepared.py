@@ -22,7 +22,7 @@ import numpy as np
 from ._io import _umask, atomic_write, read_regular_file
 from .datasets.paired import PairedDataset, _describe
 from .errors import DataFileError, ImageDecodeError
-from .images import _check_size, resize_center_crop
+from .images import MAX_IMAGE_SIZE, _check_size, resize_center_crop
 
 __all__ = [
     "PREPARED_FORMAT",
@@ -37,7 +37,7 @@ PREPARED_VERSION = 1
 _IMAGES_FILE = "images.u8"
 _REPORTS_FILE = "reports.jsonl"
 _INDEX_FILE = "index.json"
-_MAX_PREPARED_SIZE = 1 << 16
+_MAX_PREPARED_SIZE = MAX_IMAGE_SIZE  # what prepare() writes
 
 
 class PrepareSummary(NamedTuple):
@@ -106,7 +106,7 @@ def prepare(
     ----------
     dataset : PairedDataset
     out_dir : str or os.PathLike (created if needed)
-    size : int, default 256
+    size : int in [1, MAX_IMAGE_SIZE], default 256
     workers : int, optional
         Decoding threads (Pillow and the resize release the GIL); default
         ``min(4, os.cpu_count())``.

@@ -316,6 +316,28 @@ def test_prepare_overwrite_leaves_an_open_cache_readable(tmp_path):
 # ======================================================================================
 
 
+def test_huge_image_size_is_refused_before_allocating(tmp_path):
+    # decode_image(path, size=10**6) allocated until the OOM killer came; prepare(...,
+    # size=10**5) was a bare MemoryError.
+    code, out, err = run_python(f"""
+        import numpy as np
+        from convirt.data import ArrayDataset, decode_image, prepare
+        from PIL import Image
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save({str(tmp_path / "a.png")!r})
+        for call in (
+            lambda: decode_image({str(tmp_path / "a.png")!r}, size=10**6),
+            lambda: prepare(ArrayDataset(np.zeros((1, 4, 4), np.uint8), ["a"]),
+                            {str(tmp_path / "c")!r}, size=10**5, progress=False),
+        ):
+            try:
+                call()
+            except ValueError as error:
+                print("refused:", error)
+    """)
+    assert code == 0, err
+    assert out.count("refused: size must be a positive integer of at most 8192") == 2
+
+
 @pytest.fixture(scope="module")
 def image_file(tmp_path_factory):
     """(tensors, metadata) of a small ResNet-18 encoder checkpoint."""
