@@ -10,14 +10,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
-from ._io import atomic_write
+from ._io import atomic_write, check_regular_file, read_regular_file
 from ._optional import progress_bar, require
+from .errors import DataFileError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoder import Encoder
@@ -228,10 +230,14 @@ def _save_csv(path: str, ids: list[str], features: np.ndarray) -> None:
 
 def load_embeddings(path: str | os.PathLike) -> Embeddings:
     """What :func:`save_embeddings` wrote, from any of its files: ``.parquet``,
-    ``.csv`` or ``.npy`` (whose ids are read from the table beside it)."""
+    ``.csv`` or ``.npy`` (whose ids are read from the table beside it). A path that is
+    not a regular file (a FIFO, a device) is refused with :class:`DataFileError`."""
     path = os.fspath(path)
     stem, suffix = os.path.splitext(path)
     suffix = suffix.lower()
+    expected = "an embeddings file (.parquet, .csv or .npy)"
+    if suffix in (".npy", ".parquet"):  # a FIFO would block the read forever
+        check_regular_file(path, DataFileError, expected)
     if suffix == ".npy":
         features = np.load(path)
         for table in (stem + ".parquet", stem + ".csv"):
@@ -251,8 +257,12 @@ def load_embeddings(path: str | os.PathLike) -> Embeddings:
     if suffix == ".csv":
         import csv
 
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
+        raw = read_regular_file(path, DataFileError, expected)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataFileError(f"{path} is not UTF-8 text ({error})") from None
+        rows = list(csv.reader(io.StringIO(text, newline="")))
         if not rows or rows[0][:1] != [ID_COLUMN]:
             raise ValueError(f"{path}: expected a header starting with {ID_COLUMN!r}")
         ids = [row[0] for row in rows[1:]]

@@ -183,6 +183,36 @@ def test_pretrain_config_that_is_a_fifo_is_one_line(tmp_path):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("name", ["features.csv", "features.parquet", "features.npy"])
+def test_load_embeddings_refuses_a_fifo(tmp_path, name):
+    # load_embeddings("features.csv") with the file a FIFO hung in open().
+    os.mkfifo(tmp_path / name)
+    code, out, err = run_python(f"""
+        from convirt.embeddings import load_embeddings
+        from convirt.errors import DataFileError
+        try:
+            load_embeddings({str(tmp_path / name)!r})
+        except DataFileError as error:
+            print("refused:", error)
+    """)
+    assert code == 0, err
+    assert "refused:" in out and name in out and "not a regular file" in out
+
+
+def test_zero_shot_prompts_that_are_a_fifo_are_one_line(tmp_path):
+    # convirt zero-shot --prompts fifo.json hung reading the prompts.
+    os.mkfifo(tmp_path / "prompts.json")
+    code, _, err = run_python(f"""
+        import sys
+        from convirt import cli
+        sys.exit(cli.main(["zero-shot", "--run", "run", "--prompts",
+                           {str(tmp_path / "prompts.json")!r}, "cache"]))
+    """)
+    assert code == 1, err
+    assert "prompts.json" in err and "not a regular file" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 # ======================================================================================
 # 2. Data loss
 # ======================================================================================

@@ -239,6 +239,16 @@ def trained_run(tmp_path_factory):
     return root
 
 
+def test_cli_zero_shot_refuses_prompts_without_a_class(tmp_path, capsys):
+    # --prompts holding {} went on to a TypeError traceback on an unlabelled cache.
+    (tmp_path / "p.json").write_text("{}")
+    argv = ["zero-shot", "--run", str(tmp_path / "run"), "--prompts"]
+    assert cli.main(argv + [str(tmp_path / "p.json"), str(tmp_path / "cache")]) == 1
+    err = capsys.readouterr().err
+    assert "p.json names no class; expected a JSON object" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_cli_zero_shot_matches_the_library(trained_run, tmp_path, capsys):
     from convirt.checkpoint import CheckpointDir
     from convirt.prepared import PreparedDataset

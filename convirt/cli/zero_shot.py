@@ -1,9 +1,9 @@
 """``convirt zero-shot``: classify images by sentences with a run's two encoders."""
 
 import argparse
-import json
 import os
 
+from .._io import read_json_object
 from ..errors import DataFileError
 from .arguments import positive_int
 
@@ -65,13 +65,12 @@ def add_zero_shot_command(subparsers):
 
 
 def _read_prompts(path):
-    with open(path, encoding="utf-8") as f:
-        try:
-            prompts = json.load(f)
-        except json.JSONDecodeError as error:
-            raise DataFileError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(prompts, dict):
-        raise DataFileError(f"{path} must hold a JSON object: class -> sentence(s)")
+    """The classes and their sentences in the --prompts file: a regular file (a FIFO
+    would block) holding a non-empty JSON object."""
+    expected = "a JSON object: class -> sentence(s)"
+    prompts = read_json_object(path, DataFileError, expected)
+    if not prompts:
+        raise DataFileError(f"{path} names no class; expected {expected}")
     # JSON has no tuples: a pair is the {"positive": ..., "negative": ...} object.
     return prompts
 
