@@ -2,6 +2,7 @@
 same way in the help and the README, paths printed without a doubled slash, every file
 `embed` writes named, and the linear probe's progress bar."""
 
+import json
 import os
 import re
 
@@ -105,3 +106,37 @@ def test_the_linear_probe_draws_a_bar_when_asked_and_not_under_pytest(capsys):
     assert "linear probe ConVIRT" in err and "4/4" in err
     probe()  # progress=None: stderr is not a terminal here, and no Jupyter kernel runs
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "setting, value, expected",
+    [
+        ("lr", "x", "must be a finite number, got 'x'"),
+        ("epochs", 1.5, "must be a positive integer, got 1.5"),
+        ("image_model", 18, "must be one of ['resnet18', 'resnet34', 'resnet50']"),
+        ("early_stopping", "3", "must be a positive integer or null, got '3'"),
+    ],
+)
+def test_pretrain_config_value_of_the_wrong_type_is_one_line(
+    cache, tmp_path, capsys, setting, value, expected
+):
+    # {"lr": "x"} in --config went on to a TypeError traceback inside the Trainer.
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({setting: value}))
+    argv = ["pretrain", cache, str(tmp_path / "run")]
+    assert cli.main([*argv, "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"{config}: setting {setting!r} {expected}" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_out_of_memory_is_one_line_naming_what_to_reduce(cache, tmp_path, capsys):
+    # --proj-dim 10000000000 (an encoder of 5e12 parameters) was a MemoryError
+    # traceback; the core refuses it before allocating.
+    argv = ["pretrain", cache, str(tmp_path / "run"), "--method", "simclr"]
+    argv += ["--image-model", "resnet18", "--proj-dim", "10000000000", "--no-progress"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("convirt pretrain: error: out of memory (")
+    assert "reduce --image-size, --batch-size, --proj-dim or --max-length" in err
+    assert len(err.strip().splitlines()) == 1

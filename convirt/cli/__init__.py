@@ -10,8 +10,9 @@ heavy modules inside ``run_NAME`` so that ``convirt --help`` stays fast) and lis
 ``add_`` function in COMMANDS below. Shared argument types are in :mod:`.arguments`.
 
 Errors the user can fix (a missing file, a wrong column name, a missing optional
-package, a run whose loss diverged) are printed as one line, ``convirt NAME: error:
-...``, with exit code 1; ``--traceback`` shows the full traceback instead.
+package, a run whose loss diverged, sizes too large for the memory) are printed as one
+line, ``convirt NAME: error: ...``, with exit code 1; ``--traceback`` shows the full
+traceback instead.
 """
 
 import argparse
@@ -83,14 +84,40 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"convirt {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ConvirtError, OSError, ValueError, ImportError) as error:
+    except (ConvirtError, OSError, ValueError, ImportError, MemoryError) as error:
         if args.traceback:
             raise
-        hint = (
-            " Hint: run it again with a lower --lr (e.g. 10 times lower)."
-            if isinstance(error, TrainingDiverged)
-            else ""
-        )
-        print(f"convirt {args.command}: error: {error}{hint}", file=sys.stderr)
+        message = str(error)
+        if isinstance(error, MemoryError):
+            detail = f" ({message})" if message else ""
+            message = f"out of memory{detail}: {_memory_hint(args)}"
+        if isinstance(error, TrainingDiverged):
+            message += " Hint: run it again with a lower --lr (e.g. 10 times lower)."
+        print(f"convirt {args.command}: error: {message}", file=sys.stderr)
         _end_mpi_job(args.command)
         return 1
+
+
+# The options whose values set how much memory a command needs, as argparse names them.
+_MEMORY_OPTIONS = (
+    "n",
+    "synthetic",
+    "size",
+    "image_size",
+    "batch_size",
+    "pretrain_batch_size",
+    "finetune_batch_size",
+    "proj_dim",
+    "max_length",
+)
+
+
+def _memory_hint(args):
+    """What to reduce after a MemoryError: the options of this command that size it."""
+    flags = [
+        f"--{name.replace('_', '-')}" for name in _MEMORY_OPTIONS if hasattr(args, name)
+    ]
+    if not flags:
+        return "free some memory, or give a smaller input"
+    listed = flags[0] if len(flags) == 1 else ", ".join(flags[:-1]) + " or " + flags[-1]
+    return f"reduce {listed}, or free some memory"

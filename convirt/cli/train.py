@@ -3,6 +3,7 @@
 
 import argparse
 import json
+import math
 import os
 
 from .._io import read_json_object
@@ -137,6 +138,78 @@ def add_pretrain_command(subparsers):
     parser.set_defaults(run=run_pretrain)
 
 
+def _is_integer(value, low=None):
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (low is None or value >= low)
+    )
+
+
+def _is_finite_number(value):
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _one_of(*choices):
+    return f"one of {list(choices)}", lambda value: value in choices
+
+
+def _or_null(rule):
+    expected, check = rule
+    return f"{expected} or null", lambda value: value is None or check(value)
+
+
+_POSITIVE_INTEGER = ("a positive integer", lambda value: _is_integer(value, 1))
+_INTEGER = ("an integer", _is_integer)
+_NUMBER = ("a finite number", _is_finite_number)
+_PATH = ("a path (a string)", lambda value: isinstance(value, str))
+
+# What each setting of a --config file (or a run's settings.json) must be, in JSON: what
+# its flag's type gives. Ranges are the library's to check, with its messages.
+SETTING_TYPES = {
+    "image_model": _one_of("resnet18", "resnet34", "resnet50"),
+    "in_channels": _POSITIVE_INTEGER,
+    "text_model": _or_null(_PATH),
+    "freeze_layers": _or_null(_INTEGER),
+    "image_size": _POSITIVE_INTEGER,
+    "epochs": _POSITIVE_INTEGER,
+    "batch_size": _POSITIVE_INTEGER,
+    "lr": _NUMBER,
+    "weight_decay": _NUMBER,
+    "temperature": _NUMBER,
+    "image_to_text_weight": _NUMBER,
+    "proj_dim": _POSITIVE_INTEGER,
+    "schedule": _or_null(_one_of("plateau", "cosine", "none")),
+    "patience": _POSITIVE_INTEGER,
+    "early_stopping": _or_null(_POSITIVE_INTEGER),
+    "val_fraction": _NUMBER,
+    "seed": _INTEGER,
+    "checkpoint_every": _or_null(_POSITIVE_INTEGER),
+    "method": _one_of("convirt", "simclr"),
+    "max_length": _POSITIVE_INTEGER,
+    "init": _or_null(_PATH),
+    "sync_batchnorm": ("true or false", lambda value: isinstance(value, bool)),
+    "micro_batch": _or_null(_POSITIVE_INTEGER),
+}
+
+
+def _check_settings(settings, path):
+    """ValueError naming the file and the setting when a setting read from a JSON file
+    is not of its flag's type (settings that are not flags, such as a run's "cache",
+    are left alone)."""
+    for key, value in settings.items():
+        if key in SETTING_TYPES:
+            expected, check = SETTING_TYPES[key]
+            if not check(value):
+                raise ValueError(
+                    f"{path}: setting {key!r} must be {expected}, got {repr(value)[:60]}"
+                )
+
+
 # What --resume may change (the setting, and the Trainer.resume keyword it is): when to
 # stop, to lower the learning rate and to save. Every other setting is the run's own.
 RESUME_CHANGES = {
@@ -159,6 +232,7 @@ def _given(args):
                 f"{args.config}: unknown settings {sorted(unknown)}; known: "
                 f"{sorted(PRETRAIN_DEFAULTS)}"
             )
+        _check_settings(config, args.config)
         given.update({key: (value, args.config) for key, value in config.items()})
     for key in PRETRAIN_DEFAULTS:
         value = getattr(args, key, None)
@@ -302,6 +376,7 @@ def _resume(args, progress, say, writes):
             f"{args.resume}"
         )
     settings = read_json_object(settings_path, ValueError, "the run's settings.json")
+    _check_settings(settings, settings_path)
     changes = _resume_changes(args, settings)
     settings.update(changes)
     trainer = convirt.Trainer.resume(
