@@ -519,6 +519,12 @@ class Trainer:
             as_pairs(val, "val")
         pairs = Pairs(images, reports)
         n_batches = len(images) // batch_size
+        if self.position > n_batches:
+            raise ValueError(
+                f"the trainer stopped at batch {self.position} of epoch {self.epoch + 1} "
+                f"(its position), but {len(images)} training pairs make {n_batches} "
+                f"batches of {batch_size}: resume with the data it was trained on"
+            )
         total_steps = epochs * n_batches if max_steps is None else max_steps
         if self.schedule_name == "cosine" and self.scheduler is None:
             self.scheduler = WarmupCosine(

@@ -27,6 +27,48 @@ def _integer(low=0):
     return check
 
 
+# Step and epoch counts below 2**53: the core counts Adam's steps in an int64 and takes
+# the bias corrections at (double)step, exact below 2**53; a count near 2**63 overflows
+# to a negative step two updates on (and the weights turn to NaN).
+_MAX_COUNT = 1 << 53
+
+
+def _count(value):
+    ok = _integer()(value) is None and value < _MAX_COUNT
+    return None if ok else "an integer in [0, 2**53)"
+
+
+# The largest learning rate read from a checkpoint. Adam moves each weight by about lr
+# per step: the paper's is 1e-4, Adam recipes stay below 1e-1, and at 1e3 a step moves
+# unit-scale weights a thousandfold; long before 1e300 the core's float32 update is Inf.
+_MAX_LR = 1e3
+
+
+def _learning_rate(zero_allowed):
+    """The check of a loaded lr: finite, > 0 (Adam's constructor) or >= 0 (its lr
+    setter: a cosine schedule ends at 0), and at most _MAX_LR."""
+
+    def check(value):
+        ok = (
+            _number()(value) is None
+            and (value >= 0 if zero_allowed else value > 0)
+            and value <= _MAX_LR
+        )
+        return None if ok else f"a number in {'[' if zero_allowed else '('}0, {_MAX_LR:g}]"
+
+    return check
+
+
+# exp(logit_scale) is the loss's logit scale and its inverse the temperature: both are
+# finite float32 numbers while |logit_scale| <= ln(float32 max), about 88.7.
+_MAX_LOGIT_SCALE = math.log(float(np.finfo(np.float32).max))
+
+
+def _logit_scale(value):
+    ok = _number()(value) is None and abs(value) <= _MAX_LOGIT_SCALE
+    return None if ok else f"a number in [-{_MAX_LOGIT_SCALE:.4g}, {_MAX_LOGIT_SCALE:.4g}]"
+
+
 def _number(low=None, allow_inf=False):
     def check(value):
         ok = (
@@ -98,7 +140,7 @@ class TrainerConfig:
     # the Trainer's keyword settings
     method: str = field(default="convirt", metadata=_rules(_one_of("convirt", "simclr")))
     image_size: int = field(default=224, metadata=_rules(_integer(32)))
-    lr: float = field(default=1e-4, metadata=_rules(_number(0)))
+    lr: float = field(default=1e-4, metadata=_rules(_learning_rate(zero_allowed=False)))
     weight_decay: float = field(default=1e-6, metadata=_rules(_number(0)))
     betas: tuple = field(default=(0.9, 0.999), metadata=_rules(_pair))
     eps: float = field(default=1e-8, metadata=_rules(_number(0)))
@@ -238,23 +280,60 @@ class TrainerConfig:
 # ---- what a checkpoint's trainer.json and optimizer.safetensors must hold ----------------
 
 _STATE_FIELDS = {
-    "step": _integer(),
-    "epoch": _integer(),
-    "position": _integer(),
+    "step": _count,
+    "epoch": _count,
+    "position": _count,
     "config": _of_type(dict, "an object"),
     "history": _of_type(list, "a list"),
     "steps": _of_type(list, "a list"),
     "best_val_loss": _number(allow_inf=True),
     "epochs_without_improvement": _integer(),
-    "logit_scale": _number(),
+    "logit_scale": _logit_scale,
     "scale_state": _of_type(dict, "an object"),
     "scheduler": _optional(_of_type(dict, "an object")),
     "optimizer": _of_type(dict, "an object"),
 }
 _NESTED_FIELDS = {
-    "optimizer": {"lr": _number(0), "step": _integer()},
+    "optimizer": {"lr": _learning_rate(zero_allowed=True), "step": _count},
     "scale_state": {"m": _number(), "v": _number(0)},
 }
+
+
+def _real(value):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return None if ok else "a number"
+
+
+_batch_size = _integer(2)
+
+# What plot() (convirt.loss_curves) reads of each record of "steps" and "history": the
+# record's step, its loss and, when present, its batch size and normalised loss.
+_RECORD_FIELDS = {
+    "steps": ("loss", "batch_size", "normalized_loss"),
+    "history": ("val_loss", "val_batch_size", "val_normalized_loss"),
+}
+
+
+def _check_records(state, path):
+    """Each record of "steps" and "history" is an object; one with a loss has a step,
+    the loss and, if it has them, a batch size >= 2 and a normalised loss."""
+    for name, (loss, size, normalized) in _RECORD_FIELDS.items():
+        for k, record in enumerate(state[name]):
+            where = f"{name}[{k}]"
+            if not isinstance(record, dict):
+                raise CheckpointError(
+                    f"{path}: {where} must be an object, got {repr(record)[:60]}"
+                )
+            if loss not in record:
+                continue
+            rules = {"step": _count, loss: _real}
+            if size in record:
+                rules[size] = _batch_size
+            if record.get(normalized) is not None:
+                rules[normalized] = _real
+            _check_fields(record, rules, path, where)
+    if state["config"].get("batch_size") is not None:  # fit()'s, plot()'s fallback
+        _check_fields(state["config"], {"batch_size": _batch_size}, path, "'config'")
 
 
 def _check_fields(mapping, fields, path, where, optional=()):
@@ -278,6 +357,7 @@ def check_state(state, path):
     TrainerConfig.check_json(state["config"], path)
     for name, fields in _NESTED_FIELDS.items():
         _check_fields(state[name], fields, path, repr(name))
+    _check_records(state, path)
 
 
 def check_optimizer_file(tensors, metadata, path):

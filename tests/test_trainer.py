@@ -507,6 +507,15 @@ def test_bad_arguments(tiny_towers):
         trainer.fit([images, reports], batch_size=4)
 
 
+def test_a_position_past_the_data_names_it(tiny_towers):
+    # A resumed trainer whose position is past the batches of the data it is given.
+    image, text = tiny_towers
+    trainer = Trainer(image, text, image_size=32, progress=False)
+    trainer.position = 3
+    with pytest.raises(ValueError, match=r"stopped at batch 3 of epoch 1 \(its position\)"):
+        trainer.fit(tiny.pairs(8, 32), epochs=1, batch_size=4)
+
+
 def test_default_augment_is_the_papers_with_the_blur_scaled_to_the_view(tiny_towers):
     image, text = tiny_towers
     trainer = convirt.Trainer(image, text, image_size=64, progress=False)

@@ -16,8 +16,10 @@ import pytest
 import convirt
 from convirt import augment as augment_module
 from convirt.checkpoint import CheckpointDir
+from convirt.errors import CheckpointError
 from convirt.loader import BatchLoader
 from convirt.trainer import Trainer, TrainerConfig
+from convirt.trainer_config import check_state
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny
@@ -141,6 +143,73 @@ def test_every_trainer_keyword_is_a_setting():
         "max_logit_scale",
         "augment",
     } == {f.name for f in dataclasses.fields(TrainerConfig)}
+
+
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory):
+    """The trainer.json state of a tiny trainer after one epoch (steps and history)."""
+    tmp_path = tmp_path_factory.mktemp("state")
+    trainer = make(tmp_path)
+    trainer.fit(tiny.pairs(8, 32, seed=1), epochs=1, batch_size=4, val=tiny.pairs(4, 32))
+    return json.loads(json.dumps(trainer.state()))
+
+
+@pytest.mark.parametrize(
+    "where, field, value, expected",
+    [
+        # 2**63 - 1 steps overflowed the core's int64 count: NaN weights two steps on
+        ("state", "step", 2**63 - 1, r"in \[0, 2\*\*53\)"),
+        ("optimizer", "step", 2**63 - 1, r"in \[0, 2\*\*53\)"),
+        ("optimizer", "lr", 1e300, r"in \[0, 1000\]"),
+        ("config", "lr", 1e300, r"in \(0, 1000\]"),
+        ("config", "lr", 0.0, r"in \(0, 1000\]"),
+        ("state", "logit_scale", 1e308, r"in \[-88.72, 88.72\]"),  # exp() is Inf
+        ("state", "logit_scale", -1e3, r"in \[-88.72, 88.72\]"),  # temperature Inf
+    ],
+)
+def test_resumed_counts_lr_and_logit_scale_are_bounded(
+    saved_state, where, field, value, expected
+):
+    state = json.loads(json.dumps(saved_state))
+    (state if where == "state" else state[where])[field] = value
+    with pytest.raises(
+        CheckpointError, match=rf"trainer\.json: field '{field}'.* {expected}"
+    ):
+        check_state(state, "trainer.json")
+
+
+@pytest.mark.parametrize(
+    "records, k, change, match",
+    [
+        ("steps", 0, "not a record", r"steps\[0\] must be an object"),
+        ("steps", 1, {"step": "2"}, r"'step' of steps\[1\] must be an integer"),
+        ("steps", 0, {"loss": "low"}, r"'loss' of steps\[0\] must be a number"),
+        (
+            "steps",
+            0,
+            {"batch_size": 1},
+            r"'batch_size' of steps\[0\] must be an integer >= 2",
+        ),
+        ("history", 0, {"val_loss": None}, r"'val_loss' of history\[0\] must be a number"),
+    ],
+)
+def test_resumed_steps_and_history_that_plot_reads_are_checked(
+    saved_state, records, k, change, match
+):
+    # plot() after resuming a trainer.json whose steps held {"loss": "low"} raised a
+    # TypeError inside matplotlib's caller.
+    state = json.loads(json.dumps(saved_state))
+    if isinstance(change, dict):
+        state[records][k].update(change)
+    else:
+        state[records][k] = change
+    with pytest.raises(CheckpointError, match=rf"trainer\.json: .*{match}"):
+        check_state(state, "trainer.json")
+
+
+def test_a_saved_state_passes_its_check(saved_state):
+    assert saved_state["steps"] and "val_loss" in saved_state["history"][0]
+    check_state(saved_state, "trainer.json")
 
 
 # ---- one batching path ----------------------------------------------------------------
