@@ -54,6 +54,16 @@ _FIT_KEYS = ("batch_size", "epochs", "shuffle", "max_steps")
 RESUME_SETTINGS = ("plateau_patience", "early_stopping_patience", "checkpoint_every")
 
 
+def _check_val_batch_size(value, name):
+    """A validation batch compares at least 2 pairs: batches of one would all be left
+    out, and every metric would be NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+        raise ValueError(
+            f"{name} must be an integer >= 2 (a contrastive batch compares at least 2 "
+            f"pairs), got {value!r}"
+        )
+
+
 class Trainer:
     """Pretrains an image encoder with ConVIRT (image-report pairs) or SimCLR (images).
 
@@ -421,6 +431,7 @@ class Trainer:
         images, reports = as_pairs(data, "val")
         if len(images) < 2:
             raise ValueError("validation needs at least 2 pairs")
+        _check_val_batch_size(batch_size, "batch_size")
         totals = {}
         count = 0
         was = [(e, e.training) for e in (self.image_encoder, self.text_encoder) if e]
@@ -517,6 +528,8 @@ class Trainer:
             )
         if val is not None:
             as_pairs(val, "val")
+            if val_batch_size is not None:
+                _check_val_batch_size(val_batch_size, "val_batch_size")
         pairs = Pairs(images, reports)
         n_batches = len(images) // batch_size
         if self.position > n_batches:

@@ -507,6 +507,21 @@ def test_bad_arguments(tiny_towers):
         trainer.fit([images, reports], batch_size=4)
 
 
+def test_validation_batches_of_one_pair_are_refused(tiny_towers):
+    # validate((x, reports), batch_size=1) skipped every batch (a batch of 1 has no
+    # contrastive loss) and returned NaN for every metric with a RuntimeWarning.
+    image, text = tiny_towers
+    trainer = Trainer(image, text, image_size=32, progress=False)
+    pairs = tiny.pairs(4, 32)
+    for size in (1, 0, True, 2.0):
+        with pytest.raises(ValueError, match=r"batch_size must be an integer >= 2"):
+            trainer.validate(pairs, batch_size=size)
+    with pytest.raises(ValueError, match=r"val_batch_size must be an integer >= 2"):
+        trainer.fit(pairs, val=pairs, epochs=1, batch_size=2, val_batch_size=1)
+    assert trainer.step_count == 0  # refused before training
+    assert np.isfinite(trainer.validate(pairs, batch_size=3)["val_loss"])
+
+
 def test_a_position_past_the_data_names_it(tiny_towers):
     # A resumed trainer whose position is past the batches of the data it is given.
     image, text = tiny_towers
