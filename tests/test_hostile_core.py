@@ -287,6 +287,39 @@ def test_checkpoint_metadata_with_hostile_sizes_is_refused(tmp_path, change):
     assert kind in ("CheckpointError", "ValueError", "MemoryError"), (kind, message)
 
 
+def test_batchnorm_reduce_arrays_kept_and_written_later_touch_no_core_memory():
+    # Encoder.set_batchnorm_reduce(keep.append): the callback was handed a NumPy array
+    # over the core's reduce buffer with no owner; writing to the kept arrays after the
+    # encoder was freed corrupted the heap ("malloc(): unsorted double linked list
+    # corrupted", SIGABRT) at the next encoder. Now each call gets a copy that owns its
+    # memory, and the reduced values are copied back.
+    out = run_python(
+        """
+        import gc
+        import numpy as np
+        import convirt
+        x = np.random.default_rng(0).integers(0, 256, (4, 32, 32), np.uint8)
+        encoder = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4).train()
+        keep = []
+        encoder.set_batchnorm_reduce(keep.append)
+        encoder.forward(x)
+        encoder.set_batchnorm_reduce(None)
+        del encoder
+        gc.collect()
+        assert len(keep) > 1 and all(k.flags.owndata for k in keep)
+        for k in keep:
+            k[:] = 1e30
+        for _ in range(3):
+            other = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4).train()
+            assert np.isfinite(other.forward(x)[1]).all()
+            del other
+            gc.collect()
+        print("ok")
+        """
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 # ---- 2. a forked child after the OpenMP pool ran ----------------------------------------
 
 
@@ -589,6 +622,39 @@ def test_changed_images_are_fine_when_backward_does_not_read_them():
     x[:] = 0
     encoder.backward(np.ones((2, 8), np.float32))
     assert encoder.flat_gradients.any()
+
+
+def test_batchnorm_reduce_result_is_read_back_and_checked(images):
+    # The reduce gets a copy of the core's sums (see the crash test above): what it
+    # leaves in its array in place is what the core uses, checked first.
+    encoder = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4, seed=5).train()
+    saved = encoder.flat_buffers.copy()
+
+    def embeddings(hook):
+        encoder.flat_buffers[...] = saved
+        encoder.set_batchnorm_reduce(hook)
+        try:
+            return encoder.forward(images)[1].copy()
+        finally:
+            encoder.set_batchnorm_reduce(None)
+
+    def twice(array):  # two ranks with the same images: the same statistics
+        array *= 2
+
+    def scaled(array):  # a wrong row count: the core's means move
+        array[0] *= 3
+
+    plain = embeddings(None)
+    np.testing.assert_allclose(embeddings(twice), plain, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(embeddings(scaled), plain, rtol=1e-3, atol=1e-4)
+    for hook, error, match in [
+        (lambda a: a.resize(3, refcheck=False), ValueError, "float64 array of 129"),
+        (lambda a: setattr(a, "dtype", np.int64), ValueError, "dtype int64"),
+        (lambda a: setattr(a, "shape", (1, a.size)), ValueError, "2 dimension"),
+        (lambda a: a.__setitem__(5, np.nan), convirt.NonFiniteError, "element 5 of 129"),
+    ]:
+        with pytest.raises(error, match=match):
+            embeddings(hook)
 
 
 def test_load_state_dict_refuses_float64_values_that_overflow_float32():
