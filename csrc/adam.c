@@ -165,6 +165,9 @@ cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm)
     cv_status status = cv_adam_check_config(config);
     if (status != CV_OK)
         return status;
+    if (adam->step >= CV_ADAM_MAX_STEP)
+        return cv_fail(CV_ERR_STATE, "Adam has taken %lld steps, the most it counts",
+                       (long long)adam->step);
     const int threads = cv_get_num_threads();
     float clip = 1.0f;
     /* Every step reads the gradients once first: a NaN or Inf would spread into the

@@ -46,6 +46,9 @@ typedef struct {
     double *partial; /* per chunk sums of squares for the norm */
 } cv_adam;
 
+/* The most steps: the bias corrections use (double)step, exact up to 2**53. */
+#define CV_ADAM_MAX_STEP ((int64_t)1 << 53)
+
 /* CV_ERR_VALUE naming the bad hyperparameter (lr >= 0 is allowed here: schedules may
  * reach 0; constructors that want lr > 0 check it themselves). */
 cv_status cv_adam_check_config(const cv_adam_config *config);
@@ -58,7 +61,8 @@ void cv_adam_free(cv_adam *adam);
 /* One update of every segment. *grad_norm (may be NULL) receives the global L2 norm
  * of the gradients when clipping is on or want_norm is set, else NaN. OpenMP over
  * fixed chunks of the buffers. CV_ERR_NONFINITE, with nothing updated (not the step
- * count either), when any gradient is NaN or Inf. */
+ * count either), when any gradient is NaN or Inf; CV_ERR_STATE after CV_ADAM_MAX_STEP
+ * steps. */
 cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm);
 
 #endif
