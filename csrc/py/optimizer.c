@@ -12,12 +12,14 @@ typedef struct {
     PyObject *gradients;  /* tuple of the arrays read */
 } AdamObject;
 
+/* lr in (0, CV_ADAM_MAX_LR], or [0, ...] when allow_zero (see adam.h for the bound). */
 static int check_lr(double lr, int allow_zero)
 {
-    if (!isfinite(lr) || !(allow_zero ? lr >= 0.0 : lr > 0.0)) {
-        char text[CV_DOUBLE_TEXT];
-        PyErr_Format(PyExc_ValueError, "lr must be a finite number %s 0, got %s",
-                     allow_zero ? ">=" : ">", cv_double_text(lr, text));
+    if (!(allow_zero ? lr >= 0.0 : lr > 0.0) || !(lr <= CV_ADAM_MAX_LR)) {
+        char text[CV_DOUBLE_TEXT], max[CV_DOUBLE_TEXT];
+        PyErr_Format(PyExc_ValueError, "lr must be in %s0, %s], got %s",
+                     allow_zero ? "[" : "(", cv_double_text(CV_ADAM_MAX_LR, max),
+                     cv_double_text(lr, text));
         return -1;
     }
     return 0;
@@ -578,7 +580,7 @@ static PyObject *Adam_repr(AdamObject *self)
 
 static PyGetSetDef Adam_getset[] = {
     {"lr", (getter)get_lr, (setter)set_lr,
-     "learning rate (settable: schedules change it; >= 0)", NULL},
+     "learning rate (settable: schedules change it; in [0, 1])", NULL},
     {"betas", (getter)get_betas, NULL, "(beta1, beta2): decay of the moment estimates",
      NULL},
     {"eps", (getter)get_eps, NULL, "added to the denominator", NULL},
@@ -638,7 +640,13 @@ PyDoc_STRVAR(
     "The moments exp_avg / exp_avg_sq are views of the state; state_dict() and\n"
     "load_state_dict() save and restore it. step() releases the GIL and uses OpenMP over\n"
     "fixed chunks, so results do not depend on the number of threads.\n"
-    "load_state_dict() takes a step count in [0, 2**53].");
+    "\n"
+    "lr is in (0, 1] (the lr setter takes [0, 1]), eps in [1e-16, 3.4e38] and\n"
+    "weight_decay in [0, 1]; anything else is a ValueError. An element's step is\n"
+    "lr m^ / (sqrt(v^) + eps), at most lr max|g| / eps <= 1e16 max|g|: the\n"
+    "hyperparameters cannot make a finite gradient's step overflow (while its square\n"
+    "is finite in float32, |g| < 1.8e19), and AdamW's factor 1 - lr weight_decay stays\n"
+    "in [0, 1]. load_state_dict() takes a step count in [0, 2**53].");
 
 static PyTypeObject AdamType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.Adam",
