@@ -765,6 +765,24 @@ def test_numpy_integer_seeds_still_work():
     assert e.flat_parameters.any()
 
 
+def test_encoder_normalization_messages_and_deletion():
+    # encoder.normalization = ("ab", "cd") said "mean needs 1 or 1 values, got 2" (a
+    # string is a sequence of characters); del encoder.normalization raised TypeError
+    # "normalization must be a (mean, std) tuple".
+    grey = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4)
+    rgb = convirt.Encoder.resnet18(in_channels=3, proj_dim=4, proj_hidden=4)
+    before = grey.normalization
+    with pytest.raises(TypeError, match="normalization mean must be a sequence of numbers"):
+        grey.normalization = ("ab", "cd")
+    with pytest.raises(ValueError, match=r"mean needs 1 value \(the images have 1 channel"):
+        grey.normalization = ((0.5, 0.5), (0.25,))
+    with pytest.raises(ValueError, match=r"std needs 1 or 3 values \(one per channel\)"):
+        rgb.normalization = ((0.5,), (0.2, 0.2))
+    with pytest.raises(AttributeError, match="normalization cannot be deleted"):
+        del grey.normalization
+    assert grey.normalization == before
+
+
 def _bilinear(image, size):
     """Reference: resize (h, w) to (size, size), pixel centres at i + 0.5
     (align_corners=False), taps clamped to the image, in float64."""

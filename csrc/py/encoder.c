@@ -930,13 +930,27 @@ static PyObject *get_normalization(EncoderObject *self, void *closure)
 static int read_channels(PyObject *seq, const char *name, int channels, float *out,
                          int positive)
 {
+    if (PyUnicode_Check(seq) || PyBytes_Check(seq)) { /* a sequence, but of characters */
+        PyErr_Format(PyExc_TypeError,
+                     "normalization %s must be a sequence of numbers (one per channel), "
+                     "got %R",
+                     name, seq);
+        return -1;
+    }
     PyObject *fast = PySequence_Fast(seq, "normalization must be (mean, std) sequences");
     if (!fast)
         return -1;
     Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
     if (len != channels && len != 1) {
-        PyErr_Format(PyExc_ValueError, "%s needs 1 or %d values, got %zd", name, channels,
-                     len);
+        if (channels == 1)
+            PyErr_Format(PyExc_ValueError,
+                         "normalization %s needs 1 value (the images have 1 channel), got "
+                         "%zd",
+                         name, len);
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "normalization %s needs 1 or %d values (one per channel), got %zd",
+                         name, channels, len);
         Py_DECREF(fast);
         return -1;
     }
@@ -963,11 +977,15 @@ static int set_normalization(EncoderObject *self, PyObject *value, void *closure
 {
     (void)closure;
     float mean[4], std[4];
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "normalization cannot be deleted");
+        return -1;
+    }
     if (!self->is_image) {
         PyErr_SetString(PyExc_AttributeError, "a text encoder has no image normalization");
         return -1;
     }
-    if (!value || !PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 2) {
+    if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 2) {
         PyErr_SetString(PyExc_TypeError, "normalization must be a (mean, std) tuple");
         return -1;
     }
