@@ -1,4 +1,5 @@
 /* adam.c - Adam and AdamW over flat float32 buffers (see adam.h). */
+#include <float.h>
 #include <omp.h>
 
 #include "adam.h"
@@ -10,16 +11,18 @@
 
 cv_status cv_adam_check_config(const cv_adam_config *c)
 {
-    if (!(c->lr >= 0.0) || !isfinite(c->lr))
-        return cv_fail(CV_ERR_VALUE, "lr must be a finite number >= 0, got %g", c->lr);
+    if (!(c->lr >= 0.0 && c->lr <= CV_ADAM_MAX_LR))
+        return cv_fail(CV_ERR_VALUE, "lr must be in [0, %g], got %g", CV_ADAM_MAX_LR,
+                       c->lr);
     if (!(c->beta1 >= 0.0 && c->beta1 < 1.0) || !(c->beta2 >= 0.0 && c->beta2 < 1.0))
         return cv_fail(CV_ERR_VALUE, "betas must be in [0, 1), got (%g, %g)", c->beta1,
                        c->beta2);
-    if (!(c->eps > 0.0) || !isfinite(c->eps))
-        return cv_fail(CV_ERR_VALUE, "eps must be a finite number > 0, got %g", c->eps);
-    if (!(c->weight_decay >= 0.0) || !isfinite(c->weight_decay))
-        return cv_fail(CV_ERR_VALUE, "weight_decay must be a finite number >= 0, got %g",
-                       c->weight_decay);
+    if (!(c->eps >= CV_ADAM_MIN_EPS && c->eps <= FLT_MAX))
+        return cv_fail(CV_ERR_VALUE, "eps must be in [%g, %g] (finite in float32), got %g",
+                       CV_ADAM_MIN_EPS, (double)FLT_MAX, c->eps);
+    if (!(c->weight_decay >= 0.0 && c->weight_decay <= CV_ADAM_MAX_WEIGHT_DECAY))
+        return cv_fail(CV_ERR_VALUE, "weight_decay must be in [0, %g], got %g",
+                       CV_ADAM_MAX_WEIGHT_DECAY, c->weight_decay);
     if (!(c->max_grad_norm >= 0.0) || !isfinite(c->max_grad_norm))
         return cv_fail(CV_ERR_VALUE, "max_grad_norm must be a finite number > 0, got %g",
                        c->max_grad_norm);
@@ -165,6 +168,9 @@ cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm)
     cv_status status = cv_adam_check_config(config);
     if (status != CV_OK)
         return status;
+    if (adam->step >= CV_ADAM_MAX_STEP)
+        return cv_fail(CV_ERR_STATE, "Adam has taken %lld steps, the most it counts",
+                       (long long)adam->step);
     const int threads = cv_get_num_threads();
     float clip = 1.0f;
     /* Every step reads the gradients once first: a NaN or Inf would spread into the

@@ -46,7 +46,21 @@ typedef struct {
     double *partial; /* per chunk sums of squares for the norm */
 } cv_adam;
 
-/* CV_ERR_VALUE naming the bad hyperparameter (lr >= 0 is allowed here: schedules may
+/* The hyperparameters' ranges. An element's step is lr m^ / (sqrt(v^) + eps), m^ and
+ * v^ the bias-corrected averages of g and g^2, so it is at most lr max|g| / eps: with
+ * lr <= 1 and eps >= 1e-16, at most 1e16 max|g|, finite in float32 for every gradient
+ * whose square is (|g| < 1.8e19; past that v is Inf and the step 0). eps is added in
+ * float32, so at most FLT_MAX. weight_decay <= 1 adds at most |p| to the gradient (L2),
+ * and with lr <= 1 AdamW's factor 1 - lr wd stays in [0, 1]: the decay never flips or
+ * grows a weight. The typical values (lr 1e-5..1e-2, eps 1e-8, weight decay 1e-6..0.1)
+ * are far inside. */
+#define CV_ADAM_MAX_LR 1.0
+#define CV_ADAM_MIN_EPS 1e-16
+#define CV_ADAM_MAX_WEIGHT_DECAY 1.0
+/* The most steps: the bias corrections use (double)step, exact up to 2**53. */
+#define CV_ADAM_MAX_STEP ((int64_t)1 << 53)
+
+/* CV_ERR_VALUE naming the bad hyperparameter (lr = 0 is allowed here: schedules may
  * reach 0; constructors that want lr > 0 check it themselves). */
 cv_status cv_adam_check_config(const cv_adam_config *config);
 
@@ -58,7 +72,8 @@ void cv_adam_free(cv_adam *adam);
 /* One update of every segment. *grad_norm (may be NULL) receives the global L2 norm
  * of the gradients when clipping is on or want_norm is set, else NaN. OpenMP over
  * fixed chunks of the buffers. CV_ERR_NONFINITE, with nothing updated (not the step
- * count either), when any gradient is NaN or Inf. */
+ * count either), when any gradient is NaN or Inf; CV_ERR_STATE after CV_ADAM_MAX_STEP
+ * steps. */
 cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm);
 
 #endif

@@ -1,4 +1,5 @@
 /* augment.c - the paper's random image transforms (see augment.h for the maths). */
+#include <float.h>
 #include <omp.h>
 
 #include "augment.h"
@@ -76,16 +77,17 @@ cv_status cv_augment_check_ranges(const cv_augment_ranges *r)
                        "scale must be (lo, hi) with 0 < lo <= hi, got "
                        "(%g, %g)",
                        r->scale_range[0], r->scale_range[1]);
-    if (r->brightness && bad_interval(r->brightness_range, 0.0, INFINITY, 0))
+    if (r->brightness && bad_interval(r->brightness_range, 0.0, CV_AUGMENT_MAX_FACTOR, 0))
         return cv_fail(CV_ERR_VALUE,
-                       "brightness must be (lo, hi) with 0 <= lo <= hi, "
-                       "got (%g, %g)",
-                       r->brightness_range[0], r->brightness_range[1]);
-    if (r->contrast && bad_interval(r->contrast_range, 0.0, INFINITY, 0))
+                       "brightness must be (lo, hi) with 0 <= lo <= hi <= %g (finite in "
+                       "float32), got (%g, %g)",
+                       CV_AUGMENT_MAX_FACTOR, r->brightness_range[0],
+                       r->brightness_range[1]);
+    if (r->contrast && bad_interval(r->contrast_range, 0.0, CV_AUGMENT_MAX_FACTOR, 0))
         return cv_fail(CV_ERR_VALUE,
-                       "contrast must be (lo, hi) with 0 <= lo <= hi, "
-                       "got (%g, %g)",
-                       r->contrast_range[0], r->contrast_range[1]);
+                       "contrast must be (lo, hi) with 0 <= lo <= hi <= %g (finite in "
+                       "float32), got (%g, %g)",
+                       CV_AUGMENT_MAX_FACTOR, r->contrast_range[0], r->contrast_range[1]);
     if (r->blur && bad_interval(r->sigma_range, 0.0, CV_AUGMENT_MAX_SIGMA, 1))
         return cv_fail(CV_ERR_VALUE,
                        "blur_sigma must be (lo, hi) with 0 < lo <= hi <= "
@@ -181,10 +183,12 @@ cv_status cv_augment_check_params(const cv_augment_params *params, ptrdiff_t n)
         if (!(p->scale > 0.0))
             return cv_fail(CV_ERR_VALUE, "scale of image %td must be > 0, got %g", i,
                            p->scale);
-        if (!(p->brightness >= 0.0) || !(p->contrast >= 0.0))
+        if (!(p->brightness >= 0.0 && p->brightness <= CV_AUGMENT_MAX_FACTOR) ||
+            !(p->contrast >= 0.0 && p->contrast <= CV_AUGMENT_MAX_FACTOR))
             return cv_fail(CV_ERR_VALUE,
-                           "brightness and contrast of image %td must be >= 0, got %g, %g",
-                           i, p->brightness, p->contrast);
+                           "brightness and contrast of image %td must be in [0, %g] "
+                           "(finite in float32), got %g, %g",
+                           i, CV_AUGMENT_MAX_FACTOR, p->brightness, p->contrast);
         if (!(p->sigma >= 0.0 && p->sigma <= CV_AUGMENT_MAX_SIGMA))
             return cv_fail(CV_ERR_VALUE, "sigma of image %td must be in [0, %g], got %g", i,
                            CV_AUGMENT_MAX_SIGMA, p->sigma);
@@ -446,11 +450,14 @@ cv_status cv_augment_apply(float *out, cv_augment_workspace *ws, const cv_image 
     float inv_std[CV_AUGMENT_MAX_CHANNELS] = {1.0f, 1.0f, 1.0f, 1.0f};
     if (mean)
         for (ptrdiff_t c = 0; c < C; c++) {
-            if (!isfinite(mean[c]) || !(std[c] > 0.0f) || !isfinite(std[c]))
+            if (!(fabsf(mean[c]) <= (float)CV_AUGMENT_MAX_ABS_MEAN) ||
+                !(std[c] >= (float)CV_AUGMENT_MIN_STD && std[c] <= FLT_MAX))
                 return cv_fail(CV_ERR_VALUE,
-                               "normalization needs finite means and positive finite "
-                               "stds, got mean %g, std %g for channel %td",
-                               (double)mean[c], (double)std[c], c);
+                               "normalization needs means in [-%g, %g] and stds in [%g, "
+                               "%g], got mean %g, std %g for channel %td",
+                               CV_AUGMENT_MAX_ABS_MEAN, CV_AUGMENT_MAX_ABS_MEAN,
+                               CV_AUGMENT_MIN_STD, (double)FLT_MAX, (double)mean[c],
+                               (double)std[c], c);
             inv_std[c] = 1.0f / std[c];
         }
 

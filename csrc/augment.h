@@ -48,6 +48,15 @@
 #define CV_AUGMENT_MAX_SIZE 8192  /* output at most 8192 x 8192 */
 #define CV_AUGMENT_MAX_SIGMA 64.0 /* blur radius at most 192 */
 #define CV_AUGMENT_MAX_CHANNELS 4
+/* Brightness and contrast factors are used in float32: at most FLT_MAX (a larger one
+ * became Inf, and Inf * 0 NaN). The clamp to [0, 1] bounds what they make. */
+#define CV_AUGMENT_MAX_FACTOR 3.4028234663852886e38
+/* Normalisation: stds at least 1e-6, means within +-1e6. Pixels are in [0, 1], in steps
+ * of 1/255 = 3.9e-3: no statistic of them is smaller or larger, and within these
+ * bounds |x - mean| / std stays below about 1e12, finite in float32 (a denormal std
+ * such as 1e-45 made every output Inf). */
+#define CV_AUGMENT_MIN_STD 1e-6
+#define CV_AUGMENT_MAX_ABS_MEAN 1e6
 
 /* The parameters of one image's transform. The identity is crop (0, 0, 1, 1), no
  * flip, angle 0, translate (0, 0), scale 1, brightness 1, contrast 1, sigma 0. */
@@ -114,12 +123,13 @@ void cv_augment_sample(cv_augment_params *params, ptrdiff_t n,
                        uint64_t first_index);
 
 /* Checks params[0..n) (finite, crop box inside the image with a positive size,
- * scale > 0, factors >= 0, 0 <= sigma <= CV_AUGMENT_MAX_SIGMA). */
+ * scale > 0, 0 <= factors <= CV_AUGMENT_MAX_FACTOR, 0 <= sigma <= CV_AUGMENT_MAX_SIGMA). */
 cv_status cv_augment_check_params(const cv_augment_params *params, ptrdiff_t n);
 
 /* out (n, size, size, channels) float32, contiguous, written. images[i] with
  * channels channels (1 or 3), at least 2 x 2. fill: the value (pixel units) of
- * samples outside the crop image. mean, std: channels values each, or NULL for no
+ * samples outside the crop image. mean, std: channels values each (|mean| <=
+ * CV_AUGMENT_MAX_ABS_MEAN, CV_AUGMENT_MIN_STD <= std <= FLT_MAX), or NULL for no
  * normalisation. OpenMP over the images; each image is done by one thread, so the
  * result does not depend on the number of threads. */
 cv_status cv_augment_apply(float *out, cv_augment_workspace *ws, const cv_image *images,

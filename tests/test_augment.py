@@ -610,6 +610,13 @@ def test_wrong_channels(aug):
         ({"normalization": ((0.5, 0.5), 0.2)}, ValueError, "normalization"),
         ({"normalization": (0.5, 0.0)}, ValueError, "positive"),
         ({"normalization": ((1, 2, 3), (1, 2))}, ValueError, "normalization"),
+        # factors and stds the float32 math cannot take: the output was all NaN or Inf
+        ({"brightness": (1e39, 1e39)}, ValueError, r"brightness .* <= 3.40282e\+38"),
+        ({"contrast": (0.5, 1e300)}, ValueError, r"contrast .* <= 3.40282e\+38"),
+        ({"normalization": (0.0, 1e-45)}, ValueError, r"stds in \[1e-6"),
+        ({"normalization": (0.0, 1e-7)}, ValueError, "std 1e-07"),
+        ({"normalization": (0.5, 1e39)}, ValueError, "std 1e\\+39"),
+        ({"normalization": (-2e6, 1.0)}, ValueError, r"means in \[-1e6, 1e6\]"),
         ({"seed": -1}, ValueError, "seed"),
         ({"seed": 1.5}, TypeError, "seed"),
     ],
@@ -617,6 +624,43 @@ def test_wrong_channels(aug):
 def test_bad_settings(kwargs, error, match):
     with pytest.raises(error, match=match):
         ImageAugment(**kwargs)
+
+
+def test_a_refused_reinit_changes_nothing():
+    # aug.__init__(32, normalization=(0.5, 0)) raised but had already dropped the
+    # existing normalization (read_normalization wrote into the object, then checked).
+    aug = ImageAugment(16, **ALL_OFF, normalization=(0.5, 0.25), seed=3)
+    x = images(2, 16, 16)
+    config, before = aug.config, aug(x).copy()
+    for kwargs in [
+        {"normalization": (0.5, 0)},
+        {"normalization": (0.5, 1e-45)},
+        {"normalization": ((0.5, 0.5, 0.5), (0.2, 0.2))},
+        {"brightness": (1e39, 1e39)},
+        {"size": 1},
+        {"seed": -1},
+    ]:
+        with pytest.raises(ValueError):
+            aug.__init__(**{"size": 32, **ALL_OFF, **kwargs})
+        assert aug.config == config, kwargs
+        np.testing.assert_array_equal(aug(x), before)
+
+
+def test_extreme_accepted_factors_and_stds_give_finite_output():
+    x = images(3, 12, 12, 3)
+    for kwargs in [
+        {"brightness": (3.4e38, 3.4e38)},
+        {"contrast": (3.4e38, 3.4e38)},
+        {"brightness": (0.0, 0.0), "contrast": (3.4e38, 3.4e38)},
+        {"normalization": (1e6, 1e-6)},
+        {"normalization": (-1e6, 3.4e38)},
+    ]:
+        aug = ImageAugment(8, **{**ALL_OFF, **kwargs})
+        assert np.isfinite(aug(x)).all(), kwargs
+    p = identity(3)
+    p["brightness"] = 3.4e38  # every pixel but black ones becomes white
+    out = ImageAugment(12, **ALL_OFF).apply(x, p)
+    np.testing.assert_array_equal(out, (x > 0).astype(np.float32))
 
 
 def test_rgb_normalization_on_grey_images():
@@ -651,6 +695,8 @@ def test_bad_parameters(aug):
         ("crop", (-0.1, 0.0, 0.5, 1.0), "crop of image 1"),
         ("scale", 0.0, "scale of image 1"),
         ("brightness", -1.0, "image 1"),
+        ("brightness", 1e300, "image 1"),
+        ("contrast", 1e39, "image 1"),
         ("sigma", 65.0, "sigma of image 1"),
         ("sigma", -1.0, "sigma of image 1"),
         ("angle", float("nan"), "image 1 are not all finite"),

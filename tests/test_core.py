@@ -150,6 +150,56 @@ def test_set_num_threads():
         convirt.set_num_threads("2")
 
 
+@pytest.mark.parametrize("n", [-(2**70), 2**70, -(2**31) - 1, 2**31])
+def test_set_num_threads_beyond_int_reports_the_number_given(n, threads):
+    # set_num_threads(-2**70) said "got 2147483647": the value was clamped to an int
+    # before the core's check. Now the message gives what was passed.
+    before = convirt.get_num_threads()
+    with pytest.raises(ValueError, match=rf"number of threads must be 1\.\.\d+, got {n}$"):
+        convirt.set_num_threads(n)
+    assert convirt.get_num_threads() == before
+    convirt.set_num_threads(np.int64(1))  # NumPy integers are ints
+    assert convirt.get_num_threads() == 1
+
+
+def test_set_winograd_takes_only_its_documented_values():
+    # set_winograd(np.int64(4)) and set_winograd("no") both switched F(2x2, 3x3) on
+    # (anything but a Python int went through its truth value).
+    before = convirt.get_winograd()
+    try:
+        for value, expected in [
+            (np.int64(4), 4),
+            (np.int32(2), True),
+            (np.uint8(0), False),
+            (np.True_, True),
+            (np.False_, False),
+            (4, 4),
+            (1, True),
+            (False, False),
+            (True, True),
+        ]:
+            convirt.set_winograd(value)
+            assert convirt.get_winograd() == expected, value
+            assert type(convirt.get_winograd()) is type(expected), value
+        for value, error in [
+            ("no", TypeError),
+            ("", TypeError),
+            (None, TypeError),
+            (4.0, TypeError),
+            ([4], TypeError),
+            (3, ValueError),
+            (np.int64(8), ValueError),
+            (-1, ValueError),
+            (2**70, ValueError),
+        ]:
+            convirt.set_winograd(4)
+            with pytest.raises(error, match="set_winograd takes True, False, 2 or 4"):
+                convirt.set_winograd(value)
+            assert convirt.get_winograd() == 4, value  # unchanged
+    finally:
+        convirt.set_winograd(before)
+
+
 def test_threadpoolctl_sees_blis_and_openmp():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     info = threadpoolctl.threadpool_info()

@@ -287,6 +287,39 @@ def test_checkpoint_metadata_with_hostile_sizes_is_refused(tmp_path, change):
     assert kind in ("CheckpointError", "ValueError", "MemoryError"), (kind, message)
 
 
+def test_batchnorm_reduce_arrays_kept_and_written_later_touch_no_core_memory():
+    # Encoder.set_batchnorm_reduce(keep.append): the callback was handed a NumPy array
+    # over the core's reduce buffer with no owner; writing to the kept arrays after the
+    # encoder was freed corrupted the heap ("malloc(): unsorted double linked list
+    # corrupted", SIGABRT) at the next encoder. Now each call gets a copy that owns its
+    # memory, and the reduced values are copied back.
+    out = run_python(
+        """
+        import gc
+        import numpy as np
+        import convirt
+        x = np.random.default_rng(0).integers(0, 256, (4, 32, 32), np.uint8)
+        encoder = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4).train()
+        keep = []
+        encoder.set_batchnorm_reduce(keep.append)
+        encoder.forward(x)
+        encoder.set_batchnorm_reduce(None)
+        del encoder
+        gc.collect()
+        assert len(keep) > 1 and all(k.flags.owndata for k in keep)
+        for k in keep:
+            k[:] = 1e30
+        for _ in range(3):
+            other = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4).train()
+            assert np.isfinite(other.forward(x)[1]).all()
+            del other
+            gc.collect()
+        print("ok")
+        """
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 # ---- 2. a forked child after the OpenMP pool ran ----------------------------------------
 
 
@@ -591,6 +624,39 @@ def test_changed_images_are_fine_when_backward_does_not_read_them():
     assert encoder.flat_gradients.any()
 
 
+def test_batchnorm_reduce_result_is_read_back_and_checked(images):
+    # The reduce gets a copy of the core's sums (see the crash test above): what it
+    # leaves in its array in place is what the core uses, checked first.
+    encoder = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4, seed=5).train()
+    saved = encoder.flat_buffers.copy()
+
+    def embeddings(hook):
+        encoder.flat_buffers[...] = saved
+        encoder.set_batchnorm_reduce(hook)
+        try:
+            return encoder.forward(images)[1].copy()
+        finally:
+            encoder.set_batchnorm_reduce(None)
+
+    def twice(array):  # two ranks with the same images: the same statistics
+        array *= 2
+
+    def scaled(array):  # a wrong row count: the core's means move
+        array[0] *= 3
+
+    plain = embeddings(None)
+    np.testing.assert_allclose(embeddings(twice), plain, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(embeddings(scaled), plain, rtol=1e-3, atol=1e-4)
+    for hook, error, match in [
+        (lambda a: a.resize(3, refcheck=False), ValueError, "float64 array of 129"),
+        (lambda a: setattr(a, "dtype", np.int64), ValueError, "dtype int64"),
+        (lambda a: setattr(a, "shape", (1, a.size)), ValueError, "2 dimension"),
+        (lambda a: a.__setitem__(5, np.nan), convirt.NonFiniteError, "element 5 of 129"),
+    ]:
+        with pytest.raises(error, match=match):
+            embeddings(hook)
+
+
 def test_load_state_dict_refuses_float64_values_that_overflow_float32():
     # load_state_dict({name: float64 array with 1e39}) became inf silently.
     encoder = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4)
@@ -697,6 +763,24 @@ def test_numpy_integer_seeds_still_work():
     np.testing.assert_array_equal(a.flat_parameters, b.flat_parameters)
     e = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4, seed=np.uint64(2**64 - 1))
     assert e.flat_parameters.any()
+
+
+def test_encoder_normalization_messages_and_deletion():
+    # encoder.normalization = ("ab", "cd") said "mean needs 1 or 1 values, got 2" (a
+    # string is a sequence of characters); del encoder.normalization raised TypeError
+    # "normalization must be a (mean, std) tuple".
+    grey = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4)
+    rgb = convirt.Encoder.resnet18(in_channels=3, proj_dim=4, proj_hidden=4)
+    before = grey.normalization
+    with pytest.raises(TypeError, match="normalization mean must be a sequence of numbers"):
+        grey.normalization = ("ab", "cd")
+    with pytest.raises(ValueError, match=r"mean needs 1 value \(the images have 1 channel"):
+        grey.normalization = ((0.5, 0.5), (0.25,))
+    with pytest.raises(ValueError, match=r"std needs 1 or 3 values \(one per channel\)"):
+        rgb.normalization = ((0.5,), (0.2, 0.2))
+    with pytest.raises(AttributeError, match="normalization cannot be deleted"):
+        del grey.normalization
+    assert grey.normalization == before
 
 
 def _bilinear(image, size):

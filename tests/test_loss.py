@@ -318,7 +318,9 @@ def test_output_with_compute_grad_false(vu):
         convirt.ContrastiveLoss()(v, u, grad_v=np.zeros_like(v), compute_grad=False)
 
 
-@pytest.mark.parametrize("temperature", [0.0, -0.1, float("nan"), float("inf")])
+@pytest.mark.parametrize(
+    "temperature", [0.0, -0.1, float("nan"), float("inf"), 1e-300, 1e-36, 1e300]
+)
 def test_bad_temperature(temperature):
     with pytest.raises(ValueError, match="temperature must be a positive finite number"):
         convirt.ContrastiveLoss(temperature=temperature)
@@ -326,6 +328,23 @@ def test_bad_temperature(temperature):
     with pytest.raises(ValueError, match="temperature must be a positive finite number"):
         loss.temperature = temperature
     assert loss.temperature == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("bad", [1000.0, 80.5, -1000.0, float("nan"), float("inf")])
+def test_logit_scale_must_keep_the_scale_finite_in_float32(bad, vu):
+    # loss.logit_scale = 1000 was accepted (only isfinite was checked); exp(1000) is inf
+    # and the next call failed with "the logit scale must be positive and finite, got
+    # inf". Now the setter refuses it with the valid range, and nothing changes.
+    loss = convirt.ContrastiveLoss(learnable_temperature=True)
+    with pytest.raises(ValueError, match=r"logit_scale must be in \[-80, 80\]"):
+        loss.logit_scale = bad
+    assert loss.logit_scale == pytest.approx(np.log(10.0))
+    for edge in (80.0, -80.0):  # the bounds themselves run, finite
+        loss = convirt.ContrastiveLoss()
+        loss.logit_scale = edge
+        result = loss(*vu)
+        assert np.isfinite(result.loss), edge
+        assert np.isfinite(result.grad_v).all() and np.isfinite(result.grad_u).all()
 
 
 @pytest.mark.parametrize("lam", [-0.01, 1.01, float("nan")])

@@ -3,6 +3,7 @@ learning-rate schedules against torch.optim.lr_scheduler and their closed forms.
 
 import gc
 import itertools
+import json
 import math
 import sys
 import warnings
@@ -293,6 +294,13 @@ def test_overlapping_parameters():
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
         ({"max_grad_norm": -1.0}, "max_grad_norm"),
         ({"max_grad_norm": float("inf")}, "max_grad_norm"),
+        # beyond the bounds that keep a finite gradient's update finite (adam.h)
+        ({"lr": 1e300}, r"lr must be in \(0, 1.0\], got 1e\+300"),
+        ({"lr": 1.5}, "lr must be"),
+        ({"eps": 1e-300}, r"eps must be in \[1e-16"),
+        ({"eps": 1e39}, "eps must be"),
+        ({"weight_decay": 1e300}, r"weight_decay must be in \[0, 1\]"),
+        ({"weight_decay": 2.0, "decoupled_weight_decay": True}, "weight_decay"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):
@@ -329,6 +337,100 @@ def test_bad_state_dicts():
         adam.load_state_dict([1, 2])
     # a failed load leaves the state alone
     assert adam.step_count == 0 and not adam.exp_avg.any()
+
+
+def test_absurd_hyperparameters_are_refused_before_they_reach_the_weights():
+    # adam.lr = 1e300 was accepted; the next step made the weights -inf (and NaN later)
+    # with no error. Now the setter and load_state_dict refuse it, and nothing changes.
+    params, grads = make_buffers()[2:]
+    adam = Adam(params, grads, lr=1e-3)
+    for bad in [1e300, 1.0 + 1e-9]:
+        with pytest.raises(ValueError, match=r"lr must be in \[0, 1.0\]"):
+            adam.lr = bad
+    assert adam.lr == 1e-3
+    for key, bad in [("lr", 1e300), ("eps", 1e-300), ("weight_decay", 1e300)]:
+        with pytest.raises(ValueError, match=key):
+            adam.load_state_dict({**adam.state_dict(), key: bad})
+    assert (adam.lr, adam.eps, adam.weight_decay) == (1e-3, 1e-8, 1e-6)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_the_update_stays_finite_at_the_hyperparameter_bounds(decoupled):
+    # The worst case the bounds allow: lr 1, eps 1e-16, weight decay 1, beta2 0 (v^ is
+    # the last g^2 alone), a gradient of 1e19 (its square still finite in float32), then
+    # zeros: each step is lr m^ / eps, about 1e35, and must stay finite.
+    p, g = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    adam = Adam(
+        [p],
+        [g],
+        lr=1.0,
+        betas=(0.9, 0.0),
+        eps=1e-16,
+        weight_decay=1.0,
+        decoupled_weight_decay=decoupled,
+    )
+    g[:] = [1e19, -1e19, 1.0, 0.0]
+    adam.step()
+    g[:] = 0.0
+    for _ in range(20):
+        adam.step()
+        assert np.isfinite(p).all() and np.isfinite(adam.exp_avg).all(), p
+
+
+def test_state_dict_survives_a_json_round_trip():
+    # json.loads(json.dumps(state)) turns betas into a list: load_state_dict raised
+    # "SystemError: new style getargs format but argument is not a tuple".
+    _, grad_flat, params, grads = make_buffers()
+    adam = Adam(params, grads, lr=1e-2, betas=(0.8, 0.99))
+    grad_flat[:] = np.random.default_rng(5).standard_normal(grad_flat.size)
+    adam.step()
+    state = adam.state_dict()
+    text = json.dumps(
+        {k: v.tolist() if hasattr(v, "tolist") else v for k, v in state.items()}
+    )
+    loaded = json.loads(text)
+    assert isinstance(loaded["betas"], list)
+    for key in ("exp_avg", "exp_avg_sq"):
+        loaded[key] = np.asarray(loaded[key], np.float32)
+    other = Adam(*make_buffers()[2:])
+    other.load_state_dict(loaded)
+    assert other.betas == (0.8, 0.99) and other.step_count == 1
+    np.testing.assert_array_equal(other.exp_avg, adam.exp_avg)
+    other.load_state_dict({**loaded, "betas": np.array([0.5, 0.9])})  # any pair of numbers
+    assert other.betas == (0.5, 0.9)
+    for bad, error in [
+        ([0.9], TypeError),
+        ([0.9, 0.99, 0.999], TypeError),
+        ("ab", TypeError),
+        (["a", "b"], TypeError),
+        (0.9, TypeError),
+        ([0.9, 1.5], ValueError),
+    ]:
+        with pytest.raises(error, match="betas"):
+            other.load_state_dict({**loaded, "betas": bad})
+    assert other.betas == (0.5, 0.9)  # a failed load changes nothing
+
+
+def test_state_dict_step_is_bounded_so_the_count_cannot_overflow():
+    # load_state_dict({..., "step": 2**63 - 1}) was accepted; two steps later the count
+    # wrapped to -2**63 + 1 and every parameter became NaN. The bias corrections use
+    # (double)step, exact up to 2**53: the bound.
+    p, g = np.zeros(4, np.float32), np.ones(4, np.float32)
+    adam = Adam([p], [g], lr=1e-2)
+    state = adam.state_dict()
+    for bad in [2**63 - 1, 2**53 + 1, 2**64, -1, -(2**70)]:
+        with pytest.raises(ValueError, match=r"state_dict\['step'\] must be an int in"):
+            adam.load_state_dict({**state, "step": bad})
+    for bad in ["3", 3.0, True]:
+        with pytest.raises(TypeError, match="step"):
+            adam.load_state_dict({**state, "step": bad})
+    assert adam.step_count == 0
+    adam.load_state_dict({**state, "step": np.int64(2**53 - 1)})
+    adam.step()  # the count reaches 2**53, the most it counts
+    assert adam.step_count == 2**53 and np.isfinite(p).all() and p.any()
+    with pytest.raises(RuntimeError, match="the most it counts"):
+        adam.step()
+    assert adam.step_count == 2**53 and adam.state_dict()["step"] == 2**53
 
 
 # ---- schedules: ReduceLROnPlateau --------------------------------------------------------

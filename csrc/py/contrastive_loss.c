@@ -84,12 +84,35 @@ static double loss_scale(const LossObject *self)
     return scale;
 }
 
+/* The logit scale exp(logit_scale) multiplies the cosine similarities in float32:
+ * |logit_scale| <= 80 keeps it a normal float32 number (exp(80) = 5.5e34, exp(-80) =
+ * 1.8e-35) with room below FLT_MAX (2**12) for the logits (at most the scale), the loss
+ * (at most 2 scale + log N) and the gradients (a few times the scale for unit-norm
+ * inputs). The paper's is 10 (temperature 0.1); CLIP's learnable one is clamped at
+ * 100. */
+#define MAX_ABS_LOGIT_SCALE 80.0
+
+static int check_logit_scale(double logit_scale)
+{
+    if (!(fabs(logit_scale) <= MAX_ABS_LOGIT_SCALE)) {
+        char text[CV_DOUBLE_TEXT];
+        PyErr_Format(PyExc_ValueError,
+                     "logit_scale must be in [-80, 80] (its exp, the logit scale, "
+                     "multiplies the similarities in float32), got %s",
+                     cv_double_text(logit_scale, text));
+        return -1;
+    }
+    return 0;
+}
+
 static int check_temperature(double temperature)
 {
-    char text[CV_DOUBLE_TEXT];
-    if (!(temperature > 0.0) || !isfinite(temperature)) {
+    if (!(temperature > 0.0) || !(fabs(log(1.0 / temperature)) <= MAX_ABS_LOGIT_SCALE)) {
+        char text[CV_DOUBLE_TEXT];
         PyErr_Format(PyExc_ValueError,
-                     "temperature must be a positive finite number, got %s",
+                     "temperature must be a positive finite number in [exp(-80), "
+                     "exp(80)] = [1.8e-35, 5.5e34] (logit_scale = log(1 / temperature) "
+                     "in [-80, 80]), got %s",
                      cv_double_text(temperature, text));
         return -1;
     }
@@ -383,12 +406,8 @@ static int set_logit_scale(LossObject *self, PyObject *value, void *closure)
             PyErr_SetString(PyExc_AttributeError, "logit_scale cannot be deleted");
         return -1;
     }
-    if (!isfinite(s)) {
-        char text[CV_DOUBLE_TEXT];
-        PyErr_Format(PyExc_ValueError, "logit_scale must be finite, got %s",
-                     cv_double_text(s, text));
+    if (check_logit_scale(s))
         return -1;
-    }
     self->logit_scale = s;
     return 0;
 }
@@ -411,7 +430,9 @@ static PyGetSetDef Loss_getset[] = {
     {"image_to_text_weight", (getter)get_weight, (setter)set_weight,
      "lambda: the weight of the image -> text direction (paper: 0.75)", NULL},
     {"logit_scale", (getter)get_logit_scale, (setter)set_logit_scale,
-     "log(1 / temperature): the learnable parameter when learnable_temperature", NULL},
+     "log(1 / temperature), in [-80, 80]: the learnable parameter when "
+     "learnable_temperature",
+     NULL},
     {"learnable_temperature", (getter)get_learnable, NULL,
      "whether the call returns grad_logit_scale for training the temperature", NULL},
     {"max_logit_scale", (getter)get_max_logit_scale, NULL,
@@ -436,7 +457,11 @@ PyDoc_STRVAR(
     "the loss, both directional losses, both top-1 accuracies and the gradients\n"
     "dL/dv and dL/du (written into grad_v / grad_u when given). With\n"
     "learnable_temperature=True the temperature is 1 / min(exp(logit_scale),\n"
-    "max_logit_scale) and grad_logit_scale is returned for the optimiser.");
+    "max_logit_scale) and grad_logit_scale is returned for the optimiser.\n"
+    "\n"
+    "The temperature is in [exp(-80), exp(80)] and logit_scale in [-80, 80] (ValueError\n"
+    "otherwise), so that the logit scale, the logits, the loss and the gradients stay\n"
+    "finite in float32.");
 
 static PyTypeObject LossType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.ContrastiveLoss",

@@ -221,17 +221,57 @@ static int check_built(EncoderObject *self)
 /* ---- synchronised batch norm ----------------------------------------------------------
  */
 
-/* The core's cv_reduce_fn: calls self->bn_reduce(array) with the GIL, array a float64
- * view of the core's buffer (valid during the call only). An exception is kept for
- * raise_status() and stops the core's call. */
+/* 0 when the reduce left its array as it was given, n float64 values in one block, all
+ * finite; else -1 with a ValueError (it reshaped, resized or retyped the array) or a
+ * NonFiniteError. */
+static int check_reduced(PyArrayObject *array, ptrdiff_t n)
+{
+    if (PyArray_NDIM(array) != 1 || PyArray_DIM(array, 0) != n ||
+        PyArray_TYPE(array) != NPY_FLOAT64 || !PyArray_ISNOTSWAPPED(array) ||
+        !PyArray_IS_C_CONTIGUOUS(array)) {
+        PyErr_Format(PyExc_ValueError,
+                     "the batch-norm reduce must sum its array in place, keeping it a "
+                     "contiguous float64 array of %zd values; it left dtype %S, %d "
+                     "dimension(s), %zd values",
+                     (Py_ssize_t)n, (PyObject *)PyArray_DESCR(array), PyArray_NDIM(array),
+                     (Py_ssize_t)PyArray_SIZE(array));
+        return -1;
+    }
+    const double *sums = PyArray_DATA(array);
+    for (ptrdiff_t i = 0; i < n; i++)
+        if (!isfinite(sums[i])) {
+            char text[CV_DOUBLE_TEXT];
+            PyErr_Format(cv_error_nonfinite,
+                         "the batch-norm reduce returned a non-finite sum: element %zd of "
+                         "%zd is %s",
+                         (Py_ssize_t)i, (Py_ssize_t)n, cv_double_text(sums[i], text));
+            return -1;
+        }
+    return 0;
+}
+
+/* The core's cv_reduce_fn: calls self->bn_reduce(array) with the GIL. The array owns its
+ * memory, a copy of the core's n sums: fn may keep it and write to it later (after the
+ * call, after the encoder is freed) without touching the core's buffer. fn sums it in
+ * place; the result is checked and copied back. An exception is kept for raise_status()
+ * and stops the core's call. */
 static int bn_reduce_hook(void *user, double *data, ptrdiff_t n)
 {
     EncoderObject *self = user;
     PyGILState_STATE gil = PyGILState_Ensure();
     npy_intp dims[1] = {n};
-    PyObject *array = PyArray_SimpleNewFromData(1, dims, NPY_FLOAT64, data);
-    PyObject *result = array ? PyObject_CallOneArg(self->bn_reduce, array) : NULL;
-    int failed = result == NULL;
+    PyObject *result = NULL;
+    PyArrayObject *array = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_FLOAT64);
+    int failed = 1;
+    if (!array)
+        goto done;
+    memcpy(PyArray_DATA(array), data, (size_t)n * sizeof(double));
+    result = PyObject_CallOneArg(self->bn_reduce, (PyObject *)array);
+    if (!result || check_reduced(array, n))
+        goto done;
+    memcpy(data, PyArray_DATA(array), (size_t)n * sizeof(double));
+    failed = 0;
+done:
     if (failed && !self->hook_error[0])
         PyErr_Fetch(&self->hook_error[0], &self->hook_error[1], &self->hook_error[2]);
     PyErr_Clear();
@@ -890,13 +930,27 @@ static PyObject *get_normalization(EncoderObject *self, void *closure)
 static int read_channels(PyObject *seq, const char *name, int channels, float *out,
                          int positive)
 {
+    if (PyUnicode_Check(seq) || PyBytes_Check(seq)) { /* a sequence, but of characters */
+        PyErr_Format(PyExc_TypeError,
+                     "normalization %s must be a sequence of numbers (one per channel), "
+                     "got %R",
+                     name, seq);
+        return -1;
+    }
     PyObject *fast = PySequence_Fast(seq, "normalization must be (mean, std) sequences");
     if (!fast)
         return -1;
     Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
     if (len != channels && len != 1) {
-        PyErr_Format(PyExc_ValueError, "%s needs 1 or %d values, got %zd", name, channels,
-                     len);
+        if (channels == 1)
+            PyErr_Format(PyExc_ValueError,
+                         "normalization %s needs 1 value (the images have 1 channel), got "
+                         "%zd",
+                         name, len);
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "normalization %s needs 1 or %d values (one per channel), got %zd",
+                         name, channels, len);
         Py_DECREF(fast);
         return -1;
     }
@@ -923,11 +977,15 @@ static int set_normalization(EncoderObject *self, PyObject *value, void *closure
 {
     (void)closure;
     float mean[4], std[4];
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "normalization cannot be deleted");
+        return -1;
+    }
     if (!self->is_image) {
         PyErr_SetString(PyExc_AttributeError, "a text encoder has no image normalization");
         return -1;
     }
-    if (!value || !PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 2) {
+    if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 2) {
         PyErr_SetString(PyExc_TypeError, "normalization must be a (mean, std) tuple");
         return -1;
     }
@@ -994,11 +1052,14 @@ static PyMethodDef Encoder_methods[] = {
     {"set_batchnorm_reduce", (PyCFunction)Encoder_set_batchnorm_reduce, METH_O,
      "set_batchnorm_reduce($self, fn, /)\n--\n\nSynchronised batch norm for data-parallel "
      "training (image encoders). Training forwards and backwards call fn(array) with a "
-     "float64 array of per-channel sums, which fn must replace in place by their sum over "
-     "the processes (e.g. an MPI all-reduce; the array is valid during the call only), so "
-     "that the batch statistics are those of every process's images together. An "
-     "exception from fn stops the call and is raised from it. None turns it off. "
-     "ValueError for a text encoder (no batch norm)."},
+     "C-contiguous float64 array (n,) of per-channel sums, which fn must replace in place "
+     "by their sum over the processes (e.g. an MPI all-reduce), so that the batch "
+     "statistics are those of every process's images together. The array is a copy that "
+     "owns its memory (fn may keep it; later writes change nothing); its values are read "
+     "back when fn returns (fn's return value is ignored). An exception from fn stops "
+     "the call and is raised from it; so does a ValueError when fn left the array "
+     "another shape or dtype, and a NonFiniteError when it left a NaN or Inf in it. None "
+     "turns it off. ValueError for a text encoder (no batch norm)."},
     {"last_hidden_state", (PyCFunction)Encoder_last_hidden_state, METH_NOARGS,
      "last_hidden_state($self, /)\n--\n\n"
      "float32 (N, T, hidden): the last BERT layer's token outputs "

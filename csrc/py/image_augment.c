@@ -1,5 +1,7 @@
 /* image_augment.c - the Python type convirt.ImageAugment (the paper's random image
  * transforms, csrc/augment.c). */
+#include <float.h>
+
 #include "../augment.h"
 #include "arrays.h"
 #include "errors.h"
@@ -99,16 +101,12 @@ static int read_range(PyObject *obj, const char *name, const double deflt[2], in
     return status ? -1 : 0;
 }
 
-/* normalization: None, or (mean, std) with numbers or sequences of 1 or 3 numbers. */
-static int read_channels(PyObject *obj, const char *name, float *values, int *count)
+/* One half of normalization (mean or std): a number or a sequence of 1 or 3 numbers. */
+static int read_channels(PyObject *obj, const char *name, double *values, int *count)
 {
-    double x;
     if (PyNumber_Check(obj) && !PySequence_Check(obj)) {
-        if (read_number(obj, name, &x))
-            return -1;
-        values[0] = (float)x;
         *count = 1;
-        return 0;
+        return read_number(obj, name, &values[0]);
     }
     PyObject *seq = PySequence_Check(obj) ? PySequence_Tuple(obj) : NULL;
     Py_ssize_t n = seq ? PyTuple_GET_SIZE(seq) : -1;
@@ -122,20 +120,22 @@ static int read_channels(PyObject *obj, const char *name, float *values, int *co
         return -1;
     }
     for (Py_ssize_t c = 0; c < n; c++)
-        if (read_number(PyTuple_GET_ITEM(seq, c), name, &x)) {
+        if (read_number(PyTuple_GET_ITEM(seq, c), name, &values[c])) {
             Py_DECREF(seq);
             return -1;
-        } else {
-            values[c] = (float)x;
         }
     Py_DECREF(seq);
     *count = (int)n;
     return 0;
 }
 
-static int read_normalization(AugmentObject *self, PyObject *obj)
+/* normalization: None, or (mean, std) with numbers or sequences of 1 or 3 numbers, into
+ * *count (0: none), mean and std; the caller's object is not touched, so that a refused
+ * value changes nothing. Bounds: CV_AUGMENT_MAX_ABS_MEAN and CV_AUGMENT_MIN_STD
+ * (augment.h), checked before the values are rounded to float32. */
+static int read_normalization(PyObject *obj, int *count, float mean[3], float std[3])
 {
-    self->norm_len = 0;
+    *count = 0;
     if (obj == NULL || obj == Py_None)
         return 0;
     PyObject *pair = PySequence_Check(obj) ? PySequence_Tuple(obj) : NULL;
@@ -146,9 +146,10 @@ static int read_normalization(AugmentObject *self, PyObject *obj)
                      obj);
         return -1;
     }
+    double m[3], s[3];
     int n_mean, n_std;
-    if (read_channels(PyTuple_GET_ITEM(pair, 0), "mean", self->mean, &n_mean) ||
-        read_channels(PyTuple_GET_ITEM(pair, 1), "std", self->std, &n_std)) {
+    if (read_channels(PyTuple_GET_ITEM(pair, 0), "mean", m, &n_mean) ||
+        read_channels(PyTuple_GET_ITEM(pair, 1), "std", s, &n_std)) {
         Py_DECREF(pair);
         return -1;
     }
@@ -160,16 +161,21 @@ static int read_normalization(AugmentObject *self, PyObject *obj)
         return -1;
     }
     for (int c = 0; c < n_mean; c++)
-        if (!isfinite(self->mean[c]) || !(self->std[c] > 0.0f) || !isfinite(self->std[c])) {
-            char mean[CV_DOUBLE_TEXT], std[CV_DOUBLE_TEXT];
+        if (!(fabs(m[c]) <= CV_AUGMENT_MAX_ABS_MEAN) ||
+            !(s[c] >= CV_AUGMENT_MIN_STD && s[c] <= FLT_MAX)) {
+            char mean_text[CV_DOUBLE_TEXT], std_text[CV_DOUBLE_TEXT];
             PyErr_Format(PyExc_ValueError,
-                         "normalization needs finite means and positive finite stds, got "
-                         "mean %s, std %s",
-                         cv_double_text(self->mean[c], mean),
-                         cv_double_text(self->std[c], std));
+                         "normalization needs finite means in [-1e6, 1e6] and positive "
+                         "finite stds in [1e-6, 3.4e38] (pixels are in [0, 1]; (x - mean) "
+                         "/ std must stay finite in float32), got mean %s, std %s",
+                         cv_double_text(m[c], mean_text), cv_double_text(s[c], std_text));
             return -1;
         }
-    self->norm_len = n_mean;
+    for (int c = 0; c < n_mean; c++) {
+        mean[c] = (float)m[c];
+        std[c] = (float)s[c];
+    }
+    *count = n_mean;
     return 0;
 }
 
@@ -234,12 +240,18 @@ static int Augment_init(AugmentObject *self, PyObject *args, PyObject *kwds)
     uint64_t seed_value = 0;
     if (seed && seed != Py_None && cv_read_uint64(seed, "seed", &seed_value))
         return -1;
-    if (read_normalization(self, normalization))
+    int norm_len;
+    float mean[3] = {0, 0, 0}, std[3] = {1, 1, 1};
+    if (read_normalization(normalization, &norm_len, mean, std))
         return -1;
+    /* Everything is valid: only now is the object changed (a refused re-init keeps it). */
     self->ranges = r;
     self->size = size;
     self->fill = (float)fill;
     self->seed = seed_value;
+    self->norm_len = norm_len;
+    memcpy(self->mean, mean, sizeof mean);
+    memcpy(self->std, std, sizeof std);
     return 0;
 }
 
@@ -804,7 +816,9 @@ PyDoc_STRVAR(
     "(N, H, W, C) with C = 1 or 3, read in place with its strides (a memmap works), or a\n"
     "list of uint8 arrays (H, W[, C]) of different sizes. The result is float32\n"
     "(N, S, S) or (N, S, S, C) in pixel units [0, 1], or (x - mean) / std with\n"
-    "normalization=(mean, std). It is written into ``out`` when given (C-contiguous,\n"
+    "normalization=(mean, std) (means in [-1e6, 1e6], stds in [1e-6, 3.4e38]; the\n"
+    "brightness and contrast factors are at most 3.4e38, finite in float32: so the\n"
+    "output is finite). It is written into ``out`` when given (C-contiguous,\n"
     "float32), else into an array the object reuses on a later call once nothing else\n"
     "refers to it. The random parameters are a pure function of (seed, step, index in\n"
     "the batch): the same on any number of threads. sample_parameters() and apply()\n"

@@ -37,15 +37,16 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
 {
     (void)self;
     long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-            return NULL;
+    if (n == -1 && PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_OverflowError))
+        return NULL;
+    if (PyErr_Occurred() || n < INT_MIN || n > INT_MAX) {
+        /* beyond int: refused here, with the number given (the core takes an int) */
         PyErr_Clear();
-        n = LONG_MAX; /* refused below with the limit in the message */
+        PyErr_Format(PyExc_ValueError, "the number of threads must be 1..%d, got %R",
+                     cv_max_threads(), arg);
+        return NULL;
     }
-    cv_status status = cv_set_num_threads(n < INT_MIN   ? INT_MIN
-                                          : n > INT_MAX ? INT_MAX
-                                                        : (int)n);
+    cv_status status = cv_set_num_threads((int)n);
     if (status != CV_OK)
         return cv_raise(status), NULL;
     Py_RETURN_NONE;
@@ -58,25 +59,39 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
     return PyLong_FromLong(cv_get_num_threads());
 }
 
+/* set_winograd(on): True, False, 2 or 4, as documented (and 0 and 1, the ints equal to
+ * False and True); NumPy's bools and integers equal to one of them too. Anything else is
+ * refused: a string or a 3 used to switch F(2x2, 3x3) on through its truth value. */
 static PyObject *py_set_winograd(PyObject *self, PyObject *arg)
 {
     (void)self;
-    int mode;
-    if (PyLong_Check(arg) && !PyBool_Check(arg)) {
-        long v = PyLong_AsLong(arg);
-        if (v == -1 && PyErr_Occurred())
+    long mode;
+    if (PyBool_Check(arg) || PyArray_IsScalar(arg, Bool)) {
+        mode = PyObject_IsTrue(arg); /* cannot fail on a bool */
+    } else if (PyIndex_Check(arg)) {
+        PyObject *index = PyNumber_Index(arg);
+        if (!index)
             return NULL;
-        if (v != 0 && v != 1 && v != 2 && v != 4) {
-            PyErr_Format(PyExc_ValueError,
-                         "set_winograd takes True, False, 2 or 4 (the block size), got %ld",
-                         v);
+        int overflow;
+        mode = PyLong_AsLongAndOverflow(index, &overflow);
+        Py_DECREF(index);
+        if (mode == -1 && PyErr_Occurred())
             return NULL;
-        }
-        mode = (int)v;
-    } else if ((mode = PyObject_IsTrue(arg)) < 0) {
+        if (overflow)
+            mode = -1; /* refused below */
+    } else {
+        PyErr_Format(PyExc_TypeError,
+                     "set_winograd takes True, False, 2 or 4 (the block size), got %s",
+                     Py_TYPE(arg)->tp_name);
         return NULL;
     }
-    cv_set_winograd(mode);
+    if (mode != 0 && mode != 1 && mode != 2 && mode != 4) {
+        PyErr_Format(PyExc_ValueError,
+                     "set_winograd takes True, False, 2 or 4 (the block size), got %R",
+                     arg);
+        return NULL;
+    }
+    cv_set_winograd((int)mode);
     Py_RETURN_NONE;
 }
 
@@ -204,7 +219,8 @@ static PyMethodDef module_methods[] = {
      "size), 4 (F(4x4, 3x3) on outputs of at least 8 x 8: 4x fewer, errors up to 1.2e-5 "
      "of the output's scale, 10-40x the direct path's; F(2x2, 3x3) on smaller ones), or "
      "False (the direct im2col + GEMM path). CONVIRT_WINOGRAD=0 or 4 in the environment "
-     "sets the same at import."},
+     "sets the same at import. Anything else (a string, 3, None) is a TypeError or "
+     "ValueError; NumPy bools and integers are taken by value."},
     {"get_winograd", py_get_winograd, METH_NOARGS,
      "get_winograd($module, /)\n--\n\n"
      "The Winograd switch: True (F(2x2, 3x3)), 4 (F(4x4, 3x3) where it pays), or False "

@@ -12,12 +12,14 @@ typedef struct {
     PyObject *gradients;  /* tuple of the arrays read */
 } AdamObject;
 
+/* lr in (0, CV_ADAM_MAX_LR], or [0, ...] when allow_zero (see adam.h for the bound). */
 static int check_lr(double lr, int allow_zero)
 {
-    if (!isfinite(lr) || !(allow_zero ? lr >= 0.0 : lr > 0.0)) {
-        char text[CV_DOUBLE_TEXT];
-        PyErr_Format(PyExc_ValueError, "lr must be a finite number %s 0, got %s",
-                     allow_zero ? ">=" : ">", cv_double_text(lr, text));
+    if (!(allow_zero ? lr >= 0.0 : lr > 0.0) || !(lr <= CV_ADAM_MAX_LR)) {
+        char text[CV_DOUBLE_TEXT], max[CV_DOUBLE_TEXT];
+        PyErr_Format(PyExc_ValueError, "lr must be in %s0, %s], got %s",
+                     allow_zero ? "[" : "(", cv_double_text(CV_ADAM_MAX_LR, max),
+                     cv_double_text(lr, text));
         return -1;
     }
     return 0;
@@ -294,15 +296,76 @@ static PyArrayObject *state_array(AdamObject *self, PyObject *dict, const char *
     return arr;
 }
 
+/* A number from the state dict: a TypeError naming the key for anything else. */
+static int read_double(PyObject *obj, const char *key, double *out)
+{
+    double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError))
+            return -1;
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "state_dict['%s'] must be a number, got %R", key,
+                     obj);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static int optional_double(PyObject *dict, const char *key, double *out)
 {
     PyObject *obj = PyDict_GetItemString(dict, key);
-    if (!obj)
-        return 0;
-    double v = PyFloat_AsDouble(obj);
-    if (v == -1.0 && PyErr_Occurred())
+    return obj ? read_double(obj, key, out) : 0;
+}
+
+/* betas: any sequence of two numbers (a tuple from state_dict(), a list after a JSON
+ * round trip). */
+static int read_betas(PyObject *obj, double *beta1, double *beta2)
+{
+    if (!PySequence_Check(obj) || PyUnicode_Check(obj) || PyBytes_Check(obj) ||
+        PySequence_Size(obj) != 2) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "state_dict['betas'] must be a pair of numbers (beta1, beta2), got %R",
+                     obj);
         return -1;
-    *out = v;
+    }
+    PyObject *first = PySequence_GetItem(obj, 0);
+    PyObject *second = first ? PySequence_GetItem(obj, 1) : NULL;
+    int status = second && !read_double(first, "betas", beta1) &&
+                         !read_double(second, "betas", beta2)
+                     ? 0
+                     : -1;
+    Py_XDECREF(first);
+    Py_XDECREF(second);
+    return status;
+}
+
+/* The step count: an int in [0, CV_ADAM_MAX_STEP], past which (double)step, which the
+ * bias corrections use, is not exact (and the counter would overflow at 2**63). */
+static int read_step(PyObject *obj, int64_t *out)
+{
+    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "state_dict['step'] must be an int, got %s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyObject *index = PyNumber_Index(obj); /* NumPy integers too */
+    if (!index)
+        return -1;
+    int overflow;
+    long long step = PyLong_AsLongLongAndOverflow(index, &overflow);
+    Py_DECREF(index);
+    if (step == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || step < 0 || step > CV_ADAM_MAX_STEP) {
+        PyErr_Format(PyExc_ValueError,
+                     "state_dict['step'] must be an int in [0, 2**53] (the step count), "
+                     "got %R",
+                     obj);
+        return -1;
+    }
+    *out = step;
     return 0;
 }
 
@@ -333,15 +396,9 @@ static PyObject *Adam_load_state_dict(AdamObject *self, PyObject *dict)
         PyErr_SetString(PyExc_KeyError, "the Adam state dict has no 'step'");
         return NULL;
     }
-    PyObject *step_index = PyNumber_Index(step_obj);
-    long long step = step_index ? PyLong_AsLongLong(step_index) : -1;
-    Py_XDECREF(step_index);
-    if (step == -1 && PyErr_Occurred())
+    int64_t step;
+    if (read_step(step_obj, &step))
         return NULL;
-    if (step < 0) {
-        PyErr_Format(PyExc_ValueError, "state_dict['step'] must be >= 0, got %lld", step);
-        return NULL;
-    }
     PyObject *sizes = PyDict_GetItemString(dict, "sizes");
     if (sizes) {
         PyObject *ours = segment_sizes(self);
@@ -386,8 +443,7 @@ static PyObject *Adam_load_state_dict(AdamObject *self, PyObject *dict)
     }
     cv_adam_config config = self->adam.config;
     PyObject *betas = PyDict_GetItemString(dict, "betas");
-    if (betas && !PyArg_ParseTuple(betas, "dd;state_dict['betas'] must be a pair",
-                                   &config.beta1, &config.beta2))
+    if (betas && read_betas(betas, &config.beta1, &config.beta2))
         return NULL;
     if (optional_double(dict, "lr", &config.lr) ||
         optional_double(dict, "eps", &config.eps) ||
@@ -524,7 +580,7 @@ static PyObject *Adam_repr(AdamObject *self)
 
 static PyGetSetDef Adam_getset[] = {
     {"lr", (getter)get_lr, (setter)set_lr,
-     "learning rate (settable: schedules change it; >= 0)", NULL},
+     "learning rate (settable: schedules change it; in [0, 1])", NULL},
     {"betas", (getter)get_betas, NULL, "(beta1, beta2): decay of the moment estimates",
      NULL},
     {"eps", (getter)get_eps, NULL, "added to the denominator", NULL},
@@ -562,7 +618,9 @@ static PyMethodDef Adam_methods[] = {
     {"load_state_dict", (PyCFunction)Adam_load_state_dict, METH_O,
      "load_state_dict($self, d, /)\n--\n\n"
      "Restore what state_dict() returned (the moments are copied in;\n"
-     "the sizes must match; hyperparameters present in d are restored)"},
+     "the sizes must match; hyperparameters present in d are restored and\n"
+     "checked as the constructor's; betas may be any pair, e.g. a list after a JSON\n"
+     "round trip; step is an int in [0, 2**53]). Nothing changes when it raises."},
     {NULL, NULL, 0, NULL}};
 
 PyDoc_STRVAR(
@@ -581,7 +639,14 @@ PyDoc_STRVAR(
     "torch.nn.utils.clip_grad_norm_, on the fly (the gradient arrays are not written).\n"
     "The moments exp_avg / exp_avg_sq are views of the state; state_dict() and\n"
     "load_state_dict() save and restore it. step() releases the GIL and uses OpenMP over\n"
-    "fixed chunks, so results do not depend on the number of threads.");
+    "fixed chunks, so results do not depend on the number of threads.\n"
+    "\n"
+    "lr is in (0, 1] (the lr setter takes [0, 1]), eps in [1e-16, 3.4e38] and\n"
+    "weight_decay in [0, 1]; anything else is a ValueError. An element's step is\n"
+    "lr m^ / (sqrt(v^) + eps), at most lr max|g| / eps <= 1e16 max|g|: the\n"
+    "hyperparameters cannot make a finite gradient's step overflow (while its square\n"
+    "is finite in float32, |g| < 1.8e19), and AdamW's factor 1 - lr weight_decay stays\n"
+    "in [0, 1]. load_state_dict() takes a step count in [0, 2**53].");
 
 static PyTypeObject AdamType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.Adam",
