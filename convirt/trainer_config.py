@@ -38,10 +38,10 @@ def _count(value):
     return None if ok else "an integer in [0, 2**53)"
 
 
-# The largest learning rate read from a checkpoint. Adam moves each weight by about lr
-# per step: the paper's is 1e-4, Adam recipes stay below 1e-1, and at 1e3 a step moves
-# unit-scale weights a thousandfold; long before 1e300 the core's float32 update is Inf.
-_MAX_LR = 1e3
+# The largest learning rate read from a checkpoint: Adam's own bound (CV_ADAM_MAX_LR in
+# csrc/adam.h, which says why). Adam moves each weight by about lr per step: the paper's
+# is 1e-4, and Adam recipes stay below 1e-1.
+_MAX_LR = 1.0
 
 
 def _learning_rate(zero_allowed):
@@ -59,9 +59,10 @@ def _learning_rate(zero_allowed):
     return check
 
 
-# exp(logit_scale) is the loss's logit scale and its inverse the temperature: both are
-# finite float32 numbers while |logit_scale| <= ln(float32 max), about 88.7.
-_MAX_LOGIT_SCALE = math.log(float(np.finfo(np.float32).max))
+# exp(logit_scale) is the loss's logit scale and its inverse the temperature: the
+# ContrastiveLoss takes |logit_scale| <= 80 (MAX_ABS_LOGIT_SCALE in
+# csrc/py/contrastive_loss.c), where both are normal float32 numbers.
+_MAX_LOGIT_SCALE = 80.0
 
 
 def _logit_scale(value):

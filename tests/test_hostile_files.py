@@ -907,30 +907,42 @@ def test_encode_of_a_dict_is_a_clear_type_error(tiny_towers, tower):
 # ======================================================================================
 
 
-def test_a_diverging_pretrain_is_one_line_with_a_hint(tmp_path, capsys):
+def small_prepared_cache(tmp_path, capsys):
+    """tmp_path/cache: 16 synthetic 32 px pairs, prepared through the CLI."""
+    synthetic = [
+        "synthetic",
+        str(tmp_path / "s"),
+        "--n",
+        "16",
+        "--size",
+        "32",
+        "--seed",
+        "1",
+    ]
+    assert cli.main(synthetic) == 0
+    csv_path = str(tmp_path / "s" / "reports.csv")
+    prepare = ["prepare", "--csv", csv_path, "--size", "32", str(tmp_path / "cache")]
+    assert cli.main(prepare + ["--no-progress"]) == 0
+    capsys.readouterr()
+
+
+def test_a_diverging_pretrain_is_one_line_with_a_hint(tmp_path, capsys, monkeypatch):
     # convirt pretrain ... --lr 1e8: the loss overflowed at the second step and the
     # command ended in a traceback (TrainingDiverged was not among the errors reported).
-    assert (
-        cli.main(
-            ["synthetic", str(tmp_path / "s"), "--n", "16", "--size", "32", "--seed", "1"]
-        )
-        == 0
-    )
-    assert (
-        cli.main(
-            [
-                "prepare",
-                "--csv",
-                str(tmp_path / "s" / "reports.csv"),
-                "--size",
-                "32",
-                str(tmp_path / "cache"),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
+    # Adam now refuses an lr above 1 (below), and lr 1 does not diverge in a few steps
+    # here, so the loss overflows from the second step on, as it did at 1e8: the
+    # trainer's own check turns that into TrainingDiverged.
+    real_loss_call = Trainer._loss_call
+
+    def overflowing_from_the_second_step(self, fn):
+        def overflow():
+            fn()
+            raise convirt.NonFiniteError("the similarities overflowed")
+
+        return real_loss_call(self, overflow if self.step_count >= 1 else fn)
+
+    monkeypatch.setattr(Trainer, "_loss_call", overflowing_from_the_second_step)
+    small_prepared_cache(tmp_path, capsys)
     code = cli.main(
         [
             "pretrain",
@@ -939,7 +951,7 @@ def test_a_diverging_pretrain_is_one_line_with_a_hint(tmp_path, capsys):
             "--method",
             "simclr",
             "--lr",
-            "1e8",
+            "1e-3",
             "--image-model",
             "resnet18",
             "--image-size",
@@ -961,6 +973,17 @@ def test_a_diverging_pretrain_is_one_line_with_a_hint(tmp_path, capsys):
     assert code == 1, err
     assert err.startswith("convirt pretrain: error: the loss became") and "--lr" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_absurd_learning_rate_is_refused_in_one_line(tmp_path, capsys):
+    # --lr 1e8 used to train until the loss overflowed; Adam takes lr in [0, 1].
+    small_prepared_cache(tmp_path, capsys)
+    code = cli.main(
+        ["pretrain", str(tmp_path / "cache"), str(tmp_path / "run"), "--lr", "1e8"]
+    )
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "lr" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
