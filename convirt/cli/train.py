@@ -135,79 +135,58 @@ def add_pretrain_command(subparsers):
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=positive_int)
     parser.add_argument("--no-progress", action="store_true")
+    _PRETRAIN_FLAGS.update(
+        {a.dest: a for a in parser._actions if a.dest in PRETRAIN_DEFAULTS}
+    )
     parser.set_defaults(run=run_pretrain)
 
 
-def _is_integer(value, low=None):
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and (low is None or value >= low)
-    )
+def _is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_finite_number(value):
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value)
 
 
-def _one_of(*choices):
-    return f"one of {list(choices)}", lambda value: value in choices
+def _setting_rule(action):
+    """(what a JSON value must be, its check) for the setting of a pretrain flag: what
+    the flag's choices or type would give."""
+    if action.choices is not None:
+        choices = list(action.choices)
+        return f"one of {choices}", lambda value: value in choices
+    if isinstance(action, argparse._StoreTrueAction):
+        return "true or false", lambda value: isinstance(value, bool)
+    if action.type is positive_int:
+        return "a positive integer", lambda value: _is_integer(value) and value >= 1
+    if action.type is int:
+        return "an integer", _is_integer
+    if action.type is float:
+        return "a finite number", _is_finite_number
+    return "a string", lambda value: isinstance(value, str)
 
 
-def _or_null(rule):
-    expected, check = rule
-    return f"{expected} or null", lambda value: value is None or check(value)
-
-
-_POSITIVE_INTEGER = ("a positive integer", lambda value: _is_integer(value, 1))
-_INTEGER = ("an integer", _is_integer)
-_NUMBER = ("a finite number", _is_finite_number)
-_PATH = ("a path (a string)", lambda value: isinstance(value, str))
-
-# What each setting of a --config file (or a run's settings.json) must be, in JSON: what
-# its flag's type gives. Ranges are the library's to check, with its messages.
-SETTING_TYPES = {
-    "image_model": _one_of("resnet18", "resnet34", "resnet50"),
-    "in_channels": _POSITIVE_INTEGER,
-    "text_model": _or_null(_PATH),
-    "freeze_layers": _or_null(_INTEGER),
-    "image_size": _POSITIVE_INTEGER,
-    "epochs": _POSITIVE_INTEGER,
-    "batch_size": _POSITIVE_INTEGER,
-    "lr": _NUMBER,
-    "weight_decay": _NUMBER,
-    "temperature": _NUMBER,
-    "image_to_text_weight": _NUMBER,
-    "proj_dim": _POSITIVE_INTEGER,
-    "schedule": _or_null(_one_of("plateau", "cosine", "none")),
-    "patience": _POSITIVE_INTEGER,
-    "early_stopping": _or_null(_POSITIVE_INTEGER),
-    "val_fraction": _NUMBER,
-    "seed": _INTEGER,
-    "checkpoint_every": _or_null(_POSITIVE_INTEGER),
-    "method": _one_of("convirt", "simclr"),
-    "max_length": _POSITIVE_INTEGER,
-    "init": _or_null(_PATH),
-    "sync_batchnorm": ("true or false", lambda value: isinstance(value, bool)),
-    "micro_batch": _or_null(_POSITIVE_INTEGER),
-}
+# The pretrain flags by setting, filled by add_pretrain_command: a JSON settings file is
+# checked against the flags' own choices and types. "schedule": null is no schedule.
+_PRETRAIN_FLAGS = {}
+_NULLABLE = {"schedule"}
 
 
 def _check_settings(settings, path):
     """ValueError naming the file and the setting when a setting read from a JSON file
-    is not of its flag's type (settings that are not flags, such as a run's "cache",
-    are left alone)."""
+    is not what its flag would give (settings that are not flags, such as a run's
+    "cache", are left alone). Ranges are the library's to check, with its messages."""
     for key, value in settings.items():
-        if key in SETTING_TYPES:
-            expected, check = SETTING_TYPES[key]
-            if not check(value):
-                raise ValueError(
-                    f"{path}: setting {key!r} must be {expected}, got {repr(value)[:60]}"
-                )
+        if key not in _PRETRAIN_FLAGS:
+            continue
+        expected, check = _setting_rule(_PRETRAIN_FLAGS[key])
+        nullable = PRETRAIN_DEFAULTS[key] is None or key in _NULLABLE
+        if not (check(value) or (nullable and value is None)):
+            raise ValueError(
+                f"{path}: setting {key!r} must be {expected}"
+                f"{' or null' if nullable else ''}, got {repr(value)[:60]}"
+            )
 
 
 # What --resume may change (the setting, and the Trainer.resume keyword it is): when to
