@@ -25,7 +25,7 @@ from .runs import read_checkpoint, read_optimizer_state
 from .schedules import ReduceLROnPlateau, WarmupCosine
 from .text import tokenize
 from .train_step import StepRunner, join_world
-from .trainer_config import TrainerConfig
+from .trainer_config import TrainerConfig, check_fit_batches, check_val_batch_size
 
 # paper_augment, mild_augment and AUGMENTS live in convirt.augment; they stay importable
 # from here, where they were first.
@@ -52,16 +52,6 @@ def _setting(name):
 _FIT_KEYS = ("batch_size", "epochs", "shuffle", "max_steps")
 # What Trainer.resume(**changes) may change: when to lower the lr, to stop and to save.
 RESUME_SETTINGS = ("plateau_patience", "early_stopping_patience", "checkpoint_every")
-
-
-def _check_val_batch_size(value, name):
-    """A validation batch compares at least 2 pairs: batches of one would all be left
-    out, and every metric would be NaN."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
-        raise ValueError(
-            f"{name} must be an integer >= 2 (a contrastive batch compares at least 2 "
-            f"pairs), got {value!r}"
-        )
 
 
 class Trainer:
@@ -431,7 +421,7 @@ class Trainer:
         images, reports = as_pairs(data, "val")
         if len(images) < 2:
             raise ValueError("validation needs at least 2 pairs")
-        _check_val_batch_size(batch_size, "batch_size")
+        check_val_batch_size(batch_size, "batch_size")
         totals = {}
         count = 0
         was = [(e, e.training) for e in (self.image_encoder, self.text_encoder) if e]
@@ -515,29 +505,13 @@ class Trainer:
         images, reports = as_pairs(train, "train")
         if self.method == "convirt" and reports is None:
             raise ValueError("ConVIRT needs reports; for images alone use method='simclr'")
-        if batch_size < 2 or batch_size > len(images):
-            raise ValueError(
-                f"batch_size must be in [2, {len(images)}] for {len(images)} "
-                f"training pairs, got {batch_size}"
-            )
         ranks = self.world.size
-        if batch_size % ranks or batch_size // ranks < 2:
-            raise ValueError(
-                f"batch_size is the global batch: it must be a multiple of the {ranks} "
-                f"ranks with at least 2 pairs on each, got {batch_size}"
-            )
         if val is not None:
             as_pairs(val, "val")
-            if val_batch_size is not None:
-                _check_val_batch_size(val_batch_size, "val_batch_size")
+        n_batches = check_fit_batches(
+            len(images), batch_size, ranks, val_batch_size, self.position, self.epoch
+        )
         pairs = Pairs(images, reports)
-        n_batches = len(images) // batch_size
-        if self.position > n_batches:
-            raise ValueError(
-                f"the trainer stopped at batch {self.position} of epoch {self.epoch + 1} "
-                f"(its position), but {len(images)} training pairs make {n_batches} "
-                f"batches of {batch_size}: resume with the data it was trained on"
-            )
         total_steps = epochs * n_batches if max_steps is None else max_steps
         if self.schedule_name == "cosine" and self.scheduler is None:
             self.scheduler = WarmupCosine(

@@ -351,6 +351,41 @@ def _check_fields(mapping, fields, path, where, optional=()):
             )
 
 
+def check_val_batch_size(value, name):
+    """A validation batch compares at least 2 pairs: batches of one would all be left
+    out, and every metric would be NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+        raise ValueError(
+            f"{name} must be an integer >= 2 (a contrastive batch compares at least 2 "
+            f"pairs), got {value!r}"
+        )
+
+
+def check_fit_batches(n_pairs, batch_size, ranks, val_batch_size, position, epoch):
+    """Trainer.fit()'s batch settings for n_pairs training pairs on `ranks` processes,
+    and a resumed trainer's position against them; returns the batches per epoch."""
+    if batch_size < 2 or batch_size > n_pairs:
+        raise ValueError(
+            f"batch_size must be in [2, {n_pairs}] for {n_pairs} training pairs, got "
+            f"{batch_size}"
+        )
+    if batch_size % ranks or batch_size // ranks < 2:
+        raise ValueError(
+            f"batch_size is the global batch: it must be a multiple of the {ranks} "
+            f"ranks with at least 2 pairs on each, got {batch_size}"
+        )
+    if val_batch_size is not None:
+        check_val_batch_size(val_batch_size, "val_batch_size")
+    n_batches = n_pairs // batch_size
+    if position > n_batches:
+        raise ValueError(
+            f"the trainer stopped at batch {position} of epoch {epoch + 1} (its "
+            f"position), but {n_pairs} training pairs make {n_batches} batches of "
+            f"{batch_size}: resume with the data it was trained on"
+        )
+    return n_batches
+
+
 def check_state(state, path):
     """Refuse a trainer.json whose fields resume() uses are missing or of the wrong type
     or range, naming the field (CheckpointError): nothing is built from it before."""
