@@ -783,6 +783,44 @@ def test_encoder_normalization_messages_and_deletion():
     assert grey.normalization == before
 
 
+@pytest.mark.parametrize(
+    "mean, std, match",
+    [
+        (0.5, 1e-45, r"std.* in \[1e-6, 3.4e38\]"),  # a denormal: every output Inf
+        (0.5, 0.0, r"std.* in \[1e-6, 3.4e38\]"),
+        (0.5, float("inf"), r"std.* in \[1e-6, 3.4e38\]"),
+        (1e300, 0.25, r"mean.* in \[-1e6, 1e6\]"),
+        (float("nan"), 0.25, r"mean.* in \[-1e6, 1e6\]"),
+    ],
+)
+def test_encoder_normalization_has_image_augments_bounds(mean, std, match):
+    # encoder.normalization = ((0.5,), (1e-45,)) was accepted (finite and > 0), and the
+    # forward pass divided every pixel by a denormal; ImageAugment refuses it.
+    encoder = convirt.Encoder.resnet18(proj_dim=4, proj_hidden=4)
+    before = encoder.normalization
+    with pytest.raises(ValueError, match=match):
+        encoder.normalization = ((mean,), (std,))
+    assert encoder.normalization == before
+    with pytest.raises(ValueError, match=match):
+        convirt.ImageAugment(32, normalization=((mean,), (std,)))
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_linear_head_refuses_non_finite_features(where):
+    # head.backward(d_logits, x) with a NaN in x added NaN to every weight gradient with
+    # no error (d_logits was checked, x was not); forward gave NaN logits.
+    head = _core.LinearHead(6, 4)
+    x = np.ones((3, 6), np.float32)
+    x[2, 5] = np.nan
+    grads = head.flat_gradients.copy()
+    with pytest.raises(convirt.NonFiniteError, match=r"x\[2, 5\] is nan"):
+        if where == "forward":
+            head.forward(x)
+        else:
+            head.backward(np.ones((3, 4), np.float32), x)
+    assert np.array_equal(head.flat_gradients, grads)
+
+
 def _bilinear(image, size):
     """Reference: resize (h, w) to (size, size), pixel centres at i + 0.5
     (align_corners=False), taps clamped to the image, in float64."""

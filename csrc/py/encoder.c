@@ -3,6 +3,9 @@
  * An image (ResNet) or text (BERT) tower with its projection head. It owns the flat
  * parameter, gradient and state buffers and shows them to Python as NumPy views whose
  * base is the encoder; inputs are read in place, outputs go to supplied arrays. */
+#include <float.h>
+
+#include "../augment.h"
 #include "../bert.h"
 #include "../resnet.h"
 #include "arrays.h"
@@ -960,10 +963,13 @@ static int read_channels(PyObject *seq, const char *name, int channels, float *o
             Py_DECREF(fast);
             return -1;
         }
-        if (!isfinite(v) || (positive && !(v > 0.0))) {
+        /* ImageAugment's bounds: within them (x - mean) / std stays finite */
+        if (positive ? !(v >= CV_AUGMENT_MIN_STD && v <= FLT_MAX)
+                     : !(fabs(v) <= CV_AUGMENT_MAX_ABS_MEAN)) {
             char text[CV_DOUBLE_TEXT];
-            PyErr_Format(PyExc_ValueError, "%s values must be finite%s, got %s", name,
-                         positive ? " and > 0" : "", cv_double_text(v, text));
+            PyErr_Format(PyExc_ValueError, "%s values must be in %s, got %s", name,
+                         positive ? "[1e-6, 3.4e38]" : "[-1e6, 1e6]",
+                         cv_double_text(v, text));
             Py_DECREF(fast);
             return -1;
         }

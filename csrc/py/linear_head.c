@@ -120,6 +120,23 @@ static int check_features(HeadObject *self, PyObject *obj, const char *name, npy
     return 0;
 }
 
+/* 0, or -1 and a NonFiniteError naming the first NaN or Inf of name, a C-contiguous
+ * (rows x cols) float32 array: a NaN feature or gradient would reach every weight's
+ * gradient. */
+static int check_finite(const float *p, npy_intp rows, npy_intp cols, const char *name)
+{
+    for (npy_intp i = 0; i < rows * cols; i++)
+        if (!isfinite(p[i])) {
+            PyErr_Format(cv_error_nonfinite, "%s[%zd, %zd] is %s; it must be finite", name,
+                         (Py_ssize_t)(i / cols), (Py_ssize_t)(i % cols),
+                         isnan(p[i]) ? "nan"
+                         : p[i] > 0  ? "inf"
+                                     : "-inf");
+            return -1;
+        }
+    return 0;
+}
+
 /* The size of each of the head's buffers [W | b]. */
 static size_t buffer_bytes(const HeadObject *self)
 {
@@ -160,7 +177,8 @@ static PyObject *Head_forward(HeadObject *self, PyObject *args, PyObject *kwds)
     if (check_ready(self) ||
         !PyArg_ParseTupleAndKeywords(args, kwds, "O|$O:forward", kwlist, &x_obj,
                                      &out_obj) ||
-        check_features(self, x_obj, "x (features)", -1, &x))
+        check_features(self, x_obj, "x (features)", -1, &x) ||
+        check_finite(PyArray_DATA(x), PyArray_DIM(x, 0), self->in_dim, "x"))
         return NULL;
     npy_intp n = PyArray_DIM(x, 0);
     const cv_named_array inputs[1] = {{x, "x"}};
@@ -208,16 +226,11 @@ static PyObject *Head_backward(HeadObject *self, PyObject *args, PyObject *kwds)
     if (want_dx && !(dx = output(self, dx_obj, "d_x", n, self->in_dim, inputs, 2)))
         return NULL;
     const float *dp = PyArray_DATA(dout);
-    for (npy_intp i = 0; i < n * self->out_dim; i++)
-        if (!isfinite(dp[i])) {
-            PyErr_Format(cv_error_nonfinite, "d_logits[%zd, %zd] is %s; it must be finite",
-                         (Py_ssize_t)(i / self->out_dim), (Py_ssize_t)(i % self->out_dim),
-                         isnan(dp[i]) ? "nan"
-                         : dp[i] > 0  ? "inf"
-                                      : "-inf");
-            Py_XDECREF(dx);
-            return NULL;
-        }
+    if (check_finite(dp, n, self->out_dim, "d_logits") ||
+        check_finite(PyArray_DATA(x), n, self->in_dim, "x")) {
+        Py_XDECREF(dx);
+        return NULL;
+    }
     if (cv_claim(&self->busy, "LinearHead")) {
         Py_XDECREF(dx);
         return NULL;
