@@ -128,6 +128,8 @@ def read_json_object(path, error_type, expected):
         value = json.loads(raw.decode("utf-8"))
     except ValueError as error:  # also UnicodeDecodeError
         raise error_type(f"{path} is not valid JSON: {error}") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise error_type(f"{path} nests JSON too deeply to be {expected}") from None
     if not isinstance(value, dict):
         raise error_type(
             f"{path} holds a JSON {type(value).__name__}; expected {expected} with an "

@@ -591,6 +591,17 @@ def test_top_k_chunks_agree():
     assert np.all(np.diff(sims, axis=1) <= 0)
 
 
+@pytest.mark.parametrize(
+    "chunk_size, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError)]
+)
+def test_top_k_chunk_size_is_checked(chunk_size, error):
+    # chunk_size=0 raised "range() arg 3 must not be zero"
+    rng = np.random.default_rng(0)
+    q, c = rng.standard_normal((4, 3)), rng.standard_normal((6, 3))
+    with pytest.raises(error, match="chunk_size must be a positive integer"):
+        ev.top_k(q, c, k=2, chunk_size=chunk_size)
+
+
 def test_retrieval_bad_input():
     queries, categories, candidates, labels = hand_built_retrieval()
     with pytest.raises(ValueError, match=r"every k must be in \[1, 8\] .* got \(5, 10\)"):
@@ -953,7 +964,8 @@ def test_tsne_bad_input():
     bad[3, 3] = np.nan
     with pytest.raises(ValueError, match=r"features contains NaN or Inf"):
         ev.tsne(bad, y, perplexity=10, threads=1)
-    with pytest.raises(ValueError, match=r"features has 45 rows, expected 44"):
+    # "features has 45 rows, expected 44" blamed the features for a short labels
+    with pytest.raises(ValueError, match=r"features has 45 rows but labels has 44"):
         ev.tsne(x, y[:44], perplexity=10, threads=1)
     with pytest.raises(ValueError, match=r"perplexity must be in \(0, 45\)"):
         ev.tsne(x, y, perplexity=45)

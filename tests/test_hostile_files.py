@@ -861,6 +861,16 @@ def test_trainer_json_without_lr_names_the_field(tmp_path):
         Trainer.resume(tmp_path / "ckpt", progress=False)
 
 
+def test_json_nested_too_deep_is_the_files_error(tmp_path):
+    # A trainer.json of 100000 nested arrays raised RecursionError from json.loads.
+    from convirt._io import read_json_object
+
+    path = tmp_path / "deep.json"
+    path.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CheckpointError, match=r"deep\.json nests JSON too deeply"):
+        read_json_object(str(path), CheckpointError, "a trainer state")
+
+
 def test_optimizer_file_without_sizes_names_the_field(tmp_path):
     # optimizer.safetensors without its "sizes" metadata: KeyError: 'sizes'.
     saved_checkpoint_dir(tmp_path)

@@ -42,6 +42,10 @@ def top_k(query_embeddings, candidate_embeddings, k=5, *, chunk_size=1024):
     k = int(k)
     if not 1 <= k <= len(c):
         raise ValueError(f"k must be in [1, {len(c)}] (the number of candidates), got {k}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        raise TypeError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     indices = np.empty((len(q), k), dtype=np.int64)
     sims = np.empty((len(q), k))
     for start in range(0, len(q), chunk_size):

@@ -100,7 +100,12 @@ def tsne(
     arrays = {}
     for key, x in sets.items():
         what = "features" if key is None else f"features[{key!r}]"
-        arrays[key] = _as_features(x, what, n_rows=len(names))
+        arrays[key] = _as_features(x, what)
+        if len(arrays[key]) != len(names):
+            raise ValueError(
+                f"{what} has {len(arrays[key])} rows but labels has {len(names)}: one "
+                "label per row of features"
+            )
     n = len(names)
     if not 0 < perplexity < n:
         raise ValueError(
