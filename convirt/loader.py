@@ -125,6 +125,8 @@ class BatchLoader:
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.prefetch = bool(prefetch)

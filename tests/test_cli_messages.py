@@ -29,6 +29,15 @@ def help_text(command, capsys):
     return capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["demo", "synthetic", "pretrain", "evaluate"])
+def test_a_negative_seed_is_a_usage_error(command, capsys):
+    # --seed -1 went through to NumPy: "expected non-negative integer", without a name.
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "--seed", "-1"])
+    assert stop.value.code == 2
+    assert "--seed: expected an integer >= 0, got -1" in capsys.readouterr().err
+
+
 def test_demo_help_shows_percent_signs_once(capsys):
     text = help_text("demo", capsys)
     assert "%%" not in text

@@ -1113,6 +1113,9 @@ def test_loader_rejects_bad_arguments():
             BatchLoader(dataset, batch_size=bad)
     with pytest.raises(TypeError, match="transform"):
         BatchLoader(dataset, transform=3)
+    for seed in (-1, 0.5):  # -1 failed at the first epoch, in NumPy, without a name
+        with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+            BatchLoader(dataset, batch_size=2, seed=seed)
     assert list(BatchLoader(dataset, batch_size=8)) == []  # drop_last: no full batch
     assert "BatchLoader(ArrayDataset(n=4)" in repr(BatchLoader(dataset, batch_size=2))
 

@@ -69,6 +69,9 @@ def test_zero_images_and_bad_arguments():
         synthetic_cxr(2, size=8)
     with pytest.raises(ValueError, match="difficulty"):
         synthetic_cxr(2, difficulty=0)
+    for seed in (-1, 1.5, True):  # -1 was NumPy's "expected non-negative integer"
+        with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+            synthetic_cxr(2, size=32, seed=seed)
 
 
 # --------------------------------------------------------------------------------------

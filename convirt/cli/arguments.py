@@ -8,6 +8,7 @@ __all__ = [
     "comma_list",
     "float_list",
     "int_list",
+    "non_negative_int",
     "positive_int",
     "requires",
     "share",
@@ -23,6 +24,19 @@ def positive_int(text):
         ) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text):
+    """An integer >= 0: a seed (NumPy's generators refuse negative ones)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 0, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
 
 

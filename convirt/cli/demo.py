@@ -3,7 +3,7 @@
 
 import argparse
 
-from .arguments import positive_int
+from .arguments import non_negative_int, positive_int
 
 __all__ = ["QUICK", "add_demo_command"]
 
@@ -94,7 +94,9 @@ def add_demo_command(subparsers):
         help="epochs of the supervised ceiling row (0: leave it out)",
     )
     parser.add_argument("--difficulty", type=float, help="synthetic findings' subtlety")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed (default: 0)"
+    )
     parser.add_argument("--threads", type=positive_int, help="threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run_demo_command)

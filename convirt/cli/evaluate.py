@@ -4,7 +4,14 @@
 import argparse
 import sys
 
-from .arguments import comma_list, float_list, int_list, positive_int, share
+from .arguments import (
+    comma_list,
+    float_list,
+    int_list,
+    non_negative_int,
+    positive_int,
+    share,
+)
 
 __all__ = ["add_evaluate_command"]
 
@@ -153,7 +160,7 @@ def add_evaluate_command(subparsers):
     )
     model.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="seed of the initialisation and pretraining (default: 0)",
     )

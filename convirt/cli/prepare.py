@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from .arguments import comma_list, positive_int
+from .arguments import comma_list, non_negative_int, positive_int
 
 __all__ = ["add_prepare_command", "add_synthetic_command", "save_contact_sheet"]
 
@@ -211,7 +211,9 @@ def add_synthetic_command(subparsers):
     parser.add_argument(
         "--size", type=positive_int, default=128, help="image side in pixels (default: 128)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed (default: 0)"
+    )
     parser.add_argument(
         "--difficulty",
         type=float,

@@ -7,7 +7,7 @@ import math
 import os
 
 from .._io import read_json_object
-from .arguments import positive_int
+from .arguments import non_negative_int, positive_int
 
 __all__ = ["add_embed_command", "add_pretrain_command"]
 
@@ -132,7 +132,7 @@ def add_pretrain_command(subparsers):
         help="embed and backpropagate in chunks of this many pairs (gradient caching: "
         "activation memory of the chunk; batch norm sees each chunk's statistics)",
     )
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=non_negative_int)
     parser.add_argument("--threads", type=positive_int)
     parser.add_argument("--no-progress", action="store_true")
     _PRETRAIN_FLAGS.update(
@@ -160,6 +160,8 @@ def _setting_rule(action):
         return "true or false", lambda value: isinstance(value, bool)
     if action.type is positive_int:
         return "a positive integer", lambda value: _is_integer(value) and value >= 1
+    if action.type is non_negative_int:
+        return "an integer >= 0", lambda value: _is_integer(value) and value >= 0
     if action.type is int:
         return "an integer", _is_integer
     if action.type is float:

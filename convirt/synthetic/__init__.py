@@ -98,6 +98,8 @@ def synthetic_cxr(n, size=128, seed=0, difficulty=1.0, workers=None):
     """
     n = _check_count(n)
     size, difficulty = _check_size_and_difficulty(size, difficulty)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     return _synthesize(sample_findings(n, seed), size, seed, difficulty, workers)
 
 
