@@ -265,7 +265,16 @@ def load_embeddings(path: str | os.PathLike) -> Embeddings:
         rows = list(csv.reader(io.StringIO(text, newline="")))
         if not rows or rows[0][:1] != [ID_COLUMN]:
             raise ValueError(f"{path}: expected a header starting with {ID_COLUMN!r}")
+        width = len(rows[0])
+        for line, row in enumerate(rows[1:], start=2):
+            if len(row) != width:
+                raise DataFileError(
+                    f"{path}: line {line} has {len(row)} fields, the header {width}"
+                )
         ids = [row[0] for row in rows[1:]]
-        features = np.array([row[1:] for row in rows[1:]], dtype=np.float32)
-        return Embeddings(ids, features.reshape(len(ids), len(rows[0]) - 1))
+        try:
+            features = np.array([row[1:] for row in rows[1:]], dtype=np.float32)
+        except ValueError as error:  # a field that is not a number
+            raise DataFileError(f"{path}: {error}") from None
+        return Embeddings(ids, features.reshape(len(ids), width - 1))
     raise ValueError(f"{path}: expected a .parquet, .csv or .npy file")

@@ -120,6 +120,21 @@ def test_save_embeddings_refuses_bad_input(tmp_path, path, ids, shape, match):
         )
 
 
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("id,f0,f1\na,1,2\nb,3\n", r"line 3 has 2 fields, the header 3"),
+        ("id,f0,f1\na,1,2\nb,3,x\n", r"could not convert"),
+    ],
+)
+def test_load_embeddings_names_the_file_of_a_bad_csv(tmp_path, text, match):
+    # A ragged or non-numeric CSV raised NumPy's error without the file's name.
+    path = tmp_path / "emb.csv"
+    path.write_text(text)
+    with pytest.raises(convirt.DataFileError, match=rf"emb\.csv: {match}"):
+        load_embeddings(path)
+
+
 def test_cli_embed_writes_the_ids_beside_the_array(tmp_path, capsys):
     root = tmp_path
     assert cli.main(["synthetic", str(root / "s"), "--n", "6", "--size", "40"]) == 0
