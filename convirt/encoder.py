@@ -7,8 +7,8 @@ constructors, batching with progress bars, named parameter views and checkpoints
 from __future__ import annotations
 
 import json
-import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -208,7 +208,7 @@ class Encoder(_CoreEncoder):
         the last layer's token outputs of the latest forward, (N, T, hidden_size)."""
         if pooling not in _POOLING:
             raise ValueError(f"pooling must be one of {sorted(_POOLING)}, got {pooling!r}")
-        if _is_number(layer_norm_eps) and not math.isfinite(layer_norm_eps):
+        if _is_number(layer_norm_eps) and not abs(layer_norm_eps) <= sys.float_info.max:
             raise ValueError(
                 f"layer_norm_eps must be a finite number > 0, got {layer_norm_eps!r}"
             )

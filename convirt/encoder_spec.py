@@ -4,7 +4,7 @@ type and range (``check_spec``) and the sizes against the file's own tensors
 ``Encoder.from_pretrained`` (a save_pretrained folder) and unpickling read metadata
 through them."""
 
-import math
+import sys
 
 from .errors import CheckpointError
 
@@ -70,6 +70,11 @@ def _is_int(value):
 
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value):
+    """A number float64 holds: math.isfinite(10**400) raises OverflowError."""
+    return _is_number(value) and abs(value) <= sys.float_info.max
 
 
 def check_spec(spec, where):
@@ -142,7 +147,7 @@ def check_spec(spec, where):
                 full["num_attention_heads"],
             )
         eps = full["layer_norm_eps"]
-        if not _is_number(eps) or not math.isfinite(eps) or not eps > 0:
+        if not _is_finite(eps) or not eps > 0:
             fail("layer_norm_eps", "a finite number > 0", eps)
         if not _is_int(full["pooling"]) or full["pooling"] not in POOLING.values():
             fail("pooling", "0 (max), 1 (mean) or 2 (cls)", full["pooling"])
@@ -170,7 +175,7 @@ def check_spec(spec, where):
             and all(
                 isinstance(part, (list, tuple))
                 and len(part) in (1, channels)
-                and all(_is_number(x) and math.isfinite(x) for x in part)
+                and all(_is_finite(x) for x in part)
                 for part in normalization
             )
             and all(x > 0 for x in normalization[1])

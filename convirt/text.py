@@ -17,8 +17,8 @@ available here too, as they always were.
 from __future__ import annotations
 
 import json
-import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -253,7 +253,7 @@ def read_bert_config(path: str | os.PathLike) -> dict[str, Any]:
             if (
                 isinstance(value, bool)
                 or not isinstance(value, (int, float))
-                or not math.isfinite(value)
+                or not abs(value) <= sys.float_info.max  # finite, 10**400 too
                 or not value > 0
             ):
                 raise ValueError(

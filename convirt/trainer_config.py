@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import field
 
 import numpy as np
@@ -75,8 +76,10 @@ def _number(low=None, allow_inf=False):
         ok = (
             isinstance(value, (int, float))
             and not isinstance(value, bool)
-            and not math.isnan(value)
-            and (allow_inf or not math.isinf(value))
+            and (  # finite in float64 (10**400 is not), or +-inf where allowed
+                abs(value) <= sys.float_info.max
+                or (allow_inf and isinstance(value, float) and math.isinf(value))
+            )
             and (low is None or value >= low)
         )
         return (

@@ -124,6 +124,8 @@ def test_the_linear_probe_draws_a_bar_when_asked_and_not_under_pytest(capsys):
         ("epochs", 1.5, "must be a positive integer, got 1.5"),
         ("image_model", 18, "must be one of ['resnet18', 'resnet34', 'resnet50']"),
         ("early_stopping", "3", "must be a positive integer or null, got '3'"),
+        ("temperature", 10**400, "must be a finite number, got 1000000"),  # Overflow
+        ("seed", -1, "must be an integer >= 0, got -1"),
     ],
 )
 def test_pretrain_config_value_of_the_wrong_type_is_one_line(

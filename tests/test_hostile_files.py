@@ -484,6 +484,7 @@ TEXT_METADATA_CASES = [
     ({"kind": "resnet"}, "kind"),
     ({"config_layer_norm_eps": math.inf}, "layer_norm_eps"),  # accepted
     ({"config_layer_norm_eps": 0}, "layer_norm_eps"),
+    ({"config_layer_norm_eps": 10**400}, "layer_norm_eps"),  # OverflowError
     ({"config_vocab_size": 47}, "vocab_size"),  # a shape error
     ({"config_num_hidden_layers": 3}, "num_hidden_layers"),  # a missing-tensor list
     ({"config_num_attention_heads": 5}, "num_attention_heads"),
@@ -629,12 +630,18 @@ def test_bert_config_with_an_infinite_layer_norm_eps_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"config\.json.*layer_norm_eps.*finite"):
         convirt.text.read_bert_config(tmp_path / "config.json")
+    config["layer_norm_eps"] = 10**400  # an int past float64: OverflowError before
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.json.*layer_norm_eps.*finite"):
+        convirt.text.read_bert_config(tmp_path / "config.json")
 
 
 def test_bert_constructor_refuses_an_infinite_layer_norm_eps():
     # Encoder.bert(..., layer_norm_eps=float("inf")) was accepted (the core checks > 0).
     with pytest.raises(ValueError, match="layer_norm_eps.*finite"):
         tiny.bert(layer_norm_eps=math.inf)
+    with pytest.raises(ValueError, match="layer_norm_eps.*finite"):
+        tiny.bert(layer_norm_eps=10**400)
 
 
 @pytest.mark.parametrize(

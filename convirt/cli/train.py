@@ -3,8 +3,8 @@
 
 import argparse
 import json
-import math
 import os
+import sys
 
 from .._io import read_json_object
 from .arguments import non_negative_int, positive_int
@@ -146,8 +146,9 @@ def _is_integer(value):
 
 
 def _is_finite_number(value):
+    """A number float64 holds (math.isfinite would raise OverflowError on 10**400)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return number and math.isfinite(value)
+    return number and abs(value) <= sys.float_info.max
 
 
 def _setting_rule(action):
