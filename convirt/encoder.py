@@ -621,6 +621,8 @@ class Encoder(_CoreEncoder):
         n = len(x)
         if n == 0:
             raise ValueError("empty input: nothing to encode")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise TypeError(f"batch_size must be an integer, got {batch_size!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if out is None:

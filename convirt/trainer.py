@@ -143,6 +143,12 @@ class Trainer:
             raise ValueError("nothing would be trained: every tower is frozen")
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
+        if loss is not None and not isinstance(loss, ContrastiveLoss):
+            raise TypeError(f"loss must be a ContrastiveLoss, got {type(loss).__name__}")
+        if augment is not None and not isinstance(augment, ImageAugment):
+            raise TypeError(
+                f"augment must be an ImageAugment, got {type(augment).__name__}"
+            )
         self.loss = loss if loss is not None else ContrastiveLoss()
         self.augment = (
             augment

@@ -495,6 +495,14 @@ def test_bad_arguments(tiny_towers):
         Trainer(image, text, schedule="step")
     with pytest.raises(ValueError, match="image_size must be >= 32"):
         Trainer(image, text, image_size=16)
+    # loss="x" and augment=5 failed later with AttributeError ('str' object has no
+    # attribute 'temperature', 'int' object has no attribute 'size')
+    with pytest.raises(TypeError, match="loss must be a ContrastiveLoss, got str"):
+        Trainer(image, text, loss="x")
+    with pytest.raises(TypeError, match="augment must be an ImageAugment, got int"):
+        Trainer(image, text, augment=5)
+    with pytest.raises(TypeError, match="batch_size must be an integer, got None"):
+        image.encode(np.zeros((2, 32, 32), np.uint8), batch_size=None)
     trainer = Trainer(image, text, image_size=32, progress=False)
     images, reports = tiny.pairs(8, 32)
     with pytest.raises(ValueError, match="batch_size must be in"):
