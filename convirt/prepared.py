@@ -127,6 +127,11 @@ def prepare(
     """
     from ._optional import progress_bar
 
+    if not isinstance(dataset, PairedDataset):
+        raise TypeError(
+            f"dataset must be a PairedDataset (ArrayDataset, CSVDataset, ...), got "
+            f"{type(dataset).__name__}"
+        )
     size = _check_size(size)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)

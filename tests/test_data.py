@@ -984,6 +984,8 @@ def test_prepare_rejects_bad_arguments(tmp_path):
         prepare(array_dataset(2), tmp_path / "c", size=0)
     with pytest.raises(ValueError, match="workers"):
         prepare(array_dataset(2), tmp_path / "c", size=8, workers=0)
+    with pytest.raises(TypeError, match="dataset must be a PairedDataset"):
+        prepare([1, 2], tmp_path / "c", size=8)  # was AttributeError: no 'sources'
 
 
 def test_index_is_written_atomically_and_readable(tmp_path):
