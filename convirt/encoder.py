@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ from .augment import (  # noqa: F401 (the constants: convirt.encoder.IMAGENET_ME
 )
 from .embeddings import encode_dataset as _encode_dataset
 from .embeddings import is_dataset as _is_dataset
-from .encoder_spec import ENCODER_FORMAT, _is_number, _short
+from .encoder_spec import ENCODER_FORMAT, _is_finite, _is_number, _short
 from .encoder_spec import POOLING as _POOLING
 from .encoder_spec import check_shapes as _check_shapes
 from .encoder_spec import check_spec as _check_spec
@@ -208,7 +207,7 @@ class Encoder(_CoreEncoder):
         the last layer's token outputs of the latest forward, (N, T, hidden_size)."""
         if pooling not in _POOLING:
             raise ValueError(f"pooling must be one of {sorted(_POOLING)}, got {pooling!r}")
-        if _is_number(layer_norm_eps) and not abs(layer_norm_eps) <= sys.float_info.max:
+        if _is_number(layer_norm_eps) and not _is_finite(layer_norm_eps):
             raise ValueError(
                 f"layer_norm_eps must be a finite number > 0, got {layer_norm_eps!r}"
             )
