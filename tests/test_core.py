@@ -315,11 +315,13 @@ def test_gemm_with_negative_strides_stays_inside_the_arrays(case):
 
 
 # The unpacked small-GEMM kernel (cv_gemm_small) the layers' tiles use for 64-256 columns:
-# full 6-row blocks and the rows left over, full 4-vector column blocks and partial ones,
+# full 6-row blocks and the rows left over, full 4-vector column blocks and partial ones
+# (several full ones with a partial one after them: AVX2 runs rows outside, columns inside),
 # k from 1 up, A row-major and column-major (the weight gradient reads it transposed),
 # overwrite and accumulate; columns that are no multiple of 8 are refused (C untouched).
 SMALL_GEMM_SHAPES = [(113, 64, 64), (7, 48, 5), (1, 16, 1), (6, 256, 300), (20, 8, 3),
-                     (13, 24, 7), (12, 80, 33), (23, 32, 9), (47, 32, 130)]  # fmt: skip
+                     (13, 24, 7), (12, 80, 33), (23, 32, 9), (47, 32, 130),
+                     (29, 152, 11)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,n,k", SMALL_GEMM_SHAPES)
