@@ -455,9 +455,10 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
  * the next rows, so that its rows of A stay in L1 across the n / 16 blocks; column
  * blocks outside re-read all of A (a tile straight from memory) once per 16 columns.
  * On a Zen 4 restricted to AVX2 (2026-12-02, 2 threads, alternating in one process)
- * that took the 1x1 convolutions with 64-128 outputs from 105-120 to 118-136 GFLOP/s
- * and the ResNet-50 training step from 4.71-5.05 to 4.41-4.71 s; with AVX-512 (one
- * block for 64 columns) the same order gained nothing measurable. */
+ * that took ResNet-50's 1x1 convolutions from 256 channels to 64 and to 128 from 109
+ * and 120 to 137 and 134 GFLOP/s (the others moved 0-8%, within the noise) and its
+ * training step from 4.71-5.05 to 4.41-4.71 s; with AVX-512 (one block for 64
+ * columns) the same order gained nothing measurable. */
 #define SMALL_GEMM_KERNEL(NAME, TARGET, W, NV, RB, ROWS_OUTER)                             \
     typedef float NAME##_vec __attribute__((vector_size(4 * W), aligned(4), may_alias));   \
     /* R rows (a constant where it is inlined, at most RB or 8) of NV vectors */           \
