@@ -496,8 +496,7 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
     {                                                                                      \
         typedef NAME##_vec vec;                                                            \
         const ptrdiff_t full = n / (NV * W) * (NV * W);                                    \
-        const int rows_outer = ROWS_OUTER && full > NV * W;                                \
-        if (rows_outer)                                                                    \
+        if (ROWS_OUTER)                                                                    \
             for (ptrdiff_t i0 = 0; m - i0 >= RB; i0 += RB)                                 \
                 for (ptrdiff_t j0 = 0; j0 < full; j0 += NV * W)                            \
                     NAME##_rows(RB, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,    \
@@ -505,7 +504,7 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
         for (ptrdiff_t j0 = 0; j0 < n; j0 += NV * W) {                                     \
             const int nv = n - j0 >= NV * W ? NV : (int)((n - j0) / W);                    \
             if (nv == NV) {                                                                \
-                ptrdiff_t i0 = rows_outer ? m / RB * RB : 0;                               \
+                ptrdiff_t i0 = ROWS_OUTER ? m / RB * RB : 0;                               \
                 for (; m - i0 >= RB; i0 += RB)                                             \
                     NAME##_rows(RB, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,    \
                                 C + i0 * ldc + j0, ldc);                                   \
