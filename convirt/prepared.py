@@ -9,6 +9,9 @@ raises :class:`DataFileError` (a ValueError) naming the file and the field or li
 """
 
 import concurrent.futures
+import contextlib
+import fcntl
+import glob
 import json
 import os
 import sys
@@ -21,7 +24,7 @@ import numpy as np
 
 from ._io import _umask, atomic_write, read_regular_file
 from .datasets.paired import PairedDataset, _describe
-from .errors import DataFileError, ImageDecodeError
+from .errors import DataFileError, ImageDecodeError, StateError
 from .images import MAX_IMAGE_SIZE, _check_size, resize_center_crop
 
 __all__ = [
@@ -37,6 +40,7 @@ PREPARED_VERSION = 1
 _IMAGES_FILE = "images.u8"
 _REPORTS_FILE = "reports.jsonl"
 _INDEX_FILE = "index.json"
+_LOCK_FILE = ".prepare.lock"  # held by the one prepare() writing the folder
 _MAX_PREPARED_SIZE = MAX_IMAGE_SIZE  # what prepare() writes
 
 
@@ -102,6 +106,12 @@ def prepare(
     (also when interrupted). The index is the truth: bytes past what it records (a
     crash mid-append) are ignored and cut off on the next run.
 
+    One ``prepare`` at a time writes a folder: it holds a lock on
+    ``out_dir/.prepare.lock`` while it runs, and a second one (another process or
+    thread) raises :class:`StateError`. With the lock held, the temporary files of a
+    run that was killed (``kill -9``, a power cut) can be nobody's: they are removed,
+    with a warning saying how many bytes that freed.
+
     Parameters
     ----------
     dataset : PairedDataset
@@ -123,10 +133,8 @@ def prepare(
 
     Raises ValueError when ``out_dir`` holds a cache of another size, or rows from
     sources (or with reports) this dataset does not have; use a new folder or
-    ``overwrite=True``.
+    ``overwrite=True``. Raises StateError while another prepare() writes ``out_dir``.
     """
-    from ._optional import progress_bar
-
     if not isinstance(dataset, PairedDataset):
         raise TypeError(
             f"dataset must be a PairedDataset (ArrayDataset, CSVDataset, ...), got "
@@ -134,10 +142,63 @@ def prepare(
         )
     size = _check_size(size)
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1; got {workers}")
+    os.makedirs(out_dir, exist_ok=True)
+    with _writing(out_dir):
+        _remove_stale_staging(out_dir)
+        return _prepare(
+            dataset, out_dir, size, workers, progress, overwrite, checkpoint_seconds
+        )
+
+
+@contextlib.contextmanager
+def _writing(out_dir):
+    """Hold the exclusive lock on out_dir's lock file, or raise StateError when another
+    prepare() holds it (two would append to the same files). flock locks belong to
+    the open file, so a thread of this process is refused too, and the kernel lets go
+    when the holder dies, however it dies."""
+    path = os.path.join(out_dir, _LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateError(
+                f"another convirt prepare is writing {out_dir} (it holds {path}); "
+                f"wait for it to finish or use another out_dir"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_stale_staging(out_dir):
+    """Remove the staging files of ours in out_dir (.tmp-images.u8-*, ...): under the
+    lock, only a run that was killed can have left them."""
+    stale = []
+    for name in (_IMAGES_FILE, _REPORTS_FILE, _INDEX_FILE):
+        stale += glob.glob(os.path.join(glob.escape(out_dir), f".tmp-{name}-*"))
+    freed = 0
+    for path in stale:
+        try:
+            size = os.lstat(path).st_size
+            os.unlink(path)
+        except OSError:
+            continue
+        freed += size
+    if stale:
+        warnings.warn(
+            f"prepare removed {len(stale)} temporary files ({freed / 2**20:.1f} MiB) "
+            f"that an interrupted run left in {out_dir}",
+            stacklevel=3,
+        )
+
+
+def _prepare(dataset, out_dir, size, workers, progress, overwrite, checkpoint_seconds):
+    from ._optional import progress_bar
+
     n = len(dataset)
     sources = [str(s) for s in dataset.sources]
     reports = list(dataset.reports)
@@ -362,7 +423,7 @@ def prepare(
             f"prepare skipped {result.skipped} of {n} pairs: {result.missing} "
             f"missing, {result.corrupt} corrupt, {result.empty_report} empty "
             f"reports (listed in {index_path})",
-            stacklevel=2,
+            stacklevel=3,
         )
     return result
 

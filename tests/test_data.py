@@ -32,6 +32,7 @@ from convirt.data import (
     resize_center_crop,
     split_sentences,
 )
+from convirt.errors import StateError
 
 
 def reference_resize(image, size):
@@ -986,6 +987,40 @@ def test_prepare_rejects_bad_arguments(tmp_path):
         prepare(array_dataset(2), tmp_path / "c", size=8, workers=0)
     with pytest.raises(TypeError, match="dataset must be a PairedDataset"):
         prepare([1, 2], tmp_path / "c", size=8)  # was AttributeError: no 'sources'
+
+
+def test_a_second_prepare_on_a_busy_folder_is_refused(tmp_path):
+    # Two prepares on one folder both appended to images.u8 and reports.jsonl, and the
+    # last index written won: rows of one run described by the other's index.
+    started, release = threading.Event(), threading.Event()
+
+    class Waits(CountingDataset):
+        def _load(self, index, size):
+            started.set()
+            release.wait(30)
+            return super()._load(index, size)
+
+    first = {}
+
+    def run_first():
+        first["summary"] = prepare(
+            Waits(array_dataset(3)), tmp_path / "c", size=8, progress=False, workers=1
+        )
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(StateError, match="another convirt prepare is writing"):
+            prepare(array_dataset(5, seed=1), tmp_path / "c", size=8, progress=False)
+    finally:
+        release.set()
+        thread.join(30)
+    assert first["summary"].prepared == 3
+    cache = PreparedDataset(tmp_path / "c")
+    assert cache.reports == array_dataset(3).reports
+    again = prepare(array_dataset(5), tmp_path / "c", size=8, progress=False)
+    assert (again.kept, again.new) == (3, 2)  # the lock was let go
 
 
 def test_index_is_written_atomically_and_readable(tmp_path):

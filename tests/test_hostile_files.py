@@ -335,10 +335,63 @@ def test_prepare_overwrite_leaves_an_open_cache_readable(tmp_path):
     assert code == 0, err
     assert out.split("\n")[:2] == ["10 abcd", "2 200 xy"]
     assert sorted(os.listdir(tmp_path / "cache")) == [
+        ".prepare.lock",
         "images.u8",
         "index.json",
         "reports.jsonl",
     ]
+
+
+def test_prepare_killed_mid_run_leaves_nothing_behind_the_next_run(tmp_path):
+    # prepare stages a fresh cache under .tmp-images.u8-XXXX and .tmp-reports.jsonl-XXXX
+    # until its first commit; killed before it (kill -9, the OOM killer), those stayed
+    # in the folder for good, as large as the images prepared so far. The next run now
+    # removes them (it holds the folder's lock, so they can be nobody else's) and warns.
+    cache = tmp_path / "cache"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import sys, time
+            import numpy as np
+            from convirt.data import ArrayDataset, prepare
+            class Stalls(ArrayDataset):
+                def _load(self, index, size):
+                    if index == 3:
+                        print("staged", flush=True)
+                        time.sleep(120)
+                    return super()._load(index, size)
+            images = np.full((6, 64, 64), 7, np.uint8)
+            prepare(Stalls(images, list("abcdef")), {str(cache)!r}, size=64,
+                    progress=False, workers=1, checkpoint_seconds=3600)
+        """),
+        ],
+        env={**os.environ, "PYTHONPATH": SOURCE_ROOT},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline() == "staged\n"
+        staged = [p for p in os.listdir(cache) if p.startswith(".tmp-")]
+        assert len(staged) == 2 and not (cache / "index.json").exists()
+    finally:
+        child.kill()  # SIGKILL: no handler, no cleanup
+        child.wait()
+        child.stdout.close()
+    images = np.full((6, 64, 64), 9, np.uint8)
+    with pytest.warns(UserWarning, match="removed 2 temporary files"):
+        summary = prepare(
+            data.ArrayDataset(images, list("uvwxyz")), cache, size=64, progress=False
+        )
+    assert summary.prepared == 6
+    assert sorted(os.listdir(cache)) == [
+        ".prepare.lock",
+        "images.u8",
+        "index.json",
+        "reports.jsonl",
+    ]
+    assert PreparedDataset(cache).reports == list("uvwxyz")
 
 
 # ======================================================================================
