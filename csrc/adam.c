@@ -162,6 +162,25 @@ static cv_status nonfinite_gradient(const cv_adam *adam)
     return cv_fail(CV_ERR_NONFINITE, "non-finite gradient; no parameter was updated");
 }
 
+/* The first gradient whose clipped value is too large for Adam (only called when the
+ * clipped norm is), or CV_OK when none is. */
+static cv_status oversized_gradient(const cv_adam *adam, float clip)
+{
+    for (ptrdiff_t k = 0; k < adam->n_segments; k++)
+        for (size_t i = 0; i < adam->segments[k].count; i++) {
+            const float g = adam->segments[k].grad[i];
+            if (fabsf(g * clip) > (float)CV_ADAM_MAX_GRAD)
+                return cv_fail(
+                    CV_ERR_NONFINITE,
+                    "gradient too large: gradients[%td][%zu] is %g, whose square "
+                    "overflows float32 (Adam's second moment would become Inf "
+                    "and stop the parameter for good); no parameter was "
+                    "updated. Set max_grad_norm to clip the gradients",
+                    k, i, (double)g);
+        }
+    return CV_OK;
+}
+
 cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm)
 {
     const cv_adam_config *config = &adam->config;
@@ -179,13 +198,17 @@ cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm)
     double norm = global_norm(adam, threads);
     if (!isfinite(norm))
         return nonfinite_gradient(adam);
-    if (!(config->max_grad_norm > 0.0 || want_norm))
-        norm = NAN;
     if (config->max_grad_norm > 0.0) {
         /* as clip_grad_norm_: the factor in float32 from the float32 norm */
         float coef = (float)config->max_grad_norm / ((float)norm + 1e-6f);
         clip = coef < 1.0f ? coef : 1.0f;
     }
+    /* No clipped gradient is larger than the clipped norm: the scan for one too large
+     * runs only when that norm is. */
+    if (norm * clip > CV_ADAM_MAX_GRAD && (status = oversized_gradient(adam, clip)))
+        return status;
+    if (!(config->max_grad_norm > 0.0 || want_norm))
+        norm = NAN;
     if (grad_norm)
         *grad_norm = norm;
 

@@ -49,7 +49,9 @@ typedef struct {
 /* The hyperparameters' ranges. An element's step is lr m^ / (sqrt(v^) + eps), m^ and
  * v^ the bias-corrected averages of g and g^2, so it is at most lr max|g| / eps: with
  * lr <= 1 and eps >= 1e-16, at most 1e16 max|g|, finite in float32 for every gradient
- * whose square is (|g| < 1.8e19; past that v is Inf and the step 0). eps is added in
+ * whose square is: |g| <= CV_ADAM_MAX_GRAD. A larger one (after clipping) is refused as
+ * a non-finite one is: v would be Inf from then on, the parameter's step 0 for good,
+ * and the state could not be loaded back. eps is added in
  * float32, so at most FLT_MAX. weight_decay <= 1 adds at most |p| to the gradient (L2),
  * and with lr <= 1 AdamW's factor 1 - lr wd stays in [0, 1]: the decay never flips or
  * grows a weight. The typical values (lr 1e-5..1e-2, eps 1e-8, weight decay 1e-6..0.1)
@@ -57,6 +59,10 @@ typedef struct {
 #define CV_ADAM_MAX_LR 1.0
 #define CV_ADAM_MIN_EPS 1e-16
 #define CV_ADAM_MAX_WEIGHT_DECAY 1.0
+/* The largest gradient Adam takes: its square, 3.24e38, is below FLT_MAX (3.40e38), so
+ * v, an average of such squares, stays finite. (The L2 weight-decay term is not
+ * counted: it adds at most |p|.) */
+#define CV_ADAM_MAX_GRAD 1.8e19
 /* The most steps: the bias corrections use (double)step, exact up to 2**53. */
 #define CV_ADAM_MAX_STEP ((int64_t)1 << 53)
 
@@ -72,7 +78,8 @@ void cv_adam_free(cv_adam *adam);
 /* One update of every segment. *grad_norm (may be NULL) receives the global L2 norm
  * of the gradients when clipping is on or want_norm is set, else NaN. OpenMP over
  * fixed chunks of the buffers. CV_ERR_NONFINITE, with nothing updated (not the step
- * count either), when any gradient is NaN or Inf; CV_ERR_STATE after CV_ADAM_MAX_STEP
+ * count either), when any gradient is NaN or Inf or, once clipped, larger than
+ * CV_ADAM_MAX_GRAD; CV_ERR_STATE after CV_ADAM_MAX_STEP
  * steps. */
 cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm);
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import convirt
-from convirt import Adam, ReduceLROnPlateau, WarmupCosine
+from convirt import Adam, NonFiniteError, ReduceLROnPlateau, WarmupCosine
 
 torch = pytest.importorskip("torch")
 
@@ -375,6 +375,28 @@ def test_the_update_stays_finite_at_the_hyperparameter_bounds(decoupled):
     for _ in range(20):
         adam.step()
         assert np.isfinite(p).all() and np.isfinite(adam.exp_avg).all(), p
+
+
+def test_a_gradient_whose_square_overflows_is_refused():
+    # A finite gradient of 1e22 made exp_avg_sq Inf: that parameter's step was 0 from
+    # then on, silently, and the state it left could not be loaded back
+    # (load_state_dict refuses an Inf moment). Now step() refuses it as it refuses a
+    # NaN, and changes nothing; clipped, the same gradient is fine.
+    p, g = np.ones(4, np.float32), np.array([1e22, 1.0, 0.0, -2.0], np.float32)
+    adam = Adam([p], [g], lr=1e-3)
+    with pytest.raises(NonFiniteError, match=r"gradients\[0\]\[0\] is 1e\+22"):
+        adam.step()
+    assert adam.step_count == 0 and (p == 1).all()
+    assert not adam.exp_avg.any() and not adam.exp_avg_sq.any()
+    g[0] = 1.8e19  # the largest taken: its square, 3.24e38, is finite
+    adam.step()
+    assert np.isfinite(adam.exp_avg_sq).all() and adam.step_count == 1
+    Adam([np.ones(4, np.float32)], [g.copy()]).load_state_dict(adam.state_dict())
+
+    clipped = Adam([p], [g], lr=1e-3, max_grad_norm=1.0)
+    g[0] = 1e22
+    assert clipped.step() == pytest.approx(1e22, rel=1e-6)
+    assert np.isfinite(clipped.exp_avg_sq).all() and np.isfinite(p).all()
 
 
 def test_state_dict_survives_a_json_round_trip():

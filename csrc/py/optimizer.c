@@ -645,8 +645,10 @@ PyDoc_STRVAR(
     "weight_decay in [0, 1]; anything else is a ValueError. An element's step is\n"
     "lr m^ / (sqrt(v^) + eps), at most lr max|g| / eps <= 1e16 max|g|: the\n"
     "hyperparameters cannot make a finite gradient's step overflow (while its square\n"
-    "is finite in float32, |g| < 1.8e19), and AdamW's factor 1 - lr weight_decay stays\n"
-    "in [0, 1]. load_state_dict() takes a step count in [0, 2**53].");
+    "is finite in float32, |g| <= 1.8e19), and AdamW's factor 1 - lr weight_decay stays\n"
+    "in [0, 1]. step() raises NonFiniteError and changes nothing when a gradient is NaN\n"
+    "or Inf, or larger than 1.8e19 once clipped (its square would make exp_avg_sq Inf\n"
+    "for good). load_state_dict() takes a step count in [0, 2**53].");
 
 static PyTypeObject AdamType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.Adam",
