@@ -450,8 +450,7 @@ cv_status cv_augment_apply(float *out, cv_augment_workspace *ws, const cv_image 
     float inv_std[CV_AUGMENT_MAX_CHANNELS] = {1.0f, 1.0f, 1.0f, 1.0f};
     if (mean)
         for (ptrdiff_t c = 0; c < C; c++) {
-            if (!(fabsf(mean[c]) <= (float)CV_AUGMENT_MAX_ABS_MEAN) ||
-                !(std[c] >= (float)CV_AUGMENT_MIN_STD && std[c] <= FLT_MAX))
+            if (!cv_augment_mean_ok(mean[c]) || !cv_augment_std_ok(std[c]))
                 return cv_fail(CV_ERR_VALUE,
                                "normalization needs means in [-%g, %g] and stds in [%g, "
                                "%g], got mean %g, std %g for channel %td",

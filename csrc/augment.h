@@ -41,6 +41,9 @@
 #ifndef CONVIRT_AUGMENT_H
 #define CONVIRT_AUGMENT_H
 
+#include <float.h>
+#include <math.h>
+
 #include "convirt.h"
 
 #define CV_AUGMENT_MIN_INPUT 2    /* images are at least 2 x 2 */
@@ -57,6 +60,19 @@
  * such as 1e-45 made every output Inf). */
 #define CV_AUGMENT_MIN_STD 1e-6
 #define CV_AUGMENT_MAX_ABS_MEAN 1e6
+
+/* Whether a normalisation mean / std is within those bounds (NaN is not), the one
+ * check of them for the core and the bindings: double arguments, so that the bindings
+ * check what they were given before it is rounded to float32, against the bounds in
+ * float32, so that what passes there passes again here once rounded. */
+static inline int cv_augment_mean_ok(double mean)
+{
+    return fabs(mean) <= (float)CV_AUGMENT_MAX_ABS_MEAN;
+}
+static inline int cv_augment_std_ok(double std)
+{
+    return std >= (float)CV_AUGMENT_MIN_STD && std <= FLT_MAX;
+}
 
 /* The parameters of one image's transform. The identity is crop (0, 0, 1, 1), no
  * flip, angle 0, translate (0, 0), scale 1, brightness 1, contrast 1, sigma 0. */

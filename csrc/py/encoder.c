@@ -964,8 +964,7 @@ static int read_channels(PyObject *seq, const char *name, int channels, float *o
             return -1;
         }
         /* ImageAugment's bounds: within them (x - mean) / std stays finite */
-        if (positive ? !(v >= CV_AUGMENT_MIN_STD && v <= FLT_MAX)
-                     : !(fabs(v) <= CV_AUGMENT_MAX_ABS_MEAN)) {
+        if (positive ? !cv_augment_std_ok(v) : !cv_augment_mean_ok(v)) {
             char text[CV_DOUBLE_TEXT];
             PyErr_Format(PyExc_ValueError, "%s values must be in %s, got %s", name,
                          positive ? "[1e-6, 3.4e38]" : "[-1e6, 1e6]",

@@ -161,8 +161,7 @@ static int read_normalization(PyObject *obj, int *count, float mean[3], float st
         return -1;
     }
     for (int c = 0; c < n_mean; c++)
-        if (!(fabs(m[c]) <= CV_AUGMENT_MAX_ABS_MEAN) ||
-            !(s[c] >= CV_AUGMENT_MIN_STD && s[c] <= FLT_MAX)) {
+        if (!cv_augment_mean_ok(m[c]) || !cv_augment_std_ok(s[c])) {
             char mean_text[CV_DOUBLE_TEXT], std_text[CV_DOUBLE_TEXT];
             PyErr_Format(PyExc_ValueError,
                          "normalization needs finite means in [-1e6, 1e6] and positive "
