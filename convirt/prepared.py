@@ -10,6 +10,7 @@ raises :class:`DataFileError` (a ValueError) naming the file and the field or li
 
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -146,8 +147,9 @@ def prepare(
     if workers < 1:
         raise ValueError(f"workers must be at least 1; got {workers}")
     os.makedirs(out_dir, exist_ok=True)
-    with _writing(out_dir):
-        _remove_stale_staging(out_dir)
+    with _writing(out_dir) as locked:
+        if locked:
+            _remove_stale_staging(out_dir)
         return _prepare(
             dataset, out_dir, size, workers, progress, overwrite, checkpoint_seconds
         )
@@ -155,10 +157,12 @@ def prepare(
 
 @contextlib.contextmanager
 def _writing(out_dir):
-    """Hold the exclusive lock on out_dir's lock file, or raise StateError when another
-    prepare() holds it (two would append to the same files). flock locks belong to
-    the open file, so a thread of this process is refused too, and the kernel lets go
-    when the holder dies, however it dies."""
+    """Hold the exclusive lock on out_dir's lock file (yielding True), or raise
+    StateError when another prepare() holds it (two would append to the same files).
+    flock locks belong to the open file, so a thread of this process is refused too,
+    and the kernel lets go when the holder dies, however it dies. On a file system
+    without locks (some network and FUSE mounts) prepare runs unlocked, as it did
+    before there was a lock, and yields False."""
     path = os.path.join(out_dir, _LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_umask())
     try:
@@ -169,7 +173,12 @@ def _writing(out_dir):
                 f"another convirt prepare is writing {out_dir} (it holds {path}); "
                 f"wait for it to finish or use another out_dir"
             ) from None
-        yield
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)  # releases the lock
 

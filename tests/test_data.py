@@ -1023,6 +1023,23 @@ def test_a_second_prepare_on_a_busy_folder_is_refused(tmp_path):
     assert (again.kept, again.new) == (3, 2)  # the lock was let go
 
 
+def test_prepare_runs_unlocked_where_the_file_system_has_no_locks(tmp_path, monkeypatch):
+    # flock fails with ENOLCK on some network mounts: prepare worked there before it
+    # took a lock, and still does (without removing staging files it cannot vouch for).
+    import errno
+
+    import convirt.prepared
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / ".tmp-images.u8-abc").write_bytes(b"x")
+    monkeypatch.setattr(convirt.prepared.fcntl, "flock", no_locks)
+    summary = prepare(array_dataset(3), tmp_path / "c", size=8, progress=False)
+    assert summary.prepared == 3 and (tmp_path / "c" / ".tmp-images.u8-abc").exists()
+
+
 def test_index_is_written_atomically_and_readable(tmp_path):
     prepare(array_dataset(2), tmp_path / "c", size=8, progress=False)
     mode = os.stat(tmp_path / "c" / "index.json").st_mode & 0o777
