@@ -148,27 +148,18 @@ static double global_norm(cv_adam *adam, int threads)
     return sqrt(total);
 }
 
-/* The first non-finite gradient, for the message (only called when there is one). */
-static cv_status nonfinite_gradient(const cv_adam *adam)
-{
-    for (ptrdiff_t k = 0; k < adam->n_segments; k++)
-        for (size_t i = 0; i < adam->segments[k].count; i++)
-            if (!isfinite(adam->segments[k].grad[i]))
-                return cv_fail(
-                    CV_ERR_NONFINITE,
-                    "non-finite gradient: gradients[%td][%zu] is %s; no parameter "
-                    "was updated",
-                    k, i, isnan(adam->segments[k].grad[i]) ? "NaN" : "Inf");
-    return cv_fail(CV_ERR_NONFINITE, "non-finite gradient; no parameter was updated");
-}
-
-/* The first gradient whose clipped value is too large for Adam (only called when the
- * clipped norm is), or CV_OK when none is. */
-static cv_status oversized_gradient(const cv_adam *adam, float clip)
+/* The first gradient that is NaN or Inf or, times clip, larger than CV_ADAM_MAX_GRAD
+ * (clip 0: only the non-finite), for the message; CV_OK when there is none. */
+static cv_status bad_gradient(const cv_adam *adam, float clip)
 {
     for (ptrdiff_t k = 0; k < adam->n_segments; k++)
         for (size_t i = 0; i < adam->segments[k].count; i++) {
             const float g = adam->segments[k].grad[i];
+            if (!isfinite(g))
+                return cv_fail(CV_ERR_NONFINITE,
+                               "non-finite gradient: gradients[%td][%zu] is %s; no "
+                               "parameter was updated",
+                               k, i, isnan(g) ? "NaN" : "Inf");
             if (fabsf(g * clip) > (float)CV_ADAM_MAX_GRAD)
                 return cv_fail(
                     CV_ERR_NONFINITE,
@@ -197,7 +188,10 @@ cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm)
      * (clip_grad_norm_ with error_if_nonfinite, for every step). */
     double norm = global_norm(adam, threads);
     if (!isfinite(norm))
-        return nonfinite_gradient(adam);
+        return (status = bad_gradient(adam, 0.0f))
+                   ? status
+                   : cv_fail(CV_ERR_NONFINITE,
+                             "non-finite gradient; no parameter was updated");
     if (config->max_grad_norm > 0.0) {
         /* as clip_grad_norm_: the factor in float32 from the float32 norm */
         float coef = (float)config->max_grad_norm / ((float)norm + 1e-6f);
@@ -205,7 +199,7 @@ cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm)
     }
     /* No clipped gradient is larger than the clipped norm: the scan for one too large
      * runs only when that norm is. */
-    if (norm * clip > CV_ADAM_MAX_GRAD && (status = oversized_gradient(adam, clip)))
+    if (norm * clip > CV_ADAM_MAX_GRAD && (status = bad_gradient(adam, clip)))
         return status;
     if (!(config->max_grad_norm > 0.0 || want_norm))
         norm = NAN;
