@@ -465,13 +465,23 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
  * the Zen 4 (2026-12-02, alternating in one process, medians) that took the loss at
  * N = 1024 1.06-1.10x faster on AVX2 and 1.01-1.03x on AVX-512, the ResNet-50
  * training step 1.09-1.11x (AVX2) and 1.03x, BERT-base training 1.01-1.07x and
- * 1.06x; nothing was slower over 40 alternating rounds (one GEMM read 0.93x over 20). */
+ * 1.06x; nothing was slower over 40 alternating rounds (one GEMM read 0.93x over 20).
+ * On packed panels (panels_times), the first block of rows also prefetches the next
+ * panel into L2, a row of it per step of k: a panel is used by every block of rows of A,
+ * and the first one otherwise pulls it from L3 (all the panels of a slab of BERT's
+ * 3072-column GEMMs are 4.5 MiB) faster than the hardware prefetchers fetch it. On the
+ * Zen 4 restricted to AVX2 (2026-12-02, alternating in one process, medians) that took
+ * BERT's feed-forward GEMMs from 76-83% to 89-90% of the peak and the BERT-base and
+ * ResNet-50 training steps 1.07-1.09x and 1.07x faster (MiniLM 1.06x, the loss
+ * 1.01x); with AVX-512 (panels of 64 columns, in L2 anyway) it changed nothing
+ * measurable (0.98-1.04x). The sums are the same. */
 #define SMALL_GEMM_KERNEL(NAME, TARGET, W, NV, RB, ROWS_OUTER)                             \
     typedef float NAME##_vec __attribute__((vector_size(4 * W), aligned(4), may_alias));   \
     /* R rows (a constant where it is inlined, at most RB or 8) of NV vectors */           \
     __attribute__((target(TARGET), always_inline)) static inline void NAME##_rows(         \
         const int R, ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa,            \
-        const float *b, ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc)            \
+        const float *b, ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc,            \
+        const float *pf)                                                                   \
     {                                                                                      \
         typedef NAME##_vec vec;                                                            \
         vec acc[RB > 8 ? RB : 8][NV];                                                      \
@@ -486,6 +496,9 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                 acc[r][v] = (vec){0};                                                      \
         for (ptrdiff_t p = 0; p < k; p++, b += ldb) {                                      \
             vec bv[NV];                                                                    \
+            if (pf)                                                                        \
+                for (int v = 0; v < NV * W; v += 16)                                       \
+                    __builtin_prefetch(pf + p * ldb + v, 0, 2);                            \
             for (int v = 0; v < NV; v++)                                                   \
                 bv[v] = *(const vec *)(b + v * W);                                         \
             for (int r = 0; r < R; r++) {                                                  \
@@ -505,7 +518,7 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
     __attribute__((target(TARGET))) static void NAME(                                      \
         ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,              \
         ptrdiff_t csa, const float *B, ptrdiff_t ldb, int accumulate, float *C,            \
-        ptrdiff_t ldc)                                                                     \
+        ptrdiff_t ldc, const float *pf)                                                    \
     {                                                                                      \
         typedef NAME##_vec vec;                                                            \
         const ptrdiff_t full = n / (NV * W) * (NV * W);                                    \
@@ -513,32 +526,32 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
             for (ptrdiff_t i0 = 0; m - i0 >= RB; i0 += RB)                                 \
                 for (ptrdiff_t j0 = 0; j0 < full; j0 += NV * W)                            \
                     NAME##_rows(RB, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,    \
-                                C + i0 * ldc + j0, ldc);                                   \
+                                C + i0 * ldc + j0, ldc, i0 == 0 && j0 == 0 ? pf : NULL);   \
         for (ptrdiff_t j0 = 0; j0 < n; j0 += NV * W) {                                     \
             const int nv = n - j0 >= NV * W ? NV : (int)((n - j0) / W);                    \
             if (nv == NV) {                                                                \
                 ptrdiff_t i0 = ROWS_OUTER ? m / RB * RB : 0;                               \
                 for (; m - i0 >= RB; i0 += RB)                                             \
                     NAME##_rows(RB, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,    \
-                                C + i0 * ldc + j0, ldc);                                   \
+                                C + i0 * ldc + j0, ldc, i0 == 0 && j0 == 0 ? pf : NULL);   \
                 if (RB > 8 && m - i0 >= 8) {                                               \
                     NAME##_rows(8, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,     \
-                                C + i0 * ldc + j0, ldc);                                   \
+                                C + i0 * ldc + j0, ldc, NULL);                             \
                     i0 += 8;                                                               \
                 }                                                                          \
                 if (RB > 4 && m - i0 >= 4) {                                               \
                     NAME##_rows(4, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,     \
-                                C + i0 * ldc + j0, ldc);                                   \
+                                C + i0 * ldc + j0, ldc, NULL);                             \
                     i0 += 4;                                                               \
                 }                                                                          \
                 if (m - i0 >= 2) {                                                         \
                     NAME##_rows(2, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,     \
-                                C + i0 * ldc + j0, ldc);                                   \
+                                C + i0 * ldc + j0, ldc, NULL);                             \
                     i0 += 2;                                                               \
                 }                                                                          \
                 if (m - i0 >= 1)                                                           \
                     NAME##_rows(1, k, A + i0 * rsa, rsa, csa, B + j0, ldb, accumulate,     \
-                                C + i0 * ldc + j0, ldc);                                   \
+                                C + i0 * ldc + j0, ldc, NULL);                             \
                 continue;                                                                  \
             }                                                                              \
             /* the last, partial block of columns */                                       \
@@ -588,7 +601,7 @@ SMALL_GEMM_KERNEL(small_gemm_avx2, "arch=haswell", 8, 2, 6, 1)
 
 typedef void small_gemm_fn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A,
                            ptrdiff_t rsa, ptrdiff_t csa, const float *B, ptrdiff_t ldb,
-                           int accumulate, float *C, ptrdiff_t ldc);
+                           int accumulate, float *C, ptrdiff_t ldc, const float *pf);
 
 /* The kernel for n columns on this CPU, or NULL. */
 static small_gemm_fn *small_gemm_for(ptrdiff_t n)
@@ -611,7 +624,7 @@ int cv_gemm_small(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
     small_gemm_fn *kernel = small_gemm_for(n);
     if (!kernel)
         return -1;
-    kernel(m, n, k, A, rsa, csa, B, ldb, accumulate, C, ldc);
+    kernel(m, n, k, A, rsa, csa, B, ldb, accumulate, C, ldc, NULL);
     return 0;
 }
 
@@ -650,7 +663,8 @@ void cv_gemm_tile(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && m >= 64)
     for (ptrdiff_t i0 = 0; i0 < m; i0 += rows) {
         const ptrdiff_t len = m - i0 < rows ? m - i0 : rows;
-        kernel(len, n, k, A + i0 * rsa, rsa, csa, B, ldb, accumulate, C + i0 * ldc, ldc);
+        kernel(len, n, k, A + i0 * rsa, rsa, csa, B, ldb, accumulate, C + i0 * ldc, ldc,
+               NULL);
     }
 }
 
@@ -826,7 +840,9 @@ CV_VECTORIZE static void pack_panel(float *panel, ptrdiff_t pw, const float *B,
 }
 
 /* C's rows [r0, r1), columns [c0, c1) (c0 on a panel boundary) for B's rows
- * [p0, p0 + kc), from the packed panels of those columns (panel q at q kc pw); A points
+ * [p0, p0 + kc), from the packed panels of those columns (panel q at q kc pw; each call
+ * of the kernel prefetches the one after it, or the first for the next block of rows,
+ * into L2); A points
  * at A's column p0 (rows i at A + i rsa). Each PACK_MC x kc block of A is copied
  * row-major (rows kc apart) first when A is column-major: read in place, every step of
  * k would be a new cache line and page. */
@@ -846,9 +862,13 @@ static void panels_times(small_gemm_fn *kernel, ptrdiff_t pw, const float *panel
             ra = kc;
             ca = 1;
         }
-        for (ptrdiff_t j0 = c0, q = 0; j0 < c1; j0 += pw, q++)
+        for (ptrdiff_t j0 = c0, q = 0; j0 < c1; j0 += pw, q++) {
+            const float *next = j0 + pw < c1        ? panels + (q + 1) * kc * pw
+                                : i0 + PACK_MC < r1 ? panels
+                                                    : NULL;
             kernel(mc, c1 - j0 < pw ? c1 - j0 : pw, kc, a, ra, ca, panels + q * kc * pw, pw,
-                   accumulate || p0 > 0, C + i0 * ldc + j0, ldc);
+                   accumulate || p0 > 0, C + i0 * ldc + j0, ldc, next);
+        }
     }
 }
 
