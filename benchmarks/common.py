@@ -131,7 +131,8 @@ def header(title, threads=None):
     print(f"# {title}")
     print(
         f"CPU: {cpu_model()}; BLIS kernel set {info['blis_arch']}; convirt's own GEMM "
-        f"kernel {info['gemm_kernel']} (CONVIRT_SMALL_GEMM=0: none, every GEMM in BLIS)"
+        f"kernel {info['gemm_kernel']} (CONVIRT_SMALL_GEMM=0: none, every GEMM in BLIS); "
+        f"element-wise loops {info['vector_loops']}"
     )
     print(
         f"convirt {info['convirt_version']}, BLIS {info['blis_version']}, "

@@ -98,7 +98,8 @@ typedef struct {
     int openmp_version;   /* _OPENMP of the compiler */
     const char *compiler; /* the compiler that built the core, and its flags */
     const char *cflags;
-    const char *gemm_kernel; /* convirt's own GEMM kernel: "avx512", "avx2" or "none" */
+    const char *gemm_kernel;  /* convirt's own GEMM kernel: "avx512", "avx2" or "none" */
+    const char *vector_loops; /* the build of the element-wise loops that runs */
 } cv_config;
 
 void cv_get_config(cv_config *config);

@@ -12,12 +12,21 @@
 #include "convirt.h"
 
 /* Element-wise loops are compiled for AVX-512, AVX2+FMA and the baseline; the loader
- * picks the widest this CPU runs (GCC function multiversioning). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+ * picks the widest this CPU runs (GCC function multiversioning). A build with
+ * CV_VECTOR_LEVEL=3 or 1 (CONVIRT_CFLAGS=-DCV_VECTOR_LEVEL=3) compiles them for that
+ * x86-64 level alone (3: AVX2 + FMA, 1: the baseline), so that a CPU with AVX-512 runs
+ * and tests the loops an older CPU runs (tests/test_kernel_sets.py). */
+#if !defined(__x86_64__) || !defined(__GNUC__) || defined(__clang__)
+#define CV_VECTORIZE
+#elif !defined(CV_VECTOR_LEVEL)
 #define CV_VECTORIZE                                                                       \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
+#elif CV_VECTOR_LEVEL == 3
+#define CV_VECTORIZE __attribute__((target("arch=x86-64-v3")))
+#elif CV_VECTOR_LEVEL == 1
 #define CV_VECTORIZE
+#else
+#error "CV_VECTOR_LEVEL: 3 (AVX2 + FMA) or 1 (the x86-64 baseline)"
 #endif
 
 #define CV_ALIGN 64

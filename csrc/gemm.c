@@ -223,11 +223,34 @@ static int own_kernel_width(void)
     }
 }
 
+/* Which build of the element-wise loops runs (core.h's CV_VECTORIZE): the clone the
+ * loader picks, or the one level a CV_VECTOR_LEVEL build has. */
+static const char *vector_loops(void)
+{
+#if !defined(__x86_64__) || !defined(__GNUC__) || defined(__clang__)
+    return "the compiler's default";
+#elif !defined(CV_VECTOR_LEVEL)
+    return __builtin_cpu_supports("x86-64-v4")   ? "x86-64-v4 (AVX-512)"
+           : __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3 (AVX2 + FMA)"
+                                                 : "x86-64 (baseline)";
+#elif CV_VECTOR_LEVEL == 3
+    return "x86-64-v3 (AVX2 + FMA), the only level this build has (CV_VECTOR_LEVEL=3)";
+#else
+    return "x86-64 (baseline), the only level this build has (CV_VECTOR_LEVEL=1)";
+#endif
+}
+
 cv_status cv_init(void)
 {
     if (state.initialised)
         return CV_OK;
     __builtin_cpu_init();
+#if defined(CV_VECTOR_LEVEL) && CV_VECTOR_LEVEL == 3
+    if (!__builtin_cpu_supports("x86-64-v3"))
+        return cv_fail(CV_ERR_STATE, "this build of convirt's core was compiled for "
+                                     "x86-64-v3 (AVX2 + FMA) alone (CV_VECTOR_LEVEL=3), "
+                                     "which this CPU does not run: rebuild without it");
+#endif
     describe_cpu();
 
     const char *env = getenv("BLIS_ARCH_TYPE");
@@ -376,6 +399,7 @@ void cv_get_config(cv_config *config)
     config->compiler = "unknown";
 #endif
     config->cflags = CV_BUILD_CFLAGS;
+    config->vector_loops = vector_loops();
     config->gemm_kernel = state.kernel_width == 16  ? "avx512"
                           : state.kernel_width == 8 ? "avx2"
                                                     : "none";

@@ -50,7 +50,8 @@ def pytest_report_header(config):
     info = convirt.config()
     return (
         f"convirt: BLIS kernel set {info['blis_arch']} ({info['blis_arch_reason']}); "
-        f"own GEMM kernel {info['gemm_kernel']}; {info['num_threads']} threads; "
+        f"own GEMM kernel {info['gemm_kernel']}; element-wise loops "
+        f"{info['vector_loops']}; {info['num_threads']} threads; "
         f"CPU {info['cpu_features']}"
     )
 

@@ -61,6 +61,7 @@ def test_config_has_what_a_bug_report_needs():
         "openmp_library",
         "convirt_version",
         "gemm_kernel",
+        "vector_loops",
     ):
         assert key in info, key
     assert info["blis_openmp"] is True

@@ -11,6 +11,7 @@ cannot run is skipped with the reason convirt gives."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -39,6 +40,7 @@ NUMERICAL = [
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
 
 def kernel_set_in_subprocess(name):
@@ -87,3 +89,97 @@ def test_numerical_tests_pass_on_kernel_set(name):
     tail = "\n".join(out.stdout.splitlines()[-40:])
     assert out.returncode == 0, f"on kernel set {name}:\n{tail}\n{out.stderr[-2000:]}"
     print(f"kernel set {name}: {out.stdout.splitlines()[-1]}")
+
+
+# The element-wise loops (csrc/core.h's CV_VECTORIZE) are compiled for AVX-512, for
+# AVX2 + FMA and for the x86-64 baseline, and the loader picks the widest the CPU runs:
+# on an AVX-512 CPU the other two never run, whatever the kernel set. A build with
+# CV_VECTOR_LEVEL=3 (or 1) has that level alone; the layers' numerical tests run on it,
+# with the kernel set an older CPU gets, so that an AVX-512 machine tests what an AVX2
+# machine runs. The build goes to build/vector-level-N (the in-place one is untouched).
+VECTOR_LEVELS = {3: ("x86-64-v3", "zen3"), 1: ("x86-64 (baseline)", "generic")}
+VECTOR_TESTS = [
+    "test_core.py",
+    "test_image_layers.py",
+    "test_text_layers.py",
+    "test_loss.py",
+    "test_resnet.py",
+    "test_bert.py",
+    "test_optim.py",
+    "test_augment.py",
+    "test_classify.py",
+]
+
+
+def build_with_vector_level(level):
+    """Build the core and extensions with CV_VECTOR_LEVEL=level into build/; return
+    the directory to put on PYTHONPATH (it holds a copy of the package)."""
+    where = os.path.join(ROOT, "build", f"vector-level-{level}")
+    lib = os.path.join(where, "lib")
+    env = dict(os.environ, CONVIRT_CFLAGS=f"-DCV_VECTOR_LEVEL={level}")
+    out = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", lib]
+        + ["--build-temp", os.path.join(where, "temp")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    assert out.returncode == 0, f"build with CV_VECTOR_LEVEL={level}:\n{out.stderr[-3000:]}"
+    shutil.copytree(
+        os.path.join(ROOT, "convirt"),
+        os.path.join(lib, "convirt"),
+        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
+        dirs_exist_ok=True,
+    )
+    return lib
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", sorted(VECTOR_LEVELS, reverse=True))
+def test_numerical_tests_pass_with_the_element_wise_loops_of_an_older_cpu(level):
+    name, kernel_set = VECTOR_LEVELS[level]
+    running = convirt.config()["vector_loops"]
+    levels = {"x86-64-v4": 4, "x86-64-v3": 3, "x86-64 (baseline)": 1}
+    runs = max((n for prefix, n in levels.items() if running.startswith(prefix)), default=0)
+    if runs == level:
+        pytest.skip(f"the {name} loops are the ones this run uses: every test ran on them")
+    if runs < level:
+        pytest.skip(f"this CPU (or compiler) cannot run the {name} loops: {running}")
+    if not os.path.exists(os.path.join(ROOT, "setup.py")):
+        pytest.skip("needs the source tree (setup.py) to build")
+    lib = build_with_vector_level(level)
+    # from the build directory, so that the source tree's convirt/ is not on the path
+    env = {k: v for k, v in os.environ.items() if k != "BLIS_ARCH_TYPE"}
+    env["PYTHONPATH"] = lib
+    check = subprocess.run(
+        [sys.executable, "-c", "import convirt, json; print(json.dumps(convirt.config()))"],
+        cwd=lib,
+        env=dict(env, BLIS_ARCH_TYPE=kernel_set),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stderr
+    info = json.loads(check.stdout)
+    assert info["vector_loops"].startswith(name), info["vector_loops"]
+    assert info["blis_arch"] == kernel_set, info["blis_arch_reason"]
+    out = subprocess.run(
+        # not -q: the report header names the element-wise loops the tests ran on
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+        + ["--kernel-set", kernel_set]
+        + [os.path.join(HERE, test) for test in VECTOR_TESTS],
+        cwd=lib,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=3600,
+    )
+    tail = "\n".join(out.stdout.splitlines()[-40:])
+    assert out.returncode == 0, f"{name} loops, kernel set {kernel_set}:\n{tail}"
+    assert f"element-wise loops {name}" in out.stdout, out.stdout[:2000]
+    print(f"{name} loops, kernel set {kernel_set}: {out.stdout.splitlines()[-1]}")

@@ -18,19 +18,20 @@ static PyObject *py_config(PyObject *self, PyObject *unused)
     cv_config c;
     cv_get_config(&c);
     return Py_BuildValue(
-        "{s:s,s:s,s:i,s:s,s:s,s:s,s:s,s:s,s:O,s:i,s:i,s:s,s:i,s:s,s:s,s:s}", "blis_version",
-        c.blis_version, "blis_arch", c.blis_arch, "blis_arch_id", c.blis_arch_id,
-        "blis_arch_reason", c.blis_arch_reason, "blis_configs", c.blis_configs,
-        "cpu_features", c.cpu_features, "blis_library", c.blis_library, "openmp_library",
-        c.openmp_library, "blis_openmp", c.blis_openmp ? Py_True : Py_False, "num_threads",
-        c.num_threads, "num_cores", c.num_cores, "openmp_runtime",
+        "{s:s,s:s,s:i,s:s,s:s,s:s,s:s,s:s,s:O,s:i,s:i,s:s,s:i,s:s,s:s,s:s,s:s}",
+        "blis_version", c.blis_version, "blis_arch", c.blis_arch, "blis_arch_id",
+        c.blis_arch_id, "blis_arch_reason", c.blis_arch_reason, "blis_configs",
+        c.blis_configs, "cpu_features", c.cpu_features, "blis_library", c.blis_library,
+        "openmp_library", c.openmp_library, "blis_openmp",
+        c.blis_openmp ? Py_True : Py_False, "num_threads", c.num_threads, "num_cores",
+        c.num_cores, "openmp_runtime",
 #if defined(__GNUC__) && !defined(__clang__)
         "libgomp (GCC)",
 #else
         "unknown",
 #endif
         "openmp_version", c.openmp_version, "compiler", c.compiler, "cflags", c.cflags,
-        "gemm_kernel", c.gemm_kernel);
+        "gemm_kernel", c.gemm_kernel, "vector_loops", c.vector_loops);
 }
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
