@@ -34,3 +34,28 @@ def test_fraction_of_peak_is_the_median_of_the_bursts():
     # 10 GFLOP in 0.1 s is 100 GFLOP/s: against peaks of 200, 100 and 400
     pairs = [(0.1, 200.0), (0.1, 100.0), (0.1, 400.0)]
     assert fraction_of_peak(10.0, pairs) == pytest.approx(0.5)
+
+
+def test_bench_loss_prints_the_same_process_table_beside_the_separate_one():
+    pytest.importorskip("torch")
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "bench_loss.py")]
+        + ["--sizes", "32", "64", "--same-process"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    separate, _, same = out.stdout.partition("both in one process")
+    assert same, out.stdout
+    for table in (separate, same):
+        rows = [
+            line.split("|") for line in table.splitlines() if line[:4].strip("| ").isdigit()
+        ]
+        assert [int(row[1]) for row in rows] == [32, 64], table
+        for row in rows:  # convirt ms, PyTorch ms, speed-up
+            assert float(row[3]) > 0 and float(row[4]) > 0 and row[5].strip().endswith("x")
