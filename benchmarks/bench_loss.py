@@ -104,6 +104,25 @@ def run_same(sizes, dim, threads, rounds=5, burst_seconds=0.2):
     return results
 
 
+COLUMNS = ["N", "d", "convirt ms", "PyTorch ms", "speed-up", "convirt GFLOP/s (GEMMs)"]
+COLUMNS += ["of peak"]
+
+
+def table_row(n, dim, ours, theirs, peak):
+    """N, d, both sides' ms, the speed-up, convirt's GEMM rate and its share of peak."""
+    flops = 3 * 2.0 * n * n * dim  # the three GEMMs
+    rate = flops / ours / 1e9
+    return [
+        n,
+        dim,
+        f"{ours * 1e3:.3f}",
+        f"{theirs * 1e3:.3f}",
+        f"{theirs / ours:.2f}x",
+        f"{rate:.1f}",
+        f"{100 * rate / peak:.0f}%",
+    ]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 256, 1024, 4096])
@@ -133,31 +152,14 @@ def main():
     theirs = run_isolated("bench_loss", "run", dict(kwargs, framework="torch"))
     rows = []
     for n in args.sizes:
-        a, b = ours["seconds"][str(n)], theirs["seconds"][str(n)]
-        flops = 3 * 2.0 * n * n * args.dim  # the three GEMMs
+        gflop = 3 * 2.0 * n * n * args.dim / 1e9
+        same_moment = fraction_of_peak(gflop, ours["pairs"][str(n)])
         rows.append(
-            [
-                n,
-                args.dim,
-                f"{a * 1e3:.3f}",
-                f"{b * 1e3:.3f}",
-                f"{b / a:.2f}x",
-                f"{flops / a / 1e9:.1f}",
-                f"{100 * flops / a / 1e9 / peak:.0f}%",
-                f"{100 * fraction_of_peak(flops / 1e9, ours['pairs'][str(n)]):.0f}%",
-            ]
+            table_row(n, args.dim, ours["seconds"][str(n)], theirs["seconds"][str(n)], peak)
+            + [f"{100 * same_moment:.0f}%"]
         )
     print_table(
-        [
-            "N",
-            "d",
-            "convirt ms",
-            "PyTorch ms",
-            "speed-up",
-            "convirt GFLOP/s (GEMMs)",
-            "of peak",
-            "of peak, same moment",
-        ],
+        COLUMNS + ["of peak, same moment"],
         rows,
         title=f"forward + backward, {threads} threads, peak {peak:.0f} GFLOP/s",
     )
@@ -170,31 +172,12 @@ def main():
     same = run_isolated(
         "bench_loss", "run_same", {"sizes": args.sizes, "dim": args.dim, "threads": threads}
     )
-    rows = []
-    for n in args.sizes:
-        a, b = same["convirt"][str(n)], same["torch"][str(n)]
-        flops = 3 * 2.0 * n * n * args.dim
-        rows.append(
-            [
-                n,
-                args.dim,
-                f"{a * 1e3:.3f}",
-                f"{b * 1e3:.3f}",
-                f"{b / a:.2f}x",
-                f"{flops / a / 1e9:.1f}",
-                f"{100 * flops / a / 1e9 / peak:.0f}%",
-            ]
-        )
+    rows = [
+        table_row(n, args.dim, same["convirt"][str(n)], same["torch"][str(n)], peak)
+        for n in args.sizes
+    ]
     print_table(
-        [
-            "N",
-            "d",
-            "convirt ms",
-            "PyTorch ms",
-            "speed-up",
-            "convirt GFLOP/s (GEMMs)",
-            "of peak",
-        ],
+        COLUMNS,
         rows,
         title=f"the same, both in one process, bursts alternating, {threads} threads",
     )
