@@ -43,19 +43,34 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def kernel_set_in_subprocess(name):
-    env = dict(os.environ, BLIS_ARCH_TYPE=name)
-    code = "import convirt, json; print(json.dumps(convirt.config()))"
-    out = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code],
+def run(command, env, cwd=None, timeout=3600):
+    return subprocess.run(
+        command,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         check=False,
-        timeout=120,
+        timeout=timeout,
     )
+
+
+def config_in_subprocess(env, cwd=None):
+    """convirt.config() as a fresh interpreter with env sees it."""
+    code = "import convirt, json; print(json.dumps(convirt.config()))"
+    out = run([sys.executable, "-W", "ignore", "-c", code], env, cwd, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def kernel_set_in_subprocess(name):
+    return config_in_subprocess(dict(os.environ, BLIS_ARCH_TYPE=name))
+
+
+def run_pytest(args, cwd, env):
+    """pytest with args in a subprocess, BLIS_ARCH_TYPE left to --kernel-set."""
+    env = {k: v for k, v in env.items() if k != "BLIS_ARCH_TYPE"}
+    return run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], env, cwd)
 
 
 @pytest.mark.slow
@@ -66,26 +81,7 @@ def test_numerical_tests_pass_on_kernel_set(name):
     info = kernel_set_in_subprocess(name)
     if info["blis_arch"] != name:
         pytest.skip(f"cannot run {name} here: {info['blis_arch_reason']}")
-    env = {k: v for k, v in os.environ.items() if k != "BLIS_ARCH_TYPE"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--kernel-set",
-            name,
-            *NUMERICAL,
-        ],
-        cwd=HERE,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=3600,
-    )
+    out = run_pytest(["-q", "--kernel-set", name, *NUMERICAL], cwd=HERE, env=os.environ)
     tail = "\n".join(out.stdout.splitlines()[-40:])
     assert out.returncode == 0, f"on kernel set {name}:\n{tail}\n{out.stderr[-2000:]}"
     print(f"kernel set {name}: {out.stdout.splitlines()[-1]}")
@@ -98,17 +94,8 @@ def test_numerical_tests_pass_on_kernel_set(name):
 # with the kernel set an older CPU gets, so that an AVX-512 machine tests what an AVX2
 # machine runs. The build goes to build/vector-level-N (the in-place one is untouched).
 VECTOR_LEVELS = {3: ("x86-64-v3", "zen3"), 1: ("x86-64 (baseline)", "generic")}
-VECTOR_TESTS = [
-    "test_core.py",
-    "test_image_layers.py",
-    "test_text_layers.py",
-    "test_loss.py",
-    "test_resnet.py",
-    "test_bert.py",
-    "test_optim.py",
-    "test_augment.py",
-    "test_classify.py",
-]
+# NUMERICAL's layer files (not its training runs), and the transforms
+VECTOR_TESTS = NUMERICAL[: NUMERICAL.index("test_finetune.py")] + ["test_augment.py"]
 
 
 def build_with_vector_level(level):
@@ -117,15 +104,9 @@ def build_with_vector_level(level):
     where = os.path.join(ROOT, "build", f"vector-level-{level}")
     lib = os.path.join(where, "lib")
     env = dict(os.environ, CONVIRT_CFLAGS=f"-DCV_VECTOR_LEVEL={level}")
-    out = subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", lib]
-        + ["--build-temp", os.path.join(where, "temp")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
+    build = ["setup.py", "-q", "build_ext", "--build-lib", lib]
+    out = run(
+        [sys.executable, *build, "--build-temp", os.path.join(where, "temp")], env, ROOT
     )
     assert out.returncode == 0, f"build with CV_VECTOR_LEVEL={level}:\n{out.stderr[-3000:]}"
     shutil.copytree(
@@ -154,31 +135,12 @@ def test_numerical_tests_pass_with_the_element_wise_loops_of_an_older_cpu(level)
     # from the build directory, so that the source tree's convirt/ is not on the path
     env = {k: v for k, v in os.environ.items() if k != "BLIS_ARCH_TYPE"}
     env["PYTHONPATH"] = lib
-    check = subprocess.run(
-        [sys.executable, "-c", "import convirt, json; print(json.dumps(convirt.config()))"],
-        cwd=lib,
-        env=dict(env, BLIS_ARCH_TYPE=kernel_set),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert check.returncode == 0, check.stderr
-    info = json.loads(check.stdout)
+    info = config_in_subprocess(dict(env, BLIS_ARCH_TYPE=kernel_set), cwd=lib)
     assert info["vector_loops"].startswith(name), info["vector_loops"]
     assert info["blis_arch"] == kernel_set, info["blis_arch_reason"]
-    out = subprocess.run(
-        # not -q: the report header names the element-wise loops the tests ran on
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
-        + ["--kernel-set", kernel_set]
-        + [os.path.join(HERE, test) for test in VECTOR_TESTS],
-        cwd=lib,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=3600,
-    )
+    # not -q: the report header names the element-wise loops the tests ran on
+    tests = [os.path.join(HERE, test) for test in VECTOR_TESTS]
+    out = run_pytest(["--kernel-set", kernel_set, *tests], cwd=lib, env=env)
     tail = "\n".join(out.stdout.splitlines()[-40:])
     assert out.returncode == 0, f"{name} loops, kernel set {kernel_set}:\n{tail}"
     assert f"element-wise loops {name}" in out.stdout, out.stdout[:2000]
