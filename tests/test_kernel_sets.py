@@ -63,8 +63,16 @@ def config_in_subprocess(env, cwd=None):
     return json.loads(out.stdout)
 
 
+# the subprocesses import the convirt this run imported, installed or not
+IMPORTED_FROM = os.path.dirname(os.path.dirname(os.path.abspath(convirt.__file__)))
+SAME_CONVIRT = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join(filter(None, [IMPORTED_FROM, os.environ.get("PYTHONPATH")])),
+)
+
+
 def kernel_set_in_subprocess(name):
-    return config_in_subprocess(dict(os.environ, BLIS_ARCH_TYPE=name))
+    return config_in_subprocess(dict(SAME_CONVIRT, BLIS_ARCH_TYPE=name))
 
 
 def run_pytest(args, cwd, env):
@@ -81,7 +89,7 @@ def test_numerical_tests_pass_on_kernel_set(name):
     info = kernel_set_in_subprocess(name)
     if info["blis_arch"] != name:
         pytest.skip(f"cannot run {name} here: {info['blis_arch_reason']}")
-    out = run_pytest(["-q", "--kernel-set", name, *NUMERICAL], cwd=HERE, env=os.environ)
+    out = run_pytest(["-q", "--kernel-set", name, *NUMERICAL], cwd=HERE, env=SAME_CONVIRT)
     tail = "\n".join(out.stdout.splitlines()[-40:])
     assert out.returncode == 0, f"on kernel set {name}:\n{tail}\n{out.stderr[-2000:]}"
     print(f"kernel set {name}: {out.stdout.splitlines()[-1]}")
