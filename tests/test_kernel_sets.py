@@ -21,7 +21,8 @@ import convirt
 
 KERNEL_SETS = ["generic", "haswell", "zen3", "skx"]
 
-NUMERICAL = [
+# the layers, towers, loss and optimiser, each checked against a reference
+LAYERS = [
     "test_core.py",
     "test_image_layers.py",
     "test_text_layers.py",
@@ -30,6 +31,8 @@ NUMERICAL = [
     "test_bert.py",
     "test_classify.py",
     "test_optim.py",
+]
+NUMERICAL = LAYERS + [
     "test_finetune.py",
     "test_trainer.py::test_ten_steps_match_a_pytorch_training_loop",
     # the quick demo's learning (one run of the preset, about 2 minutes): its bounds
@@ -102,8 +105,7 @@ def test_numerical_tests_pass_on_kernel_set(name):
 # with the kernel set an older CPU gets, so that an AVX-512 machine tests what an AVX2
 # machine runs. The build goes to build/vector-level-N (the in-place one is untouched).
 VECTOR_LEVELS = {3: ("x86-64-v3", "zen3"), 1: ("x86-64 (baseline)", "generic")}
-# NUMERICAL's layer files (not its training runs), and the transforms
-VECTOR_TESTS = NUMERICAL[: NUMERICAL.index("test_finetune.py")] + ["test_augment.py"]
+VECTOR_TESTS = LAYERS + ["test_augment.py"]
 
 
 def build_with_vector_level(level):
@@ -112,10 +114,9 @@ def build_with_vector_level(level):
     where = os.path.join(ROOT, "build", f"vector-level-{level}")
     lib = os.path.join(where, "lib")
     env = dict(os.environ, CONVIRT_CFLAGS=f"-DCV_VECTOR_LEVEL={level}")
-    build = ["setup.py", "-q", "build_ext", "--build-lib", lib]
-    out = run(
-        [sys.executable, *build, "--build-temp", os.path.join(where, "temp")], env, ROOT
-    )
+    temp = os.path.join(where, "temp")
+    build = ["setup.py", "-q", "build_ext", "--build-lib", lib, "--build-temp", temp]
+    out = run([sys.executable, *build], env, ROOT)
     assert out.returncode == 0, f"build with CV_VECTOR_LEVEL={level}:\n{out.stderr[-3000:]}"
     shutil.copytree(
         os.path.join(ROOT, "convirt"),
@@ -141,8 +142,7 @@ def test_numerical_tests_pass_with_the_element_wise_loops_of_an_older_cpu(level)
         pytest.skip("needs the source tree (setup.py) to build")
     lib = build_with_vector_level(level)
     # from the build directory, so that the source tree's convirt/ is not on the path
-    env = {k: v for k, v in os.environ.items() if k != "BLIS_ARCH_TYPE"}
-    env["PYTHONPATH"] = lib
+    env = dict(os.environ, PYTHONPATH=lib)
     info = config_in_subprocess(dict(env, BLIS_ARCH_TYPE=kernel_set), cwd=lib)
     assert info["vector_loops"].startswith(name), info["vector_loops"]
     assert info["blis_arch"] == kernel_set, info["blis_arch_reason"]
