@@ -131,16 +131,17 @@ CV_VECTORIZE static double sum_squares(const float *x, size_t count)
     return low + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-/* The global L2 norm of the gradients. The sum of squares is in double, where even
- * float32's largest values squared and summed cannot overflow: the norm is finite
- * exactly when every gradient is. */
-static double global_norm(cv_adam *adam, int threads)
+/* The global L2 norm of the gradients (params 0) or of the parameters (params 1). The
+ * sum of squares is in double, where even float32's largest values squared and summed
+ * cannot overflow: the norm is finite exactly when every value is. */
+static double global_norm(cv_adam *adam, int threads, int params)
 {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (ptrdiff_t c = 0; c < adam->n_chunks; c++) {
         const cv_adam_chunk *ch = &adam->chunks[c];
-        const float *grad = adam->segments[ch->segment].grad + ch->begin;
-        adam->partial[c] = sum_squares(grad, ch->count);
+        const cv_adam_segment *seg = &adam->segments[ch->segment];
+        adam->partial[c] =
+            sum_squares((params ? seg->param : seg->grad) + ch->begin, ch->count);
     }
     double total = 0.0;
     for (ptrdiff_t c = 0; c < adam->n_chunks; c++)
@@ -148,26 +149,37 @@ static double global_norm(cv_adam *adam, int threads)
     return sqrt(total);
 }
 
-/* The first gradient that is NaN or Inf or, times clip, larger than CV_ADAM_MAX_GRAD
- * (clip 0: only the non-finite), for the message; CV_OK when there is none. */
-static cv_status bad_gradient(const cv_adam *adam, float clip)
+/* The first gradient that is NaN or Inf or whose moment term, clip times it plus l2
+ * (coupled weight decay) times its parameter, is NaN, Inf or larger than
+ * CV_ADAM_MAX_GRAD (clip and l2 0: only the non-finite gradients), for the message;
+ * CV_OK when there is none. The term is computed as adam_update computes it. */
+static cv_status bad_gradient(const cv_adam *adam, float clip, float l2)
 {
     for (ptrdiff_t k = 0; k < adam->n_segments; k++)
         for (size_t i = 0; i < adam->segments[k].count; i++) {
-            const float g = adam->segments[k].grad[i];
+            const float g = adam->segments[k].grad[i], p = adam->segments[k].param[i];
             if (!isfinite(g))
                 return cv_fail(CV_ERR_NONFINITE,
                                "non-finite gradient: gradients[%td][%zu] is %s; no "
                                "parameter was updated",
                                k, i, isnan(g) ? "NaN" : "Inf");
-            if (fabsf(g * clip) > (float)CV_ADAM_MAX_GRAD)
+            const float term = l2 != 0.0f ? fmaf(l2, p, g * clip) : g * clip;
+            if (fabsf(term) <= (float)CV_ADAM_MAX_GRAD)
+                continue;
+            if (l2 != 0.0f && !(fabsf(g * clip) > (float)CV_ADAM_MAX_GRAD))
                 return cv_fail(
                     CV_ERR_NONFINITE,
-                    "gradient too large: gradients[%td][%zu] is %g, whose square "
-                    "overflows float32 (Adam's second moment would become Inf "
-                    "and stop the parameter for good); no parameter was "
-                    "updated. Set max_grad_norm to clip the gradients",
-                    k, i, (double)g);
+                    "gradient too large: gradients[%td][%zu] is %g and weight_decay "
+                    "(%g, coupled) times its parameter %g adds to it; the sum's square "
+                    "overflows float32 (Adam's second moment would become Inf or NaN "
+                    "and stop the parameter for good); no parameter was updated",
+                    k, i, (double)g, (double)l2, (double)p);
+            return cv_fail(CV_ERR_NONFINITE,
+                           "gradient too large: gradients[%td][%zu] is %g, whose square "
+                           "overflows float32 (Adam's second moment would become Inf "
+                           "and stop the parameter for good); no parameter was "
+                           "updated. Set max_grad_norm to clip the gradients",
+                           k, i, (double)g);
         }
     return CV_OK;
 }
@@ -186,9 +198,9 @@ cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm)
     /* Every step reads the gradients once first: a NaN or Inf would spread into the
      * moments and parameters for good, so the step is refused before anything moves
      * (clip_grad_norm_ with error_if_nonfinite, for every step). */
-    double norm = global_norm(adam, threads);
+    double norm = global_norm(adam, threads, 0);
     if (!isfinite(norm))
-        return (status = bad_gradient(adam, 0.0f))
+        return (status = bad_gradient(adam, 0.0f, 0.0f))
                    ? status
                    : cv_fail(CV_ERR_NONFINITE,
                              "non-finite gradient; no parameter was updated");
@@ -197,9 +209,13 @@ cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm)
         float coef = (float)config->max_grad_norm / ((float)norm + 1e-6f);
         clip = coef < 1.0f ? coef : 1.0f;
     }
-    /* No clipped gradient is larger than the clipped norm: the scan for one too large
-     * runs only when that norm is. */
-    if (norm * clip > CV_ADAM_MAX_GRAD && (status = bad_gradient(adam, clip)))
+    /* No moment term |clip g + l2 p| is larger than clip |g|_2 + l2 |p|_2: the scan
+     * for one too large runs only when that bound is (with coupled weight decay, the
+     * parameters' norm costs one more read of them). */
+    const float l2 = config->decoupled ? 0.0f : (float)config->weight_decay;
+    const double bound =
+        norm * clip + (l2 != 0.0f ? l2 * global_norm(adam, threads, 1) : 0.0);
+    if (!(bound <= CV_ADAM_MAX_GRAD) && (status = bad_gradient(adam, clip, l2)))
         return status;
     if (!(config->max_grad_norm > 0.0 || want_norm))
         norm = NAN;

@@ -60,8 +60,8 @@ typedef struct {
 #define CV_ADAM_MIN_EPS 1e-16
 #define CV_ADAM_MAX_WEIGHT_DECAY 1.0
 /* The largest gradient Adam takes: its square, 3.24e38, is below FLT_MAX (3.40e38), so
- * v, an average of such squares, stays finite. (The L2 weight-decay term is not
- * counted: it adds at most |p|.) */
+ * v, an average of such squares, stays finite. With coupled (L2) weight decay the bound
+ * holds for the gradient plus weight_decay times the parameter, what v averages. */
 #define CV_ADAM_MAX_GRAD 1.8e19
 /* The most steps: the bias corrections use (double)step, exact up to 2**53. */
 #define CV_ADAM_MAX_STEP ((int64_t)1 << 53)
@@ -79,7 +79,8 @@ void cv_adam_free(cv_adam *adam);
  * of the gradients when clipping is on or want_norm is set, else NaN. OpenMP over
  * fixed chunks of the buffers. CV_ERR_NONFINITE, with nothing updated (not the step
  * count either), when any gradient is NaN or Inf or, once clipped, larger than
- * CV_ADAM_MAX_GRAD; CV_ERR_STATE after CV_ADAM_MAX_STEP
+ * CV_ADAM_MAX_GRAD (with coupled weight decay: clipped gradient plus weight_decay times
+ * the parameter); CV_ERR_STATE after CV_ADAM_MAX_STEP
  * steps. */
 cv_status cv_adam_step(cv_adam *adam, double *grad_norm, int want_norm);
 

@@ -399,6 +399,36 @@ def test_a_gradient_whose_square_overflows_is_refused():
     assert np.isfinite(clipped.exp_avg_sq).all() and np.isfinite(p).all()
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_coupled_weight_decay_counts_in_the_refusal_of_a_too_large_gradient(decoupled):
+    # With coupled (L2) decay exp_avg_sq averages (g + wd p)^2, not g^2: a gradient of
+    # 1e19 on a parameter of 1e19 with wd 1 made it Inf while g alone passed the check.
+    # Now the sum is checked, as the update computes it; AdamW (decoupled) never adds
+    # p to the moment, so the same step is fine there.
+    p = np.array([1e19, 1.0, 0.0, 5e18], np.float32)
+    g = np.array([1e19, 1.0, 0.0, 1e19], np.float32)
+    adam = Adam([p], [g], lr=1e-3, weight_decay=1.0, decoupled_weight_decay=decoupled)
+    before = p.copy()
+    if decoupled:
+        adam.step()
+        assert np.isfinite(adam.exp_avg_sq).all() and adam.step_count == 1
+        return
+    with pytest.raises(
+        NonFiniteError, match=r"gradients\[0\]\[0\] is 1e\+19 and weight_decay \(1"
+    ):
+        adam.step()
+    assert adam.step_count == 0 and (p == before).all()
+    assert not adam.exp_avg.any() and not adam.exp_avg_sq.any()
+    p[0] = 0.0  # 1e19 + 5e18 = 1.5e19: its square is finite, the step is taken
+    adam.step()
+    assert np.isfinite(adam.exp_avg_sq).all() and adam.step_count == 1
+    # a NaN parameter would make (g + wd p) NaN and the moments with it
+    p[2] = np.nan
+    with pytest.raises(NonFiniteError, match=r"gradients\[0\]\[2\] is 0 .*parameter nan"):
+        adam.step()
+    assert adam.step_count == 1 and np.isfinite(adam.exp_avg_sq).all()
+
+
 def test_state_dict_survives_a_json_round_trip():
     # json.loads(json.dumps(state)) turns betas into a list: load_state_dict raised
     # "SystemError: new style getargs format but argument is not a tuple".

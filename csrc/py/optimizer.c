@@ -648,7 +648,9 @@ PyDoc_STRVAR(
     "is finite in float32, |g| <= 1.8e19), and AdamW's factor 1 - lr weight_decay stays\n"
     "in [0, 1]. step() raises NonFiniteError and changes nothing when a gradient is NaN\n"
     "or Inf, or larger than 1.8e19 once clipped (its square would make exp_avg_sq Inf\n"
-    "for good). load_state_dict() takes a step count in [0, 2**53].");
+    "for good); with coupled weight decay, when the clipped gradient plus weight_decay\n"
+    "times its parameter is (what exp_avg_sq averages). load_state_dict() takes a step\n"
+    "count in [0, 2**53].");
 
 static PyTypeObject AdamType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "convirt.Adam",
