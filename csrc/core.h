@@ -52,11 +52,21 @@ typedef float cv_lanes_f __attribute__((vector_size(4 * CV_LANES), aligned(4), m
 typedef int32_t cv_lanes_i
     __attribute__((vector_size(4 * CV_LANES), aligned(4), may_alias));
 
+/* The lane helpers below build their masks without comparing vectors: GCC 12 compiles
+ * a comparison of two 64-byte vectors lane by lane, in scalar code, for a CPU without
+ * 512-bit vectors (the AVX2 and baseline builds of the loops; attention's softmax ran
+ * 8x slower there than in the AVX-512 build), while it splits subtractions, shifts and
+ * bit operations into the halves or quarters that CPU has. A mask is a sign spread over
+ * its lane by an arithmetic shift. */
+
 /* best = x > best ? x : best, lane by lane (pointers: vectors in arguments would
- * make the baseline build's ABI depend on AVX-512) */
+ * make the baseline build's ABI depend on AVX-512). best - x is negative exactly when
+ * x > best (round to nearest never rounds a nonzero difference to 0); with a NaN the
+ * difference's sign is the hardware's, so a NaN may be taken or not (a softmax row
+ * with a NaN is NaN either way). */
 static inline void cv_lanes_max(cv_lanes_f *best, const cv_lanes_f *x)
 {
-    cv_lanes_i take = *x > *best;
+    cv_lanes_i take = (cv_lanes_i)(*best - *x) >> 31;
     *best = (cv_lanes_f)(((cv_lanes_i)*x & take) | ((cv_lanes_i)*best & ~take));
 }
 
@@ -244,12 +254,17 @@ static inline void cv_lanes_exp(cv_lanes_f *y, const cv_lanes_f *xp)
 {
     const cv_lanes_f zero = {0}, one = zero + 1.0f;
     cv_lanes_f x = *xp;
-    const cv_lanes_i under = x < -87.3f;
+    /* the masks from x's bits (see cv_lanes_max): for magnitudes below 2^31 as
+     * integers, b - a < 0 exactly when a > b */
+    const cv_lanes_i bits = (cv_lanes_i)x, magnitude = bits & 0x7fffffff;
+    const cv_lanes_i negative = bits >> 31, nan = (0x7f800000 - magnitude) >> 31;
+    const cv_lanes_i below = (0x42ae999a - magnitude) >> 31; /* |x| > 87.3 */
+    const cv_lanes_i above = (0x42b00000 - magnitude) >> 31; /* |x| > 88 */
+    const cv_lanes_i under = negative & ~nan & below, over = ~negative & ~nan & above;
     x = cv_lanes_select(under, zero - 87.3f, x);
-    x = cv_lanes_select(x > 88.0f, zero + 88.0f, x);
+    x = cv_lanes_select(over, zero + 88.0f, x);
     CV_EXP_REDUCED(cv_lanes_f, x, n, p);
-    const cv_lanes_i k =
-        __builtin_convertvector(cv_lanes_select(n == n, n, zero), cv_lanes_i);
+    const cv_lanes_i k = __builtin_convertvector(cv_lanes_select(nan, zero, n), cv_lanes_i);
     const cv_lanes_f scale = (cv_lanes_f)((k + 127) << 23);
     *y = p * scale * cv_lanes_select(under, zero, one);
 }

@@ -227,6 +227,30 @@ def test_attention_probabilities_are_softmax_rows():
     assert start == probs.size
 
 
+@pytest.mark.parametrize("nan", [np.nan, -np.nan])
+def test_attention_softmax_extremes_underflow_to_zero_and_nan_spreads(nan):
+    # Rows of 40 and 33 keys run the softmax's two-vector body, its one-vector step and
+    # its scalar tail. Scores spread over +-1000 put most exponents below -87.3 (exactly
+    # 0) and the reference agrees; a NaN key (either sign: the masks read x's bits)
+    # makes every row of its sequence and head NaN, never 0, and leaves the other
+    # sequence finite.
+    lengths, heads = [40, 33], 2
+    qkv = f32(73, 3 * 16, scale=40.0)
+    ctx, probs = tl.attention_forward(qkv, lengths, heads)
+    ctx_ref, probs_ref = tl.attention_forward(qkv, lengths, heads, reference=True)
+    # the scores' float32 rounding (|s| ~ 1e3: ~1e-4) comes out of exp as a relative
+    # error of the same size, whatever the summation order of either side
+    np.testing.assert_allclose(probs, probs_ref, atol=1e-6, rtol=2e-3)
+    assert (probs == 0).mean() > 0.5 and np.isfinite(ctx).all()
+    qkv[45, 16] = nan  # sequence 1's key 5, head 0
+    ctx, probs = tl.attention_forward(qkv, lengths, heads)
+    first = heads * 40 * 40
+    seq1 = probs[first:].reshape(heads, 33, 33)
+    assert np.isnan(seq1[0]).all() and np.isfinite(seq1[1]).all()
+    assert np.isfinite(probs[:first]).all() and np.isfinite(ctx[:40]).all()
+    assert np.isnan(ctx[40:, :8]).all()
+
+
 def test_attention_backward_finite_differences():
     lengths, heads = [3, 5], 2
     qkv, r = f32(8, 3 * 8), f32(8, 8)
