@@ -70,43 +70,36 @@ static inline void cv_lanes_max(cv_lanes_f *best, const cv_lanes_f *x)
     *best = (cv_lanes_f)(((cv_lanes_i)*x & take) | ((cv_lanes_i)*best & ~take));
 }
 
-/* Lane l + half (mod CV_LANES) into lane l, half = 8, 4, 2, 1: the rounds of the tree
- * reductions below (constants: built in a loop, GCC assembles the masks at run time). */
-#define CV_LANES_ROTATE(v, h)                                                              \
-    __builtin_shuffle(                                                                     \
-        (v), (cv_lanes_i){(0 + h) % 16, (1 + h) % 16, (2 + h) % 16, (3 + h) % 16,          \
-                          (4 + h) % 16, (5 + h) % 16, (6 + h) % 16, (7 + h) % 16,          \
-                          (8 + h) % 16, (9 + h) % 16, (10 + h) % 16, (11 + h) % 16,        \
-                          (12 + h) % 16, (13 + h) % 16, (14 + h) % 16, (15 + h) % 16})
-_Static_assert(CV_LANES == 16, "CV_LANES_ROTATE spells out 16 lanes");
+/* The tree reductions below: lane l and lane l + 8, then those results four apart, two,
+ * one. Written on floats, not as shuffles of the 64-byte vector: GCC 12 turned a 16-lane
+ * shuffle into scalar extracts and inserts on a CPU without 512-bit vectors, and
+ * vectorises these loops at the width each build has. */
 
-/* The largest of the lanes, in four rounds of halves (not fifteen comparisons in a
- * row); a maximum does not depend on the order. */
+/* The largest of the lanes; a maximum does not depend on the order. */
 static inline float cv_lanes_max_total(const cv_lanes_f *lane)
 {
-    cv_lanes_f best = *lane, other;
-    other = CV_LANES_ROTATE(best, 8);
-    cv_lanes_max(&best, &other);
-    other = CV_LANES_ROTATE(best, 4);
-    cv_lanes_max(&best, &other);
-    other = CV_LANES_ROTATE(best, 2);
-    cv_lanes_max(&best, &other);
-    other = CV_LANES_ROTATE(best, 1);
-    cv_lanes_max(&best, &other);
-    return best[0];
+    const float *v = (const float *)lane;
+    float half[8], quarter[4];
+    for (int l = 0; l < 8; l++)
+        half[l] = v[l + 8] > v[l] ? v[l + 8] : v[l];
+    for (int l = 0; l < 4; l++)
+        quarter[l] = half[l + 4] > half[l] ? half[l + 4] : half[l];
+    const float even = quarter[2] > quarter[0] ? quarter[2] : quarter[0];
+    const float odd = quarter[3] > quarter[1] ? quarter[3] : quarter[1];
+    return odd > even ? odd : even;
 }
 
-/* The lanes' sum in four rounds of halves: lane l + lane l + 8, then those pairs four
- * apart, ... The same order on every instruction set, shorter than cv_lanes_total's
+/* The lanes' sum in that order on every instruction set, shorter than cv_lanes_total's
  * chain of fifteen additions. */
 static inline float cv_lanes_tree_total(const cv_lanes_f *lane)
 {
-    cv_lanes_f sum = *lane;
-    sum += CV_LANES_ROTATE(sum, 8);
-    sum += CV_LANES_ROTATE(sum, 4);
-    sum += CV_LANES_ROTATE(sum, 2);
-    sum += CV_LANES_ROTATE(sum, 1);
-    return sum[0];
+    const float *v = (const float *)lane;
+    float half[8], quarter[4];
+    for (int l = 0; l < 8; l++)
+        half[l] = v[l] + v[l + 8];
+    for (int l = 0; l < 4; l++)
+        quarter[l] = half[l] + half[l + 4];
+    return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
 }
 
 /* Overflow-checked size arithmetic: every size that reaches an allocation is computed
