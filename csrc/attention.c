@@ -37,6 +37,7 @@ CV_VECTORIZE static void softmax_rows(float *dst, ptrdiff_t ldd, const float *sr
                                       float scale)
 {
     const ptrdiff_t body = cols / CV_LANES * CV_LANES;
+    const int wide = cv_wide_lanes; /* read once: the stores below may alias it */
     float *pending = NULL, pending_inv = 0.0f;
     for (ptrdiff_t i = 0; i < rows; i++) {
         const float *s = src + i * lds;
@@ -63,8 +64,8 @@ CV_VECTORIZE static void softmax_rows(float *dst, ptrdiff_t ldd, const float *sr
         for (j = 0; j + 2 * CV_LANES <= body; j += 2 * CV_LANES) {
             cv_lanes_f x0 = *(const cv_lanes_f *)(s + j) * scale - shift, e0;
             cv_lanes_f x1 = *(const cv_lanes_f *)(s + j + CV_LANES) * scale - shift, e1;
-            cv_lanes_exp(&e0, &x0);
-            cv_lanes_exp(&e1, &x1);
+            cv_lanes_exp(&e0, &x0, wide);
+            cv_lanes_exp(&e1, &x1, wide);
             *(cv_lanes_f *)(d + j) = e0;
             *(cv_lanes_f *)(d + j + CV_LANES) = e1;
             lane_sum += e0;
@@ -72,7 +73,7 @@ CV_VECTORIZE static void softmax_rows(float *dst, ptrdiff_t ldd, const float *sr
         }
         if (j < body) {
             cv_lanes_f x = *(const cv_lanes_f *)(s + j) * scale - shift, e;
-            cv_lanes_exp(&e, &x);
+            cv_lanes_exp(&e, &x, wide);
             *(cv_lanes_f *)(d + j) = e;
             lane_sum += e;
         }

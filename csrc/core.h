@@ -239,21 +239,37 @@ static inline float cv_expf(float x)
 #define cv_lanes_select(mask, a, b)                                                        \
     ((cv_lanes_f)(((cv_lanes_i)(a) & (mask)) | ((cv_lanes_i)(b) & ~(mask))))
 
+/* 1 when the element-wise loops that run are the AVX-512 build (cv_init sets it): there
+ * a 64-byte vector comparison is one instruction, and cheaper than a mask built from
+ * bits; 0 in the AVX2 and baseline builds, where GCC compiles it in scalar code. */
+extern int cv_wide_lanes;
+
 /* cv_expf on CV_LANES floats, the same operations lane by lane (the same results), for
  * loops that go on using exp(x): cv_expf's results, vectorised by GCC, reach such a
  * vector only through memory (a 64-byte store and its load back; in attention's
- * softmax on Zen 5 those loads were the hottest instructions of the loop). */
-static inline void cv_lanes_exp(cv_lanes_f *y, const cv_lanes_f *xp)
+ * softmax on Zen 5 those loads were the hottest instructions of the loop). wide:
+ * cv_wide_lanes, read by the caller before its loop; both ways give the same masks. */
+static inline void cv_lanes_exp(cv_lanes_f *y, const cv_lanes_f *xp, int wide)
 {
     const cv_lanes_f zero = {0}, one = zero + 1.0f;
     cv_lanes_f x = *xp;
-    /* the masks from x's bits (see cv_lanes_max): for magnitudes below 2^31 as
-     * integers, b - a < 0 exactly when a > b */
-    const cv_lanes_i bits = (cv_lanes_i)x, magnitude = bits & 0x7fffffff;
-    const cv_lanes_i negative = bits >> 31, nan = (0x7f800000 - magnitude) >> 31;
-    const cv_lanes_i below = (0x42ae999a - magnitude) >> 31; /* |x| > 87.3 */
-    const cv_lanes_i above = (0x42b00000 - magnitude) >> 31; /* |x| > 88 */
-    const cv_lanes_i under = negative & ~nan & below, over = ~negative & ~nan & above;
+    cv_lanes_i under, over, nan;
+    if (wide) {
+        /* one instruction each; from bits, the AVX-512 softmax took twice the time */
+        under = x < -87.3f;
+        over = x > 88.0f;
+        nan = x != x;
+    } else {
+        /* from x's bits (see cv_lanes_max): for magnitudes below 2^31 as integers,
+         * b - a < 0 exactly when a > b */
+        const cv_lanes_i bits = (cv_lanes_i)x, magnitude = bits & 0x7fffffff;
+        const cv_lanes_i negative = bits >> 31;
+        const cv_lanes_i below = (0x42ae999a - magnitude) >> 31; /* |x| > 87.3 */
+        const cv_lanes_i above = (0x42b00000 - magnitude) >> 31; /* |x| > 88 */
+        nan = (0x7f800000 - magnitude) >> 31;
+        under = negative & ~nan & below;
+        over = ~negative & ~nan & above;
+    }
     x = cv_lanes_select(under, zero - 87.3f, x);
     x = cv_lanes_select(over, zero + 88.0f, x);
     CV_EXP_REDUCED(cv_lanes_f, x, n, p);
