@@ -27,11 +27,97 @@ CV_VECTORIZE static void scale_row(float *row, float alpha, ptrdiff_t n)
         row[j] *= alpha;
 }
 
+/* A softmax row's body, s[0 .. body) with body a multiple of CV_LANES, two ways: on
+ * 64-byte vectors where the AVX-512 loops run (cv_wide_lanes), and on float arrays that
+ * GCC vectorises at the width of the AVX2 and baseline builds, where it keeps 64-byte
+ * vectors in memory (a running maximum ran 4x slower there than on the arrays). Both
+ * give the same maximum, and the same exponentials summed in the same order: lane l
+ * adds elements l, l + 32, ... and, apart, l + 16, l + 48, ..., then the two. Always
+ * inlined: GCC leaves a helper this size out of line, compiled for the baseline, when
+ * the caller is a target clone. */
+static inline __attribute__((always_inline)) float row_max_lanes(const float *s,
+                                                                 ptrdiff_t body)
+{
+    /* two running maxima: one waits on its compare and blend every other step */
+    cv_lanes_f max0, max1;
+    for (int l = 0; l < CV_LANES; l++)
+        max0[l] = max1[l] = -INFINITY;
+    ptrdiff_t j = 0;
+    for (; j + 2 * CV_LANES <= body; j += 2 * CV_LANES) {
+        cv_lanes_max(&max0, (const cv_lanes_f *)(s + j));
+        cv_lanes_max(&max1, (const cv_lanes_f *)(s + j + CV_LANES));
+    }
+    if (j < body)
+        cv_lanes_max(&max0, (const cv_lanes_f *)(s + j));
+    cv_lanes_max(&max0, &max1);
+    return cv_lanes_max_total(&max0);
+}
+
+static inline __attribute__((always_inline)) float row_max_floats(const float *s,
+                                                                  ptrdiff_t body)
+{
+    float best[CV_LANES];
+    for (int l = 0; l < CV_LANES; l++)
+        best[l] = -INFINITY;
+    for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+        for (int l = 0; l < CV_LANES; l++)
+            best[l] = s[j + l] > best[l] ? s[j + l] : best[l];
+    return cv_lanes_max_total((const cv_lanes_f *)best);
+}
+
+/* d[j] = exp(scale s[j] - shift) over the body; returns their sum. The exponentials
+ * stay in registers from exp to sum: in a Zen 5 profile, the loads that read
+ * just-stored exponentials back were the loop's hottest instructions. */
+static inline __attribute__((always_inline)) float
+exp_sum_lanes(float *d, const float *s, ptrdiff_t body, float scale, float shift)
+{
+    /* two vectors a step: an exponential is a chain of some twenty dependent
+     * operations, and the scheduler holds too few steps to overlap one at a time */
+    cv_lanes_f lane_sum = {0}, lane_sum1 = {0};
+    ptrdiff_t j = 0;
+    for (; j + 2 * CV_LANES <= body; j += 2 * CV_LANES) {
+        cv_lanes_f x0 = *(const cv_lanes_f *)(s + j) * scale - shift, e0;
+        cv_lanes_f x1 = *(const cv_lanes_f *)(s + j + CV_LANES) * scale - shift, e1;
+        cv_lanes_exp(&e0, &x0);
+        cv_lanes_exp(&e1, &x1);
+        *(cv_lanes_f *)(d + j) = e0;
+        *(cv_lanes_f *)(d + j + CV_LANES) = e1;
+        lane_sum += e0;
+        lane_sum1 += e1;
+    }
+    if (j < body) {
+        cv_lanes_f x = *(const cv_lanes_f *)(s + j) * scale - shift, e;
+        cv_lanes_exp(&e, &x);
+        *(cv_lanes_f *)(d + j) = e;
+        lane_sum += e;
+    }
+    lane_sum += lane_sum1;
+    return cv_lanes_tree_total(&lane_sum);
+}
+
+static inline __attribute__((always_inline)) float
+exp_sum_floats(float *d, const float *s, ptrdiff_t body, float scale, float shift)
+{
+    /* through a local block: d may be s, and a loop that reads s and writes d runs
+     * GCC's scalar version whenever the two overlap */
+    float sum[2][CV_LANES] = {{0}}, e[CV_LANES];
+    for (ptrdiff_t j = 0; j < body; j += CV_LANES) {
+        float *lane = sum[(j / CV_LANES) & 1];
+        for (int l = 0; l < CV_LANES; l++)
+            e[l] = cv_expf(s[j + l] * scale - shift);
+        for (int l = 0; l < CV_LANES; l++) {
+            d[j + l] = e[l];
+            lane[l] += e[l];
+        }
+    }
+    for (int l = 0; l < CV_LANES; l++)
+        sum[0][l] += sum[1][l];
+    return cv_lanes_tree_total((const cv_lanes_f *)sum[0]);
+}
+
 /* dst (rows x cols, rows ldd apart) = the row-wise softmax of scale * src (rows lds
- * apart): max, exp, sum, then scaled by the sum. dst may be src. The exponentials stay
- * in registers from exp to sum, and a row is scaled only after the next row's
- * exponentials: in a Zen 5 profile, the loads that read just-stored exponentials back
- * (for the sum, then for the scaling) were the loop's hottest instructions. */
+ * apart): max, exp, sum, then scaled by the sum. dst may be src. A row is scaled only
+ * after the next row's exponentials (the same Zen 5 profile). */
 CV_VECTORIZE static void softmax_rows(float *dst, ptrdiff_t ldd, const float *src,
                                       ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
                                       float scale)
@@ -42,44 +128,13 @@ CV_VECTORIZE static void softmax_rows(float *dst, ptrdiff_t ldd, const float *sr
     for (ptrdiff_t i = 0; i < rows; i++) {
         const float *s = src + i * lds;
         float *d = dst + i * ldd;
-        /* two running maxima: one waits on its compare and blend every other step */
-        cv_lanes_f max0, max1;
-        for (int l = 0; l < CV_LANES; l++)
-            max0[l] = max1[l] = -INFINITY;
-        ptrdiff_t j = 0;
-        for (; j + 2 * CV_LANES <= body; j += 2 * CV_LANES) {
-            cv_lanes_max(&max0, (const cv_lanes_f *)(s + j));
-            cv_lanes_max(&max1, (const cv_lanes_f *)(s + j + CV_LANES));
-        }
-        if (j < body)
-            cv_lanes_max(&max0, (const cv_lanes_f *)(s + j));
-        cv_lanes_max(&max0, &max1);
-        float max = cv_lanes_max_total(&max0);
-        for (j = body; j < cols; j++)
+        float max = wide ? row_max_lanes(s, body) : row_max_floats(s, body);
+        for (ptrdiff_t j = body; j < cols; j++)
             max = s[j] > max ? s[j] : max;
         const float shift = scale * max;
-        /* two vectors a step: an exponential is a chain of some twenty dependent
-         * operations, and the scheduler holds too few steps to overlap one at a time */
-        cv_lanes_f lane_sum = {0}, lane_sum1 = {0};
-        for (j = 0; j + 2 * CV_LANES <= body; j += 2 * CV_LANES) {
-            cv_lanes_f x0 = *(const cv_lanes_f *)(s + j) * scale - shift, e0;
-            cv_lanes_f x1 = *(const cv_lanes_f *)(s + j + CV_LANES) * scale - shift, e1;
-            cv_lanes_exp(&e0, &x0, wide);
-            cv_lanes_exp(&e1, &x1, wide);
-            *(cv_lanes_f *)(d + j) = e0;
-            *(cv_lanes_f *)(d + j + CV_LANES) = e1;
-            lane_sum += e0;
-            lane_sum1 += e1;
-        }
-        if (j < body) {
-            cv_lanes_f x = *(const cv_lanes_f *)(s + j) * scale - shift, e;
-            cv_lanes_exp(&e, &x, wide);
-            *(cv_lanes_f *)(d + j) = e;
-            lane_sum += e;
-        }
-        lane_sum += lane_sum1;
-        float sum = cv_lanes_tree_total(&lane_sum);
-        for (j = body; j < cols; j++) {
+        float sum = wide ? exp_sum_lanes(d, s, body, scale, shift)
+                         : exp_sum_floats(d, s, body, scale, shift);
+        for (ptrdiff_t j = body; j < cols; j++) {
             d[j] = cv_expf(scale * s[j] - shift);
             sum += d[j];
         }

@@ -52,15 +52,12 @@ typedef float cv_lanes_f __attribute__((vector_size(4 * CV_LANES), aligned(4), m
 typedef int32_t cv_lanes_i
     __attribute__((vector_size(4 * CV_LANES), aligned(4), may_alias));
 
-/* The lane helpers below build their masks without comparing vectors: GCC 12 compiles
- * a comparison of two 64-byte vectors lane by lane, in scalar code, for a CPU without
- * 512-bit vectors (the AVX2 and baseline builds of the loops; attention's softmax ran
- * 8x slower there than in the AVX-512 build), while it splits subtractions, shifts and
- * bit operations into the halves or quarters that CPU has. A mask is a sign spread over
- * its lane by an arithmetic shift. */
-
 /* best = x > best ? x : best, lane by lane (pointers: vectors in arguments would
- * make the baseline build's ABI depend on AVX-512). best - x is negative exactly when
+ * make the baseline build's ABI depend on AVX-512). The mask is not a comparison of
+ * vectors: GCC 12 compiles a comparison of two 64-byte vectors lane by lane, in scalar
+ * code, for a CPU without 512-bit vectors (the AVX2 and baseline builds of the loops),
+ * while it splits a subtraction and a shift into the halves or quarters that CPU has;
+ * the shift spreads the difference's sign over its lane. best - x is negative exactly when
  * x > best (round to nearest never rounds a nonzero difference to 0); with a NaN the
  * difference's sign is the hardware's, so a NaN may be taken or not (a softmax row
  * with a NaN is NaN either way). */
@@ -239,41 +236,27 @@ static inline float cv_expf(float x)
 #define cv_lanes_select(mask, a, b)                                                        \
     ((cv_lanes_f)(((cv_lanes_i)(a) & (mask)) | ((cv_lanes_i)(b) & ~(mask))))
 
-/* 1 when the element-wise loops that run are the AVX-512 build (cv_init sets it): there
- * a 64-byte vector comparison is one instruction, and cheaper than a mask built from
- * bits; 0 in the AVX2 and baseline builds, where GCC compiles it in scalar code. */
+/* 1 when the element-wise loops that run are the AVX-512 build (cv_init sets it). There
+ * the 64-byte vectors below are registers; the AVX2 and baseline builds keep them in
+ * memory and compile their comparisons in scalar code, so loops that run in every build
+ * and are hot enough choose their form by this (attention's softmax). */
 extern int cv_wide_lanes;
 
 /* cv_expf on CV_LANES floats, the same operations lane by lane (the same results), for
  * loops that go on using exp(x): cv_expf's results, vectorised by GCC, reach such a
  * vector only through memory (a 64-byte store and its load back; in attention's
- * softmax on Zen 5 those loads were the hottest instructions of the loop). wide:
- * cv_wide_lanes, read by the caller before its loop; both ways give the same masks. */
-static inline void cv_lanes_exp(cv_lanes_f *y, const cv_lanes_f *xp, int wide)
+ * softmax on Zen 5 those loads were the hottest instructions of the loop). For the
+ * AVX-512 build (cv_wide_lanes): elsewhere its comparisons are scalar code. */
+static inline void cv_lanes_exp(cv_lanes_f *y, const cv_lanes_f *xp)
 {
     const cv_lanes_f zero = {0}, one = zero + 1.0f;
     cv_lanes_f x = *xp;
-    cv_lanes_i under, over, nan;
-    if (wide) {
-        /* one instruction each; from bits, the AVX-512 softmax took twice the time */
-        under = x < -87.3f;
-        over = x > 88.0f;
-        nan = x != x;
-    } else {
-        /* from x's bits (see cv_lanes_max): for magnitudes below 2^31 as integers,
-         * b - a < 0 exactly when a > b */
-        const cv_lanes_i bits = (cv_lanes_i)x, magnitude = bits & 0x7fffffff;
-        const cv_lanes_i negative = bits >> 31;
-        const cv_lanes_i below = (0x42ae999a - magnitude) >> 31; /* |x| > 87.3 */
-        const cv_lanes_i above = (0x42b00000 - magnitude) >> 31; /* |x| > 88 */
-        nan = (0x7f800000 - magnitude) >> 31;
-        under = negative & ~nan & below;
-        over = ~negative & ~nan & above;
-    }
+    const cv_lanes_i under = x < -87.3f;
     x = cv_lanes_select(under, zero - 87.3f, x);
-    x = cv_lanes_select(over, zero + 88.0f, x);
+    x = cv_lanes_select(x > 88.0f, zero + 88.0f, x);
     CV_EXP_REDUCED(cv_lanes_f, x, n, p);
-    const cv_lanes_i k = __builtin_convertvector(cv_lanes_select(nan, zero, n), cv_lanes_i);
+    const cv_lanes_i k =
+        __builtin_convertvector(cv_lanes_select(n == n, n, zero), cv_lanes_i);
     const cv_lanes_f scale = (cv_lanes_f)((k + 127) << 23);
     *y = p * scale * cv_lanes_select(under, zero, one);
 }
