@@ -277,29 +277,31 @@ CV_VECTORIZE static void exp_tile_row(float *restrict row, const float *restrict
                                       float *restrict col_sum, float *restrict col_dot,
                                       float *restrict col_max, float part[4])
 {
+    /* lane arrays, not 64-byte vectors: GCC vectorises them at the width each build has,
+     * where the AVX2 build kept 64-byte vectors in memory (4.5x slower there) */
     const ptrdiff_t body = w / CV_LANES * CV_LANES;
-    cv_lanes_f lane_sum, lane_dot, lane_max, lane_poison;
+    float lane_sum[CV_LANES], lane_dot[CV_LANES], lane_max[CV_LANES], lane_poison[CV_LANES];
     for (int l = 0; l < CV_LANES; l++) {
         lane_sum[l] = lane_dot[l] = lane_poison[l] = 0.0f;
         lane_max[l] = -FLT_MAX;
     }
-    for (ptrdiff_t j = 0; j < body; j += CV_LANES) {
-        cv_lanes_f x = *(cv_lanes_f *)(row + j) * (s * *(const cv_lanes_f *)(inv_b + j)), e;
-        cv_lanes_max(&lane_max, &x);
-        cv_lanes_max((cv_lanes_f *)(col_max + j), &x);
-        lane_poison += x * 0.0f; /* NaN once any entry is NaN or Inf */
-        for (int l = 0; l < CV_LANES; l++)
-            e[l] = cv_expf(x[l] - shift);
-        *(cv_lanes_f *)(row + j) = e;
-        lane_sum += e;
-        lane_dot += e * x;
-        *(cv_lanes_f *)(col_sum + j) += e;
-        *(cv_lanes_f *)(col_dot + j) += e * x;
-    }
-    float sum = cv_lanes_total((const float *)&lane_sum);
-    float dot = cv_lanes_total((const float *)&lane_dot);
-    float poison = cv_lanes_total((const float *)&lane_poison);
-    float best = cv_lanes_max_total(&lane_max);
+    for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+        for (int l = 0; l < CV_LANES; l++) {
+            const float x = row[j + l] * (s * inv_b[j + l]);
+            lane_max[l] = x > lane_max[l] ? x : lane_max[l];
+            col_max[j + l] = x > col_max[j + l] ? x : col_max[j + l];
+            lane_poison[l] += x * 0.0f; /* NaN once any entry is NaN or Inf */
+            const float e = cv_expf(x - shift);
+            row[j + l] = e;
+            lane_sum[l] += e;
+            lane_dot[l] += e * x;
+            col_sum[j + l] += e;
+            col_dot[j + l] += e * x;
+        }
+    float sum = cv_lanes_total(lane_sum);
+    float dot = cv_lanes_total(lane_dot);
+    float poison = cv_lanes_total(lane_poison);
+    float best = cv_lanes_max_total((const cv_lanes_f *)lane_max);
     for (ptrdiff_t j = body; j < w; j++) {
         float v = row[j] * (s * inv_b[j]), e = cv_expf(v - shift);
         row[j] = e;

@@ -153,3 +153,38 @@ def test_numerical_tests_pass_with_the_element_wise_loops_of_an_older_cpu(level)
     assert out.returncode == 0, f"{name} loops, kernel set {kernel_set}:\n{tail}"
     assert f"element-wise loops {name}" in out.stdout, out.stdout[:2000]
     print(f"{name} loops, kernel set {kernel_set}: {out.stdout.splitlines()[-1]}")
+
+
+# The softmaxes of attention and of the loss run one way on 64-byte vectors where the
+# AVX-512 loops run and another on float arrays elsewhere (csrc/attention.c, loss.c);
+# both promise the same operations in the same order. With FMA on both sides (the
+# baseline build has none, so its products round apart) the bits must agree.
+SAME_BITS = """
+import hashlib, numpy as np, convirt, convirt._testing as tl
+rng = np.random.default_rng(7)
+lengths = [128, 77, 33, 16, 5]
+qkv = (rng.standard_normal((sum(lengths), 3 * 384)) * 3).astype(np.float32)
+digest = hashlib.sha256(tl.attention_forward(qkv, lengths, 12)[1].tobytes())
+for n in (7, 100, 1024):
+    u, v = (rng.standard_normal((2, n, 77)) * 2).astype(np.float32)
+    out = convirt.ContrastiveLoss()(u, v)
+    digest.update(np.array([out[0]]).tobytes() + out[5].tobytes() + out[6].tobytes())
+print(convirt.config()["vector_loops"][:9], digest.hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_the_avx2_loops_give_the_bits_of_the_avx512_ones():
+    if not convirt.config()["vector_loops"].startswith("x86-64-v4"):
+        pytest.skip("needs a CPU that runs the AVX-512 loops, to compare the two")
+    if not os.path.exists(os.path.join(ROOT, "setup.py")):
+        pytest.skip("needs the source tree (setup.py) to build")
+    lib = build_with_vector_level(3)
+    digests = []
+    for env, cwd in ((SAME_CONVIRT, HERE), (dict(os.environ, PYTHONPATH=lib), lib)):
+        # the same GEMMs on both sides: the zen3 kernel set and the AVX2 GEMM kernel
+        out = run([sys.executable, "-c", SAME_BITS], dict(env, BLIS_ARCH_TYPE="zen3"), cwd)
+        assert out.returncode == 0, out.stderr[-3000:]
+        digests.append(out.stdout.split())
+    assert [loops for loops, _ in digests] == ["x86-64-v4", "x86-64-v3"], digests
+    assert digests[0][1] == digests[1][1], digests
