@@ -157,10 +157,13 @@ CV_VECTORIZE static void softmax_backward_rows(float *dp, ptrdiff_t ldd, const f
     for (ptrdiff_t i = 0; i < rows; i++) {
         const float *pr = p + i * ldp;
         float *dr = dp + i * ldd;
-        cv_lanes_f lane_dot = {0};
+        /* a lane array, not a 64-byte vector, as in exp_sum_floats (the AVX-512
+         * build vectorises it as well) */
+        float lane_dot[CV_LANES] = {0};
         for (ptrdiff_t j = 0; j < body; j += CV_LANES)
-            lane_dot += *(const cv_lanes_f *)(pr + j) * *(const cv_lanes_f *)(dr + j);
-        float dot = cv_lanes_tree_total(&lane_dot);
+            for (int l = 0; l < CV_LANES; l++)
+                lane_dot[l] += pr[j + l] * dr[j + l];
+        float dot = cv_lanes_tree_total((const cv_lanes_f *)lane_dot);
         for (ptrdiff_t j = body; j < cols; j++)
             dot += pr[j] * dr[j];
         for (ptrdiff_t j = 0; j < cols; j++)
