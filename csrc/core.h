@@ -45,25 +45,23 @@ static inline float cv_lanes_total(const float *lane)
     return total;
 }
 
-/* CV_LANES floats as one GCC vector (one AVX-512 register, two AVX2, four SSE), read
- * and written in place at any float alignment. GCC does not vectorise a running
- * maximum kept in a lane array (x > best ? x : best stays scalar), so maxima use this. */
+/* CV_LANES floats as one GCC vector, read and written in place at any float alignment:
+ * one register in the AVX-512 build, where it beats a lane array that GCC vectorises (a
+ * running maximum: 3x). Without 512-bit vectors GCC keeps it in memory (the AVX2 build's
+ * running maximum: 11x slower than AVX-512's), so loops that run in every build use
+ * float arrays of CV_LANES, or choose by cv_wide_lanes. */
 typedef float cv_lanes_f __attribute__((vector_size(4 * CV_LANES), aligned(4), may_alias));
 typedef int32_t cv_lanes_i
     __attribute__((vector_size(4 * CV_LANES), aligned(4), may_alias));
 
 /* best = x > best ? x : best, lane by lane (pointers: vectors in arguments would
- * make the baseline build's ABI depend on AVX-512). The mask is not a comparison of
- * vectors: GCC 12 compiles a comparison of two 64-byte vectors lane by lane, in scalar
- * code, for a CPU without 512-bit vectors (the AVX2 and baseline builds of the loops),
- * while it splits a subtraction and a shift into the halves or quarters that CPU has;
- * the shift spreads the difference's sign over its lane. best - x is negative exactly when
- * x > best (round to nearest never rounds a nonzero difference to 0); with a NaN the
- * difference's sign is the hardware's, so a NaN may be taken or not (a softmax row
- * with a NaN is NaN either way). */
+ * make the baseline build's ABI depend on AVX-512). For the AVX-512 build
+ * (cv_wide_lanes below): GCC 12 compiles a comparison of two 64-byte vectors lane by
+ * lane, in scalar code, for a CPU without 512-bit vectors; loops that run in every build
+ * keep their lanes in float arrays, which GCC vectorises at each build's width. */
 static inline void cv_lanes_max(cv_lanes_f *best, const cv_lanes_f *x)
 {
-    cv_lanes_i take = (cv_lanes_i)(*best - *x) >> 31;
+    cv_lanes_i take = *x > *best;
     *best = (cv_lanes_f)(((cv_lanes_i)*x & take) | ((cv_lanes_i)*best & ~take));
 }
 

@@ -28,19 +28,21 @@
 CV_VECTORIZE static float scale_row(float *row, const float *colscale, float s, ptrdiff_t m)
 {
     const ptrdiff_t body = m / CV_LANES * CV_LANES;
-    cv_lanes_f lane_best, lane_poison;
+    /* lane arrays, as in exp_tile_row */
+    float lane_best[CV_LANES], lane_poison[CV_LANES];
     for (int l = 0; l < CV_LANES; l++) {
         lane_best[l] = -FLT_MAX;
         lane_poison[l] = 0.0f;
     }
-    for (ptrdiff_t j = 0; j < body; j += CV_LANES) {
-        cv_lanes_f *x = (cv_lanes_f *)(row + j);
-        *x = *x * (s * *(const cv_lanes_f *)(colscale + j));
-        cv_lanes_max(&lane_best, x);
-        lane_poison += *x * 0.0f; /* NaN once any entry is NaN or Inf */
-    }
-    float best = cv_lanes_max_total(&lane_best);
-    float poison = cv_lanes_total((const float *)&lane_poison);
+    for (ptrdiff_t j = 0; j < body; j += CV_LANES)
+        for (int l = 0; l < CV_LANES; l++) {
+            const float x = row[j + l] * (s * colscale[j + l]);
+            row[j + l] = x;
+            lane_best[l] = x > lane_best[l] ? x : lane_best[l];
+            lane_poison[l] += x * 0.0f; /* NaN once any entry is NaN or Inf */
+        }
+    float best = cv_lanes_max_total((const cv_lanes_f *)lane_best);
+    float poison = cv_lanes_total(lane_poison);
     for (ptrdiff_t j = body; j < m; j++) {
         row[j] *= s * colscale[j];
         best = row[j] > best ? row[j] : best;
