@@ -50,7 +50,7 @@ static inline __attribute__((always_inline)) float row_max_lanes(const float *s,
     if (j < body)
         cv_lanes_max(&max0, (const cv_lanes_f *)(s + j));
     cv_lanes_max(&max0, &max1);
-    return cv_lanes_max_total(&max0);
+    return cv_lanes_max_total((const float *)&max0);
 }
 
 static inline __attribute__((always_inline)) float row_max_floats(const float *s,
@@ -62,7 +62,7 @@ static inline __attribute__((always_inline)) float row_max_floats(const float *s
     for (ptrdiff_t j = 0; j < body; j += CV_LANES)
         for (int l = 0; l < CV_LANES; l++)
             best[l] = s[j + l] > best[l] ? s[j + l] : best[l];
-    return cv_lanes_max_total((const cv_lanes_f *)best);
+    return cv_lanes_max_total(best);
 }
 
 /* d[j] = exp(scale s[j] - shift) over the body; returns their sum. The exponentials
@@ -92,7 +92,7 @@ exp_sum_lanes(float *d, const float *s, ptrdiff_t body, float scale, float shift
         lane_sum += e;
     }
     lane_sum += lane_sum1;
-    return cv_lanes_tree_total(&lane_sum);
+    return cv_lanes_tree_total((const float *)&lane_sum);
 }
 
 static inline __attribute__((always_inline)) float
@@ -112,7 +112,7 @@ exp_sum_floats(float *d, const float *s, ptrdiff_t body, float scale, float shif
     }
     for (int l = 0; l < CV_LANES; l++)
         sum[0][l] += sum[1][l];
-    return cv_lanes_tree_total((const cv_lanes_f *)sum[0]);
+    return cv_lanes_tree_total(sum[0]);
 }
 
 /* dst (rows x cols, rows ldd apart) = the row-wise softmax of scale * src (rows lds
@@ -163,7 +163,7 @@ CV_VECTORIZE static void softmax_backward_rows(float *dp, ptrdiff_t ldd, const f
         for (ptrdiff_t j = 0; j < body; j += CV_LANES)
             for (int l = 0; l < CV_LANES; l++)
                 lane_dot[l] += pr[j + l] * dr[j + l];
-        float dot = cv_lanes_tree_total((const cv_lanes_f *)lane_dot);
+        float dot = cv_lanes_tree_total(lane_dot);
         for (ptrdiff_t j = body; j < cols; j++)
             dot += pr[j] * dr[j];
         for (ptrdiff_t j = 0; j < cols; j++)

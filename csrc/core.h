@@ -19,6 +19,7 @@
 #if !defined(__x86_64__) || !defined(__GNUC__) || defined(__clang__)
 #define CV_VECTORIZE
 #elif !defined(CV_VECTOR_LEVEL)
+#define CV_VECTOR_CLONES 1 /* the loader picks the clone: cv_wide_lanes, vector_loops() */
 #define CV_VECTORIZE                                                                       \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #elif CV_VECTOR_LEVEL == 3
@@ -71,9 +72,8 @@ static inline void cv_lanes_max(cv_lanes_f *best, const cv_lanes_f *x)
  * vectorises these loops at the width each build has. */
 
 /* The largest of the lanes; a maximum does not depend on the order. */
-static inline float cv_lanes_max_total(const cv_lanes_f *lane)
+static inline float cv_lanes_max_total(const float *v)
 {
-    const float *v = (const float *)lane;
     float half[8], quarter[4];
     for (int l = 0; l < 8; l++)
         half[l] = v[l + 8] > v[l] ? v[l + 8] : v[l];
@@ -86,9 +86,8 @@ static inline float cv_lanes_max_total(const cv_lanes_f *lane)
 
 /* The lanes' sum in that order on every instruction set, shorter than cv_lanes_total's
  * chain of fifteen additions. */
-static inline float cv_lanes_tree_total(const cv_lanes_f *lane)
+static inline float cv_lanes_tree_total(const float *v)
 {
-    const float *v = (const float *)lane;
     float half[8], quarter[4];
     for (int l = 0; l < 8; l++)
         half[l] = v[l] + v[l + 8];

@@ -247,9 +247,8 @@ cv_status cv_init(void)
     if (state.initialised)
         return CV_OK;
     __builtin_cpu_init();
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                     \
-    !defined(CV_VECTOR_LEVEL)
-    cv_wide_lanes = __builtin_cpu_supports("x86-64-v4");
+#ifdef CV_VECTOR_CLONES
+    cv_wide_lanes = __builtin_cpu_supports("x86-64-v4") != 0;
 #endif
 #if defined(CV_VECTOR_LEVEL) && CV_VECTOR_LEVEL == 3
     if (!__builtin_cpu_supports("x86-64-v3"))

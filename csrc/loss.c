@@ -41,7 +41,7 @@ CV_VECTORIZE static float scale_row(float *row, const float *colscale, float s, 
             lane_best[l] = x > lane_best[l] ? x : lane_best[l];
             lane_poison[l] += x * 0.0f; /* NaN once any entry is NaN or Inf */
         }
-    float best = cv_lanes_max_total((const cv_lanes_f *)lane_best);
+    float best = cv_lanes_max_total(lane_best);
     float poison = cv_lanes_total(lane_poison);
     for (ptrdiff_t j = body; j < m; j++) {
         row[j] *= s * colscale[j];
@@ -303,7 +303,7 @@ CV_VECTORIZE static void exp_tile_row(float *restrict row, const float *restrict
     float sum = cv_lanes_total(lane_sum);
     float dot = cv_lanes_total(lane_dot);
     float poison = cv_lanes_total(lane_poison);
-    float best = cv_lanes_max_total((const cv_lanes_f *)lane_max);
+    float best = cv_lanes_max_total(lane_max);
     for (ptrdiff_t j = body; j < w; j++) {
         float v = row[j] * (s * inv_b[j]), e = cv_expf(v - shift);
         row[j] = e;
