@@ -506,11 +506,12 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
  * measurable (0.98-1.04x). The sums are the same. */
 #define SMALL_GEMM_KERNEL(NAME, TARGET, W, NV, RB, ROWS_OUTER)                             \
     typedef float NAME##_vec __attribute__((vector_size(4 * W), aligned(4), may_alias));   \
-    /* R rows (a constant where it is inlined, at most RB or 8) of NV vectors */           \
-    __attribute__((target(TARGET), always_inline)) static inline void NAME##_rows(         \
-        const int R, ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa,            \
-        const float *b, ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc,            \
-        const float *pf)                                                                   \
+    /* R rows (a constant where it is inlined, at most RB or 8) of NV vectors; PF (a       \
+     * constant) says whether the k steps prefetch pf's rows */                            \
+    __attribute__((target(TARGET), always_inline)) static inline void NAME##_block(        \
+        const int R, const int PF, ptrdiff_t k, const float *a, ptrdiff_t rsa,             \
+        ptrdiff_t csa, const float *b, ptrdiff_t ldb, int accumulate, float *c,            \
+        ptrdiff_t ldc, const float *pf)                                                    \
     {                                                                                      \
         typedef NAME##_vec vec;                                                            \
         vec acc[RB > 8 ? RB : 8][NV];                                                      \
@@ -525,7 +526,7 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                 acc[r][v] = (vec){0};                                                      \
         for (ptrdiff_t p = 0; p < k; p++, b += ldb) {                                      \
             vec bv[NV];                                                                    \
-            if (pf)                                                                        \
+            if (PF)                                                                        \
                 for (int v = 0; v < NV * W; v += 16)                                       \
                     __builtin_prefetch(pf + p * ldb + v, 0, 2);                            \
             for (int v = 0; v < NV; v++)                                                   \
@@ -543,6 +544,94 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                     acc[r][v] += *(vec *)cp;                                               \
                 *(vec *)cp = acc[r][v];                                                    \
             }                                                                              \
+    }                                                                                      \
+    /* The k loop of R rows (R a constant), compiled out of line per R, as two loops:      \
+     * A's rows contiguous (csa = 1, every caller but the transposed ones) or not, each    \
+     * with the prefetches of pf or without. Inlined into the whole kernel, with csa and   \
+     * pf variables, GCC 12 ran short of registers: it reloaded row offsets from the       \
+     * stack and copied an accumulator on every step (an Intel Xeon with AVX-512,          \
+     * 2026-12-03, 6 x 64 x 2048 from L1, one thread: 160-167 against 175-180 GFLOP/s).    \
+     * Same products in the same order. */                                                 \
+    __attribute__((target(TARGET), noinline)) static void NAME##_rows_rb(                  \
+        ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,         \
+        ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc, const float *pf)           \
+    {                                                                                      \
+        if (csa == 1 && pf)                                                                \
+            NAME##_block(RB, 1, k, a, rsa, 1, b, ldb, accumulate, c, ldc, pf);             \
+        else if (csa == 1)                                                                 \
+            NAME##_block(RB, 0, k, a, rsa, 1, b, ldb, accumulate, c, ldc, NULL);           \
+        else if (pf)                                                                       \
+            NAME##_block(RB, 1, k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);           \
+        else                                                                               \
+            NAME##_block(RB, 0, k, a, rsa, csa, b, ldb, accumulate, c, ldc, NULL);         \
+    }                                                                                      \
+    __attribute__((target(TARGET), noinline)) static void NAME##_rows_8(                   \
+        ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,         \
+        ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc, const float *pf)           \
+    {                                                                                      \
+        if (csa == 1 && pf)                                                                \
+            NAME##_block(8, 1, k, a, rsa, 1, b, ldb, accumulate, c, ldc, pf);              \
+        else if (csa == 1)                                                                 \
+            NAME##_block(8, 0, k, a, rsa, 1, b, ldb, accumulate, c, ldc, NULL);            \
+        else if (pf)                                                                       \
+            NAME##_block(8, 1, k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);            \
+        else                                                                               \
+            NAME##_block(8, 0, k, a, rsa, csa, b, ldb, accumulate, c, ldc, NULL);          \
+    }                                                                                      \
+    __attribute__((target(TARGET), noinline)) static void NAME##_rows_4(                   \
+        ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,         \
+        ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc, const float *pf)           \
+    {                                                                                      \
+        if (csa == 1 && pf)                                                                \
+            NAME##_block(4, 1, k, a, rsa, 1, b, ldb, accumulate, c, ldc, pf);              \
+        else if (csa == 1)                                                                 \
+            NAME##_block(4, 0, k, a, rsa, 1, b, ldb, accumulate, c, ldc, NULL);            \
+        else if (pf)                                                                       \
+            NAME##_block(4, 1, k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);            \
+        else                                                                               \
+            NAME##_block(4, 0, k, a, rsa, csa, b, ldb, accumulate, c, ldc, NULL);          \
+    }                                                                                      \
+    __attribute__((target(TARGET), noinline)) static void NAME##_rows_2(                   \
+        ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,         \
+        ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc, const float *pf)           \
+    {                                                                                      \
+        if (csa == 1 && pf)                                                                \
+            NAME##_block(2, 1, k, a, rsa, 1, b, ldb, accumulate, c, ldc, pf);              \
+        else if (csa == 1)                                                                 \
+            NAME##_block(2, 0, k, a, rsa, 1, b, ldb, accumulate, c, ldc, NULL);            \
+        else if (pf)                                                                       \
+            NAME##_block(2, 1, k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);            \
+        else                                                                               \
+            NAME##_block(2, 0, k, a, rsa, csa, b, ldb, accumulate, c, ldc, NULL);          \
+    }                                                                                      \
+    __attribute__((target(TARGET), noinline)) static void NAME##_rows_1(                   \
+        ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,         \
+        ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc, const float *pf)           \
+    {                                                                                      \
+        if (csa == 1 && pf)                                                                \
+            NAME##_block(1, 1, k, a, rsa, 1, b, ldb, accumulate, c, ldc, pf);              \
+        else if (csa == 1)                                                                 \
+            NAME##_block(1, 0, k, a, rsa, 1, b, ldb, accumulate, c, ldc, NULL);            \
+        else if (pf)                                                                       \
+            NAME##_block(1, 1, k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);            \
+        else                                                                               \
+            NAME##_block(1, 0, k, a, rsa, csa, b, ldb, accumulate, c, ldc, NULL);          \
+    }                                                                                      \
+    __attribute__((target(TARGET), always_inline)) static inline void NAME##_rows(         \
+        const int R, ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa,            \
+        const float *b, ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc,            \
+        const float *pf)                                                                   \
+    {                                                                                      \
+        if (R == RB)                                                                       \
+            NAME##_rows_rb(k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);                \
+        else if (R == 8)                                                                   \
+            NAME##_rows_8(k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);                 \
+        else if (R == 4)                                                                   \
+            NAME##_rows_4(k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);                 \
+        else if (R == 2)                                                                   \
+            NAME##_rows_2(k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);                 \
+        else                                                                               \
+            NAME##_rows_1(k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);                 \
     }                                                                                      \
     __attribute__((target(TARGET))) static void NAME(                                      \
         ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,              \
