@@ -504,23 +504,6 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
  * ResNet-50 training steps 1.07-1.09x and 1.07x faster (MiniLM 1.06x, the loss
  * 1.01x); with AVX-512 (panels of 64 columns, in L2 anyway) it changed nothing
  * measurable (0.98-1.04x). The sums are the same. */
-/* NAME's k loop of R rows (R a constant), compiled out of line as NAME##_rows_SUFFIX;
- * see SMALL_GEMM_KERNEL's _rows */
-#define SMALL_GEMM_ROWS(NAME, TARGET, R, SUFFIX)                                           \
-    __attribute__((target(TARGET), noinline)) static void NAME##_rows_##SUFFIX(            \
-        ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,         \
-        ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc, const float *pf)           \
-    {                                                                                      \
-        if (csa == 1 && pf)                                                                \
-            NAME##_block(R, 1, k, a, rsa, 1, b, ldb, accumulate, c, ldc, pf);              \
-        else if (csa == 1)                                                                 \
-            NAME##_block(R, 0, k, a, rsa, 1, b, ldb, accumulate, c, ldc, NULL);            \
-        else if (pf)                                                                       \
-            NAME##_block(R, 1, k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);            \
-        else                                                                               \
-            NAME##_block(R, 0, k, a, rsa, csa, b, ldb, accumulate, c, ldc, NULL);          \
-    }
-
 #define SMALL_GEMM_KERNEL(NAME, TARGET, W, NV, RB, ROWS_OUTER)                             \
     typedef float NAME##_vec __attribute__((vector_size(4 * W), aligned(4), may_alias));   \
     /* R rows (a constant where it is inlined, at most RB or 8) of NV vectors; PF (a       \
@@ -562,13 +545,13 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                 *(vec *)cp = acc[r][v];                                                    \
             }                                                                              \
     }                                                                                      \
-    /* The k loop of R rows (R a constant), compiled out of line per R, as two loops:      \
+    /* The k loop of R rows (R a constant), compiled out of line per R, as four loops:     \
      * A's rows contiguous (csa = 1, every caller but the transposed ones) or not, each    \
      * with the prefetches of pf or without. Inlined into the whole kernel, with csa and   \
      * pf variables, GCC 12 ran short of registers: it reloaded row offsets from the       \
      * stack and copied an accumulator on every step (an Intel Xeon with AVX-512,          \
-     * 2026-12-03, 6 x 64 x 2048 from L1, one thread: 160-167 against 175-180 GFLOP/s).    \
-     * Same products in the same order. */                                                 \
+     * 2026-12-03, 6 x 64 x 2048 from L1, one thread: 160-167 GFLOP/s before, 173-175      \
+     * after). Same products in the same order. */                                         \
     SMALL_GEMM_ROWS(NAME, TARGET, RB, rb)                                                  \
     SMALL_GEMM_ROWS(NAME, TARGET, 8, 8)                                                    \
     SMALL_GEMM_ROWS(NAME, TARGET, 4, 4)                                                    \
@@ -668,6 +651,24 @@ void cv_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float 
                     }                                                                      \
             }                                                                              \
         }                                                                                  \
+    }
+
+/* NAME's k loop of R rows (R a constant), out of line as NAME##_rows_SUFFIX, for
+ * SMALL_GEMM_KERNEL's _rows (which says why); a macro of its own, as a macro cannot
+ * define one */
+#define SMALL_GEMM_ROWS(NAME, TARGET, R, SUFFIX)                                           \
+    __attribute__((target(TARGET), noinline)) static void NAME##_rows_##SUFFIX(            \
+        ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,         \
+        ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc, const float *pf)           \
+    {                                                                                      \
+        if (csa == 1 && pf)                                                                \
+            NAME##_block(R, 1, k, a, rsa, 1, b, ldb, accumulate, c, ldc, pf);              \
+        else if (csa == 1)                                                                 \
+            NAME##_block(R, 0, k, a, rsa, 1, b, ldb, accumulate, c, ldc, NULL);            \
+        else if (pf)                                                                       \
+            NAME##_block(R, 1, k, a, rsa, csa, b, ldb, accumulate, c, ldc, pf);            \
+        else                                                                               \
+            NAME##_block(R, 0, k, a, rsa, csa, b, ldb, accumulate, c, ldc, NULL);          \
     }
 
 SMALL_GEMM_KERNEL(small_gemm_avx512, "avx512f,fma", 16, 4, 6, 0)
