@@ -140,8 +140,11 @@ def main():
 
     threads = args.threads or convirt.get_num_threads()
     header("bench_loss: ConVIRT loss forward + backward", threads)
-    peak, _bits = measure_peak(threads)
-    print(f"measured FP32 FMA peak: {peak:.1f} GFLOP/s on {threads} threads")
+    peak, bits = measure_peak(threads)
+    print(
+        f"measured FP32 FMA peak ({bits}-bit vectors, the width of the GEMM kernels in "
+        f"use): {peak:.1f} GFLOP/s on {threads} threads"
+    )
     kwargs = {
         "sizes": args.sizes,
         "dim": args.dim,

@@ -337,7 +337,8 @@ def main():
 
     threads = args.threads or convirt.get_num_threads()
     info = convirt.config()
-    peaks = [_core.fma_peak(threads=threads, seconds=1.0)[0]]
+    first_peak, peak_bits = _core.fma_peak(threads=threads, seconds=1.0)
+    peaks = [first_peak]
     print(
         f"# ResNet encoder: batch {args.batch}, {args.size} x {args.size}, {threads} threads"
     )
@@ -393,7 +394,8 @@ def main():
             print(f"  measured ResNet-{depth} {channels}ch {mode}", file=sys.stderr)
     peak = statistics.median(peaks)
     print(
-        f"FP32 FMA peak measured in this run: {peak:.0f} GFLOP/s on {threads} threads "
+        f"FP32 FMA peak measured in this run ({peak_bits}-bit vectors, the width of the "
+        f"GEMM kernels in use): {peak:.0f} GFLOP/s on {threads} threads "
         f"(median of {len(peaks)}: {', '.join(f'{p:.0f}' for p in peaks)})\n"
     )
     print_table(

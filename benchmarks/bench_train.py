@@ -273,8 +273,11 @@ def main():
 
     threads = args.threads or convirt.get_num_threads()
     header("bench_train: ConVIRT pretraining step", threads)
-    peak, _bits = measure_peak(threads)
-    print(f"measured FP32 FMA peak: {peak:.1f} GFLOP/s on {threads} threads")
+    peak, bits = measure_peak(threads)
+    print(
+        f"measured FP32 FMA peak ({bits}-bit vectors, the width of the GEMM kernels in "
+        f"use): {peak:.1f} GFLOP/s on {threads} threads"
+    )
     rows, shares = [], []
     runs = [(config, "separate") for config in args.config]
     if args.same_process:

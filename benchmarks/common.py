@@ -15,7 +15,9 @@ from convirt import _core
 
 
 def measure_peak(threads=None, seconds=1.0):
-    """FP32 FMA peak in GFLOP/s on `threads` threads (default: convirt's)."""
+    """FP32 FMA peak in GFLOP/s on `threads` threads (default: convirt's), and its vector
+    width: that of the GEMM kernels in use (256 bits under BLIS_ARCH_TYPE=haswell on an
+    AVX-512 CPU, so that a run restricted to AVX2 is measured against AVX2's peak)."""
     threads = threads or convirt.get_num_threads()
     gflops, bits = _core.fma_peak(threads=threads, seconds=seconds)
     return gflops, bits

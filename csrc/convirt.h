@@ -215,10 +215,17 @@ void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const
 
 /* ---- machine peak (peak.c) ------------------------------------------------- */
 
-/* FP32 FMA throughput of an FMA loop at the widest vector width this CPU runs,
- * on `threads` threads (clamped to 1..cv_max_threads()) for about `seconds`; GFLOP/s
- * (an FMA counts 2). */
-double cv_fma_peak(int threads, double seconds, int *vector_bits);
+/* FP32 FMA throughput of an FMA loop of `bits`-bit vectors (512, 256 or 32; 0: the
+ * width of the GEMM kernels in use, cv_kernel_vector_bits, or the widest this CPU runs
+ * when that is 0) on `threads` threads (clamped to 1..cv_max_threads()) for about
+ * `seconds`; GFLOP/s (an FMA counts 2), the width in *vector_bits. -1 when this CPU does
+ * not run that width. */
+double cv_fma_peak(int threads, double seconds, int bits, int *vector_bits);
+
+/* The vector width of the GEMM kernels of the kernel set in use: 512 (skx, or generic
+ * on an AVX-512 CPU), 256 (haswell, the zen sets, or generic on an AVX2 CPU), 0
+ * (another set, or before cv_init). (gemm.c) */
+int cv_kernel_vector_bits(void);
 
 /* ---- contrastive loss (loss.c) ---------------------------------------------- */
 

@@ -223,6 +223,11 @@ static int own_kernel_width(void)
     }
 }
 
+int cv_kernel_vector_bits(void)
+{
+    return state.initialised ? 32 * own_kernel_width() : 0;
+}
+
 /* Which build of the element-wise loops runs (core.h's CV_VECTORIZE): the clone the
  * loader picks, or the one level a CV_VECTOR_LEVEL build has. */
 static const char *vector_loops(void)

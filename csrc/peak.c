@@ -1,7 +1,10 @@
 /* peak.c - the machine's FP32 FMA throughput, the limit benchmarks compare with.
  *
  * Each thread runs independent FMA chains (more chains than latency x FMA ports, so
- * the ports never wait) at the widest vector width this CPU executes. */
+ * the ports never wait) at one vector width: by default the width of the GEMM kernels
+ * that run (512 bits with BLIS's skx set, 256 with haswell or the zen sets), so that a
+ * CPU restricted to AVX2 (BLIS_ARCH_TYPE=haswell on an AVX-512 CPU) is measured against
+ * what AVX2 code can reach there. */
 #include <immintrin.h>
 #include <omp.h>
 
@@ -55,12 +58,17 @@ static float fma_loop_scalar(long iterations)
     return acc[0];
 }
 
-double cv_fma_peak(int threads, double seconds, int *vector_bits)
+double cv_fma_peak(int threads, double seconds, int bits, int *vector_bits)
 {
     __builtin_cpu_init();
-    int bits = __builtin_cpu_supports("avx512f")                                   ? 512
-               : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 256
-                                                                                   : 32;
+    const int widest = __builtin_cpu_supports("avx512f") ? 512
+                       : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+                           ? 256
+                           : 32;
+    if (bits == 0) /* the width of the GEMM kernels in use, else the widest */
+        bits = cv_kernel_vector_bits() ? cv_kernel_vector_bits() : widest;
+    if ((bits != 512 && bits != 256 && bits != 32) || bits > widest)
+        return -1.0;
     if (vector_bits)
         *vector_bits = bits;
     /* libgomp needs stack for every thread it starts (and ends the process when it

@@ -521,3 +521,46 @@ def test_fma_peak_is_measured():
     gflops, bits = _core.fma_peak(threads=1, seconds=0.05)
     assert bits in (32, 256, 512)
     assert gflops > 1.0
+
+
+def cpu_vector_bits():
+    """The widest FMA vectors this CPU runs, from /proc/cpuinfo (independent of the core)."""
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return 512 if "avx512f" in flags else 256 if {"avx2", "fma"} <= flags else 32
+
+
+def test_fma_peak_runs_at_the_width_of_the_kernels_in_use():
+    # 512 bits with skx, 256 with haswell or the zen sets (the kernel-set runs of the
+    # suite set BLIS_ARCH_TYPE for this process), the widest the CPU runs with generic
+    arch = convirt.config()["blis_arch"]
+    expected = {
+        "skx": 512,
+        "knl": 512,
+        "haswell": 256,
+        "zen": 256,
+        "zen2": 256,
+        "zen3": 256,
+    }
+    _, bits = _core.fma_peak(threads=1, seconds=0.02)
+    assert bits == expected.get(arch, cpu_vector_bits())
+
+
+def test_fma_peak_takes_any_width_the_cpu_runs_and_refuses_others():
+    widest = cpu_vector_bits()
+    for bits in (512, 256, 32):
+        if bits <= widest:
+            gflops, ran = _core.fma_peak(threads=1, seconds=0.02, bits=bits)
+            assert ran == bits and gflops > 0.0
+        else:
+            with pytest.raises(ValueError, match=f"does not run {bits}-bit"):
+                _core.fma_peak(threads=1, seconds=0.02, bits=bits)
+    for bad in (128, -1, 1024):
+        with pytest.raises(ValueError, match="bits must be 512, 256, 32 or 0"):
+            _core.fma_peak(threads=1, seconds=0.02, bits=bad)
+    with pytest.raises(TypeError):
+        _core.fma_peak(threads=1, seconds=0.02, bits="512")

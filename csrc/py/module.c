@@ -107,13 +107,12 @@ static PyObject *py_get_winograd(PyObject *self, PyObject *unused)
 static PyObject *py_fma_peak(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"threads", "seconds", NULL};
-    int threads = 0;
+    static char *kwlist[] = {"threads", "seconds", "bits", NULL};
+    int threads = 0, bits = 0, ran;
     double seconds = 0.5, gflops;
-    int bits;
     char text[CV_DOUBLE_TEXT];
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|id:fma_peak", kwlist, &threads,
-                                     &seconds))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|idi:fma_peak", kwlist, &threads,
+                                     &seconds, &bits))
         return NULL;
     if (threads <= 0)
         threads = cv_get_num_threads();
@@ -128,10 +127,21 @@ static PyObject *py_fma_peak(PyObject *self, PyObject *args, PyObject *kwds)
                      cv_double_text(seconds, text));
         return NULL;
     }
+    if (bits != 0 && bits != 32 && bits != 256 && bits != 512) {
+        PyErr_Format(PyExc_ValueError,
+                     "bits must be 512, 256, 32 or 0 (the width of the GEMM kernels in "
+                     "use), got %d",
+                     bits);
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS;
-    gflops = cv_fma_peak(threads, seconds, &bits);
+    gflops = cv_fma_peak(threads, seconds, bits, &ran);
     Py_END_ALLOW_THREADS;
-    return Py_BuildValue("(di)", gflops, bits);
+    if (gflops < 0.0) {
+        PyErr_Format(PyExc_ValueError, "this CPU does not run %d-bit FMA vectors", bits);
+        return NULL;
+    }
+    return Py_BuildValue("(di)", gflops, ran);
 }
 
 /* gemm(A, B, C, alpha=1.0, beta=0.0): C = alpha A @ B + beta C. */
@@ -227,9 +237,11 @@ static PyMethodDef module_methods[] = {
      "The Winograd switch: True (F(2x2, 3x3)), 4 (F(4x4, 3x3) where it pays), or False "
      "(off)."},
     {"fma_peak", (PyCFunction)(void (*)(void))py_fma_peak, METH_VARARGS | METH_KEYWORDS,
-     "fma_peak($module, /, threads=0, seconds=0.5)\n--\n\n"
-     "Returns (GFLOP/s, vector bits): FP32 FMA throughput of "
-     "a register-only loop, the machine's limit for GEMM."},
+     "fma_peak($module, /, threads=0, seconds=0.5, bits=0)\n--\n\n"
+     "Returns (GFLOP/s, vector bits): FP32 FMA throughput of a register-only loop, the "
+     "machine's limit for GEMM, on vectors of `bits` bits (512, 256 or 32); 0, the "
+     "default, takes the width of the GEMM kernels in use (256 with BLIS_ARCH_TYPE="
+     "haswell on an AVX-512 CPU). ValueError for a width this CPU does not run."},
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_VARARGS | METH_KEYWORDS,
      "gemm($module, /, A, B, C, alpha=1.0, beta=0.0)\n--\n\n"
      "C = alpha A @ B + beta C on float32 arrays "
