@@ -66,7 +66,9 @@ double cv_fma_peak(int threads, double seconds, int bits, int *vector_bits)
                            ? 256
                            : 32;
     if (bits == 0) /* the width of the GEMM kernels in use, else the widest */
-        bits = cv_kernel_vector_bits() ? cv_kernel_vector_bits() : widest;
+        bits = cv_kernel_vector_bits();
+    if (bits == 0)
+        bits = widest;
     if ((bits != 512 && bits != 256 && bits != 32) || bits > widest)
         return -1.0;
     if (vector_bits)

@@ -525,13 +525,7 @@ def test_fma_peak_is_measured():
 
 def cpu_vector_bits():
     """The widest FMA vectors this CPU runs, from /proc/cpuinfo (independent of the core)."""
-    flags = set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    return 512 if "avx512f" in flags else 256 if {"avx2", "fma"} <= flags else 32
+    return 512 if "avx512f" in cpu_flags() else 256 if AVX2 else 32
 
 
 def test_fma_peak_runs_at_the_width_of_the_kernels_in_use():
