@@ -1,10 +1,15 @@
-"""sgemm through convirt's BLIS wrapper on ResNet-50 and BERT shapes, contiguous and
-strided, beside the machine's FP32 FMA peak, BLIS's generic kernels and torch.mm.
+"""sgemm on ResNet-50 and BERT shapes, contiguous and strided: convirt's own kernel
+(the packed path the towers and the loss run) and its BLIS wrapper, beside the machine's
+FP32 FMA peak, the kernel's own ceiling (operands in L1), BLIS's generic kernels and
+torch.mm.
 
     python benchmarks/bench_gemm.py [--quick]
 
-Each column runs in its own process on the same threads; the peak is measured in the
-same run with an FMA loop."""
+Each column runs in its own process on the same threads; the peak and the kernel's
+ceiling are measured in the same run: an FMA loop on registers, and the kernel on a
+block of A and a panel of B that stay in L1 (convirt._core.gemm_kernel_peak), so that
+what the kernel loses to its loads and stores and what a GEMM loses to the caches show
+apart."""
 
 import argparse
 import os
@@ -17,6 +22,7 @@ from benchmarks.common import header, measure_peak, print_table, run_isolated
 # (name, m, n, k): C (m x n) = A (m x k) B (k x n)
 SHAPES = [
     ("ResNet-50 layer1 1x1 (64->256), batch 32", 100352, 256, 64),
+    ("ResNet-50 layer1 1x1 weight grad (256->64)", 256, 64, 100352),
     ("ResNet-50 layer1 3x3 im2col (576->64), batch 32", 100352, 64, 576),
     ("ResNet-50 layer3 1x1 (1024->256), batch 32", 6272, 256, 1024),
     ("ResNet-50 layer4 1x1 (512->2048), batch 32", 1568, 2048, 512),
@@ -24,10 +30,14 @@ SHAPES = [
     ("BERT-base QKV, 32x128 tokens", 4096, 2304, 768),
     ("BERT-base FFN up", 4096, 3072, 768),
     ("BERT-base FFN down", 4096, 768, 3072),
+    ("BERT-base FFN down weight grad", 768, 3072, 4096),
+    ("MiniLM FFN up, 32x128 tokens", 4096, 1536, 384),
+    ("MiniLM FFN down weight grad", 384, 1536, 4096),
     ("BERT-base attention scores (one head)", 128, 128, 64),
+    ("ContrastiveLoss N = 1024, d = 512", 1024, 1024, 512),
     ("square 2048", 2048, 2048, 2048),
 ]
-QUICK = [SHAPES[2], SHAPES[3], SHAPES[5], SHAPES[8], SHAPES[9]]
+QUICK = [SHAPES[3], SHAPES[4], SHAPES[6], SHAPES[10], SHAPES[11], SHAPES[12], SHAPES[13]]
 LAYOUTS = ["contiguous", "A transposed", "B transposed", "C strided"]
 
 
@@ -62,7 +72,7 @@ def run(framework, shapes, layouts, threads, repeat):
         torch.set_num_threads(threads)
     else:
         import convirt
-        from convirt import _core
+        from convirt import _core, _testing
 
         convirt.set_num_threads(threads)
     results = {}
@@ -79,6 +89,15 @@ def run(framework, shapes, layouts, threads, repeat):
 
                     def fn():
                         tc.copy_(torch.mm(ta, tb))
+            elif framework == "kernel":
+                # the packed path writes C with contiguous rows, and on AVX2 reads A
+                # with a unit stride: other layouts are BLIS's
+                if layout == "C strided" or not _testing.gemm_packed(a, b, c):
+                    continue
+
+                def fn():
+                    _testing.gemm_packed(a, b, c)
+
             else:
 
                 def fn():
@@ -110,6 +129,18 @@ def main():
         f"measured FP32 FMA peak ({bits}-bit FMA loop): {peak:.1f} GFLOP/s on {threads} "
         f"threads, {peak1:.1f} on 1"
     )
+    from convirt import _core
+
+    try:
+        ceiling, _ = _core.gemm_kernel_peak(threads, 1.0)
+        ceiling1, _ = _core.gemm_kernel_peak(1, 1.0)
+        print(
+            f"convirt's GEMM kernel on operands in L1 (its ceiling): {ceiling:.1f} GFLOP/s "
+            f"on {threads} threads ({100 * ceiling / peak:.0f}% of the FMA peak), "
+            f"{ceiling1:.1f} on 1 ({100 * ceiling1 / peak1:.0f}%)"
+        )
+    except ValueError as error:  # a kernel set without convirt's own kernel
+        print(f"convirt's GEMM kernel: {error}")
     shapes = QUICK if args.quick else SHAPES
     layouts = LAYOUTS[:2] + LAYOUTS[3:] if args.quick else LAYOUTS
     kwargs = {
@@ -118,6 +149,7 @@ def main():
         "threads": threads,
         "repeat": args.repeat,
     }
+    kernel = run_isolated("bench_gemm", "run", dict(kwargs, framework="kernel"))["gflops"]
     ours = run_isolated("bench_gemm", "run", dict(kwargs, framework="convirt"))["gflops"]
     generic = (
         {}
@@ -139,11 +171,14 @@ def main():
         for layout in layouts:
             key = f"{name}|{layout}"
             g = ours[key]
+            own = kernel.get(key)
             rows.append(
                 [
                     name,
                     f"{m}x{n}x{k}",
                     layout,
+                    f"{own:.1f}" if own else "-",
+                    f"{100 * own / peak:.0f}%" if own else "-",
                     f"{g:.1f}",
                     f"{100 * g / peak:.0f}%",
                     f"{generic[key]:.1f}" if key in generic else "-",
@@ -155,7 +190,9 @@ def main():
             "shape",
             "m x n x k",
             "layout",
-            "convirt GFLOP/s",
+            "convirt kernel",
+            "of peak",
+            "convirt BLIS",
             "of peak",
             "BLIS generic",
             "torch.mm",

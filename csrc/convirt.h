@@ -222,6 +222,13 @@ void cv_gemm_reference(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const
  * not run that width. */
 double cv_fma_peak(int threads, double seconds, int bits, int *vector_bits);
 
+/* GFLOP/s of the core's own GEMM kernel (the one every packed GEMM runs) on operands
+ * that stay in L1, on `threads` threads (clamped as above) for about `seconds`: the
+ * ceiling of the GEMMs built on it, below the FMA peak by what its loads and stores
+ * cost. Its vector width in *vector_bits; -1 when the kernel set in use has no kernel of
+ * the core's own (BLIS runs every GEMM). */
+double cv_gemm_kernel_peak(int threads, double seconds, int *vector_bits);
+
 /* The vector width of the GEMM kernels of the kernel set in use: 512 (skx, or generic
  * on an AVX-512 CPU), 256 (haswell, the zen sets, or generic on an AVX2 CPU), 0
  * (another set, or before cv_init). (gemm.c) */

@@ -8,7 +8,7 @@
 #include <immintrin.h>
 #include <omp.h>
 
-#include "convirt.h"
+#include "core.h"
 
 #define CHAINS 12
 
@@ -58,6 +58,46 @@ static float fma_loop_scalar(long iterations)
     return acc[0];
 }
 
+/* Threads clamped to what libgomp can start: it needs stack for every thread it starts
+ * (and ends the process when it cannot have them), so never more than the machine runs. */
+static int usable_threads(int threads)
+{
+    if (threads < 1)
+        return 1;
+    return threads > cv_max_threads() ? cv_max_threads() : threads;
+}
+
+/* Best GFLOP/s of three rounds of `run(work)` on every thread at once, each doing
+ * `flops(work)`; the work calibrated on one thread to about seconds / 6. */
+static double best_rate(int threads, double seconds, float (*run)(long),
+                        double flops_per_unit)
+{
+    long work = 1 << 10;
+    for (;;) {
+        double t0 = omp_get_wtime();
+        volatile float sink = run(work);
+        (void)sink;
+        double dt = omp_get_wtime() - t0;
+        if (dt > seconds / 6 || work > (1L << 40))
+            break;
+        work *= 2;
+    }
+    double best = 0.0;
+    for (int round = 0; round < 3; round++) {
+        double t0 = omp_get_wtime();
+        float total = 0.0f;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+        total += run(work);
+        double dt = omp_get_wtime() - t0;
+        volatile float sink = total;
+        (void)sink;
+        double flops = flops_per_unit * (double)work * threads;
+        if (flops / dt > best)
+            best = flops / dt;
+    }
+    return best / 1e9;
+}
+
 double cv_fma_peak(int threads, double seconds, int bits, int *vector_bits)
 {
     __builtin_cpu_init();
@@ -73,40 +113,61 @@ double cv_fma_peak(int threads, double seconds, int bits, int *vector_bits)
         return -1.0;
     if (vector_bits)
         *vector_bits = bits;
-    /* libgomp needs stack for every thread it starts (and ends the process when it
-     * cannot have them): never more than the machine can run. */
-    if (threads < 1)
-        threads = 1;
-    if (threads > cv_max_threads())
-        threads = cv_max_threads();
     float (*loop)(long) = bits == 512   ? fma_loop_512
                           : bits == 256 ? fma_loop_256
                                         : fma_loop_scalar;
+    return best_rate(usable_threads(threads), seconds, loop, 2.0 * CHAINS * (bits / 32));
+}
 
-    /* Calibrate the iteration count on one thread, then time all threads together
-     * and keep the best of three rounds. */
-    long iterations = 1 << 16;
-    for (;;) {
-        double t0 = omp_get_wtime();
-        volatile float sink = loop(iterations);
-        (void)sink;
-        double dt = omp_get_wtime() - t0;
-        if (dt > seconds / 6 || iterations > (1L << 40))
-            break;
-        iterations *= 2;
+/* ---- the GEMM kernel on operands in L1 --------------------------------------------
+ * The register-blocked kernel that every packed GEMM of the core runs (cv_gemm_small on
+ * one panel width: 64 columns with AVX-512, 16 with AVX2), on a block of KERNEL_ROWS
+ * rows of A and a k-deep panel of B that together stay in a 32 KiB L1: what the kernel
+ * reaches when no cache miss slows it, the ceiling of every GEMM built on it. */
+#define KERNEL_ROWS 24
+
+static ptrdiff_t kernel_panel(void)
+{
+    const int bits = cv_kernel_vector_bits();
+    return bits == 512 ? 64 : bits == 256 ? 16 : 0;
+}
+
+/* A and the panel of B in at most 24 KiB, k a multiple of 16. */
+static ptrdiff_t kernel_depth(ptrdiff_t panel)
+{
+    return 6144 / (panel + KERNEL_ROWS) / 16 * 16;
+}
+
+static float kernel_loop(long calls)
+{
+    const ptrdiff_t n = kernel_panel(), k = kernel_depth(n);
+    float *A = cv_alloc_floats((size_t)(KERNEL_ROWS * k));
+    float *B = cv_alloc_floats((size_t)(k * n));
+    float *C = cv_alloc_floats((size_t)(KERNEL_ROWS * n));
+    float result = 0.0f;
+    if (A && B && C) {
+        for (ptrdiff_t i = 0; i < KERNEL_ROWS * k; i++)
+            A[i] = 1e-3f * (float)(i % 7);
+        for (ptrdiff_t i = 0; i < k * n; i++)
+            B[i] = 1e-3f * (float)(i % 5);
+        memset(C, 0, (size_t)(KERNEL_ROWS * n) * sizeof(float));
+        for (long c = 0; c < calls; c++)
+            cv_gemm_small(KERNEL_ROWS, n, k, A, k, 1, B, n, 1, C, n);
+        result = C[0];
     }
-    double best = 0.0;
-    for (int round = 0; round < 3; round++) {
-        double t0 = omp_get_wtime();
-        float total = 0.0f;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-        total += loop(iterations);
-        double dt = omp_get_wtime() - t0;
-        volatile float sink = total;
-        (void)sink;
-        double flops = 2.0 * CHAINS * (bits / 32) * (double)iterations * threads;
-        if (flops / dt > best)
-            best = flops / dt;
-    }
-    return best / 1e9;
+    free(A);
+    free(B);
+    free(C);
+    return result;
+}
+
+double cv_gemm_kernel_peak(int threads, double seconds, int *vector_bits)
+{
+    const ptrdiff_t n = kernel_panel();
+    if (n == 0 || cv_gemm_small_takes(n) != 1)
+        return -1.0;
+    if (vector_bits)
+        *vector_bits = cv_kernel_vector_bits();
+    return best_rate(usable_threads(threads), seconds, kernel_loop,
+                     2.0 * KERNEL_ROWS * (double)n * (double)kernel_depth(n));
 }

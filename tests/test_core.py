@@ -523,6 +523,23 @@ def test_fma_peak_is_measured():
     assert gflops > 1.0
 
 
+def test_gemm_kernel_peak_runs_the_kernel_in_use():
+    # convirt's own kernel on operands in L1, at the width fma_peak measures by default;
+    # refused where the kernel set has no kernel of the core's own (BLIS runs the GEMMs)
+    if convirt.config()["gemm_kernel"] == "none":
+        with pytest.raises(ValueError, match="no GEMM kernel of convirt's own"):
+            _core.gemm_kernel_peak(threads=1, seconds=0.02)
+        return
+    gflops, bits = _core.gemm_kernel_peak(threads=1, seconds=0.02)
+    assert bits == _core.fma_peak(threads=1, seconds=0.02)[1]
+    assert np.isfinite(gflops) and gflops > 0.0
+    assert (
+        _core.gemm_kernel_peak(threads=2 if os.cpu_count() > 1 else 1, seconds=0.02)[0] > 0
+    )
+    with pytest.raises(ValueError, match=r"seconds must be in \(0, 600\)"):
+        _core.gemm_kernel_peak(seconds=-1.0)
+
+
 def cpu_vector_bits():
     """The widest FMA vectors this CPU runs, from /proc/cpuinfo (independent of the core)."""
     return 512 if "avx512f" in cpu_flags() else 256 if AVX2 else 32

@@ -404,6 +404,7 @@ def test_thread_and_size_arguments_near_integer_limits(value):
     try:
         acceptable(lambda: convirt.set_num_threads(value))
         acceptable(lambda: _core.fma_peak(threads=value, seconds=0.01))
+        acceptable(lambda: _core.gemm_kernel_peak(threads=value, seconds=0.01))
         acceptable(lambda: convirt.ImageAugment(value))
         acceptable(lambda: convirt.Encoder.resnet18(proj_dim=value, proj_hidden=4))
     finally:

@@ -192,6 +192,10 @@ def test_fma_peak_refuses_threads_the_machine_cannot_run():
     assert kind == "ValueError" and str(LIMIT) in message, message
     gflops, _ = _core.fma_peak(threads=LIMIT, seconds=0.02)  # the limit itself runs
     assert gflops > 0
+    kind, message = refused_in_subprocess(
+        "_core.gemm_kernel_peak(threads=100000, seconds=0.05)"
+    )
+    assert kind == "ValueError" and str(LIMIT) in message, message
 
 
 def test_set_num_threads_refuses_more_than_the_machine_can_run():
@@ -442,6 +446,7 @@ def _message(call):
         (lambda: convirt.ImageAugment(32, fill=float("nan")), "nan"),
         (lambda: convirt.ImageAugment(32, normalization=(float("nan"), 1.0)), "nan"),
         (lambda: _core.fma_peak(seconds=0.0), "0.0"),
+        (lambda: _core.gemm_kernel_peak(seconds=float("nan")), "nan"),
         (
             lambda: convirt.Adam(
                 [np.zeros(3, np.float32)], [np.zeros(3, np.float32)], lr=float("nan")

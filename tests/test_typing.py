@@ -21,6 +21,7 @@ C_FUNCTIONS = [
     "config",
     "fma_peak",
     "gemm",
+    "gemm_kernel_peak",
     "get_num_threads",
     "random_uniform",
     "set_num_threads",

@@ -104,29 +104,36 @@ static PyObject *py_get_winograd(PyObject *self, PyObject *unused)
     return mode > 1 ? PyLong_FromLong(mode) : PyBool_FromLong(mode);
 }
 
+/* The threads and seconds fma_peak and gemm_kernel_peak take; 0 threads: all. */
+static int peak_arguments(int *threads, double seconds)
+{
+    char text[CV_DOUBLE_TEXT];
+    if (*threads <= 0)
+        *threads = cv_get_num_threads();
+    if (*threads > cv_max_threads()) {
+        PyErr_Format(PyExc_ValueError,
+                     "threads must be at most %d (%d per usable core), got %d",
+                     cv_max_threads(), CV_THREADS_PER_CORE, *threads);
+        return -1;
+    }
+    if (!(seconds > 0.0 && seconds < 600.0)) {
+        PyErr_Format(PyExc_ValueError, "seconds must be in (0, 600), got %s",
+                     cv_double_text(seconds, text));
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_fma_peak(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
     static char *kwlist[] = {"threads", "seconds", "bits", NULL};
     int threads = 0, bits = 0, ran;
     double seconds = 0.5, gflops;
-    char text[CV_DOUBLE_TEXT];
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|idi:fma_peak", kwlist, &threads,
-                                     &seconds, &bits))
+                                     &seconds, &bits) ||
+        peak_arguments(&threads, seconds))
         return NULL;
-    if (threads <= 0)
-        threads = cv_get_num_threads();
-    if (threads > cv_max_threads()) {
-        PyErr_Format(PyExc_ValueError,
-                     "threads must be at most %d (%d per usable core), got %d",
-                     cv_max_threads(), CV_THREADS_PER_CORE, threads);
-        return NULL;
-    }
-    if (!(seconds > 0.0 && seconds < 600.0)) {
-        PyErr_Format(PyExc_ValueError, "seconds must be in (0, 600), got %s",
-                     cv_double_text(seconds, text));
-        return NULL;
-    }
     if (bits != 0 && bits != 32 && bits != 256 && bits != 512) {
         PyErr_Format(PyExc_ValueError,
                      "bits must be 512, 256, 32 or 0 (the width of the GEMM kernels in "
@@ -139,6 +146,28 @@ static PyObject *py_fma_peak(PyObject *self, PyObject *args, PyObject *kwds)
     Py_END_ALLOW_THREADS;
     if (gflops < 0.0) {
         PyErr_Format(PyExc_ValueError, "this CPU does not run %d-bit FMA vectors", bits);
+        return NULL;
+    }
+    return Py_BuildValue("(di)", gflops, ran);
+}
+
+static PyObject *py_gemm_kernel_peak(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    (void)self;
+    static char *kwlist[] = {"threads", "seconds", NULL};
+    int threads = 0, ran = 0;
+    double seconds = 0.5, gflops;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|id:gemm_kernel_peak", kwlist, &threads,
+                                     &seconds) ||
+        peak_arguments(&threads, seconds))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    gflops = cv_gemm_kernel_peak(threads, seconds, &ran);
+    Py_END_ALLOW_THREADS;
+    if (gflops < 0.0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "the BLIS kernel set in use has no GEMM kernel of convirt's own "
+                        "(config()['gemm_kernel'] is 'none'): BLIS runs every GEMM");
         return NULL;
     }
     return Py_BuildValue("(di)", gflops, ran);
@@ -242,6 +271,13 @@ static PyMethodDef module_methods[] = {
      "machine's limit for GEMM, on vectors of `bits` bits (512, 256 or 32); 0, the "
      "default, takes the width of the GEMM kernels in use (256 with BLIS_ARCH_TYPE="
      "haswell on an AVX-512 CPU). ValueError for a width this CPU does not run."},
+    {"gemm_kernel_peak", (PyCFunction)(void (*)(void))py_gemm_kernel_peak,
+     METH_VARARGS | METH_KEYWORDS,
+     "gemm_kernel_peak($module, /, threads=0, seconds=0.5)\n--\n\n"
+     "Returns (GFLOP/s, vector bits): convirt's own GEMM kernel, the one every packed GEMM "
+     "of the towers and the loss runs, on a block of A and a panel of B that stay in L1: "
+     "the ceiling of those GEMMs, below fma_peak() by what the kernel's loads and stores "
+     "cost. ValueError when the kernel set in use has none (BLIS runs every GEMM)."},
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_VARARGS | METH_KEYWORDS,
      "gemm($module, /, A, B, C, alpha=1.0, beta=0.0)\n--\n\n"
      "C = alpha A @ B + beta C on float32 arrays "
