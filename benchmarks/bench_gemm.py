@@ -105,7 +105,9 @@ def run(framework, shapes, layouts, threads, repeat):
 
             flops = 2.0 * m * n * k
             reps = max(repeat, int(min(50, 2e10 / flops)))
-            seconds = timeit(fn, repeat=reps, warmup=1)
+            # two warm-up calls and at least 0.3 s of timed ones: the first layout of a shape
+            # read 10-40% low with one warm-up call (fresh pages, the clock settling)
+            seconds = timeit(fn, repeat=reps, warmup=2, min_time=0.3)
             results[f"{name}|{layout}"] = flops / seconds / 1e9
     return {"gflops": results}
 
