@@ -132,33 +132,28 @@ static ptrdiff_t kernel_panel(void)
     return bits == 512 ? 64 : bits == 256 ? 16 : 0;
 }
 
-/* A and the panel of B in at most 24 KiB, k a multiple of 16. */
+/* A and the panel of B in at most KERNEL_AB floats (24 KiB), k a multiple of 16. */
+#define KERNEL_AB 6144
+
 static ptrdiff_t kernel_depth(ptrdiff_t panel)
 {
-    return 6144 / (panel + KERNEL_ROWS) / 16 * 16;
+    return KERNEL_AB / (panel + KERNEL_ROWS) / 16 * 16;
 }
 
 static float kernel_loop(long calls)
 {
+    /* A, then B, then C (at most 64 columns), on the thread's stack: nothing to fail */
+    float buf[KERNEL_AB + KERNEL_ROWS * 64] __attribute__((aligned(64)));
     const ptrdiff_t n = kernel_panel(), k = kernel_depth(n);
-    float *A = cv_alloc_floats((size_t)(KERNEL_ROWS * k));
-    float *B = cv_alloc_floats((size_t)(k * n));
-    float *C = cv_alloc_floats((size_t)(KERNEL_ROWS * n));
-    float result = 0.0f;
-    if (A && B && C) {
-        for (ptrdiff_t i = 0; i < KERNEL_ROWS * k; i++)
-            A[i] = 1e-3f * (float)(i % 7);
-        for (ptrdiff_t i = 0; i < k * n; i++)
-            B[i] = 1e-3f * (float)(i % 5);
-        memset(C, 0, (size_t)(KERNEL_ROWS * n) * sizeof(float));
-        for (long c = 0; c < calls; c++)
-            cv_gemm_small(KERNEL_ROWS, n, k, A, k, 1, B, n, 1, C, n);
-        result = C[0];
-    }
-    free(A);
-    free(B);
-    free(C);
-    return result;
+    float *A = buf, *B = A + KERNEL_ROWS * k, *C = B + k * n;
+    for (ptrdiff_t i = 0; i < KERNEL_ROWS * k; i++)
+        A[i] = 1e-3f * (float)(i % 7);
+    for (ptrdiff_t i = 0; i < k * n; i++)
+        B[i] = 1e-3f * (float)(i % 5);
+    memset(C, 0, (size_t)(KERNEL_ROWS * n) * sizeof(float));
+    for (long c = 0; c < calls; c++)
+        cv_gemm_small(KERNEL_ROWS, n, k, A, k, 1, B, n, 1, C, n);
+    return C[0];
 }
 
 double cv_gemm_kernel_peak(int threads, double seconds, int *vector_bits)
