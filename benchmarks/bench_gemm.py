@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import header, measure_peak, print_table, run_isolated
+from benchmarks.common import header, measure_peak, peak_line, print_table, run_isolated
 
 # (name, m, n, k): C (m x n) = A (m x k) B (k x n)
 SHAPES = [
@@ -127,10 +127,7 @@ def main():
     header("bench_gemm: sgemm GFLOP/s", threads)
     peak, bits = measure_peak(threads)
     peak1, _ = measure_peak(1)
-    print(
-        f"measured FP32 FMA peak ({bits}-bit FMA loop): {peak:.1f} GFLOP/s on {threads} "
-        f"threads, {peak1:.1f} on 1"
-    )
+    print(f"{peak_line(peak, bits, threads)}, {peak1:.1f} on 1")
     from convirt import _core
 
     try:

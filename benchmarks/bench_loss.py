@@ -22,6 +22,7 @@ from benchmarks.common import (
     fraction_of_peak,
     header,
     measure_peak,
+    peak_line,
     print_table,
     run_isolated,
 )
@@ -141,10 +142,7 @@ def main():
     threads = args.threads or convirt.get_num_threads()
     header("bench_loss: ConVIRT loss forward + backward", threads)
     peak, bits = measure_peak(threads)
-    print(
-        f"measured FP32 FMA peak ({bits}-bit vectors, the width of the GEMM kernels in "
-        f"use): {peak:.1f} GFLOP/s on {threads} threads"
-    )
+    print(peak_line(peak, bits, threads))
     kwargs = {
         "sizes": args.sizes,
         "dim": args.dim,

@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from benchmarks.common import header, measure_peak, print_table
+from benchmarks.common import header, measure_peak, peak_line, print_table
 
 CONFIGS = {
     "paper": {
@@ -274,10 +274,7 @@ def main():
     threads = args.threads or convirt.get_num_threads()
     header("bench_train: ConVIRT pretraining step", threads)
     peak, bits = measure_peak(threads)
-    print(
-        f"measured FP32 FMA peak ({bits}-bit vectors, the width of the GEMM kernels in "
-        f"use): {peak:.1f} GFLOP/s on {threads} threads"
-    )
+    print(peak_line(peak, bits, threads))
     rows, shares = [], []
     runs = [(config, "separate") for config in args.config]
     if args.same_process:

@@ -23,6 +23,14 @@ def measure_peak(threads=None, seconds=1.0):
     return gflops, bits
 
 
+def peak_line(peak, bits, threads):
+    """The header line that names the peak a table is read against, and its width."""
+    return (
+        f"measured FP32 FMA peak ({bits}-bit vectors, the width of the GEMM kernels in "
+        f"use): {peak:.1f} GFLOP/s on {threads} threads"
+    )
+
+
 def timeit(fn, repeat=5, warmup=1, min_time=0.0):
     """Median wall time of fn() over `repeat` runs after `warmup` runs."""
     for _ in range(warmup):

@@ -139,6 +139,9 @@ int cv_gemm_small(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff
                   ptrdiff_t ldc);
 /* Whether cv_gemm_small runs n columns on this kernel set. */
 int cv_gemm_small_takes(ptrdiff_t n);
+/* Columns per panel of B on cv_gemm_packed's path for wide B (64 with AVX-512, 16 with
+ * AVX2), 0 when the kernel set in use has no kernel of the core's own. */
+ptrdiff_t cv_gemm_panel_width(void);
 
 /* C (m x n, rows ldc apart) = A B, or += with accumulate; B row-major (rows ldb
  * apart): the GEMM of one tile of a layer. cv_gemm_small where B is at most

@@ -961,6 +961,12 @@ static small_gemm_fn *packed_kernel(ptrdiff_t n, ptrdiff_t *pw)
     return kernel;
 }
 
+ptrdiff_t cv_gemm_panel_width(void)
+{
+    ptrdiff_t pw;
+    return packed_kernel(1024, &pw) ? pw : 0; /* any wide n: the full-width panels */
+}
+
 int cv_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
                    ptrdiff_t csa, const float *B, ptrdiff_t rsb, ptrdiff_t csb,
                    int accumulate, float *C, ptrdiff_t ldc)

@@ -68,7 +68,7 @@ static int usable_threads(int threads)
 }
 
 /* Best GFLOP/s of three rounds of `run(work)` on every thread at once, each doing
- * `flops(work)`; the work calibrated on one thread to about seconds / 6. */
+ * flops_per_unit * work; the work calibrated on one thread to about seconds / 6. */
 static double best_rate(int threads, double seconds, float (*run)(long),
                         double flops_per_unit)
 {
@@ -121,16 +121,10 @@ double cv_fma_peak(int threads, double seconds, int bits, int *vector_bits)
 
 /* ---- the GEMM kernel on operands in L1 --------------------------------------------
  * The register-blocked kernel that every packed GEMM of the core runs (cv_gemm_small on
- * one panel width: 64 columns with AVX-512, 16 with AVX2), on a block of KERNEL_ROWS
- * rows of A and a k-deep panel of B that together stay in a 32 KiB L1: what the kernel
- * reaches when no cache miss slows it, the ceiling of every GEMM built on it. */
+ * one panel of cv_gemm_panel_width columns: 64 with AVX-512, 16 with AVX2), on a block of
+ * KERNEL_ROWS rows of A and a k-deep panel of B that together stay in a 32 KiB L1: what the
+ * kernel reaches when no cache miss slows it, the ceiling of every GEMM built on it. */
 #define KERNEL_ROWS 24
-
-static ptrdiff_t kernel_panel(void)
-{
-    const int bits = cv_kernel_vector_bits();
-    return bits == 512 ? 64 : bits == 256 ? 16 : 0;
-}
 
 /* A and the panel of B in at most KERNEL_AB floats (24 KiB), k a multiple of 16. */
 #define KERNEL_AB 6144
@@ -144,7 +138,7 @@ static float kernel_loop(long calls)
 {
     /* A, then B, then C (at most 64 columns), on the thread's stack: nothing to fail */
     float buf[KERNEL_AB + KERNEL_ROWS * 64] __attribute__((aligned(64)));
-    const ptrdiff_t n = kernel_panel(), k = kernel_depth(n);
+    const ptrdiff_t n = cv_gemm_panel_width(), k = kernel_depth(n);
     float *A = buf, *B = A + KERNEL_ROWS * k, *C = B + k * n;
     for (ptrdiff_t i = 0; i < KERNEL_ROWS * k; i++)
         A[i] = 1e-3f * (float)(i % 7);
@@ -158,8 +152,8 @@ static float kernel_loop(long calls)
 
 double cv_gemm_kernel_peak(int threads, double seconds, int *vector_bits)
 {
-    const ptrdiff_t n = kernel_panel();
-    if (n == 0 || cv_gemm_small_takes(n) != 1)
+    const ptrdiff_t n = cv_gemm_panel_width();
+    if (n == 0)
         return -1.0;
     if (vector_bits)
         *vector_bits = cv_kernel_vector_bits();
