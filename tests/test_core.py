@@ -375,8 +375,8 @@ def test_small_gemm_kernel_refuses_widths_off_the_vector():
 # copied a block at a time), k over several slabs (of at most 384) and not a multiple, partial
 # panels (n = 80: 64 + 16), rows in and out of the 72-row blocks, a team split by
 # columns (n = 1024; with a column-major A copied once for both, 63 x 512) and by rows
-# (m > n); with AVX-512's 64-column panels, 300 x 1024 x 300 and 130 x 768 x 768 sweep
-# their panels in several column chunks (512 KiB of packed B each) on 1 and 2 threads.
+# (m > n); with AVX-512's 64-column panels and 2 threads, 300 x 1024 x 300 and 130 x 768
+# x 768 sweep each thread's panels in two column chunks (512 KiB of packed B at most).
 PACKED_GEMM_SHAPES = [(300, 1024, 300), (97, 80, 257), (1, 64, 1), (1000, 16, 129),
                       (130, 768, 768), (75, 80, 1000), (145, 48, 513), (63, 512, 700),
                       (75, 32, 700)]  # fmt: skip
