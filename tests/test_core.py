@@ -438,6 +438,31 @@ def test_packed_gemm_is_the_same_sum_on_any_split():
         convirt.set_num_threads(before)
 
 
+def test_packed_gemm_column_chunks_keep_the_sums():
+    """With AVX-512's 64-column panels a thread sweeps its panels in column chunks (at
+    most 512 KiB of packed B): 1024 columns in slabs of 200 rows of k are two chunks on
+    one thread and one per thread on two. Each element is the same kernel call per slab
+    either way, so the bits agree, and with the float64 product."""
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((150, 400)).astype(np.float32)
+    b = rng.standard_normal((400, 1024)).astype(np.float32)
+    before = convirt.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            convirt.set_num_threads(threads)
+            c = np.zeros((150, 1024), np.float32)
+            if not _testing.gemm_packed(a, b, c):
+                pytest.skip("no AVX2 + FMA: the kernel does not run here")
+            results.append(c)
+    finally:
+        convirt.set_num_threads(before)
+    assert np.array_equal(results[0], results[1])
+    expected = a.astype(np.float64) @ b
+    scale = np.abs(a).astype(np.float64) @ np.abs(b)
+    assert (np.abs(results[0] - expected) <= 1e-6 * scale).all()
+
+
 @pytest.mark.parametrize("k", [385, 448, 512])
 def test_deep_slab_for_row_major_a_is_one_pass(k):
     """The loss's GEMMs with a row-major A pack k <= 512 in one slab of B
