@@ -303,8 +303,9 @@ CV_VECTORIZE static void bias_residual_row(float *out, const float *bias,
 }
 
 /* Rows per tile of a fused row loop writing `cols` columns: tiles of C that stay in L2
- * (about 512 KiB) for the epilogue, in whole blocks of the GEMM kernel's 72 rows (the
- * kernel sweeps B once per 72 rows whatever the tile), at least two tiles per thread. */
+ * (about 512 KiB) for the epilogue, in whole blocks of the GEMM kernel's 72 rows (a
+ * partial block costs a sweep of B's panels, or of a chunk of them with AVX-512, as a
+ * whole one does), at least two tiles per thread. */
 static ptrdiff_t row_tile(ptrdiff_t m, ptrdiff_t cols, int threads)
 {
     ptrdiff_t tile = (ptrdiff_t)(131072 / (cols > 0 ? cols : 1)) / 72 * 72;

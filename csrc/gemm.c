@@ -834,10 +834,11 @@ void cv_transpose(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds,
  * Past the small kernel's size, the same kernel runs on B copied into panels of one
  * slab of k (at most PACK_KC rows, slabs of equal depth) by one kernel width (64
  * columns with AVX-512, 16 with AVX2), each contiguous (up to 96 KiB with AVX-512, in
- * L2), while the kernel sweeps PACK_MC rows of A past it; A is read in place, or a
- * block at a time row-major when it is column-major. The depth was measured on Zen 5
- * (one thread, BERT's, ResNet's and the loss's shapes): slabs of 128 -> 384 rows took
- * the GEMMs from 82-88% to 93-98% of the FMA peak (C is read and written once per
+ * L2), while the kernel sweeps PACK_MC rows of A past it (with AVX-512, all of a
+ * thread's rows past one chunk of panels before the next: PANEL_CHUNK_BYTES); A is read
+ * in place, or a block at a time row-major when it is column-major. The depth was measured
+ * on Zen 5 (one thread, BERT's, ResNet's and the loss's shapes): slabs of 128 -> 384 rows
+ * took the GEMMs from 82-88% to 93-98% of the FMA peak (C is read and written once per
  * slab); 512 was no faster and slowed a column-major A. BLIS 0.9 packs both operands
  * at every call (on skx through a generic copy loop), so a GEMM cut into row tiles
  * packs all of B once per tile: here B can be packed once (cv_pack_b) for every tile
