@@ -246,12 +246,22 @@ static ptrdiff_t min_tile_rows(const tile_plan *t)
 
 static int packed_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k);
 
+/* Does the forward read the weight in place through cv_gemm_few_rows? Fewer tiles than
+ * threads (one small image: one loop thread, the GEMM gets them all) of fewer rows than
+ * filters, and a weight too large for the tiles' kernel to read in place. */
+static int few_rows(const tile_plan *plan, const conv_shape *sh)
+{
+    return plan->count < cv_get_num_threads() && plan->rows_max < sh->k &&
+           !cv_gemm_tile_is_small(sh->k, sh->r * sh->s * sh->c);
+}
+
 int conv2d_wants_weight_t(const conv_input *inp, const conv_shape *shape)
 {
     if (winograd_applies(inp, shape))
         return winograd_reads_weight_t(shape);
     tile_plan t = plan_tiles(shape, is_direct(inp, shape), FORWARD_ROUND);
-    return !packed_gemm(min_tile_rows(&t), shape->k, shape->r * shape->s * shape->c);
+    return !few_rows(&t, shape) &&
+           !packed_gemm(min_tile_rows(&t), shape->k, shape->r * shape->s * shape->c);
 }
 
 /* ---- im2col / col2im ----------------------------------------------------------------- */
@@ -448,9 +458,27 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
     if (!scratch)
         return cv_fail(CV_ERR_MEMORY, "out of memory for %d im2col tiles of %td x %td",
                        threads, plan.rows_max, RSC);
-    /* Fewer tiles than threads (one small image): one loop thread, and the GEMM gets them.
-     */
+    /* Fewer tiles than threads (one small image): one loop thread, and the GEMM gets them;
+     * with fewer rows than filters, the weight read once in place (cv_gemm_few_rows)
+     * instead of packed for the tiles. It takes every tile or none (the shape decides),
+     * with the same sums as the packed weight below. */
     const int loop_threads = plan.count >= threads ? threads : 1;
+    if (few_rows(&plan, sh)) {
+        int ran = 1;
+        for (ptrdiff_t i = 0; i < plan.count && ran; i++) {
+            ptrdiff_t row0, rows;
+            tile_rows(&plan, i, &row0, &rows);
+            const float *a = direct ? inp->data + row0 * RSC : scratch;
+            if (!direct)
+                im2col_tile(scratch, scratch + col_floats, inp, sh, row0, rows);
+            ran = !cv_gemm_few_rows(rows, K, RSC, a, RSC, 1, weight, 1, RSC, 0,
+                                    out + row0 * K, K);
+            if (ran && epilogue && epilogue->run)
+                epilogue->run(epilogue->ctx, out + row0 * K, row0, rows, i);
+        }
+        if (ran)
+            return CV_OK;
+    }
     cv_tiles_b wb;
     if (weight_t)
         cv_tiles_b_init(&wb, RSC, K, weight_t, K, 1);

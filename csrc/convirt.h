@@ -187,6 +187,15 @@ int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff
 void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdiff_t rsa,
                        ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc);
 
+/* C (m x n) = A B (+ C with accumulate) for A of a few rows (fewer than n: one small
+ * image's pixels, one short sequence's tokens) and a large B with rsb == 1 (a layer's
+ * weight, n x k row-major): B read once, in place, all threads from serial code. The
+ * same sums as cv_tiles_b_init's packed panels. Returns 0, or -1 (nothing written) when
+ * that path would not pack B (other sums), A has no unit stride or memory ran out. */
+int cv_gemm_few_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
+                     ptrdiff_t csa, const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+                     int accumulate, float *C, ptrdiff_t ldc);
+
 /* The B of a loop over row tiles of C (each tile one thread): read in place by the small
  * kernel where cv_gemm_tile would (B row-major, small), else packed once for all tiles
  * where the kernel takes it, else left to BLIS, which packs it again in every tile.

@@ -868,11 +868,13 @@ static ptrdiff_t slab_depth(ptrdiff_t k)
     return depth < PACK_KC ? depth : PACK_KC;
 }
 
-/* Three buffers per thread, kept until it ends: 0 for cv_gemm_packed's own panels, 1
- * for cv_pack_b's, 2 for copies of a column-major A (a block, or all of it). */
+/* Five buffers per thread, kept until it ends: 0 for cv_gemm_packed's own panels, 1
+ * for cv_pack_b's, 2 for copies of a column-major A (a block, or all of it), 3 and 4
+ * for cv_gemm_few_rows' panels of A^T and its C^T. */
+#define PACK_SLOTS 5
 typedef struct {
-    float *data[3];
-    size_t cap[3];
+    float *data[PACK_SLOTS];
+    size_t cap[PACK_SLOTS];
 } pack_buffers;
 
 static pthread_key_t pack_key;
@@ -882,7 +884,7 @@ static int pack_key_ok;
 static void pack_buffers_free(void *p)
 {
     pack_buffers *b = p;
-    for (int slot = 0; slot < 3; slot++)
+    for (int slot = 0; slot < PACK_SLOTS; slot++)
         free(b->data[slot]);
     free(b);
 }
@@ -1110,8 +1112,10 @@ int cv_pack_b(cv_packed_b *pb, ptrdiff_t k, ptrdiff_t n, const float *B, ptrdiff
     return pack_b(pb, k, n, B, rsb, csb, slab_depth(k));
 }
 
-void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdiff_t rsa,
-                       ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc)
+/* C's columns [c0, c1) (c0 on a panel boundary) of A pb, on one thread. */
+static void prepacked_columns(const cv_packed_b *pb, ptrdiff_t m, ptrdiff_t c0,
+                              ptrdiff_t c1, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                              int accumulate, float *C, ptrdiff_t ldc)
 {
     ptrdiff_t pw;
     small_gemm_fn *kernel = packed_kernel(pb->n, &pw);
@@ -1119,9 +1123,70 @@ void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdi
     const ptrdiff_t depth = pb->depth;
     for (ptrdiff_t p0 = 0; p0 < pb->k; p0 += depth) {
         const ptrdiff_t kc = pb->k - p0 < depth ? pb->k - p0 : depth;
-        panels_times(kernel, pw, pb->panels + p0 * npad, 0, m, 0, pb->n, p0, kc,
-                     A + p0 * csa, rsa, csa, accumulate, C, ldc);
+        panels_times(kernel, pw, pb->panels + p0 * npad + c0 / pw * kc * pw, 0, m, c0, c1,
+                     p0, kc, A + p0 * csa, rsa, csa, accumulate, C, ldc);
     }
+}
+
+void cv_gemm_prepacked(const cv_packed_b *pb, ptrdiff_t m, const float *A, ptrdiff_t rsa,
+                       ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc)
+{
+    prepacked_columns(pb, m, 0, pb->n, A, rsa, csa, accumulate, C, ldc);
+}
+
+/* A few rows of A against a large B, the other way round: C^T = B^T A^T. A^T (k x m,
+ * m rounded up to 16 columns with zeros) is packed into panels, small, and B^T, whose
+ * rows are contiguous when B's columns are (rsb == 1: a layer's weight, out x in), is
+ * the kernel's broadcast operand, read once from memory in place, its rows shared among
+ * the threads. The packed path instead copies all of B (a ResNet-50 forward, 94 MB of
+ * weights) into panels and sweeps them with those few rows, on one thread when there
+ * are fewer than 64. C^T goes to a buffer, then transposed into C. The sums are the
+ * packed path's (cv_tiles_b_init: slabs of slab_depth(k), each product the same, C
+ * added first), so the results do not depend on which path ran. */
+int cv_gemm_few_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
+                     ptrdiff_t csa, const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+                     int accumulate, float *C, ptrdiff_t ldc)
+{
+    ptrdiff_t pw;
+    const ptrdiff_t mp = (m + 15) / 16 * 16;
+    small_gemm_fn *kernel = m > 0 && k > 0 && rsb == 1 && (csa == 1 || rsa == 1)
+                                ? packed_kernel(mp, &pw)
+                                : NULL;
+    if (!kernel || !packed_kernel(n, &(ptrdiff_t){0}) || tile_kernel(n, k))
+        return -1; /* the tiles' path would not pack B: other sums */
+    const ptrdiff_t panels = (mp + pw - 1) / pw, mpad = panels * pw, depth = slab_depth(k);
+    float *at = panel_buffer(3, (size_t)(k * mpad)),
+          *ct = panel_buffer(4, (size_t)(n * mp));
+    if (!at || !ct)
+        return -1;
+    for (ptrdiff_t p0 = 0; p0 < k; p0 += depth) {
+        const ptrdiff_t kc = k - p0 < depth ? k - p0 : depth;
+        for (ptrdiff_t q = 0; q < panels; q++) {
+            float *panel = at + p0 * mpad + q * kc * pw;
+            const ptrdiff_t j0 = q * pw, width = mp - j0 < pw ? mp - j0 : pw;
+            const ptrdiff_t real = m - j0 < width ? m - j0 : width;
+            for (ptrdiff_t p = 0; p < kc; p++)
+                for (ptrdiff_t j = real; j < width; j++)
+                    panel[p * pw + j] = 0.0f;
+            if (csa == 1) /* A^T's rows [p0, p0 + kc) are A's columns */
+                transpose_panel(panel, pw, A + j0 * rsa + p0, rsa, 0, real, 0, kc, 0);
+            else
+                pack_panel(panel, pw, A, csa, rsa, p0, kc, j0, real);
+        }
+    }
+    if (accumulate)
+        cv_transpose(ct, mp, C, ldc, m, n, 0);
+    const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && n >= 64)
+    for (int t = 0; t < threads; t++) {
+        const ptrdiff_t r0 = t * n / threads, r1 = (t + 1) * n / threads;
+        for (ptrdiff_t p0 = 0; p0 < k && r1 > r0; p0 += depth)
+            panels_times(kernel, pw, at + p0 * mpad, r0, r1, 0, mp, p0,
+                         k - p0 < depth ? k - p0 : depth, B + p0, csb, 1, accumulate, ct,
+                         mp);
+    }
+    cv_transpose(C, ldc, ct, mp, n, m, 0);
+    return 0;
 }
 
 static void tiles_b_init(cv_tiles_b *tb, ptrdiff_t k, ptrdiff_t n, const float *B,
@@ -1153,8 +1218,24 @@ void cv_tiles_b_gemm(const cv_tiles_b *tb, ptrdiff_t m, const float *A, ptrdiff_
                      ptrdiff_t csa, int accumulate, float *C, ptrdiff_t ldc)
 {
     if (tb->is_packed) {
-        /* from serial code, the rows shared among the threads (the same sums) */
+        /* From serial code, the threads share the columns when there are at least two
+         * panels each and no more rows than columns (as cv_gemm_packed's parts: a tile
+         * of a few dozen rows, one small image's or one short sequence's, against a
+         * large weight), else the rows. The same sums either way. */
         const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
+        ptrdiff_t pw;
+        packed_kernel(tb->n, &pw);
+        const ptrdiff_t panels = (tb->n + pw - 1) / pw;
+        if (threads > 1 && panels >= 2 * threads && m < PACK_MC * threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+            for (int t = 0; t < threads; t++) {
+                const ptrdiff_t c0 = t * panels / threads * pw,
+                                c1 = (t + 1) * panels / threads * pw;
+                prepacked_columns(&tb->packed, m, c0, c1 < tb->n ? c1 : tb->n, A, rsa, csa,
+                                  accumulate, C, ldc);
+            }
+            return;
+        }
         const ptrdiff_t rows = (m + threads - 1) / threads;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && m >= 64)
         for (ptrdiff_t i0 = 0; i0 < m; i0 += rows)

@@ -74,11 +74,6 @@ int winograd_fits(const conv_input *in, const conv_shape *sh)
     return in->data && sh->r == 3 && sh->s == 3 && sh->stride == 1 && sh->pad == 1;
 }
 
-int winograd_applies(const conv_input *in, const conv_shape *sh)
-{
-    return winograd_fits(in, sh) && cv_get_winograd();
-}
-
 /* ---- tiles --------------------------------------------------------------------------- */
 
 /* Floats of a tile's V and M (or Z) buffers: about 1 MiB, the L2 of the CPUs met. */
@@ -200,6 +195,25 @@ static void block_at(const wino_plan *t, ptrdiff_t g, ptrdiff_t *n, ptrdiff_t *b
 static int whole_batch(const wino_plan *t, ptrdiff_t c, ptrdiff_t k)
 {
     return t->count > 1 && batch_blocks(t) * (c + k) <= 2 * c * k;
+}
+
+/* One tile whose transformed filters (c x k per matrix) outweigh its transformed input
+ * and output (blocks x (c + k)) 12 times or more: ResNet-50's last stage on one image,
+ * 16 blocks against 512 x 512 filters (16 times). Transforming, writing and packing
+ * the filters then costs more than the multiplies save, on one tile (one thread): on
+ * an Intel Xeon with AVX-512 (2026-12-04, 2 threads) that stage's three 3x3
+ * convolutions took 13 ms through Winograd and 4 ms direct (reading the weight once,
+ * cv_gemm_few_rows); on two images (8 times) Winograd was faster again, 9 against 12
+ * ms, as on 14 x 14 x 256 on one image (2.6 times), 7 against 8. The shape decides. */
+static int filters_dominate(const conv_shape *sh)
+{
+    const wino_plan t = plan_blocks(sh);
+    return t.count == 1 && 12 * batch_blocks(&t) * (sh->c + sh->k) <= sh->c * sh->k;
+}
+
+int winograd_applies(const conv_input *in, const conv_shape *sh)
+{
+    return winograd_fits(in, sh) && cv_get_winograd() && !filters_dominate(sh);
 }
 
 int winograd_reads_weight_t(const conv_shape *sh)

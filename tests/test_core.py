@@ -463,6 +463,64 @@ def test_packed_gemm_column_chunks_keep_the_sums():
     assert (np.abs(results[0] - expected) <= 1e-6 * scale).all()
 
 
+# A few rows against a large weight (cv_gemm_few_rows: one small image's pixels, one
+# short sequence's tokens), computed the other way round, C^T = B^T A^T, with B^T read in
+# place and A^T packed with zero columns up to a multiple of 16: rows that fill no
+# panel (1, 49), a partial panel past full ones (100 = 64 + 36), AVX-512's 32-column
+# kernel (m = 20 -> 32), k over several slabs and not a multiple of 8 (1031), A
+# row-major and column-major, C added to or not.
+FEW_ROWS_SHAPES = [(1, 512, 200), (49, 2048, 512), (100, 512, 1031), (20, 768, 768),
+                   (7, 1000, 384)]  # fmt: skip
+
+
+@pytest.mark.parametrize("m,n,k", FEW_ROWS_SHAPES)
+@pytest.mark.parametrize("a_order", ["C", "F"])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_few_rows_gemm_is_the_packed_sum(m, n, k, a_order, accumulate):
+    """The same bits as the packed panels of B (the path it replaces for these shapes:
+    each element the same slab sums, each product the same), on 1 and 2 threads, and
+    within float32 rounding of the float64 product."""
+    rng = np.random.default_rng(m * n + k)
+    a = np.asarray(rng.standard_normal((m, k)), np.float32, order=a_order)
+    weight = rng.standard_normal((n, k)).astype(np.float32)  # B = weight^T: rsb == 1
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    packed = c0.copy()
+    if not _testing.gemm_packed(a, weight.T, packed, accumulate=accumulate):
+        pytest.skip("no AVX2 + FMA: the kernel does not run here")
+    before = convirt.get_num_threads()
+    try:
+        for threads in (1, 2):
+            convirt.set_num_threads(threads)
+            c = c0.copy()
+            assert _testing.gemm_packed(
+                a, weight.T, c, accumulate=accumulate, few_rows=True
+            )
+            assert np.array_equal(c, packed), threads
+    finally:
+        convirt.set_num_threads(before)
+    expected = a.astype(np.float64) @ weight.T + (c0 if accumulate else 0)
+    scale = np.abs(a).astype(np.float64) @ np.abs(weight.T) + (
+        np.abs(c0) if accumulate else 0
+    )
+    assert (np.abs(packed - expected) <= 1e-6 * scale).all()
+
+
+def test_few_rows_gemm_declines_what_the_packed_path_would_not_pack():
+    """B with contiguous rows (rsb != 1), a weight small enough for the tiles' kernel
+    to read in place (other sums), and a width off the vector: refused, C untouched."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((5, 300)).astype(np.float32)
+    for b in (
+        rng.standard_normal((300, 512)).astype(np.float32),  # row-major B
+        rng.standard_normal((64, 64)).astype(np.float32).T[:, :64],  # small weight
+        rng.standard_normal((100, 300)).astype(np.float32).T,  # n = 100: no kernel
+    ):
+        aa = a[:, : b.shape[0]]
+        c = np.full((5, b.shape[1]), 7.0, np.float32)
+        assert not _testing.gemm_packed(aa, b, c, few_rows=True)
+        assert (c == 7.0).all()
+
+
 @pytest.mark.parametrize("k", [385, 448, 512])
 def test_deep_slab_for_row_major_a_is_one_pass(k):
     """The loss's GEMMs with a row-major A pack k <= 512 in one slab of B

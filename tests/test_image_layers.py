@@ -117,6 +117,62 @@ def test_wide_conv_matches_reference(n, h, w, c, k, r, stride, pad):
     assert rel(dx, ref_dx) < 1e-5 and rel(dw, ref_dw) < 1e-5
 
 
+# One small image against a wide weight: fewer output rows than filters and fewer tiles
+# than threads, so the forward reads the weight in place (cv_gemm_few_rows, all threads
+# sharing its rows) instead of packing it for one tile: a 1 x 1, a 3 x 3 through im2col
+# (Winograd off) and a strided 3 x 3.
+FEW_ROWS_CASES = [
+    (1, 7, 7, 512, 2048, 1, 1, 0),
+    (1, 5, 6, 256, 512, 3, 1, 1),
+    (1, 9, 9, 300, 520, 3, 2, 1),
+]
+
+
+@pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", FEW_ROWS_CASES)
+def test_one_small_image_reads_the_weight_in_place(n, h, w, c, k, r, stride, pad):
+    """On two threads the weight is read in place, on one it is packed for the one tile:
+    the same sums, so the same bits, and the reference's values."""
+    before, threads = convirt.get_winograd(), convirt.get_num_threads()
+    x, weight = randn(n, h, w, c), randn(k, r, r, c)
+    outs = []
+    try:
+        convirt.set_winograd(False)
+        for t in (1, 2):
+            convirt.set_num_threads(t)
+            outs.append(_testing.conv2d_forward(x, weight, stride, pad))
+    finally:
+        convirt.set_winograd(before)
+        convirt.set_num_threads(threads)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert (
+        rel(outs[1], _testing.conv2d_forward(x, weight, stride, pad, reference=True)) < 1e-5
+    )
+
+
+def test_winograd_leaves_one_tile_of_wide_filters_to_the_direct_path():
+    """One tile whose transformed filters outweigh its transformed input and output 12
+    times or more (one 4 x 4 image, 128 channels in and out: 4 blocks) runs direct with
+    the switch on, forward and backward: the direct path's bits. Two such images (8
+    blocks) take Winograd again: other bits, the same values to rounding."""
+    before = convirt.get_winograd()
+    weight = randn(128, 3, 3, 128)
+    try:
+        for n, direct in ((1, True), (2, False)):
+            x = randn(n, 4, 4, 128)
+            dout = randn(n, 4, 4, 128)
+            results = []
+            for mode in (True, False):
+                convirt.set_winograd(mode)
+                out = _testing.conv2d_forward(x, weight, 1, 1)
+                dx, dw = _testing.conv2d_backward(dout, x, weight, 1, 1, add=False)
+                results.append((out, dx, dw))
+            for on, off in zip(*results):
+                assert np.array_equal(on, off) == direct, n
+                assert rel(on, off) < 1e-5
+    finally:
+        convirt.set_winograd(before)
+
+
 @pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", CONV_CASES + WIDE_CASES)
 @pytest.mark.parametrize("winograd_on", [False, True])
 def test_conv_backward_from_a_prologue_is_the_same(

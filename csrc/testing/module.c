@@ -50,23 +50,23 @@ static PyObject *py_gemm_small(PyObject *self, PyObject *args, PyObject *kwds)
     return PyBool_FromLong(ran);
 }
 
-/* gemm_packed(A, B, C, accumulate=False, tile=0, rows=False) -> bool: C = A @ B (or
- * C += A @ B) through cv_gemm_packed, or with tile > 0 through cv_pack_b and one
- * cv_gemm_prepacked per tile of that many rows (dealt to the threads), or with rows
- * through cv_tiles_b_init_rows and cv_tiles_b_gemm per tile; C with contiguous rows, B
- * with a unit stride. False (C untouched) when it does not take the shape on this CPU
- * (rows: when B is not packed). */
+/* gemm_packed(A, B, C, accumulate=False, tile=0, rows=False, few_rows=False) -> bool:
+ * C = A @ B (or C += A @ B) through cv_gemm_packed, or with tile > 0 through cv_pack_b
+ * and one cv_gemm_prepacked per tile of that many rows (dealt to the threads), or with
+ * rows through cv_tiles_b_init_rows and cv_tiles_b_gemm per tile, or with few_rows
+ * through cv_gemm_few_rows; C with contiguous rows, B with a unit stride. False (C
+ * untouched) when it does not take the shape on this CPU (rows: when B is not packed). */
 static PyObject *py_gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"A", "B", "C", "accumulate", "tile", "rows", NULL};
+    static char *kwlist[] = {"A", "B", "C", "accumulate", "tile", "rows", "few_rows", NULL};
     PyObject *a_obj, *b_obj, *c_obj;
-    int accumulate = 0, rows = 0;
+    int accumulate = 0, rows = 0, few_rows = 0;
     Py_ssize_t tile = 0;
     PyArrayObject *A, *B, *C;
     ptrdiff_t sa[2], sb[2], sc[2];
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|pnp:gemm_packed", kwlist, &a_obj,
-                                     &b_obj, &c_obj, &accumulate, &tile, &rows) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|pnpp:gemm_packed", kwlist, &a_obj,
+                                     &b_obj, &c_obj, &accumulate, &tile, &rows, &few_rows) ||
         cv_gemm_arrays(a_obj, b_obj, c_obj, &A, &B, &C, sa, sb, sc))
         return NULL;
     npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1), n = PyArray_DIM(B, 1);
@@ -86,7 +86,10 @@ static PyObject *py_gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
     Py_BEGIN_ALLOW_THREADS;
     cv_packed_b pb;
     cv_tiles_b tb;
-    if (rows && k > 0 && m > 0) {
+    if (few_rows)
+        ran = !cv_gemm_few_rows(m, n, k, a, sa[0], sa[1], PyArray_DATA(B), sb[0], sb[1],
+                                accumulate, c, sc[0]);
+    else if (rows && k > 0 && m > 0) {
         cv_tiles_b_init_rows(&tb, k, n, PyArray_DATA(B), sb[0], sb[1]);
         ran = tb.is_packed;
         const npy_intp step = tile > 0 ? tile : m;
@@ -171,9 +174,11 @@ static PyMethodDef module_methods[] = {
      "number convirt.set_num_threads set: the modules share the core)."},
     {"gemm_packed", (PyCFunction)(void (*)(void))py_gemm_packed,
      METH_VARARGS | METH_KEYWORDS,
-     "gemm_packed(A, B, C, accumulate=False, tile=0) -> bool: C = A @ B (+ C) through the "
-     "core's small-GEMM kernel on packed panels of B (packed once for row tiles of C "
-     "with tile > 0); False when it does not take the shape."},
+     "gemm_packed(A, B, C, accumulate=False, tile=0, rows=False, few_rows=False) -> bool: "
+     "C = A @ B (+ C) through the core's small-GEMM kernel on packed panels of B (packed "
+     "once for row tiles of C with tile > 0, in one slab up to k = 512 with rows), or on "
+     "packed panels of A^T with few_rows (B read in place); False when it does not take "
+     "the shape."},
     {"transpose", (PyCFunction)(void (*)(void))py_transpose, METH_VARARGS | METH_KEYWORDS,
      "transpose(src, dst, accumulate=False): dst = src.T (or dst += src.T) through the "
      "core's blocked transpose; both 2-D float32 with contiguous rows."},
