@@ -66,7 +66,8 @@ static PyObject *py_gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
     PyArrayObject *A, *B, *C;
     ptrdiff_t sa[2], sb[2], sc[2];
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|pnpp:gemm_packed", kwlist, &a_obj,
-                                     &b_obj, &c_obj, &accumulate, &tile, &rows, &few_rows) ||
+                                     &b_obj, &c_obj, &accumulate, &tile, &rows,
+                                     &few_rows) ||
         cv_gemm_arrays(a_obj, b_obj, c_obj, &A, &B, &C, sa, sb, sc))
         return NULL;
     npy_intp m = PyArray_DIM(A, 0), k = PyArray_DIM(A, 1), n = PyArray_DIM(B, 1);
