@@ -302,6 +302,21 @@ CV_VECTORIZE static void bias_residual_row(float *out, const float *bias,
             out[j] = bias[j];
 }
 
+/* At most 128 rows (one sequence of up to 128 tokens), fewer than the layer's outputs,
+ * against a weight too large for the tiles' kernel to read in place: the dense layers
+ * run their GEMM from serial code through cv_gemm_few_rows (the threads share the
+ * weight's rows, read once in place) instead of one or two tiles of rows, each packing
+ * and sweeping all of it (below 64 rows one tile: one thread), with the tiles' sums.
+ * On an Intel Xeon with AVX-512 (2026-12-04, 2 threads, bench_bert.py infer, one
+ * sequence) that took BERT-base from 59.6 to 30.1 ms at 24 tokens and from 105.7 to
+ * 82.4 at 128, MiniLM from 8.2 to 5.4 and 14.3 to 13.6 ms; at 256 rows MiniLM was
+ * slower (23.2 -> 27.9 ms) and BERT-base level, and on one thread nothing moved. */
+static int few_rows(ptrdiff_t m, ptrdiff_t in_dim, ptrdiff_t out_dim, int threads)
+{
+    return threads > 1 && m <= 128 && m < out_dim &&
+           !cv_gemm_tile_is_small(out_dim, in_dim);
+}
+
 /* Rows per tile of a fused row loop writing `cols` columns: tiles of C that stay in L2
  * (about 512 KiB) for the epilogue, in whole blocks of the GEMM kernel's 72 rows (a
  * partial block costs a sweep of B's panels, or of a chunk of them with AVX-512, as a
@@ -334,6 +349,20 @@ static void dense_forward(float *y, const float *x, const float *w, const float 
 {
     const int threads = cv_get_num_threads();
     const ptrdiff_t tile = row_tile(m, out_dim, threads), tiles = (m + tile - 1) / tile;
+    if (few_rows(m, in_dim, out_dim, threads)) {
+        for (ptrdiff_t i = 0; i < m; i++)
+            bias_residual_row(y + i * out_dim, bias,
+                              residual ? residual + i * out_dim : NULL, out_dim);
+        if (!cv_gemm_few_rows(m, out_dim, in_dim, x, in_dim, 1, w, 1, in_dim, 1, y,
+                              out_dim)) {
+            if (after && after->kind == AFTER_GELU)
+                gelu_forward(after->act, y, (size_t)(m * out_dim));
+            else if (after && after->kind == AFTER_LAYERNORM)
+                layernorm_forward(after->out, after->xhat, after->rstd, y, after->gamma,
+                                  after->beta, m, out_dim, after->eps);
+            return;
+        }
+    }
     cv_tiles_b wt;
     cv_tiles_b_init(&wt, in_dim, out_dim, w, 1, in_dim);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
@@ -407,6 +436,13 @@ static void qkv_forward(const bert_model *b, const bert_layer *w, float *qkv,
     const float *weight[3] = {w->query_w, w->key_w, w->value_w};
     const int fused = qkv_fused(b, w), threads = cv_get_num_threads();
     const ptrdiff_t tile = row_tile(m, 3 * H, threads), tiles = (m + tile - 1) / tile;
+    if (fused && few_rows(m, H, 3 * H, threads)) {
+        for (ptrdiff_t i = 0; i < m; i++)
+            for (int part = 0; part < 3; part++)
+                bias_residual_row(qkv + i * 3 * H + part * H, bias[part], NULL, H);
+        if (!cv_gemm_few_rows(m, 3 * H, H, x, H, 1, w->query_w, 1, H, 1, qkv, 3 * H))
+            return;
+    }
     cv_tiles_b wt;
     if (fused) /* one (3H x H) weight */
         cv_tiles_b_init(&wt, H, 3 * H, w->query_w, 1, H);

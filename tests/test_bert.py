@@ -451,6 +451,44 @@ def test_results_do_not_depend_on_thread_count(threads, lengths):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+# One or two short sequences (at most 128 tokens) against weights too large for the
+# tiles' kernel to read in place (hidden 256: the 768 x 256 q/k/v weight, the 1024 x 256
+# feed-forward pair): on two threads the dense layers read the weight in place
+# (cv_gemm_few_rows), on one they pack it for one tile of rows.
+@pytest.mark.parametrize("lengths", [(20,), (64, 41)])
+def test_a_short_sequence_reads_the_weights_in_place(threads, lengths):
+    """The same sums either way, so the same bits; and the float64 reference's values,
+    forward and backward through the trainable layers."""
+    encoder = small_encoder(
+        pooling="max",
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        max_position_embeddings=64,
+        vocab_size=60,
+    ).train()
+    n, t = len(lengths), max(lengths)
+    ids, mask, types = batch(n=n, t=t, lengths=lengths, seed=4)
+    results = []
+    for count in (1, 2):
+        convirt.set_num_threads(count)
+        features, _ = encoder.forward(ids, mask, types, embeddings=False)
+        encoder.zero_grad()
+        encoder.backward(d_features=np.ones_like(features))
+        results.append((features, encoder.flat_gradients.copy()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    params = torch_params(encoder)
+    pooled, _ = torch_bert(params, ids, mask, types, 2, 4, 1e-12, "max")
+    np.testing.assert_allclose(results[1][0], pooled.detach().numpy(), atol=2e-5, rtol=1e-5)
+    pooled.sum().backward()
+    grads = encoder.gradients()
+    for name in ("encoder.layer.1.intermediate.dense.weight",
+                 "encoder.layer.1.attention.self.query.weight"):  # fmt: skip
+        expected = params[name].grad.numpy()
+        assert np.abs(grads[name] - expected).max() <= 1e-4 * np.abs(expected).max(), name
+
+
 def test_strided_inputs_are_read_in_place():
     encoder = small_encoder(perturb=False)
     ids, mask, _ = batch()
