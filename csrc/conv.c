@@ -10,6 +10,9 @@
  * the weight is at most 256 x 256, else on the weight packed once for all tiles; BLIS
  * where the kernel set has no such kernel. An epilogue runs on each
  * tile while it is in cache (batch norm, ReLU, residual add, or batch statistics).
+ * One small image (fewer tiles than threads, fewer rows than filters) runs its GEMMs
+ * the other way round instead, the weight read once in place by all the threads
+ * (cv_gemm_few_rows), with the same sums.
  *
  * Tiles: an image with at least T output rows (T from the layer's shape) is split
  * into equal parts; smaller images are grouped whole, a few per tile, so that late

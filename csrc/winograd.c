@@ -27,7 +27,9 @@
  * Which m: F(2x2, 3x3) by default. F(4x4, 3x3) on request (cv_set_winograd(4)), and
  * then only where the output is at least WINO4_MIN_SIDE wide and high: on the small
  * maps of the last stages the blocks hanging over the edge waste more than the
- * multiplies save. The choice depends on the switch and the shape only.
+ * multiplies save. One tile of blocks against transformed filters 12 times its size
+ * (ResNet-50's last stage on one image) takes the direct path instead
+ * (filters_dominate). The choice depends on the switch and the shape only.
  *
  * Accuracy: F(2x2, 3x3)'s transforms multiply by 0, +-1 and +-1/2 only and add a few
  * roundings per element: its error is the direct path's size. F(4x4, 3x3)'s larger
