@@ -424,6 +424,20 @@ def test_results_do_not_depend_on_padding_length():
         np.testing.assert_array_equal(a, b)
 
 
+def step_on(count, encoder, ids, mask, types, head=True):
+    """Features, embeddings (None without the head) and every gradient of one step on
+    `count` threads, of the embeddings' sum or without the head of the features' (the
+    `threads` fixture restores the count)."""
+    convirt.set_num_threads(count)
+    features, embeddings = encoder.forward(ids, mask, types, embeddings=head)
+    encoder.zero_grad()
+    if head:
+        encoder.backward(np.ones_like(embeddings))
+    else:
+        encoder.backward(d_features=np.ones_like(features))
+    return features, embeddings, encoder.flat_gradients.copy()
+
+
 # The small batch fits one tile of rows; the large one (408 tokens) is cut into tiles
 # of 208 rows on one thread and 112 on two (csrc/bert.c's row_tile), with 32-wide heads.
 @pytest.mark.parametrize(
@@ -438,15 +452,8 @@ def test_results_do_not_depend_on_thread_count(threads, lengths):
         intermediate_size=512,
         max_position_embeddings=64,
     ).train()
-    n, t = len(lengths), max(lengths)
-    ids, mask, types = batch(n=n, t=t, lengths=lengths, seed=2)
-    results = []
-    for n in (1, 2):
-        convirt.set_num_threads(n)
-        features, embeddings = encoder.forward(ids, mask, types)
-        encoder.zero_grad()
-        encoder.backward(np.ones_like(embeddings))
-        results.append((features, embeddings, encoder.flat_gradients.copy()))
+    ids, mask, types = batch(n=len(lengths), t=max(lengths), lengths=lengths, seed=2)
+    results = [step_on(count, encoder, ids, mask, types) for count in (1, 2)]
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
@@ -468,15 +475,8 @@ def test_a_short_sequence_reads_the_weights_in_place(threads, lengths):
         max_position_embeddings=64,
         vocab_size=60,
     ).train()
-    n, t = len(lengths), max(lengths)
-    ids, mask, types = batch(n=n, t=t, lengths=lengths, seed=4)
-    results = []
-    for count in (1, 2):
-        convirt.set_num_threads(count)
-        features, _ = encoder.forward(ids, mask, types, embeddings=False)
-        encoder.zero_grad()
-        encoder.backward(d_features=np.ones_like(features))
-        results.append((features, encoder.flat_gradients.copy()))
+    ids, mask, types = batch(n=len(lengths), t=max(lengths), lengths=lengths, seed=4)
+    results = [step_on(count, encoder, ids, mask, types, head=False) for count in (1, 2)]
     np.testing.assert_array_equal(results[0][0], results[1][0])
     params = torch_params(encoder)
     pooled, _ = torch_bert(params, ids, mask, types, 2, 4, 1e-12, "max")
