@@ -10,9 +10,9 @@
  * the weight is at most 256 x 256, else on the weight packed once for all tiles; BLIS
  * where the kernel set has no such kernel. An epilogue runs on each
  * tile while it is in cache (batch norm, ReLU, residual add, or batch statistics).
- * One small image (fewer tiles than threads, fewer rows than filters) runs its GEMMs
- * the other way round instead, the weight read once in place by all the threads
- * (cv_gemm_few_rows), with the same sums.
+ * A few small images (fewer rows than filters, and fewer tiles than threads or at most
+ * FEW_ROWS_MAX rows) run one GEMM the other way round instead, the weight read once in
+ * place by all the threads (cv_gemm_few_rows), with the same sums.
  *
  * Tiles: an image with at least T output rows (T from the layer's shape) is split
  * into equal parts; smaller images are grouped whole, a few per tile, so that late
@@ -249,12 +249,18 @@ static ptrdiff_t min_tile_rows(const tile_plan *t)
 
 static int packed_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k);
 
-/* Does the forward read the weight in place through cv_gemm_few_rows? Fewer tiles than
- * threads (one small image: one loop thread, the GEMM gets them all) of fewer rows than
- * filters, and a weight too large for the tiles' kernel to read in place. */
+/* The most output rows (a few small images) whose forward reads the weight in place
+ * through cv_gemm_few_rows when there are tiles for every thread. */
+#define FEW_ROWS_MAX 256
+
+/* Does the forward read the weight in place through cv_gemm_few_rows, all its rows in
+ * one GEMM? Fewer rows than filters, a weight too large for the tiles' kernel to read
+ * in place, and fewer tiles than threads (one small image) or at most FEW_ROWS_MAX rows
+ * (a few): there every tile packs and sweeps all of the weight. */
 static int few_rows(const tile_plan *plan, const conv_shape *sh)
 {
-    return plan->count < cv_get_num_threads() && plan->rows_max < sh->k &&
+    const ptrdiff_t rows = sh->n * sh->p * sh->q;
+    return (plan->count < cv_get_num_threads() || rows <= FEW_ROWS_MAX) && rows < sh->k &&
            !cv_gemm_tile_is_small(sh->k, sh->r * sh->s * sh->c);
 }
 
@@ -457,31 +463,34 @@ cv_status conv2d_forward(float *out, const conv_input *inp, const float *weight,
     const int threads = cv_get_num_threads();
     const size_t col_floats = direct ? 0 : round16((size_t)(plan.rows_max * RSC));
     const size_t per_thread = col_floats + band_floats(inp, sh);
-    float *scratch = workspace(ws, per_thread * (size_t)threads);
+    const int few = few_rows(&plan, sh);
+    const ptrdiff_t M = sh->n * sh->p * sh->q;
+    const size_t few_floats = few && !direct ? round16((size_t)(M * RSC)) : 0;
+    const size_t floats = per_thread * (size_t)threads;
+    float *scratch =
+        workspace(ws, few_floats + per_thread > floats ? few_floats + per_thread : floats);
     if (!scratch)
         return cv_fail(CV_ERR_MEMORY, "out of memory for %d im2col tiles of %td x %td",
                        threads, plan.rows_max, RSC);
-    /* Fewer tiles than threads (one small image): one loop thread, and the GEMM gets them;
-     * with fewer rows than filters, the weight read once in place (cv_gemm_few_rows)
-     * instead of packed for the tiles. It takes every tile or none (the shape decides),
-     * with the same sums as the packed weight below. */
-    const int loop_threads = plan.count >= threads ? threads : 1;
-    if (few_rows(&plan, sh)) {
-        int ran = 1;
-        for (ptrdiff_t i = 0; i < plan.count && ran; i++) {
-            ptrdiff_t row0, rows;
-            tile_rows(&plan, i, &row0, &rows);
-            const float *a = direct ? inp->data + row0 * RSC : scratch;
-            if (!direct)
-                im2col_tile(scratch, scratch + col_floats, inp, sh, row0, rows);
-            ran = !cv_gemm_few_rows(rows, K, RSC, a, RSC, 1, weight, 1, RSC, 0,
-                                    out + row0 * K, K);
-            if (ran && epilogue && epilogue->run)
+    /* A few rows (few_rows): one GEMM the other way round, the weight read once in place
+     * by all the threads (cv_gemm_few_rows), then each tile's epilogue; the same sums as
+     * the tiles on the packed weight below, which run if it declines. */
+    if (few) {
+        const float *a = direct ? inp->data : scratch;
+        if (!direct)
+            im2col_tile(scratch, scratch + few_floats, inp, sh, 0, M);
+        if (!cv_gemm_few_rows(M, K, RSC, a, RSC, 1, weight, 1, RSC, 0, out, K)) {
+            for (ptrdiff_t i = 0; epilogue && epilogue->run && i < plan.count; i++) {
+                ptrdiff_t row0, rows;
+                tile_rows(&plan, i, &row0, &rows);
                 epilogue->run(epilogue->ctx, out + row0 * K, row0, rows, i);
-        }
-        if (ran)
+            }
             return CV_OK;
+        }
     }
+    /* Fewer tiles than threads (one small image): one loop thread, and the GEMM gets them.
+     */
+    const int loop_threads = plan.count >= threads ? threads : 1;
     cv_tiles_b wb;
     if (weight_t)
         cv_tiles_b_init(&wb, RSC, K, weight_t, K, 1);

@@ -117,35 +117,44 @@ def test_wide_conv_matches_reference(n, h, w, c, k, r, stride, pad):
     assert rel(dx, ref_dx) < 1e-5 and rel(dw, ref_dw) < 1e-5
 
 
-# One small image against a wide weight: fewer output rows than filters and fewer tiles
-# than threads, so the forward reads the weight in place (cv_gemm_few_rows, all threads
-# sharing its rows) instead of packing it for one tile: a 1 x 1, a 3 x 3 through im2col
-# (Winograd off) and a strided 3 x 3.
+# A few small images against a wide weight: fewer output rows than filters, and fewer
+# tiles than threads or at most 256 rows, so the forward reads the weight in place in
+# one GEMM of all the rows (cv_gemm_few_rows, all threads sharing the weight's rows)
+# instead of packing it for the tiles: a 1 x 1, a 3 x 3 through im2col (Winograd off), a
+# strided 3 x 3, three images in a 1 x 1 and two in a strided 1 x 1 (several tiles, each
+# with its own epilogue in a network).
 FEW_ROWS_CASES = [
     (1, 7, 7, 512, 2048, 1, 1, 0),
     (1, 5, 6, 256, 512, 3, 1, 1),
     (1, 9, 9, 300, 520, 3, 2, 1),
+    (3, 7, 7, 512, 1024, 1, 1, 0),
+    (2, 14, 14, 256, 512, 1, 2, 0),
 ]
 
 
 @pytest.mark.parametrize("n,h,w,c,k,r,stride,pad", FEW_ROWS_CASES)
-def test_one_small_image_reads_the_weight_in_place(n, h, w, c, k, r, stride, pad):
-    """On two threads the weight is read in place, on one it is packed for the one tile:
-    the same sums, so the same bits, and the reference's values."""
+def test_a_few_small_images_read_the_weight_in_place(n, h, w, c, k, r, stride, pad):
+    """On one thread and two, the bits of the same images inside a batch with as many
+    output rows as filters or more (which the tiles run on the packed weight): the same
+    sums. And the reference's values."""
     before, threads = convirt.get_winograd(), convirt.get_num_threads()
     x, weight = randn(n, h, w, c), randn(k, r, r, c)
+    rows = n * ((h + 2 * pad - r) // stride + 1) * ((w + 2 * pad - r) // stride + 1)
+    many = np.concatenate([x] * (k // rows + 1))  # rows >= k: not a few
     outs = []
     try:
         convirt.set_winograd(False)
         for t in (1, 2):
             convirt.set_num_threads(t)
             outs.append(_testing.conv2d_forward(x, weight, stride, pad))
+            outs.append(_testing.conv2d_forward(many, weight, stride, pad)[:n])
     finally:
         convirt.set_winograd(before)
         convirt.set_num_threads(threads)
-    np.testing.assert_array_equal(outs[0], outs[1])
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
     assert (
-        rel(outs[1], _testing.conv2d_forward(x, weight, stride, pad, reference=True)) < 1e-5
+        rel(outs[0], _testing.conv2d_forward(x, weight, stride, pad, reference=True)) < 1e-5
     )
 
 
