@@ -1219,9 +1219,9 @@ void cv_tiles_b_gemm(const cv_tiles_b *tb, ptrdiff_t m, const float *A, ptrdiff_
 {
     if (tb->is_packed) {
         /* From serial code, the threads share the columns when there are at least two
-         * panels each and no more rows than columns (as cv_gemm_packed's parts: a tile
-         * of a few dozen rows, one small image's or one short sequence's, against a
-         * large weight), else the rows. The same sums either way. */
+         * panels each and fewer rows than a block of PACK_MC each (a tile of a few dozen
+         * rows against a large weight, where cv_gemm_few_rows does not take it), else
+         * the rows. The same sums either way. */
         const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
         ptrdiff_t pw;
         packed_kernel(tb->n, &pw);
