@@ -1152,7 +1152,7 @@ int cv_gemm_few_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrd
     small_gemm_fn *kernel = m > 0 && k > 0 && rsb == 1 && (csa == 1 || rsa == 1)
                                 ? packed_kernel(mp, &pw)
                                 : NULL;
-    if (!kernel || !packed_kernel(n, &(ptrdiff_t){0}) || tile_kernel(n, k))
+    if (!kernel || !small_gemm_for(n) || tile_kernel(n, k))
         return -1; /* the tiles' path would not pack B: other sums */
     const ptrdiff_t panels = (mp + pw - 1) / pw, mpad = panels * pw, depth = slab_depth(k);
     float *at = panel_buffer(3, (size_t)(k * mpad)),
@@ -1174,18 +1174,19 @@ int cv_gemm_few_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrd
                 pack_panel(panel, pw, A, csa, rsa, p0, kc, j0, real);
         }
     }
-    if (accumulate)
-        cv_transpose(ct, mp, C, ldc, m, n, 0);
+    /* each thread its rows of C^T: C's columns [r0, r1) in, the products, and out */
     const int threads = omp_in_parallel() ? 1 : cv_get_num_threads();
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && n >= 64)
     for (int t = 0; t < threads; t++) {
         const ptrdiff_t r0 = t * n / threads, r1 = (t + 1) * n / threads;
+        if (accumulate)
+            cv_transpose(ct + r0 * mp, mp, C + r0, ldc, m, r1 - r0, 0);
         for (ptrdiff_t p0 = 0; p0 < k && r1 > r0; p0 += depth)
             panels_times(kernel, pw, at + p0 * mpad, r0, r1, 0, mp, p0,
                          k - p0 < depth ? k - p0 : depth, B + p0, csb, 1, accumulate, ct,
                          mp);
+        cv_transpose(C + r0, ldc, ct + r0 * mp, mp, r1 - r0, m, 0);
     }
-    cv_transpose(C, ldc, ct, mp, n, m, 0);
     return 0;
 }
 
